@@ -1,0 +1,151 @@
+//! The incremental frame decoder: a two-state machine (fixed header, then body) over a
+//! `BytesMut` that the caller keeps filling from its transport.
+//!
+//! Limits are checked before buffering: as soon as the fixed header is complete the whole
+//! packet size is known, and a packet above the maximum is rejected before its body is read
+//! (so a hostile peer announcing 256 MiB never makes us allocate it). Reserved header flags
+//! are checked at the same point.
+
+use bytes::{Buf, BytesMut};
+
+use crate::error::DecodeError;
+use crate::packet::{kind, Packet};
+use crate::types::ProtocolVersion;
+use crate::varint::{self, Peek};
+
+/// The largest remaining length the format allows, plus a 5-byte fixed header.
+pub const MAX_PACKET_SIZE_BYTES: u32 = varint::VARINT_MAX + 5;
+
+/// Decodes a stream of MQTT frames, one connection's worth.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    /// Protocol version; `None` on the server side until CONNECT has been decoded.
+    version: Option<ProtocolVersion>,
+    /// Largest accepted packet, fixed header included.
+    max_packet_size_bytes: u32,
+    state: DecodeState,
+}
+
+/// Where the decoder is inside the current frame.
+#[derive(Debug, Clone, Copy)]
+enum DecodeState {
+    /// Waiting for a complete fixed header.
+    Header,
+    /// Header parsed; waiting until `total_len` bytes are buffered.
+    Body {
+        byte0: u8,
+        header_len: usize,
+        total_len: usize,
+    },
+}
+
+impl Decoder {
+    /// A server-side decoder: the version is learnt from the CONNECT packet.
+    pub fn new(max_packet_size_bytes: u32) -> Decoder {
+        Decoder {
+            version: None,
+            max_packet_size_bytes,
+            state: DecodeState::Header,
+        }
+    }
+
+    /// A decoder for a known protocol version (client side, or after CONNECT).
+    pub fn with_version(version: ProtocolVersion, max_packet_size_bytes: u32) -> Decoder {
+        Decoder {
+            version: Some(version),
+            max_packet_size_bytes,
+            state: DecodeState::Header,
+        }
+    }
+
+    /// The protocol version in use, once known.
+    pub fn version(&self) -> Option<ProtocolVersion> {
+        self.version
+    }
+
+    /// Sets the protocol version (e.g. a client after sending CONNECT).
+    pub fn set_version(&mut self, version: ProtocolVersion) {
+        self.version = Some(version);
+    }
+
+    /// Changes the maximum accepted packet size.
+    pub fn set_max_packet_size(&mut self, max_packet_size_bytes: u32) {
+        self.max_packet_size_bytes = max_packet_size_bytes;
+    }
+
+    /// Decodes the next packet from the front of `buf`.
+    ///
+    /// Returns `Ok(None)` when `buf` does not yet hold a whole frame (having reserved room
+    /// for it); the caller reads more and calls again. On success the frame's bytes are
+    /// split off `buf`. After an error the stream cannot be resynchronised: close it.
+    ///
+    /// # Errors
+    /// Any [`DecodeError`]; [`DecodeError::reason_code`] says what to answer.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
+        if let DecodeState::Header = self.state {
+            let Some(state) = self.decode_header(buf)? else {
+                return Ok(None);
+            };
+            self.state = state;
+        }
+        let DecodeState::Body {
+            byte0,
+            header_len,
+            total_len,
+        } = self.state
+        else {
+            return Ok(None);
+        };
+        if buf.len() < total_len {
+            buf.reserve(total_len - buf.len());
+            return Ok(None);
+        }
+        self.state = DecodeState::Header;
+        let frame = buf.split_to(total_len).freeze();
+        let mut body = frame.clone();
+        body.advance(header_len);
+        let version = self.version.unwrap_or(ProtocolVersion::V3_1_1);
+        let packet = Packet::decode_body(byte0, body, &frame, version)?;
+        if let Packet::Connect(connect) = &packet {
+            self.version = Some(connect.protocol);
+        }
+        Ok(Some(packet))
+    }
+
+    fn decode_header(&self, buf: &BytesMut) -> Result<Option<DecodeState>, DecodeError> {
+        let Some(&byte0) = buf.first() else {
+            return Ok(None);
+        };
+        let packet_type = byte0 >> 4;
+        let flags = byte0 & 0x0F;
+        if packet_type == 0
+            || (packet_type == kind::AUTH && self.version.is_some_and(|v| !v.is_v5()))
+        {
+            return Err(DecodeError::InvalidPacketType(packet_type));
+        }
+        // [MQTT-2.1.3-1]: reserved flags must have their fixed values.
+        if let Some(required) = Packet::required_flags(packet_type) {
+            if flags != required {
+                return Err(DecodeError::InvalidHeaderFlags { packet_type, flags });
+            }
+        }
+        let (remaining_len, len_bytes) = match varint::peek(&buf[1..]) {
+            Ok(Peek::Done(value, len)) => (value, len),
+            Ok(Peek::Incomplete) => return Ok(None),
+            Err(_) => return Err(DecodeError::MalformedRemainingLength),
+        };
+        let header_len = 1 + len_bytes;
+        let total = u64::from(remaining_len) + header_len as u64;
+        if total > u64::from(self.max_packet_size_bytes) {
+            return Err(DecodeError::PacketTooLarge {
+                size: u32::try_from(total).unwrap_or(u32::MAX),
+                max: self.max_packet_size_bytes,
+            });
+        }
+        Ok(Some(DecodeState::Body {
+            byte0,
+            header_len,
+            total_len: total as usize,
+        }))
+    }
+}

@@ -1,0 +1,363 @@
+//! Encode-once PUBLISH templates for fan-out (DESIGN.md, "The path of one PUBLISH").
+//!
+//! A message is serialised at most once per *layout*: [`Family`] (3.x or 5.0) times "with a
+//! packet identifier" (QoS > 0) or not (QoS 0). The first need builds a template:
+//! - *raw*: the received frame itself, when it is already that layout and nothing in it must
+//!   change (no inbound topic alias to strip, no subscription identifier);
+//! - *cached*: otherwise, an encoding without topic alias or subscription identifiers.
+//!
+//! [`PublishTemplate::write_to`] appends the template to a subscriber's buffer and patches
+//! byte 0 (DUP, QoS, RETAIN) and the packet identifier *in the copy*: shared bytes never
+//! change. A subscriber that needs its own properties (subscription identifiers, an outbound
+//! topic alias, a reduced message expiry) gets a one-shot encoding from [`encode_publish`].
+
+use std::sync::OnceLock;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::packet::Publish;
+use crate::property::{id, Counter, PublishProperties, Sink, Writer};
+use crate::types::{PacketId, ProtocolVersion, QoS};
+use crate::varint;
+use crate::wire::{binary_len, write_binary, write_fixed_header};
+
+/// The PUBLISH layouts: 3.1 and 3.1.1 share one, 5.0 adds properties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// MQTT 3.1 and 3.1.1.
+    V3,
+    /// MQTT 5.0.
+    V5,
+}
+
+impl Family {
+    /// The family of a protocol version.
+    pub fn of(version: ProtocolVersion) -> Family {
+        if version.is_v5() {
+            Family::V5
+        } else {
+            Family::V3
+        }
+    }
+}
+
+/// The QoS of one outbound delivery together with its packet identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutQos {
+    /// QoS 0: no packet identifier on the wire.
+    AtMostOnce,
+    /// QoS 1 with this packet identifier.
+    AtLeastOnce(PacketId),
+    /// QoS 2 with this packet identifier.
+    ExactlyOnce(PacketId),
+}
+
+impl OutQos {
+    /// The QoS level.
+    pub fn qos(self) -> QoS {
+        match self {
+            OutQos::AtMostOnce => QoS::AtMostOnce,
+            OutQos::AtLeastOnce(_) => QoS::AtLeastOnce,
+            OutQos::ExactlyOnce(_) => QoS::ExactlyOnce,
+        }
+    }
+
+    /// The packet identifier, for QoS > 0.
+    pub fn packet_id(self) -> Option<PacketId> {
+        match self {
+            OutQos::AtMostOnce => None,
+            OutQos::AtLeastOnce(id) | OutQos::ExactlyOnce(id) => Some(id),
+        }
+    }
+
+    /// Builds from a QoS and (for QoS > 0) a packet identifier; `None` if they disagree.
+    pub fn new(qos: QoS, packet_id: Option<PacketId>) -> Option<OutQos> {
+        match (qos, packet_id) {
+            (QoS::AtMostOnce, None) => Some(OutQos::AtMostOnce),
+            (QoS::AtLeastOnce, Some(id)) => Some(OutQos::AtLeastOnce(id)),
+            (QoS::ExactlyOnce, Some(id)) => Some(OutQos::ExactlyOnce(id)),
+            _ => None,
+        }
+    }
+}
+
+/// Using a template of the wrong layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// QoS 0 written with a packet-id template or QoS > 0 with a QoS 0 template: a downgrade
+    /// to QoS 0 changes the layout and needs the QoS 0 template.
+    #[error("template layout does not match the delivery QoS")]
+    LayoutMismatch,
+}
+
+/// A buffer a template can be appended to and patched in.
+pub trait PatchBuf {
+    /// Appends `src`; returns the offset where it starts.
+    fn append(&mut self, src: &[u8]) -> usize;
+    /// Overwrites one byte at `at`.
+    fn patch(&mut self, at: usize, byte: u8);
+}
+
+impl PatchBuf for Vec<u8> {
+    fn append(&mut self, src: &[u8]) -> usize {
+        let start = self.len();
+        self.extend_from_slice(src);
+        start
+    }
+    fn patch(&mut self, at: usize, byte: u8) {
+        self[at] = byte;
+    }
+}
+
+impl PatchBuf for BytesMut {
+    fn append(&mut self, src: &[u8]) -> usize {
+        let start = self.len();
+        self.extend_from_slice(src);
+        start
+    }
+    fn patch(&mut self, at: usize, byte: u8) {
+        self[at] = byte;
+    }
+}
+
+/// One encoded layout of a message, shared by every subscriber that uses it.
+#[derive(Debug, Clone)]
+pub struct PublishTemplate {
+    bytes: Bytes,
+    packet_id_offset: Option<usize>,
+}
+
+impl PublishTemplate {
+    /// The encoded size in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Never true: a PUBLISH has at least a fixed header and a topic length.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Whether this layout carries a packet identifier (QoS > 0).
+    pub fn has_packet_id(&self) -> bool {
+        self.packet_id_offset.is_some()
+    }
+
+    /// The shared bytes (byte 0 and the packet identifier are placeholders).
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Appends the template to `dst` and patches, in the copy, byte 0 with DUP, QoS and
+    /// RETAIN and the packet identifier.
+    ///
+    /// # Errors
+    /// [`TemplateError::LayoutMismatch`] when `out` has a packet identifier and the template
+    /// does not, or the reverse. Nothing is written then.
+    pub fn write_to(
+        &self,
+        dst: &mut impl PatchBuf,
+        out: OutQos,
+        retain: bool,
+        dup: bool,
+    ) -> Result<(), TemplateError> {
+        match (out.packet_id(), self.packet_id_offset) {
+            (None, None) => {
+                let start = dst.append(&self.bytes);
+                dst.patch(start, Publish::byte0(QoS::AtMostOnce, retain, false));
+            }
+            (Some(id), Some(offset)) => {
+                let start = dst.append(&self.bytes);
+                dst.patch(start, Publish::byte0(out.qos(), retain, dup));
+                let [hi, lo] = id.get().to_be_bytes();
+                dst.patch(start + offset, hi);
+                dst.patch(start + offset + 1, lo);
+            }
+            _ => return Err(TemplateError::LayoutMismatch),
+        }
+        Ok(())
+    }
+}
+
+/// The lazily built templates of one message, one slot per layout.
+#[derive(Debug)]
+pub struct PublishTemplates {
+    publish: Publish,
+    slots: [OnceLock<PublishTemplate>; 4],
+}
+
+impl PublishTemplates {
+    /// Templates for `publish` (its inbound topic alias must already be resolved).
+    pub fn new(publish: Publish) -> PublishTemplates {
+        PublishTemplates {
+            publish,
+            slots: Default::default(),
+        }
+    }
+
+    /// The message.
+    pub fn publish(&self) -> &Publish {
+        &self.publish
+    }
+
+    /// The template for a layout, built on first use.
+    pub fn get(&self, family: Family, with_packet_id: bool) -> &PublishTemplate {
+        let index = (family == Family::V5) as usize * 2 + with_packet_id as usize;
+        self.slots[index].get_or_init(|| build(&self.publish, family, with_packet_id))
+    }
+
+    /// Whether `get(family, with_packet_id)` reuses the received frame without encoding.
+    pub fn is_raw(&self, family: Family, with_packet_id: bool) -> bool {
+        raw_usable(&self.publish, family, with_packet_id)
+    }
+}
+
+fn raw_usable(publish: &Publish, family: Family, with_packet_id: bool) -> bool {
+    match publish.raw() {
+        Some(raw) => {
+            raw.family == family
+                && raw.packet_id_offset.is_some() == with_packet_id
+                && publish.properties.topic_alias.is_none()
+                && publish.properties.subscription_identifiers.is_empty()
+        }
+        None => false,
+    }
+}
+
+fn build(publish: &Publish, family: Family, with_packet_id: bool) -> PublishTemplate {
+    if let Some(raw) = publish
+        .raw()
+        .filter(|_| raw_usable(publish, family, with_packet_id))
+    {
+        return PublishTemplate {
+            bytes: raw.bytes.clone(),
+            packet_id_offset: raw.packet_id_offset,
+        };
+    }
+    let version = match family {
+        Family::V3 => ProtocolVersion::V3_1_1,
+        Family::V5 => ProtocolVersion::V5,
+    };
+    // The placeholder id 1 is overwritten by every write_to.
+    let out = if with_packet_id {
+        OutQos::AtLeastOnce(PacketId::MIN)
+    } else {
+        OutQos::AtMostOnce
+    };
+    let mut dst = BytesMut::new();
+    let layout = encode_publish(
+        &mut dst,
+        publish,
+        version,
+        out,
+        false,
+        false,
+        &Outbound::default(),
+    );
+    PublishTemplate {
+        bytes: dst.freeze(),
+        packet_id_offset: layout.packet_id_offset,
+    }
+}
+
+/// Per-subscriber properties of a one-shot encoding (5.0; ignored for 3.x).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outbound<'a> {
+    /// Subscription identifiers of every subscription of this client that matched.
+    pub subscription_identifiers: &'a [u32],
+    /// Outbound topic alias for this connection.
+    pub topic_alias: Option<u16>,
+    /// Send an empty topic name: the client already knows `topic_alias`.
+    pub omit_topic: bool,
+    /// Remaining Message Expiry Interval, replacing the received one.
+    pub message_expiry_interval_secs: Option<u32>,
+}
+
+/// Where the packet identifier landed in an encoding.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    /// Offset of the packet identifier from the start of the packet.
+    pub packet_id_offset: Option<usize>,
+    /// Total encoded length.
+    pub len: usize,
+}
+
+/// The outbound property set: the message's own, minus topic alias and subscription
+/// identifiers, plus this subscriber's.
+struct OutboundProps<'a> {
+    base: &'a PublishProperties,
+    outbound: &'a Outbound<'a>,
+}
+
+impl OutboundProps<'_> {
+    fn visit<S: Sink>(&self, sink: &mut S) {
+        let base = self.base;
+        sink.byte(id::PAYLOAD_FORMAT_INDICATOR, base.payload_format_indicator);
+        sink.u32(
+            id::MESSAGE_EXPIRY_INTERVAL,
+            self.outbound
+                .message_expiry_interval_secs
+                .or(base.message_expiry_interval_secs),
+        );
+        sink.str(id::CONTENT_TYPE, base.content_type.as_ref());
+        sink.str(id::RESPONSE_TOPIC, base.response_topic.as_ref());
+        sink.binary(id::CORRELATION_DATA, base.correlation_data.as_deref());
+        for sub_id in self.outbound.subscription_identifiers {
+            sink.varint(id::SUBSCRIPTION_IDENTIFIER, Some(*sub_id));
+        }
+        sink.u16(id::TOPIC_ALIAS, self.outbound.topic_alias);
+        sink.users(&base.user_properties);
+    }
+}
+
+/// Encodes `publish` for one subscriber: its version, QoS and packet identifier, flags, and
+/// per-subscriber properties. The message's own topic alias and subscription identifiers are
+/// never copied. Returns where the packet identifier went.
+pub fn encode_publish(
+    dst: &mut impl BufMut,
+    publish: &Publish,
+    version: ProtocolVersion,
+    out: OutQos,
+    retain: bool,
+    dup: bool,
+    outbound: &Outbound<'_>,
+) -> Layout {
+    let topic: &[u8] = if outbound.omit_topic && version.is_v5() && outbound.topic_alias.is_some() {
+        &[]
+    } else {
+        publish.topic.as_bytes()
+    };
+    let props = OutboundProps {
+        base: &publish.properties,
+        outbound,
+    };
+    let props_len = if version.is_v5() {
+        let mut counter = Counter::default();
+        props.visit(&mut counter);
+        Some(counter.0)
+    } else {
+        None
+    };
+    let pid_len = if out.packet_id().is_some() { 2 } else { 0 };
+    let body_len = binary_len(topic)
+        + pid_len
+        + props_len.map_or(0, |l| varint::len(l as u32) + l)
+        + publish.payload.len();
+    let header_len = 1 + varint::len(body_len as u32);
+    let dup = dup && out.packet_id().is_some();
+    write_fixed_header(dst, Publish::byte0(out.qos(), retain, dup), body_len);
+    write_binary(dst, topic);
+    let packet_id_offset = out.packet_id().map(|id| {
+        dst.put_u16(id.get());
+        header_len + binary_len(topic)
+    });
+    if let Some(len) = props_len {
+        varint::write(dst, len as u32);
+        props.visit(&mut Writer(dst));
+    }
+    dst.put_slice(&publish.payload);
+    Layout {
+        packet_id_offset,
+        len: header_len + body_len,
+    }
+}

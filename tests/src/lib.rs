@@ -1,0 +1,1 @@
+//! Test support for Tern's integration tests: a raw-packet MQTT client and broker harness.

@@ -90,9 +90,17 @@ pub enum DecodeError {
     /// SUBSCRIBE or UNSUBSCRIBE without any topic filter ([MQTT-3.8.3-3], [MQTT-3.10.3-2]).
     #[error("no topic filter in SUBSCRIBE/UNSUBSCRIBE")]
     EmptySubscription,
-    /// Subscription options with reserved bits set or Retain Handling 3 ([MQTT-3.8.3-5]).
+    /// Subscription options with reserved bits set ([MQTT-3.8.3-5]; 3.1.1 [MQTT-3-8.3-4]):
+    /// the spec calls this malformed.
     #[error("invalid subscription options")]
     InvalidSubscriptionOptions,
+    /// Retain Handling 3 (3.8.3.1: "It is a Protocol Error to send a Retain Handling value
+    /// of 3").
+    #[error("retain handling 3")]
+    InvalidRetainHandling,
+    /// No Local set on a shared subscription ([MQTT-3.8.3-4]: "It is a Protocol Error").
+    #[error("no local on a shared subscription")]
+    NoLocalOnSharedSubscription,
     /// A reason code that is not legal in this packet.
     #[error("invalid reason code 0x{0:02X}")]
     InvalidReasonCode(u8),
@@ -111,9 +119,11 @@ impl DecodeError {
             InvalidTopicName => ReasonCode::TOPIC_NAME_INVALID,
             InvalidTopicFilter => ReasonCode::TOPIC_FILTER_INVALID,
             UnsupportedProtocolVersion(_) => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
-            DuplicateProperty(_) | InvalidPropertyValue(_) | EmptySubscription => {
-                ReasonCode::PROTOCOL_ERROR
-            }
+            DuplicateProperty(_)
+            | InvalidPropertyValue(_)
+            | EmptySubscription
+            | InvalidRetainHandling
+            | NoLocalOnSharedSubscription => ReasonCode::PROTOCOL_ERROR,
             InvalidPacketType(_)
             | InvalidHeaderFlags { .. }
             | MalformedRemainingLength

@@ -116,7 +116,9 @@ impl SubscriptionOptions {
                 0 => RetainHandling::SendAtSubscribe,
                 1 => RetainHandling::SendIfNew,
                 2 => RetainHandling::DoNotSend,
-                _ => return Err(DecodeError::InvalidSubscriptionOptions),
+                // A protocol error, not a malformed packet (3.8.3.1): its own variant so
+                // that it maps to reason code 0x82.
+                _ => return Err(DecodeError::InvalidRetainHandling),
             };
             Ok(SubscriptionOptions {
                 qos: QoS::from_u8(byte & 0b11)?,

@@ -39,8 +39,9 @@ impl Subscribe {
             topic::validate_filter(&filter)?;
             let options = SubscriptionOptions::decode(read_u8(&mut body)?, version)?;
             // [MQTT-3.8.3-4]: No Local on a shared subscription is a protocol error.
+            // (Was InvalidSubscriptionOptions, which maps to 0x81 Malformed Packet.)
             if options.no_local && topic::split_shared(&filter).is_some() {
-                return Err(DecodeError::InvalidSubscriptionOptions);
+                return Err(DecodeError::NoLocalOnSharedSubscription);
             }
             filters.push((filter, options));
         }

@@ -1,1 +1,29 @@
-//! `tern-broker`: the Tern MQTT broker.
+//! `tern-broker`: the Tern MQTT broker (MQTT 3.1, 3.1.1 and 5.0).
+//!
+//! Layout (see DESIGN.md for the path of one PUBLISH):
+//! - [`config`]: configuration file, defaults and validation.
+//! - [`listener`]: accept loops, connection limit, graceful shutdown.
+//! - [`connection`]: one client connection: CONNECT handshake, packet loop, close.
+//! - [`session`]: per-client state that outlives connections: delivery window and queue,
+//!   subscriptions, inbound QoS 2 state, will and expiry timers.
+//! - [`router`]: the subscription trie and the fan-out of one message.
+//! - [`delivery`]: the SharedWriter every producer appends encoded packets to.
+//! - [`retained`], [`will`], [`sys`]: retained messages, will messages, `$SYS` topics.
+//! - [`broker`]: the shared state tying these together; [`metrics`], [`error`].
+
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod delivery;
+pub mod error;
+pub mod listener;
+pub mod message;
+pub mod metrics;
+pub mod retained;
+pub mod router;
+pub mod session;
+pub mod sys;
+pub mod will;
+
+pub use broker::Broker;
+pub use config::Config;

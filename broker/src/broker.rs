@@ -1,0 +1,203 @@
+//! [`Broker`]: the shared state of one running broker (configuration, session registry,
+//! router, retained store, counters, shutdown signal) and the operations that span them:
+//! opening and ending sessions, publishing a message.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use tern_codec::{ByteStr, ReasonCode};
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::Config;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::retained::RetainedStore;
+use crate::router::{RouteScratch, Router};
+use crate::session::delivery::DeliverCtx;
+use crate::session::Session;
+
+/// A handle to the broker; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+/// The state behind a [`Broker`].
+#[derive(Debug)]
+pub struct Inner {
+    /// Configuration in force.
+    pub config: Config,
+    /// Subscriptions.
+    pub router: Router,
+    /// Retained messages.
+    pub retained: RetainedStore,
+    /// Client identifier -> session.
+    pub sessions: DashMap<ByteStr, Arc<Session>>,
+    /// Counters.
+    pub metrics: Metrics,
+    /// When the broker started.
+    pub started_at: Instant,
+    /// One permit per allowed connection; all permits back means all connections ended.
+    pub connection_slots: Arc<Semaphore>,
+    next_session_id: AtomicU64,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl std::ops::Deref for Broker {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl Broker {
+    /// A broker with `config`; nothing listens until a listener runs it.
+    pub fn new(config: Config) -> Broker {
+        let (shutdown_tx, _) = watch::channel(false);
+        let slots = config.limits.max_connections.min(Semaphore::MAX_PERMITS);
+        Broker {
+            inner: Arc::new(Inner {
+                router: Router::default(),
+                retained: RetainedStore::default(),
+                sessions: DashMap::new(),
+                metrics: Metrics::default(),
+                started_at: Instant::now(),
+                connection_slots: Arc::new(Semaphore::new(slots)),
+                next_session_id: AtomicU64::new(1),
+                shutdown_tx,
+                config,
+            }),
+        }
+    }
+
+    /// Signals every connection and listener to shut down.
+    pub fn shutdown(&self) {
+        self.shutdown_tx.send_replace(true);
+    }
+
+    /// A receiver that changes to `true` when the broker shuts down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown_tx.subscribe()
+    }
+
+    /// Whether shutdown has been signalled.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown_tx.borrow()
+    }
+
+    /// Delivery context for `now`.
+    pub fn deliver_ctx(&self, now: Instant) -> DeliverCtx<'_> {
+        DeliverCtx {
+            metrics: &self.metrics,
+            now,
+            slow_consumer_timeout: Duration::from_millis(
+                self.config.limits.slow_consumer_timeout_ms,
+            ),
+        }
+    }
+
+    /// Stores (if RETAIN) and routes a message; returns the number of sessions it went to.
+    pub fn publish(
+        &self,
+        message: &Arc<Message>,
+        scratch: &mut RouteScratch,
+        now: Instant,
+    ) -> usize {
+        if message.publish().retain {
+            let delta = self.retained.update(message);
+            match delta {
+                1 => Metrics::add(&self.metrics.retained_messages, 1),
+                -1 => Metrics::sub(&self.metrics.retained_messages, 1),
+                _ => {}
+            }
+        }
+        self.router.route(message, scratch, self.deliver_ctx(now))
+    }
+
+    /// A client identifier for a client that sent an empty one.
+    pub fn assign_client_id(&self) -> ByteStr {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(self.next_session_id.load(Ordering::Relaxed));
+        hasher.write_u128(self.started_at.elapsed().as_nanos());
+        ByteStr::from(format!("tern-{:016x}", hasher.finish()))
+    }
+
+    /// Finds or creates the session of `client_id`. With `clean_start` (or no session) a
+    /// new one replaces any existing one, which ends. Returns the session and whether an
+    /// existing one continues (Session Present).
+    pub fn open_session(&self, client_id: &ByteStr, clean_start: bool) -> (Arc<Session>, bool) {
+        let limits = &self.config.limits;
+        let make = || {
+            let id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
+            Arc::new(Session::new(
+                id,
+                client_id.clone(),
+                limits.max_queued_messages,
+                limits.max_queued_bytes,
+            ))
+        };
+        let mut replaced = None;
+        // The DashMap guard lives only inside this block; ending the old session touches
+        // the map again, so it happens after.
+        let (session, present) = match self.sessions.entry(client_id.clone()) {
+            Entry::Occupied(mut occupied) => {
+                if clean_start || occupied.get().is_ended() {
+                    let fresh = make();
+                    replaced = Some(occupied.insert(fresh.clone()));
+                    (fresh, false)
+                } else {
+                    (occupied.get().clone(), true)
+                }
+            }
+            Entry::Vacant(vacant) => {
+                let fresh = make();
+                vacant.insert(fresh.clone());
+                (fresh, false)
+            }
+        };
+        if !present {
+            Metrics::add(&self.metrics.sessions, 1);
+        }
+        if let Some(old) = replaced {
+            if let Some(link) = old.delivery().take_link() {
+                Metrics::add(&self.metrics.session_takeovers, 1);
+                link.control.kick(ReasonCode::SESSION_TAKEN_OVER);
+            }
+            self.end_session(&old);
+        }
+        (session, present)
+    }
+
+    /// Ends a session: removes its subscriptions, drops what it held, and removes it from
+    /// the registry if it is still the registered one. Idempotent.
+    pub fn end_session(&self, session: &Arc<Session>) {
+        if !session.mark_ended() {
+            return;
+        }
+        let filters: Vec<Arc<str>> = session
+            .subscriptions()
+            .drain()
+            .map(|(filter, _)| filter)
+            .collect();
+        for filter in &filters {
+            if self.router.unsubscribe(filter, session.id) {
+                Metrics::sub(&self.metrics.subscriptions, 1);
+            }
+        }
+        let dropped = session.delivery().clear();
+        if dropped > 0 {
+            tracing::debug!(client_id = %session.client_id, dropped, "session ended with undelivered messages");
+        }
+        self.sessions
+            .remove_if(&session.client_id, |_, registered| {
+                Arc::ptr_eq(registered, session)
+            });
+        Metrics::sub(&self.metrics.sessions, 1);
+        session.wake_timers();
+    }
+}

@@ -1,0 +1,313 @@
+//! Broker configuration: the documented `config.toml` (embedded as the defaults), an
+//! optional file given with `--config`, and `TERN__SECTION__KEY` environment overrides.
+//!
+//! Unknown keys and bad values stop the start with a message naming the source, the key and
+//! what is allowed. This module owns parsing and validation, not applying the values.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The defaults, documented: the repository's `config.toml`, compiled in.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config.toml");
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// MQTT listeners.
+    pub listeners: Vec<ListenerConfig>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Session policy.
+    pub session: SessionConfig,
+    /// `$SYS` topics.
+    pub sys: SysConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// One MQTT listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Transport kind.
+    pub kind: ListenerKind,
+    /// Address to bind.
+    pub bind: SocketAddr,
+}
+
+/// Listener transports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// MQTT over plain TCP.
+    Tcp,
+}
+
+/// Limits; see `config.toml` for what each one does.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_packet_size_bytes: u32,
+    pub connect_timeout_ms: u64,
+    pub max_keep_alive_secs: u16,
+    pub receive_maximum: u16,
+    pub topic_alias_maximum: u16,
+    pub max_inflight_messages: u16,
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+    pub writer_cap_bytes: usize,
+    pub slow_consumer_timeout_ms: u64,
+    pub max_session_expiry_secs: u32,
+}
+
+/// Session policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Whether an empty client identifier gets an assigned one (else CONNACK 0x85).
+    pub allow_empty_client_id: bool,
+}
+
+/// `$SYS` publishing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SysConfig {
+    /// Period of `$SYS/broker/...` updates in seconds; 0 turns them off.
+    pub interval_secs: u64,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// An env-filter directive; `RUST_LOG` takes precedence.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment did not parse or did not fit the schema.
+    #[error("{source_name}: {message}")]
+    Invalid {
+        /// Which file (or "environment") was being read.
+        source_name: String,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// A value parsed but is out of range.
+    #[error("{source_name}: key `{key}` = {value}: {allowed}")]
+    OutOfRange {
+        /// Which file was being read.
+        source_name: String,
+        /// The offending key, as `section.key`.
+        key: &'static str,
+        /// The value given.
+        value: String,
+        /// What is allowed.
+        allowed: &'static str,
+    },
+}
+
+impl Config {
+    /// The embedded defaults.
+    pub fn default_config() -> Config {
+        // The embedded file is checked by a unit test, so this cannot fail at run time.
+        Config::load(None).unwrap_or_else(|e| panic!("embedded config.toml is invalid: {e}"))
+    }
+
+    /// Loads the defaults, then `path` if given, then `TERN__SECTION__KEY` variables.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, the key and what is allowed.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        use config::{Environment, File, FileFormat};
+        let source_name = path.map_or_else(
+            || "embedded config.toml".to_string(),
+            |p| p.display().to_string(),
+        );
+        let mut builder = config::Config::builder();
+        match path {
+            // A given file replaces the defaults whole (so its [[listeners]] are the only
+            // ones); missing sections still come from the defaults.
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+                    source_name: source_name.clone(),
+                    message: format!("cannot read: {e}"),
+                })?;
+                let given: toml_value::Table = parse_table(&text, &source_name)?;
+                let mut defaults: toml_value::Table =
+                    parse_table(DEFAULT_CONFIG_TOML, "embedded config.toml")?;
+                for (key, value) in given {
+                    match (defaults.get_mut(&key), value) {
+                        (Some(toml_value::Value::Table(d)), toml_value::Value::Table(g)) => {
+                            for (k, v) in g {
+                                d.insert(k, v);
+                            }
+                        }
+                        (_, value) => {
+                            defaults.insert(key, value);
+                        }
+                    }
+                }
+                let merged = toml_value::to_string(&defaults);
+                builder = builder.add_source(File::from_str(&merged, FileFormat::Toml));
+            }
+            None => {
+                builder = builder.add_source(File::from_str(DEFAULT_CONFIG_TOML, FileFormat::Toml))
+            }
+        }
+        builder = builder.add_source(
+            Environment::with_prefix("TERN")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let raw = builder.build().map_err(|e| ConfigError::Invalid {
+            source_name: source_name.clone(),
+            message: e.to_string(),
+        })?;
+        let config: Config = raw.try_deserialize().map_err(|e| ConfigError::Invalid {
+            source_name: source_name.clone(),
+            message: e.to_string(),
+        })?;
+        config.validate(&source_name)?;
+        Ok(config)
+    }
+
+    fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+        let out_of_range = |key, value: String, allowed| ConfigError::OutOfRange {
+            source_name: source_name.to_string(),
+            key,
+            value,
+            allowed,
+        };
+        let l = &self.limits;
+        if self.listeners.is_empty() {
+            return Err(out_of_range(
+                "listeners",
+                "[]".into(),
+                "at least one listener",
+            ));
+        }
+        if l.max_packet_size_bytes < 64
+            || l.max_packet_size_bytes > tern_codec::decoder::MAX_PACKET_SIZE_BYTES
+        {
+            return Err(out_of_range(
+                "limits.max_packet_size_bytes",
+                l.max_packet_size_bytes.to_string(),
+                "64 to 268435460",
+            ));
+        }
+        if l.receive_maximum == 0 {
+            return Err(out_of_range(
+                "limits.receive_maximum",
+                "0".into(),
+                "1 to 65535",
+            ));
+        }
+        if l.max_inflight_messages == 0 {
+            return Err(out_of_range(
+                "limits.max_inflight_messages",
+                "0".into(),
+                "1 to 65535",
+            ));
+        }
+        if l.max_connections == 0 {
+            return Err(out_of_range(
+                "limits.max_connections",
+                "0".into(),
+                "at least 1",
+            ));
+        }
+        if l.writer_cap_bytes < l.max_packet_size_bytes as usize {
+            return Err(out_of_range(
+                "limits.writer_cap_bytes",
+                l.writer_cap_bytes.to_string(),
+                "at least limits.max_packet_size_bytes",
+            ));
+        }
+        if l.connect_timeout_ms == 0 {
+            return Err(out_of_range(
+                "limits.connect_timeout_ms",
+                "0".into(),
+                "at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn parse_table(text: &str, source_name: &str) -> Result<toml_value::Table, ConfigError> {
+    toml_value::parse(text).map_err(|message| ConfigError::Invalid {
+        source_name: source_name.to_string(),
+        message,
+    })
+}
+
+/// Thin wrapper over the `toml` crate that `config` already depends on.
+mod toml_value {
+    pub(super) use toml::value::{Table, Value};
+
+    pub(super) fn parse(text: &str) -> Result<Table, String> {
+        text.parse::<Table>().map_err(|e| e.to_string())
+    }
+
+    pub(super) fn to_string(table: &Table) -> String {
+        toml::to_string(table).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_load() {
+        let config = Config::load(None).expect("defaults");
+        assert_eq!(config.listeners.len(), 1);
+        assert_eq!(config.listeners[0].bind.to_string(), "127.0.0.1:1883");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let dir = std::env::temp_dir().join(format!("tern-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "[limits]\nmax_conections = 5\n").expect("write");
+        let err = Config::load(Some(&path))
+            .expect_err("must fail")
+            .to_string();
+        assert!(err.contains("max_conections"), "{err}");
+        assert!(err.contains("bad.toml"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_value_is_named() {
+        let dir = std::env::temp_dir().join(format!("tern-config-r-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("range.toml");
+        std::fs::write(&path, "[limits]\nreceive_maximum = 0\n").expect("write");
+        let err = Config::load(Some(&path))
+            .expect_err("must fail")
+            .to_string();
+        assert!(err.contains("limits.receive_maximum"), "{err}");
+    }
+}

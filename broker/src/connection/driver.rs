@@ -1,0 +1,275 @@
+//! The packet loop of an established connection and the handler of each packet type.
+//!
+//! Handlers run in the connection's task and never await: a PUBLISH is checked, stored if
+//! retained, and routed to every subscriber's SharedWriter before the next packet is read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_codec::{
+    Disconnect, Packet, PubAck, PubComp, PubRec, Publish, QoS, ReasonCode, SubAck, Subscribe,
+    UnsubAck, Unsubscribe,
+};
+use tokio::io::AsyncRead;
+use tokio::time::Instant;
+
+use super::io::PacketReader;
+use super::Connection;
+use crate::error::{Close, ProtocolError};
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::session::SubscriptionRecord;
+
+/// Keep-alive deadline used when keep alive is off (the sleep is then never polled).
+const NO_DEADLINE: Duration = Duration::from_secs(86_400 * 365);
+
+impl Connection {
+    /// Reads and handles packets until the connection ends; returns why.
+    pub(crate) async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut PacketReader<R>,
+    ) -> Close {
+        let mut shutdown = self.broker.shutdown_signal();
+        if *shutdown.borrow_and_update() {
+            return Close::Shutdown;
+        }
+        let keep_alive = self.keep_alive_timeout;
+        let deadline = tokio::time::sleep(keep_alive.unwrap_or(NO_DEADLINE));
+        tokio::pin!(deadline);
+        let control = self.control.clone();
+        loop {
+            let mut received = false;
+            loop {
+                match reader.try_decode() {
+                    Ok(Some(packet)) => {
+                        received = true;
+                        if let Err(close) = self.handle(packet) {
+                            return close;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Close::Protocol(e),
+                }
+            }
+            if received {
+                if let Some(timeout) = keep_alive {
+                    deadline.as_mut().reset(Instant::now() + timeout);
+                }
+            }
+            tokio::select! {
+                biased;
+                reason = control.kicked() => return Close::Kicked(reason),
+                _ = shutdown.changed() => return Close::Shutdown,
+                read = reader.read_more() => match read {
+                    Ok(0) => return Close::PeerGone,
+                    Ok(n) => Metrics::add(&self.broker.metrics.bytes_received, n as u64),
+                    Err(e) => return Close::Io(e),
+                },
+                _ = &mut deadline, if keep_alive.is_some() => return Close::KeepAliveTimeout,
+            }
+        }
+    }
+
+    fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(publish) => self.handle_publish(publish)?,
+            Packet::PubAck(ack) => {
+                let ctx = self.broker.deliver_ctx(Instant::now());
+                self.session.delivery().handle_puback(ack.packet_id, ctx);
+            }
+            Packet::PubRec(rec) => {
+                let ctx = self.broker.deliver_ctx(Instant::now());
+                self.session
+                    .delivery()
+                    .handle_pubrec(rec.packet_id, rec.reason_code, ctx);
+            }
+            Packet::PubComp(comp) => {
+                let ctx = self.broker.deliver_ctx(Instant::now());
+                self.session.delivery().handle_pubcomp(comp.packet_id, ctx);
+            }
+            Packet::PubRel(rel) => {
+                // [MQTT-4.3.3-12]: release the id; PUBCOMP (0x92 when it was unknown).
+                let known = self.session.incoming_qos2().remove(&rel.packet_id.get());
+                let mut comp = PubComp::new(rel.packet_id);
+                if !known {
+                    comp.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                }
+                self.send(|buf, version| comp.encode(version, buf));
+            }
+            Packet::Subscribe(subscribe) => self.handle_subscribe(*subscribe),
+            Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(*unsubscribe),
+            Packet::PingReq => self.send(|buf, version| Packet::PingResp.encode(version, buf)),
+            Packet::Disconnect(disconnect) => return Err(self.handle_disconnect(disconnect)),
+            Packet::Connect(_) => return Err(ProtocolError::SecondConnect.into()),
+            Packet::Auth(_) => return Err(ProtocolError::UnexpectedAuth.into()),
+            other @ (Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp) => return Err(ProtocolError::ServerOnlyPacket(other.name()).into()),
+        }
+        Ok(())
+    }
+
+    fn handle_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
+        Metrics::add(&self.broker.metrics.messages_received, 1);
+        if !publish.properties.subscription_identifiers.is_empty() {
+            return Err(ProtocolError::SubscriptionIdFromClient.into());
+        }
+        if let Some(alias) = publish.properties.topic_alias {
+            if alias == 0 || alias > self.broker.config.limits.topic_alias_maximum {
+                return Err(ProtocolError::TopicAliasInvalid.into());
+            }
+            if publish.topic.is_empty() {
+                let topic = self
+                    .inbound_aliases
+                    .get(&alias)
+                    .cloned()
+                    .ok_or(ProtocolError::TopicAliasUnknown)?;
+                publish.resolve_alias(topic);
+            } else {
+                self.inbound_aliases.insert(alias, publish.topic.clone());
+                let topic = publish.topic.clone();
+                publish.resolve_alias(topic);
+            }
+        }
+        let qos = publish.qos;
+        let packet_id = publish.packet_id;
+        if qos == QoS::ExactlyOnce {
+            let Some(id) = packet_id else { return Ok(()) };
+            let mut pending = self.session.incoming_qos2();
+            if pending.contains(&id.get()) {
+                // A resend of a message already delivered: acknowledge, do not route again
+                // ([MQTT-4.3.3-10]).
+                drop(pending);
+                self.send(|buf, version| PubRec::new(id).encode(version, buf));
+                return Ok(());
+            }
+            // [MQTT-3.3.4-9]: no more unacknowledged QoS 2 than our Receive Maximum.
+            if pending.len() >= usize::from(self.broker.config.limits.receive_maximum) {
+                return Err(ProtocolError::ReceiveMaximumExceeded.into());
+            }
+            pending.insert(id.get());
+        }
+        let delivered = self.route(publish);
+        let reason = if delivered == 0 && self.version.is_v5() {
+            ReasonCode::NO_MATCHING_SUBSCRIBERS
+        } else {
+            ReasonCode::SUCCESS
+        };
+        match (qos, packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => {
+                let mut ack = PubAck::new(id);
+                ack.reason_code = reason;
+                self.send(|buf, version| ack.encode(version, buf));
+            }
+            (QoS::ExactlyOnce, Some(id)) => {
+                let mut rec = PubRec::new(id);
+                rec.reason_code = reason;
+                self.send(|buf, version| rec.encode(version, buf));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Stores and routes a client's message; returns how many sessions it reached.
+    fn route(&mut self, publish: Publish) -> usize {
+        // Clients may not publish into the broker's own statistics.
+        if publish.topic.starts_with("$SYS/") || &*publish.topic == "$SYS" {
+            return 0;
+        }
+        let now = Instant::now();
+        let message = Message::new(publish, now, Some(self.session.id));
+        self.broker.publish(&message, &mut self.scratch, now)
+    }
+
+    fn handle_subscribe(&mut self, subscribe: Subscribe) {
+        let subscription_id = subscribe.properties.subscription_identifier;
+        let mut reason_codes = Vec::with_capacity(subscribe.filters.len());
+        let mut retained_for = Vec::new();
+        for (filter, options) in &subscribe.filters {
+            let record = SubscriptionRecord {
+                options: *options,
+                subscription_id,
+            };
+            let existed = self
+                .session
+                .subscriptions()
+                .insert(Arc::from(&**filter), record)
+                .is_some();
+            self.broker
+                .router
+                .subscribe(filter, &self.session, *options, subscription_id);
+            if !existed {
+                Metrics::add(&self.broker.metrics.subscriptions, 1);
+            }
+            reason_codes.push(ReasonCode(options.qos as u8));
+            // Retained messages: per Retain Handling ([MQTT-3.3.1-9], [MQTT-3.3.1-10],
+            // [MQTT-3.3.1-11]); never for shared subscriptions ([MQTT-4.8.2-?] 4.8.2).
+            let shared = tern_codec::topic::split_shared(filter).is_some();
+            let send_retained = match options.retain_handling {
+                tern_codec::RetainHandling::SendAtSubscribe => true,
+                tern_codec::RetainHandling::SendIfNew => !existed,
+                tern_codec::RetainHandling::DoNotSend => false,
+            };
+            if send_retained && !shared {
+                retained_for.push((filter.clone(), options.qos));
+            }
+        }
+        let suback = SubAck {
+            packet_id: subscribe.packet_id,
+            properties: Default::default(),
+            reason_codes,
+        };
+        self.send(|buf, version| suback.encode(version, buf));
+        if retained_for.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let ctx = self.broker.deliver_ctx(now);
+        let ids: Vec<u32> = subscription_id.into_iter().collect();
+        for (filter, granted) in retained_for {
+            let mut matches = Vec::new();
+            self.broker
+                .retained
+                .for_each_match(&filter, now, |m| matches.push(m.clone()));
+            let mut delivery = self.session.delivery();
+            for message in &matches {
+                // Sent because of a subscribe: RETAIN is 1 ([MQTT-3.3.1-8]).
+                delivery.deliver(message, message.qos().min(granted), true, &ids, ctx);
+            }
+        }
+    }
+
+    fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        let mut reason_codes = Vec::with_capacity(unsubscribe.filters.len());
+        for filter in &unsubscribe.filters {
+            let existed = self.session.subscriptions().remove(&**filter).is_some();
+            if self.broker.router.unsubscribe(filter, self.session.id) {
+                Metrics::sub(&self.broker.metrics.subscriptions, 1);
+            }
+            reason_codes.push(if existed {
+                ReasonCode::SUCCESS
+            } else {
+                ReasonCode::NO_SUBSCRIPTION_EXISTED
+            });
+        }
+        let unsuback = UnsubAck {
+            packet_id: unsubscribe.packet_id,
+            properties: Default::default(),
+            reason_codes,
+        };
+        self.send(|buf, version| unsuback.encode(version, buf));
+    }
+
+    fn handle_disconnect(&mut self, disconnect: Disconnect) -> Close {
+        if let Some(secs) = disconnect.properties.session_expiry_interval_secs {
+            if self.connect_expiry_was_zero && secs != 0 {
+                return ProtocolError::SessionExpiryAfterZero.into();
+            }
+            self.session
+                .set_expiry_secs(secs.min(self.broker.config.limits.max_session_expiry_secs));
+        }
+        Close::ClientDisconnect(disconnect.reason_code)
+    }
+}

@@ -1,0 +1,206 @@
+//! The CONNECT handshake: read CONNECT within the connect timeout, validate it, open or
+//! resume the session (taking it over from an older connection), answer CONNACK and attach.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_codec::{
+    ConnAck, ConnAckProperties, Connect, DecodeError, Packet, ProtocolVersion, ReasonCode,
+};
+use tokio::io::AsyncRead;
+use tokio::time::Instant;
+
+use super::io::PacketReader;
+use super::Connection;
+use crate::broker::Broker;
+use crate::delivery::shared_writer::SharedWriter;
+use crate::error::{Close, ProtocolError};
+use crate::metrics::Metrics;
+use crate::router::RouteScratch;
+use crate::session::delivery::{ConnControl, Link, OutboundAliases};
+
+/// Reads CONNECT and establishes the connection.
+///
+/// # Errors
+/// A [`Close`] when the client sends nothing in time, something other than CONNECT
+/// ([MQTT-3.1.0-1]), a malformed CONNECT, or is refused (CONNACK with an error code sent).
+pub(crate) async fn connect<R: AsyncRead + Unpin>(
+    broker: &Broker,
+    reader: &mut PacketReader<R>,
+    out: &Arc<SharedWriter>,
+    peer: SocketAddr,
+) -> Result<Connection, Close> {
+    let timeout = Duration::from_millis(broker.config.limits.connect_timeout_ms);
+    let first = match tokio::time::timeout(timeout, reader.next_packet()).await {
+        Err(_) => return Err(Close::ConnectTimeout),
+        Ok(Err(Close::Protocol(ProtocolError::Decode(
+            DecodeError::UnsupportedProtocolVersion(level),
+        )))) => {
+            // [MQTT-3.1.2-2]: answer CONNACK 0x01 (3.1.1 encoding: the client's version is
+            // unknown to us) and close.
+            let connack = ConnAck {
+                code: ReasonCode(0x01),
+                ..ConnAck::default()
+            };
+            let mut guard = out.lock();
+            connack.encode(ProtocolVersion::V3_1_1, guard.buf());
+            tracing::debug!(%peer, level, "unsupported protocol level");
+            return Err(Close::Refused(ReasonCode::UNSUPPORTED_PROTOCOL_VERSION));
+        }
+        Ok(Err(close)) => return Err(close),
+        Ok(Ok((packet, read))) => {
+            Metrics::add(&broker.metrics.bytes_received, read as u64);
+            packet
+        }
+    };
+    let Packet::Connect(connect) = first else {
+        return Err(Close::Protocol(ProtocolError::ServerOnlyPacket(
+            "non-CONNECT first packet",
+        )));
+    };
+    establish(broker, *connect, out, peer)
+}
+
+fn refuse(out: &SharedWriter, version: ProtocolVersion, code: ReasonCode) -> Close {
+    let wire_code = if version.is_v5() {
+        code
+    } else {
+        ReasonCode(code.to_v3_connack())
+    };
+    let connack = ConnAck {
+        code: wire_code,
+        ..ConnAck::default()
+    };
+    connack.encode(version, out.lock().buf());
+    Close::Refused(code)
+}
+
+fn establish(
+    broker: &Broker,
+    connect: Connect,
+    out: &Arc<SharedWriter>,
+    peer: SocketAddr,
+) -> Result<Connection, Close> {
+    let version = connect.protocol;
+    let v5 = version.is_v5();
+    let limits = &broker.config.limits;
+
+    // Enhanced authentication (AUTH) is not offered: [MQTT-4.12.0-1] lets us refuse.
+    if connect.properties.authentication_method.is_some() {
+        return Err(refuse(out, version, ReasonCode::BAD_AUTHENTICATION_METHOD));
+    }
+    if broker.is_shutting_down() {
+        return Err(refuse(out, version, ReasonCode::SERVER_UNAVAILABLE));
+    }
+
+    let mut assigned = None;
+    let client_id = if connect.client_id.is_empty() {
+        // [MQTT-3.1.3-8] (3.1.1): an empty id needs Clean Session 1.
+        if (!v5 && !connect.clean_start) || !broker.config.session.allow_empty_client_id {
+            return Err(refuse(
+                out,
+                version,
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            ));
+        }
+        let id = broker.assign_client_id();
+        assigned = Some(id.clone());
+        id
+    } else {
+        connect.client_id.clone()
+    };
+
+    let requested_expiry = if v5 {
+        connect.properties.session_expiry_interval_secs.unwrap_or(0)
+    } else if connect.clean_start {
+        0
+    } else {
+        u32::MAX
+    };
+    let expiry_secs = requested_expiry.min(limits.max_session_expiry_secs);
+
+    let (session, resumed) = broker.open_session(&client_id, connect.clean_start);
+    session.set_expiry_secs(expiry_secs);
+    if let Some(old) = session.delivery().take_link() {
+        // [MQTT-3.1.4-3]: the existing connection gets DISCONNECT 0x8E and is closed.
+        Metrics::add(&broker.metrics.session_takeovers, 1);
+        old.control.kick(ReasonCode::SESSION_TAKEN_OVER);
+    }
+    let generation = session.next_generation();
+
+    let mut keep_alive_secs = connect.keep_alive_secs;
+    let mut server_keep_alive = None;
+    if v5
+        && limits.max_keep_alive_secs > 0
+        && (keep_alive_secs == 0 || keep_alive_secs > limits.max_keep_alive_secs)
+    {
+        keep_alive_secs = limits.max_keep_alive_secs;
+        server_keep_alive = Some(keep_alive_secs);
+    }
+
+    let mut connack = ConnAck {
+        session_present: resumed,
+        code: ReasonCode::SUCCESS,
+        properties: ConnAckProperties::default(),
+    };
+    if v5 {
+        let p = &mut connack.properties;
+        p.session_expiry_interval_secs = (expiry_secs != requested_expiry).then_some(expiry_secs);
+        p.assigned_client_identifier = assigned;
+        p.server_keep_alive_secs = server_keep_alive;
+        p.receive_maximum = Some(limits.receive_maximum);
+        p.maximum_packet_size_bytes = Some(limits.max_packet_size_bytes);
+        p.topic_alias_maximum = Some(limits.topic_alias_maximum);
+        p.retain_available = Some(true);
+        p.wildcard_subscription_available = Some(true);
+        p.subscription_identifiers_available = Some(true);
+        p.shared_subscription_available = Some(true);
+    }
+    connack.encode(version, out.lock().buf());
+
+    let control = Arc::new(ConnControl::default());
+    let client_props = &connect.properties;
+    let link = Link {
+        writer: out.clone(),
+        version,
+        max_packet_size_bytes: client_props.maximum_packet_size_bytes.unwrap_or(u32::MAX),
+        aliases: OutboundAliases::new(
+            client_props
+                .topic_alias_maximum
+                .unwrap_or(0)
+                .min(limits.topic_alias_maximum),
+        ),
+        generation,
+        control: control.clone(),
+    };
+    let window = client_props
+        .receive_maximum
+        .unwrap_or(u16::MAX)
+        .min(limits.max_inflight_messages);
+    session.delivery().attach(
+        link,
+        usize::from(window),
+        broker.deliver_ctx(Instant::now()),
+    );
+    Metrics::add(&broker.metrics.clients_connected, 1);
+    tracing::debug!(%client_id, %peer, ?version, resumed, "client connected");
+
+    Ok(Connection {
+        broker: broker.clone(),
+        session,
+        generation,
+        version,
+        client_id,
+        peer,
+        out: out.clone(),
+        control,
+        keep_alive_timeout: (keep_alive_secs > 0)
+            .then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500)),
+        will: connect.will,
+        inbound_aliases: HashMap::new(),
+        connect_expiry_was_zero: requested_expiry == 0,
+        scratch: RouteScratch::default(),
+    })
+}

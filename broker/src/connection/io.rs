@@ -1,0 +1,81 @@
+//! The read side of a connection: a buffer that grows with the traffic and shrinks when
+//! idle, and the codec's incremental decoder over it.
+
+use bytes::BytesMut;
+use tern_codec::{Decoder, Packet};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::error::{Close, ProtocolError};
+
+/// Smallest read reservation: what an idle connection holds.
+const MIN_READ_BYTES: usize = 256;
+/// Largest read reservation per read call.
+const MAX_READ_BYTES: usize = 64 * 1024;
+
+/// A connection's reader: transport, buffer and decoder.
+#[derive(Debug)]
+pub struct PacketReader<R> {
+    reader: R,
+    buf: BytesMut,
+    decoder: Decoder,
+    /// How much spare room to ensure before the next read; doubles when reads fill it.
+    read_size: usize,
+}
+
+impl<R: AsyncRead + Unpin> PacketReader<R> {
+    /// A reader with a server-side decoder (version learnt from CONNECT).
+    pub fn new(reader: R, max_packet_size_bytes: u32) -> PacketReader<R> {
+        PacketReader {
+            reader,
+            buf: BytesMut::new(),
+            decoder: Decoder::new(max_packet_size_bytes),
+            read_size: MIN_READ_BYTES,
+        }
+    }
+
+    /// Decodes a packet already buffered, if any.
+    pub fn try_decode(&mut self) -> Result<Option<Packet>, ProtocolError> {
+        Ok(self.decoder.decode(&mut self.buf)?)
+    }
+
+    /// Reads more bytes; returns how many (0 at end of stream).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: bytes are either read into the buffer or not read at all.
+    pub async fn read_more(&mut self) -> std::io::Result<usize> {
+        if self.buf.is_empty() && self.buf.capacity() > MAX_READ_BYTES {
+            self.buf = BytesMut::new();
+        }
+        self.buf.reserve(self.read_size);
+        let spare = self.buf.capacity() - self.buf.len();
+        let n = self.reader.read_buf(&mut self.buf).await?;
+        if n == spare && self.read_size < MAX_READ_BYTES {
+            self.read_size *= 2;
+        } else if n < self.read_size / 4 && self.read_size > MIN_READ_BYTES {
+            self.read_size /= 2;
+        }
+        Ok(n)
+    }
+
+    /// Waits for the next whole packet.
+    ///
+    /// # Cancel safety
+    /// Cancel safe (see [`PacketReader::read_more`]).
+    pub async fn next_packet(&mut self) -> Result<(Packet, usize), Close> {
+        let mut read = 0;
+        loop {
+            if let Some(packet) = self.try_decode()? {
+                return Ok((packet, read));
+            }
+            match self.read_more().await? {
+                0 => return Err(Close::PeerGone),
+                n => read += n,
+            }
+        }
+    }
+
+    /// The decoder (to learn the version, or change the limit).
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+}

@@ -1,0 +1,167 @@
+//! One client connection: the CONNECT handshake ([`handshake`]), the packet loop
+//! ([`driver`]) and the end of the connection (DISCONNECT, will, session expiry).
+//!
+//! A connection is two tasks: this one reads, decodes and handles packets (routing the
+//! PUBLISH packets it receives, in this task); a writer task drains the connection's
+//! [`SharedWriter`]. The transport is any `AsyncRead`/`AsyncWrite` pair, so TCP, TLS and
+//! WebSocket all use the same driver.
+
+mod driver;
+mod handshake;
+pub mod io;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_codec::{ByteStr, Disconnect, LastWill, ProtocolVersion};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::broker::Broker;
+use crate::delivery::shared_writer::SharedWriter;
+use crate::error::Close;
+use crate::metrics::Metrics;
+use crate::router::RouteScratch;
+use crate::session::delivery::ConnControl;
+use crate::session::timers::{self, Offline};
+use crate::session::Session;
+use crate::will;
+
+use self::io::PacketReader;
+
+/// How long the writer may take to flush after the connection ends.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves one accepted connection until it ends.
+pub async fn serve<R, W>(broker: Broker, reader: R, writer: W, peer: SocketAddr)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let out = Arc::new(SharedWriter::new(broker.config.limits.writer_cap_bytes));
+    let writer_task = {
+        let out = out.clone();
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let sent = &broker.metrics.bytes_sent;
+            if let Err(e) = out.run(writer, |n| Metrics::add(sent, n as u64)).await {
+                tracing::debug!(%peer, error = %e, "write failed");
+            }
+        })
+    };
+    let mut reader = PacketReader::new(reader, broker.config.limits.max_packet_size_bytes);
+    match handshake::connect(&broker, &mut reader, &out, peer).await {
+        Ok(mut connection) => {
+            let close = connection.run(&mut reader).await;
+            connection.finish(close);
+        }
+        Err(close) => {
+            match &close {
+                Close::ConnectTimeout => Metrics::add(&broker.metrics.timeouts, 1),
+                Close::Protocol(_) => Metrics::add(&broker.metrics.protocol_errors, 1),
+                _ => {}
+            }
+            tracing::debug!(%peer, reason = %close, "connection closed before CONNECT completed");
+        }
+    }
+    out.close();
+    if tokio::time::timeout(FLUSH_TIMEOUT, writer_task)
+        .await
+        .is_err()
+    {
+        tracing::debug!(%peer, "writer did not flush in time");
+    }
+}
+
+/// A connected client, after CONNACK.
+pub(crate) struct Connection {
+    broker: Broker,
+    session: Arc<Session>,
+    /// This connection's generation in `session`.
+    generation: u64,
+    version: ProtocolVersion,
+    client_id: ByteStr,
+    peer: SocketAddr,
+    out: Arc<SharedWriter>,
+    control: Arc<ConnControl>,
+    /// Nothing received for this long closes the connection (1.5 x keep alive).
+    keep_alive_timeout: Option<Duration>,
+    will: Option<LastWill>,
+    /// Topic aliases set by the client on this connection ([MQTT-3.3.2-7]: not kept).
+    inbound_aliases: HashMap<u16, ByteStr>,
+    /// CONNECT's Session Expiry Interval was 0 ([MQTT-3.14.2-2]).
+    connect_expiry_was_zero: bool,
+    scratch: RouteScratch,
+}
+
+impl Connection {
+    /// Ends the connection: DISCONNECT to a 5.0 client when we close it, detach from the
+    /// session, publish or schedule the will, end or schedule the expiry of the session.
+    fn finish(mut self, close: Close) {
+        let metrics = &self.broker.metrics;
+        match &close {
+            Close::Protocol(_) => Metrics::add(&metrics.protocol_errors, 1),
+            Close::KeepAliveTimeout => Metrics::add(&metrics.timeouts, 1),
+            Close::Kicked(reason) if *reason == tern_codec::ReasonCode::QUOTA_EXCEEDED => {
+                Metrics::add(&metrics.slow_consumer_disconnects, 1)
+            }
+            _ => {}
+        }
+        tracing::debug!(client_id = %self.client_id, peer = %self.peer, reason = %close, "connection closed");
+        if let (true, Some(reason)) = (self.version.is_v5(), close.disconnect_reason()) {
+            self.send(|buf, version| Disconnect::new(reason).encode(version, buf));
+        }
+        self.out.close();
+        Metrics::sub(&metrics.clients_connected, 1);
+        let detached = self.session.delivery().detach(self.generation);
+        let will = if close.publishes_will() {
+            self.will.take()
+        } else {
+            None
+        };
+        let will = will.map(|w| {
+            let delay = Duration::from_secs(u64::from(
+                w.properties.will_delay_interval_secs.unwrap_or(0),
+            ));
+            (w, delay)
+        });
+        if !detached {
+            // Taken over: a new connection owns the session. A will with a delay is
+            // cancelled if that connection resumed the session ([MQTT-3.1.3-9]); one without
+            // (or whose session ended) goes out now.
+            if let Some((w, delay)) = will {
+                if delay.is_zero() || self.session.is_ended() {
+                    will::publish(&self.broker, &self.session, w);
+                }
+            }
+            return;
+        }
+        let expiry_secs = self.session.expiry_secs();
+        let mut will = will;
+        if expiry_secs == 0 || will.as_ref().is_some_and(|(_, delay)| delay.is_zero()) {
+            if let Some((w, _)) = will.take() {
+                will::publish(&self.broker, &self.session, w);
+            }
+        }
+        if expiry_secs == 0 {
+            self.broker.end_session(&self.session);
+        } else if will.is_some() || expiry_secs != u32::MAX {
+            let offline = Offline {
+                session: self.session.clone(),
+                generation: self.generation,
+                will,
+            };
+            tokio::spawn(timers::run(self.broker.clone(), offline));
+        }
+    }
+
+    /// Appends one packet to the output buffer (never capped: control packets are small and
+    /// bounded by the client's own requests).
+    fn send(&self, encode: impl FnOnce(&mut bytes::BytesMut, ProtocolVersion)) {
+        let mut guard = self.out.lock();
+        if !guard.is_closed() {
+            encode(guard.buf(), self.version);
+        }
+    }
+}

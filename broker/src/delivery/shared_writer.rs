@@ -1,0 +1,256 @@
+//! SharedWriter: one connection's output buffer, shared by every task that sends to it.
+//!
+//! Producers (the connection's own task, and publishers routing to it from their tasks) lock
+//! it briefly, append encoded packets (patched templates) and release. They wake the
+//! connection's writer only when the buffer goes from empty to non-empty, so a burst of N
+//! messages costs one wake-up. The writer swaps the whole buffer out and writes it with one
+//! `write_all`, so reading never waits on a slow socket and a slow socket never blocks a
+//! publisher.
+//!
+//! Slow consumers: the buffer has a byte cap. QoS 0 messages that would go past it are
+//! dropped (the caller counts them); QoS 1/2 packets and control packets are always
+//! appended, since they are bounded by the inflight window. The moment the buffer first
+//! went over the cap is kept, so the connection can disconnect a client that stays there
+//! too long (DISCONNECT 0x97).
+
+use std::sync::{Mutex, MutexGuard};
+use tokio::time::Instant;
+
+use bytes::BytesMut;
+use tokio::sync::Notify;
+
+/// Buffers above this capacity are dropped instead of kept after a flush, so an idle
+/// connection does not hold a large allocation (DESIGN.md "Idle connections").
+pub const KEEP_CAPACITY_BYTES: usize = 64 * 1024;
+
+/// A connection's shared output buffer.
+#[derive(Debug)]
+pub struct SharedWriter {
+    state: Mutex<WriterState>,
+    /// Wakes the writer task; `notify_one` keeps a permit, so no wake-up is lost.
+    wake: Notify,
+    /// Byte cap for QoS 0 appends.
+    cap_bytes: usize,
+}
+
+#[derive(Debug)]
+struct WriterState {
+    buf: BytesMut,
+    /// No more appends: the connection is closing; the writer flushes what is left.
+    closed: bool,
+    /// When the buffer first stayed over the cap, for the slow-consumer timeout.
+    over_cap_since: Option<Instant>,
+}
+
+/// Whether an append happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// The bytes are in the buffer.
+    Yes,
+    /// Over the byte cap (QoS 0 only): dropped.
+    OverCap,
+    /// The connection is closing: dropped.
+    Closed,
+}
+
+/// Exclusive access to the buffer for one batch of appends; wakes the writer on drop if
+/// the buffer went from empty to non-empty.
+pub struct WriteGuard<'a> {
+    writer: &'a SharedWriter,
+    state: MutexGuard<'a, WriterState>,
+    was_empty: bool,
+}
+
+impl WriteGuard<'_> {
+    /// The buffer to append to.
+    pub fn buf(&mut self) -> &mut BytesMut {
+        &mut self.state.buf
+    }
+
+    /// Whether `len` more bytes stay within the cap.
+    pub fn has_room(&self, len: usize) -> bool {
+        self.state.buf.len() + len <= self.writer.cap_bytes
+    }
+
+    /// Whether the connection is closing.
+    pub fn is_closed(&self) -> bool {
+        self.state.closed
+    }
+
+    /// Records that a QoS 0 message did not fit, starting the slow-consumer clock.
+    pub fn mark_over_cap(&mut self, now: Instant) {
+        self.state.over_cap_since.get_or_insert(now);
+    }
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        let now_non_empty = !self.state.buf.is_empty();
+        if self.was_empty && now_non_empty {
+            self.writer.wake.notify_one();
+        }
+    }
+}
+
+impl SharedWriter {
+    /// An empty writer with a byte cap for QoS 0 appends.
+    pub fn new(cap_bytes: usize) -> SharedWriter {
+        SharedWriter {
+            state: Mutex::new(WriterState {
+                buf: BytesMut::new(),
+                closed: false,
+                over_cap_since: None,
+            }),
+            wake: Notify::new(),
+            cap_bytes,
+        }
+    }
+
+    /// Locks the buffer for a batch of appends. Hold it only while encoding: never across
+    /// an `.await`.
+    pub fn lock(&self) -> WriteGuard<'_> {
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let was_empty = state.buf.is_empty();
+        WriteGuard {
+            writer: self,
+            state,
+            was_empty,
+        }
+    }
+
+    /// Appends bytes produced by `encode` unless closed. `capped` applies the byte cap
+    /// (QoS 0 messages); `len` is the exact number of bytes `encode` appends.
+    pub fn append(
+        &self,
+        len: usize,
+        capped: bool,
+        now: Instant,
+        encode: impl FnOnce(&mut BytesMut),
+    ) -> Appended {
+        let mut guard = self.lock();
+        if guard.is_closed() {
+            return Appended::Closed;
+        }
+        if capped && !guard.has_room(len) {
+            guard.mark_over_cap(now);
+            return Appended::OverCap;
+        }
+        encode(guard.buf());
+        Appended::Yes
+    }
+
+    /// Marks the writer closed: later appends are dropped, the writer task flushes what is
+    /// buffered and ends.
+    pub fn close(&self) {
+        let mut guard = self.lock();
+        guard.state.closed = true;
+        drop(guard);
+        self.wake.notify_one();
+    }
+
+    /// Since when the buffer has been over its cap without draining, if it is.
+    pub fn over_cap_since(&self) -> Option<Instant> {
+        self.lock().state.over_cap_since
+    }
+
+    /// Swaps the pending bytes into `out` (which must be empty). Returns `false` when the
+    /// writer is closed and nothing is left.
+    fn take(&self, out: &mut BytesMut) -> bool {
+        let mut guard = self.lock();
+        std::mem::swap(&mut guard.state.buf, out);
+        if out.len() < self.cap_bytes {
+            guard.state.over_cap_since = None;
+        }
+        // Keep the buffer we handed back small when idle.
+        if guard.state.buf.capacity() > KEEP_CAPACITY_BYTES {
+            guard.state.buf = BytesMut::new();
+        }
+        !(out.is_empty() && guard.state.closed)
+    }
+
+    /// The writer task's loop: waits for bytes, writes each batch with one `write_all`,
+    /// and returns after `close` once everything is flushed, or on a write error.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a batch being written when the future is dropped is lost. Run it as
+    /// its own task.
+    pub async fn run<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        mut socket: W,
+        mut on_written: impl FnMut(usize),
+    ) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut batch = BytesMut::new();
+        loop {
+            if !self.take(&mut batch) {
+                let _ = socket.shutdown().await;
+                return Ok(());
+            }
+            if batch.is_empty() {
+                self.wake.notified().await;
+                continue;
+            }
+            socket.write_all(&batch).await?;
+            on_written(batch.len());
+            batch.clear();
+            if batch.capacity() > KEEP_CAPACITY_BYTES {
+                batch = BytesMut::new();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_applies_to_qos0_only() {
+        let writer = SharedWriter::new(10);
+        let now = Instant::now();
+        assert_eq!(
+            writer.append(8, true, now, |b| b.extend_from_slice(&[0; 8])),
+            Appended::Yes
+        );
+        assert_eq!(
+            writer.append(8, true, now, |b| b.extend_from_slice(&[0; 8])),
+            Appended::OverCap
+        );
+        assert_eq!(writer.over_cap_since(), Some(now));
+        assert_eq!(
+            writer.append(8, false, now, |b| b.extend_from_slice(&[0; 8])),
+            Appended::Yes
+        );
+        let mut out = BytesMut::new();
+        assert!(writer.take(&mut out));
+        assert_eq!(out.len(), 16);
+        writer.close();
+        assert_eq!(
+            writer.append(1, false, now, |b| b.extend_from_slice(&[0])),
+            Appended::Closed
+        );
+    }
+
+    #[tokio::test]
+    async fn flushes_and_stops_after_close() {
+        let writer = std::sync::Arc::new(SharedWriter::new(1024));
+        let (client, mut server) = tokio::io::duplex(4096);
+        let task = {
+            let writer = writer.clone();
+            tokio::spawn(async move { writer.run(client, |_| {}).await })
+        };
+        let now = Instant::now();
+        writer.append(3, true, now, |b| b.extend_from_slice(b"abc"));
+        writer.append(3, true, now, |b| b.extend_from_slice(b"def"));
+        writer.close();
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut server, &mut got)
+            .await
+            .expect("read");
+        assert_eq!(got, b"abcdef");
+        task.await.expect("join").expect("io");
+    }
+}

@@ -1,0 +1,116 @@
+//! Why a connection ends, and the one place where each reason maps to the DISCONNECT reason
+//! code a 5.0 client is sent (3.x clients just see the socket close, as their spec says).
+//!
+//! Layers: [`tern_codec::DecodeError`] (the bytes) -> [`ProtocolError`] (the rules of the
+//! session) -> [`Close`] (the end of one connection, with who started it).
+
+use tern_codec::{DecodeError, ReasonCode};
+
+/// A broken protocol rule after CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The bytes could not be decoded.
+    #[error("decode: {0}")]
+    Decode(#[from] DecodeError),
+    /// A second CONNECT ([MQTT-3.1.0-2]).
+    #[error("second CONNECT")]
+    SecondConnect,
+    /// A packet only a server sends (CONNACK, SUBACK, UNSUBACK, PINGRESP).
+    #[error("{0} sent by a client")]
+    ServerOnlyPacket(&'static str),
+    /// A Subscription Identifier in a client's PUBLISH ([MQTT-3.3.4-6]).
+    #[error("subscription identifier in a client PUBLISH")]
+    SubscriptionIdFromClient,
+    /// Topic Alias 0 or above our Topic Alias Maximum ([MQTT-3.2.2-17], [MQTT-3.3.2-9]).
+    #[error("topic alias out of range")]
+    TopicAliasInvalid,
+    /// An empty topic with an alias never set on this connection ([MQTT-3.3.2-?] 3.3.2.3.4).
+    #[error("unknown topic alias")]
+    TopicAliasUnknown,
+    /// More unacknowledged QoS 2 PUBLISH than our Receive Maximum ([MQTT-3.3.4-9]).
+    #[error("receive maximum exceeded")]
+    ReceiveMaximumExceeded,
+    /// DISCONNECT sets a Session Expiry Interval after CONNECT had 0 ([MQTT-3.14.2-2]).
+    #[error("session expiry set at DISCONNECT after 0 at CONNECT")]
+    SessionExpiryAfterZero,
+    /// AUTH without enhanced authentication in progress.
+    #[error("unexpected AUTH")]
+    UnexpectedAuth,
+}
+
+impl ProtocolError {
+    /// The DISCONNECT reason code for this error.
+    pub fn reason_code(self) -> ReasonCode {
+        match self {
+            ProtocolError::Decode(e) => e.reason_code(),
+            ProtocolError::TopicAliasInvalid => ReasonCode::TOPIC_ALIAS_INVALID,
+            ProtocolError::ReceiveMaximumExceeded => ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+            ProtocolError::SecondConnect
+            | ProtocolError::ServerOnlyPacket(_)
+            | ProtocolError::SubscriptionIdFromClient
+            | ProtocolError::TopicAliasUnknown
+            | ProtocolError::SessionExpiryAfterZero
+            | ProtocolError::UnexpectedAuth => ReasonCode::PROTOCOL_ERROR,
+        }
+    }
+}
+
+/// How and why one connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum Close {
+    /// The client sent DISCONNECT with this reason code.
+    #[error("client disconnected ({0:?})")]
+    ClientDisconnect(ReasonCode),
+    /// The transport closed without DISCONNECT.
+    #[error("connection closed by peer")]
+    PeerGone,
+    /// Reading or writing failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client broke a protocol rule.
+    #[error("protocol: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// Another task asked this connection to close (takeover, slow consumer).
+    #[error("closed by the server ({0:?})")]
+    Kicked(ReasonCode),
+    /// Nothing received within 1.5 times the keep alive ([MQTT-3.1.2-24]).
+    #[error("keep alive timeout")]
+    KeepAliveTimeout,
+    /// The broker is shutting down.
+    #[error("server shutting down")]
+    Shutdown,
+    /// No CONNECT within the connect timeout.
+    #[error("no CONNECT in time")]
+    ConnectTimeout,
+    /// CONNECT was refused with a CONNACK carrying this reason code.
+    #[error("connection refused ({0:?})")]
+    Refused(ReasonCode),
+}
+
+impl Close {
+    /// The reason code of the DISCONNECT we send (5.0 only), or `None` when we send none
+    /// because the client closed (or the transport is gone).
+    pub fn disconnect_reason(&self) -> Option<ReasonCode> {
+        match self {
+            Close::ClientDisconnect(_)
+            | Close::PeerGone
+            | Close::Io(_)
+            | Close::ConnectTimeout
+            | Close::Refused(_) => None,
+            Close::Protocol(e) => Some(e.reason_code()),
+            Close::Kicked(reason) => Some(*reason),
+            Close::KeepAliveTimeout => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
+            Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
+        }
+    }
+
+    /// Whether the Will Message is published: every end but a DISCONNECT with reason
+    /// Success ([MQTT-3.1.2-8], [MQTT-3.14.4-3]) and a broker shutdown.
+    pub fn publishes_will(&self) -> bool {
+        match self {
+            Close::ClientDisconnect(reason) => *reason != ReasonCode::SUCCESS,
+            Close::Shutdown | Close::ConnectTimeout | Close::Refused(_) => false,
+            _ => true,
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Listeners: bind the configured addresses, accept connections under the connection limit,
+//! and run the broker until a shutdown signal, then drain.
+
+pub mod tcp;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::broker::Broker;
+use crate::config::{Config, ListenerKind};
+use crate::sys;
+
+/// How long shutdown waits for connections to say goodbye and flush.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A bound listener, ready to accept.
+#[derive(Debug)]
+pub struct Bound {
+    /// Transport.
+    pub kind: ListenerKind,
+    /// The socket.
+    pub listener: TcpListener,
+}
+
+impl Bound {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Binds every configured listener.
+///
+/// # Errors
+/// The first address that cannot be bound, with the address in the message.
+pub async fn bind_all(config: &Config) -> std::io::Result<Vec<Bound>> {
+    let mut bound = Vec::with_capacity(config.listeners.len());
+    for listener in &config.listeners {
+        let socket = TcpListener::bind(listener.bind).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot bind {:?} listener on {}: {e}",
+                    listener.kind, listener.bind
+                ),
+            )
+        })?;
+        bound.push(Bound {
+            kind: listener.kind,
+            listener: socket,
+        });
+    }
+    Ok(bound)
+}
+
+/// Runs the broker on `listeners` until `shutdown` completes; then stops accepting, tells
+/// every connection to close (DISCONNECT 0x8B for 5.0), and waits for them to flush.
+pub async fn run(broker: Broker, listeners: Vec<Bound>, shutdown: impl Future<Output = ()>) {
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    for bound in listeners {
+        match bound.kind {
+            ListenerKind::Tcp => tasks.push(tokio::spawn(tcp::accept_loop(
+                broker.clone(),
+                bound.listener,
+            ))),
+        }
+    }
+    tasks.push(tokio::spawn(sys::run(broker.clone())));
+    shutdown.await;
+    tracing::info!("shutting down");
+    broker.shutdown();
+    for task in &tasks {
+        task.abort();
+    }
+    let slots = broker.connection_slots.clone();
+    let all = u32::try_from(
+        broker
+            .config
+            .limits
+            .max_connections
+            .min(tokio::sync::Semaphore::MAX_PERMITS),
+    )
+    .unwrap_or(u32::MAX);
+    if tokio::time::timeout(DRAIN_TIMEOUT, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close within {DRAIN_TIMEOUT:?}");
+    }
+}
+
+/// A broker started in the background (tests, embedding).
+#[derive(Debug)]
+pub struct Running {
+    /// The broker.
+    pub broker: Broker,
+    /// The bound addresses, in configuration order.
+    pub addrs: Vec<SocketAddr>,
+    /// Completes after shutdown and drain.
+    pub task: JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Running {
+    /// Triggers a graceful shutdown and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+/// Binds and runs a broker in the background.
+///
+/// # Errors
+/// Binding failed.
+pub async fn start(config: Config) -> std::io::Result<Running> {
+    let listeners = bind_all(&config).await?;
+    let addrs = listeners
+        .iter()
+        .map(Bound::local_addr)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let broker = Broker::new(config);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(broker.clone(), listeners, async move {
+        let _ = stopped.await;
+    }));
+    Ok(Running {
+        broker,
+        addrs,
+        task,
+        stop: Some(stop),
+    })
+}

@@ -1,0 +1,79 @@
+//! [`Message`]: one routed application message, shared (`Arc`) by every subscriber, queue
+//! and inflight slot that holds it. It owns the encode-once templates of the message.
+
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+use tern_codec::{ByteStr, Publish, PublishTemplates, QoS};
+
+/// A routed message: the PUBLISH (inbound alias already resolved), its lazily built
+/// templates, and when it arrived (for Message Expiry).
+#[derive(Debug)]
+pub struct Message {
+    /// Templates, holding the publish itself.
+    pub templates: PublishTemplates,
+    /// When the broker received it.
+    pub received_at: Instant,
+    /// The session that published it, for No Local; `None` for broker-made messages.
+    pub origin_session: Option<u64>,
+}
+
+impl Message {
+    /// Wraps a publish received (or made) at `now`.
+    pub fn new(
+        publish: Publish,
+        received_at: Instant,
+        origin_session: Option<u64>,
+    ) -> Arc<Message> {
+        Arc::new(Message {
+            templates: PublishTemplates::new(publish),
+            received_at,
+            origin_session,
+        })
+    }
+
+    /// A broker-made QoS 0 message (e.g. `$SYS`).
+    pub fn broker_made(
+        topic: &str,
+        payload: impl Into<bytes::Bytes>,
+        retain: bool,
+        now: Instant,
+    ) -> Arc<Message> {
+        let mut publish = Publish::new(ByteStr::from(topic), payload.into());
+        publish.retain = retain;
+        Message::new(publish, now, None)
+    }
+
+    /// The publish.
+    pub fn publish(&self) -> &Publish {
+        self.templates.publish()
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.publish().topic
+    }
+
+    /// The QoS it was published with.
+    pub fn qos(&self) -> QoS {
+        self.publish().qos
+    }
+
+    /// The remaining Message Expiry Interval at `now`: `None` when the message has none,
+    /// `Some(Err(()))` when it has expired, else the whole seconds left (at least 1).
+    pub fn remaining_expiry_secs(&self, now: Instant) -> Option<Result<u32, ()>> {
+        let expiry = self.publish().properties.message_expiry_interval_secs?;
+        let elapsed = now.saturating_duration_since(self.received_at);
+        let total = Duration::from_secs(u64::from(expiry));
+        if elapsed >= total {
+            return Some(Err(()));
+        }
+        Some(Ok(expiry - elapsed.as_secs() as u32))
+    }
+
+    /// Whether the message expired at `now`.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        matches!(self.remaining_expiry_secs(now), Some(Err(())))
+    }
+}

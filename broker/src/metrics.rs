@@ -1,0 +1,82 @@
+//! Broker-wide counters: plain atomics, bumped on the hot path with relaxed ordering and
+//! read by `$SYS` (and later `/metrics`). This module owns the numbers, not their export.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Counters and gauges of one broker.
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        impl Metrics {
+            /// Every counter with its name, for export.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Connections currently open (after CONNACK).
+    clients_connected,
+    /// Connections accepted since start.
+    connections_accepted,
+    /// Connections refused: over `max_connections`.
+    connections_refused_limit,
+    /// PUBLISH packets received from clients.
+    messages_received,
+    /// PUBLISH packets written to clients.
+    messages_sent,
+    /// Bytes read from clients.
+    bytes_received,
+    /// Bytes written to clients.
+    bytes_sent,
+    /// QoS 0 messages dropped because a writer was over its byte cap.
+    dropped_qos0_slow_consumer,
+    /// QoS 1/2 messages dropped because a session queue was full.
+    dropped_queue_full,
+    /// Messages dropped for one subscriber because they exceed its Maximum Packet Size.
+    dropped_too_large_for_client,
+    /// Messages dropped because their Message Expiry Interval passed.
+    dropped_expired,
+    /// Malformed packets and protocol errors that closed a connection.
+    protocol_errors,
+    /// Connections closed for not sending CONNECT in time or missing keep alive.
+    timeouts,
+    /// Clients disconnected for staying over the writer cap (slow consumers).
+    slow_consumer_disconnects,
+    /// Sessions taken over by a new connection.
+    session_takeovers,
+    /// Will messages published.
+    wills_published,
+    /// Subscriptions currently held (filters x sessions).
+    subscriptions,
+    /// Retained messages currently stored.
+    retained_messages,
+    /// Sessions currently known (online and offline).
+    sessions,
+}
+
+impl Metrics {
+    /// Adds `n` to a counter.
+    #[inline]
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Subtracts `n` from a gauge.
+    #[inline]
+    pub fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    #[inline]
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,226 @@
+//! Routing: subscriptions in a topic trie, and the fan-out of one message to every matching
+//! session, run in the publisher's own task (no router thread).
+//!
+//! Matching takes the trie's read lock only; (un)subscribe takes the write lock briefly and
+//! changes one path. A subscriber in the trie is a [`Session`] today; bridges (SSE, WebSocket
+//! JSON) will add their own kind of entry next to it.
+
+pub mod shared;
+pub mod trie;
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tern_codec::topic::split_shared;
+use tern_codec::{QoS, SubscriptionOptions};
+
+use crate::message::Message;
+use crate::session::delivery::DeliverCtx;
+use crate::session::Session;
+
+use self::shared::SharedGroup;
+use self::trie::Trie;
+
+/// Who a trie entry belongs to: a session's own subscription, or a shared group.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SubKey {
+    /// A session, by its id.
+    Session(u64),
+    /// A shared subscription group, by its name (the filter is the trie path).
+    Group(Arc<str>),
+}
+
+/// A trie entry.
+#[derive(Debug)]
+pub enum SubValue {
+    /// A session's subscription.
+    Direct(SubEntry),
+    /// The members of a shared subscription group.
+    Group(Arc<SharedGroup>),
+}
+
+/// One session's subscription to one filter.
+#[derive(Debug, Clone)]
+pub struct SubEntry {
+    /// The subscriber.
+    pub session: Arc<Session>,
+    /// Options granted.
+    pub options: SubscriptionOptions,
+    /// Subscription Identifier (5.0).
+    pub subscription_id: Option<u32>,
+}
+
+/// One delivery decided by matching, before overlapping subscriptions are merged.
+#[derive(Debug)]
+struct Target {
+    session: Arc<Session>,
+    qos: QoS,
+    retain: bool,
+    subscription_id: Option<u32>,
+    /// Shared-subscription deliveries are never merged with others.
+    shared: bool,
+}
+
+/// Buffers reused from one publish to the next by the same publisher, so routing does not
+/// allocate per message.
+#[derive(Debug, Default)]
+pub struct RouteScratch {
+    targets: Vec<Target>,
+    subscription_ids: Vec<u32>,
+}
+
+/// The subscription table.
+#[derive(Debug, Default)]
+pub struct Router {
+    trie: RwLock<Trie<SubKey, SubValue>>,
+}
+
+impl Router {
+    fn read(&self) -> RwLockReadGuard<'_, Trie<SubKey, SubValue>> {
+        self.trie.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Trie<SubKey, SubValue>> {
+        self.trie.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds or replaces `session`'s subscription to `filter` (validated; may be
+    /// `$share/{group}/{filter}`).
+    pub fn subscribe(
+        &self,
+        filter: &str,
+        session: &Arc<Session>,
+        options: SubscriptionOptions,
+        subscription_id: Option<u32>,
+    ) {
+        let entry = SubEntry {
+            session: session.clone(),
+            options,
+            subscription_id,
+        };
+        match split_shared(filter) {
+            Some(Ok((group, inner))) => {
+                let mut trie = self.write();
+                let key = SubKey::Group(Arc::from(group));
+                if let Some(SubValue::Group(existing)) = trie.get(inner, &key) {
+                    existing.upsert(entry);
+                } else {
+                    let group = Arc::new(SharedGroup::default());
+                    group.upsert(entry);
+                    trie.insert(inner, key, SubValue::Group(group));
+                }
+            }
+            _ => {
+                self.write()
+                    .insert(filter, SubKey::Session(session.id), SubValue::Direct(entry));
+            }
+        }
+    }
+
+    /// Removes `session_id`'s subscription to `filter`; returns whether it existed.
+    pub fn unsubscribe(&self, filter: &str, session_id: u64) -> bool {
+        match split_shared(filter) {
+            Some(Ok((group, inner))) => {
+                let mut trie = self.write();
+                let key = SubKey::Group(Arc::from(group));
+                let Some(SubValue::Group(existing)) = trie.get(inner, &key) else {
+                    return false;
+                };
+                let (removed, now_empty) = existing.remove(session_id);
+                if now_empty {
+                    trie.remove(inner, &key);
+                }
+                removed
+            }
+            _ => self
+                .write()
+                .remove(filter, &SubKey::Session(session_id))
+                .is_some(),
+        }
+    }
+
+    /// Number of trie entries (session subscriptions and shared groups).
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Whether there are no subscriptions.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Delivers `message` to every matching subscriber; returns how many sessions got it.
+    ///
+    /// A client whose subscriptions overlap gets ONE copy at the highest granted QoS with
+    /// every matching subscription identifier ([MQTT-3.3.4-2], [MQTT-3.3.4-3]); each shared
+    /// group delivers to one member ([MQTT-4.8.2-?]). No Local skips the publisher's own
+    /// session ([MQTT-3.8.3-3]); RETAIN is kept only for Retain As Published ([MQTT-3.3.1-12],
+    /// [MQTT-3.3.1-13]).
+    pub fn route(
+        &self,
+        message: &Arc<Message>,
+        scratch: &mut RouteScratch,
+        ctx: DeliverCtx<'_>,
+    ) -> usize {
+        let publish = message.publish();
+        let origin = message.origin_session;
+        scratch.targets.clear();
+        {
+            let trie = self.read();
+            trie.for_each_match(&publish.topic, |_, value| {
+                let (entry, shared) = match value {
+                    SubValue::Direct(entry) => {
+                        if entry.options.no_local && Some(entry.session.id) == origin {
+                            return;
+                        }
+                        (entry.clone(), false)
+                    }
+                    SubValue::Group(group) => match group.pick() {
+                        Some(entry) => (entry, true),
+                        None => return,
+                    },
+                };
+                scratch.targets.push(Target {
+                    qos: publish.qos.min(entry.options.qos),
+                    retain: publish.retain && entry.options.retain_as_published,
+                    subscription_id: entry.subscription_id,
+                    session: entry.session,
+                    shared,
+                });
+            });
+        }
+        if scratch.targets.len() > 1 {
+            scratch
+                .targets
+                .sort_unstable_by_key(|t| (t.session.id, t.shared));
+        }
+        let mut delivered = 0;
+        let mut i = 0;
+        while i < scratch.targets.len() {
+            let first = &scratch.targets[i];
+            let mut qos = first.qos;
+            let mut retain = first.retain;
+            scratch.subscription_ids.clear();
+            scratch.subscription_ids.extend(first.subscription_id);
+            let mut j = i + 1;
+            if !first.shared {
+                while let Some(next) = scratch.targets.get(j) {
+                    if next.shared || next.session.id != first.session.id {
+                        break;
+                    }
+                    qos = qos.max(next.qos);
+                    retain |= next.retain;
+                    scratch.subscription_ids.extend(next.subscription_id);
+                    j += 1;
+                }
+            }
+            first
+                .session
+                .delivery()
+                .deliver(message, qos, retain, &scratch.subscription_ids, ctx);
+            delivered += 1;
+            i = j;
+        }
+        scratch.targets.clear();
+        delivered
+    }
+}

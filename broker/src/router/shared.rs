@@ -1,0 +1,78 @@
+//! Shared subscription groups (`$share/{group}/{filter}`, MQTT 5.0 section 4.8.2; also
+//! accepted from 3.1.1 clients as Mosquitto does): the members of one group on one filter,
+//! and round-robin choice of the member that gets each message.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::RwLock;
+
+use super::SubEntry;
+
+/// The members of one group. A group is identified by its name AND its filter: the same
+/// name on two filters is two groups (the router keys groups by trie path and name).
+#[derive(Debug, Default)]
+pub struct SharedGroup {
+    members: RwLock<Vec<SubEntry>>,
+    cursor: AtomicUsize,
+}
+
+impl SharedGroup {
+    /// Adds a member or replaces its options.
+    pub fn upsert(&self, entry: SubEntry) {
+        let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
+        match members
+            .iter_mut()
+            .find(|m| m.session.id == entry.session.id)
+        {
+            Some(existing) => *existing = entry,
+            None => members.push(entry),
+        }
+    }
+
+    /// Removes a member; returns (whether it was a member, whether the group is now empty).
+    pub fn remove(&self, session_id: u64) -> (bool, bool) {
+        let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
+        let before = members.len();
+        members.retain(|m| m.session.id != session_id);
+        (members.len() != before, members.is_empty())
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.members.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether the group has no members.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The member for the next message: round robin over the members that are online;
+    /// when none is, the next member in turn (its session queues QoS 1/2 messages).
+    pub fn pick(&self) -> Option<SubEntry> {
+        let members = self.members.read().unwrap_or_else(|p| p.into_inner());
+        let n = members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n)
+            .map(|k| &members[(start + k) % n])
+            .find(|m| m.session.delivery().is_online())
+            .or_else(|| members.get(start))
+            .cloned()
+    }
+
+    /// An online member other than `except`, for messages a leaving member still held.
+    pub fn pick_other(&self, except: u64) -> Option<SubEntry> {
+        let members = self.members.read().unwrap_or_else(|p| p.into_inner());
+        let n = members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n)
+            .map(|k| &members[(start + k) % n])
+            .find(|m| m.session.id != except && m.session.delivery().is_online())
+            .cloned()
+    }
+}

@@ -1,0 +1,517 @@
+//! The delivery state of one session: what a publisher in another task needs to hand it a
+//! message, behind one short lock. It holds the link to the connection currently attached
+//! (its SharedWriter, protocol version, maximum packet size, outbound topic aliases), the
+//! QoS 1/2 inflight window and the bounded queue behind it.
+//!
+//! Nothing here awaits or does I/O: writing means appending to the SharedWriter.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+use tern_codec::template::encode_publish;
+use tern_codec::{
+    ByteStr, Family, OutQos, Outbound, PacketId, ProtocolVersion, PubRel, QoS, ReasonCode,
+};
+use tokio::sync::Notify;
+
+use crate::delivery::shared_writer::SharedWriter;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::session::inflight::{Inflight, Stage, Window};
+
+/// Signals from other tasks to a connection: "close now, with this reason".
+#[derive(Debug, Default)]
+pub struct ConnControl {
+    kick: Notify,
+    reason: AtomicU8,
+}
+
+impl ConnControl {
+    /// Asks the connection to close with `reason` (sent as DISCONNECT to 5.0 clients).
+    pub fn kick(&self, reason: ReasonCode) {
+        let _ = self
+            .reason
+            .compare_exchange(0, reason.0, Ordering::AcqRel, Ordering::Acquire);
+        self.kick.notify_one();
+    }
+
+    /// Waits for a kick; returns its reason.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a kick that arrives while not waiting is kept as a permit.
+    pub async fn kicked(&self) -> ReasonCode {
+        self.kick.notified().await;
+        ReasonCode(self.reason.load(Ordering::Acquire))
+    }
+}
+
+/// Outbound topic aliases of one connection (5.0): topic -> alias, within the client's
+/// Topic Alias Maximum. Aliases are handed out first come and never reassigned.
+#[derive(Debug, Default)]
+pub struct OutboundAliases {
+    map: HashMap<ByteStr, u16>,
+    max: u16,
+}
+
+impl OutboundAliases {
+    /// A table allowing aliases 1..=max (0: none).
+    pub fn new(max: u16) -> OutboundAliases {
+        OutboundAliases {
+            map: HashMap::new(),
+            max,
+        }
+    }
+
+    /// The alias to use for `topic` and whether the client already knows it.
+    fn choose(&self, topic: &ByteStr) -> Option<(u16, bool)> {
+        if self.max == 0 {
+            return None;
+        }
+        if let Some(&alias) = self.map.get(topic) {
+            return Some((alias, true));
+        }
+        let next = self.map.len() as u16 + 1;
+        (next <= self.max).then_some((next, false))
+    }
+}
+
+/// The connection a session is attached to.
+#[derive(Debug)]
+pub struct Link {
+    /// Output buffer of the connection.
+    pub writer: Arc<SharedWriter>,
+    /// Protocol version of the connection.
+    pub version: ProtocolVersion,
+    /// The client's Maximum Packet Size (u32::MAX when it gave none).
+    pub max_packet_size_bytes: u32,
+    /// Outbound topic aliases.
+    pub aliases: OutboundAliases,
+    /// The connection's generation; a connection only detaches itself.
+    pub generation: u64,
+    /// Kicks the connection (takeover, slow consumer).
+    pub control: Arc<ConnControl>,
+}
+
+/// A QoS 1/2 message waiting for the window (or for the client to come back).
+#[derive(Debug)]
+struct Queued {
+    message: Arc<Message>,
+    qos: QoS,
+    retain: bool,
+    subscription_ids: Vec<u32>,
+}
+
+/// Limits and context for one delivery call.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliverCtx<'a> {
+    /// Broker counters.
+    pub metrics: &'a Metrics,
+    /// Current time.
+    pub now: Instant,
+    /// How long a writer may stay over its cap before the client is disconnected.
+    pub slow_consumer_timeout: Duration,
+}
+
+/// What happened to one write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    Yes,
+    /// Dropped for this subscriber: too large, expired, or over the cap (QoS 0).
+    Dropped,
+    /// The connection is closing.
+    Closed,
+}
+
+/// The delivery state of one session.
+#[derive(Debug)]
+pub struct Delivery {
+    link: Option<Link>,
+    window: Window,
+    /// Outbound window: min(client Receive Maximum, `max_inflight_messages`).
+    window_max: usize,
+    queue: VecDeque<Queued>,
+    queued_bytes: usize,
+    max_queued_messages: usize,
+    max_queued_bytes: usize,
+}
+
+impl Delivery {
+    /// Empty state with the queue bounds.
+    pub fn new(max_queued_messages: usize, max_queued_bytes: usize) -> Delivery {
+        Delivery {
+            link: None,
+            window: Window::default(),
+            window_max: 1,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            max_queued_messages,
+            max_queued_bytes,
+        }
+    }
+
+    /// Whether a connection is attached.
+    pub fn is_online(&self) -> bool {
+        self.link.is_some()
+    }
+
+    /// Number of queued messages.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Number of unacknowledged outbound messages.
+    pub fn inflight(&self) -> usize {
+        self.window.len()
+    }
+
+    /// Hands a message to this session at `qos` (already min(publish, granted)).
+    pub fn deliver(
+        &mut self,
+        message: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: &[u32],
+        ctx: DeliverCtx<'_>,
+    ) {
+        if qos == QoS::AtMostOnce {
+            // QoS 0 is not queued for offline sessions (as Mosquitto by default).
+            if let Some(link) = self.link.as_mut() {
+                write_publish(
+                    link,
+                    message,
+                    OutQos::AtMostOnce,
+                    retain,
+                    false,
+                    subscription_ids,
+                    ctx,
+                );
+            }
+            return;
+        }
+        if self.link.is_some() && self.queue.is_empty() && self.window.len() < self.window_max {
+            self.send_inflight(message.clone(), qos, retain, subscription_ids.to_vec(), ctx);
+        } else {
+            self.enqueue(message, qos, retain, subscription_ids, ctx);
+        }
+    }
+
+    fn enqueue(
+        &mut self,
+        message: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: &[u32],
+        ctx: DeliverCtx<'_>,
+    ) {
+        let size = message.publish().payload.len() + message.topic().len();
+        if self.queue.len() >= self.max_queued_messages
+            || self.queued_bytes + size > self.max_queued_bytes
+        {
+            Metrics::add(&ctx.metrics.dropped_queue_full, 1);
+            tracing::debug!(
+                topic = message.topic(),
+                "session queue full: message dropped"
+            );
+            return;
+        }
+        self.queued_bytes += size;
+        self.queue.push_back(Queued {
+            message: message.clone(),
+            qos,
+            retain,
+            subscription_ids: subscription_ids.to_vec(),
+        });
+    }
+
+    fn send_inflight(
+        &mut self,
+        message: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: Vec<u32>,
+        ctx: DeliverCtx<'_>,
+    ) {
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        let packet_id = self.window.allocate_id();
+        let out = out_qos(qos, packet_id);
+        match write_publish(link, &message, out, retain, false, &subscription_ids, ctx) {
+            // Too large or expired: discarded as if delivered ([MQTT-3.1.2-25]).
+            Written::Dropped => {}
+            Written::Yes | Written::Closed => self.window.push(Inflight {
+                packet_id,
+                message,
+                qos,
+                retain,
+                subscription_ids,
+                stage: Stage::Published,
+            }),
+        }
+    }
+
+    /// Moves queued messages into the window while there is room.
+    pub fn pump(&mut self, ctx: DeliverCtx<'_>) {
+        while self.link.is_some() && self.window.len() < self.window_max {
+            let Some(next) = self.queue.pop_front() else {
+                break;
+            };
+            self.queued_bytes -= next.message.publish().payload.len() + next.message.topic().len();
+            if next.message.is_expired(ctx.now) {
+                Metrics::add(&ctx.metrics.dropped_expired, 1);
+                continue;
+            }
+            self.send_inflight(
+                next.message,
+                next.qos,
+                next.retain,
+                next.subscription_ids,
+                ctx,
+            );
+        }
+    }
+
+    /// Attaches a connection. With `resume`, resends what is unacknowledged: PUBLISH with
+    /// DUP=1 ([MQTT-4.4.0-1]) or PUBREL; then fills the window from the queue.
+    pub fn attach(&mut self, link: Link, window_max: usize, ctx: DeliverCtx<'_>) {
+        self.window_max = window_max.max(1);
+        let link = self.link.insert(link);
+        let mut expired = Vec::new();
+        for entry in self.window.iter() {
+            match entry.stage {
+                Stage::Published => {
+                    let out = out_qos(entry.qos, entry.packet_id);
+                    if write_publish(
+                        link,
+                        &entry.message,
+                        out,
+                        entry.retain,
+                        true,
+                        &entry.subscription_ids,
+                        ctx,
+                    ) == Written::Dropped
+                    {
+                        expired.push(entry.packet_id);
+                    }
+                }
+                Stage::Released => write_pubrel(link, PubRel::new(entry.packet_id)),
+            }
+        }
+        for packet_id in expired {
+            self.window.remove(packet_id);
+        }
+        self.pump(ctx);
+    }
+
+    /// Detaches the connection of `generation`, if it is still the one attached.
+    pub fn detach(&mut self, generation: u64) -> bool {
+        if self
+            .link
+            .as_ref()
+            .is_some_and(|l| l.generation == generation)
+        {
+            self.link = None;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Takes the current link away (a new connection takes the session over).
+    pub fn take_link(&mut self) -> Option<Link> {
+        self.link.take()
+    }
+
+    /// PUBACK from the client. Unknown ids are ignored.
+    pub fn handle_puback(&mut self, packet_id: PacketId, ctx: DeliverCtx<'_>) {
+        if self
+            .window
+            .get_mut(packet_id)
+            .is_some_and(|e| e.qos == QoS::AtLeastOnce)
+        {
+            self.window.remove(packet_id);
+            self.pump(ctx);
+        }
+    }
+
+    /// PUBREC from the client: answer PUBREL (0x92 for an unknown id in 5.0). A PUBREC with
+    /// an error code ends the exchange ([MQTT-4.3.3-?]: the message is not delivered).
+    pub fn handle_pubrec(&mut self, packet_id: PacketId, reason: ReasonCode, ctx: DeliverCtx<'_>) {
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        match self.window.get_mut(packet_id) {
+            Some(entry) if entry.qos == QoS::ExactlyOnce => {
+                if reason.is_error() {
+                    self.window.remove(packet_id);
+                    self.pump(ctx);
+                } else {
+                    entry.stage = Stage::Released;
+                    write_pubrel(link, PubRel::new(packet_id));
+                }
+            }
+            _ => {
+                let mut pubrel = PubRel::new(packet_id);
+                pubrel.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                write_pubrel(link, pubrel);
+            }
+        }
+    }
+
+    /// PUBCOMP from the client.
+    pub fn handle_pubcomp(&mut self, packet_id: PacketId, ctx: DeliverCtx<'_>) {
+        if self
+            .window
+            .get_mut(packet_id)
+            .is_some_and(|e| e.stage == Stage::Released)
+        {
+            self.window.remove(packet_id);
+            self.pump(ctx);
+        }
+    }
+
+    /// Drops everything held (session end); returns how many messages were discarded.
+    pub fn clear(&mut self) -> usize {
+        let n = self.window.drain().count() + self.queue.len();
+        self.queue.clear();
+        self.queued_bytes = 0;
+        n
+    }
+}
+
+fn out_qos(qos: QoS, packet_id: PacketId) -> OutQos {
+    if qos == QoS::ExactlyOnce {
+        OutQos::ExactlyOnce(packet_id)
+    } else {
+        OutQos::AtLeastOnce(packet_id)
+    }
+}
+
+fn write_pubrel(link: &Link, pubrel: PubRel) {
+    let version = link.version;
+    let mut guard = link.writer.lock();
+    if !guard.is_closed() {
+        pubrel.encode(version, guard.buf());
+    }
+}
+
+/// Encodes one PUBLISH into the link's writer: the shared template patched in place, or a
+/// one-shot encoding when this subscriber needs its own properties. Applies the client's
+/// Maximum Packet Size, Message Expiry and (for QoS 0) the writer's byte cap.
+fn write_publish(
+    link: &mut Link,
+    message: &Message,
+    out: OutQos,
+    retain: bool,
+    dup: bool,
+    subscription_ids: &[u32],
+    ctx: DeliverCtx<'_>,
+) -> Written {
+    let publish = message.publish();
+    let remaining_expiry = match message.remaining_expiry_secs(ctx.now) {
+        Some(Err(())) => {
+            Metrics::add(&ctx.metrics.dropped_expired, 1);
+            return Written::Dropped;
+        }
+        Some(Ok(secs)) => Some(secs),
+        None => None,
+    };
+    let v5 = link.version.is_v5();
+    let reduced_expiry =
+        remaining_expiry.filter(|&r| Some(r) != publish.properties.message_expiry_interval_secs);
+    let alias = if v5 {
+        link.aliases.choose(&publish.topic)
+    } else {
+        None
+    };
+    let one_shot =
+        v5 && (!subscription_ids.is_empty() || alias.is_some() || reduced_expiry.is_some());
+    let capped = out == OutQos::AtMostOnce;
+    let max_len = link.max_packet_size_bytes as usize;
+
+    enum Outcome {
+        Ok,
+        TooLarge(usize),
+        OverCap,
+    }
+    let mut guard = link.writer.lock();
+    if guard.is_closed() {
+        return Written::Closed;
+    }
+    let start = guard.buf().len();
+    let outcome = if one_shot {
+        let outbound = Outbound {
+            subscription_identifiers: subscription_ids,
+            topic_alias: alias.map(|(a, _)| a),
+            omit_topic: alias.is_some_and(|(_, known)| known),
+            message_expiry_interval_secs: reduced_expiry,
+        };
+        let len = encode_publish(
+            guard.buf(),
+            publish,
+            link.version,
+            out,
+            retain,
+            dup,
+            &outbound,
+        )
+        .len;
+        if len > max_len {
+            Outcome::TooLarge(len)
+        } else if capped && !guard.has_room(0) {
+            Outcome::OverCap
+        } else {
+            Outcome::Ok
+        }
+    } else {
+        let template = message
+            .templates
+            .get(Family::of(link.version), out.packet_id().is_some());
+        if template.len() > max_len {
+            Outcome::TooLarge(template.len())
+        } else if capped && !guard.has_room(template.len()) {
+            Outcome::OverCap
+        } else {
+            // The layout matches `out` by construction (same `packet_id().is_some()`).
+            let _ = template.write_to(guard.buf(), out, retain, dup);
+            Outcome::Ok
+        }
+    };
+    match outcome {
+        Outcome::Ok => {}
+        Outcome::TooLarge(len) => {
+            guard.buf().truncate(start);
+            drop(guard);
+            Metrics::add(&ctx.metrics.dropped_too_large_for_client, 1);
+            tracing::debug!(
+                topic = message.topic(),
+                len,
+                max_len,
+                "message too large for client: dropped"
+            );
+            return Written::Dropped;
+        }
+        Outcome::OverCap => {
+            guard.buf().truncate(start);
+            guard.mark_over_cap(ctx.now);
+            drop(guard);
+            Metrics::add(&ctx.metrics.dropped_qos0_slow_consumer, 1);
+            let stuck_since = link.writer.over_cap_since();
+            if stuck_since
+                .is_some_and(|since| ctx.now.duration_since(since) >= ctx.slow_consumer_timeout)
+            {
+                link.control.kick(ReasonCode::QUOTA_EXCEEDED);
+            }
+            return Written::Dropped;
+        }
+    }
+    drop(guard);
+    if let Some((alias, false)) = alias {
+        link.aliases.map.insert(publish.topic.clone(), alias);
+    }
+    Metrics::add(&ctx.metrics.messages_sent, 1);
+    Written::Yes
+}

@@ -1,0 +1,139 @@
+//! Sessions: the state of one client identifier that outlives its connections.
+//!
+//! A [`Session`] is shared (`Arc`) between the registry, the router (its subscriptions point
+//! at it) and the connection attached to it. Its parts sit behind separate small locks so
+//! that a publisher fanning out touches only [`delivery::Delivery`]; the subscription list
+//! and the inbound QoS 2 state are touched only by the session's own connection.
+
+pub mod delivery;
+pub mod inflight;
+pub mod timers;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tern_codec::{ByteStr, SubscriptionOptions};
+use tokio::sync::Notify;
+
+use self::delivery::Delivery;
+
+/// One subscription as the session remembers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscriptionRecord {
+    /// Options granted.
+    pub options: SubscriptionOptions,
+    /// Subscription Identifier (5.0).
+    pub subscription_id: Option<u32>,
+}
+
+/// The state of one client identifier.
+#[derive(Debug)]
+pub struct Session {
+    /// Unique per session object (a clean start makes a new one), for No Local and merging.
+    pub id: u64,
+    /// The client identifier.
+    pub client_id: ByteStr,
+    /// What publishers need: the attached connection, the inflight window, the queue.
+    delivery: Mutex<Delivery>,
+    /// Subscriptions, keyed by the full filter (`$share/...` included).
+    subscriptions: Mutex<HashMap<Arc<str>, SubscriptionRecord>>,
+    /// Inbound QoS 2 packet ids received and not yet released by PUBREL ([MQTT-4.3.3-9]).
+    incoming_qos2: Mutex<HashSet<u16>>,
+    /// Generation of the connection that attached last; bumped on every attach.
+    generation: AtomicU64,
+    /// Session Expiry Interval in force, in seconds (u32::MAX: never).
+    expiry_secs: AtomicU32,
+    /// Set once the session has ended; a late attach must not revive it.
+    ended: AtomicBool,
+    /// Wakes the offline timer task (will delay, session expiry) on resume or end.
+    timer_wake: Notify,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves consistent data (no multi-step
+    // invariants span a panic point), so poisoning is ignored.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Session {
+    /// A new, empty session.
+    pub fn new(
+        id: u64,
+        client_id: ByteStr,
+        max_queued_messages: usize,
+        max_queued_bytes: usize,
+    ) -> Session {
+        Session {
+            id,
+            client_id,
+            delivery: Mutex::new(Delivery::new(max_queued_messages, max_queued_bytes)),
+            subscriptions: Mutex::new(HashMap::new()),
+            incoming_qos2: Mutex::new(HashSet::new()),
+            generation: AtomicU64::new(0),
+            expiry_secs: AtomicU32::new(0),
+            ended: AtomicBool::new(false),
+            timer_wake: Notify::new(),
+        }
+    }
+
+    /// Locks the delivery state. Never held across `.await`.
+    pub fn delivery(&self) -> MutexGuard<'_, Delivery> {
+        lock(&self.delivery)
+    }
+
+    /// Locks the subscription list.
+    pub fn subscriptions(&self) -> MutexGuard<'_, HashMap<Arc<str>, SubscriptionRecord>> {
+        lock(&self.subscriptions)
+    }
+
+    /// Locks the inbound QoS 2 state.
+    pub fn incoming_qos2(&self) -> MutexGuard<'_, HashSet<u16>> {
+        lock(&self.incoming_qos2)
+    }
+
+    /// Starts a new connection generation and returns it; wakes the offline timers, which
+    /// then see the session resumed (cancelling a delayed will, [MQTT-3.1.3-9]).
+    pub fn next_generation(&self) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.timer_wake.notify_waiters();
+        generation
+    }
+
+    /// A future that completes at the next `wake_timers` or `next_generation`.
+    pub fn timer_wake_notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.timer_wake.notified()
+    }
+
+    /// Wakes the offline timer task, if any, to re-check the session.
+    pub fn wake_timers(&self) {
+        self.timer_wake.notify_waiters();
+    }
+
+    /// The generation of the connection attached last.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The Session Expiry Interval in force.
+    pub fn expiry_secs(&self) -> u32 {
+        self.expiry_secs.load(Ordering::Acquire)
+    }
+
+    /// Sets the Session Expiry Interval.
+    pub fn set_expiry_secs(&self, secs: u32) {
+        self.expiry_secs.store(secs, Ordering::Release);
+    }
+
+    /// Marks the session ended; returns whether it was live until now.
+    pub fn mark_ended(&self) -> bool {
+        !self.ended.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether the session has ended.
+    pub fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,76 @@
+//! `$SYS/broker/...`: broker statistics published as retained messages every
+//! `sys.interval_secs`, with Mosquitto's topic names; also purges expired retained messages.
+
+use std::time::Duration;
+
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::broker::Broker;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::router::RouteScratch;
+
+/// The version published on `$SYS/broker/version`.
+pub const VERSION: &str = concat!("tern ", env!("CARGO_PKG_VERSION"));
+
+/// Publishes statistics until the task is aborted.
+pub async fn run(broker: Broker) {
+    let secs = broker.config.sys.interval_secs;
+    if secs == 0 {
+        return;
+    }
+    let mut interval = tokio::time::interval(Duration::from_secs(secs));
+    interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut scratch = RouteScratch::default();
+    loop {
+        interval.tick().await;
+        let now = Instant::now();
+        let purged = broker.retained.purge_expired(now);
+        if purged > 0 {
+            Metrics::sub(&broker.metrics.retained_messages, purged as u64);
+        }
+        publish_stats(&broker, &mut scratch, now);
+    }
+}
+
+/// Publishes one round of statistics.
+pub fn publish_stats(broker: &Broker, scratch: &mut RouteScratch, now: Instant) {
+    let m = &broker.metrics;
+    let uptime = now.saturating_duration_since(broker.started_at).as_secs();
+    let stats: [(&str, String); 9] = [
+        ("$SYS/broker/version", VERSION.to_string()),
+        ("$SYS/broker/uptime", format!("{uptime} seconds")),
+        (
+            "$SYS/broker/clients/connected",
+            Metrics::get(&m.clients_connected).to_string(),
+        ),
+        (
+            "$SYS/broker/messages/received",
+            Metrics::get(&m.messages_received).to_string(),
+        ),
+        (
+            "$SYS/broker/messages/sent",
+            Metrics::get(&m.messages_sent).to_string(),
+        ),
+        (
+            "$SYS/broker/bytes/received",
+            Metrics::get(&m.bytes_received).to_string(),
+        ),
+        (
+            "$SYS/broker/bytes/sent",
+            Metrics::get(&m.bytes_sent).to_string(),
+        ),
+        (
+            "$SYS/broker/subscriptions/count",
+            Metrics::get(&m.subscriptions).to_string(),
+        ),
+        (
+            "$SYS/broker/retained messages/count",
+            Metrics::get(&m.retained_messages).to_string(),
+        ),
+    ];
+    for (topic, value) in stats {
+        let message = Message::broker_made(topic, value, true, now);
+        broker.publish(&message, scratch, now);
+    }
+}

@@ -1,0 +1,40 @@
+//! Will messages: turning a CONNECT's will into a routed message (3.1.2.5, 3.1.3.2).
+
+use std::sync::Arc;
+use tokio::time::Instant;
+
+use tern_codec::{LastWill, Publish, PublishProperties};
+
+use crate::broker::Broker;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::router::RouteScratch;
+use crate::session::Session;
+
+/// The PUBLISH a will becomes: its topic, payload, QoS, RETAIN and the will properties that
+/// are also PUBLISH properties (Will Delay Interval is not one).
+pub fn to_publish(will: LastWill) -> Publish {
+    let p = will.properties;
+    let mut publish = Publish::new(will.topic, will.payload);
+    publish.qos = will.qos;
+    publish.retain = will.retain;
+    publish.properties = PublishProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval_secs: p.message_expiry_interval_secs,
+        content_type: p.content_type,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data,
+        user_properties: p.user_properties,
+        ..PublishProperties::default()
+    };
+    publish
+}
+
+/// Publishes `will` of `session` now.
+pub fn publish(broker: &Broker, session: &Arc<Session>, will: LastWill) {
+    let now = Instant::now();
+    tracing::debug!(client_id = %session.client_id, topic = %will.topic, "publishing will");
+    let message = Message::new(to_publish(will), now, None);
+    Metrics::add(&broker.metrics.wills_published, 1);
+    broker.publish(&message, &mut RouteScratch::default(), now);
+}

@@ -4,6 +4,7 @@
 //! Each test binary includes this module with `mod common;` and uses only part of it.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod fixture_data;
 pub mod strategies;
 
 use bytes::BytesMut;

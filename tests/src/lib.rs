@@ -1,1 +1,332 @@
-//! Test support for Tern's integration tests: a raw-packet MQTT client and broker harness.
+//! Test support for Tern's integration tests: start a broker in-process on 127.0.0.1:0 (or
+//! over an in-memory duplex stream, for tests on tokio's paused clock), and a raw-packet
+//! MQTT client built on `tern-codec` that sends and expects exact packets.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tern_broker::config::Config;
+use tern_broker::listener::{self, Running};
+use tern_broker::Broker;
+use tern_codec::{
+    ByteStr, ConnAck, Connect, Decoder, Packet, PacketId, ProtocolVersion, PubAck, PubComp, PubRec,
+    PubRel, Publish, QoS, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long `recv` waits before failing a test.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default test configuration: one TCP listener on 127.0.0.1:0, no `$SYS` chatter.
+pub fn test_config() -> Config {
+    let mut config = Config::default_config();
+    config.listeners[0].bind = "127.0.0.1:0".parse().expect("addr");
+    config.sys.interval_secs = 0;
+    config
+}
+
+/// A broker running in this process.
+pub struct TestBroker {
+    /// The running broker.
+    pub running: Running,
+    /// The TCP address it listens on.
+    pub addr: SocketAddr,
+}
+
+impl TestBroker {
+    /// Starts a broker with [`test_config`].
+    pub async fn start() -> TestBroker {
+        TestBroker::start_with(|_| {}).await
+    }
+
+    /// Starts a broker with [`test_config`] changed by `change`.
+    pub async fn start_with(change: impl FnOnce(&mut Config)) -> TestBroker {
+        let mut config = test_config();
+        change(&mut config);
+        let running = listener::start(config).await.expect("start broker");
+        let addr = running.addrs[0];
+        TestBroker { running, addr }
+    }
+
+    /// The broker handle.
+    pub fn broker(&self) -> &Broker {
+        &self.running.broker
+    }
+
+    /// A raw TCP client (not yet connected at the MQTT level).
+    pub async fn raw(&self, version: ProtocolVersion) -> Client {
+        Client::tcp(self.addr, version).await
+    }
+
+    /// A client that has sent CONNECT (clean start) and received a successful CONNACK.
+    pub async fn client(&self, version: ProtocolVersion, client_id: &str) -> Client {
+        let mut client = self.raw(version).await;
+        let connack = client.connect(Connect::new(version, client_id)).await;
+        assert_eq!(connack.code.0, 0, "CONNACK refused: {connack:?}");
+        client
+    }
+}
+
+/// A connection to a broker over an in-memory stream, driven by the broker's real
+/// connection code: deterministic under `tokio::time::pause()`.
+pub fn duplex_client(broker: &Broker, version: ProtocolVersion) -> Client {
+    let (client_side, server_side) = tokio::io::duplex(1 << 20);
+    let (reader, writer) = tokio::io::split(server_side);
+    let peer: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    tokio::spawn(tern_broker::connection::serve(broker.clone(), reader, writer, peer));
+    Client::new(Box::new(client_side), version)
+}
+
+/// A transport a test client can use.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A raw-packet MQTT client for tests.
+pub struct Client {
+    stream: Box<dyn Stream>,
+    decoder: Decoder,
+    buf: BytesMut,
+    /// The protocol version packets are encoded with.
+    pub version: ProtocolVersion,
+    next_id: u16,
+}
+
+impl Client {
+    /// Wraps a transport.
+    pub fn new(stream: Box<dyn Stream>, version: ProtocolVersion) -> Client {
+        Client { stream, decoder: Decoder::with_version(version, u32::MAX), buf: BytesMut::new(), version, next_id: 0 }
+    }
+
+    /// Opens a TCP connection.
+    pub async fn tcp(addr: SocketAddr, version: ProtocolVersion) -> Client {
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Client::new(Box::new(stream), version)
+    }
+
+    /// A fresh packet identifier.
+    pub fn next_packet_id(&mut self) -> PacketId {
+        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+        PacketId::new(self.next_id).expect("non-zero")
+    }
+
+    /// Sends CONNECT and returns the CONNACK.
+    pub async fn connect(&mut self, connect: Connect) -> ConnAck {
+        self.version = connect.protocol;
+        self.decoder.set_version(connect.protocol);
+        self.send(&Packet::Connect(Box::new(connect))).await;
+        match self.recv().await {
+            Packet::ConnAck(connack) => *connack,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Sends one packet.
+    pub async fn send(&mut self, packet: &Packet) {
+        let bytes = packet.to_bytes(self.version);
+        self.send_bytes(&bytes).await;
+    }
+
+    /// Sends raw bytes.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("send");
+        self.stream.flush().await.expect("flush");
+    }
+
+    /// Sends raw bytes, ignoring errors (the broker may have closed already).
+    pub async fn try_send_bytes(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).await.is_ok() && self.stream.flush().await.is_ok()
+    }
+
+    /// The next packet, or `None` at end of stream; panics after `RECV_TIMEOUT`.
+    pub async fn recv_or_eof(&mut self) -> Option<Packet> {
+        tokio::time::timeout(RECV_TIMEOUT, self.read_packet()).await.expect("timed out waiting for a packet")
+    }
+
+    /// The next packet; panics at end of stream or after `RECV_TIMEOUT`.
+    pub async fn recv(&mut self) -> Packet {
+        self.recv_or_eof().await.expect("connection closed while waiting for a packet")
+    }
+
+    /// The next packet if one comes within `wait`.
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<Packet> {
+        tokio::time::timeout(wait, self.read_packet()).await.ok().flatten()
+    }
+
+    async fn read_packet(&mut self) -> Option<Packet> {
+        loop {
+            if let Some(packet) = self.decoder.decode(&mut self.buf).expect("broker sent a malformed packet") {
+                return Some(packet);
+            }
+            self.buf.reserve(4096);
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Asserts nothing arrives within `wait`.
+    pub async fn expect_nothing(&mut self, wait: Duration) {
+        if let Some(packet) = self.recv_within(wait).await {
+            panic!("expected nothing, got {packet:?}");
+        }
+    }
+
+    /// Reads until the broker closes the connection; returns the DISCONNECT it sent, if any,
+    /// and fails on any other packet.
+    pub async fn expect_disconnect(&mut self) -> Option<tern_codec::Disconnect> {
+        let mut disconnect = None;
+        while let Some(packet) = self.recv_or_eof().await {
+            match packet {
+                Packet::Disconnect(d) => disconnect = Some(d),
+                other => panic!("expected DISCONNECT or close, got {other:?}"),
+            }
+        }
+        disconnect
+    }
+
+    /// Subscribes to one filter; returns the SUBACK.
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> SubAck {
+        self.subscribe_with(vec![(filter, SubscriptionOptions::with_qos(qos))], None).await
+    }
+
+    /// Subscribes to several filters with options and an optional subscription identifier.
+    pub async fn subscribe_with(&mut self, filters: Vec<(&str, SubscriptionOptions)>, subscription_id: Option<u32>) -> SubAck {
+        let packet_id = self.next_packet_id();
+        let mut subscribe = Subscribe {
+            packet_id,
+            properties: Default::default(),
+            filters: filters.into_iter().map(|(f, o)| (ByteStr::from(f), o)).collect(),
+        };
+        subscribe.properties.subscription_identifier = subscription_id;
+        self.send(&Packet::Subscribe(Box::new(subscribe))).await;
+        match self.recv().await {
+            Packet::SubAck(suback) => {
+                assert_eq!(suback.packet_id, packet_id);
+                *suback
+            }
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    /// Unsubscribes; returns the UNSUBACK.
+    pub async fn unsubscribe(&mut self, filters: &[&str]) -> UnsubAck {
+        let packet_id = self.next_packet_id();
+        let unsubscribe = Unsubscribe {
+            packet_id,
+            properties: Default::default(),
+            filters: filters.iter().map(|f| ByteStr::from(*f)).collect(),
+        };
+        self.send(&Packet::Unsubscribe(Box::new(unsubscribe))).await;
+        match self.recv().await {
+            Packet::UnsubAck(unsuback) => *unsuback,
+            other => panic!("expected UNSUBACK, got {other:?}"),
+        }
+    }
+
+    /// Publishes and completes the QoS flow (PUBACK, or PUBREC/PUBREL/PUBCOMP). Returns the
+    /// PUBACK or PUBREC reason code for QoS > 0.
+    pub async fn publish(&mut self, topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Option<tern_codec::ReasonCode> {
+        let mut publish = Publish::new(topic, payload.to_vec());
+        publish.qos = qos;
+        publish.retain = retain;
+        self.publish_packet(publish).await
+    }
+
+    /// Publishes a prepared PUBLISH (a packet id is assigned for QoS > 0) and completes the
+    /// QoS flow.
+    pub async fn publish_packet(&mut self, mut publish: Publish) -> Option<tern_codec::ReasonCode> {
+        if publish.qos != QoS::AtMostOnce {
+            publish.packet_id = Some(self.next_packet_id());
+        }
+        let packet_id = publish.packet_id;
+        let qos = publish.qos;
+        self.send(&Packet::Publish(publish)).await;
+        match (qos, packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => match self.recv().await {
+                Packet::PubAck(ack) if ack.packet_id == id => Some(ack.reason_code),
+                other => panic!("expected PUBACK, got {other:?}"),
+            },
+            (QoS::ExactlyOnce, Some(id)) => {
+                let code = match self.recv().await {
+                    Packet::PubRec(rec) if rec.packet_id == id => rec.reason_code,
+                    other => panic!("expected PUBREC, got {other:?}"),
+                };
+                self.send(&Packet::PubRel(PubRel::new(id))).await;
+                match self.recv().await {
+                    Packet::PubComp(comp) if comp.packet_id == id => {}
+                    other => panic!("expected PUBCOMP, got {other:?}"),
+                }
+                Some(code)
+            }
+            _ => None,
+        }
+    }
+
+    /// Waits for a PUBLISH (failing on any other packet); does not acknowledge it.
+    pub async fn expect_publish(&mut self) -> Publish {
+        match self.recv().await {
+            Packet::Publish(publish) => publish,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    /// Acknowledges a received PUBLISH per its QoS (PUBACK, or PUBREC then PUBREL/PUBCOMP).
+    pub async fn ack(&mut self, publish: &Publish) {
+        match (publish.qos, publish.packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => self.send(&Packet::PubAck(PubAck::new(id))).await,
+            (QoS::ExactlyOnce, Some(id)) => {
+                self.send(&Packet::PubRec(PubRec::new(id))).await;
+                match self.recv().await {
+                    Packet::PubRel(rel) if rel.packet_id == id => {}
+                    other => panic!("expected PUBREL, got {other:?}"),
+                }
+                self.send(&Packet::PubComp(PubComp::new(id))).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// Waits for a PUBLISH and acknowledges it.
+    pub async fn expect_publish_acked(&mut self) -> Publish {
+        let publish = self.expect_publish().await;
+        self.ack(&publish).await;
+        publish
+    }
+
+    /// Sends DISCONNECT (reason Success) and waits for the close.
+    pub async fn disconnect(mut self) {
+        self.send(&Packet::Disconnect(Default::default())).await;
+        let _ = self.recv_within(Duration::from_secs(2)).await;
+    }
+
+    /// Sends PINGREQ and waits for PINGRESP (a round trip: everything sent before is handled).
+    pub async fn ping(&mut self) {
+        self.send(&Packet::PingReq).await;
+        match self.recv().await {
+            Packet::PingResp => {}
+            other => panic!("expected PINGRESP, got {other:?}"),
+        }
+    }
+}
+
+/// Whether a command exists; under `CI=true` a missing tool fails the test instead of
+/// skipping it.
+pub fn require_tool(tool: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{tool} is required under CI=true (.ci/run installs it)");
+        }
+        eprintln!("SKIPPED: {tool} not found; install it to run this interop test");
+    }
+    found
+}

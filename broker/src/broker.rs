@@ -18,7 +18,7 @@ use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::retained::RetainedStore;
 use crate::router::{RouteScratch, Router};
-use crate::session::delivery::DeliverCtx;
+use crate::session::delivery::{DeliverCtx, Redirect};
 use crate::session::Session;
 
 /// A handle to the broker; cheap to clone.
@@ -173,6 +173,36 @@ impl Broker {
         (session, present)
     }
 
+    /// Hands messages a leaving shared-group member held to another online member of the
+    /// same group (5.0 section 4.8.2: "the Server SHOULD send the Application Message to
+    /// another Client that is subscribed to the same Shared Subscription"). Messages with no
+    /// other member online are dropped and counted.
+    pub fn redirect_shared(&self, leaving_session: u64, redirects: Vec<Redirect>) {
+        if redirects.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let ctx = self.deliver_ctx(now);
+        for Redirect { message, group } in redirects {
+            match group.pick_other(leaving_session) {
+                Some(member) => {
+                    let qos = message.qos().min(member.options.qos);
+                    let retain = message.publish().retain && member.options.retain_as_published;
+                    let ids: Vec<u32> = member.subscription_id.into_iter().collect();
+                    member.session.delivery().deliver_via(
+                        &message,
+                        qos,
+                        retain,
+                        &ids,
+                        Some(&group),
+                        ctx,
+                    );
+                }
+                None => Metrics::add(&self.metrics.dropped_shared_no_member, 1),
+            }
+        }
+    }
+
     /// Ends a session: removes its subscriptions, drops what it held, and removes it from
     /// the registry if it is still the registered one. Idempotent.
     pub fn end_session(&self, session: &Arc<Session>) {
@@ -189,6 +219,8 @@ impl Broker {
                 Metrics::sub(&self.metrics.subscriptions, 1);
             }
         }
+        let redirects = session.delivery().take_shared(true);
+        self.redirect_shared(session.id, redirects);
         let dropped = session.delivery().clear();
         if dropped > 0 {
             tracing::debug!(client_id = %session.client_id, dropped, "session ended with undelivered messages");

@@ -62,6 +62,7 @@ pub struct Limits {
     pub max_queued_bytes: usize,
     pub writer_cap_bytes: usize,
     pub slow_consumer_timeout_ms: u64,
+    pub max_topic_levels: usize,
     pub max_session_expiry_secs: u32,
 }
 
@@ -243,6 +244,9 @@ impl Config {
                 l.writer_cap_bytes.to_string(),
                 "at least limits.max_packet_size_bytes",
             ));
+        }
+        if l.max_topic_levels == 0 {
+            return Err(out_of_range("limits.max_topic_levels", "0".into(), "at least 1"));
         }
         if l.connect_timeout_ms == 0 {
             return Err(out_of_range(

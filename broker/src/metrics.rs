@@ -43,6 +43,10 @@ counters! {
     dropped_too_large_for_client,
     /// Messages dropped because their Message Expiry Interval passed.
     dropped_expired,
+    /// Messages from a shared subscription whose member left with no other member online.
+    dropped_shared_no_member,
+    /// Messages dropped because their topic has more levels than `max_topic_levels`.
+    dropped_topic_too_deep,
     /// Malformed packets and protocol errors that closed a connection.
     protocol_errors,
     /// Connections closed for not sending CONNECT in time or missing keep alive.

@@ -134,6 +134,27 @@ impl Connection {
         }
         let qos = publish.qos;
         let packet_id = publish.packet_id;
+        if topic_levels(&publish.topic) > self.broker.config.limits.max_topic_levels {
+            Metrics::add(&self.broker.metrics.dropped_topic_too_deep, 1);
+            tracing::debug!(client_id = %self.client_id, "topic has too many levels: dropped");
+            if let Some(id) = packet_id {
+                let code = if self.version.is_v5() {
+                    ReasonCode::TOPIC_NAME_INVALID
+                } else {
+                    ReasonCode::SUCCESS
+                };
+                if qos == QoS::ExactlyOnce {
+                    let mut rec = PubRec::new(id);
+                    rec.reason_code = code;
+                    self.send(|buf, version| rec.encode(version, buf));
+                } else {
+                    let mut ack = PubAck::new(id);
+                    ack.reason_code = code;
+                    self.send(|buf, version| ack.encode(version, buf));
+                }
+            }
+            return Ok(());
+        }
         if qos == QoS::ExactlyOnce {
             let Some(id) = packet_id else { return Ok(()) };
             let mut pending = self.session.incoming_qos2();
@@ -188,6 +209,10 @@ impl Connection {
         let mut reason_codes = Vec::with_capacity(subscribe.filters.len());
         let mut retained_for = Vec::new();
         for (filter, options) in &subscribe.filters {
+            if topic_levels(filter) > self.broker.config.limits.max_topic_levels {
+                reason_codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
             let record = SubscriptionRecord {
                 options: *options,
                 subscription_id,
@@ -272,4 +297,9 @@ impl Connection {
         }
         Close::ClientDisconnect(disconnect.reason_code)
     }
+}
+
+/// Number of levels of a topic name or filter.
+fn topic_levels(topic: &str) -> usize {
+    topic.bytes().filter(|&b| b == b'/').count() + 1
 }

@@ -137,6 +137,10 @@ impl Connection {
             }
             return;
         }
+        // Queued messages from shared subscriptions go to an online member now rather than
+        // wait for this client; what was already sent waits for a resume (or session end).
+        let redirects = self.session.delivery().take_shared(false);
+        self.broker.redirect_shared(self.session.id, redirects);
         let expiry_secs = self.session.expiry_secs();
         let mut will = will;
         if expiry_secs == 0 || will.as_ref().is_some_and(|(_, delay)| delay.is_zero()) {

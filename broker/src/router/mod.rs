@@ -56,8 +56,8 @@ struct Target {
     qos: QoS,
     retain: bool,
     subscription_id: Option<u32>,
-    /// Shared-subscription deliveries are never merged with others.
-    shared: bool,
+    /// The shared group this delivery came through; such deliveries are never merged.
+    group: Option<Arc<SharedGroup>>,
 }
 
 /// Buffers reused from one publish to the next by the same publisher, so routing does not
@@ -167,15 +167,15 @@ impl Router {
         {
             let trie = self.read();
             trie.for_each_match(&publish.topic, |_, value| {
-                let (entry, shared) = match value {
+                let (entry, group) = match value {
                     SubValue::Direct(entry) => {
                         if entry.options.no_local && Some(entry.session.id) == origin {
                             return;
                         }
-                        (entry.clone(), false)
+                        (entry.clone(), None)
                     }
                     SubValue::Group(group) => match group.pick() {
-                        Some(entry) => (entry, true),
+                        Some(entry) => (entry, Some(group.clone())),
                         None => return,
                     },
                 };
@@ -184,14 +184,14 @@ impl Router {
                     retain: publish.retain && entry.options.retain_as_published,
                     subscription_id: entry.subscription_id,
                     session: entry.session,
-                    shared,
+                    group,
                 });
             });
         }
         if scratch.targets.len() > 1 {
             scratch
                 .targets
-                .sort_unstable_by_key(|t| (t.session.id, t.shared));
+                .sort_unstable_by_key(|t| (t.session.id, t.group.is_some()));
         }
         let mut delivered = 0;
         let mut i = 0;
@@ -202,9 +202,9 @@ impl Router {
             scratch.subscription_ids.clear();
             scratch.subscription_ids.extend(first.subscription_id);
             let mut j = i + 1;
-            if !first.shared {
+            if first.group.is_none() {
                 while let Some(next) = scratch.targets.get(j) {
-                    if next.shared || next.session.id != first.session.id {
+                    if next.group.is_some() || next.session.id != first.session.id {
                         break;
                     }
                     qos = qos.max(next.qos);
@@ -213,10 +213,14 @@ impl Router {
                     j += 1;
                 }
             }
-            first
-                .session
-                .delivery()
-                .deliver(message, qos, retain, &scratch.subscription_ids, ctx);
+            first.session.delivery().deliver_via(
+                message,
+                qos,
+                retain,
+                &scratch.subscription_ids,
+                first.group.as_ref(),
+                ctx,
+            );
             delivered += 1;
             i = j;
         }

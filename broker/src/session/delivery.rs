@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use crate::delivery::shared_writer::SharedWriter;
 use crate::message::Message;
 use crate::metrics::Metrics;
+use crate::router::shared::SharedGroup;
 use crate::session::inflight::{Inflight, Stage, Window};
 
 /// Signals from other tasks to a connection: "close now, with this reason".
@@ -102,6 +103,18 @@ struct Queued {
     qos: QoS,
     retain: bool,
     subscription_ids: Vec<u32>,
+    /// The shared group it came through, so it can go to another member if this session
+    /// leaves before it is sent.
+    group: Option<Arc<SharedGroup>>,
+}
+
+/// A message a leaving shared-group member held, to hand to another member.
+#[derive(Debug)]
+pub struct Redirect {
+    /// The message.
+    pub message: Arc<Message>,
+    /// The group it came through.
+    pub group: Arc<SharedGroup>,
 }
 
 /// Limits and context for one delivery call.
@@ -176,6 +189,19 @@ impl Delivery {
         subscription_ids: &[u32],
         ctx: DeliverCtx<'_>,
     ) {
+        self.deliver_via(message, qos, retain, subscription_ids, None, ctx);
+    }
+
+    /// [`Delivery::deliver`] for a message that came through shared group `group`.
+    pub fn deliver_via(
+        &mut self,
+        message: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: &[u32],
+        group: Option<&Arc<SharedGroup>>,
+        ctx: DeliverCtx<'_>,
+    ) {
         if qos == QoS::AtMostOnce {
             // QoS 0 is not queued for offline sessions (as Mosquitto by default).
             if let Some(link) = self.link.as_mut() {
@@ -192,9 +218,17 @@ impl Delivery {
             return;
         }
         if self.link.is_some() && self.queue.is_empty() && self.window.len() < self.window_max {
-            self.send_inflight(message.clone(), qos, retain, subscription_ids.to_vec(), ctx);
+            let group = group.cloned();
+            self.send_inflight(
+                message.clone(),
+                qos,
+                retain,
+                subscription_ids.to_vec(),
+                group,
+                ctx,
+            );
         } else {
-            self.enqueue(message, qos, retain, subscription_ids, ctx);
+            self.enqueue(message, qos, retain, subscription_ids, group, ctx);
         }
     }
 
@@ -204,6 +238,7 @@ impl Delivery {
         qos: QoS,
         retain: bool,
         subscription_ids: &[u32],
+        group: Option<&Arc<SharedGroup>>,
         ctx: DeliverCtx<'_>,
     ) {
         let size = message.publish().payload.len() + message.topic().len();
@@ -223,6 +258,7 @@ impl Delivery {
             qos,
             retain,
             subscription_ids: subscription_ids.to_vec(),
+            group: group.cloned(),
         });
     }
 
@@ -232,6 +268,7 @@ impl Delivery {
         qos: QoS,
         retain: bool,
         subscription_ids: Vec<u32>,
+        group: Option<Arc<SharedGroup>>,
         ctx: DeliverCtx<'_>,
     ) {
         let Some(link) = self.link.as_mut() else {
@@ -249,6 +286,7 @@ impl Delivery {
                 retain,
                 subscription_ids,
                 stage: Stage::Published,
+                group,
             }),
         }
     }
@@ -269,6 +307,7 @@ impl Delivery {
                 next.qos,
                 next.retain,
                 next.subscription_ids,
+                next.group,
                 ctx,
             );
         }
@@ -371,6 +410,47 @@ impl Delivery {
             self.window.remove(packet_id);
             self.pump(ctx);
         }
+    }
+
+    /// Takes out the messages that came through a shared group, for another member: the
+    /// queued ones, and with `include_sent` also those sent but not yet acknowledged
+    /// (PUBLISH stage only: a QoS 2 message past PUBREC has been received).
+    pub fn take_shared(&mut self, include_sent: bool) -> Vec<Redirect> {
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for queued in self.queue.drain(..) {
+            match queued.group {
+                Some(group) => {
+                    self.queued_bytes -=
+                        queued.message.publish().payload.len() + queued.message.topic().len();
+                    taken.push(Redirect {
+                        message: queued.message,
+                        group,
+                    });
+                }
+                None => kept.push_back(queued),
+            }
+        }
+        self.queue = kept;
+        if include_sent {
+            let ids: Vec<_> = self
+                .window
+                .iter()
+                .filter(|e| e.group.is_some() && e.stage == Stage::Published)
+                .map(|e| e.packet_id)
+                .collect();
+            for id in ids {
+                if let Some(Inflight {
+                    message,
+                    group: Some(group),
+                    ..
+                }) = self.window.remove(id)
+                {
+                    taken.push(Redirect { message, group });
+                }
+            }
+        }
+        taken
     }
 
     /// Drops everything held (session end); returns how many messages were discarded.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tern_codec::{PacketId, QoS};
 
 use crate::message::Message;
+use crate::router::shared::SharedGroup;
 
 /// Where a QoS 1/2 delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +34,8 @@ pub struct Inflight {
     pub subscription_ids: Vec<u32>,
     /// Progress.
     pub stage: Stage,
+    /// The shared group it came through, if any.
+    pub group: Option<Arc<SharedGroup>>,
 }
 
 /// The inflight window: entries in allocation order, so identifiers in use always lie in
@@ -127,6 +130,7 @@ mod tests {
             retain: false,
             subscription_ids: Vec::new(),
             stage: Stage::Published,
+            group: None,
         }
     }
 

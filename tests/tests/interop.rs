@@ -1,0 +1,97 @@
+//! Interop with real MQTT clients started as processes against an in-process broker:
+//! `mosquitto_pub`/`mosquitto_sub` (3.1.1 and 5.0), Python paho-mqtt (5.0 properties, 3.1.1),
+//! MQTT.js (protocol 5 and 4). The client programs live in `tests/interop/` and exit 0 only
+//! when every check passed. A missing tool skips with a printed reason, or fails under
+//! `CI=true`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tern_tests::{require_tool, TestBroker};
+
+/// Upper bound for one client program (they bound themselves at 20 s).
+const PROGRAM_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("interop")
+}
+
+async fn run_program(program: &str, args: &[&str]) {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .current_dir(interop_dir())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(PROGRAM_TIMEOUT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{program} {args:?} did not finish in {PROGRAM_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+}
+
+fn python_has_paho() -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import paho.mqtt"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("python3 paho-mqtt is required under CI=true (.ci/run installs it)");
+        }
+        eprintln!("SKIPPED: python3 module paho-mqtt not installed (pip install paho-mqtt)");
+    }
+    ok
+}
+
+fn mqttjs_installed() -> bool {
+    let ok = interop_dir().join("node_modules/mqtt").is_dir();
+    if !ok {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("MQTT.js is required under CI=true (.ci/run runs npm ci in tests/interop)");
+        }
+        eprintln!("SKIPPED: MQTT.js not installed (run `npm ci` in tests/interop)");
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_clients_v311_and_v5() {
+    if !require_tool("mosquitto_pub") || !require_tool("mosquitto_sub") {
+        return;
+    }
+    let broker = TestBroker::start().await;
+    let port = broker.addr.port().to_string();
+    run_program("bash", &["mosquitto_clients.sh", "127.0.0.1", &port]).await;
+    broker.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_python_v5_properties_and_v311() {
+    if !require_tool("python3") || !python_has_paho() {
+        return;
+    }
+    let broker = TestBroker::start().await;
+    let port = broker.addr.port().to_string();
+    run_program("python3", &["paho_v5.py", "127.0.0.1", &port]).await;
+    broker.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqttjs_v5_and_v4() {
+    if !require_tool("node") || !mqttjs_installed() {
+        return;
+    }
+    let broker = TestBroker::start().await;
+    let port = broker.addr.port().to_string();
+    run_program("node", &["mqttjs_v5.js", "127.0.0.1", &port]).await;
+    broker.running.stop().await;
+}

@@ -246,7 +246,11 @@ impl Config {
             ));
         }
         if l.max_topic_levels == 0 {
-            return Err(out_of_range("limits.max_topic_levels", "0".into(), "at least 1"));
+            return Err(out_of_range(
+                "limits.max_topic_levels",
+                "0".into(),
+                "at least 1",
+            ));
         }
         if l.connect_timeout_ms == 0 {
             return Err(out_of_range(

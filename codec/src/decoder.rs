@@ -6,7 +6,7 @@
 //! (so a hostile peer announcing 256 MiB never makes us allocate it). Reserved header flags
 //! are checked at the same point.
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 
 use crate::error::DecodeError;
 use crate::packet::{kind, Packet};
@@ -102,10 +102,8 @@ impl Decoder {
         }
         self.state = DecodeState::Header;
         let frame = buf.split_to(total_len).freeze();
-        let mut body = frame.clone();
-        body.advance(header_len);
         let version = self.version.unwrap_or(ProtocolVersion::V3_1_1);
-        let packet = Packet::decode_body(byte0, body, &frame, version)?;
+        let packet = Packet::decode_body(byte0, frame, header_len, version)?;
         if let Packet::Connect(connect) = &packet {
             self.version = Some(connect.protocol);
         }

@@ -293,9 +293,7 @@ fn theirs_v4(packet: &mqttbytes::v4::Packet) -> Summary {
             push(&mut s, "session_present", c.session_present);
             push(&mut s, "code", c.code as u8);
             // 3.1.1 has no properties: every one absent.
-            for name in ["session_expiry"] {
-                push(&mut s, name, none_u32);
-            }
+            push(&mut s, "session_expiry", none_u32);
             push(&mut s, "receive_max", none_u16);
             push(&mut s, "max_qos", none_u8);
             push(&mut s, "retain_available", none_u8);

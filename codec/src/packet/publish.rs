@@ -90,10 +90,13 @@ impl Publish {
         }
     }
 
+    // Inlined into the decoder so that the (large) packet is built in place rather than
+    // moved through several return slots.
+    #[inline]
     pub(crate) fn decode(
         byte0: u8,
         mut body: Bytes,
-        frame: &Bytes,
+        frame: Bytes,
         version: ProtocolVersion,
     ) -> Result<Publish, DecodeError> {
         let dup = byte0 & 0b1000 != 0;
@@ -130,7 +133,7 @@ impl Publish {
             properties,
             payload: body,
             raw: Some(RawFrame {
-                bytes: frame.clone(),
+                bytes: frame,
                 family: Family::of(version),
                 packet_id_offset: packet_id.map(|_| packet_id_offset),
             }),

@@ -5,7 +5,7 @@
 //! what is allowed. This module owns parsing and validation, not applying the values.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -36,6 +36,18 @@ pub struct ListenerConfig {
     pub kind: ListenerKind,
     /// Address to bind.
     pub bind: SocketAddr,
+    /// PEM certificate chain (tls, wss).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (tls, wss).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificates; when set, clients must present a certificate it signed (mTLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Use the Common Name of the client certificate as the user name (mTLS only).
+    #[serde(default)]
+    pub use_identity_as_username: bool,
 }
 
 /// Listener transports.
@@ -44,6 +56,19 @@ pub struct ListenerConfig {
 pub enum ListenerKind {
     /// MQTT over plain TCP.
     Tcp,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket (subprotocol `mqtt`).
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+impl ListenerKind {
+    /// Whether the transport is TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerKind::Tls | ListenerKind::Wss)
+    }
 }
 
 /// Limits; see `config.toml` for what each one does.
@@ -193,6 +218,52 @@ impl Config {
         Ok(config)
     }
 
+    fn validate_listener(
+        &self,
+        listener: &ListenerConfig,
+        source_name: &str,
+    ) -> Result<(), ConfigError> {
+        let error = |key, value: String, allowed| ConfigError::OutOfRange {
+            source_name: source_name.to_string(),
+            key,
+            value,
+            allowed,
+        };
+        let has_cert = listener.cert_file.is_some() && listener.key_file.is_some();
+        if listener.kind.is_tls() && !has_cert {
+            return Err(error(
+                "listeners.cert_file",
+                format!(
+                    "missing on the {:?} listener at {}",
+                    listener.kind, listener.bind
+                ),
+                "tls and wss listeners need cert_file and key_file (PEM)",
+            ));
+        }
+        let tls_settings = listener.cert_file.is_some()
+            || listener.key_file.is_some()
+            || listener.client_ca_file.is_some()
+            || listener.use_identity_as_username;
+        if !listener.kind.is_tls() && tls_settings {
+            return Err(error(
+                "listeners.cert_file",
+                format!(
+                    "set on the {:?} listener at {}",
+                    listener.kind, listener.bind
+                ),
+                "certificate settings apply to tls and wss listeners only",
+            ));
+        }
+        if listener.use_identity_as_username && listener.client_ca_file.is_none() {
+            return Err(error(
+                "listeners.use_identity_as_username",
+                "true".into(),
+                "needs client_ca_file (client certificates are only requested with mTLS)",
+            ));
+        }
+        Ok(())
+    }
+
     fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
         let out_of_range = |key, value: String, allowed| ConfigError::OutOfRange {
             source_name: source_name.to_string(),
@@ -207,6 +278,9 @@ impl Config {
                 "[]".into(),
                 "at least one listener",
             ));
+        }
+        for listener in &self.listeners {
+            self.validate_listener(listener, source_name)?;
         }
         if l.max_packet_size_bytes < 64
             || l.max_packet_size_bytes > tern_codec::decoder::MAX_PACKET_SIZE_BYTES

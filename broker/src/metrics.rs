@@ -25,6 +25,8 @@ counters! {
     clients_connected,
     /// Connections accepted since start.
     connections_accepted,
+    /// TLS handshakes that failed or timed out.
+    tls_handshake_failures,
     /// Connections refused: over `max_connections`.
     connections_refused_limit,
     /// PUBLISH packets received from clients.

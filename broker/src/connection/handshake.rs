@@ -2,18 +2,17 @@
 //! resume the session (taking it over from an older connection), answer CONNACK and attach.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tern_codec::{
-    ConnAck, ConnAckProperties, Connect, DecodeError, Packet, ProtocolVersion, ReasonCode,
+    ByteStr, ConnAck, ConnAckProperties, Connect, DecodeError, Packet, ProtocolVersion, ReasonCode,
 };
 use tokio::io::AsyncRead;
 use tokio::time::Instant;
 
 use super::io::PacketReader;
-use super::Connection;
+use super::{Connection, PeerInfo};
 use crate::broker::Broker;
 use crate::delivery::shared_writer::SharedWriter;
 use crate::error::{Close, ProtocolError};
@@ -30,8 +29,9 @@ pub(crate) async fn connect<R: AsyncRead + Unpin>(
     broker: &Broker,
     reader: &mut PacketReader<R>,
     out: &Arc<SharedWriter>,
-    peer: SocketAddr,
+    info: &PeerInfo,
 ) -> Result<Connection, Close> {
+    let peer = info.addr;
     let timeout = Duration::from_millis(broker.config.limits.connect_timeout_ms);
     let first = match tokio::time::timeout(timeout, reader.next_packet()).await {
         Err(_) => return Err(Close::ConnectTimeout),
@@ -60,7 +60,7 @@ pub(crate) async fn connect<R: AsyncRead + Unpin>(
             "non-CONNECT first packet",
         )));
     };
-    establish(broker, *connect, out, peer)
+    establish(broker, *connect, out, info)
 }
 
 fn refuse(out: &SharedWriter, version: ProtocolVersion, code: ReasonCode) -> Close {
@@ -81,8 +81,14 @@ fn establish(
     broker: &Broker,
     connect: Connect,
     out: &Arc<SharedWriter>,
-    peer: SocketAddr,
+    info: &PeerInfo,
 ) -> Result<Connection, Close> {
+    let peer = info.addr;
+    let mut connect = connect;
+    if let Some(name) = &info.cert_username {
+        // use_identity_as_username: the verified certificate names the user.
+        connect.username = Some(ByteStr::from(name.as_str()));
+    }
     let version = connect.protocol;
     let v5 = version.is_v5();
     let limits = &broker.config.limits;

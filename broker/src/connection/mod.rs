@@ -33,12 +33,41 @@ use self::io::PacketReader;
 /// How long the writer may take to flush after the connection ends.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Who is at the other end of a connection, as the transport knows it.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// Remote address.
+    pub addr: SocketAddr,
+    /// The Common Name of a verified client certificate, on listeners with
+    /// `use_identity_as_username`: it replaces the CONNECT user name.
+    pub cert_username: Option<String>,
+}
+
 /// Serves one accepted connection until it ends.
 pub async fn serve<R, W>(broker: Broker, reader: R, writer: W, peer: SocketAddr)
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    serve_with(
+        broker,
+        reader,
+        writer,
+        PeerInfo {
+            addr: peer,
+            cert_username: None,
+        },
+    )
+    .await;
+}
+
+/// Serves one accepted connection, with what the transport learnt of the peer.
+pub async fn serve_with<R, W>(broker: Broker, reader: R, writer: W, info: PeerInfo)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = info.addr;
     let out = Arc::new(SharedWriter::new(broker.config.limits.writer_cap_bytes));
     let writer_task = {
         let out = out.clone();
@@ -51,7 +80,7 @@ where
         })
     };
     let mut reader = PacketReader::new(reader, broker.config.limits.max_packet_size_bytes);
-    match handshake::connect(&broker, &mut reader, &out, peer).await {
+    match handshake::connect(&broker, &mut reader, &out, &info).await {
         Ok(mut connection) => {
             let close = connection.run(&mut reader).await;
             connection.finish(close);

@@ -194,6 +194,8 @@ impl SharedWriter {
                 continue;
             }
             socket.write_all(&batch).await?;
+            // A no-op on TCP; TLS and WebSocket transports send their records/frames here.
+            socket.flush().await?;
             on_written(batch.len());
             batch.clear();
             if batch.capacity() > KEEP_CAPACITY_BYTES {

@@ -2,6 +2,8 @@
 //! and run the broker until a shutdown signal, then drain.
 
 pub mod tcp;
+pub mod tls;
+pub mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,6 +24,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Bound {
     /// Transport.
     pub kind: ListenerKind,
+    /// What to do with accepted sockets.
+    pub transport: std::sync::Arc<tcp::Transport>,
     /// The socket.
     pub listener: TcpListener,
 }
@@ -38,8 +42,20 @@ impl Bound {
 /// # Errors
 /// The first address that cannot be bound, with the address in the message.
 pub async fn bind_all(config: &Config) -> std::io::Result<Vec<Bound>> {
+    tls::install_crypto_provider();
     let mut bound = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
+        let tls = if listener.kind.is_tls() {
+            let acceptor = tls::acceptor(listener).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{:?} listener on {}: {e}", listener.kind, listener.bind),
+                )
+            })?;
+            Some(acceptor)
+        } else {
+            None
+        };
         let socket = TcpListener::bind(listener.bind).await.map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -49,8 +65,14 @@ pub async fn bind_all(config: &Config) -> std::io::Result<Vec<Bound>> {
                 ),
             )
         })?;
+        let transport = tcp::Transport {
+            kind: listener.kind,
+            tls,
+            use_identity_as_username: listener.use_identity_as_username,
+        };
         bound.push(Bound {
             kind: listener.kind,
+            transport: std::sync::Arc::new(transport),
             listener: socket,
         });
     }
@@ -62,12 +84,11 @@ pub async fn bind_all(config: &Config) -> std::io::Result<Vec<Bound>> {
 pub async fn run(broker: Broker, listeners: Vec<Bound>, shutdown: impl Future<Output = ()>) {
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     for bound in listeners {
-        match bound.kind {
-            ListenerKind::Tcp => tasks.push(tokio::spawn(tcp::accept_loop(
-                broker.clone(),
-                bound.listener,
-            ))),
-        }
+        tasks.push(tokio::spawn(tcp::accept_loop(
+            broker.clone(),
+            bound.listener,
+            bound.transport,
+        )));
     }
     tasks.push(tokio::spawn(sys::run(broker.clone())));
     shutdown.await;

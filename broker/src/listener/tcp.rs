@@ -1,15 +1,41 @@
-//! The TCP accept loop: connection limit, TCP_NODELAY, back-off on accept errors.
+//! The accept loop shared by every listener kind: connection limit, TCP_NODELAY, back-off on
+//! accept errors, then the transport's handshake (TLS, WebSocket, both or neither) in the
+//! connection's own task, bounded by the connect timeout.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
+use super::{tls, ws};
 use crate::broker::Broker;
-use crate::connection;
+use crate::config::ListenerKind;
+use crate::connection::{self, PeerInfo};
 use crate::metrics::Metrics;
 
+/// What a listener does with an accepted socket.
+#[derive(Clone)]
+pub struct Transport {
+    /// The listener kind.
+    pub kind: ListenerKind,
+    /// TLS acceptor for tls and wss.
+    pub tls: Option<TlsAcceptor>,
+    /// Take the user name from the client certificate's Common Name.
+    pub use_identity_as_username: bool,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Accepts connections until the task is aborted.
-pub async fn accept_loop(broker: Broker, listener: TcpListener) {
+pub async fn accept_loop(broker: Broker, listener: TcpListener, transport: Arc<Transport>) {
     let mut backoff = Duration::from_millis(5);
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -36,10 +62,85 @@ pub async fn accept_loop(broker: Broker, listener: TcpListener) {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
         let broker = broker.clone();
+        let transport = transport.clone();
         tokio::spawn(async move {
-            let (reader, writer) = stream.into_split();
-            connection::serve(broker, reader, writer, peer).await;
+            handle(broker, stream, peer, &transport).await;
             drop(permit);
         });
+    }
+}
+
+async fn handle(broker: Broker, stream: TcpStream, peer: SocketAddr, transport: &Transport) {
+    let timeout = Duration::from_millis(broker.config.limits.connect_timeout_ms);
+    let max_packet = broker.config.limits.max_packet_size_bytes;
+    let info = PeerInfo {
+        addr: peer,
+        cert_username: None,
+    };
+    match (transport.kind, &transport.tls) {
+        (ListenerKind::Tcp, _) => {
+            let (reader, writer) = stream.into_split();
+            connection::serve_with(broker, reader, writer, info).await;
+        }
+        (ListenerKind::Ws, _) => {
+            match tokio::time::timeout(timeout, ws::accept(stream, max_packet)).await {
+                Ok(Ok(ws)) => {
+                    let (reader, writer) = tokio::io::split(ws);
+                    connection::serve_with(broker, reader, writer, info).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
+                Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
+            }
+        }
+        (ListenerKind::Tls | ListenerKind::Wss, Some(acceptor)) => {
+            let tls_stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    Metrics::add(&broker.metrics.tls_handshake_failures, 1);
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    Metrics::add(&broker.metrics.tls_handshake_failures, 1);
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let cert_username = if transport.use_identity_as_username {
+                let name = tls_stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| tls::common_name(c));
+                if name.is_none() {
+                    tracing::debug!(%peer, "client certificate has no Common Name: connection closed");
+                    return;
+                }
+                name
+            } else {
+                None
+            };
+            let info = PeerInfo {
+                addr: peer,
+                cert_username,
+            };
+            if transport.kind == ListenerKind::Tls {
+                let (reader, writer) = tokio::io::split(tls_stream);
+                connection::serve_with(broker, reader, writer, info).await;
+            } else {
+                match tokio::time::timeout(timeout, ws::accept(tls_stream, max_packet)).await {
+                    Ok(Ok(ws)) => {
+                        let (reader, writer) = tokio::io::split(ws);
+                        connection::serve_with(broker, reader, writer, info).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
+                }
+            }
+        }
+        (ListenerKind::Tls | ListenerKind::Wss, None) => {
+            tracing::error!(%peer, "TLS listener without an acceptor: connection closed");
+        }
     }
 }

@@ -42,6 +42,8 @@ pub struct Inner {
     pub metrics: Metrics,
     /// When the broker started.
     pub started_at: Instant,
+    /// Time to store and route one received PUBLISH (seconds).
+    pub route_latency: prometheus_client::metrics::histogram::Histogram,
     /// One permit per allowed connection; all permits back means all connections ended.
     pub connection_slots: Arc<Semaphore>,
     next_session_id: AtomicU64,
@@ -67,6 +69,9 @@ impl Broker {
                 sessions: DashMap::new(),
                 metrics: Metrics::default(),
                 started_at: Instant::now(),
+                route_latency: prometheus_client::metrics::histogram::Histogram::new(
+                    prometheus_client::metrics::histogram::exponential_buckets(1e-6, 4.0, 10),
+                ),
                 connection_slots: Arc::new(Semaphore::new(slots)),
                 next_session_id: AtomicU64::new(1),
                 shutdown_tx,
@@ -205,10 +210,42 @@ impl Broker {
 
     /// Ends a session: removes its subscriptions, drops what it held, and removes it from
     /// the registry if it is still the registered one. Idempotent.
+    ///
+    /// A connection still attached is closed (DISCONNECT 0x8E). The end is marked under the
+    /// delivery lock, which a connection attaching holds while it checks for it: it either
+    /// attached before (and is closed here) or sees the end and opens a session again.
     pub fn end_session(&self, session: &Arc<Session>) {
-        if !session.mark_ended() {
-            return;
+        let attached = {
+            let mut delivery = session.delivery();
+            if !session.mark_ended() {
+                return;
+            }
+            delivery.take_link()
+        };
+        if let Some(link) = attached {
+            link.control.kick(ReasonCode::SESSION_TAKEN_OVER);
         }
+        self.release_session(session);
+    }
+
+    /// Ends a session whose connection of `generation` has gone, unless another connection
+    /// has claimed it since (a resume): neither the close of an old connection nor the
+    /// expiry timer may end the session a newer connection owns.
+    pub fn end_session_unless_resumed(&self, session: &Arc<Session>, generation: u64) {
+        {
+            let delivery = session.delivery();
+            if delivery.is_online() || session.generation() != generation {
+                return;
+            }
+            if !session.mark_ended() {
+                return;
+            }
+        }
+        self.release_session(session);
+    }
+
+    /// What ending a session releases, once it is marked ended.
+    fn release_session(&self, session: &Arc<Session>) {
         let filters: Vec<Arc<str>> = session
             .subscriptions()
             .drain()

@@ -18,6 +18,8 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config.toml");
 pub struct Config {
     /// MQTT listeners.
     pub listeners: Vec<ListenerConfig>,
+    /// The HTTP listener.
+    pub http: HttpConfig,
     /// Resource limits.
     pub limits: Limits,
     /// Session policy.
@@ -69,6 +71,16 @@ impl ListenerKind {
     pub fn is_tls(self) -> bool {
         matches!(self, ListenerKind::Tls | ListenerKind::Wss)
     }
+}
+
+/// The HTTP listener (`/health`, `/metrics`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Whether to listen at all.
+    pub enabled: bool,
+    /// Address to bind.
+    pub bind: SocketAddr,
 }
 
 /// Limits; see `config.toml` for what each one does.

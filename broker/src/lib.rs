@@ -16,6 +16,7 @@ pub mod config;
 pub mod connection;
 pub mod delivery;
 pub mod error;
+pub mod http;
 pub mod listener;
 pub mod message;
 pub mod metrics;

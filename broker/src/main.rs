@@ -34,8 +34,12 @@ fn main() -> anyhow::Result<()> {
         for bound in &listeners {
             tracing::info!(kind = ?bound.kind, addr = %bound.local_addr()?, "listening");
         }
+        let http = listener::bind_http(&config).await?;
+        if let Some(http) = &http {
+            tracing::info!(addr = %http.local_addr()?, "HTTP listening (/health, /metrics)");
+        }
         let broker = Broker::new(config);
-        listener::run(broker, listeners, shutdown_signal()).await;
+        listener::run(broker, listeners, http, shutdown_signal()).await;
         tracing::info!("stopped");
         anyhow::Ok(())
     })

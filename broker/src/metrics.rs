@@ -4,17 +4,17 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident,)*) => {
+    ($(#[doc = $doc:literal] $name:ident,)*) => {
         /// Counters and gauges of one broker.
         #[derive(Debug, Default)]
         pub struct Metrics {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            $(#[doc = $doc] pub $name: AtomicU64,)*
         }
 
         impl Metrics {
-            /// Every counter with its name, for export.
-            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            /// Every counter as (name, help text, value), for export.
+            pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($name), $doc.trim(), self.$name.load(Ordering::Relaxed)),)*]
             }
         }
     };
@@ -25,6 +25,8 @@ counters! {
     clients_connected,
     /// Connections accepted since start.
     connections_accepted,
+    /// HTTP requests served.
+    http_requests,
     /// TLS handshakes that failed or timed out.
     tls_handshake_failures,
     /// Connections refused: over `max_connections`.

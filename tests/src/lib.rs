@@ -24,6 +24,7 @@ pub fn test_config() -> Config {
     let mut config = Config::default_config();
     config.listeners[0].bind = "127.0.0.1:0".parse().expect("addr");
     config.sys.interval_secs = 0;
+    config.http.bind = "127.0.0.1:0".parse().expect("addr");
     config
 }
 
@@ -75,7 +76,12 @@ pub fn duplex_client(broker: &Broker, version: ProtocolVersion) -> Client {
     let (client_side, server_side) = tokio::io::duplex(1 << 20);
     let (reader, writer) = tokio::io::split(server_side);
     let peer: SocketAddr = "127.0.0.1:9".parse().expect("addr");
-    tokio::spawn(tern_broker::connection::serve(broker.clone(), reader, writer, peer));
+    tokio::spawn(tern_broker::connection::serve(
+        broker.clone(),
+        reader,
+        writer,
+        peer,
+    ));
     Client::new(Box::new(client_side), version)
 }
 
@@ -96,7 +102,13 @@ pub struct Client {
 impl Client {
     /// Wraps a transport.
     pub fn new(stream: Box<dyn Stream>, version: ProtocolVersion) -> Client {
-        Client { stream, decoder: Decoder::with_version(version, u32::MAX), buf: BytesMut::new(), version, next_id: 0 }
+        Client {
+            stream,
+            decoder: Decoder::with_version(version, u32::MAX),
+            buf: BytesMut::new(),
+            version,
+            next_id: 0,
+        }
     }
 
     /// Opens a TCP connection.
@@ -142,22 +154,33 @@ impl Client {
 
     /// The next packet, or `None` at end of stream; panics after `RECV_TIMEOUT`.
     pub async fn recv_or_eof(&mut self) -> Option<Packet> {
-        tokio::time::timeout(RECV_TIMEOUT, self.read_packet()).await.expect("timed out waiting for a packet")
+        tokio::time::timeout(RECV_TIMEOUT, self.read_packet())
+            .await
+            .expect("timed out waiting for a packet")
     }
 
     /// The next packet; panics at end of stream or after `RECV_TIMEOUT`.
     pub async fn recv(&mut self) -> Packet {
-        self.recv_or_eof().await.expect("connection closed while waiting for a packet")
+        self.recv_or_eof()
+            .await
+            .expect("connection closed while waiting for a packet")
     }
 
     /// The next packet if one comes within `wait`.
     pub async fn recv_within(&mut self, wait: Duration) -> Option<Packet> {
-        tokio::time::timeout(wait, self.read_packet()).await.ok().flatten()
+        tokio::time::timeout(wait, self.read_packet())
+            .await
+            .ok()
+            .flatten()
     }
 
     async fn read_packet(&mut self) -> Option<Packet> {
         loop {
-            if let Some(packet) = self.decoder.decode(&mut self.buf).expect("broker sent a malformed packet") {
+            if let Some(packet) = self
+                .decoder
+                .decode(&mut self.buf)
+                .expect("broker sent a malformed packet")
+            {
                 return Some(packet);
             }
             self.buf.reserve(4096);
@@ -190,16 +213,24 @@ impl Client {
 
     /// Subscribes to one filter; returns the SUBACK.
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> SubAck {
-        self.subscribe_with(vec![(filter, SubscriptionOptions::with_qos(qos))], None).await
+        self.subscribe_with(vec![(filter, SubscriptionOptions::with_qos(qos))], None)
+            .await
     }
 
     /// Subscribes to several filters with options and an optional subscription identifier.
-    pub async fn subscribe_with(&mut self, filters: Vec<(&str, SubscriptionOptions)>, subscription_id: Option<u32>) -> SubAck {
+    pub async fn subscribe_with(
+        &mut self,
+        filters: Vec<(&str, SubscriptionOptions)>,
+        subscription_id: Option<u32>,
+    ) -> SubAck {
         let packet_id = self.next_packet_id();
         let mut subscribe = Subscribe {
             packet_id,
             properties: Default::default(),
-            filters: filters.into_iter().map(|(f, o)| (ByteStr::from(f), o)).collect(),
+            filters: filters
+                .into_iter()
+                .map(|(f, o)| (ByteStr::from(f), o))
+                .collect(),
         };
         subscribe.properties.subscription_identifier = subscription_id;
         self.send(&Packet::Subscribe(Box::new(subscribe))).await;
@@ -229,7 +260,13 @@ impl Client {
 
     /// Publishes and completes the QoS flow (PUBACK, or PUBREC/PUBREL/PUBCOMP). Returns the
     /// PUBACK or PUBREC reason code for QoS > 0.
-    pub async fn publish(&mut self, topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Option<tern_codec::ReasonCode> {
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+    ) -> Option<tern_codec::ReasonCode> {
         let mut publish = Publish::new(topic, payload.to_vec());
         publish.qos = qos;
         publish.retain = retain;
@@ -329,4 +366,37 @@ pub fn require_tool(tool: &str) -> bool {
         eprintln!("SKIPPED: {tool} not found; install it to run this interop test");
     }
     found
+}
+
+impl Client {
+    /// The next packet, or `None` at end of stream (or on a read error); no timeout.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: bytes read stay buffered for the next call (for `tokio::select!`).
+    pub async fn next_packet(&mut self) -> Option<Packet> {
+        self.read_packet().await
+    }
+
+    /// Reads raw bytes until the broker closes the connection (or `wait` passes) and returns
+    /// them with whether the end of stream was seen. For tests sending broken input, where
+    /// what comes back may not decode.
+    pub async fn read_to_close(&mut self, wait: Duration) -> (Vec<u8>, bool) {
+        let mut got = self.buf.split().to_vec();
+        let read = async {
+            let mut chunk = [0u8; 4096];
+            loop {
+                match self.stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                }
+            }
+        };
+        let closed = tokio::time::timeout(wait, read).await.is_ok();
+        (got, closed)
+    }
+
+    /// Shuts down the sending side (TCP FIN); the broker then sees the end of stream.
+    pub async fn shutdown_write(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
 }

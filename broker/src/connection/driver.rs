@@ -199,9 +199,14 @@ impl Connection {
         if publish.topic.starts_with("$SYS/") || &*publish.topic == "$SYS" {
             return 0;
         }
+        let started = std::time::Instant::now();
         let now = Instant::now();
         let message = Message::new(publish, now, Some(self.session.id));
-        self.broker.publish(&message, &mut self.scratch, now)
+        let delivered = self.broker.publish(&message, &mut self.scratch, now);
+        self.broker
+            .route_latency
+            .observe(started.elapsed().as_secs_f64());
+        delivered
     }
 
     fn handle_subscribe(&mut self, subscribe: Subscribe) {

@@ -79,10 +79,35 @@ pub async fn bind_all(config: &Config) -> std::io::Result<Vec<Bound>> {
     Ok(bound)
 }
 
+/// Binds the HTTP listener, when enabled.
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn bind_http(config: &Config) -> std::io::Result<Option<TcpListener>> {
+    if !config.http.enabled {
+        return Ok(None);
+    }
+    let listener = TcpListener::bind(config.http.bind).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot bind the HTTP listener on {}: {e}", config.http.bind),
+        )
+    })?;
+    Ok(Some(listener))
+}
+
 /// Runs the broker on `listeners` until `shutdown` completes; then stops accepting, tells
 /// every connection to close (DISCONNECT 0x8B for 5.0), and waits for them to flush.
-pub async fn run(broker: Broker, listeners: Vec<Bound>, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    broker: Broker,
+    listeners: Vec<Bound>,
+    http: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    if let Some(http) = http {
+        tasks.push(tokio::spawn(crate::http::accept_loop(broker.clone(), http)));
+    }
     for bound in listeners {
         tasks.push(tokio::spawn(tcp::accept_loop(
             broker.clone(),
@@ -121,6 +146,8 @@ pub struct Running {
     pub broker: Broker,
     /// The bound addresses, in configuration order.
     pub addrs: Vec<SocketAddr>,
+    /// The HTTP listener's address, when enabled.
+    pub http_addr: Option<SocketAddr>,
     /// Completes after shutdown and drain.
     pub task: JoinHandle<()>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -146,14 +173,17 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
         .iter()
         .map(Bound::local_addr)
         .collect::<std::io::Result<Vec<_>>>()?;
+    let http = bind_http(&config).await?;
+    let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
     let broker = Broker::new(config);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run(broker.clone(), listeners, async move {
+    let task = tokio::spawn(run(broker.clone(), listeners, http, async move {
         let _ = stopped.await;
     }));
     Ok(Running {
         broker,
         addrs,
+        http_addr,
         task,
         stop: Some(stop),
     })

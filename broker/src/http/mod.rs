@@ -1,0 +1,128 @@
+//! The HTTP listener (hyper, HTTP/1.1 with upgrades): `/health`, `/metrics` in Prometheus
+//! text format, and the place where the browser bridges attach (`/sse`, `/ws`, `/mqtt`).
+//!
+//! This module owns accepting HTTP connections and dispatching by path; each endpoint lives
+//! in its own module.
+
+pub mod metrics;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::broker::Broker;
+use crate::metrics::Metrics;
+
+/// The body type of every response.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// How long a client has to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A complete response with a fixed body.
+pub fn full(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let mut response = Response::new(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// A JSON error response: `{"error": "..."}`.
+pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
+    let body = format!("{{\"error\":{}}}", json_string(message));
+    full(status, "application/json", body)
+}
+
+/// `text` as a JSON string literal.
+pub fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Accepts HTTP connections until the task is aborted.
+pub async fn accept_loop(broker: Broker, listener: TcpListener) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let broker = broker.clone();
+                async move { Ok::<_, Infallible>(route(broker, request, peer).await) }
+            });
+            let connection = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Dispatches one request by method and path.
+async fn route(broker: Broker, request: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    Metrics::add(&broker.metrics.http_requests, 1);
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/health") => {
+            if broker.is_shutting_down() {
+                full(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "application/json",
+                    "{\"status\":\"shutting down\"}",
+                )
+            } else {
+                full(StatusCode::OK, "application/json", "{\"status\":\"ok\"}")
+            }
+        }
+        (&Method::GET, "/metrics") => metrics::respond(&broker),
+        (_, "/health" | "/metrics") => {
+            json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => json_error(StatusCode::NOT_FOUND, "not found"),
+    }
+}

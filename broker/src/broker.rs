@@ -13,6 +13,7 @@ use dashmap::DashMap;
 use tern_codec::{ByteStr, ReasonCode};
 use tokio::sync::{watch, Semaphore};
 
+use crate::auth::{Auth, AuthError, AuthState};
 use crate::config::Config;
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -40,10 +41,14 @@ pub struct Inner {
     pub sessions: DashMap<ByteStr, Arc<Session>>,
     /// Counters.
     pub metrics: Metrics,
+    /// Password file and ACL in force ([`crate::auth`]).
+    pub auth: Auth,
     /// When the broker started.
     pub started_at: Instant,
     /// Time to store and route one received PUBLISH (seconds).
     pub route_latency: prometheus_client::metrics::histogram::Histogram,
+    /// Per-IP connection count and connect rate.
+    pub ip_limits: std::sync::Arc<crate::listener::ip_limits::IpLimits>,
     /// One permit per allowed connection; all permits back means all connections ended.
     pub connection_slots: Arc<Semaphore>,
     next_session_id: AtomicU64,
@@ -58,8 +63,27 @@ impl std::ops::Deref for Broker {
 }
 
 impl Broker {
-    /// A broker with `config`; nothing listens until a listener runs it.
+    /// A broker with `config`, its `[auth]` files loaded; nothing listens until a listener
+    /// runs it.
+    ///
+    /// # Errors
+    /// A password or ACL file could not be loaded ([`AuthError`] names file and line).
+    pub fn try_new(config: Config) -> Result<Broker, AuthError> {
+        let auth = AuthState::load(&config.auth)?;
+        Ok(Broker::with_auth(config, auth))
+    }
+
+    /// Like [`Broker::try_new`], but when the `[auth]` files cannot be loaded the error is
+    /// logged and the broker fails closed ([`AuthState::deny_all`]: no client gets in).
     pub fn new(config: Config) -> Broker {
+        let auth = AuthState::load(&config.auth).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot load [auth] files: refusing every client");
+            AuthState::deny_all()
+        });
+        Broker::with_auth(config, auth)
+    }
+
+    fn with_auth(config: Config, auth: AuthState) -> Broker {
         let (shutdown_tx, _) = watch::channel(false);
         let slots = config.limits.max_connections.min(Semaphore::MAX_PERMITS);
         Broker {
@@ -68,11 +92,16 @@ impl Broker {
                 retained: RetainedStore::default(),
                 sessions: DashMap::new(),
                 metrics: Metrics::default(),
+                auth: Auth::new(auth),
                 started_at: Instant::now(),
                 route_latency: prometheus_client::metrics::histogram::Histogram::new(
                     prometheus_client::metrics::histogram::exponential_buckets(1e-6, 4.0, 10),
                 ),
                 connection_slots: Arc::new(Semaphore::new(slots)),
+                ip_limits: crate::listener::ip_limits::IpLimits::new(
+                    config.limits.max_connections_per_ip,
+                    config.limits.max_connect_rate_per_ip,
+                ),
                 next_session_id: AtomicU64::new(1),
                 shutdown_tx,
                 config,
@@ -191,6 +220,15 @@ impl Broker {
         for Redirect { message, group } in redirects {
             match group.pick_other(leaving_session) {
                 Some(member) => {
+                    let topic = &message.publish().topic;
+                    if member
+                        .read_check
+                        .as_ref()
+                        .is_some_and(|acl| !acl.allows_read(topic))
+                    {
+                        Metrics::add(&self.metrics.acl_denied, 1);
+                        continue;
+                    }
                     let qos = message.qos().min(member.options.qos);
                     let retain = message.publish().retain && member.options.retain_as_published;
                     let ids: Vec<u32> = member.subscription_id.into_iter().collect();

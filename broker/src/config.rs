@@ -20,6 +20,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// The HTTP listener.
     pub http: HttpConfig,
+    /// Authentication and authorisation.
+    pub auth: AuthConfig,
     /// Resource limits.
     pub limits: Limits,
     /// Session policy.
@@ -89,6 +91,8 @@ pub struct HttpConfig {
 #[allow(missing_docs)]
 pub struct Limits {
     pub max_connections: usize,
+    pub max_connections_per_ip: u32,
+    pub max_connect_rate_per_ip: u32,
     pub max_packet_size_bytes: u32,
     pub connect_timeout_ms: u64,
     pub max_keep_alive_secs: u16,
@@ -100,7 +104,22 @@ pub struct Limits {
     pub writer_cap_bytes: usize,
     pub slow_consumer_timeout_ms: u64,
     pub max_topic_levels: usize,
+    pub max_topic_length_bytes: usize,
+    pub max_subscriptions_per_client: usize,
+    pub max_publish_rate_per_client: u32,
     pub max_session_expiry_secs: u32,
+}
+
+/// `[auth]`: who may connect and what they may do; see [`crate::auth`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Whether clients without a user name may connect.
+    pub allow_anonymous: bool,
+    /// A `mosquitto_passwd` password file; empty for none.
+    pub password_file: PathBuf,
+    /// A Mosquitto `acl_file`; empty for none (every client may do everything).
+    pub acl_file: PathBuf,
 }
 
 /// Session policy.

@@ -25,6 +25,14 @@ counters! {
     clients_connected,
     /// Connections accepted since start.
     connections_accepted,
+    /// Connections refused: over `max_connections_per_ip`.
+    connections_refused_per_ip,
+    /// Connections refused: over `max_connect_rate_per_ip`.
+    connections_refused_rate,
+    /// SUBSCRIBE filters refused: over `max_subscriptions_per_client`.
+    subscriptions_refused_quota,
+    /// Times a client's reading was paused for `max_publish_rate_per_client`.
+    publish_throttled,
     /// HTTP requests served.
     http_requests,
     /// TLS handshakes that failed or timed out.
@@ -67,6 +75,10 @@ counters! {
     retained_messages,
     /// Sessions currently known (online and offline).
     sessions,
+    /// CONNECTs refused by authentication (bad credentials, anonymous not allowed).
+    auth_failures,
+    /// Operations the ACL refused: subscriptions, publishes, wills, deliveries.
+    acl_denied,
 }
 
 impl Metrics {

@@ -1,6 +1,7 @@
 //! Listeners: bind the configured addresses, accept connections under the connection limit,
 //! and run the broker until a shutdown signal, then drain.
 
+pub mod ip_limits;
 pub mod tcp;
 pub mod tls;
 pub mod ws;
@@ -166,7 +167,7 @@ impl Running {
 /// Binds and runs a broker in the background.
 ///
 /// # Errors
-/// Binding failed.
+/// Binding failed, or an `[auth]` file could not be loaded (`InvalidInput`).
 pub async fn start(config: Config) -> std::io::Result<Running> {
     let listeners = bind_all(&config).await?;
     let addrs = listeners
@@ -175,7 +176,8 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
         .collect::<std::io::Result<Vec<_>>>()?;
     let http = bind_http(&config).await?;
     let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
-    let broker = Broker::new(config);
+    let broker = Broker::try_new(config)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(run(broker.clone(), listeners, http, async move {
         let _ = stopped.await;

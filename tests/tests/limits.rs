@@ -1,0 +1,156 @@
+//! Each configurable limit, hit: connections (total, per IP, rate per IP), subscriptions per
+//! client, topic length and depth, publish rate. Each answers with its reason code (5.0) or
+//! the 3.1.1 equivalent, and is counted.
+
+use std::time::Duration;
+
+use tern_broker::metrics::Metrics;
+use tern_codec::{Packet, ProtocolVersion, Publish, QoS, ReasonCode};
+use tern_tests::{duplex_client, TestBroker};
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+const V3: ProtocolVersion = ProtocolVersion::V3_1_1;
+
+/// A TCP connection the broker closes before any CONNACK.
+async fn assert_refused(broker: &TestBroker) {
+    let mut client = broker.raw(V5).await;
+    // The broker drops the socket right after accept; a CONNECT either fails to send or
+    // gets no answer but the close.
+    let connect = Packet::Connect(Box::new(tern_codec::Connect::new(V5, "refused")));
+    let _ = client.try_send_bytes(&connect.to_bytes(V5)).await;
+    assert!(
+        client.recv_or_eof().await.is_none(),
+        "connection must be closed without CONNACK"
+    );
+}
+
+#[tokio::test]
+async fn max_connections_total() {
+    let broker = TestBroker::start_with(|c| c.limits.max_connections = 2).await;
+    let _a = broker.client(V5, "a").await;
+    let _b = broker.client(V3, "b").await;
+    assert_refused(&broker).await;
+    assert_eq!(
+        Metrics::get(&broker.broker().metrics.connections_refused_limit),
+        1
+    );
+}
+
+#[tokio::test]
+async fn max_connections_per_ip() {
+    let broker = TestBroker::start_with(|c| c.limits.max_connections_per_ip = 2).await;
+    let a = broker.client(V5, "a").await;
+    let _b = broker.client(V5, "b").await;
+    assert_refused(&broker).await;
+    assert_eq!(
+        Metrics::get(&broker.broker().metrics.connections_refused_per_ip),
+        1
+    );
+    // A closed connection frees its place.
+    a.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _c = broker.client(V5, "c").await;
+}
+
+#[tokio::test]
+async fn connect_rate_per_ip() {
+    let broker = TestBroker::start_with(|c| c.limits.max_connect_rate_per_ip = 3).await;
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(broker.client(V5, &format!("r{i}")).await);
+    }
+    assert_refused(&broker).await;
+    assert_eq!(
+        Metrics::get(&broker.broker().metrics.connections_refused_rate),
+        1
+    );
+}
+
+#[tokio::test]
+async fn max_subscriptions_per_client_v5_and_v311() {
+    let broker = TestBroker::start_with(|c| c.limits.max_subscriptions_per_client = 2).await;
+    for (version, refused) in [(V5, ReasonCode::QUOTA_EXCEEDED), (V3, ReasonCode(0x80))] {
+        let mut client = broker.client(version, "subs").await;
+        assert_eq!(
+            client.subscribe("a", QoS::AtMostOnce).await.reason_codes,
+            [ReasonCode(0)]
+        );
+        assert_eq!(
+            client.subscribe("b", QoS::AtLeastOnce).await.reason_codes,
+            [ReasonCode(1)]
+        );
+        // Re-subscribing to an existing filter is not a new subscription.
+        assert_eq!(
+            client.subscribe("a", QoS::AtLeastOnce).await.reason_codes,
+            [ReasonCode(1)]
+        );
+        assert_eq!(
+            client.subscribe("c", QoS::AtMostOnce).await.reason_codes,
+            [refused]
+        );
+        client.disconnect().await;
+    }
+    assert_eq!(
+        Metrics::get(&broker.broker().metrics.subscriptions_refused_quota),
+        2
+    );
+}
+
+#[tokio::test]
+async fn topic_length_and_depth_limits() {
+    let broker = TestBroker::start_with(|c| {
+        c.limits.max_topic_length_bytes = 16;
+        c.limits.max_topic_levels = 3;
+    })
+    .await;
+    let mut client = broker.client(V5, "deep").await;
+    let long = "x".repeat(17);
+    let suback = client.subscribe(&long, QoS::AtMostOnce).await;
+    assert_eq!(suback.reason_codes, [ReasonCode::TOPIC_FILTER_INVALID]);
+    let suback = client.subscribe("a/b/c/d", QoS::AtMostOnce).await;
+    assert_eq!(suback.reason_codes, [ReasonCode::TOPIC_FILTER_INVALID]);
+    assert_eq!(
+        client
+            .subscribe("a/b/#", QoS::AtMostOnce)
+            .await
+            .reason_codes,
+        [ReasonCode(0)]
+    );
+    // A PUBLISH past the limits is dropped; 5.0 QoS 1 gets PUBACK 0x90.
+    let code = client
+        .publish("a/b/c/d", b"x", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(code, Some(ReasonCode::TOPIC_NAME_INVALID));
+    client.expect_nothing(Duration::from_millis(200)).await;
+    assert!(Metrics::get(&broker.broker().metrics.dropped_topic_too_deep) >= 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn publish_rate_slows_the_client_down() {
+    let mut config = tern_tests::test_config();
+    config.limits.max_publish_rate_per_client = 50;
+    let broker = tern_broker::Broker::new(config);
+    let mut sub = duplex_client(&broker, V5);
+    sub.connect(tern_codec::Connect::new(V5, "rate-sub")).await;
+    sub.subscribe("rate/#", QoS::AtMostOnce).await;
+    let mut publisher = duplex_client(&broker, V5);
+    publisher
+        .connect(tern_codec::Connect::new(V5, "rate-pub"))
+        .await;
+    let start = tokio::time::Instant::now();
+    for i in 0..150u32 {
+        publisher
+            .send(&Packet::Publish(Publish::new(
+                "rate/x",
+                i.to_be_bytes().to_vec(),
+            )))
+            .await;
+    }
+    for _ in 0..150 {
+        sub.expect_publish().await;
+    }
+    // 50 in the initial burst, then 50 per second: at least ~2 s of (paused) time.
+    let elapsed = start.elapsed();
+    assert!(elapsed >= Duration::from_millis(1900), "took {elapsed:?}");
+    assert!(Metrics::get(&broker.metrics.publish_throttled) >= 1);
+}

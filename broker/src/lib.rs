@@ -9,8 +9,10 @@
 //! - [`router`]: the subscription trie and the fan-out of one message.
 //! - [`delivery`]: the SharedWriter every producer appends encoded packets to.
 //! - [`retained`], [`will`], [`sys`]: retained messages, will messages, `$SYS` topics.
+//! - [`auth`]: password file and ACL (Mosquitto formats).
 //! - [`broker`]: the shared state tying these together; [`metrics`], [`error`].
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod connection;

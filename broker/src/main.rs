@@ -19,10 +19,35 @@ struct Args {
     /// the config file; RUST_LOG overrides both.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// A command to run instead of the broker.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Commands other than running the broker.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Add a user to a password file, or change their password. The password is read from
+    /// standard input (one line) when it is not a terminal, else asked for twice.
+    Passwd {
+        /// The password file (mosquitto_passwd format); created if missing.
+        file: PathBuf,
+        /// The user name.
+        user: String,
+        /// Hash with PBKDF2-SHA512 ($7$, as mosquitto_passwd) instead of Argon2id, for a
+        /// file Mosquitto must read too.
+        #[arg(long)]
+        pbkdf2: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Passwd { file, user, pbkdf2 }) = &args.command {
+        tern_broker::auth::password::passwd_command(file, user, *pbkdf2)
+            .with_context(|| format!("updating {}", file.display()))?;
+        return Ok(());
+    }
     let config = Config::load(args.config.as_deref())?;
     init_tracing(&config, args.log_level.as_deref());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -38,7 +63,7 @@ fn main() -> anyhow::Result<()> {
         if let Some(http) = &http {
             tracing::info!(addr = %http.local_addr()?, "HTTP listening (/health, /metrics)");
         }
-        let broker = Broker::new(config);
+        let broker = Broker::try_new(config).context("loading the [auth] files")?;
         listener::run(broker, listeners, http, shutdown_signal()).await;
         tracing::info!("stopped");
         anyhow::Ok(())

@@ -111,9 +111,15 @@ async fn wildcards_and_dollar_topics_mqtt_4_7_1_and_4_7_2_1() {
                 .publish(topic, topic.as_bytes(), QoS::AtLeastOnce, false)
                 .await;
         }
-        for ((filter, expected), sub) in cases.iter().zip(subs.iter_mut()) {
-            let got: Vec<String> = drain(sub)
+        // Drain all subscribers concurrently (each waits for QUIET of silence).
+        let handles: Vec<_> = subs
+            .into_iter()
+            .map(|mut sub| tokio::spawn(async move { drain(&mut sub).await }))
+            .collect();
+        for ((filter, expected), handle) in cases.iter().zip(handles) {
+            let got: Vec<String> = handle
                 .await
+                .expect("drain task")
                 .iter()
                 .map(|p| p.topic.to_string())
                 .collect();

@@ -155,6 +155,9 @@ impl Connection {
             }
             return Ok(());
         }
+        if self.publish_denied(&publish) {
+            return Ok(());
+        }
         if qos == QoS::ExactlyOnce {
             let Some(id) = packet_id else { return Ok(()) };
             let mut pending = self.session.incoming_qos2();
@@ -218,6 +221,13 @@ impl Connection {
                 reason_codes.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
             }
+            let read_check = match self.subscribe_acl(filter) {
+                Ok(check) => check,
+                Err(code) => {
+                    reason_codes.push(code);
+                    continue;
+                }
+            };
             let record = SubscriptionRecord {
                 options: *options,
                 subscription_id,
@@ -227,9 +237,13 @@ impl Connection {
                 .subscriptions()
                 .insert(Arc::from(&**filter), record)
                 .is_some();
-            self.broker
-                .router
-                .subscribe(filter, &self.session, *options, subscription_id);
+            self.broker.router.subscribe_checked(
+                filter,
+                &self.session,
+                *options,
+                subscription_id,
+                read_check.clone(),
+            );
             if !existed {
                 Metrics::add(&self.broker.metrics.subscriptions, 1);
             }
@@ -243,7 +257,7 @@ impl Connection {
                 tern_codec::RetainHandling::DoNotSend => false,
             };
             if send_retained && !shared {
-                retained_for.push((filter.clone(), options.qos));
+                retained_for.push((filter.clone(), options.qos, read_check));
             }
         }
         let suback = SubAck {
@@ -258,11 +272,17 @@ impl Connection {
         let now = Instant::now();
         let ctx = self.broker.deliver_ctx(now);
         let ids: Vec<u32> = subscription_id.into_iter().collect();
-        for (filter, granted) in retained_for {
+        for (filter, granted, read_check) in retained_for {
             let mut matches = Vec::new();
-            self.broker
-                .retained
-                .for_each_match(&filter, now, |m| matches.push(m.clone()));
+            self.broker.retained.for_each_match(&filter, now, |m| {
+                // The ACL's read check applies to retained messages too.
+                if read_check
+                    .as_ref()
+                    .is_none_or(|acl| acl.allows_read(&m.publish().topic))
+                {
+                    matches.push(m.clone());
+                }
+            });
             let mut delivery = self.session.delivery();
             for message in &matches {
                 // Sent because of a subscribe: RETAIN is 1 ([MQTT-3.3.1-8]).

@@ -60,6 +60,9 @@ pub(crate) async fn connect<R: AsyncRead + Unpin>(
             "non-CONNECT first packet",
         )));
     };
+    if let Err(code) = super::auth_hooks::login(broker, &connect, info).await {
+        return Err(refuse(out, connect.protocol, code));
+    }
     establish(broker, *connect, out, info)
 }
 
@@ -117,6 +120,7 @@ fn establish(
     } else {
         connect.client_id.clone()
     };
+    let acl = super::auth_hooks::client_acl(broker, &client_id, &mut connect);
 
     let requested_expiry = if v5 {
         connect.properties.session_expiry_interval_secs.unwrap_or(0)
@@ -192,6 +196,9 @@ fn establish(
     );
     Metrics::add(&broker.metrics.clients_connected, 1);
     tracing::debug!(%client_id, %peer, ?version, resumed, "client connected");
+    if resumed {
+        super::auth_hooks::reapply_acl(broker, &session, acl.as_ref());
+    }
 
     Ok(Connection {
         broker: broker.clone(),
@@ -208,5 +215,6 @@ fn establish(
         inbound_aliases: HashMap::new(),
         connect_expiry_was_zero: requested_expiry == 0,
         scratch: RouteScratch::default(),
+        acl,
     })
 }

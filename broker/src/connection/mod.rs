@@ -6,6 +6,7 @@
 //! [`SharedWriter`]. The transport is any `AsyncRead`/`AsyncWrite` pair, so TCP, TLS and
 //! WebSocket all use the same driver.
 
+mod auth_hooks;
 mod driver;
 mod handshake;
 pub mod io;
@@ -122,6 +123,8 @@ pub(crate) struct Connection {
     /// CONNECT's Session Expiry Interval was 0 ([MQTT-3.14.2-2]).
     connect_expiry_was_zero: bool,
     scratch: RouteScratch,
+    /// This client's ACL (`None`: no ACL file configured).
+    acl: Option<Arc<crate::auth::ClientAcl>>,
 }
 
 impl Connection {

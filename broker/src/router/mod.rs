@@ -13,7 +13,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tern_codec::topic::split_shared;
 use tern_codec::{QoS, SubscriptionOptions};
 
+use crate::auth::ClientAcl;
 use crate::message::Message;
+use crate::metrics::Metrics;
 use crate::session::delivery::DeliverCtx;
 use crate::session::Session;
 
@@ -47,6 +49,9 @@ pub struct SubEntry {
     pub options: SubscriptionOptions,
     /// Subscription Identifier (5.0).
     pub subscription_id: Option<u32>,
+    /// The subscriber's ACL, when the filter matches topics it may not read: each message
+    /// is checked with it before delivery. `None`: no ACL, or the filter is wholly readable.
+    pub read_check: Option<Arc<ClientAcl>>,
 }
 
 /// One delivery decided by matching, before overlapping subscriptions are merged.
@@ -92,10 +97,24 @@ impl Router {
         options: SubscriptionOptions,
         subscription_id: Option<u32>,
     ) {
+        self.subscribe_checked(filter, session, options, subscription_id, None);
+    }
+
+    /// [`Router::subscribe`] with a read check applied to each message before it is
+    /// delivered through this subscription (see [`SubEntry::read_check`]).
+    pub fn subscribe_checked(
+        &self,
+        filter: &str,
+        session: &Arc<Session>,
+        options: SubscriptionOptions,
+        subscription_id: Option<u32>,
+        read_check: Option<Arc<ClientAcl>>,
+    ) {
         let entry = SubEntry {
             session: session.clone(),
             options,
             subscription_id,
+            read_check,
         };
         match split_shared(filter) {
             Some(Ok((group, inner))) => {
@@ -179,6 +198,12 @@ impl Router {
                         None => return,
                     },
                 };
+                if let Some(acl) = &entry.read_check {
+                    if !acl.allows_read(&publish.topic) {
+                        Metrics::add(&ctx.metrics.acl_denied, 1);
+                        return;
+                    }
+                }
                 scratch.targets.push(Target {
                     qos: publish.qos.min(entry.options.qos),
                     retain: publish.retain && entry.options.retain_as_published,

@@ -774,3 +774,44 @@ async fn overlapping_subscriptions_one_copy_across_versions() {
         publisher.disconnect().await;
     }
 }
+
+// Checklist, QoS and RETAIN together on the retained path: a retained QoS 2 message sent
+// because of a SUBSCRIBE granted QoS 0 uses the QoS 0 layout (no packet id) with RETAIN 1,
+// exact bytes for each version pair.
+#[tokio::test]
+async fn retained_on_subscribe_downgraded_to_qos0_exact_bytes() {
+    let broker = TestBroker::start().await;
+    for (pub_v, sub_v) in PAIRS {
+        let topic = format!("rq0/{pub_v:?}/{sub_v:?}");
+        let mut publisher = broker.client(pub_v, "rq0-pub").await;
+        publish_from(
+            &mut publisher,
+            &topic,
+            b"kept",
+            QoS::ExactlyOnce,
+            true,
+            |_| {},
+        )
+        .await;
+        for granted in QOS {
+            let mut sub = RawSub::new(&broker, sub_v, "rq0-sub").await;
+            sub.subscribe(&topic, granted).await;
+            let (frame, got) = sub.publish().await;
+            let expected = expected_frame(
+                sub_v,
+                &topic,
+                b"kept",
+                granted,
+                true,
+                got.packet_id,
+                &forwarded_properties(pub_v),
+            );
+            assert_eq!(frame, expected, "{pub_v:?}->{sub_v:?} granted {granted:?}");
+            assert_eq!(got.packet_id.is_some(), granted != QoS::AtMostOnce);
+            sub.ack(&got).await;
+            sub.disconnect().await;
+        }
+        publish_from(&mut publisher, &topic, b"", QoS::AtMostOnce, true, |_| {}).await;
+        publisher.disconnect().await;
+    }
+}

@@ -255,12 +255,7 @@ async fn inbound_receive_maximum_exceeded_disconnect_0x93() {
     assert_eq!(disconnect.reason_code, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
 }
 
-async fn flow_control_case(
-    broker: &TestBroker,
-    sub: &mut Client,
-    publisher: &mut Client,
-    n: usize,
-) {
+async fn flow_control_case(sub: &mut Client, publisher: &mut Client, n: usize) {
     for i in 0..5u8 {
         publisher
             .publish("fc/t", &[i], QoS::AtLeastOnce, false)
@@ -285,7 +280,6 @@ async fn flow_control_case(
         }
     }
     assert_eq!(next_expected, 5);
-    let _ = broker;
 }
 
 // [MQTT-3.3.4-9] / [MQTT-4.9.0-2] (5.0): at most the client's Receive Maximum QoS 1/2
@@ -302,7 +296,7 @@ async fn outbound_flow_control_receive_maximum_mqtt_3_3_4_9() {
     .await;
     sub.subscribe("fc/t", QoS::AtLeastOnce).await;
     // min(3, max_inflight 2) = 2.
-    flow_control_case(&broker, &mut sub, &mut publisher, 2).await;
+    flow_control_case(&mut sub, &mut publisher, 2).await;
     sub.unsubscribe(&["fc/t"]).await;
 
     let mut sub = connect_with(&broker, V5, "fc-sub5b", |c| {
@@ -310,12 +304,12 @@ async fn outbound_flow_control_receive_maximum_mqtt_3_3_4_9() {
     })
     .await;
     sub.subscribe("fc/t", QoS::AtLeastOnce).await;
-    flow_control_case(&broker, &mut sub, &mut publisher, 1).await;
+    flow_control_case(&mut sub, &mut publisher, 1).await;
     sub.unsubscribe(&["fc/t"]).await;
 
     let mut sub = broker.client(V3, "fc-sub3").await;
     sub.subscribe("fc/t", QoS::AtLeastOnce).await;
-    flow_control_case(&broker, &mut sub, &mut publisher, 2).await;
+    flow_control_case(&mut sub, &mut publisher, 2).await;
 }
 
 // [MQTT-4.9.0-2] (5.0): for QoS 2 the send quota comes back with PUBCOMP, not PUBREC.
@@ -858,5 +852,42 @@ async fn puback_for_unknown_outbound_id_is_ignored() {
         client.send(&Packet::PubComp(PubComp::new(pid(501)))).await;
         client.ping().await;
         client.expect_nothing(Duration::from_millis(100)).await;
+    }
+}
+
+// [MQTT-3.3.2-5] [MQTT-3.3.2-6] for retained messages: a retained message sent because of
+// a later SUBSCRIBE carries the remaining interval, and is no longer sent once expired.
+#[tokio::test(start_paused = true)]
+async fn retained_message_expiry_remaining_and_expired() {
+    let broker = paused_broker();
+    let (mut publisher, _) = duplex_connect(&broker, V5, "rexp-pub", |_| {}).await;
+    let mut long = expiring("rexp/long", b"long", Some(30));
+    long.retain = true;
+    publisher.publish_packet(long).await;
+    let mut short = expiring("rexp/short", b"short", Some(2));
+    short.retain = true;
+    publisher.publish_packet(short).await;
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    for version in [V5, V3] {
+        let (mut sub, _) = duplex_connect(&broker, version, "rexp-sub", |_| {}).await;
+        sub.subscribe("rexp/#", QoS::AtLeastOnce).await;
+        let got = sub.expect_publish_acked().await;
+        assert_eq!(
+            &got.payload[..],
+            b"long",
+            "{version:?}: the expired one is gone"
+        );
+        assert!(got.retain);
+        if version.is_v5() {
+            let remaining = got.properties.message_expiry_interval_secs.expect("expiry");
+            assert!(
+                (24..=25).contains(&remaining),
+                "remaining {remaining}, expected 30 - 5.5"
+            );
+        } else {
+            assert_eq!(got.properties.message_expiry_interval_secs, None);
+        }
+        sub.expect_nothing(QUIET).await;
+        sub.disconnect().await;
     }
 }

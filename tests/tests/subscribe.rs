@@ -595,3 +595,153 @@ async fn shared_member_leaving_and_granted_qos() {
     assert_eq!(drain(&mut b).await.len(), 3);
     a.expect_nothing(Duration::from_millis(50)).await;
 }
+
+// [MQTT-3.3.4-3] 3.8.2.1.2: a retained message sent because of a SUBSCRIBE carries that
+// subscription's identifier.
+#[tokio::test]
+async fn retained_on_subscribe_carries_subscription_identifier() {
+    let broker = TestBroker::start().await;
+    let mut publisher = broker.client(V3, "rsid-pub").await;
+    publisher
+        .publish("rsid/t", b"kept", QoS::AtLeastOnce, true)
+        .await;
+    let mut client = broker.client(V5, "rsid").await;
+    client
+        .subscribe_with(vec![("rsid/+", opts(QoS::AtLeastOnce))], Some(77))
+        .await;
+    let got = client.expect_publish_acked().await;
+    assert!(got.retain);
+    assert_eq!(got.properties.subscription_identifiers, vec![77]);
+    publisher
+        .publish("rsid/t", b"", QoS::AtLeastOnce, true)
+        .await;
+}
+
+// [MQTT-4.7.2-1] for retained messages: a retained message on a `$` topic is not sent for
+// a filter starting with a wildcard, but is for a filter naming the `$` level.
+#[tokio::test]
+async fn retained_dollar_topics_not_matched_by_leading_wildcard() {
+    let broker = TestBroker::start().await;
+    let mut publisher = broker.client(V5, "rdol-pub").await;
+    publisher
+        .publish("$app/state", b"s", QoS::AtLeastOnce, true)
+        .await;
+    publisher
+        .publish("app/state", b"a", QoS::AtLeastOnce, true)
+        .await;
+    for version in [V5, V3] {
+        let mut client = broker.client(version, "rdol").await;
+        for filter in ["#", "+/state"] {
+            client.subscribe(filter, QoS::AtLeastOnce).await;
+            let got = client.expect_publish_acked().await;
+            assert_eq!(&*got.topic, "app/state", "{version:?} {filter}");
+            client.expect_nothing(Duration::from_millis(100)).await;
+        }
+        client.subscribe("$app/+", QoS::AtLeastOnce).await;
+        assert_eq!(&*client.expect_publish_acked().await.topic, "$app/state");
+        client.disconnect().await;
+    }
+    publisher
+        .publish("$app/state", b"", QoS::AtLeastOnce, true)
+        .await;
+    publisher
+        .publish("app/state", b"", QoS::AtLeastOnce, true)
+        .await;
+}
+
+// [MQTT-3.8.3-4]: No Local on a shared subscription is a Protocol Error (DISCONNECT 0x82).
+#[tokio::test]
+async fn no_local_on_shared_subscription_is_protocol_error_mqtt_3_8_3_4() {
+    let broker = TestBroker::start().await;
+    let mut client = broker.client(V5, "nl-shared").await;
+    let subscribe = Subscribe {
+        packet_id: PacketId::new(1).expect("id"),
+        properties: Default::default(),
+        filters: vec![(
+            ByteStr::from("$share/g/nl/#"),
+            SubscriptionOptions {
+                no_local: true,
+                ..opts(QoS::AtLeastOnce)
+            },
+        )],
+    };
+    client.send(&Packet::Subscribe(Box::new(subscribe))).await;
+    let d = client.expect_disconnect().await.expect("DISCONNECT");
+    assert_eq!(d.reason_code, ReasonCode::PROTOCOL_ERROR);
+}
+
+// [MQTT-3.8.3-3] with overlapping subscriptions: a No Local subscription is skipped for the
+// publisher's own messages, its other matching subscription still delivers, with only its
+// own identifier.
+#[tokio::test]
+async fn no_local_with_overlapping_subscription() {
+    let broker = TestBroker::start().await;
+    let mut client = broker.client(V5, "nlo").await;
+    let no_local = SubscriptionOptions {
+        no_local: true,
+        ..opts(QoS::ExactlyOnce)
+    };
+    client
+        .subscribe_with(vec![("nlo/#", no_local)], Some(1))
+        .await;
+    client
+        .subscribe_with(vec![("nlo/+", opts(QoS::AtLeastOnce))], Some(2))
+        .await;
+    // Publish QoS 2 by hand: our own copy arrives before the PUBREC.
+    let mut own = tern_codec::Publish::new("nlo/t", &b"own"[..]);
+    own.qos = QoS::ExactlyOnce;
+    own.packet_id = PacketId::new(500);
+    client.send(&Packet::Publish(own)).await;
+    let mut got = Vec::new();
+    loop {
+        match client.recv().await {
+            Packet::PubRec(rec) => {
+                let rel = tern_codec::PubRel::new(rec.packet_id);
+                client.send(&Packet::PubRel(rel)).await;
+            }
+            Packet::PubComp(_) => break,
+            Packet::Publish(p) => {
+                client.ack(&p).await;
+                got.push(p);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    got.extend(drain(&mut client).await);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].qos,
+        QoS::AtLeastOnce,
+        "only the nlo/+ subscription matched"
+    );
+    assert_eq!(got[0].properties.subscription_identifiers, vec![2]);
+}
+
+// 3.11.2.1: UNSUBACK 0x11 for a shared subscription the client does not have (another
+// member of the group, or the same filter outside the group, does not count).
+#[tokio::test]
+async fn unsubscribe_shared_not_member_0x11() {
+    let broker = TestBroker::start().await;
+    let mut member = broker.client(V5, "ush-member").await;
+    member.subscribe("$share/g/ush/#", QoS::AtLeastOnce).await;
+    let mut other = broker.client(V5, "ush-other").await;
+    other.subscribe("ush/#", QoS::AtLeastOnce).await;
+    let unsuback = other
+        .unsubscribe(&["$share/g/ush/#", "$share/h/ush/#", "ush/#"])
+        .await;
+    assert_eq!(
+        unsuback.reason_codes,
+        vec![
+            ReasonCode::NO_SUBSCRIPTION_EXISTED,
+            ReasonCode::NO_SUBSCRIPTION_EXISTED,
+            ReasonCode::SUCCESS
+        ]
+    );
+    // The real member is unaffected.
+    let mut publisher = broker.client(V3, "ush-pub").await;
+    publisher
+        .publish("ush/x", b"x", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(&member.expect_publish_acked().await.payload[..], b"x");
+    other.expect_nothing(QUIET).await;
+}

@@ -41,6 +41,8 @@ pub struct Inner {
     pub sessions: DashMap<ByteStr, Arc<Session>>,
     /// Counters.
     pub metrics: Metrics,
+    /// Bridge rings (SSE, WebSocket JSON) and bridge clients ([`crate::bridge`]).
+    pub bridges: crate::bridge::Bridges,
     /// Password file and ACL in force ([`crate::auth`]).
     pub auth: Auth,
     /// When the broker started.
@@ -92,6 +94,7 @@ impl Broker {
                 retained: RetainedStore::default(),
                 sessions: DashMap::new(),
                 metrics: Metrics::default(),
+                bridges: crate::bridge::Bridges::default(),
                 auth: Auth::new(auth),
                 started_at: Instant::now(),
                 route_latency: prometheus_client::metrics::histogram::Histogram::new(

@@ -83,6 +83,24 @@ pub struct HttpConfig {
     pub enabled: bool,
     /// Address to bind.
     pub bind: SocketAddr,
+    /// Origins allowed to read the bridge endpoints from another site (CORS); `"*"` for any.
+    pub cors_allowed_origins: Vec<String>,
+    /// Most bridge clients (SSE and WebSocket JSON) at once.
+    pub max_bridge_clients: usize,
+    /// Most filters one bridge client may subscribe to.
+    pub max_filters_per_client: usize,
+    /// Most messages a bridge ring keeps for its clients.
+    pub ring_max_messages: usize,
+    /// Most bytes a bridge ring keeps (both encodings).
+    pub ring_max_bytes: usize,
+    /// How long a ring outlives its last client, so a reconnecting client can resume.
+    pub ring_linger_ms: u64,
+    /// Keep-alive comment on an SSE stream after this long without an event.
+    pub sse_keepalive_ms: u64,
+    /// Largest WebSocket message accepted from a `/ws` client.
+    pub ws_max_frame_bytes: usize,
+    /// Publishes per second allowed to one `/ws` client (as many may be saved up); 0: none.
+    pub ws_publish_rate_per_sec: u32,
 }
 
 /// Limits; see `config.toml` for what each one does.

@@ -10,9 +10,12 @@
 //! - [`delivery`]: the SharedWriter every producer appends encoded packets to.
 //! - [`retained`], [`will`], [`sys`]: retained messages, will messages, `$SYS` topics.
 //! - [`auth`]: password file and ACL (Mosquitto formats).
+//! - [`bridge`]: Server-Sent Events, the WebSocket JSON API, MQTT over WebSocket and the
+//!   dashboard on the HTTP listener, fed from the router through shared rings.
 //! - [`broker`]: the shared state tying these together; [`metrics`], [`error`].
 
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod config;
 pub mod connection;

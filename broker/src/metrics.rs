@@ -79,6 +79,22 @@ counters! {
     auth_failures,
     /// Operations the ACL refused: subscriptions, publishes, wills, deliveries.
     acl_denied,
+    /// Bridge clients connected (SSE and WebSocket JSON).
+    bridge_clients,
+    /// Bridge clients refused: over `max_bridge_clients`.
+    bridge_clients_refused,
+    /// Bridge rings (one per distinct filter set).
+    bridge_rings,
+    /// Messages pushed into bridge rings (one per message per ring).
+    bridge_messages,
+    /// Bridge ring entries dropped to stay within the ring limits.
+    bridge_ring_evictions,
+    /// Messages bridge clients missed because they fell behind their ring.
+    bridge_lagged_messages,
+    /// Messages published from WebSocket JSON clients.
+    bridge_publishes,
+    /// WebSocket JSON publishes refused by `ws_publish_rate_per_sec`.
+    bridge_publish_throttled,
 }
 
 impl Metrics {

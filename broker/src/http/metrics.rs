@@ -19,6 +19,8 @@ const GAUGES: &[&str] = &[
     "subscriptions",
     "retained_messages",
     "sessions",
+    "bridge_clients",
+    "bridge_rings",
 ];
 
 /// Exports the broker's atomics.

@@ -105,7 +105,7 @@ pub async fn accept_loop(broker: Broker, listener: TcpListener) {
 }
 
 /// Dispatches one request by method and path.
-async fn route(broker: Broker, request: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+async fn route(broker: Broker, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     Metrics::add(&broker.metrics.http_requests, 1);
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/health") => {
@@ -123,6 +123,7 @@ async fn route(broker: Broker, request: Request<Incoming>, _peer: SocketAddr) ->
         (_, "/health" | "/metrics") => {
             json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
-        _ => json_error(StatusCode::NOT_FOUND, "not found"),
+        // `/`, `/api/stats`, `/sse`, `/ws`, `/mqtt`, and 404 for the rest.
+        _ => crate::bridge::route(broker, request, peer).await,
     }
 }

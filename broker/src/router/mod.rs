@@ -2,8 +2,8 @@
 //! session, run in the publisher's own task (no router thread).
 //!
 //! Matching takes the trie's read lock only; (un)subscribe takes the write lock briefly and
-//! changes one path. A subscriber in the trie is a [`Session`] today; bridges (SSE, WebSocket
-//! JSON) will add their own kind of entry next to it.
+//! changes one path. A subscriber in the trie is a [`Session`], a shared group, or a bridge
+//! ring (SSE, WebSocket JSON: [`SubValue::Bridge`], fed once per message per ring).
 
 pub mod shared;
 pub mod trie;
@@ -14,6 +14,7 @@ use tern_codec::topic::split_shared;
 use tern_codec::{QoS, SubscriptionOptions};
 
 use crate::auth::ClientAcl;
+use crate::bridge::{self, ring::Ring};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::session::delivery::DeliverCtx;
@@ -29,6 +30,8 @@ pub enum SubKey {
     Session(u64),
     /// A shared subscription group, by its name (the filter is the trie path).
     Group(Arc<str>),
+    /// A bridge ring ([`crate::bridge`]), by its id.
+    Bridge(u64),
 }
 
 /// A trie entry.
@@ -38,6 +41,8 @@ pub enum SubValue {
     Direct(SubEntry),
     /// The members of a shared subscription group.
     Group(Arc<SharedGroup>),
+    /// A bridge subscription (SSE, WebSocket JSON): its shared ring.
+    Bridge(Arc<Ring>),
 }
 
 /// One session's subscription to one filter.
@@ -71,6 +76,7 @@ struct Target {
 pub struct RouteScratch {
     targets: Vec<Target>,
     subscription_ids: Vec<u32>,
+    bridges: Vec<Arc<Ring>>,
 }
 
 /// The subscription table.
@@ -167,7 +173,8 @@ impl Router {
         self.len() == 0
     }
 
-    /// Delivers `message` to every matching subscriber; returns how many sessions got it.
+    /// Delivers `message` to every matching subscriber; returns how many sessions and bridge
+    /// rings got it.
     ///
     /// A client whose subscriptions overlap gets ONE copy at the highest granted QoS with
     /// every matching subscription identifier ([MQTT-3.3.4-2], [MQTT-3.3.4-3]); each shared
@@ -197,6 +204,10 @@ impl Router {
                         Some(entry) => (entry, Some(group.clone())),
                         None => return,
                     },
+                    SubValue::Bridge(ring) => {
+                        scratch.bridges.push(ring.clone());
+                        return;
+                    }
                 };
                 if let Some(acl) = &entry.read_check {
                     if !acl.allows_read(&publish.topic) {
@@ -250,6 +261,17 @@ impl Router {
             i = j;
         }
         scratch.targets.clear();
-        delivered
+        delivered + bridge::ring::deliver(message, &mut scratch.bridges, ctx.metrics)
+    }
+
+    /// Adds the trie entry of bridge `ring` for `filter` (valid, not shared).
+    pub fn subscribe_bridge(&self, filter: &str, ring: &Arc<Ring>) {
+        self.write()
+            .insert(filter, SubKey::Bridge(ring.id), SubValue::Bridge(ring.clone()));
+    }
+
+    /// Removes the trie entry of bridge ring `ring_id` for `filter`.
+    pub fn unsubscribe_bridge(&self, filter: &str, ring_id: u64) {
+        self.write().remove(filter, &SubKey::Bridge(ring_id));
     }
 }

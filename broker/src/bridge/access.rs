@@ -1,0 +1,310 @@
+//! What every bridge endpoint checks before it serves: the `Origin` (CORS allow-list, and
+//! cross-site WebSocket refusal), the credentials (HTTP Basic, `Authorization: Bearer
+//! user:password` or `?token=user:password`, checked like a CONNECT against the password
+//! file), the read ACL of each filter; plus query-string parsing and the WebSocket upgrade
+//! handshake.
+//!
+//! Bridge clients have no MQTT client identifier: ACL `pattern` lines see the client id
+//! [`BRIDGE_CLIENT_ID`].
+
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use tern_codec::ByteStr;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use super::ReadCheck;
+use crate::auth::{self, Access, ClientAcl, SubscribeVerdict};
+use crate::broker::Broker;
+use crate::http::{full, json_error, Body};
+use crate::metrics::Metrics;
+
+/// The client identifier ACL patterns (`%c`) see for bridge clients.
+pub const BRIDGE_CLIENT_ID: &str = "tern-http-bridge";
+
+/// Who a bridge request authenticated as.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The user name; `None` for anonymous.
+    pub username: Option<String>,
+    /// The client's ACL; `None` when no ACL file is configured.
+    pub acl: Option<Arc<ClientAcl>>,
+}
+
+impl Identity {
+    /// The read check for a ring of `filters`: `Ok(None)` when every filter is wholly
+    /// readable, `Ok(Some(..))` when messages must be checked one by one.
+    ///
+    /// # Errors
+    /// The first filter the client may not read at all.
+    pub fn read_check(
+        &self,
+        broker: &Broker,
+        filters: &[Box<str>],
+    ) -> Result<Option<ReadCheck>, String> {
+        let Some(acl) = &self.acl else {
+            return Ok(None);
+        };
+        let mut filtered = false;
+        for filter in filters {
+            match acl.check_subscribe(filter) {
+                SubscribeVerdict::Allowed => {}
+                SubscribeVerdict::Filtered => filtered = true,
+                SubscribeVerdict::Denied => {
+                    Metrics::add(&broker.metrics.acl_denied, 1);
+                    return Err(format!("not authorised to read {filter:?}"));
+                }
+            }
+        }
+        Ok(filtered.then(|| ReadCheck {
+            reader: self.username.clone().unwrap_or_default().into_boxed_str(),
+            acl: acl.clone(),
+        }))
+    }
+
+    /// Whether the client may publish to `topic`.
+    pub fn may_write(&self, topic: &str) -> bool {
+        self.acl
+            .as_ref()
+            .is_none_or(|acl| acl.check(topic, Access::Write))
+    }
+}
+
+/// Authenticates a request against the `[auth]` state in force.
+///
+/// # Errors
+/// A 401 response (counted in `auth_failures`).
+pub async fn authenticate(
+    broker: &Broker,
+    request: &Request<Incoming>,
+) -> Result<Identity, Box<Response<Body>>> {
+    let (username, password) = match credentials(request) {
+        Some((user, password)) => (Some(user), Some(password)),
+        None => (None, None),
+    };
+    let state = broker.auth.current();
+    let login = auth::authenticate(
+        state.clone(),
+        username.clone().map(ByteStr::from),
+        password.map(Bytes::from),
+    )
+    .await;
+    if login.is_err() {
+        Metrics::add(&broker.metrics.auth_failures, 1);
+        let mut response = json_error(StatusCode::UNAUTHORIZED, "authentication required");
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"tern\""),
+        );
+        return Err(Box::new(response));
+    }
+    let acl = state.client_acl(BRIDGE_CLIENT_ID, username.as_deref());
+    Ok(Identity { username, acl })
+}
+
+/// `user:password` from `Authorization: Basic`, `Authorization: Bearer` or `?token=`.
+fn credentials(request: &Request<Incoming>) -> Option<(String, String)> {
+    let from_header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, value) = v.trim().split_once(' ')?;
+            if scheme.eq_ignore_ascii_case("basic") {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(value.trim())
+                    .ok()?;
+                String::from_utf8(decoded).ok()
+            } else if scheme.eq_ignore_ascii_case("bearer") {
+                Some(value.trim().to_string())
+            } else {
+                None
+            }
+        });
+    let token = from_header.or_else(|| {
+        query_params(request.uri().query().unwrap_or(""))
+            .into_iter()
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v)
+    })?;
+    let (user, password) = token.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+/// Checks the `Origin` header. Returns the origin to echo in CORS headers when it is on the
+/// allow-list. A WebSocket upgrade from an origin that is neither the listener's own host
+/// nor allow-listed is refused (403): browsers do not apply CORS to WebSockets.
+///
+/// # Errors
+/// The 403 response.
+pub fn check_origin(
+    broker: &Broker,
+    request: &Request<Incoming>,
+) -> Result<Option<HeaderValue>, Box<Response<Body>>> {
+    let Some(origin) = request.headers().get(header::ORIGIN) else {
+        return Ok(None);
+    };
+    let text = origin.to_str().unwrap_or("");
+    let allowed = &broker.config.http.cors_allowed_origins;
+    if allowed.iter().any(|a| a == "*" || a == text) {
+        return Ok(Some(origin.clone()));
+    }
+    let is_upgrade = request.headers().contains_key(header::UPGRADE);
+    if is_upgrade && !same_origin(request, text) {
+        return Err(Box::new(json_error(
+            StatusCode::FORBIDDEN,
+            "origin not allowed",
+        )));
+    }
+    Ok(None)
+}
+
+fn same_origin(request: &Request<Incoming>, origin: &str) -> bool {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .unwrap_or("");
+    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+}
+
+/// Adds the CORS headers for an allow-listed `origin`.
+pub fn add_cors_headers(response: &mut Response<Body>, origin: HeaderValue) {
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization, Last-Event-ID"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, OPTIONS"),
+    );
+}
+
+/// The answer to a CORS preflight (the headers are added by the caller when the origin is
+/// allowed).
+pub fn preflight() -> Response<Body> {
+    full(StatusCode::NO_CONTENT, "text/plain", "")
+}
+
+/// The `key=value` pairs of a query string, percent-decoded. `+` stays a plus sign (it is an
+/// MQTT wildcard; send a space as `%20`). Pairs that do not decode to UTF-8 are skipped.
+pub fn query_params(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((percent_decode(k)?, percent_decode(v)?))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Checks a WebSocket upgrade request (RFC 6455 section 4.2.1) and builds the 101 answer,
+/// selecting `protocol` when given (the client must offer it).
+///
+/// # Errors
+/// A 400 (426 without `Upgrade: websocket`) response.
+pub fn websocket_accept(
+    request: &Request<Incoming>,
+    protocol: Option<&'static str>,
+) -> Result<Response<Body>, Box<Response<Body>>> {
+    let headers = request.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if !has_token(header::UPGRADE, "websocket") {
+        return Err(Box::new(json_error(
+            StatusCode::UPGRADE_REQUIRED,
+            "WebSocket upgrade required",
+        )));
+    }
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::SEC_WEBSOCKET_VERSION, "13")
+    {
+        return Err(Box::new(json_error(
+            StatusCode::BAD_REQUEST,
+            "bad WebSocket upgrade request",
+        )));
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(Box::new(json_error(
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Key missing",
+        )));
+    };
+    if let Some(protocol) = protocol {
+        if !has_token(header::SEC_WEBSOCKET_PROTOCOL, protocol) {
+            return Err(Box::new(json_error(
+                StatusCode::BAD_REQUEST,
+                "the WebSocket subprotocol \"mqtt\" is required",
+            )));
+        }
+    }
+    let mut response = full(StatusCode::SWITCHING_PROTOCOLS, "text/plain", "");
+    let out = response.headers_mut();
+    out.remove(header::CONTENT_TYPE);
+    out.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    out.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        out.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(protocol) = protocol {
+        out.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(protocol),
+        );
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_decoding_keeps_plus() {
+        let params = query_params("filter=a/+/b&filter=c%2F%23&retained=1&x=%zz&last_event_id=5");
+        assert_eq!(
+            params,
+            vec![
+                ("filter".to_string(), "a/+/b".to_string()),
+                ("filter".to_string(), "c/#".to_string()),
+                ("retained".to_string(), "1".to_string()),
+                ("last_event_id".to_string(), "5".to_string()),
+            ]
+        );
+    }
+}

@@ -1,0 +1,54 @@
+//! `GET /`: the live dashboard (one static HTML page, no build step, no external resources),
+//! and `GET /api/stats`: the JSON the page polls for connected clients and message counts.
+
+use hyper::{Response, StatusCode};
+
+use crate::broker::Broker;
+use crate::http::{full, Body};
+use crate::metrics::Metrics;
+
+/// The page: connected clients, message rates, and a live view of a topic filter fed by
+/// `/sse`.
+const PAGE: &str = include_str!("dashboard.html");
+
+/// Serves the dashboard page.
+pub fn page() -> Response<Body> {
+    let mut response = full(StatusCode::OK, "text/html; charset=utf-8", PAGE);
+    response.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-cache"),
+    );
+    response
+}
+
+/// Serves `/api/stats`: a snapshot of the counters the dashboard shows (rates are computed
+/// by the page from two snapshots).
+pub fn stats(broker: &Broker) -> Response<Body> {
+    let m = &broker.metrics;
+    let body = format!(
+        concat!(
+            "{{\"uptime_secs\":{},\"clients_connected\":{},\"bridge_clients\":{},",
+            "\"bridge_rings\":{},\"sessions\":{},\"subscriptions\":{},",
+            "\"retained_messages\":{},\"messages_received\":{},\"messages_sent\":{},",
+            "\"bridge_messages\":{},\"bytes_received\":{},\"bytes_sent\":{}}}"
+        ),
+        broker.started_at.elapsed().as_secs(),
+        Metrics::get(&m.clients_connected),
+        broker.bridges.client_count(),
+        broker.bridges.ring_count(),
+        Metrics::get(&m.sessions),
+        Metrics::get(&m.subscriptions),
+        Metrics::get(&m.retained_messages),
+        Metrics::get(&m.messages_received),
+        Metrics::get(&m.messages_sent),
+        Metrics::get(&m.bridge_messages),
+        Metrics::get(&m.bytes_received),
+        Metrics::get(&m.bytes_sent),
+    );
+    let mut response = full(StatusCode::OK, "application/json", body);
+    response.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-cache"),
+    );
+    response
+}

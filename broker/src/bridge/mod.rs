@@ -1,0 +1,281 @@
+//! Bridges: live topics for browsers and plain HTTP clients on the HTTP listener, from the
+//! same routed stream as MQTT.
+//!
+//! - [`sse`]: `GET /sse?filter=..`, Server-Sent Events.
+//! - [`ws_json`]: `GET /ws`, a WebSocket JSON API (subscribe, unsubscribe, publish).
+//! - [`mqtt_ws`]: `GET /mqtt`, MQTT over WebSocket through the ordinary connection driver.
+//! - [`dashboard`]: `GET /` (a live page) and `GET /api/stats`.
+//! - [`ring`]: the shared ring of one bridge subscription and the encode-once step.
+//! - [`access`]: authentication, ACL, CORS and query parsing shared by the endpoints.
+//!
+//! A bridge subscription is a subscriber in the router's trie ([`crate::router::SubValue::Bridge`]):
+//! one [`ring::Ring`] per distinct filter set (and ACL reader), shared by every client with
+//! that set. [`Bridges`] is the registry of rings. A ring whose last client left lingers for
+//! `ring_linger_ms` so that a reconnecting client can resume with `Last-Event-ID`.
+//!
+//! This module owns the registry, the client limit and the dispatch of bridge paths; the
+//! HTTP listener itself is [`crate::http`].
+
+pub mod access;
+pub mod dashboard;
+pub mod mqtt_ws;
+pub mod ring;
+pub mod sse;
+pub mod ws_json;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::auth::ClientAcl;
+use crate::broker::Broker;
+use crate::http::{json_error, Body};
+use crate::metrics::Metrics;
+
+use self::ring::{Ring, RingLimits};
+
+/// What distinguishes two rings: the filter set and, when messages must be checked against
+/// an ACL at delivery, whose ACL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RingKey {
+    filters: Arc<[Box<str>]>,
+    reader: Option<Box<str>>,
+}
+
+/// The registry of bridge rings, and the count of bridge clients.
+#[derive(Debug, Default)]
+pub struct Bridges {
+    rings: Mutex<HashMap<RingKey, Arc<Ring>>>,
+    next_ring_id: AtomicU64,
+    clients: AtomicUsize,
+}
+
+/// A read check for a ring: the reader's name (part of the ring key) and its ACL.
+#[derive(Debug, Clone)]
+pub struct ReadCheck {
+    /// Who reads (the user name; empty for anonymous).
+    pub reader: Box<str>,
+    /// The ACL each message is checked with before it enters the ring.
+    pub acl: Arc<ClientAcl>,
+}
+
+impl Bridges {
+    fn rings(&self) -> MutexGuard<'_, HashMap<RingKey, Arc<Ring>>> {
+        self.rings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of live rings.
+    pub fn ring_count(&self) -> usize {
+        self.rings().len()
+    }
+
+    /// Bridge clients connected (SSE and WebSocket JSON).
+    pub fn client_count(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+
+    /// Attaches a client to the ring of `filters` (valid, sorted, deduplicated, non-empty),
+    /// creating the ring and its trie entries when it is the first.
+    pub fn attach(
+        &self,
+        broker: &Broker,
+        filters: Vec<Box<str>>,
+        read_check: Option<ReadCheck>,
+    ) -> RingLease {
+        let key = RingKey {
+            filters: Arc::from(filters),
+            reader: read_check.as_ref().map(|c| c.reader.clone()),
+        };
+        let mut rings = self.rings();
+        let ring = match rings.get(&key) {
+            Some(ring) => ring.clone(),
+            None => {
+                let id = self.next_ring_id.fetch_add(1, Ordering::Relaxed) + 1;
+                let http = &broker.config.http;
+                let limits = RingLimits {
+                    max_messages: http.ring_max_messages.max(1),
+                    max_bytes: http.ring_max_bytes,
+                };
+                let ring = Arc::new(Ring::new(
+                    id,
+                    key.filters.clone(),
+                    limits,
+                    read_check.map(|c| c.acl),
+                ));
+                for filter in key.filters.iter() {
+                    broker.router.subscribe_bridge(filter, &ring);
+                }
+                rings.insert(key, ring.clone());
+                Metrics::add(&broker.metrics.bridge_rings, 1);
+                ring
+            }
+        };
+        ring.clients.fetch_add(1, Ordering::Relaxed);
+        RingLease {
+            broker: broker.clone(),
+            ring,
+        }
+    }
+
+    /// A client left `ring`: when it was the last, the ring goes after the linger time
+    /// (unless a client attached again meanwhile).
+    fn release(&self, broker: &Broker, ring: &Arc<Ring>) {
+        {
+            let _rings = self.rings();
+            if ring.clients.fetch_sub(1, Ordering::Relaxed) != 1 {
+                return;
+            }
+        }
+        let linger = Duration::from_millis(broker.config.http.ring_linger_ms);
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if !linger.is_zero() && !broker.is_shutting_down() => {
+                let broker = broker.clone();
+                let ring = ring.clone();
+                handle.spawn(async move {
+                    tokio::time::sleep(linger).await;
+                    broker.bridges.reap(&broker, &ring);
+                });
+            }
+            _ => self.reap(broker, ring),
+        }
+    }
+
+    /// Removes `ring` and its trie entries if it has no client.
+    fn reap(&self, broker: &Broker, ring: &Arc<Ring>) {
+        let mut rings = self.rings();
+        if ring.clients.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        let key = rings
+            .iter()
+            .find(|(_, r)| Arc::ptr_eq(r, ring))
+            .map(|(k, _)| k.clone());
+        if let Some(key) = key {
+            rings.remove(&key);
+            for filter in ring.filters.iter() {
+                broker.router.unsubscribe_bridge(filter, ring.id);
+            }
+            Metrics::sub(&broker.metrics.bridge_rings, 1);
+        }
+    }
+}
+
+/// A client's hold on a ring; dropping it detaches the client.
+#[derive(Debug)]
+pub struct RingLease {
+    broker: Broker,
+    ring: Arc<Ring>,
+}
+
+impl RingLease {
+    /// The ring.
+    pub fn ring(&self) -> &Arc<Ring> {
+        &self.ring
+    }
+}
+
+impl Drop for RingLease {
+    fn drop(&mut self) {
+        self.broker.bridges.release(&self.broker, &self.ring);
+    }
+}
+
+/// One bridge client counted against `max_bridge_clients`; dropping it frees the place.
+#[derive(Debug)]
+pub struct ClientSlot {
+    broker: Broker,
+}
+
+impl ClientSlot {
+    /// Takes a place, or `None` (counted) when `max_bridge_clients` are connected.
+    pub fn acquire(broker: &Broker) -> Option<ClientSlot> {
+        let max = broker.config.http.max_bridge_clients;
+        let taken =
+            broker
+                .bridges
+                .clients
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < max).then_some(n + 1)
+                });
+        if taken.is_err() {
+            Metrics::add(&broker.metrics.bridge_clients_refused, 1);
+            return None;
+        }
+        Metrics::add(&broker.metrics.bridge_clients, 1);
+        Some(ClientSlot {
+            broker: broker.clone(),
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.broker.bridges.clients.fetch_sub(1, Ordering::Relaxed);
+        Metrics::sub(&self.broker.metrics.bridge_clients, 1);
+    }
+}
+
+/// Serves the bridge paths (and 404 for anything else); called by [`crate::http`] for every
+/// path it does not serve itself.
+pub async fn route(broker: Broker, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let origin = match access::check_origin(&broker, &request) {
+        Ok(origin) => origin,
+        Err(response) => return *response,
+    };
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let mut response = match (&method, path.as_str()) {
+        (&Method::GET, "/") => dashboard::page(),
+        (&Method::GET, "/api/stats") => dashboard::stats(&broker),
+        (&Method::GET, "/sse") => sse::handle(&broker, &request).await,
+        (&Method::GET, "/ws") => ws_json::handle(&broker, request, peer).await,
+        (&Method::GET, "/mqtt") => mqtt_ws::handle(&broker, request, peer),
+        (&Method::OPTIONS, "/" | "/api/stats" | "/sse") => access::preflight(),
+        (_, "/" | "/api/stats" | "/sse" | "/ws" | "/mqtt") => {
+            json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => json_error(StatusCode::NOT_FOUND, "not found"),
+    };
+    if let Some(origin) = origin {
+        access::add_cors_headers(&mut response, origin);
+    }
+    response
+}
+
+/// Checks and normalises a client's filters: each valid as an MQTT filter, not a shared
+/// subscription, within `max_topic_levels`; at most `max_filters_per_client`; at least one.
+/// Returns them sorted without duplicates.
+///
+/// # Errors
+/// What is wrong, for a 400 (or an `error` reply).
+pub fn validate_filters(broker: &Broker, filters: Vec<String>) -> Result<Vec<Box<str>>, String> {
+    let max = broker.config.http.max_filters_per_client;
+    if filters.is_empty() {
+        return Err("at least one filter is required".into());
+    }
+    let mut out: Vec<Box<str>> = Vec::with_capacity(filters.len());
+    for filter in filters {
+        tern_codec::topic::validate_filter(&filter)
+            .map_err(|_| format!("invalid topic filter {filter:?}"))?;
+        if filter.starts_with("$share/") {
+            return Err(format!(
+                "shared subscriptions are not available on bridges: {filter:?}"
+            ));
+        }
+        if filter.split('/').count() > broker.config.limits.max_topic_levels {
+            return Err(format!("too many topic levels in {filter:?}"));
+        }
+        out.push(filter.into_boxed_str());
+    }
+    out.sort_unstable();
+    out.dedup();
+    if out.len() > max {
+        return Err(format!("at most {max} filters per client"));
+    }
+    Ok(out)
+}

@@ -1,0 +1,502 @@
+//! The shared ring of one bridge subscription, and the encode-once step that fills it.
+//!
+//! A [`Ring`] is what a set of bridge filters (one SSE request, one WebSocket client's
+//! subscriptions) looks like to the router: one trie entry per filter, all pointing at the
+//! same ring. Routing a message that matches it encodes the message once as JSON (shared by
+//! every ring it goes to, see [`deliver`]) and once per ring as an SSE frame (the frame
+//! carries the ring's event id), pushes both, and wakes the ring's clients through one
+//! coalesced `watch` notification. A client is only a cursor (a sequence number) into the
+//! ring: clients with the same filter set share one ring and nothing is queued per client.
+//!
+//! The ring is bounded by a message count and a byte count; the oldest entries go first. A
+//! client whose cursor fell behind the oldest entry skips ahead and is told how many it
+//! missed ([`Next::Lagged`]).
+//!
+//! This module owns the ring and the JSON/SSE encoding. It does not own the registry of rings
+//! (see [`super::Bridges`]) or any I/O.
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use base64::Engine;
+use bytes::{BufMut, Bytes, BytesMut};
+use tern_codec::Publish;
+use tokio::sync::watch;
+
+use crate::auth::ClientAcl;
+use crate::message::Message;
+use crate::metrics::Metrics;
+
+/// Event ids of one ring are `id << RING_ID_SHIFT` plus a sequence number starting at 1, so
+/// an id from another ring (or an earlier ring of the same filters) is recognised as such.
+const RING_ID_SHIFT: u32 = 32;
+
+/// The JSON prefix every encoded message starts with; the SSE `data:` line drops it.
+const MESSAGE_PREFIX: &[u8] = b"{\"type\":\"message\",";
+
+/// One message in a ring, encoded for every bridge format.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The event id (see [`Ring::first_id`]).
+    pub id: u64,
+    /// `{"type":"message","topic":...}`: a WebSocket text frame as is, or a batch element.
+    pub json: Bytes,
+    /// `id: N\nevent: message\ndata: {"topic":...}\n\n`: a whole SSE event.
+    pub sse: Bytes,
+}
+
+/// What a client's cursor finds next.
+#[derive(Debug)]
+pub enum Next {
+    /// The entry at the cursor (the cursor moved past it).
+    Entry(Entry),
+    /// The cursor was behind the oldest entry: it skipped this many messages forward.
+    Lagged(u64),
+    /// Nothing new.
+    Empty,
+}
+
+/// Bounds of a ring.
+#[derive(Debug, Clone, Copy)]
+pub struct RingLimits {
+    /// Most entries held.
+    pub max_messages: usize,
+    /// Most bytes held (JSON plus SSE encodings); at least one entry is always kept.
+    pub max_bytes: usize,
+}
+
+#[derive(Debug)]
+struct State {
+    entries: VecDeque<Entry>,
+    /// The id of `entries[0]`, or of the next entry when empty.
+    first_id: u64,
+    /// The id the next pushed entry gets.
+    next_id: u64,
+    bytes: usize,
+}
+
+/// The ring of one bridge filter set.
+#[derive(Debug)]
+pub struct Ring {
+    /// Unique among the rings of a broker; the trie key of this ring's entries.
+    pub id: u64,
+    /// The filters, sorted and without duplicates (the registry key).
+    pub filters: Arc<[Box<str>]>,
+    limits: RingLimits,
+    /// The reader's ACL when the filters match topics it may not read: each message is
+    /// checked before it enters the ring.
+    read_check: Option<Arc<ClientAcl>>,
+    state: Mutex<State>,
+    /// Bumped after each push: one coalesced wake-up for every client of the ring.
+    wake: watch::Sender<()>,
+    /// Clients holding a cursor; changed only under the registry lock.
+    pub(super) clients: AtomicUsize,
+}
+
+impl Ring {
+    /// An empty ring.
+    pub fn new(
+        id: u64,
+        filters: Arc<[Box<str>]>,
+        limits: RingLimits,
+        read_check: Option<Arc<ClientAcl>>,
+    ) -> Ring {
+        let first = (id << RING_ID_SHIFT) + 1;
+        Ring {
+            id,
+            filters,
+            limits,
+            read_check,
+            state: Mutex::new(State {
+                entries: VecDeque::new(),
+                first_id: first,
+                next_id: first,
+                bytes: 0,
+            }),
+            wake: watch::Sender::new(()),
+            clients: AtomicUsize::new(0),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A receiver that sees a change after every push.
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.wake.subscribe()
+    }
+
+    /// The id the next message will get: a cursor starting here sees only new messages.
+    pub fn next_id(&self) -> u64 {
+        self.state().next_id
+    }
+
+    /// Where a client that last saw event `last_id` resumes: `Some(cursor)` when the id
+    /// belongs to this ring (the cursor may be behind the oldest entry: the first read then
+    /// reports how many were lost), `None` when it does not.
+    pub fn resume_cursor(&self, last_id: u64) -> Option<u64> {
+        let state = self.state();
+        let ours = last_id >> RING_ID_SHIFT == self.id;
+        (ours && last_id < state.next_id).then_some(last_id + 1)
+    }
+
+    /// Appends one message encoded as `json` (which starts with [`MESSAGE_PREFIX`]),
+    /// dropping the oldest entries over the limits, and wakes the clients. Returns how many
+    /// old entries were dropped.
+    fn push(&self, json: &Bytes) -> usize {
+        let mut dropped = 0;
+        {
+            let mut state = self.state();
+            let id = state.next_id;
+            let sse = sse_frame(id, json);
+            let size = json.len() + sse.len();
+            state.next_id += 1;
+            state.bytes += size;
+            state.entries.push_back(Entry {
+                id,
+                json: json.clone(),
+                sse,
+            });
+            while state.entries.len() > self.limits.max_messages
+                || (state.bytes > self.limits.max_bytes && state.entries.len() > 1)
+            {
+                let Some(old) = state.entries.pop_front() else {
+                    break;
+                };
+                state.bytes -= old.json.len() + old.sse.len();
+                state.first_id = old.id + 1;
+                dropped += 1;
+            }
+            if let Some(front) = state.entries.front() {
+                state.first_id = front.id;
+            }
+        }
+        self.wake.send_replace(());
+        dropped
+    }
+
+    /// The next entry at `cursor`, moving it forward.
+    pub fn next(&self, cursor: &mut u64) -> Next {
+        let state = self.state();
+        if *cursor < state.first_id {
+            let missed = state.first_id - *cursor;
+            *cursor = state.first_id;
+            return Next::Lagged(missed);
+        }
+        let index = (*cursor - state.first_id) as usize;
+        match state.entries.get(index) {
+            Some(entry) => {
+                *cursor = entry.id + 1;
+                Next::Entry(entry.clone())
+            }
+            None => Next::Empty,
+        }
+    }
+
+    /// Entries held (for tests and stats).
+    pub fn len(&self) -> usize {
+        self.state().entries.len()
+    }
+
+    /// Whether the ring holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Pushes `message` into every ring in `rings` (each once, however many of its filters
+/// matched), encoding the JSON once for all of them; empties `rings`. Runs in the
+/// publisher's task: encode once, push, notify. Returns the number of rings.
+pub fn deliver(message: &Message, rings: &mut Vec<Arc<Ring>>, metrics: &Metrics) -> usize {
+    if rings.is_empty() {
+        return 0;
+    }
+    if rings.len() > 1 {
+        rings.sort_unstable_by_key(|r| r.id);
+        rings.dedup_by_key(|r| r.id);
+    }
+    let publish = message.publish();
+    let json = encode_json(publish, false);
+    let mut dropped = 0;
+    let mut count = 0;
+    for ring in rings.iter() {
+        if let Some(acl) = &ring.read_check {
+            if !acl.allows_read(&publish.topic) {
+                Metrics::add(&metrics.acl_denied, 1);
+                continue;
+            }
+        }
+        dropped += ring.push(&json);
+        count += 1;
+    }
+    Metrics::add(&metrics.bridge_messages, count as u64);
+    if dropped > 0 {
+        Metrics::add(&metrics.bridge_ring_evictions, dropped as u64);
+    }
+    rings.clear();
+    count
+}
+
+/// `id: N\nevent: message\ndata: {"topic":...}\n\n` from the shared JSON.
+fn sse_frame(id: u64, json: &Bytes) -> Bytes {
+    let body = json.get(MESSAGE_PREFIX.len()..).unwrap_or_default();
+    let mut out = BytesMut::with_capacity(body.len() + 48);
+    out.put_slice(b"id: ");
+    out.put_slice(id.to_string().as_bytes());
+    out.put_slice(b"\nevent: message\ndata: {");
+    out.put_slice(body);
+    out.put_slice(b"\n\n");
+    out.freeze()
+}
+
+/// An SSE event for a message sent outside the ring (a retained message on subscribe): no
+/// `id:` line, so it does not disturb `Last-Event-ID`.
+pub fn sse_event_without_id(json: &Bytes) -> Bytes {
+    let body = json.get(MESSAGE_PREFIX.len()..).unwrap_or_default();
+    let mut out = BytesMut::with_capacity(body.len() + 32);
+    out.put_slice(b"event: message\ndata: {");
+    out.put_slice(body);
+    out.put_slice(b"\n\n");
+    out.freeze()
+}
+
+/// The `lagged` notice: `missed` is `None` when the count is unknown (an event id from
+/// another stream).
+pub fn lagged_json(missed: Option<u64>) -> String {
+    match missed {
+        Some(n) => format!("{{\"type\":\"lagged\",\"missed\":{n}}}"),
+        None => "{\"type\":\"lagged\",\"missed\":null}".to_string(),
+    }
+}
+
+/// The SSE form of [`lagged_json`].
+pub fn lagged_sse(missed: Option<u64>) -> Bytes {
+    let data = match missed {
+        Some(n) => format!("{{\"missed\":{n}}}"),
+        None => "{\"missed\":null}".to_string(),
+    };
+    Bytes::from(format!("event: lagged\ndata: {data}\n\n"))
+}
+
+/// Encodes a message as `{"type":"message","topic":..,"payload":..,["encoding":"base64",]
+/// "qos":..,"retain":..,"properties":{..}}`. The payload is a JSON string when it is UTF-8,
+/// else base64. `retain` is the flag as delivered: false on live delivery (as for an MQTT
+/// subscription without Retain As Published), true for a retained message sent on subscribe.
+pub fn encode_json(publish: &Publish, retain: bool) -> Bytes {
+    let mut out = Vec::with_capacity(publish.topic.len() + publish.payload.len() + 96);
+    out.extend_from_slice(MESSAGE_PREFIX);
+    out.extend_from_slice(b"\"topic\":");
+    push_json_str(&mut out, &publish.topic);
+    out.extend_from_slice(b",\"payload\":");
+    match std::str::from_utf8(&publish.payload) {
+        Ok(text) => push_json_str(&mut out, text),
+        Err(_) => {
+            out.push(b'"');
+            out.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(&publish.payload)
+                    .as_bytes(),
+            );
+            out.extend_from_slice(b"\",\"encoding\":\"base64\"");
+        }
+    }
+    out.extend_from_slice(b",\"qos\":");
+    out.push(b'0' + publish.qos as u8);
+    out.extend_from_slice(if retain {
+        b",\"retain\":true"
+    } else {
+        b",\"retain\":false"
+    });
+    out.extend_from_slice(b",\"properties\":{");
+    push_properties(&mut out, publish);
+    out.extend_from_slice(b"}}");
+    Bytes::from(out)
+}
+
+/// The 5.0 properties a bridge client can use (the Topic Alias and Subscription Identifiers
+/// are per connection and left out). Correlation data is base64.
+fn push_properties(out: &mut Vec<u8>, publish: &Publish) {
+    let p = &publish.properties;
+    let mut first = true;
+    let mut key = |out: &mut Vec<u8>, name: &str| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        push_json_str(out, name);
+        out.push(b':');
+    };
+    if let Some(v) = p.payload_format_indicator {
+        key(out, "payload_format_indicator");
+        out.extend_from_slice(v.to_string().as_bytes());
+    }
+    if let Some(v) = p.message_expiry_interval_secs {
+        key(out, "message_expiry_interval");
+        out.extend_from_slice(v.to_string().as_bytes());
+    }
+    if let Some(v) = &p.content_type {
+        key(out, "content_type");
+        push_json_str(out, v);
+    }
+    if let Some(v) = &p.response_topic {
+        key(out, "response_topic");
+        push_json_str(out, v);
+    }
+    if let Some(v) = &p.correlation_data {
+        key(out, "correlation_data");
+        push_json_str(out, &base64::engine::general_purpose::STANDARD.encode(v));
+    }
+    if !p.user_properties.is_empty() {
+        key(out, "user_properties");
+        out.push(b'[');
+        for (i, (k, v)) in p.user_properties.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.push(b'[');
+            push_json_str(out, k);
+            out.push(b',');
+            push_json_str(out, v);
+            out.push(b']');
+        }
+        out.push(b']');
+    }
+}
+
+/// Appends `text` as a JSON string literal, copying runs that need no escaping at once.
+pub fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_codec::QoS;
+
+    fn ring(max_messages: usize) -> Ring {
+        Ring::new(
+            7,
+            Arc::from(vec![Box::<str>::from("a/#")]),
+            RingLimits {
+                max_messages,
+                max_bytes: 1 << 20,
+            },
+            None,
+        )
+    }
+
+    fn message(payload: &'static [u8]) -> Arc<Message> {
+        Message::broker_made("a/b", payload, false, tokio::time::Instant::now())
+    }
+
+    #[test]
+    fn json_encoding() {
+        let mut publish = Publish::new("t/\"q\"", Bytes::from_static(b"hi\n"));
+        publish.qos = QoS::AtLeastOnce;
+        publish.properties.content_type = Some("text/plain".into());
+        publish
+            .properties
+            .user_properties
+            .push(("k".into(), "v".into()));
+        let json = encode_json(&publish, false);
+        assert_eq!(
+            &json[..],
+            br#"{"type":"message","topic":"t/\"q\"","payload":"hi\n","qos":1,"retain":false,"properties":{"content_type":"text/plain","user_properties":[["k","v"]]}}"#
+        );
+        let binary = Publish::new("b", Bytes::from_static(&[0xff, 0x00]));
+        let json = encode_json(&binary, true);
+        assert_eq!(
+            &json[..],
+            br#"{"type":"message","topic":"b","payload":"/wA=","encoding":"base64","qos":0,"retain":true,"properties":{}}"#
+        );
+        let mut out = Vec::new();
+        push_json_str(&mut out, "\u{1}é");
+        assert_eq!(out, "\"\\u0001é\"".as_bytes());
+    }
+
+    #[test]
+    fn sse_frame_carries_the_id() {
+        let json = encode_json(&Publish::new("x", Bytes::from_static(b"1")), false);
+        let frame = sse_frame(42, &json);
+        assert_eq!(
+            &frame[..],
+            b"id: 42\nevent: message\ndata: {\"topic\":\"x\",\"payload\":\"1\",\"qos\":0,\"retain\":false,\"properties\":{}}\n\n"
+        );
+    }
+
+    #[test]
+    fn cursor_reads_lags_and_resumes() {
+        let ring = Arc::new(ring(3));
+        let metrics = Metrics::default();
+        let mut cursor = ring.next_id();
+        let first = cursor;
+        assert!(matches!(ring.next(&mut cursor), Next::Empty));
+        for _ in 0..5 {
+            deliver(
+                &message(b"m"),
+                &mut vec![ring.clone(), ring.clone()],
+                &metrics,
+            );
+        }
+        // Pushed once per ring even when listed twice.
+        assert_eq!(Metrics::get(&metrics.bridge_messages), 5);
+        assert_eq!(ring.len(), 3);
+        assert!(matches!(ring.next(&mut cursor), Next::Lagged(2)));
+        for offset in 2..5 {
+            match ring.next(&mut cursor) {
+                Next::Entry(e) => assert_eq!(e.id, first + offset),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(ring.next(&mut cursor), Next::Empty));
+        assert_eq!(ring.resume_cursor(first + 3), Some(first + 4));
+        assert_eq!(ring.resume_cursor(first + 5), None, "not issued yet");
+        assert_eq!(ring.resume_cursor(5), None, "another ring's id");
+    }
+
+    #[test]
+    fn byte_limit_keeps_at_least_one() {
+        let ring = Arc::new(Ring::new(
+            1,
+            Arc::from(vec![Box::<str>::from("#")]),
+            RingLimits {
+                max_messages: 100,
+                max_bytes: 10,
+            },
+            None,
+        ));
+        let metrics = Metrics::default();
+        for _ in 0..3 {
+            deliver(&message(b"one"), &mut vec![ring.clone()], &metrics);
+        }
+        assert_eq!(ring.len(), 1);
+        assert_eq!(Metrics::get(&metrics.bridge_ring_evictions), 2);
+    }
+}

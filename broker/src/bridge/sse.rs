@@ -1,0 +1,224 @@
+//! `GET /sse?filter=F[&filter=F...][&retained=1][&last_event_id=N]`: Server-Sent Events.
+//!
+//! The response is a `text/event-stream` whose body reads the client's cursor in the shared
+//! ring of its filter set: every event is a frame the router already encoded
+//! (`id: N`, `event: message`, `data: {...}`), sent as is. `Last-Event-ID` (or the
+//! `last_event_id` parameter) resumes after that event while the ring holds it; a client
+//! that fell behind gets `event: lagged` with `{"missed": N}` and continues. A keep-alive
+//! comment goes out after `sse_keepalive_ms` without traffic (a sleep reset by each event,
+//! not a ticking interval). The stream ends at broker shutdown.
+//!
+//! An idle subscriber is this module's [`Stream`] state: a ring lease, a cursor, two `watch`
+//! receivers and a sleep.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use super::access::{self, query_params};
+use super::ring::{self, Next};
+use super::{ClientSlot, RingLease};
+use crate::broker::Broker;
+use crate::http::{json_error, Body};
+use crate::metrics::Metrics;
+
+/// The first bytes of every stream: sent at once so that the client sees the headers.
+const OPENING: &[u8] = b": tern\nretry: 2000\n\n";
+
+/// The keep-alive comment.
+const KEEPALIVE: &[u8] = b": keep-alive\n\n";
+
+/// One subscriber: everything its stream holds between events.
+struct Subscriber {
+    /// Keeps the client counted against `max_bridge_clients` while the stream lives.
+    _slot: ClientSlot,
+    lease: RingLease,
+    /// The id of the next event this client reads.
+    cursor: u64,
+    wake: watch::Receiver<()>,
+    shutdown: watch::Receiver<bool>,
+    keepalive: Pin<Box<Sleep>>,
+    keepalive_every: Duration,
+    /// Frames to send before the ring: the opening, retained messages, a `lagged` notice.
+    pending: VecDeque<Bytes>,
+    broker: Broker,
+}
+
+/// Serves `GET /sse`.
+pub async fn handle(broker: &Broker, request: &Request<Incoming>) -> Response<Body> {
+    let mut filters = Vec::new();
+    let mut retained = false;
+    let mut last_event_id = request
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    for (key, value) in query_params(request.uri().query().unwrap_or("")) {
+        match key.as_str() {
+            "filter" => filters.push(value),
+            "retained" => retained = matches!(value.as_str(), "1" | "true"),
+            "last_event_id" if last_event_id.is_none() => last_event_id = Some(value),
+            _ => {}
+        }
+    }
+    if filters.len() > broker.config.http.max_filters_per_client {
+        let max = broker.config.http.max_filters_per_client;
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            &format!("at most {max} filters per client"),
+        );
+    }
+    let filters = match super::validate_filters(broker, filters) {
+        Ok(filters) => filters,
+        Err(reason) => return json_error(StatusCode::BAD_REQUEST, &reason),
+    };
+    let identity = match access::authenticate(broker, request).await {
+        Ok(identity) => identity,
+        Err(response) => return *response,
+    };
+    let read_check = match identity.read_check(broker, &filters) {
+        Ok(check) => check,
+        Err(reason) => return json_error(StatusCode::FORBIDDEN, &reason),
+    };
+    let Some(slot) = ClientSlot::acquire(broker) else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "too many bridge clients");
+    };
+    let mut pending = VecDeque::from([Bytes::from_static(OPENING)]);
+    if retained {
+        retained_frames(broker, &filters, read_check.as_ref(), &mut pending);
+    }
+    let lease = broker.bridges.attach(broker, filters, read_check);
+    let ring = lease.ring().clone();
+    let wake = ring.subscribe();
+    let mut cursor = ring.next_id();
+    if let Some(last) = last_event_id {
+        match last
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .and_then(|id| ring.resume_cursor(id))
+        {
+            Some(resume) => cursor = resume,
+            None => pending.push_back(ring::lagged_sse(None)),
+        }
+    }
+    let keepalive_every = Duration::from_millis(broker.config.http.sse_keepalive_ms.max(1));
+    let subscriber = Subscriber {
+        _slot: slot,
+        lease,
+        cursor,
+        wake,
+        shutdown: broker.shutdown_signal(),
+        keepalive: Box::pin(tokio::time::sleep(keepalive_every)),
+        keepalive_every,
+        pending,
+        broker: broker.clone(),
+    };
+    let events = stream::unfold(subscriber, |mut s| async move {
+        let frame = s.next_frame().await?;
+        Some((Ok::<_, Infallible>(Frame::data(frame)), s))
+    });
+    let body = StreamBody::new(events)
+        .map_err(|never| match never {})
+        .boxed();
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// The retained messages matching `filters`, one event each (without an id).
+fn retained_frames(
+    broker: &Broker,
+    filters: &[Box<str>],
+    read_check: Option<&super::ReadCheck>,
+    out: &mut VecDeque<Bytes>,
+) {
+    let limit = broker.config.http.ring_max_messages.max(1);
+    let now = Instant::now();
+    let mut seen = std::collections::HashSet::new();
+    for filter in filters {
+        broker.retained.for_each_match(filter, now, |message| {
+            let topic = message.topic();
+            if out.len() > limit
+                || read_check.is_some_and(|c| !c.acl.allows_read(topic))
+                || !seen.insert(topic.to_string())
+            {
+                return;
+            }
+            let json = ring::encode_json(message.publish(), true);
+            out.push_back(ring::sse_event_without_id(&json));
+        });
+    }
+}
+
+impl Subscriber {
+    /// The next bytes to send; `None` ends the stream (broker shutdown).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the cursor only moves when a frame is returned.
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(frame) = self.pending.pop_front() {
+                return Some(frame);
+            }
+            if *self.shutdown.borrow() {
+                return None;
+            }
+            // Mark the wake-up seen before reading: a push after this read wakes us again.
+            self.wake.borrow_and_update();
+            let ring = self.lease.ring().clone();
+            match ring.next(&mut self.cursor) {
+                Next::Entry(entry) => {
+                    self.reset_keepalive();
+                    return Some(entry.sse);
+                }
+                Next::Lagged(missed) => {
+                    Metrics::add(&self.broker.metrics.bridge_lagged_messages, missed);
+                    self.reset_keepalive();
+                    return Some(ring::lagged_sse(Some(missed)));
+                }
+                Next::Empty => {}
+            }
+            tokio::select! {
+                // Cancel safe (watch::Receiver::changed).
+                changed = self.wake.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+                // Cancel safe. An error means the broker is gone: end the stream too.
+                changed = self.shutdown.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+                // Cancel safe: the sleep is reset, not recreated.
+                () = &mut self.keepalive => {
+                    self.reset_keepalive();
+                    return Some(Bytes::from_static(KEEPALIVE));
+                }
+            }
+        }
+    }
+
+    fn reset_keepalive(&mut self) {
+        let deadline = Instant::now() + self.keepalive_every;
+        self.keepalive.as_mut().reset(deadline);
+    }
+}

@@ -260,6 +260,18 @@ impl Connection {
                 retained_for.push((filter.clone(), options.qos, read_check));
             }
         }
+        if self.session.is_ended() {
+            // Ended meanwhile (taken over by a Clean Start; this connection is being
+            // closed): the end released the subscriptions it saw, so undo what this packet
+            // added, or the router would keep a session nobody owns.
+            for (filter, _) in &subscribe.filters {
+                self.session.subscriptions().remove(&**filter);
+                if self.broker.router.unsubscribe(filter, self.session.id) {
+                    Metrics::sub(&self.broker.metrics.subscriptions, 1);
+                }
+            }
+            return;
+        }
         let suback = SubAck {
             packet_id: subscribe.packet_id,
             properties: Default::default(),

@@ -131,15 +131,6 @@ fn establish(
     };
     let expiry_secs = requested_expiry.min(limits.max_session_expiry_secs);
 
-    let (session, resumed) = broker.open_session(&client_id, connect.clean_start);
-    session.set_expiry_secs(expiry_secs);
-    if let Some(old) = session.delivery().take_link() {
-        // [MQTT-3.1.4-3]: the existing connection gets DISCONNECT 0x8E and is closed.
-        Metrics::add(&broker.metrics.session_takeovers, 1);
-        old.control.kick(ReasonCode::SESSION_TAKEN_OVER);
-    }
-    let generation = session.next_generation();
-
     let mut keep_alive_secs = connect.keep_alive_secs;
     let mut server_keep_alive = None;
     if v5
@@ -151,7 +142,7 @@ fn establish(
     }
 
     let mut connack = ConnAck {
-        session_present: resumed,
+        session_present: false,
         code: ReasonCode::SUCCESS,
         properties: ConnAckProperties::default(),
     };
@@ -168,32 +159,55 @@ fn establish(
         p.subscription_identifiers_available = Some(true);
         p.shared_subscription_available = Some(true);
     }
-    connack.encode(version, out.lock().buf());
 
     let control = Arc::new(ConnControl::default());
     let client_props = &connect.properties;
-    let link = Link {
-        writer: out.clone(),
-        version,
-        max_packet_size_bytes: client_props.maximum_packet_size_bytes.unwrap_or(u32::MAX),
-        aliases: OutboundAliases::new(
-            client_props
-                .topic_alias_maximum
-                .unwrap_or(0)
-                .min(limits.topic_alias_maximum),
-        ),
-        generation,
-        control: control.clone(),
-    };
     let window = client_props
         .receive_maximum
         .unwrap_or(u16::MAX)
         .min(limits.max_inflight_messages);
-    session.delivery().attach(
-        link,
-        usize::from(window),
-        broker.deliver_ctx(Instant::now()),
-    );
+    // Open (or resume) the session, take it over and attach in one step under its delivery
+    // lock. The close of an older connection (ending a session with expiry 0) or a Clean
+    // Start elsewhere (ending the old session) then either came first, and is seen here
+    // (the session is opened again), or comes after and sees this connection's generation:
+    // a connection is never left attached to an ended, unregistered session.
+    let (session, resumed, generation) = loop {
+        let (session, resumed) = broker.open_session(&client_id, connect.clean_start);
+        let mut delivery = session.delivery();
+        if session.is_ended() {
+            drop(delivery);
+            continue;
+        }
+        if let Some(old) = delivery.take_link() {
+            // [MQTT-3.1.4-3]: the existing connection gets DISCONNECT 0x8E and is closed.
+            Metrics::add(&broker.metrics.session_takeovers, 1);
+            old.control.kick(ReasonCode::SESSION_TAKEN_OVER);
+        }
+        let generation = session.next_generation();
+        session.set_expiry_secs(expiry_secs);
+        connack.session_present = resumed;
+        connack.encode(version, out.lock().buf());
+        let link = Link {
+            writer: out.clone(),
+            version,
+            max_packet_size_bytes: client_props.maximum_packet_size_bytes.unwrap_or(u32::MAX),
+            aliases: OutboundAliases::new(
+                client_props
+                    .topic_alias_maximum
+                    .unwrap_or(0)
+                    .min(limits.topic_alias_maximum),
+            ),
+            generation,
+            control: control.clone(),
+        };
+        delivery.attach(
+            link,
+            usize::from(window),
+            broker.deliver_ctx(Instant::now()),
+        );
+        drop(delivery);
+        break (session, resumed, generation);
+    };
     Metrics::add(&broker.metrics.clients_connected, 1);
     tracing::debug!(%client_id, %peer, ?version, resumed, "client connected");
     if resumed {

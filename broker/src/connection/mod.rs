@@ -33,6 +33,8 @@ use self::io::PacketReader;
 
 /// How long the writer may take to flush after the connection ends.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The same for a client disconnected as a slow consumer (0x97).
+const SLOW_CONSUMER_FLUSH_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Who is at the other end of a connection, as the transport knows it.
 #[derive(Debug, Clone)]
@@ -81,9 +83,16 @@ where
         })
     };
     let mut reader = PacketReader::new(reader, broker.config.limits.max_packet_size_bytes);
+    let mut flush_timeout = FLUSH_TIMEOUT;
     match handshake::connect(&broker, &mut reader, &out, &info).await {
         Ok(mut connection) => {
             let close = connection.run(&mut reader).await;
+            if matches!(&close, Close::Kicked(reason) if *reason == tern_codec::ReasonCode::QUOTA_EXCEEDED)
+            {
+                // A slow consumer does not read: waiting for its socket to drain would only
+                // keep the connection, and up to twice the writer cap, alive.
+                flush_timeout = SLOW_CONSUMER_FLUSH_TIMEOUT;
+            }
             connection.finish(close);
         }
         Err(close) => {
@@ -96,10 +105,14 @@ where
         }
     }
     out.close();
-    if tokio::time::timeout(FLUSH_TIMEOUT, writer_task)
+    let mut writer_task = writer_task;
+    if tokio::time::timeout(flush_timeout, &mut writer_task)
         .await
         .is_err()
     {
+        // Dropping the handle would not stop the task, which would then hold the socket
+        // open for as long as the peer does not read.
+        writer_task.abort();
         tracing::debug!(%peer, "writer did not flush in time");
     }
 }
@@ -181,7 +194,8 @@ impl Connection {
             }
         }
         if expiry_secs == 0 {
-            self.broker.end_session(&self.session);
+            self.broker
+                .end_session_unless_resumed(&self.session, self.generation);
         } else if will.is_some() || expiry_secs != u32::MAX {
             let offline = Offline {
                 session: self.session.clone(),

@@ -73,7 +73,7 @@ pub async fn run(broker: Broker, offline: Offline) {
             }
         }
         if ended {
-            broker.end_session(&session);
+            broker.end_session_unless_resumed(&session, generation);
             return;
         }
     }

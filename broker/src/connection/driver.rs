@@ -46,6 +46,9 @@ impl Connection {
                         if let Err(close) = self.handle(packet) {
                             return close;
                         }
+                        if self.rate.resume_at.is_some() {
+                            break; // the rest waits in the buffer until the bucket refills
+                        }
                     }
                     Ok(None) => break,
                     Err(e) => return Close::Protocol(e),
@@ -55,6 +58,20 @@ impl Connection {
                 if let Some(timeout) = keep_alive {
                     deadline.as_mut().reset(Instant::now() + timeout);
                 }
+            }
+            if let Some(resume_at) = self.rate.resume_at.take() {
+                // Over max_publish_rate_per_client: stop reading until the bucket refills.
+                Metrics::add(&self.broker.metrics.publish_throttled, 1);
+                tokio::select! {
+                    biased;
+                    reason = control.kicked() => return Close::Kicked(reason),
+                    _ = shutdown.changed() => return Close::Shutdown,
+                    _ = tokio::time::sleep_until(resume_at) => {}
+                }
+                if let Some(timeout) = keep_alive {
+                    deadline.as_mut().reset(Instant::now() + timeout);
+                }
+                continue;
             }
             tokio::select! {
                 biased;
@@ -110,8 +127,37 @@ impl Connection {
         Ok(())
     }
 
+    /// Whether a topic name or filter is within `max_topic_levels` and
+    /// `max_topic_length_bytes`.
+    fn topic_within_limits(&self, topic: &str) -> bool {
+        let limits = &self.broker.config.limits;
+        topic.len() <= limits.max_topic_length_bytes
+            && topic_levels(topic) <= limits.max_topic_levels
+    }
+
+    /// Takes one token from the publish-rate bucket; when it runs dry, sets when reading may
+    /// resume (the client is slowed down, not disconnected).
+    fn charge_publish_rate(&mut self) {
+        let rate = f64::from(self.broker.config.limits.max_publish_rate_per_client);
+        if rate <= 0.0 {
+            return;
+        }
+        let now = Instant::now();
+        let elapsed = now
+            .saturating_duration_since(self.rate.refilled_at)
+            .as_secs_f64();
+        self.rate.tokens = (self.rate.tokens + elapsed * rate).min(rate);
+        self.rate.refilled_at = now;
+        self.rate.tokens -= 1.0;
+        if self.rate.tokens < 0.0 {
+            let wait = Duration::from_secs_f64(-self.rate.tokens / rate);
+            self.rate.resume_at = Some(now + wait);
+        }
+    }
+
     fn handle_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
         Metrics::add(&self.broker.metrics.messages_received, 1);
+        self.charge_publish_rate();
         if !publish.properties.subscription_identifiers.is_empty() {
             return Err(ProtocolError::SubscriptionIdFromClient.into());
         }
@@ -134,7 +180,7 @@ impl Connection {
         }
         let qos = publish.qos;
         let packet_id = publish.packet_id;
-        if topic_levels(&publish.topic) > self.broker.config.limits.max_topic_levels {
+        if !self.topic_within_limits(&publish.topic) {
             Metrics::add(&self.broker.metrics.dropped_topic_too_deep, 1);
             tracing::debug!(client_id = %self.client_id, "topic has too many levels: dropped");
             if let Some(id) = packet_id {
@@ -217,8 +263,18 @@ impl Connection {
         let mut reason_codes = Vec::with_capacity(subscribe.filters.len());
         let mut retained_for = Vec::new();
         for (filter, options) in &subscribe.filters {
-            if topic_levels(filter) > self.broker.config.limits.max_topic_levels {
+            if !self.topic_within_limits(filter) {
                 reason_codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            let max_subscriptions = self.broker.config.limits.max_subscriptions_per_client;
+            let subscriptions = self.session.subscriptions();
+            let is_new = !subscriptions.contains_key(&**filter);
+            let full = is_new && max_subscriptions > 0 && subscriptions.len() >= max_subscriptions;
+            drop(subscriptions);
+            if full {
+                Metrics::add(&self.broker.metrics.subscriptions_refused_quota, 1);
+                reason_codes.push(ReasonCode::QUOTA_EXCEEDED);
                 continue;
             }
             let read_check = match self.subscribe_acl(filter) {

@@ -229,6 +229,7 @@ fn establish(
         inbound_aliases: HashMap::new(),
         connect_expiry_was_zero: requested_expiry == 0,
         scratch: RouteScratch::default(),
+        rate: super::RateBucket::full(broker.config.limits.max_publish_rate_per_client),
         acl,
     })
 }

@@ -138,6 +138,28 @@ pub(crate) struct Connection {
     scratch: RouteScratch,
     /// This client's ACL (`None`: no ACL file configured).
     acl: Option<Arc<crate::auth::ClientAcl>>,
+    /// The client's publish-rate token bucket.
+    rate: RateBucket,
+}
+
+/// Token bucket for `max_publish_rate_per_client`.
+#[derive(Debug)]
+pub(crate) struct RateBucket {
+    tokens: f64,
+    refilled_at: tokio::time::Instant,
+    /// Set when the bucket ran dry: reading pauses until then.
+    resume_at: Option<tokio::time::Instant>,
+}
+
+impl RateBucket {
+    /// A full bucket for `rate_per_sec` messages per second.
+    pub(crate) fn full(rate_per_sec: u32) -> RateBucket {
+        RateBucket {
+            tokens: f64::from(rate_per_sec),
+            refilled_at: tokio::time::Instant::now(),
+            resume_at: None,
+        }
+    }
 }
 
 impl Connection {

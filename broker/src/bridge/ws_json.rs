@@ -241,6 +241,9 @@ impl Client {
             Err(e) => return error_reply(id.as_ref(), None, &format!("bad request: {e}")),
         };
         match op {
+            Op::Subscribe { filters, .. } | Op::Unsubscribe { filters } if filters.is_empty() => {
+                error_reply(id.as_ref(), None, "at least one filter is required")
+            }
             Op::Subscribe { filters, retained } => {
                 let mut all: Vec<String> = self.filters.iter().map(|f| f.to_string()).collect();
                 all.extend(filters.iter().cloned());

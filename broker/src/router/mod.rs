@@ -266,8 +266,11 @@ impl Router {
 
     /// Adds the trie entry of bridge `ring` for `filter` (valid, not shared).
     pub fn subscribe_bridge(&self, filter: &str, ring: &Arc<Ring>) {
-        self.write()
-            .insert(filter, SubKey::Bridge(ring.id), SubValue::Bridge(ring.clone()));
+        self.write().insert(
+            filter,
+            SubKey::Bridge(ring.id),
+            SubValue::Bridge(ring.clone()),
+        );
     }
 
     /// Removes the trie entry of bridge ring `ring_id` for `filter`.

@@ -1,0 +1,93 @@
+#!/usr/bin/env node
+// Browser test of Tern's dashboard: headless Chromium (the Debian package) driven by
+// playwright-core loads the dashboard, subscribes to a topic filter through the page's
+// form (the page then reads /sse with EventSource), has mosquitto_pub publish a message,
+// and waits for it to appear in the live view. Keeps a screenshot.
+//
+// Usage: node browser.js HTTP_URL MQTT_HOST MQTT_PORT SCREENSHOT_PATH
+//
+// Prints PASS lines; exits 0 on success, 1 on failure, 2 on global timeout
+// (default 60 s, env BROWSER_TIMEOUT).
+
+'use strict'
+
+const { spawnSync } = require('child_process')
+const fs = require('fs')
+const os = require('os')
+const path = require('path')
+
+let chromium
+try {
+  ({ chromium } = require('playwright-core'))
+} catch (err) {
+  console.log(`FAIL: npm package 'playwright-core' not found (run 'npm ci' in ${__dirname}): ${err.message}`)
+  process.exit(1)
+}
+
+const [httpUrl, mqttHost, mqttPort, screenshot] = process.argv.slice(2)
+if (!screenshot) {
+  console.log('usage: node browser.js HTTP_URL MQTT_HOST MQTT_PORT SCREENSHOT_PATH')
+  process.exit(1)
+}
+const EXECUTABLE = process.env.CHROMIUM || '/usr/bin/chromium'
+const TIMEOUT_S = Number(process.env.BROWSER_TIMEOUT || 60)
+const WAIT_MS = 15000
+
+const timer = setTimeout(() => {
+  console.log(`FAIL: global timeout after ${TIMEOUT_S} s`)
+  process.exit(2)
+}, TIMEOUT_S * 1000)
+
+async function main () {
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-chromium-'))
+  // A fresh profile directory: playwright passes it as --user-data-dir.
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: EXECUTABLE,
+    headless: true,
+    viewport: { width: 1100, height: 720 },
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'
+    ]
+  })
+  try {
+    const page = context.pages()[0] || await context.newPage()
+    const errors = []
+    page.on('pageerror', (e) => errors.push(e.message))
+    await page.goto(httpUrl, { waitUntil: 'load' })
+    await page.waitForFunction(() => /^\d+$/.test(document.getElementById('clients').textContent), null, { timeout: WAIT_MS })
+    console.log('PASS: dashboard loaded and shows /api/stats')
+
+    const topic = `browser/${Date.now()}/temp`
+    await page.fill('#filter', 'browser/+/temp')
+    await page.click('#subscribe')
+    await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('subscribed to'), null, { timeout: WAIT_MS })
+    console.log('PASS: subscribed through /sse')
+
+    const payload = 'hello from mosquitto_pub 21.5'
+    const pub = spawnSync('mosquitto_pub', ['-h', mqttHost, '-p', String(mqttPort), '-q', '1', '-t', topic, '-m', payload], { encoding: 'utf8' })
+    if (pub.status !== 0) throw new Error(`mosquitto_pub failed: ${pub.stderr}`)
+    await page.waitForFunction((p) => document.getElementById('messages').textContent.includes(p), payload, { timeout: WAIT_MS })
+    const row = await page.textContent('#messages tr')
+    if (!row.includes(topic)) throw new Error(`row without the topic: ${row}`)
+    console.log('PASS: message published with mosquitto_pub shown live')
+
+    // Let one stats poll count the SSE client, then keep the picture.
+    await page.waitForFunction(() => Number(document.getElementById('bridge-clients').textContent) >= 1, null, { timeout: WAIT_MS })
+    fs.mkdirSync(path.dirname(screenshot), { recursive: true })
+    await page.screenshot({ path: screenshot, fullPage: true })
+    console.log(`PASS: screenshot ${screenshot}`)
+    if (errors.length) throw new Error(`page errors: ${errors.join('; ')}`)
+  } finally {
+    await context.close()
+    fs.rmSync(profile, { recursive: true, force: true })
+  }
+}
+
+main().then(() => {
+  clearTimeout(timer)
+  process.exit(0)
+}, (err) => {
+  console.log(`FAIL: ${err.message}`)
+  process.exit(1)
+})

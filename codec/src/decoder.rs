@@ -6,10 +6,10 @@
 //! (so a hostile peer announcing 256 MiB never makes us allocate it). Reserved header flags
 //! are checked at the same point.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use crate::error::DecodeError;
-use crate::packet::{kind, Packet};
+use crate::packet::{kind, Packet, Publish};
 use crate::types::ProtocolVersion;
 use crate::varint::{self, Peek};
 
@@ -82,27 +82,45 @@ impl Decoder {
     /// # Errors
     /// Any [`DecodeError`]; [`DecodeError::reason_code`] says what to answer.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
-        if let DecodeState::Header = self.state {
-            let Some(state) = self.decode_header(buf)? else {
-                return Ok(None);
-            };
-            self.state = state;
-        }
-        let DecodeState::Body {
-            byte0,
-            header_len,
-            total_len,
-        } = self.state
-        else {
-            return Ok(None);
+        let (byte0, header_len, total_len) = match self.state {
+            DecodeState::Header => match self.decode_header(buf)? {
+                Some(header) => header,
+                None => return Ok(None),
+            },
+            DecodeState::Body {
+                byte0,
+                header_len,
+                total_len,
+            } => (byte0, header_len, total_len),
         };
         if buf.len() < total_len {
+            self.state = DecodeState::Body {
+                byte0,
+                header_len,
+                total_len,
+            };
             buf.reserve(total_len - buf.len());
             return Ok(None);
         }
         self.state = DecodeState::Header;
         let frame = buf.split_to(total_len).freeze();
         let version = self.version.unwrap_or(ProtocolVersion::V3_1_1);
+        if byte0 >> 4 == kind::PUBLISH {
+            // The hot path: built straight into the return slot.
+            return Publish::decode_frame(byte0, frame, header_len, version);
+        }
+        self.decode_other(byte0, frame, header_len, version)
+    }
+
+    /// Every packet but PUBLISH.
+    #[inline(never)]
+    fn decode_other(
+        &mut self,
+        byte0: u8,
+        frame: Bytes,
+        header_len: usize,
+        version: ProtocolVersion,
+    ) -> Result<Option<Packet>, DecodeError> {
         let packet = Packet::decode_body(byte0, frame, header_len, version)?;
         if let Packet::Connect(connect) = &packet {
             self.version = Some(connect.protocol);
@@ -110,7 +128,9 @@ impl Decoder {
         Ok(Some(packet))
     }
 
-    fn decode_header(&self, buf: &BytesMut) -> Result<Option<DecodeState>, DecodeError> {
+    /// Parses the fixed header: `(byte0, header_len, total_len)` once it is complete.
+    #[inline(always)]
+    fn decode_header(&self, buf: &BytesMut) -> Result<Option<(u8, usize, usize)>, DecodeError> {
         let Some(&byte0) = buf.first() else {
             return Ok(None);
         };
@@ -140,10 +160,6 @@ impl Decoder {
                 max: self.max_packet_size_bytes,
             });
         }
-        Ok(Some(DecodeState::Body {
-            byte0,
-            header_len,
-            total_len: total as usize,
-        }))
+        Ok(Some((byte0, header_len, total as usize)))
     }
 }

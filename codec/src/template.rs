@@ -216,7 +216,7 @@ fn raw_usable(publish: &Publish, family: Family, with_packet_id: bool) -> bool {
     match publish.raw() {
         Some(raw) => {
             raw.family == family
-                && raw.packet_id_offset.is_some() == with_packet_id
+                && raw.packet_id_offset().is_some() == with_packet_id
                 && publish.properties.topic_alias.is_none()
                 && publish.properties.subscription_identifiers.is_empty()
         }
@@ -231,7 +231,7 @@ fn build(publish: &Publish, family: Family, with_packet_id: bool) -> PublishTemp
     {
         return PublishTemplate {
             bytes: raw.bytes.clone(),
-            packet_id_offset: raw.packet_id_offset,
+            packet_id_offset: raw.packet_id_offset(),
         };
     }
     let version = match family {
@@ -244,16 +244,10 @@ fn build(publish: &Publish, family: Family, with_packet_id: bool) -> PublishTemp
     } else {
         OutQos::AtMostOnce
     };
-    let mut dst = BytesMut::new();
-    let layout = encode_publish(
-        &mut dst,
-        publish,
-        version,
-        out,
-        false,
-        false,
-        &Outbound::default(),
-    );
+    let outbound = Outbound::default();
+    let encoding = Encoding::plan(publish, version, out, &outbound);
+    let mut dst = BytesMut::with_capacity(encoding.len());
+    let layout = encoding.write(&mut dst, false, false);
     PublishTemplate {
         bytes: dst.freeze(),
         packet_id_offset: layout.packet_id_offset,
@@ -322,42 +316,84 @@ pub fn encode_publish(
     dup: bool,
     outbound: &Outbound<'_>,
 ) -> Layout {
-    let topic: &[u8] = if outbound.omit_topic && version.is_v5() && outbound.topic_alias.is_some() {
-        &[]
-    } else {
-        publish.topic.as_bytes()
-    };
-    let props = OutboundProps {
-        base: &publish.properties,
-        outbound,
-    };
-    let props_len = if version.is_v5() {
-        let mut counter = Counter::default();
-        props.visit(&mut counter);
-        Some(counter.0)
-    } else {
-        None
-    };
-    let pid_len = if out.packet_id().is_some() { 2 } else { 0 };
-    let body_len = binary_len(topic)
-        + pid_len
-        + props_len.map_or(0, |l| varint::len(l as u32) + l)
-        + publish.payload.len();
-    let header_len = 1 + varint::len(body_len as u32);
-    let dup = dup && out.packet_id().is_some();
-    write_fixed_header(dst, Publish::byte0(out.qos(), retain, dup), body_len);
-    write_binary(dst, topic);
-    let packet_id_offset = out.packet_id().map(|id| {
-        dst.put_u16(id.get());
-        header_len + binary_len(topic)
-    });
-    if let Some(len) = props_len {
-        varint::write(dst, len as u32);
-        props.visit(&mut Writer(dst));
+    Encoding::plan(publish, version, out, outbound).write(dst, retain, dup)
+}
+
+/// An encoding whose sizes are known before any byte is written, so that a template gets a
+/// buffer of exactly its size (one allocation, and no copy when it is frozen).
+struct Encoding<'a> {
+    publish: &'a Publish,
+    topic: &'a [u8],
+    props: OutboundProps<'a>,
+    /// Length of the property block's contents; `None` for 3.x.
+    props_len: Option<usize>,
+    out: OutQos,
+    body_len: usize,
+    header_len: usize,
+}
+
+impl<'a> Encoding<'a> {
+    fn plan(
+        publish: &'a Publish,
+        version: ProtocolVersion,
+        out: OutQos,
+        outbound: &'a Outbound<'a>,
+    ) -> Encoding<'a> {
+        let topic: &[u8] =
+            if outbound.omit_topic && version.is_v5() && outbound.topic_alias.is_some() {
+                &[]
+            } else {
+                publish.topic.as_bytes()
+            };
+        let props = OutboundProps {
+            base: &publish.properties,
+            outbound,
+        };
+        let props_len = if version.is_v5() {
+            let mut counter = Counter::default();
+            props.visit(&mut counter);
+            Some(counter.0)
+        } else {
+            None
+        };
+        let pid_len = if out.packet_id().is_some() { 2 } else { 0 };
+        let body_len = binary_len(topic)
+            + pid_len
+            + props_len.map_or(0, |l| varint::len(l as u32) + l)
+            + publish.payload.len();
+        Encoding {
+            publish,
+            topic,
+            props,
+            props_len,
+            out,
+            body_len,
+            header_len: 1 + varint::len(body_len as u32),
+        }
     }
-    dst.put_slice(&publish.payload);
-    Layout {
-        packet_id_offset,
-        len: header_len + body_len,
+
+    /// The whole encoded length.
+    fn len(&self) -> usize {
+        self.header_len + self.body_len
+    }
+
+    fn write(&self, dst: &mut impl BufMut, retain: bool, dup: bool) -> Layout {
+        let out = self.out;
+        let dup = dup && out.packet_id().is_some();
+        write_fixed_header(dst, Publish::byte0(out.qos(), retain, dup), self.body_len);
+        write_binary(dst, self.topic);
+        let packet_id_offset = out.packet_id().map(|id| {
+            dst.put_u16(id.get());
+            self.header_len + binary_len(self.topic)
+        });
+        if let Some(len) = self.props_len {
+            varint::write(dst, len as u32);
+            self.props.visit(&mut Writer(dst));
+        }
+        dst.put_slice(&self.publish.payload);
+        Layout {
+            packet_id_offset,
+            len: self.len(),
+        }
     }
 }

@@ -11,12 +11,7 @@ pub const TOPIC_MAX_BYTES: usize = 65_535;
 /// Checks a topic name: no `+` or `#` anywhere ([MQTT-3.3.2-2], [MQTT-4.7.0-1]).
 /// An empty name is checked by the PUBLISH decoder, where a topic alias may stand in for it.
 pub fn validate_name(name: &str) -> Result<(), DecodeError> {
-    // Branch-free over the whole name so that it vectorises (topics are short; an early
-    // exit buys nothing).
-    let wildcard = name
-        .bytes()
-        .fold(false, |acc, b| acc | (b == b'+') | (b == b'#'));
-    if wildcard {
+    if crate::types::has_wildcard(name.as_bytes()) {
         return Err(DecodeError::InvalidTopicName);
     }
     Ok(())

@@ -148,6 +148,92 @@ impl SubscriptionOptions {
     }
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The string checks on the eight byte lanes of a word at once: the high bit of a lane is
+/// set when the byte is not plain ASCII (0x80 and above), is NUL, or, for a topic name
+/// (`TOPIC`), is `+` or `#` (`b | 8` is `+` exactly for those two). Only "some lane is
+/// flagged" is meaningful: a borrow out of a zero lane may flag the lanes above it too.
+#[inline(always)]
+fn word_flags<const TOPIC: bool>(w: u64) -> u64 {
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x;
+    let wildcard = if TOPIC {
+        zero((w | (ONES * 8)) ^ (ONES * u64::from(b'+')))
+    } else {
+        0
+    };
+    w | zero(w) | wildcard
+}
+
+/// Whether no byte of `bytes` is flagged by [`word_flags`]: one pass over 8-byte words, the
+/// last one overlapping the one before, with no per-byte loop and no early exit (strings
+/// here are short).
+#[inline(always)]
+fn all_plain<const TOPIC: bool>(bytes: &[u8]) -> bool {
+    let len = bytes.len();
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+    let half = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
+    let flags = if len > 32 {
+        let mut acc = 0;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            acc |= word_flags::<TOPIC>(u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])));
+        }
+        if !chunks.remainder().is_empty() {
+            acc |= word_flags::<TOPIC>(word(len - 8));
+        }
+        acc
+    } else if len > 16 {
+        word_flags::<TOPIC>(word(0))
+            | word_flags::<TOPIC>(word(8))
+            | word_flags::<TOPIC>(word(len - 16))
+            | word_flags::<TOPIC>(word(len - 8))
+    } else if len >= 8 {
+        word_flags::<TOPIC>(word(0)) | word_flags::<TOPIC>(word(len - 8))
+    } else if len >= 4 {
+        word_flags::<TOPIC>(u64::from(half(0)) | u64::from(half(len - 4)) << 32)
+    } else if len > 0 {
+        // Three lanes cover every byte; the others are `a`, which nothing flags.
+        let w =
+            u64::from(bytes[0]) | u64::from(bytes[len / 2]) << 8 | u64::from(bytes[len - 1]) << 16;
+        word_flags::<TOPIC>(w | 0x6161_6161_6100_0000)
+    } else {
+        0
+    };
+    flags & HIGHS == 0
+}
+
+/// Whether `bytes` is an MQTT UTF-8 string: well formed UTF-8 ([MQTT-1.5.4-1]) without
+/// U+0000 ([MQTT-1.5.4-2]). The common case, ASCII without NUL, is a single branch-free pass.
+#[inline]
+pub(crate) fn is_mqtt_str(bytes: &[u8]) -> bool {
+    all_plain::<false>(bytes) || is_mqtt_str_slow(bytes)
+}
+
+#[cold]
+#[inline(never)]
+fn is_mqtt_str_slow(bytes: &[u8]) -> bool {
+    // Surrogates cannot appear in well formed UTF-8, so from_utf8 already rejects them
+    // ([MQTT-1.5.4-1]); U+0000 is legal UTF-8 but forbidden by [MQTT-1.5.4-2].
+    std::str::from_utf8(bytes).is_ok() && !bytes.contains(&0)
+}
+
+/// Whether `bytes` is a valid topic name string: an MQTT UTF-8 string without `+` or `#`
+/// ([MQTT-3.3.2-2]). One pass for the common case (ASCII), the two exact checks otherwise.
+#[inline]
+pub(crate) fn is_topic_name(bytes: &[u8]) -> bool {
+    all_plain::<true>(bytes) || (is_mqtt_str_slow(bytes) && !has_wildcard(bytes))
+}
+
+/// Whether `bytes` holds a `+` or a `#` (a topic name may hold neither, [MQTT-3.3.2-2]).
+/// Neither byte occurs inside a multi-byte UTF-8 sequence, so a byte scan is exact.
+/// Branch-free so that it vectorises (topics are short; an early exit buys nothing).
+#[inline]
+pub(crate) fn has_wildcard(bytes: &[u8]) -> bool {
+    bytes.iter().fold(false, |acc, &b| acc | ((b | 8) == b'+'))
+}
+
 /// A UTF-8 string that is a zero-copy slice of a received frame (or owned static text).
 ///
 /// Construction validates the MQTT string rules once ([MQTT-1.5.4-1]: well formed UTF-8,
@@ -158,22 +244,18 @@ pub struct ByteStr(Bytes);
 impl ByteStr {
     /// Validates `bytes` as an MQTT UTF-8 string.
     pub fn from_bytes(bytes: Bytes) -> Result<ByteStr, DecodeError> {
-        // Fast path for the common case, ASCII without U+0000: one branch-free pass (so it
-        // vectorises) instead of `from_utf8` plus a search for NUL. `b - 1` has its top bit
-        // set exactly for 0x00 and for 0x81..=0xFF; 0x80 is caught by `b` itself.
-        let high = bytes
-            .iter()
-            .fold(0u8, |acc, &b| acc | b | b.wrapping_sub(1));
-        if high & 0x80 == 0 {
-            return Ok(ByteStr(bytes));
+        if is_mqtt_str(&bytes) {
+            Ok(ByteStr(bytes))
+        } else {
+            Err(DecodeError::InvalidUtf8)
         }
-        let text = std::str::from_utf8(&bytes).map_err(|_| DecodeError::InvalidUtf8)?;
-        // Surrogates cannot appear in well formed UTF-8, so from_utf8 already rejects them
-        // ([MQTT-1.5.4-1]); U+0000 is legal UTF-8 but forbidden by [MQTT-1.5.4-2].
-        if text.as_bytes().contains(&0) {
-            return Err(DecodeError::InvalidUtf8);
-        }
-        Ok(ByteStr(bytes))
+    }
+
+    /// Wraps bytes the caller has already checked with [`is_mqtt_str`].
+    #[inline(always)]
+    pub(crate) fn from_validated(bytes: Bytes) -> ByteStr {
+        debug_assert!(is_mqtt_str(&bytes));
+        ByteStr(bytes)
     }
 
     /// A string from static text (no copy).
@@ -236,5 +318,68 @@ impl fmt::Debug for ByteStr {
 impl fmt::Display for ByteStr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn is_mqtt_str_reference(bytes: &[u8]) -> bool {
+        std::str::from_utf8(bytes).is_ok() && !bytes.contains(&0)
+    }
+
+    fn bytes_near_ascii() -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop_oneof![
+            8 => 0x20u8..0x7F,
+            1 => Just(0u8),
+            1 => Just(b'+'),
+            1 => Just(b'#'),
+            1 => Just(0x80u8),
+            1 => Just(0x7Fu8),
+            1 => Just(0x01u8),
+            1 => Just(0xFFu8),
+            1 => any::<u8>(),
+        ];
+        proptest::collection::vec(byte, 0..80)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn word_scans_match_byte_scans(
+            bytes in prop_oneof![
+                bytes_near_ascii(),
+                any::<String>().prop_map(String::into_bytes),
+            ],
+        ) {
+            prop_assert_eq!(is_mqtt_str(&bytes), is_mqtt_str_reference(&bytes));
+            let wildcard = bytes.iter().any(|&b| b == b'+' || b == b'#');
+            prop_assert_eq!(has_wildcard(&bytes), wildcard);
+            prop_assert_eq!(is_topic_name(&bytes), is_mqtt_str_reference(&bytes) && !wildcard);
+        }
+    }
+
+    #[test]
+    fn every_position_and_length() {
+        for len in 0..=72 {
+            for at in 0..len {
+                for bad in [0u8, 0x80, 0xFF, b'+', b'#'] {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = bad;
+                    assert_eq!(is_mqtt_str(&bytes), is_mqtt_str_reference(&bytes));
+                    let wildcard = bad == b'+' || bad == b'#';
+                    assert_eq!(has_wildcard(&bytes), wildcard);
+                    assert_eq!(
+                        is_topic_name(&bytes),
+                        is_mqtt_str_reference(&bytes) && !wildcard
+                    );
+                }
+            }
+            assert!(is_mqtt_str(&vec![b'a'; len]));
+            assert!(!has_wildcard(&vec![b'a'; len]));
+        }
     }
 }

@@ -103,7 +103,8 @@ impl Packet {
     /// Takes the frame by value so that no reference count is touched needlessly (each
     /// `Bytes` clone or drop of a shared buffer is an atomic operation, and they dominated the
     /// decode profile): PUBLISH clones it once for its body and keeps the frame itself for
-    /// template reuse; every other packet just advances past the header.
+    /// template reuse; every other packet just advances past the header. (The decoder sends
+    /// PUBLISH through [`Publish::decode_frame`] instead, which needs no body clone.)
     #[inline]
     pub(crate) fn decode_body(
         byte0: u8,

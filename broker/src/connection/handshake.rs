@@ -225,7 +225,7 @@ fn establish(
         control,
         keep_alive_timeout: (keep_alive_secs > 0)
             .then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500)),
-        will: connect.will,
+        will: connect.will.map(Box::new),
         inbound_aliases: HashMap::new(),
         connect_expiry_was_zero: requested_expiry == 0,
         scratch: RouteScratch::default(),

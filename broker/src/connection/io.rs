@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use crate::error::{Close, ProtocolError};
 
 /// Smallest read reservation: what an idle connection holds.
-const MIN_READ_BYTES: usize = 256;
+const MIN_READ_BYTES: usize = 128;
 /// Largest read reservation per read call.
 const MAX_READ_BYTES: usize = 64 * 1024;
 

@@ -130,7 +130,8 @@ pub(crate) struct Connection {
     control: Arc<ConnControl>,
     /// Nothing received for this long closes the connection (1.5 x keep alive).
     keep_alive_timeout: Option<Duration>,
-    will: Option<LastWill>,
+    /// Boxed: most clients have none, and this struct lives as long as the connection.
+    will: Option<Box<LastWill>>,
     /// Topic aliases set by the client on this connection ([MQTT-3.3.2-7]: not kept).
     inbound_aliases: HashMap<u16, ByteStr>,
     /// CONNECT's Session Expiry Interval was 0 ([MQTT-3.14.2-2]).
@@ -188,6 +189,7 @@ impl Connection {
             None
         };
         let will = will.map(|w| {
+            let w = *w;
             let delay = Duration::from_secs(u64::from(
                 w.properties.will_delay_interval_secs.unwrap_or(0),
             ));

@@ -84,11 +84,23 @@ pub async fn accept_loop(broker: Broker, listener: TcpListener, transport: Arc<T
         }
         let broker = broker.clone();
         let transport = transport.clone();
-        tokio::spawn(async move {
-            handle(broker, stream, peer, &transport).await;
-            drop(permit);
-            drop(admission);
-        });
+        // Plain TCP gets a task whose future is just the connection: the TLS and WebSocket
+        // states would otherwise make every connection's task as large as theirs.
+        if transport.kind == ListenerKind::Tcp {
+            tokio::spawn(async move {
+                let (reader, writer) = stream.into_split();
+                let info = PeerInfo { addr: peer, cert_username: None };
+                connection::serve_with(broker, reader, writer, info).await;
+                drop(permit);
+                drop(admission);
+            });
+        } else {
+            tokio::spawn(async move {
+                handle(broker, stream, peer, &transport).await;
+                drop(permit);
+                drop(admission);
+            });
+        }
     }
 }
 
@@ -102,7 +114,7 @@ async fn handle(broker: Broker, stream: TcpStream, peer: SocketAddr, transport: 
     match (transport.kind, &transport.tls) {
         (ListenerKind::Tcp, _) => {
             let (reader, writer) = stream.into_split();
-            connection::serve_with(broker, reader, writer, info).await;
+            Box::pin(connection::serve_with(broker, reader, writer, info)).await;
         }
         (ListenerKind::Ws, _) => {
             match tokio::time::timeout(timeout, ws::accept(stream, max_packet)).await {

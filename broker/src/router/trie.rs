@@ -30,8 +30,9 @@ const INDEX_THRESHOLD: usize = 8;
 /// Entries of one filter, stored contiguously for fast iteration.
 struct Entries<K, V> {
     items: Vec<(K, V)>,
-    /// Position of each key in `items`; only built once `items` is large.
-    index: Option<HashMap<K, usize>>,
+    /// Position of each key in `items`; built only once `items` is large, and boxed because
+    /// every node holds two entry sets.
+    index: Option<Box<HashMap<K, usize>>>,
 }
 
 impl<K: Eq + Hash + Clone, V> Entries<K, V> {
@@ -74,9 +75,13 @@ impl<K: Eq + Hash + Clone, V> Entries<K, V> {
                     .map(|(i, (k, _))| (k.clone(), i))
                     .collect();
                 index.insert(key.clone(), pos);
-                self.index = Some(index);
+                self.index = Some(Box::new(index));
             }
             None => {}
+        }
+        if self.items.capacity() == 0 {
+            // Most filters have one subscriber: don't let `push` reserve room for four.
+            self.items.reserve_exact(1);
         }
         self.items.push((key, value));
         None

@@ -61,12 +61,11 @@ impl Connection {
             }
             if let Some(resume_at) = self.rate.resume_at.take() {
                 // Over max_publish_rate_per_client: stop reading until the bucket refills.
+                // Boxed so that its timer costs memory only while a client is throttled.
                 Metrics::add(&self.broker.metrics.publish_throttled, 1);
-                tokio::select! {
-                    biased;
-                    reason = control.kicked() => return Close::Kicked(reason),
-                    _ = shutdown.changed() => return Close::Shutdown,
-                    _ = tokio::time::sleep_until(resume_at) => {}
+                let pause = Box::pin(pause_until(resume_at, &control, &mut shutdown));
+                if let Some(close) = pause.await {
+                    return close;
                 }
                 if let Some(timeout) = keep_alive {
                     deadline.as_mut().reset(Instant::now() + timeout);
@@ -395,4 +394,18 @@ impl Connection {
 /// Number of levels of a topic name or filter.
 fn topic_levels(topic: &str) -> usize {
     topic.bytes().filter(|&b| b == b'/').count() + 1
+}
+
+/// Waits until `resume_at`, or returns why the connection must close first.
+async fn pause_until(
+    resume_at: Instant,
+    control: &crate::session::delivery::ConnControl,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<Close> {
+    tokio::select! {
+        biased;
+        reason = control.kicked() => Some(Close::Kicked(reason)),
+        _ = shutdown.changed() => Some(Close::Shutdown),
+        _ = tokio::time::sleep_until(resume_at) => None,
+    }
 }

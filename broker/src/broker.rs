@@ -47,6 +47,11 @@ pub struct Inner {
     pub auth: Auth,
     /// When the broker started.
     pub started_at: Instant,
+    /// The limits in force: the configured ones until a SIGHUP reload replaces them. New
+    /// connections take a snapshot; broker-wide checks read them each time.
+    limits: std::sync::RwLock<Arc<crate::config::Limits>>,
+    /// `limits.slow_consumer_timeout_ms`, read on every delivery: an atomic, not the lock.
+    slow_consumer_timeout_ms: AtomicU64,
     /// Time to store and route one received PUBLISH (seconds).
     pub route_latency: prometheus_client::metrics::histogram::Histogram,
     /// Per-IP connection count and connect rate.
@@ -97,6 +102,8 @@ impl Broker {
                 bridges: crate::bridge::Bridges::default(),
                 auth: Auth::new(auth),
                 started_at: Instant::now(),
+                limits: std::sync::RwLock::new(Arc::new(config.limits.clone())),
+                slow_consumer_timeout_ms: AtomicU64::new(config.limits.slow_consumer_timeout_ms),
                 route_latency: prometheus_client::metrics::histogram::Histogram::new(
                     prometheus_client::metrics::histogram::exponential_buckets(1e-6, 4.0, 10),
                 ),
@@ -127,13 +134,33 @@ impl Broker {
         *self.shutdown_tx.borrow()
     }
 
+    /// The limits in force.
+    pub fn limits(&self) -> Arc<crate::config::Limits> {
+        self.limits
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts new limits in force (SIGHUP reload): for new connections and broker-wide
+    /// checks. `max_connections` keeps its startup value (the connection semaphore is sized
+    /// once).
+    pub fn set_limits(&self, limits: crate::config::Limits) {
+        self.ip_limits.set_bounds(
+            limits.max_connections_per_ip,
+            limits.max_connect_rate_per_ip,
+        );
+        self.slow_consumer_timeout_ms.store(limits.slow_consumer_timeout_ms, Ordering::Relaxed);
+        *self.limits.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(limits);
+    }
+
     /// Delivery context for `now`.
     pub fn deliver_ctx(&self, now: Instant) -> DeliverCtx<'_> {
         DeliverCtx {
             metrics: &self.metrics,
             now,
             slow_consumer_timeout: Duration::from_millis(
-                self.config.limits.slow_consumer_timeout_ms,
+                self.slow_consumer_timeout_ms.load(Ordering::Relaxed),
             ),
         }
     }
@@ -168,7 +195,7 @@ impl Broker {
     /// new one replaces any existing one, which ends. Returns the session and whether an
     /// existing one continues (Session Present).
     pub fn open_session(&self, client_id: &ByteStr, clean_start: bool) -> (Arc<Session>, bool) {
-        let limits = &self.config.limits;
+        let limits = self.limits();
         let make = || {
             let id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
             Arc::new(Session::new(

@@ -25,6 +25,7 @@ pub mod http;
 pub mod listener;
 pub mod message;
 pub mod metrics;
+pub mod reload;
 pub mod retained;
 pub mod router;
 pub mod session;

@@ -39,6 +39,12 @@ enum Command {
         #[arg(long)]
         pbkdf2: bool,
     },
+    /// Check a configuration file (and the password, ACL and certificate files it names)
+    /// without starting the broker. Exits 0 when valid, 1 with the reason otherwise.
+    CheckConfig {
+        /// The configuration file.
+        path: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,8 +54,11 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("updating {}", file.display()))?;
         return Ok(());
     }
+    if let Some(Command::CheckConfig { path }) = &args.command {
+        return check_config(path);
+    }
     let config = Config::load(args.config.as_deref())?;
-    init_tracing(&config, args.log_level.as_deref());
+    let log = init_tracing(&config, args.log_level.as_deref());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -64,23 +73,108 @@ fn main() -> anyhow::Result<()> {
             tracing::info!(addr = %http.local_addr()?, "HTTP listening (/health, /metrics)");
         }
         let broker = Broker::try_new(config).context("loading the [auth] files")?;
+        tokio::spawn(reload_on_sighup(broker.clone(), args.config.clone(), log));
         listener::run(broker, listeners, http, shutdown_signal()).await;
         tracing::info!("stopped");
         anyhow::Ok(())
     })
 }
 
-fn init_tracing(config: &Config, cli_level: Option<&str>) {
+/// Changes the log filter at run time.
+type LogHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// Installs the log subscriber: `RUST_LOG`, else `--log-level`, else `[log] level`; text or
+/// JSON lines on stderr. Returns the handle that SIGHUP uses to change the level.
+fn init_tracing(config: &Config, cli_level: Option<&str>) -> LogHandle {
+    use tracing_subscriber::prelude::*;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(cli_level.unwrap_or(&config.log.level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
     match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+    }
+    handle
+}
+
+/// `tern check-config PATH`.
+fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let result = Config::load(Some(path))
+        .map_err(anyhow::Error::from)
+        .and_then(|config| {
+            tern_broker::auth::AuthState::load(&config.auth)?;
+            for listener in config.listeners.iter().filter(|l| l.kind.is_tls()) {
+                tern_broker::listener::tls::acceptor(listener)?;
+            }
+            tracing_subscriber::EnvFilter::try_new(&config.log.level).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: log.level = {:?}: {e}",
+                    path.display(),
+                    config.log.level
+                )
+            })?;
+            Ok(())
+        });
+    match result {
+        Ok(()) => {
+            println!("{}: configuration is valid", path.display());
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("{}: invalid configuration: {e:#}", path.display());
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Reloads the configuration on every SIGHUP; an invalid one keeps the old in force.
+async fn reload_on_sighup(broker: Broker, path: Option<PathBuf>, log: LogHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: reload disabled");
+            return;
+        }
+    };
+    let set_level = |level: &str| -> Result<(), String> {
+        if std::env::var_os("RUST_LOG").is_some() {
+            return Ok(()); // RUST_LOG wins over the file, as at startup
+        }
+        let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        log.reload(filter).map_err(|e| e.to_string())
+    };
+    while hangups.recv().await.is_some() {
+        match tern_broker::reload::reload(&broker, path.as_deref(), &set_level) {
+            Ok(report) => {
+                tracing::info!(
+                    sessions_rechecked = report.sessions_rechecked,
+                    "configuration reloaded"
+                );
+                if !report.needs_restart.is_empty() {
+                    tracing::warn!(changed = ?report.needs_restart, "these settings changed but take effect only after a restart");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; the previous configuration stays in force")
+            }
+        }
     }
 }
 

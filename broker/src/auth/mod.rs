@@ -151,6 +151,8 @@ impl AuthState {
 #[derive(Debug)]
 pub struct Auth {
     current: RwLock<Arc<AuthState>>,
+    /// Bumped by every [`Auth::replace`], so connections notice a reload.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Auth {
@@ -158,6 +160,7 @@ impl Auth {
     pub fn new(state: AuthState) -> Auth {
         Auth {
             current: RwLock::new(Arc::new(state)),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -172,7 +175,14 @@ impl Auth {
     /// Puts `state` in force for new connections; returns the previous one.
     pub fn replace(&self, state: AuthState) -> Arc<AuthState> {
         let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
-        std::mem::replace(&mut *guard, Arc::new(state))
+        let previous = std::mem::replace(&mut *guard, Arc::new(state));
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        previous
+    }
+
+    /// How many times the state has been replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

@@ -75,7 +75,7 @@ pub(super) fn client_acl(
 /// A resumed session's subscriptions were granted under the ACL of an earlier connection,
 /// whose user name may differ: classify them again for this one. Filters it may not read
 /// are removed; the others get this connection's ACL for their delivery checks.
-pub(super) fn reapply_acl(broker: &Broker, session: &Arc<Session>, acl: Option<&Arc<ClientAcl>>) {
+pub(crate) fn reapply_acl(broker: &Broker, session: &Arc<Session>, acl: Option<&Arc<ClientAcl>>) {
     let Some(acl) = acl else { return };
     let current: Vec<_> = session
         .subscriptions()
@@ -106,7 +106,41 @@ pub(super) fn reapply_acl(broker: &Broker, session: &Arc<Session>, acl: Option<&
     }
 }
 
+/// After a reload that removed the ACL file: every subscription of `session` is delivered
+/// without a read check again.
+pub(crate) fn clear_read_checks(broker: &Broker, session: &Arc<Session>) {
+    let current: Vec<_> = session
+        .subscriptions()
+        .iter()
+        .map(|(filter, record)| (filter.clone(), *record))
+        .collect();
+    for (filter, record) in current {
+        broker.router.subscribe_checked(
+            &filter,
+            session,
+            record.options,
+            record.subscription_id,
+            None,
+        );
+    }
+}
+
 impl Connection {
+    /// Re-derives this client's ACL when the auth files were reloaded since it was derived
+    /// (one atomic load per PUBLISH/SUBSCRIBE otherwise).
+    pub(super) fn refresh_acl(&mut self) {
+        let generation = self.broker.auth.generation();
+        if generation == self.acl_generation {
+            return;
+        }
+        self.acl_generation = generation;
+        self.acl = self
+            .broker
+            .auth
+            .current()
+            .client_acl(&self.client_id, self.username.as_deref());
+    }
+
     /// The read check of one SUBSCRIBE filter: `Ok(None)` to subscribe with no delivery
     /// check, `Ok(Some(acl))` to check each message, `Err(code)` to refuse (SUBACK 0x87;
     /// the 3.1.1 encoder sends 0x80).

@@ -87,6 +87,9 @@ impl Connection {
     }
 
     fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+        if matches!(packet, Packet::Publish(_) | Packet::Subscribe(_)) {
+            self.refresh_acl();
+        }
         match packet {
             Packet::Publish(publish) => self.handle_publish(publish)?,
             Packet::PubAck(ack) => {
@@ -129,7 +132,7 @@ impl Connection {
     /// Whether a topic name or filter is within `max_topic_levels` and
     /// `max_topic_length_bytes`.
     fn topic_within_limits(&self, topic: &str) -> bool {
-        let limits = &self.broker.config.limits;
+        let limits = &self.limits;
         topic.len() <= limits.max_topic_length_bytes
             && topic_levels(topic) <= limits.max_topic_levels
     }
@@ -137,7 +140,7 @@ impl Connection {
     /// Takes one token from the publish-rate bucket; when it runs dry, sets when reading may
     /// resume (the client is slowed down, not disconnected).
     fn charge_publish_rate(&mut self) {
-        let rate = f64::from(self.broker.config.limits.max_publish_rate_per_client);
+        let rate = f64::from(self.limits.max_publish_rate_per_client);
         if rate <= 0.0 {
             return;
         }
@@ -161,7 +164,7 @@ impl Connection {
             return Err(ProtocolError::SubscriptionIdFromClient.into());
         }
         if let Some(alias) = publish.properties.topic_alias {
-            if alias == 0 || alias > self.broker.config.limits.topic_alias_maximum {
+            if alias == 0 || alias > self.limits.topic_alias_maximum {
                 return Err(ProtocolError::TopicAliasInvalid.into());
             }
             if publish.topic.is_empty() {
@@ -214,7 +217,7 @@ impl Connection {
                 return Ok(());
             }
             // [MQTT-3.3.4-9]: no more unacknowledged QoS 2 than our Receive Maximum.
-            if pending.len() >= usize::from(self.broker.config.limits.receive_maximum) {
+            if pending.len() >= usize::from(self.limits.receive_maximum) {
                 return Err(ProtocolError::ReceiveMaximumExceeded.into());
             }
             pending.insert(id.get());
@@ -266,7 +269,7 @@ impl Connection {
                 reason_codes.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
             }
-            let max_subscriptions = self.broker.config.limits.max_subscriptions_per_client;
+            let max_subscriptions = self.limits.max_subscriptions_per_client;
             let subscriptions = self.session.subscriptions();
             let is_new = !subscriptions.contains_key(&**filter);
             let full = is_new && max_subscriptions > 0 && subscriptions.len() >= max_subscriptions;
@@ -385,7 +388,7 @@ impl Connection {
                 return ProtocolError::SessionExpiryAfterZero.into();
             }
             self.session
-                .set_expiry_secs(secs.min(self.broker.config.limits.max_session_expiry_secs));
+                .set_expiry_secs(secs.min(self.limits.max_session_expiry_secs));
         }
         Close::ClientDisconnect(disconnect.reason_code)
     }

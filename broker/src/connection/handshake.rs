@@ -32,7 +32,7 @@ pub(crate) async fn connect<R: AsyncRead + Unpin>(
     info: &PeerInfo,
 ) -> Result<Connection, Close> {
     let peer = info.addr;
-    let timeout = Duration::from_millis(broker.config.limits.connect_timeout_ms);
+    let timeout = Duration::from_millis(broker.limits().connect_timeout_ms);
     let first = match tokio::time::timeout(timeout, reader.next_packet()).await {
         Err(_) => return Err(Close::ConnectTimeout),
         Ok(Err(Close::Protocol(ProtocolError::Decode(
@@ -94,7 +94,7 @@ fn establish(
     }
     let version = connect.protocol;
     let v5 = version.is_v5();
-    let limits = &broker.config.limits;
+    let limits = broker.limits();
 
     // Enhanced authentication (AUTH) is not offered: [MQTT-4.12.0-1] lets us refuse.
     if connect.properties.authentication_method.is_some() {
@@ -120,6 +120,7 @@ fn establish(
     } else {
         connect.client_id.clone()
     };
+    let acl_generation = broker.auth.generation();
     let acl = super::auth_hooks::client_acl(broker, &client_id, &mut connect);
 
     let requested_expiry = if v5 {
@@ -199,6 +200,7 @@ fn establish(
             ),
             generation,
             control: control.clone(),
+            username: connect.username.clone(),
         };
         delivery.attach(
             link,
@@ -229,7 +231,10 @@ fn establish(
         inbound_aliases: HashMap::new(),
         connect_expiry_was_zero: requested_expiry == 0,
         scratch: RouteScratch::default(),
-        rate: super::RateBucket::full(broker.config.limits.max_publish_rate_per_client),
+        rate: super::RateBucket::full(limits.max_publish_rate_per_client),
         acl,
+        acl_generation,
+        username: connect.username.clone(),
+        limits: limits.clone(),
     })
 }

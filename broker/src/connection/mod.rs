@@ -6,7 +6,7 @@
 //! [`SharedWriter`]. The transport is any `AsyncRead`/`AsyncWrite` pair, so TCP, TLS and
 //! WebSocket all use the same driver.
 
-mod auth_hooks;
+pub(crate) mod auth_hooks;
 mod driver;
 mod handshake;
 pub mod io;
@@ -71,7 +71,8 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.addr;
-    let out = Arc::new(SharedWriter::new(broker.config.limits.writer_cap_bytes));
+    let limits = broker.limits();
+    let out = Arc::new(SharedWriter::new(limits.writer_cap_bytes));
     let writer_task = {
         let out = out.clone();
         let broker = broker.clone();
@@ -82,7 +83,8 @@ where
             }
         })
     };
-    let mut reader = PacketReader::new(reader, broker.config.limits.max_packet_size_bytes);
+    let mut reader = PacketReader::new(reader, limits.max_packet_size_bytes);
+    drop(limits);
     let mut flush_timeout = FLUSH_TIMEOUT;
     match handshake::connect(&broker, &mut reader, &out, &info).await {
         Ok(mut connection) => {
@@ -141,6 +143,12 @@ pub(crate) struct Connection {
     acl: Option<Arc<crate::auth::ClientAcl>>,
     /// The client's publish-rate token bucket.
     rate: RateBucket,
+    /// The limits in force when the client connected.
+    limits: Arc<crate::config::Limits>,
+    /// The user name the client authenticated as, for re-deriving its ACL after a reload.
+    username: Option<ByteStr>,
+    /// The auth generation `acl` was derived under.
+    acl_generation: u64,
 }
 
 /// Token bucket for `max_publish_rate_per_client`.

@@ -3,6 +3,7 @@
 //! second's worth) from one address. Checked right after accept, before any handshake.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,8 +31,9 @@ struct IpState {
 #[derive(Debug)]
 pub struct IpLimits {
     table: DashMap<IpAddr, IpState>,
-    max_open: u32,
-    rate_per_sec: f64,
+    /// Bounds, changeable at run time (SIGHUP reload).
+    max_open: AtomicU32,
+    rate_per_sec: AtomicU32,
 }
 
 /// Holds one admitted connection's place; releases it on drop.
@@ -54,26 +56,34 @@ impl IpLimits {
     pub fn new(max_open: u32, rate_per_sec: u32) -> Arc<IpLimits> {
         Arc::new(IpLimits {
             table: DashMap::new(),
-            max_open,
-            rate_per_sec: f64::from(rate_per_sec),
+            max_open: AtomicU32::new(max_open),
+            rate_per_sec: AtomicU32::new(rate_per_sec),
         })
+    }
+
+    /// Changes the bounds (0 turns one off).
+    pub fn set_bounds(&self, max_open: u32, rate_per_sec: u32) {
+        self.max_open.store(max_open, Ordering::Relaxed);
+        self.rate_per_sec.store(rate_per_sec, Ordering::Relaxed);
     }
 
     /// Admits a new connection from `ip` at `now`, or says why not.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Admission, Refusal> {
+        let max_open = self.max_open.load(Ordering::Relaxed);
+        let rate_per_sec = f64::from(self.rate_per_sec.load(Ordering::Relaxed));
         let mut state = self.table.entry(ip).or_insert_with(|| IpState {
             open: 0,
-            tokens: self.rate_per_sec,
+            tokens: rate_per_sec,
             refilled_at: now,
         });
-        if self.max_open > 0 && state.open >= self.max_open {
+        if max_open > 0 && state.open >= max_open {
             return Err(Refusal::TooManyConnections);
         }
-        if self.rate_per_sec > 0.0 {
+        if rate_per_sec > 0.0 {
             let elapsed = now
                 .saturating_duration_since(state.refilled_at)
                 .as_secs_f64();
-            state.tokens = (state.tokens + elapsed * self.rate_per_sec).min(self.rate_per_sec);
+            state.tokens = (state.tokens + elapsed * rate_per_sec).min(rate_per_sec);
             state.refilled_at = now;
             if state.tokens < 1.0 {
                 return Err(Refusal::RateExceeded);

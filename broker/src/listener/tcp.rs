@@ -89,7 +89,10 @@ pub async fn accept_loop(broker: Broker, listener: TcpListener, transport: Arc<T
         if transport.kind == ListenerKind::Tcp {
             tokio::spawn(async move {
                 let (reader, writer) = stream.into_split();
-                let info = PeerInfo { addr: peer, cert_username: None };
+                let info = PeerInfo {
+                    addr: peer,
+                    cert_username: None,
+                };
                 connection::serve_with(broker, reader, writer, info).await;
                 drop(permit);
                 drop(admission);
@@ -105,8 +108,9 @@ pub async fn accept_loop(broker: Broker, listener: TcpListener, transport: Arc<T
 }
 
 async fn handle(broker: Broker, stream: TcpStream, peer: SocketAddr, transport: &Transport) {
-    let timeout = Duration::from_millis(broker.config.limits.connect_timeout_ms);
-    let max_packet = broker.config.limits.max_packet_size_bytes;
+    let limits = broker.limits();
+    let timeout = Duration::from_millis(limits.connect_timeout_ms);
+    let max_packet = limits.max_packet_size_bytes;
     let info = PeerInfo {
         addr: peer,
         cert_username: None,

@@ -32,6 +32,7 @@ struct Entries<K, V> {
     items: Vec<(K, V)>,
     /// Position of each key in `items`; built only once `items` is large, and boxed because
     /// every node holds two entry sets.
+    #[allow(clippy::box_collection)] // 8 bytes instead of 48 in every node's two sets
     index: Option<Box<HashMap<K, usize>>>,
 }
 

@@ -94,6 +94,8 @@ pub struct Link {
     pub generation: u64,
     /// Kicks the connection (takeover, slow consumer).
     pub control: Arc<ConnControl>,
+    /// The user name the connection authenticated as (ACL reload re-derives from it).
+    pub username: Option<ByteStr>,
 }
 
 /// A QoS 1/2 message waiting for the window (or for the client to come back).
@@ -163,6 +165,12 @@ impl Delivery {
             max_queued_messages,
             max_queued_bytes,
         }
+    }
+
+    /// The user name of the attached connection: `None` when offline, `Some(None)` for an
+    /// anonymous client.
+    pub fn link_username(&self) -> Option<Option<ByteStr>> {
+        self.link.as_ref().map(|link| link.username.clone())
     }
 
     /// Whether a connection is attached.

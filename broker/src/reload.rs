@@ -1,0 +1,116 @@
+//! Live reload (SIGHUP, or `systemctl reload`): re-read the configuration file and put in
+//! force what can change without a restart:
+//! - the password and ACL files (`[auth]`): new connections authenticate against the new
+//!   files; connected clients get their ACL re-derived (their subscriptions are re-checked
+//!   at once, their PUBLISH packets from their next one);
+//! - `[limits]`: for new connections and the broker-wide checks (per-IP limits, connect
+//!   timeout, slow-consumer timeout); connected clients keep the limits they connected
+//!   under; `max_connections` needs a restart;
+//! - `[log] level`.
+//!
+//! An invalid new configuration changes nothing: the old one stays in force and the error
+//! says why. Changes that need a restart (listeners, `[http]`, `[session]`, `[sys]`,
+//! `max_connections`, the log format) are reported, not applied.
+
+use std::path::Path;
+
+use crate::auth::AuthState;
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::connection::auth_hooks;
+
+/// Why a reload was refused (the old configuration stays in force).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file did not load or validate.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The password or ACL file did not load.
+    #[error("[auth]: {0}")]
+    Auth(#[from] crate::auth::AuthError),
+    /// The new log level is not a valid filter.
+    #[error("log.level: {0}")]
+    LogLevel(String),
+}
+
+/// What a reload did.
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    /// Settings that changed but need a restart to take effect.
+    pub needs_restart: Vec<&'static str>,
+    /// Connected sessions whose subscriptions were re-checked against the new ACL.
+    pub sessions_rechecked: usize,
+}
+
+/// Reloads from `path` (or the embedded defaults), applying the log level with `set_log_level`.
+///
+/// # Errors
+/// [`ReloadError`]; nothing was changed then.
+pub fn reload(
+    broker: &Broker,
+    path: Option<&Path>,
+    set_log_level: &dyn Fn(&str) -> Result<(), String>,
+) -> Result<ReloadReport, ReloadError> {
+    let new = Config::load(path)?;
+    let auth = AuthState::load(&new.auth)?;
+    set_log_level(&new.log.level).map_err(ReloadError::LogLevel)?;
+    let mut report = ReloadReport {
+        needs_restart: restart_only_changes(&broker.config, &new),
+        ..Default::default()
+    };
+    broker.set_limits(new.limits.clone());
+    broker.auth.replace(auth);
+    report.sessions_rechecked = recheck_subscriptions(broker);
+    Ok(report)
+}
+
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let listeners = |c: &Config| format!("{:?}", c.listeners);
+    if listeners(old) != listeners(new) {
+        changed.push("listeners");
+    }
+    if format!("{:?}", old.http) != format!("{:?}", new.http) {
+        changed.push("http");
+    }
+    if format!("{:?}", old.session) != format!("{:?}", new.session) {
+        changed.push("session");
+    }
+    if format!("{:?}", old.sys) != format!("{:?}", new.sys) {
+        changed.push("sys");
+    }
+    if old.limits.max_connections != new.limits.max_connections {
+        changed.push("limits.max_connections");
+    }
+    if old.log.format != new.log.format {
+        changed.push("log.format");
+    }
+    changed
+}
+
+/// Re-derives the ACL of every connected session from the auth state now in force and
+/// re-checks its subscriptions. Offline sessions are re-checked when they resume.
+fn recheck_subscriptions(broker: &Broker) -> usize {
+    let sessions: Vec<_> = broker
+        .sessions
+        .iter()
+        .map(|entry| entry.value().clone())
+        .collect();
+    let state = broker.auth.current();
+    let mut rechecked = 0;
+    for session in sessions {
+        let username = {
+            let delivery = session.delivery();
+            match delivery.link_username() {
+                Some(username) => username,
+                None => continue, // offline
+            }
+        };
+        match state.client_acl(&session.client_id, username.as_deref()) {
+            Some(acl) => auth_hooks::reapply_acl(broker, &session, Some(&acl)),
+            None => auth_hooks::clear_read_checks(broker, &session),
+        }
+        rechecked += 1;
+    }
+    rechecked
+}

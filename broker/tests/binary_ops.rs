@@ -98,6 +98,25 @@ fn check_config_accepts_valid_and_names_what_is_wrong() {
     }
 }
 
+#[test]
+fn environment_overrides_the_file() {
+    let d = dir("env");
+    let good = d.join("good.toml");
+    std::fs::write(&good, "[limits]\nreceive_maximum = 10\n").expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .arg("check-config")
+        .arg(&good)
+        .env("TERN__LIMITS__RECEIVE_MAXIMUM", "0")
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "TERN__LIMITS__RECEIVE_MAXIMUM=0 must override the file"
+    );
+    assert!(text.contains("limits.receive_maximum"), "{text}");
+}
+
 /// A running `tern` with its stderr lines forwarded to a channel.
 struct Broker {
     child: Child,

@@ -77,11 +77,7 @@ pub(super) fn client_acl(
 /// are removed; the others get this connection's ACL for their delivery checks.
 pub(crate) fn reapply_acl(broker: &Broker, session: &Arc<Session>, acl: Option<&Arc<ClientAcl>>) {
     let Some(acl) = acl else { return };
-    let current: Vec<_> = session
-        .subscriptions()
-        .iter()
-        .map(|(filter, record)| (filter.clone(), *record))
-        .collect();
+    let current = session.subscription_snapshot();
     for (filter, record) in current {
         match acl.check_subscribe(&filter) {
             SubscribeVerdict::Denied => {
@@ -109,11 +105,7 @@ pub(crate) fn reapply_acl(broker: &Broker, session: &Arc<Session>, acl: Option<&
 /// After a reload that removed the ACL file: every subscription of `session` is delivered
 /// without a read check again.
 pub(crate) fn clear_read_checks(broker: &Broker, session: &Arc<Session>) {
-    let current: Vec<_> = session
-        .subscriptions()
-        .iter()
-        .map(|(filter, record)| (filter.clone(), *record))
-        .collect();
+    let current = session.subscription_snapshot();
     for (filter, record) in current {
         broker.router.subscribe_checked(
             &filter,

@@ -49,30 +49,28 @@ impl SharedGroup {
     /// The member for the next message: round robin over the members that are online;
     /// when none is, the next member in turn (its session queues QoS 1/2 messages).
     pub fn pick(&self) -> Option<SubEntry> {
-        let members = self.members.read().unwrap_or_else(|p| p.into_inner());
-        let n = members.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
-        (0..n)
-            .map(|k| &members[(start + k) % n])
-            .find(|m| m.session.delivery().is_online())
-            .or_else(|| members.get(start))
-            .cloned()
+        self.next_online(None, true)
     }
 
     /// An online member other than `except`, for messages a leaving member still held.
     pub fn pick_other(&self, except: u64) -> Option<SubEntry> {
+        self.next_online(Some(except), false)
+    }
+
+    /// Round robin from the cursor: the first online member that is not `except`; with
+    /// `or_any`, the member at the cursor when none is online.
+    fn next_online(&self, except: Option<u64>, or_any: bool) -> Option<SubEntry> {
         let members = self.members.read().unwrap_or_else(|p| p.into_inner());
         let n = members.len();
         if n == 0 {
             return None;
         }
         let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
-        (0..n)
+        let online = (0..n)
             .map(|k| &members[(start + k) % n])
-            .find(|m| m.session.id != except && m.session.delivery().is_online())
+            .find(|m| Some(m.session.id) != except && m.session.delivery().is_online());
+        online
+            .or_else(|| members.get(start).filter(|_| or_any))
             .cloned()
     }
 }

@@ -89,6 +89,14 @@ impl Session {
         lock(&self.subscriptions)
     }
 
+    /// A copy of the subscription list, to work through without holding its lock.
+    pub fn subscription_snapshot(&self) -> Vec<(Arc<str>, SubscriptionRecord)> {
+        self.subscriptions()
+            .iter()
+            .map(|(filter, record)| (filter.clone(), *record))
+            .collect()
+    }
+
     /// Locks the inbound QoS 2 state.
     pub fn incoming_qos2(&self) -> MutexGuard<'_, HashSet<u16>> {
         lock(&self.incoming_qos2)

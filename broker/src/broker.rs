@@ -150,7 +150,8 @@ impl Broker {
             limits.max_connections_per_ip,
             limits.max_connect_rate_per_ip,
         );
-        self.slow_consumer_timeout_ms.store(limits.slow_consumer_timeout_ms, Ordering::Relaxed);
+        self.slow_consumer_timeout_ms
+            .store(limits.slow_consumer_timeout_ms, Ordering::Relaxed);
         *self.limits.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(limits);
     }
 

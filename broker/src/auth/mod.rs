@@ -176,7 +176,8 @@ impl Auth {
     pub fn replace(&self, state: AuthState) -> Arc<AuthState> {
         let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
         let previous = std::mem::replace(&mut *guard, Arc::new(state));
-        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         previous
     }
 

@@ -376,3 +376,28 @@ async fn next_line(
         .expect("read")
         .expect("curl stream open")
 }
+
+/// The lean path answers a connection that starts with `GET /sse` (close-delimited body);
+/// hyper answers `/sse` as a later request on a kept-alive connection (chunked). Both send
+/// the same events.
+#[tokio::test]
+async fn lean_path_and_hyper_path_send_the_same_events() {
+    let broker = TestBroker::start().await;
+    let http = broker.running.http_addr.expect("http");
+    let mut lean = SseClient::open(http, "/sse?filter=both", &[]).await;
+    assert!(!lean.chunked);
+    assert_eq!(lean.header("connection").as_deref(), Some("close"));
+    let mut hyper = SseClient::open_second(http, "/sse?filter=both").await;
+    assert_eq!(hyper.status, 200);
+    assert!(hyper.chunked, "{}", hyper.head);
+    lean.next().await;
+    hyper.next().await;
+    publisher(&broker)
+        .await
+        .publish("both", b"x", QoS::AtLeastOnce, false)
+        .await;
+    let (a, b) = (lean.next_event().await, hyper.next_event().await);
+    assert_eq!(a.id, b.id, "one ring, one id");
+    assert_eq!(a.data, b.data);
+    broker.running.stop().await;
+}

@@ -78,9 +78,9 @@ impl Identity {
 ///
 /// # Errors
 /// A 401 response (counted in `auth_failures`).
-pub async fn authenticate(
+pub async fn authenticate<B>(
     broker: &Broker,
-    request: &Request<Incoming>,
+    request: &Request<B>,
 ) -> Result<Identity, Box<Response<Body>>> {
     let (username, password) = match credentials(request) {
         Some((user, password)) => (Some(user), Some(password)),
@@ -107,7 +107,7 @@ pub async fn authenticate(
 }
 
 /// `user:password` from `Authorization: Basic`, `Authorization: Bearer` or `?token=`.
-fn credentials(request: &Request<Incoming>) -> Option<(String, String)> {
+fn credentials<B>(request: &Request<B>) -> Option<(String, String)> {
     let from_header = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -141,9 +141,9 @@ fn credentials(request: &Request<Incoming>) -> Option<(String, String)> {
 ///
 /// # Errors
 /// The 403 response.
-pub fn check_origin(
+pub fn check_origin<B>(
     broker: &Broker,
-    request: &Request<Incoming>,
+    request: &Request<B>,
 ) -> Result<Option<HeaderValue>, Box<Response<Body>>> {
     let Some(origin) = request.headers().get(header::ORIGIN) else {
         return Ok(None);
@@ -163,7 +163,7 @@ pub fn check_origin(
     Ok(None)
 }
 
-fn same_origin(request: &Request<Incoming>, origin: &str) -> bool {
+fn same_origin<B>(request: &Request<B>, origin: &str) -> bool {
     let host = request
         .headers()
         .get(header::HOST)

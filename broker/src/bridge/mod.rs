@@ -1,7 +1,8 @@
 //! Bridges: live topics for browsers and plain HTTP clients on the HTTP listener, from the
 //! same routed stream as MQTT.
 //!
-//! - [`sse`]: `GET /sse?filter=..`, Server-Sent Events.
+//! - [`sse`]: `GET /sse?filter=..`, Server-Sent Events; [`sse_raw`] serves connections that
+//!   start with that request without hyper, so an idle subscriber stays small.
 //! - [`ws_json`]: `GET /ws`, a WebSocket JSON API (subscribe, unsubscribe, publish).
 //! - [`mqtt_ws`]: `GET /mqtt`, MQTT over WebSocket through the ordinary connection driver.
 //! - [`dashboard`]: `GET /` (a live page) and `GET /api/stats`.
@@ -21,6 +22,7 @@ pub mod dashboard;
 pub mod mqtt_ws;
 pub mod ring;
 pub mod sse;
+pub mod sse_raw;
 pub mod ws_json;
 
 use std::collections::HashMap;

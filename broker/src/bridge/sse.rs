@@ -39,7 +39,7 @@ const OPENING: &[u8] = b": tern\nretry: 2000\n\n";
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 
 /// One subscriber: everything its stream holds between events.
-struct Subscriber {
+pub struct Subscriber {
     /// Keeps the client counted against `max_bridge_clients` while the stream lives.
     _slot: ClientSlot,
     lease: RingLease,
@@ -54,8 +54,41 @@ struct Subscriber {
     broker: Broker,
 }
 
-/// Serves `GET /sse`.
+/// Serves `GET /sse` through hyper (a connection whose first request was not `/sse`;
+/// the others take [`super::sse_raw`]).
 pub async fn handle(broker: &Broker, request: &Request<Incoming>) -> Response<Body> {
+    let subscriber = match open(broker, request).await {
+        Ok(subscriber) => subscriber,
+        Err(response) => return *response,
+    };
+    let events = stream::unfold(subscriber, |mut s| async move {
+        let frame = s.next_frame().await?;
+        Some((Ok::<_, Infallible>(Frame::data(frame)), s))
+    });
+    let body = StreamBody::new(events)
+        .map_err(|never| match never {})
+        .boxed();
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// Checks an SSE request (filters, credentials, read ACL, client limit) and attaches the
+/// subscriber to the ring of its filters.
+///
+/// # Errors
+/// The error response to send (400, 401, 403 or 503, with a JSON body).
+pub async fn open<B>(
+    broker: &Broker,
+    request: &Request<B>,
+) -> Result<Subscriber, Box<Response<Body>>> {
+    let refuse = |status, reason: &str| Box::new(json_error(status, reason));
     let mut filters = Vec::new();
     let mut retained = false;
     let mut last_event_id = request
@@ -71,28 +104,19 @@ pub async fn handle(broker: &Broker, request: &Request<Incoming>) -> Response<Bo
             _ => {}
         }
     }
-    if filters.len() > broker.config.http.max_filters_per_client {
-        let max = broker.config.http.max_filters_per_client;
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            &format!("at most {max} filters per client"),
-        );
+    let max = broker.config.http.max_filters_per_client;
+    if filters.len() > max {
+        let reason = format!("at most {max} filters per client");
+        return Err(refuse(StatusCode::BAD_REQUEST, &reason));
     }
-    let filters = match super::validate_filters(broker, filters) {
-        Ok(filters) => filters,
-        Err(reason) => return json_error(StatusCode::BAD_REQUEST, &reason),
-    };
-    let identity = match access::authenticate(broker, request).await {
-        Ok(identity) => identity,
-        Err(response) => return *response,
-    };
-    let read_check = match identity.read_check(broker, &filters) {
-        Ok(check) => check,
-        Err(reason) => return json_error(StatusCode::FORBIDDEN, &reason),
-    };
-    let Some(slot) = ClientSlot::acquire(broker) else {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "too many bridge clients");
-    };
+    let filters = super::validate_filters(broker, filters)
+        .map_err(|reason| refuse(StatusCode::BAD_REQUEST, &reason))?;
+    let identity = access::authenticate(broker, request).await?;
+    let read_check = identity
+        .read_check(broker, &filters)
+        .map_err(|reason| refuse(StatusCode::FORBIDDEN, &reason))?;
+    let slot = ClientSlot::acquire(broker)
+        .ok_or_else(|| refuse(StatusCode::SERVICE_UNAVAILABLE, "too many bridge clients"))?;
     let mut pending = VecDeque::from([Bytes::from_static(OPENING)]);
     if retained {
         retained_frames(broker, &filters, read_check.as_ref(), &mut pending);
@@ -113,7 +137,7 @@ pub async fn handle(broker: &Broker, request: &Request<Incoming>) -> Response<Bo
         }
     }
     let keepalive_every = Duration::from_millis(broker.config.http.sse_keepalive_ms.max(1));
-    let subscriber = Subscriber {
+    Ok(Subscriber {
         _slot: slot,
         lease,
         cursor,
@@ -123,23 +147,7 @@ pub async fn handle(broker: &Broker, request: &Request<Incoming>) -> Response<Bo
         keepalive_every,
         pending,
         broker: broker.clone(),
-    };
-    let events = stream::unfold(subscriber, |mut s| async move {
-        let frame = s.next_frame().await?;
-        Some((Ok::<_, Infallible>(Frame::data(frame)), s))
-    });
-    let body = StreamBody::new(events)
-        .map_err(|never| match never {})
-        .boxed();
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    })
 }
 
 /// The retained messages matching `filters`, one event each (without an id).
@@ -172,7 +180,7 @@ impl Subscriber {
     ///
     /// # Cancel safety
     /// Cancel safe: the cursor only moves when a frame is returned.
-    async fn next_frame(&mut self) -> Option<Bytes> {
+    pub async fn next_frame(&mut self) -> Option<Bytes> {
         loop {
             if let Some(frame) = self.pending.pop_front() {
                 return Some(frame);
@@ -214,6 +222,22 @@ impl Subscriber {
                     return Some(Bytes::from_static(KEEPALIVE));
                 }
             }
+        }
+    }
+
+    /// The next frame if one is ready now (for writing several at once).
+    pub fn try_frame(&mut self) -> Option<Bytes> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Some(frame);
+        }
+        let ring = self.lease.ring().clone();
+        match ring.next(&mut self.cursor) {
+            Next::Entry(entry) => Some(entry.sse),
+            Next::Lagged(missed) => {
+                Metrics::add(&self.broker.metrics.bridge_lagged_messages, missed);
+                Some(ring::lagged_sse(Some(missed)))
+            }
+            Next::Empty => None,
         }
     }
 

@@ -88,15 +88,24 @@ pub async fn accept_loop(broker: Broker, listener: TcpListener) {
         let _ = stream.set_nodelay(true);
         let broker = broker.clone();
         tokio::spawn(async move {
+            // A connection whose first request is `GET /sse` takes the lean SSE path.
+            let Some(stream) =
+                crate::bridge::sse_raw::take(&broker, stream, peer, HEADER_TIMEOUT).await
+            else {
+                return;
+            };
             let service = service_fn(move |request| {
                 let broker = broker.clone();
                 async move { Ok::<_, Infallible>(route(broker, request, peer).await) }
             });
-            let connection = http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
+            // Boxed: the task's future stays small for SSE subscribers, which never get here.
+            let connection = Box::pin(
+                http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades(),
+            );
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
             }

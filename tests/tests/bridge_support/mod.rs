@@ -72,12 +72,33 @@ pub struct SseClient {
     pub status: u16,
     /// Response head.
     pub head: String,
+    /// Whether the body is chunked (the hyper path) or close-delimited (the lean SSE path).
+    pub chunked: bool,
 }
 
 impl SseClient {
     /// Opens `path` (with query) with extra headers and reads the response head.
     pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> SseClient {
+        SseClient::open_inner(addr, path, headers, false).await
+    }
+
+    /// Like [`SseClient::open`], but the SSE request is the second on its connection (after
+    /// a `GET /health`), so hyper serves it rather than the lean SSE path.
+    pub async fn open_second(addr: SocketAddr, path: &str) -> SseClient {
+        SseClient::open_inner(addr, path, &[], true).await
+    }
+
+    async fn open_inner(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        after_health: bool,
+    ) -> SseClient {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
+        if after_health {
+            let health = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+            stream.write_all(health.as_bytes()).await.expect("write");
+        }
         let mut request =
             format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
         for (k, v) in headers {
@@ -91,7 +112,31 @@ impl SseClient {
             body: String::new(),
             status: 0,
             head: String::new(),
+            chunked: false,
         };
+        if after_health {
+            // Skip the /health response: its head, then content-length bytes.
+            let length = loop {
+                if let Some(end) = find(&client.raw, b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&client.raw[..end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .expect("content-length");
+                    client.raw.drain(..end + 4);
+                    break length;
+                }
+                assert!(
+                    client.read_more().await,
+                    "closed before the /health response"
+                );
+            };
+            while client.raw.len() < length {
+                assert!(client.read_more().await, "closed in the /health body");
+            }
+            client.raw.drain(..length);
+        }
         loop {
             if let Some(end) = find(&client.raw, b"\r\n\r\n") {
                 client.head = String::from_utf8_lossy(&client.raw[..end]).to_string();
@@ -106,6 +151,9 @@ impl SseClient {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .expect("status");
+        client.chunked = client
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
         client
     }
 
@@ -136,6 +184,16 @@ impl SseClient {
 
     /// Moves complete chunks from `raw` to `body`.
     fn dechunk(&mut self) {
+        if !self.chunked {
+            let complete = match std::str::from_utf8(&self.raw) {
+                Ok(text) => text.len(),
+                Err(e) => e.valid_up_to(),
+            };
+            let text: Vec<u8> = self.raw.drain(..complete).collect();
+            self.body
+                .push_str(std::str::from_utf8(&text).expect("UTF-8 body"));
+            return;
+        }
         loop {
             let Some(line_end) = find(&self.raw, b"\r\n") else {
                 return;

@@ -401,3 +401,37 @@ async fn lean_path_and_hyper_path_send_the_same_events() {
     assert_eq!(a.data, b.data);
     broker.running.stop().await;
 }
+
+/// Clients with the same filter set (in any order) share one ring; a ring outlives its last
+/// client by `ring_linger_ms`, then leaves the registry and the trie.
+#[tokio::test]
+async fn rings_are_shared_per_filter_set_and_reaped_after_linger() {
+    let broker = TestBroker::start_with(|c| c.http.ring_linger_ms = 100).await;
+    let http = broker.running.http_addr.expect("http");
+    let mut a = SseClient::open(http, "/sse?filter=x&filter=y/%23", &[]).await;
+    let mut b = SseClient::open(http, "/sse?filter=y/%23&filter=x&filter=x", &[]).await;
+    let mut c = SseClient::open(http, "/sse?filter=x", &[]).await;
+    for client in [&mut a, &mut b, &mut c] {
+        client.next().await;
+    }
+    let bridges = &broker.broker().bridges;
+    assert_eq!(bridges.ring_count(), 2);
+    assert_eq!(bridges.client_count(), 3);
+    assert_eq!(
+        broker.broker().router.len(),
+        3,
+        "two entries for {{x, y/#}}, one for {{x}}"
+    );
+    drop((a, b, c));
+    let mut gone = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if bridges.ring_count() == 0 && broker.broker().router.is_empty() {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "rings and trie entries removed after the linger time");
+    assert_eq!(bridges.client_count(), 0);
+    broker.running.stop().await;
+}

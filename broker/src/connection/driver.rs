@@ -10,10 +10,11 @@ use tern_codec::{
     Disconnect, Packet, PubAck, PubComp, PubRec, Publish, QoS, ReasonCode, SubAck, Subscribe,
     UnsubAck, Unsubscribe,
 };
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::io::PacketReader;
+use super::output::Output;
 use super::Connection;
 use crate::error::{Close, ProtocolError};
 use crate::message::Message;
@@ -25,9 +26,10 @@ const NO_DEADLINE: Duration = Duration::from_secs(86_400 * 365);
 
 impl Connection {
     /// Reads and handles packets until the connection ends; returns why.
-    pub(crate) async fn run<R: AsyncRead + Unpin>(
+    pub(crate) async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &mut self,
         reader: &mut PacketReader<R>,
+        output: &mut Output<W>,
     ) -> Close {
         let mut shutdown = self.broker.shutdown_signal();
         if *shutdown.borrow_and_update() {
@@ -37,6 +39,7 @@ impl Connection {
         let deadline = tokio::time::sleep(keep_alive.unwrap_or(NO_DEADLINE));
         tokio::pin!(deadline);
         let control = self.control.clone();
+        let out = self.out.clone();
         loop {
             let mut received = false;
             loop {
@@ -72,10 +75,17 @@ impl Connection {
                 }
                 continue;
             }
+            // Whatever this task and others appended since the last batch goes out next.
+            let writing = output.refill(&out);
             tokio::select! {
                 biased;
                 reason = control.kicked() => return Close::Kicked(reason),
                 _ = shutdown.changed() => return Close::Shutdown,
+                written = output.progress(), if writing => match written {
+                    Ok(n) => Metrics::add(&self.broker.metrics.bytes_sent, n as u64),
+                    Err(e) => return Close::Io(e),
+                },
+                _ = out.notified(), if !writing => {}
                 read = reader.read_more() => match read {
                     Ok(0) => return Close::PeerGone,
                     Ok(n) => Metrics::add(&self.broker.metrics.bytes_received, n as u64),

@@ -10,6 +10,7 @@ pub(crate) mod auth_hooks;
 mod driver;
 mod handshake;
 pub mod io;
+mod output;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ use crate::session::Session;
 use crate::will;
 
 use self::io::PacketReader;
+use self::output::Output;
 
 /// How long the writer may take to flush after the connection ends.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -73,22 +75,13 @@ where
     let peer = info.addr;
     let limits = broker.limits();
     let out = Arc::new(SharedWriter::new(limits.writer_cap_bytes));
-    let writer_task = {
-        let out = out.clone();
-        let broker = broker.clone();
-        tokio::spawn(async move {
-            let sent = &broker.metrics.bytes_sent;
-            if let Err(e) = out.run(writer, |n| Metrics::add(sent, n as u64)).await {
-                tracing::debug!(%peer, error = %e, "write failed");
-            }
-        })
-    };
+    let mut output = Output::new(writer);
     let mut reader = PacketReader::new(reader, limits.max_packet_size_bytes);
     drop(limits);
     let mut flush_timeout = FLUSH_TIMEOUT;
     match handshake::connect(&broker, &mut reader, &out, &info).await {
         Ok(mut connection) => {
-            let close = connection.run(&mut reader).await;
+            let close = connection.run(&mut reader, &mut output).await;
             if matches!(&close, Close::Kicked(reason) if *reason == tern_codec::ReasonCode::QUOTA_EXCEEDED)
             {
                 // A slow consumer does not read: waiting for its socket to drain would only
@@ -107,15 +100,11 @@ where
         }
     }
     out.close();
-    let mut writer_task = writer_task;
-    if tokio::time::timeout(flush_timeout, &mut writer_task)
-        .await
-        .is_err()
-    {
-        // Dropping the handle would not stop the task, which would then hold the socket
-        // open for as long as the peer does not read.
-        writer_task.abort();
-        tracing::debug!(%peer, "writer did not flush in time");
+    match tokio::time::timeout(flush_timeout, output.finish(&out)).await {
+        Ok(Ok(n)) => Metrics::add(&broker.metrics.bytes_sent, n as u64),
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "final write failed"),
+        // The peer does not read: give up rather than hold the connection open.
+        Err(_) => tracing::debug!(%peer, "output did not flush in time"),
     }
 }
 

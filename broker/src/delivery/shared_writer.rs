@@ -151,6 +151,14 @@ impl SharedWriter {
         self.wake.notify_one();
     }
 
+    /// Completes at the next append that makes an empty buffer non-empty (or at `close`).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a wake-up that comes while nobody waits is kept as a permit.
+    pub async fn notified(&self) {
+        self.wake.notified().await;
+    }
+
     /// Since when the buffer has been over its cap without draining, if it is.
     pub fn over_cap_since(&self) -> Option<Instant> {
         self.lock().state.over_cap_since
@@ -158,7 +166,7 @@ impl SharedWriter {
 
     /// Swaps the pending bytes into `out` (which must be empty). Returns `false` when the
     /// writer is closed and nothing is left.
-    fn take(&self, out: &mut BytesMut) -> bool {
+    pub fn take(&self, out: &mut BytesMut) -> bool {
         let mut guard = self.lock();
         std::mem::swap(&mut guard.state.buf, out);
         if out.len() < self.cap_bytes {

@@ -52,6 +52,10 @@ pub struct Inner {
     limits: std::sync::RwLock<Arc<crate::config::Limits>>,
     /// `limits.slow_consumer_timeout_ms`, read on every delivery: an atomic, not the lock.
     slow_consumer_timeout_ms: AtomicU64,
+    /// `limits.backpressure_queued_messages`, read on every delivery.
+    backpressure_queued_messages: std::sync::atomic::AtomicUsize,
+    /// Wakes publishers held back by slow subscribers ([`crate::backpressure`]).
+    pub relief: crate::backpressure::Relief,
     /// Time to store and route one received PUBLISH (seconds).
     pub route_latency: prometheus_client::metrics::histogram::Histogram,
     /// Per-IP connection count and connect rate.
@@ -104,6 +108,10 @@ impl Broker {
                 started_at: Instant::now(),
                 limits: std::sync::RwLock::new(Arc::new(config.limits.clone())),
                 slow_consumer_timeout_ms: AtomicU64::new(config.limits.slow_consumer_timeout_ms),
+                backpressure_queued_messages: std::sync::atomic::AtomicUsize::new(
+                    config.limits.backpressure_queued_messages,
+                ),
+                relief: crate::backpressure::Relief::default(),
                 route_latency: prometheus_client::metrics::histogram::Histogram::new(
                     prometheus_client::metrics::histogram::exponential_buckets(1e-6, 4.0, 10),
                 ),
@@ -150,6 +158,8 @@ impl Broker {
             limits.max_connections_per_ip,
             limits.max_connect_rate_per_ip,
         );
+        self.backpressure_queued_messages
+            .store(limits.backpressure_queued_messages, Ordering::Relaxed);
         self.slow_consumer_timeout_ms
             .store(limits.slow_consumer_timeout_ms, Ordering::Relaxed);
         *self.limits.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(limits);
@@ -163,6 +173,7 @@ impl Broker {
             slow_consumer_timeout: Duration::from_millis(
                 self.slow_consumer_timeout_ms.load(Ordering::Relaxed),
             ),
+            backpressure_queued_messages: self.backpressure_queued_messages.load(Ordering::Relaxed),
         }
     }
 

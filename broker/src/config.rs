@@ -120,6 +120,10 @@ pub struct Limits {
     pub max_queued_messages: usize,
     pub max_queued_bytes: usize,
     pub writer_cap_bytes: usize,
+    pub writer_soft_cap_bytes: usize,
+    pub socket_send_buffer_bytes: usize,
+    pub backpressure_max_wait_ms: u64,
+    pub backpressure_queued_messages: usize,
     pub slow_consumer_timeout_ms: u64,
     pub max_topic_levels: usize,
     pub max_topic_length_bytes: usize,
@@ -373,6 +377,13 @@ impl Config {
                 "limits.max_topic_levels",
                 "0".into(),
                 "at least 1",
+            ));
+        }
+        if l.writer_soft_cap_bytes == 0 || l.writer_soft_cap_bytes > l.writer_cap_bytes {
+            return Err(out_of_range(
+                "limits.writer_soft_cap_bytes",
+                l.writer_soft_cap_bytes.to_string(),
+                "1 to limits.writer_cap_bytes",
             ));
         }
         if l.connect_timeout_ms == 0 {

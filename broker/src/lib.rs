@@ -15,6 +15,7 @@
 //! - [`broker`]: the shared state tying these together; [`metrics`], [`error`].
 
 pub mod auth;
+pub mod backpressure;
 pub mod bridge;
 pub mod broker;
 pub mod config;

@@ -33,6 +33,10 @@ counters! {
     subscriptions_refused_quota,
     /// Times a client's reading was paused for `max_publish_rate_per_client`.
     publish_throttled,
+    /// Times a publisher stopped reading to let its subscribers drain.
+    backpressure_waits,
+    /// Subscribers marked slow after not draining within `backpressure_max_wait_ms`.
+    backpressure_slow_consumers,
     /// HTTP requests served.
     http_requests,
     /// TLS handshakes that failed or timed out.

@@ -49,8 +49,8 @@ impl Connection {
                         if let Err(close) = self.handle(packet) {
                             return close;
                         }
-                        if self.rate.resume_at.is_some() {
-                            break; // the rest waits in the buffer until the bucket refills
+                        if self.rate.resume_at.is_some() || self.scratch.has_pressure() {
+                            break; // the rest waits in the buffer until we may go on
                         }
                     }
                     Ok(None) => break,
@@ -61,6 +61,14 @@ impl Connection {
                 if let Some(timeout) = keep_alive {
                     deadline.as_mut().reset(Instant::now() + timeout);
                 }
+            }
+            if self.scratch.has_pressure() {
+                self.wait_for_subscribers(&out).await;
+                if let Some(timeout) = keep_alive {
+                    deadline.as_mut().reset(Instant::now() + timeout);
+                }
+                // Packets may be waiting in the buffer: handle them before reading more.
+                continue;
             }
             if let Some(resume_at) = self.rate.resume_at.take() {
                 // Over max_publish_rate_per_client: stop reading until the bucket refills.
@@ -77,6 +85,9 @@ impl Connection {
             }
             // Whatever this task and others appended since the last batch goes out next.
             let writing = output.refill(&out);
+            if writing {
+                self.broker.relief.relieve(); // publishers waiting for us may go on
+            }
             tokio::select! {
                 biased;
                 reason = control.kicked() => return Close::Kicked(reason),
@@ -105,6 +116,7 @@ impl Connection {
             Packet::PubAck(ack) => {
                 let ctx = self.broker.deliver_ctx(Instant::now());
                 self.session.delivery().handle_puback(ack.packet_id, ctx);
+                self.broker.relief.relieve(); // our queue may have moved on
             }
             Packet::PubRec(rec) => {
                 let ctx = self.broker.deliver_ctx(Instant::now());
@@ -115,6 +127,7 @@ impl Connection {
             Packet::PubComp(comp) => {
                 let ctx = self.broker.deliver_ctx(Instant::now());
                 self.session.delivery().handle_pubcomp(comp.packet_id, ctx);
+                self.broker.relief.relieve();
             }
             Packet::PubRel(rel) => {
                 // [MQTT-4.3.3-12]: release the id; PUBCOMP (0x92 when it was unknown).
@@ -420,5 +433,33 @@ async fn pause_until(
         reason = control.kicked() => Some(Close::Kicked(reason)),
         _ = shutdown.changed() => Some(Close::Shutdown),
         _ = tokio::time::sleep_until(resume_at) => None,
+    }
+}
+
+impl Connection {
+    /// Back-pressure: stops reading until the subscribers this client's messages left
+    /// behind have drained, for at most `backpressure_max_wait_ms` ([`crate::backpressure`]).
+    /// Boxed: the wait's state costs memory only while a publisher waits.
+    async fn wait_for_subscribers(
+        &mut self,
+        own: &std::sync::Arc<crate::delivery::shared_writer::SharedWriter>,
+    ) {
+        let mut pressure = self.scratch.take_pressure();
+        // Never wait for ourselves: our own output is written by this very task.
+        pressure.retain(|p| !std::sync::Arc::ptr_eq(&p.writer, own));
+        if pressure.is_empty() {
+            return;
+        }
+        Metrics::add(&self.broker.metrics.backpressure_waits, 1);
+        let max_wait = Duration::from_millis(self.limits.backpressure_max_wait_ms);
+        let bound = self.limits.backpressure_queued_messages;
+        let slow = Box::pin(self.broker.relief.wait(&pressure, bound, max_wait)).await;
+        if slow > 0 {
+            Metrics::add(
+                &self.broker.metrics.backpressure_slow_consumers,
+                slow as u64,
+            );
+            tracing::debug!(client_id = %self.client_id, slow, "subscribers did not drain in time: marked slow");
+        }
     }
 }

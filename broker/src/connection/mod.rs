@@ -74,7 +74,10 @@ where
 {
     let peer = info.addr;
     let limits = broker.limits();
-    let out = Arc::new(SharedWriter::new(limits.writer_cap_bytes));
+    let out = Arc::new(SharedWriter::with_soft_cap(
+        limits.writer_cap_bytes,
+        limits.writer_soft_cap_bytes,
+    ));
     let mut output = Output::new(writer);
     let mut reader = PacketReader::new(reader, limits.max_packet_size_bytes);
     drop(limits);

@@ -17,6 +17,8 @@ use std::sync::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
 use bytes::BytesMut;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use tokio::sync::Notify;
 
 /// Buffers above this capacity are dropped instead of kept after a flush, so an idle
@@ -31,6 +33,13 @@ pub struct SharedWriter {
     wake: Notify,
     /// Byte cap for QoS 0 appends.
     cap_bytes: usize,
+    /// Above this many buffered bytes, publishers hold back (see [`crate::backpressure`]).
+    soft_cap_bytes: usize,
+    /// Buffered bytes, mirrored out of the lock for the publishers' pressure check.
+    len: AtomicUsize,
+    /// The consumer did not drain within a publisher's wait: publishers stop waiting for
+    /// it (its QoS 0 messages beyond the cap are dropped instead) until it catches up.
+    slow: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -85,6 +94,9 @@ impl WriteGuard<'_> {
 
 impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
+        self.writer
+            .len
+            .store(self.state.buf.len(), Ordering::Relaxed);
         let now_non_empty = !self.state.buf.is_empty();
         if self.was_empty && now_non_empty {
             self.writer.wake.notify_one();
@@ -93,8 +105,14 @@ impl Drop for WriteGuard<'_> {
 }
 
 impl SharedWriter {
-    /// An empty writer with a byte cap for QoS 0 appends.
+    /// An empty writer with a byte cap for QoS 0 appends (and a soft cap of a quarter of it).
     pub fn new(cap_bytes: usize) -> SharedWriter {
+        SharedWriter::with_soft_cap(cap_bytes, cap_bytes / 4)
+    }
+
+    /// An empty writer with a byte cap for QoS 0 appends and the buffered size above which
+    /// publishers wait for this consumer.
+    pub fn with_soft_cap(cap_bytes: usize, soft_cap_bytes: usize) -> SharedWriter {
         SharedWriter {
             state: Mutex::new(WriterState {
                 buf: BytesMut::new(),
@@ -103,7 +121,31 @@ impl SharedWriter {
             }),
             wake: Notify::new(),
             cap_bytes,
+            soft_cap_bytes,
+            len: AtomicUsize::new(0),
+            slow: AtomicBool::new(false),
         }
+    }
+
+    /// Whether publishers should wait for this consumer: more than the soft cap buffered,
+    /// and not marked slow.
+    pub fn is_pressing(&self) -> bool {
+        self.len.load(Ordering::Relaxed) > self.soft_cap_bytes && !self.slow.load(Ordering::Relaxed)
+    }
+
+    /// Whether the buffer holds no more than the soft cap.
+    pub fn is_relieved(&self) -> bool {
+        self.len.load(Ordering::Relaxed) <= self.soft_cap_bytes
+    }
+
+    /// Whether the consumer is marked slow (publishers do not wait for it).
+    pub fn is_slow(&self) -> bool {
+        self.slow.load(Ordering::Relaxed)
+    }
+
+    /// Marks the consumer slow: publishers no longer wait for it.
+    pub fn mark_slow(&self) {
+        self.slow.store(true, Ordering::Relaxed);
     }
 
     /// Locks the buffer for a batch of appends. Hold it only while encoding: never across
@@ -171,6 +213,10 @@ impl SharedWriter {
         std::mem::swap(&mut guard.state.buf, out);
         if out.len() < self.cap_bytes {
             guard.state.over_cap_since = None;
+        }
+        if out.len() <= self.soft_cap_bytes {
+            // Keeping up again: publishers may wait for it once more.
+            self.slow.store(false, Ordering::Relaxed);
         }
         // Keep the buffer we handed back small when idle.
         if guard.state.buf.capacity() > KEEP_CAPACITY_BYTES {

@@ -79,6 +79,15 @@ pub async fn accept_loop(broker: Broker, listener: TcpListener, transport: Arc<T
             drop(stream);
             continue;
         };
+        let send_buffer = broker.limits().socket_send_buffer_bytes;
+        if send_buffer > 0 {
+            // A bounded kernel send buffer keeps what waits for a slow reader in our
+            // SharedWriter, where back-pressure and the slow-consumer policy can see it,
+            // instead of megabytes of autotuned kernel buffer (seconds of latency).
+            if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer) {
+                tracing::debug!(%peer, error = %e, "cannot set SO_SNDBUF");
+            }
+        }
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }

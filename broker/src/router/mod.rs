@@ -14,6 +14,7 @@ use tern_codec::topic::split_shared;
 use tern_codec::{QoS, SubscriptionOptions};
 
 use crate::auth::ClientAcl;
+use crate::backpressure::Pressure;
 use crate::bridge::{self, ring::Ring};
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -77,6 +78,24 @@ pub struct RouteScratch {
     targets: Vec<Target>,
     subscription_ids: Vec<u32>,
     bridges: Vec<Arc<Ring>>,
+    /// Subscribers this publisher's messages left behind: it waits for them before reading
+    /// more ([`crate::backpressure`]).
+    pressure: Vec<Pressure>,
+}
+
+impl RouteScratch {
+    /// Whether some subscriber fell behind since the last [`RouteScratch::take_pressure`].
+    pub fn has_pressure(&self) -> bool {
+        !self.pressure.is_empty()
+    }
+
+    /// The subscribers that fell behind, each once.
+    pub fn take_pressure(&mut self) -> Vec<Pressure> {
+        let mut pressure = std::mem::take(&mut self.pressure);
+        pressure.sort_unstable_by_key(|p| Arc::as_ptr(&p.writer) as usize);
+        pressure.dedup_by(|a, b| Arc::ptr_eq(&a.writer, &b.writer));
+        pressure
+    }
 }
 
 /// The subscription table.
@@ -249,7 +268,8 @@ impl Router {
                     j += 1;
                 }
             }
-            first.session.delivery().deliver_via(
+            let mut delivery = first.session.delivery();
+            delivery.deliver_via(
                 message,
                 qos,
                 retain,
@@ -257,6 +277,13 @@ impl Router {
                 first.group.as_ref(),
                 ctx,
             );
+            if let Some(writer) = delivery.pressure(ctx) {
+                scratch.pressure.push(Pressure {
+                    session: first.session.clone(),
+                    writer: writer.clone(),
+                });
+            }
+            drop(delivery);
             delivered += 1;
             i = j;
         }

@@ -128,6 +128,8 @@ pub struct DeliverCtx<'a> {
     pub now: Instant,
     /// How long a writer may stay over its cap before the client is disconnected.
     pub slow_consumer_timeout: Duration,
+    /// A queue this long behind the window holds publishers back.
+    pub backpressure_queued_messages: usize,
 }
 
 /// What happened to one write.
@@ -176,6 +178,15 @@ impl Delivery {
     /// Whether a connection is attached.
     pub fn is_online(&self) -> bool {
         self.link.is_some()
+    }
+
+    /// The writer publishers should wait for, if this session is falling behind: its buffer
+    /// over the soft cap, or its queue at the back-pressure bound (and not marked slow).
+    pub fn pressure(&self, ctx: DeliverCtx<'_>) -> Option<&Arc<SharedWriter>> {
+        let link = self.link.as_ref()?;
+        let queue_long = self.queue.len() >= ctx.backpressure_queued_messages;
+        (link.writer.is_pressing() || (queue_long && !link.writer.is_slow()))
+            .then_some(&link.writer)
     }
 
     /// Number of queued messages.

@@ -1,0 +1,79 @@
+//! Publisher back-pressure: a publisher whose messages fill a subscriber's output buffer past
+//! its soft cap (or a subscriber's QoS 1/2 queue past a bound) stops reading from its socket
+//! until those subscribers drain, for at most `backpressure_max_wait_ms`. A subscriber that
+//! does not drain in that time is marked slow and no longer holds publishers back: its QoS 0
+//! messages beyond the hard cap are dropped and counted, and a client stuck past the cap is
+//! disconnected (0x97). So a fast publisher is slowed to what its subscribers absorb instead
+//! of losing messages or queueing seconds of them, and one stuck consumer costs a publisher
+//! at most one wait.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::delivery::shared_writer::SharedWriter;
+use crate::session::Session;
+
+/// One subscriber a publisher waits for.
+#[derive(Debug, Clone)]
+pub struct Pressure {
+    /// Its session (for the queue bound).
+    pub session: Arc<Session>,
+    /// Its output buffer.
+    pub writer: Arc<SharedWriter>,
+}
+
+/// Broker-wide wake-ups for waiting publishers: consumers call [`Relief::relieve`] when they
+/// take a batch or their queue shrinks; it costs one atomic load when nobody waits.
+#[derive(Debug, Default)]
+pub struct Relief {
+    notify: Notify,
+    waiters: AtomicUsize,
+}
+
+impl Relief {
+    /// Wakes every waiting publisher to re-check its subscribers.
+    #[inline]
+    pub fn relieve(&self) {
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Waits until every subscriber in `pressure` has drained to its soft cap and its queue
+    /// below `queue_bound`, or `max_wait` has passed; those still behind are marked slow.
+    /// Returns how many were marked slow.
+    pub async fn wait(
+        &self,
+        pressure: &[Pressure],
+        queue_bound: usize,
+        max_wait: Duration,
+    ) -> usize {
+        let deadline = Instant::now() + max_wait;
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        let mut slow = 0;
+        for p in pressure {
+            loop {
+                let notified = self.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if p.writer.is_relieved() && p.session.delivery().queued() < queue_bound {
+                    break;
+                }
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep_until(deadline) => {
+                        p.writer.mark_slow();
+                        slow += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        self.waiters.fetch_sub(1, Ordering::Relaxed);
+        slow
+    }
+}

@@ -90,13 +90,15 @@ pub(crate) fn reapply_acl(broker: &Broker, session: &Arc<Session>, acl: Option<&
             }
             verdict => {
                 let check = (verdict == SubscribeVerdict::Filtered).then(|| acl.clone());
-                broker.router.subscribe_checked(
+                if broker.router.subscribe_checked(
                     &filter,
                     session,
                     record.options,
                     record.subscription_id,
                     check,
-                );
+                ) {
+                    Metrics::add(&broker.metrics.subscriptions, 1);
+                }
             }
         }
     }
@@ -107,13 +109,15 @@ pub(crate) fn reapply_acl(broker: &Broker, session: &Arc<Session>, acl: Option<&
 pub(crate) fn clear_read_checks(broker: &Broker, session: &Arc<Session>) {
     let current = session.subscription_snapshot();
     for (filter, record) in current {
-        broker.router.subscribe_checked(
+        if broker.router.subscribe_checked(
             &filter,
             session,
             record.options,
             record.subscription_id,
             None,
-        );
+        ) {
+            Metrics::add(&broker.metrics.subscriptions, 1);
+        }
     }
 }
 

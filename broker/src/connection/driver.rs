@@ -318,14 +318,14 @@ impl Connection {
                 .subscriptions()
                 .insert(Arc::from(&**filter), record)
                 .is_some();
-            self.broker.router.subscribe_checked(
+            let added = self.broker.router.subscribe_checked(
                 filter,
                 &self.session,
                 *options,
                 subscription_id,
                 read_check.clone(),
             );
-            if !existed {
+            if added {
                 Metrics::add(&self.broker.metrics.subscriptions, 1);
             }
             reason_codes.push(ReasonCode(options.qos as u8));

@@ -114,15 +114,16 @@ impl Router {
     }
 
     /// Adds or replaces `session`'s subscription to `filter` (validated; may be
-    /// `$share/{group}/{filter}`).
+    /// `$share/{group}/{filter}`). Returns whether it is new (the `subscriptions` gauge
+    /// follows the router: +1 here when new, -1 when [`Router::unsubscribe`] removes one).
     pub fn subscribe(
         &self,
         filter: &str,
         session: &Arc<Session>,
         options: SubscriptionOptions,
         subscription_id: Option<u32>,
-    ) {
-        self.subscribe_checked(filter, session, options, subscription_id, None);
+    ) -> bool {
+        self.subscribe_checked(filter, session, options, subscription_id, None)
     }
 
     /// [`Router::subscribe`] with a read check applied to each message before it is
@@ -134,7 +135,7 @@ impl Router {
         options: SubscriptionOptions,
         subscription_id: Option<u32>,
         read_check: Option<Arc<ClientAcl>>,
-    ) {
+    ) -> bool {
         let entry = SubEntry {
             session: session.clone(),
             options,
@@ -146,17 +147,18 @@ impl Router {
                 let mut trie = self.write();
                 let key = SubKey::Group(Arc::from(group));
                 if let Some(SubValue::Group(existing)) = trie.get(inner, &key) {
-                    existing.upsert(entry);
+                    existing.upsert(entry)
                 } else {
                     let group = Arc::new(SharedGroup::default());
                     group.upsert(entry);
                     trie.insert(inner, key, SubValue::Group(group));
+                    true
                 }
             }
-            _ => {
-                self.write()
-                    .insert(filter, SubKey::Session(session.id), SubValue::Direct(entry));
-            }
+            _ => self
+                .write()
+                .insert(filter, SubKey::Session(session.id), SubValue::Direct(entry))
+                .is_none(),
         }
     }
 

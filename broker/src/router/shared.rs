@@ -17,14 +17,21 @@ pub struct SharedGroup {
 
 impl SharedGroup {
     /// Adds a member or replaces its options.
-    pub fn upsert(&self, entry: SubEntry) {
+    /// Returns whether the session was not a member before.
+    pub fn upsert(&self, entry: SubEntry) -> bool {
         let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
         match members
             .iter_mut()
             .find(|m| m.session.id == entry.session.id)
         {
-            Some(existing) => *existing = entry,
-            None => members.push(entry),
+            Some(existing) => {
+                *existing = entry;
+                false
+            }
+            None => {
+                members.push(entry);
+                true
+            }
         }
     }
 

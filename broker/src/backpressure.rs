@@ -1,7 +1,8 @@
 //! Publisher back-pressure: a publisher whose messages fill a subscriber's output buffer past
 //! its soft cap (or a subscriber's QoS 1/2 queue past a bound) stops reading from its socket
-//! until those subscribers drain, for at most `backpressure_max_wait_ms`. A subscriber that
-//! does not drain in that time is marked slow and no longer holds publishers back: its QoS 0
+//! until those subscribers drain, for at most `backpressure_max_wait_ms` when the others drain
+//! (up to ten times that when all of them lag alike). A subscriber that falls behind the rest
+//! is marked slow and no longer holds publishers back: its QoS 0
 //! messages beyond the hard cap are dropped and counted, and a client stuck past the cap is
 //! disconnected (0x97). So a fast publisher is slowed to what its subscribers absorb instead
 //! of losing messages or queueing seconds of them, and one stuck consumer costs a publisher
@@ -44,35 +45,47 @@ impl Relief {
     }
 
     /// Waits until every subscriber in `pressure` has drained to its soft cap and its queue
-    /// below `queue_bound`, or `max_wait` has passed; those still behind are marked slow.
-    /// Returns how many were marked slow.
+    /// below `queue_bound`. Past `max_wait`, the ones still behind are marked slow, but only
+    /// if most of the others drained (they are slow *relative* to the rest); when all are
+    /// behind alike, the consumers as a whole are the bottleneck and the publisher keeps
+    /// waiting, up to ten times `max_wait`. Returns how many were marked slow.
     pub async fn wait(
         &self,
         pressure: &[Pressure],
         queue_bound: usize,
         max_wait: Duration,
     ) -> usize {
-        let deadline = Instant::now() + max_wait;
+        let started = Instant::now();
+        let hard_deadline = started + max_wait * 10;
+        let mut deadline = started + max_wait;
         self.waiters.fetch_add(1, Ordering::Relaxed);
-        let mut slow = 0;
-        for p in pressure {
-            loop {
-                let notified = self.notify.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if p.writer.is_relieved() && p.session.delivery().queued() < queue_bound {
-                    break;
-                }
-                tokio::select! {
-                    _ = &mut notified => {}
-                    _ = tokio::time::sleep_until(deadline) => {
-                        p.writer.mark_slow();
-                        slow += 1;
-                        break;
-                    }
-                }
+        let behind =
+            |p: &Pressure| !(p.writer.is_relieved() && p.session.delivery().queued() < queue_bound);
+        let slow = loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let lagging = pressure.iter().filter(|p| behind(p)).count();
+            if lagging == 0 {
+                break 0;
             }
-        }
+            tokio::select! {
+                _ = &mut notified => continue,
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            let lagging: Vec<&Pressure> = pressure.iter().filter(|p| behind(p)).collect();
+            let most_drained = lagging.len() * 2 <= pressure.len();
+            if lagging.is_empty() {
+                break 0;
+            }
+            if most_drained || Instant::now() >= hard_deadline {
+                for p in &lagging {
+                    p.writer.mark_slow();
+                }
+                break lagging.len();
+            }
+            deadline += max_wait;
+        };
         self.waiters.fetch_sub(1, Ordering::Relaxed);
         slow
     }

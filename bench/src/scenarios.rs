@@ -413,8 +413,9 @@ async fn publisher(
             _ = std::future::ready(()), if wake_ns <= now && !want_write => {}
         }
     }
-    // Close politely so brokers do not log an error (best effort).
-    let _ = wr.write_all(&[0xE0, 0]).await;
+    // Close politely so brokers do not log an error (best effort: a broker that is not
+    // reading this socket any more must not hold the run up).
+    let _ = tokio::time::timeout(Duration::from_millis(200), wr.write_all(&[0xE0, 0])).await;
     Ok(())
 }
 

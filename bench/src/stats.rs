@@ -181,7 +181,8 @@ impl Collector {
             "expected": expected,
             "received": received,
             "lost": expected.saturating_sub(unique),
-            "lost_pct": if expected == 0 { 0.0 } else { round3(100.0 * expected.saturating_sub(unique) as f64 / expected as f64) },
+            // Nothing sent inside the window: nothing to lose, and 0 % would mislead.
+            "lost_pct": if expected == 0 { Value::Null } else { json!(round3(100.0 * expected.saturating_sub(unique) as f64 / expected as f64)) },
             "duplicated": duplicated,
             "out_of_order": self.out_of_order.load(Relaxed),
             "sent_per_sec": round3(sent as f64 / window_secs),

@@ -80,7 +80,7 @@ impl Relief {
             }
             if most_drained || Instant::now() >= hard_deadline {
                 for p in &lagging {
-                    p.writer.mark_slow();
+                    let _ = p.writer.mark_slow();
                 }
                 break lagging.len();
             }

@@ -105,7 +105,18 @@ async fn stuck_subscriber_holds_the_publisher_back_only_briefly() {
     let started = Instant::now();
     publisher.send_bytes(&burst()).await;
     for i in 0..COUNT {
-        let publish = reader.expect_publish().await;
+        let Some(packet) = reader.recv_within(Duration::from_secs(3)).await else {
+            let m = &broker.broker().metrics;
+            panic!(
+                "reader stalled after {i} messages (slow marked {}, waits {}, dropped {})",
+                Metrics::get(&m.backpressure_slow_consumers),
+                Metrics::get(&m.backpressure_waits),
+                Metrics::get(&m.dropped_qos0_slow_consumer)
+            );
+        };
+        let Packet::Publish(publish) = packet else {
+            panic!("expected PUBLISH, got {packet:?}")
+        };
         assert_eq!(publish.payload, format!("{i:08}").into_bytes());
     }
     let elapsed = started.elapsed();

@@ -234,6 +234,7 @@ fn establish(
         rate: super::RateBucket::full(limits.max_publish_rate_per_client),
         acl,
         acl_generation,
+        published: 0,
         username: connect.username.clone(),
         limits: limits.clone(),
     })

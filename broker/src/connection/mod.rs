@@ -141,6 +141,8 @@ pub(crate) struct Connection {
     username: Option<ByteStr>,
     /// The auth generation `acl` was derived under.
     acl_generation: u64,
+    /// PUBLISH packets routed, for sampling the routing latency.
+    published: u64,
 }
 
 /// Token bucket for `max_publish_rate_per_client`.

@@ -144,8 +144,9 @@ impl SharedWriter {
     }
 
     /// Marks the consumer slow: publishers no longer wait for it.
-    pub fn mark_slow(&self) {
-        self.slow.store(true, Ordering::Relaxed);
+    /// Returns whether it was not marked before.
+    pub fn mark_slow(&self) -> bool {
+        !self.slow.swap(true, Ordering::Relaxed)
     }
 
     /// Locks the buffer for a batch of appends. Hold it only while encoding: never across
@@ -214,8 +215,10 @@ impl SharedWriter {
         if out.len() < self.cap_bytes {
             guard.state.over_cap_since = None;
         }
-        if out.len() <= self.soft_cap_bytes {
-            // Keeping up again: publishers may wait for it once more.
+        if out.len() <= self.soft_cap_bytes / 8 {
+            // Caught up (nearly nothing was waiting): publishers may wait for it once more.
+            // Well below the soft cap, so a consumer hovering at it does not flip back and
+            // forth, costing a publisher a wait each time.
             self.slow.store(false, Ordering::Relaxed);
         }
         // Keep the buffer we handed back small when idle.

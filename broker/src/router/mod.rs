@@ -211,46 +211,55 @@ impl Router {
         let publish = message.publish();
         let origin = message.origin_session;
         scratch.targets.clear();
+        let mut filters = 0usize;
         {
             let trie = self.read();
-            trie.for_each_match(&publish.topic, |_, value| {
-                let (entry, group) = match value {
-                    SubValue::Direct(entry) => {
-                        if entry.options.no_local && Some(entry.session.id) == origin {
+            trie.for_each_match_grouped(
+                &publish.topic,
+                || filters += 1,
+                |_, value| {
+                    let (entry, group) = match value {
+                        SubValue::Direct(entry) => {
+                            if entry.options.no_local && Some(entry.session.id) == origin {
+                                return;
+                            }
+                            (entry.clone(), None)
+                        }
+                        SubValue::Group(group) => match group.pick() {
+                            Some(entry) => (entry, Some(group.clone())),
+                            None => return,
+                        },
+                        SubValue::Bridge(ring) => {
+                            scratch.bridges.push(ring.clone());
                             return;
                         }
-                        (entry.clone(), None)
+                    };
+                    if let Some(acl) = &entry.read_check {
+                        if !acl.allows_read(&publish.topic) {
+                            Metrics::add(&ctx.metrics.acl_denied, 1);
+                            return;
+                        }
                     }
-                    SubValue::Group(group) => match group.pick() {
-                        Some(entry) => (entry, Some(group.clone())),
-                        None => return,
-                    },
-                    SubValue::Bridge(ring) => {
-                        scratch.bridges.push(ring.clone());
-                        return;
-                    }
-                };
-                if let Some(acl) = &entry.read_check {
-                    if !acl.allows_read(&publish.topic) {
-                        Metrics::add(&ctx.metrics.acl_denied, 1);
-                        return;
-                    }
-                }
-                scratch.targets.push(Target {
-                    qos: publish.qos.min(entry.options.qos),
-                    retain: publish.retain && entry.options.retain_as_published,
-                    subscription_id: entry.subscription_id,
-                    session: entry.session,
-                    group,
-                });
-            });
+                    scratch.targets.push(Target {
+                        qos: publish.qos.min(entry.options.qos),
+                        retain: publish.retain && entry.options.retain_as_published,
+                        subscription_id: entry.subscription_id,
+                        session: entry.session,
+                        group,
+                    });
+                },
+            );
         }
-        if scratch.targets.len() > 1 {
+        // Only matches from several filters can name one session twice: then sort, so that
+        // overlapping subscriptions sit side by side and merge into one delivery.
+        if filters > 1 && scratch.targets.len() > 1 {
             scratch
                 .targets
                 .sort_unstable_by_key(|t| (t.session.id, t.group.is_some()));
         }
         let mut delivered = 0;
+        let pressure_before = scratch.pressure.len();
+        let mut already_slow = 0usize;
         let mut i = 0;
         while i < scratch.targets.len() {
             let first = &scratch.targets[i];
@@ -284,12 +293,25 @@ impl Router {
                     session: first.session.clone(),
                     writer: writer.clone(),
                 });
+            } else if delivery.is_slow() {
+                already_slow += 1;
             }
             drop(delivery);
             delivered += 1;
             i = j;
         }
         scratch.targets.clear();
+        // Back-pressure is for consumers that as a whole cannot keep up. A minority behind
+        // the others are slow consumers: the publisher does not wait for them ([DESIGN.md]
+        // "a slow subscriber slows nobody else"); their buffers fill to the cap, then drop.
+        let pressing = scratch.pressure.len() - pressure_before;
+        if pressing > 0 && (pressing + already_slow) * 2 < delivered {
+            for p in scratch.pressure.drain(pressure_before..) {
+                if p.writer.mark_slow() {
+                    Metrics::add(&ctx.metrics.backpressure_slow_consumers, 1);
+                }
+            }
+        }
         delivered + bridge::ring::deliver(message, &mut scratch.bridges, ctx.metrics)
     }
 

@@ -216,17 +216,29 @@ impl<K: Eq + Hash + Clone, V> Node<K, V> {
 
     /// Visits every entry under `self` matching the remaining `levels`.
     /// Loops down named children; recurses only into `+` branches.
-    fn walk<F: FnMut(&K, &V)>(&self, mut levels: Split<'_, char>, f: &mut F) {
+    /// `on_set` is called before the entries of each non-empty filter are visited.
+    fn walk<F: FnMut(&K, &V), G: FnMut()>(
+        &self,
+        mut levels: Split<'_, char>,
+        f: &mut F,
+        on_set: &mut G,
+    ) {
         let mut node = self;
         loop {
             // `#` matches the parent level and any number of child levels.
-            node.multi.visit(f);
+            if !node.multi.is_empty() {
+                on_set();
+                node.multi.visit(f);
+            }
             let Some(level) = levels.next() else {
-                node.exact.visit(f);
+                if !node.exact.is_empty() {
+                    on_set();
+                    node.exact.visit(f);
+                }
                 return;
             };
             if let Some(plus) = node.plus.as_deref() {
-                plus.walk(levels.clone(), f);
+                plus.walk(levels.clone(), f, on_set);
             }
             match node.named.get(level) {
                 Some(child) => node = child,
@@ -323,16 +335,28 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
     /// Calls `f(key, value)` for every entry whose filter matches `topic` (a
     /// topic name). Does not allocate. A key subscribed via several matching
     /// filters is visited once per filter (the caller merges).
-    pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(&K, &V)) {
+    pub fn for_each_match(&self, topic: &str, f: impl FnMut(&K, &V)) {
+        self.for_each_match_grouped(topic, || {}, f);
+    }
+
+    /// [`Trie::for_each_match`], calling `on_filter` before the entries of each matching
+    /// filter, so a caller can tell whether all matches came from one filter (then no key
+    /// can appear twice).
+    pub fn for_each_match_grouped(
+        &self,
+        topic: &str,
+        mut on_filter: impl FnMut(),
+        mut f: impl FnMut(&K, &V),
+    ) {
         let mut levels = topic.split('/');
         if topic.starts_with('$') {
             // [MQTT-4.7.2-1]: filters starting with a wildcard never match
             // topics starting with `$`, so skip the root's `#` and `+`.
             if let Some(child) = levels.next().and_then(|l| self.root.named.get(l)) {
-                child.walk(levels, &mut f);
+                child.walk(levels, &mut f, &mut on_filter);
             }
         } else {
-            self.root.walk(levels, &mut f);
+            self.root.walk(levels, &mut f, &mut on_filter);
         }
     }
 

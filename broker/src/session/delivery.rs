@@ -189,6 +189,11 @@ impl Delivery {
             .then_some(&link.writer)
     }
 
+    /// Whether this session's consumer is marked slow (behind, but not waited for).
+    pub fn is_slow(&self) -> bool {
+        self.link.as_ref().is_some_and(|link| link.writer.is_slow())
+    }
+
     /// Number of queued messages.
     pub fn queued(&self) -> usize {
         self.queue.len()

@@ -64,6 +64,8 @@ enum Kind {
     Flow,
     Idle,
     Connstorm,
+    /// `sse` / `ws`: Tern's HTTP bridges; the other brokers have none.
+    Bridge,
 }
 
 /// One scenario invocation of the suite.
@@ -75,6 +77,8 @@ struct Case {
     v5: bool,
     args: Vec<String>,
     timeout_secs: u64,
+    /// Run against Tern only (the others show `–`).
+    tern_only: bool,
 }
 
 fn case(name: &str, title: &str, kind: Kind, v5: bool, args: &str, timeout_secs: u64) -> Case {
@@ -85,6 +89,15 @@ fn case(name: &str, title: &str, kind: Kind, v5: bool, args: &str, timeout_secs:
         v5,
         args: args.split_whitespace().map(str::to_owned).collect(),
         timeout_secs,
+        tern_only: false,
+    }
+}
+
+/// A Tern-only case on the SSE / WebSocket JSON bridges.
+fn bridge_case(name: &str, title: &str, args: &str, timeout_secs: u64) -> Case {
+    Case {
+        tern_only: true,
+        ..case(name, title, Kind::Bridge, false, args, timeout_secs)
     }
 }
 
@@ -113,6 +126,10 @@ fn suite(args: &CompareArgs) -> Result<Vec<Case>> {
                  "connstorm --concurrency 16 --duration-secs 5 --warmup-secs 1 --threads 2", 40),
             case("idle-10000", "idle, 10,000 connections with 1 subscription each", Idle, false,
                  "idle --connections 10000 --steps 5 --settle-secs 2", 150),
+            bridge_case("sse-2000", "SSE (Tern only): 0..2000 idle subscribers, then 1 pub x 50 msg/s -> all",
+                 "sse --subscribers 0,100,500,1000,2000 --rate 50 --settle-secs 3 --duration-secs 10", 180),
+            bridge_case("ws-2000", "WebSocket JSON (Tern only): 0..2000 idle subscribers, then 1 pub x 50 msg/s -> all",
+                 "ws --subscribers 0,100,500,1000,2000 --rate 50 --settle-secs 3 --duration-secs 10", 180),
         ],
         "quick" => vec![
             case("fanout-q0-1x100", "fan-out QoS 0, 1 -> 100, max rate", Flow, false,
@@ -131,6 +148,10 @@ fn suite(args: &CompareArgs) -> Result<Vec<Case>> {
                  "connstorm --concurrency 8 --duration-secs 2 --warmup-secs 1", 30),
             case("idle-1000", "idle, 1000 connections", Idle, false,
                  "idle --connections 1000 --steps 3 --settle-secs 1", 60),
+            bridge_case("sse-200", "SSE (Tern only), 0..200 subscribers, 50 msg/s",
+                 "sse --subscribers 0,100,200 --rate 50 --settle-secs 1 --duration-secs 2", 60),
+            bridge_case("ws-200", "WebSocket JSON (Tern only), 0..200 subscribers, 50 msg/s",
+                 "ws --subscribers 0,100,200 --rate 50 --settle-secs 1 --duration-secs 2", 60),
         ],
         other => bail!("unknown suite {other:?}: full or quick"),
     };
@@ -281,10 +302,13 @@ impl Env {
 
 /// Tern: one TCP listener; queues as large as Mosquitto's below; the per-IP connection
 /// limits and the per-client publish rate limit off (the other two brokers have none, and
-/// every generator connection comes from 127.0.0.1); quiet logs.
+/// every generator connection comes from 127.0.0.1); the HTTP listener (SSE, WebSocket JSON)
+/// on the next port; quiet logs.
 fn tern_config(port: u16) -> String {
+    let http = port + 1;
     format!(
-        "[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:{port}\"\n\n[limits]\nmax_connections = 100000\n\
+        "[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:{port}\"\n\n\
+         [http]\nenabled = true\nbind = \"127.0.0.1:{http}\"\nmax_bridge_clients = 10000\n\n[limits]\nmax_connections = 100000\n\
          max_connections_per_ip = 0\nmax_connect_rate_per_ip = 0\nmax_publish_rate_per_client = 0\n\
          max_inflight_messages = 1024\nmax_queued_messages = 100000\n\n[log]\nlevel = \"warn\"\n"
     )
@@ -345,6 +369,16 @@ pub(crate) fn run(args: CompareArgs) -> Result<()> {
     for rep in 0..args.repeat.max(1) {
         for case in &cases {
             for (bi, broker) in args.brokers.iter().enumerate() {
+                if case.tern_only && broker != "tern" {
+                    // No such endpoint: an empty outcome, shown as "–".
+                    outcomes.push(Outcome {
+                        case: case.name.clone(),
+                        broker: broker.clone(),
+                        report: None,
+                        error: None,
+                    });
+                    continue;
+                }
                 eprintln!(
                     "== [{:>4}s] {} on {broker} (run {}/{})",
                     started.elapsed().as_secs(),
@@ -395,8 +429,14 @@ fn run_case(env: &Env, me: &Path, case: &Case, broker: &str, index: usize) -> Re
     let mut proc = env.start(broker, index, &case.name)?;
     let port = if case.v5 { proc.port_v5 } else { proc.port_v4 };
     let pid = proc.child.id();
+    let mut extra = Vec::new();
+    if case.kind == Kind::Bridge {
+        // Tern's HTTP listener is on the port after its MQTT one (see `tern_config`).
+        extra = vec!["--http-port".to_owned(), (proc.port_v4 + 1).to_string()];
+    }
     let mut child = Command::new(me)
         .args(&case.args)
+        .args(&extra)
         .args(["--port", &port.to_string()])
         .args(["--protocol", if case.v5 { "5" } else { "3.1.1" }])
         .args(["--broker-pid", &pid.to_string(), "--label", broker])
@@ -565,6 +605,56 @@ fn metrics(kind: Kind) -> Vec<Metric> {
                 get: |v| f(v, &["open_secs"]),
                 higher_is_better: false,
                 ratio: true,
+            },
+        ],
+        Kind::Bridge => vec![
+            Metric {
+                label: "RSS per subscriber (slope) bytes",
+                get: |v| f(v, &["rss_slope_bytes_per_subscriber"]),
+                higher_is_better: false,
+                ratio: false,
+            },
+            Metric {
+                label: "latency p50 ms",
+                get: |v| f(v, &["latency_us", "p50"]).map(|x| x / 1e3),
+                higher_is_better: false,
+                ratio: false,
+            },
+            Metric {
+                label: "latency p99 ms",
+                get: |v| f(v, &["latency_us", "p99"]).map(|x| x / 1e3),
+                higher_is_better: false,
+                ratio: false,
+            },
+            Metric {
+                label: "latency max ms",
+                get: |v| f(v, &["latency_us", "max"]).map(|x| x / 1e3),
+                higher_is_better: false,
+                ratio: false,
+            },
+            Metric {
+                label: "lost or late %",
+                get: |v| f(v, &["lost_pct"]),
+                higher_is_better: false,
+                ratio: false,
+            },
+            Metric {
+                label: "delivered msg/s",
+                get: |v| f(v, &["delivered_per_sec"]),
+                higher_is_better: true,
+                ratio: false,
+            },
+            Metric {
+                label: "subscribers at fan-out",
+                get: |v| f(v, &["fanout_subscribers"]),
+                higher_is_better: true,
+                ratio: false,
+            },
+            Metric {
+                label: "broker CPU % (fan-out)",
+                get: |v| f(v, &["broker", "cpu_pct"]),
+                higher_is_better: false,
+                ratio: false,
             },
         ],
         Kind::Connstorm => vec![
@@ -764,6 +854,7 @@ fn markdown(
             Kind::Flow => &[0, 3, 5],
             Kind::Idle => &[0],
             Kind::Connstorm => &[0, 2],
+            Kind::Bridge => &[0, 2, 4],
         };
         for &k in keys {
             row(

@@ -12,6 +12,7 @@
 //! packets per write, no allocation per message. Its own CPU use is in every report
 //! (`generator.cpu_pct`, 100 = one core): near 100 it is the bottleneck, not the broker.
 
+mod bridge;
 mod compare;
 mod mqtt;
 mod payload;
@@ -128,6 +129,21 @@ enum Cmd {
         #[arg(long, default_value_t = 1.0)]
         warmup_secs: f64,
     },
+    /// Tern only: N Server-Sent Events subscribers (`GET /sse?filter=F`) in steps: broker
+    /// RSS per subscriber (slope), then publish-to-event latency at the largest step.
+    Sse {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        bridge: BridgeArgs,
+    },
+    /// Tern only: the same with WebSocket JSON clients (`GET /ws`, `subscribe` op).
+    Ws {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        bridge: BridgeArgs,
+    },
     /// Start Tern, Mosquitto and rumqttd on loopback ports and run a suite against each.
     Compare(compare::CompareArgs),
 }
@@ -184,6 +200,78 @@ struct FlowArgs {
     inflight: usize,
 }
 
+/// Options of the bridge scenarios (`sse`, `ws`).
+#[derive(Debug, Clone, Args)]
+struct BridgeArgs {
+    /// Tern's HTTP listener port on 127.0.0.1 ([http] bind).
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    /// Cumulative subscriber counts; broker RSS is sampled after each.
+    #[arg(long, value_delimiter = ',', default_value = "0,100,500,1000,2000")]
+    subscribers: Vec<usize>,
+    /// Filter of every subscriber (default: bench/sse/# or bench/ws/#).
+    #[arg(long)]
+    filter: Option<String>,
+    /// Topic the publisher sends to (default: the filter with its `#` replaced by `topic`).
+    #[arg(long)]
+    topic: Option<String>,
+    /// Messages per second of the one publisher (QoS 0), at the largest step.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Payload bytes (at least 32: the timestamp header as hex text).
+    #[arg(long, default_value_t = 32)]
+    payload_bytes: usize,
+    /// Pause after each step before the five RSS samples, in seconds.
+    #[arg(long, default_value_t = 3.0)]
+    settle_secs: f64,
+    /// Publishing before the measured window, in seconds (not counted).
+    #[arg(long, default_value_t = 1.0)]
+    warmup_secs: f64,
+    /// Measured window in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+    /// Longest wait for in-flight events after publishing stops, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    drain_secs: f64,
+}
+
+impl BridgeArgs {
+    fn opts(&self, kind: bridge::BridgeKind) -> Result<bridge::BridgeOpts> {
+        let name = match kind {
+            bridge::BridgeKind::Sse => "sse",
+            bridge::BridgeKind::Ws => "ws",
+        };
+        let filter = self
+            .filter
+            .clone()
+            .unwrap_or_else(|| format!("bench/{name}/#"));
+        let topic = match &self.topic {
+            Some(t) => t.clone(),
+            None => match filter.strip_suffix('#') {
+                Some(prefix) => format!("{prefix}topic"),
+                None if !filter.contains('+') => filter.clone(),
+                None => anyhow::bail!("--topic is needed for the filter {filter:?}"),
+            },
+        };
+        if self.rate.is_nan() || self.rate <= 0.0 {
+            anyhow::bail!("--rate must be positive");
+        }
+        Ok(bridge::BridgeOpts {
+            kind,
+            http_port: self.http_port,
+            steps: self.subscribers.clone(),
+            filter,
+            topic,
+            rate: self.rate,
+            payload_bytes: self.payload_bytes.max(payload::HEX_BYTES),
+            settle_secs: self.settle_secs.clamp(0.0, 600.0),
+            warmup_secs: self.warmup_secs.clamp(0.0, 600.0),
+            duration_secs: self.duration_secs.clamp(0.1, 3600.0),
+            drain_secs: self.drain_secs.clamp(0.0, 600.0),
+        })
+    }
+}
+
 impl FlowArgs {
     fn opts(&self) -> FlowOpts {
         FlowOpts {
@@ -216,7 +304,9 @@ fn main_with(cli: Cli) -> Result<()> {
         | Cmd::P2p { target, .. }
         | Cmd::Slowconsumer { target, .. }
         | Cmd::Idle { target, .. }
-        | Cmd::Connstorm { target, .. } => target.clone(),
+        | Cmd::Connstorm { target, .. }
+        | Cmd::Sse { target, .. }
+        | Cmd::Ws { target, .. } => target.clone(),
         Cmd::Compare(_) => unreachable!("handled above"),
     };
     let runtime = if target_args.threads <= 1 {
@@ -332,6 +422,12 @@ async fn run(cmd: Cmd, t: &TargetArgs) -> Result<Value> {
                 warmup_secs.clamp(0.0, 600.0),
             )
             .await?
+        }
+        Cmd::Sse { bridge, .. } => {
+            bridge::run_bridge(&target, &bridge.opts(bridge::BridgeKind::Sse)?).await?
+        }
+        Cmd::Ws { bridge, .. } => {
+            bridge::run_bridge(&target, &bridge.opts(bridge::BridgeKind::Ws)?).await?
         }
         Cmd::Compare(_) => unreachable!("compare does not run here"),
     };

@@ -16,7 +16,7 @@ use tern_codec::{Connect, Decoder, Packet, ProtocolVersion, QoS, Subscribe, Subs
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::payload::{Stamp, HEADER_BYTES};
+use crate::payload::{Stamp, HEADER_BYTES, HEX_BYTES};
 
 /// Packet type numbers used on the hot path.
 pub(crate) mod kind {
@@ -223,6 +223,8 @@ pub(crate) struct PublishFrame {
     bytes: Vec<u8>,
     packet_id_at: Option<usize>,
     payload_at: usize,
+    /// The header goes as hex text ([`Stamp::write_hex`]), the rest of the payload is `.`.
+    text: bool,
 }
 
 impl PublishFrame {
@@ -266,7 +268,18 @@ impl PublishFrame {
             bytes,
             packet_id_at,
             payload_at,
+            text: false,
         }
+    }
+
+    /// Like [`PublishFrame::new`] but with a text payload (for the SSE and WebSocket JSON
+    /// bridges): the header as [`HEX_BYTES`] hex digits, padded with `.` to `payload_bytes`.
+    pub(crate) fn new_text(topic: &str, qos: u8, v5: bool, payload_bytes: usize) -> PublishFrame {
+        let payload_bytes = payload_bytes.max(HEX_BYTES);
+        let mut frame = PublishFrame::new(topic, qos, v5, payload_bytes);
+        frame.bytes[frame.payload_at..].fill(b'.');
+        frame.text = true;
+        frame
     }
 
     /// Length of one encoded PUBLISH.
@@ -282,7 +295,11 @@ impl PublishFrame {
         if let Some(at) = self.packet_id_at {
             frame[at..at + 2].copy_from_slice(&packet_id.to_be_bytes());
         }
-        stamp.write(&mut frame[self.payload_at..self.payload_at + HEADER_BYTES]);
+        if self.text {
+            stamp.write_hex(&mut frame[self.payload_at..self.payload_at + HEX_BYTES]);
+        } else {
+            stamp.write(&mut frame[self.payload_at..self.payload_at + HEADER_BYTES]);
+        }
     }
 }
 

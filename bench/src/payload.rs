@@ -12,6 +12,9 @@ use std::time::Instant;
 /// Bytes of the header; the smallest payload the generator sends.
 pub(crate) const HEADER_BYTES: usize = 16;
 
+/// Bytes of the header written as hexadecimal text.
+pub(crate) const HEX_BYTES: usize = 2 * HEADER_BYTES;
+
 /// The instant all timestamps count from.
 pub(crate) fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -57,6 +60,35 @@ impl Stamp {
             publisher: u32::from_le_bytes(publisher),
         })
     }
+
+    /// Writes the header as [`HEX_BYTES`] lowercase hex digits into the front of `dst`.
+    pub(crate) fn write_hex(&self, dst: &mut [u8]) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut raw = [0u8; HEADER_BYTES];
+        self.write(&mut raw);
+        for (i, b) in raw.iter().enumerate() {
+            dst[2 * i] = DIGITS[usize::from(b >> 4)];
+            dst[2 * i + 1] = DIGITS[usize::from(b & 0xF)];
+        }
+    }
+
+    /// Reads a header written by [`Stamp::write_hex`]; `None` if too short or not hex.
+    pub(crate) fn read_hex(src: &[u8]) -> Option<Stamp> {
+        fn nibble(c: u8) -> Option<u8> {
+            match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                b'A'..=b'F' => Some(c - b'A' + 10),
+                _ => None,
+            }
+        }
+        let hex = src.get(..HEX_BYTES)?;
+        let mut raw = [0u8; HEADER_BYTES];
+        for (i, pair) in hex.chunks_exact(2).enumerate() {
+            raw[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
+        }
+        Stamp::read(&raw)
+    }
 }
 
 #[cfg(test)]
@@ -75,6 +107,22 @@ mod tests {
         assert_eq!(Stamp::read(&buf), Some(stamp));
         assert_eq!(Stamp::read(&buf[..HEADER_BYTES]), Some(stamp));
         assert_eq!(Stamp::read(&buf[..HEADER_BYTES - 1]), None);
+    }
+
+    #[test]
+    fn hex_stamp_round_trips() {
+        let stamp = Stamp {
+            sent_ns: 123_456_789_012,
+            seq: 9,
+            publisher: 0,
+        };
+        let mut buf = [b'.'; 40];
+        stamp.write_hex(&mut buf);
+        assert!(buf[..HEX_BYTES].iter().all(u8::is_ascii_hexdigit));
+        assert_eq!(buf[HEX_BYTES], b'.');
+        assert_eq!(Stamp::read_hex(&buf), Some(stamp));
+        assert_eq!(Stamp::read_hex(&buf[..HEX_BYTES - 1]), None);
+        assert_eq!(Stamp::read_hex(b"zz000000000000000000000000000000"), None);
     }
 
     #[test]

@@ -1,0 +1,91 @@
+//! The write side of a connection, driven from the connection's own task (no second task
+//! per connection): batches are taken whole from the connection's [`SharedWriter`] and
+//! written with as few syscalls as the socket allows, while the same task keeps reading.
+//! A socket that does not drain only stops this connection's writing, never its reading,
+//! and never another connection (publishers append to the SharedWriter and return).
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Poll};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::delivery::shared_writer::{SharedWriter, KEEP_CAPACITY_BYTES};
+
+/// The socket's write half and the batch being written to it.
+#[derive(Debug)]
+pub(crate) struct Output<W> {
+    socket: W,
+    batch: BytesMut,
+    written: usize,
+    /// The batch was written but not yet flushed (TLS records, WebSocket frames).
+    needs_flush: bool,
+}
+
+impl<W: AsyncWrite + Unpin> Output<W> {
+    pub(crate) fn new(socket: W) -> Output<W> {
+        Output {
+            socket,
+            batch: BytesMut::new(),
+            written: 0,
+            needs_flush: false,
+        }
+    }
+
+    /// Whether a batch is being written (or flushed).
+    pub(crate) fn is_busy(&self) -> bool {
+        self.written < self.batch.len() || self.needs_flush
+    }
+
+    /// When idle, takes everything `out` holds as the next batch. Returns whether there is
+    /// something to write.
+    pub(crate) fn refill(&mut self, out: &SharedWriter) -> bool {
+        if !self.is_busy() {
+            self.batch.clear();
+            self.written = 0;
+            if self.batch.capacity() > KEEP_CAPACITY_BYTES {
+                self.batch = BytesMut::new();
+            }
+            out.take(&mut self.batch);
+            self.needs_flush = !self.batch.is_empty();
+        }
+        self.is_busy()
+    }
+
+    /// Makes progress on the batch: one write, or the flush after the last one. Returns the
+    /// number of bytes written (0 for the flush).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: progress is recorded before the future completes, so a future dropped
+    /// by `select!` loses nothing.
+    pub(crate) async fn progress(&mut self) -> io::Result<usize> {
+        poll_fn(|cx| {
+            if self.written < self.batch.len() {
+                let n =
+                    ready!(Pin::new(&mut self.socket).poll_write(cx, &self.batch[self.written..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.written += n;
+                return Poll::Ready(Ok(n));
+            }
+            ready!(Pin::new(&mut self.socket).poll_flush(cx))?;
+            self.needs_flush = false;
+            Poll::Ready(Ok(0))
+        })
+        .await
+    }
+
+    /// Writes whatever is left in the batch and in `out` (closed by now), then shuts the
+    /// socket down. Returns the number of bytes written.
+    pub(crate) async fn finish(&mut self, out: &SharedWriter) -> io::Result<usize> {
+        let mut total = 0;
+        while self.refill(out) {
+            total += self.progress().await?;
+        }
+        self.socket.shutdown().await?;
+        Ok(total)
+    }
+}

@@ -103,6 +103,7 @@ pub async fn handle(
         };
         let max = broker.config.http.ws_max_frame_bytes.max(64);
         let config = WebSocketConfig::default()
+            .read_buffer_size(crate::listener::ws::WS_READ_BUFFER_BYTES)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
         let ws =

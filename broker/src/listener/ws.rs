@@ -19,10 +19,15 @@ use tokio_tungstenite::WebSocketStream;
 /// The subprotocol MQTT over WebSocket uses.
 pub const SUBPROTOCOL: &str = "mqtt";
 
+/// Read buffer per WebSocket connection. tungstenite's default, 128 KiB, is allocated up
+/// front for every connection: 134 KiB of RSS per idle client was measured with it.
+pub const WS_READ_BUFFER_BYTES: usize = 4096;
+
 /// WebSocket limits for MQTT: a message is at most one maximum-size MQTT packet.
 pub fn ws_config(max_packet_size_bytes: u32) -> WebSocketConfig {
     let max = max_packet_size_bytes as usize;
     WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
 }

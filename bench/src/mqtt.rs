@@ -78,7 +78,19 @@ impl Conn {
         version: ProtocolVersion,
         client_id: &str,
     ) -> Result<Conn> {
-        let stream = TcpStream::connect(addr)
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        // TERN_BENCH_RCVBUF_BYTES: bound the kernel receive buffer of every client (set
+        // before connecting, so the window is negotiated with it). Without it the kernel
+        // autotunes up to several MiB per socket, and at maximum rate that backlog, not the
+        // broker, decides the latency.
+        let rcvbuf = std::env::var("TERN_BENCH_RCVBUF_BYTES")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok());
+        if let Some(bytes) = rcvbuf.filter(|&b| b > 0) {
+            socket.set_recv_buffer_size(bytes)?;
+        }
+        let stream = socket
+            .connect(addr)
             .await
             .with_context(|| format!("connect to {addr}"))?;
         stream.set_nodelay(true)?;

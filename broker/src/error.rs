@@ -24,7 +24,7 @@ pub enum ProtocolError {
     /// Topic Alias 0 or above our Topic Alias Maximum ([MQTT-3.2.2-17], [MQTT-3.3.2-9]).
     #[error("topic alias out of range")]
     TopicAliasInvalid,
-    /// An empty topic with an alias never set on this connection ([MQTT-3.3.2-?] 3.3.2.3.4).
+    /// An empty topic with an alias never set on this connection (5.0 section 3.3.2.3.4).
     #[error("unknown topic alias")]
     TopicAliasUnknown,
     /// More unacknowledged QoS 2 PUBLISH than our Receive Maximum ([MQTT-3.3.4-9]).

@@ -38,7 +38,7 @@ async fn read_until_close(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
     }
 }
 
-// [MQTT-3.2.2-?] 3.2.2.3: a 5.0 CONNACK carries the server's limits and capabilities.
+// 5.0 section 3.2.2.3: a 5.0 CONNACK carries the server's limits and capabilities.
 #[tokio::test]
 async fn v5_connack_properties_report_limits_and_capabilities() {
     let broker = TestBroker::start_with(|c| {

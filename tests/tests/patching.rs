@@ -235,7 +235,7 @@ fn byte0_qos(frame: &Bytes) -> u8 {
 }
 
 // Checklist: "QoS = min(publish QoS, granted QoS). A downgrade to QoS 0 changes the layout
-// (the packet-id bytes disappear)". [MQTT-3.8.4-8] / [MQTT-3.3.4-?] 3.3.4 (5.0),
+// (the packet-id bytes disappear)". [MQTT-3.8.4-8] / 5.0 section 3.3.4,
 // [MQTT-3.8.4-6] 3.8.4 (3.1.1): the delivery QoS is the minimum; every version pair, every
 // combination, exact bytes (no packet id on a QoS 0 delivery).
 #[tokio::test]

@@ -222,7 +222,7 @@ async fn mqtt_4_4_0_1_v5_unacknowledged_publish_resent_with_dup_and_same_id() {
 }
 
 // [MQTT-4.4.0-1]: a QoS 2 delivery past PUBREC is resumed with PUBREL, not PUBLISH
-// ([MQTT-4.3.3-?] the sender must not resend the PUBLISH once it sent PUBREL).
+// (5.0 section 4.3.3: the sender must not resend the PUBLISH once it sent PUBREL).
 async fn pubrel_resent_on_resume(version: ProtocolVersion) {
     let broker = broker();
     let mut sub = persistent(&broker, version, "sub").await;

@@ -341,7 +341,7 @@ impl Connection {
             }
             reason_codes.push(ReasonCode(options.qos as u8));
             // Retained messages: per Retain Handling ([MQTT-3.3.1-9], [MQTT-3.3.1-10],
-            // [MQTT-3.3.1-11]); never for shared subscriptions ([MQTT-4.8.2-?] 4.8.2).
+            // [MQTT-3.3.1-11]); never for shared subscriptions (5.0 section 4.8.2).
             let shared = tern_codec::topic::split_shared(filter).is_some();
             let send_retained = match options.retain_handling {
                 tern_codec::RetainHandling::SendAtSubscribe => true,

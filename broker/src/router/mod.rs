@@ -199,7 +199,7 @@ impl Router {
     ///
     /// A client whose subscriptions overlap gets ONE copy at the highest granted QoS with
     /// every matching subscription identifier ([MQTT-3.3.4-2], [MQTT-3.3.4-3]); each shared
-    /// group delivers to one member ([MQTT-4.8.2-?]). No Local skips the publisher's own
+    /// group delivers to one member (5.0 section 4.8.2). No Local skips the publisher's own
     /// session ([MQTT-3.8.3-3]); RETAIN is kept only for Retain As Published ([MQTT-3.3.1-12],
     /// [MQTT-3.3.1-13]).
     pub fn route(

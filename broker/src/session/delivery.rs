@@ -401,7 +401,7 @@ impl Delivery {
     }
 
     /// PUBREC from the client: answer PUBREL (0x92 for an unknown id in 5.0). A PUBREC with
-    /// an error code ends the exchange ([MQTT-4.3.3-?]: the message is not delivered).
+    /// an error code ends the exchange (5.0 section 4.3.3: the message is not delivered).
     pub fn handle_pubrec(&mut self, packet_id: PacketId, reason: ReasonCode, ctx: DeliverCtx<'_>) {
         let Some(link) = self.link.as_mut() else {
             return;

@@ -67,8 +67,9 @@ async fn metrics_reflect_mqtt_traffic() {
         text.contains("# HELP tern_messages_received "),
         "help text present"
     );
+    // One PUBLISH in 16 per connection is timed, the first one always.
     assert!(
-        text.contains("tern_route_latency_seconds_count 3"),
+        text.contains("tern_route_latency_seconds_count 1\n"),
         "{text}"
     );
     assert!(text.trim_end().ends_with("# EOF"));

@@ -400,3 +400,45 @@ impl Client {
         let _ = self.stream.shutdown().await;
     }
 }
+
+/// Whether MQTT.js and node are installed for `tests/interop`; under `CI=true` their absence
+/// fails the test instead of skipping it.
+pub fn mqttjs_available() -> bool {
+    if !require_tool("node") {
+        return false;
+    }
+    let installed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("interop/node_modules/mqtt")
+        .is_dir();
+    if !installed {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "MQTT.js missing under CI=true (.ci/run runs npm ci in tests/interop)"
+        );
+        eprintln!("SKIPPED: MQTT.js not installed (npm ci in tests/interop)");
+    }
+    installed
+}
+
+/// Runs `tests/interop/mqttjs_v5.js` against the WebSocket `url` (`ws://host:port/path`) and
+/// fails the test with its output unless every check passed.
+pub async fn run_mqttjs_over_websocket(url: &str) {
+    let interop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("interop");
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("node")
+            .args(["mqttjs_v5.js", "127.0.0.1", "0", url])
+            .current_dir(&interop)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("MQTT.js finished in time")
+    .expect("run node");
+    assert!(
+        output.status.success(),
+        "MQTT.js over {url} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -5,7 +5,6 @@
 
 mod bridge_support;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use serde_json::json;
 use tern_broker::message::Message;
 use tern_broker::router::RouteScratch;
 use tern_codec::{Connect, Packet, ProtocolVersion, QoS};
-use tern_tests::{require_tool, TestBroker};
+use tern_tests::TestBroker;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -306,37 +305,12 @@ async fn mqtt_over_websocket_on_the_http_listener() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqttjs_over_http_listener_mqtt_path() {
-    if !require_tool("node") {
-        return;
-    }
-    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop");
-    if !interop.join("node_modules/mqtt").is_dir() {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "MQTT.js missing under CI"
-        );
-        eprintln!("SKIPPED: MQTT.js not installed (npm ci in tests/interop)");
+    if !tern_tests::mqttjs_available() {
         return;
     }
     let broker = TestBroker::start().await;
     let http = broker.running.http_addr.expect("http");
     let url = format!("ws://127.0.0.1:{}/mqtt", http.port());
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new("node")
-            .args(["mqttjs_v5.js", "127.0.0.1", "0", &url])
-            .current_dir(&interop)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("mqtt.js finished in time")
-    .expect("run node");
-    assert!(
-        output.status.success(),
-        "MQTT.js over /mqtt failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    tern_tests::run_mqttjs_over_websocket(&url).await;
     broker.running.stop().await;
 }

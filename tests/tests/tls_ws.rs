@@ -221,16 +221,7 @@ async fn missing_certificate_file_names_the_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqttjs_over_websocket_listener() {
-    if !require_tool("node") {
-        return;
-    }
-    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop");
-    if !interop.join("node_modules/mqtt").is_dir() {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "MQTT.js missing under CI"
-        );
-        eprintln!("SKIPPED: MQTT.js not installed (npm ci in tests/interop)");
+    if !tern_tests::mqttjs_available() {
         return;
     }
     let ws = ListenerConfig {
@@ -243,22 +234,6 @@ async fn mqttjs_over_websocket_listener() {
     };
     let broker = TestBroker::start_with(|c| c.listeners = vec![ws]).await;
     let url = format!("ws://127.0.0.1:{}/mqtt", broker.addr.port());
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new("node")
-            .args(["mqttjs_v5.js", "127.0.0.1", "0", &url])
-            .current_dir(&interop)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("mqtt.js finished in time")
-    .expect("run node");
-    assert!(
-        output.status.success(),
-        "MQTT.js over WebSocket failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    tern_tests::run_mqttjs_over_websocket(&url).await;
     broker.running.stop().await;
 }

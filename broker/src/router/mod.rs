@@ -217,36 +217,19 @@ impl Router {
             trie.for_each_match_grouped(
                 &publish.topic,
                 || filters += 1,
-                |_, value| {
-                    let (entry, group) = match value {
-                        SubValue::Direct(entry) => {
-                            if entry.options.no_local && Some(entry.session.id) == origin {
-                                return;
-                            }
-                            (entry.clone(), None)
-                        }
-                        SubValue::Group(group) => match group.pick() {
-                            Some(entry) => (entry, Some(group.clone())),
-                            None => return,
-                        },
-                        SubValue::Bridge(ring) => {
-                            scratch.bridges.push(ring.clone());
-                            return;
-                        }
-                    };
-                    if let Some(acl) = &entry.read_check {
-                        if !acl.allows_read(&publish.topic) {
-                            Metrics::add(&ctx.metrics.acl_denied, 1);
-                            return;
+                |_, value| match value {
+                    SubValue::Direct(entry) => {
+                        if !(entry.options.no_local && Some(entry.session.id) == origin) {
+                            push_target(&mut scratch.targets, entry, None, publish, ctx);
                         }
                     }
-                    scratch.targets.push(Target {
-                        qos: publish.qos.min(entry.options.qos),
-                        retain: publish.retain && entry.options.retain_as_published,
-                        subscription_id: entry.subscription_id,
-                        session: entry.session,
-                        group,
-                    });
+                    SubValue::Group(group) => {
+                        if let Some(entry) = group.pick() {
+                            let group = Some(group.clone());
+                            push_target(&mut scratch.targets, &entry, group, publish, ctx);
+                        }
+                    }
+                    SubValue::Bridge(ring) => scratch.bridges.push(ring.clone()),
                 },
             );
         }
@@ -328,4 +311,28 @@ impl Router {
     pub fn unsubscribe_bridge(&self, filter: &str, ring_id: u64) {
         self.write().remove(filter, &SubKey::Bridge(ring_id));
     }
+}
+
+/// Records one matching subscription as a delivery, unless its read ACL refuses the topic.
+/// Borrows the entry: only the session handle is cloned, and not for a refused topic.
+fn push_target(
+    targets: &mut Vec<Target>,
+    entry: &SubEntry,
+    group: Option<Arc<SharedGroup>>,
+    publish: &tern_codec::Publish,
+    ctx: DeliverCtx<'_>,
+) {
+    if let Some(acl) = &entry.read_check {
+        if !acl.allows_read(&publish.topic) {
+            Metrics::add(&ctx.metrics.acl_denied, 1);
+            return;
+        }
+    }
+    targets.push(Target {
+        qos: publish.qos.min(entry.options.qos),
+        retain: publish.retain && entry.options.retain_as_published,
+        subscription_id: entry.subscription_id,
+        session: entry.session.clone(),
+        group,
+    });
 }

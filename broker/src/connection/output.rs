@@ -89,3 +89,27 @@ impl<W: AsyncWrite + Unpin> Output<W> {
         Ok(total)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    #[tokio::test]
+    async fn flushes_and_stops_after_close() {
+        let writer = SharedWriter::new(1024);
+        let (client, mut server) = tokio::io::duplex(4096);
+        let mut output = Output::new(client);
+        let now = Instant::now();
+        writer.append(3, true, now, |b| b.extend_from_slice(b"abc"));
+        writer.append(3, true, now, |b| b.extend_from_slice(b"def"));
+        writer.close();
+        let written = output.finish(&writer).await.expect("io");
+        assert_eq!(written, 6);
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut server, &mut got)
+            .await
+            .expect("read");
+        assert_eq!(got, b"abcdef");
+    }
+}

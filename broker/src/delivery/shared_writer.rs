@@ -3,9 +3,9 @@
 //! Producers (the connection's own task, and publishers routing to it from their tasks) lock
 //! it briefly, append encoded packets (patched templates) and release. They wake the
 //! connection's writer only when the buffer goes from empty to non-empty, so a burst of N
-//! messages costs one wake-up. The writer swaps the whole buffer out and writes it with one
-//! `write_all`, so reading never waits on a slow socket and a slow socket never blocks a
-//! publisher.
+//! messages costs one wake-up. The connection's task swaps the whole buffer out
+//! ([`SharedWriter::take`]) and writes it with as few syscalls as the socket allows
+//! (`connection/output.rs`), so a slow socket never blocks a publisher.
 //!
 //! Slow consumers: the buffer has a byte cap. QoS 0 messages that would go past it are
 //! dropped (the caller counts them); QoS 1/2 packets and control packets are always
@@ -29,7 +29,7 @@ pub const KEEP_CAPACITY_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct SharedWriter {
     state: Mutex<WriterState>,
-    /// Wakes the writer task; `notify_one` keeps a permit, so no wake-up is lost.
+    /// Wakes the connection's task; `notify_one` keeps a permit, so no wake-up is lost.
     wake: Notify,
     /// Byte cap for QoS 0 appends.
     cap_bytes: usize,
@@ -227,39 +227,6 @@ impl SharedWriter {
         }
         !(out.is_empty() && guard.state.closed)
     }
-
-    /// The writer task's loop: waits for bytes, writes each batch with one `write_all`,
-    /// and returns after `close` once everything is flushed, or on a write error.
-    ///
-    /// # Cancel safety
-    /// Not cancel safe: a batch being written when the future is dropped is lost. Run it as
-    /// its own task.
-    pub async fn run<W: tokio::io::AsyncWrite + Unpin>(
-        &self,
-        mut socket: W,
-        mut on_written: impl FnMut(usize),
-    ) -> std::io::Result<()> {
-        use tokio::io::AsyncWriteExt;
-        let mut batch = BytesMut::new();
-        loop {
-            if !self.take(&mut batch) {
-                let _ = socket.shutdown().await;
-                return Ok(());
-            }
-            if batch.is_empty() {
-                self.wake.notified().await;
-                continue;
-            }
-            socket.write_all(&batch).await?;
-            // A no-op on TCP; TLS and WebSocket transports send their records/frames here.
-            socket.flush().await?;
-            on_written(batch.len());
-            batch.clear();
-            if batch.capacity() > KEEP_CAPACITY_BYTES {
-                batch = BytesMut::new();
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -291,25 +258,5 @@ mod tests {
             writer.append(1, false, now, |b| b.extend_from_slice(&[0])),
             Appended::Closed
         );
-    }
-
-    #[tokio::test]
-    async fn flushes_and_stops_after_close() {
-        let writer = std::sync::Arc::new(SharedWriter::new(1024));
-        let (client, mut server) = tokio::io::duplex(4096);
-        let task = {
-            let writer = writer.clone();
-            tokio::spawn(async move { writer.run(client, |_| {}).await })
-        };
-        let now = Instant::now();
-        writer.append(3, true, now, |b| b.extend_from_slice(b"abc"));
-        writer.append(3, true, now, |b| b.extend_from_slice(b"def"));
-        writer.close();
-        let mut got = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut server, &mut got)
-            .await
-            .expect("read");
-        assert_eq!(got, b"abcdef");
-        task.await.expect("join").expect("io");
     }
 }

@@ -1,9 +1,9 @@
 //! One client connection: the CONNECT handshake ([`handshake`]), the packet loop
 //! ([`driver`]) and the end of the connection (DISCONNECT, will, session expiry).
 //!
-//! A connection is two tasks: this one reads, decodes and handles packets (routing the
-//! PUBLISH packets it receives, in this task); a writer task drains the connection's
-//! [`SharedWriter`]. The transport is any `AsyncRead`/`AsyncWrite` pair, so TCP, TLS and
+//! A connection is one task: it reads, decodes and handles packets (routing the PUBLISH
+//! packets it receives, in this task) and, in the same `select!`, writes what it and the
+//! publishers appended to the connection's [`SharedWriter`] (`output.rs`). The transport is any `AsyncRead`/`AsyncWrite` pair, so TCP, TLS and
 //! WebSocket all use the same driver.
 
 pub(crate) mod auth_hooks;

@@ -185,7 +185,7 @@ impl SharedWriter {
         Appended::Yes
     }
 
-    /// Marks the writer closed: later appends are dropped, the writer task flushes what is
+    /// Marks the writer closed: later appends are dropped, the connection task flushes what is
     /// buffered and ends.
     pub fn close(&self) {
         let mut guard = self.lock();

@@ -198,6 +198,12 @@ struct FlowArgs {
     /// Unacknowledged QoS 1/2 messages per publisher (also capped by Receive Maximum).
     #[arg(long, default_value_t = 100)]
     inflight: usize,
+    /// QoS 0 at maximum rate (`--rate 0`): most messages per publisher not yet received by
+    /// all of its subscribers. The publisher runs as fast as deliveries complete instead of
+    /// as fast as its socket takes bytes, so latency measures the broker rather than the
+    /// depth of TCP buffers. 0 = open-loop flood.
+    #[arg(long, default_value_t = 32)]
+    window: usize,
 }
 
 /// Options of the bridge scenarios (`sse`, `ws`).
@@ -282,6 +288,7 @@ impl FlowArgs {
             warmup_secs: self.warmup_secs.clamp(0.0, 600.0),
             drain_secs: self.drain_secs.clamp(0.0, 600.0),
             inflight: self.inflight,
+            window: self.window,
         }
     }
 }

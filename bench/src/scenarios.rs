@@ -20,7 +20,7 @@ use bytes::Buf;
 use serde_json::{json, Value};
 use tern_codec::ProtocolVersion;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -63,6 +63,9 @@ pub(crate) struct FlowOpts {
     pub(crate) drain_secs: f64,
     /// Unacknowledged QoS 1/2 messages per publisher (capped by the broker's Receive Maximum).
     pub(crate) inflight: usize,
+    /// At maximum rate with QoS 0: most messages per publisher not yet received by all of
+    /// its subscribers (closed loop); 0 = open-loop flood.
+    pub(crate) window: usize,
 }
 
 /// Who publishes where and who subscribes to what.
@@ -97,6 +100,14 @@ struct Ctx {
     qos: u8,
     interval_ns: u64,
     inflight: usize,
+    /// End-to-end window per publisher in messages (0: none); see [`FlowOpts::window`].
+    window: u64,
+    /// Deliveries expected per message of a publisher (the plan's fan-out factor).
+    fanout_factor: u64,
+    /// Per publisher: deliveries received by all subscribers so far (only with a window).
+    delivered_per_publisher: Vec<AtomicU64>,
+    /// Per publisher: woken when subscribers report deliveries (only with a window).
+    window_wakers: Vec<Notify>,
     /// Subscriber connections lost during the run.
     disconnects: AtomicU64,
     /// Highest broker RSS seen, KiB.
@@ -185,6 +196,16 @@ pub(crate) async fn run_flow(target: &Target, opts: &FlowOpts, plan: FlowPlan) -
             0
         },
         inflight: opts.inflight.max(1),
+        window: if opts.qos == 0 && opts.rate <= 0.0 {
+            opts.window as u64
+        } else {
+            0
+        },
+        fanout_factor: plan.fanout_factor.max(1),
+        delivered_per_publisher: (0..plan.pub_topics.len())
+            .map(|_| AtomicU64::new(0))
+            .collect(),
+        window_wakers: (0..plan.pub_topics.len()).map(|_| Notify::new()).collect(),
         disconnects: AtomicU64::new(0),
         rss_max_kib: AtomicU64::new(0),
     });
@@ -269,6 +290,7 @@ pub(crate) async fn run_flow(target: &Target, opts: &FlowOpts, plan: FlowPlan) -
             "duration_secs": opts.duration_secs,
             "warmup_secs": opts.warmup_secs,
             "inflight": opts.inflight,
+            "window": ctx.window,
         }),
     );
     obj.insert("setup_secs".into(), json!(round3(setup_secs)));
@@ -332,11 +354,21 @@ async fn publisher(
         if now >= ctx.give_up_ns {
             break;
         }
+        // Closed loop at maximum rate: stay at most `ctx.window` messages ahead of what
+        // the subscribers have received.
+        let ahead_room = if ctx.window == 0 {
+            usize::MAX
+        } else {
+            let delivered = ctx.delivered_per_publisher[index as usize].load(Relaxed);
+            let owed = u64::from(seq) * ctx.fanout_factor;
+            let ahead = owed.saturating_sub(delivered).div_ceil(ctx.fanout_factor);
+            ctx.window.saturating_sub(ahead) as usize
+        };
         // Refill the buffer once it has been written out.
-        if sending && wpos == wbuf.len() && inflight < window {
+        if sending && wpos == wbuf.len() && inflight < window && ahead_room > 0 {
             wbuf.clear();
             wpos = 0;
-            let mut n = per_batch.min(window - inflight);
+            let mut n = per_batch.min(window - inflight).min(ahead_room);
             if let Some(due_every) = std::num::NonZeroU64::new(ctx.interval_ns) {
                 if next_due + max_lag_ns < now {
                     next_due = now - max_lag_ns; // do not burst to catch up a long stall
@@ -370,7 +402,10 @@ async fn publisher(
             }
         }
         let want_write = wpos < wbuf.len();
-        let wake_ns = if want_write || !sending || inflight >= window {
+        let window_blocked = sending && !want_write && ahead_room == 0;
+        let wake_ns = if window_blocked {
+            ctx.end_ns
+        } else if want_write || !sending || inflight >= window {
             ctx.give_up_ns
         } else if ctx.interval_ns > 0 {
             next_due.min(ctx.end_ns)
@@ -409,6 +444,7 @@ async fn publisher(
                     wpos = 0;
                 }
             }
+            _ = ctx.window_wakers[index as usize].notified(), if window_blocked => {}
             _ = sleep_until_ns(wake_ns), if wake_ns > now => {}
             _ = std::future::ready(()), if wake_ns <= now && !want_write => {}
         }
@@ -435,6 +471,8 @@ async fn subscriber(
     let mut windows = vec![SeqWindow::default(); ctx.publishers];
     let mut batch = Batch::default();
     batch.latencies_us.reserve(1024);
+    // Deliveries per publisher since the last report (closed-loop window only).
+    let mut per_publisher = vec![0u64; if ctx.window > 0 { ctx.publishers } else { 0 }];
     let mut acks: Vec<u8> = Vec::new();
     let result = async {
         loop {
@@ -452,6 +490,9 @@ async fn subscriber(
                             }
                             if let Some(stamp) = Stamp::read(payload) {
                                 batch.delivered += 1;
+                                if let Some(n) = per_publisher.get_mut(stamp.publisher as usize) {
+                                    *n += 1;
+                                }
                                 if ctx.in_window(now) {
                                     batch.delivered_in_window += 1;
                                 }
@@ -477,6 +518,13 @@ async fn subscriber(
             }
             conn.rbuf.advance(off);
             ctx.collector.flush(&mut batch);
+            for (i, n) in per_publisher.iter_mut().enumerate() {
+                if *n > 0 {
+                    ctx.delivered_per_publisher[i].fetch_add(*n, Relaxed);
+                    ctx.window_wakers[i].notify_one();
+                    *n = 0;
+                }
+            }
             if !acks.is_empty() {
                 conn.stream.write_all(&acks).await?;
                 acks.clear();

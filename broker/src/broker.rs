@@ -56,6 +56,8 @@ pub struct Inner {
     backpressure_queued_messages: std::sync::atomic::AtomicUsize,
     /// Wakes publishers held back by slow subscribers ([`crate::backpressure`]).
     pub relief: crate::backpressure::Relief,
+    /// Enforces the connections' keep alive ([`crate::keep_alive`]).
+    pub keep_alive: Arc<crate::keep_alive::KeepAlive>,
     /// Time to store and route one received PUBLISH (seconds).
     pub route_latency: prometheus_client::metrics::histogram::Histogram,
     /// Per-IP connection count and connect rate.
@@ -112,6 +114,7 @@ impl Broker {
                     config.limits.backpressure_queued_messages,
                 ),
                 relief: crate::backpressure::Relief::default(),
+                keep_alive: Arc::default(),
                 route_latency: prometheus_client::metrics::histogram::Histogram::new(
                     prometheus_client::metrics::histogram::exponential_buckets(1e-6, 4.0, 10),
                 ),
@@ -127,9 +130,16 @@ impl Broker {
         }
     }
 
-    /// Signals every connection and listener to shut down.
+    /// Signals every connection and listener to shut down. MQTT connections are kicked
+    /// through their session's link (they hold no shutdown receiver: that keeps an idle
+    /// connection's task small); a connection attaching meanwhile sees the flag instead.
     pub fn shutdown(&self) {
         self.shutdown_tx.send_replace(true);
+        for entry in self.sessions.iter() {
+            if let Some(writer) = entry.value().delivery().link_writer() {
+                writer.kick(ReasonCode::SERVER_SHUTTING_DOWN);
+            }
+        }
     }
 
     /// A receiver that changes to `true` when the broker shuts down.
@@ -242,7 +252,7 @@ impl Broker {
         if let Some(old) = replaced {
             if let Some(link) = old.delivery().take_link() {
                 Metrics::add(&self.metrics.session_takeovers, 1);
-                link.control.kick(ReasonCode::SESSION_TAKEN_OVER);
+                link.writer.kick(ReasonCode::SESSION_TAKEN_OVER);
             }
             self.end_session(&old);
         }
@@ -303,7 +313,7 @@ impl Broker {
             delivery.take_link()
         };
         if let Some(link) = attached {
-            link.control.kick(ReasonCode::SESSION_TAKEN_OVER);
+            link.writer.kick(ReasonCode::SESSION_TAKEN_OVER);
         }
         self.release_session(session);
     }

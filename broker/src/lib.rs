@@ -12,6 +12,7 @@
 //! - [`auth`]: password file and ACL (Mosquitto formats).
 //! - [`bridge`]: Server-Sent Events, the WebSocket JSON API, MQTT over WebSocket and the
 //!   dashboard on the HTTP listener, fed from the router through shared rings.
+//! - [`keep_alive`]: one sweeper enforcing every connection's keep alive.
 //! - [`broker`]: the shared state tying these together; [`metrics`], [`error`].
 
 pub mod auth;
@@ -23,6 +24,7 @@ pub mod connection;
 pub mod delivery;
 pub mod error;
 pub mod http;
+pub mod keep_alive;
 pub mod listener;
 pub mod message;
 pub mod metrics;

@@ -25,9 +25,6 @@ use crate::session::SubscriptionRecord;
 /// connection always is).
 const LATENCY_SAMPLE_EVERY: u64 = 16;
 
-/// Keep-alive deadline used when keep alive is off (the sleep is then never polled).
-const NO_DEADLINE: Duration = Duration::from_secs(86_400 * 365);
-
 impl Connection {
     /// Reads and handles packets until the connection ends; returns why.
     pub(crate) async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
@@ -35,16 +32,27 @@ impl Connection {
         reader: &mut PacketReader<R>,
         output: &mut Output<W>,
     ) -> Close {
-        let mut shutdown = self.broker.shutdown_signal();
-        if *shutdown.borrow_and_update() {
+        // The session's link is attached by now, so a shutdown either kicks this
+        // connection through it or was signalled before and is seen here.
+        if self.broker.is_shutting_down() {
             return Close::Shutdown;
         }
         let keep_alive = self.keep_alive_timeout;
-        let deadline = tokio::time::sleep(keep_alive.unwrap_or(NO_DEADLINE));
-        tokio::pin!(deadline);
-        let control = self.control.clone();
         let out = self.out.clone();
+        let clock = self.broker.keep_alive.clone();
+        if let Some(timeout) = keep_alive {
+            clock.watch(&out, timeout);
+        }
+        // Moves the keep-alive deadline after traffic, or after a pause of our own making.
+        let alive = |out: &crate::delivery::shared_writer::SharedWriter| {
+            if let Some(timeout) = keep_alive {
+                out.set_keep_alive_deadline_ms(clock.now_ms() + timeout.as_millis() as u64);
+            }
+        };
         loop {
+            if let Some(reason) = out.kicked() {
+                return kicked(reason);
+            }
             let mut received = false;
             loop {
                 match reader.try_decode() {
@@ -53,7 +61,7 @@ impl Connection {
                         if let Err(close) = self.handle(packet) {
                             return close;
                         }
-                        if self.rate.resume_at.is_some() || self.scratch.has_pressure() {
+                        if self.rate.resume_at.is_some() || self.has_pressure() {
                             break; // the rest waits in the buffer until we may go on
                         }
                     }
@@ -62,15 +70,13 @@ impl Connection {
                 }
             }
             if received {
-                if let Some(timeout) = keep_alive {
-                    deadline.as_mut().reset(Instant::now() + timeout);
-                }
+                alive(&out);
             }
-            if self.scratch.has_pressure() {
+            if self.has_pressure() {
+                // The client is not late while we do not read it.
+                out.set_keep_alive_deadline_ms(crate::keep_alive::NO_DEADLINE_MS);
                 self.wait_for_subscribers(&out).await;
-                if let Some(timeout) = keep_alive {
-                    deadline.as_mut().reset(Instant::now() + timeout);
-                }
+                alive(&out);
                 // Packets may be waiting in the buffer: handle them before reading more.
                 continue;
             }
@@ -78,13 +84,12 @@ impl Connection {
                 // Over max_publish_rate_per_client: stop reading until the bucket refills.
                 // Boxed so that its timer costs memory only while a client is throttled.
                 Metrics::add(&self.broker.metrics.publish_throttled, 1);
-                let pause = Box::pin(pause_until(resume_at, &control, &mut shutdown));
+                out.set_keep_alive_deadline_ms(crate::keep_alive::NO_DEADLINE_MS);
+                let pause = Box::pin(pause_until(resume_at, &out));
                 if let Some(close) = pause.await {
                     return close;
                 }
-                if let Some(timeout) = keep_alive {
-                    deadline.as_mut().reset(Instant::now() + timeout);
-                }
+                alive(&out);
                 continue;
             }
             // Whatever this task and others appended since the last batch goes out next.
@@ -94,21 +99,27 @@ impl Connection {
             }
             tokio::select! {
                 biased;
-                reason = control.kicked() => return Close::Kicked(reason),
-                _ = shutdown.changed() => return Close::Shutdown,
+                // Output, a kick or a shutdown (a kick too); checked at the top of the loop.
+                // Also polled while writing: a kick must not wait for a stuck socket.
+                _ = out.notified() => {}
                 written = output.progress(), if writing => match written {
                     Ok(n) => Metrics::add(&self.broker.metrics.bytes_sent, n as u64),
                     Err(e) => return Close::Io(e),
                 },
-                _ = out.notified(), if !writing => {}
                 read = reader.read_more() => match read {
                     Ok(0) => return Close::PeerGone,
                     Ok(n) => Metrics::add(&self.broker.metrics.bytes_received, n as u64),
                     Err(e) => return Close::Io(e),
                 },
-                _ = &mut deadline, if keep_alive.is_some() => return Close::KeepAliveTimeout,
             }
         }
+    }
+
+    /// Whether routing left subscribers over their soft cap to wait for.
+    fn has_pressure(&self) -> bool {
+        self.scratch
+            .as_ref()
+            .is_some_and(|scratch| scratch.has_pressure())
     }
 
     fn handle(&mut self, packet: Packet) -> Result<(), Close> {
@@ -198,12 +209,15 @@ impl Connection {
             if publish.topic.is_empty() {
                 let topic = self
                     .inbound_aliases
-                    .get(&alias)
+                    .as_ref()
+                    .and_then(|aliases| aliases.get(&alias))
                     .cloned()
                     .ok_or(ProtocolError::TopicAliasUnknown)?;
                 publish.resolve_alias(topic);
             } else {
-                self.inbound_aliases.insert(alias, publish.topic.clone());
+                self.inbound_aliases
+                    .get_or_insert_default()
+                    .insert(alias, publish.topic.clone());
                 let topic = publish.topic.clone();
                 publish.resolve_alias(topic);
             }
@@ -284,10 +298,14 @@ impl Connection {
         let message = Message::new(publish, now, Some(self.session.id));
         self.published = self.published.wrapping_add(1);
         if self.published % LATENCY_SAMPLE_EVERY != 1 {
-            return self.broker.publish(&message, &mut self.scratch, now);
+            return self
+                .broker
+                .publish(&message, self.scratch.get_or_insert_default(), now);
         }
         let started = std::time::Instant::now();
-        let delivered = self.broker.publish(&message, &mut self.scratch, now);
+        let delivered = self
+            .broker
+            .publish(&message, self.scratch.get_or_insert_default(), now);
         self.broker
             .route_latency
             .observe(started.elapsed().as_secs_f64());
@@ -433,17 +451,34 @@ fn topic_levels(topic: &str) -> usize {
     topic.bytes().filter(|&b| b == b'/').count() + 1
 }
 
-/// Waits until `resume_at`, or returns why the connection must close first.
+/// The close of a connection kicked with `reason`: a shutdown is its own close.
+fn kicked(reason: ReasonCode) -> Close {
+    if reason == ReasonCode::SERVER_SHUTTING_DOWN {
+        Close::Shutdown
+    } else if reason == ReasonCode::KEEP_ALIVE_TIMEOUT {
+        Close::KeepAliveTimeout
+    } else {
+        Close::Kicked(reason)
+    }
+}
+
+/// Waits until `resume_at`, or returns why the connection must close first. Output
+/// appended meanwhile waits in the SharedWriter.
 async fn pause_until(
     resume_at: Instant,
-    control: &crate::session::delivery::ConnControl,
-    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    out: &crate::delivery::shared_writer::SharedWriter,
 ) -> Option<Close> {
-    tokio::select! {
-        biased;
-        reason = control.kicked() => Some(Close::Kicked(reason)),
-        _ = shutdown.changed() => Some(Close::Shutdown),
-        _ = tokio::time::sleep_until(resume_at) => None,
+    let sleep = tokio::time::sleep_until(resume_at);
+    tokio::pin!(sleep);
+    loop {
+        if let Some(reason) = out.kicked() {
+            return Some(kicked(reason));
+        }
+        tokio::select! {
+            biased;
+            _ = out.notified() => {}
+            _ = &mut sleep => return None,
+        }
     }
 }
 
@@ -455,7 +490,10 @@ impl Connection {
         &mut self,
         own: &std::sync::Arc<crate::delivery::shared_writer::SharedWriter>,
     ) {
-        let mut pressure = self.scratch.take_pressure();
+        let Some(scratch) = self.scratch.as_mut() else {
+            return;
+        };
+        let mut pressure = scratch.take_pressure();
         // Never wait for ourselves: our own output is written by this very task.
         pressure.retain(|p| !std::sync::Arc::ptr_eq(&p.writer, own));
         if pressure.is_empty() {

@@ -1,7 +1,6 @@
 //! The CONNECT handshake: read CONNECT within the connect timeout, validate it, open or
 //! resume the session (taking it over from an older connection), answer CONNACK and attach.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +16,7 @@ use crate::broker::Broker;
 use crate::delivery::shared_writer::SharedWriter;
 use crate::error::{Close, ProtocolError};
 use crate::metrics::Metrics;
-use crate::router::RouteScratch;
-use crate::session::delivery::{ConnControl, Link, OutboundAliases};
+use crate::session::delivery::{Link, OutboundAliases};
 
 /// Reads CONNECT and establishes the connection.
 ///
@@ -161,7 +159,6 @@ fn establish(
         p.shared_subscription_available = Some(true);
     }
 
-    let control = Arc::new(ConnControl::default());
     let client_props = &connect.properties;
     let window = client_props
         .receive_maximum
@@ -182,7 +179,7 @@ fn establish(
         if let Some(old) = delivery.take_link() {
             // [MQTT-3.1.4-3]: the existing connection gets DISCONNECT 0x8E and is closed.
             Metrics::add(&broker.metrics.session_takeovers, 1);
-            old.control.kick(ReasonCode::SESSION_TAKEN_OVER);
+            old.writer.kick(ReasonCode::SESSION_TAKEN_OVER);
         }
         let generation = session.next_generation();
         session.set_expiry_secs(expiry_secs);
@@ -199,7 +196,6 @@ fn establish(
                     .min(limits.topic_alias_maximum),
             ),
             generation,
-            control: control.clone(),
             username: connect.username.clone(),
         };
         delivery.attach(
@@ -224,13 +220,12 @@ fn establish(
         client_id,
         peer,
         out: out.clone(),
-        control,
         keep_alive_timeout: (keep_alive_secs > 0)
             .then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500)),
         will: connect.will.map(Box::new),
-        inbound_aliases: HashMap::new(),
+        inbound_aliases: None,
         connect_expiry_was_zero: requested_expiry == 0,
-        scratch: RouteScratch::default(),
+        scratch: None,
         rate: super::RateBucket::full(limits.max_publish_rate_per_client),
         acl,
         acl_generation,

@@ -25,7 +25,6 @@ use crate::delivery::shared_writer::SharedWriter;
 use crate::error::Close;
 use crate::metrics::Metrics;
 use crate::router::RouteScratch;
-use crate::session::delivery::ConnControl;
 use crate::session::timers::{self, Offline};
 use crate::session::Session;
 use crate::will;
@@ -81,18 +80,14 @@ where
     let mut output = Output::new(writer);
     let mut reader = PacketReader::new(reader, limits.max_packet_size_bytes);
     drop(limits);
-    let mut flush_timeout = FLUSH_TIMEOUT;
-    match handshake::connect(&broker, &mut reader, &out, &info).await {
-        Ok(mut connection) => {
-            let close = connection.run(&mut reader, &mut output).await;
-            if matches!(&close, Close::Kicked(reason) if *reason == tern_codec::ReasonCode::QUOTA_EXCEEDED)
-            {
-                // A slow consumer does not read: waiting for its socket to drain would only
-                // keep the connection, and up to twice the writer cap, alive.
-                flush_timeout = SLOW_CONSUMER_FLUSH_TIMEOUT;
-            }
-            connection.finish(close);
-        }
+    // The handshake's result lives only in this statement, and the connection is used in
+    // place afterwards: a `match` on the awaited call (whose temporary lives to the end of
+    // the `match`) or a binding moved out of by parts would keep a second copy of the
+    // connection in this future for its whole life.
+    // Boxed: its state lives on the heap only while the handshake runs.
+    let handshake = Box::pin(handshake::connect(&broker, &mut reader, &out, &info));
+    let mut connection = match handshake.await {
+        Ok(connection) => Some(connection),
         Err(close) => {
             match &close {
                 Close::ConnectTimeout => Metrics::add(&broker.metrics.timeouts, 1),
@@ -100,6 +95,20 @@ where
                 _ => {}
             }
             tracing::debug!(%peer, reason = %close, "connection closed before CONNECT completed");
+            None
+        }
+    };
+    let mut flush_timeout = FLUSH_TIMEOUT;
+    if let Some(established) = connection.as_mut() {
+        let close = established.run(&mut reader, &mut output).await;
+        if matches!(&close, Close::Kicked(reason) if *reason == tern_codec::ReasonCode::QUOTA_EXCEEDED)
+        {
+            // A slow consumer does not read: waiting for its socket to drain would only
+            // keep the connection, and up to twice the writer cap, alive.
+            flush_timeout = SLOW_CONSUMER_FLUSH_TIMEOUT;
+        }
+        if let Some(established) = connection.take() {
+            established.finish(close);
         }
     }
     out.close();
@@ -121,16 +130,19 @@ pub(crate) struct Connection {
     client_id: ByteStr,
     peer: SocketAddr,
     out: Arc<SharedWriter>,
-    control: Arc<ConnControl>,
     /// Nothing received for this long closes the connection (1.5 x keep alive).
     keep_alive_timeout: Option<Duration>,
     /// Boxed: most clients have none, and this struct lives as long as the connection.
     will: Option<Box<LastWill>>,
     /// Topic aliases set by the client on this connection ([MQTT-3.3.2-7]: not kept).
-    inbound_aliases: HashMap<u16, ByteStr>,
+    /// Boxed on first use: most clients set none, and an empty map is 48 bytes inline.
+    #[allow(clippy::box_collection)]
+    inbound_aliases: Option<Box<HashMap<u16, ByteStr>>>,
     /// CONNECT's Session Expiry Interval was 0 ([MQTT-3.14.2-2]).
     connect_expiry_was_zero: bool,
-    scratch: RouteScratch,
+    /// Routing scratch space, boxed on the first PUBLISH: subscribers that never publish
+    /// do not carry it.
+    scratch: Option<Box<RouteScratch>>,
     /// This client's ACL (`None`: no ACL file configured).
     acl: Option<Arc<crate::auth::ClientAcl>>,
     /// The client's publish-rate token bucket.
@@ -239,5 +251,36 @@ impl Connection {
         if !guard.is_closed() {
             encode(guard.buf(), self.version);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle connection is mostly its task, and the task is mostly this future: a
+    /// temporary kept alive across an `.await`, or a state that should be boxed, shows up
+    /// here before it shows up as RSS per connection (`tern-bench idle`).
+    #[tokio::test]
+    async fn connection_future_stays_small() {
+        let broker = Broker::new(crate::config::Config::default_config());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (stream, peer) = listener.accept().await.expect("accept");
+        let (reader, writer) = stream.into_split();
+        let info = PeerInfo {
+            addr: peer,
+            cert_username: None,
+        };
+        let future = serve_with(broker, reader, writer, info);
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 960, "the connection future grew to {size} bytes");
+        assert!(std::mem::size_of::<Connection>() <= 256);
+        drop(future);
+        drop(client);
     }
 }

@@ -17,7 +17,7 @@ use std::sync::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
 use bytes::BytesMut;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
@@ -29,8 +29,16 @@ pub const KEEP_CAPACITY_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct SharedWriter {
     state: Mutex<WriterState>,
-    /// Wakes the connection's task; `notify_one` keeps a permit, so no wake-up is lost.
+    /// Wakes the connection's task (output to write, a kick); `notify_one` keeps a permit,
+    /// so no wake-up is lost. One wake-up for both keeps an idle connection's task small.
     wake: Notify,
+    /// Why the connection must close (a reason code), 0 while it may go on.
+    kick: AtomicU8,
+    /// The connection's keep-alive timeout in ms (0: none), for [`crate::keep_alive`].
+    keep_alive_ms: AtomicU32,
+    /// When the connection times out unless it receives something, in ms on the
+    /// [`crate::keep_alive::KeepAlive`] clock.
+    keep_alive_deadline_ms: AtomicU64,
     /// Byte cap for QoS 0 appends.
     cap_bytes: usize,
     /// Above this many buffered bytes, publishers hold back (see [`crate::backpressure`]).
@@ -120,6 +128,9 @@ impl SharedWriter {
                 over_cap_since: None,
             }),
             wake: Notify::new(),
+            kick: AtomicU8::new(0),
+            keep_alive_ms: AtomicU32::new(0),
+            keep_alive_deadline_ms: AtomicU64::new(crate::keep_alive::NO_DEADLINE_MS),
             cap_bytes,
             soft_cap_bytes,
             len: AtomicUsize::new(0),
@@ -194,7 +205,48 @@ impl SharedWriter {
         self.wake.notify_one();
     }
 
-    /// Completes at the next append that makes an empty buffer non-empty (or at `close`).
+    /// Asks the connection to close with `reason` (takeover, slow consumer, shutdown; sent
+    /// as DISCONNECT to 5.0 clients). The first reason stays.
+    pub fn kick(&self, reason: tern_codec::ReasonCode) {
+        let _ = self
+            .kick
+            .compare_exchange(0, reason.0, Ordering::AcqRel, Ordering::Acquire);
+        self.wake.notify_one();
+    }
+
+    /// Sets the keep-alive timeout the sweeper re-checks this connection after.
+    pub fn set_keep_alive_ms(&self, timeout_ms: u64) {
+        let ms = u32::try_from(timeout_ms).unwrap_or(u32::MAX);
+        self.keep_alive_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The keep-alive timeout in ms (0: none).
+    pub fn keep_alive_ms(&self) -> u64 {
+        u64::from(self.keep_alive_ms.load(Ordering::Relaxed))
+    }
+
+    /// Moves the keep-alive deadline (ms on the broker's keep-alive clock;
+    /// [`crate::keep_alive::NO_DEADLINE_MS`] while the broker itself pauses reading).
+    pub fn set_keep_alive_deadline_ms(&self, deadline_ms: u64) {
+        self.keep_alive_deadline_ms
+            .store(deadline_ms, Ordering::Relaxed);
+    }
+
+    /// The keep-alive deadline, see [`SharedWriter::set_keep_alive_deadline_ms`].
+    pub fn keep_alive_deadline_ms(&self) -> u64 {
+        self.keep_alive_deadline_ms.load(Ordering::Relaxed)
+    }
+
+    /// The reason the connection was asked to close with, if it was.
+    pub fn kicked(&self) -> Option<tern_codec::ReasonCode> {
+        match self.kick.load(Ordering::Acquire) {
+            0 => None,
+            reason => Some(tern_codec::ReasonCode(reason)),
+        }
+    }
+
+    /// Completes at the next append that makes an empty buffer non-empty, at `close`, or
+    /// at a [`SharedWriter::kick`].
     ///
     /// # Cancel safety
     /// Cancel safe: a wake-up that comes while nobody waits is kept as a permit.

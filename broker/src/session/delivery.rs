@@ -6,7 +6,6 @@
 //! Nothing here awaits or does I/O: writing means appending to the SharedWriter.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -15,39 +14,12 @@ use tern_codec::template::encode_publish;
 use tern_codec::{
     ByteStr, Family, OutQos, Outbound, PacketId, ProtocolVersion, PubRel, QoS, ReasonCode,
 };
-use tokio::sync::Notify;
 
 use crate::delivery::shared_writer::SharedWriter;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router::shared::SharedGroup;
 use crate::session::inflight::{Inflight, Stage, Window};
-
-/// Signals from other tasks to a connection: "close now, with this reason".
-#[derive(Debug, Default)]
-pub struct ConnControl {
-    kick: Notify,
-    reason: AtomicU8,
-}
-
-impl ConnControl {
-    /// Asks the connection to close with `reason` (sent as DISCONNECT to 5.0 clients).
-    pub fn kick(&self, reason: ReasonCode) {
-        let _ = self
-            .reason
-            .compare_exchange(0, reason.0, Ordering::AcqRel, Ordering::Acquire);
-        self.kick.notify_one();
-    }
-
-    /// Waits for a kick; returns its reason.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: a kick that arrives while not waiting is kept as a permit.
-    pub async fn kicked(&self) -> ReasonCode {
-        self.kick.notified().await;
-        ReasonCode(self.reason.load(Ordering::Acquire))
-    }
-}
 
 /// Outbound topic aliases of one connection (5.0): topic -> alias, within the client's
 /// Topic Alias Maximum. Aliases are handed out first come and never reassigned.
@@ -92,8 +64,6 @@ pub struct Link {
     pub aliases: OutboundAliases,
     /// The connection's generation; a connection only detaches itself.
     pub generation: u64,
-    /// Kicks the connection (takeover, slow consumer).
-    pub control: Arc<ConnControl>,
     /// The user name the connection authenticated as (ACL reload re-derives from it).
     pub username: Option<ByteStr>,
 }
@@ -173,6 +143,11 @@ impl Delivery {
     /// anonymous client.
     pub fn link_username(&self) -> Option<Option<ByteStr>> {
         self.link.as_ref().map(|link| link.username.clone())
+    }
+
+    /// The attached connection's output (to kick it), if one is attached.
+    pub fn link_writer(&self) -> Option<&Arc<SharedWriter>> {
+        self.link.as_ref().map(|link| &link.writer)
     }
 
     /// Whether a connection is attached.
@@ -607,7 +582,7 @@ fn write_publish(
             if stuck_since
                 .is_some_and(|since| ctx.now.duration_since(since) >= ctx.slow_consumer_timeout)
             {
-                link.control.kick(ReasonCode::QUOTA_EXCEEDED);
+                link.writer.kick(ReasonCode::QUOTA_EXCEEDED);
             }
             return Written::Dropped;
         }

@@ -134,7 +134,7 @@ impl Connection {
             .broker
             .auth
             .current()
-            .client_acl(&self.client_id, self.username.as_deref());
+            .client_acl(&self.session.client_id, self.username.as_deref());
     }
 
     /// The read check of one SUBSCRIBE filter: `Ok(None)` to subscribe with no delivery
@@ -149,7 +149,7 @@ impl Connection {
             SubscribeVerdict::Filtered => Ok(Some(acl.clone())),
             SubscribeVerdict::Denied => {
                 Metrics::add(&self.broker.metrics.acl_denied, 1);
-                tracing::debug!(client_id = %self.client_id, %filter, "subscription refused by ACL");
+                tracing::debug!(client_id = %self.session.client_id, %filter, "subscription refused by ACL");
                 Err(ReasonCode::NOT_AUTHORIZED)
             }
         }
@@ -167,7 +167,7 @@ impl Connection {
             return false;
         }
         Metrics::add(&self.broker.metrics.acl_denied, 1);
-        tracing::debug!(client_id = %self.client_id, topic = %publish.topic, "publish refused by ACL: dropped");
+        tracing::debug!(client_id = %self.session.client_id, topic = %publish.topic, "publish refused by ACL: dropped");
         let v5 = self.version.is_v5();
         let code = if v5 {
             ReasonCode::NOT_AUTHORIZED

@@ -27,7 +27,7 @@ pub(crate) async fn connect<R: AsyncRead + Unpin>(
     broker: &Broker,
     reader: &mut PacketReader<R>,
     out: &Arc<SharedWriter>,
-    info: &PeerInfo,
+    info: PeerInfo,
 ) -> Result<Connection, Close> {
     let peer = info.addr;
     let timeout = Duration::from_millis(broker.limits().connect_timeout_ms);
@@ -58,10 +58,10 @@ pub(crate) async fn connect<R: AsyncRead + Unpin>(
             "non-CONNECT first packet",
         )));
     };
-    if let Err(code) = super::auth_hooks::login(broker, &connect, info).await {
+    if let Err(code) = super::auth_hooks::login(broker, &connect, &info).await {
         return Err(refuse(out, connect.protocol, code));
     }
-    establish(broker, *connect, out, info)
+    establish(broker, *connect, out, &info)
 }
 
 fn refuse(out: &SharedWriter, version: ProtocolVersion, code: ReasonCode) -> Close {
@@ -217,19 +217,15 @@ fn establish(
         session,
         generation,
         version,
-        client_id,
         peer,
         out: out.clone(),
         keep_alive_timeout: (keep_alive_secs > 0)
             .then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500)),
         will: connect.will.map(Box::new),
-        inbound_aliases: None,
         connect_expiry_was_zero: requested_expiry == 0,
-        scratch: None,
-        rate: super::RateBucket::full(limits.max_publish_rate_per_client),
+        publishing: None,
         acl,
         acl_generation,
-        published: 0,
         username: connect.username.clone(),
         limits: limits.clone(),
     })

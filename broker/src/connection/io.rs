@@ -2,7 +2,10 @@
 //! idle, and the codec's incremental decoder over it.
 
 use bytes::BytesMut;
+use std::future::Future;
+use std::task::{Context, Poll};
 use tern_codec::{Decoder, Packet};
+
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::{Close, ProtocolError};
@@ -55,6 +58,12 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
             self.read_size /= 2;
         }
         Ok(n)
+    }
+
+    /// [`PacketReader::read_more`] as a poll, for a caller that waits on several things at
+    /// once (the read's future is made anew at each poll: it holds nothing but borrows).
+    pub fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        std::pin::pin!(self.read_more()).poll(cx)
     }
 
     /// Waits for the next whole packet.

@@ -85,7 +85,7 @@ where
     // the `match`) or a binding moved out of by parts would keep a second copy of the
     // connection in this future for its whole life.
     // Boxed: its state lives on the heap only while the handshake runs.
-    let handshake = Box::pin(handshake::connect(&broker, &mut reader, &out, &info));
+    let handshake = Box::pin(handshake::connect(&broker, &mut reader, &out, info));
     let mut connection = match handshake.await {
         Ok(connection) => Some(connection),
         Err(close) => {
@@ -127,7 +127,6 @@ pub(crate) struct Connection {
     /// This connection's generation in `session`.
     generation: u64,
     version: ProtocolVersion,
-    client_id: ByteStr,
     peer: SocketAddr,
     out: Arc<SharedWriter>,
     /// Nothing received for this long closes the connection (1.5 x keep alive).
@@ -135,24 +134,31 @@ pub(crate) struct Connection {
     /// Boxed: most clients have none, and this struct lives as long as the connection.
     will: Option<Box<LastWill>>,
     /// Topic aliases set by the client on this connection ([MQTT-3.3.2-7]: not kept).
-    /// Boxed on first use: most clients set none, and an empty map is 48 bytes inline.
-    #[allow(clippy::box_collection)]
-    inbound_aliases: Option<Box<HashMap<u16, ByteStr>>>,
-    /// CONNECT's Session Expiry Interval was 0 ([MQTT-3.14.2-2]).
-    connect_expiry_was_zero: bool,
-    /// Routing scratch space, boxed on the first PUBLISH: subscribers that never publish
-    /// do not carry it.
-    scratch: Option<Box<RouteScratch>>,
     /// This client's ACL (`None`: no ACL file configured).
     acl: Option<Arc<crate::auth::ClientAcl>>,
-    /// The client's publish-rate token bucket.
-    rate: RateBucket,
+    /// CONNECT's Session Expiry Interval was 0 ([MQTT-3.14.2-2]).
+    connect_expiry_was_zero: bool,
+    /// What only a publishing client needs, boxed at its first PUBLISH: most idle
+    /// connections are subscribers that never publish.
+    publishing: Option<Box<Publishing>>,
     /// The limits in force when the client connected.
     limits: Arc<crate::config::Limits>,
     /// The user name the client authenticated as, for re-deriving its ACL after a reload.
     username: Option<ByteStr>,
     /// The auth generation `acl` was derived under.
     acl_generation: u64,
+}
+
+/// The state of a client that publishes.
+#[derive(Debug, Default)]
+pub(crate) struct Publishing {
+    /// Routing scratch space, reused from one PUBLISH to the next.
+    scratch: RouteScratch,
+    /// Topic aliases set by the client on this connection ([MQTT-3.3.2-7]: not kept).
+    inbound_aliases: HashMap<u16, ByteStr>,
+    /// The publish-rate token bucket (when `max_publish_rate_per_client` is set), full at
+    /// the first PUBLISH.
+    rate: Option<RateBucket>,
     /// PUBLISH packets routed, for sampling the routing latency.
     published: u64,
 }
@@ -167,11 +173,11 @@ pub(crate) struct RateBucket {
 }
 
 impl RateBucket {
-    /// A full bucket for `rate_per_sec` messages per second.
-    pub(crate) fn full(rate_per_sec: u32) -> RateBucket {
+    /// A full bucket for `rate_per_sec` messages per second, as of `now`.
+    pub(crate) fn full(rate_per_sec: f64, now: tokio::time::Instant) -> RateBucket {
         RateBucket {
-            tokens: f64::from(rate_per_sec),
-            refilled_at: tokio::time::Instant::now(),
+            tokens: rate_per_sec,
+            refilled_at: now,
             resume_at: None,
         }
     }
@@ -190,7 +196,7 @@ impl Connection {
             }
             _ => {}
         }
-        tracing::debug!(client_id = %self.client_id, peer = %self.peer, reason = %close, "connection closed");
+        tracing::debug!(client_id = %self.session.client_id, peer = %self.peer, reason = %close, "connection closed");
         if let (true, Some(reason)) = (self.version.is_v5(), close.disconnect_reason()) {
             self.send(|buf, version| Disconnect::new(reason).encode(version, buf));
         }
@@ -278,8 +284,8 @@ mod tests {
         };
         let future = serve_with(broker, reader, writer, info);
         let size = std::mem::size_of_val(&future);
-        assert!(size <= 960, "the connection future grew to {size} bytes");
-        assert!(std::mem::size_of::<Connection>() <= 256);
+        assert!(size <= 700, "the connection future grew to {size} bytes");
+        assert!(std::mem::size_of::<Connection>() <= 192);
         drop(future);
         drop(client);
     }

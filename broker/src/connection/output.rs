@@ -7,7 +7,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -61,21 +61,22 @@ impl<W: AsyncWrite + Unpin> Output<W> {
     /// Cancel safe: progress is recorded before the future completes, so a future dropped
     /// by `select!` loses nothing.
     pub(crate) async fn progress(&mut self) -> io::Result<usize> {
-        poll_fn(|cx| {
-            if self.written < self.batch.len() {
-                let n =
-                    ready!(Pin::new(&mut self.socket).poll_write(cx, &self.batch[self.written..]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                self.written += n;
-                return Poll::Ready(Ok(n));
+        poll_fn(|cx| self.poll_progress(cx)).await
+    }
+
+    /// [`Output::progress`] as a poll, for a caller that waits on several things at once.
+    pub(crate) fn poll_progress(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.written < self.batch.len() {
+            let n = ready!(Pin::new(&mut self.socket).poll_write(cx, &self.batch[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            ready!(Pin::new(&mut self.socket).poll_flush(cx))?;
-            self.needs_flush = false;
-            Poll::Ready(Ok(0))
-        })
-        .await
+            self.written += n;
+            return Poll::Ready(Ok(n));
+        }
+        ready!(Pin::new(&mut self.socket).poll_flush(cx))?;
+        self.needs_flush = false;
+        Poll::Ready(Ok(0))
     }
 
     /// Writes whatever is left in the batch and in `out` (closed by now), then shuts the

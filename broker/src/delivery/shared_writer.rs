@@ -18,8 +18,9 @@ use tokio::time::Instant;
 
 use bytes::BytesMut;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 /// Buffers above this capacity are dropped instead of kept after a flush, so an idle
 /// connection does not hold a large allocation (DESIGN.md "Idle connections").
@@ -29,9 +30,11 @@ pub const KEEP_CAPACITY_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct SharedWriter {
     state: Mutex<WriterState>,
-    /// Wakes the connection's task (output to write, a kick); `notify_one` keeps a permit,
-    /// so no wake-up is lost. One wake-up for both keeps an idle connection's task small.
-    wake: Notify,
+    /// The connection's task, woken for output to write, a close or a kick. Polled, not a
+    /// `Notify`: waiting on it takes no room in the task's future (see `poll_notified`).
+    waker: AtomicWaker,
+    /// A wake-up not yet seen by the task (kept like a permit, so none is lost).
+    woken: AtomicBool,
     /// Why the connection must close (a reason code), 0 while it may go on.
     kick: AtomicU8,
     /// The connection's keep-alive timeout in ms (0: none), for [`crate::keep_alive`].
@@ -107,7 +110,7 @@ impl Drop for WriteGuard<'_> {
             .store(self.state.buf.len(), Ordering::Relaxed);
         let now_non_empty = !self.state.buf.is_empty();
         if self.was_empty && now_non_empty {
-            self.writer.wake.notify_one();
+            self.writer.wake();
         }
     }
 }
@@ -127,7 +130,8 @@ impl SharedWriter {
                 closed: false,
                 over_cap_since: None,
             }),
-            wake: Notify::new(),
+            waker: AtomicWaker::new(),
+            woken: AtomicBool::new(false),
             kick: AtomicU8::new(0),
             keep_alive_ms: AtomicU32::new(0),
             keep_alive_deadline_ms: AtomicU64::new(crate::keep_alive::NO_DEADLINE_MS),
@@ -202,7 +206,7 @@ impl SharedWriter {
         let mut guard = self.lock();
         guard.state.closed = true;
         drop(guard);
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// Asks the connection to close with `reason` (takeover, slow consumer, shutdown; sent
@@ -211,7 +215,7 @@ impl SharedWriter {
         let _ = self
             .kick
             .compare_exchange(0, reason.0, Ordering::AcqRel, Ordering::Acquire);
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// Sets the keep-alive timeout the sweeper re-checks this connection after.
@@ -245,13 +249,32 @@ impl SharedWriter {
         }
     }
 
-    /// Completes at the next append that makes an empty buffer non-empty, at `close`, or
-    /// at a [`SharedWriter::kick`].
+    /// Wakes the connection's task (or leaves the wake-up for its next poll).
+    fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once after an append made an empty buffer non-empty, a `close` or a
+    /// [`SharedWriter::kick`] since the last time it was ready. Only the connection's own
+    /// task may poll this (one waker is kept).
+    pub fn poll_notified(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    /// [`SharedWriter::poll_notified`] as a future.
     ///
     /// # Cancel safety
-    /// Cancel safe: a wake-up that comes while nobody waits is kept as a permit.
+    /// Cancel safe: a wake-up that comes while nobody waits is kept.
     pub async fn notified(&self) {
-        self.wake.notified().await;
+        std::future::poll_fn(|cx| self.poll_notified(cx)).await;
     }
 
     /// Since when the buffer has been over its cap without draining, if it is.

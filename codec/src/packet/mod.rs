@@ -2,7 +2,8 @@
 //! [`Packet`], the enum the decoder yields.
 //!
 //! `decode` functions take the complete body of one frame as `Bytes` (the fixed header
-//! already parsed and checked) and must consume it exactly. `encode` appends the whole
+//! already parsed and checked) and must consume it exactly; PUBLISH alone takes the whole
+//! frame and the header length, because it keeps the frame as its only handle. `encode` appends the whole
 //! packet, fixed header included, to any `BufMut`.
 
 mod auth;

@@ -107,7 +107,7 @@ impl fmt::Debug for Publish {
             .field("topic", &self.topic())
             .field("packet_id", &self.packet_id)
             .field("properties", &self.properties())
-            .field("payload_len", &self.payload().len())
+            .field("payload_bytes", &self.payload().len())
             .field("received", &self.received().is_some())
             .finish()
     }
@@ -214,18 +214,18 @@ impl Publish {
     /// Turns a received publish into the owned form (topic, properties and payload become
     /// handles on the frame, no byte is copied) and returns the fields.
     fn make_owned(&mut self) -> &mut Owned {
-        if let Body::Received(r) = &self.body {
-            let owned = Owned {
-                topic: ByteStr::from_validated(r.frame.slice(r.topic.range())),
-                properties: PublishPropertiesRef::received(r).to_properties(),
-                payload: r.frame.slice(r.payload_start as usize..),
-            };
-            self.body = Body::Owned(Box::new(owned));
-        }
-        match &mut self.body {
-            Body::Owned(o) => o,
-            // Just replaced above.
-            Body::Received(_) => unreachable!("a received body was just made owned"),
+        match self.body {
+            Body::Owned(ref mut owned) => owned,
+            Body::Received(ref r) => {
+                let owned = Owned {
+                    topic: ByteStr::from_validated(r.frame.slice(r.topic.range())),
+                    properties: PublishPropertiesRef::received(r).to_properties(),
+                    payload: r.frame.slice(r.payload_start as usize..),
+                };
+                self.body = Body::Owned(Box::new(owned));
+                // Owned now: returns at once.
+                self.make_owned()
+            }
         }
     }
 

@@ -130,7 +130,7 @@ impl Scan {
     }
 
     /// Checks a whole PUBLISH frame and locates its fields, accepting exactly the frames
-    /// [`Publish::decode`] accepts (and no others): `None` means "let the checked decoder
+    /// [`super::Publish::decode`] accepts (and no others): `None` means "let the checked decoder
     /// say what is wrong". Unusual but valid encodings (e.g. a property identifier written
     /// as a multi-byte varint) are left to the checked decoder too.
     #[inline(always)]
@@ -186,7 +186,7 @@ impl Scan {
             }
         }
         // [MQTT-4.7.3-1] (3.1.1): a topic name has at least one character; 5.0 allows an
-        // empty one only with a Topic Alias (3.3.2.3.4).
+        // empty one only with a Topic Alias (3.3.2.1).
         if topic.start == topic.end && self.eager.topic_alias.is_none() {
             return None;
         }

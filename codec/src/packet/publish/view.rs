@@ -11,7 +11,7 @@ use std::fmt;
 use bytes::{BufMut, Bytes};
 
 use super::received::{Eager, RawProp, RawProps, Received, Span};
-use crate::property::{id, PublishProperties, UserProperty};
+use crate::property::{id, PropertySet, PublishProperties, UserProperty};
 use crate::types::{str_from_validated, ByteStr};
 use crate::varint;
 
@@ -184,7 +184,6 @@ impl<'a> PublishPropertiesRef<'a> {
 
     /// The whole encoded block, length varint included (as received, for a received one).
     pub(crate) fn block_len(&self) -> usize {
-        use crate::property::PropertySet;
         match self.0 {
             Source::Owned(p) => p.block_len(),
             Source::Received(r) => {
@@ -196,7 +195,6 @@ impl<'a> PublishPropertiesRef<'a> {
 
     /// Writes the whole block; a received one is copied as it came.
     pub(crate) fn encode(&self, dst: &mut impl BufMut) {
-        use crate::property::PropertySet;
         match self.0 {
             Source::Owned(p) => p.encode(dst),
             Source::Received(r) => {

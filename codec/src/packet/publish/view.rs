@@ -15,7 +15,7 @@ use crate::property::{id, PropertySet, PublishProperties, UserProperty};
 use crate::types::{str_from_validated, ByteStr};
 use crate::varint;
 
-/// The properties of a PUBLISH (3.3.2.3), borrowed from it. A 3.x publish has none.
+/// The properties of a PUBLISH (3.3.2.3), borrowed from it. One received over 3.x has none.
 ///
 /// Obtained from [`super::Publish::properties`]. The integer properties are plain reads;
 /// Content Type, Response Topic, Correlation Data, Subscription Identifiers and User

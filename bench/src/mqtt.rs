@@ -346,8 +346,8 @@ mod tests {
             let Some(Packet::Publish(p)) = decoded else {
                 bail!("not a PUBLISH");
             };
-            assert_eq!(p.topic.as_str(), "a/b");
-            assert_eq!(p.payload.len(), 200);
+            assert_eq!(p.topic(), "a/b");
+            assert_eq!(p.payload().len(), 200);
             if qos > 0 {
                 assert_eq!(id, 0x1234);
                 assert_eq!(p.packet_id.map(|i| i.get()), Some(0x1234));

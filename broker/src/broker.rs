@@ -272,7 +272,7 @@ impl Broker {
         for Redirect { message, group } in redirects {
             match group.pick_other(leaving_session) {
                 Some(member) => {
-                    let topic = &message.publish().topic;
+                    let topic = message.publish().topic();
                     if member
                         .read_check
                         .as_ref()

@@ -52,7 +52,7 @@ impl Message {
 
     /// The topic.
     pub fn topic(&self) -> &str {
-        &self.publish().topic
+        self.publish().topic()
     }
 
     /// The QoS it was published with.
@@ -63,7 +63,7 @@ impl Message {
     /// The remaining Message Expiry Interval at `now`: `None` when the message has none,
     /// `Some(Err(()))` when it has expired, else the whole seconds left (at least 1).
     pub fn remaining_expiry_secs(&self, now: Instant) -> Option<Result<u32, ()>> {
-        let expiry = self.publish().properties.message_expiry_interval_secs?;
+        let expiry = self.publish().properties().message_expiry_interval_secs()?;
         let elapsed = now.saturating_duration_since(self.received_at);
         let total = Duration::from_secs(u64::from(expiry));
         if elapsed >= total {

@@ -25,10 +25,10 @@ impl RetainedStore {
     pub fn update(&self, message: &Arc<Message>) -> i64 {
         let publish = message.publish();
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        if publish.payload.is_empty() {
-            return -(map.remove(&publish.topic).is_some() as i64);
+        if publish.payload().is_empty() {
+            return -(map.remove(publish.topic()).is_some() as i64);
         }
-        match map.insert(publish.topic.clone(), message.clone()) {
+        match map.insert(publish.shared_topic(), message.clone()) {
             Some(_) => 0,
             None => 1,
         }

@@ -18,7 +18,7 @@ pub fn to_publish(will: LastWill) -> Publish {
     let mut publish = Publish::new(will.topic, will.payload);
     publish.qos = will.qos;
     publish.retain = will.retain;
-    publish.properties = PublishProperties {
+    *publish.properties_mut() = PublishProperties {
         payload_format_indicator: p.payload_format_indicator,
         message_expiry_interval_secs: p.message_expiry_interval_secs,
         content_type: p.content_type,

@@ -303,7 +303,7 @@ fn sighup_reloads_passwords_limits_and_log_level_without_dropping_clients() {
         b"hello".to_vec(),
     )));
     match alice.recv() {
-        Some(Packet::Publish(p)) => assert_eq!(&p.payload[..], b"hello"),
+        Some(Packet::Publish(p)) => assert_eq!(p.payload(), b"hello"),
         other => panic!("alice expected the message, got {other:?}"),
     }
     // The new limit applies to new connections: bob may hold one subscription only.

@@ -21,8 +21,9 @@ fn publish_v5(payload_bytes: usize) -> Publish {
     let mut p = Publish::new("sensors/building-1/floor-2/temp", vec![0x5a; payload_bytes]);
     p.qos = QoS::AtLeastOnce;
     p.packet_id = NonZeroU16::new(42);
-    p.properties.message_expiry_interval_secs = Some(3600);
-    p.properties.content_type = Some("json".into());
+    let props = p.properties_mut();
+    props.message_expiry_interval_secs = Some(3600);
+    props.content_type = Some("json".into());
     p
 }
 

@@ -80,9 +80,13 @@ pub enum DecodeError {
     /// The property length does not match the properties that follow.
     #[error("property length mismatch")]
     PropertyLength,
-    /// A topic name with wildcards, or empty without a topic alias ([MQTT-3.3.2-2]).
+    /// A topic name with wildcards ([MQTT-3.3.2-2]), or (3.x) an empty one ([MQTT-4.7.3-1]).
     #[error("invalid topic name")]
     InvalidTopicName,
+    /// 5.0: an empty topic name without a Topic Alias (3.3.2.1: "It is a Protocol Error if
+    /// the Topic Name is zero length and there is no Topic Alias").
+    #[error("empty topic name without a topic alias")]
+    EmptyTopicWithoutAlias,
     /// A topic filter breaking the wildcard rules ([MQTT-4.7.1-1], [MQTT-4.7.1-2]) or the
     /// shared subscription syntax ([MQTT-4.8.2-1], [MQTT-4.8.2-2]).
     #[error("invalid topic filter")]
@@ -121,6 +125,7 @@ impl DecodeError {
             UnsupportedProtocolVersion(_) => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
             DuplicateProperty(_)
             | InvalidPropertyValue(_)
+            | EmptyTopicWithoutAlias
             | EmptySubscription
             | InvalidRetainHandling
             | NoLocalOnSharedSubscription => ReasonCode::PROTOCOL_ERROR,

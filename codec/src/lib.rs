@@ -5,7 +5,9 @@
 //! fills from its socket: [`Decoder::decode`] returns `Ok(None)` while a frame is still
 //! incomplete, checks the maximum packet size from the fixed header before anything is
 //! buffered, and hands out packets whose strings and payloads are [`bytes::Bytes`] slices of
-//! the frame. Encoding appends to any [`bytes::BufMut`].
+//! the frame; a PUBLISH, the hot one, holds the frame itself as its only handle and reads
+//! its topic, properties and payload in place (see [`Publish`]). Encoding appends to any
+//! [`bytes::BufMut`].
 //!
 //! For fan-out, [`PublishTemplates`] encodes one PUBLISH at most once per *layout*
 //! (3.x or 5.0 family, with or without a packet identifier) and [`PublishTemplate::write_to`]
@@ -36,7 +38,8 @@ pub use decoder::Decoder;
 pub use error::DecodeError;
 pub use packet::{
     Auth, ConnAck, Connect, Disconnect, LastWill, Packet, PubAck, PubComp, PubRec, PubRel, Publish,
-    SubAck, Subscribe, UnsubAck, Unsubscribe,
+    PublishPropertiesRef, SubAck, Subscribe, SubscriptionIdentifiers, UnsubAck, Unsubscribe,
+    UserProperties,
 };
 pub use property::*;
 pub use reason::ReasonCode;

@@ -184,7 +184,13 @@ pub(crate) trait Sink {
     fn str(&mut self, ident: u8, v: Option<&ByteStr>) {
         self.binary(ident, v.map(|s| s.as_bytes().as_ref()));
     }
-    fn users(&mut self, users: &[UserProperty]);
+    /// One User Property.
+    fn user(&mut self, name: &[u8], value: &[u8]);
+    fn users(&mut self, users: &[UserProperty]) {
+        for (k, v) in users {
+            self.user(k.as_bytes(), v.as_bytes());
+        }
+    }
 }
 
 /// Counts the encoded length of a property block's contents.
@@ -207,10 +213,8 @@ impl Sink for Counter {
     fn binary(&mut self, _: u8, v: Option<&[u8]>) {
         self.0 += v.map_or(0, |v| 1 + wire::binary_len(v));
     }
-    fn users(&mut self, users: &[UserProperty]) {
-        for (k, v) in users {
-            self.0 += 1 + wire::binary_len(k.as_bytes()) + wire::binary_len(v.as_bytes());
-        }
+    fn user(&mut self, name: &[u8], value: &[u8]) {
+        self.0 += 1 + wire::binary_len(name) + wire::binary_len(value);
     }
 }
 
@@ -248,12 +252,10 @@ impl<B: BufMut> Sink for Writer<'_, B> {
             wire::write_binary(self.0, v);
         }
     }
-    fn users(&mut self, users: &[UserProperty]) {
-        for (k, v) in users {
-            self.0.put_u8(id::USER_PROPERTY);
-            wire::write_binary(self.0, k.as_bytes());
-            wire::write_binary(self.0, v.as_bytes());
-        }
+    fn user(&mut self, name: &[u8], value: &[u8]) {
+        self.0.put_u8(id::USER_PROPERTY);
+        wire::write_binary(self.0, name);
+        wire::write_binary(self.0, value);
     }
 }
 

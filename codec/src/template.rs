@@ -15,8 +15,8 @@ use std::sync::OnceLock;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::packet::Publish;
-use crate::property::{id, Counter, PublishProperties, Sink, Writer};
+use crate::packet::{Publish, PublishPropertiesRef, Strings};
+use crate::property::{id, Counter, Sink, Writer};
 use crate::types::{PacketId, ProtocolVersion, QoS};
 use crate::varint;
 use crate::wire::{binary_len, write_binary, write_fixed_header};
@@ -213,12 +213,12 @@ impl PublishTemplates {
 }
 
 fn raw_usable(publish: &Publish, family: Family, with_packet_id: bool) -> bool {
-    match publish.raw() {
+    match publish.received() {
         Some(raw) => {
             raw.family == family
-                && raw.packet_id_offset().is_some() == with_packet_id
-                && publish.properties.topic_alias.is_none()
-                && publish.properties.subscription_identifiers.is_empty()
+                && raw.has_packet_id == with_packet_id
+                && raw.eager.topic_alias.is_none()
+                && !raw.eager.has_subscription_identifiers
         }
         None => false,
     }
@@ -226,11 +226,11 @@ fn raw_usable(publish: &Publish, family: Family, with_packet_id: bool) -> bool {
 
 fn build(publish: &Publish, family: Family, with_packet_id: bool) -> PublishTemplate {
     if let Some(raw) = publish
-        .raw()
+        .received()
         .filter(|_| raw_usable(publish, family, with_packet_id))
     {
         return PublishTemplate {
-            bytes: raw.bytes.clone(),
+            bytes: raw.frame.clone(),
             packet_id_offset: raw.packet_id_offset(),
         };
     }
@@ -277,30 +277,38 @@ pub struct Layout {
 }
 
 /// The outbound property set: the message's own, minus topic alias and subscription
-/// identifiers, plus this subscriber's.
+/// identifiers, plus this subscriber's. Read in place from a received frame: no reference
+/// count is taken for the strings copied.
 struct OutboundProps<'a> {
-    base: &'a PublishProperties,
+    base: PublishPropertiesRef<'a>,
+    /// The base's string and binary properties, found once for both visits.
+    strings: Strings<'a>,
     outbound: &'a Outbound<'a>,
 }
 
 impl OutboundProps<'_> {
     fn visit<S: Sink>(&self, sink: &mut S) {
         let base = self.base;
-        sink.byte(id::PAYLOAD_FORMAT_INDICATOR, base.payload_format_indicator);
+        sink.byte(
+            id::PAYLOAD_FORMAT_INDICATOR,
+            base.payload_format_indicator(),
+        );
         sink.u32(
             id::MESSAGE_EXPIRY_INTERVAL,
             self.outbound
                 .message_expiry_interval_secs
-                .or(base.message_expiry_interval_secs),
+                .or(base.message_expiry_interval_secs()),
         );
-        sink.str(id::CONTENT_TYPE, base.content_type.as_ref());
-        sink.str(id::RESPONSE_TOPIC, base.response_topic.as_ref());
-        sink.binary(id::CORRELATION_DATA, base.correlation_data.as_deref());
+        sink.binary(id::CONTENT_TYPE, self.strings.content_type);
+        sink.binary(id::RESPONSE_TOPIC, self.strings.response_topic);
+        sink.binary(id::CORRELATION_DATA, self.strings.correlation_data);
         for sub_id in self.outbound.subscription_identifiers {
             sink.varint(id::SUBSCRIPTION_IDENTIFIER, Some(*sub_id));
         }
         sink.u16(id::TOPIC_ALIAS, self.outbound.topic_alias);
-        sink.users(&base.user_properties);
+        for (name, value) in base.user_properties() {
+            sink.user(name.as_bytes(), value.as_bytes());
+        }
     }
 }
 
@@ -343,10 +351,16 @@ impl<'a> Encoding<'a> {
             if outbound.omit_topic && version.is_v5() && outbound.topic_alias.is_some() {
                 &[]
             } else {
-                publish.topic.as_bytes()
+                publish.topic().as_bytes()
             };
+        let base = publish.properties();
         let props = OutboundProps {
-            base: &publish.properties,
+            base,
+            strings: if version.is_v5() {
+                base.strings()
+            } else {
+                Strings::default()
+            },
             outbound,
         };
         let props_len = if version.is_v5() {
@@ -360,7 +374,7 @@ impl<'a> Encoding<'a> {
         let body_len = binary_len(topic)
             + pid_len
             + props_len.map_or(0, |l| varint::len(l as u32) + l)
-            + publish.payload.len();
+            + publish.payload().len();
         Encoding {
             publish,
             topic,
@@ -390,7 +404,7 @@ impl<'a> Encoding<'a> {
             varint::write(dst, len as u32);
             self.props.visit(&mut Writer(dst));
         }
-        dst.put_slice(&self.publish.payload);
+        dst.put_slice(self.publish.payload());
         Layout {
             packet_id_offset,
             len: self.len(),

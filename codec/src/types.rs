@@ -1,7 +1,9 @@
 //! Small value types shared by every packet: protocol version, QoS, packet identifiers,
 //! subscription options and [`ByteStr`], a UTF-8 string that is a zero-copy slice of a frame.
 
+use std::borrow::Borrow;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::num::NonZeroU16;
 use std::ops::Deref;
 
@@ -234,11 +236,29 @@ pub(crate) fn has_wildcard(bytes: &[u8]) -> bool {
     bytes.iter().fold(false, |acc, &b| acc | ((b | 8) == b'+'))
 }
 
+/// Reads bytes already checked with [`is_mqtt_str`] as `&str`, with no second pass.
+///
+/// Callers pass only slices of a received frame that the decoder validated (every
+/// constructor of a decoded PUBLISH checks its strings first); `Bytes` never change.
+#[inline(always)]
+pub(crate) fn str_from_validated(bytes: &[u8]) -> &str {
+    debug_assert!(is_mqtt_str(bytes));
+    // SAFETY: see above: the bytes were validated as UTF-8 when the frame was decoded, and
+    // a frame (`Bytes`) is immutable.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::str::from_utf8_unchecked(bytes)
+    }
+}
+
 /// A UTF-8 string that is a zero-copy slice of a received frame (or owned static text).
 ///
 /// Construction validates the MQTT string rules once ([MQTT-1.5.4-1]: well formed UTF-8,
 /// [MQTT-1.5.4-2]: no U+0000), so reading it back as `&str` costs nothing.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+///
+/// It hashes, compares and orders as its `&str` (so that a map keyed by `ByteStr` can be
+/// searched with a `&str`, e.g. [`crate::Publish::topic`]).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct ByteStr(Bytes);
 
 impl ByteStr {
@@ -285,6 +305,18 @@ impl ByteStr {
     /// Whether the string is empty.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+impl Hash for ByteStr {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl Borrow<str> for ByteStr {
+    fn borrow(&self) -> &str {
+        self.as_str()
     }
 }
 

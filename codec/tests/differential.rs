@@ -164,10 +164,10 @@ fn ours(packet: &Packet) -> Summary {
             push(&mut s, "dup", p.dup);
             push(&mut s, "qos", p.qos as u8);
             push(&mut s, "retain", p.retain);
-            push(&mut s, "topic", p.topic.as_str());
+            push(&mut s, "topic", p.topic());
             push(&mut s, "pkid", p.packet_id.map_or(0, |id| id.get()));
-            push(&mut s, "payload", &p.payload);
-            let pp = &p.properties;
+            push(&mut s, "payload", p.shared_payload());
+            let pp = &p.properties().to_properties();
             push(&mut s, "pfi", pp.payload_format_indicator);
             push(&mut s, "expiry", pp.message_expiry_interval_secs);
             push(&mut s, "alias", pp.topic_alias);
@@ -1061,8 +1061,8 @@ fn a_field_difference_is_detected() {
         assert!(check_valid(version, &one, &bytes).is_err());
     }
     let mut publish = tern_codec::Publish::new("a/b", "x");
-    publish.properties.content_type = Some("text".into());
+    publish.properties_mut().content_type = Some("text".into());
     let bytes = Packet::Publish(publish.clone()).to_bytes(ProtocolVersion::V5);
-    publish.properties.content_type = Some("json".into());
+    publish.properties_mut().content_type = Some("json".into());
     assert!(check_valid(ProtocolVersion::V5, &Packet::Publish(publish), &bytes).is_err());
 }

@@ -134,7 +134,7 @@ fn property_ids(packet: &Packet) -> Vec<u8> {
             users(&mut ids, &p.user_properties);
         }
         Packet::Publish(x) => {
-            let p = &x.properties;
+            let p = &x.properties().to_properties();
             some(&mut ids, 0x01, &p.payload_format_indicator);
             some(&mut ids, 0x02, &p.message_expiry_interval_secs);
             some(&mut ids, 0x03, &p.content_type);
@@ -199,7 +199,7 @@ fn v5_fields_are_dropped_for_3_1_1() {
     let full = v5_fixtures()
         .into_iter()
         .find_map(|(_, p)| match p {
-            Packet::Publish(p) if !p.properties.is_empty() => Some(p),
+            Packet::Publish(p) if !p.properties().is_empty() => Some(p),
             _ => None,
         })
         .expect("there is a PUBLISH with properties");

@@ -102,14 +102,14 @@ fn receive(case: &Case) -> (Publish, Vec<u8>) {
         p.dup = case.dup;
     }
     if case.inbound.is_v5() {
-        p.properties.content_type = Some("application/json".into());
-        p.properties.user_properties = vec![("k".into(), "v".into())];
+        p.properties_mut().content_type = Some("application/json".into());
+        p.properties_mut().user_properties = vec![("k".into(), "v".into())];
         if case.expiry {
-            p.properties.message_expiry_interval_secs = Some(30);
+            p.properties_mut().message_expiry_interval_secs = Some(30);
         }
         if case.alias {
-            p.topic = ByteStr::default();
-            p.properties.topic_alias = Some(3);
+            p.set_topic(ByteStr::default());
+            p.properties_mut().topic_alias = Some(3);
         }
     }
     let bytes = Packet::Publish(p).to_bytes(case.inbound).to_vec();
@@ -252,9 +252,9 @@ fn run(case: &Case) {
     assert_eq!(ours.retain, case.out_retain(), "{ctx}");
     assert_eq!(ours.dup, case.out_dup(), "{ctx}");
     assert_eq!(ours.packet_id, case.out_qos().packet_id(), "{ctx}");
-    assert_eq!(ours.topic.as_str(), TOPIC, "{ctx}");
-    assert_eq!(ours.properties.topic_alias, None, "{ctx}");
-    assert_eq!(&ours.payload[..], PAYLOAD, "{ctx}");
+    assert_eq!(ours.topic(), TOPIC, "{ctx}");
+    assert_eq!(ours.properties().topic_alias(), None, "{ctx}");
+    assert_eq!(ours.payload(), PAYLOAD, "{ctx}");
 
     check_with_mqttbytes(case, &out);
 
@@ -357,30 +357,43 @@ fn raw_publish_reuse() {
     // message is the tail of the template's own buffer.
     let raw = templates.get(Family::V5, true).as_bytes();
     assert_eq!(
-        raw.as_ptr() as usize + raw.len() - received.payload.len(),
-        received.payload.as_ptr() as usize
+        raw.as_ptr() as usize + raw.len() - received.payload().len(),
+        received.payload().as_ptr() as usize
     );
     assert_bytes_eq(templates.get(Family::V5, true).as_bytes(), &frame, "raw");
 
     // With subscription identifiers kept on the message (they are per subscriber): not raw,
     // and the template carries none.
     let mut with_sub_ids = received.clone();
-    with_sub_ids.properties.subscription_identifiers = vec![7];
+    with_sub_ids.properties_mut().subscription_identifiers = vec![7];
     let templates = PublishTemplates::new(with_sub_ids);
     assert!(!templates.is_raw(Family::V5, true));
     let p = decode_publish(
         ProtocolVersion::V5,
         templates.get(Family::V5, true).as_bytes(),
     );
-    assert!(p.properties.subscription_identifiers.is_empty());
+    assert!(!p.properties().has_subscription_identifiers());
 
     // A message built locally (no received frame) is never raw.
     let templates = PublishTemplates::new(Publish::new("t", "x"));
     assert!(!templates.is_raw(Family::V5, false));
     assert!(!templates.is_raw(Family::V3, false));
 
-    // invalidate_raw forgets the frame.
+    // Changing the flags, QoS or packet identifier keeps the frame (write_to patches them);
+    // changing the topic, the properties or the payload forgets it.
+    let mut flags = received.clone();
+    flags.dup = true;
+    flags.retain = false;
+    flags.packet_id = NonZeroU16::new(99);
+    assert!(PublishTemplates::new(flags).is_raw(Family::V5, true));
+    let mut topic = received.clone();
+    topic.set_topic("other");
+    assert!(!PublishTemplates::new(topic).is_raw(Family::V5, true));
+    let mut payload = received.clone();
+    payload.set_payload("other");
+    assert!(!PublishTemplates::new(payload).is_raw(Family::V5, true));
     let mut changed = received;
-    changed.invalidate_raw();
+    changed.properties_mut().content_type = None;
+    assert!(!changed.is_received());
     assert!(!PublishTemplates::new(changed).is_raw(Family::V5, true));
 }

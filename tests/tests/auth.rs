@@ -378,7 +378,7 @@ async fn publish_refused_v5_with_0x87_and_dropped() {
         Some(ReasonCode::SUCCESS)
     );
     let got = spy.expect_publish_acked().await;
-    assert_eq!(&*got.topic, "alice/ok");
+    assert_eq!(got.topic(), "alice/ok");
     spy.expect_nothing(QUIET).await;
     broker.running.stop().await;
     let _ = std::fs::remove_dir_all(dir);
@@ -411,7 +411,7 @@ async fn publish_refused_v3_is_acked_and_dropped() {
         .publish("alice/ok", b"4", QoS::AtMostOnce, false)
         .await;
     let got = spy.expect_publish_acked().await;
-    assert_eq!(&*got.topic, "alice/ok");
+    assert_eq!(got.topic(), "alice/ok");
     spy.expect_nothing(QUIET).await;
     broker.running.stop().await;
     let _ = std::fs::remove_dir_all(dir);
@@ -451,8 +451,8 @@ async fn read_denied_topics_not_delivered_through_wildcards() {
                 .publish(topic, topic.as_bytes(), QoS::AtLeastOnce, false)
                 .await;
         }
-        assert_eq!(&*alice.expect_publish().await.topic, "alice/a");
-        assert_eq!(&*alice.expect_publish().await.topic, "clients/alice-c/up");
+        assert_eq!(alice.expect_publish().await.topic(), "alice/a");
+        assert_eq!(alice.expect_publish().await.topic(), "clients/alice-c/up");
         alice.expect_nothing(QUIET).await;
         alice.disconnect().await;
         writer.disconnect().await;
@@ -474,7 +474,7 @@ async fn retained_messages_checked_on_subscribe() {
         let mut alice = login(&broker, version, "alice-c", Some("alice")).await;
         alice.subscribe("alice/#", QoS::AtMostOnce).await;
         let got = alice.expect_publish().await;
-        assert_eq!(&*got.topic, "alice/pub");
+        assert_eq!(got.topic(), "alice/pub");
         assert!(got.retain);
         alice.expect_nothing(QUIET).await;
         alice.disconnect().await;
@@ -500,7 +500,7 @@ async fn patterns_substitute_client_id_and_username() {
             .await,
         Some(ReasonCode::NOT_AUTHORIZED)
     );
-    assert_eq!(&*spy.expect_publish_acked().await.topic, "clients/dev1/up");
+    assert_eq!(spy.expect_publish_acked().await.topic(), "clients/dev1/up");
     spy.expect_nothing(QUIET).await;
     // A client id with a wildcard character gets nothing from the patterns.
     let mut bad = login(&broker, V5, "dev+", None).await;
@@ -560,7 +560,7 @@ async fn will_to_a_forbidden_topic_is_dropped() {
         assert_eq!(client.connect(connect).await.code.0, 0);
         drop(client);
         if delivered {
-            assert_eq!(&*spy.expect_publish().await.topic, topic);
+            assert_eq!(spy.expect_publish().await.topic(), topic);
         } else {
             spy.expect_nothing(QUIET).await;
         }
@@ -594,7 +594,7 @@ async fn resumed_session_gets_the_new_users_acl() {
     writer
         .publish("alice/ok", b"o", QoS::AtLeastOnce, false)
         .await;
-    assert_eq!(&*second.expect_publish().await.topic, "alice/ok");
+    assert_eq!(second.expect_publish().await.topic(), "alice/ok");
     second.expect_nothing(QUIET).await;
     broker.running.stop().await;
     let _ = std::fs::remove_dir_all(dir);

@@ -46,7 +46,7 @@ async fn fast_publisher_slow_subscriber_loses_nothing() {
     for i in 0..COUNT {
         let publish = sub.expect_publish().await;
         assert_eq!(
-            publish.payload,
+            publish.payload(),
             format!("{i:08}").into_bytes(),
             "in order, none lost"
         );
@@ -117,7 +117,7 @@ async fn stuck_subscriber_holds_the_publisher_back_only_briefly() {
         let Packet::Publish(publish) = packet else {
             panic!("expected PUBLISH, got {packet:?}")
         };
-        assert_eq!(publish.payload, format!("{i:08}").into_bytes());
+        assert_eq!(publish.payload(), format!("{i:08}").into_bytes());
     }
     let elapsed = started.elapsed();
     let metrics = &broker.broker().metrics;

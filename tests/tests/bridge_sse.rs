@@ -36,12 +36,12 @@ async fn events_carry_id_topic_payload_and_properties() {
     let mut publisher = publisher(&broker).await;
     let mut publish = Publish::new("s/a/x", Bytes::from_static(b"hello \"world\""));
     publish.qos = QoS::AtLeastOnce;
-    publish.properties.content_type = Some("text/plain".into());
+    publish.properties_mut().content_type = Some("text/plain".into());
     publish
-        .properties
+        .properties_mut()
         .user_properties
         .push(("k".into(), "v".into()));
-    publish.properties.correlation_data = Some(Bytes::from_static(b"\x01\x02"));
+    publish.properties_mut().correlation_data = Some(Bytes::from_static(b"\x01\x02"));
     publisher.publish_packet(publish).await;
     publisher
         .publish("s/b", &[0xff, 0xfe, 0x00], QoS::AtMostOnce, false)

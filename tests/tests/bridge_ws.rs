@@ -60,8 +60,8 @@ async fn subscribe_publish_and_messages_both_ways() {
     assert_eq!(ack["type"], "ack", "{ack}");
     assert_eq!(ack["delivered"], 1);
     let publish = mqtt.expect_publish_acked().await;
-    assert_eq!(&publish.topic[..], "to-mqtt/x");
-    assert_eq!(&publish.payload[..], b"from ws");
+    assert_eq!(publish.topic(), "to-mqtt/x");
+    assert_eq!(publish.payload(), b"from ws");
     assert_eq!(publish.qos, QoS::AtLeastOnce);
     let ack = ws
         .request(
@@ -69,7 +69,7 @@ async fn subscribe_publish_and_messages_both_ways() {
         )
         .await;
     assert_eq!(ack["type"], "ack", "{ack}");
-    assert_eq!(&mqtt.expect_publish().await.payload[..], &[0u8, 1]);
+    assert_eq!(mqtt.expect_publish().await.payload(), &[0u8, 1]);
 
     // Retained on subscribe, in the ack.
     mqtt.publish("kept/1", b"r", QoS::AtLeastOnce, true).await;

@@ -133,8 +133,8 @@ async fn v5_empty_client_id_gets_assigned_identifier_mqtt_3_1_3_6_and_7() {
     publisher
         .publish("assigned/b", b"2", QoS::AtLeastOnce, false)
         .await;
-    assert_eq!(&*a.expect_publish_acked().await.topic, "assigned/a");
-    assert_eq!(&*b.expect_publish_acked().await.topic, "assigned/b");
+    assert_eq!(a.expect_publish_acked().await.topic(), "assigned/a");
+    assert_eq!(b.expect_publish_acked().await.topic(), "assigned/b");
     a.expect_nothing(QUIET).await;
 }
 
@@ -198,7 +198,7 @@ async fn clean_start_and_session_present_both_versions() {
         publisher
             .publish("sp/topic", b"kept", QoS::AtLeastOnce, false)
             .await;
-        assert_eq!(&client.expect_publish_acked().await.payload[..], b"kept");
+        assert_eq!(client.expect_publish_acked().await.payload(), b"kept");
         client.disconnect().await;
 
         // Clean Start 1: Session Present 0 and the old subscription is gone.
@@ -297,14 +297,11 @@ async fn mqtt_3_1_mqisdp_client_works() {
         modern.publish("legacy/in", b"to-3.1", qos, false).await;
         let got = old.expect_publish_acked().await;
         assert_eq!(
-            (&*got.topic, &got.payload[..], got.qos),
+            (got.topic(), got.payload(), got.qos),
             ("legacy/in", &b"to-3.1"[..], qos)
         );
         old.publish("legacy/out", b"from-3.1", qos, false).await;
-        assert_eq!(
-            &modern.expect_publish_acked().await.payload[..],
-            b"from-3.1"
-        );
+        assert_eq!(modern.expect_publish_acked().await.payload(), b"from-3.1");
     }
     old.ping().await;
     old.disconnect().await;

@@ -186,7 +186,7 @@ fn expected_frame(
     p.retain = retain;
     p.packet_id = packet_id;
     if version.is_v5() {
-        p.properties = properties.clone();
+        *p.properties_mut() = properties.clone();
     }
     Packet::Publish(p).to_bytes(version).freeze()
 }
@@ -224,7 +224,7 @@ async fn publish_from(
     p.qos = qos;
     p.retain = retain;
     if client.version.is_v5() {
-        p.properties = v5_properties();
+        *p.properties_mut() = v5_properties();
     }
     change(&mut p);
     client.publish_packet(p).await;
@@ -454,7 +454,7 @@ async fn inbound_topic_alias_stripped_before_fan_out() {
     for (i, topic_on_wire) in ["strip/a", "", ""].into_iter().enumerate() {
         for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
             publish_from(&mut publisher, topic_on_wire, &[i as u8], qos, false, |p| {
-                p.properties.topic_alias = Some(3)
+                p.properties_mut().topic_alias = Some(3)
             })
             .await;
             for sub in [&mut v3, &mut v5] {
@@ -474,14 +474,15 @@ async fn inbound_topic_alias_stripped_before_fan_out() {
             let (_, got) = own.publish().await;
             if i == 0 && qos == QoS::AtMostOnce {
                 assert_eq!(
-                    &*got.topic, "strip/a",
+                    got.topic(),
+                    "strip/a",
                     "first use of an alias carries the topic"
                 );
             }
-            if let Some(alias) = got.properties.topic_alias {
+            if let Some(alias) = got.properties().topic_alias() {
                 assert!((1..=5).contains(&alias));
             }
-            let mut props = got.properties.clone();
+            let mut props = got.properties().to_properties();
             props.topic_alias = None;
             assert_eq!(props, v5_properties());
             own.ack(&got).await;
@@ -515,10 +516,15 @@ async fn subscription_ids_per_subscription_across_versions() {
             publish_from(&mut publisher, "sidx/t", b"s", qos, false, |_| {}).await;
             for (sub, id) in [(&mut a, 11u32), (&mut b, 268_435_455)] {
                 let (frame, got) = sub.publish().await;
-                assert_eq!(got.properties.subscription_identifiers, vec![id]);
+                assert_eq!(
+                    got.properties()
+                        .subscription_identifiers()
+                        .collect::<Vec<_>>(),
+                    vec![id]
+                );
                 let mut expected_props = forwarded_properties(pub_v);
                 expected_props.subscription_identifiers = vec![id];
-                assert_eq!(got.properties, expected_props);
+                assert_eq!(got.properties(), expected_props);
                 let expected_len = expected_frame(
                     V5,
                     "sidx/t",
@@ -561,13 +567,13 @@ async fn message_expiry_forwarded_to_v5_and_stripped_for_v3() {
     let mut publisher = broker.client(V5, "mexp-pub").await;
     for qos in QOS {
         publish_from(&mut publisher, "mexp/t", b"e", qos, false, |p| {
-            p.properties.message_expiry_interval_secs = Some(3600)
+            p.properties_mut().message_expiry_interval_secs = Some(3600)
         })
         .await;
         let (frame, got) = v5.publish().await;
         let mut props = v5_properties();
         props.message_expiry_interval_secs = Some(3600);
-        assert_eq!(got.properties, props, "not delayed: the full interval");
+        assert_eq!(got.properties(), props, "not delayed: the full interval");
         assert_eq!(
             frame,
             expected_frame(V5, "mexp/t", b"e", qos, false, got.packet_id, &props)
@@ -661,7 +667,7 @@ async fn max_packet_size_checked_per_subscriber_layout() {
     .await;
     let (frame, got) = tight.publish().await;
     assert!(frame.len() <= v3_len + 5);
-    assert_eq!(&got.payload[..], payload);
+    assert_eq!(got.payload(), payload);
     tight.ack(&got).await;
 }
 
@@ -682,8 +688,8 @@ async fn never_serve_v5_bytes_to_v3_or_the_reverse() {
             (&mut pub3, PublishProperties::default()),
         ] {
             publish_from(publisher, "wire/t", b"bytes", qos, false, |p| {
-                p.properties.message_expiry_interval_secs =
-                    p.properties.content_type.as_ref().map(|_| 500);
+                p.properties_mut().message_expiry_interval_secs =
+                    p.properties().content_type().as_ref().map(|_| 500);
             })
             .await;
             let mut props = props;
@@ -752,7 +758,10 @@ async fn overlapping_subscriptions_one_copy_across_versions() {
             publish_from(&mut publisher, "ovx/t", b"o", qos, false, |_| {}).await;
             let (frame, got) = v5.publish().await;
             assert_eq!(byte0_qos(&frame), qos as u8, "highest granted is 2");
-            let mut ids = got.properties.subscription_identifiers.clone();
+            let mut ids = got
+                .properties()
+                .subscription_identifiers()
+                .collect::<Vec<_>>();
             ids.sort();
             assert_eq!(ids, vec![1, 2]);
             v5.ack(&got).await;

@@ -97,7 +97,7 @@ async fn qos_0_1_2_both_directions_both_versions() {
             assert_eq!(got.qos, qos, "{version:?}");
             assert_eq!(got.packet_id.is_some(), qos != QoS::AtMostOnce);
             assert!(!got.dup);
-            assert_eq!((&*got.topic, &got.payload[..]), ("q/x", &b"payload"[..]));
+            assert_eq!((got.topic(), got.payload()), ("q/x", &b"payload"[..]));
             sub.ack(&got).await;
         }
         sub.ping().await;
@@ -138,7 +138,7 @@ async fn inbound_qos2_delivered_once_until_pubrel_mqtt_4_3_3_10() {
         );
 
         let got = sub.expect_publish_acked().await;
-        assert_eq!(&got.payload[..], b"once");
+        assert_eq!(got.payload(), b"once");
         sub.expect_nothing(QUIET).await;
 
         publisher.send(&Packet::PubRel(PubRel::new(pid(7)))).await;
@@ -155,7 +155,7 @@ async fn inbound_qos2_delivered_once_until_pubrel_mqtt_4_3_3_10() {
         assert!(
             matches!(expect_packet(&mut publisher).await, Packet::PubRec(r) if r.packet_id == pid(7))
         );
-        assert_eq!(&sub.expect_publish_acked().await.payload[..], b"again");
+        assert_eq!(sub.expect_publish_acked().await.payload(), b"again");
         publisher.send(&Packet::PubRel(PubRel::new(pid(7)))).await;
         assert!(matches!(
             expect_packet(&mut publisher).await,
@@ -269,7 +269,7 @@ async fn flow_control_case(sub: &mut Client, publisher: &mut Client, n: usize) {
     let mut next_expected = 0u8;
     let mut received = n;
     while let Some(p) = outstanding.pop_front() {
-        assert_eq!(p.payload[..], [next_expected], "in order");
+        assert_eq!(p.payload()[..], [next_expected], "in order");
         next_expected += 1;
         sub.ack(&p).await;
         if received < 5 {
@@ -329,14 +329,14 @@ async fn outbound_flow_control_qos2_slot_freed_by_pubcomp() {
         .publish("fc2/t", b"2", QoS::ExactlyOnce, false)
         .await;
     let first = sub.expect_publish().await;
-    assert_eq!(&first.payload[..], b"1");
+    assert_eq!(first.payload(), b"1");
     let id = first.packet_id.expect("id");
     sub.send(&Packet::PubRec(PubRec::new(id))).await;
     assert!(matches!(expect_packet(&mut sub).await, Packet::PubRel(r) if r.packet_id == id));
     sub.expect_nothing(QUIET).await;
     sub.send(&Packet::PubComp(PubComp::new(id))).await;
     let second = sub.expect_publish_acked().await;
-    assert_eq!(&second.payload[..], b"2");
+    assert_eq!(second.payload(), b"2");
 }
 
 // 3.3.2.3.4: inbound Topic Alias: set with a topic, used with an empty topic, re-mapped;
@@ -353,7 +353,7 @@ async fn inbound_topic_alias_set_use_and_remap() {
     assert_eq!(connack.properties.topic_alias_maximum, Some(4));
     let aliased = |topic: &str, alias: u16, payload: &[u8]| {
         let mut p = msg(topic, payload, QoS::AtLeastOnce);
-        p.properties.topic_alias = Some(alias);
+        p.properties_mut().topic_alias = Some(alias);
         p
     };
     for (topic, alias, payload, expected_topic) in [
@@ -371,9 +371,13 @@ async fn inbound_topic_alias_set_use_and_remap() {
         assert_eq!(code, Some(ReasonCode::SUCCESS));
         for sub in [&mut sub5, &mut sub3] {
             let got = sub.expect_publish_acked().await;
-            assert_eq!(&*got.topic, expected_topic);
-            assert_eq!(&got.payload[..], payload);
-            assert_eq!(got.properties.topic_alias, None, "publisher's alias leaked");
+            assert_eq!(got.topic(), expected_topic);
+            assert_eq!(got.payload(), payload);
+            assert_eq!(
+                got.properties().topic_alias(),
+                None,
+                "publisher's alias leaked"
+            );
         }
     }
 }
@@ -389,7 +393,7 @@ async fn inbound_topic_alias_zero_or_above_maximum_disconnect_0x94() {
     for alias in [0u16, 5, u16::MAX] {
         let mut client = broker.client(V5, "ta-bad").await;
         let mut p = msg("ta/bad", b"x", QoS::AtMostOnce);
-        p.properties.topic_alias = Some(alias);
+        p.properties_mut().topic_alias = Some(alias);
         client.send(&Packet::Publish(p)).await;
         let disconnect = client.expect_disconnect().await.expect("DISCONNECT");
         if alias == 0 {
@@ -410,7 +414,7 @@ async fn inbound_topic_alias_zero_or_above_maximum_disconnect_0x94() {
     // The maximum itself is accepted.
     let mut client = broker.client(V5, "ta-max").await;
     let mut p = msg("ta/max", b"x", QoS::AtLeastOnce);
-    p.properties.topic_alias = Some(4);
+    p.properties_mut().topic_alias = Some(4);
     assert_eq!(
         client.publish_packet(p).await,
         Some(ReasonCode::NO_MATCHING_SUBSCRIBERS)
@@ -425,7 +429,7 @@ async fn inbound_topic_alias_unknown_or_from_previous_connection_disconnect_0x82
     let broker = TestBroker::start().await;
     let mut client = broker.client(V5, "ta-unknown").await;
     let mut p = msg("", b"x", QoS::AtMostOnce);
-    p.properties.topic_alias = Some(2);
+    p.properties_mut().topic_alias = Some(2);
     client.send(&Packet::Publish(p.clone())).await;
     let disconnect = client.expect_disconnect().await.expect("DISCONNECT");
     assert_eq!(disconnect.reason_code, ReasonCode::PROTOCOL_ERROR);
@@ -436,10 +440,10 @@ async fn inbound_topic_alias_unknown_or_from_previous_connection_disconnect_0x82
     };
     let mut client = connect_with(&broker, V5, "ta-forget", persistent).await;
     let mut set = msg("ta/forget", b"x", QoS::AtLeastOnce);
-    set.properties.topic_alias = Some(2);
+    set.properties_mut().topic_alias = Some(2);
     client.publish_packet(set).await;
     let mut used = msg("", b"y", QoS::AtLeastOnce);
-    used.properties.topic_alias = Some(2);
+    used.properties_mut().topic_alias = Some(2);
     client.publish_packet(used).await;
     client.disconnect().await;
     let mut client = connect_with(&broker, V5, "ta-forget", persistent).await;
@@ -473,42 +477,43 @@ async fn outbound_topic_alias_within_client_maximum_mqtt_3_3_2_11() {
             .publish(topic, &payload, QoS::AtLeastOnce, false)
             .await;
         let got = sub.expect_publish_acked().await;
-        assert_eq!(&got.payload[..], payload);
-        let resolved = match got.properties.topic_alias {
+        assert_eq!(got.payload(), payload);
+        let resolved = match got.properties().topic_alias() {
             Some(alias) => {
                 assert!(
                     (1..=2).contains(&alias),
                     "alias {alias} above the maximum 2"
                 );
-                if got.topic.is_empty() {
+                if got.topic().is_empty() {
                     saw_empty_topic = true;
                     known
                         .get(&alias)
                         .cloned()
                         .expect("alias used before being set")
                 } else {
-                    known.insert(alias, got.topic.to_string());
-                    got.topic.to_string()
+                    known.insert(alias, got.topic().to_string());
+                    got.topic().to_string()
                 }
             }
             None => {
-                assert!(!got.topic.is_empty(), "empty topic without alias");
-                got.topic.to_string()
+                assert!(!got.topic().is_empty(), "empty topic without alias");
+                got.topic().to_string()
             }
         };
         assert_eq!(resolved, *topic, "message {i}");
         // The second message on oa/1 must use the alias alone.
         if i == 1 {
             assert!(
-                got.topic.is_empty(),
+                got.topic().is_empty(),
                 "second message on a topic: empty topic + alias"
             );
-            assert!(got.properties.topic_alias.is_some());
+            assert!(got.properties().topic_alias().is_some());
         }
         let other = plain.expect_publish_acked().await;
-        assert_eq!(&*other.topic, *topic);
+        assert_eq!(other.topic(), *topic);
         assert_eq!(
-            other.properties.topic_alias, None,
+            other.properties().topic_alias(),
+            None,
             "client without Topic Alias Maximum"
         );
     }
@@ -523,7 +528,7 @@ async fn subscription_identifier_in_client_publish_disconnect_0x82_mqtt_3_3_4_6(
     sub.subscribe("sid/#", QoS::AtLeastOnce).await;
     let mut client = broker.client(V5, "sid-pub").await;
     let mut p = msg("sid/x", b"x", QoS::AtLeastOnce);
-    p.properties.subscription_identifiers = vec![3];
+    p.properties_mut().subscription_identifiers = vec![3];
     send_raw(&mut client, p, Some(1)).await;
     let disconnect = client.expect_disconnect().await.expect("DISCONNECT");
     assert_eq!(disconnect.reason_code, ReasonCode::PROTOCOL_ERROR);
@@ -551,7 +556,7 @@ async fn duplex_connect(
 
 fn expiring(topic: &str, payload: &[u8], secs: Option<u32>) -> Publish {
     let mut p = msg(topic, payload, QoS::AtLeastOnce);
-    p.properties.message_expiry_interval_secs = secs;
+    p.properties_mut().message_expiry_interval_secs = secs;
     p
 }
 
@@ -572,7 +577,7 @@ async fn message_expiry_remaining_and_expired_dropped_in_queue_mqtt_3_3_2_5_and_
         .await;
     let first = sub.expect_publish().await;
     // Online and immediate: the full interval.
-    assert_eq!(first.properties.message_expiry_interval_secs, Some(10));
+    assert_eq!(first.properties().message_expiry_interval_secs(), Some(10));
     publisher
         .publish_packet(expiring("exp/t", b"late", Some(10)))
         .await;
@@ -585,10 +590,10 @@ async fn message_expiry_remaining_and_expired_dropped_in_queue_mqtt_3_3_2_5_and_
     tokio::time::sleep(Duration::from_millis(2500)).await;
     sub.ack(&first).await;
     let late = sub.expect_publish().await;
-    assert_eq!(&late.payload[..], b"late");
+    assert_eq!(late.payload(), b"late");
     let remaining = late
-        .properties
-        .message_expiry_interval_secs
+        .properties()
+        .message_expiry_interval_secs()
         .expect("expiry");
     assert!(
         (7..=8).contains(&remaining),
@@ -597,8 +602,8 @@ async fn message_expiry_remaining_and_expired_dropped_in_queue_mqtt_3_3_2_5_and_
     sub.ack(&late).await;
     // "short" (1 s) expired while queued: dropped.
     let next = sub.expect_publish_acked().await;
-    assert_eq!(&next.payload[..], b"forever");
-    assert_eq!(next.properties.message_expiry_interval_secs, None);
+    assert_eq!(next.payload(), b"forever");
+    assert_eq!(next.properties().message_expiry_interval_secs(), None);
     sub.expect_nothing(QUIET).await;
 }
 
@@ -630,9 +635,12 @@ async fn message_expiry_offline_session_both_versions() {
         let (mut sub, connack) = duplex_connect(&broker, version, &id, persistent).await;
         assert!(connack.session_present);
         let got = sub.expect_publish_acked().await;
-        assert_eq!(&got.payload[..], b"long", "{version:?}");
+        assert_eq!(got.payload(), b"long", "{version:?}");
         if version.is_v5() {
-            let remaining = got.properties.message_expiry_interval_secs.expect("expiry");
+            let remaining = got
+                .properties()
+                .message_expiry_interval_secs()
+                .expect("expiry");
             assert!((96..=97).contains(&remaining), "remaining {remaining}");
         }
         sub.expect_nothing(QUIET).await;
@@ -642,11 +650,11 @@ async fn message_expiry_offline_session_both_versions() {
 }
 
 fn rich_properties(p: &mut Publish) {
-    p.properties.payload_format_indicator = Some(1);
-    p.properties.content_type = Some(ByteStr::from("application/json; charset=utf-8"));
-    p.properties.response_topic = Some(ByteStr::from("reply/to/me"));
-    p.properties.correlation_data = Some(Bytes::from_static(b"\x00\x01corr\xff"));
-    p.properties.user_properties = vec![
+    p.properties_mut().payload_format_indicator = Some(1);
+    p.properties_mut().content_type = Some(ByteStr::from("application/json; charset=utf-8"));
+    p.properties_mut().response_topic = Some(ByteStr::from("reply/to/me"));
+    p.properties_mut().correlation_data = Some(Bytes::from_static(b"\x00\x01corr\xff"));
+    p.properties_mut().user_properties = vec![
         (ByteStr::from("k"), ByteStr::from("v1")),
         (ByteStr::from("a"), ByteStr::from("b")),
         (ByteStr::from("k"), ByteStr::from("v2")),
@@ -679,7 +687,7 @@ async fn properties_passed_through_unchanged_mqtt_3_3_2_4_15_16_17_18_20() {
     for qos in QOS {
         let mut p = msg("pp/x", b"{\"a\":1}", qos);
         rich_properties(&mut p);
-        let sent = p.properties.clone();
+        let sent = p.properties().to_properties();
         publisher.publish_packet(p).await;
         for (sub, ids, max) in [
             (&mut plain, vec![], QoS::ExactlyOnce),
@@ -690,9 +698,9 @@ async fn properties_passed_through_unchanged_mqtt_3_3_2_4_15_16_17_18_20() {
             assert_eq!(got.qos, qos.min(max));
             let mut expected = sent.clone();
             expected.subscription_identifiers = ids;
-            expected.topic_alias = got.properties.topic_alias;
-            assert_eq!(got.properties, expected);
-            assert_eq!(&got.payload[..], b"{\"a\":1}");
+            expected.topic_alias = got.properties().topic_alias();
+            assert_eq!(got.properties(), expected);
+            assert_eq!(got.payload(), b"{\"a\":1}");
         }
     }
 }
@@ -714,7 +722,7 @@ async fn inbound_packet_too_large_disconnect_0x95() {
         client
             .publish("big/t", &vec![b'x'; fits], QoS::AtLeastOnce, false)
             .await;
-        assert_eq!(sub.expect_publish().await.payload.len(), fits);
+        assert_eq!(sub.expect_publish().await.payload().len(), fits);
         // One KiB: too large.
         send_raw(
             &mut client,
@@ -752,19 +760,19 @@ async fn outbound_too_large_for_one_subscriber_only_mqtt_3_1_2_24_and_25() {
     let mut publisher = broker.client(V5, "mps-pub").await;
     for qos in [QoS::AtLeastOnce, QoS::AtMostOnce, QoS::AtLeastOnce] {
         publisher.publish("mps/big", &[7u8; 200], qos, false).await;
-        assert_eq!(large.expect_publish_acked().await.payload.len(), 200);
-        assert_eq!(v3.expect_publish_acked().await.payload.len(), 200);
+        assert_eq!(large.expect_publish_acked().await.payload().len(), 200);
+        assert_eq!(v3.expect_publish_acked().await.payload().len(), 200);
     }
     publisher
         .publish("mps/small", b"fits", QoS::AtLeastOnce, false)
         .await;
     let got = small.expect_publish_acked().await;
     assert_eq!(
-        &got.payload[..],
+        got.payload(),
         b"fits",
         "the large ones were skipped, window not used up"
     );
-    assert_eq!(&large.expect_publish_acked().await.payload[..], b"fits");
+    assert_eq!(large.expect_publish_acked().await.payload(), b"fits");
     small.expect_nothing(QUIET).await;
 }
 
@@ -812,7 +820,7 @@ async fn retained_store_replace_delete_mqtt_3_3_1_5_to_8() {
                 p.retain,
                 "[MQTT-3.3.1-8] RETAIN 1 on a retained message sent at subscribe"
             );
-            got.push((p.topic.to_string(), p.payload.clone(), p.qos));
+            got.push((p.topic().to_string(), p.shared_payload(), p.qos));
         }
         got.sort();
         assert_eq!(
@@ -829,11 +837,14 @@ async fn retained_store_replace_delete_mqtt_3_3_1_5_to_8() {
             .publish(&t("a"), b"", QoS::AtLeastOnce, true)
             .await;
         let live = sub.expect_publish_acked().await;
-        assert_eq!((live.topic.to_string(), live.payload.len()), (t("a"), 0));
+        assert_eq!(
+            (live.topic().to_string(), live.payload().len()),
+            (t("a"), 0)
+        );
         let mut late = broker.client(version, "ret-late").await;
         late.subscribe(&format!("{root}/#"), QoS::AtLeastOnce).await;
         let p = late.expect_publish_acked().await;
-        assert_eq!(&*p.topic, t("b"), "a deleted, only b left");
+        assert_eq!(p.topic(), t("b"), "a deleted, only b left");
         late.expect_nothing(QUIET).await;
         publisher.publish(&t("b"), b"", QoS::AtMostOnce, true).await;
         publisher.disconnect().await;
@@ -873,19 +884,22 @@ async fn retained_message_expiry_remaining_and_expired() {
         sub.subscribe("rexp/#", QoS::AtLeastOnce).await;
         let got = sub.expect_publish_acked().await;
         assert_eq!(
-            &got.payload[..],
+            got.payload(),
             b"long",
             "{version:?}: the expired one is gone"
         );
         assert!(got.retain);
         if version.is_v5() {
-            let remaining = got.properties.message_expiry_interval_secs.expect("expiry");
+            let remaining = got
+                .properties()
+                .message_expiry_interval_secs()
+                .expect("expiry");
             assert!(
                 (24..=25).contains(&remaining),
                 "remaining {remaining}, expected 30 - 5.5"
             );
         } else {
-            assert_eq!(got.properties.message_expiry_interval_secs, None);
+            assert_eq!(got.properties().message_expiry_interval_secs(), None);
         }
         sub.expect_nothing(QUIET).await;
         sub.disconnect().await;

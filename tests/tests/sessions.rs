@@ -105,12 +105,12 @@ async fn persistent_session_keeps_subscriptions_and_queues_qos1_qos2(version: Pr
     let mut sub = resume(&broker, version, "sub").await;
     let one = sub.expect_publish_acked().await;
     assert_eq!(
-        (&*one.topic, one.qos, one.dup),
+        (one.topic(), one.qos, one.dup),
         ("s/1", QoS::AtLeastOnce, false)
     );
     let two = sub.expect_publish_acked().await;
     assert_eq!(
-        (&*two.topic, two.qos, two.dup),
+        (two.topic(), two.qos, two.dup),
         ("s/2", QoS::ExactlyOnce, false)
     );
     // The QoS 0 message was not queued.
@@ -121,7 +121,7 @@ async fn persistent_session_keeps_subscriptions_and_queues_qos1_qos2(version: Pr
         .publish("s/live", b"live", QoS::AtLeastOnce, false)
         .await;
     let live = sub.expect_publish_acked().await;
-    assert_eq!(&*live.topic, "s/live");
+    assert_eq!(live.topic(), "s/live");
 }
 
 #[tokio::test(start_paused = true)]
@@ -157,7 +157,7 @@ async fn offline_queue_is_bounded(version: ProtocolVersion) {
     let mut sub = resume(&broker, version, "sub").await;
     for i in 0..3u8 {
         let got = sub.expect_publish_acked().await;
-        assert_eq!(&got.payload[..], &[i]);
+        assert_eq!(got.payload(), &[i]);
     }
     sub.expect_nothing(Duration::from_millis(200)).await;
 }
@@ -199,8 +199,8 @@ async fn unacknowledged_publish_resent_with_dup(version: ProtocolVersion) {
             "packet id changed on resend"
         );
         assert_eq!(
-            (&again.topic, &again.payload, again.qos),
-            (&original.topic, &original.payload, original.qos)
+            (again.topic(), again.payload(), again.qos),
+            (original.topic(), original.payload(), original.qos)
         );
         sub.ack(&again).await;
     }
@@ -455,7 +455,7 @@ async fn takeover_closes_old_connection(
         .publish("t", b"to new", QoS::AtLeastOnce, false)
         .await;
     let got = new.expect_publish_acked().await;
-    assert_eq!(&got.payload[..], b"to new");
+    assert_eq!(got.payload(), b"to new");
     assert_eq!(
         broker
             .metrics
@@ -502,7 +502,7 @@ async fn mqtt_3_1_4_3_takeover_with_clean_start_discards_old_session() {
     publisher
         .publish("new", b"y", QoS::AtLeastOnce, false)
         .await;
-    assert_eq!(&new.expect_publish_acked().await.payload[..], b"y");
+    assert_eq!(new.expect_publish_acked().await.payload(), b"y");
 }
 
 /// One connection of the takeover race: CONNECT and SUBSCRIBE pipelined, then reads until
@@ -692,7 +692,7 @@ async fn mqtt_3_1_4_3_takeover_race_leaves_one_live_session() {
                     "round {round}: no subscriber"
                 );
                 let got = survivor.expect_publish_acked().await;
-                assert_eq!(got.payload, payload.as_bytes());
+                assert_eq!(got.payload(), payload.as_bytes());
                 survivor.expect_nothing(Duration::from_millis(50)).await;
                 survivor.disconnect().await;
             }
@@ -758,7 +758,7 @@ async fn inbound_qos2_state_survives_reconnect(version: ProtocolVersion) {
         Packet::PubRec(rec) => assert_eq!(rec.packet_id, id),
         other => panic!("expected PUBREC, got {other:?}"),
     }
-    assert_eq!(&watcher.expect_publish_acked().await.payload[..], b"once");
+    assert_eq!(watcher.expect_publish_acked().await.payload(), b"once");
     drop_connection(sender).await;
 
     let mut sender = resume(&broker, version, "sender").await;
@@ -780,10 +780,10 @@ async fn inbound_qos2_state_survives_reconnect(version: ProtocolVersion) {
     watcher.expect_nothing(Duration::from_millis(200)).await;
     // After PUBCOMP the same id is a new message.
     publish.dup = false;
-    publish.payload = bytes::Bytes::from_static(b"new");
+    publish.set_payload(bytes::Bytes::from_static(b"new"));
     sender.send(&Packet::Publish(publish)).await;
     assert!(matches!(sender.recv().await, Packet::PubRec(_)));
-    assert_eq!(&watcher.expect_publish_acked().await.payload[..], b"new");
+    assert_eq!(watcher.expect_publish_acked().await.payload(), b"new");
 }
 
 #[tokio::test(start_paused = true)]

@@ -120,7 +120,7 @@ fn reader(mut client: Client, received: Arc<AtomicUsize>) -> tokio::task::JoinHa
         while let Some(packet) = client.next_packet().await {
             match packet {
                 Packet::Publish(p) => {
-                    assert_eq!(p.payload.len(), PAYLOAD);
+                    assert_eq!(p.payload().len(), PAYLOAD);
                     received.fetch_add(1, Ordering::AcqRel);
                 }
                 Packet::PingResp => return client,

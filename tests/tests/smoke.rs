@@ -17,8 +17,8 @@ async fn publish_reaches_subscriber_across_versions() {
         for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
             publisher.publish("smoke/x", b"hello", qos, false).await;
             let got = sub.expect_publish_acked().await;
-            assert_eq!(&*got.topic, "smoke/x");
-            assert_eq!(&got.payload[..], b"hello");
+            assert_eq!(got.topic(), "smoke/x");
+            assert_eq!(got.payload(), b"hello");
             assert_eq!(got.qos, qos);
         }
         publisher.disconnect().await;

@@ -121,7 +121,7 @@ async fn wildcards_and_dollar_topics_mqtt_4_7_1_and_4_7_2_1() {
                 .await
                 .expect("drain task")
                 .iter()
-                .map(|p| p.topic.to_string())
+                .map(|p| p.topic().to_string())
                 .collect();
             assert_eq!(got, *expected, "{version:?} filter {filter}");
         }
@@ -139,7 +139,7 @@ async fn sys_topics_not_matched_by_leading_wildcard() {
     let mut sys = broker.client(V3, "sys-sys").await;
     sys.subscribe("$SYS/#", QoS::AtMostOnce).await;
     let got = sys.expect_publish().await;
-    assert!(got.topic.starts_with("$SYS/"), "{:?}", got.topic);
+    assert!(got.topic().starts_with("$SYS/"), "{:?}", got.topic());
     all.expect_nothing(QUIET).await;
     plus.expect_nothing(Duration::from_millis(10)).await;
     // Clients may not publish into $SYS (the broker's namespace).
@@ -150,7 +150,7 @@ async fn sys_topics_not_matched_by_leading_wildcard() {
     publisher.ping().await;
     while let Some(p) = sys.recv_within(Duration::from_millis(100)).await {
         if let Packet::Publish(p) = p {
-            assert_ne!(&*p.topic, "$SYS/fake");
+            assert_ne!(p.topic(), "$SYS/fake");
         }
     }
 }
@@ -251,7 +251,7 @@ async fn unsuback_0x11_when_no_subscription() {
             .publish("u/a", b"x", QoS::AtLeastOnce, false)
             .await;
         // Still matched by u/+, exactly once.
-        assert_eq!(&client.expect_publish_acked().await.topic[..], "u/a");
+        assert_eq!(client.expect_publish_acked().await.topic(), "u/a");
         client.expect_nothing(QUIET).await;
         client.unsubscribe(&["u/+"]).await;
         publisher
@@ -280,19 +280,19 @@ async fn no_local_mqtt_3_8_3_3() {
     client
         .publish("nl/a", b"mine", QoS::AtLeastOnce, false)
         .await;
-    assert_eq!(&other.expect_publish_acked().await.payload[..], b"mine");
+    assert_eq!(other.expect_publish_acked().await.payload(), b"mine");
     client.expect_nothing(QUIET).await;
     // Without No Local the publisher gets its own message.
     client
         .publish("nl/b", b"echo", QoS::AtMostOnce, false)
         .await;
-    assert_eq!(&client.expect_publish().await.payload[..], b"echo");
-    assert_eq!(&other.expect_publish().await.payload[..], b"echo");
+    assert_eq!(client.expect_publish().await.payload(), b"echo");
+    assert_eq!(other.expect_publish().await.payload(), b"echo");
     // Messages from others reach a No Local subscription.
     other
         .publish("nl/a", b"theirs", QoS::AtLeastOnce, false)
         .await;
-    assert_eq!(&client.expect_publish_acked().await.payload[..], b"theirs");
+    assert_eq!(client.expect_publish_acked().await.payload(), b"theirs");
     other.expect_nothing(QUIET).await;
 }
 
@@ -358,7 +358,7 @@ async fn retain_handling_0_1_2_mqtt_3_3_1_9_to_11() {
             if expected {
                 let p = client.expect_publish_acked().await;
                 assert!(p.retain);
-                assert_eq!(&p.payload[..], b"kept");
+                assert_eq!(p.payload(), b"kept");
             }
             client.expect_nothing(QUIET).await;
         }
@@ -379,7 +379,10 @@ async fn retain_handling_0_1_2_mqtt_3_3_1_9_to_11() {
 }
 
 fn sorted_ids(p: &tern_codec::Publish) -> Vec<u32> {
-    let mut ids = p.properties.subscription_identifiers.clone();
+    let mut ids = p
+        .properties()
+        .subscription_identifiers()
+        .collect::<Vec<_>>();
     ids.sort();
     ids
 }
@@ -414,7 +417,7 @@ async fn subscription_identifiers_per_subscription_mqtt_3_3_4_3_and_4() {
             .publish(topic, b"x", QoS::AtLeastOnce, false)
             .await;
         let got = client.expect_publish_acked().await;
-        assert_eq!(&*got.topic, topic);
+        assert_eq!(got.topic(), topic);
         assert_eq!(sorted_ids(&got), ids, "{topic}");
         client.expect_nothing(Duration::from_millis(100)).await;
         if let Some(other_ids) = other_ids {
@@ -481,7 +484,7 @@ async fn shared_subscription_round_robin_each_message_once() {
         let got = drain(m).await;
         assert_eq!(got.len(), 3, "member {i}: round robin gives each 3 of 9");
         for p in got {
-            assert!(seen.insert(p.payload[0], i).is_none(), "delivered twice");
+            assert!(seen.insert(p.payload()[0], i).is_none(), "delivered twice");
         }
     }
     assert_eq!(seen.len(), 9);
@@ -503,7 +506,7 @@ async fn shared_group_is_name_and_filter() {
             .await;
     }
     for m in [&mut a, &mut b] {
-        let got: Vec<u8> = drain(m).await.iter().map(|p| p.payload[0]).collect();
+        let got: Vec<u8> = drain(m).await.iter().map(|p| p.payload()[0]).collect();
         assert_eq!(got, vec![0, 1, 2, 3]);
     }
 }
@@ -611,7 +614,12 @@ async fn retained_on_subscribe_carries_subscription_identifier() {
         .await;
     let got = client.expect_publish_acked().await;
     assert!(got.retain);
-    assert_eq!(got.properties.subscription_identifiers, vec![77]);
+    assert_eq!(
+        got.properties()
+            .subscription_identifiers()
+            .collect::<Vec<_>>(),
+        vec![77]
+    );
     publisher
         .publish("rsid/t", b"", QoS::AtLeastOnce, true)
         .await;
@@ -634,11 +642,11 @@ async fn retained_dollar_topics_not_matched_by_leading_wildcard() {
         for filter in ["#", "+/state"] {
             client.subscribe(filter, QoS::AtLeastOnce).await;
             let got = client.expect_publish_acked().await;
-            assert_eq!(&*got.topic, "app/state", "{version:?} {filter}");
+            assert_eq!(got.topic(), "app/state", "{version:?} {filter}");
             client.expect_nothing(Duration::from_millis(100)).await;
         }
         client.subscribe("$app/+", QoS::AtLeastOnce).await;
-        assert_eq!(&*client.expect_publish_acked().await.topic, "$app/state");
+        assert_eq!(client.expect_publish_acked().await.topic(), "$app/state");
         client.disconnect().await;
     }
     publisher
@@ -714,7 +722,13 @@ async fn no_local_with_overlapping_subscription() {
         QoS::AtLeastOnce,
         "only the nlo/+ subscription matched"
     );
-    assert_eq!(got[0].properties.subscription_identifiers, vec![2]);
+    assert_eq!(
+        got[0]
+            .properties()
+            .subscription_identifiers()
+            .collect::<Vec<_>>(),
+        vec![2]
+    );
 }
 
 // 3.11.2.1: UNSUBACK 0x11 for a shared subscription the client does not have (another
@@ -742,6 +756,6 @@ async fn unsubscribe_shared_not_member_0x11() {
     publisher
         .publish("ush/x", b"x", QoS::AtLeastOnce, false)
         .await;
-    assert_eq!(&member.expect_publish_acked().await.payload[..], b"x");
+    assert_eq!(member.expect_publish_acked().await.payload(), b"x");
     other.expect_nothing(QUIET).await;
 }

@@ -75,8 +75,8 @@ async fn watcher(broker: &Broker) -> Client {
 
 async fn expect_will(watcher: &mut Client, payload: &str) -> tern_codec::Publish {
     let got = watcher.expect_publish_acked().await;
-    assert_eq!(&*got.topic, "will/topic");
-    assert_eq!(&got.payload[..], payload.as_bytes());
+    assert_eq!(got.topic(), "will/topic");
+    assert_eq!(got.payload(), payload.as_bytes());
     got
 }
 
@@ -196,17 +196,13 @@ async fn mqtt_3_1_3_10_will_properties_forwarded_in_order() {
     let (client, _) = connect_with_will(&broker, V5, "w", with_props, CLEAN).await;
     drop(client);
     let got = expect_will(&mut watcher, "props").await;
-    let p = &got.properties;
-    assert_eq!(p.payload_format_indicator, Some(1));
-    assert_eq!(p.message_expiry_interval_secs, Some(3600));
-    assert_eq!(p.content_type.as_deref(), Some("text/plain"));
-    assert_eq!(p.response_topic.as_deref(), Some("reply/here"));
-    assert_eq!(p.correlation_data.as_deref(), Some(&b"\x00\x01corr"[..]));
-    let users: Vec<(&str, &str)> = p
-        .user_properties
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let p = got.properties();
+    assert_eq!(p.payload_format_indicator(), Some(1));
+    assert_eq!(p.message_expiry_interval_secs(), Some(3600));
+    assert_eq!(p.content_type(), Some("text/plain"));
+    assert_eq!(p.response_topic(), Some("reply/here"));
+    assert_eq!(p.correlation_data(), Some(&b"\x00\x01corr"[..]));
+    let users: Vec<(&str, &str)> = p.user_properties().collect();
     assert_eq!(users, [("b", "2"), ("a", "1"), ("b", "3")]);
 }
 
@@ -241,7 +237,7 @@ async fn mqtt_3_1_2_8_will_published_after_will_delay_not_before() {
     let got = tokio::time::timeout(Duration::from_millis(200), watcher.expect_publish())
         .await
         .expect("will not published 5 s after the close");
-    assert_eq!(&got.payload[..], b"late");
+    assert_eq!(got.payload(), b"late");
 }
 
 // [MQTT-3.1.3-9]: a new connection to the session before the Will Delay Interval passes
@@ -301,7 +297,7 @@ async fn will_delay_with_session_expiry_zero_published_at_once() {
     let got = tokio::time::timeout(Duration::from_millis(100), watcher.expect_publish())
         .await
         .expect("will not published when the session ended");
-    assert_eq!(&got.payload[..], b"now");
+    assert_eq!(got.payload(), b"now");
 }
 
 // 3.1.3.2.2: a Will Delay longer than the Session Expiry Interval: published when the
@@ -321,7 +317,7 @@ async fn will_delay_longer_than_session_expiry_published_at_expiry() {
     let got = tokio::time::timeout(Duration::from_millis(200), watcher.expect_publish())
         .await
         .expect("will not published at session expiry");
-    assert_eq!(&got.payload[..], b"expired");
+    assert_eq!(got.payload(), b"expired");
     assert!(!broker.sessions.contains_key(&ByteStr::from("w")));
     watcher.expect_nothing(Duration::from_secs(60)).await;
 }

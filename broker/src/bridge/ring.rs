@@ -223,7 +223,7 @@ pub fn deliver(message: &Message, rings: &mut Vec<Arc<Ring>>, metrics: &Metrics)
     let mut count = 0;
     for ring in rings.iter() {
         if let Some(acl) = &ring.read_check {
-            if !acl.allows_read(&publish.topic) {
+            if !acl.allows_read(publish.topic()) {
                 Metrics::add(&metrics.acl_denied, 1);
                 continue;
             }
@@ -285,18 +285,18 @@ pub fn lagged_sse(missed: Option<u64>) -> Bytes {
 /// else base64. `retain` is the flag as delivered: false on live delivery (as for an MQTT
 /// subscription without Retain As Published), true for a retained message sent on subscribe.
 pub fn encode_json(publish: &Publish, retain: bool) -> Bytes {
-    let mut out = Vec::with_capacity(publish.topic.len() + publish.payload.len() + 96);
+    let mut out = Vec::with_capacity(publish.topic().len() + publish.payload().len() + 96);
     out.extend_from_slice(MESSAGE_PREFIX);
     out.extend_from_slice(b"\"topic\":");
-    push_json_str(&mut out, &publish.topic);
+    push_json_str(&mut out, publish.topic());
     out.extend_from_slice(b",\"payload\":");
-    match std::str::from_utf8(&publish.payload) {
+    match std::str::from_utf8(publish.payload()) {
         Ok(text) => push_json_str(&mut out, text),
         Err(_) => {
             out.push(b'"');
             out.extend_from_slice(
                 base64::engine::general_purpose::STANDARD
-                    .encode(&publish.payload)
+                    .encode(publish.payload())
                     .as_bytes(),
             );
             out.extend_from_slice(b"\",\"encoding\":\"base64\"");
@@ -318,7 +318,7 @@ pub fn encode_json(publish: &Publish, retain: bool) -> Bytes {
 /// The 5.0 properties a bridge client can use (the Topic Alias and Subscription Identifiers
 /// are per connection and left out). Correlation data is base64.
 fn push_properties(out: &mut Vec<u8>, publish: &Publish) {
-    let p = &publish.properties;
+    let p = publish.properties();
     let mut first = true;
     let mut key = |out: &mut Vec<u8>, name: &str| {
         if !first {
@@ -328,30 +328,30 @@ fn push_properties(out: &mut Vec<u8>, publish: &Publish) {
         push_json_str(out, name);
         out.push(b':');
     };
-    if let Some(v) = p.payload_format_indicator {
+    if let Some(v) = p.payload_format_indicator() {
         key(out, "payload_format_indicator");
         out.extend_from_slice(v.to_string().as_bytes());
     }
-    if let Some(v) = p.message_expiry_interval_secs {
+    if let Some(v) = p.message_expiry_interval_secs() {
         key(out, "message_expiry_interval");
         out.extend_from_slice(v.to_string().as_bytes());
     }
-    if let Some(v) = &p.content_type {
+    if let Some(v) = p.content_type() {
         key(out, "content_type");
         push_json_str(out, v);
     }
-    if let Some(v) = &p.response_topic {
+    if let Some(v) = p.response_topic() {
         key(out, "response_topic");
         push_json_str(out, v);
     }
-    if let Some(v) = &p.correlation_data {
+    if let Some(v) = p.correlation_data() {
         key(out, "correlation_data");
         push_json_str(out, &base64::engine::general_purpose::STANDARD.encode(v));
     }
-    if !p.user_properties.is_empty() {
+    if p.user_properties().next().is_some() {
         key(out, "user_properties");
         out.push(b'[');
-        for (i, (k, v)) in p.user_properties.iter().enumerate() {
+        for (i, (k, v)) in p.user_properties().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -420,9 +420,9 @@ mod tests {
     fn json_encoding() {
         let mut publish = Publish::new("t/\"q\"", Bytes::from_static(b"hi\n"));
         publish.qos = QoS::AtLeastOnce;
-        publish.properties.content_type = Some("text/plain".into());
+        publish.properties_mut().content_type = Some("text/plain".into());
         publish
-            .properties
+            .properties_mut()
             .user_properties
             .push(("k".into(), "v".into()));
         let json = encode_json(&publish, false);

@@ -163,11 +163,11 @@ impl Connection {
         let Some(acl) = &self.acl else {
             return false;
         };
-        if acl.check(&publish.topic, Access::Write) {
+        if acl.check(publish.topic(), Access::Write) {
             return false;
         }
         Metrics::add(&self.broker.metrics.acl_denied, 1);
-        tracing::debug!(client_id = %self.session.client_id, topic = %publish.topic, "publish refused by ACL: dropped");
+        tracing::debug!(client_id = %self.session.client_id, topic = %publish.topic(), "publish refused by ACL: dropped");
         let v5 = self.version.is_v5();
         let code = if v5 {
             ReasonCode::NOT_AUTHORIZED

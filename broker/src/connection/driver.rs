@@ -226,14 +226,14 @@ impl Connection {
         // One clock read per PUBLISH serves the rate bucket, expiry and routing.
         let now = Instant::now();
         self.charge_publish_rate(now);
-        if !publish.properties.subscription_identifiers.is_empty() {
+        if publish.properties().has_subscription_identifiers() {
             return Err(ProtocolError::SubscriptionIdFromClient.into());
         }
-        if let Some(alias) = publish.properties.topic_alias {
+        if let Some(alias) = publish.properties().topic_alias() {
             if alias == 0 || alias > self.limits.topic_alias_maximum {
                 return Err(ProtocolError::TopicAliasInvalid.into());
             }
-            if publish.topic.is_empty() {
+            if publish.topic().is_empty() {
                 let topic = self
                     .publishing
                     .as_ref()
@@ -242,17 +242,17 @@ impl Connection {
                     .ok_or(ProtocolError::TopicAliasUnknown)?;
                 publish.resolve_alias(topic);
             } else {
+                let topic = publish.shared_topic();
                 self.publishing
                     .get_or_insert_default()
                     .inbound_aliases
-                    .insert(alias, publish.topic.clone());
-                let topic = publish.topic.clone();
+                    .insert(alias, topic.clone());
                 publish.resolve_alias(topic);
             }
         }
         let qos = publish.qos;
         let packet_id = publish.packet_id;
-        if !self.topic_within_limits(&publish.topic) {
+        if !self.topic_within_limits(publish.topic()) {
             Metrics::add(&self.broker.metrics.dropped_topic_too_deep, 1);
             tracing::debug!(client_id = %self.session.client_id, "topic has too many levels: dropped");
             if let Some(id) = packet_id {
@@ -320,7 +320,7 @@ impl Connection {
     /// clock reads would otherwise cost more than the routing of a small fan-out.
     fn route(&mut self, publish: Publish, now: Instant) -> usize {
         // Clients may not publish into the broker's own statistics.
-        if publish.topic.starts_with("$SYS/") || &*publish.topic == "$SYS" {
+        if publish.topic().starts_with("$SYS/") || publish.topic() == "$SYS" {
             return 0;
         }
         let message = Message::new(publish, now, Some(self.session.id));
@@ -425,7 +425,7 @@ impl Connection {
                 // The ACL's read check applies to retained messages too.
                 if read_check
                     .as_ref()
-                    .is_none_or(|acl| acl.allows_read(&m.publish().topic))
+                    .is_none_or(|acl| acl.allows_read(m.publish().topic()))
                 {
                     matches.push(m.clone());
                 }

@@ -215,7 +215,7 @@ impl Router {
         {
             let trie = self.read();
             trie.for_each_match_grouped(
-                &publish.topic,
+                publish.topic(),
                 || filters += 1,
                 |_, value| match value {
                     SubValue::Direct(entry) => {
@@ -323,7 +323,7 @@ fn push_target(
     ctx: DeliverCtx<'_>,
 ) {
     if let Some(acl) = &entry.read_check {
-        if !acl.allows_read(&publish.topic) {
+        if !acl.allows_read(publish.topic()) {
             Metrics::add(&ctx.metrics.acl_denied, 1);
             return;
         }

@@ -39,7 +39,7 @@ impl OutboundAliases {
     }
 
     /// The alias to use for `topic` and whether the client already knows it.
-    fn choose(&self, topic: &ByteStr) -> Option<(u16, bool)> {
+    fn choose(&self, topic: &str) -> Option<(u16, bool)> {
         if self.max == 0 {
             return None;
         }
@@ -240,7 +240,7 @@ impl Delivery {
         group: Option<&Arc<SharedGroup>>,
         ctx: DeliverCtx<'_>,
     ) {
-        let size = message.publish().payload.len() + message.topic().len();
+        let size = message.publish().payload().len() + message.topic().len();
         if self.queue.len() >= self.max_queued_messages
             || self.queued_bytes + size > self.max_queued_bytes
         {
@@ -296,7 +296,8 @@ impl Delivery {
             let Some(next) = self.queue.pop_front() else {
                 break;
             };
-            self.queued_bytes -= next.message.publish().payload.len() + next.message.topic().len();
+            self.queued_bytes -=
+                next.message.publish().payload().len() + next.message.topic().len();
             if next.message.is_expired(ctx.now) {
                 Metrics::add(&ctx.metrics.dropped_expired, 1);
                 continue;
@@ -421,7 +422,7 @@ impl Delivery {
             match queued.group {
                 Some(group) => {
                     self.queued_bytes -=
-                        queued.message.publish().payload.len() + queued.message.topic().len();
+                        queued.message.publish().payload().len() + queued.message.topic().len();
                     taken.push(Redirect {
                         message: queued.message,
                         group,
@@ -499,10 +500,10 @@ fn write_publish(
         None => None,
     };
     let v5 = link.version.is_v5();
-    let reduced_expiry =
-        remaining_expiry.filter(|&r| Some(r) != publish.properties.message_expiry_interval_secs);
+    let reduced_expiry = remaining_expiry
+        .filter(|&r| Some(r) != publish.properties().message_expiry_interval_secs());
     let alias = if v5 {
-        link.aliases.choose(&publish.topic)
+        link.aliases.choose(publish.topic())
     } else {
         None
     };
@@ -589,7 +590,7 @@ fn write_publish(
     }
     drop(guard);
     if let Some((alias, false)) = alias {
-        link.aliases.map.insert(publish.topic.clone(), alias);
+        link.aliases.map.insert(publish.shared_topic(), alias);
     }
     Metrics::add(&ctx.metrics.messages_sent, 1);
     Written::Yes

@@ -2,7 +2,8 @@
 //! [`Packet`], the enum the decoder yields.
 //!
 //! `decode` functions take the complete body of one frame as `Bytes` (the fixed header
-//! already parsed and checked) and must consume it exactly. `encode` appends the whole
+//! already parsed and checked) and must consume it exactly; PUBLISH alone takes the whole
+//! frame and the header length, because it keeps the frame as its only handle. `encode` appends the whole
 //! packet, fixed header included, to any `BufMut`.
 
 mod auth;
@@ -21,7 +22,8 @@ pub use connack::ConnAck;
 pub use connect::{Connect, LastWill};
 pub use disconnect::Disconnect;
 pub use puback::{PubAck, PubComp, PubRec, PubRel};
-pub use publish::Publish;
+pub(crate) use publish::Strings;
+pub use publish::{Publish, PublishPropertiesRef, SubscriptionIdentifiers, UserProperties};
 pub use suback::SubAck;
 pub use subscribe::Subscribe;
 pub use unsuback::UnsubAck;
@@ -102,9 +104,9 @@ impl Packet {
     ///
     /// Takes the frame by value so that no reference count is touched needlessly (each
     /// `Bytes` clone or drop of a shared buffer is an atomic operation, and they dominated the
-    /// decode profile): PUBLISH clones it once for its body and keeps the frame itself for
-    /// template reuse; every other packet just advances past the header. (The decoder sends
-    /// PUBLISH through [`Publish::decode_frame`] instead, which needs no body clone.)
+    /// decode profile): PUBLISH keeps the frame as its one handle; every other packet just
+    /// advances past the header. (The decoder sends PUBLISH through
+    /// [`Publish::decode_frame`] instead, the fast path to the same result.)
     #[inline]
     pub(crate) fn decode_body(
         byte0: u8,
@@ -114,10 +116,8 @@ impl Packet {
     ) -> Result<Packet, DecodeError> {
         let packet_type = byte0 >> 4;
         if packet_type == kind::PUBLISH {
-            let mut body = frame.clone();
-            body.advance(header_len);
             return Ok(Packet::Publish(Publish::decode(
-                byte0, body, frame, version,
+                byte0, frame, header_len, version,
             )?));
         }
         let mut body = frame;

@@ -199,7 +199,7 @@ pub fn v5_fixtures() -> Vec<(&'static str, Packet)> {
     min_connect.keep_alive_secs = 60;
 
     let mut full_publish = publish(QoS::AtLeastOnce, false, false, "a/b", Some(7), b"hi");
-    full_publish.properties = PublishProperties {
+    *full_publish.properties_mut() = PublishProperties {
         payload_format_indicator: Some(1),
         message_expiry_interval_secs: Some(10),
         content_type: Some(b("text")),
@@ -211,7 +211,7 @@ pub fn v5_fixtures() -> Vec<(&'static str, Packet)> {
     };
 
     let mut alias_publish = publish(QoS::ExactlyOnce, false, true, "", Some(5), b"x");
-    alias_publish.properties.topic_alias = Some(5);
+    alias_publish.properties_mut().topic_alias = Some(5);
 
     let reason_ok = AckProperties {
         reason_string: Some(b("ok")),

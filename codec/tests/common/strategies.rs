@@ -341,9 +341,9 @@ pub fn publish(version: ProtocolVersion) -> impl Strategy<Value = Publish> {
                 }
                 if v5 {
                     if empty_topic && props.topic_alias.is_some() {
-                        p.topic = ByteStr::default();
+                        p.set_topic(ByteStr::default());
                     }
-                    p.properties = props;
+                    *p.properties_mut() = props;
                 }
                 p
             },

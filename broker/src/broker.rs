@@ -339,6 +339,7 @@ impl Broker {
         let filters: Vec<Arc<str>> = session
             .subscriptions()
             .drain()
+            .into_iter()
             .map(|(filter, _)| filter)
             .collect();
         for filter in &filters {

@@ -81,7 +81,7 @@ pub(crate) fn reapply_acl(broker: &Broker, session: &Arc<Session>, acl: Option<&
     for (filter, record) in current {
         match acl.check_subscribe(&filter) {
             SubscribeVerdict::Denied => {
-                session.subscriptions().remove(&*filter);
+                session.subscriptions().remove(&filter);
                 if broker.router.unsubscribe(&filter, session.id) {
                     Metrics::sub(&broker.metrics.subscriptions, 1);
                 }

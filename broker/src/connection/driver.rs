@@ -348,7 +348,7 @@ impl Connection {
             }
             let max_subscriptions = self.limits.max_subscriptions_per_client;
             let subscriptions = self.session.subscriptions();
-            let is_new = !subscriptions.contains_key(&**filter);
+            let is_new = !subscriptions.contains_key(filter);
             let full = is_new && max_subscriptions > 0 && subscriptions.len() >= max_subscriptions;
             drop(subscriptions);
             if full {
@@ -400,7 +400,7 @@ impl Connection {
             // closed): the end released the subscriptions it saw, so undo what this packet
             // added, or the router would keep a session nobody owns.
             for (filter, _) in &subscribe.filters {
-                self.session.subscriptions().remove(&**filter);
+                self.session.subscriptions().remove(filter);
                 if self.broker.router.unsubscribe(filter, self.session.id) {
                     Metrics::sub(&self.broker.metrics.subscriptions, 1);
                 }
@@ -441,7 +441,7 @@ impl Connection {
     fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
         let mut reason_codes = Vec::with_capacity(unsubscribe.filters.len());
         for filter in &unsubscribe.filters {
-            let existed = self.session.subscriptions().remove(&**filter).is_some();
+            let existed = self.session.subscriptions().remove(filter).is_some();
             if self.broker.router.unsubscribe(filter, self.session.id) {
                 Metrics::sub(&self.broker.metrics.subscriptions, 1);
             }

@@ -116,8 +116,12 @@ fn establish(
         assigned = Some(id.clone());
         id
     } else {
-        connect.client_id.clone()
+        // A copy: a slice would keep the whole read buffer the CONNECT arrived in alive
+        // for as long as the session lives.
+        ByteStr::from(&*connect.client_id)
     };
+    // Kept by the connection and its session link: copied for the same reason.
+    connect.username = connect.username.as_deref().map(ByteStr::from);
     let acl_generation = broker.auth.generation();
     let acl = super::auth_hooks::client_acl(broker, &client_id, &mut connect);
 

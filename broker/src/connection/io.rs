@@ -1,5 +1,6 @@
-//! The read side of a connection: a buffer that grows with the traffic and shrinks when
-//! idle, and the codec's incremental decoder over it.
+//! The read side of a connection: a buffer that grows with the traffic, shrinks when
+//! quiet and is let go while the connection waits with nothing buffered, and the codec's
+//! incremental decoder over it.
 
 use bytes::BytesMut;
 use std::future::Future;
@@ -62,8 +63,16 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
 
     /// [`PacketReader::read_more`] as a poll, for a caller that waits on several things at
     /// once (the read's future is made anew at each poll: it holds nothing but borrows).
+    ///
+    /// While it waits with nothing buffered it holds no buffer: the read registered the
+    /// task for readiness, and the next poll reserves room again. An idle connection then
+    /// costs no read buffer at all, for a `malloc`/`free` per wait of a busy one.
     pub fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        std::pin::pin!(self.read_more()).poll(cx)
+        let polled = std::pin::pin!(self.read_more()).poll(cx);
+        if polled.is_pending() && self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        polled
     }
 
     /// Waits for the next whole packet.

@@ -25,17 +25,16 @@ use crate::session::inflight::{Inflight, Stage, Window};
 /// Topic Alias Maximum. Aliases are handed out first come and never reassigned.
 #[derive(Debug, Default)]
 pub struct OutboundAliases {
-    map: HashMap<ByteStr, u16>,
+    /// Boxed at the first alias: most clients allow none, and an empty map is 48 bytes.
+    #[allow(clippy::box_collection)]
+    map: Option<Box<HashMap<ByteStr, u16>>>,
     max: u16,
 }
 
 impl OutboundAliases {
     /// A table allowing aliases 1..=max (0: none).
     pub fn new(max: u16) -> OutboundAliases {
-        OutboundAliases {
-            map: HashMap::new(),
-            max,
-        }
+        OutboundAliases { map: None, max }
     }
 
     /// The alias to use for `topic` and whether the client already knows it.
@@ -43,10 +42,11 @@ impl OutboundAliases {
         if self.max == 0 {
             return None;
         }
-        if let Some(&alias) = self.map.get(topic) {
+        let map = self.map.as_deref();
+        if let Some(&alias) = map.and_then(|map| map.get(topic)) {
             return Some((alias, true));
         }
-        let next = self.map.len() as u16 + 1;
+        let next = map.map_or(0, HashMap::len) as u16 + 1;
         (next <= self.max).then_some((next, false))
     }
 }
@@ -590,7 +590,10 @@ fn write_publish(
     }
     drop(guard);
     if let Some((alias, false)) = alias {
-        link.aliases.map.insert(publish.shared_topic(), alias);
+        link.aliases
+            .map
+            .get_or_insert_default()
+            .insert(publish.shared_topic(), alias);
     }
     Metrics::add(&ctx.metrics.messages_sent, 1);
     Written::Yes

@@ -7,9 +7,10 @@
 
 pub mod delivery;
 pub mod inflight;
+pub mod packet_ids;
+pub mod subscriptions;
 pub mod timers;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -17,6 +18,8 @@ use tern_codec::{ByteStr, SubscriptionOptions};
 use tokio::sync::Notify;
 
 use self::delivery::Delivery;
+use self::packet_ids::PacketIdSet;
+use self::subscriptions::SubscriptionSet;
 
 /// One subscription as the session remembers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,9 +40,9 @@ pub struct Session {
     /// What publishers need: the attached connection, the inflight window, the queue.
     delivery: Mutex<Delivery>,
     /// Subscriptions, keyed by the full filter (`$share/...` included).
-    subscriptions: Mutex<HashMap<Arc<str>, SubscriptionRecord>>,
+    subscriptions: Mutex<SubscriptionSet>,
     /// Inbound QoS 2 packet ids received and not yet released by PUBREL ([MQTT-4.3.3-9]).
-    incoming_qos2: Mutex<HashSet<u16>>,
+    incoming_qos2: Mutex<PacketIdSet>,
     /// Generation of the connection that attached last; bumped on every attach.
     generation: AtomicU64,
     /// Session Expiry Interval in force, in seconds (u32::MAX: never).
@@ -70,8 +73,8 @@ impl Session {
             id,
             client_id,
             delivery: Mutex::new(Delivery::new(max_queued_messages, max_queued_bytes)),
-            subscriptions: Mutex::new(HashMap::new()),
-            incoming_qos2: Mutex::new(HashSet::new()),
+            subscriptions: Mutex::new(SubscriptionSet::default()),
+            incoming_qos2: Mutex::new(PacketIdSet::default()),
             generation: AtomicU64::new(0),
             expiry_secs: AtomicU32::new(0),
             ended: AtomicBool::new(false),
@@ -85,7 +88,7 @@ impl Session {
     }
 
     /// Locks the subscription list.
-    pub fn subscriptions(&self) -> MutexGuard<'_, HashMap<Arc<str>, SubscriptionRecord>> {
+    pub fn subscriptions(&self) -> MutexGuard<'_, SubscriptionSet> {
         lock(&self.subscriptions)
     }
 
@@ -98,7 +101,7 @@ impl Session {
     }
 
     /// Locks the inbound QoS 2 state.
-    pub fn incoming_qos2(&self) -> MutexGuard<'_, HashSet<u16>> {
+    pub fn incoming_qos2(&self) -> MutexGuard<'_, PacketIdSet> {
         lock(&self.incoming_qos2)
     }
 

@@ -38,7 +38,7 @@ pub struct Inner {
     /// Retained messages.
     pub retained: RetainedStore,
     /// Client identifier -> session.
-    pub sessions: DashMap<ByteStr, Arc<Session>>,
+    pub sessions: DashMap<Arc<str>, Arc<Session>>,
     /// Counters.
     pub metrics: Metrics,
     /// Bridge rings (SSE, WebSocket JSON) and bridge clients ([`crate::bridge`]).
@@ -216,8 +216,10 @@ impl Broker {
     /// Finds or creates the session of `client_id`. With `clean_start` (or no session) a
     /// new one replaces any existing one, which ends. Returns the session and whether an
     /// existing one continues (Session Present).
-    pub fn open_session(&self, client_id: &ByteStr, clean_start: bool) -> (Arc<Session>, bool) {
+    pub fn open_session(&self, client_id: &str, clean_start: bool) -> (Arc<Session>, bool) {
         let limits = self.limits();
+        // One allocation for the id, shared by the registry's key and the session.
+        let client_id: Arc<str> = Arc::from(client_id);
         let make = || {
             let id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
             Arc::new(Session::new(

@@ -78,7 +78,7 @@ async fn drop_connection(client: Client) {
 }
 
 fn is_registered(broker: &Broker, id: &str) -> bool {
-    broker.sessions.contains_key(&tern_codec::ByteStr::from(id))
+    broker.sessions.contains_key(id)
 }
 
 // [MQTT-3.1.2-5] (3.1.1) / [MQTT-3.1.2-23] (5.0): the session outlives the connection with
@@ -671,7 +671,7 @@ async fn mqtt_3_1_4_3_takeover_race_leaves_one_live_session() {
                         other => panic!("unexpected {other:?}"),
                     }
                 }
-                let session = b.sessions.get(&racer_id).map(|s| s.clone());
+                let session = b.sessions.get(&*racer_id).map(|s| s.clone());
                 let session = session.unwrap_or_else(|| {
                     panic!("round {round}: the live connection's session is not registered")
                 });

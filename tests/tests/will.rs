@@ -318,7 +318,7 @@ async fn will_delay_longer_than_session_expiry_published_at_expiry() {
         .await
         .expect("will not published at session expiry");
     assert_eq!(got.payload(), b"expired");
-    assert!(!broker.sessions.contains_key(&ByteStr::from("w")));
+    assert!(!broker.sessions.contains_key("w"));
     watcher.expect_nothing(Duration::from_secs(60)).await;
 }
 

@@ -38,20 +38,13 @@ impl Connection {
         if self.broker.is_shutting_down() {
             return Close::Shutdown;
         }
-        let keep_alive = self.keep_alive_timeout;
-        let out = self.out.clone();
-        let clock = self.broker.keep_alive.clone();
-        if let Some(timeout) = keep_alive {
-            clock.watch(&out, timeout);
+        // Few locals live across the awaits below: an idle connection waits in this
+        // future, so each one is paid by every connection.
+        if let Some(timeout) = self.keep_alive_timeout {
+            self.broker.keep_alive.watch(&self.out, timeout);
         }
-        // Moves the keep-alive deadline after traffic, or after a pause of our own making.
-        let alive = |out: &crate::delivery::shared_writer::SharedWriter| {
-            if let Some(timeout) = keep_alive {
-                out.set_keep_alive_deadline_ms(clock.now_ms() + timeout.as_millis() as u64);
-            }
-        };
         loop {
-            if let Some(reason) = out.kicked() {
+            if let Some(reason) = self.out.kicked() {
                 return kicked(reason);
             }
             let mut received = false;
@@ -71,13 +64,15 @@ impl Connection {
                 }
             }
             if received {
-                alive(&out);
+                self.alive();
             }
             if self.has_pressure() {
                 // The client is not late while we do not read it.
-                out.set_keep_alive_deadline_ms(crate::keep_alive::NO_DEADLINE_MS);
-                self.wait_for_subscribers(&out).await;
-                alive(&out);
+                self.out
+                    .set_keep_alive_deadline_ms(crate::keep_alive::NO_DEADLINE_MS);
+                // Boxed: its state costs memory only while a publisher waits.
+                Box::pin(self.wait_for_subscribers()).await;
+                self.alive();
                 // Packets may be waiting in the buffer: handle them before reading more.
                 continue;
             }
@@ -85,21 +80,23 @@ impl Connection {
                 // Over max_publish_rate_per_client: stop reading until the bucket refills.
                 // Boxed so that its timer costs memory only while a client is throttled.
                 Metrics::add(&self.broker.metrics.publish_throttled, 1);
-                out.set_keep_alive_deadline_ms(crate::keep_alive::NO_DEADLINE_MS);
-                let pause = Box::pin(pause_until(resume_at, &out));
+                self.out
+                    .set_keep_alive_deadline_ms(crate::keep_alive::NO_DEADLINE_MS);
+                let pause = Box::pin(pause_until(resume_at, &self.out));
                 if let Some(close) = pause.await {
                     return close;
                 }
-                alive(&out);
+                self.alive();
                 continue;
             }
             // Whatever this task and others appended since the last batch goes out next.
-            let writing = output.refill(&out);
+            let writing = output.refill(&self.out);
             if writing {
                 self.broker.relief.relieve(); // publishers waiting for us may go on
             }
             // One hand-written wait instead of `select!` over three futures: an idle
             // connection waits here, and this way the wait adds only borrows to its task.
+            let out = &self.out;
             let event = std::future::poll_fn(|cx| {
                 // Output, a kick or a shutdown (a kick too); checked at the top of the loop.
                 // Also polled while writing: a kick must not wait for a stuck socket.
@@ -121,6 +118,16 @@ impl Connection {
                 Event::Read(Ok(n)) => Metrics::add(&self.broker.metrics.bytes_received, n as u64),
                 Event::Written(Err(e)) | Event::Read(Err(e)) => return Close::Io(e),
             }
+        }
+    }
+
+    /// Moves the keep-alive deadline one period on, after traffic or after a pause of our
+    /// own making.
+    fn alive(&self) {
+        if let Some(timeout) = self.keep_alive_timeout {
+            let now_ms = self.broker.keep_alive.now_ms();
+            self.out
+                .set_keep_alive_deadline_ms(now_ms + timeout.as_millis() as u64);
         }
     }
 
@@ -520,11 +527,8 @@ async fn pause_until(
 impl Connection {
     /// Back-pressure: stops reading until the subscribers this client's messages left
     /// behind have drained, for at most `backpressure_max_wait_ms` ([`crate::backpressure`]).
-    /// Boxed: the wait's state costs memory only while a publisher waits.
-    async fn wait_for_subscribers(
-        &mut self,
-        own: &std::sync::Arc<crate::delivery::shared_writer::SharedWriter>,
-    ) {
+    async fn wait_for_subscribers(&mut self) {
+        let own = &self.out;
         let Some(publishing) = self.publishing.as_mut() else {
             return;
         };
@@ -537,7 +541,7 @@ impl Connection {
         Metrics::add(&self.broker.metrics.backpressure_waits, 1);
         let max_wait = Duration::from_millis(self.limits.backpressure_max_wait_ms);
         let bound = self.limits.backpressure_queued_messages;
-        let slow = Box::pin(self.broker.relief.wait(&pressure, bound, max_wait)).await;
+        let slow = self.broker.relief.wait(&pressure, bound, max_wait).await;
         if slow > 0 {
             Metrics::add(
                 &self.broker.metrics.backpressure_slow_consumers,

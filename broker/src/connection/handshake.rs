@@ -116,9 +116,9 @@ fn establish(
         assigned = Some(id.clone());
         id
     } else {
-        // A copy: a slice would keep the whole read buffer the CONNECT arrived in alive
-        // for as long as the session lives.
-        ByteStr::from(&*connect.client_id)
+        // Only borrowed from here on: the session keeps its own copy (a slice would keep
+        // the whole read buffer the CONNECT arrived in alive).
+        connect.client_id.clone()
     };
     // Kept by the connection and its session link: copied for the same reason.
     connect.username = connect.username.as_deref().map(ByteStr::from);
@@ -221,7 +221,6 @@ fn establish(
         session,
         generation,
         version,
-        peer,
         out: out.clone(),
         keep_alive_timeout: (keep_alive_secs > 0)
             .then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500)),

@@ -13,6 +13,7 @@ pub mod io;
 mod output;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,57 +67,120 @@ where
 }
 
 /// Serves one accepted connection, with what the transport learnt of the peer.
-pub async fn serve_with<R, W>(broker: Broker, reader: R, writer: W, info: PeerInfo)
+pub fn serve_with<R, W>(
+    broker: Broker,
+    reader: R,
+    writer: W,
+    info: PeerInfo,
+) -> impl Future<Output = ()> + Send + 'static
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let peer = info.addr;
+    serve_guarded(broker, reader, writer, info, ())
+}
+
+/// Like [`serve_with`], holding `guard` (a connection permit, a per-IP count) until the
+/// connection ends, so that the future can be spawned as it is.
+///
+/// The connection's parts are built here, outside `async`, and the returned future uses
+/// them in place: an `async fn` would keep its arguments and the locals moved out of
+/// them side by side for the life of the connection, and this future is most of what an
+/// idle connection costs.
+pub fn serve_guarded<R, W, G>(
+    broker: Broker,
+    reader: R,
+    writer: W,
+    info: PeerInfo,
+    guard: G,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+    G: Send + 'static,
+{
     let limits = broker.limits();
-    let out = Arc::new(SharedWriter::with_soft_cap(
-        limits.writer_cap_bytes,
-        limits.writer_soft_cap_bytes,
-    ));
-    let mut output = Output::new(writer);
-    let mut reader = PacketReader::new(reader, limits.max_packet_size_bytes);
-    drop(limits);
-    // The handshake's result lives only in this statement, and the connection is used in
-    // place afterwards: a `match` on the awaited call (whose temporary lives to the end of
-    // the `match`) or a binding moved out of by parts would keep a second copy of the
-    // connection in this future for its whole life.
-    // Boxed: its state lives on the heap only while the handshake runs.
-    let handshake = Box::pin(handshake::connect(&broker, &mut reader, &out, info));
-    let mut connection = match handshake.await {
-        Ok(connection) => Some(connection),
-        Err(close) => {
-            match &close {
-                Close::ConnectTimeout => Metrics::add(&broker.metrics.timeouts, 1),
-                Close::Protocol(_) => Metrics::add(&broker.metrics.protocol_errors, 1),
-                _ => {}
-            }
-            tracing::debug!(%peer, reason = %close, "connection closed before CONNECT completed");
-            None
-        }
+    let mut io = ConnIo {
+        out: Arc::new(SharedWriter::with_soft_cap(
+            limits.writer_cap_bytes,
+            limits.writer_soft_cap_bytes,
+        )),
+        output: Output::new(writer),
+        reader: PacketReader::new(reader, limits.max_packet_size_bytes),
+        peer: info.addr,
+        broker,
+        _guard: guard,
     };
-    let mut flush_timeout = FLUSH_TIMEOUT;
-    if let Some(established) = connection.as_mut() {
-        let close = established.run(&mut reader, &mut output).await;
-        if matches!(&close, Close::Kicked(reason) if *reason == tern_codec::ReasonCode::QUOTA_EXCEEDED)
-        {
-            // A slow consumer does not read: waiting for its socket to drain would only
-            // keep the connection, and up to twice the writer cap, alive.
-            flush_timeout = SLOW_CONSUMER_FLUSH_TIMEOUT;
+    drop(limits);
+    let info = Box::new(info);
+    async move { io.serve(info).await }
+}
+
+/// What a connection owns from accept to close.
+struct ConnIo<R, W, G> {
+    broker: Broker,
+    out: Arc<SharedWriter>,
+    output: Output<W>,
+    reader: PacketReader<R>,
+    peer: SocketAddr,
+    _guard: G,
+}
+
+impl<R, W, G> ConnIo<R, W, G>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    async fn serve(&mut self, info: Box<PeerInfo>) {
+        // In a block: the connection's room in this future is not kept for the flush.
+        let slow_consumer = {
+            // The handshake's result lives only in this statement, and the connection is
+            // used in place afterwards: a `match` on the awaited call (whose temporary
+            // lives to the end of the `match`) or a binding moved out of by parts would
+            // keep a second copy of the connection in this future for its whole life. The
+            // handshake is boxed: its state lives on the heap only while it runs.
+            let handshake = Box::pin(handshake::connect(
+                &self.broker,
+                &mut self.reader,
+                &self.out,
+                *info,
+            ));
+            let mut connection = match handshake.await {
+                Ok(connection) => Some(connection),
+                Err(close) => {
+                    match &close {
+                        Close::ConnectTimeout => Metrics::add(&self.broker.metrics.timeouts, 1),
+                        Close::Protocol(_) => Metrics::add(&self.broker.metrics.protocol_errors, 1),
+                        _ => {}
+                    }
+                    tracing::debug!(peer = %self.peer, reason = %close, "connection closed before CONNECT completed");
+                    None
+                }
+            };
+            let mut slow_consumer = false;
+            if let Some(established) = connection.as_mut() {
+                let close = established.run(&mut self.reader, &mut self.output).await;
+                // A slow consumer does not read: waiting for its socket to drain would
+                // only keep the connection, and up to twice the writer cap, alive.
+                slow_consumer = matches!(&close, Close::Kicked(reason) if *reason == tern_codec::ReasonCode::QUOTA_EXCEEDED);
+                if let Some(established) = connection.take() {
+                    established.finish(close);
+                }
+            }
+            slow_consumer
+        };
+        self.out.close();
+        let flush_timeout = if slow_consumer {
+            SLOW_CONSUMER_FLUSH_TIMEOUT
+        } else {
+            FLUSH_TIMEOUT
+        };
+        match tokio::time::timeout(flush_timeout, self.output.finish(&self.out)).await {
+            Ok(Ok(n)) => Metrics::add(&self.broker.metrics.bytes_sent, n as u64),
+            Ok(Err(e)) => tracing::debug!(peer = %self.peer, error = %e, "final write failed"),
+            // The peer does not read: give up rather than hold the connection open.
+            Err(_) => tracing::debug!(peer = %self.peer, "output did not flush in time"),
         }
-        if let Some(established) = connection.take() {
-            established.finish(close);
-        }
-    }
-    out.close();
-    match tokio::time::timeout(flush_timeout, output.finish(&out)).await {
-        Ok(Ok(n)) => Metrics::add(&broker.metrics.bytes_sent, n as u64),
-        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "final write failed"),
-        // The peer does not read: give up rather than hold the connection open.
-        Err(_) => tracing::debug!(%peer, "output did not flush in time"),
     }
 }
 
@@ -127,7 +191,6 @@ pub(crate) struct Connection {
     /// This connection's generation in `session`.
     generation: u64,
     version: ProtocolVersion,
-    peer: SocketAddr,
     out: Arc<SharedWriter>,
     /// Nothing received for this long closes the connection (1.5 x keep alive).
     keep_alive_timeout: Option<Duration>,
@@ -196,7 +259,8 @@ impl Connection {
             }
             _ => {}
         }
-        tracing::debug!(client_id = %self.session.client_id, peer = %self.peer, reason = %close, "connection closed");
+        // The peer address is in the "client connected" line of the same client id.
+        tracing::debug!(client_id = %self.session.client_id, reason = %close, "connection closed");
         if let (true, Some(reason)) = (self.version.is_v5(), close.disconnect_reason()) {
             self.send(|buf, version| Disconnect::new(reason).encode(version, buf));
         }
@@ -284,8 +348,8 @@ mod tests {
         };
         let future = serve_with(broker, reader, writer, info);
         let size = std::mem::size_of_val(&future);
-        assert!(size <= 700, "the connection future grew to {size} bytes");
-        assert!(std::mem::size_of::<Connection>() <= 192);
+        assert!(size <= 480, "the connection future grew to {size} bytes");
+        assert!(std::mem::size_of::<Connection>() <= 160);
         drop(future);
         drop(client);
     }

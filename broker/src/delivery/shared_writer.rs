@@ -43,9 +43,9 @@ pub struct SharedWriter {
     /// [`crate::keep_alive::KeepAlive`] clock.
     keep_alive_deadline_ms: AtomicU64,
     /// Byte cap for QoS 0 appends.
-    cap_bytes: usize,
+    cap_bytes: u32,
     /// Above this many buffered bytes, publishers hold back (see [`crate::backpressure`]).
-    soft_cap_bytes: usize,
+    soft_cap_bytes: u32,
     /// Buffered bytes, mirrored out of the lock for the publishers' pressure check.
     len: AtomicUsize,
     /// The consumer did not drain within a publisher's wait: publishers stop waiting for
@@ -89,7 +89,7 @@ impl WriteGuard<'_> {
 
     /// Whether `len` more bytes stay within the cap.
     pub fn has_room(&self, len: usize) -> bool {
-        self.state.buf.len() + len <= self.writer.cap_bytes
+        self.state.buf.len() + len <= self.writer.cap_bytes as usize
     }
 
     /// Whether the connection is closing.
@@ -135,8 +135,9 @@ impl SharedWriter {
             kick: AtomicU8::new(0),
             keep_alive_ms: AtomicU32::new(0),
             keep_alive_deadline_ms: AtomicU64::new(crate::keep_alive::NO_DEADLINE_MS),
-            cap_bytes,
-            soft_cap_bytes,
+            // Stored as u32 (every connection has one): caps beyond 4 GiB mean "no cap".
+            cap_bytes: u32::try_from(cap_bytes).unwrap_or(u32::MAX),
+            soft_cap_bytes: u32::try_from(soft_cap_bytes).unwrap_or(u32::MAX),
             len: AtomicUsize::new(0),
             slow: AtomicBool::new(false),
         }
@@ -145,12 +146,13 @@ impl SharedWriter {
     /// Whether publishers should wait for this consumer: more than the soft cap buffered,
     /// and not marked slow.
     pub fn is_pressing(&self) -> bool {
-        self.len.load(Ordering::Relaxed) > self.soft_cap_bytes && !self.slow.load(Ordering::Relaxed)
+        self.len.load(Ordering::Relaxed) > self.soft_cap_bytes as usize
+            && !self.slow.load(Ordering::Relaxed)
     }
 
     /// Whether the buffer holds no more than the soft cap.
     pub fn is_relieved(&self) -> bool {
-        self.len.load(Ordering::Relaxed) <= self.soft_cap_bytes
+        self.len.load(Ordering::Relaxed) <= self.soft_cap_bytes as usize
     }
 
     /// Whether the consumer is marked slow (publishers do not wait for it).
@@ -287,10 +289,10 @@ impl SharedWriter {
     pub fn take(&self, out: &mut BytesMut) -> bool {
         let mut guard = self.lock();
         std::mem::swap(&mut guard.state.buf, out);
-        if out.len() < self.cap_bytes {
+        if out.len() < self.cap_bytes as usize {
             guard.state.over_cap_since = None;
         }
-        if out.len() <= self.soft_cap_bytes / 8 {
+        if out.len() <= self.soft_cap_bytes as usize / 8 {
             // Caught up (nearly nothing was waiting): publishers may wait for it once more.
             // Well below the soft cap, so a consumer hovering at it does not flip back and
             // forth, costing a publisher a wait each time.

@@ -96,16 +96,18 @@ pub async fn accept_loop(broker: Broker, listener: TcpListener, transport: Arc<T
         // Plain TCP gets a task whose future is just the connection: the TLS and WebSocket
         // states would otherwise make every connection's task as large as theirs.
         if transport.kind == ListenerKind::Tcp {
-            tokio::spawn(async move {
-                let (reader, writer) = stream.into_split();
-                let info = PeerInfo {
-                    addr: peer,
-                    cert_username: None,
-                };
-                connection::serve_with(broker, reader, writer, info).await;
-                drop(permit);
-                drop(admission);
-            });
+            let (reader, writer) = stream.into_split();
+            let info = PeerInfo {
+                addr: peer,
+                cert_username: None,
+            };
+            tokio::spawn(connection::serve_guarded(
+                broker,
+                reader,
+                writer,
+                info,
+                (permit, admission),
+            ));
         } else {
             tokio::spawn(async move {
                 handle(broker, stream, peer, &transport).await;

@@ -129,7 +129,8 @@ struct Node<K, V> {
     /// Entries whose filter ends at this node.
     exact: Entries<K, V>,
     /// Entries whose filter is this node's path followed by `/#` (or `#` at the root).
-    multi: Entries<K, V>,
+    /// Boxed, and absent while empty: few filters end in `#`, and the set is 32 bytes.
+    multi: Option<Box<Entries<K, V>>>,
 }
 
 impl<K: Eq + Hash + Clone, V> Node<K, V> {
@@ -138,15 +139,12 @@ impl<K: Eq + Hash + Clone, V> Node<K, V> {
             named: None,
             plus: None,
             exact: Entries::new(),
-            multi: Entries::new(),
+            multi: None,
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.named.is_none()
-            && self.plus.is_none()
-            && self.exact.is_empty()
-            && self.multi.is_empty()
+        self.named.is_none() && self.plus.is_none() && self.exact.is_empty() && self.multi.is_none()
     }
 
     fn child(&self, level: &str) -> Option<&Node<K, V>> {
@@ -162,10 +160,11 @@ impl<K: Eq + Hash + Clone, V> Node<K, V> {
         self.named.as_ref()?.get(level)
     }
 
+    /// The entry set of `slot`, made if absent.
     fn entries_mut(&mut self, slot: Slot) -> &mut Entries<K, V> {
         match slot {
             Slot::Exact => &mut self.exact,
-            Slot::Multi => &mut self.multi,
+            Slot::Multi => self.multi.get_or_insert_with(|| Box::new(Entries::new())),
         }
     }
 
@@ -205,9 +204,16 @@ impl<K: Eq + Hash + Clone, V> Node<K, V> {
         key: &K,
     ) -> Option<(V, bool)> {
         let Some(level) = levels.next() else {
-            let entries = self.entries_mut(slot);
+            let entries = match slot {
+                Slot::Exact => &mut self.exact,
+                Slot::Multi => self.multi.as_deref_mut()?,
+            };
             let value = entries.remove(key)?;
-            return Some((value, entries.is_empty()));
+            let now_empty = entries.is_empty();
+            if now_empty && matches!(slot, Slot::Multi) {
+                self.multi = None;
+            }
+            return Some((value, now_empty));
         };
         if level == "+" {
             let child = self.plus.as_deref_mut()?;
@@ -242,9 +248,9 @@ impl<K: Eq + Hash + Clone, V> Node<K, V> {
         let mut node = self;
         loop {
             // `#` matches the parent level and any number of child levels.
-            if !node.multi.is_empty() {
+            if let Some(multi) = node.multi.as_deref() {
                 on_set();
-                node.multi.visit(f);
+                multi.visit(f);
             }
             let Some(level) = levels.next() else {
                 if !node.exact.is_empty() {
@@ -348,7 +354,7 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
         }
         match slot {
             Slot::Exact => node.exact.get(key),
-            Slot::Multi => node.multi.get(key),
+            Slot::Multi => node.multi.as_ref()?.get(key),
         }
     }
 

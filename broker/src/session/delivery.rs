@@ -118,10 +118,10 @@ pub struct Delivery {
     link: Option<Link>,
     window: Window,
     /// Outbound window: min(client Receive Maximum, `max_inflight_messages`).
-    window_max: usize,
+    window_max: u16,
     queue: VecDeque<Queued>,
     queued_bytes: usize,
-    max_queued_messages: usize,
+    max_queued_messages: u32,
     max_queued_bytes: usize,
 }
 
@@ -134,7 +134,7 @@ impl Delivery {
             window_max: 1,
             queue: VecDeque::new(),
             queued_bytes: 0,
-            max_queued_messages,
+            max_queued_messages: u32::try_from(max_queued_messages).unwrap_or(u32::MAX),
             max_queued_bytes,
         }
     }
@@ -216,7 +216,10 @@ impl Delivery {
             }
             return;
         }
-        if self.link.is_some() && self.queue.is_empty() && self.window.len() < self.window_max {
+        if self.link.is_some()
+            && self.queue.is_empty()
+            && self.window.len() < usize::from(self.window_max)
+        {
             let group = group.cloned();
             self.send_inflight(
                 message.clone(),
@@ -241,7 +244,7 @@ impl Delivery {
         ctx: DeliverCtx<'_>,
     ) {
         let size = message.publish().payload().len() + message.topic().len();
-        if self.queue.len() >= self.max_queued_messages
+        if self.queue.len() >= self.max_queued_messages as usize
             || self.queued_bytes + size > self.max_queued_bytes
         {
             Metrics::add(&ctx.metrics.dropped_queue_full, 1);
@@ -292,7 +295,7 @@ impl Delivery {
 
     /// Moves queued messages into the window while there is room.
     pub fn pump(&mut self, ctx: DeliverCtx<'_>) {
-        while self.link.is_some() && self.window.len() < self.window_max {
+        while self.link.is_some() && self.window.len() < usize::from(self.window_max) {
             let Some(next) = self.queue.pop_front() else {
                 break;
             };
@@ -316,7 +319,7 @@ impl Delivery {
     /// Attaches a connection. With `resume`, resends what is unacknowledged: PUBLISH with
     /// DUP=1 ([MQTT-4.4.0-1]) or PUBREL; then fills the window from the queue.
     pub fn attach(&mut self, link: Link, window_max: usize, ctx: DeliverCtx<'_>) {
-        self.window_max = window_max.max(1);
+        self.window_max = u16::try_from(window_max.max(1)).unwrap_or(u16::MAX);
         let link = self.link.insert(link);
         let mut expired = Vec::new();
         for entry in self.window.iter() {

@@ -14,7 +14,7 @@ pub mod timers;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tern_codec::{ByteStr, SubscriptionOptions};
+use tern_codec::SubscriptionOptions;
 use tokio::sync::Notify;
 
 use self::delivery::Delivery;
@@ -36,7 +36,7 @@ pub struct Session {
     /// Unique per session object (a clean start makes a new one), for No Local and merging.
     pub id: u64,
     /// The client identifier.
-    pub client_id: ByteStr,
+    pub client_id: Arc<str>,
     /// What publishers need: the attached connection, the inflight window, the queue.
     delivery: Mutex<Delivery>,
     /// Subscriptions, keyed by the full filter (`$share/...` included).
@@ -65,7 +65,7 @@ impl Session {
     /// A new, empty session.
     pub fn new(
         id: u64,
-        client_id: ByteStr,
+        client_id: Arc<str>,
         max_queued_messages: usize,
         max_queued_bytes: usize,
     ) -> Session {

@@ -215,6 +215,37 @@ async fn keepalive_comment_after_silence() {
     broker.running.stop().await;
 }
 
+/// Traffic resets the keep-alive of a parked subscriber: none while messages flow more often
+/// than the interval, one after the interval of silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_is_reset_by_traffic() {
+    let broker = TestBroker::start_with(|c| c.http.sse_keepalive_ms = 1000).await;
+    let http = broker.running.http_addr.expect("http");
+    let mut sse = SseClient::open(http, "/sse?filter=busy", &[]).await;
+    sse.next().await.expect("opening");
+    let mut publisher = publisher(&broker).await;
+    for n in 0..20 {
+        publisher
+            .publish("busy", n.to_string().as_bytes(), QoS::AtMostOnce, false)
+            .await;
+        let block = sse.next().await.expect("event");
+        assert!(
+            block.comments.is_empty(),
+            "no keep-alive while busy: {block:?}"
+        );
+        assert_eq!(block.json()["payload"], n.to_string());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let silent = std::time::Instant::now();
+    let block = sse.next().await.expect("keep-alive");
+    assert_eq!(block.comments, vec!["keep-alive".to_string()], "{block:?}");
+    assert!(
+        silent.elapsed() >= Duration::from_millis(700),
+        "after the silence"
+    );
+    broker.running.stop().await;
+}
+
 #[tokio::test]
 async fn bad_filters_are_400_with_a_json_error() {
     let broker = TestBroker::start_with(|c| c.http.max_filters_per_client = 2).await;

@@ -27,6 +27,7 @@
 //! This module owns the list and the writer. What a frame is belongs to [`super::ring`] and
 //! [`super::sse`]; writing outside the fast path belongs to [`super::sse_raw`].
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -46,6 +47,9 @@ use crate::metrics::Metrics;
 
 /// Most bytes gathered into one write (here and on the catch-up path).
 pub const MAX_WRITE_BYTES: usize = 64 * 1024;
+
+/// Subscribers served in a pass between two yields to the scheduler.
+const YIELD_EVERY: usize = 256;
 
 /// One idle subscriber: no task, no timer, no buffer.
 #[derive(Debug)]
@@ -76,7 +80,7 @@ impl Parked {
 
     /// Back to a subscriber with its own task, `rest` to be written first.
     fn unpark(self, rest: Bytes) -> (TcpStream, Subscriber, Instant) {
-        let mut pending = std::collections::VecDeque::new();
+        let mut pending = VecDeque::new();
         if !rest.is_empty() {
             pending.push_back(rest);
         }
@@ -90,7 +94,7 @@ impl Parked {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     parked: Vec<Parked>,
     /// Whether a writer task serves this list (at most one does).
@@ -100,13 +104,21 @@ struct State {
 }
 
 /// The parked subscribers of one ring.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Parking {
     state: Mutex<State>,
     /// Wakes the writer when a subscriber parks (it may have missed a message meanwhile).
     parked_wake: Notify,
     /// Subscribers parked (including those the writer holds during a pass).
     count: AtomicUsize,
+}
+
+impl std::fmt::Debug for Parking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parking")
+            .field("parked", &self.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Parking {
@@ -191,7 +203,14 @@ async fn write_parked(broker: Broker, ring: Arc<Ring>) {
         let mut next_keepalive = now + keepalive_every;
         let mut behind = false;
         let mut index = 0;
+        let mut steps = 0usize;
         while index < list.len() {
+            steps += 1;
+            if steps % YIELD_EVERY == 0 {
+                // A pass over thousands of sockets should not hold the worker thread (and the
+                // tasks queued behind it) for its whole length.
+                tokio::task::yield_now().await;
+            }
             match step(&mut list[index], &ring, &mut batches, now, keepalive_every) {
                 Step::Keep => {
                     let parked = &list[index];

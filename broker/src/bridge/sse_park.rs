@@ -21,8 +21,10 @@
 //! usual slow-consumer timeout, skips ahead with a `lagged` event if the ring moved past it,
 //! and parks again once caught up. At broker shutdown the writer closes every parked socket.
 //!
-//! The sockets stay registered with the runtime (a `ScheduledIo` each) so that a client that
-//! leaves is noticed by readiness rather than by polling every socket.
+//! The sockets stay registered with the runtime so that a client that leaves is noticed by
+//! readiness rather than by polling every socket. That registration (tokio's `ScheduledIo`,
+//! 256 B of heap, 128-byte aligned) is most of what a parked subscriber costs: the bench
+//! measured about 550 B of RSS per parked subscriber, 204 B with deregistered sockets.
 //!
 //! This module owns the list and the writer. What a frame is belongs to [`super::ring`] and
 //! [`super::sse`]; writing outside the fast path belongs to [`super::sse_raw`].

@@ -31,12 +31,13 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -65,6 +66,8 @@ pub struct Parked {
     slot: ClientSlot,
     /// Keeps the ring alive while parked.
     lease: RingLease,
+    /// Whether the socket holds the writer's readable waker.
+    armed: bool,
 }
 
 impl Parked {
@@ -77,6 +80,7 @@ impl Parked {
             last_write,
             slot: subscriber.slot,
             lease: subscriber.lease,
+            armed: false,
         }
     }
 
@@ -182,29 +186,101 @@ struct Batch {
     missed: u64,
 }
 
+/// Wakes the writer when a parked socket it armed becomes readable. Every parked socket holds
+/// a waker of this (rather than the task's), so the writer learns that *some* socket fired
+/// without polling all of them on every wake-up.
+#[derive(Default)]
+struct ReadableSignal {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ReadableSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// Completes when a parked socket fired (see [`ReadableSignal`]).
+///
+/// # Cancel safety
+/// Cancel safe: the flag is only read here.
+async fn any_readable(signal: &ReadableSignal) {
+    poll_fn(|cx| {
+        if signal.fired.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        signal.task.register(cx.waker());
+        if signal.fired.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
+/// When keep-alive comments are due.
+struct KeepAlive {
+    /// `sse_keepalive_ms`.
+    every: Duration,
+    /// A little less: a pass for one subscriber's keep-alive also serves those due within
+    /// the next eighth of the interval, so that subscribers parked at scattered times fall
+    /// into a few groups instead of waking the writer once each.
+    due_after: Duration,
+}
+
+impl KeepAlive {
+    fn new(every: Duration) -> KeepAlive {
+        KeepAlive {
+            every,
+            due_after: every - every / 8,
+        }
+    }
+}
+
 /// The writer of one ring's parked subscribers; runs while any is parked.
 async fn write_parked(broker: Broker, ring: Arc<Ring>) {
     let parking = &ring.parking;
     let mut wake = ring.subscribe();
     let mut shutdown = broker.shutdown_signal();
-    let keepalive_every = sse::keepalive_every(&broker);
-    let timer = tokio::time::sleep(keepalive_every);
+    let keepalive = KeepAlive::new(sse::keepalive_every(&broker));
+    let signal = Arc::new(ReadableSignal::default());
+    let readable_waker = Waker::from(signal.clone());
+    let timer = tokio::time::sleep(keepalive.every);
     tokio::pin!(timer);
     let mut list: Vec<Parked> = Vec::new();
     let mut batches: Vec<Batch> = Vec::new();
+    // How many at the front of the list the last pass served; those behind parked since.
+    let mut settled = 0;
+    let mut next_keepalive = Instant::now() + keepalive.every;
+    let mut only_newcomers = false;
     loop {
         if *shutdown.borrow_and_update() {
             close_all(parking);
             return;
         }
-        // Seen before reading the ring: a push from now on wakes the writer again.
-        wake.borrow_and_update();
+        // A socket fired: it has not been drained yet and its waker is spent, so serve (and
+        // arm again) every subscriber. A wake-up for newcomers alone serves only them.
+        let rearm = signal.fired.swap(false, Ordering::AcqRel);
+        let full = !only_newcomers || rearm || wake.has_changed().unwrap_or(true);
+        if full {
+            // Seen before reading the ring: a push from now on wakes the writer again.
+            wake.borrow_and_update();
+        }
         std::mem::swap(&mut list, &mut parking.state().parked);
         let now = Instant::now();
         let head = ring.next_id();
-        let mut next_keepalive = now + keepalive_every;
+        let mut index = if full { 0 } else { settled.min(list.len()) };
+        if full {
+            next_keepalive = now + keepalive.every;
+        }
         let mut behind = false;
-        let mut index = 0;
         let mut steps = 0usize;
         while index < list.len() {
             steps += 1;
@@ -213,11 +289,19 @@ async fn write_parked(broker: Broker, ring: Arc<Ring>) {
                 // tasks queued behind it) for its whole length.
                 tokio::task::yield_now().await;
             }
-            match step(&mut list[index], &ring, &mut batches, now, keepalive_every) {
+            match step(&mut list[index], &ring, &mut batches, now, &keepalive) {
                 Step::Keep => {
-                    let parked = &list[index];
+                    let parked = &mut list[index];
+                    if rearm || !parked.armed {
+                        parked.armed = true;
+                        let mut cx = Context::from_waker(&readable_waker);
+                        if parked.stream.poll_read_ready(&mut cx).is_ready() {
+                            // Readable again already: the next pass drains it.
+                            signal.fired.store(true, Ordering::Release);
+                        }
+                    }
                     behind |= parked.cursor < head;
-                    next_keepalive = next_keepalive.min(parked.last_write + keepalive_every);
+                    next_keepalive = next_keepalive.min(parked.last_write + keepalive.every);
                     index += 1;
                 }
                 Step::Unpark(rest) => {
@@ -234,8 +318,8 @@ async fn write_parked(broker: Broker, ring: Arc<Ring>) {
         batches.clear();
         {
             let mut state = parking.state();
-            // Those that parked during the pass join the list; the pass starts the next
-            // time with them.
+            settled = list.len();
+            // Those that parked during the pass join the list; the next pass serves them.
             list.append(&mut state.parked);
             std::mem::swap(&mut list, &mut state.parked);
             if state.parked.is_empty() {
@@ -251,6 +335,7 @@ async fn write_parked(broker: Broker, ring: Arc<Ring>) {
             // Newcomers of a connection burst: not worth keeping.
             list = Vec::new();
         }
+        only_newcomers = false;
         if behind {
             // More than one write's worth was waiting: go on after letting others run.
             tokio::task::yield_now().await;
@@ -269,34 +354,13 @@ async fn write_parked(broker: Broker, ring: Arc<Ring>) {
             // Cancel safe; the ring (and its sender) outlives this task.
             _ = wake.changed() => {}
             // Cancel safe: a permit stored while the writer was busy is kept.
-            () = parking.parked_wake.notified() => {}
+            () = parking.parked_wake.notified() => only_newcomers = true,
             // Cancel safe: the sleep is reset, not recreated.
             () = &mut timer => {}
-            // Cancel safe: only readiness is polled.
-            () = any_readable(parking) => {}
+            // Cancel safe (documented there).
+            () = any_readable(&signal) => {}
         }
     }
-}
-
-/// Completes when a parked socket is readable (the client sent something or left),
-/// registering the writer's waker with every socket polled.
-///
-/// # Cancel safety
-/// Cancel safe.
-async fn any_readable(parking: &Parking) {
-    poll_fn(|cx| {
-        let state = parking.state();
-        if state
-            .parked
-            .iter()
-            .any(|p| p.stream.poll_read_ready(cx).is_ready())
-        {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    })
-    .await;
 }
 
 /// Drops every parked subscriber (closing its socket) and refuses new ones.
@@ -317,7 +381,7 @@ fn step(
     ring: &Ring,
     batches: &mut Vec<Batch>,
     now: Instant,
-    keepalive_every: Duration,
+    keepalive: &KeepAlive,
 ) -> Step {
     if client_gone(&parked.stream) {
         return Step::Gone;
@@ -339,7 +403,9 @@ fn step(
             parked.cursor = batch.end;
             batch.bytes.clone()
         }
-        None if now >= parked.last_write + keepalive_every => Bytes::from_static(sse::KEEPALIVE),
+        None if now >= parked.last_write + keepalive.due_after => {
+            Bytes::from_static(sse::KEEPALIVE)
+        }
         None => return Step::Keep,
     };
     match parked.stream.try_write(&bytes) {

@@ -14,7 +14,12 @@
 //!   `try_write`; the frames are gathered once per pass for every subscriber at the same
 //!   cursor (normally all of them);
 //! - a subscriber silent for `sse_keepalive_ms` gets a keep-alive comment (one timer for the
-//!   ring: the writer sleeps until the earliest deadline).
+//!   ring: the writer sleeps until the earliest deadline, and serves with it those due within
+//!   an eighth of the interval, so that deadlines fall into a few groups).
+//!
+//! A wake-up costs O(1) besides the pass: parked sockets hold a waker that only raises a flag
+//! (so a readable socket is found by the pass, not by polling every socket at each wake-up),
+//! and a wake-up for newly parked subscribers alone serves only them.
 //!
 //! A write that would block or is partial takes the subscriber off the fast path: it gets its
 //! own task again ([`super::sse_raw::catch_up`]) with the unwritten rest, writes with the

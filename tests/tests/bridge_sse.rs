@@ -1,7 +1,9 @@
 //! `GET /sse`: Server-Sent Events from the router, read with a raw-socket client and with
 //! `curl -N`: event format (UTF-8 and base64 payloads, 5.0 properties), retained messages
 //! first, resume with `Last-Event-ID`, the `lagged` event, keep-alive comments, bad filters,
-//! authentication and read ACL, limits.
+//! authentication and read ACL, limits; and the parked subscribers of the lean path (served
+//! by their ring's writer, taken off the fast path when slow, reaped when closed, closed at
+//! shutdown).
 
 mod bridge_support;
 
@@ -10,9 +12,10 @@ use std::time::Duration;
 
 use bridge_support::{get, SseClient};
 use bytes::Bytes;
+use tern_broker::metrics::Metrics;
 use tern_codec::{ProtocolVersion, Publish, QoS};
 use tern_tests::{require_tool, TestBroker};
-use tokio::io::AsyncBufReadExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 async fn publisher(broker: &TestBroker) -> tern_tests::Client {
     broker.client(ProtocolVersion::V5, "sse-pub").await
@@ -208,6 +211,37 @@ async fn keepalive_comment_after_silence() {
     assert!(
         started.elapsed() >= Duration::from_millis(100),
         "not before the interval"
+    );
+    broker.running.stop().await;
+}
+
+/// Traffic resets the keep-alive of a parked subscriber: none while messages flow more often
+/// than the interval, one after the interval of silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_is_reset_by_traffic() {
+    let broker = TestBroker::start_with(|c| c.http.sse_keepalive_ms = 1000).await;
+    let http = broker.running.http_addr.expect("http");
+    let mut sse = SseClient::open(http, "/sse?filter=busy", &[]).await;
+    sse.next().await.expect("opening");
+    let mut publisher = publisher(&broker).await;
+    for n in 0..20 {
+        publisher
+            .publish("busy", n.to_string().as_bytes(), QoS::AtMostOnce, false)
+            .await;
+        let block = sse.next().await.expect("event");
+        assert!(
+            block.comments.is_empty(),
+            "no keep-alive while busy: {block:?}"
+        );
+        assert_eq!(block.json()["payload"], n.to_string());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let silent = std::time::Instant::now();
+    let block = sse.next().await.expect("keep-alive");
+    assert_eq!(block.comments, vec!["keep-alive".to_string()], "{block:?}");
+    assert!(
+        silent.elapsed() >= Duration::from_millis(700),
+        "after the silence"
     );
     broker.running.stop().await;
 }
@@ -434,4 +468,269 @@ async fn rings_are_shared_per_filter_set_and_reaped_after_linger() {
     assert!(gone, "rings and trie entries removed after the linger time");
     assert_eq!(bridges.client_count(), 0);
     broker.running.stop().await;
+}
+
+/// Waits (bounded) until `done` holds.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..250 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not within 5 s: {what}");
+}
+
+/// Idle subscribers have no task: they are parked on their ring, and the ring's writer
+/// sends every message to each of them, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_subscribers_get_every_message_in_order() {
+    let broker = TestBroker::start().await;
+    let http = broker.running.http_addr.expect("http");
+    let bridges = &broker.broker().bridges;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut sse = SseClient::open(http, "/sse?filter=park/%23", &[]).await;
+        sse.next().await.expect("opening");
+        clients.push(sse);
+    }
+    eventually("all 20 parked", || bridges.parked_count() == 20).await;
+    let mut publisher = publisher(&broker).await;
+    for n in 0..30 {
+        publisher
+            .publish("park/x", n.to_string().as_bytes(), QoS::AtMostOnce, false)
+            .await;
+    }
+    for sse in &mut clients {
+        let mut last_id = None::<u64>;
+        for n in 0..30 {
+            let event = sse.next_event().await;
+            assert_eq!(event.event.as_deref(), Some("message"));
+            assert_eq!(event.json()["payload"], n.to_string());
+            let id: u64 = event.id.as_deref().expect("id").parse().expect("id");
+            if let Some(last) = last_id {
+                assert_eq!(id, last + 1);
+            }
+            last_id = Some(id);
+        }
+    }
+    eventually("parked again", || bridges.parked_count() == 20).await;
+    assert_eq!(bridges.client_count(), 20);
+    broker.running.stop().await;
+}
+
+/// One event of a close-delimited stream read raw: (`event`, `id`, `data`).
+fn parse_events(body: &str) -> Vec<(String, Option<u64>, String)> {
+    body.split("\n\n")
+        .filter_map(|block| {
+            let mut event = None;
+            let mut id = None;
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    event = Some(v.to_string());
+                } else if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.parse().ok();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push_str(v);
+                }
+            }
+            Some((event?, id, data))
+        })
+        .collect()
+}
+
+/// A parked subscriber that stops reading is taken off the fast path when its socket is
+/// full, without holding up the others; when it reads again it gets what the ring still
+/// holds in order, the rest as one `lagged` event, and is parked again once caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_parked_subscriber_catches_up_in_order_or_is_told_it_lagged() {
+    let broker = TestBroker::start_with(|c| {
+        c.http.ring_max_messages = 64;
+        c.limits.slow_consumer_timeout_ms = 30_000;
+    })
+    .await;
+    let http = broker.running.http_addr.expect("http");
+    let bridges = &broker.broker().bridges;
+
+    // The slow client: a small receive buffer, and it reads nothing for now.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut slow = socket.connect(http).await.expect("connect");
+    slow.write_all(format!("GET /sse?filter=slow/%23 HTTP/1.1\r\nHost: {http}\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    // A fast client on the same ring, read as messages come.
+    let mut fast = SseClient::open(http, "/sse?filter=slow/%23", &[]).await;
+    fast.next().await.expect("opening");
+    eventually("both parked", || bridges.parked_count() == 2).await;
+
+    let payload = "p".repeat(8 * 1024);
+    let mut publisher = publisher(&broker).await;
+    let mut sent = 0u64;
+    while bridges.parked_count() == 2 {
+        assert!(
+            sent < 20_000,
+            "the slow client was never taken off the fast path"
+        );
+        publisher
+            .publish(
+                "slow/x",
+                format!("{sent}:{payload}").as_bytes(),
+                QoS::AtLeastOnce,
+                false,
+            )
+            .await;
+        let event = fast.next_event().await;
+        let got = event.json()["payload"]
+            .as_str()
+            .map(|p| p.split(':').next().map(str::to_string));
+        assert_eq!(
+            got,
+            Some(Some(sent.to_string())),
+            "the fast client keeps up"
+        );
+        sent += 1;
+    }
+    // Off the fast path, still connected; go on until the ring has moved past it.
+    assert_eq!(bridges.client_count(), 2);
+    for _ in 0..100 {
+        publisher
+            .publish(
+                "slow/x",
+                format!("{sent}:{payload}").as_bytes(),
+                QoS::AtLeastOnce,
+                false,
+            )
+            .await;
+        assert!(fast.next_event().await.data.is_some());
+        sent += 1;
+    }
+
+    // Now read everything the slow client gets up to the last message.
+    let mut body = Vec::new();
+    let last = (sent - 1).to_string();
+    let mut seen = Vec::new();
+    let mut lagged = 0u64;
+    let mut last_id = None::<u64>;
+    while seen.last() != Some(&last) {
+        let mut chunk = [0u8; 65536];
+        let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut chunk))
+            .await
+            .expect("slow client data in time")
+            .expect("read");
+        assert!(n > 0, "the slow client was disconnected");
+        body.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&body).to_string();
+        let Some(end) = text.rfind("\n\n") else {
+            continue;
+        };
+        let (complete, _) = text.split_at(end + 2);
+        let head_end = complete.find("\r\n\r\n").map_or(0, |e| e + 4);
+        for (event, id, data) in parse_events(&complete[head_end..]) {
+            match event.as_str() {
+                "lagged" => {
+                    let json: serde_json::Value = serde_json::from_str(&data).expect("JSON");
+                    lagged += json["missed"].as_u64().expect("missed count");
+                }
+                "message" => {
+                    let json: serde_json::Value = serde_json::from_str(&data).expect("JSON");
+                    let number = json["payload"].as_str().and_then(|p| p.split(':').next());
+                    seen.push(number.expect("payload").to_string());
+                    let id = id.expect("id");
+                    if let Some(last_id) = last_id {
+                        assert!(id > last_id, "ids increase");
+                    }
+                    last_id = Some(id);
+                }
+                other => panic!("unexpected event {other}"),
+            }
+        }
+        body.drain(..complete.len());
+    }
+    let numbers: Vec<u64> = seen.iter().map(|n| n.parse().expect("number")).collect();
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "in order: {numbers:?}"
+    );
+    assert_eq!(
+        numbers.len() as u64 + lagged,
+        sent,
+        "every message was received or counted as missed"
+    );
+    assert!(lagged > 0, "the ring of 64 moved past the slow client");
+    assert!(
+        Metrics::get(&broker.broker().metrics.bridge_lagged_messages) >= lagged,
+        "lagged messages are counted"
+    );
+
+    // Caught up: parked again, and both get the next message.
+    eventually("the slow client parked again", || {
+        bridges.parked_count() == 2
+    })
+    .await;
+    publisher
+        .publish("slow/x", b"after", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(fast.next_event().await.json()["payload"], "after");
+    let mut tail = Vec::new();
+    while !String::from_utf8_lossy(&tail).contains("\"after\"") {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut chunk))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert!(n > 0, "still connected");
+        tail.extend_from_slice(&chunk[..n]);
+    }
+    broker.running.stop().await;
+}
+
+/// A parked subscriber that closes its connection is dropped at once (noticed by
+/// readiness, not at the next keep-alive): the client count and gauge drop.
+#[tokio::test]
+async fn closed_parked_subscriber_is_reaped() {
+    let broker = TestBroker::start().await;
+    let http = broker.running.http_addr.expect("http");
+    let bridges = &broker.broker().bridges;
+    let metrics = &broker.broker().metrics;
+    let mut a = SseClient::open(http, "/sse?filter=reap", &[]).await;
+    let mut b = SseClient::open(http, "/sse?filter=reap", &[]).await;
+    a.next().await.expect("opening");
+    b.next().await.expect("opening");
+    eventually("both parked", || bridges.parked_count() == 2).await;
+    assert_eq!(Metrics::get(&metrics.bridge_clients), 2);
+    drop(a);
+    eventually("the closed one reaped", || {
+        bridges.client_count() == 1 && bridges.parked_count() == 1
+    })
+    .await;
+    assert_eq!(Metrics::get(&metrics.bridge_clients), 1);
+    // The other is untouched.
+    publisher(&broker)
+        .await
+        .publish("reap", b"still here", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(b.next_event().await.json()["payload"], "still here");
+    drop(b);
+    eventually("all reaped", || bridges.client_count() == 0).await;
+    assert_eq!(Metrics::get(&metrics.bridge_clients), 0);
+    broker.running.stop().await;
+}
+
+/// Broker shutdown closes parked streams.
+#[tokio::test]
+async fn shutdown_closes_parked_subscribers() {
+    let broker = TestBroker::start().await;
+    let http = broker.running.http_addr.expect("http");
+    let mut sse = SseClient::open(http, "/sse?filter=bye", &[]).await;
+    sse.next().await.expect("opening");
+    eventually("parked", || broker.broker().bridges.parked_count() == 1).await;
+    let handle = broker.broker().clone();
+    broker.running.stop().await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), sse.next())
+        .await
+        .expect("closed in time");
+    assert!(ended.is_none(), "the stream ended: {ended:?}");
+    assert_eq!(handle.bridges.client_count(), 0);
 }

@@ -2,7 +2,8 @@
 //! same routed stream as MQTT.
 //!
 //! - [`sse`]: `GET /sse?filter=..`, Server-Sent Events; [`sse_raw`] serves connections that
-//!   start with that request without hyper, so an idle subscriber stays small.
+//!   start with that request without hyper, and [`sse_park`] keeps their idle subscribers
+//!   without a task each, so an idle subscriber stays small.
 //! - [`ws_json`]: `GET /ws`, a WebSocket JSON API (subscribe, unsubscribe, publish).
 //! - [`mqtt_ws`]: `GET /mqtt`, MQTT over WebSocket through the ordinary connection driver.
 //! - [`dashboard`]: `GET /` (a live page) and `GET /api/stats`.
@@ -22,6 +23,7 @@ pub mod dashboard;
 pub mod mqtt_ws;
 pub mod ring;
 pub mod sse;
+pub mod sse_park;
 pub mod sse_raw;
 pub mod ws_json;
 
@@ -79,6 +81,11 @@ impl Bridges {
     /// Bridge clients connected (SSE and WebSocket JSON).
     pub fn client_count(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
+    }
+
+    /// SSE subscribers parked (idle, without a task: see [`sse_park`]).
+    pub fn parked_count(&self) -> usize {
+        self.rings().values().map(|r| r.parking.len()).sum()
     }
 
     /// Attaches a client to the ring of `filters` (valid, sorted, deduplicated, non-empty),
@@ -178,6 +185,11 @@ impl RingLease {
     /// The ring.
     pub fn ring(&self) -> &Arc<Ring> {
         &self.ring
+    }
+
+    /// The broker.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
     }
 }
 

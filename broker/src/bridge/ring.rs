@@ -13,7 +13,8 @@
 //! missed ([`Next::Lagged`]).
 //!
 //! This module owns the ring and the JSON/SSE encoding. It does not own the registry of rings
-//! (see [`super::Bridges`]) or any I/O.
+//! (see [`super::Bridges`]) or any I/O (the ring holds the list of its parked SSE subscribers,
+//! [`super::sse_park`] serves them).
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicUsize;
@@ -24,6 +25,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tern_codec::Publish;
 use tokio::sync::watch;
 
+use super::sse_park::Parking;
 use crate::auth::ClientAcl;
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -92,6 +94,9 @@ pub struct Ring {
     wake: watch::Sender<()>,
     /// Clients holding a cursor; changed only under the registry lock.
     pub(super) clients: AtomicUsize,
+    /// The ring's idle SSE subscribers (lean path), served by one writer task: see
+    /// [`super::sse_park`]. The ring only holds the list.
+    pub(super) parking: Parking,
 }
 
 impl Ring {
@@ -116,6 +121,7 @@ impl Ring {
             }),
             wake: watch::Sender::new(()),
             clients: AtomicUsize::new(0),
+            parking: Parking::default(),
         }
     }
 

@@ -5,11 +5,14 @@
 //! (`id: N`, `event: message`, `data: {...}`), sent as is. `Last-Event-ID` (or the
 //! `last_event_id` parameter) resumes after that event while the ring holds it; a client
 //! that fell behind gets `event: lagged` with `{"missed": N}` and continues. A keep-alive
-//! comment goes out after `sse_keepalive_ms` without traffic (a sleep reset by each event,
-//! not a ticking interval). The stream ends at broker shutdown.
+//! comment goes out after `sse_keepalive_ms` without traffic. The stream ends at broker
+//! shutdown.
 //!
-//! An idle subscriber is this module's [`Stream`] state: a ring lease, a cursor, two `watch`
-//! receivers and a sleep.
+//! This module owns the request checks and a subscriber's read side ([`Subscriber`]: its
+//! place in the ring and the frames due before the ring). How the frames reach the socket is
+//! the caller's: [`handle`] streams them through hyper (a task per client, a keep-alive
+//! sleep reset by each event); the lean path ([`super::sse_raw`]) parks idle subscribers on
+//! their ring ([`super::sse_park`]).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -36,22 +39,26 @@ use crate::metrics::Metrics;
 const OPENING: &[u8] = b": tern\nretry: 2000\n\n";
 
 /// The keep-alive comment.
-const KEEPALIVE: &[u8] = b": keep-alive\n\n";
+pub const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 
-/// One subscriber: everything its stream holds between events.
+/// One subscriber's read side: its client slot, its ring and where it is in it.
 pub struct Subscriber {
     /// Keeps the client counted against `max_bridge_clients` while the stream lives.
-    _slot: ClientSlot,
-    lease: RingLease,
+    pub(super) slot: ClientSlot,
+    pub(super) lease: RingLease,
     /// The id of the next event this client reads.
-    cursor: u64,
+    pub(super) cursor: u64,
+    /// Frames to send before the ring: the opening, retained messages, a `lagged` notice.
+    pub(super) pending: VecDeque<Bytes>,
+}
+
+/// A subscriber streamed through hyper: what its body holds between events.
+struct HyperStream {
+    subscriber: Subscriber,
     wake: watch::Receiver<()>,
     shutdown: watch::Receiver<bool>,
     keepalive: Pin<Box<Sleep>>,
     keepalive_every: Duration,
-    /// Frames to send before the ring: the opening, retained messages, a `lagged` notice.
-    pending: VecDeque<Bytes>,
-    broker: Broker,
 }
 
 /// Serves `GET /sse` through hyper (a connection whose first request was not `/sse`;
@@ -61,7 +68,16 @@ pub async fn handle(broker: &Broker, request: &Request<Incoming>) -> Response<Bo
         Ok(subscriber) => subscriber,
         Err(response) => return *response,
     };
-    let events = stream::unfold(subscriber, |mut s| async move {
+    let ring = subscriber.lease.ring().clone();
+    let keepalive_every = keepalive_every(broker);
+    let hyper_stream = HyperStream {
+        subscriber,
+        wake: ring.subscribe(),
+        shutdown: broker.shutdown_signal(),
+        keepalive: Box::pin(tokio::time::sleep(keepalive_every)),
+        keepalive_every,
+    };
+    let events = stream::unfold(hyper_stream, |mut s| async move {
         let frame = s.next_frame().await?;
         Some((Ok::<_, Infallible>(Frame::data(frame)), s))
     });
@@ -122,8 +138,7 @@ pub async fn open<B>(
         retained_frames(broker, &filters, read_check.as_ref(), &mut pending);
     }
     let lease = broker.bridges.attach(broker, filters, read_check);
-    let ring = lease.ring().clone();
-    let wake = ring.subscribe();
+    let ring = lease.ring();
     let mut cursor = ring.next_id();
     if let Some(last) = last_event_id {
         match last
@@ -136,18 +151,17 @@ pub async fn open<B>(
             None => pending.push_back(ring::lagged_sse(None)),
         }
     }
-    let keepalive_every = Duration::from_millis(broker.config.http.sse_keepalive_ms.max(1));
     Ok(Subscriber {
-        _slot: slot,
+        slot,
         lease,
         cursor,
-        wake,
-        shutdown: broker.shutdown_signal(),
-        keepalive: Box::pin(tokio::time::sleep(keepalive_every)),
-        keepalive_every,
         pending,
-        broker: broker.clone(),
     })
+}
+
+/// How long a stream may stay silent before a keep-alive comment.
+pub fn keepalive_every(broker: &Broker) -> Duration {
+    Duration::from_millis(broker.config.http.sse_keepalive_ms.max(1))
 }
 
 /// The retained messages matching `filters`, one event each (without an id).
@@ -176,32 +190,42 @@ fn retained_frames(
 }
 
 impl Subscriber {
+    /// The next frame if one is ready now: a pending one, else the ring's at the cursor
+    /// (moving it), else `None` (caught up).
+    pub fn try_frame(&mut self) -> Option<Bytes> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Some(frame);
+        }
+        match self.lease.ring().next(&mut self.cursor) {
+            Next::Entry(entry) => Some(entry.sse),
+            Next::Lagged(missed) => {
+                let metrics = &self.lease.broker().metrics;
+                Metrics::add(&metrics.bridge_lagged_messages, missed);
+                Some(ring::lagged_sse(Some(missed)))
+            }
+            Next::Empty => None,
+        }
+    }
+}
+
+impl HyperStream {
     /// The next bytes to send; `None` ends the stream (broker shutdown).
     ///
     /// # Cancel safety
     /// Cancel safe: the cursor only moves when a frame is returned.
-    pub async fn next_frame(&mut self) -> Option<Bytes> {
+    async fn next_frame(&mut self) -> Option<Bytes> {
         loop {
-            if let Some(frame) = self.pending.pop_front() {
-                return Some(frame);
+            if !self.subscriber.pending.is_empty() {
+                return self.subscriber.try_frame();
             }
             if *self.shutdown.borrow() {
                 return None;
             }
             // Mark the wake-up seen before reading: a push after this read wakes us again.
             self.wake.borrow_and_update();
-            let ring = self.lease.ring().clone();
-            match ring.next(&mut self.cursor) {
-                Next::Entry(entry) => {
-                    self.reset_keepalive();
-                    return Some(entry.sse);
-                }
-                Next::Lagged(missed) => {
-                    Metrics::add(&self.broker.metrics.bridge_lagged_messages, missed);
-                    self.reset_keepalive();
-                    return Some(ring::lagged_sse(Some(missed)));
-                }
-                Next::Empty => {}
+            if let Some(frame) = self.subscriber.try_frame() {
+                self.reset_keepalive();
+                return Some(frame);
             }
             tokio::select! {
                 // Cancel safe (watch::Receiver::changed).
@@ -222,22 +246,6 @@ impl Subscriber {
                     return Some(Bytes::from_static(KEEPALIVE));
                 }
             }
-        }
-    }
-
-    /// The next frame if one is ready now (for writing several at once).
-    pub fn try_frame(&mut self) -> Option<Bytes> {
-        if let Some(frame) = self.pending.pop_front() {
-            return Some(frame);
-        }
-        let ring = self.lease.ring().clone();
-        match ring.next(&mut self.cursor) {
-            Next::Entry(entry) => Some(entry.sse),
-            Next::Lagged(missed) => {
-                Metrics::add(&self.broker.metrics.bridge_lagged_messages, missed);
-                Some(ring::lagged_sse(Some(missed)))
-            }
-            Next::Empty => None,
         }
     }
 

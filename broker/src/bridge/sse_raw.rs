@@ -8,7 +8,13 @@
 //! close-delimited body: the stream is single-use, as DESIGN.md says. Events are written as
 //! the ring encoded them; several ready at once go out in one write.
 //!
-//! This module owns only the HTTP framing of that path; what is sent is [`super::sse`]'s.
+//! After the response head a subscriber has a task only while it has something to write
+//! ([`catch_up`]): the opening comment and retained messages, or a backlog. Once caught up it
+//! is parked on its ring and written to by the ring's writer ([`super::sse_park`]) until
+//! a write would block, which brings it back here.
+//!
+//! This module owns the HTTP framing of that path and the writes off the fast path; what is
+//! sent is [`super::sse`]'s.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,9 +24,11 @@ use http_body_util::BodyExt;
 use hyper::{Request, Response};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::access;
 use super::sse::{self, Subscriber};
+use super::sse_park::{self, Parked, MAX_WRITE_BYTES};
 use crate::broker::Broker;
 use crate::http::{json_error, Body};
 use crate::metrics::Metrics;
@@ -30,9 +38,6 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// What a request on this path starts with (then `?` or a space).
 const PREFIX: &[u8] = b"GET /sse";
-
-/// Most bytes gathered into one write when several events are ready.
-const MAX_WRITE_BYTES: usize = 64 * 1024;
 
 /// Serves the connection here when its first request is `GET /sse`; otherwise gives the
 /// stream back (untouched: only peeked at) for hyper.
@@ -79,13 +84,56 @@ async fn is_sse(stream: &TcpStream) -> bool {
 async fn serve(broker: &Broker, mut stream: TcpStream, peer: SocketAddr, timeout: Duration) {
     Metrics::add(&broker.metrics.http_requests, 1);
     let write_timeout = Duration::from_millis(broker.config.limits.slow_consumer_timeout_ms);
-    // Boxed: the steps before streaming run once, and the task's future (which lives as long
-    // as the subscriber) should hold only what streaming needs.
-    let opened = Box::pin(open(broker, &mut stream, timeout, write_timeout)).await;
-    if let Some(subscriber) = opened {
-        stream_events(subscriber, &mut stream, write_timeout).await;
+    // Boxed: the steps before streaming run once, and the catch-up below should not carry
+    // them.
+    match Box::pin(open(broker, &mut stream, timeout, write_timeout)).await {
+        Some(subscriber) => {
+            tracing::debug!(%peer, "SSE stream opened");
+            catch_up(stream, subscriber, Instant::now()).await;
+        }
+        None => {
+            let _ = stream.shutdown().await;
+        }
     }
-    tracing::debug!(%peer, "SSE stream ended");
+}
+
+/// Writes a subscriber's frames until it has caught up with its ring, then parks it
+/// ([`sse_park::park`]: the task ends, the subscriber stays). Ends the stream (closing the
+/// connection) when a write fails or stalls past `slow_consumer_timeout_ms`, or at shutdown.
+/// `last_write` is when the client was last written to (for the keep-alive once parked).
+pub async fn catch_up(mut stream: TcpStream, mut subscriber: Subscriber, mut last_write: Instant) {
+    let broker = subscriber.lease.broker().clone();
+    let write_timeout = Duration::from_millis(broker.config.limits.slow_consumer_timeout_ms);
+    let mut out = Vec::new();
+    while !broker.is_shutting_down() {
+        let Some(first) = subscriber.try_frame() else {
+            sse_park::park(Parked::new(stream, subscriber, last_write));
+            return;
+        };
+        let written = match subscriber.try_frame() {
+            None => write_all(&mut stream, &first, write_timeout).await,
+            Some(second) => {
+                out.clear();
+                out.extend_from_slice(&first);
+                out.extend_from_slice(&second);
+                while out.len() < MAX_WRITE_BYTES {
+                    let Some(frame) = subscriber.try_frame() else {
+                        break;
+                    };
+                    out.extend_from_slice(&frame);
+                }
+                write_all(&mut stream, &out, write_timeout).await
+            }
+        };
+        if !written {
+            tracing::debug!("SSE stream ended: the client left or stopped reading");
+            break;
+        }
+        last_write = Instant::now();
+        if out.capacity() > MAX_WRITE_BYTES * 2 {
+            out = Vec::new();
+        }
+    }
     let _ = stream.shutdown().await;
 }
 
@@ -142,74 +190,12 @@ async fn open(
         .then_some(subscriber)
 }
 
-/// Writes events until the client leaves, a write stalls past `write_timeout` (a consumer
-/// that stopped reading), or the broker shuts down.
-async fn stream_events(
-    mut subscriber: Subscriber,
-    stream: &mut TcpStream,
-    write_timeout: Duration,
-) {
-    loop {
-        let first = tokio::select! {
-            // Cancel safe (documented on `next_frame`).
-            frame = subscriber.next_frame() => match frame {
-                Some(frame) => frame,
-                None => return,
-            },
-            // Cancel safe: readiness and a non-blocking read.
-            () = client_gone(stream) => return,
-        };
-        let mut more: Vec<Bytes> = Vec::new();
-        let mut size = first.len();
-        while size < MAX_WRITE_BYTES {
-            let Some(frame) = subscriber.try_frame() else {
-                break;
-            };
-            size += frame.len();
-            more.push(frame);
-        }
-        let written = if more.is_empty() {
-            write_all(stream, &first, write_timeout).await
-        } else {
-            let mut out = Vec::with_capacity(size);
-            out.extend_from_slice(&first);
-            for frame in &more {
-                out.extend_from_slice(frame);
-            }
-            write_all(stream, &out, write_timeout).await
-        };
-        if !written {
-            return;
-        }
-    }
-}
-
 async fn write_all(stream: &mut TcpStream, bytes: &[u8], timeout: Duration) -> bool {
     // Boxed: the timeout's timer is only needed while writing, not while idle.
     matches!(
         Box::pin(tokio::time::timeout(timeout, stream.write_all(bytes))).await,
         Ok(Ok(()))
     )
-}
-
-/// Completes when the client closed the connection (or it failed); anything the client
-/// sends is read and ignored.
-///
-/// # Cancel safety
-/// Cancel safe.
-async fn client_gone(stream: &TcpStream) {
-    let mut sink = [0u8; 16];
-    loop {
-        if stream.readable().await.is_err() {
-            return;
-        }
-        match stream.try_read(&mut sink) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
-        }
-    }
 }
 
 /// Reads and parses the request head; `None` when it is malformed or too long.

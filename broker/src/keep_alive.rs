@@ -71,12 +71,28 @@ impl KeepAlive {
         writer.set_keep_alive_ms(timeout_ms);
         let deadline = self.now_ms() + timeout_ms;
         writer.set_keep_alive_deadline_ms(deadline);
+        let tick = tick_of(deadline);
+        writer.set_keep_alive_tick(tick as u32);
         self.wheel()
-            .entry(tick_of(deadline))
+            .entry(tick)
             .or_default()
             .push(Arc::downgrade(writer));
         if !self.sweeping.swap(true, Ordering::AcqRel) {
             tokio::spawn(sweep(Arc::downgrade(self)));
+        }
+    }
+
+    /// Takes the connection writing to `writer` off the wheel (it ended). Without this a
+    /// closed connection's entry, and the `SharedWriter` allocation its `Weak` holds,
+    /// would stay until its deadline came round: a connection storm would pile them up.
+    pub fn unwatch(&self, writer: &Arc<SharedWriter>) {
+        let tick = u64::from(writer.keep_alive_tick());
+        let mut wheel = self.wheel();
+        if let Some(filed) = wheel.get_mut(&tick) {
+            filed.retain(|weak| weak.as_ptr() != Arc::as_ptr(writer));
+            if filed.is_empty() {
+                wheel.remove(&tick);
+            }
         }
     }
 
@@ -107,7 +123,11 @@ impl KeepAlive {
         }
         let mut wheel = self.wheel();
         for (deadline, weak) in refile {
-            wheel.entry(tick_of(deadline)).or_default().push(weak);
+            let tick = tick_of(deadline);
+            if let Some(writer) = weak.upgrade() {
+                writer.set_keep_alive_tick(tick as u32);
+            }
+            wheel.entry(tick).or_default().push(weak);
         }
         if wheel.is_empty() {
             // Cleared under the lock: a `watch` after this starts a new sweeper.
@@ -159,6 +179,23 @@ mod tests {
         assert_eq!(busy.kicked(), None, "traffic moved its deadline");
         assert!(!ka.sweep_once(t0 + 1900), "nothing left filed");
         assert_eq!(busy.kicked(), Some(ReasonCode::KEEP_ALIVE_TIMEOUT));
+    }
+
+    #[tokio::test]
+    async fn an_ended_connection_leaves_the_wheel_at_once() {
+        let ka = Arc::new(KeepAlive::default());
+        let ended = Arc::new(SharedWriter::new(1024));
+        let other = Arc::new(SharedWriter::new(1024));
+        ka.watch(&ended, Duration::from_millis(1000));
+        ka.watch(&other, Duration::from_millis(1000));
+        ka.unwatch(&ended);
+        assert_eq!(ka.wheel().values().map(Vec::len).sum::<usize>(), 1);
+        // Also after a refile under a later tick.
+        let t0 = ka.now_ms();
+        other.set_keep_alive_deadline_ms(t0 + 5000);
+        assert!(ka.sweep_once(t0 + 1100));
+        ka.unwatch(&other);
+        assert!(ka.wheel().is_empty());
     }
 
     #[tokio::test]

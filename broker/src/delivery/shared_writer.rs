@@ -17,7 +17,7 @@ use std::sync::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
 use bytes::BytesMut;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
@@ -39,6 +39,9 @@ pub struct SharedWriter {
     kick: AtomicU8,
     /// The connection's keep-alive timeout in ms (0: none), for [`crate::keep_alive`].
     keep_alive_ms: AtomicU32,
+    /// The keep-alive wheel's tick this connection is filed under, so that it can be
+    /// taken out when the connection ends (see [`crate::keep_alive::KeepAlive::unwatch`]).
+    keep_alive_tick: AtomicU32,
     /// When the connection times out unless it receives something, in ms on the
     /// [`crate::keep_alive::KeepAlive`] clock.
     keep_alive_deadline_ms: AtomicU64,
@@ -47,7 +50,7 @@ pub struct SharedWriter {
     /// Above this many buffered bytes, publishers hold back (see [`crate::backpressure`]).
     soft_cap_bytes: u32,
     /// Buffered bytes, mirrored out of the lock for the publishers' pressure check.
-    len: AtomicUsize,
+    len: AtomicU32,
     /// The consumer did not drain within a publisher's wait: publishers stop waiting for
     /// it (its QoS 0 messages beyond the cap are dropped instead) until it catches up.
     slow: AtomicBool,
@@ -107,12 +110,17 @@ impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
         self.writer
             .len
-            .store(self.state.buf.len(), Ordering::Relaxed);
+            .store(clamp_u32(self.state.buf.len()), Ordering::Relaxed);
         let now_non_empty = !self.state.buf.is_empty();
         if self.was_empty && now_non_empty {
             self.writer.wake();
         }
     }
+}
+
+/// `n` as a `u32`, saturating (buffer lengths are far below 4 GiB in practice).
+fn clamp_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 impl SharedWriter {
@@ -134,11 +142,12 @@ impl SharedWriter {
             woken: AtomicBool::new(false),
             kick: AtomicU8::new(0),
             keep_alive_ms: AtomicU32::new(0),
+            keep_alive_tick: AtomicU32::new(0),
             keep_alive_deadline_ms: AtomicU64::new(crate::keep_alive::NO_DEADLINE_MS),
             // Stored as u32 (every connection has one): caps beyond 4 GiB mean "no cap".
             cap_bytes: u32::try_from(cap_bytes).unwrap_or(u32::MAX),
             soft_cap_bytes: u32::try_from(soft_cap_bytes).unwrap_or(u32::MAX),
-            len: AtomicUsize::new(0),
+            len: AtomicU32::new(0),
             slow: AtomicBool::new(false),
         }
     }
@@ -146,13 +155,12 @@ impl SharedWriter {
     /// Whether publishers should wait for this consumer: more than the soft cap buffered,
     /// and not marked slow.
     pub fn is_pressing(&self) -> bool {
-        self.len.load(Ordering::Relaxed) > self.soft_cap_bytes as usize
-            && !self.slow.load(Ordering::Relaxed)
+        self.len.load(Ordering::Relaxed) > self.soft_cap_bytes && !self.slow.load(Ordering::Relaxed)
     }
 
     /// Whether the buffer holds no more than the soft cap.
     pub fn is_relieved(&self) -> bool {
-        self.len.load(Ordering::Relaxed) <= self.soft_cap_bytes as usize
+        self.len.load(Ordering::Relaxed) <= self.soft_cap_bytes
     }
 
     /// Whether the consumer is marked slow (publishers do not wait for it).
@@ -224,6 +232,16 @@ impl SharedWriter {
     pub fn set_keep_alive_ms(&self, timeout_ms: u64) {
         let ms = u32::try_from(timeout_ms).unwrap_or(u32::MAX);
         self.keep_alive_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Records the keep-alive wheel tick this connection is filed under.
+    pub fn set_keep_alive_tick(&self, tick: u32) {
+        self.keep_alive_tick.store(tick, Ordering::Relaxed);
+    }
+
+    /// The keep-alive wheel tick this connection is filed under.
+    pub fn keep_alive_tick(&self) -> u32 {
+        self.keep_alive_tick.load(Ordering::Relaxed)
     }
 
     /// The keep-alive timeout in ms (0: none).

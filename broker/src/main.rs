@@ -165,6 +165,8 @@ async fn reload_on_sighup(broker: Broker, path: Option<PathBuf>, log: LogHandle)
             Ok(report) => {
                 tracing::info!(
                     sessions_rechecked = report.sessions_rechecked,
+                    bridge_rings_rechecked = report.bridges.rings,
+                    bridge_entries_blanked = report.bridges.entries_blanked,
                     "configuration reloaded"
                 );
                 if !report.needs_restart.is_empty() {

@@ -2,7 +2,10 @@
 //! force what can change without a restart:
 //! - the password and ACL files (`[auth]`): new connections authenticate against the new
 //!   files; connected clients get their ACL re-derived (their subscriptions are re-checked
-//!   at once, their PUBLISH packets from their next one);
+//!   at once, their PUBLISH packets from their next one); bridge readers (SSE, WebSocket
+//!   JSON) read under the new rules from the moment they are in force, including what their
+//!   rings already hold ([`crate::bridge::Bridges::reapply_acl`]), and WebSocket JSON
+//!   clients publish under them from their next op;
 //! - `[limits]`: for new connections and the broker-wide checks (per-IP limits, connect
 //!   timeout, slow-consumer timeout); connected clients keep the limits they connected
 //!   under; `max_connections` needs a restart;
@@ -40,6 +43,8 @@ pub struct ReloadReport {
     pub needs_restart: Vec<&'static str>,
     /// Connected sessions whose subscriptions were re-checked against the new ACL.
     pub sessions_rechecked: usize,
+    /// What re-deriving the bridge rings' read ACL did.
+    pub bridges: crate::bridge::read_acl::Reapplied,
 }
 
 /// Reloads from `path` (or the embedded defaults), applying the log level with `set_log_level`.
@@ -59,7 +64,8 @@ pub fn reload(
         ..Default::default()
     };
     broker.set_limits(new.limits.clone());
-    broker.auth.replace(auth);
+    // Puts `auth` in force once every bridge ring reads under it.
+    report.bridges = broker.bridges.reapply_acl(broker, auth);
     report.sessions_rechecked = recheck_subscriptions(broker);
     Ok(report)
 }

@@ -1,7 +1,7 @@
 //! `GET /sse`: Server-Sent Events from the router, read with a raw-socket client and with
 //! `curl -N`: event format (UTF-8 and base64 payloads, 5.0 properties), retained messages
 //! first, resume with `Last-Event-ID`, the `lagged` event, keep-alive comments, bad filters,
-//! authentication and read ACL, limits; and the parked subscribers of the lean path (served
+//! authentication and read ACL (and its reload), limits; and the parked subscribers of the lean path (served
 //! by their ring's writer, taken off the fast path when slow, reaped when closed, closed at
 //! shutdown).
 
@@ -10,7 +10,7 @@ mod bridge_support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bridge_support::{get, SseClient};
+use bridge_support::{get, route, AclFiles, SseClient};
 use bytes::Bytes;
 use tern_broker::metrics::Metrics;
 use tern_codec::{ProtocolVersion, Publish, QoS};
@@ -336,6 +336,87 @@ async fn authentication_and_read_acl() {
     .await;
     assert_eq!(sse.status, 200);
     sse.next().await;
+    broker.running.stop().await;
+}
+
+/// The topics of the next `n` message events.
+async fn topics(sse: &mut SseClient, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let event = sse.next_event().await;
+        assert_eq!(event.event.as_deref(), Some("message"), "{event:?}");
+        out.push(event.json()["topic"].as_str().expect("topic").to_string());
+    }
+    out
+}
+
+/// A reload of the ACL (SIGHUP) reaches SSE readers at once: narrowed, an anonymous reader of
+/// `a/#` stops getting `a/secret/..` (even what its ring already held unread) and still gets
+/// `a/public/..`, while `alice`, on the same filter set but with rules of her own, keeps
+/// everything; widened again, the secret topics come back. Lean path and hyper path alike.
+#[tokio::test]
+async fn sse_readers_follow_an_acl_reload() {
+    let wide = "topic read a/#\nuser alice\ntopic read a/#\n";
+    let narrow = "topic read a/public/#\nuser alice\ntopic read a/#\n";
+    let files = AclFiles::new("sse-reload", wide);
+    let acl = files.acl.clone();
+    let broker = TestBroker::start_with(move |c| c.auth.acl_file = acl).await;
+    let http = broker.running.http_addr.expect("http");
+    let mut lean = SseClient::open(http, "/sse?filter=a/%23", &[]).await;
+    let mut hyper = SseClient::open_second(http, "/sse?filter=a/%23").await;
+    let mut alice = SseClient::open(http, "/sse?filter=a/%23&token=alice:x", &[]).await;
+    for sse in [&mut lean, &mut hyper, &mut alice] {
+        assert_eq!(sse.status, 200);
+        sse.next().await; // the opening comment
+    }
+    assert_eq!(
+        broker.broker().bridges.ring_count(),
+        2,
+        "one ring per reader"
+    );
+
+    // Routed before the reload, not read yet: held in the rings.
+    route(broker.broker(), "a/secret/held", "1");
+    route(broker.broker(), "a/public/held", "2");
+    let report = files.reload(broker.broker(), narrow);
+    assert_eq!(report.bridges.rings, 2);
+    assert_eq!(
+        report.bridges.entries_blanked, 1,
+        "the anonymous ring's secret"
+    );
+    route(broker.broker(), "a/secret/x", "3");
+    route(broker.broker(), "a/public/x", "4");
+    for sse in [&mut lean, &mut hyper] {
+        assert_eq!(topics(sse, 2).await, ["a/public/held", "a/public/x"]);
+    }
+    assert_eq!(
+        topics(&mut alice, 4).await,
+        ["a/secret/held", "a/public/held", "a/secret/x", "a/public/x"]
+    );
+
+    files.reload(broker.broker(), wide);
+    route(broker.broker(), "a/secret/y", "5");
+    for sse in [&mut lean, &mut hyper, &mut alice] {
+        assert_eq!(topics(sse, 1).await, ["a/secret/y"]);
+    }
+
+    // Wholly unreadable: the readers stay connected and receive nothing; a new request is 403.
+    files.reload(
+        broker.broker(),
+        "topic read b/#\nuser alice\ntopic read a/#\n",
+    );
+    route(broker.broker(), "a/public/z", "6");
+    route(broker.broker(), "a/secret/z", "7");
+    assert_eq!(topics(&mut alice, 2).await, ["a/public/z", "a/secret/z"]);
+    let (status, _, _) = get(http, "/sse?filter=a/%23", &[]).await;
+    assert_eq!(status, 403);
+    files.reload(broker.broker(), wide);
+    route(broker.broker(), "a/public/back", "8");
+    assert_eq!(
+        topics(&mut lean, 1).await,
+        ["a/public/back"],
+        "still connected"
+    );
     broker.running.stop().await;
 }
 

@@ -1,17 +1,19 @@
 //! `GET /ws` (WebSocket JSON API) and `GET /mqtt` (MQTT over WebSocket on the HTTP
 //! listener): ops and replies, messages in both directions between WebSocket and MQTT
 //! clients, batching, the `lagged` notice, the publish rate limit, the frame size limit,
-//! cross-origin refusal, and MQTT.js over `ws://.../mqtt`.
+//! cross-origin refusal, reads and publishes under a reloaded ACL, the per-IP limits on
+//! `/mqtt`, and MQTT.js over `ws://.../mqtt`.
 
 mod bridge_support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bridge_support::{get, WsClient};
+use bridge_support::{get, route, AclFiles, WsClient};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tern_broker::message::Message;
+use tern_broker::metrics::Metrics;
 use tern_broker::router::RouteScratch;
 use tern_codec::{Connect, Packet, ProtocolVersion, QoS};
 use tern_tests::TestBroker;
@@ -312,5 +314,130 @@ async fn mqttjs_over_http_listener_mqtt_path() {
     let http = broker.running.http_addr.expect("http");
     let url = format!("ws://127.0.0.1:{}/mqtt", http.port());
     tern_tests::run_mqttjs_over_websocket(&url).await;
+    broker.running.stop().await;
+}
+
+/// The topics of the next message frame (a single message or a batch).
+async fn frame_topics(ws: &mut WsClient) -> Vec<String> {
+    let frame = ws.recv().await;
+    let messages = match frame["type"].as_str() {
+        Some("batch") => frame["messages"].as_array().expect("messages").clone(),
+        Some("message") => vec![frame.clone()],
+        _ => panic!("expected messages, got {frame}"),
+    };
+    messages
+        .iter()
+        .map(|m| m["topic"].as_str().expect("topic").to_string())
+        .collect()
+}
+
+/// A reload of the ACL reaches a connected WebSocket JSON client: what it reads (narrowed,
+/// then widened), what it may publish (from its next op), and what it may add by
+/// `subscribe`.
+#[tokio::test]
+async fn ws_clients_follow_an_acl_reload() {
+    let files = AclFiles::new("ws-reload", "topic readwrite a/#\n");
+    let acl = files.acl.clone();
+    let broker = TestBroker::start_with(move |c| c.auth.acl_file = acl).await;
+    let http = broker.running.http_addr.expect("http");
+    let mut ws = WsClient::connect(http, "/ws", &[]).await;
+    let ack = ws
+        .request(json!({"op": "subscribe", "filters": ["a/#"]}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let publish = json!({"op": "publish", "topic": "a/secret/w", "payload": "x"});
+    let ack = ws.request(publish.clone()).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(frame_topics(&mut ws).await, ["a/secret/w"]);
+
+    files.reload(broker.broker(), "topic read a/public/#\n");
+    let reply = ws.request(publish.clone()).await;
+    assert_eq!(reply["type"], "error", "write access is gone: {reply}");
+    assert_eq!(
+        reply["reason"],
+        "not authorised to publish to \"a/secret/w\""
+    );
+    let reply = ws
+        .request(json!({"op": "subscribe", "filters": ["a/secret/#"]}))
+        .await;
+    assert_eq!(reply["type"], "error", "{reply}");
+    route(broker.broker(), "a/secret/x", "1");
+    route(broker.broker(), "a/public/x", "2");
+    assert_eq!(frame_topics(&mut ws).await, ["a/public/x"]);
+
+    files.reload(broker.broker(), "topic readwrite a/#\n");
+    route(broker.broker(), "a/secret/y", "3");
+    assert_eq!(frame_topics(&mut ws).await, ["a/secret/y"]);
+    let ack = ws.request(publish).await;
+    assert_eq!(ack["type"], "ack", "write access is back: {ack}");
+    broker.running.stop().await;
+}
+
+/// Opens `/mqtt`: the WebSocket, or the refusal's status and body.
+async fn open_mqtt_ws(
+    http: std::net::SocketAddr,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, (u16, String)> {
+    let mut request = format!("ws://{http}/mqtt")
+        .into_client_request()
+        .expect("request");
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "mqtt".parse().expect("value"));
+    let stream = tokio::net::TcpStream::connect(http).await.expect("connect");
+    match tokio_tungstenite::client_async(request, stream).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = response
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).to_string())
+                .unwrap_or_default();
+            Err((response.status().as_u16(), body))
+        }
+        Err(e) => panic!("handshake: {e}"),
+    }
+}
+
+/// `GET /mqtt` is admitted like an MQTT listener's connection: `max_connections_per_ip`
+/// counts TCP and `/mqtt` connections of one address together, `max_connect_rate_per_ip`
+/// limits upgrades; over either, 429 with a JSON error, counted as on the listeners.
+#[tokio::test]
+async fn mqtt_path_applies_the_per_ip_limits() {
+    let broker = TestBroker::start_with(|c| c.limits.max_connections_per_ip = 2).await;
+    let http = broker.running.http_addr.expect("http");
+    let tcp = broker.client(ProtocolVersion::V5, "tcp").await;
+    let first = open_mqtt_ws(http).await.expect("second connection of 2");
+    let (status, body) = open_mqtt_ws(http).await.expect_err("third refused");
+    assert_eq!(status, 429);
+    assert!(
+        body.contains("\"error\":\"too many connections from this address\""),
+        "{body}"
+    );
+    let metrics = &broker.broker().metrics;
+    assert_eq!(Metrics::get(&metrics.connections_refused_per_ip), 1);
+    // A closed connection frees its place, whichever way it came in.
+    tcp.disconnect().await;
+    let mut freed = false;
+    for _ in 0..50 {
+        if let Ok(ws) = open_mqtt_ws(http).await {
+            drop(ws);
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed, "the TCP client's place was not freed");
+    drop(first);
+    broker.running.stop().await;
+
+    let broker = TestBroker::start_with(|c| c.limits.max_connect_rate_per_ip = 2).await;
+    let http = broker.running.http_addr.expect("http");
+    let _a = open_mqtt_ws(http).await.expect("within the rate");
+    let _b = open_mqtt_ws(http).await.expect("within the rate");
+    let (status, body) = open_mqtt_ws(http).await.expect_err("over the rate");
+    assert_eq!(status, 429);
+    assert!(body.contains("connecting too fast"), "{body}");
+    let metrics = &broker.broker().metrics;
+    assert_eq!(Metrics::get(&metrics.connections_refused_rate), 1);
     broker.running.stop().await;
 }

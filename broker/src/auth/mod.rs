@@ -7,8 +7,8 @@
 //! [`AuthState`] is what one load of `[auth]` produced; the broker keeps it in an [`Auth`],
 //! which can be swapped as a whole (for SIGHUP reload). A connection takes the state in force
 //! at CONNECT: its password is checked against it, and its [`ClientAcl`] is built from it.
-//! Subscriptions capture the [`ClientAcl`] they were granted under, so a reload must re-apply
-//! the ACL to existing subscriptions (not done yet: there is no reload yet).
+//! Subscriptions and bridge rings capture the [`ClientAcl`] they were granted under, so a
+//! reload re-applies the ACL to them ([`crate::reload`]).
 
 pub mod acl;
 pub mod password;

@@ -6,6 +6,11 @@
 //!
 //! Bridge clients have no MQTT client identifier: ACL `pattern` lines see the client id
 //! [`BRIDGE_CLIENT_ID`].
+//!
+//! An [`Identity`] is checked against the auth state in force when the request comes; a
+//! long-lived client (`/ws`) refreshes its ACL after a reload ([`Identity::refresh`]) before
+//! each op. What reaches a client's ring is governed by the ring's own read ACL
+//! ([`super::read_acl`]), which a reload updates in place.
 
 use std::sync::Arc;
 
@@ -17,7 +22,6 @@ use hyper::{Request, Response, StatusCode};
 use tern_codec::ByteStr;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::ReadCheck;
 use crate::auth::{self, Access, ClientAcl, SubscribeVerdict};
 use crate::broker::Broker;
 use crate::http::{full, json_error, Body};
@@ -33,40 +37,51 @@ pub struct Identity {
     pub username: Option<String>,
     /// The client's ACL; `None` when no ACL file is configured.
     pub acl: Option<Arc<ClientAcl>>,
+    /// The auth generation `acl` was derived under ([`crate::auth::Auth::generation`]).
+    generation: u64,
 }
 
 impl Identity {
-    /// The read check for a ring of `filters`: `Ok(None)` when every filter is wholly
-    /// readable, `Ok(Some(..))` when messages must be checked one by one.
+    /// Re-derives the ACL when the auth files were reloaded since it was derived (one atomic
+    /// load otherwise). The user stays authenticated: as for MQTT connections, a reload does
+    /// not log clients out.
+    pub fn refresh(&mut self, broker: &Broker) {
+        let generation = broker.auth.generation();
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        self.acl = broker
+            .auth
+            .current()
+            .client_acl(BRIDGE_CLIENT_ID, self.username.as_deref());
+    }
+
+    /// Checks that the client may read something of every filter in `filters` (a 403, or an
+    /// `error` reply, otherwise). Which messages then reach it is the ring's business.
     ///
     /// # Errors
     /// The first filter the client may not read at all.
-    pub fn read_check(
-        &self,
-        broker: &Broker,
-        filters: &[Box<str>],
-    ) -> Result<Option<ReadCheck>, String> {
+    pub fn check_readable(&self, broker: &Broker, filters: &[Box<str>]) -> Result<(), String> {
         let Some(acl) = &self.acl else {
-            return Ok(None);
+            return Ok(());
         };
-        let mut filtered = false;
         for filter in filters {
-            match acl.check_subscribe(filter) {
-                SubscribeVerdict::Allowed => {}
-                SubscribeVerdict::Filtered => filtered = true,
-                SubscribeVerdict::Denied => {
-                    Metrics::add(&broker.metrics.acl_denied, 1);
-                    return Err(format!("not authorised to read {filter:?}"));
-                }
+            if acl.check_subscribe(filter) == SubscribeVerdict::Denied {
+                Metrics::add(&broker.metrics.acl_denied, 1);
+                return Err(format!("not authorised to read {filter:?}"));
             }
         }
-        Ok(filtered.then(|| ReadCheck {
-            reader: self.username.clone().unwrap_or_default().into_boxed_str(),
-            acl: acl.clone(),
-        }))
+        Ok(())
     }
 
-    /// Whether the client may publish to `topic`.
+    /// Whether the client may read `topic` (retained messages sent on subscribe).
+    pub fn may_read(&self, topic: &str) -> bool {
+        self.acl.as_ref().is_none_or(|acl| acl.allows_read(topic))
+    }
+
+    /// Whether the client may publish to `topic` (call [`Identity::refresh`] first on a
+    /// long-lived client).
     pub fn may_write(&self, topic: &str) -> bool {
         self.acl
             .as_ref()
@@ -86,6 +101,8 @@ pub async fn authenticate<B>(
         Some((user, password)) => (Some(user), Some(password)),
         None => (None, None),
     };
+    // The generation before the state: a reload in between makes the first refresh redo it.
+    let generation = broker.auth.generation();
     let state = broker.auth.current();
     let login = auth::authenticate(
         state.clone(),
@@ -103,7 +120,11 @@ pub async fn authenticate<B>(
         return Err(Box::new(response));
     }
     let acl = state.client_acl(BRIDGE_CLIENT_ID, username.as_deref());
-    Ok(Identity { username, acl })
+    Ok(Identity {
+        username,
+        acl,
+        generation,
+    })
 }
 
 /// `user:password` from `Authorization: Basic`, `Authorization: Bearer` or `?token=`.

@@ -8,11 +8,14 @@
 //! - [`mqtt_ws`]: `GET /mqtt`, MQTT over WebSocket through the ordinary connection driver.
 //! - [`dashboard`]: `GET /` (a live page) and `GET /api/stats`.
 //! - [`ring`]: the shared ring of one bridge subscription and the encode-once step.
+//! - [`read_acl`]: which messages a ring's reader may read, and how an ACL reload reaches
+//!   the rings.
 //! - [`access`]: authentication, ACL, CORS and query parsing shared by the endpoints.
 //!
 //! A bridge subscription is a subscriber in the router's trie ([`crate::router::SubValue::Bridge`]):
-//! one [`ring::Ring`] per distinct filter set (and ACL reader), shared by every client with
-//! that set. [`Bridges`] is the registry of rings. A ring whose last client left lingers for
+//! one [`ring::Ring`] per distinct filter set and reader (user name, or anonymous), shared by
+//! every client with that set and that user name: clients of one ring always have the same
+//! read ACL, before and after a reload. [`Bridges`] is the registry of rings. A ring whose last client left lingers for
 //! `ring_linger_ms` so that a reconnecting client can resume with `Last-Event-ID`.
 //!
 //! This module owns the registry, the client limit and the dispatch of bridge paths; the
@@ -21,6 +24,7 @@
 pub mod access;
 pub mod dashboard;
 pub mod mqtt_ws;
+pub mod read_acl;
 pub mod ring;
 pub mod sse;
 pub mod sse_park;
@@ -36,15 +40,16 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::auth::ClientAcl;
 use crate::broker::Broker;
 use crate::http::{json_error, Body};
 use crate::metrics::Metrics;
 
+use self::read_acl::Readable;
 use self::ring::{Ring, RingLimits};
 
-/// What distinguishes two rings: the filter set and, when messages must be checked against
-/// an ACL at delivery, whose ACL.
+/// What distinguishes two rings: the filter set and whose read ACL applies (the user name,
+/// `None` for anonymous). The reader is part of the key even when the filters are wholly
+/// readable: a reload may change that for one user and not for another.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct RingKey {
     filters: Arc<[Box<str>]>,
@@ -57,15 +62,6 @@ pub struct Bridges {
     rings: Mutex<HashMap<RingKey, Arc<Ring>>>,
     next_ring_id: AtomicU64,
     clients: AtomicUsize,
-}
-
-/// A read check for a ring: the reader's name (part of the ring key) and its ACL.
-#[derive(Debug, Clone)]
-pub struct ReadCheck {
-    /// Who reads (the user name; empty for anonymous).
-    pub reader: Box<str>,
-    /// The ACL each message is checked with before it enters the ring.
-    pub acl: Arc<ClientAcl>,
 }
 
 impl Bridges {
@@ -88,17 +84,20 @@ impl Bridges {
         self.rings().values().map(|r| r.parking.len()).sum()
     }
 
-    /// Attaches a client to the ring of `filters` (valid, sorted, deduplicated, non-empty),
-    /// creating the ring and its trie entries when it is the first.
+    /// Attaches a client of user `reader` (`None`: anonymous) to the ring of `filters`
+    /// (valid, sorted, deduplicated, non-empty), creating the ring and its trie entries when
+    /// it is the first. A new ring's read ACL is derived from the auth state in force, under
+    /// the registry lock (so a concurrent reload sees it: see [`Bridges::reapply_acl`]); an
+    /// existing ring's is already current.
     pub fn attach(
         &self,
         broker: &Broker,
         filters: Vec<Box<str>>,
-        read_check: Option<ReadCheck>,
+        reader: Option<&str>,
     ) -> RingLease {
         let key = RingKey {
             filters: Arc::from(filters),
-            reader: read_check.as_ref().map(|c| c.reader.clone()),
+            reader: reader.map(Box::from),
         };
         let mut rings = self.rings();
         let ring = match rings.get(&key) {
@@ -110,11 +109,13 @@ impl Bridges {
                     max_messages: http.ring_max_messages.max(1),
                     max_bytes: http.ring_max_bytes,
                 };
+                let readable = Readable::for_reader(&broker.auth.current(), reader, &key.filters);
                 let ring = Arc::new(Ring::new(
                     id,
                     key.filters.clone(),
+                    key.reader.clone(),
                     limits,
-                    read_check.map(|c| c.acl),
+                    readable,
                 ));
                 for filter in key.filters.iter() {
                     broker.router.subscribe_bridge(filter, &ring);

@@ -2,8 +2,10 @@
 //!
 //! The upgraded connection becomes a [`WsByteStream`] handed to the same connection driver
 //! as TCP ([`connection::serve_with`]): packets may span frames and a frame may hold several
-//! packets. The connection takes a `max_connections` slot like any MQTT connection, and
-//! authenticates with its CONNECT (not with HTTP credentials).
+//! packets. The connection is admitted like one on an MQTT listener: the per-IP limits
+//! (`max_connections_per_ip`, `max_connect_rate_per_ip`, one table with the MQTT listeners,
+//! same counters; over them: 429 with a JSON error), then a `max_connections` slot (503).
+//! It authenticates with its CONNECT (not with HTTP credentials).
 
 use std::net::SocketAddr;
 
@@ -27,6 +29,17 @@ pub fn handle(broker: &Broker, mut request: Request<Incoming>, peer: SocketAddr)
         Err(response) => return *response,
     };
     Metrics::add(&broker.metrics.connections_accepted, 1);
+    let admission = match broker
+        .ip_limits
+        .admit(peer.ip(), tokio::time::Instant::now())
+    {
+        Ok(admission) => admission,
+        Err(refusal) => {
+            Metrics::add(refusal.counter(&broker.metrics), 1);
+            tracing::debug!(%peer, ?refusal, "per-IP limit: MQTT WebSocket upgrade refused");
+            return json_error(StatusCode::TOO_MANY_REQUESTS, refusal.reason());
+        }
+    };
     let Ok(permit) = broker.connection_slots.clone().try_acquire_owned() else {
         Metrics::add(&broker.metrics.connections_refused_limit, 1);
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
@@ -52,6 +65,7 @@ pub fn handle(broker: &Broker, mut request: Request<Incoming>, peer: SocketAddr)
         };
         connection::serve_with(broker, reader, writer, info).await;
         drop(permit);
+        drop(admission);
     });
     response
 }

@@ -12,6 +12,11 @@
 //! client whose cursor fell behind the oldest entry skips ahead and is told how many it
 //! missed ([`Next::Lagged`]).
 //!
+//! Every ring has one reader identity (a user name, or anonymous) and admits only what that
+//! reader may read ([`Readable`], kept with the entries under the ring's lock). A reload of
+//! the ACL swaps it ([`Ring::set_readable`]) and blanks the entries already held that the new
+//! rules forbid, so a client behind its cursor never reads them.
+//!
 //! This module owns the ring and the JSON/SSE encoding. It does not own the registry of rings
 //! (see [`super::Bridges`]) or any I/O (the ring holds the list of its parked SSE subscribers,
 //! [`super::sse_park`] serves them).
@@ -25,8 +30,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tern_codec::Publish;
 use tokio::sync::watch;
 
+use super::read_acl::Readable;
 use super::sse_park::Parking;
-use crate::auth::ClientAcl;
 use crate::message::Message;
 use crate::metrics::Metrics;
 
@@ -70,6 +75,12 @@ pub struct RingLimits {
 
 #[derive(Debug)]
 struct State {
+    /// Which messages may enter; read under this lock by every push, so a swap
+    /// ([`Ring::set_readable`]) and the blanking of entries it forbids are atomic with
+    /// respect to publishers.
+    readable: Readable,
+    /// Entries in id order; a blanked entry (forbidden by a reloaded ACL) has empty
+    /// encodings and is skipped by readers.
     entries: VecDeque<Entry>,
     /// The id of `entries[0]`, or of the next entry when empty.
     first_id: u64,
@@ -83,12 +94,12 @@ struct State {
 pub struct Ring {
     /// Unique among the rings of a broker; the trie key of this ring's entries.
     pub id: u64,
-    /// The filters, sorted and without duplicates (the registry key).
+    /// The filters, sorted and without duplicates (with `reader`, the registry key).
     pub filters: Arc<[Box<str>]>,
+    /// Whose read ACL applies: the user name, `None` for anonymous. Kept so that a reload
+    /// can re-derive the ACL ([`super::Bridges::reapply_acl`]).
+    pub reader: Option<Box<str>>,
     limits: RingLimits,
-    /// The reader's ACL when the filters match topics it may not read: each message is
-    /// checked before it enters the ring.
-    read_check: Option<Arc<ClientAcl>>,
     state: Mutex<State>,
     /// Bumped after each push: one coalesced wake-up for every client of the ring.
     wake: watch::Sender<()>,
@@ -100,20 +111,22 @@ pub struct Ring {
 }
 
 impl Ring {
-    /// An empty ring.
+    /// An empty ring of `filters` read by `reader`, admitting what `readable` lets through.
     pub fn new(
         id: u64,
         filters: Arc<[Box<str>]>,
+        reader: Option<Box<str>>,
         limits: RingLimits,
-        read_check: Option<Arc<ClientAcl>>,
+        readable: Readable,
     ) -> Ring {
         let first = (id << RING_ID_SHIFT) + 1;
         Ring {
             id,
             filters,
+            reader,
             limits,
-            read_check,
             state: Mutex::new(State {
+                readable,
                 entries: VecDeque::new(),
                 first_id: first,
                 next_id: first,
@@ -148,13 +161,17 @@ impl Ring {
         (ours && last_id < state.next_id).then_some(last_id + 1)
     }
 
-    /// Appends one message encoded as `json` (which starts with [`MESSAGE_PREFIX`]),
-    /// dropping the oldest entries over the limits, and wakes the clients. Returns how many
-    /// old entries were dropped.
-    fn push(&self, json: &Bytes) -> usize {
+    /// Appends one message to `topic` encoded as `json` (which starts with
+    /// [`MESSAGE_PREFIX`]) if the reader may read it, dropping the oldest entries over the
+    /// limits, and wakes the clients. Returns how many old entries were dropped, or `None`
+    /// when the reader may not read the message (nothing changed).
+    fn push(&self, topic: &str, json: &Bytes) -> Option<usize> {
         let mut dropped = 0;
         {
             let mut state = self.state();
+            if !state.readable.allows(topic) {
+                return None;
+            }
             let id = state.next_id;
             let sse = sse_frame(id, json);
             let size = json.len() + sse.len();
@@ -180,7 +197,40 @@ impl Ring {
             }
         }
         self.wake.send_replace(());
-        dropped
+        Some(dropped)
+    }
+
+    /// Puts `readable` in force for the messages routed from now on, and blanks the entries
+    /// held that it forbids (readers skip them). Returns how many entries were blanked.
+    pub fn set_readable(&self, readable: Readable) -> usize {
+        let mut state = self.state();
+        if state.readable == readable {
+            return 0;
+        }
+        let mut blanked = 0;
+        let mut freed = 0;
+        if !matches!(readable, Readable::All) {
+            for entry in state.entries.iter_mut() {
+                if entry.json.is_empty() {
+                    continue;
+                }
+                let allowed = entry_topic(&entry.json).is_some_and(|t| readable.allows(&t));
+                if !allowed {
+                    freed += entry.json.len() + entry.sse.len();
+                    entry.json = Bytes::new();
+                    entry.sse = Bytes::new();
+                    blanked += 1;
+                }
+            }
+        }
+        state.bytes -= freed;
+        state.readable = readable;
+        blanked
+    }
+
+    /// What the ring admits now.
+    pub fn readable(&self) -> Readable {
+        self.state().readable.clone()
     }
 
     /// The next entry at `cursor`, moving it forward.
@@ -191,13 +241,20 @@ impl Ring {
             *cursor = state.first_id;
             return Next::Lagged(missed);
         }
-        let index = (*cursor - state.first_id) as usize;
-        match state.entries.get(index) {
-            Some(entry) => {
-                *cursor = entry.id + 1;
-                Next::Entry(entry.clone())
+        let mut index = (*cursor - state.first_id) as usize;
+        loop {
+            match state.entries.get(index) {
+                // Blanked by an ACL reload: never sent.
+                Some(entry) if entry.json.is_empty() => {
+                    *cursor = entry.id + 1;
+                    index += 1;
+                }
+                Some(entry) => {
+                    *cursor = entry.id + 1;
+                    return Next::Entry(entry.clone());
+                }
+                None => return Next::Empty,
             }
-            None => Next::Empty,
         }
     }
 
@@ -213,8 +270,9 @@ impl Ring {
 }
 
 /// Pushes `message` into every ring in `rings` (each once, however many of its filters
-/// matched), encoding the JSON once for all of them; empties `rings`. Runs in the
-/// publisher's task: encode once, push, notify. Returns the number of rings.
+/// matched) whose reader may read it, encoding the JSON once for all of them; empties
+/// `rings`. Runs in the publisher's task: encode once, push, notify. Returns the number of
+/// rings it went to.
 pub fn deliver(message: &Message, rings: &mut Vec<Arc<Ring>>, metrics: &Metrics) -> usize {
     if rings.is_empty() {
         return 0;
@@ -228,14 +286,13 @@ pub fn deliver(message: &Message, rings: &mut Vec<Arc<Ring>>, metrics: &Metrics)
     let mut dropped = 0;
     let mut count = 0;
     for ring in rings.iter() {
-        if let Some(acl) = &ring.read_check {
-            if !acl.allows_read(publish.topic()) {
-                Metrics::add(&metrics.acl_denied, 1);
-                continue;
+        match ring.push(publish.topic(), &json) {
+            Some(n) => {
+                dropped += n;
+                count += 1;
             }
+            None => Metrics::add(&metrics.acl_denied, 1),
         }
-        dropped += ring.push(&json);
-        count += 1;
     }
     Metrics::add(&metrics.bridge_messages, count as u64);
     if dropped > 0 {
@@ -243,6 +300,18 @@ pub fn deliver(message: &Message, rings: &mut Vec<Arc<Ring>>, metrics: &Metrics)
     }
     rings.clear();
     count
+}
+
+/// The topic of an encoded message: [`encode_json`] writes it first after
+/// [`MESSAGE_PREFIX`], so only that string is parsed. `None` if `json` is not such an
+/// encoding.
+fn entry_topic(json: &[u8]) -> Option<String> {
+    use serde::Deserialize;
+    let rest = json
+        .strip_prefix(MESSAGE_PREFIX)?
+        .strip_prefix(b"\"topic\":")?;
+    let mut de = serde_json::Deserializer::from_slice(rest);
+    String::deserialize(&mut de).ok()
 }
 
 /// `id: N\nevent: message\ndata: {"topic":...}\n\n` from the shared JSON.
@@ -410,11 +479,12 @@ mod tests {
         Ring::new(
             7,
             Arc::from(vec![Box::<str>::from("a/#")]),
+            None,
             RingLimits {
                 max_messages,
                 max_bytes: 1 << 20,
             },
-            None,
+            Readable::All,
         )
     }
 
@@ -492,11 +562,12 @@ mod tests {
         let ring = Arc::new(Ring::new(
             1,
             Arc::from(vec![Box::<str>::from("#")]),
+            None,
             RingLimits {
                 max_messages: 100,
                 max_bytes: 10,
             },
-            None,
+            Readable::All,
         ));
         let metrics = Metrics::default();
         for _ in 0..3 {
@@ -504,5 +575,49 @@ mod tests {
         }
         assert_eq!(ring.len(), 1);
         assert_eq!(Metrics::get(&metrics.bridge_ring_evictions), 2);
+    }
+
+    fn acl(text: &str) -> Arc<crate::auth::ClientAcl> {
+        let file = crate::auth::AclFile::parse(text, std::path::Path::new("acl")).expect("acl");
+        Arc::new(file.for_client("c", None))
+    }
+
+    #[test]
+    fn entry_topic_reads_the_escaped_topic() {
+        let json = encode_json(&Publish::new("a/\"q\"/é", Bytes::from_static(b"x")), false);
+        assert_eq!(entry_topic(&json).as_deref(), Some("a/\"q\"/é"));
+        assert_eq!(entry_topic(b"{}"), None);
+    }
+
+    #[test]
+    fn narrowing_blanks_held_entries_and_filters_new_ones() {
+        let ring = Arc::new(ring(10));
+        let metrics = Metrics::default();
+        let mut cursor = ring.next_id();
+        for topic in ["a/public/1", "a/secret/1", "a/public/2"] {
+            let m = Message::broker_made(topic, "m", false, tokio::time::Instant::now());
+            deliver(&m, &mut vec![ring.clone()], &metrics);
+        }
+        let narrowed = Readable::Checked(acl("topic read a/public/#\n"));
+        assert_eq!(ring.set_readable(narrowed.clone()), 1);
+        assert_eq!(ring.set_readable(narrowed), 0, "same rules: nothing to do");
+        let m = Message::broker_made("a/secret/2", "m", false, tokio::time::Instant::now());
+        assert_eq!(deliver(&m, &mut vec![ring.clone()], &metrics), 0);
+        assert_eq!(Metrics::get(&metrics.acl_denied), 1);
+        let mut seen = Vec::new();
+        while let Next::Entry(e) = ring.next(&mut cursor) {
+            seen.push(entry_topic(&e.json).expect("topic"));
+        }
+        assert_eq!(seen, ["a/public/1", "a/public/2"]);
+        assert_eq!(ring.set_readable(Readable::Nothing), 2);
+        let m = Message::broker_made("a/public/3", "m", false, tokio::time::Instant::now());
+        assert_eq!(deliver(&m, &mut vec![ring.clone()], &metrics), 0);
+        ring.set_readable(Readable::All);
+        assert_eq!(
+            deliver(&m, &mut vec![ring.clone()], &metrics),
+            1,
+            "widened again"
+        );
+        assert!(matches!(ring.next(&mut cursor), Next::Entry(_)));
     }
 }

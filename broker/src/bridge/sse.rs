@@ -128,16 +128,18 @@ pub async fn open<B>(
     let filters = super::validate_filters(broker, filters)
         .map_err(|reason| refuse(StatusCode::BAD_REQUEST, &reason))?;
     let identity = access::authenticate(broker, request).await?;
-    let read_check = identity
-        .read_check(broker, &filters)
+    identity
+        .check_readable(broker, &filters)
         .map_err(|reason| refuse(StatusCode::FORBIDDEN, &reason))?;
     let slot = ClientSlot::acquire(broker)
         .ok_or_else(|| refuse(StatusCode::SERVICE_UNAVAILABLE, "too many bridge clients"))?;
     let mut pending = VecDeque::from([Bytes::from_static(OPENING)]);
     if retained {
-        retained_frames(broker, &filters, read_check.as_ref(), &mut pending);
+        retained_frames(broker, &filters, &identity, &mut pending);
     }
-    let lease = broker.bridges.attach(broker, filters, read_check);
+    let lease = broker
+        .bridges
+        .attach(broker, filters, identity.username.as_deref());
     let ring = lease.ring();
     let mut cursor = ring.next_id();
     if let Some(last) = last_event_id {
@@ -168,7 +170,7 @@ pub fn keepalive_every(broker: &Broker) -> Duration {
 fn retained_frames(
     broker: &Broker,
     filters: &[Box<str>],
-    read_check: Option<&super::ReadCheck>,
+    identity: &access::Identity,
     out: &mut VecDeque<Bytes>,
 ) {
     let limit = broker.config.http.ring_max_messages.max(1);
@@ -177,10 +179,7 @@ fn retained_frames(
     for filter in filters {
         broker.retained.for_each_match(filter, now, |message| {
             let topic = message.topic();
-            if out.len() > limit
-                || read_check.is_some_and(|c| !c.acl.allows_read(topic))
-                || !seen.insert(topic.to_string())
-            {
+            if out.len() > limit || !identity.may_read(topic) || !seen.insert(topic.to_string()) {
                 return;
             }
             let json = ring::encode_json(message.publish(), true);

@@ -14,6 +14,12 @@
 //! ring of the new set (shared with any other client holding the same set) and its cursor
 //! starts at that ring's next message. Publishing goes through [`Broker::publish`], rate
 //! limited by `ws_publish_rate_per_sec`.
+//!
+//! Access follows the auth state in force: each op re-derives the client's ACL after a
+//! reload (a `subscribe` checks only the filters it adds; a `publish` checks write access
+//! under the new rules), and the messages reaching the client are filtered by its ring's
+//! read ACL, which the reload updated ([`super::read_acl`]). Filters that became unreadable
+//! stay in the client's set and receive nothing.
 
 use std::net::SocketAddr;
 
@@ -124,7 +130,7 @@ struct Client {
     broker: Broker,
     identity: Identity,
     _slot: ClientSlot,
-    /// The filters subscribed, sorted.
+    /// The filters subscribed, sorted (the ring key, with the user name).
     filters: Vec<Box<str>>,
     /// The ring of `filters`, with the cursor and wake-up receiver; `None` with no filters.
     ring: Option<(RingLease, u64, watch::Receiver<()>)>,
@@ -236,6 +242,7 @@ impl Client {
 
     /// Handles one op and returns the reply.
     fn handle_op(&mut self, text: &str) -> String {
+        self.identity.refresh(&self.broker);
         let id = serde_json::from_str::<OpId>(text).ok().and_then(|o| o.id);
         let op = match serde_json::from_str::<Op>(text) {
             Ok(op) => op,
@@ -245,20 +252,16 @@ impl Client {
             Op::Subscribe { filters, .. } | Op::Unsubscribe { filters } if filters.is_empty() => {
                 error_reply(id.as_ref(), None, "at least one filter is required")
             }
-            Op::Subscribe { filters, retained } => {
-                let mut all: Vec<String> = self.filters.iter().map(|f| f.to_string()).collect();
-                all.extend(filters.iter().cloned());
-                match self.set_filters(all) {
-                    Ok(()) => {
-                        let mut reply = ack(id.as_ref(), "subscribe", &self.filters);
-                        if retained {
-                            self.push_retained(&filters, &mut reply);
-                        }
-                        reply
+            Op::Subscribe { filters, retained } => match self.subscribe(&filters) {
+                Ok(()) => {
+                    let mut reply = ack(id.as_ref(), "subscribe", &self.filters);
+                    if retained {
+                        self.push_retained(&filters, &mut reply);
                     }
-                    Err(reason) => error_reply(id.as_ref(), Some("subscribe"), &reason),
+                    reply
                 }
-            }
+                Err(reason) => error_reply(id.as_ref(), Some("subscribe"), &reason),
+            },
             Op::Unsubscribe { filters } => {
                 let remaining: Vec<String> = self
                     .filters
@@ -289,6 +292,15 @@ impl Client {
         }
     }
 
+    /// Adds `filters` (each must be readable in part at least) to the filter set.
+    fn subscribe(&mut self, filters: &[String]) -> Result<(), String> {
+        let added = super::validate_filters(&self.broker, filters.to_vec())?;
+        self.identity.check_readable(&self.broker, &added)?;
+        let mut all: Vec<String> = self.filters.iter().map(|f| f.to_string()).collect();
+        all.extend(filters.iter().cloned());
+        self.set_filters(all)
+    }
+
     /// Replaces the filter set; moves to the ring of the new set.
     fn set_filters(&mut self, filters: Vec<String>) -> Result<(), String> {
         if filters.is_empty() {
@@ -300,11 +312,11 @@ impl Client {
         if filters == self.filters {
             return Ok(());
         }
-        let read_check = self.identity.read_check(&self.broker, &filters)?;
-        let lease = self
-            .broker
-            .bridges
-            .attach(&self.broker, filters.clone(), read_check);
+        let lease = self.broker.bridges.attach(
+            &self.broker,
+            filters.clone(),
+            self.identity.username.as_deref(),
+        );
         let cursor = lease.ring().next_id();
         let wake = lease.ring().subscribe();
         self.ring = Some((lease, cursor, wake));
@@ -317,10 +329,9 @@ impl Client {
         let limit = self.broker.config.http.ring_max_messages.max(1);
         let mut out: Vec<Bytes> = Vec::new();
         let now = Instant::now();
-        let acl = self.identity.acl.as_ref();
         for filter in filters {
             self.broker.retained.for_each_match(filter, now, |message| {
-                if out.len() < limit && acl.is_none_or(|a| a.allows_read(message.topic())) {
+                if out.len() < limit && self.identity.may_read(message.topic()) {
                     out.push(ring::encode_json(message.publish(), true));
                 }
             });

@@ -1,9 +1,12 @@
 //! Per-IP admission: at most `max_connections_per_ip` open connections and at most
 //! `max_connect_rate_per_ip` new connections per second (a token bucket, burst equal to one
-//! second's worth) from one address. Checked right after accept, before any handshake.
+//! second's worth) from one address. Checked right after accept, before any handshake, by
+//! every MQTT listener ([`super::tcp`]) and by `GET /mqtt` on the HTTP listener
+//! ([`crate::bridge::mqtt_ws`]), against one table: an address's MQTT connections count
+//! together, whatever they came in by.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +21,27 @@ pub enum Refusal {
     /// Connecting too fast.
     RateExceeded,
 }
+
+impl Refusal {
+    /// The counter this refusal is counted in.
+    pub fn counter(self, metrics: &crate::metrics::Metrics) -> &AtomicU64 {
+        match self {
+            Refusal::TooManyConnections => &metrics.connections_refused_per_ip,
+            Refusal::RateExceeded => &metrics.connections_refused_rate,
+        }
+    }
+
+    /// What to tell an HTTP client (`GET /mqtt`).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::TooManyConnections => "too many connections from this address",
+            Refusal::RateExceeded => "connecting too fast from this address",
+        }
+    }
+}
+
+/// Admissions between two purges of idle entries.
+const PURGE_EVERY: u64 = 1024;
 
 #[derive(Debug)]
 struct IpState {
@@ -34,6 +58,8 @@ pub struct IpLimits {
     /// Bounds, changeable at run time (SIGHUP reload).
     max_open: AtomicU32,
     rate_per_sec: AtomicU32,
+    /// Admission attempts, to purge every [`PURGE_EVERY`].
+    attempts: AtomicU64,
 }
 
 /// Holds one admitted connection's place; releases it on drop.
@@ -58,6 +84,7 @@ impl IpLimits {
             table: DashMap::new(),
             max_open: AtomicU32::new(max_open),
             rate_per_sec: AtomicU32::new(rate_per_sec),
+            attempts: AtomicU64::new(0),
         })
     }
 
@@ -67,8 +94,12 @@ impl IpLimits {
         self.rate_per_sec.store(rate_per_sec, Ordering::Relaxed);
     }
 
-    /// Admits a new connection from `ip` at `now`, or says why not.
+    /// Admits a new connection from `ip` at `now`, or says why not. Every
+    /// [`PURGE_EVERY`] attempts, idle entries are purged first.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Admission, Refusal> {
+        if self.attempts.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == PURGE_EVERY - 1 {
+            self.purge(now);
+        }
         let max_open = self.max_open.load(Ordering::Relaxed);
         let rate_per_sec = f64::from(self.rate_per_sec.load(Ordering::Relaxed));
         let mut state = self.table.entry(ip).or_insert_with(|| IpState {

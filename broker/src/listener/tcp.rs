@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use super::ip_limits::Refusal;
 use super::{tls, ws};
 use crate::broker::Broker;
 use crate::config::ListenerKind;
@@ -38,7 +37,6 @@ impl std::fmt::Debug for Transport {
 /// Accepts connections until the task is aborted.
 pub async fn accept_loop(broker: Broker, listener: TcpListener, transport: Arc<Transport>) {
     let mut backoff = Duration::from_millis(5);
-    let mut accepted_since_purge = 0u32;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => {
@@ -55,19 +53,10 @@ pub async fn accept_loop(broker: Broker, listener: TcpListener, transport: Arc<T
         };
         Metrics::add(&broker.metrics.connections_accepted, 1);
         let now = tokio::time::Instant::now();
-        accepted_since_purge += 1;
-        if accepted_since_purge >= 1024 {
-            accepted_since_purge = 0;
-            broker.ip_limits.purge(now);
-        }
         let admission = match broker.ip_limits.admit(peer.ip(), now) {
             Ok(admission) => admission,
             Err(refusal) => {
-                let counter = match refusal {
-                    Refusal::TooManyConnections => &broker.metrics.connections_refused_per_ip,
-                    Refusal::RateExceeded => &broker.metrics.connections_refused_rate,
-                };
-                Metrics::add(counter, 1);
+                Metrics::add(refusal.counter(&broker.metrics), 1);
                 tracing::debug!(%peer, ?refusal, "per-IP limit: connection closed");
                 drop(stream);
                 continue;

@@ -1,10 +1,11 @@
 //! Shared helpers of the bridge tests (`bridge_sse.rs`, `bridge_ws.rs`, `browser.rs`): a
 //! raw-socket HTTP/1.1 client that reads a chunked Server-Sent Events stream, a one-shot GET,
-//! and a WebSocket JSON client.
+//! a WebSocket JSON client, and ACL files reloaded in-process.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -322,4 +323,53 @@ impl WsClient {
             panic!("expected nothing, got {message:?}");
         }
     }
+}
+
+/// An ACL file and a configuration file naming it (anonymous clients allowed), for tests
+/// that change the rules and reload them in-process as SIGHUP does.
+pub struct AclFiles {
+    /// The ACL file.
+    pub acl: PathBuf,
+    config: PathBuf,
+}
+
+impl AclFiles {
+    /// Writes `rules` to a fresh ACL file for the test `tag`.
+    pub fn new(tag: &str, rules: &str) -> AclFiles {
+        let dir = std::env::temp_dir().join(format!("tern-acl-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let acl = dir.join("acl");
+        std::fs::write(&acl, rules).expect("acl");
+        let config = dir.join("tern.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\
+                 [auth]\nallow_anonymous = true\nacl_file = \"{}\"\n",
+                acl.display()
+            ),
+        )
+        .expect("config");
+        AclFiles { acl, config }
+    }
+
+    /// Replaces the rules with `rules` and reloads the configuration into `broker`.
+    pub fn reload(
+        &self,
+        broker: &tern_broker::Broker,
+        rules: &str,
+    ) -> tern_broker::reload::ReloadReport {
+        std::fs::write(&self.acl, rules).expect("acl");
+        tern_broker::reload::reload(broker, Some(&self.config), &|_| Ok(())).expect("reload")
+    }
+}
+
+/// Publishes `topic` (payload `payload`) from the test's own task, as the broker would route
+/// an MQTT PUBLISH, bypassing any write ACL.
+pub fn route(broker: &tern_broker::Broker, topic: &str, payload: &str) {
+    let mut scratch = tern_broker::router::RouteScratch::default();
+    let now = tokio::time::Instant::now();
+    let message =
+        tern_broker::message::Message::broker_made(topic, payload.to_string(), false, now);
+    broker.publish(&message, &mut scratch, now);
 }

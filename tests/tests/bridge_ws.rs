@@ -441,3 +441,21 @@ async fn mqtt_path_applies_the_per_ip_limits() {
     assert_eq!(Metrics::get(&metrics.connections_refused_rate), 1);
     broker.running.stop().await;
 }
+
+/// `/ws` reads with a small buffer ([`tern_broker::bridge::ws_json::WS_JSON_READ_BUFFER_BYTES`]);
+/// a frame many times its size still arrives whole.
+#[tokio::test]
+async fn a_publish_larger_than_the_read_buffer_arrives_whole() {
+    let broker = TestBroker::start().await;
+    let http = broker.running.http_addr.expect("http");
+    let mut ws = WsClient::connect(http, "/ws", &[]).await;
+    let mut mqtt = broker.client(ProtocolVersion::V5, "big-reader").await;
+    mqtt.subscribe("big", QoS::AtMostOnce).await;
+    let payload = "x".repeat(40 * tern_broker::bridge::ws_json::WS_JSON_READ_BUFFER_BYTES);
+    let ack = ws
+        .request(json!({"op": "publish", "topic": "big", "payload": payload}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(mqtt.expect_publish().await.payload(), payload.as_bytes());
+    broker.running.stop().await;
+}

@@ -49,6 +49,14 @@ use crate::router::RouteScratch;
 /// Most messages in one `batch` frame.
 pub const MAX_BATCH: usize = 100;
 
+/// Read buffer per `/ws` client. Client ops are small JSON (a subscribe is under 100 bytes),
+/// so the 4 KiB of the MQTT WebSocket paths ([`crate::listener::ws::WS_READ_BUFFER_BYTES`])
+/// would mostly sit idle: tungstenite zero-fills the whole buffer on its first read, so each
+/// idle client pays for it in RSS. A larger frame (a `publish` with a big payload, up to
+/// `ws_max_frame_bytes`) still arrives whole: the buffer grows to the frame's length, read
+/// this many bytes per call.
+pub const WS_JSON_READ_BUFFER_BYTES: usize = 512;
+
 /// One request from the client.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
@@ -109,7 +117,7 @@ pub async fn handle(
         };
         let max = broker.config.http.ws_max_frame_bytes.max(64);
         let config = WebSocketConfig::default()
-            .read_buffer_size(crate::listener::ws::WS_READ_BUFFER_BYTES)
+            .read_buffer_size(WS_JSON_READ_BUFFER_BYTES)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
         let ws =

@@ -1,9 +1,9 @@
 //! `GET /sse`: Server-Sent Events from the router, read with a raw-socket client and with
 //! `curl -N`: event format (UTF-8 and base64 payloads, 5.0 properties), retained messages
 //! first, resume with `Last-Event-ID`, the `lagged` event, keep-alive comments, bad filters,
-//! authentication and read ACL (and its reload), limits; and the parked subscribers of the lean path (served
-//! by their ring's writer, taken off the fast path when slow, reaped when closed, closed at
-//! shutdown).
+//! authentication and read ACL (and its reload), limits; and the parked subscribers of the
+//! lean path (served by their ring's writer, taken off the fast path when slow, reaped when
+//! closed, closed at shutdown).
 
 mod bridge_support;
 

@@ -432,13 +432,14 @@ async fn mqtt_path_applies_the_per_ip_limits() {
 
     let broker = TestBroker::start_with(|c| c.limits.max_connect_rate_per_ip = 2).await;
     let http = broker.running.http_addr.expect("http");
-    let _a = open_mqtt_ws(http).await.expect("within the rate");
-    let _b = open_mqtt_ws(http).await.expect("within the rate");
+    let a = open_mqtt_ws(http).await.expect("within the rate");
+    let b = open_mqtt_ws(http).await.expect("within the rate");
     let (status, body) = open_mqtt_ws(http).await.expect_err("over the rate");
     assert_eq!(status, 429);
     assert!(body.contains("connecting too fast"), "{body}");
     let metrics = &broker.broker().metrics;
     assert_eq!(Metrics::get(&metrics.connections_refused_rate), 1);
+    drop((a, b));
     broker.running.stop().await;
 }
 

@@ -15,8 +15,9 @@
 //! A bridge subscription is a subscriber in the router's trie ([`crate::router::SubValue::Bridge`]):
 //! one [`ring::Ring`] per distinct filter set and reader (user name, or anonymous), shared by
 //! every client with that set and that user name: clients of one ring always have the same
-//! read ACL, before and after a reload. [`Bridges`] is the registry of rings. A ring whose last client left lingers for
-//! `ring_linger_ms` so that a reconnecting client can resume with `Last-Event-ID`.
+//! read ACL, before and after a reload. [`Bridges`] is the registry of rings. A ring whose
+//! last client left lingers for `ring_linger_ms` so that a reconnecting client can resume
+//! with `Last-Event-ID`.
 //!
 //! This module owns the registry, the client limit and the dispatch of bridge paths; the
 //! HTTP listener itself is [`crate::http`].

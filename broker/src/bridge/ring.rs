@@ -620,4 +620,52 @@ mod tests {
         );
         assert!(matches!(ring.next(&mut cursor), Next::Entry(_)));
     }
+
+    /// A swap racing publishers on other threads: once `set_readable` returns, the ring
+    /// holds nothing the new rules forbid, and nothing forbidden enters it afterwards.
+    #[test]
+    fn no_forbidden_entry_survives_a_swap_under_concurrent_pushes() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let ring = Arc::new(ring(100_000));
+        let stop = Arc::new(AtomicBool::new(false));
+        let publishers: Vec<_> = (0..2)
+            .map(|_| {
+                let (ring, stop) = (ring.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let metrics = Metrics::default();
+                    let now = tokio::time::Instant::now();
+                    let secret = Message::broker_made("a/secret/x", "s", false, now);
+                    let public = Message::broker_made("a/public/x", "p", false, now);
+                    while !stop.load(Ordering::Relaxed) {
+                        deliver(&secret, &mut vec![ring.clone()], &metrics);
+                        deliver(&public, &mut vec![ring.clone()], &metrics);
+                    }
+                })
+            })
+            .collect();
+        while ring.len() < 1000 {
+            std::thread::yield_now();
+        }
+        ring.set_readable(Readable::Checked(acl("topic read a/public/#\n")));
+        let scan = |ring: &Ring| {
+            let mut cursor = (ring.id << RING_ID_SHIFT) + 1;
+            let mut read = 0;
+            loop {
+                match ring.next(&mut cursor) {
+                    Next::Entry(e) => {
+                        assert_eq!(entry_topic(&e.json).as_deref(), Some("a/public/x"));
+                        read += 1;
+                    }
+                    Next::Lagged(_) => {}
+                    Next::Empty => return read,
+                }
+            }
+        };
+        let during = scan(&ring);
+        stop.store(true, Ordering::Relaxed);
+        for publisher in publishers {
+            publisher.join().expect("publisher");
+        }
+        assert!(scan(&ring) >= during && during > 0);
+    }
 }

@@ -2,7 +2,8 @@
 //! force what can change without a restart:
 //! - the password and ACL files (`[auth]`): new connections authenticate against the new
 //!   files; connected clients get their ACL re-derived (their subscriptions are re-checked
-//!   at once, their PUBLISH packets from their next one); bridge readers (SSE, WebSocket
+//!   before the new rules are in force and again after, their PUBLISH packets from their
+//!   next one); bridge readers (SSE, WebSocket
 //!   JSON) read under the new rules from the moment they are in force, including what their
 //!   rings already hold ([`crate::bridge::Bridges::reapply_acl`]), and WebSocket JSON
 //!   clients publish under them from their next op;
@@ -64,9 +65,13 @@ pub fn reload(
         ..Default::default()
     };
     broker.set_limits(new.limits.clone());
+    // Connected MQTT sessions are re-checked under the new rules before they are in force,
+    // so that no message routed meanwhile reaches a subscription the new ACL narrows; and
+    // again after, for a SUBSCRIBE that raced the first pass under the old rules.
+    recheck_subscriptions(broker, &auth);
     // Puts `auth` in force once every bridge ring reads under it.
     report.bridges = broker.bridges.reapply_acl(broker, auth);
-    report.sessions_rechecked = recheck_subscriptions(broker);
+    report.sessions_rechecked = recheck_subscriptions(broker, &broker.auth.current());
     Ok(report)
 }
 
@@ -94,15 +99,14 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     changed
 }
 
-/// Re-derives the ACL of every connected session from the auth state now in force and
-/// re-checks its subscriptions. Offline sessions are re-checked when they resume.
-fn recheck_subscriptions(broker: &Broker) -> usize {
+/// Re-derives the ACL of every connected session from `state` and re-checks its
+/// subscriptions. Offline sessions are re-checked when they resume.
+fn recheck_subscriptions(broker: &Broker, state: &AuthState) -> usize {
     let sessions: Vec<_> = broker
         .sessions
         .iter()
         .map(|entry| entry.value().clone())
         .collect();
-    let state = broker.auth.current();
     let mut rechecked = 0;
     for session in sessions {
         let username = {

@@ -353,8 +353,8 @@ mod tests {
         let size = std::mem::size_of_val(&future);
         assert!(size <= 480, "the connection future grew to {size} bytes");
         assert!(std::mem::size_of::<Connection>() <= 160);
-        // Its Arc is one 144-byte allocation with the system allocator: 8 more bytes here
-        // make it the next size up for every connection.
+        // One per connection: a few more bytes here move its Arc into the next size class
+        // of the allocator for every connection.
         assert!(std::mem::size_of::<SharedWriter>() <= 120);
         drop(future);
         drop(client);

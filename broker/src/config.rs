@@ -132,6 +132,20 @@ pub struct Limits {
     pub max_session_expiry_secs: u32,
 }
 
+impl Limits {
+    /// Whether a topic name or filter is within `max_topic_levels` and
+    /// `max_topic_length_bytes` (MQTT clients and the HTTP bridges alike).
+    pub fn topic_within_limits(&self, topic: &str) -> bool {
+        topic.len() <= self.max_topic_length_bytes
+            && topic.bytes().filter(|&b| b == b'/').count() < self.max_topic_levels
+    }
+}
+
+/// Whether `topic` is one of the broker's own `$SYS` topics, which clients may not publish.
+pub fn is_sys_topic(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/")
+}
+
 /// `[auth]`: who may connect and what they may do; see [`crate::auth`].
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -118,6 +118,11 @@ async fn errors_are_replies_and_the_client_stays() {
             json!({"op": "publish", "topic": "a", "payload": "x", "qos": 2}),
             "qos",
         ),
+        // As over MQTT: clients do not publish into the broker's own statistics.
+        (
+            json!({"op": "publish", "topic": "$SYS/broker/uptime", "payload": "x", "retain": true}),
+            "not authorised",
+        ),
     ] {
         let reply = ws.request(request.clone()).await;
         assert_eq!(reply["type"], "error", "{request} -> {reply}");

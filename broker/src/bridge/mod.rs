@@ -283,8 +283,8 @@ pub fn validate_filters(broker: &Broker, filters: Vec<String>) -> Result<Vec<Box
                 "shared subscriptions are not available on bridges: {filter:?}"
             ));
         }
-        if filter.split('/').count() > broker.config.limits.max_topic_levels {
-            return Err(format!("too many topic levels in {filter:?}"));
+        if !broker.config.limits.topic_within_limits(&filter) {
+            return Err(format!("too many topic levels in (or too long) {filter:?}"));
         }
         out.push(filter.into_boxed_str());
     }

@@ -367,9 +367,13 @@ impl Client {
         let limits = &self.broker.config.limits;
         if topic.is_empty()
             || tern_codec::topic::validate_name(&topic).is_err()
-            || topic.split('/').count() > limits.max_topic_levels
+            || !limits.topic_within_limits(&topic)
         {
             return Err(format!("invalid topic name {topic:?}"));
+        }
+        // As for MQTT clients: the broker's own statistics are not for clients to publish.
+        if crate::config::is_sys_topic(&topic) {
+            return Err(format!("not authorised to publish to {topic:?}"));
         }
         let qos = match qos {
             0 => QoS::AtMostOnce,

@@ -196,14 +196,6 @@ impl Connection {
         Ok(())
     }
 
-    /// Whether a topic name or filter is within `max_topic_levels` and
-    /// `max_topic_length_bytes`.
-    fn topic_within_limits(&self, topic: &str) -> bool {
-        let limits = &self.limits;
-        topic.len() <= limits.max_topic_length_bytes
-            && topic_levels(topic) <= limits.max_topic_levels
-    }
-
     /// Takes one token from the publish-rate bucket; when it runs dry, sets when reading may
     /// resume (the client is slowed down, not disconnected).
     fn charge_publish_rate(&mut self, now: Instant) {
@@ -259,7 +251,7 @@ impl Connection {
         }
         let qos = publish.qos;
         let packet_id = publish.packet_id;
-        if !self.topic_within_limits(publish.topic()) {
+        if !self.limits.topic_within_limits(publish.topic()) {
             Metrics::add(&self.broker.metrics.dropped_topic_too_deep, 1);
             tracing::debug!(client_id = %self.session.client_id, "topic has too many levels: dropped");
             if let Some(id) = packet_id {
@@ -327,7 +319,7 @@ impl Connection {
     /// clock reads would otherwise cost more than the routing of a small fan-out.
     fn route(&mut self, publish: Publish, now: Instant) -> usize {
         // Clients may not publish into the broker's own statistics.
-        if publish.topic().starts_with("$SYS/") || publish.topic() == "$SYS" {
+        if crate::config::is_sys_topic(publish.topic()) {
             return 0;
         }
         let message = Message::new(publish, now, Some(self.session.id));
@@ -349,7 +341,7 @@ impl Connection {
         let mut reason_codes = Vec::with_capacity(subscribe.filters.len());
         let mut retained_for = Vec::new();
         for (filter, options) in &subscribe.filters {
-            if !self.topic_within_limits(filter) {
+            if !self.limits.topic_within_limits(filter) {
                 reason_codes.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
             }
@@ -476,11 +468,6 @@ impl Connection {
         }
         Close::ClientDisconnect(disconnect.reason_code)
     }
-}
-
-/// Number of levels of a topic name or filter.
-fn topic_levels(topic: &str) -> usize {
-    topic.bytes().filter(|&b| b == b'/').count() + 1
 }
 
 /// What ended one wait of the packet loop.

@@ -133,15 +133,17 @@ pub async fn open<B>(
         .map_err(|reason| refuse(StatusCode::FORBIDDEN, &reason))?;
     let slot = ClientSlot::acquire(broker)
         .ok_or_else(|| refuse(StatusCode::SERVICE_UNAVAILABLE, "too many bridge clients"))?;
-    let mut pending = VecDeque::from([Bytes::from_static(OPENING)]);
-    if retained {
-        retained_frames(broker, &filters, &identity, &mut pending);
-    }
     let lease = broker
         .bridges
         .attach(broker, filters, identity.username.as_deref());
     let ring = lease.ring();
     let mut cursor = ring.next_id();
+    // Retained messages are read after the cursor is taken: a message published meanwhile
+    // then comes as an event too (at most twice), never in neither list.
+    let mut pending = VecDeque::from([Bytes::from_static(OPENING)]);
+    if retained {
+        retained_frames(broker, &ring.filters, &identity, &mut pending);
+    }
     if let Some(last) = last_event_id {
         match last
             .trim()

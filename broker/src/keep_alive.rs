@@ -86,8 +86,9 @@ impl KeepAlive {
     /// closed connection's entry, and the `SharedWriter` allocation its `Weak` holds,
     /// would stay until its deadline came round: a connection storm would pile them up.
     pub fn unwatch(&self, writer: &Arc<SharedWriter>) {
-        let tick = u64::from(writer.keep_alive_tick());
+        // Read under the lock: the sweeper re-files (and re-ticks) under it too.
         let mut wheel = self.wheel();
+        let tick = u64::from(writer.keep_alive_tick());
         if let Some(filed) = wheel.get_mut(&tick) {
             filed.retain(|weak| weak.as_ptr() != Arc::as_ptr(writer));
             if filed.is_empty() {

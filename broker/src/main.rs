@@ -50,7 +50,8 @@ enum Command {
 /// jemalloc, chosen by measurement: frames are allocated by the task that reads them and
 /// freed by whichever worker delivers them last, and glibc's malloc serialised those
 /// cross-thread frees on its arena locks (futex waits in `perf`). p2p QoS 1 (100 pairs,
-/// `tern-bench`): 1.50M -> 2.04M msg/s, p99 18.8 -> 12.8 ms; idle connection 1988 -> 1950 B.
+/// `tern-bench`): about 1.35x the messages/s at two thirds of the p99, and a slightly smaller
+/// idle connection. The numbers are in bench/README.md ("Observations").
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

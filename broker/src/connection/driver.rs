@@ -527,7 +527,11 @@ impl Connection {
         }
         Metrics::add(&self.broker.metrics.backpressure_waits, 1);
         let max_wait = Duration::from_millis(self.limits.backpressure_max_wait_ms);
-        let bound = self.limits.backpressure_queued_messages;
+        // The same bound routing flagged the subscribers with (live: SIGHUP may change it).
+        let bound = self
+            .broker
+            .deliver_ctx(Instant::now())
+            .backpressure_queued_messages;
         let slow = self.broker.relief.wait(&pressure, bound, max_wait).await;
         if slow > 0 {
             Metrics::add(

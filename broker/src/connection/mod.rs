@@ -250,9 +250,6 @@ impl Connection {
     /// Ends the connection: DISCONNECT to a 5.0 client when we close it, detach from the
     /// session, publish or schedule the will, end or schedule the expiry of the session.
     fn finish(mut self, close: Close) {
-        if self.keep_alive_timeout.is_some() {
-            self.broker.keep_alive.unwatch(&self.out);
-        }
         let metrics = &self.broker.metrics;
         match &close {
             Close::Protocol(_) => Metrics::add(&metrics.protocol_errors, 1),
@@ -268,6 +265,11 @@ impl Connection {
             self.send(|buf, version| Disconnect::new(reason).encode(version, buf));
         }
         self.out.close();
+        // After the close: a sweep that has the entry out meanwhile sees it closed and
+        // does not file it again.
+        if self.keep_alive_timeout.is_some() {
+            self.broker.keep_alive.unwatch(&self.out);
+        }
         Metrics::sub(&metrics.clients_connected, 1);
         let detached = self.session.delivery().detach(self.generation);
         let will = if close.publishes_will() {

@@ -101,8 +101,9 @@ impl WriteGuard<'_> {
     }
 
     /// Records that a QoS 0 message did not fit, starting the slow-consumer clock.
-    pub fn mark_over_cap(&mut self, now: Instant) {
-        self.state.over_cap_since.get_or_insert(now);
+    /// Returns since when the buffer has been over its cap (this call's `now` if it was not).
+    pub fn mark_over_cap(&mut self, now: Instant) -> Instant {
+        *self.state.over_cap_since.get_or_insert(now)
     }
 }
 

@@ -579,13 +579,11 @@ fn write_publish(
         }
         Outcome::OverCap => {
             guard.buf().truncate(start);
-            guard.mark_over_cap(ctx.now);
+            // One lock: the mark says since when, no second lock to read it back.
+            let stuck_since = guard.mark_over_cap(ctx.now);
             drop(guard);
             Metrics::add(&ctx.metrics.dropped_qos0_slow_consumer, 1);
-            let stuck_since = link.writer.over_cap_since();
-            if stuck_since
-                .is_some_and(|since| ctx.now.duration_since(since) >= ctx.slow_consumer_timeout)
-            {
+            if ctx.now.duration_since(stuck_since) >= ctx.slow_consumer_timeout {
                 link.writer.kick(ReasonCode::QUOTA_EXCEEDED);
             }
             return Written::Dropped;

@@ -383,6 +383,26 @@ fn mqtt_3_3_2_14_response_topic_without_wildcards() {
     );
 }
 
+/// [MQTT-3.3.2-14] for the will: its Response Topic ends up in a PUBLISH, so it is a topic
+/// name too.
+#[test]
+fn mqtt_3_3_2_14_will_response_topic_without_wildcards() {
+    // Property length 8, Response Topic (0x08), "r/+/x".
+    let block = [&[0x08, 0x08][..], &s("r/+/x")].concat();
+    rejects(
+        SERVER,
+        &connect(
+            "MQTT",
+            5,
+            0x06,
+            Some(&[0x00]),
+            &[&s("c"), &block, &s("w"), &s("m")],
+        ),
+        DecodeError::InvalidTopicName,
+        TOPIC_NAME_INVALID,
+    );
+}
+
 const BAD_FILTERS: &[(&str, &str)] = &[
     ("", "[MQTT-4.7.3-1] at least one character"),
     ("a/#/b", "[MQTT-4.7.1-1] # must be the last character"),

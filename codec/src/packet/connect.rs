@@ -133,7 +133,13 @@ impl Connect {
         let client_id = read_str(&mut body)?;
         let will = if will_flag {
             let properties = if protocol.is_v5() {
-                WillProperties::decode(&mut body)?
+                let properties = WillProperties::decode(&mut body)?;
+                // [MQTT-3.3.2-14]: the will becomes a PUBLISH, whose Response Topic is a
+                // topic name (no wildcards), as PUBLISH's own property check says.
+                if let Some(response_topic) = &properties.response_topic {
+                    crate::topic::validate_name(response_topic)?;
+                }
+                properties
             } else {
                 WillProperties::default()
             };

@@ -90,9 +90,12 @@ impl Connection {
                 continue;
             }
             // Whatever this task and others appended since the last batch goes out next.
+            let was_writing = output.is_busy();
             let writing = output.refill(&self.out);
-            if writing {
-                self.broker.relief.relieve(); // publishers waiting for us may go on
+            if writing && !was_writing {
+                // A batch was just taken, so our buffered length dropped: publishers waiting
+                // for us may go on (not on every pass while one batch is still being written).
+                self.broker.relief.relieve();
             }
             // One hand-written wait instead of `select!` over three futures: an idle
             // connection waits here, and this way the wait adds only borrows to its task.

@@ -26,8 +26,7 @@ use crate::delivery::shared_writer::SharedWriter;
 /// Sweep period, and the granularity of the deadlines filed.
 pub const TICK_MS: u64 = 100;
 
-/// Deadline meaning "not now" (a connection whose reading is paused by the broker).
-pub const NO_DEADLINE_MS: u64 = u64::MAX;
+pub use crate::delivery::shared_writer::NO_DEADLINE_MS;
 
 /// The broker's keep-alive wheel: connections filed by the tick of their deadline.
 #[derive(Debug)]

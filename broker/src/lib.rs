@@ -17,23 +17,22 @@
 
 pub mod auth;
 pub mod backpressure;
-pub mod bridge;
 pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod delivery;
 pub mod error;
 pub mod http;
+pub mod ip_limits;
 pub mod keep_alive;
 pub mod listener;
 pub mod message;
 pub mod metrics;
 pub mod reload;
-pub mod retained;
 pub mod router;
+pub mod server;
 pub mod session;
 pub mod sys;
-pub mod will;
 
 pub use broker::Broker;
 pub use config::Config;

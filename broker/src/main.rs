@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use std::sync::Arc;
 use tern_broker::config::{Config, LogFormat};
+
+use tern_broker::http::bridge::Bridges;
 use tern_broker::{listener, Broker};
 
 /// Tern: an MQTT 3.1 / 3.1.1 / 5.0 broker.
@@ -81,8 +84,9 @@ fn main() -> anyhow::Result<()> {
             tracing::info!(addr = %http.local_addr()?, "HTTP listening (/health, /metrics)");
         }
         let broker = Broker::try_new(config).context("loading the [auth] files")?;
-        tokio::spawn(reload_on_sighup(broker.clone(), args.config.clone(), log));
-        listener::run(broker, listeners, http, shutdown_signal()).await;
+        let bridges = tern_broker::http::bridge::Bridges::new(broker);
+        tokio::spawn(reload_on_sighup(bridges.clone(), args.config.clone(), log));
+        tern_broker::server::run(bridges, listeners, http, shutdown_signal()).await;
         tracing::info!("stopped");
         anyhow::Ok(())
     })
@@ -152,7 +156,7 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Reloads the configuration on every SIGHUP; an invalid one keeps the old in force.
-async fn reload_on_sighup(broker: Broker, path: Option<PathBuf>, log: LogHandle) {
+async fn reload_on_sighup(bridges: Arc<Bridges>, path: Option<PathBuf>, log: LogHandle) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -169,7 +173,7 @@ async fn reload_on_sighup(broker: Broker, path: Option<PathBuf>, log: LogHandle)
         log.reload(filter).map_err(|e| e.to_string())
     };
     while hangups.recv().await.is_some() {
-        match tern_broker::reload::reload(&broker, path.as_deref(), &set_level) {
+        match tern_broker::reload::reload(&bridges, path.as_deref(), &set_level) {
             Ok(report) => {
                 tracing::info!(
                     sessions_rechecked = report.sessions_rechecked,

@@ -5,7 +5,7 @@
 //!   before the new rules are in force and again after, their PUBLISH packets from their
 //!   next one); bridge readers (SSE, WebSocket
 //!   JSON) read under the new rules from the moment they are in force, including what their
-//!   rings already hold ([`crate::bridge::Bridges::reapply_acl`]), and WebSocket JSON
+//!   rings already hold ([`crate::http::bridge::Bridges::reapply_acl`]), and WebSocket JSON
 //!   clients publish under them from their next op;
 //! - `[limits]`: for new connections and the broker-wide checks (per-IP limits, connect
 //!   timeout, slow-consumer timeout); connected clients keep the limits they connected
@@ -22,6 +22,7 @@ use crate::auth::AuthState;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::connection::auth_hooks;
+use crate::http::bridge::Bridges;
 
 /// Why a reload was refused (the old configuration stays in force).
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +46,7 @@ pub struct ReloadReport {
     /// Connected sessions whose subscriptions were re-checked against the new ACL.
     pub sessions_rechecked: usize,
     /// What re-deriving the bridge rings' read ACL did.
-    pub bridges: crate::bridge::read_acl::Reapplied,
+    pub bridges: crate::http::bridge::read_acl::Reapplied,
 }
 
 /// Reloads from `path` (or the embedded defaults), applying the log level with `set_log_level`.
@@ -53,10 +54,11 @@ pub struct ReloadReport {
 /// # Errors
 /// [`ReloadError`]; nothing was changed then.
 pub fn reload(
-    broker: &Broker,
+    bridges: &Bridges,
     path: Option<&Path>,
     set_log_level: &dyn Fn(&str) -> Result<(), String>,
 ) -> Result<ReloadReport, ReloadError> {
+    let broker = bridges.broker();
     let new = Config::load(path)?;
     let auth = AuthState::load(&new.auth)?;
     set_log_level(&new.log.level).map_err(ReloadError::LogLevel)?;
@@ -70,7 +72,7 @@ pub fn reload(
     // again after, for a SUBSCRIBE that raced the first pass under the old rules.
     recheck_subscriptions(broker, &auth);
     // Puts `auth` in force once every bridge ring reads under it.
-    report.bridges = broker.bridges.reapply_acl(broker, auth);
+    report.bridges = bridges.reapply_acl(auth);
     report.sessions_rechecked = recheck_subscriptions(broker, &broker.auth.current());
     Ok(report)
 }

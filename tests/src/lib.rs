@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tern_broker::config::Config;
-use tern_broker::listener::{self, Running};
+use tern_broker::server::{self, Running};
 use tern_broker::Broker;
 use tern_codec::{
     ByteStr, ConnAck, Connect, Decoder, Packet, PacketId, ProtocolVersion, PubAck, PubComp, PubRec,
@@ -46,7 +46,7 @@ impl TestBroker {
     pub async fn start_with(change: impl FnOnce(&mut Config)) -> TestBroker {
         let mut config = test_config();
         change(&mut config);
-        let running = listener::start(config).await.expect("start broker");
+        let running = server::start(config).await.expect("start broker");
         let addr = running.addrs[0];
         TestBroker { running, addr }
     }
@@ -54,6 +54,11 @@ impl TestBroker {
     /// The broker handle.
     pub fn broker(&self) -> &Broker {
         &self.running.broker
+    }
+
+    /// The HTTP bridges (SSE, WebSocket JSON) of the broker.
+    pub fn bridges(&self) -> &std::sync::Arc<tern_broker::http::bridge::Bridges> {
+        &self.running.bridges
     }
 
     /// A raw TCP client (not yet connected at the MQTT level).

@@ -220,7 +220,7 @@ async fn bad_files_stop_the_start_with_file_and_line() {
     std::fs::write(&pw, "# ok\nalice:plaintext\n").expect("write");
     let mut config = test_config();
     config.auth.password_file = pw.clone();
-    let err = tern_broker::listener::start(config)
+    let err = tern_broker::server::start(config)
         .await
         .expect_err("must not start")
         .to_string();
@@ -230,7 +230,7 @@ async fn bad_files_stop_the_start_with_file_and_line() {
     std::fs::write(&acl, "user a\ntopic readonly x\n").expect("write");
     let mut config = test_config();
     config.auth.acl_file = acl.clone();
-    let err = tern_broker::listener::start(config)
+    let err = tern_broker::server::start(config)
         .await
         .expect_err("must not start")
         .to_string();
@@ -239,7 +239,7 @@ async fn bad_files_stop_the_start_with_file_and_line() {
 
     let mut config = test_config();
     config.auth.acl_file = dir.join("missing");
-    let err = tern_broker::listener::start(config)
+    let err = tern_broker::server::start(config)
         .await
         .expect_err("must not start")
         .to_string();

@@ -369,16 +369,12 @@ async fn sse_readers_follow_an_acl_reload() {
         assert_eq!(sse.status, 200);
         sse.next().await; // the opening comment
     }
-    assert_eq!(
-        broker.broker().bridges.ring_count(),
-        2,
-        "one ring per reader"
-    );
+    assert_eq!(broker.bridges().ring_count(), 2, "one ring per reader");
 
     // Routed before the reload, not read yet: held in the rings.
     route(broker.broker(), "a/secret/held", "1");
     route(broker.broker(), "a/public/held", "2");
-    let report = files.reload(broker.broker(), narrow);
+    let report = files.reload(broker.bridges(), narrow);
     assert_eq!(report.bridges.rings, 2);
     assert_eq!(
         report.bridges.entries_blanked, 1,
@@ -394,7 +390,7 @@ async fn sse_readers_follow_an_acl_reload() {
         ["a/secret/held", "a/public/held", "a/secret/x", "a/public/x"]
     );
 
-    files.reload(broker.broker(), wide);
+    files.reload(broker.bridges(), wide);
     route(broker.broker(), "a/secret/y", "5");
     for sse in [&mut lean, &mut hyper, &mut alice] {
         assert_eq!(topics(sse, 1).await, ["a/secret/y"]);
@@ -402,7 +398,7 @@ async fn sse_readers_follow_an_acl_reload() {
 
     // Wholly unreadable: the readers stay connected and receive nothing; a new request is 403.
     files.reload(
-        broker.broker(),
+        broker.bridges(),
         "topic read b/#\nuser alice\ntopic read a/#\n",
     );
     route(broker.broker(), "a/public/z", "6");
@@ -410,7 +406,7 @@ async fn sse_readers_follow_an_acl_reload() {
     assert_eq!(topics(&mut alice, 2).await, ["a/public/z", "a/secret/z"]);
     let (status, _, _) = get(http, "/sse?filter=a/%23", &[]).await;
     assert_eq!(status, 403);
-    files.reload(broker.broker(), wide);
+    files.reload(broker.bridges(), wide);
     route(broker.broker(), "a/public/back", "8");
     assert_eq!(
         topics(&mut lean, 1).await,
@@ -529,7 +525,7 @@ async fn rings_are_shared_per_filter_set_and_reaped_after_linger() {
     for client in [&mut a, &mut b, &mut c] {
         client.next().await;
     }
-    let bridges = &broker.broker().bridges;
+    let bridges = &broker.bridges();
     assert_eq!(bridges.ring_count(), 2);
     assert_eq!(bridges.client_count(), 3);
     assert_eq!(
@@ -568,7 +564,7 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 async fn parked_subscribers_get_every_message_in_order() {
     let broker = TestBroker::start().await;
     let http = broker.running.http_addr.expect("http");
-    let bridges = &broker.broker().bridges;
+    let bridges = &broker.bridges();
     let mut clients = Vec::new();
     for _ in 0..20 {
         let mut sse = SseClient::open(http, "/sse?filter=park/%23", &[]).await;
@@ -632,7 +628,7 @@ async fn slow_parked_subscriber_catches_up_in_order_or_is_told_it_lagged() {
     })
     .await;
     let http = broker.running.http_addr.expect("http");
-    let bridges = &broker.broker().bridges;
+    let bridges = &broker.bridges();
 
     // The slow client: a small receive buffer, and it reads nothing for now.
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
@@ -773,7 +769,7 @@ async fn slow_parked_subscriber_catches_up_in_order_or_is_told_it_lagged() {
 async fn closed_parked_subscriber_is_reaped() {
     let broker = TestBroker::start().await;
     let http = broker.running.http_addr.expect("http");
-    let bridges = &broker.broker().bridges;
+    let bridges = &broker.bridges();
     let metrics = &broker.broker().metrics;
     let mut a = SseClient::open(http, "/sse?filter=reap", &[]).await;
     let mut b = SseClient::open(http, "/sse?filter=reap", &[]).await;
@@ -806,12 +802,12 @@ async fn shutdown_closes_parked_subscribers() {
     let http = broker.running.http_addr.expect("http");
     let mut sse = SseClient::open(http, "/sse?filter=bye", &[]).await;
     sse.next().await.expect("opening");
-    eventually("parked", || broker.broker().bridges.parked_count() == 1).await;
-    let handle = broker.broker().clone();
+    eventually("parked", || broker.bridges().parked_count() == 1).await;
+    let handle = broker.bridges().clone();
     broker.running.stop().await;
     let ended = tokio::time::timeout(Duration::from_secs(5), sse.next())
         .await
         .expect("closed in time");
     assert!(ended.is_none(), "the stream ended: {ended:?}");
-    assert_eq!(handle.bridges.client_count(), 0);
+    assert_eq!(handle.client_count(), 0);
 }

@@ -355,7 +355,7 @@ async fn ws_clients_follow_an_acl_reload() {
     assert_eq!(ack["type"], "ack", "{ack}");
     assert_eq!(frame_topics(&mut ws).await, ["a/secret/w"]);
 
-    files.reload(broker.broker(), "topic read a/public/#\n");
+    files.reload(broker.bridges(), "topic read a/public/#\n");
     let reply = ws.request(publish.clone()).await;
     assert_eq!(reply["type"], "error", "write access is gone: {reply}");
     assert_eq!(
@@ -370,7 +370,7 @@ async fn ws_clients_follow_an_acl_reload() {
     route(broker.broker(), "a/public/x", "2");
     assert_eq!(frame_topics(&mut ws).await, ["a/public/x"]);
 
-    files.reload(broker.broker(), "topic readwrite a/#\n");
+    files.reload(broker.bridges(), "topic readwrite a/#\n");
     route(broker.broker(), "a/secret/y", "3");
     assert_eq!(frame_topics(&mut ws).await, ["a/secret/y"]);
     let ack = ws.request(publish).await;
@@ -448,7 +448,7 @@ async fn mqtt_path_applies_the_per_ip_limits() {
     broker.running.stop().await;
 }
 
-/// `/ws` reads with a small buffer ([`tern_broker::bridge::ws_json::WS_JSON_READ_BUFFER_BYTES`]);
+/// `/ws` reads with a small buffer ([`tern_broker::http::bridge::ws_json::WS_JSON_READ_BUFFER_BYTES`]);
 /// a frame many times its size still arrives whole.
 #[tokio::test]
 async fn a_publish_larger_than_the_read_buffer_arrives_whole() {
@@ -457,7 +457,7 @@ async fn a_publish_larger_than_the_read_buffer_arrives_whole() {
     let mut ws = WsClient::connect(http, "/ws", &[]).await;
     let mut mqtt = broker.client(ProtocolVersion::V5, "big-reader").await;
     mqtt.subscribe("big", QoS::AtMostOnce).await;
-    let payload = "x".repeat(40 * tern_broker::bridge::ws_json::WS_JSON_READ_BUFFER_BYTES);
+    let payload = "x".repeat(40 * tern_broker::http::bridge::ws_json::WS_JSON_READ_BUFFER_BYTES);
     let ack = ws
         .request(json!({"op": "publish", "topic": "big", "payload": payload}))
         .await;

@@ -39,7 +39,7 @@ async fn acl_reload_applies_to_connected_clients() {
 
     // Swap the rules: b/# readable and writable, a/# nothing.
     std::fs::write(&acl, "topic readwrite b/#\n").expect("acl");
-    let report = tern_broker::reload::reload(broker.broker(), Some(&config_path), &|_| Ok(()))
+    let report = tern_broker::reload::reload(broker.bridges(), Some(&config_path), &|_| Ok(()))
         .expect("reload");
     assert_eq!(report.sessions_rechecked, 2);
 
@@ -57,7 +57,9 @@ async fn acl_reload_applies_to_connected_clients() {
 
     // A broken ACL file is refused and the rules in force stay.
     std::fs::write(&acl, "topic sideways c/#\n").expect("acl");
-    assert!(tern_broker::reload::reload(broker.broker(), Some(&config_path), &|_| Ok(())).is_err());
+    assert!(
+        tern_broker::reload::reload(broker.bridges(), Some(&config_path), &|_| Ok(())).is_err()
+    );
     publisher.publish("b/3", b"x", QoS::AtMostOnce, false).await;
     assert_eq!(sub.expect_publish().await.topic(), "b/3");
     broker.running.stop().await;

@@ -212,7 +212,7 @@ async fn missing_certificate_file_names_the_file() {
         client_ca_file: None,
         use_identity_as_username: false,
     }];
-    let err = tern_broker::listener::start(config)
+    let err = tern_broker::server::start(config)
         .await
         .expect_err("must fail")
         .to_string();

@@ -21,14 +21,14 @@ use std::time::Duration;
 use tern_codec::{ByteStr, Disconnect, LastWill, ProtocolVersion};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::broker::timers::{self, Offline};
+use crate::broker::will;
 use crate::broker::Broker;
 use crate::delivery::shared_writer::SharedWriter;
 use crate::error::Close;
 use crate::metrics::Metrics;
 use crate::router::RouteScratch;
-use crate::session::timers::{self, Offline};
 use crate::session::Session;
-use crate::will;
 
 use self::io::PacketReader;
 use self::output::Output;

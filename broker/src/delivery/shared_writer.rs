@@ -22,6 +22,10 @@ use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
+/// Keep-alive deadline meaning "not now" (a connection whose reading is paused by the
+/// broker): see [`crate::keep_alive`].
+pub const NO_DEADLINE_MS: u64 = u64::MAX;
+
 /// Buffers above this capacity are dropped instead of kept after a flush, so an idle
 /// connection does not hold a large allocation (DESIGN.md "Idle connections").
 pub const KEEP_CAPACITY_BYTES: usize = 64 * 1024;
@@ -144,7 +148,7 @@ impl SharedWriter {
             kick: AtomicU8::new(0),
             keep_alive_ms: AtomicU32::new(0),
             keep_alive_tick: AtomicU32::new(0),
-            keep_alive_deadline_ms: AtomicU64::new(crate::keep_alive::NO_DEADLINE_MS),
+            keep_alive_deadline_ms: AtomicU64::new(NO_DEADLINE_MS),
             // Stored as u32 (every connection has one): caps beyond 4 GiB mean "no cap".
             cap_bytes: u32::try_from(cap_bytes).unwrap_or(u32::MAX),
             soft_cap_bytes: u32::try_from(soft_cap_bytes).unwrap_or(u32::MAX),
@@ -251,7 +255,7 @@ impl SharedWriter {
     }
 
     /// Moves the keep-alive deadline (ms on the broker's keep-alive clock;
-    /// [`crate::keep_alive::NO_DEADLINE_MS`] while the broker itself pauses reading).
+    /// [`NO_DEADLINE_MS`] while the broker itself pauses reading).
     pub fn set_keep_alive_deadline_ms(&self, deadline_ms: u64) {
         self.keep_alive_deadline_ms
             .store(deadline_ms, Ordering::Relaxed);

@@ -4,6 +4,7 @@
 //! This module owns accepting HTTP connections and dispatching by path; each endpoint lives
 //! in its own module.
 
+pub mod bridge;
 pub mod metrics;
 
 use std::convert::Infallible;
@@ -19,7 +20,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::broker::Broker;
+use std::sync::Arc;
+
+use self::bridge::Bridges;
 use crate::metrics::Metrics;
 
 /// The body type of every response.
@@ -75,7 +78,7 @@ pub fn json_string(text: &str) -> String {
 }
 
 /// Accepts HTTP connections until the task is aborted.
-pub async fn accept_loop(broker: Broker, listener: TcpListener) {
+pub async fn accept_loop(bridges: Arc<Bridges>, listener: TcpListener) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -86,17 +89,16 @@ pub async fn accept_loop(broker: Broker, listener: TcpListener) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let broker = broker.clone();
+        let bridges = bridges.clone();
         tokio::spawn(async move {
             // A connection whose first request is `GET /sse` takes the lean SSE path.
-            let Some(stream) =
-                crate::bridge::sse_raw::take(&broker, stream, peer, HEADER_TIMEOUT).await
+            let Some(stream) = bridge::sse_raw::take(&bridges, stream, peer, HEADER_TIMEOUT).await
             else {
                 return;
             };
             let service = service_fn(move |request| {
-                let broker = broker.clone();
-                async move { Ok::<_, Infallible>(route(broker, request, peer).await) }
+                let bridges = bridges.clone();
+                async move { Ok::<_, Infallible>(route(&bridges, request, peer).await) }
             });
             // Boxed: the task's future stays small for SSE subscribers, which never get here.
             let connection = Box::pin(
@@ -114,7 +116,12 @@ pub async fn accept_loop(broker: Broker, listener: TcpListener) {
 }
 
 /// Dispatches one request by method and path.
-async fn route(broker: Broker, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn route(
+    bridges: &Arc<Bridges>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let broker = bridges.broker();
     Metrics::add(&broker.metrics.http_requests, 1);
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/health") => {
@@ -128,11 +135,11 @@ async fn route(broker: Broker, request: Request<Incoming>, peer: SocketAddr) -> 
                 full(StatusCode::OK, "application/json", "{\"status\":\"ok\"}")
             }
         }
-        (&Method::GET, "/metrics") => metrics::respond(&broker),
+        (&Method::GET, "/metrics") => metrics::respond(broker),
         (_, "/health" | "/metrics") => {
             json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         // `/`, `/api/stats`, `/sse`, `/ws`, `/mqtt`, and 404 for the rest.
-        _ => crate::bridge::route(broker, request, peer).await,
+        _ => bridge::route(bridges, request, peer).await,
     }
 }

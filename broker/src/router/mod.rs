@@ -15,7 +15,6 @@ use tern_codec::{QoS, SubscriptionOptions};
 
 use crate::auth::ClientAcl;
 use crate::backpressure::Pressure;
-use crate::bridge::{self, ring::Ring};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::session::delivery::DeliverCtx;
@@ -31,7 +30,7 @@ pub enum SubKey {
     Session(u64),
     /// A shared subscription group, by its name (the filter is the trie path).
     Group(Arc<str>),
-    /// A bridge ring ([`crate::bridge`]), by its id.
+    /// A bridge ring ([`crate::http::bridge`]), by its id.
     Bridge(u64),
 }
 
@@ -43,7 +42,7 @@ pub enum SubValue {
     /// The members of a shared subscription group.
     Group(Arc<SharedGroup>),
     /// A bridge subscription (SSE, WebSocket JSON): its shared ring.
-    Bridge(Arc<Ring>),
+    Bridge(Arc<dyn BridgeSink>),
 }
 
 /// One session's subscription to one filter.
@@ -77,7 +76,7 @@ struct Target {
 pub struct RouteScratch {
     targets: Vec<Target>,
     subscription_ids: Vec<u32>,
-    bridges: Vec<Arc<Ring>>,
+    bridges: Vec<Arc<dyn BridgeSink>>,
     /// Subscribers this publisher's messages left behind: it waits for them before reading
     /// more ([`crate::backpressure`]).
     pressure: Vec<Pressure>,
@@ -149,7 +148,7 @@ impl Router {
                 if let Some(SubValue::Group(existing)) = trie.get(inner, &key) {
                     existing.upsert(entry)
                 } else {
-                    let group = Arc::new(SharedGroup::default());
+                    let group = Arc::new(SharedGroup::new(Arc::from(filter)));
                     group.upsert(entry);
                     trie.insert(inner, key, SubValue::Group(group));
                     true
@@ -159,6 +158,17 @@ impl Router {
                 .write()
                 .insert(filter, SubKey::Session(session.id), SubValue::Direct(entry))
                 .is_none(),
+        }
+    }
+
+    /// The shared group subscribed as `key` (`$share/{group}/{filter}`), if it has members.
+    pub fn shared_group(&self, key: &str) -> Option<Arc<SharedGroup>> {
+        let Some(Ok((group, inner))) = split_shared(key) else {
+            return None;
+        };
+        match self.read().get(inner, &SubKey::Group(Arc::from(group))) {
+            Some(SubValue::Group(group)) => Some(group.clone()),
+            _ => None,
         }
     }
 
@@ -268,7 +278,7 @@ impl Router {
                 qos,
                 retain,
                 &scratch.subscription_ids,
-                first.group.as_ref(),
+                first.group.as_ref().map(|g| g.key()),
                 ctx,
             );
             if let Some(writer) = delivery.pressure(ctx) {
@@ -295,22 +305,65 @@ impl Router {
                 }
             }
         }
-        delivered + bridge::ring::deliver(message, &mut scratch.bridges, ctx.metrics)
+        delivered + deliver_to_bridges(message, &mut scratch.bridges, ctx.metrics)
     }
 
-    /// Adds the trie entry of bridge `ring` for `filter` (valid, not shared).
-    pub fn subscribe_bridge(&self, filter: &str, ring: &Arc<Ring>) {
-        self.write().insert(
-            filter,
-            SubKey::Bridge(ring.id),
-            SubValue::Bridge(ring.clone()),
-        );
+    /// Adds the trie entry of bridge `sink` for `filter` (valid, not shared).
+    pub fn subscribe_bridge(&self, filter: &str, sink: Arc<dyn BridgeSink>) {
+        self.write()
+            .insert(filter, SubKey::Bridge(sink.id()), SubValue::Bridge(sink));
     }
 
     /// Removes the trie entry of bridge ring `ring_id` for `filter`.
     pub fn unsubscribe_bridge(&self, filter: &str, ring_id: u64) {
         self.write().remove(filter, &SubKey::Bridge(ring_id));
     }
+}
+
+/// A subscriber outside MQTT in the trie: the HTTP bridges' rings (SSE, WebSocket JSON).
+/// The router hands it each matching message once, however many of its filters match.
+pub trait BridgeSink: Send + Sync + std::fmt::Debug {
+    /// Unique among the sinks of a broker: the trie key of this sink's entries.
+    fn id(&self) -> u64;
+
+    /// Takes `message`. `encoded` is shared by every sink one message reaches, so a format
+    /// is encoded once: the first sink fills it. Returns how many old entries the sink
+    /// dropped to make room, or `None` when its read ACL refuses the topic.
+    fn push(&self, message: &Message, encoded: &mut Option<bytes::Bytes>) -> Option<usize>;
+}
+
+/// Hands `message` to each sink in `sinks` once (the list is emptied); returns how many took
+/// it.
+pub(crate) fn deliver_to_bridges(
+    message: &Message,
+    sinks: &mut Vec<Arc<dyn BridgeSink>>,
+    metrics: &Metrics,
+) -> usize {
+    if sinks.is_empty() {
+        return 0;
+    }
+    if sinks.len() > 1 {
+        sinks.sort_unstable_by_key(|s| s.id());
+        sinks.dedup_by_key(|s| s.id());
+    }
+    let mut encoded = None;
+    let mut evicted = 0;
+    let mut count = 0;
+    for sink in sinks.iter() {
+        match sink.push(message, &mut encoded) {
+            Some(n) => {
+                evicted += n;
+                count += 1;
+            }
+            None => Metrics::add(&metrics.acl_denied, 1),
+        }
+    }
+    Metrics::add(&metrics.bridge_messages, count as u64);
+    if evicted > 0 {
+        Metrics::add(&metrics.bridge_ring_evictions, evicted as u64);
+    }
+    sinks.clear();
+    count
 }
 
 /// Records one matching subscription as a delivery, unless its read ACL refuses the topic.

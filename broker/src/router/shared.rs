@@ -6,16 +6,34 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 
 use super::SubEntry;
+use crate::session::SharedKey;
 
 /// The members of one group. A group is identified by its name AND its filter: the same
 /// name on two filters is two groups (the router keys groups by trie path and name).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SharedGroup {
+    /// The filter the group was subscribed with, `$share/{group}/{filter}`: what sessions
+    /// remember of it.
+    key: SharedKey,
     members: RwLock<Vec<SubEntry>>,
     cursor: AtomicUsize,
 }
 
 impl SharedGroup {
+    /// An empty group subscribed with `key` (`$share/{group}/{filter}`).
+    pub fn new(key: SharedKey) -> SharedGroup {
+        SharedGroup {
+            key,
+            members: RwLock::default(),
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
+    /// The filter the group was subscribed with.
+    pub fn key(&self) -> &SharedKey {
+        &self.key
+    }
+
     /// Adds a member or replaces its options.
     /// Returns whether the session was not a member before.
     pub fn upsert(&self, entry: SubEntry) -> bool {

@@ -18,8 +18,8 @@ use tern_codec::{
 use crate::delivery::shared_writer::SharedWriter;
 use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::router::shared::SharedGroup;
 use crate::session::inflight::{Inflight, Stage, Window};
+use crate::session::SharedKey;
 
 /// Outbound topic aliases of one connection (5.0): topic -> alias, within the client's
 /// Topic Alias Maximum. Aliases are handed out first come and never reassigned.
@@ -77,7 +77,7 @@ struct Queued {
     subscription_ids: Vec<u32>,
     /// The shared group it came through, so it can go to another member if this session
     /// leaves before it is sent.
-    group: Option<Arc<SharedGroup>>,
+    group: Option<SharedKey>,
 }
 
 /// A message a leaving shared-group member held, to hand to another member.
@@ -86,7 +86,7 @@ pub struct Redirect {
     /// The message.
     pub message: Arc<Message>,
     /// The group it came through.
-    pub group: Arc<SharedGroup>,
+    pub group: SharedKey,
 }
 
 /// Limits and context for one delivery call.
@@ -198,7 +198,7 @@ impl Delivery {
         qos: QoS,
         retain: bool,
         subscription_ids: &[u32],
-        group: Option<&Arc<SharedGroup>>,
+        group: Option<&SharedKey>,
         ctx: DeliverCtx<'_>,
     ) {
         if qos == QoS::AtMostOnce {
@@ -240,7 +240,7 @@ impl Delivery {
         qos: QoS,
         retain: bool,
         subscription_ids: &[u32],
-        group: Option<&Arc<SharedGroup>>,
+        group: Option<&SharedKey>,
         ctx: DeliverCtx<'_>,
     ) {
         let size = message.publish().payload().len() + message.topic().len();
@@ -270,7 +270,7 @@ impl Delivery {
         qos: QoS,
         retain: bool,
         subscription_ids: Vec<u32>,
-        group: Option<Arc<SharedGroup>>,
+        group: Option<SharedKey>,
         ctx: DeliverCtx<'_>,
     ) {
         let Some(link) = self.link.as_mut() else {

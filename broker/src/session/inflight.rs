@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tern_codec::{PacketId, QoS};
 
 use crate::message::Message;
-use crate::router::shared::SharedGroup;
+use crate::session::SharedKey;
 
 /// Where a QoS 1/2 delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +35,7 @@ pub struct Inflight {
     /// Progress.
     pub stage: Stage,
     /// The shared group it came through, if any.
-    pub group: Option<Arc<SharedGroup>>,
+    pub group: Option<SharedKey>,
 }
 
 /// The inflight window: entries in allocation order, so identifiers in use always lie in

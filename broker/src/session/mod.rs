@@ -9,7 +9,6 @@ pub mod delivery;
 pub mod inflight;
 pub mod packet_ids;
 pub mod subscriptions;
-pub mod timers;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,6 +19,12 @@ use tokio::sync::Notify;
 use self::delivery::Delivery;
 use self::packet_ids::PacketIdSet;
 use self::subscriptions::SubscriptionSet;
+
+/// A shared subscription group as a session refers to it: the whole filter it was
+/// subscribed with (`$share/{group}/{filter}`). Plain data: the router resolves it to the
+/// group's members ([`crate::router::Router::shared_group`]) when a leaving member's
+/// messages go to another.
+pub type SharedKey = Arc<str>;
 
 /// One subscription as the session remembers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

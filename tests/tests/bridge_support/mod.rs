@@ -356,11 +356,11 @@ impl AclFiles {
     /// Replaces the rules with `rules` and reloads the configuration into `broker`.
     pub fn reload(
         &self,
-        broker: &tern_broker::Broker,
+        bridges: &tern_broker::http::bridge::Bridges,
         rules: &str,
     ) -> tern_broker::reload::ReloadReport {
         std::fs::write(&self.acl, rules).expect("acl");
-        tern_broker::reload::reload(broker, Some(&self.config), &|_| Ok(())).expect("reload")
+        tern_broker::reload::reload(bridges, Some(&self.config), &|_| Ok(())).expect("reload")
     }
 }
 

@@ -3,7 +3,6 @@
 
 use hyper::{Response, StatusCode};
 
-use crate::broker::Broker;
 use crate::http::{full, Body};
 use crate::metrics::Metrics;
 
@@ -23,7 +22,8 @@ pub fn page() -> Response<Body> {
 
 /// Serves `/api/stats`: a snapshot of the counters the dashboard shows (rates are computed
 /// by the page from two snapshots).
-pub fn stats(broker: &Broker) -> Response<Body> {
+pub fn stats(bridges: &super::Bridges) -> Response<Body> {
+    let broker = bridges.broker();
     let m = &broker.metrics;
     let body = format!(
         concat!(
@@ -34,8 +34,8 @@ pub fn stats(broker: &Broker) -> Response<Body> {
         ),
         broker.started_at.elapsed().as_secs(),
         Metrics::get(&m.clients_connected),
-        broker.bridges.client_count(),
-        broker.bridges.ring_count(),
+        bridges.client_count(),
+        bridges.ring_count(),
         Metrics::get(&m.sessions),
         Metrics::get(&m.subscriptions),
         Metrics::get(&m.retained_messages),

@@ -31,6 +31,9 @@ use tokio::time::{Instant, Sleep};
 use super::access::{self, query_params};
 use super::ring::{self, Next};
 use super::{ClientSlot, RingLease};
+use std::sync::Arc;
+
+use super::Bridges;
 use crate::broker::Broker;
 use crate::http::{json_error, Body};
 use crate::metrics::Metrics;
@@ -63,8 +66,9 @@ struct HyperStream {
 
 /// Serves `GET /sse` through hyper (a connection whose first request was not `/sse`;
 /// the others take [`super::sse_raw`]).
-pub async fn handle(broker: &Broker, request: &Request<Incoming>) -> Response<Body> {
-    let subscriber = match open(broker, request).await {
+pub async fn handle(bridges: &Arc<Bridges>, request: &Request<Incoming>) -> Response<Body> {
+    let broker = bridges.broker();
+    let subscriber = match open(bridges, request).await {
         Ok(subscriber) => subscriber,
         Err(response) => return *response,
     };
@@ -101,9 +105,10 @@ pub async fn handle(broker: &Broker, request: &Request<Incoming>) -> Response<Bo
 /// # Errors
 /// The error response to send (400, 401, 403 or 503, with a JSON body).
 pub async fn open<B>(
-    broker: &Broker,
+    bridges: &Arc<Bridges>,
     request: &Request<B>,
 ) -> Result<Subscriber, Box<Response<Body>>> {
+    let broker = bridges.broker();
     let refuse = |status, reason: &str| Box::new(json_error(status, reason));
     let mut filters = Vec::new();
     let mut retained = false;
@@ -131,11 +136,9 @@ pub async fn open<B>(
     identity
         .check_readable(broker, &filters)
         .map_err(|reason| refuse(StatusCode::FORBIDDEN, &reason))?;
-    let slot = ClientSlot::acquire(broker)
+    let slot = ClientSlot::acquire(bridges)
         .ok_or_else(|| refuse(StatusCode::SERVICE_UNAVAILABLE, "too many bridge clients"))?;
-    let lease = broker
-        .bridges
-        .attach(broker, filters, identity.username.as_deref());
+    let lease = bridges.attach(filters, identity.username.as_deref());
     let ring = lease.ring();
     let mut cursor = ring.next_id();
     // Retained messages are read after the cursor is taken: a message published meanwhile

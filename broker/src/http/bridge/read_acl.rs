@@ -21,7 +21,6 @@ use std::sync::Arc;
 use super::access::BRIDGE_CLIENT_ID;
 use super::Bridges;
 use crate::auth::{AuthState, ClientAcl, SubscribeVerdict};
-use crate::broker::Broker;
 use crate::metrics::Metrics;
 
 /// Which routed messages may enter a ring.
@@ -95,7 +94,8 @@ impl Bridges {
     /// new, never a mix), and no ring can be created from the old state meanwhile (creation
     /// takes the registry lock, see [`Bridges::attach`]). Widened rules apply to messages
     /// routed after the swap.
-    pub fn reapply_acl(&self, broker: &Broker, state: crate::auth::AuthState) -> Reapplied {
+    pub fn reapply_acl(&self, state: crate::auth::AuthState) -> Reapplied {
+        let broker = &self.broker;
         let rings = self.rings();
         let mut acls: HashMap<Option<&str>, Option<Arc<ClientAcl>>> = HashMap::new();
         let mut done = Reapplied::default();

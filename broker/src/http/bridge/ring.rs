@@ -33,7 +33,6 @@ use tokio::sync::watch;
 use super::read_acl::Readable;
 use super::sse_park::Parking;
 use crate::message::Message;
-use crate::metrics::Metrics;
 
 /// Event ids of one ring are `id << RING_ID_SHIFT` plus a sequence number starting at 1, so
 /// an id from another ring (or an earlier ring of the same filters) is recognised as such.
@@ -269,37 +268,17 @@ impl Ring {
     }
 }
 
-/// Pushes `message` into every ring in `rings` (each once, however many of its filters
-/// matched) whose reader may read it, encoding the JSON once for all of them; empties
-/// `rings`. Runs in the publisher's task: encode once, push, notify. Returns the number of
-/// rings it went to.
-pub fn deliver(message: &Message, rings: &mut Vec<Arc<Ring>>, metrics: &Metrics) -> usize {
-    if rings.is_empty() {
-        return 0;
+impl crate::router::BridgeSink for Ring {
+    fn id(&self) -> u64 {
+        self.id
     }
-    if rings.len() > 1 {
-        rings.sort_unstable_by_key(|r| r.id);
-        rings.dedup_by_key(|r| r.id);
+
+    /// Encodes the message as JSON on first use (once for every ring it reaches).
+    fn push(&self, message: &Message, encoded: &mut Option<Bytes>) -> Option<usize> {
+        let publish = message.publish();
+        let json = encoded.get_or_insert_with(|| encode_json(publish, false));
+        Ring::push(self, publish.topic(), json)
     }
-    let publish = message.publish();
-    let json = encode_json(publish, false);
-    let mut dropped = 0;
-    let mut count = 0;
-    for ring in rings.iter() {
-        match ring.push(publish.topic(), &json) {
-            Some(n) => {
-                dropped += n;
-                count += 1;
-            }
-            None => Metrics::add(&metrics.acl_denied, 1),
-        }
-    }
-    Metrics::add(&metrics.bridge_messages, count as u64);
-    if dropped > 0 {
-        Metrics::add(&metrics.bridge_ring_evictions, dropped as u64);
-    }
-    rings.clear();
-    count
 }
 
 /// The topic of an encoded message: [`encode_json`] writes it first after
@@ -473,6 +452,15 @@ pub fn push_json_str(out: &mut Vec<u8>, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
+    use crate::router::BridgeSink;
+
+    /// Routes `message` to `rings` as the router does.
+    fn deliver(message: &Message, rings: &mut Vec<Arc<Ring>>, metrics: &Metrics) -> usize {
+        let mut sinks: Vec<Arc<dyn BridgeSink>> =
+            rings.drain(..).map(|r| r as Arc<dyn BridgeSink>).collect();
+        crate::router::deliver_to_bridges(message, &mut sinks, metrics)
+    }
     use tern_codec::QoS;
 
     fn ring(max_messages: usize) -> Ring {

@@ -2,6 +2,10 @@
 //! router, retained store, counters, shutdown signal) and the operations that span them:
 //! opening and ending sessions, publishing a message.
 
+pub mod retained;
+pub mod timers;
+pub mod will;
+
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,11 +17,11 @@ use dashmap::DashMap;
 use tern_codec::{ByteStr, ReasonCode};
 use tokio::sync::{watch, Semaphore};
 
+use self::retained::RetainedStore;
 use crate::auth::{Auth, AuthError, AuthState};
 use crate::config::Config;
 use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::retained::RetainedStore;
 use crate::router::{RouteScratch, Router};
 use crate::session::delivery::{DeliverCtx, Redirect};
 use crate::session::Session;
@@ -41,8 +45,6 @@ pub struct Inner {
     pub sessions: DashMap<Arc<str>, Arc<Session>>,
     /// Counters.
     pub metrics: Metrics,
-    /// Bridge rings (SSE, WebSocket JSON) and bridge clients ([`crate::bridge`]).
-    pub bridges: crate::bridge::Bridges,
     /// Password file and ACL in force ([`crate::auth`]).
     pub auth: Auth,
     /// When the broker started.
@@ -61,7 +63,7 @@ pub struct Inner {
     /// Time to store and route one received PUBLISH (seconds).
     pub route_latency: prometheus_client::metrics::histogram::Histogram,
     /// Per-IP connection count and connect rate.
-    pub ip_limits: std::sync::Arc<crate::listener::ip_limits::IpLimits>,
+    pub ip_limits: std::sync::Arc<crate::ip_limits::IpLimits>,
     /// One permit per allowed connection; all permits back means all connections ended.
     pub connection_slots: Arc<Semaphore>,
     next_session_id: AtomicU64,
@@ -105,7 +107,6 @@ impl Broker {
                 retained: RetainedStore::default(),
                 sessions: DashMap::new(),
                 metrics: Metrics::default(),
-                bridges: crate::bridge::Bridges::default(),
                 auth: Auth::new(auth),
                 started_at: Instant::now(),
                 limits: std::sync::RwLock::new(Arc::new(config.limits.clone())),
@@ -119,7 +120,7 @@ impl Broker {
                     prometheus_client::metrics::histogram::exponential_buckets(1e-6, 4.0, 10),
                 ),
                 connection_slots: Arc::new(Semaphore::new(slots)),
-                ip_limits: crate::listener::ip_limits::IpLimits::new(
+                ip_limits: crate::ip_limits::IpLimits::new(
                     config.limits.max_connections_per_ip,
                     config.limits.max_connect_rate_per_ip,
                 ),
@@ -271,8 +272,13 @@ impl Broker {
         }
         let now = Instant::now();
         let ctx = self.deliver_ctx(now);
-        for Redirect { message, group } in redirects {
-            match group.pick_other(leaving_session) {
+        for Redirect {
+            message,
+            group: key,
+        } in redirects
+        {
+            let group = self.router.shared_group(&key);
+            match group.as_ref().and_then(|g| g.pick_other(leaving_session)) {
                 Some(member) => {
                     let topic = message.publish().topic();
                     if member
@@ -291,7 +297,7 @@ impl Broker {
                         qos,
                         retain,
                         &ids,
-                        Some(&group),
+                        Some(&key),
                         ctx,
                     );
                 }

@@ -57,15 +57,33 @@ struct RingKey {
     reader: Option<Box<str>>,
 }
 
-/// The registry of bridge rings, and the count of bridge clients.
-#[derive(Debug, Default)]
+/// The registry of bridge rings, and the count of bridge clients: the HTTP side's state,
+/// next to the broker it serves (the broker does not know its bridges: they are sinks in
+/// its router, [`crate::router::BridgeSink`]).
+#[derive(Debug)]
 pub struct Bridges {
+    broker: Broker,
     rings: Mutex<HashMap<RingKey, Arc<Ring>>>,
     next_ring_id: AtomicU64,
     clients: AtomicUsize,
 }
 
 impl Bridges {
+    /// The (empty) bridge registry of `broker`.
+    pub fn new(broker: Broker) -> Arc<Bridges> {
+        Arc::new(Bridges {
+            broker,
+            rings: Mutex::default(),
+            next_ring_id: AtomicU64::new(0),
+            clients: AtomicUsize::new(0),
+        })
+    }
+
+    /// The broker the bridges serve.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
     fn rings(&self) -> MutexGuard<'_, HashMap<RingKey, Arc<Ring>>> {
         self.rings.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -90,12 +108,8 @@ impl Bridges {
     /// it is the first. A new ring's read ACL is derived from the auth state in force, under
     /// the registry lock (so a concurrent reload sees it: see [`Bridges::reapply_acl`]); an
     /// existing ring's is already current.
-    pub fn attach(
-        &self,
-        broker: &Broker,
-        filters: Vec<Box<str>>,
-        reader: Option<&str>,
-    ) -> RingLease {
+    pub fn attach(self: &Arc<Self>, filters: Vec<Box<str>>, reader: Option<&str>) -> RingLease {
+        let broker = &self.broker;
         let key = RingKey {
             filters: Arc::from(filters),
             reader: reader.map(Box::from),
@@ -119,7 +133,7 @@ impl Bridges {
                     readable,
                 ));
                 for filter in key.filters.iter() {
-                    broker.router.subscribe_bridge(filter, &ring);
+                    broker.router.subscribe_bridge(filter, ring.clone());
                 }
                 rings.insert(key, ring.clone());
                 Metrics::add(&broker.metrics.bridge_rings, 1);
@@ -128,14 +142,15 @@ impl Bridges {
         };
         ring.clients.fetch_add(1, Ordering::Relaxed);
         RingLease {
-            broker: broker.clone(),
+            bridges: self.clone(),
             ring,
         }
     }
 
     /// A client left `ring`: when it was the last, the ring goes after the linger time
     /// (unless a client attached again meanwhile).
-    fn release(&self, broker: &Broker, ring: &Arc<Ring>) {
+    fn release(self: &Arc<Self>, ring: &Arc<Ring>) {
+        let broker = &self.broker;
         {
             let _rings = self.rings();
             if ring.clients.fetch_sub(1, Ordering::Relaxed) != 1 {
@@ -145,19 +160,20 @@ impl Bridges {
         let linger = Duration::from_millis(broker.config.http.ring_linger_ms);
         match tokio::runtime::Handle::try_current() {
             Ok(handle) if !linger.is_zero() && !broker.is_shutting_down() => {
-                let broker = broker.clone();
+                let bridges = self.clone();
                 let ring = ring.clone();
                 handle.spawn(async move {
                     tokio::time::sleep(linger).await;
-                    broker.bridges.reap(&broker, &ring);
+                    bridges.reap(&ring);
                 });
             }
-            _ => self.reap(broker, ring),
+            _ => self.reap(ring),
         }
     }
 
     /// Removes `ring` and its trie entries if it has no client.
-    fn reap(&self, broker: &Broker, ring: &Arc<Ring>) {
+    fn reap(&self, ring: &Arc<Ring>) {
+        let broker = &self.broker;
         let mut rings = self.rings();
         if ring.clients.load(Ordering::Relaxed) != 0 {
             return;
@@ -179,7 +195,7 @@ impl Bridges {
 /// A client's hold on a ring; dropping it detaches the client.
 #[derive(Debug)]
 pub struct RingLease {
-    broker: Broker,
+    bridges: Arc<Bridges>,
     ring: Arc<Ring>,
 }
 
@@ -191,54 +207,58 @@ impl RingLease {
 
     /// The broker.
     pub fn broker(&self) -> &Broker {
-        &self.broker
+        &self.bridges.broker
     }
 }
 
 impl Drop for RingLease {
     fn drop(&mut self) {
-        self.broker.bridges.release(&self.broker, &self.ring);
+        self.bridges.release(&self.ring);
     }
 }
 
 /// One bridge client counted against `max_bridge_clients`; dropping it frees the place.
 #[derive(Debug)]
 pub struct ClientSlot {
-    broker: Broker,
+    bridges: Arc<Bridges>,
 }
 
 impl ClientSlot {
     /// Takes a place, or `None` (counted) when `max_bridge_clients` are connected.
-    pub fn acquire(broker: &Broker) -> Option<ClientSlot> {
+    pub fn acquire(bridges: &Arc<Bridges>) -> Option<ClientSlot> {
+        let broker = &bridges.broker;
         let max = broker.config.http.max_bridge_clients;
-        let taken =
-            broker
-                .bridges
-                .clients
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    (n < max).then_some(n + 1)
-                });
+        let taken = bridges
+            .clients
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            });
         if taken.is_err() {
             Metrics::add(&broker.metrics.bridge_clients_refused, 1);
             return None;
         }
         Metrics::add(&broker.metrics.bridge_clients, 1);
         Some(ClientSlot {
-            broker: broker.clone(),
+            bridges: bridges.clone(),
         })
     }
 }
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        self.broker.bridges.clients.fetch_sub(1, Ordering::Relaxed);
-        Metrics::sub(&self.broker.metrics.bridge_clients, 1);
+        self.bridges.clients.fetch_sub(1, Ordering::Relaxed);
+        Metrics::sub(&self.bridges.broker.metrics.bridge_clients, 1);
     }
 }
 
 /// Serves the bridge paths (and 404 for anything else); called by [`crate::http`] for every
 /// path it does not serve itself.
-pub async fn route(broker: Broker, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn route(
+    bridges: &Arc<Bridges>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let broker = bridges.broker.clone();
     let origin = match access::check_origin(&broker, &request) {
         Ok(origin) => origin,
         Err(response) => return *response,
@@ -247,9 +267,9 @@ pub async fn route(broker: Broker, request: Request<Incoming>, peer: SocketAddr)
     let path = request.uri().path().to_string();
     let mut response = match (&method, path.as_str()) {
         (&Method::GET, "/") => dashboard::page(),
-        (&Method::GET, "/api/stats") => dashboard::stats(&broker),
-        (&Method::GET, "/sse") => sse::handle(&broker, &request).await,
-        (&Method::GET, "/ws") => ws_json::handle(&broker, request, peer).await,
+        (&Method::GET, "/api/stats") => dashboard::stats(bridges),
+        (&Method::GET, "/sse") => sse::handle(bridges, &request).await,
+        (&Method::GET, "/ws") => ws_json::handle(bridges, request, peer).await,
         (&Method::GET, "/mqtt") => mqtt_ws::handle(&broker, request, peer),
         (&Method::OPTIONS, "/" | "/api/stats" | "/sse") => access::preflight(),
         (_, "/" | "/api/stats" | "/sse" | "/ws" | "/mqtt") => {

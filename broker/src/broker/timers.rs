@@ -11,9 +11,9 @@ use std::time::Duration;
 use tern_codec::LastWill;
 use tokio::time::Instant;
 
+use super::will;
 use crate::broker::Broker;
 use crate::session::Session;
-use crate::will;
 
 /// What the offline task waits for.
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 //! `max_connect_rate_per_ip` new connections per second (a token bucket, burst equal to one
 //! second's worth) from one address. Checked right after accept, before any handshake, by
 //! every MQTT listener ([`super::tcp`]) and by `GET /mqtt` on the HTTP listener
-//! ([`crate::bridge::mqtt_ws`]), against one table: an address's MQTT connections count
+//! ([`crate::http::bridge::mqtt_ws`]), against one table: an address's MQTT connections count
 //! together, whatever they came in by.
 
 use std::net::IpAddr;

@@ -29,7 +29,9 @@ use tokio::time::Instant;
 use super::access;
 use super::sse::{self, Subscriber};
 use super::sse_park::{self, Parked, MAX_WRITE_BYTES};
-use crate::broker::Broker;
+use std::sync::Arc;
+
+use super::Bridges;
 use crate::http::{json_error, Body};
 use crate::metrics::Metrics;
 
@@ -42,14 +44,14 @@ const PREFIX: &[u8] = b"GET /sse";
 /// Serves the connection here when its first request is `GET /sse`; otherwise gives the
 /// stream back (untouched: only peeked at) for hyper.
 pub async fn take(
-    broker: &Broker,
+    bridges: &Arc<Bridges>,
     stream: TcpStream,
     peer: SocketAddr,
     header_timeout: Duration,
 ) -> Option<TcpStream> {
     match Box::pin(tokio::time::timeout(header_timeout, is_sse(&stream))).await {
         Ok(true) => {
-            serve(broker, stream, peer, header_timeout).await;
+            serve(bridges, stream, peer, header_timeout).await;
             None
         }
         _ => Some(stream),
@@ -81,12 +83,13 @@ async fn is_sse(stream: &TcpStream) -> bool {
     }
 }
 
-async fn serve(broker: &Broker, mut stream: TcpStream, peer: SocketAddr, timeout: Duration) {
+async fn serve(bridges: &Arc<Bridges>, mut stream: TcpStream, peer: SocketAddr, timeout: Duration) {
+    let broker = bridges.broker();
     Metrics::add(&broker.metrics.http_requests, 1);
     let write_timeout = Duration::from_millis(broker.config.limits.slow_consumer_timeout_ms);
     // Boxed: the steps before streaming run once, and the catch-up below should not carry
     // them.
-    match Box::pin(open(broker, &mut stream, timeout, write_timeout)).await {
+    match Box::pin(open(bridges, &mut stream, timeout, write_timeout)).await {
         Some(subscriber) => {
             tracing::debug!(%peer, "SSE stream opened");
             catch_up(stream, subscriber, Instant::now()).await;
@@ -140,7 +143,7 @@ pub async fn catch_up(mut stream: TcpStream, mut subscriber: Subscriber, mut las
 /// Reads and checks the request, writes the response head; `None` when the request was
 /// refused (the error response has been written).
 async fn open(
-    broker: &Broker,
+    bridges: &Arc<Bridges>,
     stream: &mut TcpStream,
     timeout: Duration,
     write_timeout: Duration,
@@ -154,14 +157,14 @@ async fn open(
         }
         Err(_) => return None,
     };
-    let cors = match access::check_origin(broker, &request) {
+    let cors = match access::check_origin(bridges.broker(), &request) {
         Ok(cors) => cors,
         Err(refusal) => {
             write_response(stream, *refusal).await;
             return None;
         }
     };
-    let subscriber = match sse::open(broker, &request).await {
+    let subscriber = match sse::open(bridges, &request).await {
         Ok(subscriber) => subscriber,
         Err(refusal) => {
             let mut refusal = *refusal;

@@ -40,6 +40,9 @@ use tokio_tungstenite::WebSocketStream;
 use super::access::{self, Identity};
 use super::ring::{self, Next};
 use super::{ClientSlot, RingLease};
+use std::sync::Arc;
+
+use super::Bridges;
 use crate::broker::Broker;
 use crate::http::{json_error, json_string, Body};
 use crate::message::Message;
@@ -90,10 +93,11 @@ struct OpId {
 
 /// Serves `GET /ws`: authenticates, answers the upgrade, and runs the client in a task.
 pub async fn handle(
-    broker: &Broker,
+    bridges: &Arc<Bridges>,
     mut request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
+    let broker = bridges.broker();
     let identity = match access::authenticate(broker, &request).await {
         Ok(identity) => identity,
         Err(response) => return *response,
@@ -102,12 +106,13 @@ pub async fn handle(
         Ok(response) => response,
         Err(response) => return *response,
     };
-    let Some(slot) = ClientSlot::acquire(broker) else {
+    let Some(slot) = ClientSlot::acquire(bridges) else {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "too many bridge clients");
     };
     let upgrade = hyper::upgrade::on(&mut request);
-    let broker = broker.clone();
+    let bridges = bridges.clone();
     tokio::spawn(async move {
+        let broker = bridges.broker();
         let upgraded = match upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => {
@@ -123,7 +128,7 @@ pub async fn handle(
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        let mut client = Client::new(broker, identity, slot);
+        let mut client = Client::new(bridges.clone(), identity, slot);
         if let Err(e) = client.run(ws).await {
             tracing::debug!(%peer, error = %e, "WebSocket JSON client ended with an error");
         }
@@ -136,6 +141,7 @@ type WsError = tokio_tungstenite::tungstenite::Error;
 /// One connected client.
 struct Client {
     broker: Broker,
+    bridges: Arc<Bridges>,
     identity: Identity,
     _slot: ClientSlot,
     /// The filters subscribed, sorted (the ring key, with the user name).
@@ -150,11 +156,13 @@ struct Client {
 }
 
 impl Client {
-    fn new(broker: Broker, identity: Identity, slot: ClientSlot) -> Client {
+    fn new(bridges: Arc<Bridges>, identity: Identity, slot: ClientSlot) -> Client {
+        let broker = bridges.broker().clone();
         let tokens = f64::from(broker.config.http.ws_publish_rate_per_sec);
         Client {
             shutdown: broker.shutdown_signal(),
             broker,
+            bridges,
             identity,
             _slot: slot,
             filters: Vec::new(),
@@ -320,11 +328,9 @@ impl Client {
         if filters == self.filters {
             return Ok(());
         }
-        let lease = self.broker.bridges.attach(
-            &self.broker,
-            filters.clone(),
-            self.identity.username.as_deref(),
-        );
+        let lease = self
+            .bridges
+            .attach(filters.clone(), self.identity.username.as_deref());
         let cursor = lease.ring().next_id();
         let wake = lease.ring().subscribe();
         self.ring = Some((lease, cursor, wake));

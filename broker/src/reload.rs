@@ -19,9 +19,7 @@
 use std::path::Path;
 
 use crate::auth::AuthState;
-use crate::broker::Broker;
 use crate::config::Config;
-use crate::connection::auth_hooks;
 use crate::http::bridge::Bridges;
 
 /// Why a reload was refused (the old configuration stays in force).
@@ -63,66 +61,16 @@ pub fn reload(
     let auth = AuthState::load(&new.auth)?;
     set_log_level(&new.log.level).map_err(ReloadError::LogLevel)?;
     let mut report = ReloadReport {
-        needs_restart: restart_only_changes(&broker.config, &new),
+        needs_restart: broker.restart_only_changes(&new),
         ..Default::default()
     };
     broker.set_limits(new.limits.clone());
     // Connected MQTT sessions are re-checked under the new rules before they are in force,
     // so that no message routed meanwhile reaches a subscription the new ACL narrows; and
     // again after, for a SUBSCRIBE that raced the first pass under the old rules.
-    recheck_subscriptions(broker, &auth);
+    broker.recheck_subscriptions(&auth);
     // Puts `auth` in force once every bridge ring reads under it.
     report.bridges = bridges.reapply_acl(auth);
-    report.sessions_rechecked = recheck_subscriptions(broker, &broker.auth.current());
+    report.sessions_rechecked = broker.recheck_subscriptions(&broker.auth().current());
     Ok(report)
-}
-
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut changed = Vec::new();
-    let listeners = |c: &Config| format!("{:?}", c.listeners);
-    if listeners(old) != listeners(new) {
-        changed.push("listeners");
-    }
-    if format!("{:?}", old.http) != format!("{:?}", new.http) {
-        changed.push("http");
-    }
-    if format!("{:?}", old.session) != format!("{:?}", new.session) {
-        changed.push("session");
-    }
-    if format!("{:?}", old.sys) != format!("{:?}", new.sys) {
-        changed.push("sys");
-    }
-    if old.limits.max_connections != new.limits.max_connections {
-        changed.push("limits.max_connections");
-    }
-    if old.log.format != new.log.format {
-        changed.push("log.format");
-    }
-    changed
-}
-
-/// Re-derives the ACL of every connected session from `state` and re-checks its
-/// subscriptions. Offline sessions are re-checked when they resume.
-fn recheck_subscriptions(broker: &Broker, state: &AuthState) -> usize {
-    let sessions: Vec<_> = broker
-        .sessions
-        .iter()
-        .map(|entry| entry.value().clone())
-        .collect();
-    let mut rechecked = 0;
-    for session in sessions {
-        let username = {
-            let delivery = session.delivery();
-            match delivery.link_username() {
-                Some(username) => username,
-                None => continue, // offline
-            }
-        };
-        match state.client_acl(&session.client_id, username.as_deref()) {
-            Some(acl) => auth_hooks::reapply_acl(broker, &session, Some(&acl)),
-            None => auth_hooks::clear_read_checks(broker, &session),
-        }
-        rechecked += 1;
-    }
-    rechecked
 }

@@ -46,15 +46,8 @@ pub async fn run(
     for task in &tasks {
         task.abort();
     }
-    let slots = broker.connection_slots.clone();
-    let all = u32::try_from(
-        broker
-            .config
-            .limits
-            .max_connections
-            .min(tokio::sync::Semaphore::MAX_PERMITS),
-    )
-    .unwrap_or(u32::MAX);
+    let slots = broker.connection_slots().clone();
+    let all = broker.connection_slot_count();
     if tokio::time::timeout(DRAIN_TIMEOUT, slots.acquire_many(all))
         .await
         .is_err()

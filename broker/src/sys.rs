@@ -15,7 +15,7 @@ pub const VERSION: &str = concat!("tern ", env!("CARGO_PKG_VERSION"));
 
 /// Publishes statistics until the task is aborted.
 pub async fn run(broker: Broker) {
-    let secs = broker.config.sys.interval_secs;
+    let secs = broker.sys_config().interval_secs;
     if secs == 0 {
         return;
     }
@@ -25,18 +25,15 @@ pub async fn run(broker: Broker) {
     loop {
         interval.tick().await;
         let now = Instant::now();
-        let purged = broker.retained.purge_expired(now);
-        if purged > 0 {
-            Metrics::sub(&broker.metrics.retained_messages, purged as u64);
-        }
+        broker.purge_expired_retained(now);
         publish_stats(&broker, &mut scratch, now);
     }
 }
 
 /// Publishes one round of statistics.
 pub fn publish_stats(broker: &Broker, scratch: &mut RouteScratch, now: Instant) {
-    let m = &broker.metrics;
-    let uptime = now.saturating_duration_since(broker.started_at).as_secs();
+    let m = &broker.metrics();
+    let uptime = now.saturating_duration_since(broker.started_at()).as_secs();
     let stats: [(&str, String); 9] = [
         ("$SYS/broker/version", VERSION.to_string()),
         ("$SYS/broker/uptime", format!("{uptime} seconds")),

@@ -84,7 +84,7 @@ fn not_authorized(version: ProtocolVersion) -> u8 {
 fn auth_failures(broker: &TestBroker) -> u64 {
     broker
         .broker()
-        .metrics
+        .metrics()
         .auth_failures
         .load(Ordering::Relaxed)
 }
@@ -336,7 +336,7 @@ async fn subscribe_refused_where_nothing_is_readable() {
         alice.disconnect().await;
         anon.disconnect().await;
     }
-    assert!(broker.broker().metrics.acl_denied.load(Ordering::Relaxed) > 0);
+    assert!(broker.broker().metrics().acl_denied.load(Ordering::Relaxed) > 0);
     broker.running.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }

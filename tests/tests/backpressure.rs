@@ -55,7 +55,7 @@ async fn fast_publisher_slow_subscriber_loses_nothing() {
         }
     }
     let _publisher = send.await.expect("sender");
-    let metrics = &broker.broker().metrics;
+    let metrics = &broker.broker().metrics();
     assert_eq!(Metrics::get(&metrics.dropped_qos0_slow_consumer), 0);
     assert!(
         Metrics::get(&metrics.backpressure_waits) > 0,
@@ -106,7 +106,7 @@ async fn stuck_subscriber_holds_the_publisher_back_only_briefly() {
     publisher.send_bytes(&burst()).await;
     for i in 0..COUNT {
         let Some(packet) = reader.recv_within(Duration::from_secs(3)).await else {
-            let m = &broker.broker().metrics;
+            let m = &broker.broker().metrics();
             panic!(
                 "reader stalled after {i} messages (slow marked {}, waits {}, dropped {})",
                 Metrics::get(&m.backpressure_slow_consumers),
@@ -120,7 +120,7 @@ async fn stuck_subscriber_holds_the_publisher_back_only_briefly() {
         assert_eq!(publish.payload(), format!("{i:08}").into_bytes());
     }
     let elapsed = started.elapsed();
-    let metrics = &broker.broker().metrics;
+    let metrics = &broker.broker().metrics();
     assert!(
         Metrics::get(&metrics.backpressure_slow_consumers) >= 1,
         "the stuck one was marked slow"

@@ -327,8 +327,8 @@ async fn random_and_mutated_input_never_breaks_the_broker() {
     eprintln!(
         "bad input storm: {CONNECTIONS} connections in {elapsed:?}, canary {sent} messages, \
          protocol_errors {}, timeouts {}",
-        Metrics::get(&b.metrics.protocol_errors),
-        Metrics::get(&b.metrics.timeouts)
+        Metrics::get(&b.metrics().protocol_errors),
+        Metrics::get(&b.metrics().timeouts)
     );
     assert!(sent > 0);
     assert_eq!(
@@ -346,11 +346,11 @@ async fn random_and_mutated_input_never_breaks_the_broker() {
     assert_eq!(fresh.expect_publish_acked().await.payload(), b"after");
     // Every bad connection is gone.
     let wait = Instant::now() + Duration::from_secs(3);
-    while Metrics::get(&b.metrics.clients_connected) != 3 {
+    while Metrics::get(&b.metrics().clients_connected) != 3 {
         assert!(
             Instant::now() < wait,
             "{} connections still open after the storm",
-            Metrics::get(&b.metrics.clients_connected)
+            Metrics::get(&b.metrics().clients_connected)
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -525,7 +525,7 @@ async fn mqtt_4_13_1_1_v5_malformed_packets_get_the_right_disconnect_reason() {
         expect_rejected(&broker, V5, &bytes, reason, what).await;
     }
     assert!(
-        Metrics::get(&broker.broker().metrics.protocol_errors) >= malformed_cases().len() as u64
+        Metrics::get(&broker.broker().metrics().protocol_errors) >= malformed_cases().len() as u64
     );
     // The broker still works.
     let mut sub = broker.client(V5, "ok").await;

@@ -529,7 +529,7 @@ async fn rings_are_shared_per_filter_set_and_reaped_after_linger() {
     assert_eq!(bridges.ring_count(), 2);
     assert_eq!(bridges.client_count(), 3);
     assert_eq!(
-        broker.broker().router.len(),
+        broker.broker().trie_entries(),
         3,
         "two entries for {{x, y/#}}, one for {{x}}"
     );
@@ -537,7 +537,7 @@ async fn rings_are_shared_per_filter_set_and_reaped_after_linger() {
     let mut gone = false;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        if bridges.ring_count() == 0 && broker.broker().router.is_empty() {
+        if bridges.ring_count() == 0 && (broker.broker().trie_entries() == 0) {
             gone = true;
             break;
         }
@@ -737,7 +737,7 @@ async fn slow_parked_subscriber_catches_up_in_order_or_is_told_it_lagged() {
     );
     assert!(lagged > 0, "the ring of 64 moved past the slow client");
     assert!(
-        Metrics::get(&broker.broker().metrics.bridge_lagged_messages) >= lagged,
+        Metrics::get(&broker.broker().metrics().bridge_lagged_messages) >= lagged,
         "lagged messages are counted"
     );
 
@@ -770,7 +770,7 @@ async fn closed_parked_subscriber_is_reaped() {
     let broker = TestBroker::start().await;
     let http = broker.running.http_addr.expect("http");
     let bridges = &broker.bridges();
-    let metrics = &broker.broker().metrics;
+    let metrics = &broker.broker().metrics();
     let mut a = SseClient::open(http, "/sse?filter=reap", &[]).await;
     let mut b = SseClient::open(http, "/sse?filter=reap", &[]).await;
     a.next().await.expect("opening");

@@ -418,7 +418,7 @@ async fn mqtt_path_applies_the_per_ip_limits() {
         body.contains("\"error\":\"too many connections from this address\""),
         "{body}"
     );
-    let metrics = &broker.broker().metrics;
+    let metrics = &broker.broker().metrics();
     assert_eq!(Metrics::get(&metrics.connections_refused_per_ip), 1);
     // A closed connection frees its place, whichever way it came in.
     tcp.disconnect().await;
@@ -442,7 +442,7 @@ async fn mqtt_path_applies_the_per_ip_limits() {
     let (status, body) = open_mqtt_ws(http).await.expect_err("over the rate");
     assert_eq!(status, 429);
     assert!(body.contains("connecting too fast"), "{body}");
-    let metrics = &broker.broker().metrics;
+    let metrics = &broker.broker().metrics();
     assert_eq!(Metrics::get(&metrics.connections_refused_rate), 1);
     drop((a, b));
     broker.running.stop().await;

@@ -31,7 +31,7 @@ async fn max_connections_total() {
     let _b = broker.client(V3, "b").await;
     assert_refused(&broker).await;
     assert_eq!(
-        Metrics::get(&broker.broker().metrics.connections_refused_limit),
+        Metrics::get(&broker.broker().metrics().connections_refused_limit),
         1
     );
 }
@@ -43,7 +43,7 @@ async fn max_connections_per_ip() {
     let _b = broker.client(V5, "b").await;
     assert_refused(&broker).await;
     assert_eq!(
-        Metrics::get(&broker.broker().metrics.connections_refused_per_ip),
+        Metrics::get(&broker.broker().metrics().connections_refused_per_ip),
         1
     );
     // A closed connection frees its place.
@@ -61,7 +61,7 @@ async fn connect_rate_per_ip() {
     }
     assert_refused(&broker).await;
     assert_eq!(
-        Metrics::get(&broker.broker().metrics.connections_refused_rate),
+        Metrics::get(&broker.broker().metrics().connections_refused_rate),
         1
     );
 }
@@ -91,7 +91,7 @@ async fn max_subscriptions_per_client_v5_and_v311() {
         client.disconnect().await;
     }
     assert_eq!(
-        Metrics::get(&broker.broker().metrics.subscriptions_refused_quota),
+        Metrics::get(&broker.broker().metrics().subscriptions_refused_quota),
         2
     );
 }
@@ -122,7 +122,7 @@ async fn topic_length_and_depth_limits() {
         .await;
     assert_eq!(code, Some(ReasonCode::TOPIC_NAME_INVALID));
     client.expect_nothing(Duration::from_millis(200)).await;
-    assert!(Metrics::get(&broker.broker().metrics.dropped_topic_too_deep) >= 1);
+    assert!(Metrics::get(&broker.broker().metrics().dropped_topic_too_deep) >= 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -152,5 +152,5 @@ async fn publish_rate_slows_the_client_down() {
     // 50 in the initial burst, then 50 per second: at least ~2 s of (paused) time.
     let elapsed = start.elapsed();
     assert!(elapsed >= Duration::from_millis(1900), "took {elapsed:?}");
-    assert!(Metrics::get(&broker.metrics.publish_throttled) >= 1);
+    assert!(Metrics::get(&broker.metrics().publish_throttled) >= 1);
 }

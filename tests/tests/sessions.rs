@@ -78,7 +78,7 @@ async fn drop_connection(client: Client) {
 }
 
 fn is_registered(broker: &Broker, id: &str) -> bool {
-    broker.sessions.contains_key(id)
+    broker.has_session(id)
 }
 
 // [MQTT-3.1.2-5] (3.1.1) / [MQTT-3.1.2-23] (5.0): the session outlives the connection with
@@ -150,7 +150,7 @@ async fn offline_queue_is_bounded(version: ProtocolVersion) {
         publisher.publish("q", &[i], QoS::AtLeastOnce, false).await;
     }
     let dropped = broker
-        .metrics
+        .metrics()
         .dropped_queue_full
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(dropped, 2, "messages past the queue bound must be counted");
@@ -412,7 +412,7 @@ async fn clean_start_discards_session(version: ProtocolVersion) {
         .await;
     assert_eq!(code, Some(ReasonCode::NO_MATCHING_SUBSCRIBERS));
     sub.expect_nothing(Duration::from_millis(200)).await;
-    assert_eq!(broker.sessions.len(), 2);
+    assert_eq!(broker.session_count(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -458,7 +458,7 @@ async fn takeover_closes_old_connection(
     assert_eq!(got.payload(), b"to new");
     assert_eq!(
         broker
-            .metrics
+            .metrics()
             .session_takeovers
             .load(std::sync::atomic::Ordering::Relaxed),
         1
@@ -610,7 +610,7 @@ async fn mqtt_3_1_4_3_takeover_race_leaves_one_live_session() {
         }
         // Wait for the takeovers to settle: at most one connection left.
         let settled = async {
-            while Metrics::get(&b.metrics.clients_connected) > 1 {
+            while Metrics::get(&b.metrics().clients_connected) > 1 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -620,7 +620,7 @@ async fn mqtt_3_1_4_3_takeover_race_leaves_one_live_session() {
             .unwrap_or_else(|_| {
                 panic!(
                     "round {round}: {} connections still open",
-                    Metrics::get(&b.metrics.clients_connected)
+                    Metrics::get(&b.metrics().clients_connected)
                 )
             });
         settle_tx.send_replace(true);
@@ -650,7 +650,7 @@ async fn mqtt_3_1_4_3_takeover_race_leaves_one_live_session() {
             "round {round}: {} racers still connected",
             alive.len()
         );
-        let connected = Metrics::get(&b.metrics.clients_connected) as usize;
+        let connected = Metrics::get(&b.metrics().clients_connected) as usize;
         assert_eq!(
             alive.len(),
             connected,
@@ -671,7 +671,7 @@ async fn mqtt_3_1_4_3_takeover_race_leaves_one_live_session() {
                         other => panic!("unexpected {other:?}"),
                     }
                 }
-                let session = b.sessions.get(&*racer_id).map(|s| s.clone());
+                let session = b.session(&racer_id);
                 let session = session.unwrap_or_else(|| {
                     panic!("round {round}: the live connection's session is not registered")
                 });
@@ -710,7 +710,7 @@ async fn mqtt_3_1_4_3_takeover_race_leaves_one_live_session() {
         publisher.disconnect().await;
         // Everything ends: only sessions with expiry 0 were used.
         let drained = async {
-            while !b.sessions.is_empty() {
+            while b.session_count() != 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         };
@@ -719,19 +719,19 @@ async fn mqtt_3_1_4_3_takeover_race_leaves_one_live_session() {
             .unwrap_or_else(|_| {
                 panic!(
                     "round {round}: sessions left over: {:?}",
-                    b.sessions
+                    b.sessions()
                         .iter()
-                        .map(|e| e.key().clone())
+                        .map(|s| s.client_id.clone())
                         .collect::<Vec<_>>()
                 )
             });
         assert_eq!(
-            Metrics::get(&b.metrics.subscriptions),
+            Metrics::get(&b.metrics().subscriptions),
             0,
             "round {round}: subscriptions leaked"
         );
         assert_eq!(
-            Metrics::get(&b.metrics.sessions),
+            Metrics::get(&b.metrics().sessions),
             0,
             "round {round}: sessions gauge"
         );

@@ -179,7 +179,7 @@ async fn slow_consumer_qos0_dropped_others_get_everything_memory_bounded() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let dropped = Metrics::get(&b.metrics.dropped_qos0_slow_consumer);
+    let dropped = Metrics::get(&b.metrics().dropped_qos0_slow_consumer);
     let growth_kib = rss_after.saturating_sub(rss_before);
     eprintln!(
         "slow consumer: {COUNT} x {PAYLOAD} B published, reader got {}, dropped for the stuck \
@@ -191,7 +191,7 @@ async fn slow_consumer_qos0_dropped_others_get_everything_memory_bounded() {
     assert!(dropped > 0, "nothing dropped for a client that never reads");
     // What the stuck client could have taken: its kernel buffers plus twice the cap (the
     // batch being written and the buffer behind it). Everything else was dropped.
-    let sent_total = Metrics::get(&b.metrics.messages_sent) as usize;
+    let sent_total = Metrics::get(&b.metrics().messages_sent) as usize;
     let to_stuck = sent_total - COUNT;
     assert_eq!(
         to_stuck + dropped as usize,
@@ -203,7 +203,7 @@ async fn slow_consumer_qos0_dropped_others_get_everything_memory_bounded() {
         growth_kib < 8 * 1024,
         "RSS grew by {growth_kib} KiB while flooding a stuck subscriber"
     );
-    assert_eq!(Metrics::get(&b.metrics.slow_consumer_disconnects), 0);
+    assert_eq!(Metrics::get(&b.metrics().slow_consumer_disconnects), 0);
     drop(stuck);
     reading.abort();
     broker.running.stop().await;
@@ -228,11 +228,11 @@ async fn slow_consumer_disconnected_after_timeout_and_socket_closed() {
     let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 64).collect();
     let deadline = Instant::now() + Duration::from_secs(4);
     // Keep publishing until the broker gives up on the stuck client.
-    while Metrics::get(&b.metrics.slow_consumer_disconnects) == 0 {
+    while Metrics::get(&b.metrics().slow_consumer_disconnects) == 0 {
         assert!(
             Instant::now() < deadline,
             "stuck client not disconnected; {} messages dropped for it",
-            Metrics::get(&b.metrics.dropped_qos0_slow_consumer)
+            Metrics::get(&b.metrics().dropped_qos0_slow_consumer)
         );
         publisher.send_bytes(&batch).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -262,6 +262,6 @@ async fn slow_consumer_disconnected_after_timeout_and_socket_closed() {
     if let Some(Packet::Disconnect(d)) = &last {
         assert_eq!(d.reason_code, tern_codec::ReasonCode::QUOTA_EXCEEDED);
     }
-    assert_eq!(Metrics::get(&b.metrics.clients_connected), 1);
+    assert_eq!(Metrics::get(&b.metrics().clients_connected), 1);
     broker.running.stop().await;
 }

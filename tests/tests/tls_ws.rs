@@ -177,7 +177,7 @@ async fn mtls_requires_a_client_certificate() {
         "a client without a certificate must be refused"
     );
     assert!(
-        tern_broker::metrics::Metrics::get(&broker.broker().metrics.tls_handshake_failures) >= 1
+        tern_broker::metrics::Metrics::get(&broker.broker().metrics().tls_handshake_failures) >= 1
     );
     broker.running.stop().await;
 }

@@ -81,7 +81,7 @@ async fn expect_will(watcher: &mut Client, payload: &str) -> tern_codec::Publish
 }
 
 fn wills_published(broker: &Broker) -> u64 {
-    tern_broker::metrics::Metrics::get(&broker.metrics.wills_published)
+    tern_broker::metrics::Metrics::get(&broker.metrics().wills_published)
 }
 
 // [MQTT-3.1.2-8]: the will is published when the network connection closes without a
@@ -318,7 +318,7 @@ async fn will_delay_longer_than_session_expiry_published_at_expiry() {
         .await
         .expect("will not published at session expiry");
     assert_eq!(got.payload(), b"expired");
-    assert!(!broker.sessions.contains_key("w"));
+    assert!(!broker.has_session("w"));
     watcher.expect_nothing(Duration::from_secs(60)).await;
 }
 

@@ -1,30 +1,40 @@
-//! [`Broker`]: the shared state of one running broker (configuration, session registry,
-//! router, retained store, counters, shutdown signal) and the operations that span them:
-//! opening and ending sessions, publishing a message.
+//! [`Broker`]: the state of one running broker, private behind a small API.
+//!
+//! The broker owns the session registry ([`sessions`]), the subscriptions as the router's
+//! trie and each session's record of them, kept together by one set of operations
+//! ([`subscriptions`]), the retained store ([`retained`]), the offline timers of sessions
+//! (will delay, session expiry: [`timers`]), the limits in force and the counters. Nothing
+//! outside reaches into its fields: connections, the HTTP bridges and `$SYS` call its
+//! methods (open/resume/end a session, subscribe, publish, reload).
 
 pub mod retained;
+mod sessions;
+mod subscriptions;
 pub mod timers;
 pub mod will;
 
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use tern_codec::{ByteStr, ReasonCode};
+use tern_codec::ReasonCode;
 use tokio::sync::{watch, Semaphore};
 
 use self::retained::RetainedStore;
 use crate::auth::{Auth, AuthError, AuthState};
-use crate::config::Config;
+use crate::backpressure::Relief;
+use crate::config::{Config, HttpConfig, Limits, SessionConfig, SysConfig};
+use crate::ip_limits::IpLimits;
+use crate::keep_alive::KeepAlive;
 use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::router::{RouteScratch, Router};
-use crate::session::delivery::{DeliverCtx, Redirect};
+use crate::router::{BridgeSink, RouteScratch, Router};
+use crate::session::delivery::DeliverCtx;
 use crate::session::Session;
+
+pub use self::subscriptions::Subscribed;
 
 /// A handle to the broker; cheap to clone.
 #[derive(Debug, Clone)]
@@ -34,47 +44,46 @@ pub struct Broker {
 
 /// The state behind a [`Broker`].
 #[derive(Debug)]
-pub struct Inner {
-    /// Configuration in force.
-    pub config: Config,
-    /// Subscriptions.
-    pub router: Router,
+struct Inner {
+    /// Configuration read at startup. Its `limits` are never read: [`Broker::limits`] is
+    /// the only way to the limits in force.
+    config: Config,
+    /// Subscriptions: the trie. Changed only through [`subscriptions`], with the sessions'
+    /// records.
+    router: Router,
     /// Retained messages.
-    pub retained: RetainedStore,
+    retained: RetainedStore,
     /// Client identifier -> session.
-    pub sessions: DashMap<Arc<str>, Arc<Session>>,
+    sessions: DashMap<Arc<str>, Arc<Session>>,
     /// Counters.
-    pub metrics: Metrics,
+    metrics: Metrics,
     /// Password file and ACL in force ([`crate::auth`]).
-    pub auth: Auth,
+    auth: Auth,
     /// When the broker started.
-    pub started_at: Instant,
+    started_at: Instant,
     /// The limits in force: the configured ones until a SIGHUP reload replaces them. New
     /// connections take a snapshot; broker-wide checks read them each time.
-    limits: std::sync::RwLock<Arc<crate::config::Limits>>,
+    limits: std::sync::RwLock<Arc<Limits>>,
     /// `limits.slow_consumer_timeout_ms`, read on every delivery: an atomic, not the lock.
     slow_consumer_timeout_ms: AtomicU64,
     /// `limits.backpressure_queued_messages`, read on every delivery.
     backpressure_queued_messages: std::sync::atomic::AtomicUsize,
     /// Wakes publishers held back by slow subscribers ([`crate::backpressure`]).
-    pub relief: crate::backpressure::Relief,
+    relief: Relief,
     /// Enforces the connections' keep alive ([`crate::keep_alive`]).
-    pub keep_alive: Arc<crate::keep_alive::KeepAlive>,
+    keep_alive: Arc<KeepAlive>,
+    /// Will delay and session expiry of offline sessions ([`timers`]).
+    timers: Arc<timers::Timers>,
     /// Time to store and route one received PUBLISH (seconds).
-    pub route_latency: prometheus_client::metrics::histogram::Histogram,
+    route_latency: prometheus_client::metrics::histogram::Histogram,
     /// Per-IP connection count and connect rate.
-    pub ip_limits: std::sync::Arc<crate::ip_limits::IpLimits>,
+    ip_limits: Arc<IpLimits>,
     /// One permit per allowed connection; all permits back means all connections ended.
-    pub connection_slots: Arc<Semaphore>,
+    connection_slots: Arc<Semaphore>,
+    /// The number of permits `connection_slots` started with.
+    connection_slot_count: u32,
     next_session_id: AtomicU64,
     shutdown_tx: watch::Sender<bool>,
-}
-
-impl std::ops::Deref for Broker {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
-        &self.inner
-    }
 }
 
 impl Broker {
@@ -100,7 +109,8 @@ impl Broker {
 
     fn with_auth(config: Config, auth: AuthState) -> Broker {
         let (shutdown_tx, _) = watch::channel(false);
-        let slots = config.limits.max_connections.min(Semaphore::MAX_PERMITS);
+        let limits = &config.limits;
+        let slots = limits.max_connections.min(Semaphore::MAX_PERMITS);
         Broker {
             inner: Arc::new(Inner {
                 router: Router::default(),
@@ -109,20 +119,22 @@ impl Broker {
                 metrics: Metrics::default(),
                 auth: Auth::new(auth),
                 started_at: Instant::now(),
-                limits: std::sync::RwLock::new(Arc::new(config.limits.clone())),
-                slow_consumer_timeout_ms: AtomicU64::new(config.limits.slow_consumer_timeout_ms),
+                limits: std::sync::RwLock::new(Arc::new(limits.clone())),
+                slow_consumer_timeout_ms: AtomicU64::new(limits.slow_consumer_timeout_ms),
                 backpressure_queued_messages: std::sync::atomic::AtomicUsize::new(
-                    config.limits.backpressure_queued_messages,
+                    limits.backpressure_queued_messages,
                 ),
-                relief: crate::backpressure::Relief::default(),
+                relief: Relief::default(),
                 keep_alive: Arc::default(),
+                timers: Arc::default(),
                 route_latency: prometheus_client::metrics::histogram::Histogram::new(
                     prometheus_client::metrics::histogram::exponential_buckets(1e-6, 4.0, 10),
                 ),
                 connection_slots: Arc::new(Semaphore::new(slots)),
-                ip_limits: crate::ip_limits::IpLimits::new(
-                    config.limits.max_connections_per_ip,
-                    config.limits.max_connect_rate_per_ip,
+                connection_slot_count: u32::try_from(slots).unwrap_or(u32::MAX),
+                ip_limits: IpLimits::new(
+                    limits.max_connections_per_ip,
+                    limits.max_connect_rate_per_ip,
                 ),
                 next_session_id: AtomicU64::new(1),
                 shutdown_tx,
@@ -135,8 +147,8 @@ impl Broker {
     /// through their session's link (they hold no shutdown receiver: that keeps an idle
     /// connection's task small); a connection attaching meanwhile sees the flag instead.
     pub fn shutdown(&self) {
-        self.shutdown_tx.send_replace(true);
-        for entry in self.sessions.iter() {
+        self.inner.shutdown_tx.send_replace(true);
+        for entry in self.inner.sessions.iter() {
             if let Some(writer) = entry.value().delivery().link_writer() {
                 writer.kick(ReasonCode::SERVER_SHUTTING_DOWN);
             }
@@ -145,17 +157,18 @@ impl Broker {
 
     /// A receiver that changes to `true` when the broker shuts down.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown_tx.subscribe()
+        self.inner.shutdown_tx.subscribe()
     }
 
     /// Whether shutdown has been signalled.
     pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown_tx.borrow()
+        *self.inner.shutdown_tx.borrow()
     }
 
-    /// The limits in force.
-    pub fn limits(&self) -> Arc<crate::config::Limits> {
-        self.limits
+    /// The limits in force (the only way to read them: they change on reload).
+    pub fn limits(&self) -> Arc<Limits> {
+        self.inner
+            .limits
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -164,208 +177,172 @@ impl Broker {
     /// Puts new limits in force (SIGHUP reload): for new connections and broker-wide
     /// checks. `max_connections` keeps its startup value (the connection semaphore is sized
     /// once).
-    pub fn set_limits(&self, limits: crate::config::Limits) {
-        self.ip_limits.set_bounds(
+    pub fn set_limits(&self, limits: Limits) {
+        let inner = &self.inner;
+        inner.ip_limits.set_bounds(
             limits.max_connections_per_ip,
             limits.max_connect_rate_per_ip,
         );
-        self.backpressure_queued_messages
+        inner
+            .backpressure_queued_messages
             .store(limits.backpressure_queued_messages, Ordering::Relaxed);
-        self.slow_consumer_timeout_ms
+        inner
+            .slow_consumer_timeout_ms
             .store(limits.slow_consumer_timeout_ms, Ordering::Relaxed);
-        *self.limits.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(limits);
+        *inner.limits.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(limits);
+    }
+
+    /// The `[http]` section (fixed at startup).
+    pub fn http_config(&self) -> &HttpConfig {
+        &self.inner.config.http
+    }
+
+    /// The `[session]` section (fixed at startup).
+    pub fn session_config(&self) -> &SessionConfig {
+        &self.inner.config.session
+    }
+
+    /// The `[sys]` section (fixed at startup).
+    pub fn sys_config(&self) -> &SysConfig {
+        &self.inner.config.sys
+    }
+
+    /// The settings of `new` that differ from the running ones and take effect only after
+    /// a restart (a reload reports them instead of applying them).
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let old = &self.inner.config;
+        let mut changed = Vec::new();
+        let differs =
+            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        if differs(&old.listeners, &new.listeners) {
+            changed.push("listeners");
+        }
+        if differs(&old.http, &new.http) {
+            changed.push("http");
+        }
+        if differs(&old.session, &new.session) {
+            changed.push("session");
+        }
+        if differs(&old.sys, &new.sys) {
+            changed.push("sys");
+        }
+        if old.limits.max_connections != new.limits.max_connections {
+            changed.push("limits.max_connections");
+        }
+        if old.log.format != new.log.format {
+            changed.push("log.format");
+        }
+        changed
+    }
+
+    /// The broker's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The password file and ACL in force.
+    pub fn auth(&self) -> &Auth {
+        &self.inner.auth
+    }
+
+    /// How long the broker has been running.
+    pub fn uptime(&self) -> Duration {
+        self.inner.started_at.elapsed()
+    }
+
+    /// When the broker started.
+    pub fn started_at(&self) -> Instant {
+        self.inner.started_at
+    }
+
+    /// Wake-ups for publishers held back by slow subscribers.
+    pub fn relief(&self) -> &Relief {
+        &self.inner.relief
+    }
+
+    /// The keep-alive sweeper of the connections.
+    pub fn keep_alive(&self) -> &Arc<KeepAlive> {
+        &self.inner.keep_alive
+    }
+
+    /// The routing latency histogram (seconds per received PUBLISH).
+    pub fn route_latency(&self) -> &prometheus_client::metrics::histogram::Histogram {
+        &self.inner.route_latency
+    }
+
+    /// Per-IP connection counts and connect rates.
+    pub fn ip_limits(&self) -> &Arc<IpLimits> {
+        &self.inner.ip_limits
+    }
+
+    /// One permit per allowed connection.
+    pub fn connection_slots(&self) -> &Arc<Semaphore> {
+        &self.inner.connection_slots
+    }
+
+    /// The number of connection permits there are (all back: every connection ended).
+    pub fn connection_slot_count(&self) -> u32 {
+        self.inner.connection_slot_count
     }
 
     /// Delivery context for `now`.
     pub fn deliver_ctx(&self, now: Instant) -> DeliverCtx<'_> {
+        let inner = &self.inner;
         DeliverCtx {
-            metrics: &self.metrics,
+            metrics: &inner.metrics,
             now,
             slow_consumer_timeout: Duration::from_millis(
-                self.slow_consumer_timeout_ms.load(Ordering::Relaxed),
+                inner.slow_consumer_timeout_ms.load(Ordering::Relaxed),
             ),
-            backpressure_queued_messages: self.backpressure_queued_messages.load(Ordering::Relaxed),
+            backpressure_queued_messages: inner
+                .backpressure_queued_messages
+                .load(Ordering::Relaxed),
         }
     }
 
-    /// Stores (if RETAIN) and routes a message; returns the number of sessions it went to.
+    /// Stores (if RETAIN) and routes a message; returns the number of sessions and bridge
+    /// sinks it went to.
     pub fn publish(
         &self,
         message: &Arc<Message>,
         scratch: &mut RouteScratch,
         now: Instant,
     ) -> usize {
+        let inner = &self.inner;
         if message.publish().retain {
-            let delta = self.retained.update(message);
-            match delta {
-                1 => Metrics::add(&self.metrics.retained_messages, 1),
-                -1 => Metrics::sub(&self.metrics.retained_messages, 1),
+            match inner.retained.update(message) {
+                1 => Metrics::add(&inner.metrics.retained_messages, 1),
+                -1 => Metrics::sub(&inner.metrics.retained_messages, 1),
                 _ => {}
             }
         }
-        self.router.route(message, scratch, self.deliver_ctx(now))
+        inner.router.route(message, scratch, self.deliver_ctx(now))
     }
 
-    /// A client identifier for a client that sent an empty one.
-    pub fn assign_client_id(&self) -> ByteStr {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(self.next_session_id.load(Ordering::Relaxed));
-        hasher.write_u128(self.started_at.elapsed().as_nanos());
-        ByteStr::from(format!("tern-{:016x}", hasher.finish()))
+    /// Calls `f` with each retained message matching `filter` and not expired at `now`.
+    pub fn for_each_retained(&self, filter: &str, now: Instant, f: impl FnMut(&Arc<Message>)) {
+        self.inner.retained.for_each_match(filter, now, f);
     }
 
-    /// Finds or creates the session of `client_id`. With `clean_start` (or no session) a
-    /// new one replaces any existing one, which ends. Returns the session and whether an
-    /// existing one continues (Session Present).
-    pub fn open_session(&self, client_id: &str, clean_start: bool) -> (Arc<Session>, bool) {
-        let limits = self.limits();
-        // One allocation for the id, shared by the registry's key and the session.
-        let client_id: Arc<str> = Arc::from(client_id);
-        let make = || {
-            let id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
-            Arc::new(Session::new(
-                id,
-                client_id.clone(),
-                limits.max_queued_messages,
-                limits.max_queued_bytes,
-            ))
-        };
-        let mut replaced = None;
-        // The DashMap guard lives only inside this block; ending the old session touches
-        // the map again, so it happens after.
-        let (session, present) = match self.sessions.entry(client_id.clone()) {
-            Entry::Occupied(mut occupied) => {
-                if clean_start || occupied.get().is_ended() {
-                    let fresh = make();
-                    replaced = Some(occupied.insert(fresh.clone()));
-                    (fresh, false)
-                } else {
-                    (occupied.get().clone(), true)
-                }
-            }
-            Entry::Vacant(vacant) => {
-                let fresh = make();
-                vacant.insert(fresh.clone());
-                (fresh, false)
-            }
-        };
-        if !present {
-            Metrics::add(&self.metrics.sessions, 1);
-        }
-        if let Some(old) = replaced {
-            if let Some(link) = old.delivery().take_link() {
-                Metrics::add(&self.metrics.session_takeovers, 1);
-                link.writer.kick(ReasonCode::SESSION_TAKEN_OVER);
-            }
-            self.end_session(&old);
-        }
-        (session, present)
+    /// Removes the retained messages expired at `now`; returns how many.
+    pub fn purge_expired_retained(&self, now: Instant) -> usize {
+        let purged = self.inner.retained.purge_expired(now);
+        Metrics::sub(&self.inner.metrics.retained_messages, purged as u64);
+        purged
     }
 
-    /// Hands messages a leaving shared-group member held to another online member of the
-    /// same group (5.0 section 4.8.2: "the Server SHOULD send the Application Message to
-    /// another Client that is subscribed to the same Shared Subscription"). Messages with no
-    /// other member online are dropped and counted.
-    pub fn redirect_shared(&self, leaving_session: u64, redirects: Vec<Redirect>) {
-        if redirects.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        let ctx = self.deliver_ctx(now);
-        for Redirect {
-            message,
-            group: key,
-        } in redirects
-        {
-            let group = self.router.shared_group(&key);
-            match group.as_ref().and_then(|g| g.pick_other(leaving_session)) {
-                Some(member) => {
-                    let topic = message.publish().topic();
-                    if member
-                        .read_check
-                        .as_ref()
-                        .is_some_and(|acl| !acl.allows_read(topic))
-                    {
-                        Metrics::add(&self.metrics.acl_denied, 1);
-                        continue;
-                    }
-                    let qos = message.qos().min(member.options.qos);
-                    let retain = message.publish().retain && member.options.retain_as_published;
-                    let ids: Vec<u32> = member.subscription_id.into_iter().collect();
-                    member.session.delivery().deliver_via(
-                        &message,
-                        qos,
-                        retain,
-                        &ids,
-                        Some(&key),
-                        ctx,
-                    );
-                }
-                None => Metrics::add(&self.metrics.dropped_shared_no_member, 1),
-            }
-        }
+    /// Adds bridge `sink`'s trie entry for `filter` (valid, not shared).
+    pub fn subscribe_sink(&self, filter: &str, sink: Arc<dyn BridgeSink>) {
+        self.inner.router.subscribe_bridge(filter, sink);
     }
 
-    /// Ends a session: removes its subscriptions, drops what it held, and removes it from
-    /// the registry if it is still the registered one. Idempotent.
-    ///
-    /// A connection still attached is closed (DISCONNECT 0x8E). The end is marked under the
-    /// delivery lock, which a connection attaching holds while it checks for it: it either
-    /// attached before (and is closed here) or sees the end and opens a session again.
-    pub fn end_session(&self, session: &Arc<Session>) {
-        let attached = {
-            let mut delivery = session.delivery();
-            if !session.mark_ended() {
-                return;
-            }
-            delivery.take_link()
-        };
-        if let Some(link) = attached {
-            link.writer.kick(ReasonCode::SESSION_TAKEN_OVER);
-        }
-        self.release_session(session);
+    /// Removes bridge sink `sink_id`'s trie entry for `filter`.
+    pub fn unsubscribe_sink(&self, filter: &str, sink_id: u64) {
+        self.inner.router.unsubscribe_bridge(filter, sink_id);
     }
 
-    /// Ends a session whose connection of `generation` has gone, unless another connection
-    /// has claimed it since (a resume): neither the close of an old connection nor the
-    /// expiry timer may end the session a newer connection owns.
-    pub fn end_session_unless_resumed(&self, session: &Arc<Session>, generation: u64) {
-        {
-            let delivery = session.delivery();
-            if delivery.is_online() || session.generation() != generation {
-                return;
-            }
-            if !session.mark_ended() {
-                return;
-            }
-        }
-        self.release_session(session);
-    }
-
-    /// What ending a session releases, once it is marked ended.
-    fn release_session(&self, session: &Arc<Session>) {
-        let filters: Vec<Arc<str>> = session
-            .subscriptions()
-            .drain()
-            .into_iter()
-            .map(|(filter, _)| filter)
-            .collect();
-        for filter in &filters {
-            if self.router.unsubscribe(filter, session.id) {
-                Metrics::sub(&self.metrics.subscriptions, 1);
-            }
-        }
-        let redirects = session.delivery().take_shared(true);
-        self.redirect_shared(session.id, redirects);
-        let dropped = session.delivery().clear();
-        if dropped > 0 {
-            tracing::debug!(client_id = %session.client_id, dropped, "session ended with undelivered messages");
-        }
-        self.sessions
-            .remove_if(&session.client_id, |_, registered| {
-                Arc::ptr_eq(registered, session)
-            });
-        Metrics::sub(&self.metrics.sessions, 1);
-        session.wake_timers();
+    /// Number of trie entries (session subscriptions, shared groups, bridge sinks).
+    pub fn trie_entries(&self) -> usize {
+        self.inner.router.len()
     }
 }

@@ -35,6 +35,6 @@ pub fn publish(broker: &Broker, session: &Arc<Session>, will: LastWill) {
     let now = Instant::now();
     tracing::debug!(client_id = %session.client_id, topic = %will.topic, "publishing will");
     let message = Message::new(to_publish(will), now, None);
-    Metrics::add(&broker.metrics.wills_published, 1);
+    Metrics::add(&broker.metrics().wills_published, 1);
     broker.publish(&message, &mut RouteScratch::default(), now);
 }

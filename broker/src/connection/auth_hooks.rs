@@ -14,7 +14,6 @@ use super::{Connection, PeerInfo};
 use crate::auth::{self, Access, ClientAcl, SubscribeVerdict};
 use crate::broker::Broker;
 use crate::metrics::Metrics;
-use crate::session::Session;
 
 /// Checks CONNECT's user name and password against the password file in force.
 ///
@@ -32,12 +31,12 @@ pub(super) async fn login(
     if info.cert_username.is_some() {
         return Ok(());
     }
-    let state = broker.auth.current();
+    let state = broker.auth().current();
     let username = connect.username.clone();
     match auth::authenticate(state, username, connect.password.clone()).await {
         Ok(()) => Ok(()),
         Err(e) => {
-            Metrics::add(&broker.metrics.auth_failures, 1);
+            Metrics::add(&broker.metrics().auth_failures, 1);
             tracing::debug!(
                 peer = %info.addr,
                 client_id = %connect.client_id,
@@ -59,12 +58,12 @@ pub(super) fn client_acl(
     connect: &mut Connect,
 ) -> Option<Arc<ClientAcl>> {
     let acl = broker
-        .auth
+        .auth()
         .current()
         .client_acl(client_id, connect.username.as_deref())?;
     if let Some(will) = &connect.will {
         if !acl.check(&will.topic, Access::Write) {
-            Metrics::add(&broker.metrics.acl_denied, 1);
+            Metrics::add(&broker.metrics().acl_denied, 1);
             tracing::debug!(%client_id, topic = %will.topic, "will topic not writable: will dropped");
             connect.will = None;
         }
@@ -72,67 +71,18 @@ pub(super) fn client_acl(
     Some(acl)
 }
 
-/// A resumed session's subscriptions were granted under the ACL of an earlier connection,
-/// whose user name may differ: classify them again for this one. Filters it may not read
-/// are removed; the others get this connection's ACL for their delivery checks.
-pub(crate) fn reapply_acl(broker: &Broker, session: &Arc<Session>, acl: Option<&Arc<ClientAcl>>) {
-    let Some(acl) = acl else { return };
-    let current = session.subscription_snapshot();
-    for (filter, record) in current {
-        match acl.check_subscribe(&filter) {
-            SubscribeVerdict::Denied => {
-                session.subscriptions().remove(&filter);
-                if broker.router.unsubscribe(&filter, session.id) {
-                    Metrics::sub(&broker.metrics.subscriptions, 1);
-                }
-                Metrics::add(&broker.metrics.acl_denied, 1);
-                tracing::debug!(client_id = %session.client_id, %filter, "subscription no longer allowed: removed");
-            }
-            verdict => {
-                let check = (verdict == SubscribeVerdict::Filtered).then(|| acl.clone());
-                if broker.router.subscribe_checked(
-                    &filter,
-                    session,
-                    record.options,
-                    record.subscription_id,
-                    check,
-                ) {
-                    Metrics::add(&broker.metrics.subscriptions, 1);
-                }
-            }
-        }
-    }
-}
-
-/// After a reload that removed the ACL file: every subscription of `session` is delivered
-/// without a read check again.
-pub(crate) fn clear_read_checks(broker: &Broker, session: &Arc<Session>) {
-    let current = session.subscription_snapshot();
-    for (filter, record) in current {
-        if broker.router.subscribe_checked(
-            &filter,
-            session,
-            record.options,
-            record.subscription_id,
-            None,
-        ) {
-            Metrics::add(&broker.metrics.subscriptions, 1);
-        }
-    }
-}
-
 impl Connection {
     /// Re-derives this client's ACL when the auth files were reloaded since it was derived
     /// (one atomic load per PUBLISH/SUBSCRIBE otherwise).
     pub(super) fn refresh_acl(&mut self) {
-        let generation = self.broker.auth.generation();
+        let generation = self.broker.auth().generation();
         if generation == self.acl_generation {
             return;
         }
         self.acl_generation = generation;
         self.acl = self
             .broker
-            .auth
+            .auth()
             .current()
             .client_acl(&self.session.client_id, self.username.as_deref());
     }
@@ -148,7 +98,7 @@ impl Connection {
             SubscribeVerdict::Allowed => Ok(None),
             SubscribeVerdict::Filtered => Ok(Some(acl.clone())),
             SubscribeVerdict::Denied => {
-                Metrics::add(&self.broker.metrics.acl_denied, 1);
+                Metrics::add(&self.broker.metrics().acl_denied, 1);
                 tracing::debug!(client_id = %self.session.client_id, %filter, "subscription refused by ACL");
                 Err(ReasonCode::NOT_AUTHORIZED)
             }
@@ -166,7 +116,7 @@ impl Connection {
         if acl.check(publish.topic(), Access::Write) {
             return false;
         }
-        Metrics::add(&self.broker.metrics.acl_denied, 1);
+        Metrics::add(&self.broker.metrics().acl_denied, 1);
         tracing::debug!(client_id = %self.session.client_id, topic = %publish.topic(), "publish refused by ACL: dropped");
         let v5 = self.version.is_v5();
         let code = if v5 {

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use super::io::PacketReader;
 use super::output::Output;
 use super::{Connection, RateBucket};
+use crate::broker::Subscribed;
 use crate::error::{Close, ProtocolError};
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -41,7 +42,7 @@ impl Connection {
         // Few locals live across the awaits below: an idle connection waits in this
         // future, so each one is paid by every connection.
         if let Some(timeout) = self.keep_alive_timeout {
-            self.broker.keep_alive.watch(&self.out, timeout);
+            self.broker.keep_alive().watch(&self.out, timeout);
         }
         loop {
             if let Some(reason) = self.out.kicked() {
@@ -79,7 +80,7 @@ impl Connection {
             if let Some(resume_at) = self.take_throttle() {
                 // Over max_publish_rate_per_client: stop reading until the bucket refills.
                 // Boxed so that its timer costs memory only while a client is throttled.
-                Metrics::add(&self.broker.metrics.publish_throttled, 1);
+                Metrics::add(&self.broker.metrics().publish_throttled, 1);
                 self.out
                     .set_keep_alive_deadline_ms(crate::keep_alive::NO_DEADLINE_MS);
                 let pause = Box::pin(pause_until(resume_at, &self.out));
@@ -95,7 +96,7 @@ impl Connection {
             if writing && !was_writing {
                 // A batch was just taken, so our buffered length dropped: publishers waiting
                 // for us may go on (not on every pass while one batch is still being written).
-                self.broker.relief.relieve();
+                self.broker.relief().relieve();
             }
             // One hand-written wait instead of `select!` over three futures: an idle
             // connection waits here, and this way the wait adds only borrows to its task.
@@ -116,9 +117,9 @@ impl Connection {
             .await;
             match event {
                 Event::Woken => {}
-                Event::Written(Ok(n)) => Metrics::add(&self.broker.metrics.bytes_sent, n as u64),
+                Event::Written(Ok(n)) => Metrics::add(&self.broker.metrics().bytes_sent, n as u64),
                 Event::Read(Ok(0)) => return Close::PeerGone,
-                Event::Read(Ok(n)) => Metrics::add(&self.broker.metrics.bytes_received, n as u64),
+                Event::Read(Ok(n)) => Metrics::add(&self.broker.metrics().bytes_received, n as u64),
                 Event::Written(Err(e)) | Event::Read(Err(e)) => return Close::Io(e),
             }
         }
@@ -128,7 +129,7 @@ impl Connection {
     /// own making.
     fn alive(&self) {
         if let Some(timeout) = self.keep_alive_timeout {
-            let now_ms = self.broker.keep_alive.now_ms();
+            let now_ms = self.broker.keep_alive().now_ms();
             self.out
                 .set_keep_alive_deadline_ms(now_ms + timeout.as_millis() as u64);
         }
@@ -163,7 +164,7 @@ impl Connection {
             Packet::PubAck(ack) => {
                 let ctx = self.broker.deliver_ctx(Instant::now());
                 self.session.delivery().handle_puback(ack.packet_id, ctx);
-                self.broker.relief.relieve(); // our queue may have moved on
+                self.broker.relief().relieve(); // our queue may have moved on
             }
             Packet::PubRec(rec) => {
                 let ctx = self.broker.deliver_ctx(Instant::now());
@@ -174,7 +175,7 @@ impl Connection {
             Packet::PubComp(comp) => {
                 let ctx = self.broker.deliver_ctx(Instant::now());
                 self.session.delivery().handle_pubcomp(comp.packet_id, ctx);
-                self.broker.relief.relieve();
+                self.broker.relief().relieve();
             }
             Packet::PubRel(rel) => {
                 // [MQTT-4.3.3-12]: release the id; PUBCOMP (0x92 when it was unknown).
@@ -224,7 +225,7 @@ impl Connection {
     }
 
     fn handle_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
-        Metrics::add(&self.broker.metrics.messages_received, 1);
+        Metrics::add(&self.broker.metrics().messages_received, 1);
         // One clock read per PUBLISH serves the rate bucket, expiry and routing.
         let now = Instant::now();
         self.charge_publish_rate(now);
@@ -255,7 +256,7 @@ impl Connection {
         let qos = publish.qos;
         let packet_id = publish.packet_id;
         if !self.limits.topic_within_limits(publish.topic()) {
-            Metrics::add(&self.broker.metrics.dropped_topic_too_deep, 1);
+            Metrics::add(&self.broker.metrics().dropped_topic_too_deep, 1);
             tracing::debug!(client_id = %self.session.client_id, "topic has too many levels: dropped");
             if let Some(id) = packet_id {
                 let code = if self.version.is_v5() {
@@ -334,7 +335,7 @@ impl Connection {
         let started = std::time::Instant::now();
         let delivered = self.broker.publish(&message, &mut publishing.scratch, now);
         self.broker
-            .route_latency
+            .route_latency()
             .observe(started.elapsed().as_secs_f64());
         delivered
     }
@@ -344,70 +345,20 @@ impl Connection {
         let mut reason_codes = Vec::with_capacity(subscribe.filters.len());
         let mut retained_for = Vec::new();
         for (filter, options) in &subscribe.filters {
-            if !self.limits.topic_within_limits(filter) {
-                reason_codes.push(ReasonCode::TOPIC_FILTER_INVALID);
-                continue;
-            }
-            let max_subscriptions = self.limits.max_subscriptions_per_client;
-            let subscriptions = self.session.subscriptions();
-            let is_new = !subscriptions.contains_key(filter);
-            let full = is_new && max_subscriptions > 0 && subscriptions.len() >= max_subscriptions;
-            drop(subscriptions);
-            if full {
-                Metrics::add(&self.broker.metrics.subscriptions_refused_quota, 1);
-                reason_codes.push(ReasonCode::QUOTA_EXCEEDED);
-                continue;
-            }
-            let read_check = match self.subscribe_acl(filter) {
-                Ok(check) => check,
-                Err(code) => {
-                    reason_codes.push(code);
-                    continue;
-                }
-            };
             let record = SubscriptionRecord {
                 options: *options,
                 subscription_id,
             };
-            let existed = self
-                .session
-                .subscriptions()
-                .insert(Arc::from(&**filter), record)
-                .is_some();
-            let added = self.broker.router.subscribe_checked(
-                filter,
-                &self.session,
-                *options,
-                subscription_id,
-                read_check.clone(),
-            );
-            if added {
-                Metrics::add(&self.broker.metrics.subscriptions, 1);
-            }
-            reason_codes.push(ReasonCode(options.qos as u8));
-            // Retained messages: per Retain Handling ([MQTT-3.3.1-9], [MQTT-3.3.1-10],
-            // [MQTT-3.3.1-11]); never for shared subscriptions (5.0 section 4.8.2).
-            let shared = tern_codec::topic::split_shared(filter).is_some();
-            let send_retained = match options.retain_handling {
-                tern_codec::RetainHandling::SendAtSubscribe => true,
-                tern_codec::RetainHandling::SendIfNew => !existed,
-                tern_codec::RetainHandling::DoNotSend => false,
-            };
-            if send_retained && !shared {
-                retained_for.push((filter.clone(), options.qos, read_check));
-            }
-        }
-        if self.session.is_ended() {
-            // Ended meanwhile (taken over by a Clean Start; this connection is being
-            // closed): the end released the subscriptions it saw, so undo what this packet
-            // added, or the router would keep a session nobody owns.
-            for (filter, _) in &subscribe.filters {
-                self.session.subscriptions().remove(filter);
-                if self.broker.router.unsubscribe(filter, self.session.id) {
-                    Metrics::sub(&self.broker.metrics.subscriptions, 1);
+            match self.subscribe_one(filter, record) {
+                Ok((subscribed, read_check)) => {
+                    reason_codes.push(ReasonCode(options.qos as u8));
+                    if sends_retained(filter, options, subscribed) {
+                        retained_for.push((filter.clone(), options.qos, read_check));
+                    }
                 }
+                Err(SubscribeRefused::SessionEnded) => return,
+                Err(SubscribeRefused::Code(code)) => reason_codes.push(code),
             }
-            return;
         }
         let suback = SubAck {
             packet_id: subscribe.packet_id,
@@ -415,6 +366,35 @@ impl Connection {
             reason_codes,
         };
         self.send(|buf, version| suback.encode(version, buf));
+        self.send_retained(retained_for, subscription_id);
+    }
+
+    /// Subscribes one filter through the broker (the session's record and the trie
+    /// together); returns what it did and the read check the subscription got.
+    fn subscribe_one(
+        &mut self,
+        filter: &str,
+        record: SubscriptionRecord,
+    ) -> Result<(Subscribed, Option<Arc<crate::auth::ClientAcl>>), SubscribeRefused> {
+        if !self.limits.topic_within_limits(filter) {
+            return Err(SubscribeRefused::Code(ReasonCode::TOPIC_FILTER_INVALID));
+        }
+        let read_check = self.subscribe_acl(filter).map_err(SubscribeRefused::Code)?;
+        let max = self.limits.max_subscriptions_per_client;
+        match self
+            .broker
+            .subscribe(&self.session, filter, record, read_check.clone(), max)
+        {
+            // Ended meanwhile (taken over by a Clean Start; this connection is being
+            // closed): nothing was added, and no SUBACK goes out.
+            Subscribed::SessionEnded => Err(SubscribeRefused::SessionEnded),
+            Subscribed::QuotaExceeded => Err(SubscribeRefused::Code(ReasonCode::QUOTA_EXCEEDED)),
+            subscribed => Ok((subscribed, read_check)),
+        }
+    }
+
+    /// Sends the retained messages matching the filters just subscribed.
+    fn send_retained(&mut self, retained_for: Vec<RetainedFor>, subscription_id: Option<u32>) {
         if retained_for.is_empty() {
             return;
         }
@@ -423,7 +403,7 @@ impl Connection {
         let ids: Vec<u32> = subscription_id.into_iter().collect();
         for (filter, granted, read_check) in retained_for {
             let mut matches = Vec::new();
-            self.broker.retained.for_each_match(&filter, now, |m| {
+            self.broker.for_each_retained(&filter, now, |m| {
                 // The ACL's read check applies to retained messages too.
                 if read_check
                     .as_ref()
@@ -441,18 +421,17 @@ impl Connection {
     }
 
     fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
-        let mut reason_codes = Vec::with_capacity(unsubscribe.filters.len());
-        for filter in &unsubscribe.filters {
-            let existed = self.session.subscriptions().remove(filter).is_some();
-            if self.broker.router.unsubscribe(filter, self.session.id) {
-                Metrics::sub(&self.broker.metrics.subscriptions, 1);
-            }
-            reason_codes.push(if existed {
-                ReasonCode::SUCCESS
-            } else {
-                ReasonCode::NO_SUBSCRIPTION_EXISTED
-            });
-        }
+        let reason_codes = unsubscribe
+            .filters
+            .iter()
+            .map(|filter| {
+                if self.broker.unsubscribe(&self.session, filter) {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect();
         let unsuback = UnsubAck {
             packet_id: unsubscribe.packet_id,
             properties: Default::default(),
@@ -471,6 +450,38 @@ impl Connection {
         }
         Close::ClientDisconnect(disconnect.reason_code)
     }
+}
+
+/// A filter to send retained messages for: the filter, the granted QoS, the read check.
+type RetainedFor = (
+    tern_codec::ByteStr,
+    QoS,
+    Option<Arc<crate::auth::ClientAcl>>,
+);
+
+/// Why one SUBSCRIBE filter got no subscription.
+enum SubscribeRefused {
+    /// Refused with this SUBACK reason code.
+    Code(ReasonCode),
+    /// The session ended meanwhile: no SUBACK at all.
+    SessionEnded,
+}
+
+/// Whether a subscription sends the retained messages it matches: per Retain Handling
+/// ([MQTT-3.3.1-9], [MQTT-3.3.1-10], [MQTT-3.3.1-11]), never for shared subscriptions (5.0
+/// section 4.8.2).
+fn sends_retained(
+    filter: &str,
+    options: &tern_codec::SubscriptionOptions,
+    done: Subscribed,
+) -> bool {
+    let shared = tern_codec::topic::split_shared(filter).is_some();
+    let wanted = match options.retain_handling {
+        tern_codec::RetainHandling::SendAtSubscribe => true,
+        tern_codec::RetainHandling::SendIfNew => done == Subscribed::New,
+        tern_codec::RetainHandling::DoNotSend => false,
+    };
+    wanted && !shared
 }
 
 /// What ended one wait of the packet loop.
@@ -528,17 +539,17 @@ impl Connection {
         if pressure.is_empty() {
             return;
         }
-        Metrics::add(&self.broker.metrics.backpressure_waits, 1);
+        Metrics::add(&self.broker.metrics().backpressure_waits, 1);
         let max_wait = Duration::from_millis(self.limits.backpressure_max_wait_ms);
         // The same bound routing flagged the subscribers with (live: SIGHUP may change it).
         let bound = self
             .broker
             .deliver_ctx(Instant::now())
             .backpressure_queued_messages;
-        let slow = self.broker.relief.wait(&pressure, bound, max_wait).await;
+        let slow = self.broker.relief().wait(&pressure, bound, max_wait).await;
         if slow > 0 {
             Metrics::add(
-                &self.broker.metrics.backpressure_slow_consumers,
+                &self.broker.metrics().backpressure_slow_consumers,
                 slow as u64,
             );
             tracing::debug!(client_id = %self.session.client_id, slow, "subscribers did not drain in time: marked slow");

@@ -49,7 +49,7 @@ pub(crate) async fn connect<R: AsyncRead + Unpin>(
         }
         Ok(Err(close)) => return Err(close),
         Ok(Ok((packet, read))) => {
-            Metrics::add(&broker.metrics.bytes_received, read as u64);
+            Metrics::add(&broker.metrics().bytes_received, read as u64);
             packet
         }
     };
@@ -105,7 +105,7 @@ fn establish(
     let mut assigned = None;
     let client_id = if connect.client_id.is_empty() {
         // [MQTT-3.1.3-8] (3.1.1): an empty id needs Clean Session 1.
-        if (!v5 && !connect.clean_start) || !broker.config.session.allow_empty_client_id {
+        if (!v5 && !connect.clean_start) || !broker.session_config().allow_empty_client_id {
             return Err(refuse(
                 out,
                 version,
@@ -122,7 +122,7 @@ fn establish(
     };
     // Kept by the connection and its session link: copied for the same reason.
     connect.username = connect.username.as_deref().map(ByteStr::from);
-    let acl_generation = broker.auth.generation();
+    let acl_generation = broker.auth().generation();
     let acl = super::auth_hooks::client_acl(broker, &client_id, &mut connect);
 
     let requested_expiry = if v5 {
@@ -182,10 +182,11 @@ fn establish(
         }
         if let Some(old) = delivery.take_link() {
             // [MQTT-3.1.4-3]: the existing connection gets DISCONNECT 0x8E and is closed.
-            Metrics::add(&broker.metrics.session_takeovers, 1);
+            Metrics::add(&broker.metrics().session_takeovers, 1);
             old.writer.kick(ReasonCode::SESSION_TAKEN_OVER);
         }
         let generation = session.next_generation();
+        broker.session_resumed(&session);
         session.set_expiry_secs(expiry_secs);
         connack.session_present = resumed;
         connack.encode(version, out.lock().buf());
@@ -210,10 +211,10 @@ fn establish(
         drop(delivery);
         break (session, resumed, generation);
     };
-    Metrics::add(&broker.metrics.clients_connected, 1);
+    Metrics::add(&broker.metrics().clients_connected, 1);
     tracing::debug!(%client_id, %peer, ?version, resumed, "client connected");
     if resumed {
-        super::auth_hooks::reapply_acl(broker, &session, acl.as_ref());
+        broker.reapply_acl(&session, acl.as_ref());
     }
 
     Ok(Connection {

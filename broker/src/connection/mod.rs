@@ -21,7 +21,6 @@ use std::time::Duration;
 use tern_codec::{ByteStr, Disconnect, LastWill, ProtocolVersion};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::broker::timers::{self, Offline};
 use crate::broker::will;
 use crate::broker::Broker;
 use crate::delivery::shared_writer::SharedWriter;
@@ -149,8 +148,10 @@ where
                 Ok(connection) => Some(connection),
                 Err(close) => {
                     match &close {
-                        Close::ConnectTimeout => Metrics::add(&self.broker.metrics.timeouts, 1),
-                        Close::Protocol(_) => Metrics::add(&self.broker.metrics.protocol_errors, 1),
+                        Close::ConnectTimeout => Metrics::add(&self.broker.metrics().timeouts, 1),
+                        Close::Protocol(_) => {
+                            Metrics::add(&self.broker.metrics().protocol_errors, 1)
+                        }
                         _ => {}
                     }
                     tracing::debug!(peer = %self.peer, reason = %close, "connection closed before CONNECT completed");
@@ -176,7 +177,7 @@ where
             FLUSH_TIMEOUT
         };
         match tokio::time::timeout(flush_timeout, self.output.finish(&self.out)).await {
-            Ok(Ok(n)) => Metrics::add(&self.broker.metrics.bytes_sent, n as u64),
+            Ok(Ok(n)) => Metrics::add(&self.broker.metrics().bytes_sent, n as u64),
             Ok(Err(e)) => tracing::debug!(peer = %self.peer, error = %e, "final write failed"),
             // The peer does not read: give up rather than hold the connection open.
             Err(_) => tracing::debug!(peer = %self.peer, "output did not flush in time"),
@@ -250,7 +251,7 @@ impl Connection {
     /// Ends the connection: DISCONNECT to a 5.0 client when we close it, detach from the
     /// session, publish or schedule the will, end or schedule the expiry of the session.
     fn finish(mut self, close: Close) {
-        let metrics = &self.broker.metrics;
+        let metrics = &self.broker.metrics();
         match &close {
             Close::Protocol(_) => Metrics::add(&metrics.protocol_errors, 1),
             Close::KeepAliveTimeout => Metrics::add(&metrics.timeouts, 1),
@@ -268,7 +269,7 @@ impl Connection {
         // After the close: a sweep that has the entry out meanwhile sees it closed and
         // does not file it again.
         if self.keep_alive_timeout.is_some() {
-            self.broker.keep_alive.unwatch(&self.out);
+            self.broker.keep_alive().unwatch(&self.out);
         }
         Metrics::sub(&metrics.clients_connected, 1);
         let detached = self.session.delivery().detach(self.generation);
@@ -309,13 +310,9 @@ impl Connection {
         if expiry_secs == 0 {
             self.broker
                 .end_session_unless_resumed(&self.session, self.generation);
-        } else if will.is_some() || expiry_secs != u32::MAX {
-            let offline = Offline {
-                session: self.session.clone(),
-                generation: self.generation,
-                will,
-            };
-            tokio::spawn(timers::run(self.broker.clone(), offline));
+        } else {
+            self.broker
+                .went_offline(&self.session, self.generation, will, expiry_secs);
         }
     }
 

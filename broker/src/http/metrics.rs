@@ -31,7 +31,7 @@ struct BrokerCollector {
 
 impl Collector for BrokerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for (name, help, value) in self.broker.metrics.snapshot() {
+        for (name, help, value) in self.broker.metrics().snapshot() {
             if GAUGES.contains(&name) {
                 let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
                 let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
@@ -64,9 +64,7 @@ impl Collector for BrokerCollector {
 fn queue_depths(broker: &Broker) -> (i64, i64) {
     let mut queued = 0i64;
     let mut inflight = 0i64;
-    for entry in broker.sessions.iter() {
-        let session = entry.value().clone();
-        drop(entry); // never hold a DashMap guard while locking something else
+    for session in broker.sessions() {
         let delivery = session.delivery();
         queued += delivery.queued() as i64;
         inflight += delivery.inflight() as i64;
@@ -83,7 +81,7 @@ pub fn render(broker: &Broker) -> Result<String, std::fmt::Error> {
     registry.register(
         "route_latency_seconds",
         "Time to store and route one received PUBLISH to every subscriber's buffer (one PUBLISH in 16 per connection is timed).",
-        broker.route_latency.clone(),
+        broker.route_latency().clone(),
     );
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;

@@ -122,7 +122,7 @@ async fn route(
     peer: SocketAddr,
 ) -> Response<Body> {
     let broker = bridges.broker();
-    Metrics::add(&broker.metrics.http_requests, 1);
+    Metrics::add(&broker.metrics().http_requests, 1);
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/health") => {
             if broker.is_shutting_down() {

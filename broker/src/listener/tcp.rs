@@ -51,19 +51,19 @@ pub async fn accept_loop(broker: Broker, listener: TcpListener, transport: Arc<T
                 continue;
             }
         };
-        Metrics::add(&broker.metrics.connections_accepted, 1);
+        Metrics::add(&broker.metrics().connections_accepted, 1);
         let now = tokio::time::Instant::now();
-        let admission = match broker.ip_limits.admit(peer.ip(), now) {
+        let admission = match broker.ip_limits().admit(peer.ip(), now) {
             Ok(admission) => admission,
             Err(refusal) => {
-                Metrics::add(refusal.counter(&broker.metrics), 1);
+                Metrics::add(refusal.counter(broker.metrics()), 1);
                 tracing::debug!(%peer, ?refusal, "per-IP limit: connection closed");
                 drop(stream);
                 continue;
             }
         };
-        let Ok(permit) = broker.connection_slots.clone().try_acquire_owned() else {
-            Metrics::add(&broker.metrics.connections_refused_limit, 1);
+        let Ok(permit) = broker.connection_slots().clone().try_acquire_owned() else {
+            Metrics::add(&broker.metrics().connections_refused_limit, 1);
             tracing::debug!(%peer, "max_connections reached: connection closed");
             drop(stream);
             continue;
@@ -134,12 +134,12 @@ async fn handle(broker: Broker, stream: TcpStream, peer: SocketAddr, transport: 
             let tls_stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    Metrics::add(&broker.metrics.tls_handshake_failures, 1);
+                    Metrics::add(&broker.metrics().tls_handshake_failures, 1);
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
-                    Metrics::add(&broker.metrics.tls_handshake_failures, 1);
+                    Metrics::add(&broker.metrics().tls_handshake_failures, 1);
                     tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tern_codec::SubscriptionOptions;
-use tokio::sync::Notify;
 
 use self::delivery::Delivery;
 use self::packet_ids::PacketIdSet;
@@ -54,8 +53,6 @@ pub struct Session {
     expiry_secs: AtomicU32,
     /// Set once the session has ended; a late attach must not revive it.
     ended: AtomicBool,
-    /// Wakes the offline timer task (will delay, session expiry) on resume or end.
-    timer_wake: Notify,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -83,7 +80,6 @@ impl Session {
             generation: AtomicU64::new(0),
             expiry_secs: AtomicU32::new(0),
             ended: AtomicBool::new(false),
-            timer_wake: Notify::new(),
         }
     }
 
@@ -110,22 +106,9 @@ impl Session {
         lock(&self.incoming_qos2)
     }
 
-    /// Starts a new connection generation and returns it; wakes the offline timers, which
-    /// then see the session resumed (cancelling a delayed will, [MQTT-3.1.3-9]).
+    /// Starts a new connection generation and returns it.
     pub fn next_generation(&self) -> u64 {
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        self.timer_wake.notify_waiters();
-        generation
-    }
-
-    /// A future that completes at the next `wake_timers` or `next_generation`.
-    pub fn timer_wake_notified(&self) -> tokio::sync::futures::Notified<'_> {
-        self.timer_wake.notified()
-    }
-
-    /// Wakes the offline timer task, if any, to re-check the session.
-    pub fn wake_timers(&self) {
-        self.timer_wake.notify_waiters();
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
     }
 
     /// The generation of the connection attached last.

@@ -46,13 +46,13 @@ impl Identity {
     /// load otherwise). The user stays authenticated: as for MQTT connections, a reload does
     /// not log clients out.
     pub fn refresh(&mut self, broker: &Broker) {
-        let generation = broker.auth.generation();
+        let generation = broker.auth().generation();
         if generation == self.generation {
             return;
         }
         self.generation = generation;
         self.acl = broker
-            .auth
+            .auth()
             .current()
             .client_acl(BRIDGE_CLIENT_ID, self.username.as_deref());
     }
@@ -68,7 +68,7 @@ impl Identity {
         };
         for filter in filters {
             if acl.check_subscribe(filter) == SubscribeVerdict::Denied {
-                Metrics::add(&broker.metrics.acl_denied, 1);
+                Metrics::add(&broker.metrics().acl_denied, 1);
                 return Err(format!("not authorised to read {filter:?}"));
             }
         }
@@ -102,8 +102,8 @@ pub async fn authenticate<B>(
         None => (None, None),
     };
     // The generation before the state: a reload in between makes the first refresh redo it.
-    let generation = broker.auth.generation();
-    let state = broker.auth.current();
+    let generation = broker.auth().generation();
+    let state = broker.auth().current();
     let login = auth::authenticate(
         state.clone(),
         username.clone().map(ByteStr::from),
@@ -111,7 +111,7 @@ pub async fn authenticate<B>(
     )
     .await;
     if login.is_err() {
-        Metrics::add(&broker.metrics.auth_failures, 1);
+        Metrics::add(&broker.metrics().auth_failures, 1);
         let mut response = json_error(StatusCode::UNAUTHORIZED, "authentication required");
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -170,7 +170,7 @@ pub fn check_origin<B>(
         return Ok(None);
     };
     let text = origin.to_str().unwrap_or("");
-    let allowed = &broker.config.http.cors_allowed_origins;
+    let allowed = &broker.http_config().cors_allowed_origins;
     if allowed.iter().any(|a| a == "*" || a == text) {
         return Ok(Some(origin.clone()));
     }

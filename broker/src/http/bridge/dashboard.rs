@@ -24,7 +24,7 @@ pub fn page() -> Response<Body> {
 /// by the page from two snapshots).
 pub fn stats(bridges: &super::Bridges) -> Response<Body> {
     let broker = bridges.broker();
-    let m = &broker.metrics;
+    let m = &broker.metrics();
     let body = format!(
         concat!(
             "{{\"uptime_secs\":{},\"clients_connected\":{},\"bridge_clients\":{},",
@@ -32,7 +32,7 @@ pub fn stats(bridges: &super::Bridges) -> Response<Body> {
             "\"retained_messages\":{},\"messages_received\":{},\"messages_sent\":{},",
             "\"bridge_messages\":{},\"bytes_received\":{},\"bytes_sent\":{}}}"
         ),
-        broker.started_at.elapsed().as_secs(),
+        broker.started_at().elapsed().as_secs(),
         Metrics::get(&m.clients_connected),
         bridges.client_count(),
         bridges.ring_count(),

@@ -119,12 +119,12 @@ impl Bridges {
             Some(ring) => ring.clone(),
             None => {
                 let id = self.next_ring_id.fetch_add(1, Ordering::Relaxed) + 1;
-                let http = &broker.config.http;
+                let http = &broker.http_config();
                 let limits = RingLimits {
                     max_messages: http.ring_max_messages.max(1),
                     max_bytes: http.ring_max_bytes,
                 };
-                let readable = Readable::for_reader(&broker.auth.current(), reader, &key.filters);
+                let readable = Readable::for_reader(&broker.auth().current(), reader, &key.filters);
                 let ring = Arc::new(Ring::new(
                     id,
                     key.filters.clone(),
@@ -133,10 +133,10 @@ impl Bridges {
                     readable,
                 ));
                 for filter in key.filters.iter() {
-                    broker.router.subscribe_bridge(filter, ring.clone());
+                    broker.subscribe_sink(filter, ring.clone());
                 }
                 rings.insert(key, ring.clone());
-                Metrics::add(&broker.metrics.bridge_rings, 1);
+                Metrics::add(&broker.metrics().bridge_rings, 1);
                 ring
             }
         };
@@ -157,7 +157,7 @@ impl Bridges {
                 return;
             }
         }
-        let linger = Duration::from_millis(broker.config.http.ring_linger_ms);
+        let linger = Duration::from_millis(broker.http_config().ring_linger_ms);
         match tokio::runtime::Handle::try_current() {
             Ok(handle) if !linger.is_zero() && !broker.is_shutting_down() => {
                 let bridges = self.clone();
@@ -185,9 +185,9 @@ impl Bridges {
         if let Some(key) = key {
             rings.remove(&key);
             for filter in ring.filters.iter() {
-                broker.router.unsubscribe_bridge(filter, ring.id);
+                broker.unsubscribe_sink(filter, ring.id);
             }
-            Metrics::sub(&broker.metrics.bridge_rings, 1);
+            Metrics::sub(&broker.metrics().bridge_rings, 1);
         }
     }
 }
@@ -227,17 +227,17 @@ impl ClientSlot {
     /// Takes a place, or `None` (counted) when `max_bridge_clients` are connected.
     pub fn acquire(bridges: &Arc<Bridges>) -> Option<ClientSlot> {
         let broker = &bridges.broker;
-        let max = broker.config.http.max_bridge_clients;
+        let max = broker.http_config().max_bridge_clients;
         let taken = bridges
             .clients
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n < max).then_some(n + 1)
             });
         if taken.is_err() {
-            Metrics::add(&broker.metrics.bridge_clients_refused, 1);
+            Metrics::add(&broker.metrics().bridge_clients_refused, 1);
             return None;
         }
-        Metrics::add(&broker.metrics.bridge_clients, 1);
+        Metrics::add(&broker.metrics().bridge_clients, 1);
         Some(ClientSlot {
             bridges: bridges.clone(),
         })
@@ -247,7 +247,7 @@ impl ClientSlot {
 impl Drop for ClientSlot {
     fn drop(&mut self) {
         self.bridges.clients.fetch_sub(1, Ordering::Relaxed);
-        Metrics::sub(&self.bridges.broker.metrics.bridge_clients, 1);
+        Metrics::sub(&self.bridges.broker.metrics().bridge_clients, 1);
     }
 }
 
@@ -290,7 +290,7 @@ pub async fn route(
 /// # Errors
 /// What is wrong, for a 400 (or an `error` reply).
 pub fn validate_filters(broker: &Broker, filters: Vec<String>) -> Result<Vec<Box<str>>, String> {
-    let max = broker.config.http.max_filters_per_client;
+    let max = broker.http_config().max_filters_per_client;
     if filters.is_empty() {
         return Err("at least one filter is required".into());
     }
@@ -303,7 +303,7 @@ pub fn validate_filters(broker: &Broker, filters: Vec<String>) -> Result<Vec<Box
                 "shared subscriptions are not available on bridges: {filter:?}"
             ));
         }
-        if !broker.config.limits.topic_within_limits(&filter) {
+        if !broker.limits().topic_within_limits(&filter) {
             return Err(format!("too many topic levels in (or too long) {filter:?}"));
         }
         out.push(filter.into_boxed_str());

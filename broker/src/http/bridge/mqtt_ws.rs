@@ -28,20 +28,20 @@ pub fn handle(broker: &Broker, mut request: Request<Incoming>, peer: SocketAddr)
         Ok(response) => response,
         Err(response) => return *response,
     };
-    Metrics::add(&broker.metrics.connections_accepted, 1);
+    Metrics::add(&broker.metrics().connections_accepted, 1);
     let admission = match broker
-        .ip_limits
+        .ip_limits()
         .admit(peer.ip(), tokio::time::Instant::now())
     {
         Ok(admission) => admission,
         Err(refusal) => {
-            Metrics::add(refusal.counter(&broker.metrics), 1);
+            Metrics::add(refusal.counter(broker.metrics()), 1);
             tracing::debug!(%peer, ?refusal, "per-IP limit: MQTT WebSocket upgrade refused");
             return json_error(StatusCode::TOO_MANY_REQUESTS, refusal.reason());
         }
     };
-    let Ok(permit) = broker.connection_slots.clone().try_acquire_owned() else {
-        Metrics::add(&broker.metrics.connections_refused_limit, 1);
+    let Ok(permit) = broker.connection_slots().clone().try_acquire_owned() else {
+        Metrics::add(&broker.metrics().connections_refused_limit, 1);
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
     };
     let upgrade = hyper::upgrade::on(&mut request);
@@ -54,7 +54,7 @@ pub fn handle(broker: &Broker, mut request: Request<Incoming>, peer: SocketAddr)
                 return;
             }
         };
-        let config = ws_config(broker.config.limits.max_packet_size_bytes);
+        let config = ws_config(broker.limits().max_packet_size_bytes);
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;

@@ -86,7 +86,7 @@ pub struct Reapplied {
 
 impl Bridges {
     /// Re-derives the read ACL of every ring from `state`, then puts `state` in force
-    /// (`broker.auth`), all under the registry lock.
+    /// (`broker.auth()`), all under the registry lock.
     ///
     /// The order closes every window for a message the new rules forbid: each ring swaps
     /// its check and blanks the entries it holds that are now forbidden before the new state
@@ -107,7 +107,7 @@ impl Bridges {
                 .clone();
             let readable = Readable::derive(acl, &ring.filters);
             if readable == Readable::Nothing && ring.readable() != Readable::Nothing {
-                Metrics::add(&broker.metrics.acl_denied, 1);
+                Metrics::add(&broker.metrics().acl_denied, 1);
                 tracing::debug!(ring = ring.id, reader, filters = ?ring.filters,
                     "bridge filters no longer readable: the ring receives nothing");
             }
@@ -115,9 +115,9 @@ impl Bridges {
             done.rings += 1;
         }
         if done.entries_blanked > 0 {
-            Metrics::add(&broker.metrics.acl_denied, done.entries_blanked as u64);
+            Metrics::add(&broker.metrics().acl_denied, done.entries_blanked as u64);
         }
-        broker.auth.replace(state);
+        broker.auth().replace(state);
         drop(rings);
         done
     }

@@ -125,7 +125,7 @@ pub async fn open<B>(
             _ => {}
         }
     }
-    let max = broker.config.http.max_filters_per_client;
+    let max = broker.http_config().max_filters_per_client;
     if filters.len() > max {
         let reason = format!("at most {max} filters per client");
         return Err(refuse(StatusCode::BAD_REQUEST, &reason));
@@ -168,7 +168,7 @@ pub async fn open<B>(
 
 /// How long a stream may stay silent before a keep-alive comment.
 pub fn keepalive_every(broker: &Broker) -> Duration {
-    Duration::from_millis(broker.config.http.sse_keepalive_ms.max(1))
+    Duration::from_millis(broker.http_config().sse_keepalive_ms.max(1))
 }
 
 /// The retained messages matching `filters`, one event each (without an id).
@@ -178,11 +178,11 @@ fn retained_frames(
     identity: &access::Identity,
     out: &mut VecDeque<Bytes>,
 ) {
-    let limit = broker.config.http.ring_max_messages.max(1);
+    let limit = broker.http_config().ring_max_messages.max(1);
     let now = Instant::now();
     let mut seen = std::collections::HashSet::new();
     for filter in filters {
-        broker.retained.for_each_match(filter, now, |message| {
+        broker.for_each_retained(filter, now, |message| {
             let topic = message.topic();
             if out.len() > limit || !identity.may_read(topic) || !seen.insert(topic.to_string()) {
                 return;
@@ -203,7 +203,7 @@ impl Subscriber {
         match self.lease.ring().next(&mut self.cursor) {
             Next::Entry(entry) => Some(entry.sse),
             Next::Lagged(missed) => {
-                let metrics = &self.lease.broker().metrics;
+                let metrics = &self.lease.broker().metrics();
                 Metrics::add(&metrics.bridge_lagged_messages, missed);
                 Some(ring::lagged_sse(Some(missed)))
             }

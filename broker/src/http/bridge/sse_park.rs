@@ -402,7 +402,7 @@ fn step(
         Some(index) => {
             let batch = &batches[index];
             if batch.missed > 0 {
-                let metrics = &parked.lease.broker().metrics;
+                let metrics = &parked.lease.broker().metrics();
                 Metrics::add(&metrics.bridge_lagged_messages, batch.missed);
             }
             parked.cursor = batch.end;

@@ -85,8 +85,8 @@ async fn is_sse(stream: &TcpStream) -> bool {
 
 async fn serve(bridges: &Arc<Bridges>, mut stream: TcpStream, peer: SocketAddr, timeout: Duration) {
     let broker = bridges.broker();
-    Metrics::add(&broker.metrics.http_requests, 1);
-    let write_timeout = Duration::from_millis(broker.config.limits.slow_consumer_timeout_ms);
+    Metrics::add(&broker.metrics().http_requests, 1);
+    let write_timeout = Duration::from_millis(broker.limits().slow_consumer_timeout_ms);
     // Boxed: the steps before streaming run once, and the catch-up below should not carry
     // them.
     match Box::pin(open(bridges, &mut stream, timeout, write_timeout)).await {
@@ -106,7 +106,7 @@ async fn serve(bridges: &Arc<Bridges>, mut stream: TcpStream, peer: SocketAddr, 
 /// `last_write` is when the client was last written to (for the keep-alive once parked).
 pub async fn catch_up(mut stream: TcpStream, mut subscriber: Subscriber, mut last_write: Instant) {
     let broker = subscriber.lease.broker().clone();
-    let write_timeout = Duration::from_millis(broker.config.limits.slow_consumer_timeout_ms);
+    let write_timeout = Duration::from_millis(broker.limits().slow_consumer_timeout_ms);
     let mut out = Vec::new();
     while !broker.is_shutting_down() {
         let Some(first) = subscriber.try_frame() else {

@@ -120,7 +120,7 @@ pub async fn handle(
                 return;
             }
         };
-        let max = broker.config.http.ws_max_frame_bytes.max(64);
+        let max = broker.http_config().ws_max_frame_bytes.max(64);
         let config = WebSocketConfig::default()
             .read_buffer_size(WS_JSON_READ_BUFFER_BYTES)
             .max_message_size(Some(max))
@@ -158,7 +158,7 @@ struct Client {
 impl Client {
     fn new(bridges: Arc<Bridges>, identity: Identity, slot: ClientSlot) -> Client {
         let broker = bridges.broker().clone();
-        let tokens = f64::from(broker.config.http.ws_publish_rate_per_sec);
+        let tokens = f64::from(broker.http_config().ws_publish_rate_per_sec);
         Client {
             shutdown: broker.shutdown_signal(),
             broker,
@@ -246,7 +246,7 @@ impl Client {
                 _ => ws.feed(text_frame(batch_frame(&batch))).await?,
             }
             if let Some(missed) = lagged {
-                Metrics::add(&self.broker.metrics.bridge_lagged_messages, missed);
+                Metrics::add(&self.broker.metrics().bridge_lagged_messages, missed);
                 ws.feed(WsMessage::Text(ring::lagged_json(Some(missed)).into()))
                     .await?;
             }
@@ -340,11 +340,11 @@ impl Client {
 
     /// Adds the retained messages matching `filters` to an ack as `"retained":[..]`.
     fn push_retained(&self, filters: &[String], reply: &mut String) {
-        let limit = self.broker.config.http.ring_max_messages.max(1);
+        let limit = self.broker.http_config().ring_max_messages.max(1);
         let mut out: Vec<Bytes> = Vec::new();
         let now = Instant::now();
         for filter in filters {
-            self.broker.retained.for_each_match(filter, now, |message| {
+            self.broker.for_each_retained(filter, now, |message| {
                 if out.len() < limit && self.identity.may_read(message.topic()) {
                     out.push(ring::encode_json(message.publish(), true));
                 }
@@ -370,7 +370,7 @@ impl Client {
         qos: u8,
         retain: bool,
     ) -> Result<usize, String> {
-        let limits = &self.broker.config.limits;
+        let limits = &self.broker.limits();
         if topic.is_empty()
             || tern_codec::topic::validate_name(&topic).is_err()
             || !limits.topic_within_limits(&topic)
@@ -403,11 +403,11 @@ impl Client {
             return Err("payload too large".into());
         }
         if !self.identity.may_write(&topic) {
-            Metrics::add(&self.broker.metrics.acl_denied, 1);
+            Metrics::add(&self.broker.metrics().acl_denied, 1);
             return Err(format!("not authorised to publish to {topic:?}"));
         }
         if !self.take_token() {
-            Metrics::add(&self.broker.metrics.bridge_publish_throttled, 1);
+            Metrics::add(&self.broker.metrics().bridge_publish_throttled, 1);
             return Err("publish rate exceeded".into());
         }
         let now = Instant::now();
@@ -415,15 +415,15 @@ impl Client {
         publish.qos = qos;
         publish.retain = retain;
         let message = Message::new(publish, now, None);
-        Metrics::add(&self.broker.metrics.messages_received, 1);
-        Metrics::add(&self.broker.metrics.bridge_publishes, 1);
+        Metrics::add(&self.broker.metrics().messages_received, 1);
+        Metrics::add(&self.broker.metrics().bridge_publishes, 1);
         Ok(self.broker.publish(&message, &mut self.scratch, now))
     }
 
     /// One token of the publish bucket (`ws_publish_rate_per_sec` per second, that many at
     /// most saved up); 0 turns publishing off.
     fn take_token(&mut self) -> bool {
-        let rate = f64::from(self.broker.config.http.ws_publish_rate_per_sec);
+        let rate = f64::from(self.broker.http_config().ws_publish_rate_per_sec);
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
         self.refilled = now;

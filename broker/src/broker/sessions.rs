@@ -1,0 +1,201 @@
+//! The session registry: client identifier -> session, with the operations that open,
+//! take over, resume and end sessions, and hand a leaving shared-group member's messages to
+//! another member.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+use dashmap::mapref::entry::Entry;
+use tern_codec::{ByteStr, ReasonCode};
+
+use super::Broker;
+use crate::metrics::Metrics;
+use crate::session::delivery::Redirect;
+use crate::session::Session;
+
+impl Broker {
+    /// Number of sessions in the registry.
+    pub fn session_count(&self) -> usize {
+        self.inner.sessions.len()
+    }
+
+    /// The session of `client_id`, if one is registered.
+    pub fn session(&self, client_id: &str) -> Option<Arc<Session>> {
+        self.inner.sessions.get(client_id).map(|s| s.clone())
+    }
+
+    /// Whether a session of `client_id` is registered.
+    pub fn has_session(&self, client_id: &str) -> bool {
+        self.inner.sessions.contains_key(client_id)
+    }
+
+    /// The sessions registered now (a snapshot: no registry guard is held while the caller
+    /// works through them).
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        self.inner
+            .sessions
+            .iter()
+            .map(|entry| entry.value().clone())
+            .collect()
+    }
+
+    /// A client identifier for a client that sent an empty one.
+    pub fn assign_client_id(&self) -> ByteStr {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(self.inner.next_session_id.load(Ordering::Relaxed));
+        hasher.write_u128(self.inner.started_at.elapsed().as_nanos());
+        ByteStr::from(format!("tern-{:016x}", hasher.finish()))
+    }
+
+    /// Finds or creates the session of `client_id`. With `clean_start` (or no session) a
+    /// new one replaces any existing one, which ends. Returns the session and whether an
+    /// existing one continues (Session Present).
+    pub fn open_session(&self, client_id: &str, clean_start: bool) -> (Arc<Session>, bool) {
+        let limits = self.limits();
+        // One allocation for the id, shared by the registry's key and the session.
+        let client_id: Arc<str> = Arc::from(client_id);
+        let make = || {
+            let id = self.inner.next_session_id.fetch_add(1, Ordering::Relaxed);
+            Arc::new(Session::new(
+                id,
+                client_id.clone(),
+                limits.max_queued_messages,
+                limits.max_queued_bytes,
+            ))
+        };
+        let mut replaced = None;
+        // The DashMap guard lives only inside this block; ending the old session touches
+        // the map again, so it happens after.
+        let (session, present) = match self.inner.sessions.entry(client_id.clone()) {
+            Entry::Occupied(mut occupied) => {
+                if clean_start || occupied.get().is_ended() {
+                    let fresh = make();
+                    replaced = Some(occupied.insert(fresh.clone()));
+                    (fresh, false)
+                } else {
+                    (occupied.get().clone(), true)
+                }
+            }
+            Entry::Vacant(vacant) => {
+                let fresh = make();
+                vacant.insert(fresh.clone());
+                (fresh, false)
+            }
+        };
+        if !present {
+            Metrics::add(&self.inner.metrics.sessions, 1);
+        }
+        if let Some(old) = replaced {
+            if let Some(link) = old.delivery().take_link() {
+                Metrics::add(&self.inner.metrics.session_takeovers, 1);
+                link.writer.kick(ReasonCode::SESSION_TAKEN_OVER);
+            }
+            self.end_session(&old);
+        }
+        (session, present)
+    }
+
+    /// Hands messages a leaving shared-group member held to another online member of the
+    /// same group (5.0 section 4.8.2: "the Server SHOULD send the Application Message to
+    /// another Client that is subscribed to the same Shared Subscription"). Messages with no
+    /// other member online are dropped and counted.
+    pub fn redirect_shared(&self, leaving_session: u64, redirects: Vec<Redirect>) {
+        if redirects.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let ctx = self.deliver_ctx(now);
+        for Redirect {
+            message,
+            group: key,
+        } in redirects
+        {
+            let group = self.inner.router.shared_group(&key);
+            match group.as_ref().and_then(|g| g.pick_other(leaving_session)) {
+                Some(member) => {
+                    let topic = message.publish().topic();
+                    if member
+                        .read_check
+                        .as_ref()
+                        .is_some_and(|acl| !acl.allows_read(topic))
+                    {
+                        Metrics::add(&self.inner.metrics.acl_denied, 1);
+                        continue;
+                    }
+                    let qos = message.qos().min(member.options.qos);
+                    let retain = message.publish().retain && member.options.retain_as_published;
+                    let ids: Vec<u32> = member.subscription_id.into_iter().collect();
+                    member.session.delivery().deliver_via(
+                        &message,
+                        qos,
+                        retain,
+                        &ids,
+                        Some(&key),
+                        ctx,
+                    );
+                }
+                None => Metrics::add(&self.inner.metrics.dropped_shared_no_member, 1),
+            }
+        }
+    }
+
+    /// Ends a session: removes its subscriptions, drops what it held, and removes it from
+    /// the registry if it is still the registered one. Idempotent.
+    ///
+    /// A connection still attached is closed (DISCONNECT 0x8E). The end is marked under the
+    /// delivery lock, which a connection attaching holds while it checks for it: it either
+    /// attached before (and is closed here) or sees the end and opens a session again.
+    pub fn end_session(&self, session: &Arc<Session>) {
+        let attached = {
+            let mut delivery = session.delivery();
+            if !session.mark_ended() {
+                return;
+            }
+            delivery.take_link()
+        };
+        if let Some(link) = attached {
+            link.writer.kick(ReasonCode::SESSION_TAKEN_OVER);
+        }
+        self.release_session(session);
+    }
+
+    /// Ends a session whose connection of `generation` has gone, unless another connection
+    /// has claimed it since (a resume): neither the close of an old connection nor the
+    /// expiry timer may end the session a newer connection owns.
+    pub fn end_session_unless_resumed(&self, session: &Arc<Session>, generation: u64) {
+        {
+            let delivery = session.delivery();
+            if delivery.is_online() || session.generation() != generation {
+                return;
+            }
+            if !session.mark_ended() {
+                return;
+            }
+        }
+        self.release_session(session);
+    }
+
+    /// What ending a session releases, once it is marked ended.
+    fn release_session(&self, session: &Arc<Session>) {
+        self.drop_subscriptions(session);
+        let redirects = session.delivery().take_shared(true);
+        self.redirect_shared(session.id, redirects);
+        let dropped = session.delivery().clear();
+        if dropped > 0 {
+            tracing::debug!(client_id = %session.client_id, dropped, "session ended with undelivered messages");
+        }
+        self.inner
+            .sessions
+            .remove_if(&session.client_id, |_, registered| {
+                Arc::ptr_eq(registered, session)
+            });
+        Metrics::sub(&self.inner.metrics.sessions, 1);
+        // A will still waiting for its delay goes out now: the session ended first
+        // ([MQTT-3.1.3-9]).
+        if let Some(last_will) = self.inner.timers.take(session.id) {
+            super::will::publish(self, session, *last_will);
+        }
+    }
+}

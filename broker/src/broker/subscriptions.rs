@@ -1,0 +1,146 @@
+//! Subscriptions have one owner. A session's record of its subscriptions and the router's
+//! trie change together, in the operations here, under the session's subscription lock:
+//! SUBSCRIBE, UNSUBSCRIBE, re-checking under a reloaded ACL and the end of a session all go
+//! through them, so the two never disagree (an UNSUBSCRIBE racing a reload cannot leave a
+//! trie entry behind, nor can a SUBSCRIBE racing the end of its session).
+//!
+//! Lock order: the session's subscription lock, then the trie's. Routing takes only the
+//! trie's (and then a session's delivery lock), never a subscription lock.
+
+use std::sync::Arc;
+
+use crate::auth::{AuthState, ClientAcl, SubscribeVerdict};
+use crate::metrics::Metrics;
+use crate::session::{Session, SubscriptionRecord};
+
+use super::Broker;
+
+/// What [`Broker::subscribe`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscribed {
+    /// A new subscription.
+    New,
+    /// The filter was subscribed already: its options were replaced.
+    Replaced,
+    /// Refused: the session holds `max_subscriptions_per_client` already.
+    QuotaExceeded,
+    /// Refused: the session has ended (taken over or expired) meanwhile.
+    SessionEnded,
+}
+
+impl Broker {
+    /// Subscribes `session` to `filter` (validated; may be `$share/{group}/{filter}`) with
+    /// `record`, checking each message against `read_check` before delivery (`None`: the
+    /// filter is wholly readable). At most `max_subscriptions` per session (0: no limit).
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        record: SubscriptionRecord,
+        read_check: Option<Arc<ClientAcl>>,
+        max_subscriptions: usize,
+    ) -> Subscribed {
+        let mut subscriptions = session.subscriptions();
+        if session.is_ended() {
+            return Subscribed::SessionEnded;
+        }
+        let existed = subscriptions.contains_key(filter);
+        if !existed && max_subscriptions > 0 && subscriptions.len() >= max_subscriptions {
+            Metrics::add(&self.inner.metrics.subscriptions_refused_quota, 1);
+            return Subscribed::QuotaExceeded;
+        }
+        subscriptions.insert(Arc::from(filter), record);
+        self.put_in_trie(session, filter, record, read_check);
+        if existed {
+            Subscribed::Replaced
+        } else {
+            Subscribed::New
+        }
+    }
+
+    /// Unsubscribes `session` from `filter`; returns whether it was subscribed.
+    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
+        let mut subscriptions = session.subscriptions();
+        let existed = subscriptions.remove(filter).is_some();
+        self.take_from_trie(session, filter);
+        existed
+    }
+
+    /// Re-checks `session`'s subscriptions under `acl` (`None`: no ACL file): filters it may
+    /// no longer read are removed, the others get `acl` for their delivery checks (or none
+    /// when wholly readable). Used when a session resumes under a connection that may have
+    /// another user name, and when a reload brings new rules.
+    pub fn reapply_acl(&self, session: &Arc<Session>, acl: Option<&Arc<ClientAcl>>) {
+        let mut subscriptions = session.subscriptions();
+        if session.is_ended() {
+            return;
+        }
+        let current: Vec<(Arc<str>, SubscriptionRecord)> = subscriptions
+            .iter()
+            .map(|(filter, record)| (filter.clone(), *record))
+            .collect();
+        for (filter, record) in current {
+            let verdict = acl.map_or(SubscribeVerdict::Allowed, |acl| {
+                acl.check_subscribe(&filter)
+            });
+            if verdict == SubscribeVerdict::Denied {
+                subscriptions.remove(&filter);
+                self.take_from_trie(session, &filter);
+                Metrics::add(&self.inner.metrics.acl_denied, 1);
+                tracing::debug!(client_id = %session.client_id, %filter, "subscription no longer allowed: removed");
+            } else {
+                let check = acl.filter(|_| verdict == SubscribeVerdict::Filtered);
+                self.put_in_trie(session, &filter, record, check.cloned());
+            }
+        }
+    }
+
+    /// Re-derives the ACL of every connected session from `state` and re-checks its
+    /// subscriptions; returns how many sessions were re-checked. Offline sessions are
+    /// re-checked when they resume.
+    pub fn recheck_subscriptions(&self, state: &AuthState) -> usize {
+        let mut rechecked = 0;
+        for session in self.sessions() {
+            let Some(username) = session.delivery().link_username() else {
+                continue; // offline
+            };
+            let acl = state.client_acl(&session.client_id, username.as_deref());
+            self.reapply_acl(&session, acl.as_ref());
+            rechecked += 1;
+        }
+        rechecked
+    }
+
+    /// Removes every subscription of `session` (it has ended).
+    pub(super) fn drop_subscriptions(&self, session: &Arc<Session>) {
+        let mut subscriptions = session.subscriptions();
+        for (filter, _) in subscriptions.drain() {
+            self.take_from_trie(session, &filter);
+        }
+    }
+
+    fn put_in_trie(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        record: SubscriptionRecord,
+        read_check: Option<Arc<ClientAcl>>,
+    ) {
+        let added = self.inner.router.subscribe_checked(
+            filter,
+            session,
+            record.options,
+            record.subscription_id,
+            read_check,
+        );
+        if added {
+            Metrics::add(&self.inner.metrics.subscriptions, 1);
+        }
+    }
+
+    fn take_from_trie(&self, session: &Arc<Session>, filter: &str) {
+        if self.inner.router.unsubscribe(filter, session.id) {
+            Metrics::sub(&self.inner.metrics.subscriptions, 1);
+        }
+    }
+}

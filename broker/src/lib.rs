@@ -33,6 +33,8 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod sys;
+#[cfg(test)]
+mod test_support;
 
 pub use broker::Broker;
 pub use config::Config;

@@ -465,3 +465,46 @@ async fn a_publish_larger_than_the_read_buffer_arrives_whole() {
     assert_eq!(mqtt.expect_publish().await.payload(), payload.as_bytes());
     broker.running.stop().await;
 }
+
+/// Limits put in force by a reload (SIGHUP) apply to the bridges at once: `/ws` reads the
+/// broker's limits in force, not the values it started with (issue #10: the bridges kept
+/// the startup limits).
+#[tokio::test]
+async fn ws_follows_reloaded_limits() {
+    let broker = TestBroker::start().await;
+    let http = broker.running.http_addr.expect("http");
+    let mut ws = WsClient::connect(http, "/ws", &[]).await;
+    let ack = ws
+        .request(json!({"op": "subscribe", "filters": ["a/b/c"]}))
+        .await;
+    assert_eq!(
+        ack["op"], "subscribe",
+        "three levels allowed at start: {ack}"
+    );
+    let dir = tempdir("ws-limits");
+    let config = dir.join("tern.toml");
+    std::fs::write(&config, "[limits]\nmax_topic_levels = 2\n").expect("config");
+    tern_broker::reload::reload(broker.bridges(), Some(&config), &|_| Ok(())).expect("reload");
+    let refused = ws
+        .request(json!({"op": "subscribe", "filters": ["x/y/z"]}))
+        .await;
+    assert!(
+        refused.to_string().contains("too many topic levels"),
+        "the reloaded limit applies: {refused}"
+    );
+    let refused = ws
+        .request(json!({"op": "publish", "topic": "x/y/z", "payload": "p"}))
+        .await;
+    assert!(
+        refused.to_string().contains("error"),
+        "a publish to a topic over the reloaded limit is refused: {refused}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    broker.running.stop().await;
+}
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tern-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}

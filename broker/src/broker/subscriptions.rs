@@ -144,3 +144,91 @@ impl Broker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use tern_codec::{QoS, SubscriptionOptions};
+
+    fn record() -> SubscriptionRecord {
+        SubscriptionRecord {
+            options: SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+            subscription_id: None,
+        }
+    }
+
+    /// An UNSUBSCRIBE racing a reload's re-check: once the UNSUBSCRIBE is done, no trie entry
+    /// of the session is left (issue #10: the re-check worked from a snapshot of the
+    /// subscriptions and put a just-removed filter back into the trie, where it kept
+    /// delivering).
+    #[test]
+    fn unsubscribe_racing_a_recheck_leaves_no_trie_entry() {
+        let broker = Broker::new(Config::default_config());
+        let (session, _) = broker.open_session("c", true);
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (b, s, d) = (broker.clone(), session.clone(), done.clone());
+        let recheck = std::thread::spawn(move || {
+            while !d.load(std::sync::atomic::Ordering::Relaxed) {
+                b.reapply_acl(&s, None);
+            }
+        });
+        let mut left_behind = 0;
+        for _ in 0..20_000 {
+            broker.subscribe(&session, "a/b", record(), None, 0);
+            broker.unsubscribe(&session, "a/b");
+            // Under the session's lock the record and the trie must agree: no entry for a
+            // filter the session no longer holds.
+            let subscriptions = session.subscriptions();
+            if subscriptions.is_empty() && broker.trie_entries() != 0 {
+                left_behind += 1;
+            }
+            drop(subscriptions);
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        recheck.join().expect("recheck");
+        assert_eq!(left_behind, 0, "trie entries outlived their UNSUBSCRIBE");
+        assert_eq!(broker.trie_entries(), 0);
+    }
+
+    /// A SUBSCRIBE after its session ended adds nothing (the end released what it saw).
+    #[test]
+    fn subscribe_after_the_end_adds_nothing() {
+        let broker = Broker::new(Config::default_config());
+        let (session, _) = broker.open_session("c", true);
+        broker.subscribe(&session, "x", record(), None, 0);
+        broker.end_session(&session);
+        assert_eq!(broker.trie_entries(), 0);
+        assert_eq!(
+            broker.subscribe(&session, "y", record(), None, 0),
+            Subscribed::SessionEnded
+        );
+        assert_eq!(broker.trie_entries(), 0);
+        assert!(!broker.has_session("c"));
+    }
+
+    /// `max_subscriptions_per_client` counts new filters only; replacing one is allowed.
+    #[test]
+    fn quota_counts_new_filters_only() {
+        let broker = Broker::new(Config::default_config());
+        let (session, _) = broker.open_session("c", true);
+        assert_eq!(
+            broker.subscribe(&session, "a", record(), None, 2),
+            Subscribed::New
+        );
+        assert_eq!(
+            broker.subscribe(&session, "b", record(), None, 2),
+            Subscribed::New
+        );
+        assert_eq!(
+            broker.subscribe(&session, "c", record(), None, 2),
+            Subscribed::QuotaExceeded
+        );
+        assert_eq!(
+            broker.subscribe(&session, "a", record(), None, 2),
+            Subscribed::Replaced
+        );
+        assert_eq!(broker.trie_entries(), 2);
+        assert_eq!(Metrics::get(&broker.metrics().subscriptions), 2);
+    }
+}

@@ -389,3 +389,6 @@ fn push_target(
         group,
     });
 }
+
+#[cfg(test)]
+mod tests;

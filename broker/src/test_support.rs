@@ -1,0 +1,113 @@
+//! Helpers for the unit tests of the session, delivery and routing: sessions attached to a
+//! SharedWriter without a socket, messages, and the packets a writer holds, decoded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tern_codec::{Decoder, Packet, ProtocolVersion, Publish, QoS};
+use tokio::time::Instant;
+
+use crate::delivery::shared_writer::SharedWriter;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::session::delivery::{DeliverCtx, Link, OutboundAliases};
+use crate::session::Session;
+
+/// A delivery context at `now` with generous limits.
+pub(crate) fn ctx(metrics: &Metrics, now: Instant) -> DeliverCtx<'_> {
+    DeliverCtx {
+        metrics,
+        now,
+        slow_consumer_timeout: Duration::from_secs(30),
+        backpressure_queued_messages: usize::MAX,
+    }
+}
+
+/// A fresh session with room for `queue` queued messages.
+pub(crate) fn session(id: u64, queue: usize) -> Arc<Session> {
+    Arc::new(Session::new(
+        id,
+        Arc::from(format!("c{id}")),
+        queue,
+        1 << 20,
+    ))
+}
+
+/// How a test connection attaches.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attach {
+    pub(crate) version: ProtocolVersion,
+    /// The outbound window (the client's Receive Maximum).
+    pub(crate) window: usize,
+    /// The client's Topic Alias Maximum.
+    pub(crate) alias_max: u16,
+    /// The client's Maximum Packet Size.
+    pub(crate) max_packet_size_bytes: u32,
+}
+
+impl Default for Attach {
+    fn default() -> Self {
+        Attach {
+            version: ProtocolVersion::V5,
+            window: 16,
+            alias_max: 0,
+            max_packet_size_bytes: u32::MAX,
+        }
+    }
+}
+
+/// Attaches a connection (generation `generation`) to `session`; returns its writer.
+pub(crate) fn attach(
+    session: &Session,
+    how: Attach,
+    generation: u64,
+    ctx: DeliverCtx<'_>,
+) -> Arc<SharedWriter> {
+    let writer = Arc::new(SharedWriter::new(1 << 20));
+    let link = Link {
+        writer: writer.clone(),
+        version: how.version,
+        max_packet_size_bytes: how.max_packet_size_bytes,
+        aliases: OutboundAliases::new(how.alias_max),
+        generation,
+        username: None,
+    };
+    session.delivery().attach(link, how.window, ctx);
+    writer
+}
+
+/// Takes what `writer` holds and decodes it as `version` packets.
+pub(crate) fn packets(writer: &SharedWriter, version: ProtocolVersion) -> Vec<Packet> {
+    let mut buf = BytesMut::new();
+    writer.take(&mut buf);
+    let mut decoder = Decoder::with_version(version, u32::MAX);
+    let mut out = Vec::new();
+    while let Some(packet) = decoder.decode(&mut buf).expect("valid packets") {
+        out.push(packet);
+    }
+    assert!(buf.is_empty(), "a partial packet was left");
+    out
+}
+
+/// The PUBLISH packets among `packets`.
+pub(crate) fn publishes(packets: Vec<Packet>) -> Vec<Publish> {
+    packets
+        .into_iter()
+        .filter_map(|p| match p {
+            Packet::Publish(publish) => Some(publish),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A message on `topic` at `qos`, published by session `origin` (for No Local).
+pub(crate) fn message(topic: &str, qos: QoS, retain: bool, origin: Option<u64>) -> Arc<Message> {
+    let mut publish = Publish::new(topic, bytes::Bytes::from_static(b"payload"));
+    publish.qos = qos;
+    if qos != QoS::AtMostOnce {
+        publish.packet_id = std::num::NonZeroU16::new(1);
+    }
+    publish.retain = retain;
+    Message::new(publish, Instant::now(), origin)
+}

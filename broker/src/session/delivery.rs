@@ -46,7 +46,9 @@ impl OutboundAliases {
         if let Some(&alias) = map.and_then(|map| map.get(topic)) {
             return Some((alias, true));
         }
-        let next = map.map_or(0, HashMap::len) as u16 + 1;
+        // Aliases are 1..=in use + 1; once all `max` are taken (up to 65535, so the next
+        // would not fit in a u16), new topics go without one ([MQTT-3.3.2-8]: never 0).
+        let next = u16::try_from(map.map_or(0, HashMap::len) + 1).ok()?;
         (next <= self.max).then_some((next, false))
     }
 }
@@ -598,4 +600,33 @@ fn write_publish(
     }
     Metrics::add(&ctx.metrics.messages_sent, 1);
     Written::Yes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [MQTT-3.3.2-8] (no Topic Alias 0) and [MQTT-3.3.2-11] (none above the client's
+    /// maximum) at the largest maximum a client can give: with all 65535 aliases in use a
+    /// new topic goes without one, instead of alias 65535 + 1 overflowing to 0.
+    #[test]
+    fn outbound_alias_at_maximum_65535_mqtt_3_3_2_8() {
+        let mut aliases = OutboundAliases::new(u16::MAX);
+        let map = aliases.map.get_or_insert_default();
+        for alias in 1..u16::MAX {
+            map.insert(ByteStr::from(format!("t/{alias}")), alias);
+        }
+        assert_eq!(
+            aliases.choose("new/1"),
+            Some((u16::MAX, false)),
+            "the last one"
+        );
+        aliases
+            .map
+            .get_or_insert_default()
+            .insert(ByteStr::from("new/1"), u16::MAX);
+        assert_eq!(aliases.choose("new/1"), Some((u16::MAX, true)));
+        assert_eq!(aliases.choose("t/7"), Some((7, true)));
+        assert_eq!(aliases.choose("new/2"), None, "all taken: no alias");
+    }
 }

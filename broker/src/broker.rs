@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use tern_codec::{ByteStr, ReasonCode};
+use tern_codec::ByteStr;
 use tokio::sync::{watch, Semaphore};
 
 use crate::auth::{Auth, AuthError, AuthState};
@@ -137,7 +137,7 @@ impl Broker {
         self.shutdown_tx.send_replace(true);
         for entry in self.sessions.iter() {
             if let Some(writer) = entry.value().delivery().link_writer() {
-                writer.kick(ReasonCode::SERVER_SHUTTING_DOWN);
+                writer.kick(crate::error::Kick::Shutdown);
             }
         }
     }
@@ -254,7 +254,7 @@ impl Broker {
         if let Some(old) = replaced {
             if let Some(link) = old.delivery().take_link() {
                 Metrics::add(&self.metrics.session_takeovers, 1);
-                link.writer.kick(ReasonCode::SESSION_TAKEN_OVER);
+                link.writer.kick(crate::error::Kick::TakenOver);
             }
             self.end_session(&old);
         }
@@ -315,7 +315,7 @@ impl Broker {
             delivery.take_link()
         };
         if let Some(link) = attached {
-            link.writer.kick(ReasonCode::SESSION_TAKEN_OVER);
+            link.writer.kick(crate::error::Kick::TakenOver);
         }
         self.release_session(session);
     }

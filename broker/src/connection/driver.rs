@@ -44,8 +44,8 @@ impl Connection {
             self.broker.keep_alive.watch(&self.out, timeout);
         }
         loop {
-            if let Some(reason) = self.out.kicked() {
-                return kicked(reason);
+            if let Some(kick) = self.out.kicked() {
+                return kick.into();
             }
             let mut received = false;
             loop {
@@ -483,17 +483,6 @@ enum Event {
     Read(std::io::Result<usize>),
 }
 
-/// The close of a connection kicked with `reason`: a shutdown is its own close.
-fn kicked(reason: ReasonCode) -> Close {
-    if reason == ReasonCode::SERVER_SHUTTING_DOWN {
-        Close::Shutdown
-    } else if reason == ReasonCode::KEEP_ALIVE_TIMEOUT {
-        Close::KeepAliveTimeout
-    } else {
-        Close::Kicked(reason)
-    }
-}
-
 /// Waits until `resume_at`, or returns why the connection must close first. Output
 /// appended meanwhile waits in the SharedWriter.
 async fn pause_until(
@@ -503,8 +492,8 @@ async fn pause_until(
     let sleep = tokio::time::sleep_until(resume_at);
     tokio::pin!(sleep);
     loop {
-        if let Some(reason) = out.kicked() {
-            return Some(kicked(reason));
+        if let Some(kick) = out.kicked() {
+            return Some(kick.into());
         }
         tokio::select! {
             biased;

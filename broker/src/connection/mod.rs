@@ -160,9 +160,7 @@ where
             let mut slow_consumer = false;
             if let Some(established) = connection.as_mut() {
                 let close = established.run(&mut self.reader, &mut self.output).await;
-                // A slow consumer does not read: waiting for its socket to drain would
-                // only keep the connection, and up to twice the writer cap, alive.
-                slow_consumer = matches!(&close, Close::Kicked(reason) if *reason == tern_codec::ReasonCode::QUOTA_EXCEEDED);
+                slow_consumer = close.is_slow_consumer();
                 if let Some(established) = connection.take() {
                     established.finish(close);
                 }
@@ -254,9 +252,7 @@ impl Connection {
         match &close {
             Close::Protocol(_) => Metrics::add(&metrics.protocol_errors, 1),
             Close::KeepAliveTimeout => Metrics::add(&metrics.timeouts, 1),
-            Close::Kicked(reason) if *reason == tern_codec::ReasonCode::QUOTA_EXCEEDED => {
-                Metrics::add(&metrics.slow_consumer_disconnects, 1)
-            }
+            Close::SlowConsumer => Metrics::add(&metrics.slow_consumer_disconnects, 1),
             _ => {}
         }
         // The peer address is in the "client connected" line of the same client id.

@@ -22,6 +22,8 @@ use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
+use crate::error::Kick;
+
 /// Buffers above this capacity are dropped instead of kept after a flush, so an idle
 /// connection does not hold a large allocation (DESIGN.md "Idle connections").
 pub const KEEP_CAPACITY_BYTES: usize = 64 * 1024;
@@ -35,7 +37,7 @@ pub struct SharedWriter {
     waker: AtomicWaker,
     /// A wake-up not yet seen by the task (kept like a permit, so none is lost).
     woken: AtomicBool,
-    /// Why the connection must close (a reason code), 0 while it may go on.
+    /// Why the connection must close: a [`Kick`] as its byte, 0 while it may go on.
     kick: AtomicU8,
     /// The connection's keep-alive timeout in ms (0: none), for [`crate::keep_alive`].
     keep_alive_ms: AtomicU32,
@@ -220,12 +222,12 @@ impl SharedWriter {
         self.wake();
     }
 
-    /// Asks the connection to close with `reason` (takeover, slow consumer, shutdown; sent
-    /// as DISCONNECT to 5.0 clients). The first reason stays.
-    pub fn kick(&self, reason: tern_codec::ReasonCode) {
+    /// Asks the connection to close for `reason` (takeover, slow consumer, keep alive,
+    /// shutdown; sent as DISCONNECT to 5.0 clients). The first reason stays.
+    pub fn kick(&self, reason: Kick) {
         let _ = self
             .kick
-            .compare_exchange(0, reason.0, Ordering::AcqRel, Ordering::Acquire);
+            .compare_exchange(0, reason.to_u8(), Ordering::AcqRel, Ordering::Acquire);
         self.wake();
     }
 
@@ -263,11 +265,8 @@ impl SharedWriter {
     }
 
     /// The reason the connection was asked to close with, if it was.
-    pub fn kicked(&self) -> Option<tern_codec::ReasonCode> {
-        match self.kick.load(Ordering::Acquire) {
-            0 => None,
-            reason => Some(tern_codec::ReasonCode(reason)),
-        }
+    pub fn kicked(&self) -> Option<Kick> {
+        Kick::from_u8(self.kick.load(Ordering::Acquire))
     }
 
     /// Wakes the connection's task (or leaves the wake-up for its next poll).

@@ -586,7 +586,7 @@ fn write_publish(
             drop(guard);
             Metrics::add(&ctx.metrics.dropped_qos0_slow_consumer, 1);
             if ctx.now.duration_since(stuck_since) >= ctx.slow_consumer_timeout {
-                link.writer.kick(ReasonCode::QUOTA_EXCEEDED);
+                link.writer.kick(crate::error::Kick::SlowConsumer);
             }
             return Written::Dropped;
         }

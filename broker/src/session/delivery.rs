@@ -15,7 +15,7 @@ use tern_codec::{
     ByteStr, Family, OutQos, Outbound, PacketId, ProtocolVersion, PubRel, QoS, ReasonCode,
 };
 
-use crate::delivery::shared_writer::SharedWriter;
+use crate::delivery::shared_writer::{Appended, SharedWriter};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router::shared::SharedGroup;
@@ -517,59 +517,32 @@ fn write_publish(
     let capped = out == OutQos::AtMostOnce;
     let max_len = link.max_packet_size_bytes as usize;
 
-    enum Outcome {
-        Ok,
-        TooLarge(usize),
-        OverCap,
-    }
+    // The size and cap checks are the SharedWriter's (`WriteGuard::append_packet`).
     let mut guard = link.writer.lock();
-    if guard.is_closed() {
-        return Written::Closed;
-    }
-    let start = guard.buf().len();
-    let outcome = if one_shot {
+    let appended = if one_shot {
         let outbound = Outbound {
             subscription_identifiers: subscription_ids,
             topic_alias: alias.map(|(a, _)| a),
             omit_topic: alias.is_some_and(|(_, known)| known),
             message_expiry_interval_secs: reduced_expiry,
         };
-        let len = encode_publish(
-            guard.buf(),
-            publish,
-            link.version,
-            out,
-            retain,
-            dup,
-            &outbound,
-        )
-        .len;
-        if len > max_len {
-            Outcome::TooLarge(len)
-        } else if capped && !guard.has_room(0) {
-            Outcome::OverCap
-        } else {
-            Outcome::Ok
-        }
+        guard.append_packet(None, max_len, capped, ctx.now, |buf| {
+            encode_publish(buf, publish, link.version, out, retain, dup, &outbound);
+        })
     } else {
         let template = message
             .templates
             .get(Family::of(link.version), out.packet_id().is_some());
-        if template.len() > max_len {
-            Outcome::TooLarge(template.len())
-        } else if capped && !guard.has_room(template.len()) {
-            Outcome::OverCap
-        } else {
+        guard.append_packet(Some(template.len()), max_len, capped, ctx.now, |buf| {
             // The layout matches `out` by construction (same `packet_id().is_some()`).
-            let _ = template.write_to(guard.buf(), out, retain, dup);
-            Outcome::Ok
-        }
+            let _ = template.write_to(buf, out, retain, dup);
+        })
     };
-    match outcome {
-        Outcome::Ok => {}
-        Outcome::TooLarge(len) => {
-            guard.buf().truncate(start);
-            drop(guard);
+    drop(guard);
+    match appended {
+        Appended::Yes => {}
+        Appended::Closed => return Written::Closed,
+        Appended::TooLarge(len) => {
             Metrics::add(&ctx.metrics.dropped_too_large_for_client, 1);
             tracing::debug!(
                 topic = message.topic(),
@@ -579,11 +552,7 @@ fn write_publish(
             );
             return Written::Dropped;
         }
-        Outcome::OverCap => {
-            guard.buf().truncate(start);
-            // One lock: the mark says since when, no second lock to read it back.
-            let stuck_since = guard.mark_over_cap(ctx.now);
-            drop(guard);
+        Appended::OverCap(stuck_since) => {
             Metrics::add(&ctx.metrics.dropped_qos0_slow_consumer, 1);
             if ctx.now.duration_since(stuck_since) >= ctx.slow_consumer_timeout {
                 link.writer.kick(crate::error::Kick::SlowConsumer);
@@ -591,7 +560,6 @@ fn write_publish(
             return Written::Dropped;
         }
     }
-    drop(guard);
     if let Some((alias, false)) = alias {
         link.aliases
             .map

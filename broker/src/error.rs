@@ -70,9 +70,12 @@ pub enum Close {
     /// The client broke a protocol rule.
     #[error("protocol: {0}")]
     Protocol(#[from] ProtocolError),
-    /// Another task asked this connection to close (takeover, slow consumer).
-    #[error("closed by the server ({0:?})")]
-    Kicked(ReasonCode),
+    /// A new connection took the session over ([MQTT-3.1.4-3]).
+    #[error("session taken over")]
+    TakenOver,
+    /// The client stayed over its output buffer's cap for too long (a slow consumer).
+    #[error("slow consumer")]
+    SlowConsumer,
     /// Nothing received within 1.5 times the keep alive ([MQTT-3.1.2-24]).
     #[error("keep alive timeout")]
     KeepAliveTimeout,
@@ -98,10 +101,18 @@ impl Close {
             | Close::ConnectTimeout
             | Close::Refused(_) => None,
             Close::Protocol(e) => Some(e.reason_code()),
-            Close::Kicked(reason) => Some(*reason),
+            Close::TakenOver => Some(ReasonCode::SESSION_TAKEN_OVER),
+            Close::SlowConsumer => Some(ReasonCode::QUOTA_EXCEEDED),
             Close::KeepAliveTimeout => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
             Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
         }
+    }
+
+    /// Whether the socket may take only a short flush after this close: a slow consumer
+    /// does not read, and waiting for it would only keep the connection (and up to twice
+    /// its writer cap) alive.
+    pub fn is_slow_consumer(&self) -> bool {
+        matches!(self, Close::SlowConsumer)
     }
 
     /// Whether the Will Message is published: every end but a DISCONNECT with reason
@@ -112,5 +123,82 @@ impl Close {
             Close::Shutdown | Close::ConnectTimeout | Close::Refused(_) => false,
             _ => true,
         }
+    }
+}
+
+/// Why another task asks a connection to close, kept in the connection's SharedWriter as
+/// one byte ([`Kick::to_u8`], [`Kick::from_u8`]). The connection turns it into its
+/// [`Close`] (`From<Kick>`), which gives the DISCONNECT reason code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// The broker is shutting down (0x8B).
+    Shutdown,
+    /// Nothing received within 1.5 times the keep alive (0x8D, [MQTT-3.1.2-22]).
+    KeepAlive,
+    /// A new connection took the session over (0x8E, [MQTT-3.1.4-3]).
+    TakenOver,
+    /// Over the output buffer's cap for longer than the slow-consumer timeout (0x97).
+    SlowConsumer,
+}
+
+impl Kick {
+    /// The byte stored for this kick; never 0, which stands for "not kicked".
+    pub fn to_u8(self) -> u8 {
+        match self {
+            Kick::Shutdown => 1,
+            Kick::KeepAlive => 2,
+            Kick::TakenOver => 3,
+            Kick::SlowConsumer => 4,
+        }
+    }
+
+    /// The kick stored as `byte` (`None` for 0, "not kicked").
+    pub fn from_u8(byte: u8) -> Option<Kick> {
+        match byte {
+            1 => Some(Kick::Shutdown),
+            2 => Some(Kick::KeepAlive),
+            3 => Some(Kick::TakenOver),
+            4 => Some(Kick::SlowConsumer),
+            _ => None,
+        }
+    }
+}
+
+impl From<Kick> for Close {
+    fn from(kick: Kick) -> Close {
+        match kick {
+            Kick::Shutdown => Close::Shutdown,
+            Kick::KeepAlive => Close::KeepAliveTimeout,
+            Kick::TakenOver => Close::TakenOver,
+            Kick::SlowConsumer => Close::SlowConsumer,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kick survives its byte, and the DISCONNECT it ends in carries its reason code:
+    /// 0x8E for a takeover ([MQTT-3.1.4-3]), 0x8D keep alive, 0x8B shutdown, 0x97 slow.
+    #[test]
+    fn kick_byte_round_trip_and_disconnect_reason_mqtt_3_1_4_3() {
+        assert_eq!(Kick::from_u8(0), None);
+        for (kick, code) in [
+            (Kick::Shutdown, ReasonCode::SERVER_SHUTTING_DOWN),
+            (Kick::KeepAlive, ReasonCode::KEEP_ALIVE_TIMEOUT),
+            (Kick::TakenOver, ReasonCode::SESSION_TAKEN_OVER),
+            (Kick::SlowConsumer, ReasonCode::QUOTA_EXCEEDED),
+        ] {
+            assert_ne!(kick.to_u8(), 0);
+            assert_eq!(Kick::from_u8(kick.to_u8()), Some(kick));
+            assert_eq!(
+                Close::from(kick).disconnect_reason(),
+                Some(code),
+                "{kick:?}"
+            );
+        }
+        assert!(Close::from(Kick::SlowConsumer).is_slow_consumer());
+        assert!(!Close::from(Kick::TakenOver).is_slow_consumer());
     }
 }

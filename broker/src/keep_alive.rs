@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use tern_codec::ReasonCode;
 use tokio::time::Instant;
 
 use crate::delivery::shared_writer::SharedWriter;
+use crate::error::Kick;
 
 /// Sweep period, and the granularity of the deadlines filed.
 pub const TICK_MS: u64 = 100;
@@ -114,7 +114,7 @@ impl KeepAlive {
             }
             let deadline = writer.keep_alive_deadline_ms();
             if deadline <= now_ms {
-                writer.kick(ReasonCode::KEEP_ALIVE_TIMEOUT);
+                writer.kick(Kick::KeepAlive);
             } else {
                 // Paused reading (NO_DEADLINE_MS) is looked at again one period later.
                 let next = deadline.min(now_ms.saturating_add(writer.keep_alive_ms()));
@@ -175,10 +175,10 @@ mod tests {
         assert_eq!(idle.kicked(), None, "not before the deadline");
         busy.set_keep_alive_deadline_ms(t0 + 1800);
         assert!(ka.sweep_once(t0 + 1100));
-        assert_eq!(idle.kicked(), Some(ReasonCode::KEEP_ALIVE_TIMEOUT));
+        assert_eq!(idle.kicked(), Some(Kick::KeepAlive));
         assert_eq!(busy.kicked(), None, "traffic moved its deadline");
         assert!(!ka.sweep_once(t0 + 1900), "nothing left filed");
-        assert_eq!(busy.kicked(), Some(ReasonCode::KEEP_ALIVE_TIMEOUT));
+        assert_eq!(busy.kicked(), Some(Kick::KeepAlive));
     }
 
     #[tokio::test]

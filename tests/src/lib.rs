@@ -447,3 +447,68 @@ pub async fn run_mqttjs_over_websocket(url: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Sends `topic` at QoS 1 and at QoS 2 from `client` (connected as `client_id`), a PUBLISH
+/// the broker refuses with `code` (5.0 numbering), and checks the one rule for
+/// acknowledging a refused PUBLISH:
+/// - 5.0: PUBACK/PUBREC carry `code`; after a PUBREC of 0x80 or more the exchange is over
+///   and the id is not kept ([MQTT-4.3.3-9]), so a PUBREL gets PUBCOMP 0x92.
+/// - 3.1.1 has no failure codes ([MQTT-3.3.5-2]): PUBACK/PUBREC as for a success, and the
+///   QoS 2 id is kept until the PUBREL, which completes it ([MQTT-4.3.3-11]).
+///
+/// Whether the id is kept is read from the session (opened again without Clean Start,
+/// which returns the live one): in 3.1.1 it does not show on the wire.
+pub async fn check_refused_publish_acks(
+    broker: &Broker,
+    client: &mut Client,
+    client_id: &str,
+    topic: &str,
+    code: tern_codec::ReasonCode,
+) {
+    use tern_codec::ReasonCode;
+    let v5 = client.version.is_v5();
+    let expected = if v5 { code } else { ReasonCode::SUCCESS };
+    let version = client.version;
+    let id = client.next_packet_id();
+    let mut publish = Publish::new(topic, b"refused".to_vec());
+    publish.qos = QoS::AtLeastOnce;
+    publish.packet_id = Some(id);
+    client.send(&Packet::Publish(publish)).await;
+    match client.recv().await {
+        Packet::PubAck(ack) if ack.packet_id == id => {
+            assert_eq!(ack.reason_code, expected, "{version:?} QoS 1 {topic}");
+        }
+        other => panic!("{version:?}: expected PUBACK, got {other:?}"),
+    }
+    let id = client.next_packet_id();
+    let mut publish = Publish::new(topic, b"refused".to_vec());
+    publish.qos = QoS::ExactlyOnce;
+    publish.packet_id = Some(id);
+    client.send(&Packet::Publish(publish)).await;
+    match client.recv().await {
+        Packet::PubRec(rec) if rec.packet_id == id => {
+            assert_eq!(rec.reason_code, expected, "{version:?} QoS 2 {topic}");
+        }
+        other => panic!("{version:?}: expected PUBREC, got {other:?}"),
+    }
+    let (session, present) = broker.open_session(client_id, false);
+    assert!(present, "{client_id} has a session");
+    assert_eq!(
+        session.incoming_qos2().contains(&id.get()),
+        !v5,
+        "{version:?}: QoS 2 id kept until PUBREL in 3.1.1 only"
+    );
+    client.send(&Packet::PubRel(PubRel::new(id))).await;
+    match client.recv().await {
+        Packet::PubComp(comp) if comp.packet_id == id => {
+            let completed = if v5 {
+                ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+            } else {
+                ReasonCode::SUCCESS
+            };
+            assert_eq!(comp.reason_code, completed, "{version:?} PUBCOMP");
+        }
+        other => panic!("{version:?}: expected PUBCOMP, got {other:?}"),
+    }
+    assert!(!session.incoming_qos2().contains(&id.get()), "released");
+}

@@ -600,6 +600,30 @@ async fn resumed_session_gets_the_new_users_acl() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+// One rule for acknowledging a PUBLISH the ACL refuses, as for any refused PUBLISH: 5.0
+// PUBACK/PUBREC 0x87 and the QoS 2 exchange over ([MQTT-4.3.3-9]); 3.1.1 acknowledged as
+// received ([MQTT-3.3.5-2]), the QoS 2 id kept until PUBREL.
+#[tokio::test]
+async fn publish_refused_by_acl_acknowledged_per_version_mqtt_4_3_3_9() {
+    let (broker, dir) = start_with_acl().await;
+    for version in both_versions() {
+        let client_id = format!("alice-{version:?}");
+        let mut alice = login(&broker, version, &client_id, Some("alice")).await;
+        tern_tests::check_refused_publish_acks(
+            broker.broker(),
+            &mut alice,
+            &client_id,
+            "public/x",
+            ReasonCode::NOT_AUTHORIZED,
+        )
+        .await;
+        alice.ping().await;
+        alice.disconnect().await;
+    }
+    broker.running.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn qos2_pubrel_after_refused_v5_pubrec_is_harmless() {
     // A 5.0 client that sends PUBREL anyway gets PUBCOMP 0x92 and stays connected.

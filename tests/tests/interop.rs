@@ -85,6 +85,20 @@ async fn paho_python_v5_properties_and_v311() {
     broker.running.stop().await;
 }
 
+// [MQTT-3.14.4-2] as a real client sees it: paho-mqtt sends QoS 2 PUBLISH past the
+// broker's Receive Maximum (it does not apply it) and is still writing when the broker
+// sends DISCONNECT 0x93 and closes; paho must report 0x93, not a lost connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_python_reads_disconnect_0x93_mqtt_3_14_4_2() {
+    if !require_tool("python3") || !python_has_paho() {
+        return;
+    }
+    let broker = TestBroker::start_with(|c| c.limits.receive_maximum = 2).await;
+    let port = broker.addr.port().to_string();
+    run_program("python3", &["paho_receive_maximum.py", "127.0.0.1", &port]).await;
+    broker.running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqttjs_v5_and_v4() {
     if !require_tool("node") || !mqttjs_installed() {

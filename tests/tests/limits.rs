@@ -125,6 +125,29 @@ async fn topic_length_and_depth_limits() {
     assert!(Metrics::get(&broker.broker().metrics().dropped_topic_too_deep) >= 1);
 }
 
+// One rule for acknowledging a PUBLISH dropped for its topic depth, as for any refused
+// PUBLISH: 5.0 PUBACK/PUBREC 0x90 and the QoS 2 exchange over ([MQTT-4.3.3-9]); 3.1.1
+// acknowledged as received ([MQTT-3.3.5-2]), the QoS 2 id kept until PUBREL (it was not).
+#[tokio::test]
+async fn publish_too_deep_acknowledged_per_version_mqtt_4_3_3_9() {
+    let broker = TestBroker::start_with(|c| c.limits.max_topic_levels = 3).await;
+    for version in [V5, V3] {
+        let client_id = format!("deep-{version:?}");
+        let mut client = broker.client(version, &client_id).await;
+        tern_tests::check_refused_publish_acks(
+            broker.broker(),
+            &mut client,
+            &client_id,
+            "a/b/c/d",
+            ReasonCode::TOPIC_NAME_INVALID,
+        )
+        .await;
+        client.ping().await;
+        client.disconnect().await;
+    }
+    broker.running.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn publish_rate_slows_the_client_down() {
     let mut config = tern_tests::test_config();

@@ -19,7 +19,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use dashmap::DashMap;
-use tern_codec::ReasonCode;
 use tokio::sync::{watch, Semaphore};
 
 use self::retained::RetainedStore;
@@ -150,7 +149,7 @@ impl Broker {
         self.inner.shutdown_tx.send_replace(true);
         for entry in self.inner.sessions.iter() {
             if let Some(writer) = entry.value().delivery().link_writer() {
-                writer.kick(ReasonCode::SERVER_SHUTTING_DOWN);
+                writer.kick(crate::error::Kick::Shutdown);
             }
         }
     }

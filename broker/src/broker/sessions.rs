@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use dashmap::mapref::entry::Entry;
-use tern_codec::{ByteStr, ReasonCode};
+use tern_codec::ByteStr;
 
 use super::Broker;
 use crate::metrics::Metrics;
@@ -90,7 +90,7 @@ impl Broker {
         if let Some(old) = replaced {
             if let Some(link) = old.delivery().take_link() {
                 Metrics::add(&self.inner.metrics.session_takeovers, 1);
-                link.writer.kick(ReasonCode::SESSION_TAKEN_OVER);
+                link.writer.kick(crate::error::Kick::TakenOver);
             }
             self.end_session(&old);
         }
@@ -156,7 +156,7 @@ impl Broker {
             delivery.take_link()
         };
         if let Some(link) = attached {
-            link.writer.kick(ReasonCode::SESSION_TAKEN_OVER);
+            link.writer.kick(crate::error::Kick::TakenOver);
         }
         self.release_session(session);
     }

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use tern_codec::{Connect, PubAck, PubRec, Publish, QoS, ReasonCode};
+use tern_codec::{Connect, Publish, ReasonCode};
 
 use super::{Connection, PeerInfo};
 use crate::auth::{self, Access, ClientAcl, SubscribeVerdict};
@@ -108,7 +108,7 @@ impl Connection {
     /// The write check of a PUBLISH (topic alias already resolved). When it is refused this
     /// answers it and returns `true`: 5.0 QoS 1/2 get PUBACK/PUBREC 0x87; QoS 0 and 3.1.1
     /// are dropped silently, still acknowledged for 3.1.1 QoS 1/2 (3.1.1 has no way to say
-    /// no, [MQTT-3.3.5-2]), a QoS 2 one remembered so its PUBREL completes normally.
+    /// no, [MQTT-3.3.5-2]); see `acknowledge_publish`.
     pub(super) fn publish_denied(&mut self, publish: &Publish) -> bool {
         let Some(acl) = &self.acl else {
             return false;
@@ -118,28 +118,7 @@ impl Connection {
         }
         Metrics::add(&self.broker.metrics().acl_denied, 1);
         tracing::debug!(client_id = %self.session.client_id, topic = %publish.topic(), "publish refused by ACL: dropped");
-        let v5 = self.version.is_v5();
-        let code = if v5 {
-            ReasonCode::NOT_AUTHORIZED
-        } else {
-            ReasonCode::SUCCESS
-        };
-        match (publish.qos, publish.packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => {
-                let mut ack = PubAck::new(id);
-                ack.reason_code = code;
-                self.send(|buf, version| ack.encode(version, buf));
-            }
-            (QoS::ExactlyOnce, Some(id)) => {
-                if !v5 {
-                    self.session.incoming_qos2().insert(id.get());
-                }
-                let mut rec = PubRec::new(id);
-                rec.reason_code = code;
-                self.send(|buf, version| rec.encode(version, buf));
-            }
-            _ => {}
-        }
+        self.acknowledge_publish(publish.qos, publish.packet_id, ReasonCode::NOT_AUTHORIZED);
         true
     }
 }

@@ -8,8 +8,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tern_codec::{
-    Disconnect, Packet, PubAck, PubComp, PubRec, Publish, QoS, ReasonCode, SubAck, Subscribe,
-    UnsubAck, Unsubscribe,
+    Disconnect, Packet, PacketId, PubAck, PubComp, PubRec, Publish, QoS, ReasonCode, SubAck,
+    Subscribe, UnsubAck, Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -45,8 +45,8 @@ impl Connection {
             self.broker.keep_alive().watch(&self.out, timeout);
         }
         loop {
-            if let Some(reason) = self.out.kicked() {
-                return kicked(reason);
+            if let Some(kick) = self.out.kicked() {
+                return kick.into();
             }
             let mut received = false;
             loop {
@@ -258,22 +258,7 @@ impl Connection {
         if !self.limits.topic_within_limits(publish.topic()) {
             Metrics::add(&self.broker.metrics().dropped_topic_too_deep, 1);
             tracing::debug!(client_id = %self.session.client_id, "topic has too many levels: dropped");
-            if let Some(id) = packet_id {
-                let code = if self.version.is_v5() {
-                    ReasonCode::TOPIC_NAME_INVALID
-                } else {
-                    ReasonCode::SUCCESS
-                };
-                if qos == QoS::ExactlyOnce {
-                    let mut rec = PubRec::new(id);
-                    rec.reason_code = code;
-                    self.send(|buf, version| rec.encode(version, buf));
-                } else {
-                    let mut ack = PubAck::new(id);
-                    ack.reason_code = code;
-                    self.send(|buf, version| ack.encode(version, buf));
-                }
-            }
+            self.acknowledge_publish(qos, packet_id, ReasonCode::TOPIC_NAME_INVALID);
             return Ok(());
         }
         if self.publish_denied(&publish) {
@@ -281,40 +266,66 @@ impl Connection {
         }
         if qos == QoS::ExactlyOnce {
             let Some(id) = packet_id else { return Ok(()) };
-            let mut pending = self.session.incoming_qos2();
+            let pending = self.session.incoming_qos2();
             if pending.contains(&id.get()) {
                 // A resend of a message already delivered: acknowledge, do not route again
                 // ([MQTT-4.3.3-10]).
                 drop(pending);
-                self.send(|buf, version| PubRec::new(id).encode(version, buf));
+                self.acknowledge_publish(qos, packet_id, ReasonCode::SUCCESS);
                 return Ok(());
             }
             // [MQTT-3.3.4-9]: no more unacknowledged QoS 2 than our Receive Maximum.
             if pending.len() >= usize::from(self.limits.receive_maximum) {
                 return Err(ProtocolError::ReceiveMaximumExceeded.into());
             }
-            pending.insert(id.get());
+            // Remembered with the PUBREC, after routing: only this task adds ids.
         }
         let delivered = self.route(publish, now);
-        let reason = if delivered == 0 && self.version.is_v5() {
+        let reason = if delivered == 0 {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
         } else {
             ReasonCode::SUCCESS
         };
-        match (qos, packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => {
+        self.acknowledge_publish(qos, packet_id, reason);
+        Ok(())
+    }
+
+    /// Answers a QoS 1 or 2 PUBLISH with `code` (5.0 numbering; nothing for QoS 0), the one
+    /// place where a PUBLISH is acknowledged, refused or not:
+    /// - 3.1.1 has no reason codes ([MQTT-3.3.5-2]: a refused message is acknowledged as
+    ///   if received): PUBACK, or PUBREC with the id remembered so that the PUBREL
+    ///   completes with PUBCOMP ([MQTT-4.3.3-10], [MQTT-4.3.3-11]).
+    /// - 5.0: PUBACK/PUBREC with `code`. A QoS 2 id is remembered until PUBREL only when
+    ///   the PUBREC is not an error: after one with a code of 0x80 or more the exchange is
+    ///   over, and the same id starts a new message ([MQTT-4.3.3-9]).
+    pub(super) fn acknowledge_publish(
+        &self,
+        qos: QoS,
+        packet_id: Option<PacketId>,
+        code: ReasonCode,
+    ) {
+        let Some(id) = packet_id else { return };
+        let code = if self.version.is_v5() {
+            code
+        } else {
+            ReasonCode::SUCCESS
+        };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
                 let mut ack = PubAck::new(id);
-                ack.reason_code = reason;
+                ack.reason_code = code;
                 self.send(|buf, version| ack.encode(version, buf));
             }
-            (QoS::ExactlyOnce, Some(id)) => {
+            QoS::ExactlyOnce => {
+                if !code.is_error() {
+                    self.session.incoming_qos2().insert(id.get());
+                }
                 let mut rec = PubRec::new(id);
-                rec.reason_code = reason;
+                rec.reason_code = code;
                 self.send(|buf, version| rec.encode(version, buf));
             }
-            _ => {}
         }
-        Ok(())
     }
 
     /// Stores and routes a client's message; returns how many sessions it reached.
@@ -494,17 +505,6 @@ enum Event {
     Read(std::io::Result<usize>),
 }
 
-/// The close of a connection kicked with `reason`: a shutdown is its own close.
-fn kicked(reason: ReasonCode) -> Close {
-    if reason == ReasonCode::SERVER_SHUTTING_DOWN {
-        Close::Shutdown
-    } else if reason == ReasonCode::KEEP_ALIVE_TIMEOUT {
-        Close::KeepAliveTimeout
-    } else {
-        Close::Kicked(reason)
-    }
-}
-
 /// Waits until `resume_at`, or returns why the connection must close first. Output
 /// appended meanwhile waits in the SharedWriter.
 async fn pause_until(
@@ -514,8 +514,8 @@ async fn pause_until(
     let sleep = tokio::time::sleep_until(resume_at);
     tokio::pin!(sleep);
     loop {
-        if let Some(reason) = out.kicked() {
-            return Some(kicked(reason));
+        if let Some(kick) = out.kicked() {
+            return Some(kick.into());
         }
         tokio::select! {
             biased;

@@ -75,6 +75,13 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
         polled
     }
 
+    /// Reads and drops what the peer sends, for a connection that is closing: returns how
+    /// many bytes (0 at end of stream). Packets already buffered are dropped with them.
+    pub fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        self.buf.clear();
+        self.poll_read_more(cx)
+    }
+
     /// Waits for the next whole packet.
     ///
     /// # Cancel safety

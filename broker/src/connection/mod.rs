@@ -13,9 +13,10 @@ pub mod io;
 mod output;
 
 use std::collections::HashMap;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tern_codec::{ByteStr, Disconnect, LastWill, ProtocolVersion};
@@ -36,6 +37,13 @@ use self::output::Output;
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The same for a client disconnected as a slow consumer (0x97).
 const SLOW_CONSUMER_FLUSH_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long a connection that sent DISCONNECT or an error CONNACK goes on reading (and
+/// discarding) after its FIN, unless the peer closes first; within the flush timeout. A
+/// socket closed with unread input makes the kernel answer with RST instead of FIN: a peer
+/// still writing then gets EPIPE/ECONNRESET and may never read the reason code.
+const LINGER_MS: u64 = 300;
+/// Reads in one poll of the discarding loop before it yields to other tasks.
+const DISCARD_READS_PER_POLL: usize = 16;
 
 /// Who is at the other end of a connection, as the transport knows it.
 #[derive(Debug, Clone)]
@@ -132,7 +140,7 @@ where
 {
     async fn serve(&mut self, info: Box<PeerInfo>) {
         // In a block: the connection's room in this future is not kept for the flush.
-        let slow_consumer = {
+        let (slow_consumer, linger) = {
             // The handshake's result lives only in this statement, and the connection is
             // used in place afterwards: a `match` on the awaited call (whose temporary
             // lives to the end of the `match`) or a binding moved out of by parts would
@@ -144,9 +152,12 @@ where
                 &self.out,
                 *info,
             ));
+            // Whether we sent an error CONNACK or a DISCONNECT: then the close lingers.
+            let mut linger = false;
             let mut connection = match handshake.await {
                 Ok(connection) => Some(connection),
                 Err(close) => {
+                    linger = matches!(close, Close::Refused(_));
                     match &close {
                         Close::ConnectTimeout => Metrics::add(&self.broker.metrics().timeouts, 1),
                         Close::Protocol(_) => {
@@ -161,14 +172,12 @@ where
             let mut slow_consumer = false;
             if let Some(established) = connection.as_mut() {
                 let close = established.run(&mut self.reader, &mut self.output).await;
-                // A slow consumer does not read: waiting for its socket to drain would
-                // only keep the connection, and up to twice the writer cap, alive.
-                slow_consumer = matches!(&close, Close::Kicked(reason) if *reason == tern_codec::ReasonCode::QUOTA_EXCEEDED);
+                slow_consumer = close.is_slow_consumer();
                 if let Some(established) = connection.take() {
-                    established.finish(close);
+                    linger = established.finish(close);
                 }
             }
-            slow_consumer
+            (slow_consumer, linger)
         };
         self.out.close();
         let flush_timeout = if slow_consumer {
@@ -176,13 +185,75 @@ where
         } else {
             FLUSH_TIMEOUT
         };
-        match tokio::time::timeout(flush_timeout, self.output.finish(&self.out)).await {
-            Ok(Ok(n)) => Metrics::add(&self.broker.metrics().bytes_sent, n as u64),
+        // Boxed: its timers cost memory only while the connection closes.
+        let closing = Box::pin(tokio::time::timeout(
+            flush_timeout,
+            close_gracefully(&mut self.output, &self.out, &mut self.reader, linger),
+        ));
+        match closing.await {
+            Ok(Ok((written, discarded))) => {
+                Metrics::add(&self.broker.metrics().bytes_sent, written as u64);
+                Metrics::add(&self.broker.metrics().bytes_received, discarded);
+            }
             Ok(Err(e)) => tracing::debug!(peer = %self.peer, error = %e, "final write failed"),
             // The peer does not read: give up rather than hold the connection open.
             Err(_) => tracing::debug!(peer = %self.peer, "output did not flush in time"),
         }
     }
+}
+
+/// Flushes what is left of the output and shuts the write side down (FIN); with `linger`
+/// (after an error CONNACK or a DISCONNECT), then reads and discards input until the peer
+/// closes or [`LINGER_MS`] pass, so that the socket is not closed with unread input (which
+/// the kernel answers with RST). Input is discarded while flushing too: a peer blocked
+/// writing to us may read only once its write goes through. The caller bounds the whole
+/// with the flush timeout. Returns the bytes written and the bytes discarded.
+///
+/// # Errors
+/// A write (or the shutdown) failed; read errors only end the discarding.
+async fn close_gracefully<R, W>(
+    output: &mut Output<W>,
+    out: &SharedWriter,
+    reader: &mut PacketReader<R>,
+    linger: bool,
+) -> std::io::Result<(usize, u64)>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if !linger {
+        return Ok((output.finish(out).await?, 0));
+    }
+    let mut discarded = 0u64;
+    // Reads and drops what is there; `Pending` once nothing is (or after a few reads, woken
+    // again at once so that a flooding peer does not hold the thread).
+    let mut discard = |cx: &mut std::task::Context<'_>| {
+        for _ in 0..DISCARD_READS_PER_POLL {
+            match reader.poll_discard(cx) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(n)) => discarded += n as u64,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    };
+    let mut finish = std::pin::pin!(output.finish(out));
+    let mut input_open = true;
+    let written = poll_fn(|cx| {
+        if let Poll::Ready(result) = finish.as_mut().poll(cx) {
+            return Poll::Ready(result);
+        }
+        if input_open && discard(cx).is_ready() {
+            input_open = false;
+        }
+        Poll::Pending
+    })
+    .await?;
+    if input_open {
+        let _ = tokio::time::timeout(Duration::from_millis(LINGER_MS), poll_fn(&mut discard)).await;
+    }
+    Ok((written, discarded))
 }
 
 /// A connected client, after CONNACK.
@@ -250,21 +321,22 @@ impl RateBucket {
 impl Connection {
     /// Ends the connection: DISCONNECT to a 5.0 client when we close it, detach from the
     /// session, publish or schedule the will, end or schedule the expiry of the session.
-    fn finish(mut self, close: Close) {
-        let metrics = &self.broker.metrics();
+    /// Returns whether a DISCONNECT was sent.
+    fn finish(mut self, close: Close) -> bool {
+        let metrics = self.broker.metrics();
         match &close {
             Close::Protocol(_) => Metrics::add(&metrics.protocol_errors, 1),
             Close::KeepAliveTimeout => Metrics::add(&metrics.timeouts, 1),
-            Close::Kicked(reason) if *reason == tern_codec::ReasonCode::QUOTA_EXCEEDED => {
-                Metrics::add(&metrics.slow_consumer_disconnects, 1)
-            }
+            Close::SlowConsumer => Metrics::add(&metrics.slow_consumer_disconnects, 1),
             _ => {}
         }
         // The peer address is in the "client connected" line of the same client id.
         tracing::debug!(client_id = %self.session.client_id, reason = %close, "connection closed");
-        if let (true, Some(reason)) = (self.version.is_v5(), close.disconnect_reason()) {
+        let disconnect = close.disconnect_reason().filter(|_| self.version.is_v5());
+        if let Some(reason) = disconnect {
             self.send(|buf, version| Disconnect::new(reason).encode(version, buf));
         }
+        let sent_disconnect = disconnect.is_some();
         self.out.close();
         // After the close: a sweep that has the entry out meanwhile sees it closed and
         // does not file it again.
@@ -294,7 +366,7 @@ impl Connection {
                     will::publish(&self.broker, &self.session, w);
                 }
             }
-            return;
+            return sent_disconnect;
         }
         // Queued messages from shared subscriptions go to an online member now rather than
         // wait for this client; what was already sent waits for a resume (or session end).
@@ -314,6 +386,7 @@ impl Connection {
             self.broker
                 .went_offline(&self.session, self.generation, will, expiry_secs);
         }
+        sent_disconnect
     }
 
     /// Appends one packet to the output buffer (never capped: control packets are small and
@@ -357,5 +430,42 @@ mod tests {
         assert!(std::mem::size_of::<SharedWriter>() <= 120);
         drop(future);
         drop(client);
+    }
+
+    /// After the last bytes and the FIN, a closing connection reads and discards input for
+    /// [`LINGER_MS`] at most, and less when the peer closes first.
+    #[tokio::test]
+    async fn close_lingers_until_the_peer_closes_or_linger_ms() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for peer_closes in [false, true] {
+            let (server, mut client) = tokio::io::duplex(4096);
+            let (reader, writer) = tokio::io::split(server);
+            let mut output = Output::new(writer);
+            let mut reader = PacketReader::new(reader, 1024);
+            let out = SharedWriter::new(1024);
+            out.append(2, false, tokio::time::Instant::now(), |b| {
+                b.extend_from_slice(&[0xE0, 0x00])
+            });
+            out.close();
+            client.write_all(&[0xC0, 0x00, 0xC0]).await.expect("write");
+            if peer_closes {
+                client.shutdown().await.expect("shutdown");
+            }
+            let started = std::time::Instant::now();
+            let (written, discarded) = close_gracefully(&mut output, &out, &mut reader, true)
+                .await
+                .expect("close");
+            let lingered = started.elapsed();
+            assert_eq!((written, discarded), (2, 3));
+            if peer_closes {
+                assert!(lingered < Duration::from_millis(LINGER_MS), "{lingered:?}");
+            } else {
+                assert!(lingered >= Duration::from_millis(LINGER_MS), "{lingered:?}");
+                assert!(lingered < FLUSH_TIMEOUT, "{lingered:?}");
+            }
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.expect("read");
+            assert_eq!(got, [0xE0, 0x00], "the bytes, then end of stream");
+        }
     }
 }

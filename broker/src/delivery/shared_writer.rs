@@ -26,6 +26,8 @@ use futures_util::task::AtomicWaker;
 /// broker): see [`crate::keep_alive`].
 pub const NO_DEADLINE_MS: u64 = u64::MAX;
 
+use crate::error::Kick;
+
 /// Buffers above this capacity are dropped instead of kept after a flush, so an idle
 /// connection does not hold a large allocation (DESIGN.md "Idle connections").
 pub const KEEP_CAPACITY_BYTES: usize = 64 * 1024;
@@ -39,7 +41,7 @@ pub struct SharedWriter {
     waker: AtomicWaker,
     /// A wake-up not yet seen by the task (kept like a permit, so none is lost).
     woken: AtomicBool,
-    /// Why the connection must close (a reason code), 0 while it may go on.
+    /// Why the connection must close: a [`Kick`] as its byte, 0 while it may go on.
     kick: AtomicU8,
     /// The connection's keep-alive timeout in ms (0: none), for [`crate::keep_alive`].
     keep_alive_ms: AtomicU32,
@@ -74,8 +76,11 @@ struct WriterState {
 pub enum Appended {
     /// The bytes are in the buffer.
     Yes,
-    /// Over the byte cap (QoS 0 only): dropped.
-    OverCap,
+    /// Longer than the receiver's Maximum Packet Size: dropped. The packet's length.
+    TooLarge(usize),
+    /// Over the byte cap (QoS 0 only): dropped. Since when the buffer has been over its cap,
+    /// for the slow-consumer timeout.
+    OverCap(Instant),
     /// The connection is closing: dropped.
     Closed,
 }
@@ -94,11 +99,6 @@ impl WriteGuard<'_> {
         &mut self.state.buf
     }
 
-    /// Whether `len` more bytes stay within the cap.
-    pub fn has_room(&self, len: usize) -> bool {
-        self.state.buf.len() + len <= self.writer.cap_bytes as usize
-    }
-
     /// Whether the connection is closing.
     pub fn is_closed(&self) -> bool {
         self.state.closed
@@ -106,8 +106,49 @@ impl WriteGuard<'_> {
 
     /// Records that a QoS 0 message did not fit, starting the slow-consumer clock.
     /// Returns since when the buffer has been over its cap (this call's `now` if it was not).
-    pub fn mark_over_cap(&mut self, now: Instant) -> Instant {
+    fn mark_over_cap(&mut self, now: Instant) -> Instant {
         *self.state.over_cap_since.get_or_insert(now)
+    }
+
+    /// Appends the one packet `encode` writes, unless the connection is closing, the packet
+    /// is longer than `max_len` (the receiver's Maximum Packet Size) or, with `capped` (QoS
+    /// 0), it would take the buffer past its byte cap, which starts the slow-consumer clock.
+    /// Every PUBLISH delivered goes through here.
+    ///
+    /// `len` is the exact number of bytes `encode` appends, when known ahead (a template):
+    /// then a packet that does not fit is never copied. With `None` (a one-shot encoding)
+    /// the packet is encoded in place and taken back if it does not fit.
+    pub fn append_packet(
+        &mut self,
+        len: Option<usize>,
+        max_len: usize,
+        capped: bool,
+        now: Instant,
+        encode: impl FnOnce(&mut BytesMut),
+    ) -> Appended {
+        if self.is_closed() {
+            return Appended::Closed;
+        }
+        let start = self.state.buf.len();
+        let (len, encode) = match len {
+            Some(len) => (len, Some(encode)),
+            None => {
+                encode(&mut self.state.buf);
+                (self.state.buf.len() - start, None)
+            }
+        };
+        let refused = if len > max_len {
+            Appended::TooLarge(len)
+        } else if capped && start + len > self.writer.cap_bytes as usize {
+            Appended::OverCap(self.mark_over_cap(now))
+        } else {
+            if let Some(encode) = encode {
+                encode(&mut self.state.buf);
+            }
+            return Appended::Yes;
+        };
+        self.state.buf.truncate(start);
+        refused
     }
 }
 
@@ -195,7 +236,8 @@ impl SharedWriter {
     }
 
     /// Appends bytes produced by `encode` unless closed. `capped` applies the byte cap
-    /// (QoS 0 messages); `len` is the exact number of bytes `encode` appends.
+    /// (QoS 0 messages); `len` is the exact number of bytes `encode` appends. One lock for
+    /// one [`WriteGuard::append_packet`] with no size limit.
     pub fn append(
         &self,
         len: usize,
@@ -203,16 +245,8 @@ impl SharedWriter {
         now: Instant,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Appended {
-        let mut guard = self.lock();
-        if guard.is_closed() {
-            return Appended::Closed;
-        }
-        if capped && !guard.has_room(len) {
-            guard.mark_over_cap(now);
-            return Appended::OverCap;
-        }
-        encode(guard.buf());
-        Appended::Yes
+        self.lock()
+            .append_packet(Some(len), usize::MAX, capped, now, encode)
     }
 
     /// Marks the writer closed: later appends are dropped, the connection task flushes what is
@@ -224,12 +258,12 @@ impl SharedWriter {
         self.wake();
     }
 
-    /// Asks the connection to close with `reason` (takeover, slow consumer, shutdown; sent
-    /// as DISCONNECT to 5.0 clients). The first reason stays.
-    pub fn kick(&self, reason: tern_codec::ReasonCode) {
+    /// Asks the connection to close for `reason` (takeover, slow consumer, keep alive,
+    /// shutdown; sent as DISCONNECT to 5.0 clients). The first reason stays.
+    pub fn kick(&self, reason: Kick) {
         let _ = self
             .kick
-            .compare_exchange(0, reason.0, Ordering::AcqRel, Ordering::Acquire);
+            .compare_exchange(0, reason.to_u8(), Ordering::AcqRel, Ordering::Acquire);
         self.wake();
     }
 
@@ -267,11 +301,8 @@ impl SharedWriter {
     }
 
     /// The reason the connection was asked to close with, if it was.
-    pub fn kicked(&self) -> Option<tern_codec::ReasonCode> {
-        match self.kick.load(Ordering::Acquire) {
-            0 => None,
-            reason => Some(tern_codec::ReasonCode(reason)),
-        }
+    pub fn kicked(&self) -> Option<Kick> {
+        Kick::from_u8(self.kick.load(Ordering::Acquire))
     }
 
     /// Wakes the connection's task (or leaves the wake-up for its next poll).
@@ -343,7 +374,7 @@ mod tests {
         );
         assert_eq!(
             writer.append(8, true, now, |b| b.extend_from_slice(&[0; 8])),
-            Appended::OverCap
+            Appended::OverCap(now)
         );
         assert_eq!(writer.over_cap_since(), Some(now));
         assert_eq!(
@@ -356,6 +387,50 @@ mod tests {
         writer.close();
         assert_eq!(
             writer.append(1, false, now, |b| b.extend_from_slice(&[0])),
+            Appended::Closed
+        );
+    }
+
+    /// The checks delivery makes, with the length known ahead (a template) or only once
+    /// encoded (a one-shot encoding, taken back when it does not fit): Maximum Packet Size
+    /// first ([MQTT-3.1.2-24]: nothing larger is sent), then the cap for QoS 0.
+    #[test]
+    fn append_packet_checks_size_then_cap_mqtt_3_1_2_24() {
+        let writer = SharedWriter::new(10);
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(1);
+        let mut guard = writer.lock();
+        for len in [Some(6), None] {
+            let fill = |b: &mut BytesMut| b.extend_from_slice(&[7; 6]);
+            assert_eq!(
+                guard.append_packet(len, 5, false, now, fill),
+                Appended::TooLarge(6),
+                "{len:?}"
+            );
+            assert!(guard.buf().is_empty(), "nothing left of it");
+        }
+        let six = |b: &mut BytesMut| b.extend_from_slice(&[1; 6]);
+        assert_eq!(guard.append_packet(None, 6, true, now, six), Appended::Yes);
+        for (len, at) in [(Some(6), now), (None, later)] {
+            let fill = |b: &mut BytesMut| b.extend_from_slice(&[2; 6]);
+            assert_eq!(
+                guard.append_packet(len, 100, true, at, fill),
+                Appended::OverCap(now),
+                "{len:?}: over since the first time"
+            );
+            assert_eq!(guard.buf().len(), 6, "taken back");
+        }
+        let fill = |b: &mut BytesMut| b.extend_from_slice(&[3; 6]);
+        assert_eq!(
+            guard.append_packet(None, 100, false, now, fill),
+            Appended::Yes
+        );
+        assert_eq!(guard.buf().len(), 12, "QoS 1/2 are not capped");
+        drop(guard);
+        writer.close();
+        let fill = |b: &mut BytesMut| b.extend_from_slice(&[4]);
+        assert_eq!(
+            writer.lock().append_packet(None, 100, false, now, fill),
             Appended::Closed
         );
     }

@@ -15,7 +15,7 @@ use tern_codec::{
     ByteStr, Family, OutQos, Outbound, PacketId, ProtocolVersion, PubRel, QoS, ReasonCode,
 };
 
-use crate::delivery::shared_writer::SharedWriter;
+use crate::delivery::shared_writer::{Appended, SharedWriter};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::session::inflight::{Inflight, Stage, Window};
@@ -46,7 +46,9 @@ impl OutboundAliases {
         if let Some(&alias) = map.and_then(|map| map.get(topic)) {
             return Some((alias, true));
         }
-        let next = map.map_or(0, HashMap::len) as u16 + 1;
+        // Aliases are 1..=in use + 1; once all `max` are taken (up to 65535, so the next
+        // would not fit in a u16), new topics go without one ([MQTT-3.3.2-8]: never 0).
+        let next = u16::try_from(map.map_or(0, HashMap::len) + 1).ok()?;
         (next <= self.max).then_some((next, false))
     }
 }
@@ -515,59 +517,32 @@ fn write_publish(
     let capped = out == OutQos::AtMostOnce;
     let max_len = link.max_packet_size_bytes as usize;
 
-    enum Outcome {
-        Ok,
-        TooLarge(usize),
-        OverCap,
-    }
+    // The size and cap checks are the SharedWriter's (`WriteGuard::append_packet`).
     let mut guard = link.writer.lock();
-    if guard.is_closed() {
-        return Written::Closed;
-    }
-    let start = guard.buf().len();
-    let outcome = if one_shot {
+    let appended = if one_shot {
         let outbound = Outbound {
             subscription_identifiers: subscription_ids,
             topic_alias: alias.map(|(a, _)| a),
             omit_topic: alias.is_some_and(|(_, known)| known),
             message_expiry_interval_secs: reduced_expiry,
         };
-        let len = encode_publish(
-            guard.buf(),
-            publish,
-            link.version,
-            out,
-            retain,
-            dup,
-            &outbound,
-        )
-        .len;
-        if len > max_len {
-            Outcome::TooLarge(len)
-        } else if capped && !guard.has_room(0) {
-            Outcome::OverCap
-        } else {
-            Outcome::Ok
-        }
+        guard.append_packet(None, max_len, capped, ctx.now, |buf| {
+            encode_publish(buf, publish, link.version, out, retain, dup, &outbound);
+        })
     } else {
         let template = message
             .templates
             .get(Family::of(link.version), out.packet_id().is_some());
-        if template.len() > max_len {
-            Outcome::TooLarge(template.len())
-        } else if capped && !guard.has_room(template.len()) {
-            Outcome::OverCap
-        } else {
+        guard.append_packet(Some(template.len()), max_len, capped, ctx.now, |buf| {
             // The layout matches `out` by construction (same `packet_id().is_some()`).
-            let _ = template.write_to(guard.buf(), out, retain, dup);
-            Outcome::Ok
-        }
+            let _ = template.write_to(buf, out, retain, dup);
+        })
     };
-    match outcome {
-        Outcome::Ok => {}
-        Outcome::TooLarge(len) => {
-            guard.buf().truncate(start);
-            drop(guard);
+    drop(guard);
+    match appended {
+        Appended::Yes => {}
+        Appended::Closed => return Written::Closed,
+        Appended::TooLarge(len) => {
             Metrics::add(&ctx.metrics.dropped_too_large_for_client, 1);
             tracing::debug!(
                 topic = message.topic(),
@@ -577,19 +552,14 @@ fn write_publish(
             );
             return Written::Dropped;
         }
-        Outcome::OverCap => {
-            guard.buf().truncate(start);
-            // One lock: the mark says since when, no second lock to read it back.
-            let stuck_since = guard.mark_over_cap(ctx.now);
-            drop(guard);
+        Appended::OverCap(stuck_since) => {
             Metrics::add(&ctx.metrics.dropped_qos0_slow_consumer, 1);
             if ctx.now.duration_since(stuck_since) >= ctx.slow_consumer_timeout {
-                link.writer.kick(ReasonCode::QUOTA_EXCEEDED);
+                link.writer.kick(crate::error::Kick::SlowConsumer);
             }
             return Written::Dropped;
         }
     }
-    drop(guard);
     if let Some((alias, false)) = alias {
         link.aliases
             .map
@@ -598,4 +568,33 @@ fn write_publish(
     }
     Metrics::add(&ctx.metrics.messages_sent, 1);
     Written::Yes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [MQTT-3.3.2-8] (no Topic Alias 0) and [MQTT-3.3.2-11] (none above the client's
+    /// maximum) at the largest maximum a client can give: with all 65535 aliases in use a
+    /// new topic goes without one, instead of alias 65535 + 1 overflowing to 0.
+    #[test]
+    fn outbound_alias_at_maximum_65535_mqtt_3_3_2_8() {
+        let mut aliases = OutboundAliases::new(u16::MAX);
+        let map = aliases.map.get_or_insert_default();
+        for alias in 1..u16::MAX {
+            map.insert(ByteStr::from(format!("t/{alias}")), alias);
+        }
+        assert_eq!(
+            aliases.choose("new/1"),
+            Some((u16::MAX, false)),
+            "the last one"
+        );
+        aliases
+            .map
+            .get_or_insert_default()
+            .insert(ByteStr::from("new/1"), u16::MAX);
+        assert_eq!(aliases.choose("new/1"), Some((u16::MAX, true)));
+        assert_eq!(aliases.choose("t/7"), Some((7, true)));
+        assert_eq!(aliases.choose("new/2"), None, "all taken: no alias");
+    }
 }

@@ -10,7 +10,11 @@ use tokio::time::Instant;
 use dashmap::mapref::entry::Entry;
 use tern_codec::ByteStr;
 
-use super::Broker;
+use std::time::Duration;
+
+use tern_codec::LastWill;
+
+use super::{will, Broker};
 use crate::metrics::Metrics;
 use crate::session::delivery::Redirect;
 use crate::session::Session;
@@ -95,6 +99,46 @@ impl Broker {
             self.end_session(&old);
         }
         (session, present)
+    }
+
+    /// The connection of `generation` to `session` has closed, with `will` (and its delay)
+    /// to publish if the close publishes it: detaches the connection, hands queued shared
+    /// messages to other members, then publishes the will or files it with the session's
+    /// expiry, or ends the session (expiry 0).
+    pub fn connection_closed(
+        &self,
+        session: &Arc<Session>,
+        generation: u64,
+        will: Option<(LastWill, Duration)>,
+    ) {
+        let detached = session.delivery().detach(generation);
+        if !detached {
+            // Taken over: a new connection owns the session. A will with a delay is
+            // cancelled if that connection resumed the session ([MQTT-3.1.3-9]); one without
+            // (or whose session ended) goes out now.
+            if let Some((last_will, delay)) = will {
+                if delay.is_zero() || session.is_ended() {
+                    will::publish(self, session, last_will);
+                }
+            }
+            return;
+        }
+        // Queued messages from shared subscriptions go to an online member now rather than
+        // wait for this client; what was already sent waits for a resume (or session end).
+        let redirects = session.delivery().take_shared(false);
+        self.redirect_shared(session.id, redirects);
+        let expiry_secs = session.expiry_secs();
+        let mut will = will;
+        if expiry_secs == 0 || will.as_ref().is_some_and(|(_, delay)| delay.is_zero()) {
+            if let Some((last_will, _)) = will.take() {
+                will::publish(self, session, last_will);
+            }
+        }
+        if expiry_secs == 0 {
+            self.end_session_unless_resumed(session, generation);
+        } else {
+            self.went_offline(session, generation, will, expiry_secs);
+        }
     }
 
     /// Hands messages a leaving shared-group member held to another online member of the
@@ -195,7 +239,7 @@ impl Broker {
         // A will still waiting for its delay goes out now: the session ended first
         // ([MQTT-3.1.3-9]).
         if let Some(last_will) = self.inner.timers.take(session.id) {
-            super::will::publish(self, session, *last_will);
+            will::publish(self, session, *last_will);
         }
     }
 }

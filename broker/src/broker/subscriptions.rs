@@ -9,6 +9,9 @@
 
 use std::sync::Arc;
 
+use tern_codec::QoS;
+use tokio::time::Instant;
+
 use crate::auth::{AuthState, ClientAcl, SubscribeVerdict};
 use crate::metrics::Metrics;
 use crate::session::{Session, SubscriptionRecord};
@@ -109,6 +112,36 @@ impl Broker {
             rechecked += 1;
         }
         rechecked
+    }
+
+    /// Sends `session` the retained messages matching `filter`, just subscribed with
+    /// `granted` QoS (the delivery QoS is the lower of it and the message's), `read_check`
+    /// and `subscription_id`. Sent because of a subscribe: RETAIN is 1 ([MQTT-3.3.1-8]);
+    /// the ACL's read check applies to them too.
+    pub fn send_retained(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        granted: QoS,
+        read_check: Option<&Arc<ClientAcl>>,
+        subscription_id: Option<u32>,
+        now: Instant,
+    ) {
+        let mut matches = Vec::new();
+        self.for_each_retained(filter, now, |m| {
+            if read_check.is_none_or(|acl| acl.allows_read(m.publish().topic())) {
+                matches.push(m.clone());
+            }
+        });
+        if matches.is_empty() {
+            return;
+        }
+        let ctx = self.deliver_ctx(now);
+        let ids: Vec<u32> = subscription_id.into_iter().collect();
+        let mut delivery = session.delivery();
+        for message in &matches {
+            delivery.deliver(message, message.qos().min(granted), true, &ids, ctx);
+        }
     }
 
     /// Removes every subscription of `session` (it has ended).

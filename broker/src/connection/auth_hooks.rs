@@ -8,10 +8,10 @@
 
 use std::sync::Arc;
 
-use tern_codec::{Connect, Publish, ReasonCode};
+use tern_codec::{Connect, ReasonCode};
 
-use super::{Connection, PeerInfo};
-use crate::auth::{self, Access, ClientAcl, SubscribeVerdict};
+use super::PeerInfo;
+use crate::auth::{self, Access, ClientAcl};
 use crate::broker::Broker;
 use crate::metrics::Metrics;
 
@@ -69,56 +69,4 @@ pub(super) fn client_acl(
         }
     }
     Some(acl)
-}
-
-impl Connection {
-    /// Re-derives this client's ACL when the auth files were reloaded since it was derived
-    /// (one atomic load per PUBLISH/SUBSCRIBE otherwise).
-    pub(super) fn refresh_acl(&mut self) {
-        let generation = self.broker.auth().generation();
-        if generation == self.acl_generation {
-            return;
-        }
-        self.acl_generation = generation;
-        self.acl = self
-            .broker
-            .auth()
-            .current()
-            .client_acl(&self.session.client_id, self.username.as_deref());
-    }
-
-    /// The read check of one SUBSCRIBE filter: `Ok(None)` to subscribe with no delivery
-    /// check, `Ok(Some(acl))` to check each message, `Err(code)` to refuse (SUBACK 0x87;
-    /// the 3.1.1 encoder sends 0x80).
-    pub(super) fn subscribe_acl(&self, filter: &str) -> Result<Option<Arc<ClientAcl>>, ReasonCode> {
-        let Some(acl) = &self.acl else {
-            return Ok(None);
-        };
-        match acl.check_subscribe(filter) {
-            SubscribeVerdict::Allowed => Ok(None),
-            SubscribeVerdict::Filtered => Ok(Some(acl.clone())),
-            SubscribeVerdict::Denied => {
-                Metrics::add(&self.broker.metrics().acl_denied, 1);
-                tracing::debug!(client_id = %self.session.client_id, %filter, "subscription refused by ACL");
-                Err(ReasonCode::NOT_AUTHORIZED)
-            }
-        }
-    }
-
-    /// The write check of a PUBLISH (topic alias already resolved). When it is refused this
-    /// answers it and returns `true`: 5.0 QoS 1/2 get PUBACK/PUBREC 0x87; QoS 0 and 3.1.1
-    /// are dropped silently, still acknowledged for 3.1.1 QoS 1/2 (3.1.1 has no way to say
-    /// no, [MQTT-3.3.5-2]); see `acknowledge_publish`.
-    pub(super) fn publish_denied(&mut self, publish: &Publish) -> bool {
-        let Some(acl) = &self.acl else {
-            return false;
-        };
-        if acl.check(publish.topic(), Access::Write) {
-            return false;
-        }
-        Metrics::add(&self.broker.metrics().acl_denied, 1);
-        tracing::debug!(client_id = %self.session.client_id, topic = %publish.topic(), "publish refused by ACL: dropped");
-        self.acknowledge_publish(publish.qos, publish.packet_id, ReasonCode::NOT_AUTHORIZED);
-        true
-    }
 }

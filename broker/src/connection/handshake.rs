@@ -13,10 +13,13 @@ use tokio::time::Instant;
 use super::io::PacketReader;
 use super::{Connection, PeerInfo};
 use crate::broker::Broker;
+use crate::config::Limits;
 use crate::delivery::shared_writer::SharedWriter;
 use crate::error::{Close, ProtocolError};
 use crate::metrics::Metrics;
 use crate::session::delivery::{Link, OutboundAliases};
+use crate::session::machine::{Machine, Start};
+use crate::session::Session;
 
 /// Reads CONNECT and establishes the connection.
 ///
@@ -78,22 +81,27 @@ fn refuse(out: &SharedWriter, version: ProtocolVersion, code: ReasonCode) -> Clo
     Close::Refused(code)
 }
 
+/// What CONNECT negotiated: the session expiry and keep alive in force, and the CONNACK
+/// (not yet sent) that says so.
+struct Negotiated {
+    requested_expiry_secs: u32,
+    expiry_secs: u32,
+    keep_alive_secs: u16,
+    connack: ConnAck,
+}
+
 fn establish(
     broker: &Broker,
     connect: Connect,
     out: &Arc<SharedWriter>,
     info: &PeerInfo,
 ) -> Result<Connection, Close> {
-    let peer = info.addr;
     let mut connect = connect;
     if let Some(name) = &info.cert_username {
         // use_identity_as_username: the verified certificate names the user.
         connect.username = Some(ByteStr::from(name.as_str()));
     }
     let version = connect.protocol;
-    let v5 = version.is_v5();
-    let limits = broker.limits();
-
     // Enhanced authentication (AUTH) is not offered: [MQTT-4.12.0-1] lets us refuse.
     if connect.properties.authentication_method.is_some() {
         return Err(refuse(out, version, ReasonCode::BAD_AUTHENTICATION_METHOD));
@@ -101,39 +109,78 @@ fn establish(
     if broker.is_shutting_down() {
         return Err(refuse(out, version, ReasonCode::SERVER_UNAVAILABLE));
     }
-
-    let mut assigned = None;
-    let client_id = if connect.client_id.is_empty() {
-        // [MQTT-3.1.3-8] (3.1.1): an empty id needs Clean Session 1.
-        if (!v5 && !connect.clean_start) || !broker.session_config().allow_empty_client_id {
-            return Err(refuse(
-                out,
-                version,
-                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
-            ));
-        }
-        let id = broker.assign_client_id();
-        assigned = Some(id.clone());
-        id
-    } else {
-        // Only borrowed from here on: the session keeps its own copy (a slice would keep
-        // the whole read buffer the CONNECT arrived in alive).
-        connect.client_id.clone()
-    };
-    // Kept by the connection and its session link: copied for the same reason.
+    let (client_id, assigned) =
+        client_identifier(broker, &connect).map_err(|code| refuse(out, version, code))?;
+    // Kept by the connection and its session link: copied, since a slice would keep the
+    // whole read buffer the CONNECT arrived in alive.
     connect.username = connect.username.as_deref().map(ByteStr::from);
     let acl_generation = broker.auth().generation();
     let acl = super::auth_hooks::client_acl(broker, &client_id, &mut connect);
+    let limits = broker.limits();
+    let mut negotiated = negotiate(&connect, &limits);
+    if version.is_v5() {
+        negotiated.connack.properties.assigned_client_identifier = assigned;
+    }
+    let (session, resumed, generation) =
+        attach(broker, &client_id, &connect, out, &limits, &mut negotiated);
+    Metrics::add(&broker.metrics().clients_connected, 1);
+    tracing::debug!(%client_id, peer = %info.addr, ?version, resumed, "client connected");
+    if resumed {
+        broker.reapply_acl(&session, acl.as_ref());
+    }
+    let keep_alive_secs = negotiated.keep_alive_secs;
+    let machine = Machine::new(Start {
+        session,
+        generation,
+        version,
+        will: connect.will,
+        acl,
+        acl_generation,
+        username: connect.username,
+        connect_expiry_was_zero: negotiated.requested_expiry_secs == 0,
+        limits,
+    });
+    Ok(Connection {
+        broker: broker.clone(),
+        out: out.clone(),
+        machine,
+        keep_alive_timeout: (keep_alive_secs > 0)
+            .then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500)),
+        routing: None,
+    })
+}
 
-    let requested_expiry = if v5 {
+/// The client identifier: CONNECT's, or one assigned for an empty one (returned second,
+/// for the CONNACK).
+fn client_identifier(
+    broker: &Broker,
+    connect: &Connect,
+) -> Result<(ByteStr, Option<ByteStr>), ReasonCode> {
+    if !connect.client_id.is_empty() {
+        // Only borrowed from here on: the session keeps its own copy.
+        return Ok((connect.client_id.clone(), None));
+    }
+    // [MQTT-3.1.3-8] (3.1.1): an empty id needs Clean Session 1.
+    let v5 = connect.protocol.is_v5();
+    if (!v5 && !connect.clean_start) || !broker.session_config().allow_empty_client_id {
+        return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+    }
+    let id = broker.assign_client_id();
+    Ok((id.clone(), Some(id)))
+}
+
+/// Session expiry and keep alive as the limits allow, and the CONNACK with the 5.0
+/// properties that tell the client.
+fn negotiate(connect: &Connect, limits: &Limits) -> Negotiated {
+    let v5 = connect.protocol.is_v5();
+    let requested_expiry_secs = if v5 {
         connect.properties.session_expiry_interval_secs.unwrap_or(0)
     } else if connect.clean_start {
         0
     } else {
         u32::MAX
     };
-    let expiry_secs = requested_expiry.min(limits.max_session_expiry_secs);
-
+    let expiry_secs = requested_expiry_secs.min(limits.max_session_expiry_secs);
     let mut keep_alive_secs = connect.keep_alive_secs;
     let mut server_keep_alive = None;
     if v5
@@ -143,7 +190,6 @@ fn establish(
         keep_alive_secs = limits.max_keep_alive_secs;
         server_keep_alive = Some(keep_alive_secs);
     }
-
     let mut connack = ConnAck {
         session_present: false,
         code: ReasonCode::SUCCESS,
@@ -151,8 +197,8 @@ fn establish(
     };
     if v5 {
         let p = &mut connack.properties;
-        p.session_expiry_interval_secs = (expiry_secs != requested_expiry).then_some(expiry_secs);
-        p.assigned_client_identifier = assigned;
+        p.session_expiry_interval_secs =
+            (expiry_secs != requested_expiry_secs).then_some(expiry_secs);
         p.server_keep_alive_secs = server_keep_alive;
         p.receive_maximum = Some(limits.receive_maximum);
         p.maximum_packet_size_bytes = Some(limits.max_packet_size_bytes);
@@ -162,19 +208,37 @@ fn establish(
         p.subscription_identifiers_available = Some(true);
         p.shared_subscription_available = Some(true);
     }
+    Negotiated {
+        requested_expiry_secs,
+        expiry_secs,
+        keep_alive_secs,
+        connack,
+    }
+}
 
+/// Opens (or resumes) the session, takes it over and attaches in one step under its
+/// delivery lock, sending CONNACK before anything a publisher may append. The close of an
+/// older connection (ending a session with expiry 0) or a Clean Start elsewhere (ending the
+/// old session) then either came first, and is seen here (the session is opened again), or
+/// comes after and sees this connection's generation: a connection is never left attached
+/// to an ended, unregistered session. Returns the session, whether it was resumed, and this
+/// connection's generation.
+fn attach(
+    broker: &Broker,
+    client_id: &str,
+    connect: &Connect,
+    out: &Arc<SharedWriter>,
+    limits: &Limits,
+    negotiated: &mut Negotiated,
+) -> (Arc<Session>, bool, u64) {
+    let version = connect.protocol;
     let client_props = &connect.properties;
     let window = client_props
         .receive_maximum
         .unwrap_or(u16::MAX)
         .min(limits.max_inflight_messages);
-    // Open (or resume) the session, take it over and attach in one step under its delivery
-    // lock. The close of an older connection (ending a session with expiry 0) or a Clean
-    // Start elsewhere (ending the old session) then either came first, and is seen here
-    // (the session is opened again), or comes after and sees this connection's generation:
-    // a connection is never left attached to an ended, unregistered session.
-    let (session, resumed, generation) = loop {
-        let (session, resumed) = broker.open_session(&client_id, connect.clean_start);
+    loop {
+        let (session, resumed) = broker.open_session(client_id, connect.clean_start);
         let mut delivery = session.delivery();
         if session.is_ended() {
             drop(delivery);
@@ -187,9 +251,9 @@ fn establish(
         }
         let generation = session.next_generation();
         broker.session_resumed(&session);
-        session.set_expiry_secs(expiry_secs);
-        connack.session_present = resumed;
-        connack.encode(version, out.lock().buf());
+        session.set_expiry_secs(negotiated.expiry_secs);
+        negotiated.connack.session_present = resumed;
+        negotiated.connack.encode(version, out.lock().buf());
         let link = Link {
             writer: out.clone(),
             version,
@@ -203,34 +267,9 @@ fn establish(
             generation,
             username: connect.username.clone(),
         };
-        delivery.attach(
-            link,
-            usize::from(window),
-            broker.deliver_ctx(Instant::now()),
-        );
+        let ctx = broker.deliver_ctx(Instant::now());
+        delivery.attach(link, usize::from(window), ctx);
         drop(delivery);
-        break (session, resumed, generation);
-    };
-    Metrics::add(&broker.metrics().clients_connected, 1);
-    tracing::debug!(%client_id, %peer, ?version, resumed, "client connected");
-    if resumed {
-        broker.reapply_acl(&session, acl.as_ref());
+        return (session, resumed, generation);
     }
-
-    Ok(Connection {
-        broker: broker.clone(),
-        session,
-        generation,
-        version,
-        out: out.clone(),
-        keep_alive_timeout: (keep_alive_secs > 0)
-            .then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500)),
-        will: connect.will.map(Box::new),
-        connect_expiry_was_zero: requested_expiry == 0,
-        publishing: None,
-        acl,
-        acl_generation,
-        username: connect.username.clone(),
-        limits: limits.clone(),
-    })
 }

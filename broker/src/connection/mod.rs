@@ -12,23 +12,20 @@ mod handshake;
 pub mod io;
 mod output;
 
-use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use tern_codec::{ByteStr, Disconnect, LastWill, ProtocolVersion};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::broker::will;
 use crate::broker::Broker;
 use crate::delivery::shared_writer::SharedWriter;
 use crate::error::Close;
 use crate::metrics::Metrics;
 use crate::router::RouteScratch;
-use crate::session::Session;
+use crate::session::machine::Machine;
 
 use self::io::PacketReader;
 use self::output::Output;
@@ -256,72 +253,32 @@ where
     Ok((written, discarded))
 }
 
-/// A connected client, after CONNACK.
+/// A connected client, after CONNACK: the session's protocol state machine and what the
+/// driver needs around it.
 pub(crate) struct Connection {
     broker: Broker,
-    session: Arc<Session>,
-    /// This connection's generation in `session`.
-    generation: u64,
-    version: ProtocolVersion,
     out: Arc<SharedWriter>,
+    machine: Machine,
     /// Nothing received for this long closes the connection (1.5 x keep alive).
     keep_alive_timeout: Option<Duration>,
-    /// Boxed: most clients have none, and this struct lives as long as the connection.
-    will: Option<Box<LastWill>>,
-    /// Topic aliases set by the client on this connection ([MQTT-3.3.2-7]: not kept).
-    /// This client's ACL (`None`: no ACL file configured).
-    acl: Option<Arc<crate::auth::ClientAcl>>,
-    /// CONNECT's Session Expiry Interval was 0 ([MQTT-3.14.2-2]).
-    connect_expiry_was_zero: bool,
     /// What only a publishing client needs, boxed at its first PUBLISH: most idle
     /// connections are subscribers that never publish.
-    publishing: Option<Box<Publishing>>,
-    /// The limits in force when the client connected.
-    limits: Arc<crate::config::Limits>,
-    /// The user name the client authenticated as, for re-deriving its ACL after a reload.
-    username: Option<ByteStr>,
-    /// The auth generation `acl` was derived under.
-    acl_generation: u64,
+    routing: Option<Box<Routing>>,
 }
 
-/// The state of a client that publishes.
+/// The routing state of a client that publishes.
 #[derive(Debug, Default)]
-pub(crate) struct Publishing {
+pub(crate) struct Routing {
     /// Routing scratch space, reused from one PUBLISH to the next.
     scratch: RouteScratch,
-    /// Topic aliases set by the client on this connection ([MQTT-3.3.2-7]: not kept).
-    inbound_aliases: HashMap<u16, ByteStr>,
-    /// The publish-rate token bucket (when `max_publish_rate_per_client` is set), full at
-    /// the first PUBLISH.
-    rate: Option<RateBucket>,
     /// PUBLISH packets routed, for sampling the routing latency.
     published: u64,
 }
 
-/// Token bucket for `max_publish_rate_per_client`.
-#[derive(Debug)]
-pub(crate) struct RateBucket {
-    tokens: f64,
-    refilled_at: tokio::time::Instant,
-    /// Set when the bucket ran dry: reading pauses until then.
-    resume_at: Option<tokio::time::Instant>,
-}
-
-impl RateBucket {
-    /// A full bucket for `rate_per_sec` messages per second, as of `now`.
-    pub(crate) fn full(rate_per_sec: f64, now: tokio::time::Instant) -> RateBucket {
-        RateBucket {
-            tokens: rate_per_sec,
-            refilled_at: now,
-            resume_at: None,
-        }
-    }
-}
-
 impl Connection {
-    /// Ends the connection: DISCONNECT to a 5.0 client when we close it, detach from the
-    /// session, publish or schedule the will, end or schedule the expiry of the session.
-    /// Returns whether a DISCONNECT was sent.
+    /// Ends the connection: DISCONNECT to a 5.0 client when we close it, then the broker
+    /// detaches the session, publishes or schedules the will and ends the session or files
+    /// its expiry. Returns whether a DISCONNECT was sent.
     fn finish(mut self, close: Close) -> bool {
         let metrics = self.broker.metrics();
         match &close {
@@ -330,13 +287,14 @@ impl Connection {
             Close::SlowConsumer => Metrics::add(&metrics.slow_consumer_disconnects, 1),
             _ => {}
         }
+        let session = self.machine.session().clone();
         // The peer address is in the "client connected" line of the same client id.
-        tracing::debug!(client_id = %self.session.client_id, reason = %close, "connection closed");
-        let disconnect = close.disconnect_reason().filter(|_| self.version.is_v5());
-        if let Some(reason) = disconnect {
-            self.send(|buf, version| Disconnect::new(reason).encode(version, buf));
-        }
+        tracing::debug!(client_id = %session.client_id, reason = %close, "connection closed");
+        let (disconnect, will) = self.machine.close(&close);
         let sent_disconnect = disconnect.is_some();
+        if let Some(disconnect) = disconnect {
+            self.send(&disconnect);
+        }
         self.out.close();
         // After the close: a sweep that has the entry out meanwhile sees it closed and
         // does not file it again.
@@ -344,58 +302,9 @@ impl Connection {
             self.broker.keep_alive().unwatch(&self.out);
         }
         Metrics::sub(&metrics.clients_connected, 1);
-        let detached = self.session.delivery().detach(self.generation);
-        let will = if close.publishes_will() {
-            self.will.take()
-        } else {
-            None
-        };
-        let will = will.map(|w| {
-            let w = *w;
-            let delay = Duration::from_secs(u64::from(
-                w.properties.will_delay_interval_secs.unwrap_or(0),
-            ));
-            (w, delay)
-        });
-        if !detached {
-            // Taken over: a new connection owns the session. A will with a delay is
-            // cancelled if that connection resumed the session ([MQTT-3.1.3-9]); one without
-            // (or whose session ended) goes out now.
-            if let Some((w, delay)) = will {
-                if delay.is_zero() || self.session.is_ended() {
-                    will::publish(&self.broker, &self.session, w);
-                }
-            }
-            return sent_disconnect;
-        }
-        // Queued messages from shared subscriptions go to an online member now rather than
-        // wait for this client; what was already sent waits for a resume (or session end).
-        let redirects = self.session.delivery().take_shared(false);
-        self.broker.redirect_shared(self.session.id, redirects);
-        let expiry_secs = self.session.expiry_secs();
-        let mut will = will;
-        if expiry_secs == 0 || will.as_ref().is_some_and(|(_, delay)| delay.is_zero()) {
-            if let Some((w, _)) = will.take() {
-                will::publish(&self.broker, &self.session, w);
-            }
-        }
-        if expiry_secs == 0 {
-            self.broker
-                .end_session_unless_resumed(&self.session, self.generation);
-        } else {
-            self.broker
-                .went_offline(&self.session, self.generation, will, expiry_secs);
-        }
+        self.broker
+            .connection_closed(&session, self.machine.generation(), will);
         sent_disconnect
-    }
-
-    /// Appends one packet to the output buffer (never capped: control packets are small and
-    /// bounded by the client's own requests).
-    fn send(&self, encode: impl FnOnce(&mut bytes::BytesMut, ProtocolVersion)) {
-        let mut guard = self.out.lock();
-        if !guard.is_closed() {
-            encode(guard.buf(), self.version);
-        }
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod delivery;
 pub mod inflight;
+pub mod machine;
 pub mod packet_ids;
 pub mod subscriptions;
 

@@ -571,6 +571,10 @@ fn write_publish(
 }
 
 #[cfg(test)]
+#[path = "delivery_tests.rs"]
+mod scenarios;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -73,6 +73,60 @@ impl QoS {
     }
 }
 
+/// The QoS of a PUBLISH together with its packet identifier, which is present exactly when
+/// QoS > 0 ([MQTT-2.2.1-2], [MQTT-2.2.1-3]): a QoS 1 or 2 PUBLISH without an identifier
+/// cannot be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PublishQoS {
+    /// QoS 0: no packet identifier on the wire.
+    #[default]
+    AtMostOnce,
+    /// QoS 1 with this packet identifier.
+    AtLeastOnce(PacketId),
+    /// QoS 2 with this packet identifier.
+    ExactlyOnce(PacketId),
+}
+
+impl PublishQoS {
+    /// The QoS level.
+    #[inline]
+    pub fn qos(self) -> QoS {
+        match self {
+            PublishQoS::AtMostOnce => QoS::AtMostOnce,
+            PublishQoS::AtLeastOnce(_) => QoS::AtLeastOnce,
+            PublishQoS::ExactlyOnce(_) => QoS::ExactlyOnce,
+        }
+    }
+
+    /// The packet identifier, for QoS > 0.
+    #[inline]
+    pub fn packet_id(self) -> Option<PacketId> {
+        match self {
+            PublishQoS::AtMostOnce => None,
+            PublishQoS::AtLeastOnce(id) | PublishQoS::ExactlyOnce(id) => Some(id),
+        }
+    }
+
+    /// Builds from a QoS and (for QoS > 0) a packet identifier; `None` if they disagree.
+    pub fn new(qos: QoS, packet_id: Option<PacketId>) -> Option<PublishQoS> {
+        match (qos, packet_id) {
+            (QoS::AtMostOnce, None) => Some(PublishQoS::AtMostOnce),
+            (QoS::AtLeastOnce, Some(id)) => Some(PublishQoS::AtLeastOnce(id)),
+            (QoS::ExactlyOnce, Some(id)) => Some(PublishQoS::ExactlyOnce(id)),
+            _ => None,
+        }
+    }
+
+    /// `qos` with `packet_id` if it needs one (the identifier is unused for QoS 0).
+    pub fn with_id(qos: QoS, packet_id: PacketId) -> PublishQoS {
+        match qos {
+            QoS::AtMostOnce => PublishQoS::AtMostOnce,
+            QoS::AtLeastOnce => PublishQoS::AtLeastOnce(packet_id),
+            QoS::ExactlyOnce => PublishQoS::ExactlyOnce(packet_id),
+        }
+    }
+}
+
 /// Retain Handling subscription option (5.0, section 3.8.3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum RetainHandling {

@@ -11,7 +11,8 @@ use tern_broker::listener::{self, Running};
 use tern_broker::Broker;
 use tern_codec::{
     ByteStr, ConnAck, Connect, Decoder, Packet, PacketId, ProtocolVersion, PubAck, PubComp, PubRec,
-    PubRel, Publish, QoS, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+    PubRel, Publish, PublishQoS, QoS, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
+    Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -267,27 +268,31 @@ impl Client {
         qos: QoS,
         retain: bool,
     ) -> Option<tern_codec::ReasonCode> {
-        let mut publish = Publish::new(topic, payload.to_vec());
-        publish.qos = qos;
+        let mut publish = Publish::new(topic, payload.to_vec())
+            .with_qos(PublishQoS::with_id(qos, self.next_packet_id()));
         publish.retain = retain;
-        self.publish_packet(publish).await
+        self.send_publish(publish).await
     }
 
-    /// Publishes a prepared PUBLISH (a packet id is assigned for QoS > 0) and completes the
-    /// QoS flow.
+    /// Publishes a prepared PUBLISH (for QoS > 0 its packet id is replaced by this client's
+    /// next one) and completes the QoS flow.
     pub async fn publish_packet(&mut self, mut publish: Publish) -> Option<tern_codec::ReasonCode> {
-        if publish.qos != QoS::AtMostOnce {
-            publish.packet_id = Some(self.next_packet_id());
+        if publish.qos() != QoS::AtMostOnce {
+            publish.set_qos(PublishQoS::with_id(publish.qos(), self.next_packet_id()));
         }
-        let packet_id = publish.packet_id;
-        let qos = publish.qos;
+        self.send_publish(publish).await
+    }
+
+    /// Sends `publish` as it is and completes the QoS flow.
+    async fn send_publish(&mut self, publish: Publish) -> Option<tern_codec::ReasonCode> {
+        let qos = publish.publish_qos();
         self.send(&Packet::Publish(publish)).await;
-        match (qos, packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => match self.recv().await {
+        match qos {
+            PublishQoS::AtLeastOnce(id) => match self.recv().await {
                 Packet::PubAck(ack) if ack.packet_id == id => Some(ack.reason_code),
                 other => panic!("expected PUBACK, got {other:?}"),
             },
-            (QoS::ExactlyOnce, Some(id)) => {
+            PublishQoS::ExactlyOnce(id) => {
                 let code = match self.recv().await {
                     Packet::PubRec(rec) if rec.packet_id == id => rec.reason_code,
                     other => panic!("expected PUBREC, got {other:?}"),
@@ -299,7 +304,7 @@ impl Client {
                 }
                 Some(code)
             }
-            _ => None,
+            PublishQoS::AtMostOnce => None,
         }
     }
 
@@ -313,9 +318,9 @@ impl Client {
 
     /// Acknowledges a received PUBLISH per its QoS (PUBACK, or PUBREC then PUBREL/PUBCOMP).
     pub async fn ack(&mut self, publish: &Publish) {
-        match (publish.qos, publish.packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => self.send(&Packet::PubAck(PubAck::new(id))).await,
-            (QoS::ExactlyOnce, Some(id)) => {
+        match publish.publish_qos() {
+            PublishQoS::AtLeastOnce(id) => self.send(&Packet::PubAck(PubAck::new(id))).await,
+            PublishQoS::ExactlyOnce(id) => {
                 self.send(&Packet::PubRec(PubRec::new(id))).await;
                 match self.recv().await {
                     Packet::PubRel(rel) if rel.packet_id == id => {}
@@ -323,7 +328,7 @@ impl Client {
                 }
                 self.send(&Packet::PubComp(PubComp::new(id))).await;
             }
-            _ => {}
+            PublishQoS::AtMostOnce => {}
         }
     }
 

@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tern_broker::auth::password;
-use tern_codec::{Connect, LastWill, Packet, ProtocolVersion, PubRel, Publish, QoS, ReasonCode};
+use tern_codec::{
+    Connect, LastWill, Packet, ProtocolVersion, PubRel, Publish, PublishQoS, QoS, ReasonCode,
+};
 use tern_tests::{require_tool, test_config, Client, TestBroker};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -357,8 +359,7 @@ async fn publish_refused_v5_with_0x87_and_dropped() {
     );
     let id = alice.next_packet_id();
     let mut publish = Publish::new("alice/secret", b"2".to_vec());
-    publish.qos = QoS::ExactlyOnce;
-    publish.packet_id = Some(id);
+    publish.set_qos(PublishQoS::ExactlyOnce(id));
     alice.send(&Packet::Publish(publish)).await;
     match alice.recv().await {
         Packet::PubRec(rec) => {
@@ -607,8 +608,7 @@ async fn qos2_pubrel_after_refused_v5_pubrec_is_harmless() {
     let mut alice = login(&broker, V5, "alice-c", Some("alice")).await;
     let id = alice.next_packet_id();
     let mut publish = Publish::new("public/x", b"2".to_vec());
-    publish.qos = QoS::ExactlyOnce;
-    publish.packet_id = Some(id);
+    publish.set_qos(PublishQoS::ExactlyOnce(id));
     alice.send(&Packet::Publish(publish)).await;
     assert!(matches!(alice.recv().await, Packet::PubRec(r) if r.reason_code.0 == 0x87));
     alice.send(&Packet::PubRel(PubRel::new(id))).await;

@@ -297,7 +297,7 @@ async fn mqtt_3_1_mqisdp_client_works() {
         modern.publish("legacy/in", b"to-3.1", qos, false).await;
         let got = old.expect_publish_acked().await;
         assert_eq!(
-            (got.topic(), got.payload(), got.qos),
+            (got.topic(), got.payload(), got.qos()),
             ("legacy/in", &b"to-3.1"[..], qos)
         );
         old.publish("legacy/out", b"from-3.1", qos, false).await;

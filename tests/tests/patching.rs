@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tern_codec::{
     ByteStr, Connect, Decoder, Packet, PacketId, ProtocolVersion, PubAck, PubComp, PubRec, Publish,
-    PublishProperties, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions,
+    PublishProperties, PublishQoS, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions,
 };
 use tern_tests::{Client, TestBroker, RECV_TIMEOUT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -149,9 +149,9 @@ impl RawSub {
     }
 
     async fn ack(&mut self, publish: &Publish) {
-        match (publish.qos, publish.packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => self.send(&Packet::PubAck(PubAck::new(id))).await,
-            (QoS::ExactlyOnce, Some(id)) => {
+        match publish.publish_qos() {
+            PublishQoS::AtLeastOnce(id) => self.send(&Packet::PubAck(PubAck::new(id))).await,
+            PublishQoS::ExactlyOnce(id) => {
                 self.send(&Packet::PubRec(PubRec::new(id))).await;
                 match self.packet().await.1 {
                     Packet::PubRel(rel) if rel.packet_id == id => {}
@@ -181,10 +181,9 @@ fn expected_frame(
     packet_id: Option<PacketId>,
     properties: &PublishProperties,
 ) -> Bytes {
-    let mut p = Publish::new(topic, payload.to_vec());
-    p.qos = qos;
+    let mut p = Publish::new(topic, payload.to_vec())
+        .with_qos(PublishQoS::new(qos, packet_id).expect("a packet id exactly when QoS > 0"));
     p.retain = retain;
-    p.packet_id = packet_id;
     if version.is_v5() {
         *p.properties_mut() = properties.clone();
     }
@@ -220,8 +219,9 @@ async fn publish_from(
     retain: bool,
     change: impl FnOnce(&mut Publish),
 ) {
-    let mut p = Publish::new(topic, payload.to_vec());
-    p.qos = qos;
+    // publish_packet replaces the placeholder packet id with the client's next one.
+    let mut p =
+        Publish::new(topic, payload.to_vec()).with_qos(PublishQoS::with_id(qos, PacketId::MIN));
     p.retain = retain;
     if client.version.is_v5() {
         *p.properties_mut() = v5_properties();
@@ -259,14 +259,14 @@ async fn qos_is_min_of_publish_and_granted_with_qos0_layout() {
                     effective as u8,
                     "{pub_v:?}->{sub_v:?} {qos:?}/{granted:?}"
                 );
-                assert_eq!(got.packet_id.is_some(), effective != QoS::AtMostOnce);
+                assert_eq!(got.packet_id().is_some(), effective != QoS::AtMostOnce);
                 let expected = expected_frame(
                     sub_v,
                     "qmin/t",
                     b"payload",
                     effective,
                     false,
-                    got.packet_id,
+                    got.packet_id(),
                     &forwarded_properties(pub_v),
                 );
                 assert_eq!(frame, expected, "{pub_v:?}->{sub_v:?} {qos:?}/{granted:?}");
@@ -318,7 +318,7 @@ async fn retain_flag_live_and_on_subscribe_across_versions() {
                     b"r",
                     qos.min(QoS::AtLeastOnce),
                     false,
-                    got.packet_id,
+                    got.packet_id(),
                     &forwarded_properties(pub_v),
                 );
                 assert_eq!(frame, expected);
@@ -354,7 +354,7 @@ async fn retain_flag_live_and_on_subscribe_across_versions() {
             b"kept",
             QoS::ExactlyOnce,
             true,
-            got.packet_id,
+            got.packet_id(),
             &forwarded_properties(pub_v),
         );
         assert_eq!(
@@ -409,7 +409,7 @@ async fn dup_zero_on_first_send_one_on_resend_across_versions() {
         let mut sub = RawSub::connect(&broker, persistent(sub_v)).await;
         for (first_frame, first) in [(f1, p1), (f2, p2)] {
             let (frame, got) = sub.publish().await;
-            assert_eq!(got.packet_id, first.packet_id);
+            assert_eq!(got.packet_id(), first.packet_id());
             assert_eq!(frame[0], first_frame[0] | 0b1000, "DUP 1 on resend");
             assert_eq!(frame[1..], first_frame[1..]);
             sub.ack(&got).await;
@@ -465,7 +465,7 @@ async fn inbound_topic_alias_stripped_before_fan_out() {
                     &[i as u8],
                     qos,
                     false,
-                    got.packet_id,
+                    got.packet_id(),
                     &v5_properties(),
                 );
                 assert_eq!(frame, expected, "{:?} message {i} {qos:?}", sub.version);
@@ -531,7 +531,7 @@ async fn subscription_ids_per_subscription_across_versions() {
                     b"s",
                     qos.min(QoS::AtLeastOnce),
                     false,
-                    got.packet_id,
+                    got.packet_id(),
                     &expected_props,
                 )
                 .len();
@@ -545,7 +545,7 @@ async fn subscription_ids_per_subscription_across_versions() {
                 b"s",
                 qos.min(QoS::AtLeastOnce),
                 false,
-                got.packet_id,
+                got.packet_id(),
                 &PublishProperties::default(),
             );
             assert_eq!(frame, expected);
@@ -576,13 +576,13 @@ async fn message_expiry_forwarded_to_v5_and_stripped_for_v3() {
         assert_eq!(got.properties(), props, "not delayed: the full interval");
         assert_eq!(
             frame,
-            expected_frame(V5, "mexp/t", b"e", qos, false, got.packet_id, &props)
+            expected_frame(V5, "mexp/t", b"e", qos, false, got.packet_id(), &props)
         );
         v5.ack(&got).await;
         let (frame, got) = v3.publish().await;
         assert_eq!(
             frame,
-            expected_frame(V3, "mexp/t", b"e", qos, false, got.packet_id, &props)
+            expected_frame(V3, "mexp/t", b"e", qos, false, got.packet_id(), &props)
         );
         v3.ack(&got).await;
     }
@@ -704,7 +704,7 @@ async fn never_serve_v5_bytes_to_v3_or_the_reverse() {
                     b"bytes",
                     qos,
                     false,
-                    got.packet_id,
+                    got.packet_id(),
                     &props,
                 );
                 assert_eq!(frame, expected, "{:?} subscriber, {qos:?}", sub.version);
@@ -773,7 +773,7 @@ async fn overlapping_subscriptions_one_copy_across_versions() {
                 b"o",
                 qos.min(QoS::AtLeastOnce),
                 false,
-                got.packet_id,
+                got.packet_id(),
                 &PublishProperties::default(),
             );
             assert_eq!(frame, expected);
@@ -812,11 +812,11 @@ async fn retained_on_subscribe_downgraded_to_qos0_exact_bytes() {
                 b"kept",
                 granted,
                 true,
-                got.packet_id,
+                got.packet_id(),
                 &forwarded_properties(pub_v),
             );
             assert_eq!(frame, expected, "{pub_v:?}->{sub_v:?} granted {granted:?}");
-            assert_eq!(got.packet_id.is_some(), granted != QoS::AtMostOnce);
+            assert_eq!(got.packet_id().is_some(), granted != QoS::AtMostOnce);
             sub.ack(&got).await;
             sub.disconnect().await;
         }

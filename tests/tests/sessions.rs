@@ -10,7 +10,7 @@ use std::time::Duration;
 use tern_broker::Broker;
 use tern_codec::{
     ConnAck, Connect, Disconnect, Packet, PacketId, ProtocolVersion, PubComp, PubRec, PubRel,
-    Publish, QoS, ReasonCode,
+    Publish, PublishQoS, QoS, ReasonCode,
 };
 use tern_tests::{duplex_client, test_config, Client, TestBroker};
 
@@ -105,12 +105,12 @@ async fn persistent_session_keeps_subscriptions_and_queues_qos1_qos2(version: Pr
     let mut sub = resume(&broker, version, "sub").await;
     let one = sub.expect_publish_acked().await;
     assert_eq!(
-        (one.topic(), one.qos, one.dup),
+        (one.topic(), one.qos(), one.dup),
         ("s/1", QoS::AtLeastOnce, false)
     );
     let two = sub.expect_publish_acked().await;
     assert_eq!(
-        (two.topic(), two.qos, two.dup),
+        (two.topic(), two.qos(), two.dup),
         ("s/2", QoS::ExactlyOnce, false)
     );
     // The QoS 0 message was not queued.
@@ -195,12 +195,13 @@ async fn unacknowledged_publish_resent_with_dup(version: ProtocolVersion) {
         let again = sub.expect_publish().await;
         assert!(again.dup, "resent PUBLISH without DUP: {again:?}");
         assert_eq!(
-            again.packet_id, original.packet_id,
+            again.packet_id(),
+            original.packet_id(),
             "packet id changed on resend"
         );
         assert_eq!(
-            (again.topic(), again.payload(), again.qos),
-            (original.topic(), original.payload(), original.qos)
+            (again.topic(), again.payload(), again.qos()),
+            (original.topic(), original.payload(), original.qos())
         );
         sub.ack(&again).await;
     }
@@ -232,7 +233,7 @@ async fn pubrel_resent_on_resume(version: ProtocolVersion) {
         .publish("r", b"two", QoS::ExactlyOnce, false)
         .await;
     let publish = sub.expect_publish().await;
-    let id = publish.packet_id.expect("packet id");
+    let id = publish.packet_id().expect("packet id");
     sub.send(&Packet::PubRec(PubRec::new(id))).await;
     match sub.recv().await {
         Packet::PubRel(rel) => assert_eq!(rel.packet_id, id),
@@ -565,7 +566,7 @@ async fn racer(
                     assert_eq!(d.reason_code, ReasonCode::SESSION_TAKEN_OVER, "{d:?}");
                 }
                 Some(Packet::Publish(p)) => {
-                    if let Some(id) = p.packet_id {
+                    if let Some(id) = p.packet_id() {
                         let ack = Packet::PubAck(tern_codec::PubAck::new(id)).to_bytes(version);
                         let _ = client.try_send_bytes(&ack).await;
                     }
@@ -751,8 +752,7 @@ async fn inbound_qos2_state_survives_reconnect(version: ProtocolVersion) {
     let mut sender = persistent(&broker, version, "sender").await;
     let id = PacketId::new(7).expect("id");
     let mut publish = Publish::new("q2", &b"once"[..]);
-    publish.qos = QoS::ExactlyOnce;
-    publish.packet_id = Some(id);
+    publish.set_qos(PublishQoS::ExactlyOnce(id));
     sender.send(&Packet::Publish(publish.clone())).await;
     match sender.recv().await {
         Packet::PubRec(rec) => assert_eq!(rec.packet_id, id),

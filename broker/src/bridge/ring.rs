@@ -378,7 +378,7 @@ pub fn encode_json(publish: &Publish, retain: bool) -> Bytes {
         }
     }
     out.extend_from_slice(b",\"qos\":");
-    out.push(b'0' + publish.qos as u8);
+    out.push(b'0' + publish.qos() as u8);
     out.extend_from_slice(if retain {
         b",\"retain\":true"
     } else {
@@ -473,7 +473,7 @@ pub fn push_json_str(out: &mut Vec<u8>, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tern_codec::QoS;
+    use tern_codec::{PacketId, PublishQoS};
 
     fn ring(max_messages: usize) -> Ring {
         Ring::new(
@@ -494,8 +494,8 @@ mod tests {
 
     #[test]
     fn json_encoding() {
-        let mut publish = Publish::new("t/\"q\"", Bytes::from_static(b"hi\n"));
-        publish.qos = QoS::AtLeastOnce;
+        let mut publish = Publish::new("t/\"q\"", Bytes::from_static(b"hi\n"))
+            .with_qos(PublishQoS::AtLeastOnce(PacketId::MIN));
         publish.properties_mut().content_type = Some("text/plain".into());
         publish
             .properties_mut()

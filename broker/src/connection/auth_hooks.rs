@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use tern_codec::{Connect, PubAck, PubRec, Publish, QoS, ReasonCode};
+use tern_codec::{Connect, PubAck, PubRec, Publish, PublishQoS, ReasonCode};
 
 use super::{Connection, PeerInfo};
 use crate::auth::{self, Access, ClientAcl, SubscribeVerdict};
@@ -174,13 +174,13 @@ impl Connection {
         } else {
             ReasonCode::SUCCESS
         };
-        match (publish.qos, publish.packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => {
+        match publish.publish_qos() {
+            PublishQoS::AtLeastOnce(id) => {
                 let mut ack = PubAck::new(id);
                 ack.reason_code = code;
                 self.send(|buf, version| ack.encode(version, buf));
             }
-            (QoS::ExactlyOnce, Some(id)) => {
+            PublishQoS::ExactlyOnce(id) => {
                 if !v5 {
                     self.session.incoming_qos2().insert(id.get());
                 }
@@ -188,7 +188,7 @@ impl Connection {
                 rec.reason_code = code;
                 self.send(|buf, version| rec.encode(version, buf));
             }
-            _ => {}
+            PublishQoS::AtMostOnce => {}
         }
         true
     }

@@ -8,8 +8,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tern_codec::{
-    Disconnect, Packet, PubAck, PubComp, PubRec, Publish, QoS, ReasonCode, SubAck, Subscribe,
-    UnsubAck, Unsubscribe,
+    Disconnect, Packet, PubAck, PubComp, PubRec, Publish, PublishQoS, ReasonCode, SubAck,
+    Subscribe, UnsubAck, Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -252,18 +252,17 @@ impl Connection {
                 publish.resolve_alias(topic);
             }
         }
-        let qos = publish.qos;
-        let packet_id = publish.packet_id;
+        let qos = publish.publish_qos();
         if !self.limits.topic_within_limits(publish.topic()) {
             Metrics::add(&self.broker.metrics.dropped_topic_too_deep, 1);
             tracing::debug!(client_id = %self.session.client_id, "topic has too many levels: dropped");
-            if let Some(id) = packet_id {
+            if let Some(id) = qos.packet_id() {
                 let code = if self.version.is_v5() {
                     ReasonCode::TOPIC_NAME_INVALID
                 } else {
                     ReasonCode::SUCCESS
                 };
-                if qos == QoS::ExactlyOnce {
+                if let PublishQoS::ExactlyOnce(_) = qos {
                     let mut rec = PubRec::new(id);
                     rec.reason_code = code;
                     self.send(|buf, version| rec.encode(version, buf));
@@ -278,8 +277,7 @@ impl Connection {
         if self.publish_denied(&publish) {
             return Ok(());
         }
-        if qos == QoS::ExactlyOnce {
-            let Some(id) = packet_id else { return Ok(()) };
+        if let PublishQoS::ExactlyOnce(id) = qos {
             let mut pending = self.session.incoming_qos2();
             if pending.contains(&id.get()) {
                 // A resend of a message already delivered: acknowledge, do not route again
@@ -300,18 +298,18 @@ impl Connection {
         } else {
             ReasonCode::SUCCESS
         };
-        match (qos, packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => {
+        match qos {
+            PublishQoS::AtLeastOnce(id) => {
                 let mut ack = PubAck::new(id);
                 ack.reason_code = reason;
                 self.send(|buf, version| ack.encode(version, buf));
             }
-            (QoS::ExactlyOnce, Some(id)) => {
+            PublishQoS::ExactlyOnce(id) => {
                 let mut rec = PubRec::new(id);
                 rec.reason_code = reason;
                 self.send(|buf, version| rec.encode(version, buf));
             }
-            _ => {}
+            PublishQoS::AtMostOnce => {}
         }
         Ok(())
     }

@@ -292,17 +292,16 @@ pub(crate) fn has_wildcard(bytes: &[u8]) -> bool {
 
 /// Reads bytes already checked with [`is_mqtt_str`] as `&str`, with no second pass.
 ///
-/// Callers pass only slices of a received frame that the decoder validated (every
-/// constructor of a decoded PUBLISH checks its strings first); `Bytes` never change.
+/// # Safety
+///
+/// `bytes` must be well formed UTF-8. Callers pass slices of a received frame at the
+/// positions of strings the decoder validated (see the invariant on `Received`).
+#[allow(unsafe_code)]
 #[inline(always)]
-pub(crate) fn str_from_validated(bytes: &[u8]) -> &str {
+pub(crate) unsafe fn str_from_validated(bytes: &[u8]) -> &str {
     debug_assert!(is_mqtt_str(bytes));
-    // SAFETY: see above: the bytes were validated as UTF-8 when the frame was decoded, and
-    // a frame (`Bytes`) is immutable.
-    #[allow(unsafe_code)]
-    unsafe {
-        std::str::from_utf8_unchecked(bytes)
-    }
+    // SAFETY: the caller guarantees UTF-8 (this function's contract).
+    unsafe { std::str::from_utf8_unchecked(bytes) }
 }
 
 /// A UTF-8 string that is a zero-copy slice of a received frame (or owned static text).
@@ -326,8 +325,13 @@ impl ByteStr {
     }
 
     /// Wraps bytes the caller has already checked with [`is_mqtt_str`].
+    ///
+    /// # Safety
+    ///
+    /// `bytes` must be well formed UTF-8: [`ByteStr::as_str`] reads them unchecked.
+    #[allow(unsafe_code)]
     #[inline(always)]
-    pub(crate) fn from_validated(bytes: Bytes) -> ByteStr {
+    pub(crate) unsafe fn from_validated(bytes: Bytes) -> ByteStr {
         debug_assert!(is_mqtt_str(&bytes));
         ByteStr(bytes)
     }

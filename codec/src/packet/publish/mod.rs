@@ -177,7 +177,9 @@ impl Publish {
     #[inline]
     pub fn topic(&self) -> &str {
         match &self.body {
-            Body::Received(r) => str_from_validated(r.topic()),
+            // SAFETY: the topic span of a `Received` is UTF-8 (invariant in `received`).
+            #[allow(unsafe_code)]
+            Body::Received(r) => unsafe { str_from_validated(r.topic()) },
             Body::Owned(o) => o.topic.as_str(),
         }
     }
@@ -186,7 +188,9 @@ impl Publish {
     /// copy, one reference count).
     pub fn shared_topic(&self) -> ByteStr {
         match &self.body {
-            Body::Received(r) => ByteStr::from_validated(r.frame.slice(r.topic.range())),
+            // SAFETY: the topic span of a `Received` is UTF-8 (invariant in `received`).
+            #[allow(unsafe_code)]
+            Body::Received(r) => unsafe { ByteStr::from_validated(r.frame.slice(r.topic.range())) },
             Body::Owned(o) => o.topic.clone(),
         }
     }
@@ -262,7 +266,10 @@ impl Publish {
             Body::Owned(ref mut owned) => owned,
             Body::Received(ref r) => {
                 let owned = Owned {
-                    topic: ByteStr::from_validated(r.frame.slice(r.topic.range())),
+                    // SAFETY: the topic span of a `Received` is UTF-8 (invariant in
+                    // `received`).
+                    #[allow(unsafe_code)]
+                    topic: unsafe { ByteStr::from_validated(r.frame.slice(r.topic.range())) },
                     properties: PublishPropertiesRef::received(r).to_properties(),
                     payload: r.frame.slice(r.payload_start as usize..),
                 };
@@ -328,6 +335,8 @@ impl Publish {
             has_subscription_identifiers: !properties.subscription_identifiers.is_empty(),
         };
         let payload_start = at(&body) as u32;
+        // `read_str` validated the topic and `PublishProperties::decode` every string
+        // property: the invariant of `Received` holds.
         Ok(Publish {
             dup,
             qos,
@@ -363,6 +372,8 @@ impl Publish {
         if scan.run(byte0, &frame, header_len, version).is_none() {
             return Publish::decode_checked(byte0, frame, header_len, version);
         }
+        // The scan validated the topic and every string property: the invariant of
+        // `Received` holds.
         Ok(Some(Packet::Publish(Publish {
             dup: byte0 & 0b1000 != 0,
             qos: scan.qos,

@@ -192,10 +192,14 @@ impl Client {
         }
     }
 
-    /// Asserts nothing arrives within `wait`.
+    /// Asserts the connection stays open and silent for `wait`: a packet, the end of stream
+    /// or a read error fails. (A test that expects the broker to close says so with
+    /// [`Client::expect_disconnect`].)
     pub async fn expect_nothing(&mut self, wait: Duration) {
-        if let Some(packet) = self.recv_within(wait).await {
-            panic!("expected nothing, got {packet:?}");
+        match tokio::time::timeout(wait, self.read_packet()).await {
+            Err(_elapsed) => {}
+            Ok(Some(packet)) => panic!("expected nothing, got {packet:?}"),
+            Ok(None) => panic!("expected nothing, but the connection closed (or a read failed)"),
         }
     }
 
@@ -454,4 +458,43 @@ pub async fn run_mqttjs_over_websocket(url: &str) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client over one end of an in-memory stream; the other end plays the broker.
+    fn pair() -> (Client, tokio::io::DuplexStream) {
+        let (client_side, broker_side) = tokio::io::duplex(1024);
+        (
+            Client::new(Box::new(client_side), ProtocolVersion::V5),
+            broker_side,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expect_nothing_passes_on_an_open_silent_connection() {
+        let (mut client, _broker_side) = pair();
+        client.expect_nothing(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "connection closed")]
+    async fn expect_nothing_fails_when_the_connection_closes() {
+        let (mut client, broker_side) = pair();
+        drop(broker_side);
+        client.expect_nothing(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "expected nothing, got PingResp")]
+    async fn expect_nothing_fails_on_a_packet() {
+        let (mut client, mut broker_side) = pair();
+        broker_side
+            .write_all(&Packet::PingResp.to_bytes(ProtocolVersion::V5))
+            .await
+            .expect("write");
+        client.expect_nothing(Duration::from_secs(1)).await;
+    }
 }

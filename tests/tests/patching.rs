@@ -57,6 +57,12 @@ impl RawSub {
 
     /// The next whole frame, if one arrives within `wait` (None at end of stream too).
     async fn frame_within(&mut self, wait: Duration) -> Option<Bytes> {
+        self.read_frame(wait).await.flatten()
+    }
+
+    /// The next whole frame within `wait`: `None` when none came in time, `Some(None)` at
+    /// end of stream or on a read error.
+    async fn read_frame(&mut self, wait: Duration) -> Option<Option<Bytes>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if self.buf.len() >= 2 {
@@ -69,7 +75,7 @@ impl RawSub {
                     if b & 0x80 == 0 {
                         let total = 1 + i + len;
                         if self.buf.len() >= total {
-                            return Some(self.buf.split_to(total).freeze());
+                            return Some(Some(self.buf.split_to(total).freeze()));
                         }
                         break;
                     }
@@ -77,7 +83,8 @@ impl RawSub {
             }
             self.buf.reserve(4096);
             match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Err(_elapsed) => return None,
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(None),
                 Ok(Ok(_)) => {}
             }
         }
@@ -115,9 +122,13 @@ impl RawSub {
         }
     }
 
+    /// Asserts the connection stays open and silent for `wait` (a frame, the end of stream
+    /// or a read error fails).
     async fn expect_nothing(&mut self, wait: Duration) {
-        if let Some(frame) = self.frame_within(wait).await {
-            panic!("expected nothing, got {:?}", self.decode(&frame));
+        match self.read_frame(wait).await {
+            None => {}
+            Some(Some(frame)) => panic!("expected nothing, got {:?}", self.decode(&frame)),
+            Some(None) => panic!("expected nothing, but the connection closed"),
         }
     }
 

@@ -353,9 +353,33 @@ async fn retain_flag_live_and_on_subscribe_across_versions() {
             |_| {},
         )
         .await;
-        let (_, got) = plain.publish().await;
+        let (frame, got) = plain.publish().await;
+        let expected = expected_frame(
+            sub_v,
+            &topic,
+            b"kept",
+            QoS::AtLeastOnce,
+            false,
+            got.packet_id(),
+            &forwarded_properties(pub_v),
+        );
+        assert_eq!(frame, expected, "{pub_v:?}->{sub_v:?}: live RETAIN 0");
         plain.ack(&got).await;
-        let _ = rap.publish().await;
+        let (frame, got) = rap.publish().await;
+        let expected = expected_frame(
+            V5,
+            &topic,
+            b"kept",
+            QoS::AtLeastOnce,
+            true,
+            got.packet_id(),
+            &forwarded_properties(pub_v),
+        );
+        assert_eq!(
+            frame, expected,
+            "{pub_v:?}->V5: Retain As Published keeps RETAIN 1"
+        );
+        rap.ack(&got).await;
         let mut late = RawSub::new(&broker, sub_v, "rf-late").await;
         late.subscribe(&topic, QoS::ExactlyOnce).await;
         let (frame, got) = late.publish().await;

@@ -350,7 +350,7 @@ mod tests {
             assert_eq!(p.payload().len(), 200);
             if qos > 0 {
                 assert_eq!(id, 0x1234);
-                assert_eq!(p.packet_id.map(|i| i.get()), Some(0x1234));
+                assert_eq!(p.packet_id().map(|i| i.get()), Some(0x1234));
             }
         }
         Ok(())

@@ -57,7 +57,7 @@ impl Message {
 
     /// The QoS it was published with.
     pub fn qos(&self) -> QoS {
-        self.publish().qos
+        self.publish().qos()
     }
 
     /// The remaining Message Expiry Interval at `now`: `None` when the message has none,

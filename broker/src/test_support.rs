@@ -103,11 +103,18 @@ pub(crate) fn publishes(packets: Vec<Packet>) -> Vec<Publish> {
 
 /// A message on `topic` at `qos`, published by session `origin` (for No Local).
 pub(crate) fn message(topic: &str, qos: QoS, retain: bool, origin: Option<u64>) -> Arc<Message> {
-    let mut publish = Publish::new(topic, bytes::Bytes::from_static(b"payload"));
-    publish.qos = qos;
-    if qos != QoS::AtMostOnce {
-        publish.packet_id = std::num::NonZeroU16::new(1);
-    }
+    let mut publish = Publish::new(topic, bytes::Bytes::from_static(b"payload")).with_qos(
+        crate::test_support::publish_qos(qos, std::num::NonZeroU16::MIN),
+    );
     publish.retain = retain;
     Message::new(publish, Instant::now(), origin)
+}
+
+/// `qos` with packet identifier `id` where it takes one.
+pub(crate) fn publish_qos(qos: QoS, id: tern_codec::PacketId) -> tern_codec::PublishQoS {
+    match qos {
+        QoS::AtMostOnce => tern_codec::PublishQoS::AtMostOnce,
+        QoS::AtLeastOnce => tern_codec::PublishQoS::AtLeastOnce(id),
+        QoS::ExactlyOnce => tern_codec::PublishQoS::ExactlyOnce(id),
+    }
 }

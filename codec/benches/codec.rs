@@ -12,15 +12,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use tern_codec::{
-    Decoder, Family, OutQos, Packet, ProtocolVersion, Publish, PublishTemplates, QoS,
-};
+use tern_codec::{Decoder, Family, Packet, ProtocolVersion, Publish, PublishQoS, PublishTemplates};
 
 /// A 5.0 QoS 1 PUBLISH with a message expiry, a content type and `payload_bytes` of payload.
 fn publish_v5(payload_bytes: usize) -> Publish {
-    let mut p = Publish::new("sensors/building-1/floor-2/temp", vec![0x5a; payload_bytes]);
-    p.qos = QoS::AtLeastOnce;
-    p.packet_id = NonZeroU16::new(42);
+    let mut p = Publish::new("sensors/building-1/floor-2/temp", vec![0x5a; payload_bytes])
+        .with_qos(PublishQoS::AtLeastOnce(
+            NonZeroU16::new(42).expect("non-zero"),
+        ));
     let props = p.properties_mut();
     props.message_expiry_interval_secs = Some(3600);
     props.content_type = Some("json".into());
@@ -58,6 +57,31 @@ fn decode(c: &mut Criterion) {
     });
 }
 
+/// Reads the strings of a received publish back as `&str` (the topic, a string property and
+/// a user property): what routing and ACL checks do per message, on top of the decode.
+fn read_strings(c: &mut Criterion) {
+    let mut p = publish_v5(64);
+    p.properties_mut()
+        .user_properties
+        .push(("trace".into(), "00-4bf92f3577b34da6".into()));
+    let frame = Packet::Publish(p).to_bytes(ProtocolVersion::V5);
+    let mut decoder = Decoder::with_version(ProtocolVersion::V5, 1 << 20);
+    let Ok(Some(Packet::Publish(received))) = decoder.decode(&mut frame.clone()) else {
+        panic!("the bench frame decodes");
+    };
+    c.bench_function("read/v5_publish_strings", |b| {
+        b.iter(|| {
+            let p = black_box(&received);
+            let props = p.properties();
+            let user = props
+                .user_properties()
+                .next()
+                .map_or(0, |(k, v)| k.len() + v.len());
+            black_box(p.topic().len() + props.content_type().map_or(0, str::len) + user)
+        })
+    });
+}
+
 fn templates(c: &mut Criterion) {
     // Received as 5.0, so the 3.x layout is not raw: a real encoding.
     let frame = Packet::Publish(publish_v5(64)).to_bytes(ProtocolVersion::V5);
@@ -91,12 +115,17 @@ fn write_to(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             template
-                .write_to(&mut out, OutQos::AtLeastOnce(black_box(id)), true, false)
+                .write_to(
+                    &mut out,
+                    PublishQoS::AtLeastOnce(black_box(id)),
+                    true,
+                    false,
+                )
                 .expect("layout matches");
             black_box(out.len())
         })
     });
 }
 
-criterion_group!(benches, decode, templates, write_to);
+criterion_group!(benches, decode, read_strings, templates, write_to);
 criterion_main!(benches);

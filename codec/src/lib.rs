@@ -44,7 +44,8 @@ pub use packet::{
 pub use property::*;
 pub use reason::ReasonCode;
 pub use template::{
-    encode_publish, Family, OutQos, Outbound, PatchBuf, PublishTemplate, PublishTemplates,
-    TemplateError,
+    encode_publish, Family, Outbound, PatchBuf, PublishTemplate, PublishTemplates, TemplateError,
 };
-pub use types::{ByteStr, PacketId, ProtocolVersion, QoS, RetainHandling, SubscriptionOptions};
+pub use types::{
+    ByteStr, PacketId, ProtocolVersion, PublishQoS, QoS, RetainHandling, SubscriptionOptions,
+};

@@ -17,7 +17,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::packet::{Publish, PublishPropertiesRef, Strings};
 use crate::property::{id, Counter, Sink, Writer};
-use crate::types::{PacketId, ProtocolVersion, QoS};
+use crate::types::{PacketId, ProtocolVersion, PublishQoS, QoS};
 use crate::varint;
 use crate::wire::{binary_len, write_binary, write_fixed_header};
 
@@ -37,46 +37,6 @@ impl Family {
             Family::V5
         } else {
             Family::V3
-        }
-    }
-}
-
-/// The QoS of one outbound delivery together with its packet identifier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutQos {
-    /// QoS 0: no packet identifier on the wire.
-    AtMostOnce,
-    /// QoS 1 with this packet identifier.
-    AtLeastOnce(PacketId),
-    /// QoS 2 with this packet identifier.
-    ExactlyOnce(PacketId),
-}
-
-impl OutQos {
-    /// The QoS level.
-    pub fn qos(self) -> QoS {
-        match self {
-            OutQos::AtMostOnce => QoS::AtMostOnce,
-            OutQos::AtLeastOnce(_) => QoS::AtLeastOnce,
-            OutQos::ExactlyOnce(_) => QoS::ExactlyOnce,
-        }
-    }
-
-    /// The packet identifier, for QoS > 0.
-    pub fn packet_id(self) -> Option<PacketId> {
-        match self {
-            OutQos::AtMostOnce => None,
-            OutQos::AtLeastOnce(id) | OutQos::ExactlyOnce(id) => Some(id),
-        }
-    }
-
-    /// Builds from a QoS and (for QoS > 0) a packet identifier; `None` if they disagree.
-    pub fn new(qos: QoS, packet_id: Option<PacketId>) -> Option<OutQos> {
-        match (qos, packet_id) {
-            (QoS::AtMostOnce, None) => Some(OutQos::AtMostOnce),
-            (QoS::AtLeastOnce, Some(id)) => Some(OutQos::AtLeastOnce(id)),
-            (QoS::ExactlyOnce, Some(id)) => Some(OutQos::ExactlyOnce(id)),
-            _ => None,
         }
     }
 }
@@ -157,7 +117,7 @@ impl PublishTemplate {
     pub fn write_to(
         &self,
         dst: &mut impl PatchBuf,
-        out: OutQos,
+        out: PublishQoS,
         retain: bool,
         dup: bool,
     ) -> Result<(), TemplateError> {
@@ -240,9 +200,9 @@ fn build(publish: &Publish, family: Family, with_packet_id: bool) -> PublishTemp
     };
     // The placeholder id 1 is overwritten by every write_to.
     let out = if with_packet_id {
-        OutQos::AtLeastOnce(PacketId::MIN)
+        PublishQoS::AtLeastOnce(PacketId::MIN)
     } else {
-        OutQos::AtMostOnce
+        PublishQoS::AtMostOnce
     };
     let outbound = Outbound::default();
     let encoding = Encoding::plan(publish, version, out, &outbound);
@@ -319,7 +279,7 @@ pub fn encode_publish(
     dst: &mut impl BufMut,
     publish: &Publish,
     version: ProtocolVersion,
-    out: OutQos,
+    out: PublishQoS,
     retain: bool,
     dup: bool,
     outbound: &Outbound<'_>,
@@ -335,7 +295,7 @@ struct Encoding<'a> {
     props: OutboundProps<'a>,
     /// Length of the property block's contents; `None` for 3.x.
     props_len: Option<usize>,
-    out: OutQos,
+    out: PublishQoS,
     body_len: usize,
     header_len: usize,
 }
@@ -344,7 +304,7 @@ impl<'a> Encoding<'a> {
     fn plan(
         publish: &'a Publish,
         version: ProtocolVersion,
-        out: OutQos,
+        out: PublishQoS,
         outbound: &'a Outbound<'a>,
     ) -> Encoding<'a> {
         let topic: &[u8] =

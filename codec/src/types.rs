@@ -73,6 +73,60 @@ impl QoS {
     }
 }
 
+/// The QoS of a PUBLISH together with its packet identifier, which is present exactly when
+/// QoS > 0 ([MQTT-2.2.1-2], [MQTT-2.2.1-3]): a QoS 1 or 2 PUBLISH without an identifier
+/// cannot be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PublishQoS {
+    /// QoS 0: no packet identifier on the wire.
+    #[default]
+    AtMostOnce,
+    /// QoS 1 with this packet identifier.
+    AtLeastOnce(PacketId),
+    /// QoS 2 with this packet identifier.
+    ExactlyOnce(PacketId),
+}
+
+impl PublishQoS {
+    /// The QoS level.
+    #[inline]
+    pub fn qos(self) -> QoS {
+        match self {
+            PublishQoS::AtMostOnce => QoS::AtMostOnce,
+            PublishQoS::AtLeastOnce(_) => QoS::AtLeastOnce,
+            PublishQoS::ExactlyOnce(_) => QoS::ExactlyOnce,
+        }
+    }
+
+    /// The packet identifier, for QoS > 0.
+    #[inline]
+    pub fn packet_id(self) -> Option<PacketId> {
+        match self {
+            PublishQoS::AtMostOnce => None,
+            PublishQoS::AtLeastOnce(id) | PublishQoS::ExactlyOnce(id) => Some(id),
+        }
+    }
+
+    /// Builds from a QoS and (for QoS > 0) a packet identifier; `None` if they disagree.
+    pub fn new(qos: QoS, packet_id: Option<PacketId>) -> Option<PublishQoS> {
+        match (qos, packet_id) {
+            (QoS::AtMostOnce, None) => Some(PublishQoS::AtMostOnce),
+            (QoS::AtLeastOnce, Some(id)) => Some(PublishQoS::AtLeastOnce(id)),
+            (QoS::ExactlyOnce, Some(id)) => Some(PublishQoS::ExactlyOnce(id)),
+            _ => None,
+        }
+    }
+
+    /// `qos` with `packet_id` if it needs one (the identifier is unused for QoS 0).
+    pub fn with_id(qos: QoS, packet_id: PacketId) -> PublishQoS {
+        match qos {
+            QoS::AtMostOnce => PublishQoS::AtMostOnce,
+            QoS::AtLeastOnce => PublishQoS::AtLeastOnce(packet_id),
+            QoS::ExactlyOnce => PublishQoS::ExactlyOnce(packet_id),
+        }
+    }
+}
+
 /// Retain Handling subscription option (5.0, section 3.8.3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum RetainHandling {
@@ -238,17 +292,16 @@ pub(crate) fn has_wildcard(bytes: &[u8]) -> bool {
 
 /// Reads bytes already checked with [`is_mqtt_str`] as `&str`, with no second pass.
 ///
-/// Callers pass only slices of a received frame that the decoder validated (every
-/// constructor of a decoded PUBLISH checks its strings first); `Bytes` never change.
+/// # Safety
+///
+/// `bytes` must be well formed UTF-8. Callers pass slices of a received frame at the
+/// positions of strings the decoder validated (see the invariant on `Received`).
+#[allow(unsafe_code)]
 #[inline(always)]
-pub(crate) fn str_from_validated(bytes: &[u8]) -> &str {
+pub(crate) unsafe fn str_from_validated(bytes: &[u8]) -> &str {
     debug_assert!(is_mqtt_str(bytes));
-    // SAFETY: see above: the bytes were validated as UTF-8 when the frame was decoded, and
-    // a frame (`Bytes`) is immutable.
-    #[allow(unsafe_code)]
-    unsafe {
-        std::str::from_utf8_unchecked(bytes)
-    }
+    // SAFETY: the caller guarantees UTF-8 (this function's contract).
+    unsafe { std::str::from_utf8_unchecked(bytes) }
 }
 
 /// A UTF-8 string that is a zero-copy slice of a received frame (or owned static text).
@@ -272,8 +325,13 @@ impl ByteStr {
     }
 
     /// Wraps bytes the caller has already checked with [`is_mqtt_str`].
+    ///
+    /// # Safety
+    ///
+    /// `bytes` must be well formed UTF-8: [`ByteStr::as_str`] reads them unchecked.
+    #[allow(unsafe_code)]
     #[inline(always)]
-    pub(crate) fn from_validated(bytes: Bytes) -> ByteStr {
+    pub(crate) unsafe fn from_validated(bytes: Bytes) -> ByteStr {
         debug_assert!(is_mqtt_str(&bytes));
         ByteStr(bytes)
     }

@@ -162,10 +162,10 @@ fn ours(packet: &Packet) -> Summary {
         }
         Packet::Publish(p) => {
             push(&mut s, "dup", p.dup);
-            push(&mut s, "qos", p.qos as u8);
+            push(&mut s, "qos", p.qos() as u8);
             push(&mut s, "retain", p.retain);
             push(&mut s, "topic", p.topic());
-            push(&mut s, "pkid", p.packet_id.map_or(0, |id| id.get()));
+            push(&mut s, "pkid", p.packet_id().map_or(0, |id| id.get()));
             push(&mut s, "payload", p.shared_payload());
             let pp = &p.properties().to_properties();
             push(&mut s, "pfi", pp.payload_format_indicator);

@@ -17,8 +17,8 @@ use std::num::NonZeroU16;
 use bytes::{Bytes, BytesMut};
 use common::{assert_bytes_eq, hex};
 use tern_codec::{
-    encode_publish, ByteStr, Decoder, Family, OutQos, Outbound, Packet, ProtocolVersion, Publish,
-    PublishTemplates, QoS, TemplateError,
+    encode_publish, ByteStr, Decoder, Family, Outbound, Packet, ProtocolVersion, Publish,
+    PublishQoS, PublishTemplates, QoS, TemplateError,
 };
 
 const TOPIC: &str = "a/b/c";
@@ -43,10 +43,10 @@ impl Case {
     fn delivery_qos(&self) -> QoS {
         self.publish_qos.min(self.granted_qos)
     }
-    fn out_qos(&self) -> OutQos {
+    fn out_qos(&self) -> PublishQoS {
         let id = NonZeroU16::new(OUTBOUND_ID);
         let qos = self.delivery_qos();
-        OutQos::new(qos, if qos == QoS::AtMostOnce { None } else { id }).expect("consistent")
+        PublishQoS::new(qos, if qos == QoS::AtMostOnce { None } else { id }).expect("consistent")
     }
     fn out_retain(&self) -> bool {
         self.retain_as_published && self.retain
@@ -94,10 +94,12 @@ fn all_cases() -> Vec<Case> {
 /// it keeps its frame. Returns the frame's bytes too.
 fn receive(case: &Case) -> (Publish, Vec<u8>) {
     let mut p = Publish::new(ByteStr::from(TOPIC), Bytes::from_static(PAYLOAD));
-    p.qos = case.publish_qos;
+    p.set_qos(PublishQoS::with_id(
+        case.publish_qos,
+        NonZeroU16::new(INBOUND_ID).expect("non-zero"),
+    ));
     p.retain = case.retain;
     if case.publish_qos != QoS::AtMostOnce {
-        p.packet_id = NonZeroU16::new(INBOUND_ID);
         // A resend inbound: the template must not carry its DUP over.
         p.dup = case.dup;
     }
@@ -248,10 +250,10 @@ fn run(case: &Case) {
     assert_bytes_eq(&out, &expected, &ctx);
 
     // The checklist, field by field.
-    assert_eq!(ours.qos, case.delivery_qos(), "{ctx}");
+    assert_eq!(ours.qos(), case.delivery_qos(), "{ctx}");
     assert_eq!(ours.retain, case.out_retain(), "{ctx}");
     assert_eq!(ours.dup, case.out_dup(), "{ctx}");
-    assert_eq!(ours.packet_id, case.out_qos().packet_id(), "{ctx}");
+    assert_eq!(ours.packet_id(), case.out_qos().packet_id(), "{ctx}");
     assert_eq!(ours.topic(), TOPIC, "{ctx}");
     assert_eq!(ours.properties().topic_alias(), None, "{ctx}");
     assert_eq!(ours.payload(), PAYLOAD, "{ctx}");
@@ -314,21 +316,24 @@ fn downgrade_to_qos_0_drops_the_packet_id_and_wrong_layout_is_refused() {
 
         let mut out = vec![0xAA];
         assert_eq!(
-            with_id.write_to(&mut out, OutQos::AtMostOnce, false, false),
+            with_id.write_to(&mut out, PublishQoS::AtMostOnce, false, false),
             Err(TemplateError::LayoutMismatch),
             "{case:?}"
         );
-        let id = OutQos::AtLeastOnce(NonZeroU16::new(1).expect("non-zero"));
+        let id = PublishQoS::AtLeastOnce(NonZeroU16::new(1).expect("non-zero"));
         assert_eq!(
             qos0.write_to(&mut out, id, false, false),
             Err(TemplateError::LayoutMismatch),
             "{case:?}"
         );
         assert_eq!(out, [0xAA], "nothing written on a mismatch");
-        qos0.write_to(&mut out, OutQos::AtMostOnce, false, true)
+        qos0.write_to(&mut out, PublishQoS::AtMostOnce, false, true)
             .expect("QoS 0 layout");
         let p = decode_publish(case.outbound, &out[1..]);
-        assert_eq!((p.qos, p.packet_id, p.dup), (QoS::AtMostOnce, None, false));
+        assert_eq!(
+            (p.qos(), p.packet_id(), p.dup),
+            (QoS::AtMostOnce, None, false)
+        );
     }
 }
 
@@ -384,7 +389,10 @@ fn raw_publish_reuse() {
     let mut flags = received.clone();
     flags.dup = true;
     flags.retain = false;
-    flags.packet_id = NonZeroU16::new(99);
+    flags.set_qos(PublishQoS::with_id(
+        flags.qos(),
+        NonZeroU16::new(99).expect("non-zero"),
+    ));
     assert!(PublishTemplates::new(flags).is_raw(Family::V5, true));
     let mut topic = received.clone();
     topic.set_topic("other");

@@ -11,7 +11,8 @@ use tern_broker::server::{self, Running};
 use tern_broker::Broker;
 use tern_codec::{
     ByteStr, ConnAck, Connect, Decoder, Packet, PacketId, ProtocolVersion, PubAck, PubComp, PubRec,
-    PubRel, Publish, QoS, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+    PubRel, Publish, PublishQoS, QoS, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
+    Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -196,10 +197,14 @@ impl Client {
         }
     }
 
-    /// Asserts nothing arrives within `wait`.
+    /// Asserts the connection stays open and silent for `wait`: a packet, the end of stream
+    /// or a read error fails. (A test that expects the broker to close says so with
+    /// [`Client::expect_disconnect`].)
     pub async fn expect_nothing(&mut self, wait: Duration) {
-        if let Some(packet) = self.recv_within(wait).await {
-            panic!("expected nothing, got {packet:?}");
+        match tokio::time::timeout(wait, self.read_packet()).await {
+            Err(_elapsed) => {}
+            Ok(Some(packet)) => panic!("expected nothing, got {packet:?}"),
+            Ok(None) => panic!("expected nothing, but the connection closed (or a read failed)"),
         }
     }
 
@@ -272,27 +277,31 @@ impl Client {
         qos: QoS,
         retain: bool,
     ) -> Option<tern_codec::ReasonCode> {
-        let mut publish = Publish::new(topic, payload.to_vec());
-        publish.qos = qos;
+        let mut publish = Publish::new(topic, payload.to_vec())
+            .with_qos(PublishQoS::with_id(qos, self.next_packet_id()));
         publish.retain = retain;
-        self.publish_packet(publish).await
+        self.send_publish(publish).await
     }
 
-    /// Publishes a prepared PUBLISH (a packet id is assigned for QoS > 0) and completes the
-    /// QoS flow.
+    /// Publishes a prepared PUBLISH (for QoS > 0 its packet id is replaced by this client's
+    /// next one) and completes the QoS flow.
     pub async fn publish_packet(&mut self, mut publish: Publish) -> Option<tern_codec::ReasonCode> {
-        if publish.qos != QoS::AtMostOnce {
-            publish.packet_id = Some(self.next_packet_id());
+        if publish.qos() != QoS::AtMostOnce {
+            publish.set_qos(PublishQoS::with_id(publish.qos(), self.next_packet_id()));
         }
-        let packet_id = publish.packet_id;
-        let qos = publish.qos;
+        self.send_publish(publish).await
+    }
+
+    /// Sends `publish` as it is and completes the QoS flow.
+    async fn send_publish(&mut self, publish: Publish) -> Option<tern_codec::ReasonCode> {
+        let qos = publish.publish_qos();
         self.send(&Packet::Publish(publish)).await;
-        match (qos, packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => match self.recv().await {
+        match qos {
+            PublishQoS::AtLeastOnce(id) => match self.recv().await {
                 Packet::PubAck(ack) if ack.packet_id == id => Some(ack.reason_code),
                 other => panic!("expected PUBACK, got {other:?}"),
             },
-            (QoS::ExactlyOnce, Some(id)) => {
+            PublishQoS::ExactlyOnce(id) => {
                 let code = match self.recv().await {
                     Packet::PubRec(rec) if rec.packet_id == id => rec.reason_code,
                     other => panic!("expected PUBREC, got {other:?}"),
@@ -304,7 +313,7 @@ impl Client {
                 }
                 Some(code)
             }
-            _ => None,
+            PublishQoS::AtMostOnce => None,
         }
     }
 
@@ -318,9 +327,9 @@ impl Client {
 
     /// Acknowledges a received PUBLISH per its QoS (PUBACK, or PUBREC then PUBREL/PUBCOMP).
     pub async fn ack(&mut self, publish: &Publish) {
-        match (publish.qos, publish.packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => self.send(&Packet::PubAck(PubAck::new(id))).await,
-            (QoS::ExactlyOnce, Some(id)) => {
+        match publish.publish_qos() {
+            PublishQoS::AtLeastOnce(id) => self.send(&Packet::PubAck(PubAck::new(id))).await,
+            PublishQoS::ExactlyOnce(id) => {
                 self.send(&Packet::PubRec(PubRec::new(id))).await;
                 match self.recv().await {
                     Packet::PubRel(rel) if rel.packet_id == id => {}
@@ -328,7 +337,7 @@ impl Client {
                 }
                 self.send(&Packet::PubComp(PubComp::new(id))).await;
             }
-            _ => {}
+            PublishQoS::AtMostOnce => {}
         }
     }
 
@@ -365,12 +374,20 @@ pub fn require_tool(tool: &str) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !found {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{tool} is required under CI=true (.ci/run installs it)");
-        }
-        eprintln!("SKIPPED: {tool} not found; install it to run this interop test");
+        skip_unless_ci(&format!(
+            "{tool} not found; install it to run this interop test (.ci/run installs it)"
+        ));
     }
     found
+}
+
+/// For a test whose prerequisite is missing: prints `SKIPPED: {reason}` (the caller then
+/// returns), or fails the test under `CI=true`, where every prerequisite must be present.
+pub fn skip_unless_ci(reason: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("required under CI=true: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
 }
 
 impl Client {
@@ -470,9 +487,8 @@ pub async fn check_refused_publish_acks(
     let expected = if v5 { code } else { ReasonCode::SUCCESS };
     let version = client.version;
     let id = client.next_packet_id();
-    let mut publish = Publish::new(topic, b"refused".to_vec());
-    publish.qos = QoS::AtLeastOnce;
-    publish.packet_id = Some(id);
+    let publish =
+        Publish::new(topic, b"refused".to_vec()).with_qos(tern_codec::PublishQoS::AtLeastOnce(id));
     client.send(&Packet::Publish(publish)).await;
     match client.recv().await {
         Packet::PubAck(ack) if ack.packet_id == id => {
@@ -481,9 +497,8 @@ pub async fn check_refused_publish_acks(
         other => panic!("{version:?}: expected PUBACK, got {other:?}"),
     }
     let id = client.next_packet_id();
-    let mut publish = Publish::new(topic, b"refused".to_vec());
-    publish.qos = QoS::ExactlyOnce;
-    publish.packet_id = Some(id);
+    let publish =
+        Publish::new(topic, b"refused".to_vec()).with_qos(tern_codec::PublishQoS::ExactlyOnce(id));
     client.send(&Packet::Publish(publish)).await;
     match client.recv().await {
         Packet::PubRec(rec) if rec.packet_id == id => {
@@ -511,4 +526,43 @@ pub async fn check_refused_publish_acks(
         other => panic!("{version:?}: expected PUBCOMP, got {other:?}"),
     }
     assert!(!session.incoming_qos2().contains(&id.get()), "released");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client over one end of an in-memory stream; the other end plays the broker.
+    fn pair() -> (Client, tokio::io::DuplexStream) {
+        let (client_side, broker_side) = tokio::io::duplex(1024);
+        (
+            Client::new(Box::new(client_side), ProtocolVersion::V5),
+            broker_side,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expect_nothing_passes_on_an_open_silent_connection() {
+        let (mut client, _broker_side) = pair();
+        client.expect_nothing(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "connection closed")]
+    async fn expect_nothing_fails_when_the_connection_closes() {
+        let (mut client, broker_side) = pair();
+        drop(broker_side);
+        client.expect_nothing(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "expected nothing, got PingResp")]
+    async fn expect_nothing_fails_on_a_packet() {
+        let (mut client, mut broker_side) = pair();
+        broker_side
+            .write_all(&Packet::PingResp.to_bytes(ProtocolVersion::V5))
+            .await
+            .expect("write");
+        client.expect_nothing(Duration::from_secs(1)).await;
+    }
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tern_broker::metrics::Metrics;
 use tern_codec::{
-    Connect, Decoder, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, Subscribe,
-    SubscriptionOptions,
+    Connect, Decoder, Packet, PacketId, ProtocolVersion, Publish, PublishQoS, QoS, ReasonCode,
+    Subscribe, SubscriptionOptions,
 };
 use tern_tests::{Client, TestBroker};
 
@@ -117,8 +117,8 @@ fn valid_packet(rng: &mut Rng, version: ProtocolVersion) -> Vec<u8> {
     let packet = match rng.below(6) {
         0 | 1 => {
             let mut publish = Publish::new("fuzz/topic", rng.bytes_below(64));
-            publish.qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][rng.below(3)];
-            publish.packet_id = (publish.qos != QoS::AtMostOnce).then_some(id);
+            let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][rng.below(3)];
+            publish.set_qos(PublishQoS::with_id(qos, id));
             publish.retain = rng.below(4) == 0;
             if version.is_v5() {
                 publish.properties_mut().content_type = Some("text/plain".into());

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bridge_support::{get, route, AclFiles, SseClient};
 use bytes::Bytes;
 use tern_broker::metrics::Metrics;
-use tern_codec::{ProtocolVersion, Publish, QoS};
+use tern_codec::{PacketId, ProtocolVersion, Publish, PublishQoS, QoS};
 use tern_tests::{require_tool, TestBroker};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
@@ -37,8 +37,9 @@ async fn events_carry_id_topic_payload_and_properties() {
     assert!(opening.event.is_none());
 
     let mut publisher = publisher(&broker).await;
-    let mut publish = Publish::new("s/a/x", Bytes::from_static(b"hello \"world\""));
-    publish.qos = QoS::AtLeastOnce;
+    // The packet id is the publisher's own (publish_packet assigns it).
+    let mut publish = Publish::new("s/a/x", Bytes::from_static(b"hello \"world\""))
+        .with_qos(PublishQoS::AtLeastOnce(PacketId::MIN));
     publish.properties_mut().content_type = Some("text/plain".into());
     publish
         .properties_mut()

@@ -64,7 +64,7 @@ async fn subscribe_publish_and_messages_both_ways() {
     let publish = mqtt.expect_publish_acked().await;
     assert_eq!(publish.topic(), "to-mqtt/x");
     assert_eq!(publish.payload(), b"from ws");
-    assert_eq!(publish.qos, QoS::AtLeastOnce);
+    assert_eq!(publish.qos(), QoS::AtLeastOnce);
     let ack = ws
         .request(
             json!({"op": "publish", "topic": "to-mqtt/b", "payload": "AAE=", "encoding": "base64"}),

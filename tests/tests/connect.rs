@@ -2,10 +2,13 @@
 //! properties, client identifiers, Clean Start / Session Present, the first and a second
 //! CONNECT, protocol levels, keep alive, the CONNECT timeout and authentication methods.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tern_broker::config::Config;
+use tern_broker::keep_alive::TICK_MS;
+use tern_broker::Broker;
 use tern_codec::{Connect, Packet, ProtocolVersion, Publish, QoS, ReasonCode, SubscriptionOptions};
-use tern_tests::{Client, TestBroker};
+use tern_tests::{duplex_client, test_config, Client, TestBroker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -22,6 +25,25 @@ fn connect_packet(
     let mut connect = Connect::new(version, id);
     change(&mut connect);
     connect
+}
+
+/// A broker without listeners for tests on tokio's paused clock: its clients connect over
+/// in-memory streams ([`duplex_client`]) on the test's runtime, so the keep-alive sweeper and
+/// the CONNECT timeout run on virtual time and a wait of seconds takes none.
+fn paused_broker(change: impl FnOnce(&mut Config)) -> Broker {
+    let mut config = test_config();
+    change(&mut config);
+    Broker::new(config)
+}
+
+/// A keep-alive close comes at the deadline (1.5 x Keep Alive) and at most one sweeper tick
+/// after it (`tern_broker::keep_alive`); on the paused clock that is exact.
+fn assert_closed_at_deadline(elapsed: Duration, keep_alive: Duration, who: &str) {
+    let deadline = keep_alive * 3 / 2;
+    assert!(
+        elapsed >= deadline && elapsed <= deadline + Duration::from_millis(TICK_MS),
+        "{who} closed after {elapsed:?}, deadline {deadline:?}"
+    );
 }
 
 /// Reads whatever the broker sends until it closes the socket (bounded by `limit`).
@@ -297,7 +319,7 @@ async fn mqtt_3_1_mqisdp_client_works() {
         modern.publish("legacy/in", b"to-3.1", qos, false).await;
         let got = old.expect_publish_acked().await;
         assert_eq!(
-            (got.topic(), got.payload(), got.qos),
+            (got.topic(), got.payload(), got.qos()),
             ("legacy/in", &b"to-3.1"[..], qos)
         );
         old.publish("legacy/out", b"from-3.1", qos, false).await;
@@ -328,26 +350,22 @@ async fn server_keep_alive_sent_when_client_exceeds_maximum_mqtt_3_2_2_21() {
 }
 
 // [MQTT-3.2.2-21]: the Server Keep Alive the broker announced is the one it enforces.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn server_keep_alive_is_enforced() {
-    let broker = TestBroker::start_with(|c| c.limits.max_keep_alive_secs = 1).await;
-    let mut client = broker.raw(V5).await;
+    let broker = paused_broker(|c| c.limits.max_keep_alive_secs = 1);
+    let mut client = duplex_client(&broker, V5);
     let connack = client
         .connect(connect_packet(V5, "ska", |c| c.keep_alive_secs = 0))
         .await;
     assert_eq!(connack.properties.server_keep_alive_secs, Some(1));
-    let start = Instant::now();
+    let start = tokio::time::Instant::now();
     let disconnect = client.expect_disconnect().await.expect("DISCONNECT");
     assert_eq!(disconnect.reason_code, ReasonCode::KEEP_ALIVE_TIMEOUT);
-    let elapsed = start.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(1300) && elapsed <= Duration::from_millis(2600),
-        "closed after {elapsed:?}"
-    );
+    assert_closed_at_deadline(start.elapsed(), Duration::from_secs(1), "5.0");
 }
 
-async fn keep_alive_client(broker: &TestBroker, version: ProtocolVersion, id: &str) -> Client {
-    let mut client = broker.raw(version).await;
+async fn keep_alive_client(broker: &Broker, version: ProtocolVersion, id: &str) -> Client {
+    let mut client = duplex_client(broker, version);
     let connack = client
         .connect(connect_packet(version, id, |c| c.keep_alive_secs = 1))
         .await;
@@ -358,12 +376,12 @@ async fn keep_alive_client(broker: &TestBroker, version: ProtocolVersion, id: &s
 // [MQTT-3.1.2-22] (5.0) / [MQTT-3.1.2-24] (3.1.1): nothing received for 1.5 x Keep Alive
 // closes the connection: DISCONNECT 0x8D for 5.0, the socket alone for 3.1.1. Not before
 // 1.5 x (a client silent for just over 1 x Keep Alive is still within its allowance).
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn keep_alive_enforced_at_one_and_a_half_times_mqtt_3_1_2_22() {
-    let broker = TestBroker::start().await;
+    let broker = paused_broker(|_| {});
     let mut v5 = keep_alive_client(&broker, V5, "ka5").await;
     let mut v3 = keep_alive_client(&broker, V3, "ka3").await;
-    let start = Instant::now();
+    let start = tokio::time::Instant::now();
     let (d5, d3) = tokio::join!(
         async {
             let d = v5.expect_disconnect().await;
@@ -380,17 +398,14 @@ async fn keep_alive_enforced_at_one_and_a_half_times_mqtt_3_1_2_22() {
     );
     assert_eq!(d3.0, None, "3.1.1 gets no DISCONNECT");
     for (elapsed, who) in [(d5.1, "5.0"), (d3.1, "3.1.1")] {
-        assert!(
-            elapsed >= Duration::from_millis(1300) && elapsed <= Duration::from_millis(2600),
-            "{who} closed after {elapsed:?}"
-        );
+        assert_closed_at_deadline(elapsed, Duration::from_secs(1), who);
     }
 }
 
 // Keep alive: any packet (here PINGREQ, [MQTT-3.12.4-1]) resets the timer.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn keep_alive_reset_by_traffic() {
-    let broker = TestBroker::start().await;
+    let broker = paused_broker(|_| {});
     let run = |version, id| {
         let broker = &broker;
         async move {
@@ -400,6 +415,7 @@ async fn keep_alive_reset_by_traffic() {
                 client.ping().await;
             }
             // 2.4 s alive with a 1 s keep alive: the pings kept it open.
+            client.expect_nothing(Duration::from_millis(900)).await;
             client.disconnect().await;
         }
     };
@@ -408,30 +424,30 @@ async fn keep_alive_reset_by_traffic() {
 
 // 3.1.4 / DESIGN "bounded everything": a connection that sends no CONNECT (or only part of
 // one) within the connect timeout is closed.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn connect_timeout_closes_silent_connection() {
-    let broker = TestBroker::start_with(|c| c.limits.connect_timeout_ms = 200).await;
-    let start = Instant::now();
-    let mut silent = TcpStream::connect(broker.addr).await.expect("connect");
-    let got = read_until_close(&mut silent, Duration::from_secs(3)).await;
+    let broker = paused_broker(|c| c.limits.connect_timeout_ms = 200);
+    let timeout = Duration::from_millis(200);
+    let start = tokio::time::Instant::now();
+    let mut silent = duplex_client(&broker, V5);
+    let (got, closed) = silent.read_to_close(Duration::from_secs(3)).await;
+    assert!(closed, "still open after 3 s");
     assert!(got.is_empty(), "nothing is sent: {got:02X?}");
-    assert!(
-        start.elapsed() >= Duration::from_millis(150),
-        "{:?}",
-        start.elapsed()
-    );
+    assert_eq!(start.elapsed(), timeout, "closed at the CONNECT timeout");
 
-    let mut partial = TcpStream::connect(broker.addr).await.expect("connect");
+    let start = tokio::time::Instant::now();
+    let mut partial = duplex_client(&broker, V5);
     let bytes = Packet::Connect(Box::new(Connect::new(V5, "half"))).to_bytes(V5);
-    partial
-        .write_all(&bytes[..bytes.len() / 2])
-        .await
-        .expect("write");
-    let got = read_until_close(&mut partial, Duration::from_secs(3)).await;
+    partial.send_bytes(&bytes[..bytes.len() / 2]).await;
+    let (got, closed) = partial.read_to_close(Duration::from_secs(3)).await;
+    assert!(closed, "still open after 3 s");
     assert!(got.is_empty(), "nothing is sent: {got:02X?}");
+    assert_eq!(start.elapsed(), timeout, "closed at the CONNECT timeout");
 
     // A prompt client is unaffected by the short timeout.
-    let mut client = broker.client(V5, "prompt").await;
+    let mut client = duplex_client(&broker, V5);
+    let connack = client.connect(Connect::new(V5, "prompt")).await;
+    assert_eq!(connack.code, ReasonCode::SUCCESS);
     tokio::time::sleep(Duration::from_millis(400)).await;
     client.ping().await;
 }

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tern_codec::{Connect, Decoder, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode};
+use tern_codec::{Connect, Decoder, Packet, PacketId, ProtocolVersion, Publish, ReasonCode};
 use tern_tests::{TestBroker, RECV_TIMEOUT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,9 +23,9 @@ const PAUSE: Duration = Duration::from_millis(50);
 fn qos2_flood(first_id: u16, count: u16) -> BytesMut {
     let mut bytes = BytesMut::new();
     for id in first_id..first_id + count {
-        let mut publish = Publish::new("flood/t", b"x".to_vec());
-        publish.qos = QoS::ExactlyOnce;
-        publish.packet_id = PacketId::new(id);
+        let id = PacketId::new(id).expect("non-zero id");
+        let publish = Publish::new("flood/t", b"x".to_vec())
+            .with_qos(tern_codec::PublishQoS::ExactlyOnce(id));
         bytes.extend_from_slice(&Packet::Publish(publish).to_bytes(V5));
     }
     bytes

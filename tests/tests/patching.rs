@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tern_codec::{
     ByteStr, Connect, Decoder, Packet, PacketId, ProtocolVersion, PubAck, PubComp, PubRec, Publish,
-    PublishProperties, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions,
+    PublishProperties, PublishQoS, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions,
 };
 use tern_tests::{Client, TestBroker, RECV_TIMEOUT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -57,6 +57,12 @@ impl RawSub {
 
     /// The next whole frame, if one arrives within `wait` (None at end of stream too).
     async fn frame_within(&mut self, wait: Duration) -> Option<Bytes> {
+        self.read_frame(wait).await.flatten()
+    }
+
+    /// The next whole frame within `wait`: `None` when none came in time, `Some(None)` at
+    /// end of stream or on a read error.
+    async fn read_frame(&mut self, wait: Duration) -> Option<Option<Bytes>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if self.buf.len() >= 2 {
@@ -69,7 +75,7 @@ impl RawSub {
                     if b & 0x80 == 0 {
                         let total = 1 + i + len;
                         if self.buf.len() >= total {
-                            return Some(self.buf.split_to(total).freeze());
+                            return Some(Some(self.buf.split_to(total).freeze()));
                         }
                         break;
                     }
@@ -77,7 +83,8 @@ impl RawSub {
             }
             self.buf.reserve(4096);
             match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Err(_elapsed) => return None,
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(None),
                 Ok(Ok(_)) => {}
             }
         }
@@ -115,9 +122,13 @@ impl RawSub {
         }
     }
 
+    /// Asserts the connection stays open and silent for `wait` (a frame, the end of stream
+    /// or a read error fails).
     async fn expect_nothing(&mut self, wait: Duration) {
-        if let Some(frame) = self.frame_within(wait).await {
-            panic!("expected nothing, got {:?}", self.decode(&frame));
+        match self.read_frame(wait).await {
+            None => {}
+            Some(Some(frame)) => panic!("expected nothing, got {:?}", self.decode(&frame)),
+            Some(None) => panic!("expected nothing, but the connection closed"),
         }
     }
 
@@ -149,9 +160,9 @@ impl RawSub {
     }
 
     async fn ack(&mut self, publish: &Publish) {
-        match (publish.qos, publish.packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => self.send(&Packet::PubAck(PubAck::new(id))).await,
-            (QoS::ExactlyOnce, Some(id)) => {
+        match publish.publish_qos() {
+            PublishQoS::AtLeastOnce(id) => self.send(&Packet::PubAck(PubAck::new(id))).await,
+            PublishQoS::ExactlyOnce(id) => {
                 self.send(&Packet::PubRec(PubRec::new(id))).await;
                 match self.packet().await.1 {
                     Packet::PubRel(rel) if rel.packet_id == id => {}
@@ -181,10 +192,9 @@ fn expected_frame(
     packet_id: Option<PacketId>,
     properties: &PublishProperties,
 ) -> Bytes {
-    let mut p = Publish::new(topic, payload.to_vec());
-    p.qos = qos;
+    let mut p = Publish::new(topic, payload.to_vec())
+        .with_qos(PublishQoS::new(qos, packet_id).expect("a packet id exactly when QoS > 0"));
     p.retain = retain;
-    p.packet_id = packet_id;
     if version.is_v5() {
         *p.properties_mut() = properties.clone();
     }
@@ -220,8 +230,9 @@ async fn publish_from(
     retain: bool,
     change: impl FnOnce(&mut Publish),
 ) {
-    let mut p = Publish::new(topic, payload.to_vec());
-    p.qos = qos;
+    // publish_packet replaces the placeholder packet id with the client's next one.
+    let mut p =
+        Publish::new(topic, payload.to_vec()).with_qos(PublishQoS::with_id(qos, PacketId::MIN));
     p.retain = retain;
     if client.version.is_v5() {
         *p.properties_mut() = v5_properties();
@@ -259,14 +270,14 @@ async fn qos_is_min_of_publish_and_granted_with_qos0_layout() {
                     effective as u8,
                     "{pub_v:?}->{sub_v:?} {qos:?}/{granted:?}"
                 );
-                assert_eq!(got.packet_id.is_some(), effective != QoS::AtMostOnce);
+                assert_eq!(got.packet_id().is_some(), effective != QoS::AtMostOnce);
                 let expected = expected_frame(
                     sub_v,
                     "qmin/t",
                     b"payload",
                     effective,
                     false,
-                    got.packet_id,
+                    got.packet_id(),
                     &forwarded_properties(pub_v),
                 );
                 assert_eq!(frame, expected, "{pub_v:?}->{sub_v:?} {qos:?}/{granted:?}");
@@ -318,7 +329,7 @@ async fn retain_flag_live_and_on_subscribe_across_versions() {
                     b"r",
                     qos.min(QoS::AtLeastOnce),
                     false,
-                    got.packet_id,
+                    got.packet_id(),
                     &forwarded_properties(pub_v),
                 );
                 assert_eq!(frame, expected);
@@ -342,9 +353,33 @@ async fn retain_flag_live_and_on_subscribe_across_versions() {
             |_| {},
         )
         .await;
-        let (_, got) = plain.publish().await;
+        let (frame, got) = plain.publish().await;
+        let expected = expected_frame(
+            sub_v,
+            &topic,
+            b"kept",
+            QoS::AtLeastOnce,
+            false,
+            got.packet_id(),
+            &forwarded_properties(pub_v),
+        );
+        assert_eq!(frame, expected, "{pub_v:?}->{sub_v:?}: live RETAIN 0");
         plain.ack(&got).await;
-        let _ = rap.publish().await;
+        let (frame, got) = rap.publish().await;
+        let expected = expected_frame(
+            V5,
+            &topic,
+            b"kept",
+            QoS::AtLeastOnce,
+            true,
+            got.packet_id(),
+            &forwarded_properties(pub_v),
+        );
+        assert_eq!(
+            frame, expected,
+            "{pub_v:?}->V5: Retain As Published keeps RETAIN 1"
+        );
+        rap.ack(&got).await;
         let mut late = RawSub::new(&broker, sub_v, "rf-late").await;
         late.subscribe(&topic, QoS::ExactlyOnce).await;
         let (frame, got) = late.publish().await;
@@ -354,7 +389,7 @@ async fn retain_flag_live_and_on_subscribe_across_versions() {
             b"kept",
             QoS::ExactlyOnce,
             true,
-            got.packet_id,
+            got.packet_id(),
             &forwarded_properties(pub_v),
         );
         assert_eq!(
@@ -409,7 +444,7 @@ async fn dup_zero_on_first_send_one_on_resend_across_versions() {
         let mut sub = RawSub::connect(&broker, persistent(sub_v)).await;
         for (first_frame, first) in [(f1, p1), (f2, p2)] {
             let (frame, got) = sub.publish().await;
-            assert_eq!(got.packet_id, first.packet_id);
+            assert_eq!(got.packet_id(), first.packet_id());
             assert_eq!(frame[0], first_frame[0] | 0b1000, "DUP 1 on resend");
             assert_eq!(frame[1..], first_frame[1..]);
             sub.ack(&got).await;
@@ -465,7 +500,7 @@ async fn inbound_topic_alias_stripped_before_fan_out() {
                     &[i as u8],
                     qos,
                     false,
-                    got.packet_id,
+                    got.packet_id(),
                     &v5_properties(),
                 );
                 assert_eq!(frame, expected, "{:?} message {i} {qos:?}", sub.version);
@@ -531,7 +566,7 @@ async fn subscription_ids_per_subscription_across_versions() {
                     b"s",
                     qos.min(QoS::AtLeastOnce),
                     false,
-                    got.packet_id,
+                    got.packet_id(),
                     &expected_props,
                 )
                 .len();
@@ -545,7 +580,7 @@ async fn subscription_ids_per_subscription_across_versions() {
                 b"s",
                 qos.min(QoS::AtLeastOnce),
                 false,
-                got.packet_id,
+                got.packet_id(),
                 &PublishProperties::default(),
             );
             assert_eq!(frame, expected);
@@ -576,13 +611,13 @@ async fn message_expiry_forwarded_to_v5_and_stripped_for_v3() {
         assert_eq!(got.properties(), props, "not delayed: the full interval");
         assert_eq!(
             frame,
-            expected_frame(V5, "mexp/t", b"e", qos, false, got.packet_id, &props)
+            expected_frame(V5, "mexp/t", b"e", qos, false, got.packet_id(), &props)
         );
         v5.ack(&got).await;
         let (frame, got) = v3.publish().await;
         assert_eq!(
             frame,
-            expected_frame(V3, "mexp/t", b"e", qos, false, got.packet_id, &props)
+            expected_frame(V3, "mexp/t", b"e", qos, false, got.packet_id(), &props)
         );
         v3.ack(&got).await;
     }
@@ -704,7 +739,7 @@ async fn never_serve_v5_bytes_to_v3_or_the_reverse() {
                     b"bytes",
                     qos,
                     false,
-                    got.packet_id,
+                    got.packet_id(),
                     &props,
                 );
                 assert_eq!(frame, expected, "{:?} subscriber, {qos:?}", sub.version);
@@ -773,7 +808,7 @@ async fn overlapping_subscriptions_one_copy_across_versions() {
                 b"o",
                 qos.min(QoS::AtLeastOnce),
                 false,
-                got.packet_id,
+                got.packet_id(),
                 &PublishProperties::default(),
             );
             assert_eq!(frame, expected);
@@ -812,11 +847,11 @@ async fn retained_on_subscribe_downgraded_to_qos0_exact_bytes() {
                 b"kept",
                 granted,
                 true,
-                got.packet_id,
+                got.packet_id(),
                 &forwarded_properties(pub_v),
             );
             assert_eq!(frame, expected, "{pub_v:?}->{sub_v:?} granted {granted:?}");
-            assert_eq!(got.packet_id.is_some(), granted != QoS::AtMostOnce);
+            assert_eq!(got.packet_id().is_some(), granted != QoS::AtMostOnce);
             sub.ack(&got).await;
             sub.disconnect().await;
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tern_codec::{
     ByteStr, Connect, Packet, PacketId, ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish,
-    QoS, ReasonCode, SubscriptionOptions,
+    PublishQoS, QoS, ReasonCode, SubscriptionOptions,
 };
 use tern_tests::{duplex_client, test_config, Client, TestBroker};
 
@@ -21,15 +21,17 @@ fn pid(n: u16) -> PacketId {
     PacketId::new(n).expect("non-zero")
 }
 
+/// A PUBLISH at `qos`; for QoS > 0 its packet id is a placeholder that `send_raw` or
+/// `Client::publish_packet` replace.
 fn msg(topic: &str, payload: &[u8], qos: QoS) -> Publish {
-    let mut publish = Publish::new(topic, payload.to_vec());
-    publish.qos = qos;
-    publish
+    Publish::new(topic, payload.to_vec()).with_qos(PublishQoS::with_id(qos, pid(1)))
 }
 
 /// Sends a PUBLISH as it is (packet id chosen by the test), without waiting for acks.
 async fn send_raw(client: &mut Client, mut publish: Publish, id: Option<u16>) {
-    publish.packet_id = id.map(pid);
+    publish.set_qos(
+        PublishQoS::new(publish.qos(), id.map(pid)).expect("a packet id exactly when QoS > 0"),
+    );
     client.send(&Packet::Publish(publish)).await;
 }
 
@@ -94,8 +96,8 @@ async fn qos_0_1_2_both_directions_both_versions() {
             }
             // Outbound flow.
             let got = sub.expect_publish().await;
-            assert_eq!(got.qos, qos, "{version:?}");
-            assert_eq!(got.packet_id.is_some(), qos != QoS::AtMostOnce);
+            assert_eq!(got.qos(), qos, "{version:?}");
+            assert_eq!(got.packet_id().is_some(), qos != QoS::AtMostOnce);
             assert!(!got.dup);
             assert_eq!((got.topic(), got.payload()), ("q/x", &b"payload"[..]));
             sub.ack(&got).await;
@@ -330,7 +332,7 @@ async fn outbound_flow_control_qos2_slot_freed_by_pubcomp() {
         .await;
     let first = sub.expect_publish().await;
     assert_eq!(first.payload(), b"1");
-    let id = first.packet_id.expect("id");
+    let id = first.packet_id().expect("id");
     sub.send(&Packet::PubRec(PubRec::new(id))).await;
     assert!(matches!(expect_packet(&mut sub).await, Packet::PubRel(r) if r.packet_id == id));
     sub.expect_nothing(QUIET).await;
@@ -695,7 +697,7 @@ async fn properties_passed_through_unchanged_mqtt_3_3_2_4_15_16_17_18_20() {
             (&mut with_alias, vec![], QoS::AtMostOnce),
         ] {
             let got = sub.expect_publish_acked().await;
-            assert_eq!(got.qos, qos.min(max));
+            assert_eq!(got.qos(), qos.min(max));
             let mut expected = sent.clone();
             expected.subscription_identifiers = ids;
             expected.topic_alias = got.properties().topic_alias();
@@ -716,8 +718,7 @@ async fn inbound_packet_too_large_disconnect_0x95() {
         let mut client = broker.client(version, "big").await;
         // Just fits: accepted.
         let fits = 256 - 2 - 2 - "big/t".len() - 2 - usize::from(version.is_v5()) - 1;
-        let mut p = msg("big/t", &vec![b'x'; fits], QoS::AtLeastOnce);
-        p.packet_id = Some(pid(1));
+        let p = msg("big/t", &vec![b'x'; fits], QoS::AtLeastOnce);
         assert!(Packet::Publish(p.clone()).to_bytes(version).len() <= 256);
         client
             .publish("big/t", &vec![b'x'; fits], QoS::AtLeastOnce, false)
@@ -820,7 +821,7 @@ async fn retained_store_replace_delete_mqtt_3_3_1_5_to_8() {
                 p.retain,
                 "[MQTT-3.3.1-8] RETAIN 1 on a retained message sent at subscribe"
             );
-            got.push((p.topic().to_string(), p.shared_payload(), p.qos));
+            got.push((p.topic().to_string(), p.shared_payload(), p.qos()));
         }
         got.sort();
         assert_eq!(

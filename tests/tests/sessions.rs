@@ -10,7 +10,7 @@ use std::time::Duration;
 use tern_broker::Broker;
 use tern_codec::{
     ConnAck, Connect, Disconnect, Packet, PacketId, ProtocolVersion, PubComp, PubRec, PubRel,
-    Publish, QoS, ReasonCode,
+    Publish, PublishQoS, QoS, ReasonCode,
 };
 use tern_tests::{duplex_client, test_config, Client, TestBroker};
 
@@ -105,12 +105,12 @@ async fn persistent_session_keeps_subscriptions_and_queues_qos1_qos2(version: Pr
     let mut sub = resume(&broker, version, "sub").await;
     let one = sub.expect_publish_acked().await;
     assert_eq!(
-        (one.topic(), one.qos, one.dup),
+        (one.topic(), one.qos(), one.dup),
         ("s/1", QoS::AtLeastOnce, false)
     );
     let two = sub.expect_publish_acked().await;
     assert_eq!(
-        (two.topic(), two.qos, two.dup),
+        (two.topic(), two.qos(), two.dup),
         ("s/2", QoS::ExactlyOnce, false)
     );
     // The QoS 0 message was not queued.
@@ -195,12 +195,13 @@ async fn unacknowledged_publish_resent_with_dup(version: ProtocolVersion) {
         let again = sub.expect_publish().await;
         assert!(again.dup, "resent PUBLISH without DUP: {again:?}");
         assert_eq!(
-            again.packet_id, original.packet_id,
+            again.packet_id(),
+            original.packet_id(),
             "packet id changed on resend"
         );
         assert_eq!(
-            (again.topic(), again.payload(), again.qos),
-            (original.topic(), original.payload(), original.qos)
+            (again.topic(), again.payload(), again.qos()),
+            (original.topic(), original.payload(), original.qos())
         );
         sub.ack(&again).await;
     }
@@ -232,7 +233,7 @@ async fn pubrel_resent_on_resume(version: ProtocolVersion) {
         .publish("r", b"two", QoS::ExactlyOnce, false)
         .await;
     let publish = sub.expect_publish().await;
-    let id = publish.packet_id.expect("packet id");
+    let id = publish.packet_id().expect("packet id");
     sub.send(&Packet::PubRec(PubRec::new(id))).await;
     match sub.recv().await {
         Packet::PubRel(rel) => assert_eq!(rel.packet_id, id),
@@ -507,16 +508,16 @@ async fn mqtt_3_1_4_3_takeover_with_clean_start_discards_old_session() {
 
 /// One connection of the takeover race: CONNECT and SUBSCRIBE pipelined, then reads until
 /// closed (`None`) or until `settled` fires (`Some`: the connection may still be open).
-/// Every fourth racer drops its connection right after CONNACK, so that closes of old
-/// connections run concurrently with the handshakes of new ones.
+/// With `drop_after_connack` it drops its connection right after CONNACK, so that closes of
+/// old connections run concurrently with the handshakes of new ones.
 async fn racer(
     addr: std::net::SocketAddr,
     i: usize,
+    drop_after_connack: bool,
     mut settled: tokio::sync::watch::Receiver<bool>,
     handshakes: tokio::sync::mpsc::UnboundedSender<()>,
 ) -> Option<Client> {
     let version = if i % 3 == 0 { V3 } else { V5 };
-    let drop_after_connack = i % 4 == 3;
     let mut client = Client::tcp(addr, version).await;
     // 3.1.1 racers use Clean Session 1 (else their session never expires); 5.0 racers mix
     // Clean Start 0 and 1 with Session Expiry 0: the old connection's close then ends the
@@ -565,7 +566,7 @@ async fn racer(
                     assert_eq!(d.reason_code, ReasonCode::SESSION_TAKEN_OVER, "{d:?}");
                 }
                 Some(Packet::Publish(p)) => {
-                    if let Some(id) = p.packet_id {
+                    if let Some(id) = p.packet_id() {
                         let ack = Packet::PubAck(tern_codec::PubAck::new(id)).to_bytes(version);
                         let _ = client.try_send_bytes(&ack).await;
                     }
@@ -583,14 +584,38 @@ async fn racer(
 // one attached to that connection, and a message reaches it exactly once; if none is, no
 // session and no subscription is left (an ended session never stays routed). An old
 // connection's close never removes or ends the session a newer one resumed.
+//
+// Both outcomes are checked, and both happen: in round 0 no racer drops its connection, so
+// one must survive; in round 1 every racer drops it after CONNACK, so none may; in the
+// other rounds every fourth racer drops it and either outcome is allowed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_3_1_4_3_takeover_race_leaves_one_live_session() {
     use tern_broker::metrics::Metrics;
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Outcome {
+        OneSurvivor,
+        NoSurvivor,
+    }
     let broker = TestBroker::start().await;
     let b = broker.broker();
     const RACERS: usize = 24;
-    let mut survived = 0;
+    let mut outcomes = Vec::new();
     for round in 0..10 {
+        let drops: fn(usize) -> bool = match round {
+            0 => |_| false,
+            1 => |_| true,
+            _ => |i| i % 4 == 3,
+        };
+        let expected = match round {
+            0 => Some(Outcome::OneSurvivor),
+            1 => Some(Outcome::NoSurvivor),
+            _ => None,
+        };
+        let most_left = if expected == Some(Outcome::NoSurvivor) {
+            0
+        } else {
+            1
+        };
         let (settle_tx, settle_rx) = tokio::sync::watch::channel(false);
         let (hs_tx, mut hs_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut tasks = Vec::new();
@@ -598,6 +623,7 @@ async fn mqtt_3_1_4_3_takeover_race_leaves_one_live_session() {
             tasks.push(tokio::spawn(racer(
                 broker.addr,
                 i + round,
+                drops(i + round),
                 settle_rx.clone(),
                 hs_tx.clone(),
             )));
@@ -610,7 +636,7 @@ async fn mqtt_3_1_4_3_takeover_race_leaves_one_live_session() {
         }
         // Wait for the takeovers to settle: at most one connection left.
         let settled = async {
-            while Metrics::get(&b.metrics().clients_connected) > 1 {
+            while Metrics::get(&b.metrics().clients_connected) > most_left {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -659,9 +685,8 @@ async fn mqtt_3_1_4_3_takeover_race_leaves_one_live_session() {
         let mut publisher = broker.client(V5, "race-pub").await;
         let payload = format!("round {round}");
         let racer_id = tern_codec::ByteStr::from("racer");
-        match alive.pop() {
+        let outcome = match alive.pop() {
             Some(mut survivor) => {
-                survived += 1;
                 // Make sure its SUBSCRIBE was handled.
                 survivor.send(&Packet::PingReq).await;
                 loop {
@@ -695,6 +720,7 @@ async fn mqtt_3_1_4_3_takeover_race_leaves_one_live_session() {
                 assert_eq!(got.payload(), payload.as_bytes());
                 survivor.expect_nothing(Duration::from_millis(50)).await;
                 survivor.disconnect().await;
+                Outcome::OneSurvivor
             }
             None => {
                 let code = publisher
@@ -705,8 +731,13 @@ async fn mqtt_3_1_4_3_takeover_race_leaves_one_live_session() {
                     Some(ReasonCode::NO_MATCHING_SUBSCRIBERS),
                     "round {round}: a message was routed to a session no connection owns"
                 );
+                Outcome::NoSurvivor
             }
+        };
+        if let Some(expected) = expected {
+            assert_eq!(outcome, expected, "round {round}");
         }
+        outcomes.push(outcome);
         publisher.disconnect().await;
         // Everything ends: only sessions with expiry 0 were used.
         let drained = async {
@@ -736,7 +767,15 @@ async fn mqtt_3_1_4_3_takeover_race_leaves_one_live_session() {
             "round {round}: sessions gauge"
         );
     }
+    let survived = outcomes
+        .iter()
+        .filter(|&&o| o == Outcome::OneSurvivor)
+        .count();
     eprintln!("takeover race: {survived} of 10 rounds ended with a live connection");
+    assert!(
+        outcomes.contains(&Outcome::OneSurvivor) && outcomes.contains(&Outcome::NoSurvivor),
+        "both outcomes were exercised: {outcomes:?}"
+    );
     broker.running.stop().await;
 }
 
@@ -751,8 +790,7 @@ async fn inbound_qos2_state_survives_reconnect(version: ProtocolVersion) {
     let mut sender = persistent(&broker, version, "sender").await;
     let id = PacketId::new(7).expect("id");
     let mut publish = Publish::new("q2", &b"once"[..]);
-    publish.qos = QoS::ExactlyOnce;
-    publish.packet_id = Some(id);
+    publish.set_qos(PublishQoS::ExactlyOnce(id));
     sender.send(&Packet::Publish(publish.clone())).await;
     match sender.recv().await {
         Packet::PubRec(rec) => assert_eq!(rec.packet_id, id),

@@ -19,7 +19,7 @@ async fn publish_reaches_subscriber_across_versions() {
             let got = sub.expect_publish_acked().await;
             assert_eq!(got.topic(), "smoke/x");
             assert_eq!(got.payload(), b"hello");
-            assert_eq!(got.qos, qos);
+            assert_eq!(got.qos(), qos);
         }
         publisher.disconnect().await;
         sub.disconnect().await;

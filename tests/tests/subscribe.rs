@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use tern_codec::{
-    ByteStr, Packet, PacketId, ProtocolVersion, PubAck, PubComp, PubRec, QoS, ReasonCode,
-    RetainHandling, Subscribe, SubscriptionOptions,
+    ByteStr, Packet, PacketId, ProtocolVersion, PubAck, PubComp, PubRec, PublishQoS, QoS,
+    ReasonCode, RetainHandling, Subscribe, SubscriptionOptions,
 };
 use tern_tests::{Client, TestBroker};
 
@@ -27,7 +27,7 @@ async fn drain(client: &mut Client) -> Vec<tern_codec::Publish> {
     while let Some(packet) = client.recv_within(QUIET).await {
         match packet {
             Packet::Publish(p) => {
-                match (p.qos, p.packet_id) {
+                match (p.qos(), p.packet_id()) {
                     (QoS::AtLeastOnce, Some(id)) => {
                         client.send(&Packet::PubAck(PubAck::new(id))).await
                     }
@@ -184,7 +184,7 @@ async fn suback_reason_code_per_filter_in_order() {
             .publish("s/0", b"x", QoS::ExactlyOnce, false)
             .await;
         let got = client.expect_publish().await;
-        assert_eq!(got.qos, QoS::AtMostOnce);
+        assert_eq!(got.qos(), QoS::AtMostOnce);
         client.disconnect().await;
         publisher.disconnect().await;
     }
@@ -454,7 +454,7 @@ async fn overlapping_subscriptions_one_copy_at_highest_qos_mqtt_3_3_4_2() {
             publisher.publish("ov/x", b"x", qos, false).await;
             let got = drain(&mut client).await;
             assert_eq!(got.len(), 1, "{version:?}: one copy");
-            assert_eq!(got[0].qos, expected);
+            assert_eq!(got[0].qos(), expected);
         }
         client.disconnect().await;
         publisher.disconnect().await;
@@ -584,8 +584,8 @@ async fn shared_member_leaving_and_granted_qos() {
             .await;
     }
     let mut by_qos: HashMap<&str, Vec<QoS>> = HashMap::new();
-    by_qos.insert("a", drain(&mut a).await.iter().map(|p| p.qos).collect());
-    by_qos.insert("b", drain(&mut b).await.iter().map(|p| p.qos).collect());
+    by_qos.insert("a", drain(&mut a).await.iter().map(|p| p.qos()).collect());
+    by_qos.insert("b", drain(&mut b).await.iter().map(|p| p.qos()).collect());
     assert_eq!(by_qos["a"], vec![QoS::AtMostOnce; 2]);
     assert_eq!(by_qos["b"], vec![QoS::ExactlyOnce; 2]);
     let unsuback = a.unsubscribe(&["$share/q/shq/t"]).await;
@@ -697,8 +697,7 @@ async fn no_local_with_overlapping_subscription() {
         .await;
     // Publish QoS 2 by hand: our own copy arrives before the PUBREC.
     let mut own = tern_codec::Publish::new("nlo/t", &b"own"[..]);
-    own.qos = QoS::ExactlyOnce;
-    own.packet_id = PacketId::new(500);
+    own.set_qos(PublishQoS::ExactlyOnce(PacketId::new(500).expect("id")));
     client.send(&Packet::Publish(own)).await;
     let mut got = Vec::new();
     loop {
@@ -718,7 +717,7 @@ async fn no_local_with_overlapping_subscription() {
     got.extend(drain(&mut client).await);
     assert_eq!(got.len(), 1);
     assert_eq!(
-        got[0].qos,
+        got[0].qos(),
         QoS::AtLeastOnce,
         "only the nlo/+ subscription matched"
     );

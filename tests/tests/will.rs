@@ -92,7 +92,7 @@ async fn will_published_on_abnormal_close(version: ProtocolVersion) {
     let (client, _) = connect_with_will(&broker, version, "w", will("gone"), CLEAN).await;
     drop(client);
     let got = expect_will(&mut watcher, "gone").await;
-    assert_eq!(got.qos, QoS::AtLeastOnce);
+    assert_eq!(got.qos(), QoS::AtLeastOnce);
     assert!(
         !got.retain,
         "[MQTT-3.1.2-14]: will retain 0 is published non-retained"

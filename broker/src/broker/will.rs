@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use tokio::time::Instant;
 
-use tern_codec::{LastWill, Publish, PublishProperties};
+use tern_codec::{LastWill, PacketId, Publish, PublishProperties, PublishQoS};
 
 use crate::broker::Broker;
 use crate::message::Message;
@@ -16,7 +16,9 @@ use crate::session::Session;
 pub fn to_publish(will: LastWill) -> Publish {
     let p = will.properties;
     let mut publish = Publish::new(will.topic, will.payload);
-    publish.qos = will.qos;
+    // A routed message's own packet identifier is never sent (every delivery patches in its
+    // own); a will has none, so it carries the placeholder 1, as a template does.
+    publish.set_qos(PublishQoS::with_id(will.qos, PacketId::MIN));
     publish.retain = will.retain;
     *publish.properties_mut() = PublishProperties {
         payload_format_indicator: p.payload_format_indicator,

@@ -382,7 +382,7 @@ fn push_target(
         }
     }
     targets.push(Target {
-        qos: publish.qos.min(entry.options.qos),
+        qos: publish.qos().min(entry.options.qos),
         retain: publish.retain && entry.options.retain_as_published,
         subscription_id: entry.subscription_id,
         session: entry.session.clone(),

@@ -39,7 +39,7 @@ fn overlapping_subscriptions_merge_into_one_copy() {
     assert_eq!(router.route(&m, &mut scratch, ctx(&metrics, now)), 1);
     let got = publishes(packets(&out, ProtocolVersion::V5));
     assert_eq!(got.len(), 1, "one copy: {got:?}");
-    assert_eq!(got[0].qos, QoS::AtLeastOnce, "min(2, max granted 1)");
+    assert_eq!(got[0].qos(), QoS::AtLeastOnce, "min(2, max granted 1)");
     let mut sub_ids = ids(&got[0]);
     sub_ids.sort_unstable();
     assert_eq!(sub_ids, vec![7, 9]);
@@ -152,10 +152,10 @@ fn qos_downgrade_and_protocol_per_subscriber() {
     let m = message("t", QoS::AtLeastOnce, false, None);
     router.route(&m, &mut RouteScratch::default(), ctx(&metrics, now));
     let got = publishes(packets(&v5_out, ProtocolVersion::V5));
-    assert_eq!((got[0].qos, got[0].packet_id), (QoS::AtMostOnce, None));
+    assert_eq!((got[0].qos(), got[0].packet_id()), (QoS::AtMostOnce, None));
     let got = publishes(packets(&v3_out, ProtocolVersion::V3_1_1));
-    assert_eq!(got[0].qos, QoS::AtLeastOnce);
-    assert!(got[0].packet_id.is_some());
+    assert_eq!(got[0].qos(), QoS::AtLeastOnce);
+    assert!(got[0].packet_id().is_some());
 }
 
 /// A sink counting what it takes.

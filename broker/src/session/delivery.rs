@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use tern_codec::template::encode_publish;
 use tern_codec::{
-    ByteStr, Family, OutQos, Outbound, PacketId, ProtocolVersion, PubRel, QoS, ReasonCode,
+    ByteStr, Family, Outbound, PacketId, ProtocolVersion, PubRel, PublishQoS, QoS, ReasonCode,
 };
 
 use crate::delivery::shared_writer::{Appended, SharedWriter};
@@ -209,7 +209,7 @@ impl Delivery {
                 write_publish(
                     link,
                     message,
-                    OutQos::AtMostOnce,
+                    PublishQoS::AtMostOnce,
                     retain,
                     false,
                     subscription_ids,
@@ -467,11 +467,11 @@ impl Delivery {
     }
 }
 
-fn out_qos(qos: QoS, packet_id: PacketId) -> OutQos {
+fn out_qos(qos: QoS, packet_id: PacketId) -> PublishQoS {
     if qos == QoS::ExactlyOnce {
-        OutQos::ExactlyOnce(packet_id)
+        PublishQoS::ExactlyOnce(packet_id)
     } else {
-        OutQos::AtLeastOnce(packet_id)
+        PublishQoS::AtLeastOnce(packet_id)
     }
 }
 
@@ -489,7 +489,7 @@ fn write_pubrel(link: &Link, pubrel: PubRel) {
 fn write_publish(
     link: &mut Link,
     message: &Message,
-    out: OutQos,
+    out: PublishQoS,
     retain: bool,
     dup: bool,
     subscription_ids: &[u32],
@@ -514,7 +514,7 @@ fn write_publish(
     };
     let one_shot =
         v5 && (!subscription_ids.is_empty() || alias.is_some() || reduced_expiry.is_some());
-    let capped = out == OutQos::AtMostOnce;
+    let capped = out == PublishQoS::AtMostOnce;
     let max_len = link.max_packet_size_bytes as usize;
 
     // The size and cap checks are the SharedWriter's (`WriteGuard::append_packet`).

@@ -37,13 +37,14 @@ fn inflight_window_follows_receive_maximum() {
     let delivery = s.delivery();
     assert_eq!((delivery.inflight(), delivery.queued()), (2, 1));
     drop(delivery);
-    let first = sent[0].packet_id.expect("id");
+    let first = sent[0].packet_id().expect("id");
     s.delivery().handle_puback(first, ctx(&metrics, now));
     let next = publishes(packets(&out, V5));
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].topic(), "c");
     assert_ne!(
-        next[0].packet_id, sent[1].packet_id,
+        next[0].packet_id(),
+        sent[1].packet_id(),
         "ids in flight are unique"
     );
 }
@@ -87,7 +88,7 @@ fn resume_resends_with_dup() {
     }
     let sent = publishes(packets(&out, V5));
     assert!(sent.iter().all(|p| !p.dup), "DUP=0 on first send");
-    let released = sent[2].packet_id.expect("id");
+    let released = sent[2].packet_id().expect("id");
     s.delivery()
         .handle_pubrec(released, ReasonCode::SUCCESS, ctx(&metrics, now));
     assert!(matches!(packets(&out, V5).as_slice(), [Packet::PubRel(r)] if r.packet_id == released));
@@ -97,8 +98,8 @@ fn resume_resends_with_dup() {
     let resent = publishes(again.clone());
     assert_eq!(resent.len(), 2);
     assert!(resent.iter().all(|p| p.dup));
-    assert_eq!(resent[0].packet_id, sent[0].packet_id);
-    assert_eq!(resent[1].packet_id, sent[1].packet_id);
+    assert_eq!(resent[0].packet_id(), sent[0].packet_id());
+    assert_eq!(resent[1].packet_id(), sent[1].packet_id());
     assert!(again.contains(&Packet::PubRel(PubRel::new(released))));
 }
 
@@ -114,7 +115,7 @@ fn qos2_outbound_exchange() {
     s.delivery()
         .deliver(&m, QoS::ExactlyOnce, false, &[], ctx(&metrics, now));
     let sent = publishes(packets(&out, V5));
-    let pid = sent[0].packet_id.expect("id");
+    let pid = sent[0].packet_id().expect("id");
     s.delivery()
         .handle_pubrec(pid, ReasonCode::SUCCESS, ctx(&metrics, now));
     assert_eq!(packets(&out, V5), [Packet::PubRel(PubRel::new(pid))]);
@@ -128,7 +129,7 @@ fn qos2_outbound_exchange() {
     }
     s.delivery()
         .deliver(&m, QoS::ExactlyOnce, false, &[], ctx(&metrics, now));
-    let pid = publishes(packets(&out, V5))[0].packet_id.expect("id");
+    let pid = publishes(packets(&out, V5))[0].packet_id().expect("id");
     s.delivery()
         .handle_pubrec(pid, ReasonCode::UNSPECIFIED_ERROR, ctx(&metrics, now));
     assert!(
@@ -198,9 +199,9 @@ fn expired_in_the_queue_is_not_sent() {
     let metrics = Metrics::default();
     let now = Instant::now();
     let s = session(1, 100);
-    let mut publish = tern_codec::Publish::new("t", bytes::Bytes::from_static(b"x"));
-    publish.qos = QoS::AtLeastOnce;
-    publish.packet_id = std::num::NonZeroU16::new(1);
+    let mut publish = tern_codec::Publish::new("t", bytes::Bytes::from_static(b"x")).with_qos(
+        tern_codec::PublishQoS::AtLeastOnce(std::num::NonZeroU16::MIN),
+    );
     publish.properties_mut().message_expiry_interval_secs = Some(5);
     let m = crate::message::Message::new(publish, now, None);
     s.delivery()

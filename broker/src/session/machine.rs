@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tern_codec::{
     ByteStr, Disconnect, LastWill, Packet, PacketId, ProtocolVersion, PubAck, PubComp, PubRec,
-    Publish, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+    Publish, PublishQoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 use tokio::time::Instant;
 
@@ -93,10 +93,7 @@ pub enum Event {
 
 /// The acknowledgement a routed PUBLISH is owed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PendingAck {
-    qos: QoS,
-    packet_id: Option<PacketId>,
-}
+pub struct PendingAck(PublishQoS);
 
 /// A SUBSCRIBE, checked: each filter with its record and read check, or the reason code it
 /// is refused with.
@@ -310,10 +307,7 @@ impl Machine {
             return Err(ProtocolError::SubscriptionIdFromClient.into());
         }
         self.resolve_alias(&mut publish)?;
-        let ack = PendingAck {
-            qos: publish.qos,
-            packet_id: publish.packet_id,
-        };
+        let ack = PendingAck(publish.publish_qos());
         if !self.limits.topic_within_limits(publish.topic()) {
             Metrics::add(&ctx.metrics.dropped_topic_too_deep, 1);
             tracing::debug!(client_id = %self.session.client_id, "topic has too many levels: dropped");
@@ -326,7 +320,7 @@ impl Machine {
                 return Ok(self.acknowledge(ack, ReasonCode::NOT_AUTHORIZED));
             }
         }
-        if let (QoS::ExactlyOnce, Some(id)) = (ack.qos, ack.packet_id) {
+        if let PublishQoS::ExactlyOnce(id) = ack.0 {
             let pending = self.session.incoming_qos2();
             if pending.contains(&id.get()) {
                 // A resend of a message already delivered: acknowledge, do not route again
@@ -370,22 +364,19 @@ impl Machine {
     ///   the PUBREC is not an error: after one with a code of 0x80 or more the exchange is
     ///   over, and the same id starts a new message ([MQTT-4.3.3-9]).
     fn acknowledge(&self, ack: PendingAck, code: ReasonCode) -> Output {
-        let Some(id) = ack.packet_id else {
-            return Output::None;
-        };
         let code = if self.version.is_v5() {
             code
         } else {
             ReasonCode::SUCCESS
         };
-        match ack.qos {
-            QoS::AtMostOnce => Output::None,
-            QoS::AtLeastOnce => {
+        match ack.0 {
+            PublishQoS::AtMostOnce => Output::None,
+            PublishQoS::AtLeastOnce(id) => {
                 let mut puback = PubAck::new(id);
                 puback.reason_code = code;
                 Output::Transmit(Transmit::PubAck(puback))
             }
-            QoS::ExactlyOnce => {
+            PublishQoS::ExactlyOnce(id) => {
                 if !code.is_error() {
                     self.session.incoming_qos2().insert(id.get());
                 }

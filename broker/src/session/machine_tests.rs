@@ -45,11 +45,9 @@ fn machine(version: ProtocolVersion, limits: Arc<Limits>) -> Machine {
 }
 
 fn publish(topic: &str, qos: QoS, packet_id: u16) -> Packet {
-    let mut publish = Publish::new(topic, bytes::Bytes::from_static(b"m"));
-    publish.qos = qos;
-    if qos != QoS::AtMostOnce {
-        publish.packet_id = Some(id(packet_id));
-    }
+    let packet_id = NonZeroU16::new(packet_id).unwrap_or(NonZeroU16::MIN);
+    let publish = Publish::new(topic, bytes::Bytes::from_static(b"m"))
+        .with_qos(crate::test_support::publish_qos(qos, packet_id));
     Packet::Publish(publish)
 }
 
@@ -357,7 +355,7 @@ fn puback_moves_the_outbound_window() {
     }
     let first = publishes(packets(&out, V5));
     assert_eq!(first.len(), 1, "window of one");
-    let ack = Packet::PubAck(PubAck::new(first[0].packet_id.expect("id")));
+    let ack = Packet::PubAck(PubAck::new(first[0].packet_id().expect("id")));
     assert!(matches!(
         feed(&mut m, ack, now),
         Ok(Output::Event(Event::Relieved))

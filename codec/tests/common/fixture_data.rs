@@ -7,9 +7,9 @@ use tern_codec::ProtocolVersion::*;
 use tern_codec::{
     AckProperties, Auth, AuthProperties, ByteStr, ConnAck, ConnAckProperties, Connect,
     ConnectProperties, Disconnect, DisconnectProperties, LastWill, Packet, PacketId, PubAck,
-    PubComp, PubRec, PubRel, Publish, PublishProperties, QoS, ReasonCode, RetainHandling, SubAck,
-    Subscribe, SubscribeProperties, SubscriptionOptions, UnsubAck, Unsubscribe,
-    UnsubscribeProperties, WillProperties,
+    PubComp, PubRec, PubRel, Publish, PublishProperties, PublishQoS, QoS, ReasonCode,
+    RetainHandling, SubAck, Subscribe, SubscribeProperties, SubscriptionOptions, UnsubAck,
+    Unsubscribe, UnsubscribeProperties, WillProperties,
 };
 
 pub fn b(text: &str) -> ByteStr {
@@ -37,10 +37,9 @@ pub fn publish(
     payload: &[u8],
 ) -> Publish {
     let mut p = Publish::new(b(topic), bin(payload));
-    p.qos = qos;
+    p.set_qos(PublishQoS::new(qos, id.map(pid)).expect("a packet id exactly when QoS > 0"));
     p.dup = dup;
     p.retain = retain;
-    p.packet_id = id.map(pid);
     p
 }
 

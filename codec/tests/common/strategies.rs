@@ -17,7 +17,7 @@ use tern_codec::{
     Subscribe, SubscribeProperties, SubscriptionOptions, UnsubAck, Unsubscribe,
     UnsubscribeProperties, WillProperties,
 };
-use tern_codec::{ProtocolVersion, UserProperty};
+use tern_codec::{ProtocolVersion, PublishQoS, UserProperty};
 
 /// Every version, for packets other than CONNECT (3.1 shares the 3.1.1 layout).
 pub const VERSIONS: [ProtocolVersion; 3] = [
@@ -333,10 +333,9 @@ pub fn publish(version: ProtocolVersion) -> impl Strategy<Value = Publish> {
         .prop_map(
             move |(qos, dup, retain, topic, empty_topic, id, props, payload)| {
                 let mut p = Publish::new(topic, payload);
-                p.qos = qos;
+                p.set_qos(PublishQoS::with_id(qos, id));
                 p.retain = retain;
                 if qos != QoS::AtMostOnce {
-                    p.packet_id = Some(id);
                     p.dup = dup;
                 }
                 if v5 {

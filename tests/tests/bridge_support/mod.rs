@@ -317,10 +317,13 @@ impl WsClient {
         }
     }
 
-    /// Asserts no frame arrives within `wait`.
+    /// Asserts the connection stays open and silent for `wait`: a frame, an error or the
+    /// end of the stream fails.
     pub async fn expect_nothing(&mut self, wait: Duration) {
-        if let Ok(Some(message)) = tokio::time::timeout(wait, self.ws.next()).await {
-            panic!("expected nothing, got {message:?}");
+        match tokio::time::timeout(wait, self.ws.next()).await {
+            Err(_elapsed) => {}
+            Ok(Some(message)) => panic!("expected nothing, got {message:?}"),
+            Ok(None) => panic!("expected nothing, but the WebSocket closed"),
         }
     }
 }

@@ -357,7 +357,7 @@ pub fn encode_json(publish: &Publish, retain: bool) -> Bytes {
         }
     }
     out.extend_from_slice(b",\"qos\":");
-    out.push(b'0' + publish.qos as u8);
+    out.push(b'0' + publish.qos() as u8);
     out.extend_from_slice(if retain {
         b",\"retain\":true"
     } else {
@@ -461,7 +461,7 @@ mod tests {
             rings.drain(..).map(|r| r as Arc<dyn BridgeSink>).collect();
         crate::router::deliver_to_bridges(message, &mut sinks, metrics)
     }
-    use tern_codec::QoS;
+    use tern_codec::{PacketId, PublishQoS};
 
     fn ring(max_messages: usize) -> Ring {
         Ring::new(
@@ -482,8 +482,8 @@ mod tests {
 
     #[test]
     fn json_encoding() {
-        let mut publish = Publish::new("t/\"q\"", Bytes::from_static(b"hi\n"));
-        publish.qos = QoS::AtLeastOnce;
+        let mut publish = Publish::new("t/\"q\"", Bytes::from_static(b"hi\n"))
+            .with_qos(PublishQoS::AtLeastOnce(PacketId::MIN));
         publish.properties_mut().content_type = Some("text/plain".into());
         publish
             .properties_mut()

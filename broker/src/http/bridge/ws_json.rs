@@ -30,7 +30,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tern_codec::{ByteStr, Publish, QoS};
+use tern_codec::{ByteStr, PacketId, Publish, PublishQoS, QoS};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -412,7 +412,9 @@ impl Client {
         }
         let now = Instant::now();
         let mut publish = Publish::new(ByteStr::from(topic), payload);
-        publish.qos = qos;
+        // The message's own packet identifier is never sent (every delivery patches in its
+        // own): the placeholder 1, as in a template.
+        publish.set_qos(PublishQoS::with_id(qos, PacketId::MIN));
         publish.retain = retain;
         let message = Message::new(publish, now, None);
         Metrics::add(&self.broker.metrics().messages_received, 1);

@@ -13,8 +13,9 @@
 //!   ([`Publish::set_topic`], [`Publish::properties_mut`], [`Publish::resolve_alias`], ...).
 //!   The change forgets the frame, which is then no longer an encoding of the message.
 //!
-//! The flags, QoS and packet identifier are plain fields in both forms: templates patch
-//! them in every copy, so changing them never invalidates the frame.
+//! The flags are plain fields and the QoS with its packet identifier is a [`PublishQoS`] in
+//! both forms: templates patch them in every copy, so changing them never invalidates the
+//! frame.
 //!
 //! Submodules: `received` (the frame layout), `scan` (the decoder's fast path), `view`
 //! (read access to the properties of either form).
@@ -39,7 +40,7 @@ use crate::error::DecodeError;
 use crate::property::{PropertySet, PublishProperties};
 use crate::template::Family;
 use crate::topic;
-use crate::types::{str_from_validated, ByteStr, PacketId, ProtocolVersion, QoS};
+use crate::types::{str_from_validated, ByteStr, PacketId, ProtocolVersion, PublishQoS, QoS};
 use crate::varint::{self, Peek};
 use crate::wire::{binary_len, read_packet_id, read_str, write_binary, write_fixed_header};
 
@@ -48,16 +49,30 @@ use crate::wire::{binary_len, read_packet_id, read_str, write_binary, write_fixe
 /// Read the topic, payload and properties through [`Publish::topic`], [`Publish::payload`]
 /// and [`Publish::properties`]; [`Publish::shared_topic`] and [`Publish::shared_payload`]
 /// give `Bytes`-backed handles (no copy) to keep. See the module doc for the two forms.
+///
+/// The QoS and the packet identifier are set together ([`Publish::set_qos`]): a QoS 1 or 2
+/// PUBLISH without an identifier cannot be built.
+///
+/// ```
+/// use tern_codec::{PacketId, Publish, PublishQoS, QoS};
+/// let p = Publish::new("t", "").with_qos(PublishQoS::ExactlyOnce(PacketId::MIN));
+/// assert_eq!((p.qos(), p.packet_id()), (QoS::ExactlyOnce, Some(PacketId::MIN)));
+/// assert_eq!(PublishQoS::new(QoS::ExactlyOnce, None), None);
+/// ```
+///
+/// ```compile_fail
+/// // The QoS is no field of its own that could disagree with the packet identifier.
+/// let mut p = tern_codec::Publish::new("t", "");
+/// p.qos = tern_codec::QoS::ExactlyOnce;
+/// ```
 #[derive(Clone)]
 pub struct Publish {
     /// DUP: this is a resend of an earlier attempt.
     pub dup: bool,
-    /// QoS of this delivery.
-    pub qos: QoS,
     /// RETAIN.
     pub retain: bool,
-    /// Packet identifier, present exactly when QoS > 0.
-    pub packet_id: Option<PacketId>,
+    /// QoS of this delivery, with the packet identifier exactly when QoS > 0.
+    qos: PublishQoS,
     /// Topic, properties and payload, in one of the two forms.
     body: Body,
 }
@@ -88,7 +103,6 @@ impl PartialEq for Publish {
         self.dup == other.dup
             && self.qos == other.qos
             && self.retain == other.retain
-            && self.packet_id == other.packet_id
             && self.topic() == other.topic()
             && self.payload() == other.payload()
             && self.properties() == other.properties()
@@ -102,10 +116,10 @@ impl fmt::Debug for Publish {
         // Payloads may hold anything, secrets included: print only their size.
         f.debug_struct("Publish")
             .field("dup", &self.dup)
-            .field("qos", &self.qos)
+            .field("qos", &self.qos())
             .field("retain", &self.retain)
             .field("topic", &self.topic())
-            .field("packet_id", &self.packet_id)
+            .field("packet_id", &self.packet_id())
             .field("properties", &self.properties())
             .field("payload_bytes", &self.payload().len())
             .field("received", &self.received().is_some())
@@ -118,9 +132,8 @@ impl Publish {
     pub fn new(topic: impl Into<ByteStr>, payload: impl Into<Bytes>) -> Publish {
         Publish {
             dup: false,
-            qos: QoS::AtMostOnce,
+            qos: PublishQoS::AtMostOnce,
             retain: false,
-            packet_id: None,
             body: Body::Owned(Box::new(Owned {
                 topic: topic.into(),
                 properties: PublishProperties::default(),
@@ -129,11 +142,44 @@ impl Publish {
         }
     }
 
+    /// This publish with `qos` (and its packet identifier).
+    pub fn with_qos(mut self, qos: PublishQoS) -> Publish {
+        self.qos = qos;
+        self
+    }
+
+    /// The QoS level.
+    #[inline]
+    pub fn qos(&self) -> QoS {
+        self.qos.qos()
+    }
+
+    /// The packet identifier, present exactly when QoS > 0.
+    #[inline]
+    pub fn packet_id(&self) -> Option<PacketId> {
+        self.qos.packet_id()
+    }
+
+    /// The QoS together with the packet identifier.
+    #[inline]
+    pub fn publish_qos(&self) -> PublishQoS {
+        self.qos
+    }
+
+    /// Sets the QoS and the packet identifier (the frame, if any, stays usable: templates
+    /// patch both in every copy).
+    #[inline]
+    pub fn set_qos(&mut self, qos: PublishQoS) {
+        self.qos = qos;
+    }
+
     /// The Topic Name; empty only when a 5.0 topic alias stands in for it.
     #[inline]
     pub fn topic(&self) -> &str {
         match &self.body {
-            Body::Received(r) => str_from_validated(r.topic()),
+            // SAFETY: the topic span of a `Received` is UTF-8 (invariant in `received`).
+            #[allow(unsafe_code)]
+            Body::Received(r) => unsafe { str_from_validated(r.topic()) },
             Body::Owned(o) => o.topic.as_str(),
         }
     }
@@ -142,7 +188,9 @@ impl Publish {
     /// copy, one reference count).
     pub fn shared_topic(&self) -> ByteStr {
         match &self.body {
-            Body::Received(r) => ByteStr::from_validated(r.frame.slice(r.topic.range())),
+            // SAFETY: the topic span of a `Received` is UTF-8 (invariant in `received`).
+            #[allow(unsafe_code)]
+            Body::Received(r) => unsafe { ByteStr::from_validated(r.frame.slice(r.topic.range())) },
             Body::Owned(o) => o.topic.clone(),
         }
     }
@@ -218,7 +266,10 @@ impl Publish {
             Body::Owned(ref mut owned) => owned,
             Body::Received(ref r) => {
                 let owned = Owned {
-                    topic: ByteStr::from_validated(r.frame.slice(r.topic.range())),
+                    // SAFETY: the topic span of a `Received` is UTF-8 (invariant in
+                    // `received`).
+                    #[allow(unsafe_code)]
+                    topic: unsafe { ByteStr::from_validated(r.frame.slice(r.topic.range())) },
                     properties: PublishPropertiesRef::received(r).to_properties(),
                     payload: r.frame.slice(r.payload_start as usize..),
                 };
@@ -250,10 +301,10 @@ impl Publish {
         let topic = read_str(&mut body)?;
         topic::validate_name(&topic)?;
         let topic_span = Span::new(at(&body) - topic.len(), at(&body));
-        let packet_id = if qos == QoS::AtMostOnce {
-            None
-        } else {
-            Some(read_packet_id(&mut body)?)
+        let qos = match qos {
+            QoS::AtMostOnce => PublishQoS::AtMostOnce,
+            QoS::AtLeastOnce => PublishQoS::AtLeastOnce(read_packet_id(&mut body)?),
+            QoS::ExactlyOnce => PublishQoS::ExactlyOnce(read_packet_id(&mut body)?),
         };
         let (props_span, properties) = if version.is_v5() {
             let block_start = at(&body);
@@ -284,11 +335,12 @@ impl Publish {
             has_subscription_identifiers: !properties.subscription_identifiers.is_empty(),
         };
         let payload_start = at(&body) as u32;
+        // `read_str` validated the topic and `PublishProperties::decode` every string
+        // property: the invariant of `Received` holds.
         Ok(Publish {
             dup,
             qos,
             retain,
-            packet_id,
             body: Body::Received(Received {
                 frame,
                 topic: topic_span,
@@ -296,7 +348,7 @@ impl Publish {
                 payload_start,
                 eager,
                 family: Family::of(version),
-                has_packet_id: packet_id.is_some(),
+                has_packet_id: qos.packet_id().is_some(),
             }),
         })
     }
@@ -320,11 +372,12 @@ impl Publish {
         if scan.run(byte0, &frame, header_len, version).is_none() {
             return Publish::decode_checked(byte0, frame, header_len, version);
         }
+        // The scan validated the topic and every string property: the invariant of
+        // `Received` holds.
         Ok(Some(Packet::Publish(Publish {
             dup: byte0 & 0b1000 != 0,
             qos: scan.qos,
             retain: byte0 & 1 != 0,
-            packet_id: scan.packet_id,
             body: Body::Received(Received {
                 frame,
                 topic: scan.topic,
@@ -332,7 +385,7 @@ impl Publish {
                 payload_start: scan.payload_start,
                 eager: scan.eager,
                 family: Family::of(version),
-                has_packet_id: scan.packet_id.is_some(),
+                has_packet_id: scan.qos.packet_id().is_some(),
             }),
         })))
     }
@@ -360,7 +413,7 @@ impl Publish {
     /// The length of the body (after the fixed header) when encoded for `version`.
     pub fn body_len(&self, version: ProtocolVersion) -> usize {
         let mut len = binary_len(self.topic().as_bytes()) + self.payload().len();
-        if self.qos != QoS::AtMostOnce {
+        if self.packet_id().is_some() {
             len += 2;
         }
         if version.is_v5() {
@@ -380,13 +433,12 @@ impl Publish {
     pub fn encode(&self, version: ProtocolVersion, dst: &mut impl BufMut) {
         write_fixed_header(
             dst,
-            Publish::byte0(self.qos, self.retain, self.dup),
+            Publish::byte0(self.qos(), self.retain, self.dup),
             self.body_len(version),
         );
         write_binary(dst, self.topic().as_bytes());
-        if self.qos != QoS::AtMostOnce {
-            // A QoS > 0 PUBLISH without an id is a caller bug; 0 keeps the layout intact.
-            dst.put_u16(self.packet_id.map_or(0, PacketId::get));
+        if let Some(id) = self.packet_id() {
+            dst.put_u16(id.get());
         }
         if version.is_v5() {
             self.properties().encode(dst);
@@ -412,9 +464,8 @@ mod tests {
     /// form, with the same fields, on the first change.
     #[test]
     fn received_and_owned_agree() {
-        let mut p = Publish::new("a/b", &b"payload"[..]);
-        p.qos = QoS::AtLeastOnce;
-        p.packet_id = PacketId::new(9);
+        let mut p = Publish::new("a/b", &b"payload"[..])
+            .with_qos(PublishQoS::AtLeastOnce(PacketId::new(9).expect("non-zero")));
         let props = p.properties_mut();
         props.message_expiry_interval_secs = Some(5);
         props.content_type = Some("json".into());

@@ -4,6 +4,13 @@
 //! This module owns the layout of a received publish; it does not validate anything: every
 //! `Received` is built by the decoder (`scan` or the checked decoder) after the frame passed
 //! every check, so the readers here can trust it.
+//!
+//! Invariant, relied on by `unsafe` code (`str_from_validated`, `ByteStr::from_validated`):
+//! in a `Received`, the topic span and the spans of every string property (Content Type,
+//! Response Topic, User Property names and values) in the property block hold well formed
+//! UTF-8. Only `Publish::decode` and `Publish::decode_frame` build one, after checking
+//! exactly that, and nothing changes a `Received` afterwards (a change to a publish turns
+//! it into the owned form); the frame is an immutable `Bytes`.
 
 use std::ops::Range;
 

@@ -7,13 +7,12 @@ use bytes::Bytes;
 
 use super::received::{Eager, Span};
 use crate::property::id;
-use crate::types::{is_mqtt_str, is_topic_name, PacketId, ProtocolVersion, QoS};
+use crate::types::{is_mqtt_str, is_topic_name, PacketId, ProtocolVersion, PublishQoS, QoS};
 
 /// What [`Scan::run`] found in a valid PUBLISH frame: positions and the eager integers.
 pub(super) struct Scan {
-    pub(super) qos: QoS,
+    pub(super) qos: PublishQoS,
     pub(super) topic: Span,
-    pub(super) packet_id: Option<PacketId>,
     /// The property block contents (empty for 3.x).
     pub(super) props: Span,
     pub(super) eager: Eager,
@@ -108,9 +107,8 @@ impl Scan {
     #[inline(always)]
     pub(super) fn new() -> Scan {
         Scan {
-            qos: QoS::AtMostOnce,
+            qos: PublishQoS::AtMostOnce,
             topic: Span::default(),
-            packet_id: None,
             props: Span::default(),
             eager: Eager::default(),
             seen: 0,
@@ -146,14 +144,14 @@ impl Scan {
         if bytes.len() > u32::MAX as usize || header_len > bytes.len() {
             return None;
         }
-        self.qos = match (byte0 >> 1) & 0b11 {
+        let qos = match (byte0 >> 1) & 0b11 {
             0 => QoS::AtMostOnce,
             1 => QoS::AtLeastOnce,
             2 => QoS::ExactlyOnce,
             _ => return None,
         };
         // [MQTT-3.3.1-2]: DUP must be 0 for QoS 0.
-        if byte0 & 0b1000 != 0 && self.qos == QoS::AtMostOnce {
+        if byte0 & 0b1000 != 0 && qos == QoS::AtMostOnce {
             return None;
         }
         let mut cur = Cursor {
@@ -166,9 +164,11 @@ impl Scan {
             return None;
         }
         self.topic = topic;
-        if self.qos != QoS::AtMostOnce {
-            self.packet_id = Some(PacketId::new(cur.u16()?)?);
-        }
+        self.qos = match qos {
+            QoS::AtMostOnce => PublishQoS::AtMostOnce,
+            QoS::AtLeastOnce => PublishQoS::AtLeastOnce(PacketId::new(cur.u16()?)?),
+            QoS::ExactlyOnce => PublishQoS::ExactlyOnce(PacketId::new(cur.u16()?)?),
+        };
         if version.is_v5() {
             let len = cur.varint()? as usize;
             if cur.end - cur.pos < len {
@@ -396,9 +396,9 @@ mod tests {
     /// The fast path takes the usual frames (otherwise it would be a slow path).
     #[test]
     fn fast_path_takes_common_frames() {
-        let mut p = Publish::new("sensors/building-1/floor-2/temp", vec![0x5a; 64]);
-        p.qos = QoS::AtLeastOnce;
-        p.packet_id = PacketId::new(42);
+        let mut p = Publish::new("sensors/building-1/floor-2/temp", vec![0x5a; 64]).with_qos(
+            PublishQoS::AtLeastOnce(PacketId::new(42).expect("non-zero")),
+        );
         let props = p.properties_mut();
         props.payload_format_indicator = Some(1);
         props.message_expiry_interval_secs = Some(3600);

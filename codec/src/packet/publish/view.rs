@@ -89,12 +89,21 @@ impl<'a> PublishPropertiesRef<'a> {
 
     /// Content Type.
     pub fn content_type(&self) -> Option<&'a str> {
-        self.strings().content_type.map(str_from_validated)
+        // SAFETY: `strings` returns a `ByteStr` (owned) or a validated span of a `Received`
+        // (invariant in `received`).
+        #[allow(unsafe_code)]
+        self.strings()
+            .content_type
+            .map(|s| unsafe { str_from_validated(s) })
     }
 
     /// Response Topic.
     pub fn response_topic(&self) -> Option<&'a str> {
-        self.strings().response_topic.map(str_from_validated)
+        // SAFETY: as in `content_type`.
+        #[allow(unsafe_code)]
+        self.strings()
+            .response_topic
+            .map(|s| unsafe { str_from_validated(s) })
     }
 
     /// Correlation Data.
@@ -160,7 +169,9 @@ impl<'a> PublishPropertiesRef<'a> {
             Source::Received(r) => r,
         };
         let slice = |span: Span| r.frame.slice(span.range());
-        let str = |span: Span| ByteStr::from_validated(slice(span));
+        // SAFETY: used only on the string properties of a `Received`, UTF-8 by its invariant.
+        #[allow(unsafe_code)]
+        let str = |span: Span| unsafe { ByteStr::from_validated(slice(span)) };
         let mut out = PublishProperties {
             payload_format_indicator: r.eager.payload_format_indicator,
             message_expiry_interval_secs: r.eager.message_expiry_interval_secs,
@@ -299,10 +310,15 @@ impl<'a> Iterator for UserProperties<'a> {
             Users::Received(props) => {
                 let bytes = props.bytes;
                 props.find_map(|prop| match prop {
-                    RawProp::User(k, v) => Some((
-                        str_from_validated(&bytes[k.range()]),
-                        str_from_validated(&bytes[v.range()]),
-                    )),
+                    // SAFETY: a User Property name and value in a `Received` are UTF-8 by its
+                    // invariant, and `bytes` is its property block.
+                    #[allow(unsafe_code)]
+                    RawProp::User(k, v) => unsafe {
+                        Some((
+                            str_from_validated(&bytes[k.range()]),
+                            str_from_validated(&bytes[v.range()]),
+                        ))
+                    },
                     _ => None,
                 })
             }

@@ -1,19 +1,46 @@
 //! `tern-broker`: the Tern MQTT broker (MQTT 3.1, 3.1.1 and 5.0).
 //!
-//! Layout (see DESIGN.md for the path of one PUBLISH):
-//! - [`config`]: configuration file, defaults and validation.
-//! - [`listener`]: accept loops, connection limit, graceful shutdown.
-//! - [`connection`]: one client connection: CONNECT handshake, packet loop, close.
-//! - [`session`]: per-client state that outlives connections: delivery window and queue,
-//!   subscriptions, inbound QoS 2 state, will and expiry timers.
-//! - [`router`]: the subscription trie and the fan-out of one message.
+//! The modules, in layers: each uses only its own layer and those listed before it
+//! (`tests/layering.rs` keeps it so; DESIGN.md "Ownership").
+//!
+//! Model:
+//! - [`error`]: why a connection ends, and the one mapping to reason codes.
+//! - [`metrics`]: the broker's counters.
+//! - [`message`]: a routed message and its encodings.
+//! - [`config`]: configuration file, defaults, validation, the limits.
+//! - [`auth`]: password files and ACLs (Mosquitto formats).
+//! - [`ip_limits`]: connections and connect rate per IP address.
+//!
+//! Output buffer:
 //! - [`delivery`]: the SharedWriter every producer appends encoded packets to.
-//! - [`retained`], [`will`], [`sys`]: retained messages, will messages, `$SYS` topics.
-//! - [`auth`]: password file and ACL (Mosquitto formats).
-//! - [`bridge`]: Server-Sent Events, the WebSocket JSON API, MQTT over WebSocket and the
-//!   dashboard on the HTTP listener, fed from the router through shared rings.
-//! - [`keep_alive`]: one sweeper enforcing every connection's keep alive.
-//! - [`broker`]: the shared state tying these together; [`metrics`], [`error`].
+//! - [`keep_alive`]: one broker-wide sweeper enforcing every connection's keep alive.
+//!
+//! Session:
+//! - [`session`]: per-client state that outlives connections (delivery window and queue,
+//!   subscription record, inbound QoS 2) and its sans-IO protocol state machine.
+//!
+//! Routing:
+//! - [`backpressure`]: publishers held back by subscribers that cannot keep up.
+//! - [`router`]: the subscription trie and the fan-out of one message (bridges behind a
+//!   sink trait).
+//!
+//! Broker:
+//! - [`broker`]: the broker's private state behind its API: sessions, subscriptions,
+//!   retained messages, wills, offline timers, limits.
+//!
+//! Connection:
+//! - [`connection`]: one client connection: CONNECT handshake, the driver around the
+//!   session machine, the graceful close.
+//!
+//! Transport and HTTP:
+//! - [`listener`]: TCP, TLS and WebSocket listeners under the connection limits.
+//! - [`http`]: the HTTP listener: `/metrics`, `/health`, and the bridges (SSE, WebSocket
+//!   JSON, MQTT over WebSocket, dashboard).
+//! - [`sys`]: the `$SYS/broker/...` statistics.
+//! - [`reload`]: putting a changed configuration in force (SIGHUP).
+//!
+//! Server:
+//! - [`server`]: runs the parts together until shutdown.
 
 pub mod auth;
 pub mod backpressure;

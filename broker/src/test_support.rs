@@ -1,6 +1,8 @@
 //! Helpers for the unit tests of the session, delivery and routing: sessions attached to a
 //! SharedWriter without a socket, messages, and the packets a writer holds, decoded.
 
+// Test-only code (compiled under cfg(test) by its parent):
+#[cfg(test)]
 use std::sync::Arc;
 use std::time::Duration;
 

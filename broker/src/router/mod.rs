@@ -250,61 +250,7 @@ impl Router {
                 .targets
                 .sort_unstable_by_key(|t| (t.session.id, t.group.is_some()));
         }
-        let mut delivered = 0;
-        let pressure_before = scratch.pressure.len();
-        let mut already_slow = 0usize;
-        let mut i = 0;
-        while i < scratch.targets.len() {
-            let first = &scratch.targets[i];
-            let mut qos = first.qos;
-            let mut retain = first.retain;
-            scratch.subscription_ids.clear();
-            scratch.subscription_ids.extend(first.subscription_id);
-            let mut j = i + 1;
-            if first.group.is_none() {
-                while let Some(next) = scratch.targets.get(j) {
-                    if next.group.is_some() || next.session.id != first.session.id {
-                        break;
-                    }
-                    qos = qos.max(next.qos);
-                    retain |= next.retain;
-                    scratch.subscription_ids.extend(next.subscription_id);
-                    j += 1;
-                }
-            }
-            let mut delivery = first.session.delivery();
-            delivery.deliver_via(
-                message,
-                qos,
-                retain,
-                &scratch.subscription_ids,
-                first.group.as_ref().map(|g| g.key()),
-                ctx,
-            );
-            if let Some(writer) = delivery.pressure(ctx) {
-                scratch.pressure.push(Pressure {
-                    session: first.session.clone(),
-                    writer: writer.clone(),
-                });
-            } else if delivery.is_slow() {
-                already_slow += 1;
-            }
-            drop(delivery);
-            delivered += 1;
-            i = j;
-        }
-        scratch.targets.clear();
-        // Back-pressure is for consumers that as a whole cannot keep up. A minority behind
-        // the others are slow consumers: the publisher does not wait for them ([DESIGN.md]
-        // "a slow subscriber slows nobody else"); their buffers fill to the cap, then drop.
-        let pressing = scratch.pressure.len() - pressure_before;
-        if pressing > 0 && (pressing + already_slow) * 2 < delivered {
-            for p in scratch.pressure.drain(pressure_before..) {
-                if p.writer.mark_slow() {
-                    Metrics::add(&ctx.metrics.backpressure_slow_consumers, 1);
-                }
-            }
-        }
+        let delivered = deliver_targets(message, scratch, ctx);
         delivered + deliver_to_bridges(message, &mut scratch.bridges, ctx.metrics)
     }
 
@@ -318,6 +264,73 @@ impl Router {
     pub fn unsubscribe_bridge(&self, filter: &str, ring_id: u64) {
         self.write().remove(filter, &SubKey::Bridge(ring_id));
     }
+}
+
+/// Delivers to the matched targets (sorted so that one session's targets sit side by side),
+/// merging one session's overlapping subscriptions into one delivery; returns how many
+/// deliveries were made. Records the subscribers left over their soft cap for the publisher
+/// to wait for, unless only a minority fell behind: those are marked slow instead.
+fn deliver_targets(
+    message: &Arc<Message>,
+    scratch: &mut RouteScratch,
+    ctx: DeliverCtx<'_>,
+) -> usize {
+    let mut delivered = 0;
+    let pressure_before = scratch.pressure.len();
+    let mut already_slow = 0usize;
+    let mut i = 0;
+    while i < scratch.targets.len() {
+        let first = &scratch.targets[i];
+        let mut qos = first.qos;
+        let mut retain = first.retain;
+        scratch.subscription_ids.clear();
+        scratch.subscription_ids.extend(first.subscription_id);
+        let mut j = i + 1;
+        if first.group.is_none() {
+            while let Some(next) = scratch.targets.get(j) {
+                if next.group.is_some() || next.session.id != first.session.id {
+                    break;
+                }
+                qos = qos.max(next.qos);
+                retain |= next.retain;
+                scratch.subscription_ids.extend(next.subscription_id);
+                j += 1;
+            }
+        }
+        let mut delivery = first.session.delivery();
+        delivery.deliver_via(
+            message,
+            qos,
+            retain,
+            &scratch.subscription_ids,
+            first.group.as_ref().map(|g| g.key()),
+            ctx,
+        );
+        if let Some(writer) = delivery.pressure(ctx) {
+            scratch.pressure.push(Pressure {
+                session: first.session.clone(),
+                writer: writer.clone(),
+            });
+        } else if delivery.is_slow() {
+            already_slow += 1;
+        }
+        drop(delivery);
+        delivered += 1;
+        i = j;
+    }
+    scratch.targets.clear();
+    // Back-pressure is for consumers that as a whole cannot keep up. A minority behind the
+    // others are slow consumers: the publisher does not wait for them ([DESIGN.md] "a slow
+    // subscriber slows nobody else"); their buffers fill to the cap, then drop.
+    let pressing = scratch.pressure.len() - pressure_before;
+    if pressing > 0 && (pressing + already_slow) * 2 < delivered {
+        for p in scratch.pressure.drain(pressure_before..) {
+            if p.writer.mark_slow() {
+                Metrics::add(&ctx.metrics.backpressure_slow_consumers, 1);
+            }
+        }
+    }
+    delivered
 }
 
 /// A subscriber outside MQTT in the trie: the HTTP bridges' rings (SSE, WebSocket JSON).

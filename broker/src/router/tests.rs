@@ -2,6 +2,8 @@
 //! Retain As Published, QoS downgrade, shared groups and bridge sinks, with sessions attached
 //! to SharedWriters and the packets they received decoded.
 
+// Test-only code (compiled under cfg(test) by its parent):
+#[cfg(test)]
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 

@@ -539,9 +539,34 @@ fn write_publish(
         })
     };
     drop(guard);
+    let written = account(link, message, appended, max_len, ctx);
+    if written != Written::Yes {
+        return written;
+    }
+    if let Some((alias, false)) = alias {
+        link.aliases
+            .map
+            .get_or_insert_default()
+            .insert(publish.shared_topic(), alias);
+    }
+    Written::Yes
+}
+
+/// Counts what became of one append: sent, too large for the client, or over the writer's
+/// cap (a slow consumer, kicked once it has been stuck past `slow_consumer_timeout`).
+fn account(
+    link: &Link,
+    message: &Message,
+    appended: Appended,
+    max_len: usize,
+    ctx: DeliverCtx<'_>,
+) -> Written {
     match appended {
-        Appended::Yes => {}
-        Appended::Closed => return Written::Closed,
+        Appended::Yes => {
+            Metrics::add(&ctx.metrics.messages_sent, 1);
+            Written::Yes
+        }
+        Appended::Closed => Written::Closed,
         Appended::TooLarge(len) => {
             Metrics::add(&ctx.metrics.dropped_too_large_for_client, 1);
             tracing::debug!(
@@ -550,24 +575,16 @@ fn write_publish(
                 max_len,
                 "message too large for client: dropped"
             );
-            return Written::Dropped;
+            Written::Dropped
         }
         Appended::OverCap(stuck_since) => {
             Metrics::add(&ctx.metrics.dropped_qos0_slow_consumer, 1);
             if ctx.now.duration_since(stuck_since) >= ctx.slow_consumer_timeout {
                 link.writer.kick(crate::error::Kick::SlowConsumer);
             }
-            return Written::Dropped;
+            Written::Dropped
         }
     }
-    if let Some((alias, false)) = alias {
-        link.aliases
-            .map
-            .get_or_insert_default()
-            .insert(publish.shared_topic(), alias);
-    }
-    Metrics::add(&ctx.metrics.messages_sent, 1);
-    Written::Yes
 }
 
 #[cfg(test)]

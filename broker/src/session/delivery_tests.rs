@@ -2,6 +2,8 @@
 //! client's Receive Maximum, the queue bounds, QoS 1 and 2 out, resend with DUP on resume,
 //! outbound topic aliases, Maximum Packet Size and message expiry, with the time passed in.
 
+// Test-only code (compiled under cfg(test) by its parent):
+#[cfg(test)]
 use std::time::Duration;
 
 use tern_codec::{Packet, ProtocolVersion, PubRel, QoS, ReasonCode};

@@ -1,6 +1,8 @@
 //! Unit tests of the session state machine, with a made-up clock: each input is a packet
 //! and an instant, each output checked as it comes back. No socket, no runtime.
 
+// Test-only code (compiled under cfg(test) by its parent):
+#[cfg(test)]
 use std::num::NonZeroU16;
 use std::sync::Arc;
 use std::time::Duration;

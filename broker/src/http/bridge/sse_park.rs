@@ -281,64 +281,26 @@ async fn write_parked(broker: Broker, ring: Arc<Ring>) {
         std::mem::swap(&mut list, &mut parking.state().parked);
         let now = Instant::now();
         let head = ring.next_id();
-        let mut index = if full { 0 } else { settled.min(list.len()) };
+        let index = if full { 0 } else { settled.min(list.len()) };
         if full {
             next_keepalive = now + keepalive.every;
         }
-        let mut behind = false;
-        let mut steps = 0usize;
-        while index < list.len() {
-            steps += 1;
-            if steps % YIELD_EVERY == 0 {
-                // A pass over thousands of sockets should not hold the worker thread (and the
-                // tasks queued behind it) for its whole length.
-                tokio::task::yield_now().await;
-            }
-            match step(&mut list[index], &ring, &mut batches, now, &keepalive) {
-                Step::Keep => {
-                    let parked = &mut list[index];
-                    if rearm || !parked.armed {
-                        parked.armed = true;
-                        let mut cx = Context::from_waker(&readable_waker);
-                        if parked.stream.poll_read_ready(&mut cx).is_ready() {
-                            // Readable again already: the next pass drains it.
-                            signal.fired.store(true, Ordering::Release);
-                        }
-                    }
-                    behind |= parked.cursor < head;
-                    next_keepalive = next_keepalive.min(parked.last_write + keepalive.every);
-                    index += 1;
-                }
-                Step::Unpark(rest) => {
-                    parking.count.fetch_sub(1, Ordering::Relaxed);
-                    let (stream, subscriber, last_write) = list.swap_remove(index).unpark(rest);
-                    tokio::spawn(super::sse_raw::catch_up(stream, subscriber, last_write));
-                }
-                Step::Gone => {
-                    parking.count.fetch_sub(1, Ordering::Relaxed);
-                    drop(list.swap_remove(index));
-                }
-            }
-        }
+        let pass = Pass {
+            ring: &ring,
+            keepalive: &keepalive,
+            signal: &signal,
+            readable_waker: &readable_waker,
+            now,
+            head,
+            rearm,
+        };
+        let behind = pass
+            .serve(&mut list, index, &mut batches, &mut next_keepalive)
+            .await;
         batches.clear();
-        {
-            let mut state = parking.state();
-            settled = list.len();
-            // Those that parked during the pass join the list; the next pass serves them.
-            list.append(&mut state.parked);
-            std::mem::swap(&mut list, &mut state.parked);
-            if state.parked.is_empty() {
-                state.writer_running = false;
-                return;
-            }
-            let len = state.parked.len();
-            if state.parked.capacity() > 4 * len + 64 {
-                state.parked.shrink_to(2 * len);
-            }
-        }
-        if list.capacity() > 64 {
-            // Newcomers of a connection burst: not worth keeping.
-            list = Vec::new();
+        settled = list.len();
+        if !hand_back(parking, &mut list) {
+            return;
         }
         only_newcomers = false;
         if behind {
@@ -366,6 +328,105 @@ async fn write_parked(broker: Broker, ring: Arc<Ring>) {
             () = any_readable(&signal) => {}
         }
     }
+}
+
+/// One pass of the writer over the parked list: what it needs besides the list.
+struct Pass<'a> {
+    ring: &'a Arc<Ring>,
+    keepalive: &'a KeepAlive,
+    signal: &'a Arc<ReadableSignal>,
+    readable_waker: &'a Waker,
+    now: Instant,
+    /// The ring's next id when the pass began.
+    head: u64,
+    /// Arm every socket's readiness again (one fired).
+    rearm: bool,
+}
+
+impl Pass<'_> {
+    /// Serves the subscribers from `index` on: writes what each has waiting, unparks those
+    /// that fell behind, drops those gone. Returns whether one is still behind the ring;
+    /// lowers `next_keepalive` to the earliest keep-alive due.
+    async fn serve(
+        &self,
+        list: &mut Vec<Parked>,
+        mut index: usize,
+        batches: &mut Vec<Batch>,
+        next_keepalive: &mut Instant,
+    ) -> bool {
+        let parking = &self.ring.parking;
+        let mut behind = false;
+        let mut steps = 0usize;
+        while index < list.len() {
+            steps += 1;
+            if steps % YIELD_EVERY == 0 {
+                // A pass over thousands of sockets should not hold the worker thread (and the
+                // tasks queued behind it) for its whole length.
+                tokio::task::yield_now().await;
+            }
+            match step(
+                &mut list[index],
+                self.ring,
+                batches,
+                self.now,
+                self.keepalive,
+            ) {
+                Step::Keep => {
+                    let parked = &mut list[index];
+                    self.arm(parked);
+                    behind |= parked.cursor < self.head;
+                    *next_keepalive =
+                        (*next_keepalive).min(parked.last_write + self.keepalive.every);
+                    index += 1;
+                }
+                Step::Unpark(rest) => {
+                    parking.count.fetch_sub(1, Ordering::Relaxed);
+                    let (stream, subscriber, last_write) = list.swap_remove(index).unpark(rest);
+                    tokio::spawn(super::sse_raw::catch_up(stream, subscriber, last_write));
+                }
+                Step::Gone => {
+                    parking.count.fetch_sub(1, Ordering::Relaxed);
+                    drop(list.swap_remove(index));
+                }
+            }
+        }
+        behind
+    }
+
+    /// Registers for the socket's readiness (a read means the client went away or sent
+    /// something) unless it is registered and nothing fired.
+    fn arm(&self, parked: &mut Parked) {
+        if self.rearm || !parked.armed {
+            parked.armed = true;
+            let mut cx = Context::from_waker(self.readable_waker);
+            if parked.stream.poll_read_ready(&mut cx).is_ready() {
+                // Readable again already: the next pass drains it.
+                self.signal.fired.store(true, Ordering::Release);
+            }
+        }
+    }
+}
+
+/// Puts the served `list` back as the parked list, with those that parked during the pass
+/// behind it (the next pass serves them); `list` gets the old (empty) vector. Returns
+/// `false`, with the writer marked stopped, when nobody is parked any more.
+fn hand_back(parking: &Parking, list: &mut Vec<Parked>) -> bool {
+    let mut state = parking.state();
+    list.append(&mut state.parked);
+    std::mem::swap(list, &mut state.parked);
+    if state.parked.is_empty() {
+        state.writer_running = false;
+        return false;
+    }
+    let len = state.parked.len();
+    if state.parked.capacity() > 4 * len + 64 {
+        state.parked.shrink_to(2 * len);
+    }
+    if list.capacity() > 64 {
+        // Newcomers of a connection burst: not worth keeping.
+        *list = Vec::new();
+    }
+    true
 }
 
 /// Drops every parked subscriber (closing its socket) and refuses new ones.

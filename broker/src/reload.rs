@@ -8,8 +8,9 @@
 //!   rings already hold ([`crate::http::bridge::Bridges::reapply_acl`]), and WebSocket JSON
 //!   clients publish under them from their next op;
 //! - `[limits]`: for new connections and the broker-wide checks (per-IP limits, connect
-//!   timeout, slow-consumer timeout); connected clients keep the limits they connected
-//!   under; `max_connections` needs a restart;
+//!   timeout, slow-consumer timeout) and the HTTP bridges, which read the limits in force
+//!   on every request; connected MQTT clients keep the limits they connected under;
+//!   `max_connections` needs a restart;
 //! - `[log] level`.
 //!
 //! An invalid new configuration changes nothing: the old one stays in force and the error

@@ -1,6 +1,7 @@
-//! Where a connection applies [`crate::auth`]: the password check at CONNECT, the will's
-//! write check, the read check of each SUBSCRIBE filter, the write check of each PUBLISH,
-//! and re-applying the ACL to the subscriptions of a resumed session.
+//! Where the CONNECT handshake applies [`crate::auth`]: the password check and the will's
+//! write check. The client's ACL then goes to its session machine
+//! ([`crate::session::machine`]), which checks each PUBLISH and SUBSCRIBE against it; the
+//! broker re-applies it to a resumed session's subscriptions ([`crate::broker::Broker::reapply_acl`]).
 //!
 //! Read access at delivery is checked in the router, with the [`ClientAcl`] a subscription
 //! was granted under (only for subscriptions whose filter the ACL does not wholly allow),

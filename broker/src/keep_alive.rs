@@ -2,7 +2,7 @@
 //! timer per connection.
 //!
 //! A connection with a keep alive stores its deadline (milliseconds on this module's clock)
-//! in its [`SharedWriter`] each time it receives bytes, and is registered here once. The
+//! in its SharedWriter's control block ([`crate::delivery::control::Control`]) each time it receives bytes, and is registered here once. The
 //! sweeper wakes every [`TICK_MS`], looks only at the connections whose last known deadline
 //! falls in the ticks that passed, kicks those still past it with Keep Alive Timeout (0x8D)
 //! and files the others under their new deadline. A connection is thus looked at about once
@@ -67,11 +67,11 @@ impl KeepAlive {
     /// called from within the runtime (it may start the sweeper).
     pub fn watch(self: &Arc<Self>, writer: &Arc<SharedWriter>, timeout: Duration) {
         let timeout_ms = timeout.as_millis().min(u128::from(u32::MAX)) as u64;
-        writer.set_keep_alive_ms(timeout_ms);
+        writer.control().set_keep_alive_ms(timeout_ms);
         let deadline = self.now_ms() + timeout_ms;
-        writer.set_keep_alive_deadline_ms(deadline);
+        writer.control().set_keep_alive_deadline_ms(deadline);
         let tick = tick_of(deadline);
-        writer.set_keep_alive_tick(tick as u32);
+        writer.control().set_keep_alive_tick(tick as u32);
         self.wheel()
             .entry(tick)
             .or_default()
@@ -87,7 +87,7 @@ impl KeepAlive {
     pub fn unwatch(&self, writer: &Arc<SharedWriter>) {
         // Read under the lock: the sweeper re-files (and re-ticks) under it too.
         let mut wheel = self.wheel();
-        let tick = u64::from(writer.keep_alive_tick());
+        let tick = u64::from(writer.control().keep_alive_tick());
         if let Some(filed) = wheel.get_mut(&tick) {
             filed.retain(|weak| weak.as_ptr() != Arc::as_ptr(writer));
             if filed.is_empty() {
@@ -109,15 +109,15 @@ impl KeepAlive {
             let Some(writer) = weak.upgrade() else {
                 continue; // the connection is gone
             };
-            if writer.kicked().is_some() || writer.lock().is_closed() {
+            if writer.control().kicked().is_some() || writer.lock().is_closed() {
                 continue;
             }
-            let deadline = writer.keep_alive_deadline_ms();
+            let deadline = writer.control().keep_alive_deadline_ms();
             if deadline <= now_ms {
-                writer.kick(Kick::KeepAlive);
+                writer.control().kick(Kick::KeepAlive);
             } else {
                 // Paused reading (NO_DEADLINE_MS) is looked at again one period later.
-                let next = deadline.min(now_ms.saturating_add(writer.keep_alive_ms()));
+                let next = deadline.min(now_ms.saturating_add(writer.control().keep_alive_ms()));
                 refile.push((next, weak));
             }
         }
@@ -125,7 +125,7 @@ impl KeepAlive {
         for (deadline, weak) in refile {
             let tick = tick_of(deadline);
             if let Some(writer) = weak.upgrade() {
-                writer.set_keep_alive_tick(tick as u32);
+                writer.control().set_keep_alive_tick(tick as u32);
             }
             wheel.entry(tick).or_default().push(weak);
         }
@@ -172,13 +172,13 @@ mod tests {
         ka.watch(&busy, Duration::from_millis(1000));
         let t0 = ka.now_ms();
         assert!(ka.sweep_once(t0 + 500));
-        assert_eq!(idle.kicked(), None, "not before the deadline");
-        busy.set_keep_alive_deadline_ms(t0 + 1800);
+        assert_eq!(idle.control().kicked(), None, "not before the deadline");
+        busy.control().set_keep_alive_deadline_ms(t0 + 1800);
         assert!(ka.sweep_once(t0 + 1100));
-        assert_eq!(idle.kicked(), Some(Kick::KeepAlive));
-        assert_eq!(busy.kicked(), None, "traffic moved its deadline");
+        assert_eq!(idle.control().kicked(), Some(Kick::KeepAlive));
+        assert_eq!(busy.control().kicked(), None, "traffic moved its deadline");
         assert!(!ka.sweep_once(t0 + 1900), "nothing left filed");
-        assert_eq!(busy.kicked(), Some(Kick::KeepAlive));
+        assert_eq!(busy.control().kicked(), Some(Kick::KeepAlive));
     }
 
     #[tokio::test]
@@ -192,7 +192,7 @@ mod tests {
         assert_eq!(ka.wheel().values().map(Vec::len).sum::<usize>(), 1);
         // Also after a refile under a later tick.
         let t0 = ka.now_ms();
-        other.set_keep_alive_deadline_ms(t0 + 5000);
+        other.control().set_keep_alive_deadline_ms(t0 + 5000);
         assert!(ka.sweep_once(t0 + 1100));
         ka.unwatch(&other);
         assert!(ka.wheel().is_empty());
@@ -206,10 +206,10 @@ mod tests {
         let gone = Arc::new(SharedWriter::new(1024));
         ka.watch(&gone, Duration::from_millis(1000));
         drop(gone);
-        paused.set_keep_alive_deadline_ms(NO_DEADLINE_MS);
+        paused.control().set_keep_alive_deadline_ms(NO_DEADLINE_MS);
         let t0 = ka.now_ms();
         assert!(ka.sweep_once(t0 + 1100), "the paused one stays filed");
-        assert_eq!(paused.kicked(), None);
+        assert_eq!(paused.control().kicked(), None);
         assert_eq!(ka.wheel().values().map(Vec::len).sum::<usize>(), 1);
     }
 }

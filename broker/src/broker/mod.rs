@@ -149,7 +149,7 @@ impl Broker {
         self.inner.shutdown_tx.send_replace(true);
         for entry in self.inner.sessions.iter() {
             if let Some(writer) = entry.value().delivery().link_writer() {
-                writer.kick(crate::error::Kick::Shutdown);
+                writer.control().kick(crate::error::Kick::Shutdown);
             }
         }
     }

@@ -94,7 +94,7 @@ impl Broker {
         if let Some(old) = replaced {
             if let Some(link) = old.delivery().take_link() {
                 Metrics::add(&self.inner.metrics.session_takeovers, 1);
-                link.writer.kick(crate::error::Kick::TakenOver);
+                link.writer.control().kick(crate::error::Kick::TakenOver);
             }
             self.end_session(&old);
         }
@@ -200,7 +200,7 @@ impl Broker {
             delivery.take_link()
         };
         if let Some(link) = attached {
-            link.writer.kick(crate::error::Kick::TakenOver);
+            link.writer.control().kick(crate::error::Kick::TakenOver);
         }
         self.release_session(session);
     }

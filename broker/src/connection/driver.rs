@@ -58,7 +58,7 @@ impl Connection {
             self.broker.keep_alive().watch(&self.out, timeout);
         }
         loop {
-            if let Some(kick) = self.out.kicked() {
+            if let Some(kick) = self.out.control().kicked() {
                 return kick.into();
             }
             if let Err(close) = self.handle_buffered(reader) {
@@ -114,6 +114,7 @@ impl Connection {
         if self.has_pressure() {
             // The client is not late while we do not read it.
             self.out
+                .control()
                 .set_keep_alive_deadline_ms(crate::keep_alive::NO_DEADLINE_MS);
             // Boxed: its state costs memory only while a publisher waits.
             Box::pin(self.wait_for_subscribers()).await;
@@ -125,6 +126,7 @@ impl Connection {
         // that its timer costs memory only while a client is throttled.
         Metrics::add(&self.broker.metrics().publish_throttled, 1);
         self.out
+            .control()
             .set_keep_alive_deadline_ms(crate::keep_alive::NO_DEADLINE_MS);
         let closed = Box::pin(pause_until(resume_at, &self.out)).await;
         self.alive();
@@ -152,7 +154,7 @@ impl Connection {
         std::future::poll_fn(move |cx| {
             // Output, a kick or a shutdown (a kick too); checked at the top of the loop.
             // Also polled while writing: a kick must not wait for a stuck socket.
-            if out.poll_notified(cx).is_ready() {
+            if out.control().poll_notified(cx).is_ready() {
                 return Poll::Ready(Wake::Woken);
             }
             if writing {
@@ -170,6 +172,7 @@ impl Connection {
         if let Some(timeout) = self.keep_alive_timeout {
             let now_ms = self.broker.keep_alive().now_ms();
             self.out
+                .control()
                 .set_keep_alive_deadline_ms(now_ms + timeout.as_millis() as u64);
         }
     }
@@ -349,12 +352,12 @@ async fn pause_until(
     let sleep = tokio::time::sleep_until(resume_at);
     tokio::pin!(sleep);
     loop {
-        if let Some(kick) = out.kicked() {
+        if let Some(kick) = out.control().kicked() {
             return Some(kick.into());
         }
         tokio::select! {
             biased;
-            _ = out.notified() => {}
+            _ = out.control().notified() => {}
             _ = &mut sleep => return None,
         }
     }

@@ -247,7 +247,7 @@ fn attach(
         if let Some(old) = delivery.take_link() {
             // [MQTT-3.1.4-3]: the existing connection gets DISCONNECT 0x8E and is closed.
             Metrics::add(&broker.metrics().session_takeovers, 1);
-            old.writer.kick(crate::error::Kick::TakenOver);
+            old.writer.control().kick(crate::error::Kick::TakenOver);
         }
         let generation = session.next_generation();
         broker.session_resumed(&session);

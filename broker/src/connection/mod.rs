@@ -335,8 +335,9 @@ mod tests {
         assert!(size <= 480, "the connection future grew to {size} bytes");
         assert!(std::mem::size_of::<Connection>() <= 160);
         // One per connection: a few more bytes here move its Arc into the next size class
-        // of the allocator for every connection.
-        assert!(std::mem::size_of::<SharedWriter>() <= 120);
+        // of the allocator (jemalloc: 160 bytes holds the Arc's 16 and up to 144) for every
+        // connection.
+        assert!(std::mem::size_of::<SharedWriter>() <= 144);
         drop(future);
         drop(client);
     }

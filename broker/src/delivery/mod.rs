@@ -1,4 +1,6 @@
 //! The write side of a connection: [`shared_writer::SharedWriter`], the byte-capped output
-//! buffer that any task appends to and the connection's own task drains.
+//! buffer that any task appends to and the connection's own task drains, and beside it
+//! the connection's [`control::Control`] block (wake-ups, kick, keep-alive state).
 
+pub mod control;
 pub mod shared_writer;

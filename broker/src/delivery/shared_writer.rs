@@ -17,16 +17,11 @@ use std::sync::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
 use bytes::BytesMut;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use futures_util::task::AtomicWaker;
+pub use super::control::NO_DEADLINE_MS;
 
-/// Keep-alive deadline meaning "not now" (a connection whose reading is paused by the
-/// broker): see [`crate::keep_alive`].
-pub const NO_DEADLINE_MS: u64 = u64::MAX;
-
-use crate::error::Kick;
+use super::control::Control;
 
 /// Buffers above this capacity are dropped instead of kept after a flush, so an idle
 /// connection does not hold a large allocation (DESIGN.md "Idle connections").
@@ -36,21 +31,8 @@ pub const KEEP_CAPACITY_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct SharedWriter {
     state: Mutex<WriterState>,
-    /// The connection's task, woken for output to write, a close or a kick. Polled, not a
-    /// `Notify`: waiting on it takes no room in the task's future (see `poll_notified`).
-    waker: AtomicWaker,
-    /// A wake-up not yet seen by the task (kept like a permit, so none is lost).
-    woken: AtomicBool,
-    /// Why the connection must close: a [`Kick`] as its byte, 0 while it may go on.
-    kick: AtomicU8,
-    /// The connection's keep-alive timeout in ms (0: none), for [`crate::keep_alive`].
-    keep_alive_ms: AtomicU32,
-    /// The keep-alive wheel's tick this connection is filed under, so that it can be
-    /// taken out when the connection ends (see [`crate::keep_alive::KeepAlive::unwatch`]).
-    keep_alive_tick: AtomicU32,
-    /// When the connection times out unless it receives something, in ms on the
-    /// [`crate::keep_alive::KeepAlive`] clock.
-    keep_alive_deadline_ms: AtomicU64,
+    /// Wake-ups, kick and keep-alive state of the connection: not the buffer's business.
+    control: Control,
     /// Byte cap for QoS 0 appends.
     cap_bytes: u32,
     /// Above this many buffered bytes, publishers hold back (see [`crate::backpressure`]).
@@ -159,7 +141,7 @@ impl Drop for WriteGuard<'_> {
             .store(clamp_u32(self.state.buf.len()), Ordering::Relaxed);
         let now_non_empty = !self.state.buf.is_empty();
         if self.was_empty && now_non_empty {
-            self.writer.wake();
+            self.writer.control.wake();
         }
     }
 }
@@ -184,12 +166,7 @@ impl SharedWriter {
                 closed: false,
                 over_cap_since: None,
             }),
-            waker: AtomicWaker::new(),
-            woken: AtomicBool::new(false),
-            kick: AtomicU8::new(0),
-            keep_alive_ms: AtomicU32::new(0),
-            keep_alive_tick: AtomicU32::new(0),
-            keep_alive_deadline_ms: AtomicU64::new(NO_DEADLINE_MS),
+            control: Control::default(),
             // Stored as u32 (every connection has one): caps beyond 4 GiB mean "no cap".
             cap_bytes: u32::try_from(cap_bytes).unwrap_or(u32::MAX),
             soft_cap_bytes: u32::try_from(soft_cap_bytes).unwrap_or(u32::MAX),
@@ -255,82 +232,12 @@ impl SharedWriter {
         let mut guard = self.lock();
         guard.state.closed = true;
         drop(guard);
-        self.wake();
+        self.control.wake();
     }
 
-    /// Asks the connection to close for `reason` (takeover, slow consumer, keep alive,
-    /// shutdown; sent as DISCONNECT to 5.0 clients). The first reason stays.
-    pub fn kick(&self, reason: Kick) {
-        let _ = self
-            .kick
-            .compare_exchange(0, reason.to_u8(), Ordering::AcqRel, Ordering::Acquire);
-        self.wake();
-    }
-
-    /// Sets the keep-alive timeout the sweeper re-checks this connection after.
-    pub fn set_keep_alive_ms(&self, timeout_ms: u64) {
-        let ms = u32::try_from(timeout_ms).unwrap_or(u32::MAX);
-        self.keep_alive_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Records the keep-alive wheel tick this connection is filed under.
-    pub fn set_keep_alive_tick(&self, tick: u32) {
-        self.keep_alive_tick.store(tick, Ordering::Relaxed);
-    }
-
-    /// The keep-alive wheel tick this connection is filed under.
-    pub fn keep_alive_tick(&self) -> u32 {
-        self.keep_alive_tick.load(Ordering::Relaxed)
-    }
-
-    /// The keep-alive timeout in ms (0: none).
-    pub fn keep_alive_ms(&self) -> u64 {
-        u64::from(self.keep_alive_ms.load(Ordering::Relaxed))
-    }
-
-    /// Moves the keep-alive deadline (ms on the broker's keep-alive clock;
-    /// [`NO_DEADLINE_MS`] while the broker itself pauses reading).
-    pub fn set_keep_alive_deadline_ms(&self, deadline_ms: u64) {
-        self.keep_alive_deadline_ms
-            .store(deadline_ms, Ordering::Relaxed);
-    }
-
-    /// The keep-alive deadline, see [`SharedWriter::set_keep_alive_deadline_ms`].
-    pub fn keep_alive_deadline_ms(&self) -> u64 {
-        self.keep_alive_deadline_ms.load(Ordering::Relaxed)
-    }
-
-    /// The reason the connection was asked to close with, if it was.
-    pub fn kicked(&self) -> Option<Kick> {
-        Kick::from_u8(self.kick.load(Ordering::Acquire))
-    }
-
-    /// Wakes the connection's task (or leaves the wake-up for its next poll).
-    fn wake(&self) {
-        self.woken.store(true, Ordering::Release);
-        self.waker.wake();
-    }
-
-    /// Ready once after an append made an empty buffer non-empty, a `close` or a
-    /// [`SharedWriter::kick`] since the last time it was ready. Only the connection's own
-    /// task may poll this (one waker is kept).
-    pub fn poll_notified(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.woken.swap(false, Ordering::AcqRel) {
-            return Poll::Ready(());
-        }
-        self.waker.register(cx.waker());
-        if self.woken.swap(false, Ordering::AcqRel) {
-            return Poll::Ready(());
-        }
-        Poll::Pending
-    }
-
-    /// [`SharedWriter::poll_notified`] as a future.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: a wake-up that comes while nobody waits is kept.
-    pub async fn notified(&self) {
-        std::future::poll_fn(|cx| self.poll_notified(cx)).await;
+    /// The connection's control block: wake-ups, kick, keep alive.
+    pub fn control(&self) -> &Control {
+        &self.control
     }
 
     /// Since when the buffer has been over its cap without draining, if it is.

@@ -580,7 +580,7 @@ fn account(
         Appended::OverCap(stuck_since) => {
             Metrics::add(&ctx.metrics.dropped_qos0_slow_consumer, 1);
             if ctx.now.duration_since(stuck_since) >= ctx.slow_consumer_timeout {
-                link.writer.kick(crate::error::Kick::SlowConsumer);
+                link.writer.control().kick(crate::error::Kick::SlowConsumer);
             }
             Written::Dropped
         }

@@ -88,6 +88,10 @@ pub enum Close {
     /// CONNECT was refused with a CONNACK carrying this reason code.
     #[error("connection refused ({0:?})")]
     Refused(ReasonCode),
+    /// A 5.0 CONNECT that could not be decoded, answered by a CONNACK with the error's
+    /// reason code.
+    #[error("CONNECT refused: {0}")]
+    RefusedMalformed(DecodeError),
 }
 
 impl Close {
@@ -99,7 +103,8 @@ impl Close {
             | Close::PeerGone
             | Close::Io(_)
             | Close::ConnectTimeout
-            | Close::Refused(_) => None,
+            | Close::Refused(_)
+            | Close::RefusedMalformed(_) => None,
             Close::Protocol(e) => Some(e.reason_code()),
             Close::TakenOver => Some(ReasonCode::SESSION_TAKEN_OVER),
             Close::SlowConsumer => Some(ReasonCode::QUOTA_EXCEEDED),
@@ -120,7 +125,10 @@ impl Close {
     pub fn publishes_will(&self) -> bool {
         match self {
             Close::ClientDisconnect(reason) => *reason != ReasonCode::SUCCESS,
-            Close::Shutdown | Close::ConnectTimeout | Close::Refused(_) => false,
+            Close::Shutdown
+            | Close::ConnectTimeout
+            | Close::Refused(_)
+            | Close::RefusedMalformed(_) => false,
             _ => true,
         }
     }

@@ -19,7 +19,8 @@ pub const MAX_PACKET_SIZE_BYTES: u32 = varint::VARINT_MAX + 5;
 /// Decodes a stream of MQTT frames, one connection's worth.
 #[derive(Debug, Clone)]
 pub struct Decoder {
-    /// Protocol version; `None` on the server side until CONNECT has been decoded.
+    /// Protocol version; `None` on the server side until CONNECT has been decoded, or
+    /// until a CONNECT that fails to decode has shown its protocol name and level.
     version: Option<ProtocolVersion>,
     /// Largest accepted packet, fixed header included.
     max_packet_size_bytes: u32,
@@ -59,8 +60,30 @@ impl Decoder {
     }
 
     /// The protocol version in use, once known.
+    ///
+    /// After a CONNECT that failed to decode, this is the version its protocol name and
+    /// level declare (when they are whole and supported), so that a server can still
+    /// answer a CONNACK with the reason code in that version's encoding ([MQTT-4.13.1-1]
+    /// lets it).
     pub fn version(&self) -> Option<ProtocolVersion> {
         self.version
+    }
+
+    /// Before the version is known: takes it from the start of a CONNECT frame in `frame`
+    /// (fixed header first), if its protocol name and level are there and supported.
+    fn learn_declared_version(&mut self, frame: &[u8]) {
+        if self.version.is_some() || frame.first().map(|b| b >> 4) != Some(kind::CONNECT) {
+            return;
+        }
+        let Ok(Peek::Done(_, len_bytes)) = varint::peek(&frame[1..]) else {
+            return;
+        };
+        // The name (at most "MQIsdp", with its length) and the level: 9 bytes.
+        let rest = &frame[(1 + len_bytes).min(frame.len())..];
+        let mut body = Bytes::copy_from_slice(&rest[..rest.len().min(9)]);
+        if let Ok(version) = crate::packet::Connect::decode_protocol(&mut body) {
+            self.version = Some(version);
+        }
     }
 
     /// Sets the protocol version (e.g. a client after sending CONNECT).
@@ -83,9 +106,14 @@ impl Decoder {
     /// Any [`DecodeError`]; [`DecodeError::reason_code`] says what to answer.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
         let (byte0, header_len, total_len) = match self.state {
-            DecodeState::Header => match self.decode_header(buf)? {
-                Some(header) => header,
-                None => return Ok(None),
+            DecodeState::Header => match self.decode_header(buf) {
+                Ok(Some(header)) => header,
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    // A CONNECT too large still says its version in its first bytes.
+                    self.learn_declared_version(buf);
+                    return Err(e);
+                }
             },
             DecodeState::Body {
                 byte0,
@@ -121,6 +149,7 @@ impl Decoder {
         header_len: usize,
         version: ProtocolVersion,
     ) -> Result<Option<Packet>, DecodeError> {
+        self.learn_declared_version(&frame);
         let packet = Packet::decode_body(byte0, frame, header_len, version)?;
         if let Packet::Connect(connect) = &packet {
             self.version = Some(connect.protocol);

@@ -105,6 +105,12 @@ pub enum DecodeError {
     /// No Local set on a shared subscription ([MQTT-3.8.3-4]: "It is a Protocol Error").
     #[error("no local on a shared subscription")]
     NoLocalOnSharedSubscription,
+    /// Topic Alias 0 in a PUBLISH ([MQTT-3.3.2-8]).
+    #[error("topic alias 0")]
+    TopicAliasZero,
+    /// A Response Topic with wildcards ([MQTT-3.3.2-14]).
+    #[error("response topic with wildcards")]
+    InvalidResponseTopic,
     /// A reason code that is not legal in this packet.
     #[error("invalid reason code 0x{0:02X}")]
     InvalidReasonCode(u8),
@@ -120,10 +126,15 @@ impl DecodeError {
         use DecodeError::*;
         match self {
             PacketTooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
+            // 0x94 Topic Alias invalid names an alias the receiver cannot take; 0 is one.
+            TopicAliasZero => ReasonCode::TOPIC_ALIAS_INVALID,
             InvalidTopicName => ReasonCode::TOPIC_NAME_INVALID,
             InvalidTopicFilter => ReasonCode::TOPIC_FILTER_INVALID,
             UnsupportedProtocolVersion(_) => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+            // [MQTT-3.3.1-2] and [MQTT-3.3.2-14] break a rule of well-formed fields.
             DuplicateProperty(_)
+            | DupWithQoS0
+            | InvalidResponseTopic
             | InvalidPropertyValue(_)
             | EmptyTopicWithoutAlias
             | EmptySubscription
@@ -140,7 +151,6 @@ impl DecodeError {
             | InvalidConnectFlags
             | PasswordWithoutUsername
             | InvalidQoS
-            | DupWithQoS0
             | ZeroPacketId
             | UnknownProperty(_)
             | PropertyNotAllowed(_)

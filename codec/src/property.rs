@@ -99,9 +99,13 @@ impl Prop {
             | id::TOPIC_ALIAS_MAXIMUM
             | id::TOPIC_ALIAS => {
                 let v = read_u16(buf)?;
-                // Receive Maximum 0 and Topic Alias 0 are protocol errors (3.1.2.11.3, 3.3.2.3.4).
-                if v == 0 && matches!(ident, id::RECEIVE_MAXIMUM | id::TOPIC_ALIAS) {
+                // Receive Maximum 0 is a protocol error (3.1.2.11.3).
+                if v == 0 && ident == id::RECEIVE_MAXIMUM {
                     return Err(DecodeError::InvalidPropertyValue(ident));
+                }
+                // [MQTT-3.3.2-8]: Topic Alias 0 is not permitted (0x94 Topic Alias invalid).
+                if v == 0 && ident == id::TOPIC_ALIAS {
+                    return Err(DecodeError::TopicAliasZero);
                 }
                 Prop::U16(ident, v)
             }
@@ -523,7 +527,7 @@ impl PropertySet for PublishProperties {
             Prop::Str(id::CONTENT_TYPE, v) => set_once(&mut self.content_type, v, id::CONTENT_TYPE),
             Prop::Str(id::RESPONSE_TOPIC, v) => {
                 // [MQTT-3.3.2-14]: the Response Topic is a topic name (no wildcards).
-                crate::topic::validate_name(&v)?;
+                crate::topic::validate_name(&v).map_err(|_| DecodeError::InvalidResponseTopic)?;
                 set_once(&mut self.response_topic, v, id::RESPONSE_TOPIC)
             }
             Prop::Binary(id::CORRELATION_DATA, v) => {

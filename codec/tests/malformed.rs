@@ -21,6 +21,7 @@ const UNSUPPORTED_VERSION: u8 = 0x84;
 const TOPIC_FILTER_INVALID: u8 = 0x8F;
 const TOPIC_NAME_INVALID: u8 = 0x90;
 const PACKET_TOO_LARGE: u8 = 0x95;
+const TOPIC_ALIAS_INVALID: u8 = 0x94;
 
 /// A length-prefixed string or binary field.
 fn s(text: impl AsRef<[u8]>) -> Vec<u8> {
@@ -378,8 +379,8 @@ fn mqtt_3_3_2_14_response_topic_without_wildcards() {
     rejects(
         V5,
         &frame(0x30, &[&s("t"), &props]),
-        DecodeError::InvalidTopicName,
-        TOPIC_NAME_INVALID,
+        DecodeError::InvalidResponseTopic,
+        PROTOCOL_ERROR,
     );
 }
 
@@ -398,8 +399,8 @@ fn mqtt_3_3_2_14_will_response_topic_without_wildcards() {
             Some(&[0x00]),
             &[&s("c"), &block, &s("w"), &s("m")],
         ),
-        DecodeError::InvalidTopicName,
-        TOPIC_NAME_INVALID,
+        DecodeError::InvalidResponseTopic,
+        PROTOCOL_ERROR,
     );
 }
 
@@ -554,13 +555,13 @@ fn mqtt_3_3_1_2_dup_with_qos_0() {
         V3,
         &frame(0x38, &[&s("a")]),
         DecodeError::DupWithQoS0,
-        MALFORMED,
+        PROTOCOL_ERROR,
     );
     rejects(
         V5,
         &frame(0x39, &[&s("a"), &[0]]),
         DecodeError::DupWithQoS0,
-        MALFORMED,
+        PROTOCOL_ERROR,
     );
 }
 
@@ -879,7 +880,7 @@ fn unknown_property_id() {
 }
 
 /// Property values the spec forbids are protocol errors: Receive Maximum 0
-/// (3.1.2.11.3), Maximum Packet Size 0 (3.1.2.11.4), Topic Alias 0 (3.3.2.3.4),
+/// (3.1.2.11.3), Maximum Packet Size 0 (3.1.2.11.4), Topic Alias 0 (3.3.2.3.4, 0x94),
 /// Subscription Identifier 0 (3.3.2.3.8), a boolean byte other than 0 or 1.
 #[test]
 fn forbidden_property_values() {
@@ -904,8 +905,8 @@ fn forbidden_property_values() {
     rejects(
         V5,
         &publish_v5(&[0x23, 0, 0]),
-        DecodeError::InvalidPropertyValue(0x23),
-        PROTOCOL_ERROR,
+        DecodeError::TopicAliasZero,
+        TOPIC_ALIAS_INVALID,
     );
     rejects(
         V5,

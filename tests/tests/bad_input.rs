@@ -408,11 +408,21 @@ fn malformed_cases() -> Vec<(&'static str, Vec<u8>, ReasonCode)> {
             frame(0x36, &publish_body_v5(b"a/b", Some(1), &[], b"x")),
             malformed,
         ),
-        // [MQTT-3.3.1-2]: DUP 1 with QoS 0.
+        // [MQTT-3.3.1-2]: DUP 1 with QoS 0: a well-formed packet breaking a rule (issue #13).
         (
             "mqtt_3_3_1_2 PUBLISH DUP with QoS 0",
             frame(0x38, &publish_body_v5(b"a/b", None, &[], b"x")),
-            malformed,
+            protocol,
+        ),
+        // [MQTT-3.3.2-14]: a Response Topic with wildcards is a protocol error (not 0x90,
+        // which is about the PUBLISH's own topic).
+        (
+            "mqtt_3_3_2_14 response topic with wildcard",
+            frame(
+                0x30,
+                &publish_body_v5(b"a/b", None, &[0x08, 0x00, 0x03, b'r', b'/', b'#'], b"x"),
+            ),
+            protocol,
         ),
         // [MQTT-1.5.4-1]: ill-formed UTF-8 in a topic.
         (
@@ -476,14 +486,14 @@ fn malformed_cases() -> Vec<(&'static str, Vec<u8>, ReasonCode)> {
             frame(0x30, &publish_body_v5(b"a/b", None, &[0x0B, 0x01], b"x")),
             protocol,
         ),
-        // [MQTT-3.3.2-8]: Topic Alias 0 is not permitted (no specific reason code).
+        // [MQTT-3.3.2-8]: Topic Alias 0 is not permitted: 0x94 Topic Alias invalid.
         (
             "mqtt_3_3_2_8 topic alias 0",
             frame(
                 0x30,
                 &publish_body_v5(b"a/b", None, &[0x23, 0x00, 0x00], b"x"),
             ),
-            protocol,
+            ReasonCode::TOPIC_ALIAS_INVALID,
         ),
         // 3.3.2.1: "It is a Protocol Error if the Topic Name is zero length and there is no
         // Topic Alias" (0x82, not 0x90 Topic Name invalid).

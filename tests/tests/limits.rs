@@ -11,17 +11,22 @@ use tern_tests::{duplex_client, TestBroker};
 const V5: ProtocolVersion = ProtocolVersion::V5;
 const V3: ProtocolVersion = ProtocolVersion::V3_1_1;
 
-/// A TCP connection the broker closes before any CONNACK.
-async fn assert_refused(broker: &TestBroker) {
-    let mut client = broker.raw(V5).await;
-    // The broker drops the socket right after accept; a CONNECT either fails to send or
-    // gets no answer but the close.
-    let connect = Packet::Connect(Box::new(tern_codec::Connect::new(V5, "refused")));
-    let _ = client.try_send_bytes(&connect.to_bytes(V5)).await;
-    assert!(
-        client.recv_or_eof().await.is_none(),
-        "connection must be closed without CONNACK"
-    );
+/// A TCP connection over a limit: its CONNECT gets CONNACK `code` (5.0) or 0x03 Server
+/// unavailable (3.1.1, which has neither Server busy nor Quota exceeded), then the close.
+async fn assert_refused(broker: &TestBroker, code: ReasonCode) {
+    for (version, wire) in [(V5, code), (V3, ReasonCode(0x03))] {
+        let mut client = broker.raw(version).await;
+        let connect = Packet::Connect(Box::new(tern_codec::Connect::new(version, "refused")));
+        client.send_bytes(&connect.to_bytes(version)).await;
+        let (reply, closed) = client.read_to_close(Duration::from_secs(2)).await;
+        assert!(closed, "{version:?}: not closed");
+        let expected: &[u8] = if version.is_v5() {
+            &[0x20, 0x03, 0x00, wire.0, 0x00]
+        } else {
+            &[0x20, 0x02, 0x00, wire.0]
+        };
+        assert_eq!(reply, expected, "{version:?}");
+    }
 }
 
 #[tokio::test]
@@ -29,10 +34,11 @@ async fn max_connections_total() {
     let broker = TestBroker::start_with(|c| c.limits.max_connections = 2).await;
     let _a = broker.client(V5, "a").await;
     let _b = broker.client(V3, "b").await;
-    assert_refused(&broker).await;
+    // Issue #13: 0x89 Server busy.
+    assert_refused(&broker, ReasonCode::SERVER_BUSY).await;
     assert_eq!(
         Metrics::get(&broker.broker().metrics().connections_refused_limit),
-        1
+        2
     );
 }
 
@@ -41,10 +47,11 @@ async fn max_connections_per_ip() {
     let broker = TestBroker::start_with(|c| c.limits.max_connections_per_ip = 2).await;
     let a = broker.client(V5, "a").await;
     let _b = broker.client(V5, "b").await;
-    assert_refused(&broker).await;
+    // Issue #13: 0x97 Quota exceeded.
+    assert_refused(&broker, ReasonCode::QUOTA_EXCEEDED).await;
     assert_eq!(
         Metrics::get(&broker.broker().metrics().connections_refused_per_ip),
-        1
+        2
     );
     // A closed connection frees its place.
     a.disconnect().await;
@@ -59,10 +66,11 @@ async fn connect_rate_per_ip() {
     for i in 0..3 {
         clients.push(broker.client(V5, &format!("r{i}")).await);
     }
-    assert_refused(&broker).await;
+    // Issue #13: 0x97 Quota exceeded.
+    assert_refused(&broker, ReasonCode::QUOTA_EXCEEDED).await;
     assert_eq!(
         Metrics::get(&broker.broker().metrics().connections_refused_rate),
-        1
+        2
     );
 }
 

@@ -50,6 +50,9 @@ pub(crate) async fn connect<R: AsyncRead + Unpin>(
             tracing::debug!(%peer, level, "unsupported protocol level");
             return Err(Close::Refused(ReasonCode::UNSUPPORTED_PROTOCOL_VERSION));
         }
+        Ok(Err(Close::Protocol(ProtocolError::Decode(e)))) => {
+            return Err(refuse_undecodable(reader, out, e, peer));
+        }
         Ok(Err(close)) => return Err(close),
         Ok(Ok((packet, read))) => {
             Metrics::add(&broker.metrics().bytes_received, read as u64);
@@ -65,6 +68,30 @@ pub(crate) async fn connect<R: AsyncRead + Unpin>(
         return Err(refuse(out, connect.protocol, code));
     }
     establish(broker, *connect, out, &info)
+}
+
+/// A first packet that failed to decode. When it was a CONNECT whose protocol name and
+/// level came through, a 5.0 client gets CONNACK with the reason code of the error (0x81
+/// malformed, 0x82 protocol error, 0x90 will topic, 0x95 too large: [MQTT-4.13.1-1] lets
+/// the server send it before closing). 3.1.1 has no return code for these and closes
+/// ([MQTT-4.8.0-1]); neither version answers what was not a CONNECT ([MQTT-3.1.0-1]).
+fn refuse_undecodable<R: AsyncRead + Unpin>(
+    reader: &PacketReader<R>,
+    out: &SharedWriter,
+    error: DecodeError,
+    peer: std::net::SocketAddr,
+) -> Close {
+    let close = Close::Protocol(ProtocolError::Decode(error));
+    if reader.decoder().version() != Some(ProtocolVersion::V5) {
+        return close;
+    }
+    tracing::debug!(%peer, %error, "CONNECT refused");
+    let connack = ConnAck {
+        code: error.reason_code(),
+        ..ConnAck::default()
+    };
+    connack.encode(ProtocolVersion::V5, out.lock().buf());
+    Close::RefusedMalformed(error)
 }
 
 fn refuse(out: &SharedWriter, version: ProtocolVersion, code: ReasonCode) -> Close {

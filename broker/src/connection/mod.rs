@@ -154,10 +154,10 @@ where
             let mut connection = match handshake.await {
                 Ok(connection) => Some(connection),
                 Err(close) => {
-                    linger = matches!(close, Close::Refused(_));
+                    linger = matches!(close, Close::Refused(_) | Close::RefusedMalformed(_));
                     match &close {
                         Close::ConnectTimeout => Metrics::add(&self.broker.metrics().timeouts, 1),
-                        Close::Protocol(_) => {
+                        Close::Protocol(_) | Close::RefusedMalformed(_) => {
                             Metrics::add(&self.broker.metrics().protocol_errors, 1)
                         }
                         _ => {}

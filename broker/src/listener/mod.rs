@@ -1,6 +1,7 @@
 //! Listeners: bind the configured addresses and accept MQTT connections (TCP, TLS,
 //! WebSocket) under the connection limits; [`crate::server`] runs them.
 
+mod refuse;
 pub mod tcp;
 pub mod tls;
 pub mod ws;

@@ -9,7 +9,10 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use super::{tls, ws};
+use tern_codec::ReasonCode;
+use tokio::sync::Semaphore;
+
+use super::{refuse, tls, ws};
 use crate::broker::Broker;
 use crate::config::ListenerKind;
 use crate::connection::{self, PeerInfo};
@@ -37,6 +40,7 @@ impl std::fmt::Debug for Transport {
 /// Accepts connections until the task is aborted.
 pub async fn accept_loop(broker: Broker, listener: TcpListener, transport: Arc<Transport>) {
     let mut backoff = Duration::from_millis(5);
+    let refusals = Arc::new(tokio::sync::Semaphore::new(refuse::REFUSAL_BUDGET));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => {
@@ -57,15 +61,15 @@ pub async fn accept_loop(broker: Broker, listener: TcpListener, transport: Arc<T
             Ok(admission) => admission,
             Err(refusal) => {
                 Metrics::add(refusal.counter(broker.metrics()), 1);
-                tracing::debug!(%peer, ?refusal, "per-IP limit: connection closed");
-                drop(stream);
+                tracing::debug!(%peer, ?refusal, "per-IP limit: connection refused");
+                refuse_or_close(stream, &transport, ReasonCode::QUOTA_EXCEEDED, &refusals);
                 continue;
             }
         };
         let Ok(permit) = broker.connection_slots().clone().try_acquire_owned() else {
             Metrics::add(&broker.metrics().connections_refused_limit, 1);
-            tracing::debug!(%peer, "max_connections reached: connection closed");
-            drop(stream);
+            tracing::debug!(%peer, "max_connections reached: connection refused");
+            refuse_or_close(stream, &transport, ReasonCode::SERVER_BUSY, &refusals);
             continue;
         };
         let send_buffer = broker.limits().socket_send_buffer_bytes;
@@ -104,6 +108,19 @@ pub async fn accept_loop(broker: Broker, listener: TcpListener, transport: Arc<T
                 drop(admission);
             });
         }
+    }
+}
+
+/// A connection over a limit: plain TCP gets a CONNACK saying why (within the refusal
+/// budget); TLS and WebSocket would need their handshakes first and are closed.
+fn refuse_or_close(
+    stream: TcpStream,
+    transport: &Transport,
+    code: ReasonCode,
+    budget: &Arc<Semaphore>,
+) {
+    if transport.kind == ListenerKind::Tcp {
+        refuse::refuse(stream, code, budget);
     }
 }
 

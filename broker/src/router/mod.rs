@@ -293,7 +293,7 @@ fn deliver_targets(
                 }
                 qos = qos.max(next.qos);
                 retain |= next.retain;
-                scratch.subscription_ids.extend(next.subscription_id);
+                push_once(&mut scratch.subscription_ids, next.subscription_id);
                 j += 1;
             }
         }
@@ -405,3 +405,9 @@ fn push_target(
 
 #[cfg(test)]
 mod tests;
+
+/// Adds a merged subscription's identifier unless already there: two matching
+/// subscriptions with one identifier put it in the delivered PUBLISH once (issue #13).
+fn push_once(ids: &mut Vec<u32>, id: Option<u32>) {
+    ids.extend(id.filter(|id| !ids.contains(id)));
+}

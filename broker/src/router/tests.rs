@@ -47,6 +47,30 @@ fn overlapping_subscriptions_merge_into_one_copy() {
     assert_eq!(sub_ids, vec![7, 9]);
 }
 
+/// Two matching subscriptions carrying the same Subscription Identifier put it in the
+/// delivered PUBLISH once ([MQTT-3.3.4-3] merging; issue #13), next to a distinct one.
+#[test]
+fn shared_subscription_identifier_delivered_once() {
+    let metrics = Metrics::default();
+    let now = Instant::now();
+    let router = Router::default();
+    let s = session(1, 10);
+    let out = attach(&s, Attach::default(), 1, ctx(&metrics, now));
+    assert!(router.subscribe("a/+", &s, options(QoS::AtMostOnce), Some(7)));
+    assert!(router.subscribe("a/#", &s, options(QoS::AtMostOnce), Some(7)));
+    assert!(router.subscribe("+/b", &s, options(QoS::AtMostOnce), Some(3)));
+    let m = message("a/b", QoS::AtMostOnce, false, None);
+    assert_eq!(
+        router.route(&m, &mut RouteScratch::default(), ctx(&metrics, now)),
+        1
+    );
+    let got = publishes(packets(&out, ProtocolVersion::V5));
+    assert_eq!(got.len(), 1, "one copy: {got:?}");
+    let mut sub_ids = ids(&got[0]);
+    sub_ids.sort_unstable();
+    assert_eq!(sub_ids, vec![3, 7]);
+}
+
 /// [MQTT-3.8.3-3]: No Local keeps a client's own messages from it; others still get them.
 #[test]
 fn no_local_skips_the_publisher_only() {

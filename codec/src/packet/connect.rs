@@ -137,7 +137,8 @@ impl Connect {
                 // [MQTT-3.3.2-14]: the will becomes a PUBLISH, whose Response Topic is a
                 // topic name (no wildcards), as PUBLISH's own property check says.
                 if let Some(response_topic) = &properties.response_topic {
-                    crate::topic::validate_name(response_topic)?;
+                    crate::topic::validate_name(response_topic)
+                        .map_err(|_| DecodeError::InvalidResponseTopic)?;
                 }
                 properties
             } else {

@@ -30,6 +30,8 @@ pub struct Config {
     pub sys: SysConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Persistence of sessions and retained messages.
+    pub persistence: PersistenceConfig,
 }
 
 /// One MQTT listener.
@@ -172,6 +174,41 @@ pub struct SessionConfig {
 pub struct SysConfig {
     /// Period of `$SYS/broker/...` updates in seconds; 0 turns them off.
     pub interval_secs: u64,
+}
+
+/// `[persistence]`: what the broker acknowledged survives a restart, a crash or kill -9.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistenceConfig {
+    /// Whether sessions, subscriptions, queued QoS 1/2 messages and retained messages are
+    /// kept on disk.
+    pub enabled: bool,
+    /// The data directory (log segments, checkpoint, lock file); created if missing.
+    pub dir: PathBuf,
+    /// When an acknowledgement that depends on a record may leave.
+    pub durability: Durability,
+    /// `durability = "write"`: how often the log is fsynced.
+    pub fsync_interval_ms: u64,
+    /// How often the state is checkpointed and the log recycled.
+    pub checkpoint_interval_secs: u64,
+    /// Size of one log segment; a checkpoint is also taken when the log grows past four.
+    pub segment_bytes: u64,
+    /// Disk budget of the data directory; over it QoS 1/2 publishes get 0x97 rather than
+    /// an acknowledgement. 0: no budget.
+    pub max_disk_bytes: u64,
+}
+
+/// When an acknowledgement that depends on a logged record may be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// After the record is fsynced: survives power loss.
+    Sync,
+    /// After the record is written to the kernel: survives a crash of the broker process;
+    /// fsynced every `fsync_interval_ms`.
+    Write,
+    /// No log: only checkpoints (and a clean shutdown) keep state.
+    None,
 }
 
 /// Logging.
@@ -405,6 +442,45 @@ impl Config {
                 "limits.connect_timeout_ms",
                 "0".into(),
                 "at least 1",
+            ));
+        }
+        self.validate_persistence(source_name)
+    }
+
+    fn validate_persistence(&self, source_name: &str) -> Result<(), ConfigError> {
+        let p = &self.persistence;
+        let out_of_range = |key, value: String, allowed| ConfigError::OutOfRange {
+            source_name: source_name.to_string(),
+            key,
+            value,
+            allowed,
+        };
+        if p.enabled && p.dir.as_os_str().is_empty() {
+            return Err(out_of_range(
+                "persistence.dir",
+                "\"\"".into(),
+                "a directory when persistence.enabled",
+            ));
+        }
+        if p.segment_bytes < 1 << 20 || p.segment_bytes > 1 << 32 {
+            return Err(out_of_range(
+                "persistence.segment_bytes",
+                p.segment_bytes.to_string(),
+                "1048576 (1 MiB) to 4294967296 (4 GiB)",
+            ));
+        }
+        if p.checkpoint_interval_secs == 0 {
+            return Err(out_of_range(
+                "persistence.checkpoint_interval_secs",
+                "0".into(),
+                "at least 1",
+            ));
+        }
+        if p.durability == Durability::Write && p.fsync_interval_ms == 0 {
+            return Err(out_of_range(
+                "persistence.fsync_interval_ms",
+                "0".into(),
+                "at least 1 with durability = \"write\"",
             ));
         }
         Ok(())

@@ -245,7 +245,9 @@ impl Env {
         let (mut cmd, port_v5) = match broker {
             "tern" => {
                 let conf = self.scratch.join("tern.toml");
-                fs::write(&conf, tern_config(port))?;
+                let data = self.scratch.join(format!("tern-data-{tag}-{port}"));
+                let _ = fs::remove_dir_all(&data);
+                fs::write(&conf, tern_config(port, &data))?;
                 let mut cmd = Command::new(&self.tern);
                 cmd.arg("--config").arg(&conf);
                 (cmd, port)
@@ -304,14 +306,19 @@ impl Env {
 /// limits and the per-client publish rate limit off (the other two brokers have none, and
 /// every generator connection comes from 127.0.0.1); the HTTP listener (SSE, WebSocket JSON)
 /// on the next port; quiet logs.
-fn tern_config(port: u16) -> String {
+fn tern_config(port: u16, data_dir: &std::path::Path) -> String {
     let http = port + 1;
-    format!(
+    let persistence = format!(
+        "[persistence]\nenabled = true\ndir = \"{}\"\n",
+        data_dir.display()
+    );
+    persistence
+        + &format!(
         "[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:{port}\"\n\n\
          [http]\nenabled = true\nbind = \"127.0.0.1:{http}\"\nmax_bridge_clients = 10000\n\n[limits]\nmax_connections = 100000\n\
          max_connections_per_ip = 0\nmax_connect_rate_per_ip = 0\nmax_publish_rate_per_client = 0\n\
          max_inflight_messages = 1024\nmax_queued_messages = 100000\n\n[log]\nlevel = \"warn\"\n"
-    )
+        )
 }
 
 /// Mosquitto: TCP_NODELAY, no persistence, large queues, same in-flight window as Tern.

@@ -570,7 +570,7 @@ async fn progress(
             ctx.rss_max_kib.fetch_max(rss, Relaxed);
         }
         n += 1;
-        if !print || n % 2 != 0 {
+        if !print || !n.is_multiple_of(2) {
             continue;
         }
         let now = now_ns();

@@ -10,6 +10,9 @@
 //! - [`config`]: configuration file, defaults, validation, the limits.
 //! - [`auth`]: password files and ACLs (Mosquitto formats).
 //! - [`ip_limits`]: connections and connect rate per IP address.
+//! - [`wal`]: the write-ahead log: framed records, group commit, recovery of a torn tail.
+//! - [`journal`]: what the broker acknowledged as records in the log, checkpoints, and the
+//!   state they rebuild.
 //!
 //! Output buffer:
 //! - [`delivery`]: the SharedWriter every producer appends encoded packets to.
@@ -41,16 +44,20 @@
 //!
 //! Server:
 //! - [`server`]: runs the parts together until shutdown.
+//! - [`checkpointer`]: persistence at run time: recovery at start, checkpoints, the last
+//!   one at shutdown.
 
 pub mod auth;
 pub mod backpressure;
 pub mod broker;
+pub mod checkpointer;
 pub mod config;
 pub mod connection;
 pub mod delivery;
 pub mod error;
 pub mod http;
 pub mod ip_limits;
+pub mod journal;
 pub mod keep_alive;
 pub mod listener;
 pub mod message;
@@ -62,6 +69,7 @@ pub mod session;
 pub mod sys;
 #[cfg(test)]
 mod test_support;
+pub mod wal;
 
 pub use broker::Broker;
 pub use config::Config;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tern_broker::config::{Config, LogFormat};
 
 use tern_broker::http::bridge::Bridges;
-use tern_broker::{listener, Broker};
+use tern_broker::listener;
 
 /// Tern: an MQTT 3.1 / 3.1.1 / 5.0 broker.
 #[derive(Debug, Parser)]
@@ -75,6 +75,9 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
+        // Recovery first: a data directory locked by another broker stops us before we
+        // bind, and no client is accepted before the state is back.
+        let opened = tern_broker::checkpointer::open_broker(config.clone())?;
         let listeners = listener::bind_all(&config).await?;
         for bound in &listeners {
             tracing::info!(kind = ?bound.kind, addr = %bound.local_addr()?, "listening");
@@ -83,10 +86,9 @@ fn main() -> anyhow::Result<()> {
         if let Some(http) = &http {
             tracing::info!(addr = %http.local_addr()?, "HTTP listening (/health, /metrics)");
         }
-        let broker = Broker::try_new(config).context("loading the [auth] files")?;
-        let bridges = tern_broker::http::bridge::Bridges::new(broker);
+        let bridges = tern_broker::http::bridge::Bridges::new(opened.broker);
         tokio::spawn(reload_on_sighup(bridges.clone(), args.config.clone(), log));
-        tern_broker::server::run(bridges, listeners, http, shutdown_signal()).await;
+        tern_broker::server::run(bridges, listeners, http, opened.failed, shutdown_signal()).await;
         tracing::info!("stopped");
         anyhow::Ok(())
     })

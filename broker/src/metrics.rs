@@ -99,6 +99,18 @@ counters! {
     bridge_publishes,
     /// WebSocket JSON publishes refused by `ws_publish_rate_per_sec`.
     bridge_publish_throttled,
+    /// Checkpoints written ([persistence]).
+    journal_checkpoints,
+    /// Duration of the last checkpoint in milliseconds.
+    journal_checkpoint_last_ms,
+    /// Size of the last checkpoint in bytes.
+    journal_checkpoint_bytes,
+    /// Records recovered at startup (checkpoint and log).
+    journal_recovered_records,
+    /// Sessions restored at startup.
+    journal_recovered_sessions,
+    /// Time the startup recovery took in milliseconds.
+    journal_recovery_ms,
 }
 
 impl Metrics {

@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
+use crate::checkpointer::{self, Opened};
 use crate::config::Config;
 use crate::http::bridge::Bridges;
 use crate::listener::{self, tcp, Bound};
@@ -25,10 +27,12 @@ pub async fn run(
     bridges: Arc<Bridges>,
     listeners: Vec<Bound>,
     http: Option<TcpListener>,
+    failed: Arc<Notify>,
     shutdown: impl Future<Output = ()>,
 ) {
     let broker = bridges.broker().clone();
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    let checkpoints = tokio::spawn(checkpointer::run(broker.clone(), failed));
     if let Some(http) = http {
         tasks.push(tokio::spawn(crate::http::accept_loop(bridges, http)));
     }
@@ -40,9 +44,15 @@ pub async fn run(
         )));
     }
     tasks.push(tokio::spawn(sys::run(broker.clone())));
-    shutdown.await;
+    // A failed journal stops the broker like a signal (the checkpointer shuts it down).
+    let mut stopped = broker.shutdown_signal();
+    tokio::select! {
+        () = shutdown => {}
+        _ = stopped.wait_for(|stop| *stop) => {}
+    }
     tracing::info!("shutting down");
     broker.shutdown();
+    let _ = checkpoints.await;
     for task in &tasks {
         task.abort();
     }
@@ -54,6 +64,7 @@ pub async fn run(
     {
         tracing::warn!("some connections did not close within {DRAIN_TIMEOUT:?}");
     }
+    checkpointer::finish(&broker).await;
 }
 
 /// A broker started in the background (tests, embedding).
@@ -94,11 +105,11 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
         .collect::<std::io::Result<Vec<_>>>()?;
     let http = listener::bind_http(&config).await?;
     let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
-    let broker = Broker::try_new(config)
+    let Opened { broker, failed } = checkpointer::open_broker(config)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let bridges = Bridges::new(broker.clone());
-    let task = tokio::spawn(run(bridges.clone(), listeners, http, async move {
+    let task = tokio::spawn(run(bridges.clone(), listeners, http, failed, async move {
         let _ = stopped.await;
     }));
     Ok(Running {

@@ -23,6 +23,7 @@ pub(crate) fn ctx(metrics: &Metrics, now: Instant) -> DeliverCtx<'_> {
         now,
         slow_consumer_timeout: Duration::from_secs(30),
         backpressure_queued_messages: usize::MAX,
+        journal: None,
     }
 }
 

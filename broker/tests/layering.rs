@@ -10,7 +10,16 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "model",
-        &["error", "metrics", "message", "config", "auth", "ip_limits"],
+        &[
+            "error",
+            "metrics",
+            "message",
+            "config",
+            "auth",
+            "ip_limits",
+            "wal",
+            "journal",
+        ],
     ),
     ("output buffer", &["delivery", "keep_alive"]),
     ("session", &["session"]),
@@ -18,7 +27,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("broker", &["broker"]),
     ("connection", &["connection"]),
     ("transport and HTTP", &["listener", "http", "sys", "reload"]),
-    ("server", &["server"]),
+    ("server", &["server", "checkpointer"]),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

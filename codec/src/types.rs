@@ -191,6 +191,19 @@ impl SubscriptionOptions {
         }
     }
 
+    /// The options as one byte in the 5.0 layout (for storage).
+    pub fn to_v5_byte(&self) -> u8 {
+        self.encode(ProtocolVersion::V5)
+    }
+
+    /// Options from a byte in the 5.0 layout, checked as a 5.0 SUBSCRIBE would be.
+    ///
+    /// # Errors
+    /// Reserved bits set, QoS 3 or retain handling 3.
+    pub fn from_v5_byte(byte: u8) -> Result<Self, DecodeError> {
+        Self::decode(byte, ProtocolVersion::V5)
+    }
+
     /// The options byte as sent for `version`.
     pub(crate) fn encode(&self, version: ProtocolVersion) -> u8 {
         if version.is_v5() {

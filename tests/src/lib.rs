@@ -26,6 +26,8 @@ pub fn test_config() -> Config {
     config.listeners[0].bind = "127.0.0.1:0".parse().expect("addr");
     config.sys.interval_secs = 0;
     config.http.bind = "127.0.0.1:0".parse().expect("addr");
+    // In memory: tests that persist give a data directory of their own (in a temp dir).
+    config.persistence.enabled = false;
     config
 }
 

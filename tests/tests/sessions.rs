@@ -517,12 +517,12 @@ async fn racer(
     mut settled: tokio::sync::watch::Receiver<bool>,
     handshakes: tokio::sync::mpsc::UnboundedSender<()>,
 ) -> Option<Client> {
-    let version = if i % 3 == 0 { V3 } else { V5 };
+    let version = if i.is_multiple_of(3) { V3 } else { V5 };
     let mut client = Client::tcp(addr, version).await;
     // 3.1.1 racers use Clean Session 1 (else their session never expires); 5.0 racers mix
     // Clean Start 0 and 1 with Session Expiry 0: the old connection's close then ends the
     // session, which must never be the one a new connection just resumed.
-    let clean = version == V3 || i % 2 == 0;
+    let clean = version == V3 || i.is_multiple_of(2);
     let connect = connect_packet(version, "racer", clean, None);
     let mut bytes = Packet::Connect(Box::new(connect))
         .to_bytes(version)

@@ -7,6 +7,8 @@
 //! outside reaches into its fields: connections, the HTTP bridges and `$SYS` call its
 //! methods (open/resume/end a session, subscribe, publish, reload).
 
+mod journaling;
+pub mod persist;
 pub mod retained;
 mod sessions;
 mod subscriptions;
@@ -26,6 +28,7 @@ use crate::auth::{Auth, AuthError, AuthState};
 use crate::backpressure::Relief;
 use crate::config::{Config, HttpConfig, Limits, SessionConfig, SysConfig};
 use crate::ip_limits::IpLimits;
+use crate::journal::Journal;
 use crate::keep_alive::KeepAlive;
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -83,6 +86,8 @@ struct Inner {
     connection_slot_count: u32,
     next_session_id: AtomicU64,
     shutdown_tx: watch::Sender<bool>,
+    /// The journal, when persistence is on: set once, after recovery, before listeners open.
+    journal: std::sync::OnceLock<Arc<Journal>>,
 }
 
 impl Broker {
@@ -137,6 +142,7 @@ impl Broker {
                 ),
                 next_session_id: AtomicU64::new(1),
                 shutdown_tx,
+                journal: std::sync::OnceLock::new(),
                 config,
             }),
         }
@@ -201,6 +207,11 @@ impl Broker {
         &self.inner.config.session
     }
 
+    /// The `[persistence]` section (fixed at startup).
+    pub fn persistence_config(&self) -> &crate::config::PersistenceConfig {
+        &self.inner.config.persistence
+    }
+
     /// The `[sys]` section (fixed at startup).
     pub fn sys_config(&self) -> &SysConfig {
         &self.inner.config.sys
@@ -224,6 +235,9 @@ impl Broker {
         }
         if differs(&old.sys, &new.sys) {
             changed.push("sys");
+        }
+        if old.persistence != new.persistence {
+            changed.push("persistence");
         }
         if old.limits.max_connections != new.limits.max_connections {
             changed.push("limits.max_connections");
@@ -296,7 +310,24 @@ impl Broker {
             backpressure_queued_messages: inner
                 .backpressure_queued_messages
                 .load(Ordering::Relaxed),
+            journal: self.journal(),
         }
+    }
+
+    /// The journal, when persistence is on.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.inner.journal.get().map(|j| &**j)
+    }
+
+    /// Puts the journal in force (once, after recovery and before clients connect): from
+    /// now on persistent sessions and retained messages are logged.
+    pub fn attach_journal(&self, journal: Arc<Journal>) {
+        let _ = self.inner.journal.set(journal);
+    }
+
+    /// How far the journal is durable (`u64::MAX` without one: nothing waits).
+    pub fn durable_position(&self) -> u64 {
+        self.journal().map_or(u64::MAX, Journal::durable)
     }
 
     /// Stores (if RETAIN) and routes a message; returns the number of sessions and bridge
@@ -309,7 +340,7 @@ impl Broker {
     ) -> usize {
         let inner = &self.inner;
         if message.publish().retain {
-            match inner.retained.update(message) {
+            match inner.retained.update(message, self.journal(), now) {
                 1 => Metrics::add(&inner.metrics.retained_messages, 1),
                 -1 => Metrics::sub(&inner.metrics.retained_messages, 1),
                 _ => {}

@@ -11,6 +11,8 @@ use tokio::time::Instant;
 use tern_codec::topic;
 use tern_codec::ByteStr;
 
+use crate::journal::record::Record;
+use crate::journal::{self, Journal};
 use crate::message::Message;
 
 /// Retained messages by topic.
@@ -20,11 +22,19 @@ pub struct RetainedStore {
 }
 
 impl RetainedStore {
-    /// Stores, replaces or (empty payload) deletes the retained message of its topic.
-    /// Returns the change in the number of stored messages (-1, 0 or +1).
-    pub fn update(&self, message: &Arc<Message>) -> i64 {
+    /// Stores, replaces or (empty payload) deletes the retained message of its topic, and
+    /// logs the change in `journal` (under the store's lock, so the log holds a topic's
+    /// changes in order). Returns the change in the number of stored messages (-1, 0, +1).
+    pub fn update(&self, message: &Arc<Message>, journal: Option<&Journal>, now: Instant) -> i64 {
         let publish = message.publish();
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        // `$SYS` statistics are made again by the running broker: not kept.
+        if let Some(journal) = journal.filter(|_| !crate::config::is_sys_topic(publish.topic())) {
+            journal.append(&Record::Retain {
+                topic: publish.topic().to_owned(),
+                message: (!publish.payload().is_empty()).then(|| journal::stored(message, now)),
+            });
+        }
         if publish.payload().is_empty() {
             return -(map.remove(publish.topic()).is_some() as i64);
         }
@@ -42,6 +52,19 @@ impl RetainedStore {
                 f(message);
             }
         }
+    }
+
+    /// Puts a recovered message in place, without logging it.
+    pub fn restore(&self, message: Arc<Message>) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        map.insert(message.publish().shared_topic(), message);
+    }
+
+    /// Every retained message (for a checkpoint), read under the store's lock with the
+    /// journal position it is consistent with.
+    pub fn all(&self) -> Vec<Arc<Message>> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.values().cloned().collect()
     }
 
     /// Removes expired messages; returns how many.

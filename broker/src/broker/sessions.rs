@@ -125,7 +125,7 @@ impl Broker {
         }
         // Queued messages from shared subscriptions go to an online member now rather than
         // wait for this client; what was already sent waits for a resume (or session end).
-        let redirects = session.delivery().take_shared(false);
+        let redirects = session.delivery().take_shared(false, self.journal());
         self.redirect_shared(session.id, redirects);
         let expiry_secs = session.expiry_secs();
         let mut will = will;
@@ -137,6 +137,7 @@ impl Broker {
         if expiry_secs == 0 {
             self.end_session_unless_resumed(session, generation);
         } else {
+            self.log_offline(session);
             self.went_offline(session, generation, will, expiry_secs);
         }
     }
@@ -223,8 +224,9 @@ impl Broker {
 
     /// What ending a session releases, once it is marked ended.
     fn release_session(&self, session: &Arc<Session>) {
+        self.log_ended(session);
         self.drop_subscriptions(session);
-        let redirects = session.delivery().take_shared(true);
+        let redirects = session.delivery().take_shared(true, self.journal());
         self.redirect_shared(session.id, redirects);
         let dropped = session.delivery().clear();
         if dropped > 0 {

@@ -53,6 +53,7 @@ impl Broker {
             return Subscribed::QuotaExceeded;
         }
         subscriptions.insert(Arc::from(filter), record);
+        self.log_subscribe(session, filter, record);
         self.put_in_trie(session, filter, record, read_check);
         if existed {
             Subscribed::Replaced
@@ -65,6 +66,9 @@ impl Broker {
     pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
         let mut subscriptions = session.subscriptions();
         let existed = subscriptions.remove(filter).is_some();
+        if existed {
+            self.log_unsubscribe(session, filter);
+        }
         self.take_from_trie(session, filter);
         existed
     }
@@ -88,6 +92,7 @@ impl Broker {
             });
             if verdict == SubscribeVerdict::Denied {
                 subscriptions.remove(&filter);
+                self.log_unsubscribe(session, &filter);
                 self.take_from_trie(session, &filter);
                 Metrics::add(&self.inner.metrics.acl_denied, 1);
                 tracing::debug!(client_id = %session.client_id, %filter, "subscription no longer allowed: removed");

@@ -142,20 +142,32 @@ impl Connection {
         reader: &'a mut PacketReader<R>,
         output: &'a mut Output<W>,
     ) -> impl std::future::Future<Output = Wake> + 'a {
-        // Whatever this task and others appended since the last batch goes out next.
+        // Whatever this task and others appended since the last batch goes out next, once
+        // the journal is durable as far as it needs (acknowledgements of logged records).
         let was_writing = output.is_busy();
-        let writing = output.refill(&self.out);
+        let (writing, held_until) = match output.refill(&self.out, self.broker.durable_position()) {
+            Ok(writing) => (writing, 0),
+            Err(position) => (false, position),
+        };
         if writing && !was_writing {
             // A batch was just taken, so our buffered length dropped: publishers waiting
             // for us may go on (not on every pass while one batch is still being written).
             self.broker.relief().relieve();
         }
         let out = &self.out;
+        let journal = self.broker.journal();
         std::future::poll_fn(move |cx| {
             // Output, a kick or a shutdown (a kick too); checked at the top of the loop.
             // Also polled while writing: a kick must not wait for a stuck socket.
             if out.control().poll_notified(cx).is_ready() {
                 return Poll::Ready(Wake::Woken);
+            }
+            // Held output may go once the journal is durable that far. (If the log failed,
+            // the broker is stopping and kicks this connection.)
+            if let (true, Some(journal)) = (held_until != 0, journal) {
+                if journal.poll_durable(held_until, cx).is_ready() {
+                    return Poll::Ready(Wake::Woken);
+                }
             }
             if writing {
                 if let Poll::Ready(written) = output.poll_progress(cx) {
@@ -191,6 +203,7 @@ impl Connection {
         }
         // One clock read per packet serves the rate bucket, expiry and routing.
         let now = Instant::now();
+        crate::journal::take_appended();
         let step = self
             .machine
             .handle_packet(packet, self.broker.deliver_ctx(now))?;
@@ -201,6 +214,13 @@ impl Connection {
             Step::Event(Event::Subscribe(request)) => self.subscribe(*request, now),
             Step::Event(Event::Unsubscribe(request)) => self.unsubscribe(&request),
             Step::Event(Event::Relieved) => self.broker.relief().relieve(),
+        }
+        // What this packet logged (a message for persistent sessions, a subscription,
+        // inbound QoS 2 state): its acknowledgement, and all output after it, waits until
+        // that is durable ("nothing acknowledged is lost").
+        let logged = crate::journal::take_appended();
+        if logged != 0 {
+            self.out.lock().hold_until(logged);
         }
         Ok(())
     }
@@ -238,7 +258,10 @@ impl Connection {
                 .observe(started.elapsed().as_secs_f64());
             delivered
         };
-        if let Some(transmit) = self.machine.published(ack, delivered) {
+        if let Some(transmit) = self
+            .machine
+            .published(ack, delivered, self.broker.journal())
+        {
             self.send(&transmit);
         }
     }

@@ -185,7 +185,13 @@ where
         // Boxed: its timers cost memory only while the connection closes.
         let closing = Box::pin(tokio::time::timeout(
             flush_timeout,
-            close_gracefully(&mut self.output, &self.out, &mut self.reader, linger),
+            close_gracefully(
+                &mut self.output,
+                &self.out,
+                &mut self.reader,
+                linger,
+                self.broker.durable_position(),
+            ),
         ));
         match closing.await {
             Ok(Ok((written, discarded))) => {
@@ -213,13 +219,14 @@ async fn close_gracefully<R, W>(
     out: &SharedWriter,
     reader: &mut PacketReader<R>,
     linger: bool,
+    durable: u64,
 ) -> std::io::Result<(usize, u64)>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     if !linger {
-        return Ok((output.finish(out).await?, 0));
+        return Ok((output.finish(out, durable).await?, 0));
     }
     let mut discarded = 0u64;
     // Reads and drops what is there; `Pending` once nothing is (or after a few reads, woken
@@ -235,7 +242,7 @@ where
         cx.waker().wake_by_ref();
         Poll::Pending
     };
-    let mut finish = std::pin::pin!(output.finish(out));
+    let mut finish = std::pin::pin!(output.finish(out, durable));
     let mut input_open = true;
     let written = poll_fn(|cx| {
         if let Poll::Ready(result) = finish.as_mut().poll(cx) {
@@ -362,9 +369,10 @@ mod tests {
                 client.shutdown().await.expect("shutdown");
             }
             let started = std::time::Instant::now();
-            let (written, discarded) = close_gracefully(&mut output, &out, &mut reader, true)
-                .await
-                .expect("close");
+            let (written, discarded) =
+                close_gracefully(&mut output, &out, &mut reader, true, u64::MAX)
+                    .await
+                    .expect("close");
             let lingered = started.elapsed();
             assert_eq!((written, discarded), (2, 3));
             if peer_closes {

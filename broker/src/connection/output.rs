@@ -39,19 +39,23 @@ impl<W: AsyncWrite + Unpin> Output<W> {
         self.written < self.batch.len() || self.needs_flush
     }
 
-    /// When idle, takes everything `out` holds as the next batch. Returns whether there is
+    /// When idle, takes everything `out` holds as the next batch, if the journal is
+    /// durable (up to `durable`) as far as those bytes need. Returns whether there is
     /// something to write.
-    pub(crate) fn refill(&mut self, out: &SharedWriter) -> bool {
+    ///
+    /// # Errors
+    /// The journal position the buffered bytes wait for (nothing was taken).
+    pub(crate) fn refill(&mut self, out: &SharedWriter, durable: u64) -> Result<bool, u64> {
         if !self.is_busy() {
             self.batch.clear();
             self.written = 0;
             if self.batch.capacity() > KEEP_CAPACITY_BYTES {
                 self.batch = BytesMut::new();
             }
-            out.take(&mut self.batch);
+            out.take_durable(&mut self.batch, durable)?;
             self.needs_flush = !self.batch.is_empty();
         }
-        self.is_busy()
+        Ok(self.is_busy())
     }
 
     /// Makes progress on the batch: one write, or the flush after the last one. Returns the
@@ -80,10 +84,11 @@ impl<W: AsyncWrite + Unpin> Output<W> {
     }
 
     /// Writes whatever is left in the batch and in `out` (closed by now), then shuts the
-    /// socket down. Returns the number of bytes written.
-    pub(crate) async fn finish(&mut self, out: &SharedWriter) -> io::Result<usize> {
+    /// socket down. Returns the number of bytes written. Bytes that wait for the journal
+    /// beyond `durable` are not sent (the client resends what they acknowledge).
+    pub(crate) async fn finish(&mut self, out: &SharedWriter, durable: u64) -> io::Result<usize> {
         let mut total = 0;
-        while self.refill(out) {
+        while let Ok(true) = self.refill(out, durable) {
             total += self.progress().await?;
         }
         self.socket.shutdown().await?;
@@ -105,7 +110,7 @@ mod tests {
         writer.append(3, true, now, |b| b.extend_from_slice(b"abc"));
         writer.append(3, true, now, |b| b.extend_from_slice(b"def"));
         writer.close();
-        let written = output.finish(&writer).await.expect("io");
+        let written = output.finish(&writer, u64::MAX).await.expect("io");
         assert_eq!(written, 6);
         let mut got = Vec::new();
         tokio::io::AsyncReadExt::read_to_end(&mut server, &mut got)

@@ -51,6 +51,10 @@ struct WriterState {
     closed: bool,
     /// When the buffer first stayed over the cap, for the slow-consumer timeout.
     over_cap_since: Option<Instant>,
+    /// The journal position the buffered bytes depend on (an acknowledgement of a logged
+    /// record, or a QoS 2 PUBLISH whose packet id is logged): none of them leaves before
+    /// the journal is durable that far (0: nothing to wait for).
+    hold_until: u64,
 }
 
 /// Whether an append happened.
@@ -84,6 +88,12 @@ impl WriteGuard<'_> {
     /// Whether the connection is closing.
     pub fn is_closed(&self) -> bool {
         self.state.closed
+    }
+
+    /// Holds everything buffered (so far and until it is taken) until the journal is
+    /// durable up to `position` (see [`crate::journal`]); 0 holds nothing.
+    pub fn hold_until(&mut self, position: u64) {
+        self.state.hold_until = self.state.hold_until.max(position);
     }
 
     /// Records that a QoS 0 message did not fit, starting the slow-consumer clock.
@@ -165,6 +175,7 @@ impl SharedWriter {
                 buf: BytesMut::new(),
                 closed: false,
                 over_cap_since: None,
+                hold_until: 0,
             }),
             control: Control::default(),
             // Stored as u32 (every connection has one): caps beyond 4 GiB mean "no cap".
@@ -248,7 +259,20 @@ impl SharedWriter {
     /// Swaps the pending bytes into `out` (which must be empty). Returns `false` when the
     /// writer is closed and nothing is left.
     pub fn take(&self, out: &mut BytesMut) -> bool {
+        self.take_durable(out, u64::MAX).unwrap_or(true)
+    }
+
+    /// [`SharedWriter::take`] when the journal is durable up to `durable`: `Err(position)`
+    /// (nothing taken) while the buffered bytes wait for the journal to reach `position`.
+    ///
+    /// # Errors
+    /// The position to wait for.
+    pub fn take_durable(&self, out: &mut BytesMut, durable: u64) -> Result<bool, u64> {
         let mut guard = self.lock();
+        if guard.state.hold_until > durable {
+            return Err(guard.state.hold_until);
+        }
+        guard.state.hold_until = 0;
         std::mem::swap(&mut guard.state.buf, out);
         if out.len() < self.cap_bytes as usize {
             guard.state.over_cap_since = None;
@@ -263,7 +287,7 @@ impl SharedWriter {
         if guard.state.buf.capacity() > KEEP_CAPACITY_BYTES {
             guard.state.buf = BytesMut::new();
         }
-        !(out.is_empty() && guard.state.closed)
+        Ok(!(out.is_empty() && guard.state.closed))
     }
 }
 

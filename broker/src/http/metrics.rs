@@ -18,6 +18,8 @@ const GAUGES: &[&str] = &[
     "clients_connected",
     "subscriptions",
     "retained_messages",
+    "journal_checkpoint_last_ms",
+    "journal_checkpoint_bytes",
     "sessions",
     "bridge_clients",
     "bridge_rings",

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-use tern_codec::template::encode_publish;
-use tern_codec::{
-    ByteStr, Family, Outbound, PacketId, ProtocolVersion, PubRel, PublishQoS, QoS, ReasonCode,
-};
+use tern_codec::{ByteStr, PacketId, ProtocolVersion, PubRel, PublishQoS, QoS, ReasonCode};
 
-use crate::delivery::shared_writer::{Appended, SharedWriter};
+use super::logged::{self, SessionLog};
+use super::write::{out_qos, write_publish, write_pubrel, Written};
+use crate::delivery::shared_writer::SharedWriter;
+use crate::journal::Journal;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::session::inflight::{Inflight, Stage, Window};
@@ -27,7 +27,7 @@ use crate::session::SharedKey;
 pub struct OutboundAliases {
     /// Boxed at the first alias: most clients allow none, and an empty map is 48 bytes.
     #[allow(clippy::box_collection)]
-    map: Option<Box<HashMap<ByteStr, u16>>>,
+    pub(super) map: Option<Box<HashMap<ByteStr, u16>>>,
     max: u16,
 }
 
@@ -38,7 +38,7 @@ impl OutboundAliases {
     }
 
     /// The alias to use for `topic` and whether the client already knows it.
-    fn choose(&self, topic: &str) -> Option<(u16, bool)> {
+    pub(super) fn choose(&self, topic: &str) -> Option<(u16, bool)> {
         if self.max == 0 {
             return None;
         }
@@ -72,14 +72,16 @@ pub struct Link {
 
 /// A QoS 1/2 message waiting for the window (or for the client to come back).
 #[derive(Debug)]
-struct Queued {
-    message: Arc<Message>,
-    qos: QoS,
-    retain: bool,
-    subscription_ids: Vec<u32>,
+pub(super) struct Queued {
+    pub(super) message: Arc<Message>,
+    pub(super) qos: QoS,
+    pub(super) retain: bool,
+    pub(super) subscription_ids: Vec<u32>,
     /// The shared group it came through, so it can go to another member if this session
     /// leaves before it is sent.
-    group: Option<SharedKey>,
+    pub(super) group: Option<SharedKey>,
+    /// Its number in the session's journal (0: not logged).
+    pub(super) seq: u64,
 }
 
 /// A message a leaving shared-group member held, to hand to another member.
@@ -102,16 +104,8 @@ pub struct DeliverCtx<'a> {
     pub slow_consumer_timeout: Duration,
     /// A queue this long behind the window holds publishers back.
     pub backpressure_queued_messages: usize,
-}
-
-/// What happened to one write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Written {
-    Yes,
-    /// Dropped for this subscriber: too large, expired, or over the cap (QoS 0).
-    Dropped,
-    /// The connection is closing.
-    Closed,
+    /// The journal, when persistence is on ([`crate::journal`]).
+    pub journal: Option<&'a Journal>,
 }
 
 /// The delivery state of one session.
@@ -125,6 +119,8 @@ pub struct Delivery {
     queued_bytes: usize,
     max_queued_messages: u32,
     max_queued_bytes: usize,
+    /// The session's place in the journal, when it is persistent (boxed: most are not).
+    log: Option<Box<SessionLog>>,
 }
 
 impl Delivery {
@@ -138,7 +134,31 @@ impl Delivery {
             queued_bytes: 0,
             max_queued_messages: u32::try_from(max_queued_messages).unwrap_or(u32::MAX),
             max_queued_bytes,
+            log: None,
         }
+    }
+
+    /// Makes the session persistent as `session` in the journal, numbering its outbound
+    /// messages after `last_seq`; `None` stops logging it (it ended, or its expiry is 0).
+    pub fn set_log(&mut self, log: Option<(u64, u64)>) {
+        self.log = log.map(|(session, last_seq)| Box::new(SessionLog::new(session, last_seq)));
+    }
+
+    /// When the persistent session's connection went away (ms since the epoch).
+    pub fn offline_since_unix_ms(&self) -> Option<u64> {
+        self.log.as_ref()?.offline_since_unix_ms
+    }
+
+    /// Records when the persistent session's connection went away (`None`: attached).
+    pub fn set_offline_since_unix_ms(&mut self, at: Option<u64>) {
+        if let Some(log) = &mut self.log {
+            log.offline_since_unix_ms = at;
+        }
+    }
+
+    /// The session's id in the journal, when it is persistent.
+    pub fn log_id(&self) -> Option<u64> {
+        self.log.as_ref().map(|log| log.session)
     }
 
     /// The user name of the attached connection: `None` when offline, `Some(None)` for an
@@ -213,29 +233,35 @@ impl Delivery {
                     retain,
                     false,
                     subscription_ids,
+                    0,
                     ctx,
                 );
             }
             return;
         }
+        let seq = match (&mut self.log, ctx.journal) {
+            (Some(log), Some(_)) => log.next_seq(),
+            _ => 0,
+        };
         if self.link.is_some()
             && self.queue.is_empty()
             && self.window.len() < usize::from(self.window_max)
         {
-            let group = group.cloned();
-            self.send_inflight(
-                message.clone(),
+            let queued = Queued {
+                message: message.clone(),
                 qos,
                 retain,
-                subscription_ids.to_vec(),
-                group,
-                ctx,
-            );
+                subscription_ids: subscription_ids.to_vec(),
+                group: group.cloned(),
+                seq,
+            };
+            self.send_inflight(queued, true, ctx);
         } else {
-            self.enqueue(message, qos, retain, subscription_ids, group, ctx);
+            self.enqueue(message, qos, retain, subscription_ids, group, seq, ctx);
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &mut self,
         message: &Arc<Message>,
@@ -243,6 +269,7 @@ impl Delivery {
         retain: bool,
         subscription_ids: &[u32],
         group: Option<&SharedKey>,
+        seq: u64,
         ctx: DeliverCtx<'_>,
     ) {
         let size = message.publish().payload().len() + message.topic().len();
@@ -257,41 +284,68 @@ impl Delivery {
             return;
         }
         self.queued_bytes += size;
-        self.queue.push_back(Queued {
+        let queued = Queued {
             message: message.clone(),
             qos,
             retain,
             subscription_ids: subscription_ids.to_vec(),
             group: group.cloned(),
-        });
+            seq,
+        };
+        if let (Some(log), Some(journal)) = (&self.log, ctx.journal) {
+            logged::out(journal, log.session, &queued, 0, ctx.now);
+        }
+        self.queue.push_back(queued);
     }
 
-    fn send_inflight(
-        &mut self,
-        message: Arc<Message>,
-        qos: QoS,
-        retain: bool,
-        subscription_ids: Vec<u32>,
-        group: Option<SharedKey>,
-        ctx: DeliverCtx<'_>,
-    ) {
+    /// Sends a message into the window with a new packet id: `fresh` from a publisher, or
+    /// from the queue. For a persistent session the journal learns the packet id first; a
+    /// QoS 2 PUBLISH then waits in the writer until that is durable, so that after a crash
+    /// it is resent with the same id and the client can tell it is a duplicate.
+    fn send_inflight(&mut self, q: Queued, fresh: bool, ctx: DeliverCtx<'_>) {
         let Some(link) = self.link.as_mut() else {
             return;
         };
         let packet_id = self.window.allocate_id();
-        let out = out_qos(qos, packet_id);
-        match write_publish(link, &message, out, retain, false, &subscription_ids, ctx) {
+        let out = out_qos(q.qos, packet_id);
+        let log = self.log.as_ref().zip(ctx.journal).filter(|_| q.seq != 0);
+        let position = log.map_or(0, |(log, journal)| {
+            if fresh {
+                logged::out(journal, log.session, &q, packet_id.get(), ctx.now)
+            } else {
+                logged::sent(journal, log.session, q.seq, packet_id.get())
+            }
+        });
+        let hold = if q.qos == QoS::ExactlyOnce {
+            position
+        } else {
+            0
+        };
+        let ids = &q.subscription_ids;
+        match write_publish(link, &q.message, out, q.retain, false, ids, hold, ctx) {
             // Too large or expired: discarded as if delivered ([MQTT-3.1.2-25]).
-            Written::Dropped => {}
+            Written::Dropped => {
+                if let Some((log, journal)) = log {
+                    logged::done(journal, log.session, q.seq);
+                }
+            }
             Written::Yes | Written::Closed => self.window.push(Inflight {
                 packet_id,
-                message,
-                qos,
-                retain,
-                subscription_ids,
+                message: q.message,
+                qos: q.qos,
+                retain: q.retain,
+                subscription_ids: q.subscription_ids,
                 stage: Stage::Published,
-                group,
+                group: q.group,
+                seq: q.seq,
             }),
+        }
+    }
+
+    /// Logs that outbound message `seq` is finished, if the session is persistent.
+    fn log_done(&self, seq: u64, journal: Option<&Journal>) {
+        if let (Some(log), Some(journal), true) = (&self.log, journal, seq != 0) {
+            logged::done(journal, log.session, seq);
         }
     }
 
@@ -305,16 +359,10 @@ impl Delivery {
                 next.message.publish().payload().len() + next.message.topic().len();
             if next.message.is_expired(ctx.now) {
                 Metrics::add(&ctx.metrics.dropped_expired, 1);
+                self.log_done(next.seq, ctx.journal);
                 continue;
             }
-            self.send_inflight(
-                next.message,
-                next.qos,
-                next.retain,
-                next.subscription_ids,
-                next.group,
-                ctx,
-            );
+            self.send_inflight(next, false, ctx);
         }
     }
 
@@ -335,17 +383,20 @@ impl Delivery {
                         entry.retain,
                         true,
                         &entry.subscription_ids,
+                        0,
                         ctx,
                     ) == Written::Dropped
                     {
                         expired.push(entry.packet_id);
                     }
                 }
-                Stage::Released => write_pubrel(link, PubRel::new(entry.packet_id)),
+                Stage::Released => write_pubrel(link, PubRel::new(entry.packet_id), 0),
             }
         }
         for packet_id in expired {
-            self.window.remove(packet_id);
+            if let Some(entry) = self.window.remove(packet_id) {
+                self.log_done(entry.seq, ctx.journal);
+            }
         }
         self.pump(ctx);
     }
@@ -376,7 +427,9 @@ impl Delivery {
             .get_mut(packet_id)
             .is_some_and(|e| e.qos == QoS::AtLeastOnce)
         {
-            self.window.remove(packet_id);
+            if let Some(entry) = self.window.remove(packet_id) {
+                self.log_done(entry.seq, ctx.journal);
+            }
             self.pump(ctx);
         }
     }
@@ -389,18 +442,26 @@ impl Delivery {
         };
         match self.window.get_mut(packet_id) {
             Some(entry) if entry.qos == QoS::ExactlyOnce => {
+                let seq = entry.seq;
                 if reason.is_error() {
                     self.window.remove(packet_id);
+                    self.log_done(seq, ctx.journal);
                     self.pump(ctx);
                 } else {
                     entry.stage = Stage::Released;
-                    write_pubrel(link, PubRel::new(packet_id));
+                    // PUBREL leaves once the journal knows the client has the message:
+                    // after a crash, PUBREL is resent rather than the PUBLISH.
+                    let log = self.log.as_ref().zip(ctx.journal).filter(|_| seq != 0);
+                    let hold = log.map_or(0, |(log, journal)| {
+                        logged::released(journal, log.session, seq)
+                    });
+                    write_pubrel(link, PubRel::new(packet_id), hold);
                 }
             }
             _ => {
                 let mut pubrel = PubRel::new(packet_id);
                 pubrel.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
-                write_pubrel(link, pubrel);
+                write_pubrel(link, pubrel, 0);
             }
         }
     }
@@ -412,7 +473,9 @@ impl Delivery {
             .get_mut(packet_id)
             .is_some_and(|e| e.stage == Stage::Released)
         {
-            self.window.remove(packet_id);
+            if let Some(entry) = self.window.remove(packet_id) {
+                self.log_done(entry.seq, ctx.journal);
+            }
             self.pump(ctx);
         }
     }
@@ -420,7 +483,7 @@ impl Delivery {
     /// Takes out the messages that came through a shared group, for another member: the
     /// queued ones, and with `include_sent` also those sent but not yet acknowledged
     /// (PUBLISH stage only: a QoS 2 message past PUBREC has been received).
-    pub fn take_shared(&mut self, include_sent: bool) -> Vec<Redirect> {
+    pub fn take_shared(&mut self, include_sent: bool, journal: Option<&Journal>) -> Vec<Redirect> {
         let mut taken = Vec::new();
         let mut kept = VecDeque::with_capacity(self.queue.len());
         for queued in self.queue.drain(..) {
@@ -428,6 +491,10 @@ impl Delivery {
                 Some(group) => {
                     self.queued_bytes -=
                         queued.message.publish().payload().len() + queued.message.topic().len();
+                    if let (Some(log), Some(journal), true) = (&self.log, journal, queued.seq != 0)
+                    {
+                        logged::done(journal, log.session, queued.seq);
+                    }
                     taken.push(Redirect {
                         message: queued.message,
                         group,
@@ -448,9 +515,11 @@ impl Delivery {
                 if let Some(Inflight {
                     message,
                     group: Some(group),
+                    seq,
                     ..
                 }) = self.window.remove(id)
                 {
+                    self.log_done(seq, journal);
                     taken.push(Redirect { message, group });
                 }
             }
@@ -467,125 +536,9 @@ impl Delivery {
     }
 }
 
-fn out_qos(qos: QoS, packet_id: PacketId) -> PublishQoS {
-    if qos == QoS::ExactlyOnce {
-        PublishQoS::ExactlyOnce(packet_id)
-    } else {
-        PublishQoS::AtLeastOnce(packet_id)
-    }
-}
-
-fn write_pubrel(link: &Link, pubrel: PubRel) {
-    let version = link.version;
-    let mut guard = link.writer.lock();
-    if !guard.is_closed() {
-        pubrel.encode(version, guard.buf());
-    }
-}
-
-/// Encodes one PUBLISH into the link's writer: the shared template patched in place, or a
-/// one-shot encoding when this subscriber needs its own properties. Applies the client's
-/// Maximum Packet Size, Message Expiry and (for QoS 0) the writer's byte cap.
-fn write_publish(
-    link: &mut Link,
-    message: &Message,
-    out: PublishQoS,
-    retain: bool,
-    dup: bool,
-    subscription_ids: &[u32],
-    ctx: DeliverCtx<'_>,
-) -> Written {
-    let publish = message.publish();
-    let remaining_expiry = match message.remaining_expiry_secs(ctx.now) {
-        Some(Err(())) => {
-            Metrics::add(&ctx.metrics.dropped_expired, 1);
-            return Written::Dropped;
-        }
-        Some(Ok(secs)) => Some(secs),
-        None => None,
-    };
-    let v5 = link.version.is_v5();
-    let reduced_expiry = remaining_expiry
-        .filter(|&r| Some(r) != publish.properties().message_expiry_interval_secs());
-    let alias = if v5 {
-        link.aliases.choose(publish.topic())
-    } else {
-        None
-    };
-    let one_shot =
-        v5 && (!subscription_ids.is_empty() || alias.is_some() || reduced_expiry.is_some());
-    let capped = out == PublishQoS::AtMostOnce;
-    let max_len = link.max_packet_size_bytes as usize;
-
-    // The size and cap checks are the SharedWriter's (`WriteGuard::append_packet`).
-    let mut guard = link.writer.lock();
-    let appended = if one_shot {
-        let outbound = Outbound {
-            subscription_identifiers: subscription_ids,
-            topic_alias: alias.map(|(a, _)| a),
-            omit_topic: alias.is_some_and(|(_, known)| known),
-            message_expiry_interval_secs: reduced_expiry,
-        };
-        guard.append_packet(None, max_len, capped, ctx.now, |buf| {
-            encode_publish(buf, publish, link.version, out, retain, dup, &outbound);
-        })
-    } else {
-        let template = message
-            .templates
-            .get(Family::of(link.version), out.packet_id().is_some());
-        guard.append_packet(Some(template.len()), max_len, capped, ctx.now, |buf| {
-            // The layout matches `out` by construction (same `packet_id().is_some()`).
-            let _ = template.write_to(buf, out, retain, dup);
-        })
-    };
-    drop(guard);
-    let written = account(link, message, appended, max_len, ctx);
-    if written != Written::Yes {
-        return written;
-    }
-    if let Some((alias, false)) = alias {
-        link.aliases
-            .map
-            .get_or_insert_default()
-            .insert(publish.shared_topic(), alias);
-    }
-    Written::Yes
-}
-
-/// Counts what became of one append: sent, too large for the client, or over the writer's
-/// cap (a slow consumer, kicked once it has been stuck past `slow_consumer_timeout`).
-fn account(
-    link: &Link,
-    message: &Message,
-    appended: Appended,
-    max_len: usize,
-    ctx: DeliverCtx<'_>,
-) -> Written {
-    match appended {
-        Appended::Yes => {
-            Metrics::add(&ctx.metrics.messages_sent, 1);
-            Written::Yes
-        }
-        Appended::Closed => Written::Closed,
-        Appended::TooLarge(len) => {
-            Metrics::add(&ctx.metrics.dropped_too_large_for_client, 1);
-            tracing::debug!(
-                topic = message.topic(),
-                len,
-                max_len,
-                "message too large for client: dropped"
-            );
-            Written::Dropped
-        }
-        Appended::OverCap(stuck_since) => {
-            Metrics::add(&ctx.metrics.dropped_qos0_slow_consumer, 1);
-            if ctx.now.duration_since(stuck_since) >= ctx.slow_consumer_timeout {
-                link.writer.control().kick(crate::error::Kick::SlowConsumer);
-            }
-            Written::Dropped
-        }
-    }
-}
+#[path = "delivery_log.rs"]
+mod log;
+pub use self::log::{Restored, RestoredStage};
 
 #[cfg(test)]
 #[path = "delivery_tests.rs"]

@@ -36,6 +36,8 @@ pub struct Inflight {
     pub stage: Stage,
     /// The shared group it came through, if any.
     pub group: Option<SharedKey>,
+    /// Its number in the session's journal (0: not logged).
+    pub seq: u64,
 }
 
 /// The inflight window: entries in allocation order, so identifiers in use always lie in
@@ -85,6 +87,13 @@ impl Window {
         }
     }
 
+    /// Puts back a recovered entry with the packet id it had: ids are then checked for
+    /// collisions as after a wrap.
+    pub fn restore(&mut self, entry: Inflight) {
+        self.wrapped = true;
+        self.entries.push_back(entry);
+    }
+
     /// Records a sent message.
     pub fn push(&mut self, entry: Inflight) {
         self.entries.push_back(entry);
@@ -131,6 +140,7 @@ mod tests {
             subscription_ids: Vec::new(),
             stage: Stage::Published,
             group: None,
+            seq: 0,
         }
     }
 

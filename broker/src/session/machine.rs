@@ -28,6 +28,8 @@ use super::{Session, SubscriptionRecord};
 use crate::auth::{Access, ClientAcl, SubscribeVerdict};
 use crate::config::Limits;
 use crate::error::{Close, ProtocolError};
+use crate::journal::record::Record;
+use crate::journal::Journal;
 use crate::message::Message;
 use crate::metrics::Metrics;
 
@@ -261,7 +263,18 @@ impl Machine {
             }
             Packet::PubRel(rel) => {
                 // [MQTT-4.3.3-12]: release the id; PUBCOMP (0x92 when it was unknown).
-                let known = self.session.incoming_qos2().remove(&rel.packet_id.get());
+                let mut pending = self.session.incoming_qos2();
+                let known = pending.remove(&rel.packet_id.get());
+                if known {
+                    // PUBCOMP waits until this is durable: after a crash the id must not
+                    // still look in use, or a new message with it would be taken for a
+                    // duplicate.
+                    self.log_qos2(ctx.journal, |session| Record::Qos2Released {
+                        session,
+                        packet_id: rel.packet_id.get(),
+                    });
+                }
+                drop(pending);
                 let mut comp = PubComp::new(rel.packet_id);
                 if !known {
                     comp.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
@@ -311,13 +324,13 @@ impl Machine {
         if !self.limits.topic_within_limits(publish.topic()) {
             Metrics::add(&ctx.metrics.dropped_topic_too_deep, 1);
             tracing::debug!(client_id = %self.session.client_id, "topic has too many levels: dropped");
-            return Ok(self.acknowledge(ack, ReasonCode::TOPIC_NAME_INVALID));
+            return Ok(self.acknowledge(ack, ReasonCode::TOPIC_NAME_INVALID, ctx.journal));
         }
         if let Some(acl) = &self.acl {
             if !acl.check(publish.topic(), Access::Write) {
                 Metrics::add(&ctx.metrics.acl_denied, 1);
                 tracing::debug!(client_id = %self.session.client_id, topic = %publish.topic(), "publish refused by ACL: dropped");
-                return Ok(self.acknowledge(ack, ReasonCode::NOT_AUTHORIZED));
+                return Ok(self.acknowledge(ack, ReasonCode::NOT_AUTHORIZED, ctx.journal));
             }
         }
         if let PublishQoS::ExactlyOnce(id) = ack.0 {
@@ -326,7 +339,7 @@ impl Machine {
                 // A resend of a message already delivered: acknowledge, do not route again
                 // ([MQTT-4.3.3-10]).
                 drop(pending);
-                return Ok(self.acknowledge(ack, ReasonCode::SUCCESS));
+                return Ok(self.acknowledge(ack, ReasonCode::SUCCESS, ctx.journal));
             }
             // [MQTT-3.3.4-9]: no more unacknowledged QoS 2 than our Receive Maximum.
             if pending.len() >= usize::from(self.limits.receive_maximum) {
@@ -336,20 +349,25 @@ impl Machine {
         }
         // Clients may not publish into the broker's own statistics: acknowledged, not routed.
         if crate::config::is_sys_topic(publish.topic()) {
-            return Ok(self.acknowledge(ack, ReasonCode::NO_MATCHING_SUBSCRIBERS));
+            return Ok(self.acknowledge(ack, ReasonCode::NO_MATCHING_SUBSCRIBERS, ctx.journal));
         }
         let message = Message::new(publish, ctx.now, Some(self.session.id));
         Ok(Output::Event(Event::Publish(message, ack)))
     }
 
     /// The acknowledgement of a routed PUBLISH that reached `delivered` subscribers.
-    pub fn published(&self, ack: PendingAck, delivered: usize) -> Option<Transmit> {
+    pub fn published(
+        &self,
+        ack: PendingAck,
+        delivered: usize,
+        journal: Option<&Journal>,
+    ) -> Option<Transmit> {
         let code = if delivered == 0 {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
         } else {
             ReasonCode::SUCCESS
         };
-        match self.acknowledge(ack, code) {
+        match self.acknowledge(ack, code, journal) {
             Output::Transmit(transmit) => Some(transmit),
             _ => None,
         }
@@ -363,7 +381,7 @@ impl Machine {
     /// - 5.0: PUBACK/PUBREC with `code`. A QoS 2 id is remembered until PUBREL only when
     ///   the PUBREC is not an error: after one with a code of 0x80 or more the exchange is
     ///   over, and the same id starts a new message ([MQTT-4.3.3-9]).
-    fn acknowledge(&self, ack: PendingAck, code: ReasonCode) -> Output {
+    fn acknowledge(&self, ack: PendingAck, code: ReasonCode, journal: Option<&Journal>) -> Output {
         let code = if self.version.is_v5() {
             code
         } else {
@@ -378,12 +396,28 @@ impl Machine {
             }
             PublishQoS::ExactlyOnce(id) => {
                 if !code.is_error() {
-                    self.session.incoming_qos2().insert(id.get());
+                    let mut pending = self.session.incoming_qos2();
+                    if pending.insert(id.get()) {
+                        // PUBREC waits until this is durable: a resend after a crash is
+                        // then known as one ([MQTT-4.3.3-10]).
+                        self.log_qos2(journal, |session| Record::Qos2Received {
+                            session,
+                            packet_id: id.get(),
+                        });
+                    }
                 }
                 let mut pubrec = PubRec::new(id);
                 pubrec.reason_code = code;
                 Output::Transmit(Transmit::PubRec(pubrec))
             }
+        }
+    }
+
+    /// Logs a change of the inbound QoS 2 state (call holding its lock) if the session is
+    /// persistent.
+    fn log_qos2(&self, journal: Option<&Journal>, record: impl FnOnce(u64) -> Record) {
+        if let (Some(journal), true) = (journal, self.session.is_logged()) {
+            journal.append(&record(self.session.id));
         }
     }
 

@@ -83,19 +83,19 @@ fn qos1_inbound_is_acknowledged_after_routing() {
     let ack = routed(&mut m, publish("t", QoS::AtLeastOnce, 5), now);
     let mut expected = PubAck::new(id(5));
     assert_eq!(
-        m.published(ack, 1),
+        m.published(ack, 1, None),
         Some(Transmit::PubAck(expected.clone()))
     );
     expected.reason_code = ReasonCode::NO_MATCHING_SUBSCRIBERS;
-    assert_eq!(m.published(ack, 0), Some(Transmit::PubAck(expected)));
+    assert_eq!(m.published(ack, 0, None), Some(Transmit::PubAck(expected)));
     let mut v3 = machine(V3, limits(|_| {}));
     let ack = routed(&mut v3, publish("t", QoS::AtLeastOnce, 6), now);
     assert_eq!(
-        v3.published(ack, 0),
+        v3.published(ack, 0, None),
         Some(Transmit::PubAck(PubAck::new(id(6))))
     );
     let ack = routed(&mut m, publish("t", QoS::AtMostOnce, 0), now);
-    assert_eq!(m.published(ack, 3), None, "QoS 0 is not acknowledged");
+    assert_eq!(m.published(ack, 3, None), None, "QoS 0 is not acknowledged");
 }
 
 /// QoS 2 in: PUBREC after routing, a resend of the same id before PUBREL is acknowledged
@@ -106,7 +106,7 @@ fn qos2_inbound_exchange() {
     let now = Instant::now();
     let mut m = machine(V5, limits(|_| {}));
     let ack = routed(&mut m, publish("t", QoS::ExactlyOnce, 9), now);
-    assert!(matches!(m.published(ack, 1), Some(Transmit::PubRec(r)) if r.packet_id == id(9)));
+    assert!(matches!(m.published(ack, 1, None), Some(Transmit::PubRec(r)) if r.packet_id == id(9)));
     match feed(&mut m, publish("t", QoS::ExactlyOnce, 9), now) {
         Ok(Output::Transmit(Transmit::PubRec(r))) => assert_eq!(r.reason_code, ReasonCode::SUCCESS),
         other => panic!("a resend is acknowledged, not routed: {other:?}"),
@@ -135,7 +135,7 @@ fn receive_maximum_inbound() {
     let mut m = machine(V5, limits(|l| l.receive_maximum = 2));
     for n in 1..=2 {
         let ack = routed(&mut m, publish("t", QoS::ExactlyOnce, n), now);
-        m.published(ack, 1);
+        m.published(ack, 1, None);
     }
     let error = protocol_error(feed(&mut m, publish("t", QoS::ExactlyOnce, 3), now));
     assert_eq!(error, ProtocolError::ReceiveMaximumExceeded);

@@ -7,9 +7,11 @@
 
 pub mod delivery;
 pub mod inflight;
+mod logged;
 pub mod machine;
 pub mod packet_ids;
 pub mod subscriptions;
+mod write;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -54,6 +56,9 @@ pub struct Session {
     expiry_secs: AtomicU32,
     /// Set once the session has ended; a late attach must not revive it.
     ended: AtomicBool,
+    /// Whether the session is persistent and logged in the journal (set by the broker
+    /// under the delivery lock, with [`delivery::Delivery::set_log`]).
+    logged: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -81,7 +86,18 @@ impl Session {
             generation: AtomicU64::new(0),
             expiry_secs: AtomicU32::new(0),
             ended: AtomicBool::new(false),
+            logged: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the session is persistent and logged in the journal.
+    pub fn is_logged(&self) -> bool {
+        self.logged.load(Ordering::Acquire)
+    }
+
+    /// Marks the session logged or not (the broker does, with the delivery's log).
+    pub fn set_logged(&self, logged: bool) {
+        self.logged.store(logged, Ordering::Release);
     }
 
     /// Locks the delivery state. Never held across `.await`.

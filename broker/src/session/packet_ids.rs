@@ -14,6 +14,11 @@ impl PacketIdSet {
         self.ids.binary_search(id).is_ok()
     }
 
+    /// The ids, in order.
+    pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        self.ids.iter().copied()
+    }
+
     /// Adds `id`; returns whether it was not there yet.
     pub fn insert(&mut self, id: u16) -> bool {
         match self.ids.binary_search(&id) {

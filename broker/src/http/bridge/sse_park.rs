@@ -359,7 +359,7 @@ impl Pass<'_> {
         let mut steps = 0usize;
         while index < list.len() {
             steps += 1;
-            if steps % YIELD_EVERY == 0 {
+            if steps.is_multiple_of(YIELD_EVERY) {
                 // A pass over thousands of sockets should not hold the worker thread (and the
                 // tasks queued behind it) for its whole length.
                 tokio::task::yield_now().await;

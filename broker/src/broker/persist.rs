@@ -1,0 +1,289 @@
+//! The broker's state and the journal's checkpoints: [`Broker::checkpoint`] writes every
+//! persistent session, its subscriptions, outbound messages and inbound QoS 2 ids, and
+//! every retained message as records ([`crate::journal::snapshot`]) and lets the log
+//! before the checkpoint go; [`Broker::restore`] puts a recovered
+//! [`crate::journal::state::State`] back as live (offline) sessions, trie entries and
+//! retained messages, before the listeners open.
+//!
+//! A checkpoint reads the live state under the same locks the records are appended under,
+//! one piece at a time: the log position taken before it starts is the cut, every record
+//! before it is in the checkpoint, and records after it are replayed onto it at recovery
+//! (replay converges, see `journal/state.rs`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tern_codec::decoder::Decoder;
+use tern_codec::{Packet, PacketId, ProtocolVersion, QoS, SubscriptionOptions};
+use tokio::time::Instant;
+
+use super::Broker;
+use crate::journal::record::{Record, StoredMessage};
+use crate::journal::snapshot::{self, SnapshotError};
+use crate::journal::state::{OutStage, SessionState, State};
+use crate::journal::{self, unix_ms_now};
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::session::delivery::{Restored, RestoredStage};
+use crate::session::{Session, SubscriptionRecord};
+
+/// What one checkpoint wrote.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Checkpointed {
+    /// Persistent sessions written.
+    pub sessions: usize,
+    /// Records written.
+    pub records: usize,
+    /// Size of the checkpoint file.
+    pub bytes: u64,
+    /// Time taken.
+    pub elapsed: Duration,
+}
+
+/// What [`Broker::restore`] put back.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreReport {
+    /// Sessions restored.
+    pub sessions: usize,
+    /// Sessions that had expired while the broker was down (dropped).
+    pub expired_sessions: usize,
+    /// Outbound messages restored.
+    pub messages: usize,
+    /// Retained messages restored.
+    pub retained: usize,
+    /// Stored messages that did not decode (dropped, logged).
+    pub bad_messages: usize,
+}
+
+impl Broker {
+    /// Writes a checkpoint of the persistent state and recycles the log before it. Blocking
+    /// (file I/O): run it off the async workers. `Ok(None)` without persistence.
+    ///
+    /// # Errors
+    /// [`SnapshotError`]: the checkpoint could not be written (the previous one and the
+    /// whole log stay in place).
+    pub fn checkpoint(&self) -> Result<Option<Checkpointed>, SnapshotError> {
+        let Some(journal) = self.journal() else {
+            return Ok(None);
+        };
+        let started = std::time::Instant::now();
+        let cut = journal.appended();
+        let now = Instant::now();
+        let mut records = Vec::new();
+        let mut sessions = 0;
+        for session in self.sessions() {
+            if self.session_records(&session, now, &mut records) {
+                sessions += 1;
+            }
+        }
+        for message in self.inner.retained.all() {
+            if crate::config::is_sys_topic(message.topic()) {
+                continue;
+            }
+            records.push(Record::Retain {
+                topic: message.topic().to_owned(),
+                message: Some(journal::stored(&message, now)),
+            });
+        }
+        let count = records.len();
+        let bytes = snapshot::write(journal.dir(), cut, records.into_iter())?;
+        if let Err(e) = journal.release_before(cut) {
+            tracing::warn!(error = %e, "log segments before the checkpoint not released");
+        }
+        Ok(Some(Checkpointed {
+            sessions,
+            records: count,
+            bytes,
+            elapsed: started.elapsed(),
+        }))
+    }
+
+    /// Appends the records of one persistent session to `out`; false if it is not one.
+    fn session_records(&self, session: &Arc<Session>, now: Instant, out: &mut Vec<Record>) -> bool {
+        let id = session.id;
+        {
+            let delivery = session.delivery();
+            if delivery.log_id().is_none() || session.is_ended() {
+                return false;
+            }
+            out.push(Record::SessionOpen {
+                session: id,
+                client_id: session.client_id.to_string(),
+                expiry_secs: session.expiry_secs(),
+            });
+            if let Some(at_unix_ms) = delivery.offline_since_unix_ms() {
+                out.push(Record::SessionOffline {
+                    session: id,
+                    at_unix_ms,
+                });
+            }
+            delivery.log_records(now, out);
+        }
+        for (filter, record) in session.subscription_snapshot() {
+            out.push(Record::Subscribe {
+                session: id,
+                filter: filter.to_string(),
+                options: record.options.to_v5_byte(),
+                subscription_id: record.subscription_id.unwrap_or(0),
+            });
+        }
+        let qos2: Vec<u16> = session.incoming_qos2().iter().collect();
+        for packet_id in qos2 {
+            out.push(Record::Qos2Received {
+                session: id,
+                packet_id,
+            });
+        }
+        true
+    }
+
+    /// Puts recovered state back (before the listeners open, before the journal is
+    /// attached, so nothing is logged again). Sessions come back offline; their expiry
+    /// counts from when they went offline, or from now for those connected at the crash.
+    pub fn restore(&self, state: State) -> RestoreReport {
+        let mut done = RestoreReport::default();
+        let inner = &self.inner;
+        inner.next_session_id.fetch_max(
+            state.max_session_id + 1,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let now = Instant::now();
+        let now_unix_ms = unix_ms_now();
+        for (topic, stored) in state.retained {
+            match decode(&stored, now, now_unix_ms) {
+                Some(message) => {
+                    inner.retained.restore(message);
+                    Metrics::add(&inner.metrics.retained_messages, 1);
+                    done.retained += 1;
+                }
+                None => {
+                    tracing::error!(%topic, "stored retained message does not decode: dropped");
+                    done.bad_messages += 1;
+                }
+            }
+        }
+        let mut sessions: Vec<_> = state.sessions.into_iter().collect();
+        sessions.sort_by_key(|(id, _)| *id);
+        for (id, s) in sessions {
+            let offline_ms = s.offline_at_unix_ms.unwrap_or(now_unix_ms);
+            let gone_secs = now_unix_ms.saturating_sub(offline_ms) / 1000;
+            if s.expiry_secs != u32::MAX && gone_secs >= u64::from(s.expiry_secs) {
+                done.expired_sessions += 1;
+                continue;
+            }
+            let remaining = if s.expiry_secs == u32::MAX {
+                u32::MAX
+            } else {
+                s.expiry_secs - gone_secs as u32
+            };
+            self.restore_session(id, s, remaining, offline_ms, now, &mut done);
+        }
+        done
+    }
+
+    fn restore_session(
+        &self,
+        id: u64,
+        s: SessionState,
+        remaining_secs: u32,
+        offline_ms: u64,
+        now: Instant,
+        done: &mut RestoreReport,
+    ) {
+        let limits = self.limits();
+        let client_id: Arc<str> = Arc::from(s.client_id.as_str());
+        let session = Arc::new(Session::new(
+            id,
+            client_id.clone(),
+            limits.max_queued_messages,
+            limits.max_queued_bytes,
+        ));
+        session.set_expiry_secs(s.expiry_secs);
+        let generation = session.next_generation();
+        let now_unix_ms = unix_ms_now();
+        let outbound = restored_outbound(&s, now, now_unix_ms, done);
+        {
+            let mut delivery = session.delivery();
+            delivery.set_log(Some((id, s.max_seq)));
+            delivery.set_offline_since_unix_ms(Some(offline_ms));
+            session.set_logged(true);
+            done.messages += outbound.len();
+            delivery.restore_outbound(outbound);
+        }
+        for &packet_id in &s.qos2_in {
+            session.incoming_qos2().insert(packet_id);
+        }
+        if let Some(old) = self.inner.sessions.insert(client_id, session.clone()) {
+            tracing::warn!(client_id = %old.client_id, "two recovered sessions for one client id: the newer kept");
+        } else {
+            Metrics::add(&self.inner.metrics.sessions, 1);
+        }
+        for (filter, (options, subscription_id)) in &s.subscriptions {
+            let Ok(options) = SubscriptionOptions::from_v5_byte(*options) else {
+                continue;
+            };
+            let record = SubscriptionRecord {
+                options,
+                subscription_id: (*subscription_id != 0).then_some(*subscription_id),
+            };
+            // The ACL is re-derived when the client comes back (its user name is known
+            // then); until then it holds what it held before the restart.
+            self.subscribe(&session, filter, record, None, 0);
+        }
+        done.sessions += 1;
+        self.went_offline(&session, generation, None, remaining_secs);
+    }
+}
+
+/// The outbound messages of a recovered session, decoded, in order.
+fn restored_outbound(
+    s: &SessionState,
+    now: Instant,
+    now_unix_ms: u64,
+    done: &mut RestoreReport,
+) -> Vec<Restored> {
+    let mut out = Vec::with_capacity(s.outbound.len());
+    for entry in s.outbound.values() {
+        let r = &entry.record;
+        let Some(message) = decode(&r.message, now, now_unix_ms) else {
+            done.bad_messages += 1;
+            tracing::error!(client_id = %s.client_id, seq = r.seq, "stored message does not decode: dropped");
+            continue;
+        };
+        let id = |id: u16| PacketId::new(id);
+        let stage = match entry.stage {
+            OutStage::Queued => Some(RestoredStage::Queued),
+            OutStage::Sent(p) => id(p).map(RestoredStage::Sent),
+            OutStage::Released(p) => id(p).map(RestoredStage::Released),
+        };
+        let Some(stage) = stage else { continue };
+        out.push(Restored {
+            message,
+            qos: if r.qos == 2 {
+                QoS::ExactlyOnce
+            } else {
+                QoS::AtLeastOnce
+            },
+            retain: r.retain,
+            subscription_ids: r.subscription_ids.clone(),
+            group: r.group.as_deref().map(Arc::from),
+            seq: r.seq,
+            stage,
+        });
+    }
+    out
+}
+
+/// A stored message as a live one, received as long ago as it was.
+fn decode(stored: &StoredMessage, now: Instant, now_unix_ms: u64) -> Option<Arc<Message>> {
+    let mut buf = BytesMut::from(&stored.publish[..]);
+    let mut decoder = Decoder::with_version(ProtocolVersion::V5, u32::MAX);
+    let Ok(Some(Packet::Publish(publish))) = decoder.decode(&mut buf) else {
+        return None;
+    };
+    let age = Duration::from_millis(now_unix_ms.saturating_sub(stored.received_unix_ms));
+    let received_at = now.checked_sub(age).unwrap_or(now);
+    let origin = (stored.origin_session != 0).then_some(stored.origin_session);
+    Some(Message::new(publish, received_at, origin))
+}

@@ -1,0 +1,149 @@
+//! The journal: what the broker acknowledged, made durable. It owns the write-ahead log
+//! ([`crate::wal`]) as the broker uses it: [`record::Record`]s appended by the owners of
+//! the state they describe (the session's delivery state, its subscriptions, its inbound
+//! QoS 2 ids, the retained store), each under the lock of that state, and the durable
+//! position acknowledgements wait for.
+//!
+//! The wait is per connection and per thread: [`Journal::append`] notes the highest
+//! position this thread appended; the connection driver takes it after handling a packet
+//! ([`take_appended`]) and holds its output (the acknowledgement and all after it) until
+//! the log is durable that far (`SharedWriter` holds). Deliveries to other clients do not
+//! wait, except QoS 2 to persistent sessions (exactly once across a crash needs the
+//! packet id on disk before the PUBLISH leaves).
+//!
+//! With `durability = "none"` there is no log: records are not written, nothing waits, and
+//! only checkpoints ([`snapshot`]) keep state.
+
+pub mod open;
+pub mod record;
+pub mod snapshot;
+pub mod state;
+
+use std::cell::Cell;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tern_codec::ProtocolVersion;
+use tokio::time::Instant;
+
+use self::record::{Record, StoredMessage};
+use crate::message::Message;
+use crate::wal::{DirLock, Position, Wal};
+
+thread_local! {
+    /// The highest log position this thread appended since it last asked.
+    static APPENDED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The highest log position the current thread appended since the last call (0: none),
+/// and starts over. The connection driver calls it after handling one packet.
+pub fn take_appended() -> u64 {
+    APPENDED.with(|a| a.replace(0))
+}
+
+/// The broker's journal.
+#[derive(Debug)]
+pub struct Journal {
+    /// The log; `None` with `durability = "none"`.
+    wal: Option<Arc<Wal>>,
+    /// The data directory.
+    dir: PathBuf,
+    /// Held for the life of the journal: no second broker uses the directory.
+    _lock: Arc<DirLock>,
+}
+
+impl Journal {
+    /// A journal over an open log (`None`: durability "none").
+    pub fn new(wal: Option<Arc<Wal>>, dir: PathBuf, lock: Arc<DirLock>) -> Journal {
+        Journal {
+            wal,
+            dir,
+            _lock: lock,
+        }
+    }
+
+    /// The end of what has been appended (0 without a log).
+    pub fn appended(&self) -> u64 {
+        self.wal.as_ref().map_or(0, |wal| wal.appended().0)
+    }
+
+    /// A checkpoint covers everything up to `position`: the log before it may go.
+    ///
+    /// # Errors
+    /// The log could not delete or recycle a segment.
+    pub fn release_before(&self, position: u64) -> Result<(), crate::wal::WalError> {
+        match &self.wal {
+            Some(wal) => wal.release_before(Position(position)),
+            None => Ok(()),
+        }
+    }
+
+    /// Flushes and closes the log (clean shutdown).
+    ///
+    /// # Errors
+    /// The final write or fsync failed.
+    pub fn close(&self) -> Result<(), crate::wal::WalError> {
+        match &self.wal {
+            Some(wal) => wal.close(),
+            None => Ok(()),
+        }
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The log, if records are written.
+    pub fn wal(&self) -> Option<&Arc<Wal>> {
+        self.wal.as_ref()
+    }
+
+    /// Appends `record`; returns its end position (0 when nothing is written). Call it
+    /// while holding the lock of the state the record describes.
+    pub fn append(&self, record: &Record) -> u64 {
+        let Some(wal) = &self.wal else {
+            return 0;
+        };
+        let position = wal.append_with(|buf| record.encode(buf)).0;
+        APPENDED.with(|a| a.set(a.get().max(position)));
+        position
+    }
+
+    /// Everything up to here is durable (`u64::MAX` without a log: nothing waits).
+    pub fn durable(&self) -> u64 {
+        self.wal.as_ref().map_or(u64::MAX, |wal| wal.durable().0)
+    }
+
+    /// Ready once the log is durable up to `position`, or when it failed (the broker is
+    /// stopping then; held output is never released).
+    pub fn poll_durable(&self, position: u64, cx: &mut Context<'_>) -> Poll<bool> {
+        match &self.wal {
+            None => Poll::Ready(true),
+            Some(wal) => wal.poll_durable(Position(position), cx).map(|r| r.is_ok()),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch now.
+pub fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `message` as stored: its PUBLISH encoded as 5.0 and its wall-clock receive time.
+pub fn stored(message: &Message, now: Instant) -> StoredMessage {
+    let age_ms = now
+        .saturating_duration_since(message.received_at)
+        .as_millis() as u64;
+    let mut publish = bytes::BytesMut::new();
+    message.publish().encode(ProtocolVersion::V5, &mut publish);
+    StoredMessage {
+        received_unix_ms: unix_ms_now().saturating_sub(age_ms),
+        origin_session: message.origin_session.unwrap_or(0),
+        publish: publish.freeze(),
+    }
+}

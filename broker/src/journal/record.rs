@@ -1,0 +1,574 @@
+//! The records of the journal: one durable fact each about a session, its subscriptions,
+//! its outbound messages, its inbound QoS 2 state, or a retained message, and their binary
+//! encoding (little-endian, length-prefixed, a tag byte first).
+//!
+//! Every record is a "register write": it sets or clears one key (a session, a
+//! subscription `(session, filter)`, an outbound message `(session, seq)`, an inbound packet
+//! id `(session, id)`, a retained topic). Records of one key are appended under the lock
+//! that guards that key's state, so the log holds them in the order they happened, and
+//! replaying any suffix of the log that holds every record since a snapshot onto that
+//! snapshot gives the state at the end of the log (see [`super::state`]).
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// One journal record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A session with a non-zero expiry exists (or its expiry changed).
+    SessionOpen {
+        /// The broker's session id (never reused, also across restarts).
+        session: u64,
+        /// Its client identifier.
+        client_id: String,
+        /// Session Expiry Interval in seconds.
+        expiry_secs: u32,
+    },
+    /// The session ended (expired, clean start, expiry set to 0): everything of it goes.
+    SessionEnd {
+        /// The session.
+        session: u64,
+    },
+    /// Its connection went away at this wall-clock time (expiry counts from here).
+    SessionOffline {
+        /// The session.
+        session: u64,
+        /// Milliseconds since the Unix epoch.
+        at_unix_ms: u64,
+    },
+    /// A connection attached to it again.
+    SessionOnline {
+        /// The session.
+        session: u64,
+    },
+    /// The will of the session's connection (`None`: no will any more).
+    Will {
+        /// The session.
+        session: u64,
+        /// The will as a stored message, and its Will Delay Interval in seconds.
+        will: Option<(StoredMessage, u32)>,
+    },
+    /// A subscription was made or replaced.
+    Subscribe {
+        /// The session.
+        session: u64,
+        /// The whole filter (`$share/...` included).
+        filter: String,
+        /// Options, in the 5.0 byte layout.
+        options: u8,
+        /// Subscription Identifier (0: none).
+        subscription_id: u32,
+    },
+    /// A subscription was removed.
+    Unsubscribe {
+        /// The session.
+        session: u64,
+        /// The whole filter.
+        filter: String,
+    },
+    /// An outbound QoS 1/2 message was handed to the session: queued (`packet_id` 0) or
+    /// sent at once with `packet_id`.
+    Out(Box<OutRecord>),
+    /// A queued outbound message was sent with this packet id.
+    Sent {
+        /// The session.
+        session: u64,
+        /// The message's number in the session.
+        seq: u64,
+        /// The packet id it went out with.
+        packet_id: u16,
+    },
+    /// The client answered PUBREC: the message is received, PUBREL is owed.
+    Released {
+        /// The session.
+        session: u64,
+        /// The message's number in the session.
+        seq: u64,
+    },
+    /// The outbound message is finished (PUBACK, PUBCOMP, expired, handed elsewhere).
+    Done {
+        /// The session.
+        session: u64,
+        /// The message's number in the session.
+        seq: u64,
+    },
+    /// An inbound QoS 2 PUBLISH was received with this packet id ([MQTT-4.3.3-9]).
+    Qos2Received {
+        /// The session.
+        session: u64,
+        /// Its packet id.
+        packet_id: u16,
+    },
+    /// PUBREL released the inbound packet id.
+    Qos2Released {
+        /// The session.
+        session: u64,
+        /// Its packet id.
+        packet_id: u16,
+    },
+    /// The retained message of a topic was set (`Some`) or cleared (`None`).
+    Retain {
+        /// The topic.
+        topic: String,
+        /// The message.
+        message: Option<StoredMessage>,
+    },
+}
+
+/// An outbound message handed to a persistent session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutRecord {
+    /// The session.
+    pub session: u64,
+    /// The message's number in the session (increasing, never reused).
+    pub seq: u64,
+    /// QoS it is delivered at (1 or 2).
+    pub qos: u8,
+    /// RETAIN flag it is delivered with.
+    pub retain: bool,
+    /// Packet id when sent at once; 0 when queued.
+    pub packet_id: u16,
+    /// Subscription identifiers it carries.
+    pub subscription_ids: Vec<u32>,
+    /// The shared group (`$share/...` filter) it came through, if any.
+    pub group: Option<String>,
+    /// The message.
+    pub message: StoredMessage,
+}
+
+/// A message as stored: when it was received and its PUBLISH encoded as MQTT 5.0 (topic,
+/// payload, QoS, retain, properties; aliases already resolved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// When the broker received it, in milliseconds since the Unix epoch (Message Expiry
+    /// counts from here).
+    pub received_unix_ms: u64,
+    /// The session that published it (No Local), 0 for none.
+    pub origin_session: u64,
+    /// The encoded 5.0 PUBLISH packet.
+    pub publish: Bytes,
+}
+
+/// A record that could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// Shorter than its fields.
+    #[error("record truncated")]
+    Truncated,
+    /// Unknown tag byte.
+    #[error("unknown record tag {0}")]
+    UnknownTag(u8),
+    /// A string that is not UTF-8.
+    #[error("record string is not UTF-8")]
+    BadString,
+}
+
+const SESSION_OPEN: u8 = 1;
+const SESSION_END: u8 = 2;
+const SESSION_OFFLINE: u8 = 3;
+const SESSION_ONLINE: u8 = 4;
+const WILL: u8 = 5;
+const SUBSCRIBE: u8 = 6;
+const UNSUBSCRIBE: u8 = 7;
+const OUT: u8 = 8;
+const SENT: u8 = 9;
+const RELEASED: u8 = 10;
+const DONE: u8 = 11;
+const QOS2_RECEIVED: u8 = 12;
+const QOS2_RELEASED: u8 = 13;
+const RETAIN: u8 = 14;
+
+impl Record {
+    /// Appends the encoding to `dst`.
+    pub fn encode(&self, dst: &mut Vec<u8>) {
+        match self {
+            Record::SessionOpen {
+                session,
+                client_id,
+                expiry_secs,
+            } => {
+                head(dst, SESSION_OPEN, *session);
+                put_str(dst, client_id);
+                dst.put_u32_le(*expiry_secs);
+            }
+            Record::SessionEnd { session } => head(dst, SESSION_END, *session),
+            Record::SessionOffline {
+                session,
+                at_unix_ms,
+            } => {
+                head(dst, SESSION_OFFLINE, *session);
+                dst.put_u64_le(*at_unix_ms);
+            }
+            Record::SessionOnline { session } => head(dst, SESSION_ONLINE, *session),
+            Record::Will { session, will } => {
+                head(dst, WILL, *session);
+                match will {
+                    None => dst.put_u8(0),
+                    Some((message, delay_secs)) => {
+                        dst.put_u8(1);
+                        dst.put_u32_le(*delay_secs);
+                        message.encode(dst);
+                    }
+                }
+            }
+            Record::Subscribe {
+                session,
+                filter,
+                options,
+                subscription_id,
+            } => {
+                head(dst, SUBSCRIBE, *session);
+                put_str(dst, filter);
+                dst.put_u8(*options);
+                dst.put_u32_le(*subscription_id);
+            }
+            Record::Unsubscribe { session, filter } => {
+                head(dst, UNSUBSCRIBE, *session);
+                put_str(dst, filter);
+            }
+            Record::Out(out) => out.encode(dst),
+            Record::Sent {
+                session,
+                seq,
+                packet_id,
+            } => {
+                head(dst, SENT, *session);
+                dst.put_u64_le(*seq);
+                dst.put_u16_le(*packet_id);
+            }
+            Record::Released { session, seq } => {
+                head(dst, RELEASED, *session);
+                dst.put_u64_le(*seq);
+            }
+            Record::Done { session, seq } => {
+                head(dst, DONE, *session);
+                dst.put_u64_le(*seq);
+            }
+            Record::Qos2Received { session, packet_id } => {
+                head(dst, QOS2_RECEIVED, *session);
+                dst.put_u16_le(*packet_id);
+            }
+            Record::Qos2Released { session, packet_id } => {
+                head(dst, QOS2_RELEASED, *session);
+                dst.put_u16_le(*packet_id);
+            }
+            Record::Retain { topic, message } => {
+                dst.put_u8(RETAIN);
+                put_str(dst, topic);
+                match message {
+                    None => dst.put_u8(0),
+                    Some(message) => {
+                        dst.put_u8(1);
+                        message.encode(dst);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes one record (the whole of `src`).
+    ///
+    /// # Errors
+    /// [`RecordError`] for a truncated record, an unknown tag or a bad string.
+    pub fn decode(src: &[u8]) -> Result<Record, RecordError> {
+        let mut src = src;
+        let tag = get_u8(&mut src)?;
+        if tag == RETAIN {
+            let topic = get_str(&mut src)?;
+            let message = match get_u8(&mut src)? {
+                0 => None,
+                _ => Some(StoredMessage::decode(&mut src)?),
+            };
+            return Ok(Record::Retain { topic, message });
+        }
+        let session = get_u64(&mut src)?;
+        Ok(match tag {
+            SESSION_OPEN => Record::SessionOpen {
+                session,
+                client_id: get_str(&mut src)?,
+                expiry_secs: get_u32(&mut src)?,
+            },
+            SESSION_END => Record::SessionEnd { session },
+            SESSION_OFFLINE => Record::SessionOffline {
+                session,
+                at_unix_ms: get_u64(&mut src)?,
+            },
+            SESSION_ONLINE => Record::SessionOnline { session },
+            WILL => {
+                let will = match get_u8(&mut src)? {
+                    0 => None,
+                    _ => {
+                        let delay_secs = get_u32(&mut src)?;
+                        Some((StoredMessage::decode(&mut src)?, delay_secs))
+                    }
+                };
+                Record::Will { session, will }
+            }
+            SUBSCRIBE => Record::Subscribe {
+                session,
+                filter: get_str(&mut src)?,
+                options: get_u8(&mut src)?,
+                subscription_id: get_u32(&mut src)?,
+            },
+            UNSUBSCRIBE => Record::Unsubscribe {
+                session,
+                filter: get_str(&mut src)?,
+            },
+            OUT => Record::Out(Box::new(OutRecord::decode_after_head(session, &mut src)?)),
+            SENT => Record::Sent {
+                session,
+                seq: get_u64(&mut src)?,
+                packet_id: get_u16(&mut src)?,
+            },
+            RELEASED => Record::Released {
+                session,
+                seq: get_u64(&mut src)?,
+            },
+            DONE => Record::Done {
+                session,
+                seq: get_u64(&mut src)?,
+            },
+            QOS2_RECEIVED => Record::Qos2Received {
+                session,
+                packet_id: get_u16(&mut src)?,
+            },
+            QOS2_RELEASED => Record::Qos2Released {
+                session,
+                packet_id: get_u16(&mut src)?,
+            },
+            other => return Err(RecordError::UnknownTag(other)),
+        })
+    }
+
+    /// The session the record is about (`None` for retained messages).
+    pub fn session(&self) -> Option<u64> {
+        match self {
+            Record::SessionOpen { session, .. }
+            | Record::SessionEnd { session }
+            | Record::SessionOffline { session, .. }
+            | Record::SessionOnline { session }
+            | Record::Will { session, .. }
+            | Record::Subscribe { session, .. }
+            | Record::Unsubscribe { session, .. }
+            | Record::Sent { session, .. }
+            | Record::Released { session, .. }
+            | Record::Done { session, .. }
+            | Record::Qos2Received { session, .. }
+            | Record::Qos2Released { session, .. } => Some(*session),
+            Record::Out(out) => Some(out.session),
+            Record::Retain { .. } => None,
+        }
+    }
+}
+
+impl OutRecord {
+    fn encode(&self, dst: &mut Vec<u8>) {
+        head(dst, OUT, self.session);
+        dst.put_u64_le(self.seq);
+        dst.put_u8(self.qos | (self.retain as u8) << 2);
+        dst.put_u16_le(self.packet_id);
+        dst.put_u16_le(self.subscription_ids.len() as u16);
+        for id in &self.subscription_ids {
+            dst.put_u32_le(*id);
+        }
+        put_str(dst, self.group.as_deref().unwrap_or(""));
+        self.message.encode(dst);
+    }
+
+    fn decode_after_head(session: u64, src: &mut &[u8]) -> Result<OutRecord, RecordError> {
+        let seq = get_u64(src)?;
+        let flags = get_u8(src)?;
+        let packet_id = get_u16(src)?;
+        let n = get_u16(src)?;
+        let mut subscription_ids = Vec::with_capacity(usize::from(n).min(64));
+        for _ in 0..n {
+            subscription_ids.push(get_u32(src)?);
+        }
+        let group = get_str(src)?;
+        Ok(OutRecord {
+            session,
+            seq,
+            qos: flags & 0b11,
+            retain: flags & 0b100 != 0,
+            packet_id,
+            subscription_ids,
+            group: (!group.is_empty()).then_some(group),
+            message: StoredMessage::decode(src)?,
+        })
+    }
+}
+
+impl StoredMessage {
+    /// Appends the encoding to `dst`.
+    pub fn encode(&self, dst: &mut Vec<u8>) {
+        dst.put_u64_le(self.received_unix_ms);
+        dst.put_u64_le(self.origin_session);
+        dst.put_u32_le(self.publish.len() as u32);
+        dst.put_slice(&self.publish);
+    }
+
+    /// Decodes one message from the front of `src`.
+    ///
+    /// # Errors
+    /// [`RecordError::Truncated`].
+    pub fn decode(src: &mut &[u8]) -> Result<StoredMessage, RecordError> {
+        let received_unix_ms = get_u64(src)?;
+        let origin_session = get_u64(src)?;
+        let len = get_u32(src)? as usize;
+        if src.len() < len {
+            return Err(RecordError::Truncated);
+        }
+        let publish = Bytes::copy_from_slice(&src[..len]);
+        src.advance(len);
+        Ok(StoredMessage {
+            received_unix_ms,
+            origin_session,
+            publish,
+        })
+    }
+
+    /// The encoded PUBLISH as a buffer the decoder can consume.
+    pub fn publish_buf(&self) -> BytesMut {
+        BytesMut::from(&self.publish[..])
+    }
+}
+
+fn head(dst: &mut Vec<u8>, tag: u8, session: u64) {
+    dst.put_u8(tag);
+    dst.put_u64_le(session);
+}
+
+fn put_str(dst: &mut Vec<u8>, s: &str) {
+    dst.put_u32_le(s.len() as u32);
+    dst.put_slice(s.as_bytes());
+}
+
+fn get_u8(src: &mut &[u8]) -> Result<u8, RecordError> {
+    src.try_get_u8().map_err(|_| RecordError::Truncated)
+}
+
+fn get_u16(src: &mut &[u8]) -> Result<u16, RecordError> {
+    src.try_get_u16_le().map_err(|_| RecordError::Truncated)
+}
+
+fn get_u32(src: &mut &[u8]) -> Result<u32, RecordError> {
+    src.try_get_u32_le().map_err(|_| RecordError::Truncated)
+}
+
+fn get_u64(src: &mut &[u8]) -> Result<u64, RecordError> {
+    src.try_get_u64_le().map_err(|_| RecordError::Truncated)
+}
+
+fn get_str(src: &mut &[u8]) -> Result<String, RecordError> {
+    let len = get_u32(src)? as usize;
+    if src.len() < len {
+        return Err(RecordError::Truncated);
+    }
+    let s = std::str::from_utf8(&src[..len]).map_err(|_| RecordError::BadString)?;
+    let s = s.to_owned();
+    src.advance(len);
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> StoredMessage {
+        StoredMessage {
+            received_unix_ms: 1_700_000_000_000,
+            origin_session: 7,
+            publish: Bytes::from_static(b"\x30\x05\x00\x01tpay"),
+        }
+    }
+
+    fn all() -> Vec<Record> {
+        vec![
+            Record::SessionOpen {
+                session: 1,
+                client_id: "c1".into(),
+                expiry_secs: 60,
+            },
+            Record::SessionEnd { session: 2 },
+            Record::SessionOffline {
+                session: 3,
+                at_unix_ms: 99,
+            },
+            Record::SessionOnline { session: 3 },
+            Record::Will {
+                session: 4,
+                will: Some((message(), 5)),
+            },
+            Record::Will {
+                session: 4,
+                will: None,
+            },
+            Record::Subscribe {
+                session: 5,
+                filter: "a/+/b".into(),
+                options: 0b10_1110,
+                subscription_id: 12,
+            },
+            Record::Unsubscribe {
+                session: 5,
+                filter: "$share/g/x".into(),
+            },
+            Record::Out(Box::new(OutRecord {
+                session: 6,
+                seq: 1 << 40,
+                qos: 2,
+                retain: true,
+                packet_id: 65535,
+                subscription_ids: vec![1, 2],
+                group: Some("$share/g/t".into()),
+                message: message(),
+            })),
+            Record::Sent {
+                session: 6,
+                seq: 3,
+                packet_id: 9,
+            },
+            Record::Released { session: 6, seq: 3 },
+            Record::Done { session: 6, seq: 3 },
+            Record::Qos2Received {
+                session: 7,
+                packet_id: 1,
+            },
+            Record::Qos2Released {
+                session: 7,
+                packet_id: 1,
+            },
+            Record::Retain {
+                topic: "r/t".into(),
+                message: Some(message()),
+            },
+            Record::Retain {
+                topic: "r/t".into(),
+                message: None,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_record_round_trips() {
+        for record in all() {
+            let mut buf = Vec::new();
+            record.encode(&mut buf);
+            assert_eq!(Record::decode(&buf), Ok(record.clone()), "{record:?}");
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        for record in all() {
+            let mut buf = Vec::new();
+            record.encode(&mut buf);
+            for cut in 0..buf.len() {
+                assert!(Record::decode(&buf[..cut]).is_err(), "{record:?} cut {cut}");
+            }
+        }
+        assert_eq!(
+            Record::decode(&[200, 0, 0, 0, 0, 0, 0, 0, 1]),
+            Err(RecordError::UnknownTag(200))
+        );
+    }
+}

@@ -1,0 +1,117 @@
+//! A persistent session's outbound messages for a checkpoint (as journal records), and
+//! put back into the window and the queue at recovery.
+
+use std::sync::Arc;
+
+use tern_codec::{PacketId, QoS};
+use tokio::time::Instant;
+
+use super::{Delivery, Queued};
+use crate::journal::record::Record;
+use crate::message::Message;
+use crate::session::inflight::{Inflight, Stage};
+use crate::session::logged;
+use crate::session::SharedKey;
+
+/// Where a recovered outbound message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoredStage {
+    /// In the queue.
+    Queued,
+    /// Sent with this packet id (resent with DUP on resume).
+    Sent(PacketId),
+    /// PUBREC received for this packet id (PUBREL resent on resume).
+    Released(PacketId),
+}
+
+/// A recovered outbound message.
+#[derive(Debug)]
+pub struct Restored {
+    /// The message.
+    pub message: Arc<Message>,
+    /// Delivery QoS (1 or 2).
+    pub qos: QoS,
+    /// RETAIN as delivered.
+    pub retain: bool,
+    /// Subscription identifiers.
+    pub subscription_ids: Vec<u32>,
+    /// The shared group it came through.
+    pub group: Option<SharedKey>,
+    /// Its number in the session.
+    pub seq: u64,
+    /// Where it stands.
+    pub stage: RestoredStage,
+}
+
+impl Delivery {
+    /// Appends the records that rebuild this session's outbound state to `out` (a
+    /// checkpoint): the last number used, then each message in the window and the queue.
+    /// Nothing when the session is not persistent.
+    pub fn log_records(&self, now: Instant, out: &mut Vec<Record>) {
+        let Some(log) = &self.log else {
+            return;
+        };
+        let session = log.session;
+        if log.last_seq() > 0 {
+            out.push(Record::Done {
+                session,
+                seq: log.last_seq(),
+            });
+        }
+        for e in self.window.iter().filter(|e| e.seq != 0) {
+            let q = Queued {
+                message: e.message.clone(),
+                qos: e.qos,
+                retain: e.retain,
+                subscription_ids: e.subscription_ids.clone(),
+                group: e.group.clone(),
+                seq: e.seq,
+            };
+            out.push(logged::out_record(session, &q, e.packet_id.get(), now));
+            if e.stage == Stage::Released {
+                out.push(Record::Released {
+                    session,
+                    seq: e.seq,
+                });
+            }
+        }
+        for q in self.queue.iter().filter(|q| q.seq != 0) {
+            out.push(logged::out_record(session, q, 0, now));
+        }
+    }
+
+    /// Puts recovered outbound messages back, in order (recovery: nothing is logged). Sent
+    /// ones go into the window with their packet ids, the rest into the queue; both go out
+    /// when a connection resumes the session.
+    pub fn restore_outbound(&mut self, entries: Vec<Restored>) {
+        for r in entries {
+            let stage = match r.stage {
+                RestoredStage::Queued => {
+                    self.queued_bytes +=
+                        r.message.publish().payload().len() + r.message.topic().len();
+                    self.queue.push_back(Queued {
+                        message: r.message,
+                        qos: r.qos,
+                        retain: r.retain,
+                        subscription_ids: r.subscription_ids,
+                        group: r.group,
+                        seq: r.seq,
+                    });
+                    continue;
+                }
+                RestoredStage::Sent(id) => (id, Stage::Published),
+                RestoredStage::Released(id) => (id, Stage::Released),
+            };
+            self.window.restore(Inflight {
+                packet_id: stage.0,
+                message: r.message,
+                qos: r.qos,
+                retain: r.retain,
+                subscription_ids: r.subscription_ids,
+                stage: stage.1,
+                group: r.group,
+                seq: r.seq,
+            });
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! A persistent session's outbound messages as the journal sees them: the numbering of
+//! its messages and the records of their steps (handed over, sent with a packet id, PUBREC
+//! received, finished). Called by [`super::delivery::Delivery`] under its lock, so that the
+//! log holds each message's records in the order its steps happened.
+
+use tokio::time::Instant;
+
+use super::delivery::Queued;
+use crate::journal::record::{OutRecord, Record};
+use crate::journal::{self, Journal};
+
+/// A persistent session's place in the journal.
+#[derive(Debug)]
+pub(crate) struct SessionLog {
+    /// The session's id in the journal.
+    pub session: u64,
+    /// The number of the last outbound message handed to it.
+    last_seq: u64,
+    /// When its connection went away (ms since the epoch); `None` while connected.
+    pub offline_since_unix_ms: Option<u64>,
+}
+
+impl SessionLog {
+    /// The log of `session`, numbering after `last_seq`.
+    pub(crate) fn new(session: u64, last_seq: u64) -> SessionLog {
+        SessionLog {
+            session,
+            last_seq,
+            offline_since_unix_ms: None,
+        }
+    }
+
+    /// The number for the next outbound message.
+    pub(crate) fn next_seq(&mut self) -> u64 {
+        self.last_seq += 1;
+        self.last_seq
+    }
+
+    /// The number of the last outbound message handed over.
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+}
+
+/// Logs a message handed to `session`: queued (`packet_id` 0) or sent with `packet_id`.
+pub(super) fn out(
+    journal: &Journal,
+    session: u64,
+    q: &Queued,
+    packet_id: u16,
+    now: Instant,
+) -> u64 {
+    journal.append(&out_record(session, q, packet_id, now))
+}
+
+/// The record of `q` handed to `session` (`packet_id` 0: queued).
+pub(super) fn out_record(session: u64, q: &Queued, packet_id: u16, now: Instant) -> Record {
+    Record::Out(Box::new(OutRecord {
+        session,
+        seq: q.seq,
+        qos: q.qos as u8,
+        retain: q.retain,
+        packet_id,
+        subscription_ids: q.subscription_ids.clone(),
+        group: q.group.as_deref().map(str::to_owned),
+        message: journal::stored(&q.message, now),
+    }))
+}
+
+/// Logs that queued message `seq` went out with `packet_id`.
+pub(super) fn sent(journal: &Journal, session: u64, seq: u64, packet_id: u16) -> u64 {
+    journal.append(&Record::Sent {
+        session,
+        seq,
+        packet_id,
+    })
+}
+
+/// Logs that the client answered PUBREC for `seq`.
+pub(super) fn released(journal: &Journal, session: u64, seq: u64) -> u64 {
+    journal.append(&Record::Released { session, seq })
+}
+
+/// Logs that `seq` is finished.
+pub(super) fn done(journal: &Journal, session: u64, seq: u64) -> u64 {
+    journal.append(&Record::Done { session, seq })
+}

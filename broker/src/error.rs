@@ -82,6 +82,10 @@ pub enum Close {
     /// The broker is shutting down.
     #[error("server shutting down")]
     Shutdown,
+    /// A 3.1.1 QoS 1/2 PUBLISH while the data directory is over its budget (5.0 gets
+    /// PUBACK/PUBREC 0x97 instead and stays connected).
+    #[error("data directory over max_disk_bytes")]
+    DiskFull,
     /// No CONNECT within the connect timeout.
     #[error("no CONNECT in time")]
     ConnectTimeout,
@@ -110,6 +114,7 @@ impl Close {
             Close::SlowConsumer => Some(ReasonCode::QUOTA_EXCEEDED),
             Close::KeepAliveTimeout => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
             Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
+            Close::DiskFull => Some(ReasonCode::QUOTA_EXCEEDED),
         }
     }
 

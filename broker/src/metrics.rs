@@ -111,6 +111,8 @@ counters! {
     journal_recovered_sessions,
     /// Time the startup recovery took in milliseconds.
     journal_recovery_ms,
+    /// QoS 1/2 publishes refused because the data directory was over `max_disk_bytes`.
+    publishes_refused_disk_full,
 }
 
 impl Metrics {

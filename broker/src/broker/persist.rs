@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tern_codec::decoder::Decoder;
-use tern_codec::{Packet, PacketId, ProtocolVersion, QoS, SubscriptionOptions};
+use tern_codec::{LastWill, Packet, PacketId, ProtocolVersion, QoS, SubscriptionOptions};
 use tokio::time::Instant;
 
 use super::Broker;
@@ -42,7 +42,7 @@ pub struct Checkpointed {
 }
 
 /// What [`Broker::restore`] put back.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Default)]
 pub struct RestoreReport {
     /// Sessions restored.
     pub sessions: usize,
@@ -54,6 +54,10 @@ pub struct RestoreReport {
     pub retained: usize,
     /// Stored messages that did not decode (dropped, logged).
     pub bad_messages: usize,
+    /// Wills recovered: pending again, or due (their session had expired).
+    pub wills: usize,
+    /// The wills due now, for [`Broker::publish_recovered_wills`].
+    pub due_wills: Vec<LastWill>,
 }
 
 impl Broker {
@@ -88,6 +92,7 @@ impl Broker {
         }
         let count = records.len();
         let bytes = snapshot::write(journal.dir(), cut, records.into_iter())?;
+        journal.set_checkpoint_bytes(bytes);
         if let Err(e) = journal.release_before(cut) {
             tracing::warn!(error = %e, "log segments before the checkpoint not released");
         }
@@ -116,6 +121,12 @@ impl Broker {
                 out.push(Record::SessionOffline {
                     session: id,
                     at_unix_ms,
+                });
+            }
+            if let Some(will) = delivery.logged_will() {
+                out.push(Record::Will {
+                    session: id,
+                    will: Some(will.clone()),
                 });
             }
             delivery.log_records(now, out);
@@ -165,11 +176,19 @@ impl Broker {
         }
         let mut sessions: Vec<_> = state.sessions.into_iter().collect();
         sessions.sort_by_key(|(id, _)| *id);
+        // Wills of sessions that expired while the broker was down go out once every
+        // session (and so every subscriber) is back ([MQTT-3.1.3-9]: at the session's end).
+        let mut due_wills = Vec::new();
         for (id, s) in sessions {
             let offline_ms = s.offline_at_unix_ms.unwrap_or(now_unix_ms);
             let gone_secs = now_unix_ms.saturating_sub(offline_ms) / 1000;
             if s.expiry_secs != u32::MAX && gone_secs >= u64::from(s.expiry_secs) {
                 done.expired_sessions += 1;
+                due_wills.extend(
+                    s.will
+                        .as_ref()
+                        .and_then(|(w, delay)| recovered_will(w, *delay, 0)),
+                );
                 continue;
             }
             let remaining = if s.expiry_secs == u32::MAX {
@@ -177,9 +196,23 @@ impl Broker {
             } else {
                 s.expiry_secs - gone_secs as u32
             };
-            self.restore_session(id, s, remaining, offline_ms, now, &mut done);
+            self.restore_session(id, s, remaining, gone_secs, now, &mut done);
         }
+        done.wills += due_wills.len();
+        done.due_wills = due_wills.into_iter().map(|(will, _)| will).collect();
         done
+    }
+
+    /// Publishes the wills [`Broker::restore`] found due (their sessions expired while the
+    /// broker was down). Call once the journal is attached, so that what they queue for
+    /// persistent subscribers is logged.
+    pub fn publish_recovered_wills(&self, wills: Vec<LastWill>) {
+        let now = Instant::now();
+        for will in wills {
+            let message = Message::new(super::will::to_publish(will), now, None);
+            Metrics::add(&self.inner.metrics.wills_published, 1);
+            self.publish(&message, &mut crate::router::RouteScratch::default(), now);
+        }
     }
 
     fn restore_session(
@@ -187,10 +220,12 @@ impl Broker {
         id: u64,
         s: SessionState,
         remaining_secs: u32,
-        offline_ms: u64,
+        gone_secs: u64,
         now: Instant,
         done: &mut RestoreReport,
     ) {
+        let now_unix_ms = unix_ms_now();
+        let offline_ms = s.offline_at_unix_ms.unwrap_or(now_unix_ms);
         let limits = self.limits();
         let client_id: Arc<str> = Arc::from(s.client_id.as_str());
         let session = Arc::new(Session::new(
@@ -201,12 +236,12 @@ impl Broker {
         ));
         session.set_expiry_secs(s.expiry_secs);
         let generation = session.next_generation();
-        let now_unix_ms = unix_ms_now();
         let outbound = restored_outbound(&s, now, now_unix_ms, done);
         {
             let mut delivery = session.delivery();
             delivery.set_log(Some((id, s.max_seq)));
             delivery.set_offline_since_unix_ms(Some(offline_ms));
+            delivery.set_logged_will(s.will.clone());
             session.set_logged(true);
             done.messages += outbound.len();
             delivery.restore_outbound(outbound);
@@ -232,8 +267,36 @@ impl Broker {
             self.subscribe(&session, filter, record, None, 0);
         }
         done.sessions += 1;
-        self.went_offline(&session, generation, None, remaining_secs);
+        // A will pending at the crash (or of a connection open then) waits out what is left
+        // of its delay, as if the connection had closed when the broker went down.
+        let will = s
+            .will
+            .as_ref()
+            .and_then(|(w, delay)| recovered_will(w, *delay, gone_secs));
+        if will.is_some() {
+            done.wills += 1;
+        }
+        self.went_offline(&session, generation, will, remaining_secs);
     }
+}
+
+/// A stored will as a live one, with what is left of its delay after `gone_secs`.
+fn recovered_will(
+    stored: &StoredMessage,
+    delay_secs: u32,
+    gone_secs: u64,
+) -> Option<(LastWill, Duration)> {
+    let mut buf = BytesMut::from(&stored.publish[..]);
+    let mut decoder = Decoder::with_version(ProtocolVersion::V5, u32::MAX);
+    let Ok(Some(Packet::Publish(publish))) = decoder.decode(&mut buf) else {
+        tracing::error!("stored will does not decode: dropped");
+        return None;
+    };
+    let left_secs = u64::from(delay_secs).saturating_sub(gone_secs);
+    Some((
+        super::will::from_publish(&publish, delay_secs),
+        Duration::from_secs(left_secs),
+    ))
 }
 
 /// The outbound messages of a recovered session, decoded, in order.

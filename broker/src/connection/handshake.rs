@@ -279,7 +279,12 @@ fn attach(
         let generation = session.next_generation();
         broker.session_resumed(&session);
         session.set_expiry_secs(negotiated.expiry_secs);
-        broker.log_attached(&session, &mut delivery, negotiated.expiry_secs);
+        broker.log_attached(
+            &session,
+            &mut delivery,
+            negotiated.expiry_secs,
+            connect.will.as_ref(),
+        );
         negotiated.connack.session_present = resumed;
         negotiated.connack.encode(version, out.lock().buf());
         let link = Link {

@@ -6,6 +6,7 @@
 
 pub mod bridge;
 pub mod metrics;
+mod metrics_journal;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

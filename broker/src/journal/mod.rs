@@ -52,16 +52,49 @@ pub struct Journal {
     dir: PathBuf,
     /// Held for the life of the journal: no second broker uses the directory.
     _lock: Arc<DirLock>,
+    /// The disk budget (`max_disk_bytes`; 0: none).
+    max_disk_bytes: u64,
+    /// Size of the last checkpoint written (or read at start).
+    checkpoint_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Journal {
     /// A journal over an open log (`None`: durability "none").
-    pub fn new(wal: Option<Arc<Wal>>, dir: PathBuf, lock: Arc<DirLock>) -> Journal {
+    pub fn new(
+        wal: Option<Arc<Wal>>,
+        dir: PathBuf,
+        lock: Arc<DirLock>,
+        max_disk_bytes: u64,
+    ) -> Journal {
+        let checkpoint_bytes =
+            std::fs::metadata(dir.join(snapshot::FILE_NAME)).map_or(0, |m| m.len());
         Journal {
             wal,
             dir,
             _lock: lock,
+            max_disk_bytes,
+            checkpoint_bytes: std::sync::atomic::AtomicU64::new(checkpoint_bytes),
         }
+    }
+
+    /// Bytes the data directory holds: log segments and the checkpoint.
+    pub fn disk_bytes(&self) -> u64 {
+        let log = self.wal.as_ref().map_or(0, |wal| wal.disk_bytes());
+        log + self
+            .checkpoint_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records the size of the checkpoint just written.
+    pub fn set_checkpoint_bytes(&self, bytes: u64) {
+        self.checkpoint_bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the data directory is over `max_disk_bytes`: QoS 1/2 publishes are refused
+    /// (0x97) rather than acknowledged and then not stored.
+    pub fn over_budget(&self) -> bool {
+        self.max_disk_bytes != 0 && self.disk_bytes() > self.max_disk_bytes
     }
 
     /// The end of what has been appended (0 without a log).

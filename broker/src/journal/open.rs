@@ -92,7 +92,11 @@ pub fn open(
         }
     };
     recovery.elapsed = started.elapsed();
-    Ok((Journal::new(wal, dir.clone(), lock), state, recovery))
+    Ok((
+        Journal::new(wal, dir.clone(), lock, config.max_disk_bytes),
+        state,
+        recovery,
+    ))
 }
 
 /// Applies the checkpoint in `dir` to `state`; returns its cut (0: none). A corrupt one is

@@ -15,6 +15,7 @@ use tern_codec::{ByteStr, PacketId, ProtocolVersion, PubRel, PublishQoS, QoS, Re
 use super::logged::{self, SessionLog};
 use super::write::{out_qos, write_publish, write_pubrel, Written};
 use crate::delivery::shared_writer::SharedWriter;
+use crate::journal::record::StoredMessage;
 use crate::journal::Journal;
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -153,6 +154,18 @@ impl Delivery {
     pub fn set_offline_since_unix_ms(&mut self, at: Option<u64>) {
         if let Some(log) = &mut self.log {
             log.offline_since_unix_ms = at;
+        }
+    }
+
+    /// The persistent session's pending will as last logged.
+    pub fn logged_will(&self) -> Option<&(StoredMessage, u32)> {
+        self.log.as_ref()?.will.as_ref()
+    }
+
+    /// Records the persistent session's pending will as logged.
+    pub fn set_logged_will(&mut self, will: Option<(StoredMessage, u32)>) {
+        if let Some(log) = &mut self.log {
+            log.will = will;
         }
     }
 

@@ -6,7 +6,7 @@
 use tokio::time::Instant;
 
 use super::delivery::Queued;
-use crate::journal::record::{OutRecord, Record};
+use crate::journal::record::{OutRecord, Record, StoredMessage};
 use crate::journal::{self, Journal};
 
 /// A persistent session's place in the journal.
@@ -18,6 +18,9 @@ pub(crate) struct SessionLog {
     last_seq: u64,
     /// When its connection went away (ms since the epoch); `None` while connected.
     pub offline_since_unix_ms: Option<u64>,
+    /// The pending will as last logged (for checkpoints): the stored message and its
+    /// delay in seconds.
+    pub will: Option<(StoredMessage, u32)>,
 }
 
 impl SessionLog {
@@ -27,6 +30,7 @@ impl SessionLog {
             session,
             last_seq,
             offline_since_unix_ms: None,
+            will: None,
         }
     }
 

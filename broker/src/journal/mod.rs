@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tern_codec::ProtocolVersion;
+use tern_codec::template::Family;
 use tokio::time::Instant;
 
 use self::record::{Record, StoredMessage};
@@ -137,10 +137,16 @@ impl Journal {
     /// Appends `record`; returns its end position (0 when nothing is written). Call it
     /// while holding the lock of the state the record describes.
     pub fn append(&self, record: &Record) -> u64 {
+        self.append_with(|buf| record.encode(buf))
+    }
+
+    /// Appends the record `encode` writes (the hot path's records are encoded from borrowed
+    /// parts, without building a [`Record`]); see [`Journal::append`].
+    pub fn append_with(&self, encode: impl FnOnce(&mut Vec<u8>)) -> u64 {
         let Some(wal) = &self.wal else {
             return 0;
         };
-        let position = wal.append_with(|buf| record.encode(buf)).0;
+        let position = wal.append_with(encode).0;
         APPENDED.with(|a| a.set(a.get().max(position)));
         position
     }
@@ -172,11 +178,17 @@ pub fn stored(message: &Message, now: Instant) -> StoredMessage {
     let age_ms = now
         .saturating_duration_since(message.received_at)
         .as_millis() as u64;
-    let mut publish = bytes::BytesMut::new();
-    message.publish().encode(ProtocolVersion::V5, &mut publish);
+    // The 5.0 template: built once per message (or the received frame itself) and shared
+    // by every record that stores the message, without a copy.
+    let with_packet_id = message.qos() != tern_codec::QoS::AtMostOnce;
+    let publish = message
+        .templates
+        .get(Family::V5, with_packet_id)
+        .as_bytes()
+        .clone();
     StoredMessage {
         received_unix_ms: unix_ms_now().saturating_sub(age_ms),
         origin_session: message.origin_session.unwrap_or(0),
-        publish: publish.freeze(),
+        publish,
     }
 }

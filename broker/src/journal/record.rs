@@ -360,18 +360,57 @@ impl Record {
     }
 }
 
-impl OutRecord {
-    fn encode(&self, dst: &mut Vec<u8>) {
+/// The parts of an [`OutRecord`], borrowed: the hot path encodes them straight into the
+/// log's buffer ([`OutParts::encode`]) without building a record.
+#[derive(Debug, Clone, Copy)]
+pub struct OutParts<'a> {
+    /// The session.
+    pub session: u64,
+    /// The message's number in the session.
+    pub seq: u64,
+    /// Delivery QoS (1 or 2).
+    pub qos: u8,
+    /// RETAIN as delivered.
+    pub retain: bool,
+    /// Packet id; 0 while queued.
+    pub packet_id: u16,
+    /// Subscription identifiers delivered with it.
+    pub subscription_ids: &'a [u32],
+    /// The shared subscription group it came through.
+    pub group: Option<&'a str>,
+    /// The message.
+    pub message: &'a StoredMessage,
+}
+
+impl OutParts<'_> {
+    /// Appends the encoding of the [`Record::Out`] these parts make.
+    pub fn encode(&self, dst: &mut Vec<u8>) {
         head(dst, OUT, self.session);
         dst.put_u64_le(self.seq);
         dst.put_u8(self.qos | (self.retain as u8) << 2);
         dst.put_u16_le(self.packet_id);
         dst.put_u16_le(self.subscription_ids.len() as u16);
-        for id in &self.subscription_ids {
+        for id in self.subscription_ids {
             dst.put_u32_le(*id);
         }
-        put_str(dst, self.group.as_deref().unwrap_or(""));
+        put_str(dst, self.group.unwrap_or(""));
         self.message.encode(dst);
+    }
+}
+
+impl OutRecord {
+    fn encode(&self, dst: &mut Vec<u8>) {
+        OutParts {
+            session: self.session,
+            seq: self.seq,
+            qos: self.qos,
+            retain: self.retain,
+            packet_id: self.packet_id,
+            subscription_ids: &self.subscription_ids,
+            group: self.group.as_deref(),
+            message: &self.message,
+        }
+        .encode(dst);
     }
 
     fn decode_after_head(session: u64, src: &mut &[u8]) -> Result<OutRecord, RecordError> {

@@ -6,7 +6,7 @@
 use tokio::time::Instant;
 
 use super::delivery::Queued;
-use crate::journal::record::{OutRecord, Record, StoredMessage};
+use crate::journal::record::{OutParts, OutRecord, Record, StoredMessage};
 use crate::journal::{self, Journal};
 
 /// A persistent session's place in the journal.
@@ -54,7 +54,20 @@ pub(super) fn out(
     packet_id: u16,
     now: Instant,
 ) -> u64 {
-    journal.append(&out_record(session, q, packet_id, now))
+    let message = journal::stored(&q.message, now);
+    journal.append_with(|dst| {
+        OutParts {
+            session,
+            seq: q.seq,
+            qos: q.qos as u8,
+            retain: q.retain,
+            packet_id,
+            subscription_ids: &q.subscription_ids,
+            group: q.group.as_deref(),
+            message: &message,
+        }
+        .encode(dst);
+    })
 }
 
 /// The record of `q` handed to `session` (`packet_id` 0: queued).

@@ -262,7 +262,9 @@ fn reopened_payloads(dir: &Path) -> Vec<Vec<u8>> {
 /// frame before the cut, nothing after it, and the log goes on from there.
 #[test]
 fn torn_tail_at_every_offset_keeps_every_complete_frame() {
-    let payloads: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i + 1; 3 + 5 * usize::from(i)]).collect();
+    let payloads: Vec<Vec<u8>> = (0..4u8)
+        .map(|i| vec![i + 1; 3 + 5 * usize::from(i)])
+        .collect();
     let source = temp_dir("torn-source");
     let (segment, ends) = write_frames(&source.0, &payloads);
     let original = std::fs::read(&segment).expect("read");
@@ -306,7 +308,11 @@ fn bit_flip_in_the_middle_is_detected() {
             let mut data = original.clone();
             data[at as usize] ^= bit;
             std::fs::write(dir.0.join(&name), &data).expect("write");
-            assert_eq!(reopened_payloads(&dir.0), payloads[..1].to_vec(), "flip at {at}");
+            assert_eq!(
+                reopened_payloads(&dir.0),
+                payloads[..1].to_vec(),
+                "flip at {at}"
+            );
         }
     }
 }

@@ -177,6 +177,17 @@ const QOS2_RECEIVED: u8 = 12;
 const QOS2_RELEASED: u8 = 13;
 const RETAIN: u8 = 14;
 
+/// A 0 byte for `None`; a 1 byte then `encode(value)` for `Some`.
+fn put_optional<T>(dst: &mut Vec<u8>, value: Option<&T>, encode: impl FnOnce(&mut Vec<u8>, &T)) {
+    match value {
+        None => dst.put_u8(0),
+        Some(value) => {
+            dst.put_u8(1);
+            encode(dst, value);
+        }
+    }
+}
+
 impl Record {
     /// Appends the encoding to `dst`.
     pub fn encode(&self, dst: &mut Vec<u8>) {
@@ -201,14 +212,10 @@ impl Record {
             Record::SessionOnline { session } => head(dst, SESSION_ONLINE, *session),
             Record::Will { session, will } => {
                 head(dst, WILL, *session);
-                match will {
-                    None => dst.put_u8(0),
-                    Some((message, delay_secs)) => {
-                        dst.put_u8(1);
-                        dst.put_u32_le(*delay_secs);
-                        message.encode(dst);
-                    }
-                }
+                put_optional(dst, will.as_ref(), |dst, (message, delay_secs)| {
+                    dst.put_u32_le(*delay_secs);
+                    message.encode(dst);
+                });
             }
             Record::Subscribe {
                 session,
@@ -254,13 +261,7 @@ impl Record {
             Record::Retain { topic, message } => {
                 dst.put_u8(RETAIN);
                 put_str(dst, topic);
-                match message {
-                    None => dst.put_u8(0),
-                    Some(message) => {
-                        dst.put_u8(1);
-                        message.encode(dst);
-                    }
-                }
+                put_optional(dst, message.as_ref(), |dst, m| m.encode(dst));
             }
         }
     }

@@ -10,6 +10,7 @@
 //! before it is in the checkpoint, and records after it are replayed onto it at recovery
 //! (replay converges, see `journal/state.rs`).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,11 +74,16 @@ impl Broker {
         };
         let started = std::time::Instant::now();
         let cut = journal.appended();
+        // From here a record that refers to a body stored before the cut stores it again.
+        // One that checked just before may still refer to an older body: the log is kept
+        // back to the previous checkpoint's cut, whose bodies recovery reads too.
+        let previous_cut = journal.set_cut(cut);
         let now = Instant::now();
         let mut records = Vec::new();
+        let mut bodies = HashSet::new();
         let mut sessions = 0;
         for session in self.sessions() {
-            if self.session_records(&session, now, &mut records) {
+            if self.session_records(&session, now, &mut bodies, &mut records) {
                 sessions += 1;
             }
         }
@@ -93,7 +99,7 @@ impl Broker {
         let count = records.len();
         let bytes = snapshot::write(journal.dir(), cut, records.into_iter())?;
         journal.set_checkpoint_bytes(bytes);
-        if let Err(e) = journal.release_before(cut) {
+        if let Err(e) = journal.release_before(previous_cut) {
             tracing::warn!(error = %e, "log segments before the checkpoint not released");
         }
         Ok(Some(Checkpointed {
@@ -105,7 +111,13 @@ impl Broker {
     }
 
     /// Appends the records of one persistent session to `out`; false if it is not one.
-    fn session_records(&self, session: &Arc<Session>, now: Instant, out: &mut Vec<Record>) -> bool {
+    fn session_records(
+        &self,
+        session: &Arc<Session>,
+        now: Instant,
+        bodies: &mut HashSet<u64>,
+        out: &mut Vec<Record>,
+    ) -> bool {
         let id = session.id;
         {
             let delivery = session.delivery();
@@ -129,7 +141,9 @@ impl Broker {
                     will: Some(will.clone()),
                 });
             }
-            delivery.log_records(now, out);
+            if let Some(journal) = self.journal() {
+                delivery.log_records(journal, now, bodies, out);
+            }
         }
         for (filter, record) in session.subscription_snapshot() {
             out.push(Record::Subscribe {
@@ -152,7 +166,7 @@ impl Broker {
     /// Puts recovered state back (before the listeners open, before the journal is
     /// attached, so nothing is logged again). Sessions come back offline; their expiry
     /// counts from when they went offline, or from now for those connected at the crash.
-    pub fn restore(&self, state: State) -> RestoreReport {
+    pub fn restore(&self, mut state: State) -> RestoreReport {
         let mut done = RestoreReport::default();
         let inner = &self.inner;
         inner.next_session_id.fetch_max(
@@ -179,6 +193,12 @@ impl Broker {
         // Wills of sessions that expired while the broker was down go out once every
         // session (and so every subscriber) is back ([MQTT-3.1.3-9]: at the session's end).
         let mut due_wills = Vec::new();
+        let mut bodies = Bodies {
+            stored: std::mem::take(&mut state.bodies),
+            decoded: HashMap::new(),
+            now,
+            now_unix_ms,
+        };
         for (id, s) in sessions {
             let offline_ms = s.offline_at_unix_ms.unwrap_or(now_unix_ms);
             let gone_secs = now_unix_ms.saturating_sub(offline_ms) / 1000;
@@ -196,7 +216,7 @@ impl Broker {
             } else {
                 s.expiry_secs - gone_secs as u32
             };
-            self.restore_session(id, s, remaining, gone_secs, now, &mut done);
+            self.restore_session(id, s, remaining, gone_secs, &mut bodies, &mut done);
         }
         done.wills += due_wills.len();
         done.due_wills = due_wills.into_iter().map(|(will, _)| will).collect();
@@ -221,11 +241,10 @@ impl Broker {
         s: SessionState,
         remaining_secs: u32,
         gone_secs: u64,
-        now: Instant,
+        bodies: &mut Bodies,
         done: &mut RestoreReport,
     ) {
-        let now_unix_ms = unix_ms_now();
-        let offline_ms = s.offline_at_unix_ms.unwrap_or(now_unix_ms);
+        let offline_ms = s.offline_at_unix_ms.unwrap_or(bodies.now_unix_ms);
         let limits = self.limits();
         let client_id: Arc<str> = Arc::from(s.client_id.as_str());
         let session = Arc::new(Session::new(
@@ -236,7 +255,7 @@ impl Broker {
         ));
         session.set_expiry_secs(s.expiry_secs);
         let generation = session.next_generation();
-        let outbound = restored_outbound(&s, now, now_unix_ms, done);
+        let outbound = restored_outbound(&s, bodies, done);
         {
             let mut delivery = session.delivery();
             delivery.set_log(Some((id, s.max_seq)));
@@ -299,19 +318,43 @@ fn recovered_will(
     ))
 }
 
+/// The recovered message bodies, each decoded once into the message every session that
+/// queued it shares again.
+struct Bodies {
+    stored: HashMap<u64, StoredMessage>,
+    decoded: HashMap<u64, Arc<Message>>,
+    /// The restore's clock.
+    now: Instant,
+    now_unix_ms: u64,
+}
+
+impl Bodies {
+    fn message(&mut self, id: u64) -> Option<Arc<Message>> {
+        if let Some(message) = self.decoded.get(&id) {
+            return Some(message.clone());
+        }
+        let message = decode(self.stored.get(&id)?, self.now, self.now_unix_ms)?;
+        message
+            .journal_body
+            .id
+            .store(id, std::sync::atomic::Ordering::Relaxed);
+        self.decoded.insert(id, message.clone());
+        Some(message)
+    }
+}
+
 /// The outbound messages of a recovered session, decoded, in order.
 fn restored_outbound(
     s: &SessionState,
-    now: Instant,
-    now_unix_ms: u64,
+    bodies: &mut Bodies,
     done: &mut RestoreReport,
 ) -> Vec<Restored> {
     let mut out = Vec::with_capacity(s.outbound.len());
     for entry in s.outbound.values() {
         let r = &entry.record;
-        let Some(message) = decode(&r.message, now, now_unix_ms) else {
+        let Some(message) = bodies.message(r.body) else {
             done.bad_messages += 1;
-            tracing::error!(client_id = %s.client_id, seq = r.seq, "stored message does not decode: dropped");
+            tracing::error!(client_id = %s.client_id, seq = r.seq, body = r.body, "stored message missing or does not decode: dropped");
             continue;
         };
         let id = |id: u16| PacketId::new(id);

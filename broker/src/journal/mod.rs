@@ -21,6 +21,7 @@ pub mod state;
 
 use std::cell::Cell;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -56,6 +57,11 @@ pub struct Journal {
     max_disk_bytes: u64,
     /// Size of the last checkpoint written (or read at start).
     checkpoint_bytes: std::sync::atomic::AtomicU64,
+    /// The cut of the checkpoint being or last written: a body stored before it is stored
+    /// again before a new record refers to it.
+    last_cut: AtomicU64,
+    /// The next body id.
+    next_body_id: AtomicU64,
 }
 
 impl Journal {
@@ -74,6 +80,61 @@ impl Journal {
             _lock: lock,
             max_disk_bytes,
             checkpoint_bytes: std::sync::atomic::AtomicU64::new(checkpoint_bytes),
+            last_cut: AtomicU64::new(0),
+            next_body_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Recovery read a checkpoint with this cut.
+    pub fn recovered_cut(&self, cut: u64) {
+        self.last_cut.store(cut, Ordering::Release);
+    }
+
+    /// Body ids recovered go up to `max`: new ones are numbered above.
+    pub fn set_max_body_id(&self, max: u64) {
+        self.next_body_id.fetch_max(max + 1, Ordering::Relaxed);
+    }
+
+    /// A checkpoint with this cut is being written (call before it reads any state);
+    /// returns the previous checkpoint's cut, before which the log may go once this one is
+    /// written.
+    pub fn set_cut(&self, cut: u64) -> u64 {
+        self.last_cut.swap(cut, Ordering::AcqRel)
+    }
+
+    /// The id of `message`'s stored body, for a record that refers to it: the body is
+    /// appended first unless it is in the log after the last checkpoint's cut already, so
+    /// that a message handed to many persistent sessions is stored once (per checkpoint).
+    pub fn body_id(&self, message: &Message, now: Instant) -> u64 {
+        let body = &message.journal_body;
+        let id = body.id.load(Ordering::Acquire);
+        if id != 0 && body.position.load(Ordering::Acquire) > self.last_cut.load(Ordering::Acquire)
+        {
+            return id;
+        }
+        let id = self.checkpoint_body_id(message);
+        if self.wal.is_some() {
+            let position = self.append(&Record::Body {
+                id,
+                message: stored(message, now),
+            });
+            body.position.store(position, Ordering::Release);
+        }
+        id
+    }
+
+    /// The id of `message`'s body for a checkpoint (which writes the body itself): the one
+    /// it has, or a new one.
+    pub fn checkpoint_body_id(&self, message: &Message) -> u64 {
+        let body = &message.journal_body;
+        match body.id.load(Ordering::Acquire) {
+            0 => {
+                let id = self.next_body_id.fetch_add(1, Ordering::Relaxed);
+                // Two racing callers may both assign: either id is stored with its body.
+                body.id.store(id, Ordering::Release);
+                id
+            }
+            id => id,
         }
     }
 

@@ -105,6 +105,14 @@ pub enum Record {
         /// Its packet id.
         packet_id: u16,
     },
+    /// A message body, stored once however many sessions queue it: [`Record::Out`]
+    /// records refer to it by `id` (ids are never reused).
+    Body {
+        /// The body's id.
+        id: u64,
+        /// The message.
+        message: StoredMessage,
+    },
     /// The retained message of a topic was set (`Some`) or cleared (`None`).
     Retain {
         /// The topic.
@@ -131,8 +139,8 @@ pub struct OutRecord {
     pub subscription_ids: Vec<u32>,
     /// The shared group (`$share/...` filter) it came through, if any.
     pub group: Option<String>,
-    /// The message.
-    pub message: StoredMessage,
+    /// The id of its [`Record::Body`].
+    pub body: u64,
 }
 
 /// A message as stored: when it was received and its PUBLISH encoded as MQTT 5.0 (topic,
@@ -176,6 +184,7 @@ const DONE: u8 = 11;
 const QOS2_RECEIVED: u8 = 12;
 const QOS2_RELEASED: u8 = 13;
 const RETAIN: u8 = 14;
+const BODY: u8 = 15;
 
 /// A 0 byte for `None`; a 1 byte then `encode(value)` for `Some`.
 fn put_optional<T>(dst: &mut Vec<u8>, value: Option<&T>, encode: impl FnOnce(&mut Vec<u8>, &T)) {
@@ -258,12 +267,22 @@ impl Record {
                 head(dst, QOS2_RELEASED, *session);
                 dst.put_u16_le(*packet_id);
             }
+            Record::Body { id, message } => {
+                dst.put_u8(BODY);
+                dst.put_u64_le(*id);
+                message.encode(dst);
+            }
             Record::Retain { topic, message } => {
                 dst.put_u8(RETAIN);
                 put_str(dst, topic);
                 put_optional(dst, message.as_ref(), |dst, m| m.encode(dst));
             }
         }
+    }
+
+    /// Whether the encoded record `src` is a [`Record::Body`].
+    pub fn is_body(src: &[u8]) -> bool {
+        src.first() == Some(&BODY)
     }
 
     /// Decodes one record (the whole of `src`).
@@ -280,6 +299,11 @@ impl Record {
                 _ => Some(StoredMessage::decode(&mut src)?),
             };
             return Ok(Record::Retain { topic, message });
+        }
+        if tag == BODY {
+            let id = get_u64(&mut src)?;
+            let message = StoredMessage::decode(&mut src)?;
+            return Ok(Record::Body { id, message });
         }
         let session = get_u64(&mut src)?;
         Ok(match tag {
@@ -356,7 +380,7 @@ impl Record {
             | Record::Qos2Received { session, .. }
             | Record::Qos2Released { session, .. } => Some(*session),
             Record::Out(out) => Some(out.session),
-            Record::Retain { .. } => None,
+            Record::Retain { .. } | Record::Body { .. } => None,
         }
     }
 }
@@ -379,8 +403,8 @@ pub struct OutParts<'a> {
     pub subscription_ids: &'a [u32],
     /// The shared subscription group it came through.
     pub group: Option<&'a str>,
-    /// The message.
-    pub message: &'a StoredMessage,
+    /// The id of the message's [`Record::Body`].
+    pub body: u64,
 }
 
 impl OutParts<'_> {
@@ -395,7 +419,7 @@ impl OutParts<'_> {
             dst.put_u32_le(*id);
         }
         put_str(dst, self.group.unwrap_or(""));
-        self.message.encode(dst);
+        dst.put_u64_le(self.body);
     }
 }
 
@@ -409,7 +433,7 @@ impl OutRecord {
             packet_id: self.packet_id,
             subscription_ids: &self.subscription_ids,
             group: self.group.as_deref(),
-            message: &self.message,
+            body: self.body,
         }
         .encode(dst);
     }
@@ -432,7 +456,7 @@ impl OutRecord {
             packet_id,
             subscription_ids,
             group: (!group.is_empty()).then_some(group),
-            message: StoredMessage::decode(src)?,
+            body: get_u64(src)?,
         })
     }
 }
@@ -560,8 +584,12 @@ mod tests {
                 packet_id: 65535,
                 subscription_ids: vec![1, 2],
                 group: Some("$share/g/t".into()),
-                message: message(),
+                body: 1 << 33,
             })),
+            Record::Body {
+                id: 1 << 33,
+                message: message(),
+            },
             Record::Sent {
                 session: 6,
                 seq: 3,

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::delivery::Queued;
 use crate::journal::record::{OutParts, OutRecord, Record, StoredMessage};
-use crate::journal::{self, Journal};
+use crate::journal::Journal;
 
 /// A persistent session's place in the journal.
 #[derive(Debug)]
@@ -54,7 +54,7 @@ pub(super) fn out(
     packet_id: u16,
     now: Instant,
 ) -> u64 {
-    let message = journal::stored(&q.message, now);
+    let body = journal.body_id(&q.message, now);
     journal.append_with(|dst| {
         OutParts {
             session,
@@ -64,14 +64,14 @@ pub(super) fn out(
             packet_id,
             subscription_ids: &q.subscription_ids,
             group: q.group.as_deref(),
-            message: &message,
+            body,
         }
         .encode(dst);
     })
 }
 
-/// The record of `q` handed to `session` (`packet_id` 0: queued).
-pub(super) fn out_record(session: u64, q: &Queued, packet_id: u16, now: Instant) -> Record {
+/// The record of `q` handed to `session` (`packet_id` 0: queued), its body being `body`.
+pub(super) fn out_record(session: u64, q: &Queued, packet_id: u16, body: u64) -> Record {
     Record::Out(Box::new(OutRecord {
         session,
         seq: q.seq,
@@ -80,7 +80,7 @@ pub(super) fn out_record(session: u64, q: &Queued, packet_id: u16, now: Instant)
         packet_id,
         subscription_ids: q.subscription_ids.clone(),
         group: q.group.as_deref().map(str::to_owned),
-        message: journal::stored(&q.message, now),
+        body,
     }))
 }
 

@@ -82,6 +82,12 @@ pub enum Close {
     /// The broker is shutting down.
     #[error("server shutting down")]
     Shutdown,
+    /// The client's token expired (0xA0 Maximum connect time).
+    #[error("token expired")]
+    TokenExpired,
+    /// An operator disconnected the client through the admin API (0x98).
+    #[error("disconnected by an administrator")]
+    Administrative,
     /// No CONNECT within the connect timeout.
     #[error("no CONNECT in time")]
     ConnectTimeout,
@@ -110,6 +116,8 @@ impl Close {
             Close::SlowConsumer => Some(ReasonCode::QUOTA_EXCEEDED),
             Close::KeepAliveTimeout => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
             Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
+            Close::TokenExpired => Some(ReasonCode::MAXIMUM_CONNECT_TIME),
+            Close::Administrative => Some(ReasonCode::ADMINISTRATIVE_ACTION),
         }
     }
 
@@ -147,6 +155,10 @@ pub enum Kick {
     TakenOver,
     /// Over the output buffer's cap for longer than the slow-consumer timeout (0x97).
     SlowConsumer,
+    /// The token the client authenticated with expired (0xA0).
+    TokenExpired,
+    /// An operator asked for it through the admin API (0x98).
+    Administrative,
 }
 
 impl Kick {
@@ -157,6 +169,8 @@ impl Kick {
             Kick::KeepAlive => 2,
             Kick::TakenOver => 3,
             Kick::SlowConsumer => 4,
+            Kick::TokenExpired => 5,
+            Kick::Administrative => 6,
         }
     }
 
@@ -167,6 +181,8 @@ impl Kick {
             2 => Some(Kick::KeepAlive),
             3 => Some(Kick::TakenOver),
             4 => Some(Kick::SlowConsumer),
+            5 => Some(Kick::TokenExpired),
+            6 => Some(Kick::Administrative),
             _ => None,
         }
     }
@@ -179,6 +195,8 @@ impl From<Kick> for Close {
             Kick::KeepAlive => Close::KeepAliveTimeout,
             Kick::TakenOver => Close::TakenOver,
             Kick::SlowConsumer => Close::SlowConsumer,
+            Kick::TokenExpired => Close::TokenExpired,
+            Kick::Administrative => Close::Administrative,
         }
     }
 }
@@ -197,6 +215,8 @@ mod tests {
             (Kick::KeepAlive, ReasonCode::KEEP_ALIVE_TIMEOUT),
             (Kick::TakenOver, ReasonCode::SESSION_TAKEN_OVER),
             (Kick::SlowConsumer, ReasonCode::QUOTA_EXCEEDED),
+            (Kick::TokenExpired, ReasonCode::MAXIMUM_CONNECT_TIME),
+            (Kick::Administrative, ReasonCode::ADMINISTRATIVE_ACTION),
         ] {
             assert_ne!(kick.to_u8(), 0);
             assert_eq!(Kick::from_u8(kick.to_u8()), Some(kick));

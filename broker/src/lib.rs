@@ -8,7 +8,9 @@
 //! - [`metrics`]: the broker's counters.
 //! - [`message`]: a routed message and its encodings.
 //! - [`config`]: configuration file, defaults, validation, the limits.
-//! - [`auth`]: password files and ACLs (Mosquitto formats).
+//! - [`auth`]: password files and ACLs (Mosquitto formats), JSON Web Tokens, the HTTP
+//!   callout.
+//! - [`http_client`]: a minimal HTTP/1.1 client (the callout, `tern ctl`).
 //! - [`ip_limits`]: connections and connect rate per IP address.
 //! - [`wal`]: the write-ahead log: framed records, group commit, recovery of a torn tail.
 //! - [`journal`]: what the broker acknowledged as records in the log, checkpoints, and the
@@ -56,6 +58,7 @@ pub mod connection;
 pub mod delivery;
 pub mod error;
 pub mod http;
+pub mod http_client;
 pub mod ip_limits;
 pub mod journal;
 pub mod keep_alive;

@@ -15,6 +15,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "metrics",
             "message",
             "config",
+            "http_client",
             "auth",
             "ip_limits",
             "wal",

@@ -64,10 +64,20 @@ pub(crate) async fn connect<R: AsyncRead + Unpin>(
             "non-CONNECT first packet",
         )));
     };
-    if let Err(code) = super::auth_hooks::login(broker, &connect, &info).await {
-        return Err(refuse(out, connect.protocol, code));
+    let granted = match super::auth_hooks::login(broker, &connect, &info).await {
+        Ok(granted) => granted,
+        Err(code) => return Err(refuse(out, connect.protocol, code)),
+    };
+    let mut connect = *connect;
+    if let Some(name) = granted.username {
+        // A token's user name claim is who the client is (ACL sections, `%u`).
+        connect.username = Some(ByteStr::from(name));
     }
-    establish(broker, *connect, out, &info)
+    let connection = establish(broker, connect, out, &info)?;
+    if let Some(expires_at) = granted.expires_at {
+        super::auth_hooks::close_at_expiry(out, expires_at);
+    }
+    Ok(connection)
 }
 
 /// A first packet that failed to decode. When it was a CONNECT whose protocol name and

@@ -292,6 +292,8 @@ impl Connection {
             Close::Protocol(_) => Metrics::add(&metrics.protocol_errors, 1),
             Close::KeepAliveTimeout => Metrics::add(&metrics.timeouts, 1),
             Close::SlowConsumer => Metrics::add(&metrics.slow_consumer_disconnects, 1),
+            Close::TokenExpired => Metrics::add(&metrics.auth_token_expired_disconnects, 1),
+            Close::Administrative => Metrics::add(&metrics.admin_kicks, 1),
             _ => {}
         }
         let session = self.machine.session().clone();

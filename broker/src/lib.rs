@@ -48,6 +48,7 @@
 //! - [`server`]: runs the parts together until shutdown.
 //! - [`checkpointer`]: persistence at run time: recovery at start, checkpoints, the last
 //!   one at shutdown.
+//! - [`ctl`], [`ctl_render`]: `tern ctl`, the admin API's command-line client.
 
 pub mod auth;
 pub mod backpressure;
@@ -55,6 +56,8 @@ pub mod broker;
 pub mod checkpointer;
 pub mod config;
 pub mod connection;
+pub mod ctl;
+pub mod ctl_render;
 pub mod delivery;
 pub mod error;
 pub mod http;

@@ -34,6 +34,9 @@ pub enum ReloadError {
     /// The password or ACL file did not load.
     #[error("[auth]: {0}")]
     Auth(#[from] crate::auth::AuthError),
+    /// The admin token file did not load.
+    #[error(transparent)]
+    Admin(#[from] crate::http::admin::AdminError),
     /// The new log level is not a valid filter.
     #[error("log.level: {0}")]
     LogLevel(String),
@@ -64,7 +67,9 @@ pub fn reload(
     let mut auth = AuthState::load(&new.auth)?;
     // Rules carried by tokens and callout answers stay with the clients that logged in.
     auth.keep_claims_of(&broker.auth().current());
+    crate::http::admin::load_token(&new.admin)?;
     set_log_level(&new.log.level).map_err(ReloadError::LogLevel)?;
+    bridges.admin().reload_token(&new.admin)?;
     let mut report = ReloadReport {
         needs_restart: broker.restart_only_changes(&new),
         ..Default::default()

@@ -28,7 +28,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("broker", &["broker"]),
     ("connection", &["connection"]),
     ("transport and HTTP", &["listener", "http", "sys", "reload"]),
-    ("server", &["server", "checkpointer"]),
+    ("server", &["server", "checkpointer", "ctl", "ctl_render"]),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

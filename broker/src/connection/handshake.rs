@@ -158,8 +158,14 @@ fn establish(
     if version.is_v5() {
         negotiated.connack.properties.assigned_client_identifier = assigned;
     }
-    let (session, resumed, generation) =
-        attach(broker, &client_id, &connect, out, &limits, &mut negotiated);
+    let (session, resumed, generation) = attach(
+        broker,
+        &client_id,
+        &connect,
+        (out, info),
+        &limits,
+        &mut negotiated,
+    );
     Metrics::add(&broker.metrics().clients_connected, 1);
     tracing::debug!(%client_id, peer = %info.addr, ?version, resumed, "client connected");
     if resumed {
@@ -264,7 +270,7 @@ fn attach(
     broker: &Broker,
     client_id: &str,
     connect: &Connect,
-    out: &Arc<SharedWriter>,
+    (out, info): (&Arc<SharedWriter>, &PeerInfo),
     limits: &Limits,
     negotiated: &mut Negotiated,
 ) -> (Arc<Session>, bool, u64) {
@@ -304,6 +310,11 @@ fn attach(
             ),
             generation,
             username: connect.username.clone(),
+            peer: info.addr,
+            keep_alive_secs: negotiated.keep_alive_secs,
+            connected_at_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         };
         let ctx = broker.deliver_ctx(Instant::now());
         delivery.attach(link, usize::from(window), ctx);

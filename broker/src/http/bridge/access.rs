@@ -278,7 +278,8 @@ pub fn query_params(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn percent_decode(text: &str) -> Option<String> {
+/// `text` percent-decoded (`+` stays a plus sign); `None` when it is not valid UTF-8.
+pub fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

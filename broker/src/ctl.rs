@@ -11,6 +11,7 @@ use bytes::Bytes;
 use hyper::Method;
 use serde_json::{json, Value};
 
+use crate::ctl_render;
 use crate::http_client::{self, HttpClientError};
 
 /// How long one request may take.
@@ -128,7 +129,7 @@ pub async fn run(args: &CtlArgs) -> Result<String, CtlError> {
     if args.json {
         return Ok(serde_json::to_string_pretty(&answer).unwrap_or_default());
     }
-    Ok(crate::ctl_render::render(&args.command, &answer))
+    Ok(render(&args.command, &answer))
 }
 
 fn request_of(command: &CtlCommand) -> (Method, String, Option<Value>) {
@@ -204,4 +205,50 @@ async fn call(
         });
     }
     Ok(value)
+}
+
+/// The text for `command`'s `answer`.
+fn render(command: &CtlCommand, answer: &Value) -> String {
+    match command {
+        CtlCommand::Clients { .. } => ctl_render::table(
+            &answer["clients"],
+            &[
+                ("CLIENT ID", "client_id"),
+                ("USER", "username"),
+                ("PEER", "peer"),
+                ("PROTO", "protocol"),
+                ("KEEPALIVE", "keep_alive_secs"),
+                ("INFLIGHT", "inflight"),
+                ("QUEUED", "queued"),
+                ("SUBS", "subscriptions"),
+            ],
+        ),
+        CtlCommand::Sessions => ctl_render::table(
+            &answer["sessions"],
+            &[
+                ("CLIENT ID", "client_id"),
+                ("ONLINE", "online"),
+                ("EXPIRY", "session_expiry_secs"),
+                ("QUEUED", "queued"),
+                ("INFLIGHT", "inflight"),
+                ("SUBS", "subscriptions"),
+            ],
+        ),
+        CtlCommand::Retained { .. } => ctl_render::table(
+            &answer["retained"],
+            &[
+                ("TOPIC", "topic"),
+                ("QOS", "qos"),
+                ("BYTES", "payload_bytes"),
+                ("PAYLOAD", "payload"),
+            ],
+        ),
+        CtlCommand::Client { .. } => ctl_render::client(answer),
+        CtlCommand::Kick { id } => format!("kicked {id}"),
+        CtlCommand::Publish { topic, .. } => format!(
+            "published to {topic} (delivered to {})",
+            ctl_render::cell(&answer["delivered"])
+        ),
+        CtlCommand::Reload => format!("reloaded: {}", ctl_render::cell(&answer["summary"])),
+    }
 }

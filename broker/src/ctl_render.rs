@@ -1,60 +1,12 @@
-//! How `tern ctl` prints the admin API's answers as readable tables and lines (`--json`
-//! prints them as they are).
+//! How `tern ctl` prints the admin API's answers: aligned tables and `key value` lines
+//! (`--json` prints them as they are). Knows JSON, not the commands ([`crate::ctl`]).
 
 use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::ctl::CtlCommand;
-
-/// The text for `command`'s `answer`.
-pub fn render(command: &CtlCommand, answer: &Value) -> String {
-    match command {
-        CtlCommand::Clients { .. } => table(
-            &answer["clients"],
-            &[
-                ("CLIENT ID", "client_id"),
-                ("USER", "username"),
-                ("PEER", "peer"),
-                ("PROTO", "protocol"),
-                ("KEEPALIVE", "keep_alive_secs"),
-                ("INFLIGHT", "inflight"),
-                ("QUEUED", "queued"),
-                ("SUBS", "subscriptions"),
-            ],
-        ),
-        CtlCommand::Sessions => table(
-            &answer["sessions"],
-            &[
-                ("CLIENT ID", "client_id"),
-                ("ONLINE", "online"),
-                ("EXPIRY", "session_expiry_secs"),
-                ("QUEUED", "queued"),
-                ("INFLIGHT", "inflight"),
-                ("SUBS", "subscriptions"),
-            ],
-        ),
-        CtlCommand::Retained { .. } => table(
-            &answer["retained"],
-            &[
-                ("TOPIC", "topic"),
-                ("QOS", "qos"),
-                ("BYTES", "payload_bytes"),
-                ("PAYLOAD", "payload"),
-            ],
-        ),
-        CtlCommand::Client { .. } => client(answer),
-        CtlCommand::Kick { id } => format!("kicked {id}"),
-        CtlCommand::Publish { topic, .. } => format!(
-            "published to {topic} (delivered to {})",
-            cell(&answer["delivered"])
-        ),
-        CtlCommand::Reload => format!("reloaded: {}", cell(&answer["summary"])),
-    }
-}
-
 /// A value as a table cell: strings bare, null as `-`, long text cut.
-fn cell(value: &Value) -> String {
+pub fn cell(value: &Value) -> String {
     let text = match value {
         Value::Null => "-".to_string(),
         Value::String(s) => s.clone(),
@@ -71,7 +23,8 @@ fn cell(value: &Value) -> String {
     }
 }
 
-fn table(rows: &Value, columns: &[(&str, &str)]) -> String {
+/// `rows` (a JSON array of objects) as a table of `columns` (title, key), with a count.
+pub fn table(rows: &Value, columns: &[(&str, &str)]) -> String {
     let rows: &[Value] = rows.as_array().map_or(&[], Vec::as_slice);
     let cells: Vec<Vec<String>> = rows
         .iter()
@@ -106,7 +59,8 @@ fn table(rows: &Value, columns: &[(&str, &str)]) -> String {
     out
 }
 
-fn client(answer: &Value) -> String {
+/// One client's details, one `key value` line each, then its subscriptions.
+pub fn client(answer: &Value) -> String {
     let mut out = String::new();
     if let Value::Object(map) = answer {
         for (key, value) in map.iter().filter(|(k, _)| *k != "subscriptions") {
@@ -138,7 +92,15 @@ mod tests {
             {"topic": "a/b", "qos": 1, "payload_bytes": 2, "payload": "hi"},
             {"topic": "long/topic/name", "qos": 0, "payload_bytes": 0, "payload": null}
         ]});
-        let text = render(&CtlCommand::Retained { filter: None }, &answer);
+        let text = table(
+            &answer["retained"],
+            &[
+                ("TOPIC", "topic"),
+                ("QOS", "qos"),
+                ("BYTES", "payload_bytes"),
+                ("PAYLOAD", "payload"),
+            ],
+        );
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "TOPIC            QOS  BYTES  PAYLOAD");
         assert_eq!(lines[1], "a/b              1    2      hi");

@@ -40,6 +40,13 @@ pub struct ClaimRegistry {
 impl ClaimRegistry {
     /// Records what `username`'s login carried (`None`: nothing, the ACL file applies).
     pub fn set(&self, username: &str, carried: Option<Carried>) {
+        if carried.is_none() {
+            // The common case (password logins): nothing recorded, so no write lock.
+            let map = self.by_user.read().unwrap_or_else(|p| p.into_inner());
+            if !map.contains_key(username) {
+                return;
+            }
+        }
         let mut map = self.by_user.write().unwrap_or_else(|p| p.into_inner());
         match carried {
             None => {

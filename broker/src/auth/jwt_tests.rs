@@ -199,3 +199,33 @@ fn load_errors_name_the_file() {
     assert!(looks_like_token("a.b.c"));
     assert!(!looks_like_token("user:pass"));
 }
+
+#[test]
+fn es256_with_a_pem_public_key() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let dir = std::env::temp_dir().join(format!("tern-jwt-es-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let public = dir.join("ec.pub");
+    std::fs::write(&public, key.public_key_pem()).expect("write");
+    let config = JwtConfig {
+        enabled: true,
+        algorithm: JwtAlgorithm::ES256,
+        public_key_file: public,
+        ..JwtConfig::default()
+    };
+    let v = JwtVerifier::load(&config).expect("load");
+    let signing = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("pem");
+    let claims = json!({"sub": "ec", "exp": now() + 60});
+    let token = encode(&Header::new(Algorithm::ES256), &claims, &signing).expect("encode");
+    assert_eq!(
+        v.verify(token.as_bytes(), None).expect("valid").username,
+        "ec"
+    );
+    let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let signing = EncodingKey::from_ec_pem(other.serialize_pem().as_bytes()).expect("pem");
+    let forged = encode(&Header::new(Algorithm::ES256), &claims, &signing).expect("encode");
+    assert_eq!(
+        v.verify(forged.as_bytes(), None).err(),
+        Some(JwtError::BadSignature)
+    );
+}

@@ -65,13 +65,12 @@ pub async fn authenticate(
     credentials: Credentials,
     metrics: &Metrics,
 ) -> Result<Granted, LoginError> {
-    let token_sources = state.jwt.is_some() || state.callout.is_some();
-    if credentials.username.is_none() && (credentials.password.is_none() || !token_sources) {
-        return if state.allow_anonymous {
-            Ok(Granted::default())
-        } else {
-            Err(LoginError::AnonymousRefused)
-        };
+    if let Some(decided) = without_sources(
+        &state,
+        credentials.username.as_deref(),
+        credentials.password.is_some(),
+    ) {
+        return decided;
     }
     for &source in &state.order {
         let verdict = match source {
@@ -91,14 +90,38 @@ pub async fn authenticate(
             Verdict::Next => {}
         }
     }
-    if !state.has_sources() && state.allow_anonymous && credentials.username.is_some() {
-        // No source to check the name against: it only selects an ACL section (Mosquitto).
-        return Ok(Granted {
-            username: credentials.username.as_deref().map(str::to_string),
-            ..Granted::default()
+    Err(LoginError::BadCredentials)
+}
+
+/// The decision when no source has to run: no credentials presented (or only a password
+/// with nothing to check it as a token), or no source configured. `None`: ask the sources.
+/// A connection's handshake calls this first, so a broker without sources never builds the
+/// (larger) [`authenticate`] future.
+pub fn without_sources(
+    state: &AuthState,
+    username: Option<&str>,
+    has_password: bool,
+) -> Option<Result<Granted, LoginError>> {
+    let token_sources = state.jwt.is_some() || state.callout.is_some();
+    if username.is_none() && (!has_password || !token_sources) {
+        return Some(if state.allow_anonymous {
+            Ok(Granted::default())
+        } else {
+            Err(LoginError::AnonymousRefused)
         });
     }
-    Err(LoginError::BadCredentials)
+    if state.has_sources() {
+        return None;
+    }
+    // No source to check the name against: it only selects an ACL section (Mosquitto).
+    Some(if state.allow_anonymous {
+        Ok(Granted {
+            username: username.map(str::to_string),
+            ..Granted::default()
+        })
+    } else {
+        Err(LoginError::BadCredentials)
+    })
 }
 
 async fn password_file(state: &Arc<AuthState>, credentials: &Credentials) -> Verdict {

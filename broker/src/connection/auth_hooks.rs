@@ -38,19 +38,26 @@ pub(super) async fn login(
     if info.cert_username.is_some() {
         return Ok(auth::Granted::default());
     }
-    let credentials = auth::Credentials {
-        client_id: connect.client_id.to_string(),
-        username: connect.username.clone(),
-        password: connect.password.clone(),
-        peer: Some(info.addr),
-        protocol: match connect.protocol {
-            ProtocolVersion::V5 => "mqtt5",
-            ProtocolVersion::V3_1_1 => "mqtt3.1.1",
-            ProtocolVersion::V3_1 => "mqtt3.1",
-        },
-    };
     let state = broker.auth().current();
-    match auth::authenticate(state, credentials, broker.metrics()).await {
+    let quick = auth::login::without_sources(
+        &state,
+        connect.username.as_deref(),
+        connect.password.is_some(),
+    );
+    let decided = match quick {
+        Some(decided) => decided,
+        // Boxed: the sources' future is large and the connection task's future must stay
+        // small (`connection_future_stays_small`); brokers without sources never get here.
+        None => {
+            Box::pin(auth::authenticate(
+                state,
+                credentials(connect, info),
+                broker.metrics(),
+            ))
+            .await
+        }
+    };
+    match decided {
         Ok(granted) => Ok(granted),
         Err(e) => {
             Metrics::add(&broker.metrics().auth_failures, 1);
@@ -63,6 +70,21 @@ pub(super) async fn login(
             );
             Err(e.reason_code())
         }
+    }
+}
+
+/// What CONNECT presented, for the authentication sources.
+fn credentials(connect: &Connect, info: &PeerInfo) -> auth::Credentials {
+    auth::Credentials {
+        client_id: connect.client_id.to_string(),
+        username: connect.username.clone(),
+        password: connect.password.clone(),
+        peer: Some(info.addr),
+        protocol: match connect.protocol {
+            ProtocolVersion::V5 => "mqtt5",
+            ProtocolVersion::V3_1_1 => "mqtt3.1.1",
+            ProtocolVersion::V3_1 => "mqtt3.1",
+        },
     }
 }
 

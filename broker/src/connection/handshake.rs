@@ -30,7 +30,7 @@ pub(crate) async fn connect<R: AsyncRead + Unpin>(
     broker: &Broker,
     reader: &mut PacketReader<R>,
     out: &Arc<SharedWriter>,
-    info: PeerInfo,
+    info: &PeerInfo,
 ) -> Result<Connection, Close> {
     let peer = info.addr;
     let timeout = Duration::from_millis(broker.limits().connect_timeout_ms);
@@ -64,7 +64,7 @@ pub(crate) async fn connect<R: AsyncRead + Unpin>(
             "non-CONNECT first packet",
         )));
     };
-    let granted = match super::auth_hooks::login(broker, &connect, &info).await {
+    let granted = match super::auth_hooks::login(broker, &connect, info).await {
         Ok(granted) => granted,
         Err(code) => return Err(refuse(out, connect.protocol, code)),
     };
@@ -73,7 +73,7 @@ pub(crate) async fn connect<R: AsyncRead + Unpin>(
         // A token's user name claim is who the client is (ACL sections, `%u`).
         connect.username = Some(ByteStr::from(name));
     }
-    let connection = establish(broker, connect, out, &info)?;
+    let connection = establish(broker, connect, out, info)?;
     if let Some(expires_at) = granted.expires_at {
         super::auth_hooks::close_at_expiry(out, expires_at);
     }
@@ -293,6 +293,7 @@ fn attach(
             old.writer.control().kick(crate::error::Kick::TakenOver);
         }
         let generation = session.next_generation();
+        session.reset_bytes();
         broker.session_resumed(&session);
         session.set_expiry_secs(negotiated.expiry_secs);
         broker.log_attached(&session, &mut delivery, negotiated.expiry_secs);

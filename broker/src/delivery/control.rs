@@ -32,8 +32,6 @@ pub struct Control {
     /// When the connection times out unless it receives something, in ms on the
     /// [`crate::keep_alive::KeepAlive`] clock.
     keep_alive_deadline_ms: AtomicU64,
-    /// Bytes read from and written to this connection (the admin API shows them).
-    bytes: [AtomicU64; 2],
 }
 
 impl Default for Control {
@@ -45,26 +43,11 @@ impl Default for Control {
             keep_alive_ms: AtomicU32::new(0),
             keep_alive_tick: AtomicU32::new(0),
             keep_alive_deadline_ms: AtomicU64::new(NO_DEADLINE_MS),
-            bytes: [AtomicU64::new(0), AtomicU64::new(0)],
         }
     }
 }
 
 impl Control {
-    /// Counts `n` bytes read (`written` false) or written on this connection.
-    #[inline]
-    pub fn count_bytes(&self, written: bool, n: u64) {
-        self.bytes[usize::from(written)].fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Bytes read from and written to this connection so far.
-    pub fn bytes(&self) -> (u64, u64) {
-        (
-            self.bytes[0].load(Ordering::Relaxed),
-            self.bytes[1].load(Ordering::Relaxed),
-        )
-    }
-
     /// Asks the connection to close for `reason` (takeover, slow consumer, keep alive,
     /// shutdown; sent as DISCONNECT to 5.0 clients). The first reason stays.
     pub fn kick(&self, reason: Kick) {

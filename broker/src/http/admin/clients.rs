@@ -122,7 +122,7 @@ fn describe(session: &Session, full: bool) -> Value {
         "offline_since_unix_ms": delivery.offline_since_unix_ms(),
     });
     if let Some(link) = delivery.link() {
-        let (received, sent) = link.writer.control().bytes();
+        let (received, sent) = session.bytes();
         value["username"] = json!(link.username.as_deref());
         value["peer"] = json!(link.peer.to_string());
         value["protocol"] = json!(protocol_name(link.version));

@@ -21,8 +21,8 @@ use super::{AuthState, LoginError};
 use crate::config::{AuthSource, CalloutFailure};
 use crate::metrics::Metrics;
 
-/// What a client presented.
-#[derive(Debug, Clone)]
+/// What a client presented. `Debug` leaves the password (or token) out.
+#[derive(Clone)]
 pub struct Credentials {
     /// The MQTT client identifier (bridges: [`crate::auth::BRIDGE_CLIENT_ID`]).
     pub client_id: String,
@@ -34,6 +34,18 @@ pub struct Credentials {
     pub peer: Option<SocketAddr>,
     /// `mqtt3.1`, `mqtt3.1.1`, `mqtt5`, `sse`, `ws`.
     pub protocol: &'static str,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("peer", &self.peer)
+            .field("protocol", &self.protocol)
+            .finish()
+    }
 }
 
 /// A client that was let in.

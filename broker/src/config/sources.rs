@@ -224,3 +224,59 @@ pub(super) fn check(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{AuthSource, Config, JwtAlgorithm};
+
+    fn load(name: &str, text: &str) -> Result<Config, String> {
+        let dir = std::env::temp_dir().join(format!("tern-sources-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("tern.toml");
+        std::fs::write(&path, text).expect("write");
+        Config::load(Some(&path)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_off_and_partial_tables_keep_defaults() {
+        let config = Config::default_config();
+        assert!(!config.auth.jwt.enabled && !config.auth.http.enabled && !config.admin.enabled);
+        assert!(config.auth.allow_password_in_url);
+        let config = load(
+            "partial",
+            "[auth]\norder = [\"jwt\", \"password_file\"]\n\
+             [auth.jwt]\nenabled = true\nalgorithm = \"RS256\"\npublic_key_file = \"k.pem\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.auth.order,
+            [AuthSource::Jwt, AuthSource::PasswordFile]
+        );
+        assert_eq!(config.auth.jwt.algorithm, JwtAlgorithm::RS256);
+        assert_eq!(config.auth.jwt.username_claim, "sub");
+        assert_eq!(config.auth.jwt.leeway_secs, 30);
+    }
+
+    #[test]
+    fn missing_files_and_bad_values_name_the_key() {
+        for (name, text, key) in [
+            ("hs", "[auth.jwt]\nenabled = true\n", "auth.jwt.secret_file"),
+            (
+                "rs",
+                "[auth.jwt]\nenabled = true\nalgorithm = \"ES256\"\n",
+                "auth.jwt.public_key_file",
+            ),
+            (
+                "url",
+                "[auth.http]\nenabled = true\nurl = \"https://x\"\n",
+                "auth.http.url",
+            ),
+            ("admin", "[admin]\nenabled = true\n", "admin.token_file"),
+            ("alg", "[auth.jwt]\nalgorithm = \"none\"\n", "none"),
+            ("order", "[auth]\norder = [\"ldap\"]\n", "ldap"),
+        ] {
+            let err = load(name, text).expect_err(name);
+            assert!(err.contains(key), "{name}: {err}");
+        }
+    }
+}

@@ -9,6 +9,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod sources;
+
+pub use self::sources::{
+    AdminConfig, AuthSource, CalloutFailure, ClaimAclMode, HttpAuthConfig, JwtAlgorithm, JwtConfig,
+};
+
 /// The defaults, documented: the repository's `config.toml`, compiled in.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config.toml");
 
@@ -32,6 +38,9 @@ pub struct Config {
     pub log: LogConfig,
     /// Persistence of sessions and retained messages.
     pub persistence: PersistenceConfig,
+    /// The admin API (`/api/v1`) and `tern ctl`.
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 /// One MQTT listener.
@@ -158,6 +167,22 @@ pub struct AuthConfig {
     pub password_file: PathBuf,
     /// A Mosquitto `acl_file`; empty for none (every client may do everything).
     pub acl_file: PathBuf,
+    /// The order the enabled sources are tried in; the first that accepts decides.
+    #[serde(default = "sources::default_order")]
+    pub order: Vec<AuthSource>,
+    /// Whether the HTTP bridges accept `?token=user:password` (always off when JWT is on).
+    #[serde(default = "default_true")]
+    pub allow_password_in_url: bool,
+    /// JSON Web Tokens.
+    #[serde(default)]
+    pub jwt: JwtConfig,
+    /// The HTTP callout.
+    #[serde(default)]
+    pub http: HttpAuthConfig,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Session policy.
@@ -444,7 +469,9 @@ impl Config {
                 "at least 1",
             ));
         }
-        self.validate_persistence(source_name)
+        self.validate_persistence(source_name)?;
+        sources::check(&self.auth.jwt, &self.auth.http, &self.admin)
+            .map_err(|(key, value, allowed)| out_of_range(key, value, allowed))
     }
 
     fn validate_persistence(&self, source_name: &str) -> Result<(), ConfigError> {

@@ -86,6 +86,12 @@ pub enum Close {
     /// PUBACK/PUBREC 0x97 instead and stays connected).
     #[error("data directory over max_disk_bytes")]
     DiskFull,
+    /// The client's token expired (0xA0 Maximum connect time).
+    #[error("token expired")]
+    TokenExpired,
+    /// An operator disconnected the client through the admin API (0x98).
+    #[error("disconnected by an administrator")]
+    Administrative,
     /// No CONNECT within the connect timeout.
     #[error("no CONNECT in time")]
     ConnectTimeout,
@@ -115,6 +121,8 @@ impl Close {
             Close::KeepAliveTimeout => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
             Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
             Close::DiskFull => Some(ReasonCode::QUOTA_EXCEEDED),
+            Close::TokenExpired => Some(ReasonCode::MAXIMUM_CONNECT_TIME),
+            Close::Administrative => Some(ReasonCode::ADMINISTRATIVE_ACTION),
         }
     }
 
@@ -152,6 +160,10 @@ pub enum Kick {
     TakenOver,
     /// Over the output buffer's cap for longer than the slow-consumer timeout (0x97).
     SlowConsumer,
+    /// The token the client authenticated with expired (0xA0).
+    TokenExpired,
+    /// An operator asked for it through the admin API (0x98).
+    Administrative,
 }
 
 impl Kick {
@@ -162,6 +174,8 @@ impl Kick {
             Kick::KeepAlive => 2,
             Kick::TakenOver => 3,
             Kick::SlowConsumer => 4,
+            Kick::TokenExpired => 5,
+            Kick::Administrative => 6,
         }
     }
 
@@ -172,6 +186,8 @@ impl Kick {
             2 => Some(Kick::KeepAlive),
             3 => Some(Kick::TakenOver),
             4 => Some(Kick::SlowConsumer),
+            5 => Some(Kick::TokenExpired),
+            6 => Some(Kick::Administrative),
             _ => None,
         }
     }
@@ -184,6 +200,8 @@ impl From<Kick> for Close {
             Kick::KeepAlive => Close::KeepAliveTimeout,
             Kick::TakenOver => Close::TakenOver,
             Kick::SlowConsumer => Close::SlowConsumer,
+            Kick::TokenExpired => Close::TokenExpired,
+            Kick::Administrative => Close::Administrative,
         }
     }
 }
@@ -202,6 +220,8 @@ mod tests {
             (Kick::KeepAlive, ReasonCode::KEEP_ALIVE_TIMEOUT),
             (Kick::TakenOver, ReasonCode::SESSION_TAKEN_OVER),
             (Kick::SlowConsumer, ReasonCode::QUOTA_EXCEEDED),
+            (Kick::TokenExpired, ReasonCode::MAXIMUM_CONNECT_TIME),
+            (Kick::Administrative, ReasonCode::ADMINISTRATIVE_ACTION),
         ] {
             assert_ne!(kick.to_u8(), 0);
             assert_eq!(Kick::from_u8(kick.to_u8()), Some(kick));

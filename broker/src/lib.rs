@@ -8,7 +8,9 @@
 //! - [`metrics`]: the broker's counters.
 //! - [`message`]: a routed message and its encodings.
 //! - [`config`]: configuration file, defaults, validation, the limits.
-//! - [`auth`]: password files and ACLs (Mosquitto formats).
+//! - [`auth`]: password files and ACLs (Mosquitto formats), JSON Web Tokens, the HTTP
+//!   callout.
+//! - [`http_client`]: a minimal HTTP/1.1 client (the callout, `tern ctl`).
 //! - [`ip_limits`]: connections and connect rate per IP address.
 //! - [`wal`]: the write-ahead log: framed records, group commit, recovery of a torn tail.
 //! - [`journal`]: what the broker acknowledged as records in the log, checkpoints, and the
@@ -46,6 +48,7 @@
 //! - [`server`]: runs the parts together until shutdown.
 //! - [`checkpointer`]: persistence at run time: recovery at start, checkpoints, the last
 //!   one at shutdown.
+//! - [`ctl`], [`ctl_render`]: `tern ctl`, the admin API's command-line client.
 
 pub mod auth;
 pub mod backpressure;
@@ -53,9 +56,12 @@ pub mod broker;
 pub mod checkpointer;
 pub mod config;
 pub mod connection;
+pub mod ctl;
+pub mod ctl_render;
 pub mod delivery;
 pub mod error;
 pub mod http;
+pub mod http_client;
 pub mod ip_limits;
 pub mod journal;
 pub mod keep_alive;

@@ -48,6 +48,9 @@ enum Command {
         /// The configuration file.
         path: PathBuf,
     },
+    /// Talk to a running broker through its admin API (`[admin]`): list and kick clients,
+    /// sessions, retained messages, publish, reload.
+    Ctl(tern_broker::ctl::CtlArgs),
 }
 
 /// jemalloc, chosen by measurement: frames are allocated by the task that reads them and
@@ -67,6 +70,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(Command::CheckConfig { path }) = &args.command {
         return check_config(path);
+    }
+    if let Some(Command::Ctl(ctl)) = &args.command {
+        return run_ctl(ctl);
     }
     let config = Config::load(args.config.as_deref())?;
     let log = init_tracing(&config, args.log_level.as_deref());
@@ -133,6 +139,7 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
         .map_err(anyhow::Error::from)
         .and_then(|config| {
             tern_broker::auth::AuthState::load(&config.auth)?;
+            tern_broker::http::admin::load_token(&config.admin)?;
             for listener in config.listeners.iter().filter(|l| l.kind.is_tls()) {
                 tern_broker::listener::tls::acceptor(listener)?;
             }
@@ -157,7 +164,26 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     }
 }
 
-/// Reloads the configuration on every SIGHUP; an invalid one keeps the old in force.
+/// `tern ctl ...`: one admin API request; prints the answer, exits 1 on failure.
+fn run_ctl(ctl: &tern_broker::ctl::CtlArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    match runtime.block_on(tern_broker::ctl::run(ctl)) {
+        Ok(text) => {
+            println!("{text}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("tern ctl: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Reloads the configuration on every SIGHUP and every admin API reload request; an
+/// invalid one keeps the old in force.
 async fn reload_on_sighup(bridges: Arc<Bridges>, path: Option<PathBuf>, log: LogHandle) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = match signal(SignalKind::hangup()) {
@@ -174,8 +200,30 @@ async fn reload_on_sighup(bridges: Arc<Bridges>, path: Option<PathBuf>, log: Log
         let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         log.reload(filter).map_err(|e| e.to_string())
     };
-    while hangups.recv().await.is_some() {
-        match tern_broker::reload::reload(&bridges, path.as_deref(), &set_level) {
+    let (hook, mut requests) = tokio::sync::mpsc::channel(4);
+    bridges.admin().set_reload_hook(hook);
+    loop {
+        let reply = tokio::select! {
+            signal = hangups.recv() => match signal {
+                Some(()) => None,
+                None => return,
+            },
+            request = requests.recv() => match request {
+                Some(reply) => Some(reply),
+                None => return,
+            },
+        };
+        let result = tern_broker::reload::reload(&bridges, path.as_deref(), &set_level);
+        if let Some(reply) = reply {
+            let _ = reply.send(match &result {
+                Ok(report) => Ok(format!(
+                    "{} sessions re-checked; needs restart: {:?}",
+                    report.sessions_rechecked, report.needs_restart
+                )),
+                Err(e) => Err(e.to_string()),
+            });
+        }
+        match result {
             Ok(report) => {
                 tracing::info!(
                     sessions_rechecked = report.sessions_rechecked,

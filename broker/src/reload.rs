@@ -11,7 +11,9 @@
 //!   timeout, slow-consumer timeout) and the HTTP bridges, which read the limits in force
 //!   on every request; connected MQTT clients keep the limits they connected under;
 //!   `max_connections` needs a restart;
-//! - `[log] level`.
+//! - `[log] level`;
+//! - the JWT keys (secret, PEM or JWKS file: keys can be rotated), the HTTP callout
+//!   settings (its cache starts empty), and the admin token.
 //!
 //! An invalid new configuration changes nothing: the old one stays in force and the error
 //! says why. Changes that need a restart (listeners, `[http]`, `[session]`, `[sys]`,
@@ -32,6 +34,9 @@ pub enum ReloadError {
     /// The password or ACL file did not load.
     #[error("[auth]: {0}")]
     Auth(#[from] crate::auth::AuthError),
+    /// The admin token file did not load.
+    #[error(transparent)]
+    Admin(#[from] crate::http::admin::AdminError),
     /// The new log level is not a valid filter.
     #[error("log.level: {0}")]
     LogLevel(String),
@@ -59,8 +64,12 @@ pub fn reload(
 ) -> Result<ReloadReport, ReloadError> {
     let broker = bridges.broker();
     let new = Config::load(path)?;
-    let auth = AuthState::load(&new.auth)?;
+    let mut auth = AuthState::load(&new.auth)?;
+    // Rules carried by tokens and callout answers stay with the clients that logged in.
+    auth.keep_claims_of(&broker.auth().current());
+    crate::http::admin::load_token(&new.admin)?;
     set_log_level(&new.log.level).map_err(ReloadError::LogLevel)?;
+    bridges.admin().reload_token(&new.admin)?;
     let mut report = ReloadReport {
         needs_restart: broker.restart_only_changes(&new),
         ..Default::default()

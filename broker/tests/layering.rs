@@ -15,6 +15,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "metrics",
             "message",
             "config",
+            "http_client",
             "auth",
             "ip_limits",
             "wal",
@@ -27,7 +28,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("broker", &["broker"]),
     ("connection", &["connection"]),
     ("transport and HTTP", &["listener", "http", "sys", "reload"]),
-    ("server", &["server", "checkpointer"]),
+    ("server", &["server", "checkpointer", "ctl", "ctl_render"]),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

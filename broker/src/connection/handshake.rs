@@ -30,7 +30,7 @@ pub(crate) async fn connect<R: AsyncRead + Unpin>(
     broker: &Broker,
     reader: &mut PacketReader<R>,
     out: &Arc<SharedWriter>,
-    info: PeerInfo,
+    info: &PeerInfo,
 ) -> Result<Connection, Close> {
     let peer = info.addr;
     let timeout = Duration::from_millis(broker.limits().connect_timeout_ms);
@@ -64,10 +64,20 @@ pub(crate) async fn connect<R: AsyncRead + Unpin>(
             "non-CONNECT first packet",
         )));
     };
-    if let Err(code) = super::auth_hooks::login(broker, &connect, &info).await {
-        return Err(refuse(out, connect.protocol, code));
+    let granted = match super::auth_hooks::login(broker, &connect, info).await {
+        Ok(granted) => granted,
+        Err(code) => return Err(refuse(out, connect.protocol, code)),
+    };
+    let mut connect = *connect;
+    if let Some(name) = granted.username {
+        // A token's user name claim is who the client is (ACL sections, `%u`).
+        connect.username = Some(ByteStr::from(name));
     }
-    establish(broker, *connect, out, &info)
+    let connection = establish(broker, connect, out, info)?;
+    if let Some(expires_at) = granted.expires_at {
+        super::auth_hooks::close_at_expiry(out, expires_at);
+    }
+    Ok(connection)
 }
 
 /// A first packet that failed to decode. When it was a CONNECT whose protocol name and
@@ -148,8 +158,14 @@ fn establish(
     if version.is_v5() {
         negotiated.connack.properties.assigned_client_identifier = assigned;
     }
-    let (session, resumed, generation) =
-        attach(broker, &client_id, &connect, out, &limits, &mut negotiated);
+    let (session, resumed, generation) = attach(
+        broker,
+        &client_id,
+        &connect,
+        (out, info),
+        &limits,
+        &mut negotiated,
+    );
     Metrics::add(&broker.metrics().clients_connected, 1);
     tracing::debug!(%client_id, peer = %info.addr, ?version, resumed, "client connected");
     if resumed {
@@ -254,7 +270,7 @@ fn attach(
     broker: &Broker,
     client_id: &str,
     connect: &Connect,
-    out: &Arc<SharedWriter>,
+    (out, info): (&Arc<SharedWriter>, &PeerInfo),
     limits: &Limits,
     negotiated: &mut Negotiated,
 ) -> (Arc<Session>, bool, u64) {
@@ -277,6 +293,7 @@ fn attach(
             old.writer.control().kick(crate::error::Kick::TakenOver);
         }
         let generation = session.next_generation();
+        session.reset_bytes();
         broker.session_resumed(&session);
         session.set_expiry_secs(negotiated.expiry_secs);
         broker.log_attached(
@@ -299,6 +316,11 @@ fn attach(
             ),
             generation,
             username: connect.username.clone(),
+            peer: info.addr,
+            keep_alive_secs: negotiated.keep_alive_secs,
+            connected_at_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         };
         let ctx = broker.deliver_ctx(Instant::now());
         delivery.attach(link, usize::from(window), ctx);

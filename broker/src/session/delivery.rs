@@ -69,6 +69,12 @@ pub struct Link {
     pub generation: u64,
     /// The user name the connection authenticated as (ACL reload re-derives from it).
     pub username: Option<ByteStr>,
+    /// The peer's address (the admin API shows it).
+    pub peer: std::net::SocketAddr,
+    /// The keep alive in force, in seconds (the admin API shows it).
+    pub keep_alive_secs: u16,
+    /// When the connection attached, in ms since the Unix epoch (the admin API shows it).
+    pub connected_at_unix_ms: u64,
 }
 
 /// A QoS 1/2 message waiting for the window (or for the client to come back).
@@ -178,6 +184,11 @@ impl Delivery {
     /// anonymous client.
     pub fn link_username(&self) -> Option<Option<ByteStr>> {
         self.link.as_ref().map(|link| link.username.clone())
+    }
+
+    /// The attached connection, if one is.
+    pub fn link(&self) -> Option<&Link> {
+        self.link.as_ref()
     }
 
     /// The attached connection's output (to kick it), if one is attached.

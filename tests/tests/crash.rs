@@ -39,7 +39,7 @@ fn assert_nothing_acknowledged_lost(outcome: &Outcome) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loop_sync_loses_nothing_acknowledged() {
     let mut options = Options::new("sync", "sync");
-    options.cycles = 8;
+    options.cycles = 10;
     assert_nothing_acknowledged_lost(&crash_checker::run(options).await);
 }
 
@@ -66,6 +66,27 @@ async fn sigkill_loop_durability_none_is_caught_losing() {
         outcome.report
     );
     assert!(outcome.report.lost_count > 0, "{}", outcome.report);
+}
+
+/// The long run (issue #11: "a longer one"): `TERN_CRASH_CYCLES` SIGKILLs (default 200)
+/// with `TERN_CRASH_DURABILITY` (default `sync`); prints the summary. Not in CI:
+/// `cargo test -p tern-tests --test crash crash_loop_long -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run by hand"]
+async fn crash_loop_long() {
+    let env = |key: &str, default: &str| std::env::var(key).unwrap_or_else(|_| default.into());
+    let durability = env("TERN_CRASH_DURABILITY", "sync");
+    let mut options = Options::new("long", &durability);
+    options.cycles = env("TERN_CRASH_CYCLES", "200").parse().expect("a number");
+    options.max_messages_per_publisher = u64::MAX;
+    let started = std::time::Instant::now();
+    let outcome = crash_checker::run(options).await;
+    eprintln!(
+        "{} cycles in {:?}",
+        outcome.options.cycles,
+        started.elapsed()
+    );
+    assert_nothing_acknowledged_lost(&outcome);
 }
 
 /// Connects `client_id` with Clean Start 0 and a one-hour expiry; returns Session Present.

@@ -254,6 +254,11 @@ impl BrokerProcess {
                 let deadline = Instant::now() + TERM_TIMEOUT;
                 while Instant::now() < deadline {
                     if let Ok(Some(status)) = child.try_wait() {
+                        if !status.success() {
+                            // E.g. a SIGTERM that came before the broker's handler was
+                            // installed, just after it logged that it listens.
+                            self.push_log(format!("checker: SIGTERM ended tern with {status}"));
+                        }
                         return Some(status);
                     }
                     std::thread::sleep(Duration::from_millis(10));

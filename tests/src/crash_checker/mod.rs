@@ -214,11 +214,7 @@ pub async fn run(options: Options) -> Outcome {
     config.persistence = options.persistence;
     config.checkpoint_interval_secs = options.checkpoint_interval_secs;
     let began = Instant::now();
-    tokio::task::spawn_blocking(tern_binary)
-        .await
-        .expect("build tern");
-    eprintln!("[checker] binary after {:?}", began.elapsed());
-    let mut broker = tokio::task::spawn_blocking(move || BrokerProcess::start(&config))
+    let broker = tokio::task::spawn_blocking(move || BrokerProcess::start(&config))
         .await
         .expect("start tern");
     let ctx = Arc::new(Ctx {
@@ -231,32 +227,16 @@ pub async fn run(options: Options) -> Outcome {
         max_messages: options.max_messages_per_publisher,
     });
     let subscribers = spawn_subscribers(&ctx, &options);
-    wait_for_subscriptions(&ctx).await;
+    let present = options
+        .subscribers
+        .iter()
+        .filter(|(kind, _)| !matches!(kind, SubscriberKind::Late))
+        .count();
+    wait_for_subscriptions(&ctx, present).await;
     eprintln!("[checker] subscribed after {:?}", began.elapsed());
     ctx.publishing.store(true, Ordering::Relaxed);
     let publishers = spawn_publishers(&ctx, &options);
-
-    let mut rng = Rng(options.seed);
-    for _ in 0..options.cycles {
-        tokio::time::sleep(Duration::from_millis(rng.below(&options.uptime_ms))).await;
-        ctx.set_addr(None);
-        let how = options.stop;
-        broker = tokio::task::spawn_blocking(move || {
-            let t = Instant::now();
-            broker.stop(how);
-            let stopped = t.elapsed();
-            broker.restart();
-            eprintln!(
-                "[checker] stop {stopped:?} start {:?}",
-                t.elapsed() - stopped
-            );
-            broker
-        })
-        .await
-        .expect("restart tern");
-        ctx.set_addr(Some(broker.addr()));
-        ctx.restarts.fetch_add(1, Ordering::Relaxed);
-    }
+    let broker = stop_and_restart(&ctx, broker, &options).await;
     eprintln!("[checker] cycles done after {:?}", began.elapsed());
     // A last stretch on the recovered broker, then the publishers complete what they have
     // in flight and the subscribers drain.
@@ -265,7 +245,6 @@ pub async fn run(options: Options) -> Outcome {
     for publisher in publishers {
         let _ = tokio::time::timeout(DRAIN_DEADLINE, publisher).await;
     }
-    eprintln!("[checker] publishers done after {:?}", began.elapsed());
     drain(&ctx).await;
     eprintln!("[checker] drained after {:?}", began.elapsed());
     let retained = read_retained(&ctx, broker.addr()).await;
@@ -275,12 +254,10 @@ pub async fn run(options: Options) -> Outcome {
     }
     let starts = broker.starts();
     let log_tail = broker.log_tail(60);
-    tokio::task::spawn_blocking(move || {
-        broker.stop(Stop::Term);
-    })
-    .await
-    .expect("stop tern");
-    eprintln!("[checker] stopped after {:?}", began.elapsed());
+    let mut broker = broker;
+    tokio::task::spawn_blocking(move || broker.stop(Stop::Term))
+        .await
+        .expect("stop tern");
     let report = verdict::judge(&ctx.ledger.lock(), &retained, starts);
     let _ = std::fs::remove_dir_all(&dir);
     Outcome {
@@ -288,6 +265,37 @@ pub async fn run(options: Options) -> Outcome {
         options,
         log_tail,
     }
+}
+
+/// The cycles: let the broker run for a random time, stop it (`options.stop`), start it
+/// again on the same data directory and tell the clients its new address.
+async fn stop_and_restart(
+    ctx: &Ctx,
+    mut broker: BrokerProcess,
+    options: &Options,
+) -> BrokerProcess {
+    let mut rng = Rng(options.seed);
+    for cycle in 0..options.cycles {
+        let uptime_ms = rng.below(&options.uptime_ms);
+        tokio::time::sleep(Duration::from_millis(uptime_ms)).await;
+        ctx.set_addr(None);
+        let how = options.stop;
+        broker = tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            broker.stop(how);
+            broker.restart();
+            eprintln!(
+                "[checker] cycle {cycle}: up {uptime_ms} ms, {how:?}, back in {:?}",
+                t.elapsed()
+            );
+            broker
+        })
+        .await
+        .expect("restart tern");
+        ctx.set_addr(Some(broker.addr()));
+        ctx.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+    broker
 }
 
 fn spawn_subscribers(ctx: &Arc<Ctx>, options: &Options) -> Vec<tokio::task::JoinHandle<()>> {
@@ -334,20 +342,19 @@ fn spawn_publishers(ctx: &Arc<Ctx>, options: &Options) -> Vec<tokio::task::JoinH
         .collect()
 }
 
-/// Waits (at most 10 s) until every subscriber present has its SUBACK, so that the
-/// messages of the first cycle are owed to them.
-async fn wait_for_subscriptions(ctx: &Ctx) {
+/// Waits (at most 10 s) until `present` subscribers (all but the late ones) have their
+/// SUBACK, so that the messages of the first cycle are owed to them.
+async fn wait_for_subscriptions(ctx: &Ctx, present: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let data = ctx.ledger.lock();
-        // The late subscriber waits for the first restart: not counted.
         let subscribed = data
             .subscribers
             .iter()
             .filter(|s| s.subscribed.is_some())
             .count();
-        if subscribed > 0 && subscribed + 1 >= data.subscribers.len() {
+        if subscribed >= present {
             return;
         }
     }

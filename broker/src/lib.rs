@@ -46,6 +46,9 @@
 //! - [`server`]: runs the parts together until shutdown.
 //! - [`checkpointer`]: persistence at run time: recovery at start, checkpoints, the last
 //!   one at shutdown.
+//!
+//! Tools:
+//! - [`convert`]: `tern convert`, a Mosquitto configuration to a Tern one.
 
 pub mod auth;
 pub mod backpressure;
@@ -53,6 +56,7 @@ pub mod broker;
 pub mod checkpointer;
 pub mod config;
 pub mod connection;
+pub mod convert;
 pub mod delivery;
 pub mod error;
 pub mod http;

@@ -28,6 +28,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("connection", &["connection"]),
     ("transport and HTTP", &["listener", "http", "sys", "reload"]),
     ("server", &["server", "checkpointer"]),
+    ("tools", &["convert"]),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -100,6 +100,13 @@ pub(super) fn map_auth(
         let security = read(&m.security, m.local_only, None, findings);
         return tables(&security, Vec::new());
     };
+    for line in &m.security {
+        findings.push(line.malformed(format!(
+            "comes before per_listener_settings true ({}), which Mosquitto refuses; not \
+             converted",
+            per_listener.at
+        )));
+    }
     let (open, closed): (Vec<_>, Vec<_>) = listeners.iter().partition(|(_, open)| *open);
     let chosen = if open.is_empty() {
         closed.clone()

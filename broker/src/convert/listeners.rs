@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::catalogue;
 use super::emit::{Entry, ListenerOut, Value};
-use super::finding::{Finding, FindingKind};
+use super::finding::{Finding, FindingKind, Origin};
 use super::model::{last, Line, ListenerDef};
 
 /// A converted listener and what the other mappers need from it.
@@ -51,8 +51,8 @@ pub(super) fn map_listener(
         out.closed.push(format!("{broken} (Mosquitto refuses it)"));
     }
     if let Some(path) = &def.unix_path {
-        out.closed
-            .push(format!("a Unix socket ({path}): Tern listens on TCP only"));
+        let reason = format!("a Unix socket ({path}): Tern listens on TCP only");
+        close(&mut out, findings, &def.at, "listener", &label, reason);
     }
     for line in &def.options {
         if let Some((finding, closes)) = catalogue::report(line, Some(&label)) {
@@ -83,7 +83,7 @@ pub(super) fn map_listener(
     };
     out.entries
         .push(Entry::new("kind", Value::Str(kind.into()), ""));
-    bind(def, &label, &mut out);
+    bind(def, &label, &mut out, findings);
     out.entries.extend(tls.unwrap_or_default());
     refused_identities(o, &label, &mut out, findings);
     MappedListener {
@@ -97,7 +97,7 @@ pub(super) fn map_listener(
 }
 
 /// The `bind` entry: Mosquitto's port and host; no host means every interface.
-fn bind(def: &ListenerDef, label: &str, out: &mut ListenerOut) {
+fn bind(def: &ListenerDef, label: &str, out: &mut ListenerOut, findings: &mut Vec<Finding>) {
     let port = def.port.unwrap_or(1883);
     let domain = last(&def.options, "socket_domain").and_then(Line::word);
     let (addr, note) = match def.host.as_deref() {
@@ -120,10 +120,10 @@ fn bind(def: &ListenerDef, label: &str, out: &mut ListenerOut) {
         Some(host) => match host.parse::<IpAddr>() {
             Ok(ip) => (SocketAddr::new(ip, port).to_string(), String::new()),
             Err(_) => {
-                out.closed.push(format!(
-                    "{label}: Tern binds IP addresses; replace the host name `{host}` with \
-                     its address"
-                ));
+                let reason = format!(
+                    "Tern binds IP addresses; replace the host name `{host}` with its address"
+                );
+                close(out, findings, &def.at, "listener", label, reason);
                 (format!("0.0.0.0:{port}"), String::new())
             }
         },
@@ -137,9 +137,9 @@ struct TlsOptions<'a> {
     key: Option<(String, &'a Line)>,
     cafile: Option<(String, &'a Line)>,
     capath: Option<(String, &'a Line)>,
-    require: bool,
-    identity: bool,
-    subject: bool,
+    require: Option<&'a Line>,
+    identity: Option<&'a Line>,
+    subject: Option<&'a Line>,
 }
 
 impl<'a> TlsOptions<'a> {
@@ -151,9 +151,9 @@ impl<'a> TlsOptions<'a> {
             key: text("keyfile"),
             cafile: text("cafile"),
             capath: text("capath"),
-            require: flag(o, "require_certificate", findings),
-            identity: flag(o, "use_identity_as_username", findings),
-            subject: flag(o, "use_subject_as_username", findings),
+            require: flag_line(o, "require_certificate", findings),
+            identity: flag_line(o, "use_identity_as_username", findings),
+            subject: flag_line(o, "use_subject_as_username", findings),
         }
     }
 }
@@ -169,10 +169,11 @@ fn tls(
     let o = &def.options;
     let t = TlsOptions::read(o, findings);
     if let Some(keyform) = last(o, "tls_keyform").filter(|l| l.word() != Some("pem")) {
-        out.closed.push(format!(
+        let reason = format!(
             "tls_keyform {}: Tern reads keys from PEM files only",
             keyform.value
-        ));
+        );
+        close(out, findings, &keyform.at, "tls_keyform", label, reason);
     }
     let ((cert, cert_line), (key, key_line)) = match (t.cert.clone(), t.key.clone()) {
         (Some(cert), Some(key)) => (cert, key),
@@ -201,8 +202,8 @@ fn tls(
             format!("keyfile ({})", key_line.at),
         ),
     ];
-    if t.require {
-        client_certificates(&t, label, out, findings, &mut entries);
+    if let Some(require) = t.require {
+        client_certificates(&t, require, label, out, findings, &mut entries);
     } else {
         if t.cafile.is_some() || t.capath.is_some() {
             out.comment.push(
@@ -211,12 +212,12 @@ fn tls(
                     .into(),
             );
         }
-        if t.identity || t.subject {
-            out.closed.push(
-                "use_identity_as_username or use_subject_as_username without \
-                 require_certificate: Mosquitto refused every client here"
-                    .into(),
+        if let Some(line) = t.identity.or(t.subject) {
+            let reason = format!(
+                "{} without require_certificate: Mosquitto refused every client here",
+                line.key
             );
+            close(out, findings, &line.at, &line.key, label, reason);
         }
     }
     Some(entries)
@@ -233,7 +234,7 @@ fn without_certificate(
     for (set, key) in [
         (t.cafile.is_some(), "cafile"),
         (t.capath.is_some(), "capath"),
-        (t.require, "require_certificate"),
+        (t.require.is_some(), "require_certificate"),
     ] {
         if let Some(line) = last(o, key).filter(|_| set) {
             findings.push(line.malformed(format!(
@@ -241,12 +242,12 @@ fn without_certificate(
             )));
         }
     }
-    if t.identity || t.subject {
-        out.closed.push(
-            "use_identity_as_username or use_subject_as_username without TLS: \
-             Mosquitto refused every client here"
-                .into(),
+    if let Some(line) = t.identity.or(t.subject) {
+        let reason = format!(
+            "{} without TLS: Mosquitto refused every client here",
+            line.key
         );
+        close(out, findings, &line.at, &line.key, label, reason);
     }
 }
 
@@ -254,6 +255,7 @@ fn without_certificate(
 /// certificate.
 fn client_certificates(
     t: &TlsOptions<'_>,
+    require: &Line,
     label: &str,
     out: &mut ListenerOut,
     findings: &mut Vec<Finding>,
@@ -280,21 +282,31 @@ fn client_certificates(
                 ));
             }
         }
-        (None, Some((dir, _))) => out.closed.push(format!(
-            "require_certificate with capath only: Tern reads client CAs from one PEM file \
-             (cat {dir}/*.pem > ca.pem, then cafile ca.pem)"
-        )),
-        (None, None) => out.closed.push(
-            "require_certificate without cafile: no client certificate could be verified".into(),
-        ),
+        (None, Some((dir, line))) => {
+            let reason = format!(
+                "require_certificate with capath only: Tern reads client CAs from one PEM \
+                 file (cat {dir}/*.pem > ca.pem, then cafile ca.pem)"
+            );
+            close(out, findings, &line.at, "capath", label, reason);
+        }
+        (None, None) => {
+            let reason = "require_certificate without cafile: no client certificate could be \
+                          verified";
+            close(
+                out,
+                findings,
+                &require.at,
+                &require.key,
+                label,
+                reason.into(),
+            );
+        }
     }
-    if t.subject {
-        out.closed.push(
-            "use_subject_as_username: Tern can use the certificate's Common Name \
-             (use_identity_as_username), not its whole subject"
-                .into(),
-        );
-    } else if t.identity {
+    if let Some(line) = t.subject {
+        let reason = "use_subject_as_username: Tern can use the certificate's Common Name \
+                      (use_identity_as_username), not its whole subject";
+        close(out, findings, &line.at, &line.key, label, reason.into());
+    } else if t.identity.is_some() {
         entries.push(Entry::new(
             "use_identity_as_username",
             Value::Bool(true),
@@ -317,6 +329,29 @@ fn refused_identities(o: &[Line], label: &str, out: &mut ListenerOut, findings: 
         }
         out.closed.push(reason.into());
     }
+}
+
+/// Writes the listener commented out for `reason`, and lists that as a finding.
+fn close(
+    out: &mut ListenerOut,
+    findings: &mut Vec<Finding>,
+    at: &Origin,
+    option: &str,
+    label: &str,
+    reason: String,
+) {
+    findings.push(Finding::at(
+        at,
+        option,
+        FindingKind::NotSupported,
+        format!("{label}: {reason}; the listener is written commented out"),
+    ));
+    out.closed.push(reason);
+}
+
+/// The line of `key` when it says true.
+fn flag_line<'a>(o: &'a [Line], key: &str, findings: &mut Vec<Finding>) -> Option<&'a Line> {
+    flag(o, key, findings).then(|| last(o, key)).flatten()
 }
 
 fn flag(o: &[Line], key: &str, findings: &mut Vec<Finding>) -> bool {

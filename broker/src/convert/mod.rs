@@ -87,8 +87,8 @@ pub fn convert_bytes(path: &Path, bytes: &[u8]) -> Conversion {
         .collect();
     let labels: Vec<String> = defs.iter().map(model::ListenerDef::label).collect();
     let (auth, empty_client_id) = auth::map_auth(&m, &opened, &mut findings);
-    let (limits, defaults) = limits::map_limits(&m.globals, &mapped, &labels, &mut findings);
-    let persistence = runtime::map_persistence(&m.globals, &mut findings);
+    let (limits, mut defaults) = limits::map_limits(&m.globals, &mapped, &labels, &mut findings);
+    let persistence = runtime::map_persistence(&m.globals, &mut findings, &mut defaults);
     let sys = runtime::map_sys(&m.globals, &mut findings);
     let log = runtime::map_log(&m.globals, &mut findings);
     let bridges = bridges::map_bridges(&m.bridges, &mut findings);

@@ -11,8 +11,12 @@ use super::emit::{Entry, Table, Value};
 use super::finding::{Finding, FindingKind};
 use super::model::{last, Line};
 
-/// `[persistence]`.
-pub(super) fn map_persistence(globals: &[Line], findings: &mut Vec<Finding>) -> Table {
+/// `[persistence]`, and a defaults note when it is on.
+pub(super) fn map_persistence(
+    globals: &[Line],
+    findings: &mut Vec<Finding>,
+    defaults: &mut Vec<String>,
+) -> Table {
     let tern = Config::default_config().persistence;
     let switch = globals
         .iter()
@@ -39,6 +43,13 @@ pub(super) fn map_persistence(globals: &[Line], findings: &mut Vec<Finding>) -> 
         ),
     }];
     if let Some((true, line)) = enabled {
+        if tern.max_disk_bytes > 0 {
+            defaults.push(format!(
+                "disk: Mosquitto has no budget; over Tern's max_disk_bytes ({}) QoS 1/2 \
+                 publishes get 0x97",
+                tern.max_disk_bytes
+            ));
+        }
         findings.push(line.finding(
             FindingKind::HandledDifferently,
             "Tern keeps its own write-ahead log and checkpoints in [persistence] dir and does \
@@ -49,11 +60,35 @@ pub(super) fn map_persistence(globals: &[Line], findings: &mut Vec<Finding>) -> 
         Some((line, Ok(dir))) => entries.push(Entry::new(
             "dir",
             Value::Str(dir.to_string()),
-            format!("persistence_location ({})", line.at),
+            format!(
+                "persistence_location ({}); Tern's files go beside mosquitto.db, so the user \
+                 Tern runs as must be able to write here",
+                line.at
+            ),
         )),
         Some((_, Err(f))) => findings.push(f),
         None => {}
     }
+    autosave(
+        globals,
+        tern.checkpoint_interval_secs,
+        &mut entries,
+        findings,
+    );
+    Table {
+        name: "persistence",
+        comment: Vec::new(),
+        entries,
+    }
+}
+
+/// `autosave_interval` as `checkpoint_interval_secs`; `autosave_on_changes`.
+fn autosave(
+    globals: &[Line],
+    tern_interval_secs: u64,
+    entries: &mut Vec<Entry>,
+    findings: &mut Vec<Finding>,
+) {
     if let Some(line) = last(globals, "autosave_interval") {
         match line.integer() {
             Ok(n) if n > 0 => entries.push(Entry::new(
@@ -69,7 +104,7 @@ pub(super) fn map_persistence(globals: &[Line], findings: &mut Vec<Finding>) -> 
                 format!(
                     "{n}: Tern cannot checkpoint only at exit; it checkpoints every {} s and \
                      logs every change in between",
-                    tern.checkpoint_interval_secs
+                    tern_interval_secs
                 ),
             )),
             Err(f) => findings.push(f),
@@ -85,11 +120,6 @@ pub(super) fn map_persistence(globals: &[Line], findings: &mut Vec<Finding>) -> 
             Ok(false) => {}
             Err(f) => findings.push(f),
         }
-    }
-    Table {
-        name: "persistence",
-        comment: Vec::new(),
-        entries,
     }
 }
 

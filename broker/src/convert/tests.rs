@@ -2,6 +2,7 @@
 //! Tern's own [`Config::load`], so every key written is one Tern knows.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::catalogue::{Scope, Support, OPTIONS};
 use super::*;
@@ -22,18 +23,14 @@ fn convert(text: &str) -> (Conversion, Config) {
 }
 
 fn load(toml: &str) -> Config {
-    let dir = temp_dir("load");
-    let path = dir.join(format!("{:x}.toml", fxhash(toml)));
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!("tern-convert-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(format!("{}.toml", NEXT.fetch_add(1, Ordering::Relaxed)));
     std::fs::write(&path, toml).expect("write");
     let config = Config::load(Some(&path)).unwrap_or_else(|e| panic!("{e}\n{toml}"));
     let _ = std::fs::remove_file(&path);
     config
-}
-
-fn fxhash(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
 }
 
 fn findings_text(c: &Conversion) -> String {
@@ -167,6 +164,10 @@ fn a_listener_tern_would_open_wider_is_commented_out() {
             "{option}: {expect:?} in\n{}",
             c.toml
         );
+        let listed = c.findings.iter().any(|f| {
+            f.reason.contains("the listener is written commented out") && f.reason.contains(expect)
+        });
+        assert!(listed, "{option}: also a finding:\n{}", findings_text(&c));
     }
 }
 
@@ -427,5 +428,20 @@ fn huge_numbers_saturate_instead_of_overflowing() {
     assert_eq!(
         config.limits.max_packet_size_bytes,
         tern_codec::decoder::MAX_PACKET_SIZE_BYTES
+    );
+}
+
+#[test]
+fn security_options_before_per_listener_settings_are_reported() {
+    let (c, config) = convert("password_file /p\nper_listener_settings true\nlistener 1883\n");
+    assert_eq!(config.auth.password_file, Path::new(""));
+    let text = findings_text(&c);
+    assert!(
+        text.contains("m.conf:1: password_file: malformed: comes before"),
+        "{text}"
+    );
+    assert!(
+        text.contains("m.conf:2: per_listener_settings: malformed"),
+        "{text}"
     );
 }

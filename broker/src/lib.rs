@@ -49,6 +49,9 @@
 //! - [`checkpointer`]: persistence at run time: recovery at start, checkpoints, the last
 //!   one at shutdown.
 //! - [`ctl`], [`ctl_render`]: `tern ctl`, the admin API's command-line client.
+//!
+//! Tools:
+//! - [`convert`]: `tern convert`, a Mosquitto configuration to a Tern one.
 
 pub mod auth;
 pub mod backpressure;
@@ -58,6 +61,7 @@ pub mod config;
 pub mod connection;
 pub mod ctl;
 pub mod ctl_render;
+pub mod convert;
 pub mod delivery;
 pub mod error;
 pub mod http;

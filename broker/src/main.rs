@@ -51,6 +51,16 @@ enum Command {
     /// Talk to a running broker through its admin API (`[admin]`): list and kick clients,
     /// sessions, retained messages, publish, reload.
     Ctl(tern_broker::ctl::CtlArgs),
+    /// Convert a Mosquitto 2.x configuration (mosquitto.conf and the files its include_dir
+    /// names) to a commented Tern configuration. What cannot be converted is listed at the
+    /// top of the output and printed as warnings on stderr.
+    Convert {
+        /// The Mosquitto configuration file.
+        path: PathBuf,
+        /// Where to write the Tern configuration (default: standard output).
+        #[arg(short, long, value_name = "PATH")]
+        output: Option<PathBuf>,
+    },
 }
 
 /// jemalloc, chosen by measurement: frames are allocated by the task that reads them and
@@ -73,6 +83,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(Command::Ctl(ctl)) = &args.command {
         return run_ctl(ctl);
+    }
+    if let Some(Command::Convert { path, output }) = &args.command {
+        return convert(path, output.as_deref());
     }
     let config = Config::load(args.config.as_deref())?;
     let log = init_tracing(&config, args.log_level.as_deref());
@@ -180,6 +193,44 @@ fn run_ctl(ctl: &tern_broker::ctl::CtlArgs) -> anyhow::Result<()> {
             std::process::exit(1);
         }
     }
+}
+
+/// `tern convert PATH [-o OUTPUT]`: the Tern configuration on stdout or in OUTPUT, one
+/// warning per finding on stderr. Exits 1 only when the input cannot be read or the output
+/// written.
+fn convert(path: &std::path::Path, output: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let conversion = tern_broker::convert::convert_file(path)?;
+    if let Some(output) = output {
+        let same = |a: &std::path::Path| {
+            std::fs::canonicalize(a).ok() == std::fs::canonicalize(output).ok()
+        };
+        if output.exists() && conversion.files.iter().any(|f| same(f)) {
+            anyhow::bail!(
+                "{} is one of the Mosquitto files being converted; choose another output",
+                output.display()
+            );
+        }
+    }
+    for finding in &conversion.findings {
+        eprintln!("warning: {finding}");
+    }
+    match output {
+        Some(output) => {
+            std::fs::write(output, &conversion.toml)
+                .with_context(|| format!("writing {}", output.display()))?;
+            // A converted file that Tern itself refuses is a bug of the converter.
+            Config::load(Some(output))?;
+            eprintln!(
+                "wrote {} ({} not converted as written, listed at its top); check it with \
+                 `tern check-config {}`",
+                output.display(),
+                conversion.findings.len(),
+                output.display()
+            );
+        }
+        None => print!("{}", conversion.toml),
+    }
+    Ok(())
 }
 
 /// Reloads the configuration on every SIGHUP and every admin API reload request; an

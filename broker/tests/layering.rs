@@ -29,6 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("connection", &["connection"]),
     ("transport and HTTP", &["listener", "http", "sys", "reload"]),
     ("server", &["server", "checkpointer", "ctl", "ctl_render"]),
+    ("tools", &["convert"]),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

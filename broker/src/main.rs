@@ -94,6 +94,9 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
+        // Signals are caught from the start: a SIGTERM during recovery or right after the
+        // listeners open still stops the broker gracefully (final checkpoint).
+        let shutdown = shutdown_signal().context("installing the SIGTERM/SIGINT handlers")?;
         // Recovery first: a data directory locked by another broker stops us before we
         // bind, and no client is accepted before the state is back.
         let opened = tern_broker::checkpointer::open_broker(config.clone())?;
@@ -107,7 +110,7 @@ fn main() -> anyhow::Result<()> {
         }
         let bridges = tern_broker::http::bridge::Bridges::new(opened.broker);
         tokio::spawn(reload_on_sighup(bridges.clone(), args.config.clone(), log));
-        tern_broker::server::run(bridges, listeners, http, opened.failed, shutdown_signal()).await;
+        tern_broker::server::run(bridges, listeners, http, opened.failed, shutdown).await;
         tracing::info!("stopped");
         anyhow::Ok(())
     })
@@ -294,21 +297,14 @@ async fn reload_on_sighup(bridges: Arc<Bridges>, path: Option<PathBuf>, log: Log
 }
 
 /// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await
-            }
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
+    })
 }

@@ -66,8 +66,48 @@ pub fn publish_stats(broker: &Broker, scratch: &mut RouteScratch, now: Instant) 
             Metrics::get(&m.retained_messages).to_string(),
         ),
     ];
-    for (topic, value) in stats {
+    for (topic, value) in stats.into_iter().chain(persistence_stats(broker)) {
         let message = Message::broker_made(topic, value, true, now);
         broker.publish(&message, scratch, now);
     }
+}
+
+/// `$SYS/broker/persistence/...` (Tern's own; Mosquitto has no equivalent): the journal's
+/// size and activity, when persistence is on.
+fn persistence_stats(broker: &Broker) -> Vec<(&'static str, String)> {
+    let Some(journal) = broker.journal() else {
+        return Vec::new();
+    };
+    let m = broker.metrics();
+    let mut stats = vec![
+        (
+            "$SYS/broker/persistence/disk bytes",
+            journal.disk_bytes().to_string(),
+        ),
+        (
+            "$SYS/broker/persistence/checkpoints",
+            Metrics::get(&m.journal_checkpoints).to_string(),
+        ),
+        (
+            "$SYS/broker/persistence/recovery ms",
+            Metrics::get(&m.journal_recovery_ms).to_string(),
+        ),
+    ];
+    if let Some(wal) = journal.wal() {
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let s = wal.stats();
+        stats.push((
+            "$SYS/broker/persistence/records",
+            load(&s.records).to_string(),
+        ));
+        stats.push((
+            "$SYS/broker/persistence/fsyncs",
+            load(&s.fsyncs).to_string(),
+        ));
+        stats.push((
+            "$SYS/broker/persistence/commits",
+            load(&s.batches).to_string(),
+        ));
+    }
+    stats
 }

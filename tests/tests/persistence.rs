@@ -409,3 +409,42 @@ async fn journal_metrics_are_exported() {
     broker.running.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `$SYS/broker/persistence/...` carries the journal's numbers (as retained messages).
+#[tokio::test]
+async fn sys_topics_report_the_journal() {
+    let dir = data_dir("sys");
+    let broker = start(&dir).await;
+    let mut publisher = broker.client(V5, "s-pub").await;
+    publisher.publish("s/r", b"x", QoS::AtLeastOnce, true).await;
+    tern_broker::sys::publish_stats(
+        broker.broker(),
+        &mut tern_broker::router::RouteScratch::default(),
+        tokio::time::Instant::now(),
+    );
+    let mut sub = broker.client(V5, "s-sub").await;
+    sub.subscribe("$SYS/broker/persistence/#", QoS::AtMostOnce).await;
+    let mut topics = Vec::new();
+    for _ in 0..6 {
+        let p = sub.expect_publish().await;
+        if p.topic().ends_with("/records") {
+            let n: u64 = std::str::from_utf8(p.payload()).expect("utf8").parse().expect("number");
+            assert!(n >= 1, "the retained message was journaled");
+        }
+        topics.push(p.topic().to_owned());
+    }
+    topics.sort();
+    assert_eq!(
+        topics,
+        [
+            "$SYS/broker/persistence/checkpoints",
+            "$SYS/broker/persistence/commits",
+            "$SYS/broker/persistence/disk bytes",
+            "$SYS/broker/persistence/fsyncs",
+            "$SYS/broker/persistence/records",
+            "$SYS/broker/persistence/recovery ms",
+        ]
+    );
+    broker.running.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::features::{ListenerRedirect, MqttFeatures, Redirect};
+
 /// The defaults, documented: the repository's `config.toml`, compiled in.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config.toml");
 
@@ -32,6 +34,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Persistence of sessions and retained messages.
     pub persistence: PersistenceConfig,
+    /// MQTT 5 capabilities, response information and redirection.
+    pub mqtt: MqttFeatures,
 }
 
 /// One MQTT listener.
@@ -54,6 +58,9 @@ pub struct ListenerConfig {
     /// Use the Common Name of the client certificate as the user name (mTLS only).
     #[serde(default)]
     pub use_identity_as_username: bool,
+    /// Redirect the connections of this listener elsewhere (overrides `[mqtt] redirect`).
+    #[serde(default)]
+    pub redirect: Option<ListenerRedirect>,
 }
 
 /// Listener transports.
@@ -444,7 +451,44 @@ impl Config {
                 "at least 1",
             ));
         }
-        self.validate_persistence(source_name)
+        self.validate_persistence(source_name)?;
+        self.validate_mqtt(source_name)
+    }
+
+    fn validate_mqtt(&self, source_name: &str) -> Result<(), ConfigError> {
+        let m = &self.mqtt;
+        let out_of_range = |key, value: String, allowed| ConfigError::OutOfRange {
+            source_name: source_name.to_string(),
+            key,
+            value,
+            allowed,
+        };
+        if m.maximum_qos > 2 {
+            return Err(out_of_range(
+                "mqtt.maximum_qos",
+                m.maximum_qos.to_string(),
+                "0, 1 or 2",
+            ));
+        }
+        if m.redirect != Redirect::None && m.server_reference.is_empty() {
+            return Err(out_of_range(
+                "mqtt.server_reference",
+                "\"\"".into(),
+                "a server reference when mqtt.redirect is set",
+            ));
+        }
+        for listener in &self.listeners {
+            if let Some(r) = &listener.redirect {
+                if r.redirect != Redirect::None && r.server_reference.is_empty() {
+                    return Err(out_of_range(
+                        "listeners.redirect.server_reference",
+                        format!("\"\" on the listener at {}", listener.bind),
+                        "a server reference when redirect is set",
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate_persistence(&self, source_name: &str) -> Result<(), ConfigError> {

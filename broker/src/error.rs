@@ -33,9 +33,17 @@ pub enum ProtocolError {
     /// DISCONNECT sets a Session Expiry Interval after CONNECT had 0 ([MQTT-3.14.2-2]).
     #[error("session expiry set at DISCONNECT after 0 at CONNECT")]
     SessionExpiryAfterZero,
-    /// AUTH without enhanced authentication in progress.
+    /// AUTH from a client that did not authenticate with a method at CONNECT
+    /// ([MQTT-4.12.0-7]), with another method ([MQTT-4.12.1-1]) or a reason code out of
+    /// turn.
     #[error("unexpected AUTH")]
     UnexpectedAuth,
+    /// A PUBLISH above the Maximum QoS announced in CONNACK ([MQTT-3.2.2-11]).
+    #[error("QoS above the maximum QoS")]
+    QosNotSupported,
+    /// A PUBLISH with RETAIN after CONNACK said Retain Available 0 ([MQTT-3.2.2-14]).
+    #[error("retain not available")]
+    RetainNotSupported,
 }
 
 impl ProtocolError {
@@ -45,6 +53,8 @@ impl ProtocolError {
             ProtocolError::Decode(e) => e.reason_code(),
             ProtocolError::TopicAliasInvalid => ReasonCode::TOPIC_ALIAS_INVALID,
             ProtocolError::ReceiveMaximumExceeded => ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+            ProtocolError::QosNotSupported => ReasonCode::QOS_NOT_SUPPORTED,
+            ProtocolError::RetainNotSupported => ReasonCode::RETAIN_NOT_SUPPORTED,
             ProtocolError::SecondConnect
             | ProtocolError::ServerOnlyPacket(_)
             | ProtocolError::SubscriptionIdFromClient
@@ -82,6 +92,13 @@ pub enum Close {
     /// The broker is shutting down.
     #[error("server shutting down")]
     Shutdown,
+    /// The broker moves its clients elsewhere (drain): 0x9C Use another server or 0x9D
+    /// Server moved, with the Server Reference.
+    #[error("redirected ({0:?})")]
+    Redirected(ReasonCode),
+    /// Re-authentication (AUTH 0x19) failed ([MQTT-4.12.1-2]): DISCONNECT 0x87.
+    #[error("re-authentication failed")]
+    ReauthFailed,
     /// No CONNECT within the connect timeout.
     #[error("no CONNECT in time")]
     ConnectTimeout,
@@ -110,6 +127,8 @@ impl Close {
             Close::SlowConsumer => Some(ReasonCode::QUOTA_EXCEEDED),
             Close::KeepAliveTimeout => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
             Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
+            Close::Redirected(code) => Some(*code),
+            Close::ReauthFailed => Some(ReasonCode::NOT_AUTHORIZED),
         }
     }
 
@@ -121,11 +140,13 @@ impl Close {
     }
 
     /// Whether the Will Message is published: every end but a DISCONNECT with reason
-    /// Success ([MQTT-3.1.2-8], [MQTT-3.14.4-3]) and a broker shutdown.
+    /// Success ([MQTT-3.1.2-8], [MQTT-3.14.4-3]), a broker shutdown and a redirection (the
+    /// client is well and moves on).
     pub fn publishes_will(&self) -> bool {
         match self {
             Close::ClientDisconnect(reason) => *reason != ReasonCode::SUCCESS,
             Close::Shutdown
+            | Close::Redirected(_)
             | Close::ConnectTimeout
             | Close::Refused(_)
             | Close::RefusedMalformed(_) => false,
@@ -147,6 +168,10 @@ pub enum Kick {
     TakenOver,
     /// Over the output buffer's cap for longer than the slow-consumer timeout (0x97).
     SlowConsumer,
+    /// The broker drains: 0x9C Use another server.
+    UseAnotherServer,
+    /// The broker drains: 0x9D Server moved.
+    ServerMoved,
 }
 
 impl Kick {
@@ -157,6 +182,8 @@ impl Kick {
             Kick::KeepAlive => 2,
             Kick::TakenOver => 3,
             Kick::SlowConsumer => 4,
+            Kick::UseAnotherServer => 5,
+            Kick::ServerMoved => 6,
         }
     }
 
@@ -167,6 +194,8 @@ impl Kick {
             2 => Some(Kick::KeepAlive),
             3 => Some(Kick::TakenOver),
             4 => Some(Kick::SlowConsumer),
+            5 => Some(Kick::UseAnotherServer),
+            6 => Some(Kick::ServerMoved),
             _ => None,
         }
     }
@@ -179,6 +208,8 @@ impl From<Kick> for Close {
             Kick::KeepAlive => Close::KeepAliveTimeout,
             Kick::TakenOver => Close::TakenOver,
             Kick::SlowConsumer => Close::SlowConsumer,
+            Kick::UseAnotherServer => Close::Redirected(ReasonCode::USE_ANOTHER_SERVER),
+            Kick::ServerMoved => Close::Redirected(ReasonCode::SERVER_MOVED),
         }
     }
 }
@@ -197,6 +228,8 @@ mod tests {
             (Kick::KeepAlive, ReasonCode::KEEP_ALIVE_TIMEOUT),
             (Kick::TakenOver, ReasonCode::SESSION_TAKEN_OVER),
             (Kick::SlowConsumer, ReasonCode::QUOTA_EXCEEDED),
+            (Kick::UseAnotherServer, ReasonCode::USE_ANOTHER_SERVER),
+            (Kick::ServerMoved, ReasonCode::SERVER_MOVED),
         ] {
             assert_ne!(kick.to_u8(), 0);
             assert_eq!(Kick::from_u8(kick.to_u8()), Some(kick));

@@ -8,6 +8,7 @@
 //! - [`metrics`]: the broker's counters.
 //! - [`message`]: a routed message and its encodings.
 //! - [`config`]: configuration file, defaults, validation, the limits.
+//! - [`features`]: `[mqtt]`: MQTT 5 capabilities, response information, redirection.
 //! - [`auth`]: password files and ACLs (Mosquitto formats).
 //! - [`ip_limits`]: connections and connect rate per IP address.
 //! - [`wal`]: the write-ahead log: framed records, group commit, recovery of a torn tail.
@@ -55,6 +56,7 @@ pub mod config;
 pub mod connection;
 pub mod delivery;
 pub mod error;
+pub mod features;
 pub mod http;
 pub mod ip_limits;
 pub mod journal;

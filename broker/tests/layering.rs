@@ -15,6 +15,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "metrics",
             "message",
             "config",
+            "features",
             "auth",
             "ip_limits",
             "wal",

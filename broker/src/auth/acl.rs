@@ -304,6 +304,13 @@ pub struct ClientAcl {
 }
 
 impl ClientAcl {
+    /// Adds a rule granting `access` to the topics `filter` matches, after every rule of
+    /// the file (so a `deny` there still wins): the response topics of Response
+    /// Information ([`crate::features::ResponseAcl`]).
+    pub fn grant(&mut self, filter: &str, access: Access) {
+        self.patterns.push(Rule::new(filter, access.bit()));
+    }
+
     fn rules(&self) -> impl Iterator<Item = &Rule> {
         self.own.iter().chain(self.patterns.iter())
     }

@@ -3,6 +3,7 @@
 //!
 //! - [`password`]: the password file, the hashes it may hold, and `tern passwd`.
 //! - [`acl`]: the ACL file and the per-client checks.
+//! - [`scram`]: SCRAM-SHA-256, the enhanced authentication method (MQTT 5 AUTH).
 //!
 //! [`AuthState`] is what one load of `[auth]` produced; the broker keeps it in an [`Auth`],
 //! which can be swapped as a whole (for SIGHUP reload). A connection takes the state in force
@@ -12,6 +13,7 @@
 
 pub mod acl;
 pub mod password;
+pub mod scram;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -137,6 +139,19 @@ impl AuthState {
             (Some(file), Some(user)) => file.get(user).is_some_and(PasswordHash::is_expensive),
             _ => false,
         }
+    }
+
+    /// The SCRAM credentials of `user`, when the password file stores them.
+    pub fn scram_credentials(&self, user: &str) -> Option<scram::ScramCredentials> {
+        match self.passwords.as_ref()?.get(user)? {
+            PasswordHash::ScramSha256(credentials) => Some(credentials.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether SCRAM-SHA-256 is offered: there is a password file to check it against.
+    pub fn offers_scram(&self) -> bool {
+        self.passwords.is_some()
     }
 
     /// The ACL of one client, or `None` when no ACL file is configured (everything allowed).

@@ -198,6 +198,10 @@ impl Connection {
 
     /// Feeds one packet to the machine and carries out what it asks for.
     fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+        let packet = match packet {
+            Packet::Auth(auth) => return self.handle_auth(*auth),
+            other => other,
+        };
         if matches!(packet, Packet::Publish(_) | Packet::Subscribe(_)) {
             self.refresh_acl();
         }
@@ -233,11 +237,10 @@ impl Connection {
             return;
         }
         let session = self.machine.session();
+        let state = self.broker.auth().current();
         let acl = self
             .broker
-            .auth()
-            .current()
-            .client_acl(&session.client_id, self.machine.username());
+            .client_acl(&state, &session.client_id, self.machine.username());
         self.machine.set_acl(acl, generation);
     }
 

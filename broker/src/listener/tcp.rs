@@ -27,6 +27,8 @@ pub struct Transport {
     pub tls: Option<TlsAcceptor>,
     /// Take the user name from the client certificate's Common Name.
     pub use_identity_as_username: bool,
+    /// This listener's redirection, if it has one.
+    pub redirect: Option<Arc<crate::config::ListenerRedirect>>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -93,6 +95,7 @@ pub async fn accept_loop(broker: Broker, listener: TcpListener, transport: Arc<T
             let info = PeerInfo {
                 addr: peer,
                 cert_username: None,
+                redirect: transport.redirect.clone(),
             };
             tokio::spawn(connection::serve_guarded(
                 broker,
@@ -131,6 +134,7 @@ async fn handle(broker: Broker, stream: TcpStream, peer: SocketAddr, transport: 
     let info = PeerInfo {
         addr: peer,
         cert_username: None,
+        redirect: transport.redirect.clone(),
     };
     match (transport.kind, &transport.tls) {
         (ListenerKind::Tcp, _) => {
@@ -179,6 +183,7 @@ async fn handle(broker: Broker, stream: TcpStream, peer: SocketAddr, transport: 
             let info = PeerInfo {
                 addr: peer,
                 cert_username,
+                redirect: transport.redirect.clone(),
             };
             if transport.kind == ListenerKind::Tls {
                 let (reader, writer) = tokio::io::split(tls_stream);

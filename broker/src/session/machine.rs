@@ -25,9 +25,11 @@ use tokio::time::Instant;
 
 use super::delivery::DeliverCtx;
 use super::{Session, SubscriptionRecord};
+use crate::auth::scram::ServerExchange;
 use crate::auth::{Access, ClientAcl, SubscribeVerdict};
 use crate::config::Limits;
 use crate::error::{Close, ProtocolError};
+use crate::features::Capabilities;
 use crate::journal::record::Record;
 use crate::journal::Journal;
 use crate::message::Message;
@@ -147,6 +149,9 @@ struct Inbound {
     aliases: HashMap<u16, ByteStr>,
     /// The publish-rate bucket (when `max_publish_rate_per_client` is set).
     rate: Option<RateBucket>,
+    /// A re-authentication waiting for the client-final message (here too: rare, and
+    /// kept off the size of every connection).
+    reauth: Option<ServerExchange>,
 }
 
 /// What a connection starts the machine with (from CONNECT and the handshake).
@@ -170,6 +175,10 @@ pub struct Start {
     pub username: Option<ByteStr>,
     /// CONNECT's Session Expiry Interval was 0 ([MQTT-3.14.2-2]).
     pub connect_expiry_was_zero: bool,
+    /// The capabilities announced in CONNACK (`[mqtt]` at CONNECT).
+    pub capabilities: Capabilities,
+    /// The client authenticated with an Authentication Method (it may re-authenticate).
+    pub enhanced_auth: bool,
 }
 
 /// The protocol state of one connection to a session.
@@ -179,6 +188,8 @@ pub struct Machine {
     generation: u64,
     version: ProtocolVersion,
     connect_expiry_was_zero: bool,
+    capabilities: Capabilities,
+    enhanced_auth: bool,
     /// Boxed: most clients have none, and this lives as long as the connection.
     will: Option<Box<LastWill>>,
     acl: Option<Arc<ClientAcl>>,
@@ -196,6 +207,8 @@ impl Machine {
             generation: start.generation,
             version: start.version,
             connect_expiry_was_zero: start.connect_expiry_was_zero,
+            capabilities: start.capabilities,
+            enhanced_auth: start.enhanced_auth,
             will: start.will.map(Box::new),
             acl: start.acl,
             acl_generation: start.acl_generation,
@@ -233,6 +246,15 @@ impl Machine {
     /// The user name the client authenticated as (to derive its ACL again).
     pub fn username(&self) -> Option<&str> {
         self.username.as_deref()
+    }
+
+    /// Where a re-authentication in progress is kept; `None` when the client did not
+    /// authenticate with a method at CONNECT, and so may not send AUTH ([MQTT-4.12.0-7]).
+    pub fn reauth_slot(&mut self) -> Option<&mut Option<ServerExchange>> {
+        if !self.enhanced_auth {
+            return None;
+        }
+        Some(&mut self.inbound.get_or_insert_default().reauth)
     }
 
     /// Puts a re-derived ACL in force (after a reload), with the auth generation it is from.
@@ -318,6 +340,14 @@ impl Machine {
         self.charge_publish_rate(ctx.now);
         if publish.properties().has_subscription_identifiers() {
             return Err(ProtocolError::SubscriptionIdFromClient.into());
+        }
+        match self
+            .capabilities
+            .check_publish(publish.qos() as u8, publish.retain)
+        {
+            Ok(()) => {}
+            Err(ReasonCode::QOS_NOT_SUPPORTED) => return Err(ProtocolError::QosNotSupported.into()),
+            Err(_) => return Err(ProtocolError::RetainNotSupported.into()),
         }
         self.resolve_alias(&mut publish)?;
         let ack = PendingAck(publish.publish_qos());
@@ -481,8 +511,16 @@ impl Machine {
         let filters = subscribe
             .filters
             .into_iter()
-            .map(|(filter, options)| {
-                let verdict = self.filter_verdict(&filter, metrics);
+            .map(|(filter, mut options)| {
+                // [MQTT-3.2.2-10]: a SUBSCRIBE above Maximum QoS is accepted, granted at it.
+                if options.qos as u8 > self.capabilities.maximum_qos {
+                    options.qos = tern_codec::QoS::from_u8(self.capabilities.maximum_qos)
+                        .unwrap_or(tern_codec::QoS::AtMostOnce);
+                }
+                let verdict = self
+                    .capabilities
+                    .check_filter(&filter, subscription_id.is_some())
+                    .and_then(|()| self.filter_verdict(&filter, metrics));
                 FilterRequest {
                     filter,
                     record: SubscriptionRecord {

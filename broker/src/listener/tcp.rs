@@ -10,7 +10,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use tern_codec::ReasonCode;
-use tokio::sync::Semaphore;
 
 use super::{refuse, tls, ws};
 use crate::broker::Broker;
@@ -64,14 +63,14 @@ pub async fn accept_loop(broker: Broker, listener: TcpListener, transport: Arc<T
             Err(refusal) => {
                 Metrics::add(refusal.counter(broker.metrics()), 1);
                 tracing::debug!(%peer, ?refusal, "per-IP limit: connection refused");
-                refuse_or_close(stream, &transport, ReasonCode::QUOTA_EXCEEDED, &refusals);
+                refuse::refuse(stream, &transport, ReasonCode::QUOTA_EXCEEDED, &refusals);
                 continue;
             }
         };
         let Ok(permit) = broker.connection_slots().clone().try_acquire_owned() else {
             Metrics::add(&broker.metrics().connections_refused_limit, 1);
             tracing::debug!(%peer, "max_connections reached: connection refused");
-            refuse_or_close(stream, &transport, ReasonCode::SERVER_BUSY, &refusals);
+            refuse::refuse(stream, &transport, ReasonCode::SERVER_BUSY, &refusals);
             continue;
         };
         let send_buffer = broker.limits().socket_send_buffer_bytes;
@@ -111,19 +110,6 @@ pub async fn accept_loop(broker: Broker, listener: TcpListener, transport: Arc<T
                 drop(admission);
             });
         }
-    }
-}
-
-/// A connection over a limit: plain TCP gets a CONNACK saying why (within the refusal
-/// budget); TLS and WebSocket would need their handshakes first and are closed.
-fn refuse_or_close(
-    stream: TcpStream,
-    transport: &Transport,
-    code: ReasonCode,
-    budget: &Arc<Semaphore>,
-) {
-    if transport.kind == ListenerKind::Tcp {
-        refuse::refuse(stream, code, budget);
     }
 }
 

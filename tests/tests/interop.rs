@@ -85,6 +85,40 @@ async fn paho_python_v5_properties_and_v311() {
     broker.running.stop().await;
 }
 
+// Issue #13 as a real client sees it (paho-mqtt, `paho_mqtt5_features.py`): Response
+// Information when requested ([MQTT-3.1.2-28]) with request/response through it, the
+// capabilities in CONNACK ([MQTT-3.2.2-9]) with SUBACK 0xA2, and CONNACK 0x9C with a
+// Server Reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_python_mqtt5_features_response_capabilities_redirect() {
+    if !require_tool("python3") || !python_has_paho() {
+        return;
+    }
+    type Change = fn(&mut tern_broker::Config);
+    let cases: [(&str, Change); 3] = [
+        ("response", |_| {}),
+        ("capabilities", |c| {
+            c.mqtt.maximum_qos = 1;
+            c.mqtt.retain_available = false;
+            c.mqtt.wildcard_subscription_available = false;
+        }),
+        ("redirect", |c| {
+            c.mqtt.redirect = tern_broker::config::Redirect::UseAnotherServer;
+            c.mqtt.server_reference = "other.example:1883".into();
+        }),
+    ];
+    for (mode, change) in cases {
+        let broker = TestBroker::start_with(change).await;
+        let port = broker.addr.port().to_string();
+        run_program(
+            "python3",
+            &["paho_mqtt5_features.py", "127.0.0.1", &port, mode],
+        )
+        .await;
+        broker.running.stop().await;
+    }
+}
+
 // [MQTT-3.14.4-2] as a real client sees it: paho-mqtt sends QoS 2 PUBLISH past the
 // broker's Receive Maximum (it does not apply it) and is still writing when the broker
 // sends DISCONNECT 0x93 and closes; paho must report 0x93, not a lost connection.

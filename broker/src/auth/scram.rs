@@ -240,7 +240,7 @@ fn decode_saslname(name: &str) -> Result<String, ScramError> {
 }
 
 /// The value of attribute `key` (`k=value`) in `part`.
-fn attribute<'a>(part: Option<&'a str>, key: char) -> Result<&'a str, ScramError> {
+fn attribute(part: Option<&str>, key: char) -> Result<&str, ScramError> {
     part.and_then(|p| p.strip_prefix(key))
         .and_then(|p| p.strip_prefix('='))
         .ok_or(ScramError::Malformed)

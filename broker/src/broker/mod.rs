@@ -264,6 +264,7 @@ impl Broker {
                 kicked += 1;
             }
         }
+        Metrics::add(&self.inner.metrics.connections_redirected, kicked as u64);
         kicked
     }
 

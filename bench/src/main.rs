@@ -172,6 +172,11 @@ struct TargetArgs {
     /// No progress line on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Persistent sessions: every client connects with Clean Start 0 and this Session
+    /// Expiry Interval (3.1.1: Clean Session 0), so that a broker with persistence journals
+    /// their messages. 0: clean sessions.
+    #[arg(long, default_value_t = 0)]
+    session_expiry_secs: u32,
 }
 
 /// Load and timing of a message flow.
@@ -336,6 +341,7 @@ fn main_with(cli: Cli) -> Result<()> {
 async fn run(cmd: Cmd, t: &TargetArgs) -> Result<Value> {
     let unix = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let run_id = format!("tb{:x}x{:x}", std::process::id(), unix & 0xFFFFF);
+    mqtt::set_session_expiry_secs(t.session_expiry_secs);
     let target = Target {
         addr: SocketAddr::from((Ipv4Addr::LOCALHOST, t.port)),
         version: t.protocol,

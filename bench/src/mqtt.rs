@@ -71,8 +71,17 @@ pub(crate) fn qos(level: u8) -> Result<QoS> {
     QoS::from_u8(level).map_err(|e| anyhow!("bad QoS {level}: {e}"))
 }
 
+/// Session Expiry Interval of every connection (0: clean sessions); see `--session-expiry-secs`.
+static SESSION_EXPIRY_SECS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Makes every later connection open a persistent session with `secs` (0: clean sessions).
+pub(crate) fn set_session_expiry_secs(secs: u32) {
+    SESSION_EXPIRY_SECS.store(secs, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl Conn {
-    /// Opens a TCP connection, sends CONNECT (clean start) and waits for a successful CONNACK.
+    /// Opens a TCP connection, sends CONNECT (clean start, or a persistent session with
+    /// `--session-expiry-secs`) and waits for a successful CONNACK.
     pub(crate) async fn connect(
         addr: SocketAddr,
         version: ProtocolVersion,
@@ -103,6 +112,13 @@ impl Conn {
         };
         let mut connect = Connect::new(version, client_id);
         connect.keep_alive_secs = KEEP_ALIVE_SECS;
+        let expiry_secs = SESSION_EXPIRY_SECS.load(std::sync::atomic::Ordering::Relaxed);
+        if expiry_secs > 0 {
+            connect.clean_start = false;
+            if version.is_v5() {
+                connect.properties.session_expiry_interval_secs = Some(expiry_secs);
+            }
+        }
         let mut out = BytesMut::with_capacity(64);
         connect.encode(&mut out);
         conn.stream.write_all(&out).await?;

@@ -54,8 +54,9 @@ pub fn open_broker(config: Config) -> Result<Opened, StartError> {
             notify.notify_one();
         });
         let (journal, state, recovery) = open::open(&persistence, on_fatal)?;
-        let restored = broker.restore(state);
+        let mut restored = broker.restore(state);
         broker.attach_journal(Arc::new(journal));
+        broker.publish_recovered_wills(std::mem::take(&mut restored.due_wills));
         tracing::info!(
             dir = %persistence.dir.display(),
             durability = ?persistence.durability,
@@ -65,6 +66,7 @@ pub fn open_broker(config: Config) -> Result<Opened, StartError> {
             expired_sessions = restored.expired_sessions,
             messages = restored.messages,
             retained = restored.retained,
+            wills = restored.wills,
             elapsed_ms = recovery.elapsed.as_millis() as u64,
             "recovered"
         );

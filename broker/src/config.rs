@@ -9,6 +9,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod sources;
+
+pub use self::sources::{
+    AdminConfig, AuthSource, CalloutFailure, ClaimAclMode, HttpAuthConfig, JwtAlgorithm, JwtConfig,
+};
 pub use crate::features::{ListenerRedirect, MqttFeatures, Redirect};
 
 /// The defaults, documented: the repository's `config.toml`, compiled in.
@@ -34,6 +39,9 @@ pub struct Config {
     pub log: LogConfig,
     /// Persistence of sessions and retained messages.
     pub persistence: PersistenceConfig,
+    /// The admin API (`/api/v1`) and `tern ctl`.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// MQTT 5 capabilities, response information and redirection.
     pub mqtt: MqttFeatures,
 }
@@ -165,6 +173,22 @@ pub struct AuthConfig {
     pub password_file: PathBuf,
     /// A Mosquitto `acl_file`; empty for none (every client may do everything).
     pub acl_file: PathBuf,
+    /// The order the enabled sources are tried in; the first that accepts decides.
+    #[serde(default = "sources::default_order")]
+    pub order: Vec<AuthSource>,
+    /// Whether the HTTP bridges accept `?token=user:password` (always off when JWT is on).
+    #[serde(default = "default_true")]
+    pub allow_password_in_url: bool,
+    /// JSON Web Tokens.
+    #[serde(default)]
+    pub jwt: JwtConfig,
+    /// The HTTP callout.
+    #[serde(default)]
+    pub http: HttpAuthConfig,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Session policy.
@@ -451,7 +475,21 @@ impl Config {
                 "at least 1",
             ));
         }
+        self.validate_sections(source_name)
+    }
+
+    /// The sections with checks of their own: `[persistence]`, `[auth.*]` and `[admin]`,
+    /// `[mqtt]`.
+    fn validate_sections(&self, source_name: &str) -> Result<(), ConfigError> {
         self.validate_persistence(source_name)?;
+        sources::check(&self.auth.jwt, &self.auth.http, &self.admin).map_err(
+            |(key, value, allowed)| ConfigError::OutOfRange {
+                source_name: source_name.to_string(),
+                key,
+                value,
+                allowed,
+            },
+        )?;
         self.validate_mqtt(source_name)
     }
 

@@ -92,6 +92,16 @@ pub enum Close {
     /// The broker is shutting down.
     #[error("server shutting down")]
     Shutdown,
+    /// A 3.1.1 QoS 1/2 PUBLISH while the data directory is over its budget (5.0 gets
+    /// PUBACK/PUBREC 0x97 instead and stays connected).
+    #[error("data directory over max_disk_bytes")]
+    DiskFull,
+    /// The client's token expired (0xA0 Maximum connect time).
+    #[error("token expired")]
+    TokenExpired,
+    /// An operator disconnected the client through the admin API (0x98).
+    #[error("disconnected by an administrator")]
+    Administrative,
     /// The broker moves its clients elsewhere (drain): 0x9C Use another server or 0x9D
     /// Server moved, with the Server Reference.
     #[error("redirected ({0:?})")]
@@ -127,6 +137,9 @@ impl Close {
             Close::SlowConsumer => Some(ReasonCode::QUOTA_EXCEEDED),
             Close::KeepAliveTimeout => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
             Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
+            Close::DiskFull => Some(ReasonCode::QUOTA_EXCEEDED),
+            Close::TokenExpired => Some(ReasonCode::MAXIMUM_CONNECT_TIME),
+            Close::Administrative => Some(ReasonCode::ADMINISTRATIVE_ACTION),
             Close::Redirected(code) => Some(*code),
             Close::ReauthFailed => Some(ReasonCode::NOT_AUTHORIZED),
         }
@@ -168,6 +181,10 @@ pub enum Kick {
     TakenOver,
     /// Over the output buffer's cap for longer than the slow-consumer timeout (0x97).
     SlowConsumer,
+    /// The token the client authenticated with expired (0xA0).
+    TokenExpired,
+    /// An operator asked for it through the admin API (0x98).
+    Administrative,
     /// The broker drains: 0x9C Use another server.
     UseAnotherServer,
     /// The broker drains: 0x9D Server moved.
@@ -182,8 +199,10 @@ impl Kick {
             Kick::KeepAlive => 2,
             Kick::TakenOver => 3,
             Kick::SlowConsumer => 4,
-            Kick::UseAnotherServer => 5,
-            Kick::ServerMoved => 6,
+            Kick::TokenExpired => 5,
+            Kick::Administrative => 6,
+            Kick::UseAnotherServer => 7,
+            Kick::ServerMoved => 8,
         }
     }
 
@@ -194,8 +213,10 @@ impl Kick {
             2 => Some(Kick::KeepAlive),
             3 => Some(Kick::TakenOver),
             4 => Some(Kick::SlowConsumer),
-            5 => Some(Kick::UseAnotherServer),
-            6 => Some(Kick::ServerMoved),
+            5 => Some(Kick::TokenExpired),
+            6 => Some(Kick::Administrative),
+            7 => Some(Kick::UseAnotherServer),
+            8 => Some(Kick::ServerMoved),
             _ => None,
         }
     }
@@ -208,6 +229,8 @@ impl From<Kick> for Close {
             Kick::KeepAlive => Close::KeepAliveTimeout,
             Kick::TakenOver => Close::TakenOver,
             Kick::SlowConsumer => Close::SlowConsumer,
+            Kick::TokenExpired => Close::TokenExpired,
+            Kick::Administrative => Close::Administrative,
             Kick::UseAnotherServer => Close::Redirected(ReasonCode::USE_ANOTHER_SERVER),
             Kick::ServerMoved => Close::Redirected(ReasonCode::SERVER_MOVED),
         }
@@ -228,6 +251,8 @@ mod tests {
             (Kick::KeepAlive, ReasonCode::KEEP_ALIVE_TIMEOUT),
             (Kick::TakenOver, ReasonCode::SESSION_TAKEN_OVER),
             (Kick::SlowConsumer, ReasonCode::QUOTA_EXCEEDED),
+            (Kick::TokenExpired, ReasonCode::MAXIMUM_CONNECT_TIME),
+            (Kick::Administrative, ReasonCode::ADMINISTRATIVE_ACTION),
             (Kick::UseAnotherServer, ReasonCode::USE_ANOTHER_SERVER),
             (Kick::ServerMoved, ReasonCode::SERVER_MOVED),
         ] {

@@ -9,7 +9,9 @@
 //! - [`message`]: a routed message and its encodings.
 //! - [`config`]: configuration file, defaults, validation, the limits.
 //! - [`features`]: `[mqtt]`: MQTT 5 capabilities, response information, redirection.
-//! - [`auth`]: password files and ACLs (Mosquitto formats).
+//! - [`auth`]: password files and ACLs (Mosquitto formats), JSON Web Tokens, the HTTP
+//!   callout.
+//! - [`http_client`]: a minimal HTTP/1.1 client (the callout, `tern ctl`).
 //! - [`ip_limits`]: connections and connect rate per IP address.
 //! - [`wal`]: the write-ahead log: framed records, group commit, recovery of a torn tail.
 //! - [`journal`]: what the broker acknowledged as records in the log, checkpoints, and the
@@ -47,6 +49,10 @@
 //! - [`server`]: runs the parts together until shutdown.
 //! - [`checkpointer`]: persistence at run time: recovery at start, checkpoints, the last
 //!   one at shutdown.
+//! - [`ctl`], [`ctl_render`]: `tern ctl`, the admin API's command-line client.
+//!
+//! Tools:
+//! - [`convert`]: `tern convert`, a Mosquitto configuration to a Tern one.
 
 pub mod auth;
 pub mod backpressure;
@@ -54,10 +60,14 @@ pub mod broker;
 pub mod checkpointer;
 pub mod config;
 pub mod connection;
+pub mod convert;
+pub mod ctl;
+pub mod ctl_render;
 pub mod delivery;
 pub mod error;
 pub mod features;
 pub mod http;
+pub mod http_client;
 pub mod ip_limits;
 pub mod journal;
 pub mod keep_alive;

@@ -52,6 +52,19 @@ enum Command {
         /// The configuration file.
         path: PathBuf,
     },
+    /// Talk to a running broker through its admin API (`[admin]`): list and kick clients,
+    /// sessions, retained messages, publish, reload.
+    Ctl(tern_broker::ctl::CtlArgs),
+    /// Convert a Mosquitto 2.x configuration (mosquitto.conf and the files its include_dir
+    /// names) to a commented Tern configuration. What cannot be converted is listed at the
+    /// top of the output and printed as warnings on stderr.
+    Convert {
+        /// The Mosquitto configuration file.
+        path: PathBuf,
+        /// Where to write the Tern configuration (default: standard output).
+        #[arg(short, long, value_name = "PATH")]
+        output: Option<PathBuf>,
+    },
 }
 
 /// jemalloc, chosen by measurement: frames are allocated by the task that reads them and
@@ -83,6 +96,12 @@ fn main() -> anyhow::Result<()> {
     if let Some(Command::CheckConfig { path }) = &args.command {
         return check_config(path);
     }
+    if let Some(Command::Ctl(ctl)) = &args.command {
+        return run_ctl(ctl);
+    }
+    if let Some(Command::Convert { path, output }) = &args.command {
+        return convert(path, output.as_deref());
+    }
     let config = Config::load(args.config.as_deref())?;
     let log = init_tracing(&config, args.log_level.as_deref());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -90,6 +109,9 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
+        // Signals are caught from the start: a SIGTERM during recovery or right after the
+        // listeners open still stops the broker gracefully (final checkpoint).
+        let shutdown = shutdown_signal().context("installing the SIGTERM/SIGINT handlers")?;
         // Recovery first: a data directory locked by another broker stops us before we
         // bind, and no client is accepted before the state is back.
         let opened = tern_broker::checkpointer::open_broker(config.clone())?;
@@ -104,7 +126,7 @@ fn main() -> anyhow::Result<()> {
         let bridges = tern_broker::http::bridge::Bridges::new(opened.broker);
         tokio::spawn(reload_on_sighup(bridges.clone(), args.config.clone(), log));
         tokio::spawn(drain_on_sigusr1(bridges.broker().clone()));
-        tern_broker::server::run(bridges, listeners, http, opened.failed, shutdown_signal()).await;
+        tern_broker::server::run(bridges, listeners, http, opened.failed, shutdown).await;
         tracing::info!("stopped");
         anyhow::Ok(())
     })
@@ -149,6 +171,7 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
         .map_err(anyhow::Error::from)
         .and_then(|config| {
             tern_broker::auth::AuthState::load(&config.auth)?;
+            tern_broker::http::admin::load_token(&config.admin)?;
             for listener in config.listeners.iter().filter(|l| l.kind.is_tls()) {
                 tern_broker::listener::tls::acceptor(listener)?;
             }
@@ -173,7 +196,64 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     }
 }
 
-/// Reloads the configuration on every SIGHUP; an invalid one keeps the old in force.
+/// `tern ctl ...`: one admin API request; prints the answer, exits 1 on failure.
+fn run_ctl(ctl: &tern_broker::ctl::CtlArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    match runtime.block_on(tern_broker::ctl::run(ctl)) {
+        Ok(text) => {
+            println!("{text}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("tern ctl: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// `tern convert PATH [-o OUTPUT]`: the Tern configuration on stdout or in OUTPUT, one
+/// warning per finding on stderr. Exits 1 only when the input cannot be read or the output
+/// written.
+fn convert(path: &std::path::Path, output: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let conversion = tern_broker::convert::convert_file(path)?;
+    if let Some(output) = output {
+        let same = |a: &std::path::Path| {
+            std::fs::canonicalize(a).ok() == std::fs::canonicalize(output).ok()
+        };
+        if output.exists() && conversion.files.iter().any(|f| same(f)) {
+            anyhow::bail!(
+                "{} is one of the Mosquitto files being converted; choose another output",
+                output.display()
+            );
+        }
+    }
+    for finding in &conversion.findings {
+        eprintln!("warning: {finding}");
+    }
+    match output {
+        Some(output) => {
+            std::fs::write(output, &conversion.toml)
+                .with_context(|| format!("writing {}", output.display()))?;
+            // A converted file that Tern itself refuses is a bug of the converter.
+            Config::load(Some(output))?;
+            eprintln!(
+                "wrote {} ({} not converted as written, listed at its top); check it with \
+                 `tern check-config {}`",
+                output.display(),
+                conversion.findings.len(),
+                output.display()
+            );
+        }
+        None => print!("{}", conversion.toml),
+    }
+    Ok(())
+}
+
+/// Reloads the configuration on every SIGHUP and every admin API reload request; an
+/// invalid one keeps the old in force.
 async fn reload_on_sighup(bridges: Arc<Bridges>, path: Option<PathBuf>, log: LogHandle) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = match signal(SignalKind::hangup()) {
@@ -190,8 +270,30 @@ async fn reload_on_sighup(bridges: Arc<Bridges>, path: Option<PathBuf>, log: Log
         let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         log.reload(filter).map_err(|e| e.to_string())
     };
-    while hangups.recv().await.is_some() {
-        match tern_broker::reload::reload(&bridges, path.as_deref(), &set_level) {
+    let (hook, mut requests) = tokio::sync::mpsc::channel(4);
+    bridges.admin().set_reload_hook(hook);
+    loop {
+        let reply = tokio::select! {
+            signal = hangups.recv() => match signal {
+                Some(()) => None,
+                None => return,
+            },
+            request = requests.recv() => match request {
+                Some(reply) => Some(reply),
+                None => return,
+            },
+        };
+        let result = tern_broker::reload::reload(&bridges, path.as_deref(), &set_level);
+        if let Some(reply) = reply {
+            let _ = reply.send(match &result {
+                Ok(report) => Ok(format!(
+                    "{} sessions re-checked; needs restart: {:?}",
+                    report.sessions_rechecked, report.needs_restart
+                )),
+                Err(e) => Err(e.to_string()),
+            });
+        }
+        match result {
             Ok(report) => {
                 tracing::info!(
                     sessions_rechecked = report.sessions_rechecked,
@@ -233,21 +335,14 @@ async fn drain_on_sigusr1(broker: tern_broker::Broker) {
 }
 
 /// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await
-            }
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
+    })
 }

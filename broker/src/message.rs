@@ -17,6 +17,19 @@ pub struct Message {
     pub received_at: Instant,
     /// The session that published it, for No Local; `None` for broker-made messages.
     pub origin_session: Option<u64>,
+    /// Where the journal stored its body (persistence): set the first time a persistent
+    /// session is handed it, read by every later one.
+    pub journal_body: BodyRef,
+}
+
+/// The journal's reference to a message's stored body: its id and the log position of the
+/// record that stored it (0 and 0: not stored). Written only by the journal.
+#[derive(Debug, Default)]
+pub struct BodyRef {
+    /// The body's id (0: none yet).
+    pub id: std::sync::atomic::AtomicU64,
+    /// The log position of the body's record (0: in no log).
+    pub position: std::sync::atomic::AtomicU64,
 }
 
 impl Message {
@@ -30,6 +43,7 @@ impl Message {
             templates: PublishTemplates::new(publish),
             received_at,
             origin_session,
+            journal_body: BodyRef::default(),
         })
     }
 

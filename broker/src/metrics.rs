@@ -81,6 +81,38 @@ counters! {
     sessions,
     /// CONNECTs refused by authentication (bad credentials, anonymous not allowed).
     auth_failures,
+    /// Tokens accepted ([auth.jwt]).
+    auth_jwt_accepted,
+    /// Tokens refused: expired.
+    auth_jwt_refused_expired,
+    /// Tokens refused: not yet valid (nbf).
+    auth_jwt_refused_not_yet_valid,
+    /// Tokens refused: bad signature or unknown key id.
+    auth_jwt_refused_signature,
+    /// Tokens refused: another algorithm than the configured one (or none).
+    auth_jwt_refused_algorithm,
+    /// Tokens refused: malformed, or aud, iss, user name or ACL claim not accepted.
+    auth_jwt_refused_claims,
+    /// Clients the HTTP callout let in.
+    auth_http_accepted,
+    /// Clients the HTTP callout refused.
+    auth_http_denied,
+    /// HTTP callouts that failed (down, timeout, bad answer).
+    auth_http_errors,
+    /// HTTP callout answers taken from the cache.
+    auth_http_cache_hits,
+    /// Connections closed because their token expired.
+    auth_token_expired_disconnects,
+    /// Bridge requests refused for a password in the URL (allow_password_in_url off).
+    bridge_password_in_url_refused,
+    /// Admin API requests.
+    admin_requests,
+    /// Admin API requests refused: missing or wrong token (or the API disabled).
+    admin_unauthorized,
+    /// Admin API requests refused as malformed (400).
+    admin_bad_requests,
+    /// Clients disconnected through the admin API.
+    admin_kicks,
     /// Operations the ACL refused: subscriptions, publishes, wills, deliveries.
     acl_denied,
     /// Enhanced authentications (SCRAM-SHA-256) that succeeded, at CONNECT or again later.
@@ -115,6 +147,8 @@ counters! {
     journal_recovered_sessions,
     /// Time the startup recovery took in milliseconds.
     journal_recovery_ms,
+    /// QoS 1/2 publishes refused because the data directory was over `max_disk_bytes`.
+    publishes_refused_disk_full,
 }
 
 impl Metrics {

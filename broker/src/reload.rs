@@ -13,7 +13,9 @@
 //!   `max_connections` needs a restart;
 //! - `[mqtt]`: capabilities, response information and redirection, for new connections;
 //!   turning redirection on drains the connected clients ([`crate::Broker::drain`]);
-//! - `[log] level`.
+//! - `[log] level`;
+//! - the JWT keys (secret, PEM or JWKS file: keys can be rotated), the HTTP callout
+//!   settings (its cache starts empty), and the admin token.
 //!
 //! An invalid new configuration changes nothing: the old one stays in force and the error
 //! says why. Changes that need a restart (listeners, `[http]`, `[session]`, `[sys]`,
@@ -34,6 +36,9 @@ pub enum ReloadError {
     /// The password or ACL file did not load.
     #[error("[auth]: {0}")]
     Auth(#[from] crate::auth::AuthError),
+    /// The admin token file did not load.
+    #[error(transparent)]
+    Admin(#[from] crate::http::admin::AdminError),
     /// The new log level is not a valid filter.
     #[error("log.level: {0}")]
     LogLevel(String),
@@ -63,8 +68,12 @@ pub fn reload(
 ) -> Result<ReloadReport, ReloadError> {
     let broker = bridges.broker();
     let new = Config::load(path)?;
-    let auth = AuthState::load(&new.auth)?;
+    let mut auth = AuthState::load(&new.auth)?;
+    // Rules carried by tokens and callout answers stay with the clients that logged in.
+    auth.keep_claims_of(&broker.auth().current());
+    crate::http::admin::load_token(&new.admin)?;
     set_log_level(&new.log.level).map_err(ReloadError::LogLevel)?;
+    bridges.admin().reload_token(&new.admin)?;
     let mut report = ReloadReport {
         needs_restart: broker.restart_only_changes(&new),
         ..Default::default()

@@ -75,6 +75,9 @@ pub(crate) fn attach(
         aliases: OutboundAliases::new(how.alias_max),
         generation,
         username: None,
+        peer: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
+        keep_alive_secs: 0,
+        connected_at_unix_ms: 0,
     };
     session.delivery().attach(link, how.window, ctx);
     writer

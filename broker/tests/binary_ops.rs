@@ -129,6 +129,9 @@ impl Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
             .arg("--config")
             .arg(config)
+            // The default data directory (tern-data/) lands next to the config, in a temp
+            // directory, never in the checkout.
+            .current_dir(config.parent().expect("config in a directory"))
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -15,6 +15,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "metrics",
             "message",
             "config",
+            "http_client",
             "features",
             "auth",
             "ip_limits",
@@ -28,7 +29,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("broker", &["broker"]),
     ("connection", &["connection"]),
     ("transport and HTTP", &["listener", "http", "sys", "reload"]),
-    ("server", &["server", "checkpointer"]),
+    ("server", &["server", "checkpointer", "ctl", "ctl_render"]),
+    ("tools", &["convert"]),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -79,9 +79,8 @@ fn passwd_scram_stores_salted_credentials() {
     assert!(users.verify("alice", b"wonderland"));
     assert!(!users.verify("alice", b"looking-glass"));
     let state = tern_broker::auth::AuthState {
-        allow_anonymous: false,
         passwords: Some(users),
-        acl: None,
+        ..Default::default()
     };
     let credentials = state.scram_credentials("alice").expect("scram credentials");
     assert_eq!(credentials.iterations, 4096);

@@ -2,7 +2,10 @@
 // Browser test of Tern's dashboard: headless Chromium (the Debian package) driven by
 // playwright-core loads the dashboard, subscribes to a topic filter through the page's
 // form (the page then reads /sse with EventSource), has mosquitto_pub publish a message,
-// and waits for it to appear in the live view. Keeps a screenshot.
+// and waits for it to appear in the live view. With TERN_ADMIN_TOKEN and TERN_KICK_CLIENT
+// set, also uses the clients table: enters the admin token, filters, sorts, and kicks the
+// client TERN_KICK_CLIENT with its button; and checks the activity charts are drawn.
+// Keeps a screenshot.
 //
 // Usage: node browser.js HTTP_URL MQTT_HOST MQTT_PORT SCREENSHOT_PATH
 //
@@ -72,6 +75,19 @@ async function main () {
     if (!row.includes(topic)) throw new Error(`row without the topic: ${row}`)
     console.log('PASS: message published with mosquitto_pub shown live')
 
+    // Two series per chart, each with a few points (one per stats poll).
+    await page.waitForFunction(() => {
+      const lines = document.querySelectorAll('#chart-messages polyline, #chart-connections polyline')
+      return lines.length === 4 && [...lines].every((l) => l.getAttribute('points').split(' ').length >= 3)
+    }, null, { timeout: WAIT_MS })
+    console.log('PASS: activity charts drawn')
+
+    const adminToken = process.env.TERN_ADMIN_TOKEN
+    const victim = process.env.TERN_KICK_CLIENT
+    if (adminToken && victim) {
+      await clientsTable(page, adminToken, victim)
+    }
+
     // Let one stats poll count the SSE client, then keep the picture.
     await page.waitForFunction(() => Number(document.getElementById('bridge-clients').textContent) >= 1, null, { timeout: WAIT_MS })
     fs.mkdirSync(path.dirname(screenshot), { recursive: true })
@@ -82,6 +98,31 @@ async function main () {
     await context.close()
     fs.rmSync(profile, { recursive: true, force: true })
   }
+}
+
+// The clients table: token, rows from /api/v1/clients, filter, sort, kick.
+async function clientsTable (page, adminToken, victim) {
+  const row = `#clients-table tr[data-client-id="${victim}"]`
+  await page.fill('#admin-token', adminToken)
+  await page.click('#admin-connect')
+  await page.waitForSelector(row, { timeout: WAIT_MS })
+  const total = await page.$$eval('#clients-table tr', (rows) => rows.length)
+  if (total < 2) throw new Error(`expected at least two clients, got ${total}`)
+  console.log(`PASS: clients table lists ${total} clients`)
+  await page.click('#clients-head th[data-key="client_id"]')
+  const ids = await page.$$eval('#clients-table tr', (rows) => rows.map((r) => r.dataset.clientId))
+  const sorted = [...ids].sort().reverse()
+  if (ids.join() !== sorted.join()) throw new Error(`not sorted descending: ${ids}`)
+  console.log('PASS: clients table sorts by client id')
+  await page.fill('#client-filter', victim)
+  const shown = await page.$$eval('#clients-table tr', (rows) => rows.map((r) => r.dataset.clientId))
+  if (shown.length !== 1 || shown[0] !== victim) throw new Error(`filter shows ${shown}`)
+  console.log('PASS: clients table filters')
+  await page.click(`${row} button.kick`)
+  await page.waitForFunction((v) => document.getElementById('admin-status').textContent === 'kicked ' + v, victim, { timeout: WAIT_MS })
+  await page.waitForSelector(row, { state: 'detached', timeout: WAIT_MS })
+  console.log('PASS: kick button disconnected the client')
+  await page.fill('#client-filter', '')
 }
 
 main().then(() => {

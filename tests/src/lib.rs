@@ -2,6 +2,8 @@
 //! over an in-memory duplex stream, for tests on tokio's paused clock), and a raw-packet
 //! MQTT client built on `tern-codec` that sends and expects exact packets.
 
+pub mod crash_checker;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

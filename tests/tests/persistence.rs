@@ -251,3 +251,161 @@ async fn corrupt_checkpoint_is_moved_aside_and_a_locked_directory_refused() {
     broker.running.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Connects `client_id` (Clean Start 0, expiry 300 s) with a will on `will/<client_id>`
+/// delayed by `delay_secs`.
+async fn with_will(broker: &TestBroker, client_id: &str, delay_secs: u32) -> Client {
+    let mut client = broker.raw(V5).await;
+    let mut connect = Connect::new(V5, client_id);
+    connect.clean_start = false;
+    connect.keep_alive_secs = 0;
+    connect.properties.session_expiry_interval_secs = Some(300);
+    let properties = tern_codec::WillProperties {
+        will_delay_interval_secs: Some(delay_secs),
+        ..Default::default()
+    };
+    connect.will = Some(tern_codec::LastWill {
+        topic: tern_codec::ByteStr::from(format!("will/{client_id}")),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties,
+    });
+    let connack = client.connect(connect).await;
+    assert_eq!(connack.code, ReasonCode::SUCCESS);
+    client
+}
+
+/// [MQTT-3.1.3-9] across a restart: the will of a client whose connection the broker lost
+/// when it went down waits out its Will Delay Interval after the restart and is published
+/// (it was pending, in the journal); a client that comes back within the delay cancels it,
+/// and one that disconnected normally before has none.
+#[tokio::test]
+async fn pending_wills_survive_a_restart_and_a_resume_cancels_them() {
+    let dir = data_dir("wills");
+    let broker = start(&dir).await;
+    let (mut sub, _) = persistent(&broker, "will-sub").await;
+    sub.subscribe("will/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let gone = with_will(&broker, "w-gone", 1).await;
+    let back = with_will(&broker, "w-back", 2).await;
+    // [MQTT-3.1.2-10]: a normal DISCONNECT discards the will, in the journal too.
+    let clean = with_will(&broker, "w-clean", 0).await;
+    clean.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    broker.running.stop().await;
+    drop((gone, back));
+
+    let broker = start(&dir).await;
+    // "w-back" resumes within its delay: its will is cancelled.
+    let back = with_will(&broker, "w-back", 2).await;
+    let (mut sub, present) = persistent(&broker, "will-sub").await;
+    assert!(present);
+    let publish = sub.expect_publish_acked().await;
+    assert_eq!(publish.topic(), "will/w-gone");
+    assert_eq!(publish.payload(), b"gone");
+    sub.expect_nothing(Duration::from_millis(2500)).await;
+    drop(back);
+    broker.running.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A minimal HTTP/1.1 GET of `path`; returns the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// The value of metric `name` in the exposition `text`.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
+}
+
+/// Over `max_disk_bytes`, a QoS 1/2 PUBLISH is refused rather than acknowledged and then
+/// not stored: 5.0 gets PUBACK/PUBREC 0x97 Quota exceeded and stays connected, 3.1.1
+/// (which has no refusing PUBACK) is disconnected unacknowledged; QoS 0 still flows. The
+/// refusals are counted.
+#[tokio::test]
+async fn over_the_disk_budget_qos1_and_qos2_publishes_get_0x97() {
+    let dir = data_dir("budget");
+    let d = dir.clone();
+    let broker = TestBroker::start_with(move |c| {
+        c.persistence.enabled = true;
+        c.persistence.dir = d;
+        // A preallocated segment alone is over this.
+        c.persistence.max_disk_bytes = 1;
+    })
+    .await;
+    let mut sub = broker.client(V5, "b-sub").await;
+    sub.subscribe("b/#", QoS::AtMostOnce).await;
+    let mut v5 = broker.client(V5, "b-pub5").await;
+    let code = v5.publish("b/1", b"x", QoS::AtLeastOnce, false).await;
+    assert_eq!(code, Some(ReasonCode::QUOTA_EXCEEDED));
+    let code = v5.publish("b/2", b"x", QoS::ExactlyOnce, false).await;
+    assert_eq!(code, Some(ReasonCode::QUOTA_EXCEEDED));
+    assert_eq!(v5.publish("b/0", b"q0", QoS::AtMostOnce, false).await, None);
+    assert_eq!(
+        sub.expect_publish().await.payload(),
+        b"q0",
+        "QoS 0 still flows"
+    );
+
+    let mut v3 = broker.client(ProtocolVersion::V3_1_1, "b-pub3").await;
+    v3.send(&Packet::Publish({
+        let mut p = Publish::new("b/3", bytes::Bytes::from_static(b"x"));
+        p.set_qos(PublishQoS::with_id(
+            QoS::AtLeastOnce,
+            tern_codec::PacketId::MIN,
+        ));
+        p
+    }))
+    .await;
+    assert_eq!(v3.recv_or_eof().await, None, "3.1.1: closed, no PUBACK");
+    sub.expect_nothing(Duration::from_millis(200)).await;
+
+    let http = broker.running.http_addr.expect("http enabled");
+    let text = http_get(http, "/metrics").await;
+    assert_eq!(metric(&text, "tern_publishes_refused_disk_full_total"), 3.0);
+    assert!(metric(&text, "tern_journal_disk_bytes") > 1.0);
+    broker.running.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The journal's numbers are on /metrics: records, fsyncs, commits, and the commit
+/// histograms; with group commit, one fsync covers many records.
+#[tokio::test]
+async fn journal_metrics_are_exported() {
+    let dir = data_dir("metrics");
+    let broker = start(&dir).await;
+    let (mut sub, _) = persistent(&broker, "j-sub").await;
+    sub.subscribe("j", QoS::AtLeastOnce).await;
+    let mut publisher = broker.client(V5, "j-pub").await;
+    for _ in 0..20 {
+        publisher.publish("j", b"x", QoS::AtLeastOnce, false).await;
+        sub.expect_publish_acked().await;
+    }
+    let http = broker.running.http_addr.expect("http enabled");
+    let text = http_get(http, "/metrics").await;
+    assert!(
+        metric(&text, "tern_journal_records_total") >= 40.0,
+        "{text}"
+    );
+    assert!(metric(&text, "tern_journal_fsyncs_total") >= 1.0);
+    assert!(metric(&text, "tern_journal_commits_total") >= 1.0);
+    assert!(metric(&text, "tern_journal_commit_latency_seconds_count") >= 1.0);
+    assert!(metric(&text, "tern_journal_commit_batch_records_sum") >= 40.0);
+    broker.running.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,7 +1,7 @@
 //! Server redirection (MQTT 5.0 section 4.11): CONNACK 0x9C Use another server / 0x9D
 //! Server moved with a Server Reference, for the whole broker or one listener; and the
-//! drain (SIGUSR1 in `tern`, [`tern_broker::Broker::drain`] here, or a reload turning
-//! redirection on) that sends connected 5.0 clients DISCONNECT 0x9C with the reference.
+//! drain (SIGUSR1 in `tern`, `POST /api/v1/drain`, [`tern_broker::Broker::drain`] here, or
+//! a reload turning redirection on) that sends connected 5.0 clients DISCONNECT 0x9C with the reference.
 
 use std::time::Duration;
 
@@ -130,6 +130,44 @@ async fn reload_turning_redirect_on_drains_connected_clients() {
     assert_eq!(
         late.connect(Connect::new(V5, "late")).await.code,
         ReasonCode::SERVER_MOVED
+    );
+    broker.running.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// The admin API drains too (`POST /api/v1/drain`, `tern ctl drain`): connected 5.0
+// clients get DISCONNECT 0x9C with the Server Reference.
+#[tokio::test]
+async fn admin_api_drain_disconnects_with_0x9c() {
+    let dir = std::env::temp_dir().join(format!("tern-drain-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let token = dir.join("token");
+    std::fs::write(&token, "drain-test-token-0123456789abcdef\n").expect("token");
+    let broker = TestBroker::start_with(|c| {
+        c.admin.enabled = true;
+        c.admin.token_file = token.clone();
+        c.mqtt.server_reference = "e.example:1883".into();
+    })
+    .await;
+    let mut client = broker.client(V5, "admin-drained").await;
+    let http = broker.running.http_addr.expect("http");
+    let answer = tern_broker::http_client::send(
+        hyper::Method::POST,
+        &format!("http://{http}/api/v1/drain"),
+        &[("authorization", "Bearer drain-test-token-0123456789abcdef")],
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("request");
+    assert_eq!(answer.status.as_u16(), 200);
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).expect("json");
+    assert_eq!(body["redirected"], 1);
+    let disconnect = client.expect_disconnect().await.expect("DISCONNECT");
+    assert_eq!(disconnect.reason_code, ReasonCode::USE_ANOTHER_SERVER);
+    assert_eq!(
+        disconnect.properties.server_reference.as_deref(),
+        Some("e.example:1883")
     );
     broker.running.stop().await;
     let _ = std::fs::remove_dir_all(dir);

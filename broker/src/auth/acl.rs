@@ -259,6 +259,24 @@ impl AclFile {
         Ok(acl)
     }
 
+    /// An ACL of `pattern` lines only: `publish` filters writable, `subscribe` filters
+    /// readable (`%c`, `%u` substituted per client), as a token or an HTTP callout carries.
+    ///
+    /// # Errors
+    /// The first entry that is not a valid topic filter.
+    pub fn from_patterns(publish: &[String], subscribe: &[String]) -> Result<AclFile, String> {
+        let mut acl = AclFile::default();
+        for (list, access) in [(publish, WRITE), (subscribe, READ)] {
+            for topic in list {
+                if tern_codec::topic::validate_filter(topic).is_err() {
+                    return Err(format!("`{topic}` is not a valid topic filter"));
+                }
+                acl.patterns.push(Rule::new(topic, access));
+            }
+        }
+        Ok(acl)
+    }
+
     /// The rules that apply to one client, with patterns substituted.
     pub fn for_client(&self, client_id: &str, username: Option<&str>) -> ClientAcl {
         let own = match username {
@@ -309,6 +327,15 @@ impl ClientAcl {
     /// Information ([`crate::features::ResponseAcl`]).
     pub fn grant(&mut self, filter: &str, access: Access) {
         self.patterns.push(Rule::new(filter, access.bit()));
+    }
+
+    /// This ACL with `extra`'s rules added after its own: a deny here still wins, and what
+    /// neither allows stays refused.
+    pub fn extended(mut self, extra: ClientAcl) -> ClientAcl {
+        for rule in extra.own.iter().chain(extra.patterns.iter()) {
+            self.patterns.push(rule.clone());
+        }
+        self
     }
 
     fn rules(&self) -> impl Iterator<Item = &Rule> {

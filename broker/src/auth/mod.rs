@@ -3,6 +3,10 @@
 //!
 //! - [`password`]: the password file, the hashes it may hold, and `tern passwd`.
 //! - [`acl`]: the ACL file and the per-client checks.
+//! - [`jwt`]: JSON Web Tokens (`[auth.jwt]`).
+//! - [`callout`]: the HTTP callout (`[auth.http]`).
+//! - [`login`]: the sources tried in `[auth] order` for one client.
+//! - [`claims`]: ACL rules carried by a token or a callout answer, per user name.
 //! - [`scram`]: SCRAM-SHA-256, the enhanced authentication method (MQTT 5 AUTH).
 //!
 //! [`AuthState`] is what one load of `[auth]` produced; the broker keeps it in an [`Auth`],
@@ -12,16 +16,21 @@
 //! reload re-applies the ACL to them ([`crate::reload`]).
 
 pub mod acl;
+pub mod callout;
+pub mod claims;
+pub mod jwt;
+pub mod login;
 pub mod password;
 pub mod scram;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use bytes::Bytes;
-use tern_codec::{ByteStr, ReasonCode};
+use tern_codec::ReasonCode;
 
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, AuthSource};
+
+pub use self::login::{authenticate, Credentials, Granted};
 
 pub use self::acl::{Access, AclFile, ClientAcl, SubscribeVerdict};
 pub use self::password::{PasswordFile, PasswordHash};
@@ -55,6 +64,8 @@ pub enum LoginError {
     BadCredentials,
     /// No user name and anonymous clients are not allowed: CONNACK 0x87 (3.1.1: 0x05).
     AnonymousRefused,
+    /// The HTTP callout failed and `on_error = "deny"`: CONNACK 0x88 (3.1.1: 0x03).
+    ServiceUnavailable,
 }
 
 impl LoginError {
@@ -63,6 +74,7 @@ impl LoginError {
         match self {
             LoginError::BadCredentials => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
             LoginError::AnonymousRefused => ReasonCode::NOT_AUTHORIZED,
+            LoginError::ServiceUnavailable => ReasonCode::SERVER_UNAVAILABLE,
         }
     }
 }
@@ -76,6 +88,17 @@ pub struct AuthState {
     pub passwords: Option<PasswordFile>,
     /// Rules, when `acl_file` is set.
     pub acl: Option<AclFile>,
+    /// The order the sources are tried in.
+    pub order: Vec<AuthSource>,
+    /// The token verifier, when `[auth.jwt]` is enabled.
+    pub jwt: Option<jwt::JwtVerifier>,
+    /// The HTTP callout, when `[auth.http]` is enabled.
+    pub callout: Option<Arc<callout::HttpCallout>>,
+    /// Whether the bridges accept `?token=user:password` (never with JWT on).
+    pub allow_password_in_url: bool,
+    /// ACL rules carried by logins, per user name; shared by every load (a reload keeps
+    /// it: see [`AuthState::keep_claims_of`]).
+    pub claims: Arc<claims::ClaimRegistry>,
 }
 
 impl AuthState {
@@ -91,11 +114,42 @@ impl AuthState {
         let acl = given(&config.acl_file)
             .map(|p| AclFile::load(&p))
             .transpose()?;
+        let jwt = config
+            .jwt
+            .enabled
+            .then(|| jwt::JwtVerifier::load(&config.jwt))
+            .transpose()?;
+        let callout = config
+            .http
+            .enabled
+            .then(|| Arc::new(callout::HttpCallout::new(&config.http)));
+        let mut order: Vec<AuthSource> = Vec::new();
+        for source in &config.order {
+            if !order.contains(source) {
+                order.push(*source);
+            }
+        }
         Ok(AuthState {
             allow_anonymous: config.allow_anonymous,
             passwords,
             acl,
+            order,
+            allow_password_in_url: config.allow_password_in_url && jwt.is_none(),
+            jwt,
+            callout,
+            claims: Arc::default(),
         })
+    }
+
+    /// Takes over `old`'s record of carried ACL rules, so that a reload keeps the rules
+    /// connected clients logged in with.
+    pub fn keep_claims_of(&mut self, old: &AuthState) {
+        self.claims = old.claims.clone();
+    }
+
+    /// Whether any source can check credentials (a password file, JWT, the callout).
+    pub fn has_sources(&self) -> bool {
+        self.passwords.is_some() || self.jwt.is_some() || self.callout.is_some()
     }
 
     /// A state that lets no client in and no message through: what a broker uses when its
@@ -105,39 +159,8 @@ impl AuthState {
             allow_anonymous: false,
             passwords: Some(PasswordFile::default()),
             acl: Some(AclFile::default()),
-        }
-    }
-
-    /// Checks CONNECT's user name and password.
-    ///
-    /// No user name: allowed only with `allow_anonymous`. A user name with a password file:
-    /// the user must be in it and the password must match. A user name without a password
-    /// file: nothing to check it against, so allowed only with `allow_anonymous` (the name
-    /// then only selects an ACL section, as in Mosquitto).
-    ///
-    /// # Errors
-    /// The [`LoginError`] to answer with.
-    pub fn login(&self, username: Option<&str>, password: Option<&[u8]>) -> Result<(), LoginError> {
-        let Some(user) = username else {
-            return if self.allow_anonymous {
-                Ok(())
-            } else {
-                Err(LoginError::AnonymousRefused)
-            };
-        };
-        match (&self.passwords, password) {
-            (None, _) if self.allow_anonymous => Ok(()),
-            (Some(file), Some(password)) if file.verify(user, password) => Ok(()),
-            _ => Err(LoginError::BadCredentials),
-        }
-    }
-
-    /// Whether [`AuthState::login`] for `username` would run an expensive hash (Argon2id,
-    /// many PBKDF2 iterations), so should run off the async workers.
-    pub fn login_is_expensive(&self, username: Option<&str>) -> bool {
-        match (&self.passwords, username) {
-            (Some(file), Some(user)) => file.get(user).is_some_and(PasswordHash::is_expensive),
-            _ => false,
+            order: crate::config::sources::default_order(),
+            ..AuthState::default()
         }
     }
 
@@ -154,11 +177,11 @@ impl AuthState {
         self.passwords.is_some()
     }
 
-    /// The ACL of one client, or `None` when no ACL file is configured (everything allowed).
+    /// The ACL of one client: the ACL file's rules, with what its user's last login carried
+    /// ([`claims::combine`]); `None` when nothing restricts it.
     pub fn client_acl(&self, client_id: &str, username: Option<&str>) -> Option<Arc<ClientAcl>> {
-        self.acl
-            .as_ref()
-            .map(|file| Arc::new(file.for_client(client_id, username)))
+        let carried = username.and_then(|u| self.claims.get(u));
+        claims::combine(self.acl.as_ref(), carried.as_deref(), client_id, username)
     }
 }
 
@@ -202,24 +225,6 @@ impl Auth {
     }
 }
 
-/// Checks CONNECT's credentials against `state`, running expensive hashes on the blocking
-/// pool so a CONNECT does not stall other connections.
-///
-/// # Errors
-/// The [`LoginError`] to answer with.
-pub async fn authenticate(
-    state: Arc<AuthState>,
-    username: Option<ByteStr>,
-    password: Option<Bytes>,
-) -> Result<(), LoginError> {
-    if !state.login_is_expensive(username.as_deref()) {
-        return state.login(username.as_deref(), password.as_deref());
-    }
-    tokio::task::spawn_blocking(move || state.login(username.as_deref(), password.as_deref()))
-        .await
-        .unwrap_or(Err(LoginError::BadCredentials))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,37 +237,57 @@ mod tests {
                 PasswordFile::parse(&format!("alice:{hash}\n"), Path::new("pw")).expect("parse")
             }),
             acl: None,
+            order: crate::config::sources::default_order(),
+            ..AuthState::default()
         }
+    }
+
+    /// Logs in through [`login::authenticate`] on a throwaway runtime.
+    fn login(s: &AuthState, user: Option<&str>, pass: Option<&[u8]>) -> Result<(), LoginError> {
+        let credentials = Credentials {
+            client_id: "c".into(),
+            username: user.map(tern_codec::ByteStr::from),
+            password: pass.map(bytes::Bytes::copy_from_slice),
+            peer: None,
+            protocol: "mqtt5",
+        };
+        let metrics = crate::metrics::Metrics::default();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime
+            .block_on(authenticate(Arc::new(s.clone()), credentials, &metrics))
+            .map(|_| ())
     }
 
     #[test]
     fn login_rules() {
         let s = state(false, true);
-        assert_eq!(s.login(None, None), Err(LoginError::AnonymousRefused));
-        assert_eq!(s.login(Some("alice"), Some(b"pw")), Ok(()));
+        assert_eq!(login(&s, None, None), Err(LoginError::AnonymousRefused));
+        assert_eq!(login(&s, Some("alice"), Some(b"pw")), Ok(()));
         assert_eq!(
-            s.login(Some("alice"), Some(b"px")),
+            login(&s, Some("alice"), Some(b"px")),
             Err(LoginError::BadCredentials)
         );
         assert_eq!(
-            s.login(Some("alice"), None),
+            login(&s, Some("alice"), None),
             Err(LoginError::BadCredentials)
         );
         assert_eq!(
-            s.login(Some("bob"), Some(b"pw")),
+            login(&s, Some("bob"), Some(b"pw")),
             Err(LoginError::BadCredentials)
         );
         let s = state(true, true);
-        assert_eq!(s.login(None, None), Ok(()));
+        assert_eq!(login(&s, None, None), Ok(()));
         assert_eq!(
-            s.login(Some("bob"), Some(b"pw")),
+            login(&s, Some("bob"), Some(b"pw")),
             Err(LoginError::BadCredentials)
         );
         let s = state(true, false);
-        assert_eq!(s.login(Some("anyone"), None), Ok(()));
+        assert_eq!(login(&s, Some("anyone"), None), Ok(()));
         let s = state(false, false);
         assert_eq!(
-            s.login(Some("anyone"), Some(b"x")),
+            login(&s, Some("anyone"), Some(b"x")),
             Err(LoginError::BadCredentials)
         );
         assert_eq!(
@@ -278,8 +303,8 @@ mod tests {
     #[test]
     fn deny_all_lets_nobody_in() {
         let s = AuthState::deny_all();
-        assert!(s.login(None, None).is_err());
-        assert!(s.login(Some("a"), Some(b"b")).is_err());
+        assert!(login(&s, None, None).is_err());
+        assert!(login(&s, Some("a"), Some(b"b")).is_err());
         let acl = s.client_acl("c", None).expect("acl");
         assert!(!acl.allows_read("a"));
     }

@@ -6,8 +6,12 @@
 
 use std::sync::Arc;
 
+use tern_codec::LastWill;
+use tokio::time::Instant;
+
 use crate::journal::record::Record;
 use crate::journal::{self, Journal};
+use crate::message::Message;
 use crate::session::delivery::Delivery;
 use crate::session::{Session, SubscriptionRecord};
 
@@ -24,13 +28,16 @@ impl Broker {
     }
 
     /// A connection attached to `session` (under its delivery lock) with Session Expiry
-    /// `expiry_secs`: a session with a non-zero expiry is logged from now on (opened, or
-    /// its expiry updated, and online); one whose expiry became 0 stops being logged.
+    /// `expiry_secs` and `will`: a session with a non-zero expiry is logged from now on
+    /// (opened, or its expiry updated, online, and the will its connection carries, which
+    /// a restart after a crash publishes as if the connection had closed); one whose expiry
+    /// became 0 stops being logged.
     pub(crate) fn log_attached(
         &self,
         session: &Session,
         delivery: &mut Delivery,
         expiry_secs: u32,
+        will: Option<&LastWill>,
     ) {
         let Some(journal) = self.journal() else {
             return;
@@ -52,11 +59,23 @@ impl Broker {
         journal.append(&Record::SessionOnline {
             session: session.id,
         });
+        log_will(journal, session, delivery, will);
     }
 
-    /// The connection of a persistent `session` went away: its expiry (as the client may
-    /// have changed it at DISCONNECT) counts from now.
-    pub(crate) fn log_offline(&self, session: &Arc<Session>) {
+    /// The pending will of a persistent `session` is gone (published, or discarded).
+    pub(crate) fn log_will_gone(&self, session: &Session) {
+        if let Some(journal) = self.journal() {
+            let mut delivery = session.delivery();
+            if session.is_logged() {
+                log_will(journal, session, &mut delivery, None);
+            }
+        }
+    }
+
+    /// The connection of a persistent `session` went away, leaving `will` pending (or
+    /// none: discarded at a normal DISCONNECT, or published already): its expiry (as the
+    /// client may have changed it at DISCONNECT) counts from now.
+    pub(crate) fn log_offline(&self, session: &Arc<Session>, will: Option<&LastWill>) {
         let Some(journal) = self.journal() else {
             return;
         };
@@ -75,6 +94,12 @@ impl Broker {
             session: session.id,
             at_unix_ms,
         });
+        // A shutdown closes connections without publishing their wills; the journal keeps
+        // the will pending, so that after the restart it goes out if the client does not
+        // come back within its delay, as after a crash.
+        if will.is_some() || !self.is_shutting_down() {
+            log_will(journal, session, &mut delivery, will);
+        }
     }
 
     /// `session` ended: nothing of it is kept.
@@ -107,6 +132,30 @@ impl Broker {
             filter: filter.to_owned(),
         });
     }
+}
+
+/// Logs `session`'s pending will (the will as the PUBLISH it becomes, and its Will Delay
+/// Interval), under its delivery lock, and keeps it for checkpoints.
+fn log_will(
+    journal: &Journal,
+    session: &Session,
+    delivery: &mut Delivery,
+    will: Option<&LastWill>,
+) {
+    let will = will.map(|w| {
+        let delay_secs = w.properties.will_delay_interval_secs.unwrap_or(0);
+        let now = Instant::now();
+        let message = Message::new(super::will::to_publish(w.clone()), now, None);
+        (journal::stored(&message, now), delay_secs)
+    });
+    if will.is_none() && delivery.logged_will().is_none() {
+        return;
+    }
+    journal.append(&Record::Will {
+        session: session.id,
+        will: will.clone(),
+    });
+    delivery.set_logged_will(will);
 }
 
 fn stop_logging(journal: &Journal, session: &Session, delivery: &mut Delivery) {

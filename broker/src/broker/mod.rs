@@ -304,6 +304,11 @@ impl Broker {
         &self.inner.config.persistence
     }
 
+    /// The `[admin]` section as at startup (the token file is re-read on reload).
+    pub fn admin_config(&self) -> &crate::config::AdminConfig {
+        &self.inner.config.admin
+    }
+
     /// The `[sys]` section (fixed at startup).
     pub fn sys_config(&self) -> &SysConfig {
         &self.inner.config.sys
@@ -444,6 +449,17 @@ impl Broker {
     /// Calls `f` with each retained message matching `filter` and not expired at `now`.
     pub fn for_each_retained(&self, filter: &str, now: Instant, f: impl FnMut(&Arc<Message>)) {
         self.inner.retained.for_each_match(filter, now, f);
+    }
+
+    /// Deletes the retained message of `topic` (logged like an empty retained PUBLISH, but
+    /// routed to nobody); returns whether there was one.
+    pub fn delete_retained(&self, topic: &str, now: Instant) -> bool {
+        let empty = Message::broker_made(topic, bytes::Bytes::new(), true, now);
+        let removed = self.inner.retained.update(&empty, self.journal(), now) < 0;
+        if removed {
+            Metrics::sub(&self.inner.metrics.retained_messages, 1);
+        }
+        removed
     }
 
     /// Removes the retained messages expired at `now`; returns how many.

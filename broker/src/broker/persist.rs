@@ -10,12 +10,13 @@
 //! before it is in the checkpoint, and records after it are replayed onto it at recovery
 //! (replay converges, see `journal/state.rs`).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tern_codec::decoder::Decoder;
-use tern_codec::{Packet, PacketId, ProtocolVersion, QoS, SubscriptionOptions};
+use tern_codec::{LastWill, Packet, PacketId, ProtocolVersion, QoS, SubscriptionOptions};
 use tokio::time::Instant;
 
 use super::Broker;
@@ -42,7 +43,7 @@ pub struct Checkpointed {
 }
 
 /// What [`Broker::restore`] put back.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Default)]
 pub struct RestoreReport {
     /// Sessions restored.
     pub sessions: usize,
@@ -54,6 +55,10 @@ pub struct RestoreReport {
     pub retained: usize,
     /// Stored messages that did not decode (dropped, logged).
     pub bad_messages: usize,
+    /// Wills recovered: pending again, or due (their session had expired).
+    pub wills: usize,
+    /// The wills due now, for [`Broker::publish_recovered_wills`].
+    pub due_wills: Vec<LastWill>,
 }
 
 impl Broker {
@@ -69,11 +74,16 @@ impl Broker {
         };
         let started = std::time::Instant::now();
         let cut = journal.appended();
+        // From here a record that refers to a body stored before the cut stores it again.
+        // One that checked just before may still refer to an older body: the log is kept
+        // back to the previous checkpoint's cut, whose bodies recovery reads too.
+        let previous_cut = journal.set_cut(cut);
         let now = Instant::now();
         let mut records = Vec::new();
+        let mut bodies = HashSet::new();
         let mut sessions = 0;
         for session in self.sessions() {
-            if self.session_records(&session, now, &mut records) {
+            if self.session_records(&session, now, &mut bodies, &mut records) {
                 sessions += 1;
             }
         }
@@ -88,7 +98,8 @@ impl Broker {
         }
         let count = records.len();
         let bytes = snapshot::write(journal.dir(), cut, records.into_iter())?;
-        if let Err(e) = journal.release_before(cut) {
+        journal.set_checkpoint_bytes(bytes);
+        if let Err(e) = journal.release_before(previous_cut) {
             tracing::warn!(error = %e, "log segments before the checkpoint not released");
         }
         Ok(Some(Checkpointed {
@@ -100,7 +111,13 @@ impl Broker {
     }
 
     /// Appends the records of one persistent session to `out`; false if it is not one.
-    fn session_records(&self, session: &Arc<Session>, now: Instant, out: &mut Vec<Record>) -> bool {
+    fn session_records(
+        &self,
+        session: &Arc<Session>,
+        now: Instant,
+        bodies: &mut HashSet<u64>,
+        out: &mut Vec<Record>,
+    ) -> bool {
         let id = session.id;
         {
             let delivery = session.delivery();
@@ -118,7 +135,15 @@ impl Broker {
                     at_unix_ms,
                 });
             }
-            delivery.log_records(now, out);
+            if let Some(will) = delivery.logged_will() {
+                out.push(Record::Will {
+                    session: id,
+                    will: Some(will.clone()),
+                });
+            }
+            if let Some(journal) = self.journal() {
+                delivery.log_records(journal, now, bodies, out);
+            }
         }
         for (filter, record) in session.subscription_snapshot() {
             out.push(Record::Subscribe {
@@ -141,7 +166,7 @@ impl Broker {
     /// Puts recovered state back (before the listeners open, before the journal is
     /// attached, so nothing is logged again). Sessions come back offline; their expiry
     /// counts from when they went offline, or from now for those connected at the crash.
-    pub fn restore(&self, state: State) -> RestoreReport {
+    pub fn restore(&self, mut state: State) -> RestoreReport {
         let mut done = RestoreReport::default();
         let inner = &self.inner;
         inner.next_session_id.fetch_max(
@@ -165,11 +190,25 @@ impl Broker {
         }
         let mut sessions: Vec<_> = state.sessions.into_iter().collect();
         sessions.sort_by_key(|(id, _)| *id);
+        // Wills of sessions that expired while the broker was down go out once every
+        // session (and so every subscriber) is back ([MQTT-3.1.3-9]: at the session's end).
+        let mut due_wills = Vec::new();
+        let mut bodies = Bodies {
+            stored: std::mem::take(&mut state.bodies),
+            decoded: HashMap::new(),
+            now,
+            now_unix_ms,
+        };
         for (id, s) in sessions {
             let offline_ms = s.offline_at_unix_ms.unwrap_or(now_unix_ms);
             let gone_secs = now_unix_ms.saturating_sub(offline_ms) / 1000;
             if s.expiry_secs != u32::MAX && gone_secs >= u64::from(s.expiry_secs) {
                 done.expired_sessions += 1;
+                due_wills.extend(
+                    s.will
+                        .as_ref()
+                        .and_then(|(w, delay)| recovered_will(w, *delay, 0)),
+                );
                 continue;
             }
             let remaining = if s.expiry_secs == u32::MAX {
@@ -177,9 +216,23 @@ impl Broker {
             } else {
                 s.expiry_secs - gone_secs as u32
             };
-            self.restore_session(id, s, remaining, offline_ms, now, &mut done);
+            self.restore_session(id, s, remaining, gone_secs, &mut bodies, &mut done);
         }
+        done.wills += due_wills.len();
+        done.due_wills = due_wills.into_iter().map(|(will, _)| will).collect();
         done
+    }
+
+    /// Publishes the wills [`Broker::restore`] found due (their sessions expired while the
+    /// broker was down). Call once the journal is attached, so that what they queue for
+    /// persistent subscribers is logged.
+    pub fn publish_recovered_wills(&self, wills: Vec<LastWill>) {
+        let now = Instant::now();
+        for will in wills {
+            let message = Message::new(super::will::to_publish(will), now, None);
+            Metrics::add(&self.inner.metrics.wills_published, 1);
+            self.publish(&message, &mut crate::router::RouteScratch::default(), now);
+        }
     }
 
     fn restore_session(
@@ -187,10 +240,11 @@ impl Broker {
         id: u64,
         s: SessionState,
         remaining_secs: u32,
-        offline_ms: u64,
-        now: Instant,
+        gone_secs: u64,
+        bodies: &mut Bodies,
         done: &mut RestoreReport,
     ) {
+        let offline_ms = s.offline_at_unix_ms.unwrap_or(bodies.now_unix_ms);
         let limits = self.limits();
         let client_id: Arc<str> = Arc::from(s.client_id.as_str());
         let session = Arc::new(Session::new(
@@ -201,12 +255,12 @@ impl Broker {
         ));
         session.set_expiry_secs(s.expiry_secs);
         let generation = session.next_generation();
-        let now_unix_ms = unix_ms_now();
-        let outbound = restored_outbound(&s, now, now_unix_ms, done);
+        let outbound = restored_outbound(&s, bodies, done);
         {
             let mut delivery = session.delivery();
             delivery.set_log(Some((id, s.max_seq)));
             delivery.set_offline_since_unix_ms(Some(offline_ms));
+            delivery.set_logged_will(s.will.clone());
             session.set_logged(true);
             done.messages += outbound.len();
             delivery.restore_outbound(outbound);
@@ -232,23 +286,75 @@ impl Broker {
             self.subscribe(&session, filter, record, None, 0);
         }
         done.sessions += 1;
-        self.went_offline(&session, generation, None, remaining_secs);
+        // A will pending at the crash (or of a connection open then) waits out what is left
+        // of its delay, as if the connection had closed when the broker went down.
+        let will = s
+            .will
+            .as_ref()
+            .and_then(|(w, delay)| recovered_will(w, *delay, gone_secs));
+        if will.is_some() {
+            done.wills += 1;
+        }
+        self.went_offline(&session, generation, will, remaining_secs);
+    }
+}
+
+/// A stored will as a live one, with what is left of its delay after `gone_secs`.
+fn recovered_will(
+    stored: &StoredMessage,
+    delay_secs: u32,
+    gone_secs: u64,
+) -> Option<(LastWill, Duration)> {
+    let mut buf = BytesMut::from(&stored.publish[..]);
+    let mut decoder = Decoder::with_version(ProtocolVersion::V5, u32::MAX);
+    let Ok(Some(Packet::Publish(publish))) = decoder.decode(&mut buf) else {
+        tracing::error!("stored will does not decode: dropped");
+        return None;
+    };
+    let left_secs = u64::from(delay_secs).saturating_sub(gone_secs);
+    Some((
+        super::will::from_publish(&publish, delay_secs),
+        Duration::from_secs(left_secs),
+    ))
+}
+
+/// The recovered message bodies, each decoded once into the message every session that
+/// queued it shares again.
+struct Bodies {
+    stored: HashMap<u64, StoredMessage>,
+    decoded: HashMap<u64, Arc<Message>>,
+    /// The restore's clock.
+    now: Instant,
+    now_unix_ms: u64,
+}
+
+impl Bodies {
+    fn message(&mut self, id: u64) -> Option<Arc<Message>> {
+        if let Some(message) = self.decoded.get(&id) {
+            return Some(message.clone());
+        }
+        let message = decode(self.stored.get(&id)?, self.now, self.now_unix_ms)?;
+        message
+            .journal_body
+            .id
+            .store(id, std::sync::atomic::Ordering::Relaxed);
+        self.decoded.insert(id, message.clone());
+        Some(message)
     }
 }
 
 /// The outbound messages of a recovered session, decoded, in order.
 fn restored_outbound(
     s: &SessionState,
-    now: Instant,
-    now_unix_ms: u64,
+    bodies: &mut Bodies,
     done: &mut RestoreReport,
 ) -> Vec<Restored> {
     let mut out = Vec::with_capacity(s.outbound.len());
     for entry in s.outbound.values() {
         let r = &entry.record;
-        let Some(message) = decode(&r.message, now, now_unix_ms) else {
+        let Some(message) = bodies.message(r.body) else {
             done.bad_messages += 1;
-            tracing::error!(client_id = %s.client_id, seq = r.seq, "stored message does not decode: dropped");
+            tracing::error!(client_id = %s.client_id, seq = r.seq, body = r.body, "stored message missing or does not decode: dropped");
             continue;
         };
         let id = |id: u16| PacketId::new(id);

@@ -137,7 +137,7 @@ impl Broker {
         if expiry_secs == 0 {
             self.end_session_unless_resumed(session, generation);
         } else {
-            self.log_offline(session);
+            self.log_offline(session, will.as_ref().map(|(w, _)| w));
             self.went_offline(session, generation, will, expiry_secs);
         }
     }

@@ -231,7 +231,10 @@ impl Broker {
     fn fire(&self, due: Vec<Due>) {
         for item in due {
             match item {
-                Due::Will(session, last_will) => will::publish(self, &session, *last_will),
+                Due::Will(session, last_will) => {
+                    will::publish(self, &session, *last_will);
+                    self.log_will_gone(&session);
+                }
                 Due::Expiry(session, generation) => {
                     self.end_session_unless_resumed(&session, generation)
                 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use tokio::time::Instant;
 
-use tern_codec::{LastWill, PacketId, Publish, PublishProperties, PublishQoS};
+use tern_codec::{LastWill, PacketId, Publish, PublishProperties, PublishQoS, WillProperties};
 
 use crate::broker::Broker;
 use crate::message::Message;
@@ -30,6 +30,27 @@ pub fn to_publish(will: LastWill) -> Publish {
         ..PublishProperties::default()
     };
     publish
+}
+
+/// The will a stored will PUBLISH ([`to_publish`]) came from, with its Will Delay Interval:
+/// a will recovered from the journal.
+pub fn from_publish(publish: &Publish, delay_secs: u32) -> LastWill {
+    let p = publish.properties().to_properties();
+    LastWill {
+        topic: publish.shared_topic(),
+        payload: publish.shared_payload(),
+        qos: publish.qos(),
+        retain: publish.retain,
+        properties: WillProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval_secs: p.message_expiry_interval_secs,
+            content_type: p.content_type,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            will_delay_interval_secs: (delay_secs > 0).then_some(delay_secs),
+            user_properties: p.user_properties,
+        },
+    }
 }
 
 /// Publishes `will` of `session` now.

@@ -73,9 +73,15 @@ impl Connection {
             let wake = self.wait(reader, output).await;
             match wake {
                 Wake::Woken => {}
-                Wake::Written(Ok(n)) => Metrics::add(&self.broker.metrics().bytes_sent, n as u64),
+                Wake::Written(Ok(n)) => {
+                    Metrics::add(&self.broker.metrics().bytes_sent, n as u64);
+                    self.machine.session().count_bytes(true, n as u64);
+                }
                 Wake::Read(Ok(0)) => return Close::PeerGone,
-                Wake::Read(Ok(n)) => Metrics::add(&self.broker.metrics().bytes_received, n as u64),
+                Wake::Read(Ok(n)) => {
+                    Metrics::add(&self.broker.metrics().bytes_received, n as u64);
+                    self.machine.session().count_bytes(false, n as u64);
+                }
                 Wake::Written(Err(e)) | Wake::Read(Err(e)) => return Close::Io(e),
             }
         }

@@ -34,7 +34,7 @@ pub(crate) async fn connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     reader: &mut PacketReader<R>,
     output: &mut Output<W>,
     out: &Arc<SharedWriter>,
-    info: PeerInfo,
+    info: &PeerInfo,
 ) -> Result<Connection, Close> {
     let peer = info.addr;
     let timeout = Duration::from_millis(broker.limits().connect_timeout_ms);
@@ -71,7 +71,7 @@ pub(crate) async fn connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         )));
     };
     let version = connect.protocol;
-    if let Some(close) = redirect(broker, out, version, &info) {
+    if let Some(close) = redirect(broker, out, version, info) {
         return Err(close);
     }
     let features = broker.features();
@@ -84,6 +84,7 @@ pub(crate) async fn connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             return Err(refuse(out, version, code));
         }
     }
+    let mut expires_at = None;
     let authenticated = if connect.properties.authentication_method.is_some() {
         let exchange = enhanced_auth::authenticate(broker, reader, output, out, &mut connect);
         match tokio::time::timeout_at(deadline, exchange).await {
@@ -91,12 +92,22 @@ pub(crate) async fn connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             Err(_) => return Err(Close::ConnectTimeout),
         }
     } else {
-        if let Err(code) = super::auth_hooks::login(broker, &connect, &info).await {
-            return Err(refuse(out, version, code));
+        let granted = match super::auth_hooks::login(broker, &connect, info).await {
+            Ok(granted) => granted,
+            Err(code) => return Err(refuse(out, version, code)),
+        };
+        if let Some(name) = granted.username {
+            // A token's user name claim is who the client is (ACL sections, `%u`).
+            connect.username = Some(ByteStr::from(name));
         }
+        expires_at = granted.expires_at;
         None
     };
-    establish(broker, *connect, out, &info, authenticated)
+    let connection = establish(broker, *connect, out, info, authenticated)?;
+    if let Some(expires_at) = expires_at {
+        super::auth_hooks::close_at_expiry(out, expires_at);
+    }
+    Ok(connection)
 }
 
 /// A client of a redirecting listener or broker ([`Broker::redirect`]): CONNACK 0x9C or
@@ -218,8 +229,14 @@ fn establish(
             p.authentication_data = Some(authenticated.server_final.clone());
         }
     }
-    let (session, resumed, generation) =
-        attach(broker, &client_id, &connect, out, &limits, &mut negotiated);
+    let (session, resumed, generation) = attach(
+        broker,
+        &client_id,
+        &connect,
+        (out, info),
+        &limits,
+        &mut negotiated,
+    );
     Metrics::add(&broker.metrics().clients_connected, 1);
     tracing::debug!(%client_id, peer = %info.addr, ?version, resumed, "client connected");
     if resumed {
@@ -324,7 +341,7 @@ fn attach(
     broker: &Broker,
     client_id: &str,
     connect: &Connect,
-    out: &Arc<SharedWriter>,
+    (out, info): (&Arc<SharedWriter>, &PeerInfo),
     limits: &Limits,
     negotiated: &mut Negotiated,
 ) -> (Arc<Session>, bool, u64) {
@@ -347,9 +364,15 @@ fn attach(
             old.writer.control().kick(crate::error::Kick::TakenOver);
         }
         let generation = session.next_generation();
+        session.reset_bytes();
         broker.session_resumed(&session);
         session.set_expiry_secs(negotiated.expiry_secs);
-        broker.log_attached(&session, &mut delivery, negotiated.expiry_secs);
+        broker.log_attached(
+            &session,
+            &mut delivery,
+            negotiated.expiry_secs,
+            connect.will.as_ref(),
+        );
         negotiated.connack.session_present = resumed;
         negotiated.connack.encode(version, out.lock().buf());
         let link = Link {
@@ -364,6 +387,11 @@ fn attach(
             ),
             generation,
             username: connect.username.clone(),
+            peer: info.addr,
+            keep_alive_secs: negotiated.keep_alive_secs,
+            connected_at_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         };
         let ctx = broker.deliver_ctx(Instant::now());
         delivery.attach(link, usize::from(window), ctx);

@@ -116,13 +116,12 @@ where
         )),
         output: Output::new(writer),
         reader: PacketReader::new(reader, limits.max_packet_size_bytes),
-        peer: info.addr,
+        info: Box::new(info),
         broker,
         _guard: guard,
     };
     drop(limits);
-    let info = Box::new(info);
-    async move { io.serve(info).await }
+    async move { io.serve().await }
 }
 
 /// What a connection owns from accept to close.
@@ -131,7 +130,8 @@ struct ConnIo<R, W, G> {
     out: Arc<SharedWriter>,
     output: Output<W>,
     reader: PacketReader<R>,
-    peer: SocketAddr,
+    /// The peer (boxed: the connection's future holds it for its whole life).
+    info: Box<PeerInfo>,
     _guard: G,
 }
 
@@ -140,7 +140,7 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    async fn serve(&mut self, info: Box<PeerInfo>) {
+    async fn serve(&mut self) {
         // In a block: the connection's room in this future is not kept for the flush.
         let (slow_consumer, linger) = {
             // The handshake's result lives only in this statement, and the connection is
@@ -153,7 +153,7 @@ where
                 &mut self.reader,
                 &mut self.output,
                 &self.out,
-                *info,
+                &self.info,
             ));
             // Whether we sent an error CONNACK or a DISCONNECT: then the close lingers.
             let mut linger = false;
@@ -168,7 +168,7 @@ where
                         }
                         _ => {}
                     }
-                    tracing::debug!(peer = %self.peer, reason = %close, "connection closed before CONNECT completed");
+                    tracing::debug!(peer = %self.info.addr, reason = %close, "connection closed before CONNECT completed");
                     None
                 }
             };
@@ -204,9 +204,9 @@ where
                 Metrics::add(&self.broker.metrics().bytes_sent, written as u64);
                 Metrics::add(&self.broker.metrics().bytes_received, discarded);
             }
-            Ok(Err(e)) => tracing::debug!(peer = %self.peer, error = %e, "final write failed"),
+            Ok(Err(e)) => tracing::debug!(peer = %self.info.addr, error = %e, "final write failed"),
             // The peer does not read: give up rather than hold the connection open.
-            Err(_) => tracing::debug!(peer = %self.peer, "output did not flush in time"),
+            Err(_) => tracing::debug!(peer = %self.info.addr, "output did not flush in time"),
         }
     }
 }
@@ -298,6 +298,8 @@ impl Connection {
             Close::Protocol(_) => Metrics::add(&metrics.protocol_errors, 1),
             Close::KeepAliveTimeout => Metrics::add(&metrics.timeouts, 1),
             Close::SlowConsumer => Metrics::add(&metrics.slow_consumer_disconnects, 1),
+            Close::TokenExpired => Metrics::add(&metrics.auth_token_expired_disconnects, 1),
+            Close::Administrative => Metrics::add(&metrics.admin_kicks, 1),
             _ => {}
         }
         let session = self.machine.session().clone();

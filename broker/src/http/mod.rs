@@ -2,10 +2,12 @@
 //! text format, and the place where the browser bridges attach (`/sse`, `/ws`, `/mqtt`).
 //!
 //! This module owns accepting HTTP connections and dispatching by path; each endpoint lives
-//! in its own module.
+//! in its own module. `/api/v1` is the admin API ([`admin`]).
 
+pub mod admin;
 pub mod bridge;
 pub mod metrics;
+mod metrics_journal;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -138,6 +140,9 @@ async fn route(
         (&Method::GET, "/metrics") => metrics::respond(broker),
         (_, "/health" | "/metrics") => {
             json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        (_, path) if path == "/api/v1" || path.starts_with("/api/v1/") => {
+            admin::route(bridges, request, peer).await
         }
         // `/`, `/api/stats`, `/sse`, `/ws`, `/mqtt`, and 404 for the rest.
         _ => bridge::route(bridges, request, peer).await,

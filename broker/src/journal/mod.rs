@@ -21,11 +21,12 @@ pub mod state;
 
 use std::cell::Cell;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tern_codec::ProtocolVersion;
+use tern_codec::template::Family;
 use tokio::time::Instant;
 
 use self::record::{Record, StoredMessage};
@@ -52,16 +53,109 @@ pub struct Journal {
     dir: PathBuf,
     /// Held for the life of the journal: no second broker uses the directory.
     _lock: Arc<DirLock>,
+    /// The disk budget (`max_disk_bytes`; 0: none).
+    max_disk_bytes: u64,
+    /// Size of the last checkpoint written (or read at start).
+    checkpoint_bytes: std::sync::atomic::AtomicU64,
+    /// The cut of the checkpoint being or last written: a body stored before it is stored
+    /// again before a new record refers to it.
+    last_cut: AtomicU64,
+    /// The next body id.
+    next_body_id: AtomicU64,
 }
 
 impl Journal {
     /// A journal over an open log (`None`: durability "none").
-    pub fn new(wal: Option<Arc<Wal>>, dir: PathBuf, lock: Arc<DirLock>) -> Journal {
+    pub fn new(
+        wal: Option<Arc<Wal>>,
+        dir: PathBuf,
+        lock: Arc<DirLock>,
+        max_disk_bytes: u64,
+    ) -> Journal {
+        let checkpoint_bytes =
+            std::fs::metadata(dir.join(snapshot::FILE_NAME)).map_or(0, |m| m.len());
         Journal {
             wal,
             dir,
             _lock: lock,
+            max_disk_bytes,
+            checkpoint_bytes: std::sync::atomic::AtomicU64::new(checkpoint_bytes),
+            last_cut: AtomicU64::new(0),
+            next_body_id: AtomicU64::new(1),
         }
+    }
+
+    /// Recovery read a checkpoint with this cut.
+    pub fn recovered_cut(&self, cut: u64) {
+        self.last_cut.store(cut, Ordering::Release);
+    }
+
+    /// Body ids recovered go up to `max`: new ones are numbered above.
+    pub fn set_max_body_id(&self, max: u64) {
+        self.next_body_id.fetch_max(max + 1, Ordering::Relaxed);
+    }
+
+    /// A checkpoint with this cut is being written (call before it reads any state);
+    /// returns the previous checkpoint's cut, before which the log may go once this one is
+    /// written.
+    pub fn set_cut(&self, cut: u64) -> u64 {
+        self.last_cut.swap(cut, Ordering::AcqRel)
+    }
+
+    /// The id of `message`'s stored body, for a record that refers to it: the body is
+    /// appended first unless it is in the log after the last checkpoint's cut already, so
+    /// that a message handed to many persistent sessions is stored once (per checkpoint).
+    pub fn body_id(&self, message: &Message, now: Instant) -> u64 {
+        let body = &message.journal_body;
+        let id = body.id.load(Ordering::Acquire);
+        if id != 0 && body.position.load(Ordering::Acquire) > self.last_cut.load(Ordering::Acquire)
+        {
+            return id;
+        }
+        let id = self.checkpoint_body_id(message);
+        if self.wal.is_some() {
+            let position = self.append(&Record::Body {
+                id,
+                message: stored(message, now),
+            });
+            body.position.store(position, Ordering::Release);
+        }
+        id
+    }
+
+    /// The id of `message`'s body for a checkpoint (which writes the body itself): the one
+    /// it has, or a new one.
+    pub fn checkpoint_body_id(&self, message: &Message) -> u64 {
+        let body = &message.journal_body;
+        match body.id.load(Ordering::Acquire) {
+            0 => {
+                let id = self.next_body_id.fetch_add(1, Ordering::Relaxed);
+                // Two racing callers may both assign: either id is stored with its body.
+                body.id.store(id, Ordering::Release);
+                id
+            }
+            id => id,
+        }
+    }
+
+    /// Bytes the data directory holds: log segments and the checkpoint.
+    pub fn disk_bytes(&self) -> u64 {
+        let log = self.wal.as_ref().map_or(0, |wal| wal.disk_bytes());
+        log + self
+            .checkpoint_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records the size of the checkpoint just written.
+    pub fn set_checkpoint_bytes(&self, bytes: u64) {
+        self.checkpoint_bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the data directory is over `max_disk_bytes`: QoS 1/2 publishes are refused
+    /// (0x97) rather than acknowledged and then not stored.
+    pub fn over_budget(&self) -> bool {
+        self.max_disk_bytes != 0 && self.disk_bytes() > self.max_disk_bytes
     }
 
     /// The end of what has been appended (0 without a log).
@@ -104,10 +198,16 @@ impl Journal {
     /// Appends `record`; returns its end position (0 when nothing is written). Call it
     /// while holding the lock of the state the record describes.
     pub fn append(&self, record: &Record) -> u64 {
+        self.append_with(|buf| record.encode(buf))
+    }
+
+    /// Appends the record `encode` writes (the hot path's records are encoded from borrowed
+    /// parts, without building a [`Record`]); see [`Journal::append`].
+    pub fn append_with(&self, encode: impl FnOnce(&mut Vec<u8>)) -> u64 {
         let Some(wal) = &self.wal else {
             return 0;
         };
-        let position = wal.append_with(|buf| record.encode(buf)).0;
+        let position = wal.append_with(encode).0;
         APPENDED.with(|a| a.set(a.get().max(position)));
         position
     }
@@ -139,11 +239,17 @@ pub fn stored(message: &Message, now: Instant) -> StoredMessage {
     let age_ms = now
         .saturating_duration_since(message.received_at)
         .as_millis() as u64;
-    let mut publish = bytes::BytesMut::new();
-    message.publish().encode(ProtocolVersion::V5, &mut publish);
+    // The 5.0 template: built once per message (or the received frame itself) and shared
+    // by every record that stores the message, without a copy.
+    let with_packet_id = message.qos() != tern_codec::QoS::AtMostOnce;
+    let publish = message
+        .templates
+        .get(Family::V5, with_packet_id)
+        .as_bytes()
+        .clone();
     StoredMessage {
         received_unix_ms: unix_ms_now().saturating_sub(age_ms),
         origin_session: message.origin_session.unwrap_or(0),
-        publish: publish.freeze(),
+        publish,
     }
 }

@@ -74,7 +74,9 @@ pub fn open(
             };
             let (wal, records) = open_wal(options, lock.clone(), on_fatal)?;
             for (position, bytes) in records {
-                if position.0 <= cut {
+                // Before the cut only bodies count: a record after it may refer to one
+                // (see Broker::checkpoint).
+                if position.0 <= cut && !Record::is_body(&bytes) {
                     continue;
                 }
                 match Record::decode(&bytes) {
@@ -92,7 +94,10 @@ pub fn open(
         }
     };
     recovery.elapsed = started.elapsed();
-    Ok((Journal::new(wal, dir.clone(), lock), state, recovery))
+    let journal = Journal::new(wal, dir.clone(), lock, config.max_disk_bytes);
+    journal.recovered_cut(cut);
+    journal.set_max_body_id(state.max_body_id);
+    Ok((journal, state, recovery))
 }
 
 /// Applies the checkpoint in `dir` to `state`; returns its cut (0: none). A corrupt one is

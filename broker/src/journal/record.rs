@@ -105,6 +105,14 @@ pub enum Record {
         /// Its packet id.
         packet_id: u16,
     },
+    /// A message body, stored once however many sessions queue it: [`Record::Out`]
+    /// records refer to it by `id` (ids are never reused).
+    Body {
+        /// The body's id.
+        id: u64,
+        /// The message.
+        message: StoredMessage,
+    },
     /// The retained message of a topic was set (`Some`) or cleared (`None`).
     Retain {
         /// The topic.
@@ -131,8 +139,8 @@ pub struct OutRecord {
     pub subscription_ids: Vec<u32>,
     /// The shared group (`$share/...` filter) it came through, if any.
     pub group: Option<String>,
-    /// The message.
-    pub message: StoredMessage,
+    /// The id of its [`Record::Body`].
+    pub body: u64,
 }
 
 /// A message as stored: when it was received and its PUBLISH encoded as MQTT 5.0 (topic,
@@ -176,6 +184,18 @@ const DONE: u8 = 11;
 const QOS2_RECEIVED: u8 = 12;
 const QOS2_RELEASED: u8 = 13;
 const RETAIN: u8 = 14;
+const BODY: u8 = 15;
+
+/// A 0 byte for `None`; a 1 byte then `encode(value)` for `Some`.
+fn put_optional<T>(dst: &mut Vec<u8>, value: Option<&T>, encode: impl FnOnce(&mut Vec<u8>, &T)) {
+    match value {
+        None => dst.put_u8(0),
+        Some(value) => {
+            dst.put_u8(1);
+            encode(dst, value);
+        }
+    }
+}
 
 impl Record {
     /// Appends the encoding to `dst`.
@@ -201,14 +221,10 @@ impl Record {
             Record::SessionOnline { session } => head(dst, SESSION_ONLINE, *session),
             Record::Will { session, will } => {
                 head(dst, WILL, *session);
-                match will {
-                    None => dst.put_u8(0),
-                    Some((message, delay_secs)) => {
-                        dst.put_u8(1);
-                        dst.put_u32_le(*delay_secs);
-                        message.encode(dst);
-                    }
-                }
+                put_optional(dst, will.as_ref(), |dst, (message, delay_secs)| {
+                    dst.put_u32_le(*delay_secs);
+                    message.encode(dst);
+                });
             }
             Record::Subscribe {
                 session,
@@ -251,18 +267,22 @@ impl Record {
                 head(dst, QOS2_RELEASED, *session);
                 dst.put_u16_le(*packet_id);
             }
+            Record::Body { id, message } => {
+                dst.put_u8(BODY);
+                dst.put_u64_le(*id);
+                message.encode(dst);
+            }
             Record::Retain { topic, message } => {
                 dst.put_u8(RETAIN);
                 put_str(dst, topic);
-                match message {
-                    None => dst.put_u8(0),
-                    Some(message) => {
-                        dst.put_u8(1);
-                        message.encode(dst);
-                    }
-                }
+                put_optional(dst, message.as_ref(), |dst, m| m.encode(dst));
             }
         }
+    }
+
+    /// Whether the encoded record `src` is a [`Record::Body`].
+    pub fn is_body(src: &[u8]) -> bool {
+        src.first() == Some(&BODY)
     }
 
     /// Decodes one record (the whole of `src`).
@@ -279,6 +299,11 @@ impl Record {
                 _ => Some(StoredMessage::decode(&mut src)?),
             };
             return Ok(Record::Retain { topic, message });
+        }
+        if tag == BODY {
+            let id = get_u64(&mut src)?;
+            let message = StoredMessage::decode(&mut src)?;
+            return Ok(Record::Body { id, message });
         }
         let session = get_u64(&mut src)?;
         Ok(match tag {
@@ -355,23 +380,62 @@ impl Record {
             | Record::Qos2Received { session, .. }
             | Record::Qos2Released { session, .. } => Some(*session),
             Record::Out(out) => Some(out.session),
-            Record::Retain { .. } => None,
+            Record::Retain { .. } | Record::Body { .. } => None,
         }
     }
 }
 
-impl OutRecord {
-    fn encode(&self, dst: &mut Vec<u8>) {
+/// The parts of an [`OutRecord`], borrowed: the hot path encodes them straight into the
+/// log's buffer ([`OutParts::encode`]) without building a record.
+#[derive(Debug, Clone, Copy)]
+pub struct OutParts<'a> {
+    /// The session.
+    pub session: u64,
+    /// The message's number in the session.
+    pub seq: u64,
+    /// Delivery QoS (1 or 2).
+    pub qos: u8,
+    /// RETAIN as delivered.
+    pub retain: bool,
+    /// Packet id; 0 while queued.
+    pub packet_id: u16,
+    /// Subscription identifiers delivered with it.
+    pub subscription_ids: &'a [u32],
+    /// The shared subscription group it came through.
+    pub group: Option<&'a str>,
+    /// The id of the message's [`Record::Body`].
+    pub body: u64,
+}
+
+impl OutParts<'_> {
+    /// Appends the encoding of the [`Record::Out`] these parts make.
+    pub fn encode(&self, dst: &mut Vec<u8>) {
         head(dst, OUT, self.session);
         dst.put_u64_le(self.seq);
         dst.put_u8(self.qos | (self.retain as u8) << 2);
         dst.put_u16_le(self.packet_id);
         dst.put_u16_le(self.subscription_ids.len() as u16);
-        for id in &self.subscription_ids {
+        for id in self.subscription_ids {
             dst.put_u32_le(*id);
         }
-        put_str(dst, self.group.as_deref().unwrap_or(""));
-        self.message.encode(dst);
+        put_str(dst, self.group.unwrap_or(""));
+        dst.put_u64_le(self.body);
+    }
+}
+
+impl OutRecord {
+    fn encode(&self, dst: &mut Vec<u8>) {
+        OutParts {
+            session: self.session,
+            seq: self.seq,
+            qos: self.qos,
+            retain: self.retain,
+            packet_id: self.packet_id,
+            subscription_ids: &self.subscription_ids,
+            group: self.group.as_deref(),
+            body: self.body,
+        }
+        .encode(dst);
     }
 
     fn decode_after_head(session: u64, src: &mut &[u8]) -> Result<OutRecord, RecordError> {
@@ -392,7 +456,7 @@ impl OutRecord {
             packet_id,
             subscription_ids,
             group: (!group.is_empty()).then_some(group),
-            message: StoredMessage::decode(src)?,
+            body: get_u64(src)?,
         })
     }
 }
@@ -520,8 +584,12 @@ mod tests {
                 packet_id: 65535,
                 subscription_ids: vec![1, 2],
                 group: Some("$share/g/t".into()),
-                message: message(),
+                body: 1 << 33,
             })),
+            Record::Body {
+                id: 1 << 33,
+                message: message(),
+            },
             Record::Sent {
                 session: 6,
                 seq: 3,

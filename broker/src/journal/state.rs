@@ -60,8 +60,12 @@ pub struct State {
     pub sessions: HashMap<u64, SessionState>,
     /// Retained messages by topic.
     pub retained: BTreeMap<String, StoredMessage>,
+    /// Message bodies by id, which outbound messages refer to.
+    pub bodies: HashMap<u64, StoredMessage>,
     /// The highest session id seen: new sessions are numbered above it.
     pub max_session_id: u64,
+    /// The highest body id seen: new bodies are numbered above it.
+    pub max_body_id: u64,
     /// Records applied.
     pub records: u64,
 }
@@ -85,6 +89,10 @@ impl State {
             }
             Record::SessionEnd { session } => {
                 self.sessions.remove(&session);
+            }
+            Record::Body { id, message } => {
+                self.max_body_id = self.max_body_id.max(id);
+                self.bodies.insert(id, message);
             }
             Record::Retain { topic, message } => match message {
                 Some(message) => {
@@ -158,7 +166,10 @@ impl SessionState {
             Record::Qos2Released { packet_id, .. } => {
                 self.qos2_in.remove(&packet_id);
             }
-            Record::SessionOpen { .. } | Record::SessionEnd { .. } | Record::Retain { .. } => {}
+            Record::SessionOpen { .. }
+            | Record::SessionEnd { .. }
+            | Record::Retain { .. }
+            | Record::Body { .. } => {}
         }
     }
 }
@@ -166,6 +177,15 @@ impl SessionState {
 /// The records that rebuild `state` (a snapshot's content), in an order [`State::apply`]
 /// accepts: each session's opening first.
 pub fn records_of(state: &State) -> impl Iterator<Item = Record> + '_ {
+    let referenced: std::collections::BTreeSet<u64> = state
+        .sessions
+        .values()
+        .flat_map(|s| s.outbound.values().map(|e| e.record.body))
+        .collect();
+    let bodies = referenced.into_iter().filter_map(|id| {
+        let message = state.bodies.get(&id)?.clone();
+        Some(Record::Body { id, message })
+    });
     let sessions = state
         .sessions
         .iter()
@@ -177,7 +197,7 @@ pub fn records_of(state: &State) -> impl Iterator<Item = Record> + '_ {
             topic: topic.clone(),
             message: Some(message.clone()),
         });
-    sessions.chain(retained)
+    bodies.chain(sessions).chain(retained)
 }
 
 /// The records that rebuild one session.
@@ -258,8 +278,15 @@ mod tests {
             packet_id,
             subscription_ids: vec![],
             group: None,
-            message: msg(seq as u8),
+            body: seq,
         }))
+    }
+
+    fn body(id: u64) -> Record {
+        Record::Body {
+            id,
+            message: msg(id as u8),
+        }
     }
 
     fn open(session: u64) -> Record {
@@ -280,7 +307,9 @@ mod tests {
                 options: 1,
                 subscription_id: 0,
             },
+            body(1),
             out(1, 1, 0),
+            body(2),
             out(1, 2, 0),
             Record::Sent {
                 session: 1,
@@ -302,6 +331,7 @@ mod tests {
                 session: 1,
                 packet_id: 5,
             },
+            body(3),
             out(1, 3, 12),
             Record::Unsubscribe {
                 session: 1,

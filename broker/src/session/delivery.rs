@@ -15,6 +15,7 @@ use tern_codec::{ByteStr, PacketId, ProtocolVersion, PubRel, PublishQoS, QoS, Re
 use super::logged::{self, SessionLog};
 use super::write::{out_qos, write_publish, write_pubrel, Written};
 use crate::delivery::shared_writer::SharedWriter;
+use crate::journal::record::StoredMessage;
 use crate::journal::Journal;
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -68,6 +69,12 @@ pub struct Link {
     pub generation: u64,
     /// The user name the connection authenticated as (ACL reload re-derives from it).
     pub username: Option<ByteStr>,
+    /// The peer's address (the admin API shows it).
+    pub peer: std::net::SocketAddr,
+    /// The keep alive in force, in seconds (the admin API shows it).
+    pub keep_alive_secs: u16,
+    /// When the connection attached, in ms since the Unix epoch (the admin API shows it).
+    pub connected_at_unix_ms: u64,
 }
 
 /// A QoS 1/2 message waiting for the window (or for the client to come back).
@@ -156,6 +163,18 @@ impl Delivery {
         }
     }
 
+    /// The persistent session's pending will as last logged.
+    pub fn logged_will(&self) -> Option<&(StoredMessage, u32)> {
+        self.log.as_ref()?.will.as_ref()
+    }
+
+    /// Records the persistent session's pending will as logged.
+    pub fn set_logged_will(&mut self, will: Option<(StoredMessage, u32)>) {
+        if let Some(log) = &mut self.log {
+            log.will = will;
+        }
+    }
+
     /// The session's id in the journal, when it is persistent.
     pub fn log_id(&self) -> Option<u64> {
         self.log.as_ref().map(|log| log.session)
@@ -165,6 +184,11 @@ impl Delivery {
     /// anonymous client.
     pub fn link_username(&self) -> Option<Option<ByteStr>> {
         self.link.as_ref().map(|link| link.username.clone())
+    }
+
+    /// The attached connection, if one is.
+    pub fn link(&self) -> Option<&Link> {
+        self.link.as_ref()
     }
 
     /// The attached connection's output (to kick it), if one is attached.

@@ -1,6 +1,7 @@
 //! A persistent session's outbound messages for a checkpoint (as journal records), and
 //! put back into the window and the queue at recovery.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tern_codec::{PacketId, QoS};
@@ -8,6 +9,7 @@ use tokio::time::Instant;
 
 use super::{Delivery, Queued};
 use crate::journal::record::Record;
+use crate::journal::{self, Journal};
 use crate::message::Message;
 use crate::session::inflight::{Inflight, Stage};
 use crate::session::logged;
@@ -43,11 +45,37 @@ pub struct Restored {
     pub stage: RestoredStage,
 }
 
+/// The body id of `message`, pushing its body record first if this checkpoint has not yet.
+fn body_record(
+    journal: &Journal,
+    message: &Message,
+    now: Instant,
+    bodies: &mut HashSet<u64>,
+    out: &mut Vec<Record>,
+) -> u64 {
+    let id = journal.checkpoint_body_id(message);
+    if bodies.insert(id) {
+        out.push(Record::Body {
+            id,
+            message: journal::stored(message, now),
+        });
+    }
+    id
+}
+
 impl Delivery {
     /// Appends the records that rebuild this session's outbound state to `out` (a
     /// checkpoint): the last number used, then each message in the window and the queue.
     /// Nothing when the session is not persistent.
-    pub fn log_records(&self, now: Instant, out: &mut Vec<Record>) {
+    /// Each message's body goes before its first record, once per checkpoint (`bodies`
+    /// holds the ids written so far, over all sessions).
+    pub fn log_records(
+        &self,
+        journal: &Journal,
+        now: Instant,
+        bodies: &mut HashSet<u64>,
+        out: &mut Vec<Record>,
+    ) {
         let Some(log) = &self.log else {
             return;
         };
@@ -67,7 +95,8 @@ impl Delivery {
                 group: e.group.clone(),
                 seq: e.seq,
             };
-            out.push(logged::out_record(session, &q, e.packet_id.get(), now));
+            let body = body_record(journal, &q.message, now, bodies, out);
+            out.push(logged::out_record(session, &q, e.packet_id.get(), body));
             if e.stage == Stage::Released {
                 out.push(Record::Released {
                     session,
@@ -76,7 +105,8 @@ impl Delivery {
             }
         }
         for q in self.queue.iter().filter(|q| q.seq != 0) {
-            out.push(logged::out_record(session, q, 0, now));
+            let body = body_record(journal, &q.message, now, bodies, out);
+            out.push(logged::out_record(session, q, 0, body));
         }
     }
 

@@ -6,8 +6,8 @@
 use tokio::time::Instant;
 
 use super::delivery::Queued;
-use crate::journal::record::{OutRecord, Record};
-use crate::journal::{self, Journal};
+use crate::journal::record::{OutParts, OutRecord, Record, StoredMessage};
+use crate::journal::Journal;
 
 /// A persistent session's place in the journal.
 #[derive(Debug)]
@@ -18,6 +18,9 @@ pub(crate) struct SessionLog {
     last_seq: u64,
     /// When its connection went away (ms since the epoch); `None` while connected.
     pub offline_since_unix_ms: Option<u64>,
+    /// The pending will as last logged (for checkpoints): the stored message and its
+    /// delay in seconds.
+    pub will: Option<(StoredMessage, u32)>,
 }
 
 impl SessionLog {
@@ -27,6 +30,7 @@ impl SessionLog {
             session,
             last_seq,
             offline_since_unix_ms: None,
+            will: None,
         }
     }
 
@@ -50,11 +54,24 @@ pub(super) fn out(
     packet_id: u16,
     now: Instant,
 ) -> u64 {
-    journal.append(&out_record(session, q, packet_id, now))
+    let body = journal.body_id(&q.message, now);
+    journal.append_with(|dst| {
+        OutParts {
+            session,
+            seq: q.seq,
+            qos: q.qos as u8,
+            retain: q.retain,
+            packet_id,
+            subscription_ids: &q.subscription_ids,
+            group: q.group.as_deref(),
+            body,
+        }
+        .encode(dst);
+    })
 }
 
-/// The record of `q` handed to `session` (`packet_id` 0: queued).
-pub(super) fn out_record(session: u64, q: &Queued, packet_id: u16, now: Instant) -> Record {
+/// The record of `q` handed to `session` (`packet_id` 0: queued), its body being `body`.
+pub(super) fn out_record(session: u64, q: &Queued, packet_id: u16, body: u64) -> Record {
     Record::Out(Box::new(OutRecord {
         session,
         seq: q.seq,
@@ -63,7 +80,7 @@ pub(super) fn out_record(session: u64, q: &Queued, packet_id: u16, now: Instant)
         packet_id,
         subscription_ids: q.subscription_ids.clone(),
         group: q.group.as_deref().map(str::to_owned),
-        message: journal::stored(&q.message, now),
+        body,
     }))
 }
 

@@ -332,6 +332,9 @@ impl Machine {
                 return Ok(self.acknowledge(ack, ReasonCode::NOT_AUTHORIZED, ctx.journal));
             }
         }
+        if ack.0 != PublishQoS::AtMostOnce && ctx.journal.is_some_and(Journal::over_budget) {
+            return self.refuse_over_disk_budget(ack, ctx);
+        }
         if let PublishQoS::ExactlyOnce(id) = ack.0 {
             let pending = self.session.incoming_qos2();
             if pending.contains(&id.get()) {
@@ -352,6 +355,23 @@ impl Machine {
         }
         let message = Message::new(publish, ctx.now, Some(self.session.id));
         Ok(Output::Event(Event::Publish(message, ack)))
+    }
+
+    /// A QoS 1/2 PUBLISH while the data directory is over its budget: 5.0 gets 0x97 Quota
+    /// exceeded; 3.1.1 has no refusing acknowledgement, so its connection is closed
+    /// unacknowledged and the client sends the message again once it reconnects.
+    fn refuse_over_disk_budget(
+        &self,
+        ack: PendingAck,
+        ctx: DeliverCtx<'_>,
+    ) -> Result<Output, Close> {
+        Metrics::add(&ctx.metrics.publishes_refused_disk_full, 1);
+        tracing::debug!(client_id = %self.session.client_id, "data directory over max_disk_bytes: publish refused");
+        if self.version.is_v5() {
+            Ok(self.acknowledge(ack, ReasonCode::QUOTA_EXCEEDED, ctx.journal))
+        } else {
+            Err(Close::DiskFull)
+        }
     }
 
     /// The acknowledgement of a routed PUBLISH that reached `delivered` subscribers.

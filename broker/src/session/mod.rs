@@ -59,6 +59,10 @@ pub struct Session {
     /// Whether the session is persistent and logged in the journal (set by the broker
     /// under the delivery lock, with [`delivery::Delivery::set_log`]).
     logged: AtomicBool,
+    /// Bytes read from and written to the attached connection (since it attached), for the
+    /// admin API. Here rather than next to the connection's output buffer: there they
+    /// would move every connection's writer into a larger allocation class.
+    bytes: [AtomicU64; 2],
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -87,6 +91,28 @@ impl Session {
             expiry_secs: AtomicU32::new(0),
             ended: AtomicBool::new(false),
             logged: AtomicBool::new(false),
+            bytes: [AtomicU64::new(0), AtomicU64::new(0)],
+        }
+    }
+
+    /// Counts `n` bytes read (`written` false) or written by the attached connection.
+    #[inline]
+    pub fn count_bytes(&self, written: bool, n: u64) {
+        self.bytes[usize::from(written)].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Bytes read from and written to the attached connection since it attached.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.bytes[0].load(Ordering::Relaxed),
+            self.bytes[1].load(Ordering::Relaxed),
+        )
+    }
+
+    /// Starts counting bytes for a newly attached connection.
+    pub fn reset_bytes(&self) {
+        for counter in &self.bytes {
+            counter.store(0, Ordering::Relaxed);
         }
     }
 

@@ -185,6 +185,12 @@ fn new_segment(
     Ok((file, path))
 }
 
+/// `write` durability: after a batch of fewer records than this, the committer pauses for
+/// [`WRITE_LINGER`] before taking the next.
+const WRITE_LINGER_BELOW_RECORDS: u64 = 64;
+/// See [`WRITE_LINGER_BELOW_RECORDS`]: well under an fsync (120-240 µs here).
+const WRITE_LINGER: Duration = Duration::from_micros(100);
+
 /// What the committer took from the buffer.
 struct Batch {
     /// The position after its last frame.
@@ -271,6 +277,15 @@ pub(crate) fn run(shared: &Shared, mut writer: Writer, on_fatal: OnFatal) {
             Ok(true) => break Ok(()),
             Ok(false) => bytes.clear(),
             Err(e) => break Err(e),
+        }
+        // With `write`, a commit costs a write(2), not an fsync: back to back, batches stay
+        // a handful of records and every commit wakes the connections waiting on it. A short
+        // pause after a small batch lets the next one grow (sync batches grow during the
+        // fsync by themselves).
+        if shared.options.durability == Durability::Write
+            && (1..WRITE_LINGER_BELOW_RECORDS).contains(&batch.records)
+        {
+            std::thread::sleep(WRITE_LINGER);
         }
     };
     match result {

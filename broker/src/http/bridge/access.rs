@@ -1,7 +1,8 @@
 //! What every bridge endpoint checks before it serves: the `Origin` (CORS allow-list, and
-//! cross-site WebSocket refusal), the credentials (HTTP Basic, `Authorization: Bearer
-//! user:password` or `?token=user:password`, checked like a CONNECT against the password
-//! file), the read ACL of each filter; plus query-string parsing and the WebSocket upgrade
+//! cross-site WebSocket refusal), the credentials (HTTP Basic, `Authorization: Bearer` with
+//! a JSON Web Token or `user:password`, `?access_token=` for `EventSource`, or
+//! `?token=user:password` unless passwords in URLs are off; checked like a CONNECT by the
+//! sources of `[auth]`), the read ACL of each filter; plus query-string parsing and the WebSocket upgrade
 //! handshake.
 //!
 //! Bridge clients have no MQTT client identifier: ACL `pattern` lines see the client id
@@ -97,28 +98,43 @@ pub async fn authenticate<B>(
     broker: &Broker,
     request: &Request<B>,
 ) -> Result<Identity, Box<Response<Body>>> {
-    let (username, password) = match credentials(request) {
-        Some((user, password)) => (Some(user), Some(password)),
-        None => (None, None),
-    };
     // The generation before the state: a reload in between makes the first refresh redo it.
     let generation = broker.auth().generation();
     let state = broker.auth().current();
-    let login = auth::authenticate(
-        state.clone(),
-        username.clone().map(ByteStr::from),
-        password.map(Bytes::from),
-    )
-    .await;
-    if login.is_err() {
+    let refused = |message: &str| {
         Metrics::add(&broker.metrics().auth_failures, 1);
-        let mut response = json_error(StatusCode::UNAUTHORIZED, "authentication required");
+        let mut response = json_error(StatusCode::UNAUTHORIZED, message);
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Basic realm=\"tern\""),
         );
-        return Err(Box::new(response));
-    }
+        Box::new(response)
+    };
+    let (username, password) = match credentials(&state, request) {
+        Ok(Some((user, password))) => (user, Some(password)),
+        Ok(None) => (None, None),
+        Err(InUrl) => {
+            Metrics::add(&broker.metrics().bridge_password_in_url_refused, 1);
+            return Err(refused(
+                "passwords in URLs are turned off: use the Authorization header",
+            ));
+        }
+    };
+    let credentials = auth::Credentials {
+        client_id: BRIDGE_CLIENT_ID.to_string(),
+        username: username.map(ByteStr::from),
+        password: password.map(Bytes::from),
+        peer: None,
+        protocol: if request.uri().path() == "/sse" {
+            "sse"
+        } else {
+            "ws"
+        },
+    };
+    let granted = auth::authenticate(state.clone(), credentials, broker.metrics())
+        .await
+        .map_err(|_| refused("authentication required"))?;
+    let username = granted.username;
     let acl = state.client_acl(BRIDGE_CLIENT_ID, username.as_deref());
     Ok(Identity {
         username,
@@ -127,33 +143,64 @@ pub async fn authenticate<B>(
     })
 }
 
-/// `user:password` from `Authorization: Basic`, `Authorization: Bearer` or `?token=`.
-fn credentials<B>(request: &Request<B>) -> Option<(String, String)> {
-    let from_header = request
+/// A password in the URL while `allow_password_in_url` is off.
+struct InUrl;
+
+/// The user name (none for a token) and password or token, from `Authorization: Basic`,
+/// `Authorization: Bearer` (a JSON Web Token, or `user:password`), `?access_token=` (a
+/// token, when `[auth.jwt] access_token_in_url`) or `?token=user:password` (when
+/// `allow_password_in_url`).
+fn credentials<B>(
+    state: &auth::AuthState,
+    request: &Request<B>,
+) -> Result<Option<(Option<String>, String)>, InUrl> {
+    let jwt_on = state.jwt.is_some();
+    let split = |text: String| -> Option<(Option<String>, String)> {
+        let (user, password) = text.split_once(':')?;
+        Some((Some(user.to_string()), password.to_string()))
+    };
+    let header = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, value) = v.trim().split_once(' ')?;
-            if scheme.eq_ignore_ascii_case("basic") {
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(value.trim())
-                    .ok()?;
-                String::from_utf8(decoded).ok()
-            } else if scheme.eq_ignore_ascii_case("bearer") {
-                Some(value.trim().to_string())
-            } else {
-                None
+        .and_then(|v| v.trim().split_once(' '));
+    if let Some((scheme, value)) = header {
+        let value = value.trim();
+        if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(value)
+                .ok()
+                .and_then(|d| String::from_utf8(d).ok());
+            return Ok(decoded.and_then(split));
+        }
+        if scheme.eq_ignore_ascii_case("bearer") {
+            if jwt_on && auth::jwt::looks_like_token(value) {
+                return Ok(Some((None, value.to_string())));
             }
-        });
-    let token = from_header.or_else(|| {
-        query_params(request.uri().query().unwrap_or(""))
-            .into_iter()
-            .find(|(k, _)| k == "token")
-            .map(|(_, v)| v)
-    })?;
-    let (user, password) = token.split_once(':')?;
-    Some((user.to_string(), password.to_string()))
+            return Ok(split(value.to_string()));
+        }
+        return Ok(None);
+    }
+    let params = query_params(request.uri().query().unwrap_or(""));
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    if let Some(token) = param("access_token") {
+        let allowed = state.jwt.as_ref().is_some_and(|j| j.access_token_in_url());
+        return if allowed {
+            Ok(Some((None, token)))
+        } else {
+            Err(InUrl)
+        };
+    }
+    match param("token") {
+        Some(_) if !state.allow_password_in_url => Err(InUrl),
+        Some(token) => Ok(split(token)),
+        None => Ok(None),
+    }
 }
 
 /// Checks the `Origin` header. Returns the origin to echo in CORS headers when it is on the
@@ -231,7 +278,8 @@ pub fn query_params(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn percent_decode(text: &str) -> Option<String> {
+/// `text` percent-decoded (`+` stays a plus sign); `None` when it is not valid UTF-8.
+pub fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -66,12 +66,15 @@ pub struct Bridges {
     rings: Mutex<HashMap<RingKey, Arc<Ring>>>,
     next_ring_id: AtomicU64,
     clients: AtomicUsize,
+    /// The admin API's credentials and reload hook ([`crate::http::admin`]).
+    admin: crate::http::admin::Admin,
 }
 
 impl Bridges {
     /// The (empty) bridge registry of `broker`.
     pub fn new(broker: Broker) -> Arc<Bridges> {
         Arc::new(Bridges {
+            admin: crate::http::admin::Admin::new(broker.admin_config()),
             broker,
             rings: Mutex::default(),
             next_ring_id: AtomicU64::new(0),
@@ -82,6 +85,11 @@ impl Bridges {
     /// The broker the bridges serve.
     pub fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// The admin API's state.
+    pub fn admin(&self) -> &crate::http::admin::Admin {
+        &self.admin
     }
 
     fn rings(&self) -> MutexGuard<'_, HashMap<RingKey, Arc<Ring>>> {

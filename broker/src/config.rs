@@ -14,6 +14,7 @@ pub mod sources;
 pub use self::sources::{
     AdminConfig, AuthSource, CalloutFailure, ClaimAclMode, HttpAuthConfig, JwtAlgorithm, JwtConfig,
 };
+pub use crate::features::{ListenerRedirect, MqttFeatures, Redirect};
 
 /// The defaults, documented: the repository's `config.toml`, compiled in.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config.toml");
@@ -41,6 +42,8 @@ pub struct Config {
     /// The admin API (`/api/v1`) and `tern ctl`.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// MQTT 5 capabilities, response information and redirection.
+    pub mqtt: MqttFeatures,
 }
 
 /// One MQTT listener.
@@ -63,6 +66,9 @@ pub struct ListenerConfig {
     /// Use the Common Name of the client certificate as the user name (mTLS only).
     #[serde(default)]
     pub use_identity_as_username: bool,
+    /// Redirect the connections of this listener elsewhere (overrides `[mqtt] redirect`).
+    #[serde(default)]
+    pub redirect: Option<ListenerRedirect>,
 }
 
 /// Listener transports.
@@ -469,9 +475,58 @@ impl Config {
                 "at least 1",
             ));
         }
+        self.validate_sections(source_name)
+    }
+
+    /// The sections with checks of their own: `[persistence]`, `[auth.*]` and `[admin]`,
+    /// `[mqtt]`.
+    fn validate_sections(&self, source_name: &str) -> Result<(), ConfigError> {
         self.validate_persistence(source_name)?;
-        sources::check(&self.auth.jwt, &self.auth.http, &self.admin)
-            .map_err(|(key, value, allowed)| out_of_range(key, value, allowed))
+        sources::check(&self.auth.jwt, &self.auth.http, &self.admin).map_err(
+            |(key, value, allowed)| ConfigError::OutOfRange {
+                source_name: source_name.to_string(),
+                key,
+                value,
+                allowed,
+            },
+        )?;
+        self.validate_mqtt(source_name)
+    }
+
+    fn validate_mqtt(&self, source_name: &str) -> Result<(), ConfigError> {
+        let m = &self.mqtt;
+        let out_of_range = |key, value: String, allowed| ConfigError::OutOfRange {
+            source_name: source_name.to_string(),
+            key,
+            value,
+            allowed,
+        };
+        if m.maximum_qos > 2 {
+            return Err(out_of_range(
+                "mqtt.maximum_qos",
+                m.maximum_qos.to_string(),
+                "0, 1 or 2",
+            ));
+        }
+        if m.redirect != Redirect::None && m.server_reference.is_empty() {
+            return Err(out_of_range(
+                "mqtt.server_reference",
+                "\"\"".into(),
+                "a server reference when mqtt.redirect is set",
+            ));
+        }
+        for listener in &self.listeners {
+            if let Some(r) = &listener.redirect {
+                if r.redirect != Redirect::None && r.server_reference.is_empty() {
+                    return Err(out_of_range(
+                        "listeners.redirect.server_reference",
+                        format!("\"\" on the listener at {}", listener.bind),
+                        "a server reference when redirect is set",
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate_persistence(&self, source_name: &str) -> Result<(), ConfigError> {

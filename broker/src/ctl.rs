@@ -78,6 +78,8 @@ pub enum CtlCommand {
     },
     /// Reload the broker's configuration (as SIGHUP).
     Reload,
+    /// Drain the broker (as SIGUSR1): clients are sent to `[mqtt] server_reference`.
+    Drain,
 }
 
 /// Why a `tern ctl` command failed.
@@ -170,6 +172,7 @@ fn request_of(command: &CtlCommand) -> (Method, String, Option<Value>) {
             Some(json!({"topic": topic, "payload": message, "qos": qos, "retain": retain})),
         ),
         CtlCommand::Reload => (Method::POST, "/reload".into(), None),
+        CtlCommand::Drain => (Method::POST, "/drain".into(), None),
     }
 }
 
@@ -250,5 +253,9 @@ fn render(command: &CtlCommand, answer: &Value) -> String {
             ctl_render::cell(&answer["delivered"])
         ),
         CtlCommand::Reload => format!("reloaded: {}", ctl_render::cell(&answer["summary"])),
+        CtlCommand::Drain => format!(
+            "draining: {} connections redirected",
+            ctl_render::cell(&answer["redirected"])
+        ),
     }
 }

@@ -33,9 +33,17 @@ pub enum ProtocolError {
     /// DISCONNECT sets a Session Expiry Interval after CONNECT had 0 ([MQTT-3.14.2-2]).
     #[error("session expiry set at DISCONNECT after 0 at CONNECT")]
     SessionExpiryAfterZero,
-    /// AUTH without enhanced authentication in progress.
+    /// AUTH from a client that did not authenticate with a method at CONNECT
+    /// ([MQTT-4.12.0-7]), with another method ([MQTT-4.12.1-1]) or a reason code out of
+    /// turn.
     #[error("unexpected AUTH")]
     UnexpectedAuth,
+    /// A PUBLISH above the Maximum QoS announced in CONNACK ([MQTT-3.2.2-11]).
+    #[error("QoS above the maximum QoS")]
+    QosNotSupported,
+    /// A PUBLISH with RETAIN after CONNACK said Retain Available 0 ([MQTT-3.2.2-14]).
+    #[error("retain not available")]
+    RetainNotSupported,
 }
 
 impl ProtocolError {
@@ -45,6 +53,8 @@ impl ProtocolError {
             ProtocolError::Decode(e) => e.reason_code(),
             ProtocolError::TopicAliasInvalid => ReasonCode::TOPIC_ALIAS_INVALID,
             ProtocolError::ReceiveMaximumExceeded => ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+            ProtocolError::QosNotSupported => ReasonCode::QOS_NOT_SUPPORTED,
+            ProtocolError::RetainNotSupported => ReasonCode::RETAIN_NOT_SUPPORTED,
             ProtocolError::SecondConnect
             | ProtocolError::ServerOnlyPacket(_)
             | ProtocolError::SubscriptionIdFromClient
@@ -92,6 +102,13 @@ pub enum Close {
     /// An operator disconnected the client through the admin API (0x98).
     #[error("disconnected by an administrator")]
     Administrative,
+    /// The broker moves its clients elsewhere (drain): 0x9C Use another server or 0x9D
+    /// Server moved, with the Server Reference.
+    #[error("redirected ({0:?})")]
+    Redirected(ReasonCode),
+    /// Re-authentication (AUTH 0x19) failed ([MQTT-4.12.1-2]): DISCONNECT 0x87.
+    #[error("re-authentication failed")]
+    ReauthFailed,
     /// No CONNECT within the connect timeout.
     #[error("no CONNECT in time")]
     ConnectTimeout,
@@ -123,6 +140,8 @@ impl Close {
             Close::DiskFull => Some(ReasonCode::QUOTA_EXCEEDED),
             Close::TokenExpired => Some(ReasonCode::MAXIMUM_CONNECT_TIME),
             Close::Administrative => Some(ReasonCode::ADMINISTRATIVE_ACTION),
+            Close::Redirected(code) => Some(*code),
+            Close::ReauthFailed => Some(ReasonCode::NOT_AUTHORIZED),
         }
     }
 
@@ -134,11 +153,13 @@ impl Close {
     }
 
     /// Whether the Will Message is published: every end but a DISCONNECT with reason
-    /// Success ([MQTT-3.1.2-8], [MQTT-3.14.4-3]) and a broker shutdown.
+    /// Success ([MQTT-3.1.2-8], [MQTT-3.14.4-3]), a broker shutdown and a redirection (the
+    /// client is well and moves on).
     pub fn publishes_will(&self) -> bool {
         match self {
             Close::ClientDisconnect(reason) => *reason != ReasonCode::SUCCESS,
             Close::Shutdown
+            | Close::Redirected(_)
             | Close::ConnectTimeout
             | Close::Refused(_)
             | Close::RefusedMalformed(_) => false,
@@ -164,6 +185,10 @@ pub enum Kick {
     TokenExpired,
     /// An operator asked for it through the admin API (0x98).
     Administrative,
+    /// The broker drains: 0x9C Use another server.
+    UseAnotherServer,
+    /// The broker drains: 0x9D Server moved.
+    ServerMoved,
 }
 
 impl Kick {
@@ -176,6 +201,8 @@ impl Kick {
             Kick::SlowConsumer => 4,
             Kick::TokenExpired => 5,
             Kick::Administrative => 6,
+            Kick::UseAnotherServer => 7,
+            Kick::ServerMoved => 8,
         }
     }
 
@@ -188,6 +215,8 @@ impl Kick {
             4 => Some(Kick::SlowConsumer),
             5 => Some(Kick::TokenExpired),
             6 => Some(Kick::Administrative),
+            7 => Some(Kick::UseAnotherServer),
+            8 => Some(Kick::ServerMoved),
             _ => None,
         }
     }
@@ -202,6 +231,8 @@ impl From<Kick> for Close {
             Kick::SlowConsumer => Close::SlowConsumer,
             Kick::TokenExpired => Close::TokenExpired,
             Kick::Administrative => Close::Administrative,
+            Kick::UseAnotherServer => Close::Redirected(ReasonCode::USE_ANOTHER_SERVER),
+            Kick::ServerMoved => Close::Redirected(ReasonCode::SERVER_MOVED),
         }
     }
 }
@@ -222,6 +253,8 @@ mod tests {
             (Kick::SlowConsumer, ReasonCode::QUOTA_EXCEEDED),
             (Kick::TokenExpired, ReasonCode::MAXIMUM_CONNECT_TIME),
             (Kick::Administrative, ReasonCode::ADMINISTRATIVE_ACTION),
+            (Kick::UseAnotherServer, ReasonCode::USE_ANOTHER_SERVER),
+            (Kick::ServerMoved, ReasonCode::SERVER_MOVED),
         ] {
             assert_ne!(kick.to_u8(), 0);
             assert_eq!(Kick::from_u8(kick.to_u8()), Some(kick));

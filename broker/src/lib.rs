@@ -8,6 +8,7 @@
 //! - [`metrics`]: the broker's counters.
 //! - [`message`]: a routed message and its encodings.
 //! - [`config`]: configuration file, defaults, validation, the limits.
+//! - [`features`]: `[mqtt]`: MQTT 5 capabilities, response information, redirection.
 //! - [`auth`]: password files and ACLs (Mosquitto formats), JSON Web Tokens, the HTTP
 //!   callout.
 //! - [`http_client`]: a minimal HTTP/1.1 client (the callout, `tern ctl`).
@@ -64,6 +65,7 @@ pub mod ctl;
 pub mod ctl_render;
 pub mod delivery;
 pub mod error;
+pub mod features;
 pub mod http;
 pub mod http_client;
 pub mod ip_limits;

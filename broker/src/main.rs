@@ -39,8 +39,12 @@ enum Command {
         user: String,
         /// Hash with PBKDF2-SHA512 ($7$, as mosquitto_passwd) instead of Argon2id, for a
         /// file Mosquitto must read too.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "scram")]
         pbkdf2: bool,
+        /// Store SCRAM-SHA-256 credentials (salted StoredKey and ServerKey, 4096
+        /// iterations), for MQTT 5 enhanced authentication; plain passwords work too.
+        #[arg(long)]
+        scram: bool,
     },
     /// Check a configuration file (and the password, ACL and certificate files it names)
     /// without starting the broker. Exits 0 when valid, 1 with the reason otherwise.
@@ -73,9 +77,20 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Command::Passwd { file, user, pbkdf2 }) = &args.command {
-        tern_broker::auth::password::passwd_command(file, user, *pbkdf2)
-            .with_context(|| format!("updating {}", file.display()))?;
+    if let Some(Command::Passwd {
+        file,
+        user,
+        pbkdf2,
+        scram,
+    }) = &args.command
+    {
+        use tern_broker::auth::password::{passwd_command, HashKind};
+        let kind = match (pbkdf2, scram) {
+            (true, _) => HashKind::Pbkdf2,
+            (_, true) => HashKind::Scram,
+            _ => HashKind::Argon2id,
+        };
+        passwd_command(file, user, kind).with_context(|| format!("updating {}", file.display()))?;
         return Ok(());
     }
     if let Some(Command::CheckConfig { path }) = &args.command {
@@ -110,6 +125,7 @@ fn main() -> anyhow::Result<()> {
         }
         let bridges = tern_broker::http::bridge::Bridges::new(opened.broker);
         tokio::spawn(reload_on_sighup(bridges.clone(), args.config.clone(), log));
+        tokio::spawn(drain_on_sigusr1(bridges.broker().clone()));
         tern_broker::server::run(bridges, listeners, http, opened.failed, shutdown).await;
         tracing::info!("stopped");
         anyhow::Ok(())
@@ -283,6 +299,7 @@ async fn reload_on_sighup(bridges: Arc<Bridges>, path: Option<PathBuf>, log: Log
                     sessions_rechecked = report.sessions_rechecked,
                     bridge_rings_rechecked = report.bridges.rings,
                     bridge_entries_blanked = report.bridges.entries_blanked,
+                    redirected = report.redirected,
                     "configuration reloaded"
                 );
                 if !report.needs_restart.is_empty() {
@@ -293,6 +310,27 @@ async fn reload_on_sighup(bridges: Arc<Bridges>, path: Option<PathBuf>, log: Log
                 tracing::error!(error = %e, "reload failed; the previous configuration stays in force")
             }
         }
+    }
+}
+
+/// Drains the broker on every SIGUSR1: connected clients are sent elsewhere (DISCONNECT
+/// 0x9C or 0x9D with `[mqtt] server_reference`) and new ones are redirected, until a
+/// reload with `redirect = "none"`.
+async fn drain_on_sigusr1(broker: tern_broker::Broker) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut signals = match signal(SignalKind::user_defined1()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGUSR1: drain disabled");
+            return;
+        }
+    };
+    while signals.recv().await.is_some() {
+        let redirected = broker.drain();
+        tracing::info!(
+            redirected,
+            "draining: clients are sent to the server reference"
+        );
     }
 }
 

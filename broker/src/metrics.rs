@@ -115,6 +115,10 @@ counters! {
     admin_kicks,
     /// Operations the ACL refused: subscriptions, publishes, wills, deliveries.
     acl_denied,
+    /// Enhanced authentications (SCRAM-SHA-256) that succeeded, at CONNECT or again later.
+    enhanced_auth_successes,
+    /// Connections sent elsewhere: CONNACK or DISCONNECT 0x9C/0x9D (redirect, drain).
+    connections_redirected,
     /// Bridge clients connected (SSE and WebSocket JSON).
     bridge_clients,
     /// Bridge clients refused: over `max_bridge_clients`.

@@ -11,6 +11,8 @@
 //!   timeout, slow-consumer timeout) and the HTTP bridges, which read the limits in force
 //!   on every request; connected MQTT clients keep the limits they connected under;
 //!   `max_connections` needs a restart;
+//! - `[mqtt]`: capabilities, response information and redirection, for new connections;
+//!   turning redirection on drains the connected clients ([`crate::Broker::drain`]);
 //! - `[log] level`;
 //! - the JWT keys (secret, PEM or JWKS file: keys can be rotated), the HTTP callout
 //!   settings (its cache starts empty), and the admin token.
@@ -51,6 +53,8 @@ pub struct ReloadReport {
     pub sessions_rechecked: usize,
     /// What re-deriving the bridge rings' read ACL did.
     pub bridges: crate::http::bridge::read_acl::Reapplied,
+    /// Connections asked to move elsewhere because the reload turned redirection on.
+    pub redirected: usize,
 }
 
 /// Reloads from `path` (or the embedded defaults), applying the log level with `set_log_level`.
@@ -75,6 +79,7 @@ pub fn reload(
         ..Default::default()
     };
     broker.set_limits(new.limits.clone());
+    report.redirected = broker.set_features(new.mqtt.clone());
     // Connected MQTT sessions are re-checked under the new rules before they are in force,
     // so that no message routed meanwhile reaches a subscription the new ACL narrows; and
     // again after, for a SUBSCRIBE that raced the first pass under the old rules.

@@ -16,6 +16,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "message",
             "config",
             "http_client",
+            "features",
             "auth",
             "ip_limits",
             "wal",

@@ -1,4 +1,4 @@
-//! `tern passwd FILE USER [--pbkdf2]`, run as the built binary: the password comes from
+//! `tern passwd FILE USER [--pbkdf2 | --scram]`, run as the built binary: the password comes from
 //! standard input (not a terminal here), the file is created 0600, other lines are kept, and
 //! the result verifies with the password-file reader the broker uses.
 
@@ -58,5 +58,32 @@ fn passwd_adds_updates_and_keeps_lines() {
     assert!(users.verify("dave", b"second"));
     assert!(!users.verify("dave", b"first"));
     assert!(users.verify("erin", b"mosq-compatible"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `tern passwd --scram` stores SCRAM-SHA-256 credentials (RFC 5802: salt, iteration
+/// count, StoredKey and ServerKey; never the password), which verify plain passwords too
+/// and give the SCRAM exchange its credentials.
+#[test]
+fn passwd_scram_stores_salted_credentials() {
+    let dir = std::env::temp_dir().join(format!("tern-passwd-scram-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("passwd");
+    assert!(passwd(&file, "alice", "wonderland\n", &["--scram"]));
+    assert!(!passwd(&file, "bob", "x\n", &["--scram", "--pbkdf2"]));
+    let text = std::fs::read_to_string(&file).expect("read");
+    assert!(text.starts_with("alice:$scram-sha-256$4096$"), "{text}");
+    assert!(!text.contains("wonderland"));
+    let users = PasswordFile::load(&file).expect("load");
+    assert!(users.verify("alice", b"wonderland"));
+    assert!(!users.verify("alice", b"looking-glass"));
+    let state = tern_broker::auth::AuthState {
+        passwords: Some(users),
+        ..Default::default()
+    };
+    let credentials = state.scram_credentials("alice").expect("scram credentials");
+    assert_eq!(credentials.iterations, 4096);
+    assert_eq!(credentials.salt.len(), 16);
     let _ = std::fs::remove_dir_all(&dir);
 }

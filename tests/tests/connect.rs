@@ -187,6 +187,21 @@ async fn v311_empty_client_id_without_clean_session_refused_0x02_mqtt_3_1_3_8() 
     }
 }
 
+// [MQTT-3.1.3-8] (5.0): the server may reject a client id with CONNACK 0x85; Tern rejects
+// a zero-length one with Clean Start 0 (issue #13: its session could only be resumed under
+// a name the client did not choose).
+#[tokio::test]
+async fn v5_empty_client_id_without_clean_start_refused_0x85_mqtt_3_1_3_8() {
+    let broker = TestBroker::start().await;
+    let mut client = broker.raw(V5).await;
+    let connack = client
+        .connect(connect_packet(V5, "", |c| c.clean_start = false))
+        .await;
+    assert_eq!(connack.code, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+    assert!(!connack.session_present, "[MQTT-3.2.2-6]");
+    assert!(client.expect_disconnect().await.is_none());
+}
+
 // [MQTT-3.2.2-2] [MQTT-3.2.2-3] (5.0) and [MQTT-3.2.2-1] [MQTT-3.2.2-2] [MQTT-3.2.2-3]
 // (3.1.1): Session Present is 0 with Clean Start, 0 for a new session, 1 when resumed.
 #[tokio::test]

@@ -71,6 +71,7 @@ impl Pki {
             key_file: Some(self.path("server.key")),
             client_ca_file: mtls.then(|| self.path("ca.crt")),
             use_identity_as_username: identity,
+            redirect: None,
         }
     }
 }
@@ -211,6 +212,7 @@ async fn missing_certificate_file_names_the_file() {
         key_file: Some(Path::new("/nonexistent/server.key").into()),
         client_ca_file: None,
         use_identity_as_username: false,
+        redirect: None,
     }];
     let err = tern_broker::server::start(config)
         .await
@@ -231,6 +233,7 @@ async fn mqttjs_over_websocket_listener() {
         key_file: None,
         client_ca_file: None,
         use_identity_as_username: false,
+        redirect: None,
     };
     let broker = TestBroker::start_with(|c| c.listeners = vec![ws]).await;
     let url = format!("ws://127.0.0.1:{}/mqtt", broker.addr.port());

@@ -322,6 +322,13 @@ pub struct ClientAcl {
 }
 
 impl ClientAcl {
+    /// Adds a rule granting `access` to the topics `filter` matches, after every rule of
+    /// the file (so a `deny` there still wins): the response topics of Response
+    /// Information ([`crate::features::ResponseAcl`]).
+    pub fn grant(&mut self, filter: &str, access: Access) {
+        self.patterns.push(Rule::new(filter, access.bit()));
+    }
+
     /// This ACL with `extra`'s rules added after its own: a deny here still wins, and what
     /// neither allows stays refused.
     pub fn extended(mut self, extra: ClientAcl) -> ClientAcl {

@@ -7,6 +7,7 @@
 //! - [`callout`]: the HTTP callout (`[auth.http]`).
 //! - [`login`]: the sources tried in `[auth] order` for one client.
 //! - [`claims`]: ACL rules carried by a token or a callout answer, per user name.
+//! - [`scram`]: SCRAM-SHA-256, the enhanced authentication method (MQTT 5 AUTH).
 //!
 //! [`AuthState`] is what one load of `[auth]` produced; the broker keeps it in an [`Auth`],
 //! which can be swapped as a whole (for SIGHUP reload). A connection takes the state in force
@@ -20,6 +21,7 @@ pub mod claims;
 pub mod jwt;
 pub mod login;
 pub mod password;
+pub mod scram;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -160,6 +162,19 @@ impl AuthState {
             order: crate::config::sources::default_order(),
             ..AuthState::default()
         }
+    }
+
+    /// The SCRAM credentials of `user`, when the password file stores them.
+    pub fn scram_credentials(&self, user: &str) -> Option<scram::ScramCredentials> {
+        match self.passwords.as_ref()?.get(user)? {
+            PasswordHash::ScramSha256(credentials) => Some(credentials.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether SCRAM-SHA-256 is offered: there is a password file to check it against.
+    pub fn offers_scram(&self) -> bool {
+        self.passwords.is_some()
     }
 
     /// The ACL of one client: the ACL file's rules, with what its user's last login carried

@@ -9,6 +9,9 @@
 //!   crypt(3)'s sha512-crypt, which shares the prefix.
 //! - `$argon2id$v=19$m=..,t=..,p=..$<salt>$<hash>`: an Argon2id PHC string; what
 //!   `tern passwd` writes by default.
+//! - `$scram-sha-256$<iterations>$<salt>$<StoredKey>$<ServerKey>`: SCRAM-SHA-256
+//!   credentials ([`super::scram`]), written by `tern passwd --scram`; they log in with
+//!   enhanced authentication (method `SCRAM-SHA-256`) and with a plain password alike.
 //!
 //! Blank lines and lines starting with `#` are ignored. Comparisons are constant-time, and
 //! nothing here prints a hash or a password ([`PasswordHash`]'s `Debug` is redacted).
@@ -20,6 +23,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use subtle::ConstantTimeEq;
 
+use super::scram::ScramCredentials;
 use super::AuthError;
 
 /// Iterations `tern passwd --pbkdf2` uses: Mosquitto 2.x's own default, so the file reads
@@ -60,6 +64,8 @@ pub enum PasswordHash {
     },
     /// `$argon2id$...`: a validated Argon2id PHC string.
     Argon2id(String),
+    /// `$scram-sha-256$...`: SCRAM credentials.
+    ScramSha256(ScramCredentials),
 }
 
 impl std::fmt::Debug for PasswordHash {
@@ -68,6 +74,7 @@ impl std::fmt::Debug for PasswordHash {
             PasswordHash::Sha512 { .. } => "$6$",
             PasswordHash::Pbkdf2Sha512 { .. } => "$7$",
             PasswordHash::Argon2id(_) => "$argon2id$",
+            PasswordHash::ScramSha256(_) => "$scram-sha-256$",
         };
         write!(f, "PasswordHash({kind} <redacted>)")
     }
@@ -79,6 +86,9 @@ impl PasswordHash {
     /// # Errors
     /// What is wrong with it, without echoing the hash.
     pub fn parse(encoded: &str) -> Result<PasswordHash, String> {
+        if ScramCredentials::is_encoded(encoded) {
+            return ScramCredentials::parse(encoded).map(PasswordHash::ScramSha256);
+        }
         if encoded.starts_with("$argon2") {
             let phc = argon2::PasswordHash::new(encoded)
                 .map_err(|e| format!("invalid argon2 PHC string: {e}"))?;
@@ -137,7 +147,7 @@ impl PasswordHash {
                  with `tern passwd` or `mosquitto_passwd -U`)"
                     .into(),
             ),
-            _ => Err("unknown hash type (expected $6$, $7$ or $argon2id$)".into()),
+            _ => Err("unknown hash type (expected $6$, $7$, $argon2id$ or $scram-sha-256$)".into()),
         }
     }
 
@@ -171,6 +181,7 @@ impl PasswordHash {
                     Err(_) => false,
                 }
             }
+            PasswordHash::ScramSha256(credentials) => credentials.verify_password(password),
         }
     }
 
@@ -180,6 +191,7 @@ impl PasswordHash {
             PasswordHash::Sha512 { .. } => false,
             PasswordHash::Pbkdf2Sha512 { iterations, .. } => *iterations > 1000,
             PasswordHash::Argon2id(_) => true,
+            PasswordHash::ScramSha256(c) => c.iterations > 1000,
         }
     }
 }
@@ -415,19 +427,29 @@ pub fn read_new_password() -> std::io::Result<String> {
     Ok(password)
 }
 
-/// `tern passwd FILE USER [--pbkdf2]`: reads a password ([`read_new_password`]) and adds or
-/// updates `user` in `file` ([`write_entry`]), hashed with Argon2id, or with Mosquitto's
-/// `$7$` PBKDF2 when `pbkdf2` is set (for a file Mosquitto must read too).
+/// How `tern passwd` stores a password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashKind {
+    /// Argon2id (the default).
+    Argon2id,
+    /// Mosquitto's `$7$` PBKDF2-SHA512, for a file Mosquitto must read too.
+    Pbkdf2,
+    /// SCRAM-SHA-256 credentials, for enhanced authentication (and plain passwords).
+    Scram,
+}
+
+/// `tern passwd FILE USER [--pbkdf2 | --scram]`: reads a password ([`read_new_password`])
+/// and adds or updates `user` in `file` ([`write_entry`]), stored as `kind` says.
 ///
 /// # Errors
 /// Reading the password, hashing or writing the file failed.
-pub fn passwd_command(file: &Path, user: &str, pbkdf2: bool) -> std::io::Result<()> {
+pub fn passwd_command(file: &Path, user: &str, kind: HashKind) -> std::io::Result<()> {
     check_username(user)?;
     let password = read_new_password()?;
-    let hash = if pbkdf2 {
-        hash_pbkdf2(password.as_bytes(), MOSQUITTO_PBKDF2_ITERATIONS)?
-    } else {
-        hash_argon2id(password.as_bytes())?
+    let hash = match kind {
+        HashKind::Pbkdf2 => hash_pbkdf2(password.as_bytes(), MOSQUITTO_PBKDF2_ITERATIONS)?,
+        HashKind::Argon2id => hash_argon2id(password.as_bytes())?,
+        HashKind::Scram => ScramCredentials::generate(password.as_bytes())?.encode(),
     };
     write_entry(file, user, &hash)
 }

@@ -26,7 +26,7 @@ use tokio::sync::{watch, Semaphore};
 use self::retained::RetainedStore;
 use crate::auth::{Auth, AuthError, AuthState};
 use crate::backpressure::Relief;
-use crate::config::{Config, HttpConfig, Limits, SessionConfig, SysConfig};
+use crate::config::{Config, HttpConfig, Limits, MqttFeatures, Redirect, SessionConfig, SysConfig};
 use crate::ip_limits::IpLimits;
 use crate::journal::Journal;
 use crate::keep_alive::KeepAlive;
@@ -66,6 +66,12 @@ struct Inner {
     /// The limits in force: the configured ones until a SIGHUP reload replaces them. New
     /// connections take a snapshot; broker-wide checks read them each time.
     limits: std::sync::RwLock<Arc<Limits>>,
+    /// The `[mqtt]` section in force (capabilities, response information, redirection),
+    /// swapped by a reload like the limits.
+    features: std::sync::RwLock<Arc<MqttFeatures>>,
+    /// Set by [`Broker::drain`]: new connections are redirected even when `[mqtt]
+    /// redirect` is "none" (0x9C then); cleared by a reload that sets it to "none".
+    draining: std::sync::atomic::AtomicBool,
     /// `limits.slow_consumer_timeout_ms`, read on every delivery: an atomic, not the lock.
     slow_consumer_timeout_ms: AtomicU64,
     /// `limits.backpressure_queued_messages`, read on every delivery.
@@ -124,6 +130,8 @@ impl Broker {
                 auth: Auth::new(auth),
                 started_at: Instant::now(),
                 limits: std::sync::RwLock::new(Arc::new(limits.clone())),
+                features: std::sync::RwLock::new(Arc::new(config.mqtt.clone())),
+                draining: std::sync::atomic::AtomicBool::new(false),
                 slow_consumer_timeout_ms: AtomicU64::new(limits.slow_consumer_timeout_ms),
                 backpressure_queued_messages: std::sync::atomic::AtomicUsize::new(
                     limits.backpressure_queued_messages,
@@ -195,6 +203,90 @@ impl Broker {
             .slow_consumer_timeout_ms
             .store(limits.slow_consumer_timeout_ms, Ordering::Relaxed);
         *inner.limits.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(limits);
+    }
+
+    /// The `[mqtt]` section in force.
+    pub fn features(&self) -> Arc<MqttFeatures> {
+        self.inner
+            .features
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts a new `[mqtt]` section in force (reload), for new connections. Turning
+    /// redirection on also drains the connected clients ([`Broker::drain`]); turning it
+    /// off ends a drain. Returns how many connections were asked to leave.
+    pub fn set_features(&self, features: MqttFeatures) -> usize {
+        let was = self.features().redirect;
+        let now = features.redirect;
+        *self
+            .inner
+            .features
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(features);
+        if now == Redirect::None {
+            self.inner.draining.store(false, Ordering::Release);
+            return 0;
+        }
+        if was == Redirect::None {
+            return self.drain();
+        }
+        0
+    }
+
+    /// The redirection new connections get: `[mqtt] redirect`, or 0x9C while draining.
+    pub fn redirect(&self) -> Redirect {
+        match self.features().redirect {
+            Redirect::None if self.inner.draining.load(Ordering::Acquire) => {
+                Redirect::UseAnotherServer
+            }
+            mode => mode,
+        }
+    }
+
+    /// Moves every client off this broker (SIGUSR1, or a reload turning redirection on):
+    /// new connections are refused with the redirection from now on, and connected ones
+    /// are closed, 5.0 clients with DISCONNECT 0x9C (0x9D with `redirect = "server_moved"`)
+    /// carrying the Server Reference. Their sessions stay (and their wills are not
+    /// published), for the server they move to or for their return. Returns how many
+    /// connections were asked to leave.
+    pub fn drain(&self) -> usize {
+        self.inner.draining.store(true, Ordering::Release);
+        let kick = match self.redirect() {
+            Redirect::ServerMoved => crate::error::Kick::ServerMoved,
+            _ => crate::error::Kick::UseAnotherServer,
+        };
+        let mut kicked = 0;
+        for entry in self.inner.sessions.iter() {
+            if let Some(writer) = entry.value().delivery().link_writer() {
+                writer.control().kick(kick);
+                kicked += 1;
+            }
+        }
+        Metrics::add(&self.inner.metrics.connections_redirected, kicked as u64);
+        kicked
+    }
+
+    /// The ACL of an MQTT client under `state` (`None`: no ACL file), with the response
+    /// topics of `[mqtt] response_information` granted: the client may read its own
+    /// prefix and every client may write to any client's prefix, so that request/response
+    /// works under an ACL file.
+    pub fn client_acl(
+        &self,
+        state: &AuthState,
+        client_id: &str,
+        username: Option<&str>,
+    ) -> Option<Arc<crate::auth::ClientAcl>> {
+        let mut acl = state.client_acl(client_id, username)?;
+        if let Some(response) = self.features().response_acl(client_id) {
+            let acl = Arc::make_mut(&mut acl);
+            if let Some(own) = &response.own_read {
+                acl.grant(own, crate::auth::Access::Read);
+            }
+            acl.grant(&response.anyone_write, crate::auth::Access::Write);
+        }
+        Some(acl)
     }
 
     /// The `[http]` section (fixed at startup).

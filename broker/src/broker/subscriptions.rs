@@ -112,7 +112,7 @@ impl Broker {
             let Some(username) = session.delivery().link_username() else {
                 continue; // offline
             };
-            let acl = state.client_acl(&session.client_id, username.as_deref());
+            let acl = self.client_acl(state, &session.client_id, username.as_deref());
             self.reapply_acl(&session, acl.as_ref());
             rechecked += 1;
         }

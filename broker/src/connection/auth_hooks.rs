@@ -113,10 +113,8 @@ pub(super) fn client_acl(
     client_id: &str,
     connect: &mut Connect,
 ) -> Option<Arc<ClientAcl>> {
-    let acl = broker
-        .auth()
-        .current()
-        .client_acl(client_id, connect.username.as_deref())?;
+    let state = broker.auth().current();
+    let acl = broker.client_acl(&state, client_id, connect.username.as_deref())?;
     if let Some(will) = &connect.will {
         if !acl.check(&will.topic, Access::Write) {
             Metrics::add(&broker.metrics().acl_denied, 1);

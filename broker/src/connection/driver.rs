@@ -160,17 +160,18 @@ impl Connection {
             // for us may go on (not on every pass while one batch is still being written).
             self.broker.relief().relieve();
         }
-        let out = &self.out;
-        let journal = self.broker.journal();
+        // One borrow of the connection rather than of its parts: an idle connection waits
+        // in this future, and every captured reference is paid by each one.
+        let this = self;
         std::future::poll_fn(move |cx| {
             // Output, a kick or a shutdown (a kick too); checked at the top of the loop.
             // Also polled while writing: a kick must not wait for a stuck socket.
-            if out.control().poll_notified(cx).is_ready() {
+            if this.out.control().poll_notified(cx).is_ready() {
                 return Poll::Ready(Wake::Woken);
             }
             // Held output may go once the journal is durable that far. (If the log failed,
             // the broker is stopping and kicks this connection.)
-            if let (true, Some(journal)) = (held_until != 0, journal) {
+            if let (true, Some(journal)) = (held_until != 0, this.broker.journal()) {
                 if journal.poll_durable(held_until, cx).is_ready() {
                     return Poll::Ready(Wake::Woken);
                 }
@@ -204,6 +205,10 @@ impl Connection {
 
     /// Feeds one packet to the machine and carries out what it asks for.
     fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+        let packet = match packet {
+            Packet::Auth(auth) => return self.handle_auth(*auth),
+            other => other,
+        };
         if matches!(packet, Packet::Publish(_) | Packet::Subscribe(_)) {
             self.refresh_acl();
         }
@@ -239,11 +244,10 @@ impl Connection {
             return;
         }
         let session = self.machine.session();
+        let state = self.broker.auth().current();
         let acl = self
             .broker
-            .auth()
-            .current()
-            .client_acl(&session.client_id, self.machine.username());
+            .client_acl(&state, &session.client_id, self.machine.username());
         self.machine.set_acl(acl, generation);
     }
 

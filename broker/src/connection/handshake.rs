@@ -7,11 +7,14 @@ use std::time::Duration;
 use tern_codec::{
     ByteStr, ConnAck, ConnAckProperties, Connect, DecodeError, Packet, ProtocolVersion, ReasonCode,
 };
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use super::enhanced_auth::{self, Authenticated};
 use super::io::PacketReader;
+use super::output::Output;
 use super::{Connection, PeerInfo};
+use crate::auth::scram;
 use crate::broker::Broker;
 use crate::config::Limits;
 use crate::delivery::shared_writer::SharedWriter;
@@ -26,15 +29,18 @@ use crate::session::Session;
 /// # Errors
 /// A [`Close`] when the client sends nothing in time, something other than CONNECT
 /// ([MQTT-3.1.0-1]), a malformed CONNECT, or is refused (CONNACK with an error code sent).
-pub(crate) async fn connect<R: AsyncRead + Unpin>(
+pub(crate) async fn connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     broker: &Broker,
     reader: &mut PacketReader<R>,
+    output: &mut Output<W>,
     out: &Arc<SharedWriter>,
     info: &PeerInfo,
 ) -> Result<Connection, Close> {
     let peer = info.addr;
     let timeout = Duration::from_millis(broker.limits().connect_timeout_ms);
-    let first = match tokio::time::timeout(timeout, reader.next_packet()).await {
+    // One deadline for CONNECT and any enhanced authentication exchange after it.
+    let deadline = Instant::now() + timeout;
+    let first = match tokio::time::timeout_at(deadline, reader.next_packet()).await {
         Err(_) => return Err(Close::ConnectTimeout),
         Ok(Err(Close::Protocol(ProtocolError::Decode(
             DecodeError::UnsupportedProtocolVersion(level),
@@ -59,25 +65,80 @@ pub(crate) async fn connect<R: AsyncRead + Unpin>(
             packet
         }
     };
-    let Packet::Connect(connect) = first else {
+    let Packet::Connect(mut connect) = first else {
         return Err(Close::Protocol(ProtocolError::ServerOnlyPacket(
             "non-CONNECT first packet",
         )));
     };
-    let granted = match super::auth_hooks::login(broker, &connect, info).await {
-        Ok(granted) => granted,
-        Err(code) => return Err(refuse(out, connect.protocol, code)),
-    };
-    let mut connect = *connect;
-    if let Some(name) = granted.username {
-        // A token's user name claim is who the client is (ACL sections, `%u`).
-        connect.username = Some(ByteStr::from(name));
+    let version = connect.protocol;
+    if let Some(close) = redirect(broker, out, version, info) {
+        return Err(close);
     }
-    let connection = establish(broker, connect, out, info)?;
-    if let Some(expires_at) = granted.expires_at {
+    let features = broker.features();
+    if let Some(will) = &connect.will {
+        // [MQTT-3.2.2-12] 0x9B, [MQTT-3.2.2-13] 0x9A.
+        let checked = features
+            .capabilities()
+            .check_will(will.qos as u8, will.retain);
+        if let Err(code) = checked {
+            return Err(refuse(out, version, code));
+        }
+    }
+    let mut expires_at = None;
+    let authenticated = if connect.properties.authentication_method.is_some() {
+        let exchange = enhanced_auth::authenticate(broker, reader, output, out, &mut connect);
+        match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(result) => Some(result?),
+            Err(_) => return Err(Close::ConnectTimeout),
+        }
+    } else {
+        let granted = match super::auth_hooks::login(broker, &connect, info).await {
+            Ok(granted) => granted,
+            Err(code) => return Err(refuse(out, version, code)),
+        };
+        if let Some(name) = granted.username {
+            // A token's user name claim is who the client is (ACL sections, `%u`).
+            connect.username = Some(ByteStr::from(name));
+        }
+        expires_at = granted.expires_at;
+        None
+    };
+    let connection = establish(broker, *connect, out, info, authenticated)?;
+    if let Some(expires_at) = expires_at {
         super::auth_hooks::close_at_expiry(out, expires_at);
     }
     Ok(connection)
+}
+
+/// A client of a redirecting listener or broker ([`Broker::redirect`]): CONNACK 0x9C or
+/// 0x9D with the Server Reference (5.0; section 4.11), 0x03 Server unavailable (3.1.1).
+fn redirect(
+    broker: &Broker,
+    out: &SharedWriter,
+    version: ProtocolVersion,
+    info: &PeerInfo,
+) -> Option<Close> {
+    let features = broker.features();
+    let (mode, reference) = match &info.redirect {
+        Some(listener) => (listener.redirect, listener.server_reference.as_str()),
+        None => (broker.redirect(), features.server_reference.as_str()),
+    };
+    let code = mode.reason_code()?;
+    let mut connack = ConnAck {
+        code,
+        ..ConnAck::default()
+    };
+    if version.is_v5() {
+        if !reference.is_empty() {
+            connack.properties.server_reference = Some(ByteStr::from(reference));
+        }
+    } else {
+        connack.code = ReasonCode(code.to_v3_connack());
+    }
+    connack.encode(version, out.lock().buf());
+    Metrics::add(&broker.metrics().connections_redirected, 1);
+    tracing::debug!(peer = %info.addr, ?code, "connection redirected");
+    Some(Close::Refused(code))
 }
 
 /// A first packet that failed to decode. When it was a CONNECT whose protocol name and
@@ -104,7 +165,8 @@ fn refuse_undecodable<R: AsyncRead + Unpin>(
     Close::RefusedMalformed(error)
 }
 
-fn refuse(out: &SharedWriter, version: ProtocolVersion, code: ReasonCode) -> Close {
+/// Answers CONNACK with `code` (5.0 numbering; the nearest 3.1.1 return code for 3.1.1).
+pub(super) fn refuse(out: &SharedWriter, version: ProtocolVersion, code: ReasonCode) -> Close {
     let wire_code = if version.is_v5() {
         code
     } else {
@@ -132,6 +194,7 @@ fn establish(
     connect: Connect,
     out: &Arc<SharedWriter>,
     info: &PeerInfo,
+    authenticated: Option<Authenticated>,
 ) -> Result<Connection, Close> {
     let mut connect = connect;
     if let Some(name) = &info.cert_username {
@@ -139,10 +202,6 @@ fn establish(
         connect.username = Some(ByteStr::from(name.as_str()));
     }
     let version = connect.protocol;
-    // Enhanced authentication (AUTH) is not offered: [MQTT-4.12.0-1] lets us refuse.
-    if connect.properties.authentication_method.is_some() {
-        return Err(refuse(out, version, ReasonCode::BAD_AUTHENTICATION_METHOD));
-    }
     if broker.is_shutting_down() {
         return Err(refuse(out, version, ReasonCode::SERVER_UNAVAILABLE));
     }
@@ -154,9 +213,21 @@ fn establish(
     let acl_generation = broker.auth().generation();
     let acl = super::auth_hooks::client_acl(broker, &client_id, &mut connect);
     let limits = broker.limits();
+    let features = broker.features();
     let mut negotiated = negotiate(&connect, &limits);
     if version.is_v5() {
-        negotiated.connack.properties.assigned_client_identifier = assigned;
+        let p = &mut negotiated.connack.properties;
+        p.assigned_client_identifier = assigned;
+        features.capabilities().announce(p);
+        // [MQTT-3.1.2-28]: Response Information only when asked for.
+        if connect.properties.request_response_information == Some(true) {
+            p.response_information = features.response_information(&client_id).map(ByteStr::from);
+        }
+        if let Some(authenticated) = &authenticated {
+            // [MQTT-4.12.0-5]: the method again, with the server-final message.
+            p.authentication_method = Some(ByteStr::from(scram::METHOD));
+            p.authentication_data = Some(authenticated.server_final.clone());
+        }
     }
     let (session, resumed, generation) = attach(
         broker,
@@ -182,6 +253,8 @@ fn establish(
         username: connect.username,
         connect_expiry_was_zero: negotiated.requested_expiry_secs == 0,
         limits,
+        capabilities: features.capabilities(),
+        enhanced_auth: authenticated.is_some(),
     });
     Ok(Connection {
         broker: broker.clone(),
@@ -203,9 +276,11 @@ fn client_identifier(
         // Only borrowed from here on: the session keeps its own copy.
         return Ok((connect.client_id.clone(), None));
     }
-    // [MQTT-3.1.3-8] (3.1.1): an empty id needs Clean Session 1.
-    let v5 = connect.protocol.is_v5();
-    if (!v5 && !connect.clean_start) || !broker.session_config().allow_empty_client_id {
+    // [MQTT-3.1.3-8] (3.1.1): an empty id needs Clean Session 1. In 5.0 the server may
+    // refuse a client id ([MQTT-3.1.3-8]: 0x85); we refuse an empty one with Clean Start 0
+    // too, as the issue asks: its session could never be resumed under a name the client
+    // chose, and an assigned one is meant for a session of one connection.
+    if !connect.clean_start || !broker.session_config().allow_empty_client_id {
         return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
     }
     let id = broker.assign_client_id();
@@ -246,10 +321,6 @@ fn negotiate(connect: &Connect, limits: &Limits) -> Negotiated {
         p.receive_maximum = Some(limits.receive_maximum);
         p.maximum_packet_size_bytes = Some(limits.max_packet_size_bytes);
         p.topic_alias_maximum = Some(limits.topic_alias_maximum);
-        p.retain_available = Some(true);
-        p.wildcard_subscription_available = Some(true);
-        p.subscription_identifiers_available = Some(true);
-        p.shared_subscription_available = Some(true);
     }
     Negotiated {
         requested_expiry_secs,

@@ -8,6 +8,7 @@
 
 pub(crate) mod auth_hooks;
 mod driver;
+mod enhanced_auth;
 mod handshake;
 pub mod io;
 mod output;
@@ -25,7 +26,7 @@ use crate::delivery::shared_writer::SharedWriter;
 use crate::error::Close;
 use crate::metrics::Metrics;
 use crate::router::RouteScratch;
-use crate::session::machine::Machine;
+use crate::session::machine::{Machine, Transmit};
 
 use self::io::PacketReader;
 use self::output::Output;
@@ -50,6 +51,9 @@ pub struct PeerInfo {
     /// The Common Name of a verified client certificate, on listeners with
     /// `use_identity_as_username`: it replaces the CONNECT user name.
     pub cert_username: Option<String>,
+    /// The redirection of the listener the connection came in on, overriding the
+    /// broker's (`[[listeners]] redirect`).
+    pub redirect: Option<Arc<crate::config::ListenerRedirect>>,
 }
 
 /// Serves one accepted connection until it ends.
@@ -65,6 +69,7 @@ where
         PeerInfo {
             addr: peer,
             cert_username: None,
+            redirect: None,
         },
     )
     .await;
@@ -146,6 +151,7 @@ where
             let handshake = Box::pin(handshake::connect(
                 &self.broker,
                 &mut self.reader,
+                &mut self.output,
                 &self.out,
                 &self.info,
             ));
@@ -301,7 +307,14 @@ impl Connection {
         tracing::debug!(client_id = %session.client_id, reason = %close, "connection closed");
         let (disconnect, will) = self.machine.close(&close);
         let sent_disconnect = disconnect.is_some();
-        if let Some(disconnect) = disconnect {
+        if let Some(mut disconnect) = disconnect {
+            if let (Close::Redirected(_), Transmit::Disconnect(d)) = (&close, &mut disconnect) {
+                // Section 4.11: where the client should go instead.
+                let reference = &self.broker.features().server_reference;
+                if !reference.is_empty() {
+                    d.properties.server_reference = Some(reference.as_str().into());
+                }
+            }
             self.send(&disconnect);
         }
         self.out.close();
@@ -338,6 +351,7 @@ mod tests {
         let info = PeerInfo {
             addr: peer,
             cert_username: None,
+            redirect: None,
         };
         let future = serve_with(broker, reader, writer, info);
         let size = std::mem::size_of_val(&future);

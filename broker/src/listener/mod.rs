@@ -62,6 +62,7 @@ pub async fn bind_all(config: &Config) -> std::io::Result<Vec<Bound>> {
             kind: listener.kind,
             tls,
             use_identity_as_username: listener.use_identity_as_username,
+            redirect: listener.redirect.clone().map(std::sync::Arc::new),
         };
         bound.push(Bound {
             kind: listener.kind,

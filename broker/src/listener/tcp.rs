@@ -10,7 +10,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use tern_codec::ReasonCode;
-use tokio::sync::Semaphore;
 
 use super::{refuse, tls, ws};
 use crate::broker::Broker;
@@ -27,6 +26,8 @@ pub struct Transport {
     pub tls: Option<TlsAcceptor>,
     /// Take the user name from the client certificate's Common Name.
     pub use_identity_as_username: bool,
+    /// This listener's redirection, if it has one.
+    pub redirect: Option<Arc<crate::config::ListenerRedirect>>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -62,14 +63,14 @@ pub async fn accept_loop(broker: Broker, listener: TcpListener, transport: Arc<T
             Err(refusal) => {
                 Metrics::add(refusal.counter(broker.metrics()), 1);
                 tracing::debug!(%peer, ?refusal, "per-IP limit: connection refused");
-                refuse_or_close(stream, &transport, ReasonCode::QUOTA_EXCEEDED, &refusals);
+                refuse::refuse(stream, &transport, ReasonCode::QUOTA_EXCEEDED, &refusals);
                 continue;
             }
         };
         let Ok(permit) = broker.connection_slots().clone().try_acquire_owned() else {
             Metrics::add(&broker.metrics().connections_refused_limit, 1);
             tracing::debug!(%peer, "max_connections reached: connection refused");
-            refuse_or_close(stream, &transport, ReasonCode::SERVER_BUSY, &refusals);
+            refuse::refuse(stream, &transport, ReasonCode::SERVER_BUSY, &refusals);
             continue;
         };
         let send_buffer = broker.limits().socket_send_buffer_bytes;
@@ -93,6 +94,7 @@ pub async fn accept_loop(broker: Broker, listener: TcpListener, transport: Arc<T
             let info = PeerInfo {
                 addr: peer,
                 cert_username: None,
+                redirect: transport.redirect.clone(),
             };
             tokio::spawn(connection::serve_guarded(
                 broker,
@@ -111,19 +113,6 @@ pub async fn accept_loop(broker: Broker, listener: TcpListener, transport: Arc<T
     }
 }
 
-/// A connection over a limit: plain TCP gets a CONNACK saying why (within the refusal
-/// budget); TLS and WebSocket would need their handshakes first and are closed.
-fn refuse_or_close(
-    stream: TcpStream,
-    transport: &Transport,
-    code: ReasonCode,
-    budget: &Arc<Semaphore>,
-) {
-    if transport.kind == ListenerKind::Tcp {
-        refuse::refuse(stream, code, budget);
-    }
-}
-
 async fn handle(broker: Broker, stream: TcpStream, peer: SocketAddr, transport: &Transport) {
     let limits = broker.limits();
     let timeout = Duration::from_millis(limits.connect_timeout_ms);
@@ -131,6 +120,7 @@ async fn handle(broker: Broker, stream: TcpStream, peer: SocketAddr, transport: 
     let info = PeerInfo {
         addr: peer,
         cert_username: None,
+        redirect: transport.redirect.clone(),
     };
     match (transport.kind, &transport.tls) {
         (ListenerKind::Tcp, _) => {
@@ -179,6 +169,7 @@ async fn handle(broker: Broker, stream: TcpStream, peer: SocketAddr, transport: 
             let info = PeerInfo {
                 addr: peer,
                 cert_username,
+                redirect: transport.redirect.clone(),
             };
             if transport.kind == ListenerKind::Tls {
                 let (reader, writer) = tokio::io::split(tls_stream);

@@ -8,8 +8,10 @@
 //! state stays as small between packets as it was (an idle connection is mostly this).
 //!
 //! What it owns: the rules a client's packets are checked against (Receive Maximum, topic
-//! aliases, topic limits, the client's ACL, subscription identifiers, the session expiry
-//! rule at DISCONNECT), the inbound QoS 2 exchange and the publish-rate bucket. What
+//! aliases, topic limits, the client's ACL, subscription identifiers, the capabilities its
+//! CONNACK announced, the session expiry rule at DISCONNECT), the inbound QoS 2 exchange,
+//! the publish-rate bucket and a re-authentication in progress. The SUBSCRIBE side is in
+//! `machine_subscribe.rs`. What
 //! publishers hand this session goes through the session's [`super::delivery::Delivery`];
 //! acknowledgements from the client are applied to it here.
 
@@ -18,16 +20,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_codec::{
-    ByteStr, Disconnect, LastWill, Packet, PacketId, ProtocolVersion, PubAck, PubComp, PubRec,
-    Publish, PublishQoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+    ByteStr, Disconnect, LastWill, Packet, ProtocolVersion, PubAck, PubComp, PubRec, Publish,
+    PublishQoS, ReasonCode, SubAck, UnsubAck, Unsubscribe,
 };
 use tokio::time::Instant;
 
 use super::delivery::DeliverCtx;
-use super::{Session, SubscriptionRecord};
-use crate::auth::{Access, ClientAcl, SubscribeVerdict};
+use super::Session;
+use crate::auth::scram::ServerExchange;
+use crate::auth::{Access, ClientAcl};
 use crate::config::Limits;
 use crate::error::{Close, ProtocolError};
+use crate::features::Capabilities;
 use crate::journal::record::Record;
 use crate::journal::Journal;
 use crate::message::Message;
@@ -97,39 +101,6 @@ pub enum Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PendingAck(PublishQoS);
 
-/// A SUBSCRIBE, checked: each filter with its record and read check, or the reason code it
-/// is refused with.
-#[derive(Debug)]
-pub struct SubscribeRequest {
-    /// The SUBSCRIBE's packet identifier.
-    pub packet_id: PacketId,
-    /// Each filter, in order.
-    pub filters: Vec<FilterRequest>,
-}
-
-/// One filter of a SUBSCRIBE.
-#[derive(Debug)]
-pub struct FilterRequest {
-    /// The filter.
-    pub filter: ByteStr,
-    /// The subscription to make.
-    pub record: SubscriptionRecord,
-    /// `Ok(read check)` to subscribe (`None`: wholly readable), `Err(code)` when refused.
-    pub verdict: Result<Option<Arc<ClientAcl>>, ReasonCode>,
-}
-
-/// How one filter of a SUBSCRIBE ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FilterOutcome {
-    /// Subscribed: new, or replacing one the session held.
-    Granted {
-        /// The session did not hold this filter before.
-        new: bool,
-    },
-    /// Refused with this code.
-    Refused(ReasonCode),
-}
-
 /// Token bucket for `max_publish_rate_per_client`.
 #[derive(Debug)]
 struct RateBucket {
@@ -147,6 +118,9 @@ struct Inbound {
     aliases: HashMap<u16, ByteStr>,
     /// The publish-rate bucket (when `max_publish_rate_per_client` is set).
     rate: Option<RateBucket>,
+    /// A re-authentication waiting for the client-final message (here too: rare, and
+    /// kept off the size of every connection).
+    reauth: Option<ServerExchange>,
 }
 
 /// What a connection starts the machine with (from CONNECT and the handshake).
@@ -170,6 +144,10 @@ pub struct Start {
     pub username: Option<ByteStr>,
     /// CONNECT's Session Expiry Interval was 0 ([MQTT-3.14.2-2]).
     pub connect_expiry_was_zero: bool,
+    /// The capabilities announced in CONNACK (`[mqtt]` at CONNECT).
+    pub capabilities: Capabilities,
+    /// The client authenticated with an Authentication Method (it may re-authenticate).
+    pub enhanced_auth: bool,
 }
 
 /// The protocol state of one connection to a session.
@@ -179,6 +157,8 @@ pub struct Machine {
     generation: u64,
     version: ProtocolVersion,
     connect_expiry_was_zero: bool,
+    capabilities: Capabilities,
+    enhanced_auth: bool,
     /// Boxed: most clients have none, and this lives as long as the connection.
     will: Option<Box<LastWill>>,
     acl: Option<Arc<ClientAcl>>,
@@ -196,6 +176,8 @@ impl Machine {
             generation: start.generation,
             version: start.version,
             connect_expiry_was_zero: start.connect_expiry_was_zero,
+            capabilities: start.capabilities,
+            enhanced_auth: start.enhanced_auth,
             will: start.will.map(Box::new),
             acl: start.acl,
             acl_generation: start.acl_generation,
@@ -233,6 +215,15 @@ impl Machine {
     /// The user name the client authenticated as (to derive its ACL again).
     pub fn username(&self) -> Option<&str> {
         self.username.as_deref()
+    }
+
+    /// Where a re-authentication in progress is kept; `None` when the client did not
+    /// authenticate with a method at CONNECT, and so may not send AUTH ([MQTT-4.12.0-7]).
+    pub fn reauth_slot(&mut self) -> Option<&mut Option<ServerExchange>> {
+        if !self.enhanced_auth {
+            return None;
+        }
+        Some(&mut self.inbound.get_or_insert_default().reauth)
     }
 
     /// Puts a re-derived ACL in force (after a reload), with the auth generation it is from.
@@ -318,6 +309,14 @@ impl Machine {
         self.charge_publish_rate(ctx.now);
         if publish.properties().has_subscription_identifiers() {
             return Err(ProtocolError::SubscriptionIdFromClient.into());
+        }
+        match self
+            .capabilities
+            .check_publish(publish.qos() as u8, publish.retain)
+        {
+            Ok(()) => {}
+            Err(ReasonCode::QOS_NOT_SUPPORTED) => return Err(ProtocolError::QosNotSupported.into()),
+            Err(_) => return Err(ProtocolError::RetainNotSupported.into()),
         }
         self.resolve_alias(&mut publish)?;
         let ack = PendingAck(publish.publish_qos());
@@ -495,98 +494,6 @@ impl Machine {
         }
     }
 
-    /// Checks each filter of a SUBSCRIBE against the topic limits and the client's ACL.
-    fn handle_subscribe(&self, subscribe: Subscribe, metrics: &Metrics) -> Output {
-        let subscription_id = subscribe.properties.subscription_identifier;
-        let filters = subscribe
-            .filters
-            .into_iter()
-            .map(|(filter, options)| {
-                let verdict = self.filter_verdict(&filter, metrics);
-                FilterRequest {
-                    filter,
-                    record: SubscriptionRecord {
-                        options,
-                        subscription_id,
-                    },
-                    verdict,
-                }
-            })
-            .collect();
-        Output::Event(Event::Subscribe(Box::new(SubscribeRequest {
-            packet_id: subscribe.packet_id,
-            filters,
-        })))
-    }
-
-    /// The read check of one SUBSCRIBE filter: `Ok(None)` to subscribe with no delivery
-    /// check, `Ok(Some(acl))` to check each message, `Err(code)` to refuse (SUBACK 0x87,
-    /// which the 3.1.1 encoder sends as 0x80; 0x8F for a filter over the topic limits).
-    fn filter_verdict(
-        &self,
-        filter: &str,
-        metrics: &Metrics,
-    ) -> Result<Option<Arc<ClientAcl>>, ReasonCode> {
-        if !self.limits.topic_within_limits(filter) {
-            return Err(ReasonCode::TOPIC_FILTER_INVALID);
-        }
-        let Some(acl) = &self.acl else {
-            return Ok(None);
-        };
-        match acl.check_subscribe(filter) {
-            SubscribeVerdict::Allowed => Ok(None),
-            SubscribeVerdict::Filtered => Ok(Some(acl.clone())),
-            SubscribeVerdict::Denied => {
-                Metrics::add(&metrics.acl_denied, 1);
-                tracing::debug!(client_id = %self.session.client_id, %filter, "subscription refused by ACL");
-                Err(ReasonCode::NOT_AUTHORIZED)
-            }
-        }
-    }
-
-    /// The SUBACK for a SUBSCRIBE whose filters ended as `outcomes` (in order).
-    pub fn subscribed(
-        &self,
-        packet_id: PacketId,
-        outcomes: &[(SubscriptionOptions, FilterOutcome)],
-    ) -> Transmit {
-        let reason_codes = outcomes
-            .iter()
-            .map(|(options, outcome)| match outcome {
-                FilterOutcome::Granted { .. } => ReasonCode(options.qos as u8),
-                FilterOutcome::Refused(code) => *code,
-            })
-            .collect();
-        Transmit::SubAck(SubAck {
-            packet_id,
-            properties: Default::default(),
-            reason_codes,
-        })
-    }
-
-    /// The UNSUBACK for an UNSUBSCRIBE; `existed` says, per filter, whether it was held.
-    pub fn unsubscribed(
-        &self,
-        packet_id: PacketId,
-        existed: impl IntoIterator<Item = bool>,
-    ) -> Transmit {
-        let reason_codes = existed
-            .into_iter()
-            .map(|held| {
-                if held {
-                    ReasonCode::SUCCESS
-                } else {
-                    ReasonCode::NO_SUBSCRIPTION_EXISTED
-                }
-            })
-            .collect();
-        Transmit::UnsubAck(UnsubAck {
-            packet_id,
-            properties: Default::default(),
-            reason_codes,
-        })
-    }
-
     /// DISCONNECT from the client: its Session Expiry Interval, if any, replaces the one
     /// in force ([MQTT-3.14.2-2]: not from 0 to non-zero).
     fn handle_disconnect(&mut self, disconnect: &Disconnect) -> Close {
@@ -620,18 +527,9 @@ impl Machine {
     }
 }
 
-/// Whether a subscription sends the retained messages it matches: per Retain Handling
-/// ([MQTT-3.3.1-9], [MQTT-3.3.1-10], [MQTT-3.3.1-11]), never for shared subscriptions (5.0
-/// section 4.8.2).
-pub fn sends_retained(filter: &str, options: &SubscriptionOptions, new: bool) -> bool {
-    let shared = tern_codec::topic::split_shared(filter).is_some();
-    let wanted = match options.retain_handling {
-        tern_codec::RetainHandling::SendAtSubscribe => true,
-        tern_codec::RetainHandling::SendIfNew => new,
-        tern_codec::RetainHandling::DoNotSend => false,
-    };
-    wanted && !shared
-}
+#[path = "machine_subscribe.rs"]
+mod subscribe;
+pub use self::subscribe::{sends_retained, FilterOutcome, FilterRequest, SubscribeRequest};
 
 #[cfg(test)]
 #[path = "machine_tests.rs"]

@@ -43,6 +43,8 @@ fn machine(version: ProtocolVersion, limits: Arc<Limits>) -> Machine {
         acl_generation: 0,
         username: None,
         connect_expiry_was_zero: false,
+        capabilities: Default::default(),
+        enhanced_auth: false,
     })
 }
 

@@ -245,7 +245,12 @@ pub async fn route(
             Err(e) => bad_request(bridges, &e),
         },
         ("reload", None) if method == Method::POST => reload(admin).await,
-        ("openapi.json" | "publish" | "reload", None) => {
+        // Issue #13: move every client elsewhere, as SIGUSR1 does.
+        ("drain", None) if method == Method::POST => json(
+            StatusCode::OK,
+            &serde_json::json!({"redirected": bridges.broker().drain()}),
+        ),
+        ("openapi.json" | "publish" | "reload" | "drain", None) => {
             json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => json_error(StatusCode::NOT_FOUND, "not found"),

@@ -62,6 +62,7 @@ pub fn handle(broker: &Broker, mut request: Request<Incoming>, peer: SocketAddr)
         let info = PeerInfo {
             addr: peer,
             cert_username: None,
+            redirect: None,
         };
         connection::serve_with(broker, reader, writer, info).await;
         drop(permit);

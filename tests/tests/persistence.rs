@@ -423,12 +423,16 @@ async fn sys_topics_report_the_journal() {
         tokio::time::Instant::now(),
     );
     let mut sub = broker.client(V5, "s-sub").await;
-    sub.subscribe("$SYS/broker/persistence/#", QoS::AtMostOnce).await;
+    sub.subscribe("$SYS/broker/persistence/#", QoS::AtMostOnce)
+        .await;
     let mut topics = Vec::new();
     for _ in 0..6 {
         let p = sub.expect_publish().await;
         if p.topic().ends_with("/records") {
-            let n: u64 = std::str::from_utf8(p.payload()).expect("utf8").parse().expect("number");
+            let n: u64 = std::str::from_utf8(p.payload())
+                .expect("utf8")
+                .parse()
+                .expect("number");
             assert!(n >= 1, "the retained message was journaled");
         }
         topics.push(p.topic().to_owned());

@@ -254,6 +254,43 @@ async fn jwt_on_sse_and_websocket_bridges() {
     assert_eq!(reply["type"], "ack", "{reply}");
 }
 
+/// A bridge stream authenticated with a token ends when the token expires, like an MQTT
+/// connection (0xA0): SSE on the lean path (parked once idle) gets a last `expired` event
+/// and the connection closes; through hyper the `expired` event ends the response body;
+/// WebSocket JSON gets Close 1008.
+#[tokio::test]
+async fn bridge_streams_end_when_their_token_expires() {
+    let broker = TestBroker::start_with(|c| hs_config(c, "bridge-expiry")).await;
+    let http = broker.running.http_addr.expect("http");
+    let token = hs(&json!({"sub": "web", "exp": now() + 2}));
+    let bearer = format!("Bearer {token}");
+    let headers = [("Authorization", bearer.as_str())];
+    let mut lean = SseClient::open(http, "/sse?filter=a/%23", &headers).await;
+    assert_eq!(lean.status, 200, "{}", lean.head);
+    let url = format!("/sse?filter=a/%23&access_token={token}");
+    let mut via_hyper = SseClient::open_second(http, &url).await;
+    assert_eq!(via_hyper.status, 200, "{}", via_hyper.head);
+    let mut ws = WsClient::connect(http, "/ws", &headers).await;
+    let reply = ws
+        .request(json!({"op": "subscribe", "id": 1, "filters": ["a/#"]}))
+        .await;
+    assert_eq!(reply["type"], "ack", "{reply}");
+    let expired = via_hyper.next_event().await;
+    // Through hyper the response body ends there (the connection may stay open).
+    assert_eq!(expired.event.as_deref(), Some("expired"), "{expired:?}");
+    let expired = lean.next_event().await;
+    assert_eq!(expired.event.as_deref(), Some("expired"), "{expired:?}");
+    assert!(lean.next().await.is_none(), "the stream ended");
+    let (code, reason) = ws.expect_close().await;
+    assert_eq!((code, reason.as_str()), (1008, "token expired"));
+    let counted = broker
+        .broker()
+        .metrics()
+        .auth_token_expired_disconnects
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(counted, 3);
+}
+
 #[tokio::test]
 async fn mosquitto_pub_with_a_jwt_password() {
     if !require_tool("mosquitto_pub") {

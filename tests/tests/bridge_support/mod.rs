@@ -317,6 +317,23 @@ impl WsClient {
         }
     }
 
+    /// Waits for the server's Close frame (skipping other frames); returns its code and
+    /// reason.
+    #[allow(dead_code)] // not every test binary that includes this module closes
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for the Close frame")
+                .expect("WebSocket ended without a Close frame")
+                .expect("WebSocket error");
+            if let Message::Close(frame) = message {
+                let frame = frame.expect("a Close frame with a code");
+                return (u16::from(frame.code), frame.reason.to_string());
+            }
+        }
+    }
+
     /// Asserts the connection stays open and silent for `wait`: a frame, an error or the
     /// end of the stream fails.
     pub async fn expect_nothing(&mut self, wait: Duration) {

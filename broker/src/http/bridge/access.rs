@@ -40,9 +40,20 @@ pub struct Identity {
     pub acl: Option<Arc<ClientAcl>>,
     /// The auth generation `acl` was derived under ([`crate::auth::Auth::generation`]).
     generation: u64,
+    /// When the credentials expire (a token's `exp`): the stream is ended then.
+    pub expires_at: Option<std::time::SystemTime>,
 }
 
 impl Identity {
+    /// When the credentials expire, on the runtime's clock.
+    pub fn expiry_instant(&self) -> Option<tokio::time::Instant> {
+        let at = self.expires_at?;
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        Some(tokio::time::Instant::now() + left)
+    }
+
     /// Re-derives the ACL when the auth files were reloaded since it was derived (one atomic
     /// load otherwise). The user stays authenticated: as for MQTT connections, a reload does
     /// not log clients out.
@@ -140,6 +151,7 @@ pub async fn authenticate<B>(
         username,
         acl,
         generation,
+        expires_at: granted.expires_at,
     })
 }
 

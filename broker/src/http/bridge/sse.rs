@@ -44,6 +44,9 @@ const OPENING: &[u8] = b": tern\nretry: 2000\n\n";
 /// The keep-alive comment.
 pub const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 
+/// The last event of a stream whose token expired (the stream then ends).
+pub const EXPIRED: &[u8] = b"event: expired\ndata: {\"reason\":\"token expired\"}\n\n";
+
 /// One subscriber's read side: its client slot, its ring and where it is in it.
 pub struct Subscriber {
     /// Keeps the client counted against `max_bridge_clients` while the stream lives.
@@ -53,6 +56,8 @@ pub struct Subscriber {
     pub(super) cursor: u64,
     /// Frames to send before the ring: the opening, retained messages, a `lagged` notice.
     pub(super) pending: VecDeque<Bytes>,
+    /// When its token expires (the stream ends then with an `expired` event).
+    pub(super) expires_at: Option<Instant>,
 }
 
 /// A subscriber streamed through hyper: what its body holds between events.
@@ -62,6 +67,8 @@ struct HyperStream {
     shutdown: watch::Receiver<bool>,
     keepalive: Pin<Box<Sleep>>,
     keepalive_every: Duration,
+    /// The `expired` event went out: the stream ends.
+    expired_sent: bool,
 }
 
 /// Serves `GET /sse` through hyper (a connection whose first request was not `/sse`;
@@ -80,6 +87,7 @@ pub async fn handle(bridges: &Arc<Bridges>, request: &Request<Incoming>) -> Resp
         shutdown: broker.shutdown_signal(),
         keepalive: Box::pin(tokio::time::sleep(keepalive_every)),
         keepalive_every,
+        expired_sent: false,
     };
     let events = stream::unfold(hyper_stream, |mut s| async move {
         let frame = s.next_frame().await?;
@@ -163,6 +171,7 @@ pub async fn open<B>(
         lease,
         cursor,
         pending,
+        expires_at: identity.expiry_instant(),
     })
 }
 
@@ -190,6 +199,25 @@ fn retained_frames(
             let json = ring::encode_json(message.publish(), true);
             out.push_back(ring::sse_event_without_id(&json));
         });
+    }
+}
+
+/// Whether a stream with this expiry has expired at `now` (counted once by the caller,
+/// which ends the stream).
+pub fn expired(expires_at: Option<Instant>, now: Instant) -> bool {
+    expires_at.is_some_and(|at| now >= at)
+}
+
+/// Counts a bridge stream ended because its token expired.
+pub fn count_expired(broker: &Broker) {
+    Metrics::add(&broker.metrics().auth_token_expired_disconnects, 1);
+}
+
+/// Sleeps until `at`, or forever without one.
+pub async fn sleep_until_expiry(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -222,8 +250,13 @@ impl HyperStream {
             if !self.subscriber.pending.is_empty() {
                 return self.subscriber.try_frame();
             }
-            if *self.shutdown.borrow() {
+            if *self.shutdown.borrow() || self.expired_sent {
                 return None;
+            }
+            if expired(self.subscriber.expires_at, Instant::now()) {
+                count_expired(self.subscriber.lease.broker());
+                self.expired_sent = true;
+                return Some(Bytes::from_static(EXPIRED));
             }
             // Mark the wake-up seen before reading: a push after this read wakes us again.
             self.wake.borrow_and_update();
@@ -244,6 +277,8 @@ impl HyperStream {
                         return None;
                     }
                 }
+                // Cancel safe (the next pass sees the expiry).
+                () = sleep_until_expiry(self.subscriber.expires_at) => {}
                 // Cancel safe: the sleep is reset, not recreated.
                 () = &mut self.keepalive => {
                     self.reset_keepalive();

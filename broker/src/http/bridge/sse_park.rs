@@ -73,6 +73,8 @@ pub struct Parked {
     lease: RingLease,
     /// Whether the socket holds the writer's readable waker.
     armed: bool,
+    /// When its token expires: the writer sends `expired` and drops it then.
+    expires_at: Option<Instant>,
 }
 
 impl Parked {
@@ -86,6 +88,7 @@ impl Parked {
             slot: subscriber.slot,
             lease: subscriber.lease,
             armed: false,
+            expires_at: subscriber.expires_at,
         }
     }
 
@@ -100,6 +103,7 @@ impl Parked {
             lease: self.lease,
             cursor: self.cursor,
             pending,
+            expires_at: self.expires_at,
         };
         (self.stream, subscriber, self.last_write)
     }
@@ -377,6 +381,10 @@ impl Pass<'_> {
                     behind |= parked.cursor < self.head;
                     *next_keepalive =
                         (*next_keepalive).min(parked.last_write + self.keepalive.every);
+                    if let Some(at) = parked.expires_at {
+                        // The writer wakes then too, to end the stream.
+                        *next_keepalive = (*next_keepalive).min(at);
+                    }
                     index += 1;
                 }
                 Step::Unpark(rest) => {
@@ -450,6 +458,11 @@ fn step(
     keepalive: &KeepAlive,
 ) -> Step {
     if client_gone(&parked.stream) {
+        return Step::Gone;
+    }
+    if sse::expired(parked.expires_at, now) {
+        sse::count_expired(parked.lease.broker());
+        let _ = parked.stream.try_write(sse::EXPIRED);
         return Step::Gone;
     }
     let found = match batches.iter().position(|b| b.start == parked.cursor) {

@@ -109,6 +109,11 @@ pub async fn catch_up(mut stream: TcpStream, mut subscriber: Subscriber, mut las
     let write_timeout = Duration::from_millis(broker.limits().slow_consumer_timeout_ms);
     let mut out = Vec::new();
     while !broker.is_shutting_down() {
+        if sse::expired(subscriber.expires_at, Instant::now()) {
+            sse::count_expired(&broker);
+            let _ = write_all(&mut stream, sse::EXPIRED, write_timeout).await;
+            break;
+        }
         let Some(first) = subscriber.try_frame() else {
             sse_park::park(Parked::new(stream, subscriber, last_write));
             return;

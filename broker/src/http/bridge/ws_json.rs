@@ -155,6 +155,14 @@ struct Client {
     refilled: Instant,
 }
 
+/// The close frame for a client whose token expired: 1008 (policy violation).
+fn token_expired_close() -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
+    tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Policy,
+        reason: "token expired".into(),
+    }
+}
+
 impl Client {
     fn new(bridges: Arc<Bridges>, identity: Identity, slot: ClientSlot) -> Client {
         let broker = bridges.broker().clone();
@@ -177,6 +185,7 @@ impl Client {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
+        let expires_at = self.identity.expiry_instant();
         loop {
             self.send_ready(&mut ws).await?;
             let wake = async {
@@ -209,6 +218,12 @@ impl Client {
                 // Cancel safe.
                 _ = self.shutdown.changed() => {
                     let _ = ws.close(None).await;
+                    return Ok(());
+                }
+                // Cancel safe (recreated each pass).
+                () = super::sse::sleep_until_expiry(expires_at) => {
+                    super::sse::count_expired(&self.broker);
+                    let _ = ws.close(Some(token_expired_close())).await;
                     return Ok(());
                 }
             }

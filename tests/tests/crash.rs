@@ -22,7 +22,7 @@ fn assert_nothing_acknowledged_lost(outcome: &Outcome) {
     let report = &outcome.report;
     eprintln!("{report}");
     assert!(
-        report.is_clean_but_for_known_qos2_bug(),
+        report.is_clean(),
         "loss, duplicate or reorder after SIGKILL (seed {:#x}):\n{report}\nbroker log:\n{}",
         outcome.options.seed,
         outcome.log_tail
@@ -100,17 +100,15 @@ async fn persistent(broker: &BrokerProcess, client_id: &str) -> (Client, bool) {
     (client, connack.session_present)
 }
 
-/// Found by the checker as QoS 2 duplicates after SIGKILL: the broker routes a QoS 2
-/// PUBLISH (journaling the copy queued for each persistent subscriber) before it journals
-/// the `Qos2Received` record of the publisher's packet id, in a later frame. A crash after
-/// the commit holding the copies and before the one holding the id (group commit makes
-/// this a real boundary) leaves the copies without the id. The publisher, which never got
-/// its PUBREC, resends with DUP and the same packet id, as [MQTT-4.3.3] says it must; the
-/// broker does not know the id, routes the message again, and the subscriber receives it
-/// twice under two packet ids: QoS 2 delivered twice. The log is cut at exactly that point
-/// here instead of hoping a SIGKILL lands there.
+/// Found by the checker as QoS 2 duplicates after SIGKILL: the broker used to journal the
+/// copy of a QoS 2 PUBLISH queued for each persistent subscriber in one frame and the
+/// `Qos2Received` record of the publisher's packet id in a later one. A crash between the
+/// two commits kept the copies but forgot the id; the publisher, which never got its
+/// PUBREC, resends with DUP and the same packet id ([MQTT-4.3.3]), and the message was
+/// routed again: QoS 2 delivered twice. Now the copies and the id are one frame (a journal
+/// batch): the test checks that they are, then cuts the log right before that frame (the
+/// crash point that used to duplicate) and checks the resend is delivered exactly once.
 #[tokio::test]
-#[ignore = "bug: QoS 2 copies are journaled before the Qos2Received id; a crash between them makes the DUP resend route the message twice"]
 async fn qos2_resend_after_a_crash_between_route_and_received_id_is_delivered_once() {
     let dir = crash_checker::data_dir("qos2-cut");
     let _ = std::fs::remove_dir_all(&dir);
@@ -129,17 +127,21 @@ async fn qos2_resend_after_a_crash_between_route_and_received_id_is_delivered_on
     broker.stop(Stop::Kill);
     drop(publisher);
 
-    // The state a crash leaves when the copy's frame was committed and the id's was not.
+    // The copy for the subscriber and the received id are in one frame: a crash keeps
+    // both or neither. Cut the log before it, as a crash just before its commit would.
     let frames = damage::frames(&dir);
+    let holds = |f: &damage::Frame, want: fn(&Record) -> bool| match &f.record {
+        Some(Record::Batch(records)) => records.iter().any(want),
+        Some(record) => want(record),
+        None => false,
+    };
     let received = frames
         .iter()
-        .rposition(|f| matches!(f.record, Some(Record::Qos2Received { .. })))
-        .expect("a Qos2Received frame");
+        .rposition(|f| holds(f, |r| matches!(r, Record::Qos2Received { .. })))
+        .expect("a frame with the Qos2Received id");
     assert!(
-        frames[..received]
-            .iter()
-            .any(|f| matches!(f.record, Some(Record::Out(_)))),
-        "the copy for the subscriber is journaled before the id"
+        holds(&frames[received], |r| matches!(r, Record::Out(_))),
+        "the copy for the subscriber is in the same frame as the id"
     );
     damage::cut_log_at(&dir, &frames[received]);
     broker.restart();

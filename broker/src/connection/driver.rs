@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::io::PacketReader;
 use super::output::Output;
 use super::Connection;
-use crate::broker::Subscribed;
+use crate::broker::{Broker, Subscribed};
 use crate::error::Close;
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -171,7 +171,9 @@ impl Connection {
             }
             // Held output may go once the journal is durable that far. (If the log failed,
             // the broker is stopping and kicks this connection.)
-            if let (true, Some(journal)) = (held_until != 0, this.broker.journal()) {
+            // (A hold still pending on an open journal batch is released with a wake-up.)
+            let known = held_until != 0 && held_until != crate::journal::batch::PENDING;
+            if let (true, Some(journal)) = (known, this.broker.journal()) {
                 if journal.poll_durable(held_until, cx).is_ready() {
                     return Poll::Ready(Wake::Woken);
                 }
@@ -256,6 +258,12 @@ impl Connection {
     /// The routing latency histogram samples one PUBLISH in [`LATENCY_SAMPLE_EVERY`]: the
     /// clock reads would otherwise cost more than the routing of a small fan-out.
     fn publish(&mut self, message: &Arc<Message>, ack: PendingAck, now: Instant) {
+        // A QoS 2 message from a persistent session: its copies for subscribers and its
+        // received id go into the journal as one frame, so that after a crash the
+        // publisher's resend is routed exactly once (see journal/batch.rs).
+        let _batch = (ack.is_exactly_once() && self.machine.session().is_logged())
+            .then(|| JournalBatch::begin(&self.broker))
+            .flatten();
         let routing = self.routing.get_or_insert_default();
         routing.published = routing.published.wrapping_add(1);
         let delivered = if routing.published % LATENCY_SAMPLE_EVERY != 1 {
@@ -393,5 +401,30 @@ async fn pause_until(
             _ = out.control().notified() => {}
             _ = &mut sleep => return None,
         }
+    }
+}
+
+/// An open journal batch ([`crate::journal::batch`]); closed when dropped (also on
+/// unwinding, so that this thread's later records never land in a forgotten batch): the
+/// batch is appended as one frame and the output it held is given its position.
+struct JournalBatch {
+    broker: Broker,
+}
+
+impl JournalBatch {
+    fn begin(broker: &Broker) -> Option<JournalBatch> {
+        broker
+            .journal()
+            .is_some_and(|journal| journal.begin_batch())
+            .then(|| JournalBatch {
+                broker: broker.clone(),
+            })
+    }
+}
+
+impl Drop for JournalBatch {
+    fn drop(&mut self) {
+        let position = self.broker.journal().map_or(0, |j| j.end_batch());
+        crate::delivery::shared_writer::release_pending_holds(position);
     }
 }

@@ -13,7 +13,7 @@
 //! went over the cap is kept, so the connection can disconnect a client that stays there
 //! too long (DISCONNECT 0x97).
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::time::Instant;
 
 use bytes::BytesMut;
@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 pub use super::control::NO_DEADLINE_MS;
 
 use super::control::Control;
+use crate::journal::batch::PENDING;
 
 /// Buffers above this capacity are dropped instead of kept after a flush, so an idle
 /// connection does not hold a large allocation (DESIGN.md "Idle connections").
@@ -55,6 +56,35 @@ struct WriterState {
     /// record, or a QoS 2 PUBLISH whose packet id is logged): none of them leaves before
     /// the journal is durable that far (0: nothing to wait for).
     hold_until: u64,
+    /// Holds whose position is not known yet (records in a journal batch still open on
+    /// some thread); nothing leaves while any is pending.
+    pending_holds: u32,
+}
+
+thread_local! {
+    /// Writers holding output for records in this thread's open journal batch.
+    static PENDING_HOLDERS: std::cell::RefCell<Vec<Arc<SharedWriter>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Registers `writer`, which was just given a [`PENDING`] hold by this thread.
+pub fn note_pending_hold(writer: &Arc<SharedWriter>) {
+    PENDING_HOLDERS.with_borrow_mut(|holders| holders.push(writer.clone()));
+}
+
+/// The journal batch this thread had open was appended at `position` (0: it held
+/// nothing): every hold it left pending becomes a hold until that position, and the
+/// writers' connections are woken to look again.
+pub fn release_pending_holds(position: u64) {
+    let holders = PENDING_HOLDERS.with_borrow_mut(std::mem::take);
+    for writer in holders {
+        {
+            let mut guard = writer.lock();
+            guard.state.pending_holds = guard.state.pending_holds.saturating_sub(1);
+            guard.hold_until(position);
+        }
+        writer.control.wake();
+    }
 }
 
 /// Whether an append happened.
@@ -92,8 +122,16 @@ impl WriteGuard<'_> {
 
     /// Holds everything buffered (so far and until it is taken) until the journal is
     /// durable up to `position` (see [`crate::journal`]); 0 holds nothing.
+    ///
+    /// A [`PENDING`] position (a record in an open journal batch) holds everything until
+    /// [`release_pending_holds`] gives it its position; the caller registers the writer
+    /// with [`note_pending_hold`].
     pub fn hold_until(&mut self, position: u64) {
-        self.state.hold_until = self.state.hold_until.max(position);
+        if position == PENDING {
+            self.state.pending_holds += 1;
+        } else {
+            self.state.hold_until = self.state.hold_until.max(position);
+        }
     }
 
     /// Records that a QoS 0 message did not fit, starting the slow-consumer clock.
@@ -176,6 +214,7 @@ impl SharedWriter {
                 closed: false,
                 over_cap_since: None,
                 hold_until: 0,
+                pending_holds: 0,
             }),
             control: Control::default(),
             // Stored as u32 (every connection has one): caps beyond 4 GiB mean "no cap".
@@ -269,6 +308,9 @@ impl SharedWriter {
     /// The position to wait for.
     pub fn take_durable(&self, out: &mut BytesMut, durable: u64) -> Result<bool, u64> {
         let mut guard = self.lock();
+        if guard.state.pending_holds > 0 {
+            return Err(PENDING);
+        }
         if guard.state.hold_until > durable {
             return Err(guard.state.hold_until);
         }

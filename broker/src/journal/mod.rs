@@ -14,6 +14,7 @@
 //! With `durability = "none"` there is no log: records are not written, nothing waits, and
 //! only checkpoints ([`snapshot`]) keep state.
 
+pub mod batch;
 pub mod open;
 pub mod record;
 pub mod snapshot;
@@ -207,7 +208,29 @@ impl Journal {
         let Some(wal) = &self.wal else {
             return 0;
         };
+        let encode = match batch::append(encode) {
+            Ok(pending) => return pending,
+            Err(encode) => encode,
+        };
         let position = wal.append_with(encode).0;
+        APPENDED.with(|a| a.set(a.get().max(position)));
+        position
+    }
+
+    /// Opens a batch on this thread ([`batch`]): the records appended until
+    /// [`Journal::end_batch`] go into the log as one frame. False (and nothing opened)
+    /// without a log or when a batch is open already.
+    pub fn begin_batch(&self) -> bool {
+        self.wal.is_some() && batch::begin()
+    }
+
+    /// Appends the open batch as one frame; returns its position (0 if it held nothing),
+    /// which is also what [`take_appended`] reports from now on.
+    pub fn end_batch(&self) -> u64 {
+        let (Some(wal), Some(bytes)) = (&self.wal, batch::take()) else {
+            return 0;
+        };
+        let position = wal.append_with(|buf| buf.extend_from_slice(&bytes)).0;
         APPENDED.with(|a| a.set(a.get().max(position)));
         position
     }

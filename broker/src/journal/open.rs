@@ -76,10 +76,12 @@ pub fn open(
             for (position, bytes) in records {
                 // Before the cut only bodies count: a record after it may refer to one
                 // (see Broker::checkpoint).
-                if position.0 <= cut && !Record::is_body(&bytes) {
+                let before_cut = position.0 <= cut;
+                if before_cut && !Record::may_hold_body(&bytes) {
                     continue;
                 }
                 match Record::decode(&bytes) {
+                    Ok(record) if before_cut => state.apply_bodies(record),
                     Ok(record) => {
                         state.apply(record);
                         recovery.log_records += 1;

@@ -113,6 +113,8 @@ pub enum Record {
         /// The message.
         message: StoredMessage,
     },
+    /// Records of one step in one frame, recovered all or none (see `journal/batch.rs`).
+    Batch(Vec<Record>),
     /// The retained message of a topic was set (`Some`) or cleared (`None`).
     Retain {
         /// The topic.
@@ -185,6 +187,49 @@ const QOS2_RECEIVED: u8 = 12;
 const QOS2_RELEASED: u8 = 13;
 const RETAIN: u8 = 14;
 const BODY: u8 = 15;
+const BATCH: u8 = super::batch::BATCH_TAG;
+
+fn encode_body(id: u64, message: &StoredMessage, dst: &mut Vec<u8>) {
+    dst.put_u8(BODY);
+    dst.put_u64_le(id);
+    message.encode(dst);
+}
+
+/// A batch: the count, then each record as `len: u32 LE | record`.
+fn encode_batch(records: &[Record], dst: &mut Vec<u8>) {
+    dst.put_u8(BATCH);
+    dst.put_u32_le(records.len() as u32);
+    for record in records {
+        let start = dst.len();
+        dst.put_u32_le(0);
+        record.encode(dst);
+        let len = (dst.len() - start - 4) as u32;
+        dst[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    }
+}
+
+/// A batch after its tag: exactly the records its count says, nothing after them, none
+/// of them a batch.
+fn decode_batch(mut src: &[u8]) -> Result<Record, RecordError> {
+    let count = get_u32(&mut src)? as usize;
+    let mut records = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let len = get_u32(&mut src)? as usize;
+        if src.len() < len {
+            return Err(RecordError::Truncated);
+        }
+        let inner = &src[..len];
+        if inner.first() == Some(&BATCH) {
+            return Err(RecordError::UnknownTag(BATCH));
+        }
+        records.push(Record::decode(inner)?);
+        src.advance(len);
+    }
+    if !src.is_empty() {
+        return Err(RecordError::Truncated);
+    }
+    Ok(Record::Batch(records))
+}
 
 /// A 0 byte for `None`; a 1 byte then `encode(value)` for `Some`.
 fn put_optional<T>(dst: &mut Vec<u8>, value: Option<&T>, encode: impl FnOnce(&mut Vec<u8>, &T)) {
@@ -267,11 +312,8 @@ impl Record {
                 head(dst, QOS2_RELEASED, *session);
                 dst.put_u16_le(*packet_id);
             }
-            Record::Body { id, message } => {
-                dst.put_u8(BODY);
-                dst.put_u64_le(*id);
-                message.encode(dst);
-            }
+            Record::Batch(records) => encode_batch(records, dst),
+            Record::Body { id, message } => encode_body(*id, message, dst),
             Record::Retain { topic, message } => {
                 dst.put_u8(RETAIN);
                 put_str(dst, topic);
@@ -280,9 +322,9 @@ impl Record {
         }
     }
 
-    /// Whether the encoded record `src` is a [`Record::Body`].
-    pub fn is_body(src: &[u8]) -> bool {
-        src.first() == Some(&BODY)
+    /// Whether the encoded record `src` is, or may hold, a [`Record::Body`].
+    pub fn may_hold_body(src: &[u8]) -> bool {
+        matches!(src.first(), Some(&BODY) | Some(&BATCH))
     }
 
     /// Decodes one record (the whole of `src`).
@@ -299,6 +341,9 @@ impl Record {
                 _ => Some(StoredMessage::decode(&mut src)?),
             };
             return Ok(Record::Retain { topic, message });
+        }
+        if tag == BATCH {
+            return decode_batch(src);
         }
         if tag == BODY {
             let id = get_u64(&mut src)?;
@@ -380,7 +425,7 @@ impl Record {
             | Record::Qos2Received { session, .. }
             | Record::Qos2Released { session, .. } => Some(*session),
             Record::Out(out) => Some(out.session),
-            Record::Retain { .. } | Record::Body { .. } => None,
+            Record::Retain { .. } | Record::Body { .. } | Record::Batch(_) => None,
         }
     }
 }
@@ -590,6 +635,16 @@ mod tests {
                 id: 1 << 33,
                 message: message(),
             },
+            Record::Batch(vec![
+                Record::Body {
+                    id: 3,
+                    message: message(),
+                },
+                Record::Qos2Received {
+                    session: 7,
+                    packet_id: 2,
+                },
+            ]),
             Record::Sent {
                 session: 6,
                 seq: 3,

@@ -94,6 +94,12 @@ impl State {
                 self.max_body_id = self.max_body_id.max(id);
                 self.bodies.insert(id, message);
             }
+            Record::Batch(records) => {
+                self.records -= 1;
+                for record in records {
+                    self.apply(record);
+                }
+            }
             Record::Retain { topic, message } => match message {
                 Some(message) => {
                     self.retained.insert(topic, message);
@@ -108,6 +114,21 @@ impl State {
                     state.apply(other);
                 }
             }
+        }
+    }
+}
+
+impl State {
+    /// Applies only the bodies `record` is or holds (a record from before the checkpoint's
+    /// cut: later records may refer to them).
+    pub fn apply_bodies(&mut self, record: Record) {
+        match record {
+            Record::Body { .. } => self.apply(record),
+            Record::Batch(records) => records
+                .into_iter()
+                .filter(|r| matches!(r, Record::Body { .. }))
+                .for_each(|r| self.apply(r)),
+            _ => {}
         }
     }
 }
@@ -169,7 +190,8 @@ impl SessionState {
             Record::SessionOpen { .. }
             | Record::SessionEnd { .. }
             | Record::Retain { .. }
-            | Record::Body { .. } => {}
+            | Record::Body { .. }
+            | Record::Batch(_) => {}
         }
     }
 }

@@ -101,6 +101,13 @@ pub enum Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PendingAck(PublishQoS);
 
+impl PendingAck {
+    /// Whether the PUBLISH was QoS 2 (its packet id is remembered until PUBREL).
+    pub fn is_exactly_once(&self) -> bool {
+        matches!(self.0, PublishQoS::ExactlyOnce(_))
+    }
+}
+
 /// Token bucket for `max_publish_rate_per_client`.
 #[derive(Debug)]
 struct RateBucket {

@@ -6,7 +6,8 @@ use tern_codec::template::encode_publish;
 use tern_codec::{Family, Outbound, PacketId, PubRel, PublishQoS, QoS};
 
 use super::delivery::{DeliverCtx, Link};
-use crate::delivery::shared_writer::Appended;
+use crate::delivery::shared_writer::{note_pending_hold, Appended};
+use crate::journal::batch::PENDING;
 use crate::message::Message;
 use crate::metrics::Metrics;
 
@@ -35,6 +36,10 @@ pub(super) fn write_pubrel(link: &Link, pubrel: PubRel, hold: u64) {
     if !guard.is_closed() {
         pubrel.encode(version, guard.buf());
         guard.hold_until(hold);
+        drop(guard);
+        if hold == PENDING {
+            note_pending_hold(&link.writer);
+        }
     }
 }
 
@@ -100,6 +105,9 @@ pub(super) fn write_publish(
         guard.hold_until(hold);
     }
     drop(guard);
+    if appended == Appended::Yes && hold == PENDING {
+        note_pending_hold(&link.writer);
+    }
     let written = account(link, message, appended, max_len, ctx);
     if written != Written::Yes {
         return written;

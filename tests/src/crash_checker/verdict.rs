@@ -74,13 +74,13 @@ impl Report {
             && self.subscriber_sessions_lost == 0
     }
 
-    /// As [`Report::is_clean`], but QoS 2 duplicates with the signature of a known broker
-    /// bug are let through (they are still counted and listed): a message first sent
-    /// before a restart, delivered twice under two packet ids, the second after it. The broker journals
-    /// the routed copies of a QoS 2 PUBLISH before the `Qos2Received` record of its packet
-    /// id; a crash between the two keeps the copies but forgets the id, so the publisher's
-    /// DUP resend is routed again. `crash.rs` has the deterministic test (ignored until
-    /// fixed).
+    /// As [`Report::is_clean`], but QoS 2 duplicates with the signature of a broker bug
+    /// fixed since are let through (they are still counted and listed): a message first
+    /// sent before a restart, delivered twice under two packet ids, the second after it.
+    /// The broker used to journal the routed copies of a QoS 2 PUBLISH before the
+    /// `Qos2Received` record of its packet id, in separate frames; they are one frame now
+    /// (`crash.rs` has the deterministic test). Kept to tell a regression of that kind
+    /// apart in a report; the tests use [`Report::is_clean`].
     pub fn is_clean_but_for_known_qos2_bug(&self) -> bool {
         self.lost_count == 0
             && self.duplicate_count == self.known_bug_duplicates

@@ -146,6 +146,19 @@ enum Cmd {
     },
     /// Start Tern, Mosquitto and rumqttd on loopback ports and run a suite against each.
     Compare(compare::CompareArgs),
+    /// Crash consistency (issue #11), the long run: the crash checker drives the `tern`
+    /// binary next to this one (or `TERN_BIN`) with QoS 1/2 and retained publishers and
+    /// persistent subscribers, SIGKILLs and restarts it `--cycles` times on one data
+    /// directory, and reports what was acknowledged, lost, duplicated or reordered. Exits 1
+    /// on any loss (or duplicate) unless `--durability none`.
+    CrashLoop {
+        /// SIGKILLs.
+        #[arg(long, default_value_t = 50)]
+        cycles: u32,
+        /// `[persistence] durability`: sync, write or none.
+        #[arg(long, default_value = "sync")]
+        durability: String,
+    },
 }
 
 /// Where the broker is and how the generator runs.
@@ -310,6 +323,9 @@ fn main_with(cli: Cli) -> Result<()> {
     if let Cmd::Compare(args) = cli.cmd {
         return compare::run(args);
     }
+    if let Cmd::CrashLoop { cycles, durability } = &cli.cmd {
+        return crash_loop(*cycles, durability);
+    }
     let target_args = match &cli.cmd {
         Cmd::Fanout { target, .. }
         | Cmd::Fanin { target, .. }
@@ -319,7 +335,7 @@ fn main_with(cli: Cli) -> Result<()> {
         | Cmd::Connstorm { target, .. }
         | Cmd::Sse { target, .. }
         | Cmd::Ws { target, .. } => target.clone(),
-        Cmd::Compare(_) => unreachable!("handled above"),
+        Cmd::Compare(_) | Cmd::CrashLoop { .. } => unreachable!("handled above"),
     };
     let runtime = if target_args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -334,6 +350,43 @@ fn main_with(cli: Cli) -> Result<()> {
     let _ = payload::epoch();
     let report = runtime.block_on(run(cli.cmd, &target_args))?;
     println!("{report}");
+    Ok(())
+}
+
+/// `crash-loop`: runs the crash checker and prints its verdict as one JSON line.
+fn crash_loop(cycles: u32, durability: &str) -> Result<()> {
+    use tern_tests::crash_checker::{run, Options};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut options = Options::new("bench", durability);
+    options.cycles = cycles;
+    options.max_messages_per_publisher = u64::MAX;
+    let started = std::time::Instant::now();
+    let outcome = runtime.block_on(run(options));
+    let r = &outcome.report;
+    eprintln!("{r}");
+    let line = serde_json::json!({
+        "scenario": "crash-loop",
+        "durability": durability,
+        "cycles": cycles,
+        "seed": format!("{:#x}", outcome.options.seed),
+        "starts": r.starts,
+        "acked": r.acked,
+        "owed": r.owed,
+        "deliveries": r.deliveries,
+        "lost": r.lost_count,
+        "qos2_duplicates": r.duplicate_count,
+        "out_of_order": r.out_of_order_count,
+        "retained_lost": r.retained_lost.len(),
+        "subscriber_sessions_lost": r.subscriber_sessions_lost,
+        "elapsed_secs": stats::round3(started.elapsed().as_secs_f64()),
+    });
+    println!("{line}");
+    if durability != "none" && !r.is_clean() {
+        anyhow::bail!("acknowledged messages lost, duplicated or reordered");
+    }
     Ok(())
 }
 
@@ -442,7 +495,7 @@ async fn run(cmd: Cmd, t: &TargetArgs) -> Result<Value> {
         Cmd::Ws { bridge, .. } => {
             bridge::run_bridge(&target, &bridge.opts(bridge::BridgeKind::Ws)?).await?
         }
-        Cmd::Compare(_) => unreachable!("compare does not run here"),
+        Cmd::Compare(_) | Cmd::CrashLoop { .. } => unreachable!("not run here"),
     };
     report["label"] = json!(t.label);
     report["protocol"] = json!(if t.protocol.is_v5() { "5" } else { "3.1.1" });

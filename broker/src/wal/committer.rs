@@ -185,11 +185,9 @@ fn new_segment(
     Ok((file, path))
 }
 
-/// `write` durability: after a batch of fewer records than this, the committer pauses for
-/// [`WRITE_LINGER`] before taking the next.
-const WRITE_LINGER_BELOW_RECORDS: u64 = 64;
-/// See [`WRITE_LINGER_BELOW_RECORDS`]: well under an fsync (120-240 µs here).
-const WRITE_LINGER: Duration = Duration::from_micros(100);
+/// `write` durability: the shortest time between two commits under load (well under an
+/// fsync, 120-240 µs here, which paces `sync` commits by itself).
+const WRITE_COMMIT_EVERY: Duration = Duration::from_micros(150);
 
 /// What the committer took from the buffer.
 struct Batch {
@@ -273,19 +271,21 @@ pub(crate) fn run(shared: &Shared, mut writer: Writer, on_fatal: OnFatal) {
     let mut bytes = Vec::new();
     let result = loop {
         let batch = take_batch(shared, &mut bytes, writer.fsync_due(shared));
+        let started = Instant::now();
         match commit(shared, &mut writer, &bytes, &batch) {
             Ok(true) => break Ok(()),
             Ok(false) => bytes.clear(),
             Err(e) => break Err(e),
         }
-        // With `write`, a commit costs a write(2), not an fsync: back to back, batches stay
-        // a handful of records and every commit wakes the connections waiting on it. A short
-        // pause after a small batch lets the next one grow (sync batches grow during the
-        // fsync by themselves).
-        if shared.options.durability == Durability::Write
-            && (1..WRITE_LINGER_BELOW_RECORDS).contains(&batch.records)
-        {
-            std::thread::sleep(WRITE_LINGER);
+        // With `write`, a commit costs a write(2), not an fsync: back to back, the committer
+        // would spin on one core with small batches, and every commit wakes the connections
+        // waiting on it. Commits under load are paced to one per WRITE_COMMIT_EVERY, so that
+        // batches grow as they do during a sync fsync (an idle log waits for data as usual).
+        if shared.options.durability == Durability::Write && batch.records > 0 {
+            let spent = started.elapsed();
+            if spent < WRITE_COMMIT_EVERY {
+                std::thread::sleep(WRITE_COMMIT_EVERY - spent);
+            }
         }
     };
     match result {

@@ -36,11 +36,14 @@ pub fn tern_binary() -> PathBuf {
             return PathBuf::from(bin);
         }
         let exe = std::env::current_exe().expect("current exe");
-        // target/<profile>/deps/<test> -> target/<profile>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test executable under target/<profile>/deps");
+        // A test: target/<profile>/deps/<test> -> target/<profile>; tern-bench:
+        // target/<profile>/tern-bench -> target/<profile>.
+        let dir = exe.parent().expect("executable in a directory");
+        let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") {
+            dir.parent().expect("target/<profile>/deps")
+        } else {
+            dir
+        };
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = Command::new(cargo);
         // Without the variables Cargo set for this test (CARGO_PKG_NAME, CARGO_MANIFEST_DIR,

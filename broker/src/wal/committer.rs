@@ -272,6 +272,8 @@ pub(crate) fn run(shared: &Shared, mut writer: Writer, on_fatal: OnFatal) {
     let result = loop {
         let batch = take_batch(shared, &mut bytes, writer.fsync_due(shared));
         let started = Instant::now();
+        // The CRCs are computed here, off the appenders' lock.
+        frame::fill_crcs(&mut bytes);
         match commit(shared, &mut writer, &bytes, &batch) {
             Ok(true) => break Ok(()),
             Ok(false) => bytes.clear(),

@@ -14,23 +14,45 @@ pub(crate) const FRAME_HEADER_BYTES: usize = 16;
 /// it in a file is garbage, not a record; `Wal::append_with` panics past it.
 pub const MAX_RECORD_BYTES: usize = 256 << 20;
 
-/// Fills in the header of the frame that starts at `start` in `buf`, whose payload is
-/// everything after `start + FRAME_HEADER_BYTES`. Returns the frame's length in bytes.
+/// Fills in the length and sequence number of the frame that starts at `start` in `buf`,
+/// whose payload is everything after `start + FRAME_HEADER_BYTES`; the CRC is left for
+/// [`fill_crcs`] (the committer computes it, outside the appenders' lock). Returns the
+/// frame's length in bytes.
 ///
 /// # Panics
 /// If the payload is longer than [`MAX_RECORD_BYTES`].
-pub(crate) fn seal(buf: &mut [u8], start: usize, seq: u64) -> usize {
+pub(crate) fn seal_without_crc(buf: &mut [u8], start: usize, seq: u64) -> usize {
     let frame = &mut buf[start..];
     let payload_bytes = frame.len() - FRAME_HEADER_BYTES;
     assert!(
         payload_bytes <= MAX_RECORD_BYTES,
         "WAL record of {payload_bytes} bytes exceeds MAX_RECORD_BYTES"
     );
-    frame[8..16].copy_from_slice(&seq.to_le_bytes());
-    let crc = crc32c::crc32c(&frame[8..]);
     frame[0..4].copy_from_slice(&(payload_bytes as u32).to_le_bytes());
-    frame[4..8].copy_from_slice(&crc.to_le_bytes());
+    frame[8..16].copy_from_slice(&seq.to_le_bytes());
     frame.len()
+}
+
+/// Computes and fills in the CRC of every frame in `frames` (whole frames back to back,
+/// as [`seal_without_crc`] left them).
+pub(crate) fn fill_crcs(frames: &mut [u8]) {
+    let mut at = 0;
+    while at + FRAME_HEADER_BYTES <= frames.len() {
+        let len = u32::from_le_bytes([frames[at], frames[at + 1], frames[at + 2], frames[at + 3]])
+            as usize;
+        let end = at + FRAME_HEADER_BYTES + len;
+        let crc = crc32c::crc32c(&frames[at + 8..end]);
+        frames[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+        at = end;
+    }
+}
+
+/// [`seal_without_crc`] and the CRC: one whole frame (tests).
+#[cfg(test)]
+pub(crate) fn seal(buf: &mut [u8], start: usize, seq: u64) -> usize {
+    let len = seal_without_crc(buf, start, seq);
+    fill_crcs(&mut buf[start..]);
+    len
 }
 
 /// Why reading stopped at an offset: the end of the log found there.

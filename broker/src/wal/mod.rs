@@ -187,9 +187,10 @@ impl Wal {
 
     /// Appends one record: `encode` writes its payload at the end of the shared buffer
     /// (append only). Returns the position of the record's end, to wait for with
-    /// [`Wal::poll_durable`]. Never does I/O; holds a mutex for the copy and the CRC. If
-    /// more than [`MAX_BUFFERED_BYTES`] wait for the committer (the disk is that far behind),
-    /// it blocks on a condition variable until the committer takes them.
+    /// [`Wal::poll_durable`]. Never does I/O; holds a mutex for the copy (the committer
+    /// computes the CRC). If more than [`MAX_BUFFERED_BYTES`] wait for the committer (the
+    /// disk is that far behind), it blocks on a condition variable until the committer
+    /// takes them.
     ///
     /// After a failure or [`Wal::close`], the record is dropped and its position never
     /// becomes durable.

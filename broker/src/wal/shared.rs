@@ -220,7 +220,7 @@ impl Shared {
                 len: start,
             };
             encode(guard.bytes);
-            let frame_bytes = frame::seal(guard.bytes, start, seq);
+            let frame_bytes = frame::seal_without_crc(guard.bytes, start, seq);
             guard.len = usize::MAX;
             frame_bytes
         };

@@ -11,6 +11,8 @@
 use serde::Deserialize;
 use tern_codec::{ConnAckProperties, ReasonCode};
 
+use crate::error::ProtocolError;
+
 /// The `[mqtt]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,19 +168,19 @@ impl Capabilities {
     /// Why a will cannot be accepted: its QoS above Maximum QoS (0x9B, [MQTT-3.2.2-12]) or
     /// its retain flag without Retain Available (0x9A, [MQTT-3.2.2-13]).
     pub fn check_will(&self, qos: u8, retain: bool) -> Result<(), ReasonCode> {
-        if qos > self.maximum_qos {
-            return Err(ReasonCode::QOS_NOT_SUPPORTED);
-        }
-        if retain && !self.retain_available {
-            return Err(ReasonCode::RETAIN_NOT_SUPPORTED);
-        }
-        Ok(())
+        self.check_publish(qos, retain).map_err(|e| e.reason_code())
     }
 
     /// Why a client's PUBLISH breaks what CONNACK announced: QoS above Maximum QoS (0x9B,
     /// [MQTT-3.2.2-11]) or RETAIN without Retain Available (0x9A, [MQTT-3.2.2-14]).
-    pub fn check_publish(&self, qos: u8, retain: bool) -> Result<(), ReasonCode> {
-        self.check_will(qos, retain)
+    pub fn check_publish(&self, qos: u8, retain: bool) -> Result<(), ProtocolError> {
+        if qos > self.maximum_qos {
+            return Err(ProtocolError::QosNotSupported);
+        }
+        if retain && !self.retain_available {
+            return Err(ProtocolError::RetainNotSupported);
+        }
+        Ok(())
     }
 
     /// Why a SUBSCRIBE filter is refused (SUBACK code): a shared subscription without
@@ -244,7 +246,7 @@ mod tests {
         assert_eq!(off.check_will(1, false), Ok(()));
         assert_eq!(off.check_will(2, false), Err(ReasonCode::QOS_NOT_SUPPORTED));
         assert_eq!(
-            off.check_publish(0, true),
+            off.check_publish(0, true).map_err(|e| e.reason_code()),
             Err(ReasonCode::RETAIN_NOT_SUPPORTED)
         );
         let mut props = ConnAckProperties::default();

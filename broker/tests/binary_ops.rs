@@ -3,18 +3,19 @@
 //! clients stay connected, a bad reload keeping the old configuration, and SIGTERM ending
 //! with exit status 0.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use tern_codec::{
-    ConnAck, Connect, Decoder, Packet, ProtocolVersion, Publish, QoS, Subscribe,
-    SubscriptionOptions,
+    ConnAck, Connect, Packet, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions,
 };
+
+mod raw_client;
+use raw_client::RawClient;
 
 fn dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tern-ops-{name}-{}", std::process::id()));
@@ -190,52 +191,12 @@ impl Drop for Broker {
     }
 }
 
-/// A blocking raw MQTT 5.0 client.
-struct Client {
-    stream: TcpStream,
-    decoder: Decoder,
-    buf: BytesMut,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr, id: &str, user: &str, password: &str) -> (Client, ConnAck) {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        let mut client = Client {
-            stream,
-            decoder: Decoder::with_version(ProtocolVersion::V5, u32::MAX),
-            buf: BytesMut::new(),
-        };
-        let mut connect = Connect::new(ProtocolVersion::V5, id);
-        connect.username = Some(user.into());
-        connect.password = Some(password.as_bytes().to_vec().into());
-        client.send(&Packet::Connect(Box::new(connect)));
-        match client.recv() {
-            Some(Packet::ConnAck(connack)) => (client, *connack),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-    }
-
-    fn send(&mut self, packet: &Packet) {
-        self.stream
-            .write_all(&packet.to_bytes(ProtocolVersion::V5))
-            .expect("write");
-    }
-
-    fn recv(&mut self) -> Option<Packet> {
-        loop {
-            if let Some(packet) = self.decoder.decode(&mut self.buf).expect("decode") {
-                return Some(packet);
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
+/// Connects `id` as `user` with `password`.
+fn login(addr: SocketAddr, id: &str, user: &str, password: &str) -> (RawClient, ConnAck) {
+    let mut connect = Connect::new(ProtocolVersion::V5, id);
+    connect.username = Some(user.into());
+    connect.password = Some(password.as_bytes().to_vec().into());
+    RawClient::connect(addr, connect)
 }
 
 fn write_password_file(tern_passwd: &Path, users: &[(&str, &str)]) {
@@ -276,7 +237,7 @@ fn sighup_reloads_passwords_limits_and_log_level_without_dropping_clients() {
     std::fs::write(&config, body("info", 10)).expect("config");
     let mut broker = Broker::start(&config);
 
-    let (mut alice, connack) = Client::connect(broker.addr, "alice-1", "alice", "a-secret");
+    let (mut alice, connack) = login(broker.addr, "alice-1", "alice", "a-secret");
     assert_eq!(connack.code.0, 0);
     let subscribe = Subscribe {
         packet_id: 1.try_into().expect("id"),
@@ -288,7 +249,7 @@ fn sighup_reloads_passwords_limits_and_log_level_without_dropping_clients() {
     };
     alice.send(&Packet::Subscribe(Box::new(subscribe)));
     assert!(matches!(alice.recv(), Some(Packet::SubAck(_))));
-    let (_, refused) = Client::connect(broker.addr, "bob-0", "bob", "b-secret");
+    let (_, refused) = login(broker.addr, "bob-0", "bob", "b-secret");
     assert_eq!(refused.code.0, 0x86, "bob is not in the file yet");
 
     // Add bob, lower a limit, turn on debug logging; reload.
@@ -297,7 +258,7 @@ fn sighup_reloads_passwords_limits_and_log_level_without_dropping_clients() {
     broker.signal("HUP");
     broker.wait_for("configuration reloaded");
 
-    let (mut bob, connack) = Client::connect(broker.addr, "bob-1", "bob", "b-secret");
+    let (mut bob, connack) = login(broker.addr, "bob-1", "bob", "b-secret");
     assert_eq!(connack.code.0, 0, "bob authenticates after the reload");
     broker.wait_for("DEBUG"); // the new log level is in force
                               // Alice was never dropped: bob's message reaches her.
@@ -331,7 +292,7 @@ fn sighup_reloads_passwords_limits_and_log_level_without_dropping_clients() {
     std::fs::write(&config, "[limits]\nmax_conections = 1\n").expect("config");
     broker.signal("HUP");
     broker.wait_for("reload failed");
-    let (_, connack) = Client::connect(broker.addr, "bob-2", "bob", "b-secret");
+    let (_, connack) = login(broker.addr, "bob-2", "bob", "b-secret");
     assert_eq!(connack.code.0, 0, "still the reloaded password file");
 
     // SIGTERM: DISCONNECT 0x8B to 5.0 clients, exit status 0.

@@ -4,15 +4,17 @@
 //! comes back to every message and the retained one. Skips with a printed reason when the
 //! Mosquitto clients are missing (fails under `CI=true`).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tern_codec::{Connect, Decoder, Packet, ProtocolVersion, QoS, Subscribe, SubscriptionOptions};
+use tern_codec::{Connect, Packet, ProtocolVersion, QoS, Subscribe, SubscriptionOptions};
+
+mod raw_client;
+use raw_client::RawClient;
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tern-pm-{name}-{}", std::process::id()));
@@ -110,52 +112,26 @@ fn config(dir: &Path, checkpoint_secs: u32) -> PathBuf {
     config
 }
 
-/// A blocking raw MQTT 5.0 client with a persistent session.
-struct Raw {
-    stream: TcpStream,
-    decoder: Decoder,
-    buf: BytesMut,
-}
+/// A raw 5.0 client of `client_id`'s persistent session (Clean Start 0, 300 s expiry).
+struct Raw(RawClient);
 
 impl Raw {
-    /// Connects `id` with Clean Start 0 and a 300 s expiry; returns Session Present.
+    /// Connects; returns Session Present.
     fn connect(addr: SocketAddr, id: &str) -> (Raw, bool) {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        let mut raw = Raw {
-            stream,
-            decoder: Decoder::with_version(ProtocolVersion::V5, u32::MAX),
-            buf: BytesMut::new(),
-        };
         let mut connect = Connect::new(ProtocolVersion::V5, id);
         connect.clean_start = false;
         connect.properties.session_expiry_interval_secs = Some(300);
-        raw.send(&Packet::Connect(Box::new(connect)));
-        match raw.recv() {
-            Some(Packet::ConnAck(ack)) if ack.code.0 == 0 => (raw, ack.session_present),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
+        let (client, ack) = RawClient::connect(addr, connect);
+        assert_eq!(ack.code.0, 0, "{ack:?}");
+        (Raw(client), ack.session_present)
     }
 
     fn send(&mut self, packet: &Packet) {
-        self.stream
-            .write_all(&packet.to_bytes(ProtocolVersion::V5))
-            .expect("write");
+        self.0.send(packet);
     }
 
     fn recv(&mut self) -> Option<Packet> {
-        loop {
-            if let Some(packet) = self.decoder.decode(&mut self.buf).expect("decode") {
-                return Some(packet);
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
+        self.0.recv()
     }
 
     fn subscribe(&mut self, filter: &str) {

@@ -8,15 +8,10 @@
 use std::time::Duration;
 
 use tern_broker::journal::record::Record;
-use tern_codec::{
-    Connect, Packet, PacketId, ProtocolVersion, PubComp, PubRec, PubRel, Publish, PublishQoS, QoS,
-};
+use tern_codec::{Packet, PacketId, PubComp, PubRec, PubRel, Publish, PublishQoS, QoS};
 use tern_tests::crash_checker::{
     self, damage, BrokerConfig, BrokerProcess, Options, Outcome, Stop,
 };
-use tern_tests::Client;
-
-const V5: ProtocolVersion = ProtocolVersion::V5;
 
 fn assert_nothing_acknowledged_lost(outcome: &Outcome) {
     let report = &outcome.report;
@@ -89,17 +84,6 @@ async fn crash_loop_long() {
     assert_nothing_acknowledged_lost(&outcome);
 }
 
-/// Connects `client_id` with Clean Start 0 and a one-hour expiry; returns Session Present.
-async fn persistent(broker: &BrokerProcess, client_id: &str) -> (Client, bool) {
-    let mut client = Client::tcp(broker.addr(), V5).await;
-    let mut connect = Connect::new(V5, client_id);
-    connect.clean_start = false;
-    connect.properties.session_expiry_interval_secs = Some(3600);
-    let connack = client.connect(connect).await;
-    assert_eq!(connack.code.0, 0, "{connack:?}");
-    (client, connack.session_present)
-}
-
 /// Found by the checker as QoS 2 duplicates after SIGKILL: the broker used to journal the
 /// copy of a QoS 2 PUBLISH queued for each persistent subscriber in one frame and the
 /// `Qos2Received` record of the publisher's packet id in a later one. A crash between the
@@ -113,10 +97,10 @@ async fn qos2_resend_after_a_crash_between_route_and_received_id_is_delivered_on
     let dir = crash_checker::data_dir("qos2-cut");
     let _ = std::fs::remove_dir_all(&dir);
     let mut broker = BrokerProcess::start(&BrokerConfig::new(&dir, "sync"));
-    let (mut sub, _) = persistent(&broker, "sub").await;
+    let (mut sub, _) = broker.persistent("sub").await;
     sub.subscribe("x", QoS::ExactlyOnce).await;
     sub.disconnect().await;
-    let (mut publisher, _) = persistent(&broker, "pub").await;
+    let (mut publisher, _) = broker.persistent("pub").await;
     let id = PacketId::new(1).expect("non-zero");
     let publish = Publish::new("x", b"once".to_vec()).with_qos(PublishQoS::ExactlyOnce(id));
     publisher.send(&Packet::Publish(publish.clone())).await;
@@ -147,7 +131,7 @@ async fn qos2_resend_after_a_crash_between_route_and_received_id_is_delivered_on
     broker.restart();
 
     // The publisher resends what got no PUBREC, with DUP and the same packet id.
-    let (mut publisher, present) = persistent(&broker, "pub").await;
+    let (mut publisher, present) = broker.persistent("pub").await;
     assert!(present);
     let mut resend = publish;
     resend.dup = true;
@@ -160,7 +144,7 @@ async fn qos2_resend_after_a_crash_between_route_and_received_id_is_delivered_on
     assert!(matches!(publisher.recv().await, Packet::PubComp(_)));
 
     // The subscriber, as a QoS 2 receiver: a new packet id is a new message.
-    let (mut sub, present) = persistent(&broker, "sub").await;
+    let (mut sub, present) = broker.persistent("sub").await;
     assert!(present);
     let mut delivered = 0;
     while let Some(packet) = sub.recv_within(Duration::from_millis(500)).await {

@@ -40,17 +40,6 @@ fn fresh_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Connects `client_id` with Clean Start 0 and a one-hour expiry; returns Session Present.
-async fn persistent(broker: &BrokerProcess, client_id: &str) -> (Client, bool) {
-    let mut client = Client::tcp(broker.addr(), V5).await;
-    let mut connect = Connect::new(V5, client_id);
-    connect.clean_start = false;
-    connect.properties.session_expiry_interval_secs = Some(3600);
-    let connack = client.connect(connect).await;
-    assert_eq!(connack.code.0, 0, "{connack:?}");
-    (client, connack.session_present)
-}
-
 /// Publishes `payloads` at QoS 1 from a non-persistent client; each must be acknowledged.
 async fn publish_all(broker: &BrokerProcess, payloads: impl IntoIterator<Item = String>) {
     let mut publisher = Client::tcp(broker.addr(), V5).await;
@@ -68,7 +57,7 @@ async fn publish_all(broker: &BrokerProcess, payloads: impl IntoIterator<Item = 
 /// the publisher); then the broker is killed.
 async fn queued_then_killed(dir: &Path, durability: &str) -> BrokerProcess {
     let mut broker = BrokerProcess::start(&BrokerConfig::new(dir, durability));
-    let (mut sub, _) = persistent(&broker, "sub").await;
+    let (mut sub, _) = broker.persistent("sub").await;
     sub.subscribe("t", QoS::AtLeastOnce).await;
     sub.disconnect().await;
     publish_all(&broker, (0..QUEUED).map(|i| format!("m{i}"))).await;
@@ -79,7 +68,7 @@ async fn queued_then_killed(dir: &Path, durability: &str) -> BrokerProcess {
 /// The subscriber's session comes back and delivers what it had queued; returns the
 /// payloads.
 async fn drain_subscriber(broker: &BrokerProcess) -> Vec<String> {
-    let (mut sub, present) = persistent(broker, "sub").await;
+    let (mut sub, present) = broker.persistent("sub").await;
     assert!(present, "the session survived");
     let mut got = Vec::new();
     while let Some(packet) = sub.recv_within(Duration::from_millis(500)).await {
@@ -217,7 +206,7 @@ async fn corrupt_checkpoint_is_moved_aside_and_the_log_replayed() {
     // After the checkpoint: a new session with messages queued on another topic, only in
     // the log.
     broker.restart();
-    let (mut late, _) = persistent(&broker, "late").await;
+    let (mut late, _) = broker.persistent("late").await;
     late.subscribe("u", QoS::AtLeastOnce).await;
     late.disconnect().await;
     let mut publisher = Client::tcp(broker.addr(), V5).await;
@@ -245,7 +234,7 @@ async fn corrupt_checkpoint_is_moved_aside_and_the_log_replayed() {
             name.starts_with("checkpoint") && name != "checkpoint.snap"
         });
     assert!(aside, "the corrupt checkpoint was kept aside");
-    let (mut late, present) = persistent(&broker, "late").await;
+    let (mut late, present) = broker.persistent("late").await;
     assert!(
         present,
         "the session journaled after the checkpoint is back"

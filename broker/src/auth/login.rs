@@ -59,6 +59,13 @@ pub struct Granted {
     pub expires_at: Option<SystemTime>,
 }
 
+/// How long until `expires_at` (a token's `exp`); zero once it has passed.
+pub fn time_left(expires_at: SystemTime) -> std::time::Duration {
+    expires_at
+        .duration_since(SystemTime::now())
+        .unwrap_or_default()
+}
+
 /// What one source said.
 enum Verdict {
     Accepted(Granted, Option<Carried>),

@@ -14,9 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tern_codec::decoder::Decoder;
-use tern_codec::{LastWill, Packet, PacketId, ProtocolVersion, QoS, SubscriptionOptions};
+use tern_codec::{LastWill, PacketId, QoS, SubscriptionOptions};
 use tokio::time::Instant;
 
 use super::Broker;
@@ -305,9 +303,7 @@ fn recovered_will(
     delay_secs: u32,
     gone_secs: u64,
 ) -> Option<(LastWill, Duration)> {
-    let mut buf = BytesMut::from(&stored.publish[..]);
-    let mut decoder = Decoder::with_version(ProtocolVersion::V5, u32::MAX);
-    let Ok(Some(Packet::Publish(publish))) = decoder.decode(&mut buf) else {
+    let Some(publish) = stored.decode_publish() else {
         tracing::error!("stored will does not decode: dropped");
         return None;
     };
@@ -383,11 +379,7 @@ fn restored_outbound(
 
 /// A stored message as a live one, received as long ago as it was.
 fn decode(stored: &StoredMessage, now: Instant, now_unix_ms: u64) -> Option<Arc<Message>> {
-    let mut buf = BytesMut::from(&stored.publish[..]);
-    let mut decoder = Decoder::with_version(ProtocolVersion::V5, u32::MAX);
-    let Ok(Some(Packet::Publish(publish))) = decoder.decode(&mut buf) else {
-        return None;
-    };
+    let publish = stored.decode_publish()?;
     let age = Duration::from_millis(now_unix_ms.saturating_sub(stored.received_unix_ms));
     let received_at = now.checked_sub(age).unwrap_or(now);
     let origin = (stored.origin_session != 0).then_some(stored.origin_session);

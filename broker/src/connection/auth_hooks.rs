@@ -93,9 +93,7 @@ fn credentials(connect: &Connect, info: &PeerInfo) -> auth::Credentials {
 /// for this: one sleeping task holding a weak reference, so a connection that closed
 /// earlier is not kept alive by it.
 pub(super) fn close_at_expiry(out: &Arc<SharedWriter>, expires_at: SystemTime) {
-    let wait = expires_at
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
+    let wait = auth::login::time_left(expires_at);
     let weak: Weak<SharedWriter> = Arc::downgrade(out);
     tokio::spawn(async move {
         tokio::time::sleep(wait).await;

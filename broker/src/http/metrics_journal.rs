@@ -65,45 +65,45 @@ impl Collector for JournalCollector {
             let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(value).encode(metric)?;
         }
-        let mut metric = encoder.encode_descriptor(
+        histogram(
+            &mut encoder,
             "journal_commit_latency_seconds",
             "Duration of one group commit (write and, in sync mode, fdatasync).",
-            None,
-            MetricType::Histogram,
+            &stats.commit_latency_us,
+            &COMMIT_LATENCY_BOUNDS_US,
+            1e-6,
         )?;
-        let (latency, sum_us, count) =
-            buckets(&stats.commit_latency_us, &COMMIT_LATENCY_BOUNDS_US, 1e-6);
-        metric.encode_histogram::<NoLabelSet>(sum_us as f64 * 1e-6, count, &latency, None)?;
-        let mut metric = encoder.encode_descriptor(
+        histogram(
+            &mut encoder,
             "journal_commit_batch_records",
             "Records made durable by one group commit.",
-            None,
-            MetricType::Histogram,
-        )?;
-        let (batch, sum, count) = buckets(
             &stats.commit_batch_records,
             &COMMIT_BATCH_BOUNDS_RECORDS,
             1.0,
-        );
-        metric.encode_histogram::<NoLabelSet>(sum as f64, count, &batch, None)?;
+        )?;
         Ok(())
     }
 }
 
-/// Per-bucket counts (the encoder accumulates them) with bounds scaled by `scale`, the
-/// last bucket `+Inf`; then the sum and count.
-fn buckets<const N: usize>(
+/// Encodes one of the log's histograms as `name`, its bounds and sum scaled by `scale`
+/// (microseconds to seconds, or 1), the last bucket `+Inf`.
+fn histogram<const N: usize>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
     h: &Histogram<N>,
     bounds: &[u64; N],
     scale: f64,
-) -> (Vec<(f64, u64)>, u64, u64) {
+) -> Result<(), std::fmt::Error> {
     let (cumulative, sum, count) = h.cumulative(bounds);
-    let mut out = Vec::with_capacity(N + 1);
+    // The encoder accumulates: it wants each bucket's own count.
+    let mut buckets = Vec::with_capacity(N + 1);
     let mut before = 0;
     for (bound, total) in cumulative {
-        out.push((bound as f64 * scale, total - before));
+        buckets.push((bound as f64 * scale, total - before));
         before = total;
     }
-    out.push((f64::MAX, count.saturating_sub(before)));
-    (out, sum, count)
+    buckets.push((f64::MAX, count.saturating_sub(before)));
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    metric.encode_histogram::<NoLabelSet>(sum as f64 * scale, count, &buckets, None)
 }

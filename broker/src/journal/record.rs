@@ -10,6 +10,8 @@
 //! snapshot gives the state at the end of the log (see [`super::state`]).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tern_codec::decoder::Decoder;
+use tern_codec::{Packet, ProtocolVersion, Publish};
 
 /// One journal record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -535,9 +537,14 @@ impl StoredMessage {
         })
     }
 
-    /// The encoded PUBLISH as a buffer the decoder can consume.
-    pub fn publish_buf(&self) -> BytesMut {
-        BytesMut::from(&self.publish[..])
+    /// The stored PUBLISH decoded (`None`: it does not decode).
+    pub fn decode_publish(&self) -> Option<Publish> {
+        let mut buf = BytesMut::from(&self.publish[..]);
+        let mut decoder = Decoder::with_version(ProtocolVersion::V5, u32::MAX);
+        match decoder.decode(&mut buf) {
+            Ok(Some(Packet::Publish(publish))) => Some(publish),
+            _ => None,
+        }
     }
 }
 

@@ -317,14 +317,8 @@ impl Machine {
         if publish.properties().has_subscription_identifiers() {
             return Err(ProtocolError::SubscriptionIdFromClient.into());
         }
-        match self
-            .capabilities
-            .check_publish(publish.qos() as u8, publish.retain)
-        {
-            Ok(()) => {}
-            Err(ReasonCode::QOS_NOT_SUPPORTED) => return Err(ProtocolError::QosNotSupported.into()),
-            Err(_) => return Err(ProtocolError::RetainNotSupported.into()),
-        }
+        self.capabilities
+            .check_publish(publish.qos() as u8, publish.retain)?;
         self.resolve_alias(&mut publish)?;
         let ack = PendingAck(publish.publish_qos());
         if !self.limits.topic_within_limits(publish.topic()) {

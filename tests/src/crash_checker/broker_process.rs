@@ -193,6 +193,19 @@ impl BrokerProcess {
         self.addr
     }
 
+    /// A 5.0 client of `client_id` with Clean Start 0 and a one-hour expiry, connected;
+    /// with Session Present.
+    pub async fn persistent(&self, client_id: &str) -> (crate::Client, bool) {
+        let v5 = tern_codec::ProtocolVersion::V5;
+        let mut client = crate::Client::tcp(self.addr, v5).await;
+        let mut connect = tern_codec::Connect::new(v5, client_id);
+        connect.clean_start = false;
+        connect.properties.session_expiry_interval_secs = Some(3600);
+        let connack = client.connect(connect).await;
+        assert_eq!(connack.code.0, 0, "{connack:?}");
+        (client, connack.session_present)
+    }
+
     /// How many times the broker was started.
     pub fn starts(&self) -> u32 {
         self.starts

@@ -47,10 +47,7 @@ pub struct Identity {
 impl Identity {
     /// When the credentials expire, on the runtime's clock.
     pub fn expiry_instant(&self) -> Option<tokio::time::Instant> {
-        let at = self.expires_at?;
-        let left = at
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default();
+        let left = auth::login::time_left(self.expires_at?);
         Some(tokio::time::Instant::now() + left)
     }
 

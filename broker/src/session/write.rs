@@ -101,11 +101,13 @@ pub(super) fn write_publish(
             let _ = template.write_to(buf, out, retain, dup);
         })
     };
-    if appended == Appended::Yes {
+    // Most deliveries hold nothing (0): not persistent, or QoS 0/1.
+    let held = hold != 0 && appended == Appended::Yes;
+    if held {
         guard.hold_until(hold);
     }
     drop(guard);
-    if appended == Appended::Yes && hold == PENDING {
+    if held && hold == PENDING {
         note_pending_hold(&link.writer);
     }
     let written = account(link, message, appended, max_len, ctx);

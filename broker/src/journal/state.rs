@@ -1,6 +1,6 @@
 //! The state the journal describes, rebuilt by applying records in log order: the
 //! snapshot's records first, then the log's. Plain data; the broker turns it into live
-//! sessions, subscriptions and retained messages (`broker/recover.rs`).
+//! sessions, subscriptions and retained messages (`broker/persist.rs`).
 //!
 //! Each record sets or clears one key, so applying a log suffix that holds every record
 //! since the snapshot began onto the snapshot converges to the state at the end of the
@@ -155,7 +155,7 @@ impl SessionState {
             }
             Record::Out(mut out) => {
                 self.max_seq = self.max_seq.max(out.seq);
-                // The stage holds the packet id from here on (records_of puts it back).
+                // The stage holds the packet id from here on (a checkpoint puts it back).
                 let stage = match std::mem::take(&mut out.packet_id) {
                     0 => OutStage::Queued,
                     id => OutStage::Sent(id),
@@ -196,91 +196,93 @@ impl SessionState {
     }
 }
 
-/// The records that rebuild `state` (a snapshot's content), in an order [`State::apply`]
-/// accepts: each session's opening first.
-pub fn records_of(state: &State) -> impl Iterator<Item = Record> + '_ {
-    let referenced: std::collections::BTreeSet<u64> = state
-        .sessions
-        .values()
-        .flat_map(|s| s.outbound.values().map(|e| e.record.body))
-        .collect();
-    let bodies = referenced.into_iter().filter_map(|id| {
-        let message = state.bodies.get(&id)?.clone();
-        Some(Record::Body { id, message })
-    });
-    let sessions = state
-        .sessions
-        .iter()
-        .flat_map(|(&id, s)| session_records(id, s));
-    let retained = state
-        .retained
-        .iter()
-        .map(|(topic, message)| Record::Retain {
-            topic: topic.clone(),
-            message: Some(message.clone()),
-        });
-    bodies.chain(sessions).chain(retained)
-}
-
-/// The records that rebuild one session.
-pub fn session_records(id: u64, s: &SessionState) -> Vec<Record> {
-    let mut out = vec![Record::SessionOpen {
-        session: id,
-        client_id: s.client_id.clone(),
-        expiry_secs: s.expiry_secs,
-    }];
-    if let Some(at_unix_ms) = s.offline_at_unix_ms {
-        out.push(Record::SessionOffline {
-            session: id,
-            at_unix_ms,
-        });
-    }
-    if s.will.is_some() {
-        out.push(Record::Will {
-            session: id,
-            will: s.will.clone(),
-        });
-    }
-    for (filter, &(options, subscription_id)) in &s.subscriptions {
-        out.push(Record::Subscribe {
-            session: id,
-            filter: filter.clone(),
-            options,
-            subscription_id,
-        });
-    }
-    if s.max_seq > 0 {
-        // Carries the highest number used, so that numbers are never handed out twice; it
-        // comes before the messages, so it removes none of them.
-        out.push(Record::Done {
-            session: id,
-            seq: s.max_seq,
-        });
-    }
-    for entry in s.outbound.values() {
-        let mut record = entry.record.clone();
-        record.packet_id = match entry.stage {
-            OutStage::Queued => 0,
-            OutStage::Sent(id) | OutStage::Released(id) => id,
-        };
-        let seq = record.seq;
-        out.push(Record::Out(record));
-        if matches!(entry.stage, OutStage::Released(_)) {
-            out.push(Record::Released { session: id, seq });
-        }
-    }
-    for &packet_id in &s.qos2_in {
-        out.push(Record::Qos2Received {
-            session: id,
-            packet_id,
-        });
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The records that rebuild `state` (a model of a checkpoint's content, which the broker
+    /// writes from its live state: `broker/persist.rs`), in an order [`State::apply`]
+    /// accepts: each session's opening first.
+    fn records_of(state: &State) -> impl Iterator<Item = Record> + '_ {
+        let referenced: std::collections::BTreeSet<u64> = state
+            .sessions
+            .values()
+            .flat_map(|s| s.outbound.values().map(|e| e.record.body))
+            .collect();
+        let bodies = referenced.into_iter().filter_map(|id| {
+            let message = state.bodies.get(&id)?.clone();
+            Some(Record::Body { id, message })
+        });
+        let sessions = state
+            .sessions
+            .iter()
+            .flat_map(|(&id, s)| session_records(id, s));
+        let retained = state
+            .retained
+            .iter()
+            .map(|(topic, message)| Record::Retain {
+                topic: topic.clone(),
+                message: Some(message.clone()),
+            });
+        bodies.chain(sessions).chain(retained)
+    }
+
+    /// The records that rebuild one session.
+    fn session_records(id: u64, s: &SessionState) -> Vec<Record> {
+        let mut out = vec![Record::SessionOpen {
+            session: id,
+            client_id: s.client_id.clone(),
+            expiry_secs: s.expiry_secs,
+        }];
+        if let Some(at_unix_ms) = s.offline_at_unix_ms {
+            out.push(Record::SessionOffline {
+                session: id,
+                at_unix_ms,
+            });
+        }
+        if s.will.is_some() {
+            out.push(Record::Will {
+                session: id,
+                will: s.will.clone(),
+            });
+        }
+        for (filter, &(options, subscription_id)) in &s.subscriptions {
+            out.push(Record::Subscribe {
+                session: id,
+                filter: filter.clone(),
+                options,
+                subscription_id,
+            });
+        }
+        if s.max_seq > 0 {
+            // Carries the highest number used, so that numbers are never handed out twice; it
+            // comes before the messages, so it removes none of them.
+            out.push(Record::Done {
+                session: id,
+                seq: s.max_seq,
+            });
+        }
+        for entry in s.outbound.values() {
+            let mut record = entry.record.clone();
+            record.packet_id = match entry.stage {
+                OutStage::Queued => 0,
+                OutStage::Sent(id) | OutStage::Released(id) => id,
+            };
+            let seq = record.seq;
+            out.push(Record::Out(record));
+            if matches!(entry.stage, OutStage::Released(_)) {
+                out.push(Record::Released { session: id, seq });
+            }
+        }
+        for &packet_id in &s.qos2_in {
+            out.push(Record::Qos2Received {
+                session: id,
+                packet_id,
+            });
+        }
+        out
+    }
+
     use bytes::Bytes;
 
     fn msg(n: u8) -> StoredMessage {

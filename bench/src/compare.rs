@@ -26,7 +26,8 @@ use crate::svg;
 /// Options of `compare`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct CompareArgs {
-    /// Brokers to run, in order (tern, mosquitto, rumqttd).
+    /// Brokers to run, in order: tern, mosquitto, rumqttd, flashmq, and tern-before (a
+    /// second Tern build, `--tern-before-bin`, to compare a change in the same run).
     #[arg(long, value_delimiter = ',', default_value = "tern,mosquitto,rumqttd")]
     brokers: Vec<String>,
     /// `full` (the issue's targets, about 10 minutes) or `quick` (small smoke sizes).
@@ -53,6 +54,14 @@ pub(crate) struct CompareArgs {
     /// rumqttd binary (default: ~/.cargo/bin/rumqttd).
     #[arg(long)]
     rumqttd_bin: Option<PathBuf>,
+    /// FlashMQ binary (default: ~/.cache/flashmq-1.26.2/build/flashmq, where
+    /// `../shared/peers/build-flashmq.sh` puts it).
+    #[arg(long)]
+    flashmq_bin: Option<PathBuf>,
+    /// The Tern build that `tern-before` runs (e.g. one built from the commit before a
+    /// change, with `CARGO_TARGET_DIR` elsewhere).
+    #[arg(long)]
+    tern_before_bin: Option<PathBuf>,
     /// First loopback port; each broker takes two from here on.
     #[arg(long, default_value_t = 28830)]
     base_port: u16,
@@ -232,8 +241,10 @@ impl Drop for BrokerProc {
 /// Where the broker binaries and scratch files are.
 struct Env {
     tern: PathBuf,
+    tern_before: Option<PathBuf>,
     mosquitto: PathBuf,
     rumqttd: PathBuf,
+    flashmq: PathBuf,
     scratch: PathBuf,
     base_port: u16,
 }
@@ -243,13 +254,27 @@ impl Env {
         let port = self.base_port + 2 * index as u16;
         let log = fs::File::create(self.scratch.join(format!("{broker}-{tag}.log")))?;
         let (mut cmd, port_v5) = match broker {
-            "tern" => {
-                let conf = self.scratch.join("tern.toml");
-                let data = self.scratch.join(format!("tern-data-{tag}-{port}"));
+            "tern" | "tern-before" => {
+                let bin = match broker {
+                    "tern" => &self.tern,
+                    _ => self
+                        .tern_before
+                        .as_ref()
+                        .context("tern-before needs --tern-before-bin")?,
+                };
+                let conf = self.scratch.join(format!("{broker}.toml"));
+                let data = self.scratch.join(format!("{broker}-data-{tag}-{port}"));
                 let _ = fs::remove_dir_all(&data);
                 fs::write(&conf, tern_config(port, &data))?;
-                let mut cmd = Command::new(&self.tern);
+                let mut cmd = Command::new(bin);
                 cmd.arg("--config").arg(&conf);
+                (cmd, port)
+            }
+            "flashmq" => {
+                let conf = self.scratch.join("flashmq.conf");
+                fs::write(&conf, flashmq_config(port))?;
+                let mut cmd = Command::new(&self.flashmq);
+                cmd.arg("--config-file").arg(&conf);
                 (cmd, port)
             }
             "mosquitto" => {
@@ -330,6 +355,16 @@ fn mosquitto_config(port: u16) -> String {
     )
 }
 
+/// FlashMQ (a benchmark peer only): `../shared/peers/flashmq.conf.example` on `port`, both
+/// protocol versions on one listener, large queues and write buffers.
+fn flashmq_config(port: u16) -> String {
+    format!(
+        "thread_count 2\nallow_anonymous true\nlog_level warning\n\
+         max_qos_msg_pending_per_client 65535\nclient_max_write_buffer_size 4194304\n\
+         listen {{\n  protocol mqtt\n  inet_protocol ip4\n  inet4_bind_address 127.0.0.1\n  port {port}\n}}\n"
+    )
+}
+
 /// rumqttd: large payloads and segments, room for 20,000 connections, no accept delay;
 /// v4 and v5 listeners. (rumqttd 0.20 has no TCP_NODELAY option.)
 fn rumqttd_config(port_v4: u16, port_v5: u16) -> String {
@@ -362,7 +397,12 @@ pub(crate) fn run(args: CompareArgs) -> Result<()> {
         rumqttd: args
             .rumqttd_bin
             .clone()
-            .unwrap_or_else(|| PathBuf::from(home).join(".cargo/bin/rumqttd")),
+            .unwrap_or_else(|| PathBuf::from(&home).join(".cargo/bin/rumqttd")),
+        flashmq: args
+            .flashmq_bin
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(&home).join(".cache/flashmq-1.26.2/build/flashmq")),
+        tern_before: args.tern_before_bin.clone(),
         scratch: std::env::temp_dir().join(format!("tern-bench-{}", std::process::id())),
         base_port: args.base_port,
     };
@@ -764,6 +804,8 @@ fn pretty_broker(b: &str) -> &str {
         "tern" => "Tern",
         "mosquitto" => "Mosquitto",
         "rumqttd" => "rumqttd",
+        "flashmq" => "FlashMQ",
+        "tern-before" => "Tern before",
         other => other,
     }
 }

@@ -15,8 +15,12 @@ use tern_tests::TestBroker;
 const V5: ProtocolVersion = ProtocolVersion::V5;
 const TOKEN: &str = "admin-api-test-token-0123456789";
 
+/// One token directory per broker: tests run in parallel, and a file rewritten while
+/// another broker reads it would read empty (the API then stays closed).
 async fn start() -> (TestBroker, SocketAddr) {
-    let dir = std::env::temp_dir().join(format!("tern-admin-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tern-admin-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let token = dir.join("token");
     std::fs::write(&token, format!("{TOKEN}\n")).expect("token");

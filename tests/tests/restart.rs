@@ -94,20 +94,23 @@ async fn log_goes_on_after_recovery(broker: &mut BrokerProcess) {
     assert_eq!(drain_subscriber(broker).await, ["after"]);
 }
 
-/// The index of the last frame holding an `Out` record (a queued message).
+/// Whether the frame holds an `Out` record (a queued message), alone or with its body.
+fn holds_out(frame: &damage::Frame) -> bool {
+    match &frame.record {
+        Some(Record::Out(_)) => true,
+        Some(Record::Batch(records)) => records.iter().any(|r| matches!(r, Record::Out(_))),
+        _ => false,
+    }
+}
+
+/// The index of the last frame holding an `Out` record.
 fn last_out(frames: &[damage::Frame]) -> usize {
-    frames
-        .iter()
-        .rposition(|f| matches!(f.record, Some(Record::Out(_))))
-        .expect("an Out frame")
+    frames.iter().rposition(holds_out).expect("an Out frame")
 }
 
 /// How many `Out` frames come before frame `index`.
 fn outs_before(frames: &[damage::Frame], index: usize) -> usize {
-    frames[..index]
-        .iter()
-        .filter(|f| matches!(f.record, Some(Record::Out(_))))
-        .count()
+    frames[..index].iter().filter(|f| holds_out(f)).count()
 }
 
 /// A log truncated in the middle of its last message (a torn write): the broker starts,
@@ -165,9 +168,9 @@ async fn flipped_byte_stops_recovery_at_that_frame() {
     let dir = fresh_dir("flip");
     let mut broker = queued_then_killed(&dir, "sync").await;
     let frames = damage::frames(&dir);
-    // The third Out record from the end (bodies sit between them).
+    // The third Out record from the end.
     let outs: Vec<usize> = (0..frames.len())
-        .filter(|&i| matches!(frames[i].record, Some(Record::Out(_))))
+        .filter(|&i| holds_out(&frames[i]))
         .collect();
     let damaged = outs[outs.len() - 3];
     damage::flip_byte_in(&frames[damaged]);

@@ -20,6 +20,7 @@ use super::output::Output;
 use super::Connection;
 use crate::broker::{Broker, Subscribed};
 use crate::error::Close;
+use crate::journal::batch::{DEFERRED, PENDING};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::session::machine::{
@@ -94,11 +95,16 @@ impl Connection {
         reader: &mut PacketReader<R>,
     ) -> Result<(), Close> {
         let mut received = false;
+        // The steps acknowledgements cause go into the journal once, after the buffer.
+        let _deferred = DeferredRecords::begin(&self.broker);
+        // One clock read per buffer serves the rate bucket, expiry and routing of every
+        // packet in it (a buffer is handled in well under a millisecond).
+        let now = Instant::now();
         loop {
             match reader.try_decode() {
                 Ok(Some(packet)) => {
                     received = true;
-                    self.handle(packet)?;
+                    self.handle(packet, now)?;
                     if self.machine.is_throttled() || self.has_pressure() {
                         break; // the rest waits in the buffer until we may go on
                     }
@@ -172,7 +178,7 @@ impl Connection {
             // Held output may go once the journal is durable that far. (If the log failed,
             // the broker is stopping and kicks this connection.)
             // (A hold still pending on an open journal batch is released with a wake-up.)
-            let known = held_until != 0 && held_until != crate::journal::batch::PENDING;
+            let known = held_until != 0 && !crate::journal::batch::is_pending(held_until);
             if let (true, Some(journal)) = (known, this.broker.journal()) {
                 if journal.poll_durable(held_until, cx).is_ready() {
                     return Poll::Ready(Wake::Woken);
@@ -206,7 +212,7 @@ impl Connection {
     }
 
     /// Feeds one packet to the machine and carries out what it asks for.
-    fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+    fn handle(&mut self, packet: Packet, now: Instant) -> Result<(), Close> {
         let packet = match packet {
             Packet::Auth(auth) => return self.handle_auth(*auth),
             other => other,
@@ -214,8 +220,6 @@ impl Connection {
         if matches!(packet, Packet::Publish(_) | Packet::Subscribe(_)) {
             self.refresh_acl();
         }
-        // One clock read per packet serves the rate bucket, expiry and routing.
-        let now = Instant::now();
         crate::journal::take_appended();
         let step = self
             .machine
@@ -425,6 +429,31 @@ impl JournalBatch {
 impl Drop for JournalBatch {
     fn drop(&mut self) {
         let position = self.broker.journal().map_or(0, |j| j.end_batch());
-        crate::delivery::shared_writer::release_pending_holds(position);
+        crate::delivery::shared_writer::release_pending_holds(PENDING, position);
+    }
+}
+
+/// This thread's deferred journal records ([`crate::journal::batch`]) while the connection
+/// handles one buffer of packets; appended as one frame when dropped (also on unwinding),
+/// and the output they held is given its position.
+struct DeferredRecords {
+    broker: Broker,
+}
+
+impl DeferredRecords {
+    fn begin(broker: &Broker) -> Option<DeferredRecords> {
+        broker
+            .journal()
+            .is_some_and(|journal| journal.begin_deferred())
+            .then(|| DeferredRecords {
+                broker: broker.clone(),
+            })
+    }
+}
+
+impl Drop for DeferredRecords {
+    fn drop(&mut self) {
+        let position = self.broker.journal().map_or(0, |j| j.end_deferred());
+        crate::delivery::shared_writer::release_pending_holds(DEFERRED, position);
     }
 }

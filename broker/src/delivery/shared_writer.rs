@@ -62,22 +62,33 @@ struct WriterState {
 }
 
 thread_local! {
-    /// Writers holding output for records in this thread's open journal batch.
-    static PENDING_HOLDERS: std::cell::RefCell<Vec<Arc<SharedWriter>>> =
+    /// Writers holding output for records this thread holds back (an open journal batch,
+    /// deferred records), with the kind of hold ([`PENDING`] or `DEFERRED`).
+    static PENDING_HOLDERS: std::cell::RefCell<Vec<(u64, Arc<SharedWriter>)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Registers `writer`, which was just given a [`PENDING`] hold by this thread.
-pub fn note_pending_hold(writer: &Arc<SharedWriter>) {
-    PENDING_HOLDERS.with_borrow_mut(|holders| holders.push(writer.clone()));
+/// Registers `writer`, which was just given the not-yet-known hold `kind` ([`PENDING`] or
+/// `DEFERRED`, see `journal::batch`) by this thread.
+pub fn note_pending_hold(writer: &Arc<SharedWriter>, kind: u64) {
+    PENDING_HOLDERS.with_borrow_mut(|holders| holders.push((kind, writer.clone())));
 }
 
-/// The journal batch this thread had open was appended at `position` (0: it held
-/// nothing): every hold it left pending becomes a hold until that position, and the
+/// The records of `kind` this thread held back were appended at `position` (0: there
+/// were none): every hold of that kind becomes a hold until that position, and the
 /// writers' connections are woken to look again.
-pub fn release_pending_holds(position: u64) {
-    let holders = PENDING_HOLDERS.with_borrow_mut(std::mem::take);
-    for writer in holders {
+pub fn release_pending_holds(kind: u64, position: u64) {
+    let holders = PENDING_HOLDERS.with_borrow_mut(|holders| {
+        if holders.iter().all(|(k, _)| *k == kind) {
+            return std::mem::take(holders);
+        }
+        let (released, kept) = std::mem::take(holders)
+            .into_iter()
+            .partition(|(k, _)| *k == kind);
+        *holders = kept;
+        released
+    });
+    for (_, writer) in holders {
         {
             let mut guard = writer.lock();
             guard.state.pending_holds = guard.state.pending_holds.saturating_sub(1);
@@ -123,11 +134,11 @@ impl WriteGuard<'_> {
     /// Holds everything buffered (so far and until it is taken) until the journal is
     /// durable up to `position` (see [`crate::journal`]); 0 holds nothing.
     ///
-    /// A [`PENDING`] position (a record in an open journal batch) holds everything until
-    /// [`release_pending_holds`] gives it its position; the caller registers the writer
-    /// with [`note_pending_hold`].
+    /// A position not known yet ([`PENDING`]: a record in an open journal batch, or
+    /// `DEFERRED`) holds everything until [`release_pending_holds`] gives it its position;
+    /// the caller registers the writer with [`note_pending_hold`].
     pub fn hold_until(&mut self, position: u64) {
-        if position == PENDING {
+        if crate::journal::batch::is_pending(position) {
             self.state.pending_holds += 1;
         } else {
             self.state.hold_until = self.state.hold_until.max(position);

@@ -1,33 +1,65 @@
-//! One frame for the records of one step. While a batch is open on this thread, the
-//! records [`super::Journal::append_with`] is given go into it instead of the log; closing
-//! it appends them as one [`super::record::Record::Batch`] frame, which a crash leaves in
-//! the log whole or not at all (its CRC covers every record in it).
+//! Records held on this thread and appended as one frame later, in two kinds:
 //!
-//! The routing of an inbound QoS 2 message from a persistent session uses it: the copies
-//! queued for subscribers and the publisher's received packet id are then either all
-//! recovered or none, so the publisher's resend after a crash is routed exactly once.
+//! - An **atomic batch** ([`PENDING`]): the records of one step, which a crash leaves in
+//!   the log whole or not at all (the frame's CRC covers every record in it). The routing
+//!   of an inbound QoS 2 message from a persistent session uses it: the copies queued for
+//!   subscribers and the publisher's received packet id are then either all recovered or
+//!   none, so the publisher's resend after a crash is routed exactly once.
+//! - **Deferred records** ([`DEFERRED`]): the steps of outbound messages a connection's
+//!   acknowledgements cause (sent from the queue, PUBREC received, finished), collected
+//!   while the connection handles one buffer of packets and appended once at its end
+//!   (`connection/driver.rs`), so that a subscriber acknowledging a hundred messages takes
+//!   the log's lock once rather than a hundred times. Safe to defer because each is about
+//!   a message whose [`super::record::Record::Out`] is in the log already (appended when it
+//!   was handed over, never deferred), and nothing waits for them except output they hold
+//!   explicitly (a PUBREL, a QoS 2 PUBLISH).
 //!
-//! A record appended into a batch has no log position yet: its caller gets [`PENDING`],
-//! and output that must wait for it is held until the batch is closed and its position
-//! known (see `delivery::shared_writer`).
+//! Both are encoded as a [`super::record::Record::Batch`]. A record appended into either
+//! has no log position yet: its caller gets [`PENDING`] or [`DEFERRED`], and output that
+//! must wait for it is held until the frame is appended and its position known (see
+//! `delivery::shared_writer`).
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
-/// The position of a record appended into an open batch: not known until it closes.
+/// The position of a record appended into an open atomic batch: not known until it
+/// closes.
 pub const PENDING: u64 = u64::MAX;
+
+/// The position of a deferred record: not known until the connection appends them.
+pub const DEFERRED: u64 = u64::MAX - 1;
+
+/// Whether `position` is one of the two not-yet-known positions.
+pub fn is_pending(position: u64) -> bool {
+    position >= DEFERRED
+}
 
 /// Tag of a batch record (see `record.rs`).
 pub(super) const BATCH_TAG: u8 = 16;
 
+type Open = RefCell<Option<Vec<u8>>>;
+
 thread_local! {
     /// The open batch's encoding: the tag, the number of records (`u32 LE`, patched when
     /// it closes), then each record as `len: u32 LE | record`.
-    static OPEN: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+    static ATOMIC: Open = const { RefCell::new(None) };
+    /// The deferred records, in the same encoding.
+    static DEFERRED_RECORDS: Open = const { RefCell::new(None) };
 }
 
-/// Opens a batch on this thread; false if one is open already (batches do not nest).
-pub(super) fn begin() -> bool {
-    OPEN.with_borrow_mut(|open| {
+/// The thread-local buffer of `kind` ([`PENDING`] or [`DEFERRED`]).
+fn buffer(kind: u64) -> &'static LocalKey<Open> {
+    if kind == DEFERRED {
+        &DEFERRED_RECORDS
+    } else {
+        &ATOMIC
+    }
+}
+
+/// Opens a buffer of `kind` on this thread; false if one is open already (they do not
+/// nest).
+pub(super) fn begin(kind: u64) -> bool {
+    buffer(kind).with_borrow_mut(|open| {
         if open.is_some() {
             return false;
         }
@@ -36,10 +68,10 @@ pub(super) fn begin() -> bool {
     })
 }
 
-/// Appends the record `encode` writes to the open batch and returns [`PENDING`]; gives
-/// `encode` back when no batch is open.
-pub(super) fn append<F: FnOnce(&mut Vec<u8>)>(encode: F) -> Result<u64, F> {
-    OPEN.with_borrow_mut(|open| match open {
+/// Appends the record `encode` writes to the open buffer of `kind` and returns `kind`;
+/// gives `encode` back when none is open.
+pub(super) fn append<F: FnOnce(&mut Vec<u8>)>(kind: u64, encode: F) -> Result<u64, F> {
+    buffer(kind).with_borrow_mut(|open| match open {
         Some(buf) => {
             let start = buf.len();
             buf.extend_from_slice(&[0; 4]);
@@ -48,16 +80,17 @@ pub(super) fn append<F: FnOnce(&mut Vec<u8>)>(encode: F) -> Result<u64, F> {
             buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
             let count = u32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]) + 1;
             buf[1..5].copy_from_slice(&count.to_le_bytes());
-            Ok(PENDING)
+            Ok(kind)
         }
         None => Err(encode),
     })
 }
 
-/// Closes the open batch: its encoding, or `None` when it holds no record (or none is
-/// open).
-pub(super) fn take() -> Option<Vec<u8>> {
-    OPEN.with_borrow_mut(Option::take)
+/// Closes the open buffer of `kind`: its encoding, or `None` when it holds no record (or
+/// none is open).
+pub(super) fn take(kind: u64) -> Option<Vec<u8>> {
+    buffer(kind)
+        .with_borrow_mut(Option::take)
         .filter(|buf| buf.len() > 5)
 }
 
@@ -68,9 +101,9 @@ mod tests {
 
     #[test]
     fn records_appended_in_a_batch_come_back_as_one_record() {
-        assert!(append(|_| {}).is_err(), "no batch open");
-        assert!(begin());
-        assert!(!begin(), "batches do not nest");
+        assert!(append(PENDING, |_| {}).is_err(), "no batch open");
+        assert!(begin(PENDING));
+        assert!(!begin(PENDING), "batches do not nest");
         let records = [
             Record::Qos2Received {
                 session: 1,
@@ -79,12 +112,39 @@ mod tests {
             Record::Done { session: 2, seq: 3 },
         ];
         for r in &records {
-            assert_eq!(append(|buf| r.encode(buf)).ok(), Some(PENDING));
+            assert_eq!(append(PENDING, |buf| r.encode(buf)).ok(), Some(PENDING));
         }
-        let bytes = take().expect("two records");
+        let bytes = take(PENDING).expect("two records");
         assert_eq!(Record::decode(&bytes), Ok(Record::Batch(records.to_vec())));
-        assert!(append(|_| {}).is_err(), "closed");
-        assert!(begin());
-        assert_eq!(take(), None, "an empty batch is nothing to append");
+        assert!(append(PENDING, |_| {}).is_err(), "closed");
+        assert!(begin(PENDING));
+        assert_eq!(take(PENDING), None, "an empty batch is nothing to append");
+    }
+}
+
+#[cfg(test)]
+mod deferred_tests {
+    use super::*;
+    use crate::journal::record::Record;
+
+    #[test]
+    fn deferred_records_and_an_atomic_batch_are_kept_apart() {
+        assert!(begin(DEFERRED));
+        assert!(
+            begin(PENDING),
+            "an atomic batch opens inside a deferred buffer"
+        );
+        let done = Record::Done { session: 1, seq: 2 };
+        let received = Record::Qos2Received {
+            session: 1,
+            packet_id: 3,
+        };
+        assert_eq!(append(DEFERRED, |b| done.encode(b)).ok(), Some(DEFERRED));
+        assert_eq!(append(PENDING, |b| received.encode(b)).ok(), Some(PENDING));
+        let atomic = take(PENDING).expect("one record");
+        assert_eq!(Record::decode(&atomic), Ok(Record::Batch(vec![received])));
+        let deferred = take(DEFERRED).expect("one record");
+        assert_eq!(Record::decode(&deferred), Ok(Record::Batch(vec![done])));
+        assert!(is_pending(PENDING) && is_pending(DEFERRED) && !is_pending(DEFERRED - 1));
     }
 }

@@ -103,25 +103,37 @@ impl Journal {
         self.last_cut.swap(cut, Ordering::AcqRel)
     }
 
-    /// The id of `message`'s stored body, for a record that refers to it: the body is
-    /// appended first unless it is in the log after the last checkpoint's cut already, so
-    /// that a message handed to many persistent sessions is stored once (per checkpoint).
-    pub fn body_id(&self, message: &Message, now: Instant) -> u64 {
+    /// The id of `message`'s stored body, for a record that refers to it, and the body
+    /// itself when the record must carry it ([`record::OutParts::inline`]; then call
+    /// [`Journal::body_stored`] with the record's position): a body in the log after the
+    /// last checkpoint's cut already is not stored again, so that a message handed to many
+    /// persistent sessions is stored once (per checkpoint).
+    pub fn body_for(&self, message: &Message, now: Instant) -> (u64, Option<StoredMessage>) {
         let body = &message.journal_body;
         let id = body.id.load(Ordering::Acquire);
         if id != 0 && body.position.load(Ordering::Acquire) > self.last_cut.load(Ordering::Acquire)
         {
-            return id;
+            return (id, None);
         }
         let id = self.checkpoint_body_id(message);
-        if self.wal.is_some() {
-            let position = self.append(&Record::Body {
-                id,
-                message: stored(message, now),
-            });
-            body.position.store(position, Ordering::Release);
-        }
-        id
+        let inline = self.wal.is_some().then(|| stored(message, now));
+        (id, inline)
+    }
+
+    /// The record carrying `message`'s body was appended at `position`. A position not
+    /// known yet (a batch, deferred records) is noted as the log's end now plus one, which
+    /// is below where the frame will land: the body is then re-stored after a checkpoint
+    /// that might not cover it, never wrongly assumed stored.
+    pub fn body_stored(&self, message: &Message, position: u64) {
+        let position = if batch::is_pending(position) {
+            self.appended() + 1
+        } else {
+            position
+        };
+        message
+            .journal_body
+            .position
+            .store(position, Ordering::Release);
     }
 
     /// The id of `message`'s body for a checkpoint (which writes the body itself): the one
@@ -203,12 +215,13 @@ impl Journal {
     }
 
     /// Appends the record `encode` writes (the hot path's records are encoded from borrowed
-    /// parts, without building a [`Record`]); see [`Journal::append`].
+    /// parts, without building a [`Record`]); see [`Journal::append`]. Inside an open
+    /// atomic batch the record goes into it (and [`batch::PENDING`] is returned).
     pub fn append_with(&self, encode: impl FnOnce(&mut Vec<u8>)) -> u64 {
         let Some(wal) = &self.wal else {
             return 0;
         };
-        let encode = match batch::append(encode) {
+        let encode = match batch::append(batch::PENDING, encode) {
             Ok(pending) => return pending,
             Err(encode) => encode,
         };
@@ -217,22 +230,52 @@ impl Journal {
         position
     }
 
+    /// Appends a step of an outbound message that an acknowledgement caused (sent from the
+    /// queue, PUBREC received, finished): into this thread's deferred records when they
+    /// are open ([`batch::DEFERRED`] is returned, and [`take_appended`] does not see it),
+    /// else as [`Journal::append`] does.
+    pub fn append_deferred(&self, record: &Record) -> u64 {
+        if self.wal.is_none() {
+            return 0;
+        }
+        match batch::append(batch::DEFERRED, |buf| record.encode(buf)) {
+            Ok(deferred) => deferred,
+            Err(_) => self.append(record),
+        }
+    }
+
     /// Opens a batch on this thread ([`batch`]): the records appended until
     /// [`Journal::end_batch`] go into the log as one frame. False (and nothing opened)
     /// without a log or when a batch is open already.
     pub fn begin_batch(&self) -> bool {
-        self.wal.is_some() && batch::begin()
+        self.wal.is_some() && batch::begin(batch::PENDING)
     }
 
     /// Appends the open batch as one frame; returns its position (0 if it held nothing),
     /// which is also what [`take_appended`] reports from now on.
     pub fn end_batch(&self) -> u64 {
-        let (Some(wal), Some(bytes)) = (&self.wal, batch::take()) else {
+        let (Some(wal), Some(bytes)) = (&self.wal, batch::take(batch::PENDING)) else {
             return 0;
         };
         let position = wal.append_with(|buf| buf.extend_from_slice(&bytes)).0;
         APPENDED.with(|a| a.set(a.get().max(position)));
         position
+    }
+
+    /// Opens this thread's deferred records ([`Journal::append_deferred`]). False (and
+    /// nothing opened) without a log or when they are open already.
+    pub fn begin_deferred(&self) -> bool {
+        self.wal.is_some() && batch::begin(batch::DEFERRED)
+    }
+
+    /// Appends this thread's deferred records as one frame; returns its position (0 if
+    /// there were none). Nothing the connection sends waits for it except the output those
+    /// records held, so [`take_appended`] does not report it.
+    pub fn end_deferred(&self) -> u64 {
+        let (Some(wal), Some(bytes)) = (&self.wal, batch::take(batch::DEFERRED)) else {
+            return 0;
+        };
+        wal.append_with(|buf| buf.extend_from_slice(&bytes)).0
     }
 
     /// Everything up to here is durable (`u64::MAX` without a log: nothing waits).
@@ -257,6 +300,30 @@ pub fn unix_ms_now() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+thread_local! {
+    /// A recent reading of the wall clock and the monotonic instant it was taken at.
+    static WALL_CLOCK: Cell<Option<(Instant, u64)>> = const { Cell::new(None) };
+}
+
+/// The wall-clock time at `now` in milliseconds since the Unix epoch, from a reading of
+/// the wall clock this thread took at most a second before (one system-clock read per
+/// second per thread instead of one per stored message; a step of the wall clock shows
+/// within a second).
+fn unix_ms_at(now: Instant) -> u64 {
+    WALL_CLOCK.with(|cached| {
+        if let Some((at, unix_ms)) = cached.get() {
+            if let Some(since) = now.checked_duration_since(at) {
+                if since.as_millis() < 1000 {
+                    return unix_ms + since.as_millis() as u64;
+                }
+            }
+        }
+        let unix_ms = unix_ms_now();
+        cached.set(Some((now, unix_ms)));
+        unix_ms
+    })
+}
+
 /// `message` as stored: its PUBLISH encoded as 5.0 and its wall-clock receive time.
 pub fn stored(message: &Message, now: Instant) -> StoredMessage {
     let age_ms = now
@@ -271,7 +338,7 @@ pub fn stored(message: &Message, now: Instant) -> StoredMessage {
         .as_bytes()
         .clone();
     StoredMessage {
-        received_unix_ms: unix_ms_now().saturating_sub(age_ms),
+        received_unix_ms: unix_ms_at(now).saturating_sub(age_ms),
         origin_session: message.origin_session.unwrap_or(0),
         publish,
     }

@@ -190,6 +190,8 @@ const QOS2_RELEASED: u8 = 13;
 const RETAIN: u8 = 14;
 const BODY: u8 = 15;
 const BATCH: u8 = super::batch::BATCH_TAG;
+/// An [`OutRecord`] followed by its body: decoded as the batch `[Body, Out]`.
+const OUT_WITH_BODY: u8 = 17;
 
 fn encode_body(id: u64, message: &StoredMessage, dst: &mut Vec<u8>) {
     dst.put_u8(BODY);
@@ -224,7 +226,12 @@ fn decode_batch(mut src: &[u8]) -> Result<Record, RecordError> {
         if inner.first() == Some(&BATCH) {
             return Err(RecordError::UnknownTag(BATCH));
         }
-        records.push(Record::decode(inner)?);
+        // An out record with its body decodes as a batch of the two: flattened, so that
+        // batches never nest once decoded.
+        match Record::decode(inner)? {
+            Record::Batch(parts) => records.extend(parts),
+            record => records.push(record),
+        }
         src.advance(len);
     }
     if !src.is_empty() {
@@ -326,7 +333,10 @@ impl Record {
 
     /// Whether the encoded record `src` is, or may hold, a [`Record::Body`].
     pub fn may_hold_body(src: &[u8]) -> bool {
-        matches!(src.first(), Some(&BODY) | Some(&BATCH))
+        matches!(
+            src.first(),
+            Some(&BODY) | Some(&BATCH) | Some(&OUT_WITH_BODY)
+        )
     }
 
     /// Decodes one record (the whole of `src`).
@@ -386,6 +396,17 @@ impl Record {
                 filter: get_str(&mut src)?,
             },
             OUT => Record::Out(Box::new(OutRecord::decode_after_head(session, &mut src)?)),
+            OUT_WITH_BODY => {
+                let out = OutRecord::decode_after_head(session, &mut src)?;
+                let message = StoredMessage::decode(&mut src)?;
+                Record::Batch(vec![
+                    Record::Body {
+                        id: out.body,
+                        message,
+                    },
+                    Record::Out(Box::new(out)),
+                ])
+            }
             SENT => Record::Sent {
                 session,
                 seq: get_u64(&mut src)?,
@@ -452,12 +473,21 @@ pub struct OutParts<'a> {
     pub group: Option<&'a str>,
     /// The id of the message's [`Record::Body`].
     pub body: u64,
+    /// The body itself, when this record stores it (the first record about the message
+    /// since the last checkpoint): one frame instead of a body record and an out record.
+    pub inline: Option<&'a StoredMessage>,
 }
 
 impl OutParts<'_> {
-    /// Appends the encoding of the [`Record::Out`] these parts make.
+    /// Appends the encoding of the [`Record::Out`] these parts make (with `inline`: of the
+    /// [`Record::Batch`] of its body and it).
     pub fn encode(&self, dst: &mut Vec<u8>) {
-        head(dst, OUT, self.session);
+        let tag = if self.inline.is_some() {
+            OUT_WITH_BODY
+        } else {
+            OUT
+        };
+        head(dst, tag, self.session);
         dst.put_u64_le(self.seq);
         dst.put_u8(self.qos | (self.retain as u8) << 2);
         dst.put_u16_le(self.packet_id);
@@ -467,6 +497,9 @@ impl OutParts<'_> {
         }
         put_str(dst, self.group.unwrap_or(""));
         dst.put_u64_le(self.body);
+        if let Some(message) = self.inline {
+            message.encode(dst);
+        }
     }
 }
 
@@ -481,6 +514,7 @@ impl OutRecord {
             subscription_ids: &self.subscription_ids,
             group: self.group.as_deref(),
             body: self.body,
+            inline: None,
         }
         .encode(dst);
     }
@@ -684,6 +718,46 @@ mod tests {
             let mut buf = Vec::new();
             record.encode(&mut buf);
             assert_eq!(Record::decode(&buf), Ok(record.clone()), "{record:?}");
+        }
+    }
+
+    #[test]
+    fn an_out_record_with_its_body_decodes_as_body_then_out() {
+        let out = OutRecord {
+            session: 6,
+            seq: 9,
+            qos: 1,
+            retain: false,
+            packet_id: 4,
+            subscription_ids: vec![3],
+            group: None,
+            body: 12,
+        };
+        let body = message();
+        let mut buf = Vec::new();
+        OutParts {
+            session: out.session,
+            seq: out.seq,
+            qos: out.qos,
+            retain: out.retain,
+            packet_id: out.packet_id,
+            subscription_ids: &out.subscription_ids,
+            group: None,
+            body: out.body,
+            inline: Some(&body),
+        }
+        .encode(&mut buf);
+        assert!(Record::may_hold_body(&buf));
+        let expected = Record::Batch(vec![
+            Record::Body {
+                id: 12,
+                message: body,
+            },
+            Record::Out(Box::new(out)),
+        ]);
+        assert_eq!(Record::decode(&buf), Ok(expected));
+        for cut in 0..buf.len() {
+            assert!(Record::decode(&buf[..cut]).is_err(), "cut {cut}");
         }
     }
 

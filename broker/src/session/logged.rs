@@ -47,6 +47,7 @@ impl SessionLog {
 }
 
 /// Logs a message handed to `session`: queued (`packet_id` 0) or sent with `packet_id`.
+/// The first record about a message since the last checkpoint carries its body.
 pub(super) fn out(
     journal: &Journal,
     session: u64,
@@ -54,8 +55,8 @@ pub(super) fn out(
     packet_id: u16,
     now: Instant,
 ) -> u64 {
-    let body = journal.body_id(&q.message, now);
-    journal.append_with(|dst| {
+    let (body, inline) = journal.body_for(&q.message, now);
+    let position = journal.append_with(|dst| {
         OutParts {
             session,
             seq: q.seq,
@@ -65,9 +66,14 @@ pub(super) fn out(
             subscription_ids: &q.subscription_ids,
             group: q.group.as_deref(),
             body,
+            inline: inline.as_ref(),
         }
         .encode(dst);
-    })
+    });
+    if inline.is_some() {
+        journal.body_stored(&q.message, position);
+    }
+    position
 }
 
 /// The record of `q` handed to `session` (`packet_id` 0: queued), its body being `body`.
@@ -84,9 +90,12 @@ pub(super) fn out_record(session: u64, q: &Queued, packet_id: u16, body: u64) ->
     }))
 }
 
+// The steps below follow an `out` record already in the log (never deferred), so they may
+// be deferred to the end of the connection's input batch (`journal::batch`).
+
 /// Logs that queued message `seq` went out with `packet_id`.
 pub(super) fn sent(journal: &Journal, session: u64, seq: u64, packet_id: u16) -> u64 {
-    journal.append(&Record::Sent {
+    journal.append_deferred(&Record::Sent {
         session,
         seq,
         packet_id,
@@ -95,10 +104,10 @@ pub(super) fn sent(journal: &Journal, session: u64, seq: u64, packet_id: u16) ->
 
 /// Logs that the client answered PUBREC for `seq`.
 pub(super) fn released(journal: &Journal, session: u64, seq: u64) -> u64 {
-    journal.append(&Record::Released { session, seq })
+    journal.append_deferred(&Record::Released { session, seq })
 }
 
 /// Logs that `seq` is finished.
 pub(super) fn done(journal: &Journal, session: u64, seq: u64) -> u64 {
-    journal.append(&Record::Done { session, seq })
+    journal.append_deferred(&Record::Done { session, seq })
 }

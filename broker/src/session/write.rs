@@ -7,7 +7,7 @@ use tern_codec::{Family, Outbound, PacketId, PubRel, PublishQoS, QoS};
 
 use super::delivery::{DeliverCtx, Link};
 use crate::delivery::shared_writer::{note_pending_hold, Appended};
-use crate::journal::batch::PENDING;
+use crate::journal::batch::is_pending;
 use crate::message::Message;
 use crate::metrics::Metrics;
 
@@ -37,8 +37,8 @@ pub(super) fn write_pubrel(link: &Link, pubrel: PubRel, hold: u64) {
         pubrel.encode(version, guard.buf());
         guard.hold_until(hold);
         drop(guard);
-        if hold == PENDING {
-            note_pending_hold(&link.writer);
+        if is_pending(hold) {
+            note_pending_hold(&link.writer, hold);
         }
     }
 }
@@ -107,8 +107,8 @@ pub(super) fn write_publish(
         guard.hold_until(hold);
     }
     drop(guard);
-    if held && hold == PENDING {
-        note_pending_hold(&link.writer);
+    if held && is_pending(hold) {
+        note_pending_hold(&link.writer, hold);
     }
     let written = account(link, message, appended, max_len, ctx);
     if written != Written::Yes {

@@ -142,6 +142,10 @@ pub struct Limits {
     pub backpressure_max_wait_ms: u64,
     pub backpressure_queued_messages: usize,
     pub slow_consumer_timeout_ms: u64,
+    /// Broker-wide bound on bytes held for clients (queued and inflight QoS 1/2); unset:
+    /// an eighth of the machine's memory; 0: none.
+    #[serde(default)]
+    pub max_total_queued_bytes: Option<usize>,
     pub max_topic_levels: usize,
     pub max_topic_length_bytes: usize,
     pub max_subscriptions_per_client: usize,
@@ -155,6 +159,13 @@ impl Limits {
     pub fn topic_within_limits(&self, topic: &str) -> bool {
         topic.len() <= self.max_topic_length_bytes
             && topic.bytes().filter(|&b| b == b'/').count() < self.max_topic_levels
+    }
+
+    /// `max_total_queued_bytes` in force: as configured, or the default (a fraction of the
+    /// machine's memory) when unset; 0: no limit.
+    pub fn total_queued_bytes(&self) -> usize {
+        self.max_total_queued_bytes
+            .unwrap_or_else(crate::delivery::budget::default_max_total_queued_bytes)
     }
 }
 
@@ -453,6 +464,15 @@ impl Config {
                 l.writer_cap_bytes.to_string(),
                 "at least limits.max_packet_size_bytes",
             ));
+        }
+        if let Some(total) = l.max_total_queued_bytes.filter(|&t| t != 0) {
+            if total < l.max_queued_bytes {
+                return Err(out_of_range(
+                    "limits.max_total_queued_bytes",
+                    total.to_string(),
+                    "0 (no limit) or at least limits.max_queued_bytes",
+                ));
+            }
         }
         if l.max_topic_levels == 0 {
             return Err(out_of_range(

@@ -644,4 +644,29 @@ mod tests {
             .to_string();
         assert!(err.contains("limits.receive_maximum"), "{err}");
     }
+
+    /// `max_total_queued_bytes`: unset is a fraction of memory, 0 is no limit, and a value
+    /// below one session's `max_queued_bytes` is refused by name (`tern check-config`).
+    #[test]
+    fn max_total_queued_bytes_checked() {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tern-config-t-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let config = Config::load(None).expect("defaults");
+        assert!(
+            config.limits.total_queued_bytes() >= 256 << 20,
+            "on by default"
+        );
+        let path = dir.join("total.toml");
+        std::fs::write(&path, "[limits]\nmax_total_queued_bytes = 0\n").expect("write");
+        let config = Config::load(Some(&path)).expect("0: no limit");
+        assert_eq!(config.limits.total_queued_bytes(), 0);
+        std::fs::write(&path, "[limits]\nmax_total_queued_bytes = 1000\n").expect("write");
+        let err = Config::load(Some(&path))
+            .expect_err("must fail")
+            .to_string();
+        assert!(err.contains("limits.max_total_queued_bytes"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -219,3 +219,139 @@ async fn stuck_qos1_bounded_in_bytes_and_disconnected() {
     assert_eq!(got, held, "everything held reaches the returning client");
     assert_eq!(broker.broker().budget().used_bytes(), 0, "all given back");
 }
+
+// Order between a replay and live traffic: a live message on a topic the replay has not
+// reached yet does not overtake that topic's retained message ([MQTT-4.6.0-6]: every topic
+// is an Ordered Topic on a non-shared subscription); the live message carries RETAIN 0
+// ([MQTT-3.3.1-12]: Retain As Published 0), the replayed ones RETAIN 1 ([MQTT-3.3.1-8]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_message_does_not_overtake_its_topics_retained_one_mqtt_4_6_0_6() {
+    let broker = TestBroker::start().await;
+    retain_many(&broker, "ord", 200, 16, QoS::AtLeastOnce);
+    let mut sub = Client::tcp(broker.addr, V5).await;
+    let mut connect = Connect::new(V5, "ord-sub");
+    connect.properties.receive_maximum = Some(4);
+    sub.connect(connect).await;
+    sub.subscribe("ord/#", QoS::AtLeastOnce).await;
+    // The window (4) holds the replay back while nothing is acknowledged: "ord/99" sorts
+    // after "ord/0".."ord/98"'s first few, so the replay has not reached it yet.
+    let mut publisher = broker.client(V5, "ord-pub").await;
+    publisher
+        .publish("ord/99", b"live", QoS::AtLeastOnce, false)
+        .await;
+    let mut topics = Vec::new();
+    while let Some(Packet::Publish(p)) = sub.recv_within(Duration::from_secs(2)).await {
+        sub.ack(&p).await;
+        topics.push((p.topic().to_string(), p.retain, p.payload().to_vec()));
+    }
+    assert_eq!(topics.len(), 201, "200 retained and the live one");
+    let retained_at = topics
+        .iter()
+        .position(|(t, retain, _)| t == "ord/99" && *retain)
+        .expect("the retained ord/99");
+    let live_at = topics
+        .iter()
+        .position(|(t, retain, payload)| t == "ord/99" && !*retain && payload == b"live")
+        .expect("the live ord/99");
+    assert!(
+        retained_at < live_at,
+        "retained {retained_at}, live {live_at}"
+    );
+    assert!(
+        live_at < 150,
+        "the live message did not wait for the whole replay (at {live_at})"
+    );
+}
+
+// A retained message replaced after the SUBSCRIBE reaches the subscriber live, once, and
+// after the one it replaced if that one is sent at all: the replay never sends the newer
+// one again (it was stored after the replay began), nor the older one after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_replaced_during_replay_arrives_once() {
+    let broker = TestBroker::start().await;
+    retain_many(&broker, "rep", 50, 16, QoS::AtLeastOnce);
+    let mut sub = Client::tcp(broker.addr, V5).await;
+    let mut connect = Connect::new(V5, "rep-sub");
+    connect.properties.receive_maximum = Some(2);
+    sub.connect(connect).await;
+    sub.subscribe("rep/#", QoS::AtLeastOnce).await;
+    let mut publisher = broker.client(V5, "rep-pub").await;
+    publisher
+        .publish("rep/7", b"newer", QoS::AtLeastOnce, true)
+        .await;
+    let mut rep7 = Vec::new();
+    let mut n = 0;
+    while let Some(Packet::Publish(p)) = sub.recv_within(Duration::from_secs(2)).await {
+        sub.ack(&p).await;
+        n += 1;
+        if p.topic() == "rep/7" {
+            rep7.push(p.payload().to_vec());
+        }
+    }
+    let newer: Vec<_> = rep7.iter().filter(|p| p.as_slice() == b"newer").collect();
+    assert_eq!(newer.len(), 1, "the newer one once, live: {rep7:?}");
+    assert_eq!(
+        rep7.last().map(Vec::as_slice),
+        Some(&b"newer"[..]),
+        "{rep7:?}"
+    );
+    assert!(rep7.len() <= 2);
+    assert_eq!(n, 49 + rep7.len());
+}
+
+// The broker-wide budget: once sessions hold max_total_queued_bytes, a 5.0 QoS 1 PUBLISH
+// gets PUBACK 0x97 Quota exceeded and a 3.1.1 one is acknowledged and dropped, both
+// counted; when a session gives bytes back, publishes are accepted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn total_budget_refuses_qos1_publishes_with_0x97() {
+    const MESSAGE_BYTES: usize = 8192;
+    let broker = TestBroker::start_with(|c| {
+        c.limits.max_queued_bytes = 64 * 1024;
+        c.limits.max_total_queued_bytes = Some(96 * 1024);
+    })
+    .await;
+    for id in ["off-a", "off-b"] {
+        let mut c = Client::tcp(broker.addr, V5).await;
+        let mut connect = Connect::new(V5, id);
+        connect.clean_start = false;
+        connect.properties.session_expiry_interval_secs = Some(300);
+        c.connect(connect).await;
+        c.subscribe("b/#", QoS::AtLeastOnce).await;
+        c.disconnect().await;
+    }
+    let mut v5 = broker.client(V5, "pub5").await;
+    let payload = vec![b'p'; MESSAGE_BYTES];
+    let mut refused_at = None;
+    for i in 0..32 {
+        let code = v5.publish("b/x", &payload, QoS::AtLeastOnce, false).await;
+        if code == Some(tern_codec::ReasonCode::QUOTA_EXCEEDED) {
+            refused_at = Some(i);
+            break;
+        }
+    }
+    assert!(refused_at.is_some(), "never refused");
+    let metrics = broker.broker().metrics();
+    assert!(Metrics::get(&metrics.dropped_total_budget) >= 1);
+    assert!(Metrics::get(&metrics.publishes_refused_total_budget) >= 1);
+    assert!(broker.broker().budget().used_bytes() <= 96 * 1024);
+    let mut v3 = broker.client(ProtocolVersion::V3_1_1, "pub3").await;
+    assert_eq!(
+        v3.publish("b/x", &payload, QoS::AtLeastOnce, false).await,
+        Some(tern_codec::ReasonCode::SUCCESS),
+        "3.1.1: acknowledged as received ([MQTT-3.3.5-2]) and dropped"
+    );
+    assert!(Metrics::get(&metrics.publishes_refused_total_budget) >= 2);
+    // One session comes back and takes its messages: bytes are given back.
+    let mut back = Client::tcp(broker.addr, V5).await;
+    let mut connect = Connect::new(V5, "off-a");
+    connect.clean_start = false;
+    connect.properties.session_expiry_interval_secs = Some(300);
+    back.connect(connect).await;
+    while let Some(Packet::Publish(p)) = back.recv_within(Duration::from_millis(500)).await {
+        back.ack(&p).await;
+    }
+    assert_eq!(
+        v5.publish("b/x", &payload, QoS::AtLeastOnce, false).await,
+        Some(tern_codec::ReasonCode::SUCCESS)
+    );
+}

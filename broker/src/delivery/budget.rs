@@ -9,7 +9,7 @@
 //! that grows with what clients send; a message shared by many sessions counts once per
 //! session, as each holds it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The bytes held for clients, against a limit.
 #[derive(Debug)]
@@ -17,6 +17,10 @@ pub struct ByteBudget {
     used_bytes: AtomicUsize,
     /// The limit; 0: none.
     max_bytes: AtomicUsize,
+    /// A reservation was refused and nothing was given back since: the budget is
+    /// exhausted for new publishes (a limit is rarely hit exactly, so `used >= max` alone
+    /// would seldom hold).
+    refused: AtomicBool,
 }
 
 impl ByteBudget {
@@ -25,6 +29,7 @@ impl ByteBudget {
         ByteBudget {
             used_bytes: AtomicUsize::new(0),
             max_bytes: AtomicUsize::new(max_bytes),
+            refused: AtomicBool::new(false),
         }
     }
 
@@ -43,10 +48,11 @@ impl ByteBudget {
         self.used_bytes.load(Ordering::Relaxed)
     }
 
-    /// Whether nothing more may be held: new QoS 1/2 publishes are refused.
+    /// Whether nothing more may be held: new QoS 1/2 publishes are refused. True once a
+    /// reservation was refused, until bytes are given back (or the limit is reached).
     pub fn is_exhausted(&self) -> bool {
         let max = self.max_bytes();
-        max != 0 && self.used_bytes() >= max
+        max != 0 && (self.refused.load(Ordering::Relaxed) || self.used_bytes() >= max)
     }
 
     /// Takes `n` bytes if they fit; returns whether they did.
@@ -55,6 +61,7 @@ impl ByteBudget {
         let before = self.used_bytes.fetch_add(n, Ordering::Relaxed);
         if max != 0 && before + n > max {
             self.used_bytes.fetch_sub(n, Ordering::Relaxed);
+            self.refused.store(true, Ordering::Relaxed);
             return false;
         }
         true
@@ -67,7 +74,13 @@ impl ByteBudget {
 
     /// Gives back `n` bytes taken before.
     pub fn release(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
         self.used_bytes.fetch_sub(n, Ordering::Relaxed);
+        if self.refused.load(Ordering::Relaxed) {
+            self.refused.store(false, Ordering::Relaxed);
+        }
     }
 }
 
@@ -95,10 +108,14 @@ mod tests {
         assert!(budget.try_reserve(60));
         assert!(!budget.try_reserve(41), "over the limit: nothing taken");
         assert_eq!(budget.used_bytes(), 60);
+        assert!(budget.is_exhausted(), "a refusal exhausts it");
+        budget.release(0);
+        assert!(budget.is_exhausted(), "until something is given back");
         assert!(budget.try_reserve(40));
         assert!(budget.is_exhausted());
         budget.release(50);
         assert!(!budget.is_exhausted());
+        assert!(budget.try_reserve(10));
         let unlimited = ByteBudget::new(0);
         assert!(unlimited.try_reserve(usize::MAX / 2));
         assert!(!unlimited.is_exhausted());

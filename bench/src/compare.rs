@@ -75,6 +75,10 @@ enum Kind {
     Connstorm,
     /// `sse` / `ws`: Tern's HTTP bridges; the other brokers have none.
     Bridge,
+    /// `retained-replay` (issue #17).
+    Replay,
+    /// `stuck-qos1` (issue #17).
+    Stuck,
 }
 
 /// One scenario invocation of the suite.
@@ -135,6 +139,12 @@ fn suite(args: &CompareArgs) -> Result<Vec<Case>> {
                  "connstorm --concurrency 16 --duration-secs 5 --warmup-secs 1 --threads 2", 40),
             case("idle-10000", "idle, 10,000 connections with 1 subscription each", Idle, false,
                  "idle --connections 10000 --steps 5 --settle-secs 2", 150),
+            case("retained-replay-q0-3000", "retained replay QoS 0, 3,000 x 1 KiB -> 1 sub on rc/#", Replay, false,
+                 "retained-replay --retained 3000 --payload-bytes 1024 --qos 0", 60),
+            case("retained-replay-q1-20000", "retained replay QoS 1, 20,000 x 1 KiB -> 1 sub on rc/#", Replay, true,
+                 "retained-replay --retained 20000 --payload-bytes 1024 --qos 1", 120),
+            case("stuck-qos1", "2 stuck QoS 1 subs, 1 MB x 20 msg/s for 20 s; innocent QoS 1 pair at 200 msg/s", Stuck, true,
+                 "stuck-qos1 --stuck 2 --payload-bytes 1000000 --rate 20 --duration-secs 20 --innocent-rate 200", 90),
             bridge_case("sse-2000", "SSE (Tern only): 0..2000 idle subscribers, then 1 pub x 50 msg/s -> all",
                  "sse --subscribers 0,100,500,1000,2000 --rate 50 --settle-secs 3 --duration-secs 10", 180),
             bridge_case("ws-2000", "WebSocket JSON (Tern only): 0..2000 idle subscribers, then 1 pub x 50 msg/s -> all",
@@ -157,6 +167,10 @@ fn suite(args: &CompareArgs) -> Result<Vec<Case>> {
                  "connstorm --concurrency 8 --duration-secs 2 --warmup-secs 1", 30),
             case("idle-1000", "idle, 1000 connections", Idle, false,
                  "idle --connections 1000 --steps 3 --settle-secs 1", 60),
+            case("retained-replay-q0-3000", "retained replay QoS 0, 3,000 x 1 KiB", Replay, false,
+                 "retained-replay --retained 3000 --payload-bytes 1024 --qos 0", 60),
+            case("stuck-qos1", "2 stuck QoS 1 subs, 1 MB x 20 msg/s for 5 s", Stuck, true,
+                 "stuck-qos1 --stuck 2 --payload-bytes 1000000 --rate 20 --duration-secs 5 --innocent-rate 200", 60),
             bridge_case("sse-200", "SSE (Tern only), 0..200 subscribers, 50 msg/s",
                  "sse --subscribers 0,100,200 --rate 50 --settle-secs 1 --duration-secs 2", 60),
             bridge_case("ws-200", "WebSocket JSON (Tern only), 0..200 subscribers, 50 msg/s",
@@ -704,6 +718,76 @@ fn metrics(kind: Kind) -> Vec<Metric> {
                 ratio: false,
             },
         ],
+        Kind::Replay => vec![
+            Metric {
+                label: "retained received",
+                get: |v| f(v, &["received"]),
+                higher_is_better: true,
+                ratio: true,
+            },
+            Metric {
+                label: "time to receive all s",
+                get: |v| f(v, &["secs_to_receive"]),
+                higher_is_better: false,
+                ratio: true,
+            },
+            Metric {
+                label: "broker RSS growth KiB",
+                get: |v| f(v, &["broker_rss_growth_kib"]),
+                higher_is_better: false,
+                ratio: true,
+            },
+            Metric {
+                label: "broker RSS peak KiB",
+                get: |v| f(v, &["broker_rss_peak_kib"]),
+                higher_is_better: false,
+                ratio: true,
+            },
+        ],
+        Kind::Stuck => vec![
+            Metric {
+                label: "broker RSS peak KiB",
+                get: |v| f(v, &["broker_rss_peak_kib"]),
+                higher_is_better: false,
+                ratio: true,
+            },
+            Metric {
+                label: "innocent p99 ms",
+                get: |v| f(v, &["innocent_latency_ms", "p99"]),
+                higher_is_better: false,
+                ratio: true,
+            },
+            Metric {
+                label: "stuck disconnected",
+                get: |v| f(v, &["stuck_disconnected"]),
+                higher_is_better: true,
+                ratio: false,
+            },
+            Metric {
+                label: "innocent p50 ms",
+                get: |v| f(v, &["innocent_latency_ms", "p50"]),
+                higher_is_better: false,
+                ratio: true,
+            },
+            Metric {
+                label: "innocent max ms",
+                get: |v| f(v, &["innocent_latency_ms", "max"]),
+                higher_is_better: false,
+                ratio: true,
+            },
+            Metric {
+                label: "large messages acked",
+                get: |v| f(v, &["big_acked"]),
+                higher_is_better: true,
+                ratio: false,
+            },
+            Metric {
+                label: "large messages refused (0x97)",
+                get: |v| f(v, &["big_refused"]),
+                higher_is_better: false,
+                ratio: false,
+            },
+        ],
         Kind::Connstorm => vec![
             Metric {
                 label: "connections/s",
@@ -904,6 +988,8 @@ fn markdown(
             Kind::Idle => &[0],
             Kind::Connstorm => &[0, 2],
             Kind::Bridge => &[0, 2, 4],
+            Kind::Replay => &[0, 1, 2],
+            Kind::Stuck => &[0, 1, 2],
         };
         for &k in keys {
             row(

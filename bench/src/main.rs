@@ -14,6 +14,7 @@
 
 mod bridge;
 mod compare;
+mod flowctl;
 mod mqtt;
 mod payload;
 mod procfs;
@@ -95,6 +96,43 @@ enum Cmd {
         /// Number of subscribers, the slow one included.
         #[arg(long, default_value_t = 10)]
         subscribers: usize,
+    },
+    /// N retained messages, then one subscriber to their wildcard that reads as fast as it
+    /// can: how many arrive, how fast, and the broker's RSS growth meanwhile (issue #17).
+    RetainedReplay {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Retained messages stored before the subscriber comes.
+        #[arg(long, default_value_t = 3000)]
+        retained: u64,
+        /// Payload bytes of each.
+        #[arg(long, default_value_t = 1024)]
+        payload_bytes: usize,
+        /// QoS of the subscription (the messages are stored at QoS 1).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+        qos: u8,
+    },
+    /// S QoS 1 subscribers that never read, large QoS 1 messages to them at a fixed rate,
+    /// and an innocent QoS 1 pair on its own topic: broker peak RSS, the innocent latency,
+    /// stuck subscribers disconnected (issue #17).
+    StuckQos1 {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Subscribers that never read.
+        #[arg(long, default_value_t = 2)]
+        stuck: usize,
+        /// Payload bytes of the large messages.
+        #[arg(long, default_value_t = 1_000_000)]
+        payload_bytes: usize,
+        /// Large messages per second.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// Seconds the large messages are published.
+        #[arg(long, default_value_t = 20.0)]
+        duration_secs: f64,
+        /// Innocent messages (64 B) per second.
+        #[arg(long, default_value_t = 200.0)]
+        innocent_rate: f64,
     },
     /// N idle connections with one subscription each: broker RSS per connection (needs
     /// --broker-pid), as the slope over several steps.
@@ -332,6 +370,8 @@ fn main_with(cli: Cli) -> Result<()> {
         | Cmd::P2p { target, .. }
         | Cmd::Slowconsumer { target, .. }
         | Cmd::Idle { target, .. }
+        | Cmd::RetainedReplay { target, .. }
+        | Cmd::StuckQos1 { target, .. }
         | Cmd::Connstorm { target, .. }
         | Cmd::Sse { target, .. }
         | Cmd::Ws { target, .. } => target.clone(),
@@ -494,6 +534,29 @@ async fn run(cmd: Cmd, t: &TargetArgs) -> Result<Value> {
         }
         Cmd::Ws { bridge, .. } => {
             bridge::run_bridge(&target, &bridge.opts(bridge::BridgeKind::Ws)?).await?
+        }
+        Cmd::RetainedReplay {
+            retained,
+            payload_bytes,
+            qos,
+            ..
+        } => flowctl::run_retained_replay(&target, retained, payload_bytes, qos).await?,
+        Cmd::StuckQos1 {
+            stuck,
+            payload_bytes,
+            rate,
+            duration_secs,
+            innocent_rate,
+            ..
+        } => {
+            let opts = flowctl::StuckOpts {
+                stuck,
+                payload_bytes,
+                rate: rate.max(0.1),
+                duration_secs: duration_secs.clamp(0.5, 3600.0),
+                innocent_rate: innocent_rate.max(0.1),
+            };
+            flowctl::run_stuck_qos1(&target, opts).await?
         }
         Cmd::Compare(_) | Cmd::CrashLoop { .. } => unreachable!("not run here"),
     };

@@ -310,6 +310,11 @@ impl PublishFrame {
         frame
     }
 
+    /// Sets the RETAIN flag.
+    pub(crate) fn set_retain(&mut self) {
+        self.bytes[0] |= 1;
+    }
+
     /// Length of one encoded PUBLISH.
     pub(crate) fn len(&self) -> usize {
         self.bytes.len()

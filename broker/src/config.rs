@@ -142,6 +142,10 @@ pub struct Limits {
     pub backpressure_max_wait_ms: u64,
     pub backpressure_queued_messages: usize,
     pub slow_consumer_timeout_ms: u64,
+    /// Broker-wide bound on bytes held for clients (queued and inflight QoS 1/2); unset:
+    /// an eighth of the machine's memory; 0: none.
+    #[serde(default)]
+    pub max_total_queued_bytes: Option<usize>,
     pub max_topic_levels: usize,
     pub max_topic_length_bytes: usize,
     pub max_subscriptions_per_client: usize,
@@ -155,6 +159,13 @@ impl Limits {
     pub fn topic_within_limits(&self, topic: &str) -> bool {
         topic.len() <= self.max_topic_length_bytes
             && topic.bytes().filter(|&b| b == b'/').count() < self.max_topic_levels
+    }
+
+    /// `max_total_queued_bytes` in force: as configured, or the default (a fraction of the
+    /// machine's memory) when unset; 0: no limit.
+    pub fn total_queued_bytes(&self) -> usize {
+        self.max_total_queued_bytes
+            .unwrap_or_else(crate::delivery::budget::default_max_total_queued_bytes)
     }
 }
 
@@ -454,6 +465,15 @@ impl Config {
                 "at least limits.max_packet_size_bytes",
             ));
         }
+        if let Some(total) = l.max_total_queued_bytes.filter(|&t| t != 0) {
+            if total < l.max_queued_bytes {
+                return Err(out_of_range(
+                    "limits.max_total_queued_bytes",
+                    total.to_string(),
+                    "0 (no limit) or at least limits.max_queued_bytes",
+                ));
+            }
+        }
         if l.max_topic_levels == 0 {
             return Err(out_of_range(
                 "limits.max_topic_levels",
@@ -623,5 +643,30 @@ mod tests {
             .expect_err("must fail")
             .to_string();
         assert!(err.contains("limits.receive_maximum"), "{err}");
+    }
+
+    /// `max_total_queued_bytes`: unset is a fraction of memory, 0 is no limit, and a value
+    /// below one session's `max_queued_bytes` is refused by name (`tern check-config`).
+    #[test]
+    fn max_total_queued_bytes_checked() {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tern-config-t-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let config = Config::load(None).expect("defaults");
+        assert!(
+            config.limits.total_queued_bytes() >= 256 << 20,
+            "on by default"
+        );
+        let path = dir.join("total.toml");
+        std::fs::write(&path, "[limits]\nmax_total_queued_bytes = 0\n").expect("write");
+        let config = Config::load(Some(&path)).expect("0: no limit");
+        assert_eq!(config.limits.total_queued_bytes(), 0);
+        std::fs::write(&path, "[limits]\nmax_total_queued_bytes = 1000\n").expect("write");
+        let err = Config::load(Some(&path))
+            .expect_err("must fail")
+            .to_string();
+        assert!(err.contains("limits.max_total_queued_bytes"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -18,7 +18,9 @@
 //!   state they rebuild.
 //!
 //! Output buffer:
-//! - [`delivery`]: the SharedWriter every producer appends encoded packets to.
+//! - [`delivery`]: the SharedWriter every producer appends encoded packets to, and the
+//!   broker-wide budget of bytes held for clients.
+//! - [`retained`]: the retained store, ordered by topic so that a replay is a cursor.
 //! - [`keep_alive`]: one broker-wide sweeper enforcing every connection's keep alive.
 //!
 //! Session:
@@ -75,6 +77,7 @@ pub mod listener;
 pub mod message;
 pub mod metrics;
 pub mod reload;
+pub mod retained;
 pub mod router;
 pub mod server;
 pub mod session;

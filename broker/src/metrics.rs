@@ -53,8 +53,12 @@ counters! {
     bytes_sent,
     /// QoS 0 messages dropped because a writer was over its byte cap.
     dropped_qos0_slow_consumer,
-    /// QoS 1/2 messages dropped because a session queue was full.
+    /// QoS 1/2 messages dropped because a session queue was full (`max_queued_messages`, or `max_queued_bytes` counting queued and inflight).
     dropped_queue_full,
+    /// QoS 1/2 messages dropped for a session because the broker held `max_total_queued_bytes`.
+    dropped_total_budget,
+    /// QoS 1/2 publishes refused (0x97; 3.1.1: dropped) because the broker held `max_total_queued_bytes`.
+    publishes_refused_total_budget,
     /// Messages dropped for one subscriber because they exceed its Maximum Packet Size.
     dropped_too_large_for_client,
     /// Messages dropped because their Message Expiry Interval passed.
@@ -67,8 +71,20 @@ counters! {
     protocol_errors,
     /// Connections closed for not sending CONNECT in time or missing keep alive.
     timeouts,
-    /// Clients disconnected for staying over the writer cap (slow consumers).
+    /// Clients disconnected as slow consumers: over the writer cap (QoS 0), or a QoS 1/2 window that did not move, for `slow_consumer_timeout_ms`.
     slow_consumer_disconnects,
+    /// Connections closed by the broker for a protocol error or malformed packet.
+    disconnects_protocol_error,
+    /// Connections closed by the broker as slow consumers (0x97).
+    disconnects_slow_consumer,
+    /// Connections closed by the broker for a missed keep alive (0x8D).
+    disconnects_keep_alive,
+    /// Connections closed by the broker because a new connection took the session over (0x8E).
+    disconnects_takeover,
+    /// Connections closed by the broker for a quota (0x97 other than slow consumers: data directory full).
+    disconnects_quota,
+    /// Connections closed by the broker for other reasons (shutdown, admin, token expiry, redirection, failed re-authentication).
+    disconnects_other,
     /// Sessions taken over by a new connection.
     session_takeovers,
     /// Will messages published.

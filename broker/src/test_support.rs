@@ -10,7 +10,11 @@ use bytes::BytesMut;
 use tern_codec::{Decoder, Packet, ProtocolVersion, Publish, QoS};
 use tokio::time::Instant;
 
+use crate::delivery::budget::ByteBudget;
 use crate::delivery::shared_writer::SharedWriter;
+
+/// No broker-wide bound, for tests of one session.
+static UNLIMITED: ByteBudget = ByteBudget::new(0);
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::session::delivery::{DeliverCtx, Link, OutboundAliases};
@@ -24,6 +28,8 @@ pub(crate) fn ctx(metrics: &Metrics, now: Instant) -> DeliverCtx<'_> {
         slow_consumer_timeout: Duration::from_secs(30),
         backpressure_queued_messages: usize::MAX,
         journal: None,
+        retained: None,
+        budget: &UNLIMITED,
     }
 }
 
@@ -34,6 +40,7 @@ pub(crate) fn session(id: u64, queue: usize) -> Arc<Session> {
         Arc::from(format!("c{id}")),
         queue,
         1 << 20,
+        Arc::new(ByteBudget::new(0)),
     ))
 }
 

@@ -2,14 +2,13 @@
 //!
 //! The broker owns the session registry ([`sessions`]), the subscriptions as the router's
 //! trie and each session's record of them, kept together by one set of operations
-//! ([`subscriptions`]), the retained store ([`retained`]), the offline timers of sessions
+//! ([`subscriptions`]), the retained store ([`crate::retained`]), the offline timers of sessions
 //! (will delay, session expiry: [`timers`]), the limits in force and the counters. Nothing
 //! outside reaches into its fields: connections, the HTTP bridges and `$SYS` call its
 //! methods (open/resume/end a session, subscribe, publish, reload).
 
 mod journaling;
 pub mod persist;
-pub mod retained;
 mod sessions;
 mod subscriptions;
 pub mod timers;
@@ -23,15 +22,16 @@ use tokio::time::Instant;
 use dashmap::DashMap;
 use tokio::sync::{watch, Semaphore};
 
-use self::retained::RetainedStore;
 use crate::auth::{Auth, AuthError, AuthState};
 use crate::backpressure::Relief;
 use crate::config::{Config, HttpConfig, Limits, MqttFeatures, Redirect, SessionConfig, SysConfig};
+use crate::delivery::budget::ByteBudget;
 use crate::ip_limits::IpLimits;
 use crate::journal::Journal;
 use crate::keep_alive::KeepAlive;
 use crate::message::Message;
 use crate::metrics::Metrics;
+use crate::retained::RetainedStore;
 use crate::router::{BridgeSink, RouteScratch, Router};
 use crate::session::delivery::DeliverCtx;
 use crate::session::Session;
@@ -78,6 +78,9 @@ struct Inner {
     backpressure_queued_messages: std::sync::atomic::AtomicUsize,
     /// Wakes publishers held back by slow subscribers ([`crate::backpressure`]).
     relief: Relief,
+    /// Bytes held for all clients, against `max_total_queued_bytes`; every session holds
+    /// a reference ([`ByteBudget`]).
+    budget: Arc<ByteBudget>,
     /// Enforces the connections' keep alive ([`crate::keep_alive`]).
     keep_alive: Arc<KeepAlive>,
     /// Will delay and session expiry of offline sessions ([`timers`]).
@@ -125,6 +128,7 @@ impl Broker {
             inner: Arc::new(Inner {
                 router: Router::default(),
                 retained: RetainedStore::default(),
+                budget: Arc::new(ByteBudget::new(limits.total_queued_bytes())),
                 sessions: DashMap::new(),
                 metrics: Metrics::default(),
                 auth: Auth::new(auth),
@@ -202,6 +206,7 @@ impl Broker {
         inner
             .slow_consumer_timeout_ms
             .store(limits.slow_consumer_timeout_ms, Ordering::Relaxed);
+        inner.budget.set_max_bytes(limits.total_queued_bytes());
         *inner.limits.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(limits);
     }
 
@@ -408,7 +413,20 @@ impl Broker {
                 .backpressure_queued_messages
                 .load(Ordering::Relaxed),
             journal: self.journal(),
+            retained: Some(&inner.retained),
+            budget: &inner.budget,
         }
+    }
+
+    /// The broker-wide budget of bytes held for clients (`max_total_queued_bytes`).
+    pub fn budget(&self) -> &Arc<ByteBudget> {
+        &self.inner.budget
+    }
+
+    /// Sends `session` what waits for room in its connection's output buffer (a retained
+    /// replay, QoS 1/2 messages kept back by the cap), as far as the room goes now.
+    pub fn pump(&self, session: &Session, now: Instant) {
+        session.delivery().pump(self.deliver_ctx(now));
     }
 
     /// The journal, when persistence is on.

@@ -250,6 +250,7 @@ impl Broker {
             client_id.clone(),
             limits.max_queued_messages,
             limits.max_queued_bytes,
+            self.budget().clone(),
         ));
         session.set_expiry_secs(s.expiry_secs);
         let generation = session.next_generation();

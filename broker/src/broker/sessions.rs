@@ -67,6 +67,7 @@ impl Broker {
                 client_id.clone(),
                 limits.max_queued_messages,
                 limits.max_queued_bytes,
+                self.inner.budget.clone(),
             ))
         };
         let mut replaced = None;

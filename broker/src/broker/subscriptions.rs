@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::auth::{AuthState, ClientAcl, SubscribeVerdict};
 use crate::metrics::Metrics;
+use crate::session::delivery::ReplayRequest;
 use crate::session::{Session, SubscriptionRecord};
 
 use super::Broker;
@@ -68,6 +69,7 @@ impl Broker {
         let existed = subscriptions.remove(filter).is_some();
         if existed {
             self.log_unsubscribe(session, filter);
+            session.delivery().cancel_replay(filter);
         }
         self.take_from_trie(session, filter);
         existed
@@ -119,10 +121,12 @@ impl Broker {
         rechecked
     }
 
-    /// Sends `session` the retained messages matching `filter`, just subscribed with
-    /// `granted` QoS (the delivery QoS is the lower of it and the message's), `read_check`
-    /// and `subscription_id`. Sent because of a subscribe: RETAIN is 1 ([MQTT-3.3.1-8]);
-    /// the ACL's read check applies to them too.
+    /// Starts sending `session` the retained messages matching `filter`, just subscribed
+    /// with `granted` QoS (the delivery QoS is the lower of it and the message's),
+    /// `read_check` and `subscription_id`. Sent because of a subscribe: RETAIN is 1
+    /// ([MQTT-3.3.1-8]); the ACL's read check applies to them too. A cursor over the store,
+    /// paced by the subscriber (`session/replay.rs`): all of them reach a client that keeps
+    /// reading, whatever their number ([MQTT-3.3.1-9]).
     pub fn send_retained(
         &self,
         session: &Arc<Session>,
@@ -132,21 +136,16 @@ impl Broker {
         subscription_id: Option<u32>,
         now: Instant,
     ) {
-        let mut matches = Vec::new();
-        self.for_each_retained(filter, now, |m| {
-            if read_check.is_none_or(|acl| acl.allows_read(m.publish().topic())) {
-                matches.push(m.clone());
-            }
-        });
-        if matches.is_empty() {
-            return;
-        }
-        let ctx = self.deliver_ctx(now);
-        let ids: Vec<u32> = subscription_id.into_iter().collect();
-        let mut delivery = session.delivery();
-        for message in &matches {
-            delivery.deliver(message, message.qos().min(granted), true, &ids, ctx);
-        }
+        let request = ReplayRequest {
+            filter: Arc::from(filter),
+            granted,
+            subscription_id,
+            read_check: read_check.cloned(),
+            upto_seq: self.inner.retained.seq(),
+        };
+        session
+            .delivery()
+            .start_replay(request, self.deliver_ctx(now));
     }
 
     /// Removes every subscription of `session` (it has ended).

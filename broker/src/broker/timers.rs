@@ -276,7 +276,13 @@ mod tests {
     use tern_codec::{ByteStr, QoS};
 
     fn session(id: u64) -> Arc<Session> {
-        Arc::new(Session::new(id, Arc::from(format!("c{id}")), 10, 1 << 20))
+        Arc::new(Session::new(
+            id,
+            Arc::from(format!("c{id}")),
+            10,
+            1 << 20,
+            Arc::new(crate::delivery::budget::ByteBudget::new(0)),
+        ))
     }
 
     fn will() -> LastWill {

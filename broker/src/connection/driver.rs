@@ -165,6 +165,11 @@ impl Connection {
             // A batch was just taken, so our buffered length dropped: publishers waiting
             // for us may go on (not on every pass while one batch is still being written).
             self.broker.relief().relieve();
+            // And what our session kept back for room in the buffer (a retained replay,
+            // QoS 1/2 messages past the cap) may follow; it wakes us for the next pass.
+            if self.out.take_drain_wanted() {
+                self.broker.pump(self.machine.session(), Instant::now());
+            }
         }
         // One borrow of the connection rather than of its parts: an idle connection waits
         // in this future, and every captured reference is paid by each one.

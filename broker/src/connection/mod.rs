@@ -7,6 +7,7 @@
 //! WebSocket all use the same driver.
 
 pub(crate) mod auth_hooks;
+pub mod closes;
 mod driver;
 mod enhanced_auth;
 mod handshake;
@@ -169,6 +170,7 @@ where
                         _ => {}
                     }
                     tracing::debug!(peer = %self.info.addr, reason = %close, "connection closed before CONNECT completed");
+                    closes::record(self.broker.metrics(), None, self.info.addr, &close);
                     None
                 }
             };
@@ -177,7 +179,7 @@ where
                 let close = established.run(&mut self.reader, &mut self.output).await;
                 slow_consumer = close.is_slow_consumer();
                 if let Some(established) = connection.take() {
-                    linger = established.finish(close);
+                    linger = established.finish(close, self.info.addr);
                 }
             }
             (slow_consumer, linger)
@@ -292,7 +294,7 @@ impl Connection {
     /// Ends the connection: DISCONNECT to a 5.0 client when we close it, then the broker
     /// detaches the session, publishes or schedules the will and ends the session or files
     /// its expiry. Returns whether a DISCONNECT was sent.
-    fn finish(mut self, close: Close) -> bool {
+    fn finish(mut self, close: Close, peer: SocketAddr) -> bool {
         let metrics = self.broker.metrics();
         match &close {
             Close::Protocol(_) => Metrics::add(&metrics.protocol_errors, 1),
@@ -303,8 +305,8 @@ impl Connection {
             _ => {}
         }
         let session = self.machine.session().clone();
-        // The peer address is in the "client connected" line of the same client id.
         tracing::debug!(client_id = %session.client_id, reason = %close, "connection closed");
+        closes::record(metrics, Some(&session.client_id), peer, &close);
         let (disconnect, will) = self.machine.close(&close);
         let sent_disconnect = disconnect.is_some();
         if let Some(mut disconnect) = disconnect {

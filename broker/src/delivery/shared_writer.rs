@@ -8,8 +8,11 @@
 //! (`connection/output.rs`), so a slow socket never blocks a publisher.
 //!
 //! Slow consumers: the buffer has a byte cap. QoS 0 messages that would go past it are
-//! dropped (the caller counts them); QoS 1/2 packets and control packets are always
-//! appended, since they are bounded by the inflight window. The moment the buffer first
+//! dropped (the caller counts them); control packets are always appended. QoS 1/2
+//! PUBLISH packets are appended only while the buffer is under its cap
+//! ([`SharedWriter::has_room`]): the rest wait in their session's queue as shared
+//! references, and the session asks to be told when the buffer drains
+//! ([`SharedWriter::want_drain`]), which is also how a retained replay is paced. The moment the buffer first
 //! went over the cap is kept, so the connection can disconnect a client that stays there
 //! too long (DISCONNECT 0x97).
 
@@ -43,6 +46,9 @@ pub struct SharedWriter {
     /// The consumer did not drain within a publisher's wait: publishers stop waiting for
     /// it (its QoS 0 messages beyond the cap are dropped instead) until it catches up.
     slow: AtomicBool,
+    /// A session has more to send once the buffer drains (a retained replay, QoS 1/2
+    /// messages kept back by the cap): the connection pumps it after taking a batch.
+    drain_wanted: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -233,6 +239,7 @@ impl SharedWriter {
             soft_cap_bytes: u32::try_from(soft_cap_bytes).unwrap_or(u32::MAX),
             len: AtomicU32::new(0),
             slow: AtomicBool::new(false),
+            drain_wanted: AtomicBool::new(false),
         }
     }
 
@@ -245,6 +252,35 @@ impl SharedWriter {
     /// Whether the buffer holds no more than the soft cap.
     pub fn is_relieved(&self) -> bool {
         self.len.load(Ordering::Relaxed) <= self.soft_cap_bytes
+    }
+
+    /// Whether a packet of `len` bytes fits under the byte cap now (always when nothing is
+    /// buffered, so that a packet larger than the cap still goes, alone).
+    pub fn has_room(&self, len: usize) -> bool {
+        let buffered = self.len.load(Ordering::Relaxed) as usize;
+        buffered == 0 || buffered + len <= self.cap_bytes as usize
+    }
+
+    /// Whether fewer than `bytes` are buffered.
+    pub fn is_below(&self, bytes: usize) -> bool {
+        (self.len.load(Ordering::Relaxed) as usize) < bytes
+    }
+
+    /// The byte cap.
+    pub fn cap_bytes(&self) -> usize {
+        self.cap_bytes as usize
+    }
+
+    /// Asks the connection to pump its session once the buffer drains.
+    pub fn want_drain(&self) {
+        self.drain_wanted.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a pump was asked for since the last call (and forgets it).
+    #[inline]
+    pub fn take_drain_wanted(&self) -> bool {
+        self.drain_wanted.load(Ordering::Relaxed)
+            && self.drain_wanted.swap(false, Ordering::Relaxed)
     }
 
     /// Whether the consumer is marked slow (publishers do not wait for it).

@@ -1,81 +1,37 @@
 //! The delivery state of one session: what a publisher in another task needs to hand it a
 //! message, behind one short lock. It holds the link to the connection currently attached
 //! (its SharedWriter, protocol version, maximum packet size, outbound topic aliases), the
-//! QoS 1/2 inflight window and the bounded queue behind it.
+//! QoS 1/2 inflight window, the bounded queue behind it, and the retained replays in
+//! progress (cursors over the retained store, `replay.rs`).
+//!
+//! Flow control (issue #17): `max_queued_bytes` bounds what the session holds, queued and
+//! inflight together, and every byte of it also counts against the broker-wide
+//! [`ByteBudget`] (`delivery_held.rs`). A QoS 1/2 PUBLISH enters the window only while the
+//! connection's output buffer is under its cap; the rest stays queued as shared
+//! references, encoded when the writer drains. A client whose window has not moved for
+//! `slow_consumer_timeout` while messages wait for it is disconnected (0x97).
 //!
 //! Nothing here awaits or does I/O: writing means appending to the SharedWriter.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-use tern_codec::{ByteStr, PacketId, ProtocolVersion, PubRel, PublishQoS, QoS, ReasonCode};
+use tern_codec::{PacketId, PubRel, PublishQoS, QoS, ReasonCode};
 
+pub use super::link::{Link, OutboundAliases};
 use super::logged::{self, SessionLog};
 use super::write::{out_qos, write_publish, write_pubrel, Written};
+use crate::delivery::budget::ByteBudget;
 use crate::delivery::shared_writer::SharedWriter;
 use crate::journal::record::StoredMessage;
 use crate::journal::Journal;
 use crate::message::Message;
 use crate::metrics::Metrics;
+use crate::retained::RetainedStore;
 use crate::session::inflight::{Inflight, Stage, Window};
 use crate::session::SharedKey;
-
-/// Outbound topic aliases of one connection (5.0): topic -> alias, within the client's
-/// Topic Alias Maximum. Aliases are handed out first come and never reassigned.
-#[derive(Debug, Default)]
-pub struct OutboundAliases {
-    /// Boxed at the first alias: most clients allow none, and an empty map is 48 bytes.
-    #[allow(clippy::box_collection)]
-    pub(super) map: Option<Box<HashMap<ByteStr, u16>>>,
-    max: u16,
-}
-
-impl OutboundAliases {
-    /// A table allowing aliases 1..=max (0: none).
-    pub fn new(max: u16) -> OutboundAliases {
-        OutboundAliases { map: None, max }
-    }
-
-    /// The alias to use for `topic` and whether the client already knows it.
-    pub(super) fn choose(&self, topic: &str) -> Option<(u16, bool)> {
-        if self.max == 0 {
-            return None;
-        }
-        let map = self.map.as_deref();
-        if let Some(&alias) = map.and_then(|map| map.get(topic)) {
-            return Some((alias, true));
-        }
-        // Aliases are 1..=in use + 1; once all `max` are taken (up to 65535, so the next
-        // would not fit in a u16), new topics go without one ([MQTT-3.3.2-8]: never 0).
-        let next = u16::try_from(map.map_or(0, HashMap::len) + 1).ok()?;
-        (next <= self.max).then_some((next, false))
-    }
-}
-
-/// The connection a session is attached to.
-#[derive(Debug)]
-pub struct Link {
-    /// Output buffer of the connection.
-    pub writer: Arc<SharedWriter>,
-    /// Protocol version of the connection.
-    pub version: ProtocolVersion,
-    /// The client's Maximum Packet Size (u32::MAX when it gave none).
-    pub max_packet_size_bytes: u32,
-    /// Outbound topic aliases.
-    pub aliases: OutboundAliases,
-    /// The connection's generation; a connection only detaches itself.
-    pub generation: u64,
-    /// The user name the connection authenticated as (ACL reload re-derives from it).
-    pub username: Option<ByteStr>,
-    /// The peer's address (the admin API shows it).
-    pub peer: std::net::SocketAddr,
-    /// The keep alive in force, in seconds (the admin API shows it).
-    pub keep_alive_secs: u16,
-    /// When the connection attached, in ms since the Unix epoch (the admin API shows it).
-    pub connected_at_unix_ms: u64,
-}
 
 /// A QoS 1/2 message waiting for the window (or for the client to come back).
 #[derive(Debug)]
@@ -113,6 +69,10 @@ pub struct DeliverCtx<'a> {
     pub backpressure_queued_messages: usize,
     /// The journal, when persistence is on ([`crate::journal`]).
     pub journal: Option<&'a Journal>,
+    /// The retained store, which retained replays page through (`None`: no replays).
+    pub retained: Option<&'a RetainedStore>,
+    /// The broker-wide budget of bytes held for clients (`max_total_queued_bytes`).
+    pub budget: &'a ByteBudget,
 }
 
 /// The delivery state of one session.
@@ -123,24 +83,45 @@ pub struct Delivery {
     /// Outbound window: min(client Receive Maximum, `max_inflight_messages`).
     window_max: u16,
     queue: VecDeque<Queued>,
+    /// Payload and topic bytes of the queued messages.
     queued_bytes: usize,
+    /// Payload and topic bytes of the messages in the window.
+    inflight_bytes: usize,
     max_queued_messages: u32,
+    /// Bound on `queued_bytes + inflight_bytes`.
     max_queued_bytes: usize,
+    /// The broker-wide budget the held bytes are also taken from.
+    budget: Arc<ByteBudget>,
+    /// Retained replays in progress, oldest first (boxed: most sessions have none, and an
+    /// empty `VecDeque` is 32 bytes).
+    #[allow(clippy::box_collection)]
+    replays: Option<Box<VecDeque<replay::Replay>>>,
+    /// Since when messages have waited for a window that has not moved (no
+    /// acknowledgement since), for the slow-consumer timeout.
+    stalled_since: Option<Instant>,
     /// The session's place in the journal, when it is persistent (boxed: most are not).
     log: Option<Box<SessionLog>>,
 }
 
 impl Delivery {
-    /// Empty state with the queue bounds.
-    pub fn new(max_queued_messages: usize, max_queued_bytes: usize) -> Delivery {
+    /// Empty state with the queue bounds, holding bytes out of `budget`.
+    pub fn new(
+        max_queued_messages: usize,
+        max_queued_bytes: usize,
+        budget: Arc<ByteBudget>,
+    ) -> Delivery {
         Delivery {
             link: None,
             window: Window::default(),
             window_max: 1,
             queue: VecDeque::new(),
             queued_bytes: 0,
+            inflight_bytes: 0,
             max_queued_messages: u32::try_from(max_queued_messages).unwrap_or(u32::MAX),
             max_queued_bytes,
+            budget,
+            replays: None,
+            stalled_since: None,
             log: None,
         }
     }
@@ -182,7 +163,7 @@ impl Delivery {
 
     /// The user name of the attached connection: `None` when offline, `Some(None)` for an
     /// anonymous client.
-    pub fn link_username(&self) -> Option<Option<ByteStr>> {
+    pub fn link_username(&self) -> Option<Option<tern_codec::ByteStr>> {
         self.link.as_ref().map(|link| link.username.clone())
     }
 
@@ -247,6 +228,10 @@ impl Delivery {
         group: Option<&SharedKey>,
         ctx: DeliverCtx<'_>,
     ) {
+        if self.replays.is_some() {
+            // A retained message this live one must not overtake goes first.
+            self.pull_forward(message.topic(), ctx);
+        }
         if qos == QoS::AtMostOnce {
             // QoS 0 is not queued for offline sessions (as Mosquitto by default).
             if let Some(link) = self.link.as_mut() {
@@ -267,10 +252,11 @@ impl Delivery {
             (Some(log), Some(_)) => log.next_seq(),
             _ => 0,
         };
-        if self.link.is_some()
-            && self.queue.is_empty()
-            && self.window.len() < usize::from(self.window_max)
-        {
+        let size = held_size(message);
+        if self.queue.is_empty() && self.has_window_room() && self.has_writer_room(size) {
+            if !self.reserve(size, message, ctx) {
+                return;
+            }
             let queued = Queued {
                 message: message.clone(),
                 qos,
@@ -296,15 +282,17 @@ impl Delivery {
         seq: u64,
         ctx: DeliverCtx<'_>,
     ) {
-        let size = message.publish().payload().len() + message.topic().len();
-        if self.queue.len() >= self.max_queued_messages as usize
-            || self.queued_bytes + size > self.max_queued_bytes
-        {
+        self.note_waiting(ctx);
+        let size = held_size(message);
+        if self.queue.len() >= self.max_queued_messages as usize {
             Metrics::add(&ctx.metrics.dropped_queue_full, 1);
             tracing::debug!(
                 topic = message.topic(),
                 "session queue full: message dropped"
             );
+            return;
+        }
+        if !self.reserve(size, message, ctx) {
             return;
         }
         self.queued_bytes += size;
@@ -352,8 +340,9 @@ impl Delivery {
                 if let Some((log, journal)) = log {
                     logged::done(journal, log.session, q.seq);
                 }
+                self.budget.release(held_size(&q.message));
             }
-            Written::Yes | Written::Closed => self.window.push(Inflight {
+            Written::Yes | Written::Closed => self.window_push(Inflight {
                 packet_id,
                 message: q.message,
                 qos: q.qos,
@@ -373,20 +362,32 @@ impl Delivery {
         }
     }
 
-    /// Moves queued messages into the window while there is room.
+    /// Moves queued messages into the window while there is room in it and in the
+    /// connection's output buffer, then goes on with a retained replay, if one is in
+    /// progress, once the queue is empty.
     pub fn pump(&mut self, ctx: DeliverCtx<'_>) {
-        while self.link.is_some() && self.window.len() < usize::from(self.window_max) {
+        while self.has_window_room() {
+            let Some(next) = self.queue.front() else {
+                break;
+            };
+            let size = held_size(&next.message);
+            if !self.has_writer_room(size) {
+                return;
+            }
             let Some(next) = self.queue.pop_front() else {
                 break;
             };
-            self.queued_bytes -=
-                next.message.publish().payload().len() + next.message.topic().len();
+            self.queued_bytes -= size;
             if next.message.is_expired(ctx.now) {
                 Metrics::add(&ctx.metrics.dropped_expired, 1);
                 self.log_done(next.seq, ctx.journal);
+                self.budget.release(size);
                 continue;
             }
             self.send_inflight(next, false, ctx);
+        }
+        if self.queue.is_empty() && self.replays.is_some() {
+            self.pump_replays(ctx);
         }
     }
 
@@ -394,6 +395,7 @@ impl Delivery {
     /// DUP=1 ([MQTT-4.4.0-1]) or PUBREL; then fills the window from the queue.
     pub fn attach(&mut self, link: Link, window_max: usize, ctx: DeliverCtx<'_>) {
         self.window_max = u16::try_from(window_max.max(1)).unwrap_or(u16::MAX);
+        self.stalled_since = None;
         let link = self.link.insert(link);
         let mut expired = Vec::new();
         for entry in self.window.iter() {
@@ -418,7 +420,7 @@ impl Delivery {
             }
         }
         for packet_id in expired {
-            if let Some(entry) = self.window.remove(packet_id) {
+            if let Some(entry) = self.window_remove(packet_id) {
                 self.log_done(entry.seq, ctx.journal);
             }
         }
@@ -433,6 +435,7 @@ impl Delivery {
             .is_some_and(|l| l.generation == generation)
         {
             self.link = None;
+            self.stalled_since = None;
             true
         } else {
             false
@@ -451,9 +454,10 @@ impl Delivery {
             .get_mut(packet_id)
             .is_some_and(|e| e.qos == QoS::AtLeastOnce)
         {
-            if let Some(entry) = self.window.remove(packet_id) {
+            if let Some(entry) = self.window_remove(packet_id) {
                 self.log_done(entry.seq, ctx.journal);
             }
+            self.stalled_since = None;
             self.pump(ctx);
         }
     }
@@ -467,8 +471,9 @@ impl Delivery {
         match self.window.get_mut(packet_id) {
             Some(entry) if entry.qos == QoS::ExactlyOnce => {
                 let seq = entry.seq;
+                self.stalled_since = None;
                 if reason.is_error() {
-                    self.window.remove(packet_id);
+                    self.window_remove(packet_id);
                     self.log_done(seq, ctx.journal);
                     self.pump(ctx);
                 } else {
@@ -497,9 +502,10 @@ impl Delivery {
             .get_mut(packet_id)
             .is_some_and(|e| e.stage == Stage::Released)
         {
-            if let Some(entry) = self.window.remove(packet_id) {
+            if let Some(entry) = self.window_remove(packet_id) {
                 self.log_done(entry.seq, ctx.journal);
             }
+            self.stalled_since = None;
             self.pump(ctx);
         }
     }
@@ -513,8 +519,9 @@ impl Delivery {
         for queued in self.queue.drain(..) {
             match queued.group {
                 Some(group) => {
-                    self.queued_bytes -=
-                        queued.message.publish().payload().len() + queued.message.topic().len();
+                    let size = held_size(&queued.message);
+                    self.queued_bytes -= size;
+                    self.budget.release(size);
                     if let (Some(log), Some(journal), true) = (&self.log, journal, queued.seq != 0)
                     {
                         logged::done(journal, log.session, queued.seq);
@@ -541,7 +548,7 @@ impl Delivery {
                     group: Some(group),
                     seq,
                     ..
-                }) = self.window.remove(id)
+                }) = self.window_remove(id)
                 {
                     self.log_done(seq, journal);
                     taken.push(Redirect { message, group });
@@ -555,10 +562,23 @@ impl Delivery {
     pub fn clear(&mut self) -> usize {
         let n = self.window.drain().count() + self.queue.len();
         self.queue.clear();
-        self.queued_bytes = 0;
+        self.replays = None;
+        self.release_all();
         n
     }
 }
+
+/// The bytes a message counts for in `max_queued_bytes` and the broker-wide budget: its
+/// payload and topic (what grows with what clients send).
+pub(super) fn held_size(message: &Message) -> usize {
+    message.publish().payload().len() + message.topic().len()
+}
+
+#[path = "delivery_held.rs"]
+mod held;
+#[path = "replay.rs"]
+mod replay;
+pub use self::replay::ReplayRequest;
 
 #[path = "delivery_log.rs"]
 mod log;
@@ -567,32 +587,3 @@ pub use self::log::{Restored, RestoredStage};
 #[cfg(test)]
 #[path = "delivery_tests.rs"]
 mod scenarios;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// [MQTT-3.3.2-8] (no Topic Alias 0) and [MQTT-3.3.2-11] (none above the client's
-    /// maximum) at the largest maximum a client can give: with all 65535 aliases in use a
-    /// new topic goes without one, instead of alias 65535 + 1 overflowing to 0.
-    #[test]
-    fn outbound_alias_at_maximum_65535_mqtt_3_3_2_8() {
-        let mut aliases = OutboundAliases::new(u16::MAX);
-        let map = aliases.map.get_or_insert_default();
-        for alias in 1..u16::MAX {
-            map.insert(ByteStr::from(format!("t/{alias}")), alias);
-        }
-        assert_eq!(
-            aliases.choose("new/1"),
-            Some((u16::MAX, false)),
-            "the last one"
-        );
-        aliases
-            .map
-            .get_or_insert_default()
-            .insert(ByteStr::from("new/1"), u16::MAX);
-        assert_eq!(aliases.choose("new/1"), Some((u16::MAX, true)));
-        assert_eq!(aliases.choose("t/7"), Some((7, true)));
-        assert_eq!(aliases.choose("new/2"), None, "all taken: no alias");
-    }
-}

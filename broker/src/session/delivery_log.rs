@@ -117,8 +117,7 @@ impl Delivery {
         for r in entries {
             let stage = match r.stage {
                 RestoredStage::Queued => {
-                    self.queued_bytes +=
-                        r.message.publish().payload().len() + r.message.topic().len();
+                    self.hold_restored(super::held_size(&r.message), false);
                     self.queue.push_back(Queued {
                         message: r.message,
                         qos: r.qos,
@@ -132,6 +131,7 @@ impl Delivery {
                 RestoredStage::Sent(id) => (id, Stage::Published),
                 RestoredStage::Released(id) => (id, Stage::Released),
             };
+            self.hold_restored(super::held_size(&r.message), true);
             self.window.restore(Inflight {
                 packet_id: stage.0,
                 message: r.message,

@@ -336,6 +336,13 @@ impl Machine {
         if ack.0 != PublishQoS::AtMostOnce && ctx.journal.is_some_and(Journal::over_budget) {
             return self.refuse_over_disk_budget(ack, ctx);
         }
+        if ack.0 != PublishQoS::AtMostOnce && ctx.budget.is_exhausted() {
+            // Over max_total_queued_bytes: 0x97 (3.1.1: acknowledged as received and
+            // dropped, [MQTT-3.3.5-2]), counted, instead of holding more.
+            Metrics::add(&ctx.metrics.publishes_refused_total_budget, 1);
+            tracing::debug!(client_id = %self.session.client_id, "broker over max_total_queued_bytes: publish refused");
+            return Ok(self.acknowledge(ack, ReasonCode::QUOTA_EXCEEDED, ctx.journal));
+        }
         if let PublishQoS::ExactlyOnce(id) = ack.0 {
             let pending = self.session.incoming_qos2();
             if pending.contains(&id.get()) {

@@ -7,6 +7,7 @@
 
 pub mod delivery;
 pub mod inflight;
+mod link;
 mod logged;
 pub mod machine;
 pub mod packet_ids;
@@ -21,6 +22,7 @@ use tern_codec::SubscriptionOptions;
 use self::delivery::Delivery;
 use self::packet_ids::PacketIdSet;
 use self::subscriptions::SubscriptionSet;
+use crate::delivery::budget::ByteBudget;
 
 /// A shared subscription group as a session refers to it: the whole filter it was
 /// subscribed with (`$share/{group}/{filter}`). Plain data: the router resolves it to the
@@ -74,17 +76,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Session {
-    /// A new, empty session.
+    /// A new, empty session, holding bytes for its client out of `budget`.
     pub fn new(
         id: u64,
         client_id: Arc<str>,
         max_queued_messages: usize,
         max_queued_bytes: usize,
+        budget: Arc<ByteBudget>,
     ) -> Session {
         Session {
             id,
             client_id,
-            delivery: Mutex::new(Delivery::new(max_queued_messages, max_queued_bytes)),
+            delivery: Mutex::new(Delivery::new(max_queued_messages, max_queued_bytes, budget)),
             subscriptions: Mutex::new(SubscriptionSet::default()),
             incoming_qos2: Mutex::new(PacketIdSet::default()),
             generation: AtomicU64::new(0),

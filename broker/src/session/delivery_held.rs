@@ -1,0 +1,132 @@
+//! What a session holds for its client, in bytes: the accounting behind
+//! `max_queued_bytes` (queued and inflight together) and the broker-wide
+//! [`crate::delivery::budget::ByteBudget`], the room checks that keep QoS 1/2 bytes in the
+//! connection's output buffer under its cap, and the slow-consumer clock of a window that
+//! does not move (issue #17).
+//!
+//! Every byte taken here is given back exactly once: when its message leaves the window,
+//! is dropped from the queue, or when the delivery state is cleared or dropped.
+
+use tokio::time::Instant;
+
+use super::{held_size, DeliverCtx, Delivery};
+use crate::error::Kick;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::session::inflight::Inflight;
+use tern_codec::PacketId;
+
+impl Delivery {
+    /// Payload and topic bytes held for the client: queued and inflight.
+    pub fn held_bytes(&self) -> usize {
+        self.queued_bytes + self.inflight_bytes
+    }
+
+    /// Takes `size` bytes for `message` within `max_queued_bytes` and the broker-wide
+    /// budget; a message that does not fit is dropped and counted (and the client is
+    /// behind: the slow-consumer clock runs).
+    pub(super) fn reserve(&mut self, size: usize, message: &Message, ctx: DeliverCtx<'_>) -> bool {
+        let fits = self.fits(size, message, ctx);
+        if !fits {
+            self.note_waiting(ctx);
+        }
+        fits
+    }
+
+    fn fits(&self, size: usize, message: &Message, ctx: DeliverCtx<'_>) -> bool {
+        if self.held_bytes() + size > self.max_queued_bytes {
+            Metrics::add(&ctx.metrics.dropped_queue_full, 1);
+            tracing::debug!(
+                topic = message.topic(),
+                "session over max_queued_bytes: message dropped"
+            );
+            return false;
+        }
+        if !self.budget.try_reserve(size) {
+            Metrics::add(&ctx.metrics.dropped_total_budget, 1);
+            tracing::debug!(
+                topic = message.topic(),
+                "broker over max_total_queued_bytes: message dropped"
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Puts an entry whose bytes are taken into the window.
+    pub(super) fn window_push(&mut self, entry: Inflight) {
+        self.inflight_bytes += held_size(&entry.message);
+        self.window.push(entry);
+    }
+
+    /// Takes an entry out of the window and gives its bytes back.
+    pub(super) fn window_remove(&mut self, packet_id: PacketId) -> Option<Inflight> {
+        let entry = self.window.remove(packet_id)?;
+        let size = held_size(&entry.message);
+        self.inflight_bytes -= size;
+        self.budget.release(size);
+        Some(entry)
+    }
+
+    /// Counts restored messages (recovery) as held, whatever the bounds: they were
+    /// accepted before the restart.
+    pub(super) fn hold_restored(&mut self, size: usize, inflight: bool) {
+        if inflight {
+            self.inflight_bytes += size;
+        } else {
+            self.queued_bytes += size;
+        }
+        self.budget.force_reserve(size);
+    }
+
+    /// Gives back every byte held (the queue and window were emptied).
+    pub(super) fn release_all(&mut self) {
+        self.budget.release(self.held_bytes());
+        self.queued_bytes = 0;
+        self.inflight_bytes = 0;
+    }
+
+    /// Whether a connection is attached with room in its window.
+    pub(super) fn has_window_room(&self) -> bool {
+        self.link.is_some() && self.window.len() < usize::from(self.window_max)
+    }
+
+    /// Whether the connection's output buffer takes `size` more bytes now; if not, the
+    /// connection is asked to pump this session once it has taken the buffer. Checked again
+    /// under the buffer's lock after asking, so that a drain between the check and the
+    /// request is not missed.
+    pub(super) fn has_writer_room(&self, size: usize) -> bool {
+        let Some(link) = &self.link else {
+            return false;
+        };
+        if link.writer.has_room(size) {
+            return true;
+        }
+        link.writer.want_drain();
+        let buffered = link.writer.lock().buf().len();
+        buffered == 0 || buffered + size <= link.writer.cap_bytes()
+    }
+
+    /// A message waits (queued, or dropped for want of room): starts the slow-consumer
+    /// clock if it is not running, and disconnects the client (0x97) once its window has
+    /// not moved for `slow_consumer_timeout` while messages wait.
+    pub(super) fn note_waiting(&mut self, ctx: DeliverCtx<'_>) {
+        let Some(link) = &self.link else {
+            return;
+        };
+        let since = *self.stalled_since.get_or_insert(ctx.now);
+        if stalled_too_long(since, ctx) && !self.window.is_empty() {
+            link.writer.control().kick(Kick::SlowConsumer);
+        }
+    }
+}
+
+fn stalled_too_long(since: Instant, ctx: DeliverCtx<'_>) -> bool {
+    ctx.now.duration_since(since) >= ctx.slow_consumer_timeout
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        self.release_all();
+    }
+}

@@ -100,23 +100,32 @@ impl Connection {
         // One clock read per buffer serves the rate bucket, expiry and routing of every
         // packet in it (a buffer is handled in well under a millisecond).
         let now = Instant::now();
-        loop {
+        // Publishers waiting for our queue to move are woken once per buffer, not once per
+        // acknowledgement in it (each wake-up reaches every waiting publisher).
+        let mut relieved = false;
+        let result = loop {
             match reader.try_decode() {
                 Ok(Some(packet)) => {
                     received = true;
-                    self.handle(packet, now)?;
+                    match self.handle(packet, now) {
+                        Ok(relief) => relieved |= relief,
+                        Err(close) => break Err(close),
+                    }
                     if self.machine.is_throttled() || self.has_pressure() {
-                        break; // the rest waits in the buffer until we may go on
+                        break Ok(()); // the rest waits in the buffer until we may go on
                     }
                 }
-                Ok(None) => break,
-                Err(e) => return Err(Close::Protocol(e)),
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(Close::Protocol(e)),
             }
+        };
+        if relieved {
+            self.broker.relief().relieve();
         }
-        if received {
+        if received && result.is_ok() {
             self.alive();
         }
-        Ok(())
+        result
     }
 
     /// Stops reading while publishers' subscribers drain or the publish rate refills.
@@ -216,10 +225,11 @@ impl Connection {
             .is_some_and(|r| r.scratch.has_pressure())
     }
 
-    /// Feeds one packet to the machine and carries out what it asks for.
-    fn handle(&mut self, packet: Packet, now: Instant) -> Result<(), Close> {
+    /// Feeds one packet to the machine and carries out what it asks for. `Ok(true)`: our
+    /// queue may have moved on, so publishers waiting for it should look again.
+    fn handle(&mut self, packet: Packet, now: Instant) -> Result<bool, Close> {
         let packet = match packet {
-            Packet::Auth(auth) => return self.handle_auth(*auth),
+            Packet::Auth(auth) => return self.handle_auth(*auth).map(|()| false),
             other => other,
         };
         if matches!(packet, Packet::Publish(_) | Packet::Subscribe(_)) {
@@ -229,13 +239,14 @@ impl Connection {
         let step = self
             .machine
             .handle_packet(packet, self.broker.deliver_ctx(now))?;
+        let mut relieved = false;
         match step {
             Step::None => {}
             Step::Transmit(transmit) => self.send(&transmit),
             Step::Event(Event::Publish(message, ack)) => self.publish(&message, ack, now),
             Step::Event(Event::Subscribe(request)) => self.subscribe(*request, now),
             Step::Event(Event::Unsubscribe(request)) => self.unsubscribe(&request),
-            Step::Event(Event::Relieved) => self.broker.relief().relieve(),
+            Step::Event(Event::Relieved) => relieved = true,
         }
         // What this packet logged (a message for persistent sessions, a subscription,
         // inbound QoS 2 state): its acknowledgement, and all output after it, waits until
@@ -244,7 +255,7 @@ impl Connection {
         if logged != 0 {
             self.out.lock().hold_until(logged);
         }
-        Ok(())
+        Ok(relieved)
     }
 
     /// Re-derives this client's ACL when the auth files were reloaded since it was derived

@@ -9,6 +9,10 @@
 //! replaying any suffix of the log that holds every record since a snapshot onto that
 //! snapshot gives the state at the end of the log (see [`super::state`]).
 
+mod out;
+
+pub use out::OutParts;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tern_codec::decoder::Decoder;
 use tern_codec::{Packet, ProtocolVersion, Publish};
@@ -363,75 +367,82 @@ impl Record {
             return Ok(Record::Body { id, message });
         }
         let session = get_u64(&mut src)?;
-        Ok(match tag {
-            SESSION_OPEN => Record::SessionOpen {
-                session,
-                client_id: get_str(&mut src)?,
-                expiry_secs: get_u32(&mut src)?,
-            },
-            SESSION_END => Record::SessionEnd { session },
-            SESSION_OFFLINE => Record::SessionOffline {
-                session,
-                at_unix_ms: get_u64(&mut src)?,
-            },
-            SESSION_ONLINE => Record::SessionOnline { session },
-            WILL => {
-                let will = match get_u8(&mut src)? {
-                    0 => None,
-                    _ => {
-                        let delay_secs = get_u32(&mut src)?;
-                        Some((StoredMessage::decode(&mut src)?, delay_secs))
-                    }
-                };
-                Record::Will { session, will }
-            }
-            SUBSCRIBE => Record::Subscribe {
-                session,
-                filter: get_str(&mut src)?,
-                options: get_u8(&mut src)?,
-                subscription_id: get_u32(&mut src)?,
-            },
-            UNSUBSCRIBE => Record::Unsubscribe {
-                session,
-                filter: get_str(&mut src)?,
-            },
-            OUT => Record::Out(Box::new(OutRecord::decode_after_head(session, &mut src)?)),
-            OUT_WITH_BODY => {
-                let out = OutRecord::decode_after_head(session, &mut src)?;
-                let message = StoredMessage::decode(&mut src)?;
-                Record::Batch(vec![
-                    Record::Body {
-                        id: out.body,
-                        message,
-                    },
-                    Record::Out(Box::new(out)),
-                ])
-            }
-            SENT => Record::Sent {
-                session,
-                seq: get_u64(&mut src)?,
-                packet_id: get_u16(&mut src)?,
-            },
-            RELEASED => Record::Released {
-                session,
-                seq: get_u64(&mut src)?,
-            },
-            DONE => Record::Done {
-                session,
-                seq: get_u64(&mut src)?,
-            },
-            QOS2_RECEIVED => Record::Qos2Received {
-                session,
-                packet_id: get_u16(&mut src)?,
-            },
-            QOS2_RELEASED => Record::Qos2Released {
-                session,
-                packet_id: get_u16(&mut src)?,
-            },
-            other => return Err(RecordError::UnknownTag(other)),
-        })
+        decode_session_record(tag, session, src)
     }
+}
 
+/// A record about one session, after its tag and session id.
+fn decode_session_record(tag: u8, session: u64, mut src: &[u8]) -> Result<Record, RecordError> {
+    Ok(match tag {
+        SESSION_OPEN => Record::SessionOpen {
+            session,
+            client_id: get_str(&mut src)?,
+            expiry_secs: get_u32(&mut src)?,
+        },
+        SESSION_END => Record::SessionEnd { session },
+        SESSION_OFFLINE => Record::SessionOffline {
+            session,
+            at_unix_ms: get_u64(&mut src)?,
+        },
+        SESSION_ONLINE => Record::SessionOnline { session },
+        WILL => {
+            let will = match get_u8(&mut src)? {
+                0 => None,
+                _ => {
+                    let delay_secs = get_u32(&mut src)?;
+                    Some((StoredMessage::decode(&mut src)?, delay_secs))
+                }
+            };
+            Record::Will { session, will }
+        }
+        SUBSCRIBE => Record::Subscribe {
+            session,
+            filter: get_str(&mut src)?,
+            options: get_u8(&mut src)?,
+            subscription_id: get_u32(&mut src)?,
+        },
+        UNSUBSCRIBE => Record::Unsubscribe {
+            session,
+            filter: get_str(&mut src)?,
+        },
+        OUT => Record::Out(Box::new(OutRecord::decode_after_head(session, &mut src)?)),
+        OUT_WITH_BODY => {
+            let out = OutRecord::decode_after_head(session, &mut src)?;
+            let message = StoredMessage::decode(&mut src)?;
+            Record::Batch(vec![
+                Record::Body {
+                    id: out.body,
+                    message,
+                },
+                Record::Out(Box::new(out)),
+            ])
+        }
+        SENT => Record::Sent {
+            session,
+            seq: get_u64(&mut src)?,
+            packet_id: get_u16(&mut src)?,
+        },
+        RELEASED => Record::Released {
+            session,
+            seq: get_u64(&mut src)?,
+        },
+        DONE => Record::Done {
+            session,
+            seq: get_u64(&mut src)?,
+        },
+        QOS2_RECEIVED => Record::Qos2Received {
+            session,
+            packet_id: get_u16(&mut src)?,
+        },
+        QOS2_RELEASED => Record::Qos2Released {
+            session,
+            packet_id: get_u16(&mut src)?,
+        },
+        other => return Err(RecordError::UnknownTag(other)),
+    })
+}
+
+impl Record {
     /// The session the record is about (`None` for retained messages).
     pub fn session(&self) -> Option<u64> {
         match self {
@@ -450,95 +461,6 @@ impl Record {
             Record::Out(out) => Some(out.session),
             Record::Retain { .. } | Record::Body { .. } | Record::Batch(_) => None,
         }
-    }
-}
-
-/// The parts of an [`OutRecord`], borrowed: the hot path encodes them straight into the
-/// log's buffer ([`OutParts::encode`]) without building a record.
-#[derive(Debug, Clone, Copy)]
-pub struct OutParts<'a> {
-    /// The session.
-    pub session: u64,
-    /// The message's number in the session.
-    pub seq: u64,
-    /// Delivery QoS (1 or 2).
-    pub qos: u8,
-    /// RETAIN as delivered.
-    pub retain: bool,
-    /// Packet id; 0 while queued.
-    pub packet_id: u16,
-    /// Subscription identifiers delivered with it.
-    pub subscription_ids: &'a [u32],
-    /// The shared subscription group it came through.
-    pub group: Option<&'a str>,
-    /// The id of the message's [`Record::Body`].
-    pub body: u64,
-    /// The body itself, when this record stores it (the first record about the message
-    /// since the last checkpoint): one frame instead of a body record and an out record.
-    pub inline: Option<&'a StoredMessage>,
-}
-
-impl OutParts<'_> {
-    /// Appends the encoding of the [`Record::Out`] these parts make (with `inline`: of the
-    /// [`Record::Batch`] of its body and it).
-    pub fn encode(&self, dst: &mut Vec<u8>) {
-        let tag = if self.inline.is_some() {
-            OUT_WITH_BODY
-        } else {
-            OUT
-        };
-        head(dst, tag, self.session);
-        dst.put_u64_le(self.seq);
-        dst.put_u8(self.qos | (self.retain as u8) << 2);
-        dst.put_u16_le(self.packet_id);
-        dst.put_u16_le(self.subscription_ids.len() as u16);
-        for id in self.subscription_ids {
-            dst.put_u32_le(*id);
-        }
-        put_str(dst, self.group.unwrap_or(""));
-        dst.put_u64_le(self.body);
-        if let Some(message) = self.inline {
-            message.encode(dst);
-        }
-    }
-}
-
-impl OutRecord {
-    fn encode(&self, dst: &mut Vec<u8>) {
-        OutParts {
-            session: self.session,
-            seq: self.seq,
-            qos: self.qos,
-            retain: self.retain,
-            packet_id: self.packet_id,
-            subscription_ids: &self.subscription_ids,
-            group: self.group.as_deref(),
-            body: self.body,
-            inline: None,
-        }
-        .encode(dst);
-    }
-
-    fn decode_after_head(session: u64, src: &mut &[u8]) -> Result<OutRecord, RecordError> {
-        let seq = get_u64(src)?;
-        let flags = get_u8(src)?;
-        let packet_id = get_u16(src)?;
-        let n = get_u16(src)?;
-        let mut subscription_ids = Vec::with_capacity(usize::from(n).min(64));
-        for _ in 0..n {
-            subscription_ids.push(get_u32(src)?);
-        }
-        let group = get_str(src)?;
-        Ok(OutRecord {
-            session,
-            seq,
-            qos: flags & 0b11,
-            retain: flags & 0b100 != 0,
-            packet_id,
-            subscription_ids,
-            group: (!group.is_empty()).then_some(group),
-            body: get_u64(src)?,
-        })
     }
 }
 

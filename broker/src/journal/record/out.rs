@@ -1,0 +1,101 @@
+//! The outbound-message record: [`OutParts`], the borrowed form the hot path encodes
+//! straight into the log's buffer (with the message's body inline the first time), and
+//! the decoding of [`OutRecord`].
+
+use bytes::BufMut;
+
+use super::{get_str, get_u16, get_u32, get_u64, get_u8, head, put_str};
+use super::{OutRecord, RecordError, StoredMessage};
+use super::{OUT, OUT_WITH_BODY};
+
+/// The parts of an [`OutRecord`], borrowed: the hot path encodes them straight into the
+/// log's buffer ([`OutParts::encode`]) without building a record.
+#[derive(Debug, Clone, Copy)]
+pub struct OutParts<'a> {
+    /// The session.
+    pub session: u64,
+    /// The message's number in the session.
+    pub seq: u64,
+    /// Delivery QoS (1 or 2).
+    pub qos: u8,
+    /// RETAIN as delivered.
+    pub retain: bool,
+    /// Packet id; 0 while queued.
+    pub packet_id: u16,
+    /// Subscription identifiers delivered with it.
+    pub subscription_ids: &'a [u32],
+    /// The shared subscription group it came through.
+    pub group: Option<&'a str>,
+    /// The id of the message's [`Record::Body`].
+    pub body: u64,
+    /// The body itself, when this record stores it (the first record about the message
+    /// since the last checkpoint): one frame instead of a body record and an out record.
+    pub inline: Option<&'a StoredMessage>,
+}
+
+impl OutParts<'_> {
+    /// Appends the encoding of the [`Record::Out`] these parts make (with `inline`: of the
+    /// [`Record::Batch`] of its body and it).
+    pub fn encode(&self, dst: &mut Vec<u8>) {
+        let tag = if self.inline.is_some() {
+            OUT_WITH_BODY
+        } else {
+            OUT
+        };
+        head(dst, tag, self.session);
+        dst.put_u64_le(self.seq);
+        dst.put_u8(self.qos | (self.retain as u8) << 2);
+        dst.put_u16_le(self.packet_id);
+        dst.put_u16_le(self.subscription_ids.len() as u16);
+        for id in self.subscription_ids {
+            dst.put_u32_le(*id);
+        }
+        put_str(dst, self.group.unwrap_or(""));
+        dst.put_u64_le(self.body);
+        if let Some(message) = self.inline {
+            message.encode(dst);
+        }
+    }
+}
+
+impl OutRecord {
+    pub(super) fn encode(&self, dst: &mut Vec<u8>) {
+        OutParts {
+            session: self.session,
+            seq: self.seq,
+            qos: self.qos,
+            retain: self.retain,
+            packet_id: self.packet_id,
+            subscription_ids: &self.subscription_ids,
+            group: self.group.as_deref(),
+            body: self.body,
+            inline: None,
+        }
+        .encode(dst);
+    }
+
+    pub(super) fn decode_after_head(
+        session: u64,
+        src: &mut &[u8],
+    ) -> Result<OutRecord, RecordError> {
+        let seq = get_u64(src)?;
+        let flags = get_u8(src)?;
+        let packet_id = get_u16(src)?;
+        let n = get_u16(src)?;
+        let mut subscription_ids = Vec::with_capacity(usize::from(n).min(64));
+        for _ in 0..n {
+            subscription_ids.push(get_u32(src)?);
+        }
+        let group = get_str(src)?;
+        Ok(OutRecord {
+            session,
+            seq,
+            qos: flags & 0b11,
+            retain: flags & 0b100 != 0,
+            packet_id,
+            subscription_ids,
+            group: (!group.is_empty()).then_some(group),
+            body: get_u64(src)?,
+        })
+    }
+}

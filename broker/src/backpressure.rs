@@ -18,6 +18,14 @@ use tokio::time::Instant;
 use crate::delivery::shared_writer::SharedWriter;
 use crate::session::Session;
 
+/// Whether a subscriber's queue of `queued` messages lets publishers go on again: at half
+/// the bound that stopped them (`queue_bound`), so that a hundred publishers stopped by
+/// one subscriber are woken once per half a bound drained, not once per acknowledgement
+/// (each wake-up reaches all of them, and each sent them back to sleep after a message).
+pub fn queue_relieved(queued: usize, queue_bound: usize) -> bool {
+    queued <= queue_bound / 2
+}
+
 /// One subscriber a publisher waits for.
 #[derive(Debug, Clone)]
 pub struct Pressure {
@@ -36,6 +44,12 @@ pub struct Relief {
 }
 
 impl Relief {
+    /// Whether any publisher waits.
+    #[inline]
+    pub fn has_waiters(&self) -> bool {
+        self.waiters.load(Ordering::Relaxed) > 0
+    }
+
     /// Wakes every waiting publisher to re-check its subscribers.
     #[inline]
     pub fn relieve(&self) {
@@ -45,7 +59,7 @@ impl Relief {
     }
 
     /// Waits until every subscriber in `pressure` has drained to its soft cap and its queue
-    /// below `queue_bound`. Past `max_wait`, the ones still behind are marked slow, but only
+    /// to half `queue_bound` ([`queue_relieved`]). Past `max_wait`, the ones still behind are marked slow, but only
     /// if most of the others drained (they are slow *relative* to the rest); when all are
     /// behind alike, the consumers as a whole are the bottleneck and the publisher keeps
     /// waiting, up to ten times `max_wait`. Returns how many were marked slow.
@@ -59,8 +73,9 @@ impl Relief {
         let hard_deadline = started + max_wait * 10;
         let mut deadline = started + max_wait;
         self.waiters.fetch_add(1, Ordering::Relaxed);
-        let behind =
-            |p: &Pressure| !(p.writer.is_relieved() && p.session.delivery().queued() < queue_bound);
+        let behind = |p: &Pressure| {
+            !(p.writer.is_relieved() && queue_relieved(p.session.delivery().queued(), queue_bound))
+        };
         let slow = loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);

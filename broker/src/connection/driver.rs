@@ -119,7 +119,7 @@ impl Connection {
                 Err(e) => break Err(Close::Protocol(e)),
             }
         };
-        if relieved {
+        if relieved && self.queue_relieved(now) {
             self.broker.relief().relieve();
         }
         if received && result.is_ok() {
@@ -172,8 +172,11 @@ impl Connection {
         };
         if writing && !was_writing {
             // A batch was just taken, so our buffered length dropped: publishers waiting
-            // for us may go on (not on every pass while one batch is still being written).
-            self.broker.relief().relieve();
+            // for us may go on (not on every pass while one batch is still being written,
+            // nor while our queue still holds them back).
+            if self.queue_relieved(Instant::now()) {
+                self.broker.relief().relieve();
+            }
             // And what our session kept back for room in the buffer (a retained replay,
             // QoS 1/2 messages past the cap) may follow; it wakes us for the next pass.
             if self.out.take_drain_wanted() {
@@ -205,6 +208,17 @@ impl Connection {
             }
             reader.poll_read_more(cx).map(Wake::Read)
         })
+    }
+
+    /// Whether our queue is short enough for publishers it stopped to go on
+    /// ([`crate::backpressure::queue_relieved`]); one atomic load when nobody waits.
+    fn queue_relieved(&self, now: Instant) -> bool {
+        if !self.broker.relief().has_waiters() {
+            return false;
+        }
+        let bound = self.broker.deliver_ctx(now).backpressure_queued_messages;
+        let queued = self.machine.session().delivery().queued();
+        crate::backpressure::queue_relieved(queued, bound)
     }
 
     /// Moves the keep-alive deadline one period on, after traffic or after a pause of our

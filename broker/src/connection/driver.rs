@@ -96,7 +96,7 @@ impl Connection {
     ) -> Result<(), Close> {
         let mut received = false;
         // The steps acknowledgements cause go into the journal once, after the buffer.
-        let _deferred = DeferredRecords::begin(&self.broker);
+        let _deferred = HeldRecords::begin(&self.broker, DEFERRED);
         // One clock read per buffer serves the rate bucket, expiry and routing of every
         // packet in it (a buffer is handled in well under a millisecond).
         let now = Instant::now();
@@ -296,7 +296,7 @@ impl Connection {
         // received id go into the journal as one frame, so that after a crash the
         // publisher's resend is routed exactly once (see journal/batch.rs).
         let _batch = (ack.is_exactly_once() && self.machine.session().is_logged())
-            .then(|| JournalBatch::begin(&self.broker))
+            .then(|| HeldRecords::begin(&self.broker, PENDING))
             .flatten();
         let routing = self.routing.get_or_insert_default();
         routing.published = routing.published.wrapping_add(1);
@@ -438,52 +438,31 @@ async fn pause_until(
     }
 }
 
-/// An open journal batch ([`crate::journal::batch`]); closed when dropped (also on
-/// unwinding, so that this thread's later records never land in a forgotten batch): the
-/// batch is appended as one frame and the output it held is given its position.
-struct JournalBatch {
+/// Journal records this thread holds back ([`crate::journal::batch`]): an atomic batch
+/// ([`PENDING`], one QoS 2 routing) or the deferred steps of one input buffer
+/// ([`DEFERRED`]). Closed when dropped (also on unwinding, so that this thread's later
+/// records never land in a forgotten buffer): the records are appended as one frame and
+/// the output they held is given its position.
+struct HeldRecords {
     broker: Broker,
+    kind: u64,
 }
 
-impl JournalBatch {
-    fn begin(broker: &Broker) -> Option<JournalBatch> {
+impl HeldRecords {
+    fn begin(broker: &Broker, kind: u64) -> Option<HeldRecords> {
         broker
             .journal()
-            .is_some_and(|journal| journal.begin_batch())
-            .then(|| JournalBatch {
+            .is_some_and(|journal| journal.begin_held(kind))
+            .then(|| HeldRecords {
                 broker: broker.clone(),
+                kind,
             })
     }
 }
 
-impl Drop for JournalBatch {
+impl Drop for HeldRecords {
     fn drop(&mut self) {
-        let position = self.broker.journal().map_or(0, |j| j.end_batch());
-        crate::delivery::shared_writer::release_pending_holds(PENDING, position);
-    }
-}
-
-/// This thread's deferred journal records ([`crate::journal::batch`]) while the connection
-/// handles one buffer of packets; appended as one frame when dropped (also on unwinding),
-/// and the output they held is given its position.
-struct DeferredRecords {
-    broker: Broker,
-}
-
-impl DeferredRecords {
-    fn begin(broker: &Broker) -> Option<DeferredRecords> {
-        broker
-            .journal()
-            .is_some_and(|journal| journal.begin_deferred())
-            .then(|| DeferredRecords {
-                broker: broker.clone(),
-            })
-    }
-}
-
-impl Drop for DeferredRecords {
-    fn drop(&mut self) {
-        let position = self.broker.journal().map_or(0, |j| j.end_deferred());
-        crate::delivery::shared_writer::release_pending_holds(DEFERRED, position);
+        let position = self.broker.journal().map_or(0, |j| j.end_held(self.kind));
+        crate::delivery::shared_writer::release_pending_holds(self.kind, position);
     }
 }

@@ -244,38 +244,27 @@ impl Journal {
         }
     }
 
-    /// Opens a batch on this thread ([`batch`]): the records appended until
-    /// [`Journal::end_batch`] go into the log as one frame. False (and nothing opened)
-    /// without a log or when a batch is open already.
-    pub fn begin_batch(&self) -> bool {
-        self.wal.is_some() && batch::begin(batch::PENDING)
+    /// Opens a buffer of held-back records of `kind` on this thread ([`batch`]): an atomic
+    /// batch ([`batch::PENDING`]) or the deferred records ([`batch::DEFERRED`]); the
+    /// records appended into it until [`Journal::end_held`] go into the log as one frame.
+    /// False (and nothing opened) without a log or when one of that kind is open already.
+    pub fn begin_held(&self, kind: u64) -> bool {
+        self.wal.is_some() && batch::begin(kind)
     }
 
-    /// Appends the open batch as one frame; returns its position (0 if it held nothing),
-    /// which is also what [`take_appended`] reports from now on.
-    pub fn end_batch(&self) -> u64 {
-        let (Some(wal), Some(bytes)) = (&self.wal, batch::take(batch::PENDING)) else {
+    /// Appends the open buffer of `kind` as one frame; returns its position (0 if it held
+    /// nothing). An atomic batch's position is also what [`take_appended`] reports from
+    /// now on (the acknowledgement of the packet that made it waits for it); nothing waits
+    /// for deferred records but the output they held.
+    pub fn end_held(&self, kind: u64) -> u64 {
+        let (Some(wal), Some(bytes)) = (&self.wal, batch::take(kind)) else {
             return 0;
         };
         let position = wal.append_with(|buf| buf.extend_from_slice(&bytes)).0;
-        APPENDED.with(|a| a.set(a.get().max(position)));
+        if kind == batch::PENDING {
+            APPENDED.with(|a| a.set(a.get().max(position)));
+        }
         position
-    }
-
-    /// Opens this thread's deferred records ([`Journal::append_deferred`]). False (and
-    /// nothing opened) without a log or when they are open already.
-    pub fn begin_deferred(&self) -> bool {
-        self.wal.is_some() && batch::begin(batch::DEFERRED)
-    }
-
-    /// Appends this thread's deferred records as one frame; returns its position (0 if
-    /// there were none). Nothing the connection sends waits for it except the output those
-    /// records held, so [`take_appended`] does not report it.
-    pub fn end_deferred(&self) -> u64 {
-        let (Some(wal), Some(bytes)) = (&self.wal, batch::take(batch::DEFERRED)) else {
-            return 0;
-        };
-        wal.append_with(|buf| buf.extend_from_slice(&bytes)).0
     }
 
     /// Everything up to here is durable (`u64::MAX` without a log: nothing waits).

@@ -26,8 +26,10 @@ use crate::svg;
 /// Options of `compare`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct CompareArgs {
-    /// Brokers to run, in order: tern, mosquitto, rumqttd, flashmq, and tern-before (a
-    /// second Tern build, `--tern-before-bin`, to compare a change in the same run).
+    /// Brokers to run, in order: tern, mosquitto, rumqttd, flashmq, tern-before (a
+    /// second Tern build, `--tern-before-bin`, to compare a change in the same run), and
+    /// the same Tern with persistence off (tern-mem) or `durability = "write"|"sync"`
+    /// (tern-write, tern-sync) for the persistent-session case.
     #[arg(long, value_delimiter = ',', default_value = "tern,mosquitto,rumqttd")]
     brokers: Vec<String>,
     /// `full` (the issue's targets, about 10 minutes) or `quick` (small smoke sizes).
@@ -127,6 +129,8 @@ fn suite(args: &CompareArgs) -> Result<Vec<Case>> {
                  "p2p --qos 1 --pairs 100 --duration-secs 10 --warmup-secs 2 --drain-secs 5", 60),
             case("p2p-q1-100-v5", "p2p QoS 1, 100 pairs, max rate, 64 B, MQTT 5", Flow, true,
                  "p2p --qos 1 --pairs 100 --duration-secs 5 --warmup-secs 1 --drain-secs 5", 60),
+            case("p2p-q1-100-persistent", "p2p QoS 1, 100 pairs, persistent sessions (expiry 300 s), max rate, MQTT 5", Flow, true,
+                 "p2p --qos 1 --pairs 100 --session-expiry-secs 300 --duration-secs 8 --warmup-secs 2 --drain-secs 5", 60),
             case("fanout-q2-100x2000", &format!("fan-out QoS 2, 100 pubs x 1 msg/s -> 2000 subs, {q2} s"), Flow, false,
                  &format!("fanout --qos 2 --publishers 100 --subscribers 2000 --rate 1 --duration-secs {q2} --warmup-secs 3 --drain-secs 10"), q2 as u64 + 150),
             case("fanin-q1-100x1", "fan-in QoS 1, 100 pubs -> 1 sub, max rate", Flow, false,
@@ -268,18 +272,18 @@ impl Env {
         let port = self.base_port + 2 * index as u16;
         let log = fs::File::create(self.scratch.join(format!("{broker}-{tag}.log")))?;
         let (mut cmd, port_v5) = match broker {
-            "tern" | "tern-before" => {
+            "tern" | "tern-before" | "tern-mem" | "tern-write" | "tern-sync" => {
                 let bin = match broker {
-                    "tern" => &self.tern,
-                    _ => self
+                    "tern-before" => self
                         .tern_before
                         .as_ref()
                         .context("tern-before needs --tern-before-bin")?,
+                    _ => &self.tern,
                 };
                 let conf = self.scratch.join(format!("{broker}.toml"));
                 let data = self.scratch.join(format!("{broker}-data-{tag}-{port}"));
                 let _ = fs::remove_dir_all(&data);
-                fs::write(&conf, tern_config(port, &data))?;
+                fs::write(&conf, tern_config(port, &data, tern_durability(broker)))?;
                 let mut cmd = Command::new(bin);
                 cmd.arg("--config").arg(&conf);
                 (cmd, port)
@@ -345,12 +349,25 @@ impl Env {
 /// limits and the per-client publish rate limit off (the other two brokers have none, and
 /// every generator connection comes from 127.0.0.1); the HTTP listener (SSE, WebSocket JSON)
 /// on the next port; quiet logs.
-fn tern_config(port: u16, data_dir: &std::path::Path) -> String {
+/// The persistence of a Tern variant: `tern-mem` none, `tern-write` and `tern-sync` that
+/// durability; `tern` and `tern-before` the default (on, `sync`).
+fn tern_durability(broker: &str) -> Option<&'static str> {
+    match broker {
+        "tern-mem" => None,
+        "tern-write" => Some("write"),
+        _ => Some("sync"),
+    }
+}
+
+fn tern_config(port: u16, data_dir: &std::path::Path, durability: Option<&str>) -> String {
     let http = port + 1;
-    let persistence = format!(
-        "[persistence]\nenabled = true\ndir = \"{}\"\n",
-        data_dir.display()
-    );
+    let persistence = match durability {
+        Some(durability) => format!(
+            "[persistence]\nenabled = true\ndir = \"{}\"\ndurability = \"{durability}\"\n",
+            data_dir.display()
+        ),
+        None => "[persistence]\nenabled = false\n".to_owned(),
+    };
     persistence
         + &format!(
         "[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:{port}\"\n\n\
@@ -966,8 +983,20 @@ fn markdown(
     )?;
     writeln!(s, "- repeats: {} (cells are medians); load generator on the same machine; MQTT 3.1.1 unless noted; ratios are Tern / other, **bold** where Tern is worse by more than 2 %; – means no data (e.g. no message sent inside the measured window arrived)\n", args.repeat.max(1))?;
     let brokers: Vec<&str> = args.brokers.iter().map(String::as_str).collect();
-    let others: Vec<&str> = brokers.iter().copied().filter(|b| *b != "tern").collect();
-    let has_tern = brokers.contains(&"tern");
+    // Ratios are to `tern`, or to the first Tern variant listed when there is no `tern`
+    // (`--brokers tern-write,tern-mem`: write / in-memory).
+    let base = brokers
+        .iter()
+        .copied()
+        .find(|b| *b == "tern")
+        .or_else(|| brokers.iter().copied().find(|b| b.starts_with("tern")));
+    let others: Vec<&str> = brokers
+        .iter()
+        .copied()
+        .filter(|b| Some(*b) != base)
+        .collect();
+    let has_tern = base.is_some();
+    let base = base.unwrap_or("tern");
 
     writeln!(s, "## Summary\n")?;
     let mut head = String::from("| case | metric |");
@@ -976,7 +1005,7 @@ fn markdown(
     }
     if has_tern {
         for o in &others {
-            write!(head, " Tern/{} |", pretty_broker(o))?;
+            write!(head, " {}/{} |", pretty_broker(base), pretty_broker(o))?;
         }
     }
     let cols = head.matches('|').count() - 1;
@@ -993,7 +1022,14 @@ fn markdown(
         };
         for &k in keys {
             row(
-                &mut s, outcomes, &c.name, &brokers, &others, has_tern, &ms[k], &c.name,
+                &mut s,
+                outcomes,
+                &c.name,
+                &brokers,
+                &others,
+                has_tern.then_some(base),
+                &ms[k],
+                &c.name,
             )?;
         }
     }
@@ -1006,7 +1042,14 @@ fn markdown(
         writeln!(s, "|{}", "---|".repeat(cols - 1))?;
         for m in metrics(c.kind) {
             row(
-                &mut s, outcomes, &c.name, &brokers, &others, has_tern, &m, "",
+                &mut s,
+                outcomes,
+                &c.name,
+                &brokers,
+                &others,
+                has_tern.then_some(base),
+                &m,
+                "",
             )?;
         }
         let errs: Vec<String> = outcomes
@@ -1058,7 +1101,7 @@ fn row(
     case: &str,
     brokers: &[&str],
     others: &[&str],
-    has_tern: bool,
+    base: Option<&str>,
     m: &Metric,
     first_col: &str,
 ) -> Result<()> {
@@ -1077,9 +1120,9 @@ fn row(
             None => write!(s, " – |")?,
         }
     }
-    if has_tern {
+    if let Some(base) = base {
         for o in others {
-            write!(s, " {} |", ratio_cell(vals["tern"], vals[o], m))?;
+            write!(s, " {} |", ratio_cell(vals[base], vals[o], m))?;
         }
     }
     writeln!(s)?;

@@ -33,6 +33,18 @@ pub struct Pressure {
     pub session: Arc<Session>,
     /// Its output buffer.
     pub writer: Arc<SharedWriter>,
+    /// A QoS 0 message was delivered to it: its buffer's soft cap counts too, not only its
+    /// queue.
+    pub qos0: bool,
+}
+
+impl Pressure {
+    /// Whether this subscriber still holds its publishers back, with `queue_bound` the
+    /// bound that stopped them.
+    fn is_behind(&self, queue_bound: usize) -> bool {
+        let buffer_behind = self.qos0 && !self.writer.is_relieved();
+        buffer_behind || !queue_relieved(self.session.delivery().queued(), queue_bound)
+    }
 }
 
 /// Broker-wide wake-ups for waiting publishers: consumers call [`Relief::relieve`] when they
@@ -73,9 +85,7 @@ impl Relief {
         let hard_deadline = started + max_wait * 10;
         let mut deadline = started + max_wait;
         self.waiters.fetch_add(1, Ordering::Relaxed);
-        let behind = |p: &Pressure| {
-            !(p.writer.is_relieved() && queue_relieved(p.session.delivery().queued(), queue_bound))
-        };
+        let behind = |p: &Pressure| p.is_behind(queue_bound);
         let slow = loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);

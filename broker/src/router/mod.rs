@@ -92,7 +92,13 @@ impl RouteScratch {
     pub fn take_pressure(&mut self) -> Vec<Pressure> {
         let mut pressure = std::mem::take(&mut self.pressure);
         pressure.sort_unstable_by_key(|p| Arc::as_ptr(&p.writer) as usize);
-        pressure.dedup_by(|a, b| Arc::ptr_eq(&a.writer, &b.writer));
+        pressure.dedup_by(|a, b| {
+            let same = Arc::ptr_eq(&a.writer, &b.writer);
+            if same {
+                b.qos0 |= a.qos0;
+            }
+            same
+        });
         pressure
     }
 }
@@ -306,10 +312,12 @@ fn deliver_targets(
             first.group.as_ref().map(|g| g.key()),
             ctx,
         );
-        if let Some(writer) = delivery.pressure(ctx) {
+        let qos0 = qos == QoS::AtMostOnce || message.qos() == QoS::AtMostOnce;
+        if let Some(writer) = delivery.pressure(ctx, qos0) {
             scratch.pressure.push(Pressure {
                 session: first.session.clone(),
                 writer: writer.clone(),
+                qos0,
             });
         } else if delivery.is_slow() {
             already_slow += 1;

@@ -182,12 +182,14 @@ impl Delivery {
         self.link.is_some()
     }
 
-    /// The writer publishers should wait for, if this session is falling behind: its buffer
-    /// over the soft cap, or its queue at the back-pressure bound (and not marked slow).
-    pub fn pressure(&self, ctx: DeliverCtx<'_>) -> Option<&Arc<SharedWriter>> {
+    /// The writer publishers should wait for, if this session is falling behind: its queue
+    /// at the back-pressure bound (and not marked slow), or, after a QoS 0 delivery
+    /// (`qos0`), its buffer over the soft cap. QoS 1/2 messages past the buffer's cap wait
+    /// in the queue, whose bound is their brake: a buffer full of them holds nobody back.
+    pub fn pressure(&self, ctx: DeliverCtx<'_>, qos0: bool) -> Option<&Arc<SharedWriter>> {
         let link = self.link.as_ref()?;
         let queue_long = self.queue.len() >= ctx.backpressure_queued_messages;
-        (link.writer.is_pressing() || (queue_long && !link.writer.is_slow()))
+        ((qos0 && link.writer.is_pressing()) || (queue_long && !link.writer.is_slow()))
             .then_some(&link.writer)
     }
 

@@ -42,6 +42,7 @@
 //! - [`listener`]: TCP, TLS and WebSocket listeners under the connection limits.
 //! - [`http`]: the HTTP listener: `/metrics`, `/health`, and the bridges (SSE, WebSocket
 //!   JSON, MQTT over WebSocket, dashboard).
+//! - [`mqtt_bridge`]: bridges to other MQTT brokers (`[[mqtt_bridges]]`).
 //! - [`sys`]: the `$SYS/broker/...` statistics.
 //! - [`reload`]: putting a changed configuration in force (SIGHUP).
 //!
@@ -74,6 +75,7 @@ pub mod keep_alive;
 pub mod listener;
 pub mod message;
 pub mod metrics;
+pub mod mqtt_bridge;
 pub mod reload;
 pub mod router;
 pub mod server;

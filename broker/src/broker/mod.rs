@@ -94,6 +94,9 @@ struct Inner {
     shutdown_tx: watch::Sender<bool>,
     /// The journal, when persistence is on: set once, after recovery, before listeners open.
     journal: std::sync::OnceLock<Arc<Journal>>,
+    /// State and counters of the MQTT bridges (written by [`crate::config::mqtt_bridges`]'
+    /// tasks, read by the exports).
+    bridge_links: crate::metrics::bridge_links::BridgeLinks,
 }
 
 impl Broker {
@@ -151,6 +154,7 @@ impl Broker {
                 next_session_id: AtomicU64::new(1),
                 shutdown_tx,
                 journal: std::sync::OnceLock::new(),
+                bridge_links: Default::default(),
                 config,
             }),
         }
@@ -348,6 +352,16 @@ impl Broker {
     /// The broker's counters.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// State and counters of the MQTT bridges.
+    pub fn bridge_links(&self) -> &crate::metrics::bridge_links::BridgeLinks {
+        &self.inner.bridge_links
+    }
+
+    /// The `[[mqtt_bridges]]` the broker started with (a reload passes its own).
+    pub fn mqtt_bridges_config(&self) -> &[crate::config::MqttBridgeConfig] {
+        &self.inner.config.mqtt_bridges
     }
 
     /// The password file and ACL in force.

@@ -124,6 +124,11 @@ impl Broker {
         let (shutdown_tx, _) = watch::channel(false);
         let limits = &config.limits;
         let slots = limits.max_connections.min(Semaphore::MAX_PERMITS);
+        // Every configured bridge has a status from the start (down until it connects).
+        let bridge_links = crate::metrics::bridge_links::BridgeLinks::default();
+        for bridge in &config.mqtt_bridges {
+            bridge_links.get_or_add(&bridge.name);
+        }
         Broker {
             inner: Arc::new(Inner {
                 router: Router::default(),
@@ -154,7 +159,7 @@ impl Broker {
                 next_session_id: AtomicU64::new(1),
                 shutdown_tx,
                 journal: std::sync::OnceLock::new(),
-                bridge_links: Default::default(),
+                bridge_links,
                 config,
             }),
         }

@@ -132,6 +132,11 @@ impl LinkStatus {
         *self.remote.lock().unwrap_or_else(|p| p.into_inner()) = remote.to_string();
     }
 
+    /// The value of `counter`.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
     /// Adds one to `counter`.
     pub fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);

@@ -61,12 +61,17 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     /// Starts Mosquitto with `extra` lines after the listener (whose own options, e.g.
-    /// TLS, follow it), anonymous access allowed unless `extra` says otherwise.
+    /// TLS, follow it), anonymous access allowed unless `extra` sets `allow_anonymous`.
     pub async fn start(name: &str, extra: &str) -> Mosquitto {
         let dir = temp_dir(name);
         let port = free_port();
+        let anonymous = if extra.contains("allow_anonymous") {
+            ""
+        } else {
+            "allow_anonymous true\n"
+        };
         let config = format!(
-            "listener {port} 127.0.0.1\n{extra}\nallow_anonymous true\npersistence false\n\
+            "listener {port} 127.0.0.1\n{extra}\n{anonymous}persistence false\n\
              log_dest file {log}\nlog_type all\n",
             log = dir.join("mosquitto.log").display()
         );

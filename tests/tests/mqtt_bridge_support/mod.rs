@@ -63,8 +63,12 @@ impl Mosquitto {
     /// Starts Mosquitto with `extra` lines after the listener (whose own options, e.g.
     /// TLS, follow it), anonymous access allowed unless `extra` sets `allow_anonymous`.
     pub async fn start(name: &str, extra: &str) -> Mosquitto {
+        Mosquitto::start_on(name, free_port(), extra).await
+    }
+
+    /// Like [`Mosquitto::start`], on `port`.
+    pub async fn start_on(name: &str, port: u16, extra: &str) -> Mosquitto {
         let dir = temp_dir(name);
-        let port = free_port();
         let anonymous = if extra.contains("allow_anonymous") {
             ""
         } else {

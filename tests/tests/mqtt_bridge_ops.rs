@@ -1,0 +1,250 @@
+//! Operating MQTT bridges: a reload (SIGHUP) leaves unchanged bridges alone and
+//! restarts, starts and stops the others; the bridge's queue survives a restart of Tern
+//! with persistence on; state and counters in `$SYS/broker/bridge/<name>/...` and
+//! `/api/stats`.
+
+mod mqtt_bridge_support;
+
+use std::time::Duration;
+
+use mqtt_bridge_support::*;
+use tern_broker::config::mqtt_bridges::{BridgeProtocol, Direction};
+use tern_broker::metrics::bridge_links::{LinkState, LinkStatus};
+use tern_codec::{ProtocolVersion, QoS};
+use tern_tests::TestBroker;
+
+/// A `[[mqtt_bridges]]` table as the `bridge()` helper builds it, in TOML.
+fn bridge_toml(name: &str, remote: &str, pattern: &str) -> String {
+    format!(
+        r#"
+[[mqtt_bridges]]
+name = "{name}"
+remotes = ["{remote}"]
+protocol = "5.0"
+client_id = "bridge-{name}"
+reconnect_min_ms = 50
+reconnect_max_ms = 500
+connect_timeout_ms = 3000
+[[mqtt_bridges.topics]]
+pattern = "{pattern}"
+direction = "out"
+qos = 1
+"#
+    )
+}
+
+#[tokio::test]
+async fn reload_keeps_unchanged_bridges_and_restarts_changed_ones() {
+    if !mosquitto_available() {
+        return;
+    }
+    let mosquitto = Mosquitto::start("reload", "").await;
+    let remote = mosquitto.remote();
+    let dir = temp_dir("reload");
+    let path = dir.join("tern.toml");
+    let listeners = "[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n";
+    std::fs::write(
+        &path,
+        format!("{listeners}{}", bridge_toml("keep", &remote, "a/#")),
+    )
+    .expect("write");
+    let initial = tern_broker::Config::load(Some(&path)).expect("config");
+    let tern = TestBroker::start_with(|c| c.mqtt_bridges = initial.mqtt_bridges.clone()).await;
+    let links = tern.broker().bridge_links();
+    let keep = links.all()[0].clone();
+    wait_for("keep up", || keep.state() == LinkState::Up).await;
+    let reload = |text: String| {
+        std::fs::write(&path, format!("{listeners}{text}")).expect("write");
+        tern_broker::reload::reload(tern.bridges(), Some(&path), &|_| Ok(())).expect("reload")
+    };
+    // Unchanged + a new one: the first is not touched.
+    let report = reload(format!(
+        "{}{}",
+        bridge_toml("keep", &remote, "a/#"),
+        bridge_toml("added", &remote, "b/#")
+    ));
+    assert!(report.mqtt_bridges.restarted.is_empty(), "{report:?}");
+    assert_eq!(report.mqtt_bridges.started, vec!["added".to_string()]);
+    wait_for("added up", || {
+        links
+            .all()
+            .iter()
+            .any(|l| l.name == "added" && l.state() == LinkState::Up)
+    })
+    .await;
+    assert_eq!(LinkStatus::get(&keep.counters.connects), 1);
+    assert_eq!(LinkStatus::get(&keep.counters.disconnects), 0);
+    assert_eq!(keep.state(), LinkState::Up);
+    // Changed + removed: restarted (the counters go on) and stopped.
+    let report = reload(bridge_toml("keep", &remote, "c/#"));
+    assert_eq!(report.mqtt_bridges.restarted, vec!["keep".to_string()]);
+    assert_eq!(report.mqtt_bridges.stopped, vec!["added".to_string()]);
+    wait_for("keep reconnected", || {
+        LinkStatus::get(&keep.counters.connects) == 2 && keep.state() == LinkState::Up
+    })
+    .await;
+    assert!(links.all().iter().all(|l| l.name != "added"));
+    let mut sub = client(mosquitto.addr(), ProtocolVersion::V5, "sub").await;
+    sub.subscribe("#", QoS::AtLeastOnce).await;
+    let mut publisher = tern.client(ProtocolVersion::V5, "pub").await;
+    publisher
+        .publish("a/old", b"1", QoS::AtLeastOnce, false)
+        .await;
+    publisher
+        .publish("c/new", b"2", QoS::AtLeastOnce, false)
+        .await;
+    let topics: Vec<String> = drain(&mut sub, Duration::from_millis(700))
+        .await
+        .iter()
+        .map(|p| p.topic().to_string())
+        .collect();
+    // The old rule's subscription left the bridge's session with the old definition.
+    assert_eq!(topics, vec!["c/new".to_string()]);
+    // A bad bridge definition is refused and changes nothing.
+    std::fs::write(
+        &path,
+        format!("{listeners}{}", bridge_toml("keep", "nowhere", "c/#")),
+    )
+    .expect("write");
+    let error =
+        tern_broker::reload::reload(tern.bridges(), Some(&path), &|_| Ok(())).expect_err("refused");
+    let error = error.to_string();
+    assert!(
+        error.contains("mqtt_bridges `keep`") && error.contains("remotes"),
+        "{error}"
+    );
+    assert_eq!(keep.state(), LinkState::Up);
+    let _ = std::fs::remove_dir_all(&dir);
+    tern.running.stop().await;
+}
+
+#[tokio::test]
+async fn queue_survives_a_restart_with_persistence() {
+    if !mosquitto_available() {
+        return;
+    }
+    let dir = temp_dir("persist");
+    let port = free_port();
+    let remote = format!("127.0.0.1:{port}");
+    let start = |dir: std::path::PathBuf, remote: String| {
+        TestBroker::start_with(move |c| {
+            c.persistence.enabled = true;
+            c.persistence.dir = dir;
+            c.mqtt_bridges = vec![bridge(
+                "cloud",
+                &remote,
+                BridgeProtocol::V5,
+                vec![rule("q/#", Direction::Out, 1, "", "")],
+            )];
+        })
+    };
+    // The remote is down: the messages queue in the bridge's local session.
+    let tern = start(dir.join("data"), remote.clone()).await;
+    let mut publisher = tern.client(ProtocolVersion::V5, "pub").await;
+    for n in 1..=20u32 {
+        publisher
+            .publish("q/n", n.to_string().as_bytes(), QoS::AtLeastOnce, false)
+            .await;
+    }
+    let link = tern.broker().bridge_links().all()[0].clone();
+    wait_for("the queue", || LinkStatus::get(&link.queued) > 0).await;
+    drop(publisher);
+    tern.running.stop().await;
+    // The remote comes up (a subscriber waiting on it), then Tern: every message, in
+    // order, from the queue Tern kept on disk.
+    let mosquitto = Mosquitto::start_on("persist", port, "").await;
+    let mut sub = client(mosquitto.addr(), ProtocolVersion::V5, "sub").await;
+    sub.subscribe("q/#", QoS::AtLeastOnce).await;
+    let tern = start(dir.join("data"), remote.clone()).await;
+    let got: Vec<u32> = drain(&mut sub, Duration::from_secs(3))
+        .await
+        .iter()
+        .filter_map(|p| std::str::from_utf8(p.payload()).ok()?.parse().ok())
+        .collect();
+    assert_eq!(got, (1..=20).collect::<Vec<_>>());
+    let _ = std::fs::remove_dir_all(&dir);
+    tern.running.stop().await;
+}
+
+#[tokio::test]
+async fn state_and_counters_in_sys_and_api_stats() {
+    let remote = TestBroker::start().await;
+    let addr = remote.addr.to_string();
+    let tern = TestBroker::start_with(|c| {
+        c.http.enabled = true;
+        c.mqtt_bridges = vec![bridge(
+            "peer",
+            &addr,
+            BridgeProtocol::V5,
+            vec![rule("s/#", Direction::Out, 1, "", "")],
+        )];
+    })
+    .await;
+    let link = tern.broker().bridge_links().all()[0].clone();
+    wait_for("up", || link.state() == LinkState::Up).await;
+    let mut publisher = tern.client(ProtocolVersion::V5, "pub").await;
+    publisher
+        .publish("s/1", b"x", QoS::AtLeastOnce, false)
+        .await;
+    wait_for("forwarded", || {
+        LinkStatus::get(&link.counters.messages_out) == 1
+    })
+    .await;
+    let mut sys = tern.client(ProtocolVersion::V5, "sys").await;
+    sys.subscribe("$SYS/broker/bridge/#", QoS::AtMostOnce).await;
+    let mut scratch = tern_broker::router::RouteScratch::default();
+    tern_broker::sys::publish_stats(tern.broker(), &mut scratch, tokio::time::Instant::now());
+    let stats: Vec<(String, String)> = drain(&mut sys, Duration::from_millis(300))
+        .await
+        .iter()
+        .map(|p| {
+            let payload = String::from_utf8_lossy(p.payload()).to_string();
+            (p.topic().to_string(), payload)
+        })
+        .collect();
+    let value = |topic: &str| {
+        stats
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        value("$SYS/broker/bridge/peer/state").as_deref(),
+        Some("up")
+    );
+    assert_eq!(
+        value("$SYS/broker/bridge/peer/messages/out").as_deref(),
+        Some("1")
+    );
+    assert_eq!(value("$SYS/broker/bridge/peer/remote"), Some(addr.clone()));
+    let http = tern.running.http_addr.expect("http");
+    let body = http_get(http, "/api/stats").await;
+    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let bridge = &json["mqtt_bridges"][0];
+    assert_eq!(bridge["name"], "peer");
+    assert_eq!(bridge["state"], "up");
+    assert_eq!(bridge["messages_out"], 1);
+    tern.running.stop().await;
+    remote.running.stop().await;
+}
+
+/// A plain GET; the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let text = String::from_utf8_lossy(&response).to_string();
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    // Chunked or not: the JSON object is what lies between the outer braces.
+    match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) => body[a..=b].to_string(),
+        _ => body,
+    }
+}

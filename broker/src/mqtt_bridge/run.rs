@@ -101,168 +101,142 @@ impl Bridge {
 
     /// Runs until `stop` says so or the broker shuts down.
     pub(crate) async fn run(mut self, mut stop: watch::Receiver<Stop>) {
-        let name = self.config.name.clone();
-        let mut local = match local::connect(
+        let Some(mut live) = self.open().await else {
+            return;
+        };
+        loop {
+            if live.link.is_none() && live.attempt.is_none() && Instant::now() >= live.retry_at {
+                self.status.set_state(LinkState::Connecting);
+                live.attempt = Some(self.attempt(live.local.receive_maximum));
+            }
+            let event = live.next_event(&mut stop).await;
+            let mut sends = Sends::default();
+            if let Some(reason) = self.handle(event, &mut live, &mut sends) {
+                self.finish(&live.local.writer, live.link.take(), reason)
+                    .await;
+                return;
+            }
+            match flush(&live.local.writer, &mut live.link, sends, &self.status).await {
+                Ok(()) => {}
+                Err(Side::Local) => {
+                    self.finish(&live.local.writer, live.link.take(), Stop::Restart)
+                        .await;
+                    return;
+                }
+                Err(Side::Remote(e)) => self.lost(&mut live, e),
+            }
+        }
+    }
+
+    /// Opens the local session; `None` if the broker refused it (it is shutting down).
+    async fn open(&self) -> Option<Live> {
+        let config = &self.config;
+        let local = local::connect(
             &self.broker,
-            &self.config.local_client_id,
-            &self.config.local_username,
-            self.config.max_inflight,
+            &config.local_client_id,
+            &config.local_username,
+            config.max_inflight,
             &self.rules.local_filters(),
         )
-        .await
-        {
+        .await;
+        let local = match local {
             Ok(local) => local,
             Err(e) => {
                 self.status.set_last_error(format!("local session: {e}"));
-                tracing::warn!(bridge = %name, error = %e, "bridge cannot open its local session");
-                return;
+                tracing::warn!(bridge = %config.name, error = %e, "bridge cannot open its local session");
+                return None;
             }
         };
-        let remote_v5 = remote::version_of(self.config.protocol).is_v5();
+        let remote_v5 = remote::version_of(config.protocol).is_v5();
         let status = self.status.clone();
-        let mut outbound = Outbound::new(remote_v5, &self.config.client_id, status.clone());
-        let mut inbound = Inbound::new(
-            remote_v5,
-            &self.config.client_id,
-            local.receive_maximum,
-            status.clone(),
-        );
-        let mut link: Option<Link> = None;
-        let mut attempt: Option<Attempt> = None;
-        let mut backoff = Backoff::new(self.config.reconnect_min_ms, self.config.reconnect_max_ms);
-        let mut retry_at = Instant::now();
         let local_ping = Duration::from_secs(u64::from(local.keep_alive_secs.max(2) / 2));
-        let mut next_local_ping = Instant::now() + local_ping;
-        loop {
-            if link.is_none() && attempt.is_none() && Instant::now() >= retry_at {
-                status.set_state(LinkState::Connecting);
-                attempt = Some(self.attempt(inbound_window(&local)));
+        Some(Live {
+            outbound: Outbound::new(remote_v5, &config.client_id, status.clone()),
+            inbound: Inbound::new(remote_v5, &config.client_id, local.receive_maximum, status),
+            link: None,
+            attempt: None,
+            backoff: Backoff::new(config.reconnect_min_ms, config.reconnect_max_ms),
+            retry_at: Instant::now(),
+            next_local_ping: Instant::now() + local_ping,
+            local_ping,
+            local,
+        })
+    }
+
+    /// Handles one event; `Some` when the bridge is to stop.
+    fn handle(&mut self, event: Event, live: &mut Live, sends: &mut Sends) -> Option<Stop> {
+        match event {
+            Event::Stop(reason) => return Some(reason),
+            Event::Local(Err(e)) => {
+                tracing::debug!(bridge = %self.config.name, error = %e, "bridge's local session ended");
+                return Some(Stop::Restart);
             }
-            let mut sends = Sends::default();
-            let ping_at = ping_due(&link);
-            let pinging = link.as_ref().is_some_and(|l| l.next_ping.is_some());
-            let event = tokio::select! {
-                // Cancel safe: `changed` only reads the channel.
-                _ = stop.changed() => Event::Stop(*stop.borrow()),
-                // Cancel safe (PacketReader::next).
-                packet = local.reader.next() => Event::Local(packet),
-                // Cancel safe, as above; pending while there is no link.
-                packet = next_remote(&mut link) => Event::Remote(packet),
-                // The attempt is kept across iterations: polling it again resumes it.
-                result = poll_attempt(&mut attempt) => Event::Attempted(result),
-                () = sleep_until(retry_at), if link.is_none() && attempt.is_none() => Event::Tick,
-                () = sleep_until(ping_at), if pinging => Event::Ping,
-                () = sleep_until(next_local_ping), if local.keep_alive_secs > 0 => Event::LocalPing,
-            };
-            match event {
-                Event::Stop(reason) => {
-                    self.finish(&local.writer, link.take(), reason).await;
-                    return;
-                }
-                Event::Local(Err(e)) => {
-                    tracing::debug!(bridge = %name, error = %e, "bridge's local session ended");
-                    self.finish(&local.writer, link.take(), Stop::Restart).await;
-                    return;
-                }
-                Event::Local(Ok(packet)) => {
-                    if matches!(packet, Packet::Disconnect(_)) {
-                        self.finish(&local.writer, link.take(), Stop::Restart).await;
-                        return;
-                    }
-                    handle_local(packet, &self.rules, &mut outbound, &mut inbound, &mut sends);
-                }
-                Event::Remote(Ok(packet)) => {
-                    if let Some(l) = link.as_mut() {
-                        if let Err(e) = handle_remote(
-                            packet,
-                            l,
-                            &self.rules,
-                            &mut outbound,
-                            &mut inbound,
-                            &mut sends,
-                        ) {
-                            self.lost(
-                                &mut link,
-                                &mut outbound,
-                                &mut inbound,
-                                &mut retry_at,
-                                &mut backoff,
-                                e,
-                            );
-                        }
-                    }
-                }
-                Event::Remote(Err(e)) => {
-                    self.lost(
-                        &mut link,
-                        &mut outbound,
-                        &mut inbound,
-                        &mut retry_at,
-                        &mut backoff,
-                        e.to_string(),
+            Event::Local(Ok(Packet::Disconnect(_))) => return Some(Stop::Restart),
+            Event::Local(Ok(packet)) => {
+                handle_local(
+                    packet,
+                    &self.rules,
+                    &mut live.outbound,
+                    &mut live.inbound,
+                    sends,
+                );
+            }
+            Event::Remote(Ok(packet)) => {
+                if let Some(link) = live.link.as_mut() {
+                    let handled = handle_remote(
+                        packet,
+                        link,
+                        &self.rules,
+                        &mut live.outbound,
+                        &mut live.inbound,
+                        sends,
                     );
-                }
-                Event::Attempted((result, refused)) => {
-                    attempt = None;
-                    for i in refused {
-                        self.private_refused[i] = true;
+                    if let Err(e) = handled {
+                        self.lost(live, e);
                     }
-                    match result {
-                        Ok(remote) => {
-                            let up = self.up(remote, &mut outbound, &mut inbound, &mut sends);
-                            backoff.reset();
-                            link = Some(up);
-                        }
-                        Err(_) => {
-                            status.set_state(LinkState::Down);
-                            retry_at = Instant::now() + backoff.next();
-                        }
-                    }
-                }
-                Event::Tick => {}
-                Event::Ping => {
-                    if let Some(l) = link.as_mut() {
-                        if l.ping_outstanding {
-                            self.lost(
-                                &mut link,
-                                &mut outbound,
-                                &mut inbound,
-                                &mut retry_at,
-                                &mut backoff,
-                                "no PINGRESP within the keep alive".into(),
-                            );
-                        } else {
-                            l.ping_outstanding = true;
-                            l.next_ping =
-                                l.next_ping.map(|_| Instant::now() + keep_alive(&l.remote));
-                            sends.remote.push(Packet::PingReq);
-                        }
-                    }
-                }
-                Event::LocalPing => {
-                    next_local_ping = Instant::now() + local_ping;
-                    sends.local.push(Packet::PingReq);
                 }
             }
-            if let Err(e) = flush(&local.writer, &mut link, sends, &status).await {
-                match e {
-                    Side::Local => {
-                        self.finish(&local.writer, link.take(), Stop::Restart).await;
-                        return;
+            Event::Remote(Err(e)) => self.lost(live, e.to_string()),
+            Event::Attempted((result, refused)) => {
+                live.attempt = None;
+                for i in refused {
+                    self.private_refused[i] = true;
+                }
+                match result {
+                    Ok(remote) => {
+                        let up = self.up(remote, &mut live.outbound, &mut live.inbound, sends);
+                        live.backoff.reset();
+                        live.link = Some(up);
                     }
-                    Side::Remote(e) => {
-                        self.lost(
-                            &mut link,
-                            &mut outbound,
-                            &mut inbound,
-                            &mut retry_at,
-                            &mut backoff,
-                            e,
-                        );
+                    Err(_) => {
+                        self.status.set_state(LinkState::Down);
+                        live.retry_at = Instant::now() + live.backoff.next();
                     }
                 }
+            }
+            Event::Tick => {}
+            Event::Ping => self.ping(live, sends),
+            Event::LocalPing => {
+                live.next_local_ping = Instant::now() + live.local_ping;
+                sends.local.push(Packet::PingReq);
             }
         }
+        None
+    }
+
+    /// Keep alive towards the remote: a PINGREQ, or the link is lost when the last one
+    /// got no PINGRESP within the keep alive.
+    fn ping(&self, live: &mut Live, sends: &mut Sends) {
+        let Some(link) = live.link.as_mut() else {
+            return;
+        };
+        if link.ping_outstanding {
+            self.lost(live, "no PINGRESP within the keep alive".into());
+            return;
+        }
+        link.ping_outstanding = true;
+        link.next_ping = Some(Instant::now() + keep_alive(&link.remote));
+        sends.remote.push(Packet::PingReq);
     }
 
     /// A connect attempt over the remotes, in order.
@@ -354,26 +328,18 @@ impl Bridge {
     }
 
     /// The link failed: it is dropped and retried after the backoff.
-    fn lost(
-        &self,
-        link: &mut Option<Link>,
-        outbound: &mut Outbound,
-        inbound: &mut Inbound,
-        retry_at: &mut Instant,
-        backoff: &mut Backoff,
-        error: String,
-    ) {
-        if link.take().is_none() {
+    fn lost(&self, live: &mut Live, error: String) {
+        if live.link.take().is_none() {
             return;
         }
         let status = &self.status;
         status.set_state(LinkState::Down);
         status.set_last_error(format!("{}: {error}", status.remote()));
         LinkStatus::count(&status.counters.disconnects);
-        tracing::warn!(bridge = %self.config.name, remote = %status.remote(), %error, queued = outbound.len(), "bridge link lost");
-        outbound.link_down();
-        inbound.link_down();
-        *retry_at = Instant::now() + backoff.next();
+        tracing::warn!(bridge = %self.config.name, remote = %status.remote(), %error, queued = live.outbound.len(), "bridge link lost");
+        live.outbound.link_down();
+        live.inbound.link_down();
+        live.retry_at = Instant::now() + live.backoff.next();
     }
 
     /// Says goodbye to both sides; a removed bridge ends its local session.
@@ -394,6 +360,47 @@ impl Bridge {
     }
 }
 
+/// What the bridge's loop owns while it runs.
+struct Live {
+    local: LocalLink,
+    link: Option<Link>,
+    /// The connect attempt in progress, kept across iterations (polling it resumes it).
+    attempt: Option<Attempt>,
+    outbound: Outbound,
+    inbound: Inbound,
+    backoff: Backoff,
+    /// When to try again while there is no link.
+    retry_at: Instant,
+    local_ping: Duration,
+    next_local_ping: Instant,
+}
+
+impl Live {
+    /// Waits for the next thing to do.
+    ///
+    /// # Cancel safety
+    /// Not meant to be cancelled; every branch inside is cancel safe (see each).
+    async fn next_event(&mut self, stop: &mut watch::Receiver<Stop>) -> Event {
+        let ping_at = ping_due(&self.link);
+        let pinging = self.link.as_ref().is_some_and(|l| l.next_ping.is_some());
+        let idle = self.link.is_none() && self.attempt.is_none();
+        let local_keep_alive = self.local.keep_alive_secs > 0;
+        tokio::select! {
+            // Cancel safe: `changed` only reads the channel.
+            _ = stop.changed() => Event::Stop(*stop.borrow()),
+            // Cancel safe (PacketReader::next).
+            packet = self.local.reader.next() => Event::Local(packet),
+            // Cancel safe, as above; pending while there is no link.
+            packet = next_remote(&mut self.link) => Event::Remote(packet),
+            // Cancel safe: the attempt stays in `self.attempt` and resumes.
+            result = poll_attempt(&mut self.attempt) => Event::Attempted(result),
+            () = sleep_until(self.retry_at), if idle => Event::Tick,
+            () = sleep_until(ping_at), if pinging => Event::Ping,
+            () = sleep_until(self.next_local_ping), if local_keep_alive => Event::LocalPing,
+        }
+    }
+}
+
 /// What woke the loop.
 enum Event {
     Stop(Stop),
@@ -409,10 +416,6 @@ enum Event {
 enum Side {
     Local,
     Remote(String),
-}
-
-fn inbound_window(local: &LocalLink) -> u16 {
-    local.receive_maximum
 }
 
 fn keep_alive(remote: &RemoteLink) -> Duration {

@@ -326,3 +326,30 @@ async fn no_loop_both_ways_between_two_terns() {
     tern.running.stop().await;
     remote.running.stop().await;
 }
+
+/// A 3.1.1 remote that refuses the bridge bit (Tern answers protocol level 0x84 as an
+/// unacceptable protocol version, [MQTT-3.1.2-2]): the bridge falls back to a plain 3.1.1
+/// CONNECT, and since 3.1.1 has no No Local, the echo of its own messages is recognised
+/// and dropped.
+#[tokio::test]
+async fn v311_remote_refusing_the_bridge_bit_falls_back_without_loops() {
+    let remote = TestBroker::start().await;
+    let addr = remote.addr.to_string();
+    let tern = TestBroker::start_with(|c| {
+        c.mqtt_bridges = vec![bridge(
+            "plain",
+            &addr,
+            BridgeProtocol::V311,
+            vec![rule("loop/#", Direction::Both, 1, "", "")],
+        )];
+    })
+    .await;
+    bridges_up(&tern).await;
+    exactly_once_each_side(&tern, remote.addr, ProtocolVersion::V3_1_1).await;
+    let link = &tern.broker().bridge_links().all()[0];
+    let prevented =
+        tern_broker::metrics::bridge_links::LinkStatus::get(&link.counters.loops_prevented);
+    assert!(prevented >= 1, "the echo was recognised");
+    tern.running.stop().await;
+    remote.running.stop().await;
+}

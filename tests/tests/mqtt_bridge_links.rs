@@ -5,9 +5,11 @@
 //! Spec statements checked (MQTT 5.0):
 //! - [MQTT-4.4.0-1]: on reconnect with Clean Start 0 and a session, the client resends
 //!   unacknowledged PUBLISH packets (DUP = 1) and PUBREL packets: the cut tests.
-//! - [MQTT-4.6.0-2], [MQTT-4.6.0-3]: PUBLISH packets are sent (and acknowledged) in the
-//!   order received: every test here checks the order at the subscriber.
-//! - [MQTT-4.3.3-*]: QoS 2 is delivered exactly once across the cuts.
+//! - [MQTT-4.6.0-1]: resent PUBLISH packets go in the order first sent, and
+//!   [MQTT-4.6.0-5]: a server sends the messages of one topic and QoS in the order
+//!   received: every test here checks the order at the subscriber across the hops.
+//! - [MQTT-4.3.3-6], [MQTT-4.3.3-10]: no PUBLISH resent after PUBREL, and a resent
+//!   PUBLISH is not delivered onward twice: QoS 2 exactly once across the cuts.
 
 mod mqtt_bridge_support;
 

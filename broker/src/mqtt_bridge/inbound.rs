@@ -6,7 +6,7 @@
 //! The remote is acknowledged only once the local broker has the message: PUBACK after the
 //! local PUBACK, PUBREC after the local PUBREC. A QoS 2 message whose PUBREC went out is
 //! remembered until the remote's PUBREL, so that a resend (DUP) after a reconnect is
-//! answered, not published twice ([MQTT-4.3.3-9]).
+//! answered, not published twice ([MQTT-4.3.3-10]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -141,6 +141,13 @@ impl Inbound {
                 }
             }
         }
+    }
+
+    /// A PUBLISH from the remote recognised as our own coming back ([`super::echo`]): not
+    /// published, acknowledged, counted.
+    pub(crate) fn drop_echo(&mut self, publish: &Publish, out: &mut Sends) {
+        LinkStatus::count(&self.status.counters.loops_prevented);
+        self.ack_remote_unpublished(publish, out);
     }
 
     /// Acknowledges a remote PUBLISH that is not published here (a loop, no rule, QoS 0

@@ -13,8 +13,9 @@
 //! [`outbound`] and [`inbound`] are the two directions' state machines (no I/O): each
 //! hop is acknowledged only once the next one has the message, so nothing is lost across
 //! a reconnect; [`topics`] maps topics between the prefixes. Loops are prevented with No
-//! Local on both subscriptions (5.0), Mosquitto's bridge bit (3.1.1), and an origin user
-//! property. The state, last error and counters are in the broker's
+//! Local on both subscriptions (5.0), Mosquitto's bridge bit (3.1.1), an origin user
+//! property, and, for a 3.1.1 remote that refused the bridge bit, fingerprints of what
+//! went out ([`echo`]). The state, last error and counters are in the broker's
 //! [`crate::metrics::bridge_links`], which `/metrics`, `$SYS`, `/api/stats` and the
 //! dashboard read. [`MqttBridges`] starts them, and on reload restarts only the bridges
 //! whose definition changed.
@@ -22,6 +23,7 @@
 //! Not here: the configuration schema ([`crate::config::mqtt_bridges`]) and the HTTP
 //! bridges (SSE, WebSocket: [`crate::http::bridge`]).
 
+mod echo;
 mod inbound;
 mod local;
 mod outbound;

@@ -7,7 +7,8 @@
 //! the bridge's local session: a crash of Tern loses nothing the session keeps. The remote
 //! packet identifier is the local one (each identifier is in use on both sides exactly as
 //! long), and while the link is down the queue waits; when it returns, what was sent and
-//! not acknowledged goes again first, with DUP ([MQTT-4.4.0-1]), then the rest in order.
+//! not acknowledged goes again first, with DUP ([MQTT-4.4.0-1]), in the order first sent ([MQTT-4.6.0-1]), then the
+//! rest in order.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -243,7 +244,7 @@ impl Outbound {
         };
         let Some(i) = self.entries.iter().position(|e| e.packet_id == id) else {
             if let Packet::PubRec(_) = packet {
-                // [MQTT-4.3.3-7] answered as the spec has it, even for one we forgot.
+                // [MQTT-4.3.3-4]: PUBREC is answered with PUBREL, even for one we forgot.
                 out.remote.push(Packet::PubRel(PubRel::new(id)));
             }
             return;

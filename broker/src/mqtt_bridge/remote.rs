@@ -74,6 +74,9 @@ pub(crate) struct RemoteLink {
     pub(crate) keep_alive_secs: u16,
     /// Packets the remote sent before SUBACK (its queued messages): handled first.
     pub(crate) early: Vec<Packet>,
+    /// Whether the remote accepted Mosquitto's bridge bit (3.1.1): it then does not send
+    /// back what the bridge published.
+    pub(crate) bridge_bit: bool,
 }
 
 /// The version of `protocol`.
@@ -162,6 +165,7 @@ pub(crate) async fn connect(
         receive_maximum: p.receive_maximum.unwrap_or(u16::MAX),
         keep_alive_secs: p.server_keep_alive_secs.unwrap_or(config.keep_alive_secs),
         early: Vec::new(),
+        bridge_bit: private && !version.is_v5(),
     };
     if !filters.is_empty() {
         subscribe(&mut link, filters, timeout).await?;

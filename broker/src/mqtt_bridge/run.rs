@@ -12,6 +12,7 @@ use tern_codec::{Disconnect, Packet, QoS, ReasonCode};
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 
+use super::echo::Echoes;
 use super::inbound::Inbound;
 use super::local::{self, LocalLink};
 use super::outbound::Outbound;
@@ -76,6 +77,8 @@ pub(crate) struct Bridge {
 /// The remote side while the loop runs.
 struct Link {
     remote: RemoteLink,
+    /// What went out, for a remote that would send it back (3.1.1 without the bridge bit).
+    echoes: Option<Echoes>,
     /// A PINGREQ went and no PINGRESP came yet.
     ping_outstanding: bool,
     next_ping: Option<Instant>,
@@ -224,6 +227,10 @@ impl Bridge {
         None
     }
 
+    fn remote_v5(&self) -> bool {
+        remote::version_of(self.config.protocol).is_v5()
+    }
+
     /// Keep alive towards the remote: a PINGREQ, or the link is lost when the last one
     /// got no PINGRESP within the keep alive.
     fn ping(&self, live: &mut Live, sends: &mut Sends) {
@@ -313,7 +320,9 @@ impl Bridge {
             remote.receive_maximum.min(self.config.max_inflight),
             sends,
         );
+        let echoes = (!self.remote_v5() && !remote.bridge_bit).then(Echoes::default);
         let mut link = Link {
+            echoes,
             next_ping: (remote.keep_alive_secs > 0).then(|| Instant::now() + keep_alive(&remote)),
             ping_outstanding: false,
             remote,
@@ -485,7 +494,17 @@ fn handle_remote(
     sends: &mut Sends,
 ) -> Result<(), String> {
     match packet {
-        Packet::Publish(publish) => inbound.handle_remote_publish(publish, rules, sends),
+        Packet::Publish(publish) => {
+            let echo = link
+                .echoes
+                .as_mut()
+                .is_some_and(|e| e.is_echo(publish.topic(), publish.payload()));
+            if echo {
+                inbound.drop_echo(&publish, sends);
+            } else {
+                inbound.handle_remote_publish(publish, rules, sends);
+            }
+        }
         Packet::PubRel(rel) => inbound.handle_remote_release(rel.packet_id, sends),
         ack @ (Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)) => {
             outbound.handle_remote_ack(&ack, sends)
@@ -518,6 +537,11 @@ async fn flush(
         return Ok(());
     };
     for packet in &sends.remote {
+        if let (Packet::Publish(p), Some(echoes)) = (packet, link.echoes.as_mut()) {
+            if !p.dup {
+                echoes.sent(p.topic(), p.payload());
+            }
+        }
         if let Packet::Publish(p) = packet {
             if p.qos() == QoS::AtMostOnce {
                 if !link.remote.writer.try_send(packet) {

@@ -390,3 +390,59 @@ async fn tls_to_a_remote_with_a_test_ca_and_a_client_certificate() {
     let _ = std::fs::remove_dir_all(&other);
     tern.running.stop().await;
 }
+
+/// A remote that answers CONNECT with garbage (and one that accepts and says nothing):
+/// only that bridge is affected; its last error says why, it keeps retrying, and the
+/// broker serves its clients.
+#[tokio::test]
+async fn a_remote_sending_garbage_affects_only_its_bridge() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let garbage = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let garbage_addr = garbage.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = garbage.accept().await {
+            let mut buf = [0u8; 256];
+            let _ = socket.read(&mut buf).await;
+            // Packet type 0 is reserved: malformed.
+            let _ = socket.write_all(&[0x00, 0x02, 0xff, 0xff]).await;
+        }
+    });
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent_addr = silent.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let tern = TestBroker::start_with(|c| {
+        for (name, remote) in [("garbage", &garbage_addr), ("silent", &silent_addr)] {
+            let mut b = bridge(
+                name,
+                remote,
+                BridgeProtocol::V5,
+                vec![rule("g/#", Direction::Both, 1, "", "")],
+            );
+            b.connect_timeout_ms = 300;
+            c.mqtt_bridges.push(b);
+        }
+    })
+    .await;
+    let links = tern.broker().bridge_links().all();
+    wait_for("two failures each", || {
+        links
+            .iter()
+            .all(|l| LinkStatus::get(&l.counters.connect_failures) >= 2)
+    })
+    .await;
+    let garbage_error = links[0].last_error().expect("error");
+    assert!(garbage_error.contains("malformed"), "{garbage_error}");
+    let silent_error = links[1].last_error().expect("error");
+    assert!(silent_error.contains("no CONNACK"), "{silent_error}");
+    let mut a = tern.client(ProtocolVersion::V5, "a").await;
+    a.subscribe("g/#", QoS::AtLeastOnce).await;
+    let mut b = tern.client(ProtocolVersion::V5, "b").await;
+    b.publish("g/1", b"local", QoS::AtLeastOnce, false).await;
+    assert!(next_publish(&mut a, Duration::from_secs(2)).await.is_some());
+    tern.running.stop().await;
+}

@@ -33,6 +33,8 @@ pub(crate) struct LocalLink {
     pub(crate) receive_maximum: u16,
     /// The broker's Server Keep Alive (0: none).
     pub(crate) keep_alive_secs: u16,
+    /// The largest packet the broker takes from the bridge.
+    pub(crate) maximum_packet_size_bytes: u32,
 }
 
 /// Connects the bridge's local client `client_id` as user `username`, with a window of
@@ -89,6 +91,7 @@ pub(crate) async fn connect(
         writer,
         receive_maximum: p.receive_maximum.unwrap_or(u16::MAX),
         keep_alive_secs: p.server_keep_alive_secs.unwrap_or(0),
+        maximum_packet_size_bytes: p.maximum_packet_size_bytes.unwrap_or(u32::MAX),
     };
     sync_subscriptions(broker, client_id, &link.writer, filters).await?;
     Ok(link)

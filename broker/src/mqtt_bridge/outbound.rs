@@ -66,6 +66,9 @@ pub(crate) struct Outbound {
     connected: bool,
     /// The remote's Receive Maximum.
     window: usize,
+    /// The remote's Maximum Packet Size: a larger message is dropped, not sent (the
+    /// remote would close the link for it, again after every reconnect).
+    max_packet_bytes: usize,
     status: Arc<LinkStatus>,
 }
 
@@ -78,6 +81,7 @@ impl Outbound {
             origin: ByteStr::from(origin),
             connected: false,
             window: 0,
+            max_packet_bytes: usize::MAX,
             status,
         }
     }
@@ -90,8 +94,15 @@ impl Outbound {
 
     /// The link is up: what was in flight goes again (PUBREL first where PUBREC came, if
     /// the remote kept the session), then the queue.
-    pub(crate) fn link_up(&mut self, session_present: bool, window: u16, out: &mut Sends) {
+    pub(crate) fn link_up(
+        &mut self,
+        session_present: bool,
+        max_packet_bytes: u32,
+        window: u16,
+        out: &mut Sends,
+    ) {
         self.connected = true;
+        self.max_packet_bytes = usize::try_from(max_packet_bytes).unwrap_or(usize::MAX);
         self.window = usize::from(window.max(1));
         let mut i = 0;
         while i < self.entries.len() {
@@ -163,8 +174,10 @@ impl Outbound {
                 self.pump(now, out);
             }
             (local_id, _) => {
-                // QoS 0 on this hop: sent now if the link is up, else lost (counted).
-                if self.connected {
+                // QoS 0 on this hop: sent now if the link is up (and it fits), else lost
+                // (counted).
+                let fits = remote.encoded_len(self.version()) <= self.max_packet_bytes;
+                if self.connected && fits {
                     out.remote.push(Packet::Publish(remote));
                     LinkStatus::count(&self.status.counters.messages_out);
                 } else {
@@ -206,6 +219,9 @@ impl Outbound {
             .iter()
             .filter(|e| !matches!(e.stage, Stage::Unsent { .. }))
             .count();
+        let version = self.version();
+        let max_packet_bytes = self.max_packet_bytes;
+        let fits = |p: &Publish| p.encoded_len(version) <= max_packet_bytes;
         let mut i = 0;
         while i < self.entries.len() {
             let entry = &mut self.entries[i];
@@ -216,12 +232,13 @@ impl Outbound {
                     entry.stage = Stage::ReleaseSent;
                 }
                 Stage::Unsent { dup } if in_flight < self.window => {
-                    if let Some(publish) = prepare(entry, dup, now) {
+                    if let Some(publish) = prepare(entry, dup, now).filter(fits) {
                         out.remote.push(Packet::Publish(publish));
                         entry.stage = Stage::Sent;
                         in_flight += 1;
                     } else if let Some(expired) = self.entries.remove(i) {
-                        // Expired while queued ([MQTT-3.3.2-5]): not forwarded.
+                        // Expired while queued ([MQTT-3.3.2-5]), or larger than the remote
+                        // takes ([MQTT-3.1.2-25]): not forwarded.
                         LinkStatus::count(&self.status.counters.messages_dropped);
                         ack_local(expired.packet_id, expired.local_qos, out);
                         continue;
@@ -278,6 +295,14 @@ impl Outbound {
     fn delivered(&self, entry: &Entry, out: &mut Sends) {
         LinkStatus::count(&self.status.counters.messages_out);
         ack_local(entry.packet_id, entry.local_qos, out);
+    }
+
+    fn version(&self) -> tern_codec::ProtocolVersion {
+        if self.remote_v5 {
+            tern_codec::ProtocolVersion::V5
+        } else {
+            tern_codec::ProtocolVersion::V3_1_1
+        }
     }
 
     /// Messages held for the remote.

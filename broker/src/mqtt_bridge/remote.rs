@@ -74,6 +74,8 @@ pub(crate) struct RemoteLink {
     pub(crate) keep_alive_secs: u16,
     /// Packets the remote sent before SUBACK (its queued messages): handled first.
     pub(crate) early: Vec<Packet>,
+    /// The largest packet the remote accepts (its CONNACK Maximum Packet Size).
+    pub(crate) maximum_packet_size_bytes: u32,
     /// Whether the remote accepted Mosquitto's bridge bit (3.1.1): it then does not send
     /// back what the bridge published.
     pub(crate) bridge_bit: bool,
@@ -88,7 +90,11 @@ pub(crate) fn version_of(protocol: BridgeProtocol) -> ProtocolVersion {
 }
 
 /// The CONNECT of `config` (the password is put in here and nowhere else).
-fn connect_packet(config: &MqttBridgeConfig, receive_maximum: u16) -> Connect {
+fn connect_packet(
+    config: &MqttBridgeConfig,
+    receive_maximum: u16,
+    max_packet_bytes: u32,
+) -> Connect {
     let version = version_of(config.protocol);
     let mut connect = Connect::new(version, config.client_id.as_str());
     connect.clean_start = config.clean_start;
@@ -102,7 +108,9 @@ fn connect_packet(config: &MqttBridgeConfig, receive_maximum: u16) -> Connect {
         let p = &mut connect.properties;
         p.session_expiry_interval_secs = Some(config.session_expiry_secs);
         p.receive_maximum = Some(receive_maximum);
-        p.maximum_packet_size_bytes = Some(MAX_PACKET_SIZE_BYTES);
+        // What this broker takes from the bridge's local client: a larger message from the
+        // remote could not be published here ([MQTT-3.1.2-24]: the remote must not send one).
+        p.maximum_packet_size_bytes = Some(max_packet_bytes);
     }
     connect
 }
@@ -123,7 +131,8 @@ fn encode_connect(connect: &Connect, private: bool) -> Bytes {
 }
 
 /// Connects to `remote` for `config`, subscribes to `filters`, and returns the session.
-/// `private`: set the bridge bit (3.1.1 only).
+/// `private`: set the bridge bit (3.1.1 only); `local`: the local broker's Receive
+/// Maximum and Maximum Packet Size, asked of the remote in turn (5.0).
 ///
 /// # Errors
 /// [`ConnectError`]; nothing is kept of a failed attempt.
@@ -132,15 +141,16 @@ pub(crate) async fn connect(
     tls: Option<&Tls>,
     remote: &str,
     private: bool,
-    receive_maximum: u16,
+    local: (u16, u32),
     filters: &[(String, QoS)],
 ) -> Result<RemoteLink, ConnectError> {
+    let (receive_maximum, max_packet_bytes) = local;
     let timeout = Duration::from_millis(config.connect_timeout_ms);
     let (read, write) = transport::open(remote, tls, timeout).await?;
     let version = version_of(config.protocol);
     let mut reader = PacketReader::new(read, version, MAX_PACKET_SIZE_BYTES);
     let writer = PacketWriter::spawn(write, version);
-    let connect = connect_packet(config, receive_maximum);
+    let connect = connect_packet(config, receive_maximum, max_packet_bytes);
     writer
         .send_bytes(encode_connect(&connect, private && !version.is_v5()))
         .await?;
@@ -165,6 +175,7 @@ pub(crate) async fn connect(
         receive_maximum: p.receive_maximum.unwrap_or(u16::MAX),
         keep_alive_secs: p.server_keep_alive_secs.unwrap_or(config.keep_alive_secs),
         early: Vec::new(),
+        maximum_packet_size_bytes: p.maximum_packet_size_bytes.unwrap_or(u32::MAX),
         bridge_bit: private && !version.is_v5(),
     };
     if !filters.is_empty() {

@@ -102,29 +102,56 @@ impl Bridge {
         }
     }
 
-    /// Runs until `stop` says so or the broker shuts down.
+    /// Runs until `stop` says so or the broker shuts down. If the local session ends
+    /// otherwise (the broker closed it), it is opened again after a backoff: a bridge
+    /// never stops on its own.
     pub(crate) async fn run(mut self, mut stop: watch::Receiver<Stop>) {
+        let mut backoff = Backoff::new(self.config.reconnect_min_ms, self.config.reconnect_max_ms);
+        loop {
+            if self.run_once(&mut stop).await || self.broker.is_shutting_down() {
+                return;
+            }
+            self.status.set_state(LinkState::Down);
+            let wait = backoff.next();
+            tokio::select! {
+                // Cancel safe: `changed` only reads the channel.
+                _ = stop.changed() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One life of the local session; `true` when told to stop, `false` when the local
+    /// session was lost.
+    async fn run_once(&mut self, stop: &mut watch::Receiver<Stop>) -> bool {
         let Some(mut live) = self.open().await else {
-            return;
+            return false;
         };
         loop {
             if live.link.is_none() && live.attempt.is_none() && Instant::now() >= live.retry_at {
                 self.status.set_state(LinkState::Connecting);
-                live.attempt = Some(self.attempt(live.local.receive_maximum));
+                live.attempt = Some(self.attempt((
+                    live.local.receive_maximum,
+                    live.local.maximum_packet_size_bytes,
+                )));
             }
-            let event = live.next_event(&mut stop).await;
+            let event = live.next_event(stop).await;
             let mut sends = Sends::default();
-            if let Some(reason) = self.handle(event, &mut live, &mut sends) {
+            if let Some(ended) = self.handle(event, &mut live, &mut sends) {
+                let reason = match ended {
+                    Ended::Stop(reason) => reason,
+                    Ended::LocalLost => Stop::Restart,
+                };
                 self.finish(&live.local.writer, live.link.take(), reason)
                     .await;
-                return;
+                return matches!(ended, Ended::Stop(_));
             }
             match flush(&live.local.writer, &mut live.link, sends, &self.status).await {
                 Ok(()) => {}
                 Err(Side::Local) => {
                     self.finish(&live.local.writer, live.link.take(), Stop::Restart)
                         .await;
-                    return;
+                    return false;
                 }
                 Err(Side::Remote(e)) => self.lost(&mut live, e),
             }
@@ -166,15 +193,23 @@ impl Bridge {
         })
     }
 
-    /// Handles one event; `Some` when the bridge is to stop.
-    fn handle(&mut self, event: Event, live: &mut Live, sends: &mut Sends) -> Option<Stop> {
+    /// Handles one event; `Some` when this life of the bridge ends.
+    fn handle(&mut self, event: Event, live: &mut Live, sends: &mut Sends) -> Option<Ended> {
         match event {
-            Event::Stop(reason) => return Some(reason),
+            Event::Stop(reason) => return Some(Ended::Stop(reason)),
             Event::Local(Err(e)) => {
+                self.status
+                    .set_last_error(format!("local session ended: {e}"));
                 tracing::debug!(bridge = %self.config.name, error = %e, "bridge's local session ended");
-                return Some(Stop::Restart);
+                return Some(Ended::LocalLost);
             }
-            Event::Local(Ok(Packet::Disconnect(_))) => return Some(Stop::Restart),
+            Event::Local(Ok(Packet::Disconnect(d))) => {
+                self.status.set_last_error(format!(
+                    "local session ended: DISCONNECT 0x{:02x}",
+                    d.reason_code.0
+                ));
+                return Some(Ended::LocalLost);
+            }
             Event::Local(Ok(packet)) => {
                 handle_local(
                     packet,
@@ -247,7 +282,7 @@ impl Bridge {
     }
 
     /// A connect attempt over the remotes, in order.
-    fn attempt(&self, receive_maximum: u16) -> Attempt {
+    fn attempt(&self, local: (u16, u32)) -> Attempt {
         let config = self.config.clone();
         let tls = self.tls.clone();
         let status = self.status.clone();
@@ -259,15 +294,8 @@ impl Bridge {
             for (i, remote) in config.remotes.iter().enumerate() {
                 status.set_remote(remote);
                 let private = config.try_private && !refused_before[i];
-                let mut result = remote::connect(
-                    &config,
-                    tls.as_ref(),
-                    remote,
-                    private,
-                    receive_maximum,
-                    &filters,
-                )
-                .await;
+                let mut result =
+                    remote::connect(&config, tls.as_ref(), remote, private, local, &filters).await;
                 if private && !remote::version_of(config.protocol).is_v5() {
                     if let Err(e) = &result {
                         if e.may_be_bridge_bit() {
@@ -277,7 +305,7 @@ impl Bridge {
                                 tls.as_ref(),
                                 remote,
                                 false,
-                                receive_maximum,
+                                local,
                                 &filters,
                             )
                             .await;
@@ -317,6 +345,7 @@ impl Bridge {
         inbound.link_up(remote.session_present);
         outbound.link_up(
             remote.session_present,
+            remote.maximum_packet_size_bytes,
             remote.receive_maximum.min(self.config.max_inflight),
             sends,
         );
@@ -419,6 +448,15 @@ enum Event {
     Tick,
     Ping,
     LocalPing,
+}
+
+/// Why one life of the bridge ended.
+#[derive(Debug, Clone, Copy)]
+enum Ended {
+    /// Told to stop.
+    Stop(Stop),
+    /// The local session ended (the broker closed it).
+    LocalLost,
 }
 
 /// Which side failed while sending.

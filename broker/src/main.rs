@@ -175,6 +175,9 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
             for listener in config.listeners.iter().filter(|l| l.kind.is_tls()) {
                 tern_broker::listener::tls::acceptor(listener)?;
             }
+            for bridge in &config.mqtt_bridges {
+                tern_broker::mqtt_bridge::check_tls(bridge)?;
+            }
             tracing_subscriber::EnvFilter::try_new(&config.log.level).map_err(|e| {
                 anyhow::anyhow!(
                     "{}: log.level = {:?}: {e}",

@@ -397,7 +397,9 @@ async fn tls_to_a_remote_with_a_test_ca_and_a_client_certificate() {
 #[tokio::test]
 async fn a_remote_sending_garbage_affects_only_its_bridge() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let garbage = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let garbage = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let garbage_addr = garbage.local_addr().expect("addr").to_string();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = garbage.accept().await {
@@ -407,7 +409,9 @@ async fn a_remote_sending_garbage_affects_only_its_bridge() {
             let _ = socket.write_all(&[0x00, 0x02, 0xff, 0xff]).await;
         }
     });
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let silent_addr = silent.local_addr().expect("addr").to_string();
     tokio::spawn(async move {
         let mut held = Vec::new();

@@ -90,6 +90,22 @@ pub enum BridgeError {
     },
 }
 
+/// Loads `config`'s TLS files, if it has TLS (`tern check-config`).
+///
+/// # Errors
+/// A file is missing or unusable; the error names the bridge and the file.
+pub fn check_tls(config: &MqttBridgeConfig) -> Result<(), BridgeError> {
+    let Some(settings) = &config.tls else {
+        return Ok(());
+    };
+    transport::Tls::new(settings)
+        .map(|_| ())
+        .map_err(|e| BridgeError::Tls {
+            name: config.name.clone(),
+            message: e.to_string(),
+        })
+}
+
 /// The TLS client of `config`, if it has TLS; a failure is also the bridge's last error.
 fn tls_of(
     broker: &Broker,

@@ -303,6 +303,9 @@ async fn reload_on_sighup(bridges: Arc<Bridges>, path: Option<PathBuf>, log: Log
                     bridge_rings_rechecked = report.bridges.rings,
                     bridge_entries_blanked = report.bridges.entries_blanked,
                     redirected = report.redirected,
+                    mqtt_bridges_started = ?report.mqtt_bridges.started,
+                    mqtt_bridges_restarted = ?report.mqtt_bridges.restarted,
+                    mqtt_bridges_stopped = ?report.mqtt_bridges.stopped,
                     "configuration reloaded"
                 );
                 if !report.needs_restart.is_empty() {

@@ -353,3 +353,48 @@ async fn v311_remote_refusing_the_bridge_bit_falls_back_without_loops() {
     tern.running.stop().await;
     remote.running.stop().await;
 }
+
+/// Two Terns, each with an `out` bridge to the other for the same topics (two bridges in
+/// opposite directions, the classic loop): the origin marker stops the circle. The
+/// message reaches the other side once and comes back to its origin once (a single
+/// bridge with `direction = "both"` is the way to have it exactly once on each side).
+#[tokio::test]
+async fn two_opposite_bridges_between_two_terns_stop_the_circle() {
+    let b_port = free_port();
+    let a_port = free_port();
+    let at = |port: u16| format!("127.0.0.1:{port}");
+    let start = |own: u16, peer: u16, name: &'static str| {
+        let peer = at(peer);
+        TestBroker::start_with(move |c| {
+            c.listeners[0].bind = format!("127.0.0.1:{own}").parse().expect("addr");
+            c.mqtt_bridges = vec![bridge(
+                name,
+                &peer,
+                BridgeProtocol::V5,
+                vec![rule("ring/#", Direction::Out, 1, "", "")],
+            )];
+        })
+    };
+    let a = start(a_port, b_port, "a-to-b").await;
+    let b = start(b_port, a_port, "b-to-a").await;
+    bridges_up(&a).await;
+    bridges_up(&b).await;
+    let mut a_sub = a.client(ProtocolVersion::V5, "a-sub").await;
+    a_sub.subscribe("ring/#", QoS::AtLeastOnce).await;
+    let mut b_sub = b.client(ProtocolVersion::V5, "b-sub").await;
+    b_sub.subscribe("ring/#", QoS::AtLeastOnce).await;
+    let mut publisher = a.client(ProtocolVersion::V5, "a-pub").await;
+    publisher
+        .publish("ring/1", b"x", QoS::AtLeastOnce, false)
+        .await;
+    let on_b = drain(&mut b_sub, Duration::from_millis(1500)).await.len();
+    let on_a = drain(&mut a_sub, Duration::from_millis(300)).await.len();
+    assert_eq!(on_b, 1, "once on the other side");
+    assert_eq!(on_a, 2, "the original and one return, then the circle ends");
+    let link = &a.broker().bridge_links().all()[0];
+    let prevented =
+        tern_broker::metrics::bridge_links::LinkStatus::get(&link.counters.loops_prevented);
+    assert_eq!(prevented, 1);
+    a.running.stop().await;
+    b.running.stop().await;
+}

@@ -152,6 +152,15 @@ impl Outbound {
                 return;
             }
         }
+        if self.carries_our_origin(&publish) {
+            // It went out over this bridge before and came back by another way (two
+            // bridges in opposite directions between the same brokers): the circle ends.
+            LinkStatus::count(&self.status.counters.loops_prevented);
+            if let Some(id) = local_id {
+                ack_local(id, local_qos, out);
+            }
+            return;
+        }
         let Some(mapped) = rules.outbound(publish.topic()) else {
             LinkStatus::count(&self.status.counters.messages_dropped);
             if let Some(id) = local_id {
@@ -188,6 +197,15 @@ impl Outbound {
                 }
             }
         }
+    }
+
+    /// Whether `publish` already went out over this bridge (our origin marker).
+    fn carries_our_origin(&self, publish: &Publish) -> bool {
+        self.remote_v5
+            && publish
+                .properties()
+                .user_properties()
+                .any(|(k, v)| k == ORIGIN_PROPERTY && v == self.origin.as_str())
     }
 
     /// The PUBLISH for the remote: the remote topic, the payload, RETAIN, and (5.0 to 5.0)

@@ -450,3 +450,42 @@ async fn a_remote_sending_garbage_affects_only_its_bridge() {
     assert!(next_publish(&mut a, Duration::from_secs(2)).await.is_some());
     tern.running.stop().await;
 }
+
+/// A link that goes silent without closing (a dead NAT entry, a cable pulled far away):
+/// keep alive notices it and the bridge reconnects. The bridge sends PINGREQ every keep
+/// alive ([MQTT-3.1.2-20]) and, as the spec suggests for a client that gets no PINGRESP
+/// within a reasonable time (3.1.2.10), closes the link.
+#[tokio::test]
+async fn a_silent_link_is_noticed_by_keep_alive() {
+    if !mosquitto_available() {
+        return;
+    }
+    let mosquitto = Mosquitto::start("keepalive", "").await;
+    let proxy = Proxy::start(mosquitto.addr()).await;
+    let remote = proxy.addr.to_string();
+    let tern = TestBroker::start_with(|c| {
+        let mut b = bridge(
+            "cloud",
+            &remote,
+            BridgeProtocol::V5,
+            vec![rule("k/#", Direction::Out, 1, "", "")],
+        );
+        b.keep_alive_secs = 1;
+        c.mqtt_bridges = vec![b];
+    })
+    .await;
+    up(&tern).await;
+    let link = link(&tern);
+    proxy.freeze();
+    wait_for("the link dropped by keep alive", || {
+        LinkStatus::get(&link.counters.disconnects) >= 1
+    })
+    .await;
+    let error = link.last_error().expect("error");
+    assert!(error.contains("PINGRESP"), "{error}");
+    wait_for("reconnected", || {
+        LinkStatus::get(&link.counters.connects) >= 2 && link.state() == LinkState::Up
+    })
+    .await;
+    tern.running.stop().await;
+}

@@ -260,6 +260,7 @@ pub struct Proxy {
     /// Where to connect to reach `target`.
     pub addr: SocketAddr,
     cut: watch::Sender<u64>,
+    freeze: watch::Sender<u64>,
 }
 
 impl Proxy {
@@ -267,26 +268,39 @@ impl Proxy {
     pub async fn start(target: SocketAddr) -> Arc<Proxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let (cut, _) = watch::channel(0u64);
+        let (freeze, _) = watch::channel(0u64);
         let proxy = Arc::new(Proxy {
             addr: listener.local_addr().expect("addr"),
             cut,
+            freeze,
         });
-        let cut = proxy.cut.clone();
+        let (cut, freeze) = (proxy.cut.clone(), proxy.freeze.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let mut cut_rx = cut.subscribe();
+                let mut freeze_rx = freeze.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
                         return;
                     };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut_rx.changed() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+                        _ = cut_rx.changed() => return,
+                        _ = freeze_rx.changed() => {}
                     }
+                    // Frozen: both sockets stay open and nothing passes, until a cut.
+                    let _ = cut_rx.changed().await;
+                    drop((inbound, outbound));
                 });
             }
         });
         proxy
+    }
+
+    /// Stops forwarding on every open connection without closing it (a dead link that
+    /// only keep alive notices); new connections pass.
+    pub fn freeze(&self) {
+        self.freeze.send_modify(|n| *n += 1);
     }
 
     /// Cuts every connection through the proxy (new ones are accepted).

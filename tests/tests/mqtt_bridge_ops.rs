@@ -248,3 +248,58 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
         _ => body,
     }
 }
+
+/// Messages from the remote are published here as the bridge's local user
+/// (`local_username`), so the ACL decides: a topic the bridge may write arrives, one it
+/// may not is refused by the broker (PUBACK 0x87 Not authorized; the bridge counts
+/// it as dropped and says so in its last error) and the remote is still acknowledged.
+#[tokio::test]
+async fn messages_from_the_remote_are_published_under_the_bridges_acl_identity() {
+    if !mosquitto_available() {
+        return;
+    }
+    let mosquitto = Mosquitto::start("acl", "").await;
+    let remote = mosquitto.remote();
+    let dir = temp_dir("acl");
+    let acl = dir.join("acl");
+    // Anonymous test clients read everything; the bridge's user writes edge/allowed only.
+    std::fs::write(
+        &acl,
+        "topic read #\nuser cloud-bridge\ntopic write edge/allowed/#\n",
+    )
+    .expect("acl");
+    let tern = TestBroker::start_with(|c| {
+        c.auth.acl_file = acl.clone();
+        let mut b = bridge(
+            "cloud",
+            &remote,
+            BridgeProtocol::V5,
+            vec![rule("#", Direction::In, 1, "edge/", "")],
+        );
+        b.local_username = "cloud-bridge".into();
+        c.mqtt_bridges = vec![b];
+    })
+    .await;
+    let link = tern.broker().bridge_links().all()[0].clone();
+    wait_for("up", || link.state() == LinkState::Up).await;
+    let mut sub = tern.client(ProtocolVersion::V5, "sub").await;
+    sub.subscribe("edge/#", QoS::AtLeastOnce).await;
+    let mut publisher = client(mosquitto.addr(), ProtocolVersion::V5, "pub").await;
+    publisher
+        .publish("denied/x", b"no", QoS::AtLeastOnce, false)
+        .await;
+    publisher
+        .publish("allowed/x", b"yes", QoS::AtLeastOnce, false)
+        .await;
+    let topics: Vec<String> = drain(&mut sub, Duration::from_millis(800))
+        .await
+        .iter()
+        .map(|p| p.topic().to_string())
+        .collect();
+    assert_eq!(topics, vec!["edge/allowed/x".to_string()]);
+    assert_eq!(LinkStatus::get(&link.counters.messages_dropped), 1);
+    let error = link.last_error().expect("error");
+    assert!(error.contains("0x87"), "{error}");
+    let _ = std::fs::remove_dir_all(&dir);
+    tern.running.stop().await;
+}

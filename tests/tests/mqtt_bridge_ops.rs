@@ -343,3 +343,53 @@ async fn a_bridge_with_its_remote_down_does_not_stall_local_traffic() {
     println!("{count} QoS 1 publishes with the bridge's remote down: {elapsed:?}");
     tern.running.stop().await;
 }
+
+/// The bridge's queue survives `kill -9` of Tern (persistence on, `durability = "sync"`):
+/// messages acknowledged to the local publisher while the remote was down all reach the
+/// remote, in order, once Tern is back.
+#[tokio::test]
+async fn queue_survives_kill_9_with_persistence() {
+    use tern_tests::crash_checker::{BrokerConfig, BrokerProcess, Stop};
+    if !mosquitto_available() {
+        return;
+    }
+    let dir = temp_dir("kill9");
+    let port = free_port();
+    let mut config = BrokerConfig::new(&dir.join("data"), "sync");
+    config.extra_toml = format!(
+        r#"
+[[mqtt_bridges]]
+name = "cloud"
+remotes = ["127.0.0.1:{port}"]
+client_id = "bridge-cloud"
+reconnect_min_ms = 50
+reconnect_max_ms = 200
+[[mqtt_bridges.topics]]
+pattern = "k/#"
+direction = "out"
+qos = 1
+"#
+    );
+    let mut tern = BrokerProcess::start(&config);
+    let mut publisher = client(tern.addr(), ProtocolVersion::V5, "pub").await;
+    for n in 1..=20u32 {
+        publisher
+            .publish("k/n", n.to_string().as_bytes(), QoS::AtLeastOnce, false)
+            .await;
+    }
+    drop(publisher);
+    tern.stop(Stop::Kill);
+    let mosquitto = Mosquitto::start_on("kill9", port, "").await;
+    let mut sub = client(mosquitto.addr(), ProtocolVersion::V5, "sub").await;
+    sub.subscribe("k/#", QoS::AtLeastOnce).await;
+    tern.restart();
+    let got: Vec<u32> = drain(&mut sub, Duration::from_secs(3))
+        .await
+        .iter()
+        .filter_map(|p| std::str::from_utf8(p.payload()).ok()?.parse().ok())
+        .collect();
+    assert_eq!(got, (1..=20).collect::<Vec<_>>(), "{}", tern.log_tail(30));
+    tern.stop(Stop::Term);
+    drop(mosquitto);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -489,3 +489,46 @@ async fn a_silent_link_is_noticed_by_keep_alive() {
     .await;
     tern.running.stop().await;
 }
+
+/// `clean_start = true`: the remote forgets the bridge's session on every connect
+/// (Session Present 0), so what was in flight is sent again as new; QoS 1 still loses
+/// nothing and keeps the order (duplicates are allowed at QoS 1).
+#[tokio::test]
+async fn clean_start_bridge_loses_nothing_at_qos1_across_cuts() {
+    if !mosquitto_available() {
+        return;
+    }
+    let mosquitto = Mosquitto::start("clean", "").await;
+    let proxy = Proxy::start(mosquitto.addr()).await;
+    let remote = proxy.addr.to_string();
+    let tern = TestBroker::start_with(|c| {
+        let mut b = bridge(
+            "cloud",
+            &remote,
+            BridgeProtocol::V5,
+            vec![rule("seq/#", Direction::Out, 1, "", "")],
+        );
+        b.clean_start = true;
+        b.session_expiry_secs = 0;
+        c.mqtt_bridges = vec![b];
+    })
+    .await;
+    up(&tern).await;
+    let count = 200;
+    let mut sub = subscriber(mosquitto.addr(), QoS::AtLeastOnce).await;
+    let publisher = tern.client(ProtocolVersion::V5, "seq-pub").await;
+    let flow = publish_sequence(publisher, QoS::AtLeastOnce, count, Duration::from_millis(3));
+    let cutter = tokio::spawn(async move {
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            proxy.cut();
+        }
+    });
+    let mut got = collect(&mut sub, count, Duration::from_secs(20)).await;
+    flow.await.expect("publisher");
+    cutter.await.expect("cutter");
+    got.extend(numbers(&drain(&mut sub, Duration::from_millis(500)).await));
+    assert_all_in_order(&got, count);
+    assert!(LinkStatus::get(&link(&tern).counters.connects) >= 2);
+    tern.running.stop().await;
+}

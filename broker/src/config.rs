@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod mqtt_bridges;
 pub mod sources;
 
+pub use self::mqtt_bridges::{MqttBridgeConfig, TopicRule};
 pub use self::sources::{
     AdminConfig, AuthSource, CalloutFailure, ClaimAclMode, HttpAuthConfig, JwtAlgorithm, JwtConfig,
 };
@@ -44,6 +46,9 @@ pub struct Config {
     pub admin: AdminConfig,
     /// MQTT 5 capabilities, response information and redirection.
     pub mqtt: MqttFeatures,
+    /// Bridges to other MQTT brokers ([`crate::config::mqtt_bridges`]).
+    #[serde(default)]
+    pub mqtt_bridges: Vec<MqttBridgeConfig>,
 }
 
 /// One MQTT listener.
@@ -502,6 +507,10 @@ impl Config {
     /// `[mqtt]`.
     fn validate_sections(&self, source_name: &str) -> Result<(), ConfigError> {
         self.validate_persistence(source_name)?;
+        mqtt_bridges::check_all(&self.mqtt_bridges).map_err(|message| ConfigError::Invalid {
+            source_name: source_name.to_string(),
+            message,
+        })?;
         sources::check(&self.auth.jwt, &self.auth.http, &self.admin).map_err(
             |(key, value, allowed)| ConfigError::OutOfRange {
                 source_name: source_name.to_string(),

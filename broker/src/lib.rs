@@ -44,6 +44,7 @@
 //! - [`listener`]: TCP, TLS and WebSocket listeners under the connection limits.
 //! - [`http`]: the HTTP listener: `/metrics`, `/health`, and the bridges (SSE, WebSocket
 //!   JSON, MQTT over WebSocket, dashboard).
+//! - [`mqtt_bridge`]: bridges to other MQTT brokers (`[[mqtt_bridges]]`).
 //! - [`sys`]: the `$SYS/broker/...` statistics.
 //! - [`reload`]: putting a changed configuration in force (SIGHUP).
 //!
@@ -76,6 +77,7 @@ pub mod keep_alive;
 pub mod listener;
 pub mod message;
 pub mod metrics;
+pub mod mqtt_bridge;
 pub mod reload;
 pub mod retained;
 pub mod router;

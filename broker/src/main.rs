@@ -175,6 +175,9 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
             for listener in config.listeners.iter().filter(|l| l.kind.is_tls()) {
                 tern_broker::listener::tls::acceptor(listener)?;
             }
+            for bridge in &config.mqtt_bridges {
+                tern_broker::mqtt_bridge::check_tls(bridge)?;
+            }
             tracing_subscriber::EnvFilter::try_new(&config.log.level).map_err(|e| {
                 anyhow::anyhow!(
                     "{}: log.level = {:?}: {e}",
@@ -300,6 +303,9 @@ async fn reload_on_sighup(bridges: Arc<Bridges>, path: Option<PathBuf>, log: Log
                     bridge_rings_rechecked = report.bridges.rings,
                     bridge_entries_blanked = report.bridges.entries_blanked,
                     redirected = report.redirected,
+                    mqtt_bridges_started = ?report.mqtt_bridges.started,
+                    mqtt_bridges_restarted = ?report.mqtt_bridges.restarted,
+                    mqtt_bridges_stopped = ?report.mqtt_bridges.stopped,
                     "configuration reloaded"
                 );
                 if !report.needs_restart.is_empty() {

@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub mod bridge_links;
+
 macro_rules! counters {
     ($(#[doc = $doc:literal] $name:ident,)*) => {
         /// Counters and gauges of one broker.

@@ -14,6 +14,8 @@
 //! - `[mqtt]`: capabilities, response information and redirection, for new connections;
 //!   turning redirection on drains the connected clients ([`crate::Broker::drain`]);
 //! - `[log] level`;
+//! - `[[mqtt_bridges]]`: new bridges start, removed ones stop, changed ones restart
+//!   (keeping their queue); unchanged ones are not touched;
 //! - the JWT keys (secret, PEM or JWKS file: keys can be rotated), the HTTP callout
 //!   settings (its cache starts empty), and the admin token.
 //!
@@ -39,6 +41,9 @@ pub enum ReloadError {
     /// The admin token file did not load.
     #[error(transparent)]
     Admin(#[from] crate::http::admin::AdminError),
+    /// A bridge's TLS files did not load.
+    #[error(transparent)]
+    Bridge(#[from] crate::mqtt_bridge::BridgeError),
     /// The new log level is not a valid filter.
     #[error("log.level: {0}")]
     LogLevel(String),
@@ -55,6 +60,8 @@ pub struct ReloadReport {
     pub bridges: crate::http::bridge::read_acl::Reapplied,
     /// Connections asked to move elsewhere because the reload turned redirection on.
     pub redirected: usize,
+    /// MQTT bridges restarted, stopped and started (unchanged ones keep running).
+    pub mqtt_bridges: crate::mqtt_bridge::ReloadedBridges,
 }
 
 /// Reloads from `path` (or the embedded defaults), applying the log level with `set_log_level`.
@@ -73,9 +80,14 @@ pub fn reload(
     auth.keep_claims_of(&broker.auth().current());
     crate::http::admin::load_token(&new.admin)?;
     set_log_level(&new.log.level).map_err(ReloadError::LogLevel)?;
+    let mqtt_bridges = match bridges.mqtt_bridges() {
+        Some(running) => running.reload(&new.mqtt_bridges)?,
+        None => Default::default(),
+    };
     bridges.admin().reload_token(&new.admin)?;
     let mut report = ReloadReport {
         needs_restart: broker.restart_only_changes(&new),
+        mqtt_bridges,
         ..Default::default()
     };
     broker.set_limits(new.limits.clone());

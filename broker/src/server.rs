@@ -31,6 +31,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let broker = bridges.broker().clone();
+    let bridges_handle = bridges.clone();
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let checkpoints = tokio::spawn(checkpointer::run(broker.clone(), failed));
     if let Some(http) = http {
@@ -44,6 +45,8 @@ pub async fn run(
         )));
     }
     tasks.push(tokio::spawn(sys::run(broker.clone())));
+    let mqtt_bridges = crate::mqtt_bridge::MqttBridges::start(broker.clone());
+    bridges_handle.set_mqtt_bridges(mqtt_bridges.clone());
     // A failed journal stops the broker like a signal (the checkpointer shuts it down).
     let mut stopped = broker.shutdown_signal();
     tokio::select! {
@@ -51,6 +54,8 @@ pub async fn run(
         _ = stopped.wait_for(|stop| *stop) => {}
     }
     tracing::info!("shutting down");
+    // The bridges first: their local sessions are kept (with what they still queue).
+    mqtt_bridges.stop().await;
     broker.shutdown();
     let _ = checkpoints.await;
     for task in &tasks {

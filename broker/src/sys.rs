@@ -70,6 +70,35 @@ pub fn publish_stats(broker: &Broker, scratch: &mut RouteScratch, now: Instant) 
         let message = Message::broker_made(topic, value, true, now);
         broker.publish(&message, scratch, now);
     }
+    for (topic, value) in bridge_stats(broker) {
+        let message = Message::broker_made(&topic, value, true, now);
+        broker.publish(&message, scratch, now);
+    }
+}
+
+/// `$SYS/broker/bridge/<name>/...`: each MQTT bridge's state (`up`, `connecting`,
+/// `down`), the remote it is on or last tried, its last error, what it holds for the
+/// remote, and its counters.
+fn bridge_stats(broker: &Broker) -> Vec<(String, String)> {
+    let mut stats = Vec::new();
+    for link in broker.bridge_links().all() {
+        let topic = |leaf: &str| format!("$SYS/broker/bridge/{}/{leaf}", link.name);
+        stats.push((topic("state"), link.state().name().to_string()));
+        stats.push((topic("remote"), link.remote()));
+        stats.push((topic("last error"), link.last_error().unwrap_or_default()));
+        stats.push((
+            topic("queued"),
+            crate::metrics::bridge_links::LinkStatus::get(&link.queued).to_string(),
+        ));
+        for (name, _, value) in link.counters.snapshot() {
+            let leaf = match name.strip_prefix("messages_") {
+                Some(rest) => format!("messages/{rest}"),
+                None => name.replace('_', " "),
+            };
+            stats.push((topic(&leaf), value.to_string()));
+        }
+    }
+    stats
 }
 
 /// `$SYS/broker/persistence/...` (Tern's own; Mosquitto has no equivalent): the journal's

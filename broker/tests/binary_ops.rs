@@ -83,6 +83,25 @@ fn check_config_accepts_valid_and_names_what_is_wrong() {
             "/nonexistent/passwd",
         ),
         ("level.toml", "[log]\nlevel = \"loud=[\"\n", "log.level"),
+        (
+            "bridge_key.toml",
+            "[[mqtt_bridges]]\nname = \"cloud\"\nremotes = [\"127.0.0.1:1884\"]\n\
+             client_id = \"e\"\n[[mqtt_bridges.topics]]\npattern = \"a/#\"\nqos = 3\n",
+            "mqtt_bridges `cloud`: key `topics.qos`",
+        ),
+        (
+            "bridge_unknown.toml",
+            "[[mqtt_bridges]]\nname = \"cloud\"\nremots = [\"127.0.0.1:1884\"]\n\
+             client_id = \"e\"\n[[mqtt_bridges.topics]]\npattern = \"a/#\"\n",
+            "mqtt_bridges `cloud`: unknown field `remots`",
+        ),
+        (
+            "bridge_tls.toml",
+            "[[mqtt_bridges]]\nname = \"cloud\"\nremotes = [\"127.0.0.1:1884\"]\n\
+             client_id = \"e\"\n[mqtt_bridges.tls]\nca_file = \"/nonexistent/ca.pem\"\n\
+             [[mqtt_bridges.topics]]\npattern = \"a/#\"\n",
+            "mqtt_bridges `cloud`: tls: /nonexistent/ca.pem",
+        ),
     ] {
         let path = d.join(name);
         std::fs::write(&path, body).expect("write");

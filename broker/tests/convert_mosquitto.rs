@@ -442,21 +442,26 @@ fn persistence_survives_a_restart() {
 }
 
 #[test]
-fn a_bridge_is_listed_not_dropped() {
+fn a_bridge_becomes_an_mqtt_bridge() {
     let fixture = Fixture::prepare("bridge");
     let (toml, warnings) = fixture.convert();
+    // The output is valid for Tern's [[mqtt_bridges]] schema.
     fixture.check_config();
     assert!(
-        warnings.contains("mosquitto.conf:5: connection: not supported: bridge `site`"),
+        warnings.contains("mosquitto.conf:10: remote_password: handled differently: bridge `site`"),
         "{warnings}"
     );
-    assert!(warnings.contains("issue #14"), "{warnings}");
     let remote = fixture.port("PORT_REMOTE");
     for expected in [
-        format!("#   address 127.0.0.1:{remote}"),
-        "#   topic sensors/# out 1 \"\" plant1/".into(),
-        "#   topic commands/# in 1 plant1/ \"\"".into(),
-        "#   remote_password (set; not shown)".into(),
+        "[[mqtt_bridges]]\nname = \"site\"".to_string(),
+        format!("remotes = [\"127.0.0.1:{remote}\"]"),
+        "protocol = \"3.1.1\"".into(),
+        "client_id = \"edge-1\"".into(),
+        "clean_start = false".into(),
+        "try_private = true".into(),
+        "username = \"edge\"".into(),
+        "pattern = \"sensors/#\"\ndirection = \"out\"\nqos = 1\nlocal_prefix = \"\"\nremote_prefix = \"plant1/\"".into(),
+        "pattern = \"commands/#\"\ndirection = \"in\"\nqos = 1\nlocal_prefix = \"plant1/\"\nremote_prefix = \"\"".into(),
     ] {
         assert!(toml.contains(&expected), "{expected:?} in:\n{toml}");
     }

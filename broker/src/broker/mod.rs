@@ -97,6 +97,9 @@ struct Inner {
     shutdown_tx: watch::Sender<bool>,
     /// The journal, when persistence is on: set once, after recovery, before listeners open.
     journal: std::sync::OnceLock<Arc<Journal>>,
+    /// State and counters of the MQTT bridges (written by [`crate::config::mqtt_bridges`]'
+    /// tasks, read by the exports).
+    bridge_links: crate::metrics::bridge_links::BridgeLinks,
 }
 
 impl Broker {
@@ -124,6 +127,11 @@ impl Broker {
         let (shutdown_tx, _) = watch::channel(false);
         let limits = &config.limits;
         let slots = limits.max_connections.min(Semaphore::MAX_PERMITS);
+        // Every configured bridge has a status from the start (down until it connects).
+        let bridge_links = crate::metrics::bridge_links::BridgeLinks::default();
+        for bridge in &config.mqtt_bridges {
+            bridge_links.get_or_add(&bridge.name);
+        }
         Broker {
             inner: Arc::new(Inner {
                 router: Router::default(),
@@ -155,6 +163,7 @@ impl Broker {
                 next_session_id: AtomicU64::new(1),
                 shutdown_tx,
                 journal: std::sync::OnceLock::new(),
+                bridge_links,
                 config,
             }),
         }
@@ -353,6 +362,16 @@ impl Broker {
     /// The broker's counters.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// State and counters of the MQTT bridges.
+    pub fn bridge_links(&self) -> &crate::metrics::bridge_links::BridgeLinks {
+        &self.inner.bridge_links
+    }
+
+    /// The `[[mqtt_bridges]]` the broker started with (a reload passes its own).
+    pub fn mqtt_bridges_config(&self) -> &[crate::config::MqttBridgeConfig] {
+        &self.inner.config.mqtt_bridges
     }
 
     /// The password file and ACL in force.

@@ -57,7 +57,6 @@ const PLUGIN: &str = "Tern does not load Mosquitto plugins (Dynamic Security inc
     clients the plugin let in must be in the password file, and its rules in the ACL file";
 const TLS_SUITES: &str = "Tern uses rustls with its default cipher suites (TLS 1.2 and 1.3, \
     forward secrecy only)";
-const BRIDGE: &str = "part of a bridge: Tern has no MQTT-to-MQTT bridge yet (issue #14)";
 
 use Scope::{Bridge, Global, Listener, Security, Structure};
 use Support::{ClosesListener, Different, Mapped, NotSupported};
@@ -80,8 +79,19 @@ const fn many(key: &'static str, scope: Scope, support: Support) -> OptionInfo {
     }
 }
 
+/// A bridge option that converts.
 const fn bridge(key: &'static str) -> OptionInfo {
-    opt(key, Bridge, NotSupported(BRIDGE))
+    opt(key, Bridge, Mapped)
+}
+
+/// A bridge option with no equivalent.
+const fn bridge_no(key: &'static str, reason: &'static str) -> OptionInfo {
+    opt(key, Bridge, NotSupported(reason))
+}
+
+/// A bridge option Tern's bridge covers in another way.
+const fn bridge_diff(key: &'static str, reason: &'static str) -> OptionInfo {
+    opt(key, Bridge, Different(reason))
 }
 
 /// The options, by name. Aliases Mosquitto accepts are entries of their own.
@@ -314,53 +324,81 @@ pub(super) const OPTIONS: &[OptionInfo] = &[
         Listener,
         NotSupported("Tern always checks the dates of client certificates"),
     ),
-    // Bridges: listed, not converted (issue #14).
-    many("address", Bridge, NotSupported(BRIDGE)),
-    many("addresses", Bridge, NotSupported(BRIDGE)),
-    many("topic", Bridge, NotSupported(BRIDGE)),
-    bridge("bridge_alpn"),
-    bridge("bridge_attempt_unsubscribe"),
-    bridge("bridge_bind_address"),
+    // Bridges: converted to [[mqtt_bridges]] (convert/bridges.rs), except these.
+    many("address", Bridge, Mapped),
+    many("addresses", Bridge, Mapped),
+    many("topic", Bridge, Mapped),
+    bridge_no("bridge_alpn", "Tern's bridge sends no ALPN"),
+    bridge_diff(
+        "bridge_attempt_unsubscribe",
+        "Tern's bridge keeps its remote subscriptions in its session and subscribes again on every connect",
+    ),
+    bridge_no("bridge_bind_address", "Tern's bridge lets the system choose the local address"),
     bridge("bridge_cafile"),
-    bridge("bridge_capath"),
+    bridge_no("bridge_capath", "give the CA certificates as one PEM file (bridge_cafile)"),
     bridge("bridge_certfile"),
-    bridge("bridge_ciphers"),
-    bridge("bridge_ciphers_tls1.3"),
-    bridge("bridge_identity"),
-    bridge("bridge_insecure"),
+    bridge_no("bridge_ciphers", TLS_SUITES),
+    bridge_no("bridge_ciphers_tls1.3", TLS_SUITES),
+    bridge_no("bridge_identity", "Tern's bridge has no TLS-PSK; use certificates"),
+    bridge_diff(
+        "bridge_insecure",
+        "not converted: Tern's bridge checks the remote's name (set server_name to the name \
+         in its certificate); its `insecure = true` would skip the whole verification",
+    ),
     bridge("bridge_keyfile"),
-    bridge("bridge_max_packet_size"),
-    bridge("bridge_max_topic_alias"),
-    bridge("bridge_outgoing_retain"),
+    bridge_no("bridge_max_packet_size", "Tern's bridge accepts packets up to 16 MiB"),
+    bridge_no("bridge_max_topic_alias", "Tern's bridge uses no topic aliases"),
+    bridge_diff("bridge_outgoing_retain", "Tern's bridge always carries the RETAIN flag"),
     bridge("bridge_protocol_version"),
-    bridge("bridge_psk"),
-    bridge("bridge_receive_maximum"),
-    bridge("bridge_reload_type"),
-    bridge("bridge_require_ocsp"),
+    bridge_no("bridge_psk", "Tern's bridge has no TLS-PSK; use certificates"),
+    bridge_diff(
+        "bridge_receive_maximum",
+        "Tern's bridge asks the remote for its local window (max_inflight)",
+    ),
+    bridge_no("bridge_reload_type", "a reload restarts a bridge only when its definition changed"),
+    bridge_no("bridge_require_ocsp", "Tern's bridge does not check OCSP"),
     bridge("bridge_session_expiry_interval"),
-    bridge("bridge_tcp_keepalive"),
-    bridge("bridge_tcp_user_timeout"),
-    bridge("bridge_tls_version"),
+    bridge_no("bridge_tcp_keepalive", "Tern's bridge uses MQTT keep alive (keep_alive_secs)"),
+    bridge_no("bridge_tcp_user_timeout", "Tern's bridge uses MQTT keep alive (keep_alive_secs)"),
+    bridge_diff("bridge_tls_version", "Tern's bridge uses TLS 1.2 or 1.3"),
     bridge("cleansession"),
-    bridge("local_cleansession"),
+    bridge_diff(
+        "local_cleansession",
+        "the bridge's local session is always kept (it is the queue towards the remote)",
+    ),
     bridge("clientid"),
     bridge("remote_clientid"),
-    bridge("idle_timeout"),
+    bridge_no("idle_timeout", "Tern's bridges always start at once (start_type automatic)"),
     bridge("keepalive_interval"),
     bridge("local_clientid"),
-    bridge("local_password"),
+    bridge_diff(
+        "local_password",
+        "the bridge's local client needs no password (its user name is local_username)",
+    ),
     bridge("local_username"),
-    bridge("notifications"),
-    bridge("notifications_local_only"),
-    bridge("notification_topic"),
+    bridge_diff(
+        "notifications",
+        "the bridge's state is in $SYS/broker/bridge/<name>/state and /metrics",
+    ),
+    bridge_diff(
+        "notifications_local_only",
+        "the bridge's state is in $SYS/broker/bridge/<name>/state and /metrics",
+    ),
+    bridge_diff(
+        "notification_topic",
+        "the bridge's state is in $SYS/broker/bridge/<name>/state and /metrics",
+    ),
     bridge("password"),
     bridge("remote_password"),
     bridge("username"),
     bridge("remote_username"),
     bridge("restart_timeout"),
-    bridge("round_robin"),
-    bridge("start_type"),
-    bridge("threshold"),
+    bridge_diff(
+        "round_robin",
+        "Tern's bridge tries the remotes in order from the first on every connect",
+    ),
+    bridge_no("start_type", "Tern's bridges always start at once (start_type automatic)"),
+    bridge_no("threshold", "Tern's bridge has no notification messages"),
     bridge("try_private"),
 ];
 

@@ -1,6 +1,6 @@
 //! Writes the converted configuration as commented TOML: a header listing the files read
-//! and everything not converted, then the listeners, the tables, and the bridges as
-//! comments. Every key written is one Tern's `config.rs` knows.
+//! and everything not converted, then the listeners, the tables, and the bridges
+//! (`[[mqtt_bridges]]`, written by the bridge mapper). Every key written is one Tern's `config.rs` knows.
 //!
 //! This module owns the text format only (quoting, comments, commented-out listeners);
 //! what goes in is decided by the mappers.
@@ -78,8 +78,8 @@ pub(super) struct Document {
     pub(super) defaults: Vec<String>,
     pub(super) listeners: Vec<ListenerOut>,
     pub(super) tables: Vec<Table>,
-    /// Comment blocks for the bridges.
-    pub(super) bridges: Vec<Vec<String>>,
+    /// The bridges: `[[mqtt_bridges]]` tables (or comments), as TOML text.
+    pub(super) bridges: Vec<String>,
 }
 
 /// The TOML text of `doc`.
@@ -100,7 +100,7 @@ pub(super) fn render(doc: &Document) -> String {
     }
     for bridge in &doc.bridges {
         out.push('\n');
-        comments(&mut out, bridge);
+        out.push_str(bridge);
     }
     out
 }
@@ -173,7 +173,7 @@ fn comments(out: &mut String, lines: &[String]) {
 }
 
 /// A TOML basic string.
-fn quote(s: &str) -> String {
+pub(super) fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

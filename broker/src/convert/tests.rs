@@ -283,34 +283,59 @@ fn logging_where_tern_has_an_equivalent() {
 }
 
 #[test]
-fn bridges_are_listed_with_their_settings_and_no_secret() {
-    let (c, _) = convert(
-        "listener 1883\nconnection cloud\naddress mqtt.example.com:8883\n\
+fn bridges_become_mqtt_bridges_without_their_secret() {
+    let (c, config) = convert(
+        "listener 1883\nconnection cloud\naddress mqtt.example.com:8883 backup.example.com\n\
          topic sensors/# out 1 \"\" site1/\nremote_username edge\nremote_password s3cret\n\
-         bridge_cafile /c/ca.crt\n",
+         bridge_cafile /c/ca.crt\nbridge_protocol_version mqttv50\nrestart_timeout 2 60\n\
+         round_robin true\nbridge_psk 00ff\n",
     );
     let text = findings_text(&c);
+    let bridge = &config.mqtt_bridges[0];
+    assert_eq!(bridge.name, "cloud");
+    assert_eq!(
+        bridge.remotes,
+        vec!["mqtt.example.com:8883", "backup.example.com:1883"]
+    );
+    assert_eq!(
+        bridge.protocol,
+        crate::config::mqtt_bridges::BridgeProtocol::V5
+    );
+    assert_eq!(bridge.username.as_deref(), Some("edge"));
+    assert!(bridge.password.is_none());
+    assert_eq!(
+        (bridge.reconnect_min_ms, bridge.reconnect_max_ms),
+        (2000, 60_000)
+    );
+    let tls = bridge.tls.as_ref().expect("tls");
+    assert_eq!(tls.ca_file.as_deref(), Some(Path::new("/c/ca.crt")));
+    let rule = &bridge.topics[0];
+    assert_eq!(
+        (rule.pattern.as_str(), rule.qos, rule.remote_prefix.as_str()),
+        ("sensors/#", 1, "site1/")
+    );
     assert!(
-        text.contains("m.conf:2: connection: not supported: bridge `cloud`"),
+        text.contains("m.conf:6: remote_password: handled differently"),
         "{text}"
     );
-    assert!(text.contains("issue #14"), "{text}");
     assert!(
-        c.toml.contains("#   address mqtt.example.com:8883"),
-        "{}",
-        c.toml
+        text.contains("m.conf:10: round_robin: handled differently"),
+        "{text}"
     );
     assert!(
-        c.toml.contains("#   topic sensors/# out 1 \"\" site1/"),
-        "{}",
-        c.toml
-    );
-    assert!(
-        c.toml.contains("#   remote_password (set; not shown)"),
-        "{}",
-        c.toml
+        text.contains("m.conf:11: bridge_psk: not supported"),
+        "{text}"
     );
     assert!(!c.toml.contains("s3cret") && !text.contains("s3cret"));
+    assert!(!c.toml.contains("00ff") && !text.contains("00ff"));
+}
+
+#[test]
+fn a_bridge_without_address_or_topic_stays_a_comment() {
+    let (c, config) = convert("listener 1883\nconnection lost\ntopic x/# out 1\n");
+    assert!(config.mqtt_bridges.is_empty());
+    assert!(c.toml.contains("# Bridge `lost`"), "{}", c.toml);
+    assert!(findings_text(&c).contains("no `address`"));
 }
 
 #[test]

@@ -83,6 +83,9 @@ pub fn render(broker: &Broker) -> Result<String, std::fmt::Error> {
     registry.register_collector(Box::new(super::metrics_journal::JournalCollector {
         broker: broker.clone(),
     }));
+    registry.register_collector(Box::new(super::metrics_bridges::BridgeCollector {
+        broker: broker.clone(),
+    }));
     registry.register(
         "route_latency_seconds",
         "Time to store and route one received PUBLISH to every subscriber's buffer (one PUBLISH in 16 per connection is timed).",

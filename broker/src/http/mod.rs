@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod bridge;
 pub mod metrics;
+mod metrics_bridges;
 mod metrics_journal;
 
 use std::convert::Infallible;

@@ -30,7 +30,8 @@ pub fn stats(bridges: &super::Bridges) -> Response<Body> {
             "{{\"uptime_secs\":{},\"clients_connected\":{},\"bridge_clients\":{},",
             "\"bridge_rings\":{},\"sessions\":{},\"subscriptions\":{},",
             "\"retained_messages\":{},\"messages_received\":{},\"messages_sent\":{},",
-            "\"bridge_messages\":{},\"bytes_received\":{},\"bytes_sent\":{}}}"
+            "\"bridge_messages\":{},\"bytes_received\":{},\"bytes_sent\":{},",
+            "\"mqtt_bridges\":{}}}"
         ),
         broker.started_at().elapsed().as_secs(),
         Metrics::get(&m.clients_connected),
@@ -44,6 +45,7 @@ pub fn stats(bridges: &super::Bridges) -> Response<Body> {
         Metrics::get(&m.bridge_messages),
         Metrics::get(&m.bytes_received),
         Metrics::get(&m.bytes_sent),
+        mqtt_bridges_json(broker),
     );
     let mut response = full(StatusCode::OK, "application/json", body);
     response.headers_mut().insert(
@@ -51,4 +53,28 @@ pub fn stats(bridges: &super::Bridges) -> Response<Body> {
         hyper::header::HeaderValue::from_static("no-cache"),
     );
     response
+}
+
+/// The MQTT bridges as a JSON array: name, state, remote, last error (null if none),
+/// messages held for the remote, and the counters.
+fn mqtt_bridges_json(broker: &crate::broker::Broker) -> String {
+    use crate::metrics::bridge_links::LinkStatus;
+    let bridges: Vec<serde_json::Value> = broker
+        .bridge_links()
+        .all()
+        .iter()
+        .map(|link| {
+            let mut object = serde_json::Map::new();
+            object.insert("name".into(), link.name.clone().into());
+            object.insert("state".into(), link.state().name().into());
+            object.insert("remote".into(), link.remote().into());
+            object.insert("last_error".into(), link.last_error().into());
+            object.insert("queued".into(), LinkStatus::get(&link.queued).into());
+            for (name, _, value) in link.counters.snapshot() {
+                object.insert(name.into(), value.into());
+            }
+            serde_json::Value::Object(object)
+        })
+        .collect();
+    serde_json::Value::Array(bridges).to_string()
 }

@@ -68,6 +68,8 @@ pub struct Bridges {
     clients: AtomicUsize,
     /// The admin API's credentials and reload hook ([`crate::http::admin`]).
     admin: crate::http::admin::Admin,
+    /// The MQTT bridges, once started ([`crate::mqtt_bridge`]): reload reaches them here.
+    mqtt_bridges: std::sync::OnceLock<Arc<crate::mqtt_bridge::MqttBridges>>,
 }
 
 impl Bridges {
@@ -79,7 +81,18 @@ impl Bridges {
             rings: Mutex::default(),
             next_ring_id: AtomicU64::new(0),
             clients: AtomicUsize::new(0),
+            mqtt_bridges: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Hands over the started MQTT bridges (once, at start).
+    pub fn set_mqtt_bridges(&self, bridges: Arc<crate::mqtt_bridge::MqttBridges>) {
+        let _ = self.mqtt_bridges.set(bridges);
+    }
+
+    /// The MQTT bridges, once started.
+    pub fn mqtt_bridges(&self) -> Option<&Arc<crate::mqtt_bridge::MqttBridges>> {
+        self.mqtt_bridges.get()
     }
 
     /// The broker the bridges serve.

@@ -145,6 +145,8 @@ fn suite(args: &CompareArgs) -> Result<Vec<Case>> {
                  "retained-replay --retained 20000 --payload-bytes 1024 --qos 1", 120),
             case("stuck-qos1", "2 stuck QoS 1 subs, 1 MB x 20 msg/s for 20 s; innocent QoS 1 pair at 200 msg/s", Stuck, true,
                  "stuck-qos1 --stuck 2 --payload-bytes 1000000 --rate 20 --duration-secs 20 --innocent-rate 200", 90),
+            case("stuck-qos1-40s", "the same for 40 s: past Tern's default slow_consumer_timeout_ms (30 s)", Stuck, true,
+                 "stuck-qos1 --stuck 2 --payload-bytes 1000000 --rate 20 --duration-secs 40 --innocent-rate 200", 120),
             bridge_case("sse-2000", "SSE (Tern only): 0..2000 idle subscribers, then 1 pub x 50 msg/s -> all",
                  "sse --subscribers 0,100,500,1000,2000 --rate 50 --settle-secs 3 --duration-secs 10", 180),
             bridge_case("ws-2000", "WebSocket JSON (Tern only): 0..2000 idle subscribers, then 1 pub x 50 msg/s -> all",

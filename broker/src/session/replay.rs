@@ -213,12 +213,15 @@ impl Delivery {
             return false;
         };
         if qos == QoS::AtMostOnce {
-            let threshold = link.writer.cap_bytes() / 2;
-            if link.writer.is_below(threshold) {
+            // Half the cap, and never past it (a QoS 0 message past the cap is dropped).
+            let cap = link.writer.cap_bytes();
+            let fits =
+                |buffered: usize| buffered == 0 || (buffered < cap / 2 && buffered + size <= cap);
+            if link.writer.is_below(cap / 2) && link.writer.has_room(size) {
                 return true;
             }
             link.writer.want_drain();
-            return link.writer.lock().buf().len() < threshold;
+            return fits(link.writer.lock().buf().len());
         }
         let bytes_fit = self.window.is_empty() || self.held_bytes() + size <= self.max_queued_bytes;
         self.has_window_room() && bytes_fit && self.has_writer_room(size)

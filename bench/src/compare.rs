@@ -141,6 +141,8 @@ fn suite(args: &CompareArgs) -> Result<Vec<Case>> {
                  "idle --connections 10000 --steps 5 --settle-secs 2", 150),
             case("retained-replay-q0-3000", "retained replay QoS 0, 3,000 x 1 KiB -> 1 sub on rc/#", Replay, false,
                  "retained-replay --retained 3000 --payload-bytes 1024 --qos 0", 60),
+            case("retained-replay-q0-50000", "retained replay QoS 0, 50,000 x 1 KiB -> 1 sub on rc/#", Replay, false,
+                 "retained-replay --retained 50000 --payload-bytes 1024 --qos 0", 120),
             case("retained-replay-q1-20000", "retained replay QoS 1, 20,000 x 1 KiB -> 1 sub on rc/#", Replay, true,
                  "retained-replay --retained 20000 --payload-bytes 1024 --qos 1", 120),
             case("stuck-qos1", "2 stuck QoS 1 subs, 1 MB x 20 msg/s for 20 s; innocent QoS 1 pair at 200 msg/s", Stuck, true,

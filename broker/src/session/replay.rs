@@ -108,16 +108,23 @@ impl Replay {
 
     /// The retained message of `topic` that a live message on it must not overtake: one
     /// this replay has yet to send, taken out of its way.
+    /// Offline (`online` false), a QoS 0 one stays where it is: it could not be sent now,
+    /// and waits for the replay to reach it after the client is back.
     fn take_ahead(
         &mut self,
         topic: &str,
+        online: bool,
         store: &RetainedStore,
         ctx: DeliverCtx<'_>,
     ) -> Option<Arc<Message>> {
         if !topic::matches(&self.request.filter, topic) {
             return None;
         }
+        let sendable = |m: &Message| online || m.qos().min(self.request.granted) != QoS::AtMostOnce;
         let message = if let Some(i) = self.page.iter().position(|(t, _)| &**t == topic) {
+            if !sendable(&self.page[i].1) {
+                return None;
+            }
             self.page.remove(i)?.1
         } else {
             let passed = self.after.as_deref().is_some_and(|after| topic <= after);
@@ -125,6 +132,9 @@ impl Replay {
                 return None;
             }
             let message = store.stored_by(topic, self.request.upto_seq)?;
+            if !sendable(&message) {
+                return None;
+            }
             self.sent_early.push(ByteStr::from(topic));
             message
         };
@@ -252,8 +262,9 @@ impl Delivery {
         let Some(mut replays) = self.replays.take() else {
             return;
         };
+        let online = self.link.is_some();
         for replay in replays.iter_mut() {
-            if let Some(message) = replay.take_ahead(topic, store, ctx) {
+            if let Some(message) = replay.take_ahead(topic, online, store, ctx) {
                 let qos = message.qos().min(replay.request.granted);
                 self.send_retained(&message, qos, &replay.subscription_ids, ctx);
             }

@@ -73,6 +73,10 @@ pub struct DeliverCtx<'a> {
     pub retained: Option<&'a RetainedStore>,
     /// The broker-wide budget of bytes held for clients (`max_total_queued_bytes`).
     pub budget: &'a ByteBudget,
+    /// Whether a PUBLISH encoding made for this delivery is kept in the message for the
+    /// next subscriber (live fan-out); a retained replay encodes one-shot instead, so that
+    /// replaying a large store leaves no encoded copy of it behind.
+    pub cache_templates: bool,
 }
 
 /// The delivery state of one session.

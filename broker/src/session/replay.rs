@@ -237,7 +237,9 @@ impl Delivery {
         self.has_window_room() && bytes_fit && self.has_writer_room(size)
     }
 
-    /// Sends one retained message because of a SUBSCRIBE: RETAIN 1 ([MQTT-3.3.1-8]).
+    /// Sends one retained message because of a SUBSCRIBE: RETAIN 1 ([MQTT-3.3.1-8]),
+    /// encoded one-shot unless the message has the template already (a replay of a large
+    /// store leaves no encoded copies behind).
     fn send_retained(
         &mut self,
         message: &Arc<Message>,
@@ -245,6 +247,10 @@ impl Delivery {
         ids: &[u32],
         ctx: DeliverCtx<'_>,
     ) {
+        let ctx = DeliverCtx {
+            cache_templates: false,
+            ..ctx
+        };
         if qos != QoS::AtMostOnce {
             self.deliver_via(message, qos, true, ids, None, ctx);
         } else if let Some(link) = self.link.as_mut() {

@@ -314,7 +314,9 @@ pub(crate) async fn run_stuck_qos1(target: &Target, o: StuckOpts) -> Result<Valu
             .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
             .map_or(0.0, |&ns| round3(ns as f64 / 1e6))
     };
-    let (big, innocent) = (big.unwrap_or_default(), innocent.unwrap_or_default());
+    // A publisher that failed (the broker went away) makes the run fail, not a report of
+    // zeros.
+    let (big, innocent) = (big?, innocent?);
     Ok(json!({
         "scenario": "stuck-qos1",
         "params": { "stuck": o.stuck, "payload_bytes": o.payload_bytes, "rate": o.rate,

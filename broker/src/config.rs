@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod limits;
 pub mod mqtt_bridges;
 pub mod sources;
 
@@ -170,7 +171,7 @@ impl Limits {
     /// machine's memory) when unset; 0: no limit.
     pub fn total_queued_bytes(&self) -> usize {
         self.max_total_queued_bytes
-            .unwrap_or_else(crate::delivery::budget::default_max_total_queued_bytes)
+            .unwrap_or_else(limits::default_max_total_queued_bytes)
     }
 }
 
@@ -433,73 +434,7 @@ impl Config {
         for listener in &self.listeners {
             self.validate_listener(listener, source_name)?;
         }
-        if l.max_packet_size_bytes < 64
-            || l.max_packet_size_bytes > tern_codec::decoder::MAX_PACKET_SIZE_BYTES
-        {
-            return Err(out_of_range(
-                "limits.max_packet_size_bytes",
-                l.max_packet_size_bytes.to_string(),
-                "64 to 268435460",
-            ));
-        }
-        if l.receive_maximum == 0 {
-            return Err(out_of_range(
-                "limits.receive_maximum",
-                "0".into(),
-                "1 to 65535",
-            ));
-        }
-        if l.max_inflight_messages == 0 {
-            return Err(out_of_range(
-                "limits.max_inflight_messages",
-                "0".into(),
-                "1 to 65535",
-            ));
-        }
-        if l.max_connections == 0 {
-            return Err(out_of_range(
-                "limits.max_connections",
-                "0".into(),
-                "at least 1",
-            ));
-        }
-        if l.writer_cap_bytes < l.max_packet_size_bytes as usize {
-            return Err(out_of_range(
-                "limits.writer_cap_bytes",
-                l.writer_cap_bytes.to_string(),
-                "at least limits.max_packet_size_bytes",
-            ));
-        }
-        if let Some(total) = l.max_total_queued_bytes.filter(|&t| t != 0) {
-            if total < l.max_queued_bytes {
-                return Err(out_of_range(
-                    "limits.max_total_queued_bytes",
-                    total.to_string(),
-                    "0 (no limit) or at least limits.max_queued_bytes",
-                ));
-            }
-        }
-        if l.max_topic_levels == 0 {
-            return Err(out_of_range(
-                "limits.max_topic_levels",
-                "0".into(),
-                "at least 1",
-            ));
-        }
-        if l.writer_soft_cap_bytes == 0 || l.writer_soft_cap_bytes > l.writer_cap_bytes {
-            return Err(out_of_range(
-                "limits.writer_soft_cap_bytes",
-                l.writer_soft_cap_bytes.to_string(),
-                "1 to limits.writer_cap_bytes",
-            ));
-        }
-        if l.connect_timeout_ms == 0 {
-            return Err(out_of_range(
-                "limits.connect_timeout_ms",
-                "0".into(),
-                "at least 1",
-            ));
-        }
+        limits::check(l, &out_of_range)?;
         self.validate_sections(source_name)
     }
 

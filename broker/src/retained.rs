@@ -164,8 +164,9 @@ impl RetainedStore {
     }
 }
 
-/// The part of `filter` before its first wildcard level: every matching topic starts with
-/// it (`a/b/` of `a/b/+/c`, all of a filter without wildcards).
+/// The part of `filter` before the separator of its first wildcard level: every matching
+/// topic starts with it (`a/b` of `a/b/+/c`; `a` of `a/#`, which matches `a` itself too,
+/// [MQTT-4.7.1-2]; all of a filter without wildcards).
 fn literal_prefix(filter: &str) -> &str {
     let mut end = 0;
     for level in filter.split_inclusive('/') {
@@ -174,7 +175,12 @@ fn literal_prefix(filter: &str) -> &str {
         }
         end += level.len();
     }
-    &filter[..end]
+    let prefix = &filter[..end];
+    if end < filter.len() {
+        prefix.strip_suffix('/').unwrap_or(prefix)
+    } else {
+        prefix
+    }
 }
 
 /// The entries that may match `filter`, after topic `after`: those starting with the
@@ -210,10 +216,27 @@ mod tests {
 
     #[test]
     fn literal_prefix_stops_at_the_first_wildcard() {
-        assert_eq!(literal_prefix("a/b/+/c"), "a/b/");
-        assert_eq!(literal_prefix("a/b/#"), "a/b/");
+        assert_eq!(literal_prefix("a/b/+/c"), "a/b");
+        assert_eq!(literal_prefix("a/b/#"), "a/b");
         assert_eq!(literal_prefix("#"), "");
+        assert_eq!(literal_prefix("+/x"), "");
         assert_eq!(literal_prefix("a/b"), "a/b");
+        assert_eq!(literal_prefix("a//#"), "a/");
+    }
+
+    /// `a/#` matches `a` itself ([MQTT-4.7.1-2]), which sorts before `a/...`.
+    #[test]
+    fn multi_level_wildcard_matches_its_parent_mqtt_4_7_1_2() {
+        let store = RetainedStore::default();
+        for topic in ["a", "a/b", "ab", "a/b/c", "b"] {
+            retain(&store, topic, "x");
+        }
+        let mut got = Vec::new();
+        store.for_each_match("a/#", Instant::now(), |m| got.push(m.topic().to_string()));
+        assert_eq!(got, ["a", "a/b", "a/b/c"]);
+        let mut page = Vec::new();
+        assert!(store.next_matches("a/#", None, store.seq(), Instant::now(), 10, &mut page));
+        assert_eq!(page.len(), 3);
     }
 
     /// A cursor hands out every match once, in topic order, a few at a time, and skips

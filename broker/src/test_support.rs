@@ -30,6 +30,7 @@ pub(crate) fn ctx(metrics: &Metrics, now: Instant) -> DeliverCtx<'_> {
         journal: None,
         retained: None,
         budget: &UNLIMITED,
+        cache_templates: true,
     }
 }
 

@@ -166,6 +166,20 @@ impl PublishTemplates {
         self.slots[index].get_or_init(|| build(&self.publish, family, with_packet_id))
     }
 
+    /// The template for a layout if it costs no new encoding: built already, or the
+    /// received frame itself. For a one-off delivery (a retained replay) that should not
+    /// leave an encoded copy behind in a message that lives on.
+    pub fn peek(&self, family: Family, with_packet_id: bool) -> Option<&PublishTemplate> {
+        let index = (family == Family::V5) as usize * 2 + with_packet_id as usize;
+        match self.slots[index].get() {
+            Some(template) => Some(template),
+            None if raw_usable(&self.publish, family, with_packet_id) => {
+                Some(self.get(family, with_packet_id))
+            }
+            None => None,
+        }
+    }
+
     /// Whether `get(family, with_packet_id)` reuses the received frame without encoding.
     pub fn is_raw(&self, family: Family, with_packet_id: bool) -> bool {
         raw_usable(&self.publish, family, with_packet_id)
@@ -369,5 +383,24 @@ impl<'a> Encoding<'a> {
             packet_id_offset,
             len: self.len(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `peek` never encodes: a layout not built yet (and not the received frame) is `None`
+    /// until `get` builds it.
+    #[test]
+    fn peek_does_not_build() {
+        let templates = PublishTemplates::new(Publish::new("a/b", b"x".to_vec()));
+        assert!(templates.peek(Family::V5, false).is_none());
+        let built = templates.get(Family::V5, false).as_bytes().clone();
+        let peeked = templates
+            .peek(Family::V5, false)
+            .map(|t| t.as_bytes().clone());
+        assert_eq!(peeked, Some(built));
+        assert!(templates.peek(Family::V3, true).is_none());
     }
 }

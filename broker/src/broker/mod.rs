@@ -434,6 +434,7 @@ impl Broker {
             journal: self.journal(),
             retained: Some(&inner.retained),
             budget: &inner.budget,
+            cache_templates: true,
         }
     }
 

@@ -84,20 +84,6 @@ impl ByteBudget {
     }
 }
 
-/// The default `max_total_queued_bytes`: an eighth of the machine's memory (from
-/// `/proc/meminfo`), at least 256 MiB; 1 GiB where the memory size is unknown.
-pub fn default_max_total_queued_bytes() -> usize {
-    const FLOOR_BYTES: usize = 256 << 20;
-    let total_bytes = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|meminfo| {
-            let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-            let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-            kib.checked_mul(1024)
-        });
-    total_bytes.map_or(1 << 30, |total| (total / 8).max(FLOOR_BYTES))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,10 +105,5 @@ mod tests {
         let unlimited = ByteBudget::new(0);
         assert!(unlimited.try_reserve(usize::MAX / 2));
         assert!(!unlimited.is_exhausted());
-    }
-
-    #[test]
-    fn default_is_a_fraction_of_memory() {
-        assert!(default_max_total_queued_bytes() >= 256 << 20);
     }
 }

@@ -59,6 +59,22 @@ impl Collector for BrokerCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(inflight).encode(metric)?;
+        let budget = self.broker.budget();
+        for (name, help, bytes) in [
+            (
+                "session_held_bytes",
+                "Payload and topic bytes of the queued and inflight QoS 1/2 messages (all sessions).",
+                budget.used_bytes(),
+            ),
+            (
+                "max_total_queued_bytes",
+                "The broker-wide bound on session_held_bytes in force (0: none).",
+                budget.max_bytes(),
+            ),
+        ] {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(i64::try_from(bytes).unwrap_or(i64::MAX)).encode(metric)?;
+        }
         Ok(())
     }
 }

@@ -73,6 +73,10 @@ pub struct DeliverCtx<'a> {
     pub retained: Option<&'a RetainedStore>,
     /// The broker-wide budget of bytes held for clients (`max_total_queued_bytes`).
     pub budget: &'a ByteBudget,
+    /// Whether a PUBLISH encoding made for this delivery is kept in the message for the
+    /// next subscriber (live fan-out); a retained replay encodes one-shot instead, so that
+    /// replaying a large store leaves no encoded copy of it behind.
+    pub cache_templates: bool,
 }
 
 /// The delivery state of one session.
@@ -92,6 +96,8 @@ pub struct Delivery {
     max_queued_bytes: usize,
     /// The broker-wide budget the held bytes are also taken from.
     budget: Arc<ByteBudget>,
+    /// Bytes taken from `budget` ahead and not held yet (`delivery_held.rs`).
+    credit_bytes: usize,
     /// Retained replays in progress, oldest first (boxed: most sessions have none, and an
     /// empty `VecDeque` is 32 bytes).
     #[allow(clippy::box_collection)]
@@ -120,6 +126,7 @@ impl Delivery {
             max_queued_messages: u32::try_from(max_queued_messages).unwrap_or(u32::MAX),
             max_queued_bytes,
             budget,
+            credit_bytes: 0,
             replays: None,
             stalled_since: None,
             log: None,
@@ -342,7 +349,7 @@ impl Delivery {
                 if let Some((log, journal)) = log {
                     logged::done(journal, log.session, q.seq);
                 }
-                self.budget.release(held_size(&q.message));
+                self.give_back(held_size(&q.message));
             }
             Written::Yes | Written::Closed => self.window_push(Inflight {
                 packet_id,
@@ -383,7 +390,7 @@ impl Delivery {
             if next.message.is_expired(ctx.now) {
                 Metrics::add(&ctx.metrics.dropped_expired, 1);
                 self.log_done(next.seq, ctx.journal);
-                self.budget.release(size);
+                self.give_back(size);
                 continue;
             }
             self.send_inflight(next, false, ctx);
@@ -518,12 +525,13 @@ impl Delivery {
     pub fn take_shared(&mut self, include_sent: bool, journal: Option<&Journal>) -> Vec<Redirect> {
         let mut taken = Vec::new();
         let mut kept = VecDeque::with_capacity(self.queue.len());
+        let mut freed = 0;
         for queued in self.queue.drain(..) {
             match queued.group {
                 Some(group) => {
                     let size = held_size(&queued.message);
                     self.queued_bytes -= size;
-                    self.budget.release(size);
+                    freed += size;
                     if let (Some(log), Some(journal), true) = (&self.log, journal, queued.seq != 0)
                     {
                         logged::done(journal, log.session, queued.seq);
@@ -537,6 +545,7 @@ impl Delivery {
             }
         }
         self.queue = kept;
+        self.give_back(freed);
         if include_sent {
             let ids: Vec<_> = self
                 .window

@@ -5,9 +5,16 @@
 //! does not move (issue #17).
 //!
 //! Every byte taken here is given back exactly once: when its message leaves the window,
-//! is dropped from the queue, or when the delivery state is cleared or dropped.
+//! is dropped from the queue, or when the delivery state is cleared or dropped. The shared
+//! budget counter is touched once per [`CREDIT_CHUNK_BYTES`] of traffic rather than per
+//! message: a session takes budget a chunk ahead and keeps at most one chunk of it unused
+//! while it holds anything, none once it holds nothing (so idle sessions hold no budget).
 
 use tokio::time::Instant;
+
+/// Budget a session takes ahead of need, so that the shared counter (one cache line for
+/// every core) is not touched for every message.
+pub(super) const CREDIT_CHUNK_BYTES: usize = 16 * 1024;
 
 use super::{held_size, DeliverCtx, Delivery};
 use crate::error::Kick;
@@ -33,7 +40,7 @@ impl Delivery {
         fits
     }
 
-    fn fits(&self, size: usize, message: &Message, ctx: DeliverCtx<'_>) -> bool {
+    fn fits(&mut self, size: usize, message: &Message, ctx: DeliverCtx<'_>) -> bool {
         if self.held_bytes() + size > self.max_queued_bytes {
             Metrics::add(&ctx.metrics.dropped_queue_full, 1);
             tracing::debug!(
@@ -42,7 +49,7 @@ impl Delivery {
             );
             return false;
         }
-        if !self.budget.try_reserve(size) {
+        if !self.take_budget(size) {
             Metrics::add(&ctx.metrics.dropped_total_budget, 1);
             tracing::debug!(
                 topic = message.topic(),
@@ -51,6 +58,39 @@ impl Delivery {
             return false;
         }
         true
+    }
+
+    /// Takes `size` bytes of the broker-wide budget: from the credit, or a chunk more.
+    fn take_budget(&mut self, size: usize) -> bool {
+        if self.credit_bytes >= size {
+            self.credit_bytes -= size;
+            return true;
+        }
+        let need = size - self.credit_bytes;
+        if self.budget.try_reserve(need + CREDIT_CHUNK_BYTES) {
+            self.credit_bytes = CREDIT_CHUNK_BYTES;
+            return true;
+        }
+        if self.budget.try_reserve(need) {
+            self.credit_bytes = 0;
+            return true;
+        }
+        false
+    }
+
+    /// Gives back `size` bytes no longer held (already taken off the queued or inflight
+    /// count): into the credit, which keeps one chunk while anything is held.
+    pub(super) fn give_back(&mut self, size: usize) {
+        self.credit_bytes += size;
+        let keep = if self.held_bytes() == 0 {
+            0
+        } else {
+            CREDIT_CHUNK_BYTES
+        };
+        if self.credit_bytes > keep * 2 {
+            self.budget.release(self.credit_bytes - keep);
+            self.credit_bytes = keep;
+        }
     }
 
     /// Puts an entry whose bytes are taken into the window.
@@ -64,7 +104,7 @@ impl Delivery {
         let entry = self.window.remove(packet_id)?;
         let size = held_size(&entry.message);
         self.inflight_bytes -= size;
-        self.budget.release(size);
+        self.give_back(size);
         Some(entry)
     }
 
@@ -81,9 +121,10 @@ impl Delivery {
 
     /// Gives back every byte held (the queue and window were emptied).
     pub(super) fn release_all(&mut self) {
-        self.budget.release(self.held_bytes());
+        self.budget.release(self.held_bytes() + self.credit_bytes);
         self.queued_bytes = 0;
         self.inflight_bytes = 0;
+        self.credit_bytes = 0;
     }
 
     /// Whether a connection is attached with room in its window.

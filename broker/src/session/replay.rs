@@ -108,16 +108,23 @@ impl Replay {
 
     /// The retained message of `topic` that a live message on it must not overtake: one
     /// this replay has yet to send, taken out of its way.
+    /// Offline (`online` false), a QoS 0 one stays where it is: it could not be sent now,
+    /// and waits for the replay to reach it after the client is back.
     fn take_ahead(
         &mut self,
         topic: &str,
+        online: bool,
         store: &RetainedStore,
         ctx: DeliverCtx<'_>,
     ) -> Option<Arc<Message>> {
         if !topic::matches(&self.request.filter, topic) {
             return None;
         }
+        let sendable = |m: &Message| online || m.qos().min(self.request.granted) != QoS::AtMostOnce;
         let message = if let Some(i) = self.page.iter().position(|(t, _)| &**t == topic) {
+            if !sendable(&self.page[i].1) {
+                return None;
+            }
             self.page.remove(i)?.1
         } else {
             let passed = self.after.as_deref().is_some_and(|after| topic <= after);
@@ -125,6 +132,9 @@ impl Replay {
                 return None;
             }
             let message = store.stored_by(topic, self.request.upto_seq)?;
+            if !sendable(&message) {
+                return None;
+            }
             self.sent_early.push(ByteStr::from(topic));
             message
         };
@@ -213,18 +223,23 @@ impl Delivery {
             return false;
         };
         if qos == QoS::AtMostOnce {
-            let threshold = link.writer.cap_bytes() / 2;
-            if link.writer.is_below(threshold) {
+            // Half the cap, and never past it (a QoS 0 message past the cap is dropped).
+            let cap = link.writer.cap_bytes();
+            let fits =
+                |buffered: usize| buffered == 0 || (buffered < cap / 2 && buffered + size <= cap);
+            if link.writer.is_below(cap / 2) && link.writer.has_room(size) {
                 return true;
             }
             link.writer.want_drain();
-            return link.writer.lock().buf().len() < threshold;
+            return fits(link.writer.lock().buf().len());
         }
         let bytes_fit = self.window.is_empty() || self.held_bytes() + size <= self.max_queued_bytes;
         self.has_window_room() && bytes_fit && self.has_writer_room(size)
     }
 
-    /// Sends one retained message because of a SUBSCRIBE: RETAIN 1 ([MQTT-3.3.1-8]).
+    /// Sends one retained message because of a SUBSCRIBE: RETAIN 1 ([MQTT-3.3.1-8]),
+    /// encoded one-shot unless the message has the template already (a replay of a large
+    /// store leaves no encoded copies behind).
     fn send_retained(
         &mut self,
         message: &Arc<Message>,
@@ -232,6 +247,10 @@ impl Delivery {
         ids: &[u32],
         ctx: DeliverCtx<'_>,
     ) {
+        let ctx = DeliverCtx {
+            cache_templates: false,
+            ..ctx
+        };
         if qos != QoS::AtMostOnce {
             self.deliver_via(message, qos, true, ids, None, ctx);
         } else if let Some(link) = self.link.as_mut() {
@@ -249,8 +268,9 @@ impl Delivery {
         let Some(mut replays) = self.replays.take() else {
             return;
         };
+        let online = self.link.is_some();
         for replay in replays.iter_mut() {
-            if let Some(message) = replay.take_ahead(topic, store, ctx) {
+            if let Some(message) = replay.take_ahead(topic, online, store, ctx) {
                 let qos = message.qos().min(replay.request.granted);
                 self.send_retained(&message, qos, &replay.subscription_ids, ctx);
             }

@@ -75,14 +75,27 @@ pub(super) fn write_publish(
     } else {
         None
     };
-    let one_shot =
+    let own_properties =
         v5 && (!subscription_ids.is_empty() || alias.is_some() || reduced_expiry.is_some());
+    let family = Family::of(link.version);
+    let with_id = out.packet_id().is_some();
+    let template = match (own_properties, ctx.cache_templates) {
+        (true, _) => None,
+        (false, true) => Some(message.templates.get(family, with_id)),
+        // A replay: the shared template only if it costs no new encoding.
+        (false, false) => message.templates.peek(family, with_id),
+    };
     let capped = out == PublishQoS::AtMostOnce;
     let max_len = link.max_packet_size_bytes as usize;
 
     // The size and cap checks are the SharedWriter's (`WriteGuard::append_packet`).
     let mut guard = link.writer.lock();
-    let appended = if one_shot {
+    let appended = if let Some(template) = template {
+        guard.append_packet(Some(template.len()), max_len, capped, ctx.now, |buf| {
+            // The layout matches `out` by construction (same `packet_id().is_some()`).
+            let _ = template.write_to(buf, out, retain, dup);
+        })
+    } else {
         let outbound = Outbound {
             subscription_identifiers: subscription_ids,
             topic_alias: alias.map(|(a, _)| a),
@@ -91,14 +104,6 @@ pub(super) fn write_publish(
         };
         guard.append_packet(None, max_len, capped, ctx.now, |buf| {
             encode_publish(buf, publish, link.version, out, retain, dup, &outbound);
-        })
-    } else {
-        let template = message
-            .templates
-            .get(Family::of(link.version), out.packet_id().is_some());
-        guard.append_packet(Some(template.len()), max_len, capped, ctx.now, |buf| {
-            // The layout matches `out` by construction (same `packet_id().is_some()`).
-            let _ = template.write_to(buf, out, retain, dup);
         })
     };
     // Most deliveries hold nothing (0): not persistent, or QoS 0/1.

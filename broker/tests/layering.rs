@@ -23,6 +23,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "journal",
         ],
     ),
+    ("retained store", &["retained"]),
     ("output buffer", &["delivery", "keep_alive"]),
     ("session", &["session"]),
     ("routing", &["backpressure", "router"]),

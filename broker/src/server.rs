@@ -31,7 +31,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let broker = bridges.broker().clone();
-    let bridges_handle = bridges.clone();
+    // The MQTT bridges first: their local sessions are subscribed before a client can
+    // publish (the listeners are bound, but nothing is accepted until their loops run).
+    let mqtt_bridges = crate::mqtt_bridge::MqttBridges::start(broker.clone()).await;
+    bridges.set_mqtt_bridges(mqtt_bridges.clone());
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let checkpoints = tokio::spawn(checkpointer::run(broker.clone(), failed));
     if let Some(http) = http {
@@ -45,8 +48,6 @@ pub async fn run(
         )));
     }
     tasks.push(tokio::spawn(sys::run(broker.clone())));
-    let mqtt_bridges = crate::mqtt_bridge::MqttBridges::start(broker.clone());
-    bridges_handle.set_mqtt_bridges(mqtt_bridges.clone());
     // A failed journal stops the broker like a signal (the checkpointer shuts it down).
     let mut stopped = broker.shutdown_signal();
     tokio::select! {

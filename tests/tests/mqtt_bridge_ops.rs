@@ -156,11 +156,23 @@ async fn queue_survives_a_restart_with_persistence() {
     let mut sub = client(mosquitto.addr(), ProtocolVersion::V5, "sub").await;
     sub.subscribe("q/#", QoS::AtLeastOnce).await;
     let tern = start(dir.join("data"), remote.clone()).await;
-    let got: Vec<u32> = drain(&mut sub, Duration::from_secs(3))
-        .await
-        .iter()
-        .filter_map(|p| std::str::from_utf8(p.payload()).ok()?.parse().ok())
-        .collect();
+    let mut got: Vec<u32> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while got.len() < 20 && tokio::time::Instant::now() < deadline {
+        if let Some(p) = next_publish(&mut sub, Duration::from_millis(500)).await {
+            got.extend(
+                std::str::from_utf8(p.payload())
+                    .ok()
+                    .and_then(|s| s.parse::<u32>().ok()),
+            );
+        }
+    }
+    got.extend(
+        drain(&mut sub, Duration::from_millis(500))
+            .await
+            .iter()
+            .filter_map(|p| std::str::from_utf8(p.payload()).ok()?.parse::<u32>().ok()),
+    );
     assert_eq!(got, (1..=20).collect::<Vec<_>>());
     let _ = std::fs::remove_dir_all(&dir);
     tern.running.stop().await;
@@ -383,11 +395,25 @@ qos = 1
     let mut sub = client(mosquitto.addr(), ProtocolVersion::V5, "sub").await;
     sub.subscribe("k/#", QoS::AtLeastOnce).await;
     tern.restart();
-    let got: Vec<u32> = drain(&mut sub, Duration::from_secs(3))
-        .await
-        .iter()
-        .filter_map(|p| std::str::from_utf8(p.payload()).ok()?.parse().ok())
-        .collect();
+    // Until all 20 came (a loaded machine may take seconds to recover and reconnect),
+    // then a short quiet time for duplicates.
+    let mut got: Vec<u32> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while got.len() < 20 && tokio::time::Instant::now() < deadline {
+        if let Some(p) = next_publish(&mut sub, Duration::from_millis(500)).await {
+            got.extend(
+                std::str::from_utf8(p.payload())
+                    .ok()
+                    .and_then(|s| s.parse::<u32>().ok()),
+            );
+        }
+    }
+    got.extend(
+        drain(&mut sub, Duration::from_millis(500))
+            .await
+            .iter()
+            .filter_map(|p| std::str::from_utf8(p.payload()).ok()?.parse::<u32>().ok()),
+    );
     assert_eq!(got, (1..=20).collect::<Vec<_>>(), "{}", tern.log_tail(30));
     tern.stop(Stop::Term);
     drop(mosquitto);

@@ -35,7 +35,23 @@ pub(crate) struct LocalLink {
     pub(crate) keep_alive_secs: u16,
     /// The largest packet the broker takes from the bridge.
     pub(crate) maximum_packet_size_bytes: u32,
+    /// What the broker sent before the SUBACK (a resumed session's messages): handled
+    /// first.
+    pub(crate) early: Vec<Packet>,
 }
+
+/// The identifiers of the local UNSUBSCRIBE and SUBSCRIBE (one of each at most, both
+/// answered before any other packet is sent, so they never collide with the PUBLISH
+/// identifiers of the bridge's loop).
+const UNSUBSCRIBE_ID: PacketId = PacketId::MIN;
+/// See [`UNSUBSCRIBE_ID`].
+const SUBSCRIBE_ID: PacketId = match PacketId::new(2) {
+    Some(id) => id,
+    None => PacketId::MIN,
+};
+
+/// How long the broker may take to answer the bridge's SUBSCRIBE.
+const SUBACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Connects the bridge's local client `client_id` as user `username`, with a window of
 /// `max_inflight`, and makes its subscriptions exactly `filters` (filters of an older
@@ -86,26 +102,46 @@ pub(crate) async fn connect(
         });
     }
     let p = &connack.properties;
-    let link = LocalLink {
+    let mut link = LocalLink {
         reader,
         writer,
         receive_maximum: p.receive_maximum.unwrap_or(u16::MAX),
         keep_alive_secs: p.server_keep_alive_secs.unwrap_or(0),
         maximum_packet_size_bytes: p.maximum_packet_size_bytes.unwrap_or(u32::MAX),
+        early: Vec::new(),
     };
-    sync_subscriptions(broker, client_id, &link.writer, filters).await?;
+    let mut waiting = sync_subscriptions(broker, client_id, &link.writer, filters).await?;
+    // The subscriptions are in the trie once answered: only then is the bridge ready
+    // (a message published before that would not reach it).
+    let deadline = tokio::time::Instant::now() + SUBACK_TIMEOUT;
+    while waiting > 0 {
+        let packet = tokio::time::timeout_at(deadline, link.reader.next())
+            .await
+            .map_err(|_| ConnectError::Timeout(SUBACK_TIMEOUT))??;
+        match packet {
+            Packet::SubAck(ack) if ack.packet_id == SUBSCRIBE_ID => {
+                if ack.reason_codes.iter().any(|c| c.0 >= 0x80) {
+                    tracing::warn!(codes = ?ack.reason_codes, "bridge's local subscription refused (ACL?)");
+                }
+                waiting -= 1;
+            }
+            Packet::UnsubAck(ack) if ack.packet_id == UNSUBSCRIBE_ID => waiting -= 1,
+            other => link.early.push(other),
+        }
+    }
     Ok(link)
 }
 
 /// Subscribes to `filters` (No Local: what the bridge publishes here is not sent back to
 /// it; Retain As Published: RETAIN crosses the bridge) and unsubscribes what else the
-/// session holds. The SUBACK and UNSUBACK are read by the bridge's loop, which ignores them.
+/// session holds. Returns how many answers (SUBACK, UNSUBACK) to wait for.
 async fn sync_subscriptions(
     broker: &Broker,
     client_id: &str,
     writer: &PacketWriter,
     filters: &[(String, QoS)],
-) -> Result<(), WireError> {
+) -> Result<usize, WireError> {
+    let mut waiting = 0;
     let stale: Vec<ByteStr> = broker
         .session(client_id)
         .map(|s| s.subscription_snapshot())
@@ -116,19 +152,20 @@ async fn sync_subscriptions(
         .collect();
     if !stale.is_empty() {
         let unsubscribe = Unsubscribe {
-            packet_id: PacketId::MIN,
+            packet_id: UNSUBSCRIBE_ID,
             properties: Default::default(),
             filters: stale,
         };
         writer
             .send(&Packet::Unsubscribe(Box::new(unsubscribe)))
             .await?;
+        waiting += 1;
     }
     if filters.is_empty() {
-        return Ok(());
+        return Ok(waiting);
     }
     let subscribe = Subscribe {
-        packet_id: PacketId::MIN,
+        packet_id: SUBSCRIBE_ID,
         properties: Default::default(),
         filters: filters
             .iter()
@@ -136,9 +173,13 @@ async fn sync_subscriptions(
                 let mut options = SubscriptionOptions::with_qos(*qos);
                 options.no_local = true;
                 options.retain_as_published = true;
+                // Retained messages once, when the subscription is new (not again at every
+                // start of a bridge whose session kept it).
+                options.retain_handling = tern_codec::RetainHandling::SendIfNew;
                 (ByteStr::from(filter.as_str()), options)
             })
             .collect(),
     };
-    writer.send(&Packet::Subscribe(Box::new(subscribe))).await
+    writer.send(&Packet::Subscribe(Box::new(subscribe))).await?;
+    Ok(waiting + 1)
 }

@@ -23,6 +23,7 @@
 //! Not here: the configuration schema ([`crate::config::mqtt_bridges`]) and the HTTP
 //! bridges (SSE, WebSocket: [`crate::http::bridge`]).
 
+mod backoff;
 mod echo;
 mod inbound;
 mod local;
@@ -45,6 +46,9 @@ use crate::broker::Broker;
 use crate::config::mqtt_bridges::MqttBridgeConfig;
 
 pub use self::outbound::ORIGIN_PROPERTY;
+
+/// How long the start waits for the bridges' local sessions to be subscribed.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a stopping bridge may take to say goodbye.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -134,36 +138,55 @@ pub struct MqttBridges {
 }
 
 impl MqttBridges {
-    /// Starts the bridges of the broker's configuration. A bridge whose TLS files cannot
-    /// be loaded is not started; its error is its last error and is logged.
-    pub fn start(broker: Broker) -> Arc<MqttBridges> {
+    /// Starts the bridges of the broker's configuration and waits (at most
+    /// [`READY_TIMEOUT`]) until each one's local session is subscribed, so that a message
+    /// published once the listeners open reaches the bridges. A bridge whose TLS files
+    /// cannot be loaded is not started; its error is its last error and is logged.
+    pub async fn start(broker: Broker) -> Arc<MqttBridges> {
         let bridges = Arc::new(MqttBridges {
             broker: broker.clone(),
             running: Mutex::new(HashMap::new()),
         });
+        let mut ready = Vec::new();
         for config in broker.mqtt_bridges_config() {
-            if let Err(e) = bridges.start_one(config.clone()) {
-                tracing::error!(error = %e, "bridge not started");
+            match tls_of(&broker, config) {
+                Ok(tls) => ready.push(bridges.spawn(config.clone(), tls)),
+                Err(e) => tracing::error!(error = %e, "bridge not started"),
             }
+        }
+        let all = async {
+            for each in ready {
+                let _ = each.await;
+            }
+        };
+        if tokio::time::timeout(READY_TIMEOUT, all).await.is_err() {
+            tracing::warn!("a bridge's local session is not subscribed yet; starting anyway");
         }
         bridges
     }
 
-    fn start_one(&self, config: MqttBridgeConfig) -> Result<(), BridgeError> {
-        let tls = tls_of(&self.broker, &config)?;
-        self.spawn(config, tls);
-        Ok(())
-    }
-
-    fn spawn(&self, config: MqttBridgeConfig, tls: Option<transport::Tls>) {
+    /// Spawns the bridge; the receiver is told when its local session is subscribed.
+    fn spawn(
+        &self,
+        config: MqttBridgeConfig,
+        tls: Option<transport::Tls>,
+    ) -> tokio::sync::oneshot::Receiver<()> {
         let status = self.broker.bridge_links().get_or_add(&config.name);
         let config = Arc::new(config);
         let (stop, stopped) = watch::channel(Stop::Run);
-        let bridge = run::Bridge::new(self.broker.clone(), config.clone(), status, tls);
+        let (ready, is_ready) = tokio::sync::oneshot::channel();
+        let bridge = run::Bridge::new(
+            self.broker.clone(),
+            config.clone(),
+            status,
+            tls,
+            Some(ready),
+        );
         let task = tokio::spawn(bridge.run(stopped));
         tracing::info!(bridge = %config.name, remotes = ?config.remotes, "bridge started");
         self.lock()
             .insert(config.name.clone(), Running { config, stop, task });
+        is_ready
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
@@ -220,7 +243,8 @@ impl MqttBridges {
                 let _ = tokio::time::timeout(STOP_TIMEOUT, task).await;
             }
             for (config, tls) in starting {
-                this.spawn(config, tls);
+                // Not waited for: a reload does not hold anything back.
+                drop(this.spawn(config, tls));
             }
         });
         Ok(report)

@@ -12,6 +12,7 @@ use tern_codec::{Disconnect, Packet, QoS, ReasonCode};
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 
+use super::backoff::Backoff;
 use super::echo::Echoes;
 use super::inbound::Inbound;
 use super::local::{self, LocalLink};
@@ -29,40 +30,6 @@ use crate::metrics::bridge_links::{LinkState, LinkStatus};
 /// the bridge bit.
 type Attempt = Pin<Box<dyn Future<Output = (Result<RemoteLink, ConnectError>, Vec<usize>)> + Send>>;
 
-/// Exponential backoff with jitter between `min` and `max`.
-#[derive(Debug)]
-struct Backoff {
-    min_ms: u64,
-    max_ms: u64,
-    next_ms: u64,
-}
-
-impl Backoff {
-    fn new(min_ms: u64, max_ms: u64) -> Backoff {
-        Backoff {
-            min_ms,
-            max_ms,
-            next_ms: min_ms,
-        }
-    }
-
-    /// The next delay: the current bound, with up to a quarter taken off at random (so
-    /// that bridges cut off together do not all come back at the same instant); the bound
-    /// doubles.
-    fn next(&mut self) -> Duration {
-        let bound = self.next_ms;
-        self.next_ms = (self.next_ms.saturating_mul(2)).min(self.max_ms);
-        let mut random = [0u8; 8];
-        let _ = getrandom::getrandom(&mut random);
-        let jitter = u64::from_le_bytes(random) % (bound / 4 + 1);
-        Duration::from_millis(bound - jitter)
-    }
-
-    fn reset(&mut self) {
-        self.next_ms = self.min_ms;
-    }
-}
-
 /// One running bridge.
 pub(crate) struct Bridge {
     broker: Broker,
@@ -72,6 +39,8 @@ pub(crate) struct Bridge {
     tls: Option<Tls>,
     /// Per remote: whether it refused the bridge bit (then plain 3.1.1 is used).
     private_refused: Vec<bool>,
+    /// Told once the local session is subscribed (the broker opens its listeners then).
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// The remote side while the loop runs.
@@ -85,14 +54,17 @@ struct Link {
 }
 
 impl Bridge {
-    /// A bridge for `config`; its status goes to `status`.
+    /// A bridge for `config`; its status goes to `status`; `ready` is told once its
+    /// local session is subscribed.
     pub(crate) fn new(
         broker: Broker,
         config: Arc<MqttBridgeConfig>,
         status: Arc<LinkStatus>,
         tls: Option<Tls>,
+        ready: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> Bridge {
         Bridge {
+            ready,
             rules: Rules::new(config.topics.clone()),
             private_refused: vec![false; config.remotes.len()],
             broker,
@@ -127,6 +99,25 @@ impl Bridge {
         let Some(mut live) = self.open().await else {
             return false;
         };
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(());
+        }
+        let mut sends = Sends::default();
+        for packet in std::mem::take(&mut live.local.early) {
+            handle_local(
+                packet,
+                &self.rules,
+                &mut live.outbound,
+                &mut live.inbound,
+                &mut sends,
+            );
+        }
+        if flush(&live.local.writer, &mut live.link, sends, &self.status)
+            .await
+            .is_err()
+        {
+            return false;
+        }
         loop {
             if live.link.is_none() && live.attempt.is_none() && Instant::now() >= live.retry_at {
                 self.status.set_state(LinkState::Connecting);

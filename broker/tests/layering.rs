@@ -21,6 +21,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "ip_limits",
             "wal",
             "journal",
+            "retained",
         ],
     ),
     ("retained store", &["retained"]),

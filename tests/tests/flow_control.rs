@@ -217,7 +217,14 @@ async fn stuck_qos1_bounded_in_bytes_and_disconnected() {
         got += 1;
     }
     assert_eq!(got, held, "everything held reaches the returning client");
-    assert_eq!(broker.broker().budget().used_bytes(), 0, "all given back");
+    // All given back but the few KiB an online session keeps taken ahead.
+    assert!(broker.broker().budget().used_bytes() <= 4096);
+    drop(back);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while broker.broker().budget().used_bytes() != 0 {
+        assert!(Instant::now() < deadline, "budget not given back offline");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 // Order between a replay and live traffic: a live message on a topic the replay has not

@@ -445,6 +445,7 @@ impl Delivery {
         {
             self.link = None;
             self.stalled_since = None;
+            self.give_back(0); // offline: no idle credit
             true
         } else {
             false

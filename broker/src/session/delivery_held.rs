@@ -8,13 +8,18 @@
 //! is dropped from the queue, or when the delivery state is cleared or dropped. The shared
 //! budget counter is touched once per [`CREDIT_CHUNK_BYTES`] of traffic rather than per
 //! message: a session takes budget a chunk ahead and keeps at most one chunk of it unused
-//! while it holds anything, none once it holds nothing (so idle sessions hold no budget).
+//! while it holds anything, and [`CREDIT_IDLE_BYTES`] while it holds nothing but is online
+//! (so that a client acknowledging every message before the next does not touch the
+//! shared counter twice per message); none offline.
 
 use tokio::time::Instant;
 
 /// Budget a session takes ahead of need, so that the shared counter (one cache line for
 /// every core) is not touched for every message.
 pub(super) const CREDIT_CHUNK_BYTES: usize = 16 * 1024;
+
+/// Budget an online session that holds nothing keeps taken ahead.
+pub(super) const CREDIT_IDLE_BYTES: usize = 4 * 1024;
 
 use super::{held_size, DeliverCtx, Delivery};
 use crate::error::Kick;
@@ -82,10 +87,10 @@ impl Delivery {
     /// count): into the credit, which keeps one chunk while anything is held.
     pub(super) fn give_back(&mut self, size: usize) {
         self.credit_bytes += size;
-        let keep = if self.held_bytes() == 0 {
-            0
-        } else {
-            CREDIT_CHUNK_BYTES
+        let keep = match (self.held_bytes(), self.link.is_some()) {
+            (0, false) => 0,
+            (0, true) => CREDIT_IDLE_BYTES,
+            _ => CREDIT_CHUNK_BYTES,
         };
         if self.credit_bytes > keep * 2 {
             self.budget.release(self.credit_bytes - keep);

@@ -24,7 +24,6 @@ const LAYERS: &[(&str, &[&str])] = &[
             "retained",
         ],
     ),
-    ("retained store", &["retained"]),
     ("output buffer", &["delivery", "keep_alive"]),
     ("session", &["session"]),
     ("routing", &["backpressure", "router"]),

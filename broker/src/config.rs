@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod cluster;
 pub mod sources;
 
+pub use self::cluster::ClusterConfig;
 pub use self::sources::{
     AdminConfig, AuthSource, CalloutFailure, ClaimAclMode, HttpAuthConfig, JwtAlgorithm, JwtConfig,
 };
@@ -44,6 +46,9 @@ pub struct Config {
     pub admin: AdminConfig,
     /// MQTT 5 capabilities, response information and redirection.
     pub mqtt: MqttFeatures,
+    /// Clustering over NATS (off by default).
+    #[serde(default)]
+    pub cluster: ClusterConfig,
 }
 
 /// One MQTT listener.
@@ -490,6 +495,12 @@ impl Config {
                 allowed,
             },
         )?;
+        cluster::check(&self.cluster).map_err(|(key, value, allowed)| ConfigError::OutOfRange {
+            source_name: source_name.to_string(),
+            key,
+            value,
+            allowed,
+        })?;
         self.validate_mqtt(source_name)
     }
 

@@ -43,6 +43,8 @@
 //! - [`http`]: the HTTP listener: `/metrics`, `/health`, and the bridges (SSE, WebSocket
 //!   JSON, MQTT over WebSocket, dashboard).
 //! - [`sys`]: the `$SYS/broker/...` statistics.
+//! - [`cluster`]: several nodes as one broker over NATS (`[cluster]`), plugged into the
+//!   broker through [`broker::ClusterLink`].
 //! - [`reload`]: putting a changed configuration in force (SIGHUP).
 //!
 //! Server:
@@ -58,6 +60,7 @@ pub mod auth;
 pub mod backpressure;
 pub mod broker;
 pub mod checkpointer;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod convert;

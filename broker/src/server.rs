@@ -31,6 +31,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let broker = bridges.broker().clone();
+    let cluster = &broker.cluster_config().clone();
+    if cluster.enabled {
+        // Joined before the listeners open: the first SUBSCRIBE already takes interest.
+        if let Err(e) = crate::cluster::start(&broker, cluster).await {
+            tracing::error!(error = %e, "cannot join the cluster; stopping");
+            broker.shutdown();
+            checkpointer::finish(&broker).await;
+            return;
+        }
+    }
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let checkpoints = tokio::spawn(checkpointer::run(broker.clone(), failed));
     if let Some(http) = http {

@@ -28,7 +28,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("routing", &["backpressure", "router"]),
     ("broker", &["broker"]),
     ("connection", &["connection"]),
-    ("transport and HTTP", &["listener", "http", "sys", "reload"]),
+    (
+        "transport and HTTP",
+        &["listener", "http", "sys", "reload", "cluster"],
+    ),
     ("server", &["server", "checkpointer", "ctl", "ctl_render"]),
     ("tools", &["convert"]),
 ];

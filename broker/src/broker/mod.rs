@@ -7,6 +7,7 @@
 //! outside reaches into its fields: connections, the HTTP bridges and `$SYS` call its
 //! methods (open/resume/end a session, subscribe, publish, reload).
 
+pub mod cluster_link;
 mod journaling;
 pub mod persist;
 pub mod retained;
@@ -36,6 +37,7 @@ use crate::router::{BridgeSink, RouteScratch, Router};
 use crate::session::delivery::DeliverCtx;
 use crate::session::Session;
 
+pub use self::cluster_link::{ClusterLink, InterestReady};
 pub use self::subscriptions::Subscribed;
 
 /// A handle to the broker; cheap to clone.
@@ -94,6 +96,9 @@ struct Inner {
     shutdown_tx: watch::Sender<bool>,
     /// The journal, when persistence is on: set once, after recovery, before listeners open.
     journal: std::sync::OnceLock<Arc<Journal>>,
+    /// The cluster, when `[cluster]` is on: set once, before listeners open. Empty, every
+    /// cluster hook costs one load.
+    cluster: std::sync::OnceLock<Arc<dyn ClusterLink>>,
 }
 
 impl Broker {
@@ -151,6 +156,7 @@ impl Broker {
                 next_session_id: AtomicU64::new(1),
                 shutdown_tx,
                 journal: std::sync::OnceLock::new(),
+                cluster: std::sync::OnceLock::new(),
                 config,
             }),
         }
@@ -309,6 +315,11 @@ impl Broker {
         &self.inner.config.admin
     }
 
+    /// The `[cluster]` section (fixed at startup).
+    pub fn cluster_config(&self) -> &crate::config::ClusterConfig {
+        &self.inner.config.cluster
+    }
+
     /// The `[sys]` section (fixed at startup).
     pub fn sys_config(&self) -> &SysConfig {
         &self.inner.config.sys
@@ -443,7 +454,11 @@ impl Broker {
                 _ => {}
             }
         }
-        inner.router.route(message, scratch, self.deliver_ctx(now))
+        let delivered = inner.router.route(message, scratch, self.deliver_ctx(now));
+        if let Some(cluster) = inner.cluster.get() {
+            cluster.forward(message, now);
+        }
+        delivered
     }
 
     /// Calls `f` with each retained message matching `filter` and not expired at `now`.
@@ -456,6 +471,9 @@ impl Broker {
     pub fn delete_retained(&self, topic: &str, now: Instant) -> bool {
         let empty = Message::broker_made(topic, bytes::Bytes::new(), true, now);
         let removed = self.inner.retained.update(&empty, self.journal(), now) < 0;
+        if let Some(cluster) = self.inner.cluster.get() {
+            cluster.retain_only(&empty, now);
+        }
         if removed {
             Metrics::sub(&self.inner.metrics.retained_messages, 1);
         }
@@ -471,12 +489,20 @@ impl Broker {
 
     /// Adds bridge `sink`'s trie entry for `filter` (valid, not shared).
     pub fn subscribe_sink(&self, filter: &str, sink: Arc<dyn BridgeSink>) {
-        self.inner.router.subscribe_bridge(filter, sink);
+        if self.inner.router.subscribe_bridge(filter, sink) {
+            if let Some(cluster) = self.inner.cluster.get() {
+                cluster.interest_added(filter);
+            }
+        }
     }
 
     /// Removes bridge sink `sink_id`'s trie entry for `filter`.
     pub fn unsubscribe_sink(&self, filter: &str, sink_id: u64) {
-        self.inner.router.unsubscribe_bridge(filter, sink_id);
+        if self.inner.router.unsubscribe_bridge(filter, sink_id) {
+            if let Some(cluster) = self.inner.cluster.get() {
+                cluster.interest_removed(filter);
+            }
+        }
     }
 
     /// Number of trie entries (session subscriptions, shared groups, bridge sinks).

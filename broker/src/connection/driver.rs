@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use tern_codec::{Packet, PacketId, ReasonCode, Unsubscribe};
+use tern_codec::{Packet, PacketId, ReasonCode, SubscriptionOptions, Unsubscribe};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::io::PacketReader;
 use super::output::Output;
-use super::Connection;
-use crate::broker::{Broker, Subscribed};
+use super::{Connection, PendingSubAck};
+use crate::broker::{Broker, InterestReady, Subscribed};
 use crate::error::Close;
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -64,6 +64,11 @@ impl Connection {
             if let Err(close) = self.handle_buffered(reader) {
                 return close;
             }
+            if self.pending_suback.is_some() {
+                // Boxed: its state costs memory only while a SUBACK waits for the cluster.
+                Box::pin(self.finish_pending_suback()).await;
+                continue; // packets may be waiting in the buffer
+            }
             if let Some(close) = self.pause_if_asked().await {
                 if let Some(close) = close {
                     return close;
@@ -99,7 +104,10 @@ impl Connection {
                 Ok(Some(packet)) => {
                     received = true;
                     self.handle(packet)?;
-                    if self.machine.is_throttled() || self.has_pressure() {
+                    if self.machine.is_throttled()
+                        || self.has_pressure()
+                        || self.pending_suback.is_some()
+                    {
                         break; // the rest waits in the buffer until we may go on
                     }
                 }
@@ -315,9 +323,53 @@ impl Connection {
             };
             outcomes.push((filter.record.options, outcome));
         }
-        let suback = self.machine.subscribed(request.packet_id, &outcomes);
+        // In a cluster, the SUBACK waits until the other nodes route the new filters here:
+        // a client told it is subscribed then misses nothing published anywhere after.
+        let waits: Vec<InterestReady> = request
+            .filters
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, (_, outcome))| matches!(outcome, FilterOutcome::Granted { .. }))
+            .filter_map(|(filter, _)| self.broker.interest_ready(&filter.filter))
+            .collect();
+        if waits.is_empty() {
+            self.answer_subscribe(&request, &outcomes, now);
+        } else {
+            self.pending_suback = Some(Box::new(PendingSubAck {
+                waits,
+                request,
+                outcomes,
+            }));
+        }
+    }
+
+    /// Waits for the cluster to take the interest of a SUBSCRIBE, then answers it.
+    async fn finish_pending_suback(&mut self) {
+        let Some(pending) = self.pending_suback.take() else {
+            return;
+        };
+        let PendingSubAck {
+            waits,
+            request,
+            outcomes,
+        } = *pending;
+        for wait in waits {
+            wait.await;
+        }
+        self.answer_subscribe(&request, &outcomes, Instant::now());
+    }
+
+    /// Answers SUBACK, then sends the retained messages the granted filters match.
+    fn answer_subscribe(
+        &mut self,
+        request: &SubscribeRequest,
+        outcomes: &[(SubscriptionOptions, FilterOutcome)],
+        now: Instant,
+    ) {
+        let session = self.machine.session().clone();
+        let suback = self.machine.subscribed(request.packet_id, outcomes);
         self.send(&suback);
-        for (filter, (options, outcome)) in request.filters.iter().zip(&outcomes) {
+        for (filter, (options, outcome)) in request.filters.iter().zip(outcomes) {
             let FilterOutcome::Granted { new } = *outcome else {
                 continue;
             };

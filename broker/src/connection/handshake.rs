@@ -263,6 +263,7 @@ fn establish(
         keep_alive_timeout: (keep_alive_secs > 0)
             .then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500)),
         routing: None,
+        pending_suback: None,
     })
 }
 

@@ -277,6 +277,29 @@ pub(crate) struct Connection {
     /// What only a publishing client needs, boxed at its first PUBLISH: most idle
     /// connections are subscribers that never publish.
     routing: Option<Box<Routing>>,
+    /// A SUBACK waiting for the cluster to take its filters' interest (clusters only).
+    pending_suback: Option<Box<PendingSubAck>>,
+}
+
+/// A SUBSCRIBE done locally whose SUBACK waits for the cluster.
+pub(crate) struct PendingSubAck {
+    /// One wait per granted filter the cluster did not route here yet.
+    waits: Vec<crate::broker::InterestReady>,
+    /// The request, for the SUBACK and the retained messages.
+    request: crate::session::machine::SubscribeRequest,
+    /// What became of each filter.
+    outcomes: Vec<(
+        tern_codec::SubscriptionOptions,
+        crate::session::machine::FilterOutcome,
+    )>,
+}
+
+impl std::fmt::Debug for PendingSubAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingSubAck")
+            .field("waits", &self.waits.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The routing state of a client that publishes.

@@ -254,15 +254,20 @@ impl Router {
         delivered + deliver_to_bridges(message, &mut scratch.bridges, ctx.metrics)
     }
 
-    /// Adds the trie entry of bridge `sink` for `filter` (valid, not shared).
-    pub fn subscribe_bridge(&self, filter: &str, sink: Arc<dyn BridgeSink>) {
+    /// Adds the trie entry of bridge `sink` for `filter` (valid, not shared); returns
+    /// whether it is new.
+    pub fn subscribe_bridge(&self, filter: &str, sink: Arc<dyn BridgeSink>) -> bool {
         self.write()
-            .insert(filter, SubKey::Bridge(sink.id()), SubValue::Bridge(sink));
+            .insert(filter, SubKey::Bridge(sink.id()), SubValue::Bridge(sink))
+            .is_none()
     }
 
-    /// Removes the trie entry of bridge ring `ring_id` for `filter`.
-    pub fn unsubscribe_bridge(&self, filter: &str, ring_id: u64) {
-        self.write().remove(filter, &SubKey::Bridge(ring_id));
+    /// Removes the trie entry of bridge ring `ring_id` for `filter`; returns whether it was
+    /// there.
+    pub fn unsubscribe_bridge(&self, filter: &str, ring_id: u64) -> bool {
+        self.write()
+            .remove(filter, &SubKey::Bridge(ring_id))
+            .is_some()
     }
 }
 

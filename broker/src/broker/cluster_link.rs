@@ -1,0 +1,109 @@
+//! The broker's side of a cluster: the [`ClusterLink`] trait a cluster engine implements,
+//! and the broker operations such an engine calls back (routing and retaining messages that
+//! come from other nodes).
+//!
+//! The broker knows no more of clustering than this trait: which messages leave the node
+//! ([`ClusterLink::forward`]), which filters its subscribers hold (the interest hooks, kept
+//! in step with the trie by [`super::subscriptions`]) and when a new filter's interest is
+//! in force cluster-wide (so that SUBACK can wait for it). Without a link (`[cluster]` off)
+//! each hook is one load of an empty cell. The engine itself is [`crate::cluster`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::router::RouteScratch;
+
+use super::Broker;
+
+/// Completes once the cluster has taken a filter's interest (or gave up waiting).
+pub type InterestReady = Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>>;
+
+/// What a cluster engine does for the broker. Called on publishers' and subscribers' tasks:
+/// every method must return quickly and never block.
+pub trait ClusterLink: Send + Sync + fmt::Debug {
+    /// `message` was published on this node (and routed here already): send it to the nodes
+    /// with interest, and store or delete it in the cluster's retained set if RETAIN.
+    fn forward(&self, message: &Arc<Message>, now: Instant);
+
+    /// The retained message of `message`'s topic changed on this node without a live
+    /// delivery (an administrative delete: an empty payload).
+    fn retain_only(&self, message: &Arc<Message>, now: Instant);
+
+    /// A local subscriber now holds `filter` (one more holder; may be `$share/…`).
+    fn interest_added(&self, filter: &str);
+
+    /// A local subscriber let go of `filter` (one holder fewer).
+    fn interest_removed(&self, filter: &str);
+
+    /// Waits until the cluster routes messages matching `filter` to this node; `None` when it
+    /// does already.
+    fn interest_ready(&self, filter: &str) -> Option<InterestReady>;
+
+    /// This node's name in the cluster.
+    fn node_name(&self) -> &str;
+
+    /// This node's cluster counters, for `/api/stats` and the dashboard.
+    fn stats(&self) -> serde_json::Value;
+}
+
+impl Broker {
+    /// Joins a cluster: from now on local publishes are forwarded through `link` and the
+    /// filters of subscribers are announced to it, those already held first (sessions
+    /// recovered from disk). Once, before the listeners open.
+    pub fn attach_cluster(&self, link: Arc<dyn ClusterLink>) {
+        if self.inner.cluster.set(link.clone()).is_err() {
+            return;
+        }
+        for session in self.sessions() {
+            for (filter, _) in session.subscriptions().iter() {
+                link.interest_added(filter);
+            }
+        }
+    }
+
+    /// The cluster this node belongs to, if any.
+    pub fn cluster(&self) -> Option<&Arc<dyn ClusterLink>> {
+        self.inner.cluster.get()
+    }
+
+    /// Waits until messages matching `filter` published on other nodes reach this one
+    /// (`None`: no cluster, or they do already).
+    pub fn interest_ready(&self, filter: &str) -> Option<InterestReady> {
+        self.inner.cluster.get()?.interest_ready(filter)
+    }
+
+    /// Routes a message that another node published to the local subscribers (not stored as
+    /// retained: the cluster's retained set does that; not forwarded again). Returns the
+    /// number of deliveries.
+    pub fn route_remote(
+        &self,
+        message: &Arc<Message>,
+        scratch: &mut RouteScratch,
+        now: Instant,
+    ) -> usize {
+        let delivered = self
+            .inner
+            .router
+            .route(message, scratch, self.deliver_ctx(now));
+        // Nobody to hold back: the sender is another node. Slow subscribers are handled by
+        // their own caps.
+        drop(scratch.take_pressure());
+        delivered
+    }
+
+    /// Stores (or, empty, deletes) a retained message as the cluster's retained set has it,
+    /// without routing it.
+    pub fn store_remote_retained(&self, message: &Arc<Message>, now: Instant) {
+        match self.inner.retained.update(message, self.journal(), now) {
+            1 => Metrics::add(&self.inner.metrics.retained_messages, 1),
+            -1 => Metrics::sub(&self.inner.metrics.retained_messages, 1),
+            _ => {}
+        }
+    }
+}

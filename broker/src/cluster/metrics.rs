@@ -1,0 +1,46 @@
+//! The cluster's counters on one node, read by `/metrics`, `/api/stats` and the dashboard.
+//! This module owns the numbers only.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Counters of this node's part in the cluster.
+#[derive(Debug, Default)]
+pub struct ClusterMetrics {
+    /// Messages sent to NATS for other nodes.
+    pub messages_out: AtomicU64,
+    /// Messages received from other nodes and routed here (first copies).
+    pub messages_in: AtomicU64,
+    /// Second copies dropped (a message matching several of this node's filters).
+    pub duplicates_dropped: AtomicU64,
+    /// Messages not sent because the queue to NATS was full.
+    pub forward_dropped: AtomicU64,
+    /// Messages NATS refused (too large for its max_payload, connection closed).
+    pub publish_errors: AtomicU64,
+    /// Received envelopes that did not decode.
+    pub envelope_errors: AtomicU64,
+    /// Retained messages written to the cluster's bucket.
+    pub retained_writes: AtomicU64,
+    /// Retained changes applied from the cluster's bucket.
+    pub retained_applied: AtomicU64,
+    /// Distinct filters this node holds interest in (NATS subscriptions are one per
+    /// filter, two for `…/#`).
+    pub interest_filters: AtomicU64,
+    /// The last measured NATS round-trip time, microseconds.
+    pub nats_rtt_us: AtomicU64,
+    /// Times the connection to NATS was lost.
+    pub disconnects: AtomicU64,
+    /// Whether the node is connected to NATS now.
+    pub connected: AtomicBool,
+}
+
+impl ClusterMetrics {
+    /// Adds one to `counter`.
+    pub(crate) fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads `counter`.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

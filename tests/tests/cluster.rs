@@ -8,6 +8,8 @@ use tern_codec::{ProtocolVersion, QoS, SubscriptionOptions};
 use tern_tests::cluster_support::NatsServer;
 use tern_tests::{Client, TestBroker};
 
+mod bridge_support;
+
 const V5: ProtocolVersion = ProtocolVersion::V5;
 const V3: ProtocolVersion = ProtocolVersion::V3_1_1;
 
@@ -161,4 +163,189 @@ async fn dollar_topics_do_not_match_wildcards_across_nodes() {
     dollar.expect_nothing(Duration::from_millis(200)).await;
     all.expect_nothing(Duration::from_millis(10)).await;
     plus.expect_nothing(Duration::from_millis(10)).await;
+}
+
+/// Runs `mosquitto_sub` on `node` for `filters` until it has `count` messages (`%t|%p`
+/// lines); returns once its subscriptions are in force cluster-wide.
+async fn mosquitto_sub(
+    node: &TestBroker,
+    version: &str,
+    filters: &[&str],
+    count: usize,
+) -> tokio::process::Child {
+    let mut command = tokio::process::Command::new("mosquitto_sub");
+    command
+        .args(["-h", "127.0.0.1", "-p", &node.addr.port().to_string()])
+        .args(["-V", version, "-q", "2", "-F", "%t|%p", "-W", "20"])
+        .args(["-C", &count.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for filter in filters {
+        command.args(["-t", filter]);
+    }
+    let child = command.spawn().expect("mosquitto_sub");
+    let broker = node.broker();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while broker.trie_entries() < filters.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "mosquitto_sub did not subscribe"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for filter in filters {
+        if let Some(ready) = broker.interest_ready(filter) {
+            ready.await;
+        }
+    }
+    child
+}
+
+/// mosquitto_pub on A, mosquitto_sub on B, both protocol versions, every QoS: topics with
+/// the subject's special characters, spaces, empty levels and non-ASCII arrive intact, once
+/// per client even where two of its filters match.
+#[tokio::test]
+async fn mosquitto_clients_across_nodes_with_awkward_topics() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    if !tern_tests::require_tool("mosquitto_sub") {
+        return;
+    }
+    let nodes = nats.nodes(2).await;
+    let topics = [
+        "a.b/c",
+        "a*b/>",
+        "sp ace/x",
+        "empty//level",
+        "ünï/cödé",
+        "/lead",
+        "trail/",
+        "~e/x",
+    ];
+    for (version, qos) in [("mqttv311", "1"), ("mqttv5", "2"), ("mqttv5", "0")] {
+        let sub = mosquitto_sub(&nodes[1], version, &["#", "+/x"], topics.len()).await;
+        for (i, topic) in topics.iter().enumerate() {
+            let status = tokio::process::Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &nodes[0].addr.port().to_string()])
+                .args([
+                    "-V",
+                    version,
+                    "-q",
+                    qos,
+                    "-t",
+                    topic,
+                    "-m",
+                    &format!("m{i}"),
+                ])
+                .status()
+                .await
+                .expect("mosquitto_pub");
+            assert!(status.success());
+        }
+        let out = sub.wait_with_output().await.expect("mosquitto_sub output");
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort_unstable();
+        let mut expected: Vec<String> = topics
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("{t}|m{i}"))
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(lines, expected, "{version} QoS {qos}");
+        // Once per client: nothing more came for the topic both filters match.
+        assert!(out.status.success(), "{version}: mosquitto_sub timed out");
+        while nodes[1].broker().trie_entries() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Waits until `filter`'s interest is in force cluster-wide on `node` (for subscribers that
+/// get no SUBACK: the SSE and WebSocket bridges).
+async fn interest_in_force(node: &TestBroker, filter: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if node.broker().trie_entries() > 0 {
+            match node.broker().interest_ready(filter) {
+                Some(ready) => return ready.await,
+                None => return,
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no interest in {filter}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// SSE and `/ws` clients on B receive messages published on A.
+#[tokio::test]
+async fn sse_and_websocket_clients_receive_from_other_nodes() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = nats.nodes(2).await;
+    let http = nodes[1].running.http_addr.expect("http");
+    let mut sse = bridge_support::SseClient::open(http, "/sse?filter=web/%23", &[]).await;
+    assert_eq!(sse.status, 200);
+    sse.next().await.expect("opening comment");
+    let mut ws = bridge_support::WsClient::connect(http, "/ws", &[]).await;
+    let ack = ws
+        .request(serde_json::json!({"op": "subscribe", "filters": ["web/+"], "id": 1}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    interest_in_force(&nodes[1], "web/#").await;
+    interest_in_force(&nodes[1], "web/+").await;
+    let mut publisher = client(&nodes[0], V5, "pub").await;
+    publisher
+        .publish("web/a", b"hello", QoS::AtLeastOnce, false)
+        .await;
+    let event = sse.next_event().await;
+    assert_eq!(event.json()["topic"], "web/a", "{event:?}");
+    let message = ws.recv().await;
+    assert_eq!(message["topic"], "web/a", "{message}");
+    assert_eq!(message["payload"], "hello");
+}
+
+/// NATS stops: each node goes on serving its own clients; NATS comes back: cross-node
+/// traffic resumes by itself (the clients resubscribe).
+#[tokio::test]
+async fn nats_restart_local_traffic_goes_on_and_cross_node_resumes() {
+    let Some(mut nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = nats.nodes(2).await;
+    let mut local = client(&nodes[0], V5, "local").await;
+    local.subscribe("n/#", QoS::AtLeastOnce).await;
+    let mut remote = client(&nodes[1], V5, "remote").await;
+    remote.subscribe("n/#", QoS::AtLeastOnce).await;
+    let mut publisher = client(&nodes[0], V5, "pub").await;
+    nats.stop();
+    publisher
+        .publish("n/1", b"while down", QoS::AtLeastOnce, false)
+        .await;
+    let got = local.expect_publish().await;
+    assert_eq!(got.payload(), b"while down");
+    local.ack(&got).await;
+    nats.restart();
+    // Publish until the other node gets one (the clients reconnect with backoff).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut resumed = false;
+    while tokio::time::Instant::now() < deadline && !resumed {
+        publisher
+            .publish("n/2", b"after", QoS::AtMostOnce, false)
+            .await;
+        if let Some(tern_codec::Packet::Publish(p)) =
+            remote.recv_within(Duration::from_millis(200)).await
+        {
+            resumed = p.payload() == b"after";
+        }
+    }
+    assert!(
+        resumed,
+        "cross-node traffic did not resume after NATS restarted"
+    );
 }

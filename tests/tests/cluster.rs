@@ -349,3 +349,58 @@ async fn nats_restart_local_traffic_goes_on_and_cross_node_resumes() {
         "cross-node traffic did not resume after NATS restarted"
     );
 }
+
+/// A shared group with members on three nodes gets each message exactly once (NATS queue
+/// groups pick the node, the node picks the member), a plain subscriber gets them all.
+#[tokio::test]
+async fn shared_group_over_three_nodes_gets_each_message_once() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = nats.nodes(3).await;
+    let mut members = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut member = client(node, V5, &format!("member{i}")).await;
+        member.subscribe("$share/g/s/#", QoS::AtLeastOnce).await;
+        members.push(member);
+    }
+    let mut plain = client(&nodes[1], V5, "plain").await;
+    plain.subscribe("s/#", QoS::AtMostOnce).await;
+    let mut publisher = client(&nodes[0], V5, "pub").await;
+    const N: usize = 300;
+    for i in 0..N {
+        let topic = format!("s/{i}");
+        publisher
+            .publish(&topic, b"x", QoS::AtLeastOnce, false)
+            .await;
+    }
+    for _ in 0..N {
+        plain.expect_publish().await;
+    }
+    let mut seen = std::collections::HashMap::new();
+    let mut per_member = Vec::new();
+    for member in &mut members {
+        let mut got = 0;
+        while let Some(tern_codec::Packet::Publish(p)) =
+            member.recv_within(Duration::from_millis(300)).await
+        {
+            member.ack(&p).await;
+            *seen.entry(p.topic().to_string()).or_insert(0) += 1;
+            got += 1;
+        }
+        per_member.push(got);
+    }
+    assert_eq!(
+        seen.len(),
+        N,
+        "every message reached the group ({per_member:?})"
+    );
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "exactly once ({per_member:?})"
+    );
+    assert!(
+        per_member.iter().all(|&n| n > 0),
+        "spread over the nodes: {per_member:?}"
+    );
+}

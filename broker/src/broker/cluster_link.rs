@@ -60,6 +60,7 @@ impl Broker {
         if self.inner.cluster.set(link.clone()).is_err() {
             return;
         }
+        self.inner.router.serve_groups_by_cluster();
         for session in self.sessions() {
             for (filter, _) in session.subscriptions().iter() {
                 link.interest_added(filter);
@@ -93,6 +94,24 @@ impl Broker {
             .route(message, scratch, self.deliver_ctx(now));
         // Nobody to hold back: the sender is another node. Slow subscribers are handled by
         // their own caps.
+        drop(scratch.take_pressure());
+        delivered
+    }
+
+    /// Delivers a message the cluster picked this node for to one member of the shared
+    /// group subscribed as `key` (`$share/{group}/{filter}`); returns 0 when it has no
+    /// member here any more.
+    pub fn route_to_group(
+        &self,
+        key: &str,
+        message: &Arc<Message>,
+        scratch: &mut RouteScratch,
+        now: Instant,
+    ) -> usize {
+        let delivered = self
+            .inner
+            .router
+            .route_group(key, message, scratch, self.deliver_ctx(now));
         drop(scratch.take_pressure());
         delivered
     }

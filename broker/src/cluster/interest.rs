@@ -8,9 +8,11 @@
 //! subscribed gets every message published anywhere after that. NATS keeps no state for a
 //! lost connection: the client resubscribes by itself when it reconnects.
 //!
-//! Shared subscriptions (`$share/g/f`) stay node-local in this version: no NATS interest
-//! is taken for them (a message published on one node reaches the group's members on that
-//! node only).
+//! A shared subscription `$share/g/f` is a NATS queue subscription of group `g` on `f`'s
+//! subjects, on a second connection ([`Shared::queue_client`]): NATS hands each message to
+//! one node of the group, the publishing node included (the first connection is no-echo),
+//! and that node picks the member ([`Broker::route_to_group`]). Local routing leaves shared
+//! groups to this path, so each message reaches a group once cluster-wide.
 //!
 //! This module owns the subscriptions and the inbound routing tasks.
 
@@ -41,6 +43,9 @@ pub(crate) struct Interests {
 #[derive(Debug)]
 struct Shared {
     client: async_nats::Client,
+    /// Carries the queue subscriptions: another connection than `client`, which publishes
+    /// with no echo, so that NATS may pick the publishing node itself for a group.
+    queue_client: async_nats::Client,
     broker: Broker,
     prefix: String,
     dedup: Dedup,
@@ -64,6 +69,7 @@ impl Interests {
     /// No interest yet.
     pub(crate) fn new(
         client: async_nats::Client,
+        queue_client: async_nats::Client,
         broker: Broker,
         prefix: String,
         metrics: Arc<ClusterMetrics>,
@@ -73,6 +79,7 @@ impl Interests {
             filters: Mutex::new(HashMap::new()),
             shared: Arc::new(Shared {
                 client,
+                queue_client,
                 broker,
                 prefix,
                 dedup: Dedup::default(),
@@ -84,17 +91,25 @@ impl Interests {
 
     /// One more local holder of `filter`.
     pub(crate) fn add(&self, filter: &str) {
-        if tern_codec::topic::split_shared(filter).is_some() {
-            return; // node-local (see the module doc)
-        }
         let mut filters = self.filters.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(interest) = filters.get_mut(filter) {
             interest.holders += 1;
             return;
         }
         let (ready_tx, ready) = watch::channel(false);
-        let subjects = subject::filter_subjects(&self.shared.prefix, filter);
-        let task = tokio::spawn(run(self.shared.clone(), subjects, ready_tx));
+        let prefix = &self.shared.prefix;
+        let (subjects, queue) = match tern_codec::topic::split_shared(filter) {
+            Some(Ok((group, inner))) => (
+                subject::filter_subjects(prefix, inner),
+                Some(Queue {
+                    name: subject::queue_name(group),
+                    key: Arc::from(filter),
+                }),
+            ),
+            Some(Err(_)) => return, // not a valid shared filter: never subscribed
+            None => (subject::filter_subjects(prefix, filter), None),
+        };
+        let task = tokio::spawn(run(self.shared.clone(), subjects, queue, ready_tx));
         filters.insert(
             Arc::from(filter),
             Interest {
@@ -146,13 +161,40 @@ impl Interests {
     }
 }
 
-/// Subscribes to `subjects` until NATS confirms them (retrying while it is away), marks
-/// them ready, then routes every message that arrives.
-async fn run(shared: Arc<Shared>, subjects: Vec<String>, ready: watch::Sender<bool>) {
+/// A shared subscription's queue group.
+#[derive(Debug)]
+struct Queue {
+    /// The NATS queue group name.
+    name: String,
+    /// `$share/{group}/{filter}`: the group in the trie.
+    key: Arc<str>,
+}
+
+/// Subscribes to `subjects` (in `queue`'s group for a shared subscription) until NATS
+/// confirms them (retrying while it is away), marks them ready, then routes every message
+/// that arrives.
+async fn run(
+    shared: Arc<Shared>,
+    subjects: Vec<String>,
+    queue: Option<Queue>,
+    ready: watch::Sender<bool>,
+) {
+    let client = match queue {
+        Some(_) => &shared.queue_client,
+        None => &shared.client,
+    };
     let mut streams = Vec::with_capacity(subjects.len());
     for subject in &subjects {
         loop {
-            match shared.client.subscribe(subject.clone()).await {
+            let subscribed = match &queue {
+                Some(q) => {
+                    client
+                        .queue_subscribe(subject.clone(), q.name.clone())
+                        .await
+                }
+                None => client.subscribe(subject.clone()).await,
+            };
+            match subscribed {
                 Ok(subscriber) => {
                     streams.push(subscriber);
                     break;
@@ -166,7 +208,7 @@ async fn run(shared: Arc<Shared>, subjects: Vec<String>, ready: watch::Sender<bo
     }
     // The subscriptions are queued on the connection; once the server answers a request
     // sent after them, it has processed them (it reads one connection in order).
-    while let Err(e) = super::round_trip(&shared.client).await {
+    while let Err(e) = super::round_trip(client).await {
         tracing::debug!(error = %e, "cluster: interest not confirmed; retrying");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -174,11 +216,32 @@ async fn run(shared: Arc<Shared>, subjects: Vec<String>, ready: watch::Sender<bo
     let mut incoming = futures_util::stream::select_all(streams);
     let mut scratch = RouteScratch::default();
     while let Some(message) = incoming.next().await {
-        shared.handle(message.payload, &mut scratch);
+        match &queue {
+            Some(q) => shared.handle_group(&q.key, message.payload, &mut scratch),
+            None => shared.handle(message.payload, &mut scratch),
+        }
     }
 }
 
 impl Shared {
+    /// Routes one envelope NATS picked this node for to a member of shared group `key`.
+    /// No copy is dropped here: a queue subscription gets each message once.
+    fn handle_group(&self, key: &str, payload: bytes::Bytes, scratch: &mut RouteScratch) {
+        let now = Instant::now();
+        match envelope::decode(payload, now) {
+            Ok(message) => {
+                ClusterMetrics::inc(&self.metrics.messages_in);
+                if self.broker.route_to_group(key, &message, scratch, now) == 0 {
+                    ClusterMetrics::inc(&self.metrics.group_misses);
+                }
+            }
+            Err(e) => {
+                ClusterMetrics::inc(&self.metrics.envelope_errors);
+                tracing::debug!(error = %e, "cluster: bad envelope ignored");
+            }
+        }
+    }
+
     /// Routes one received envelope locally, unless a copy of it was routed already.
     fn handle(&self, payload: bytes::Bytes, scratch: &mut RouteScratch) {
         let header = match envelope::header(&payload) {

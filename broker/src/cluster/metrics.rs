@@ -16,6 +16,8 @@ pub struct ClusterMetrics {
     pub forward_dropped: AtomicU64,
     /// Messages NATS refused (too large for its max_payload, connection closed).
     pub publish_errors: AtomicU64,
+    /// Messages NATS gave this node for a shared group that had no member here any more.
+    pub group_misses: AtomicU64,
     /// Received envelopes that did not decode.
     pub envelope_errors: AtomicU64,
     /// Retained messages written to the cluster's bucket.

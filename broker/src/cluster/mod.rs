@@ -10,9 +10,11 @@
 //! - retained messages live in a JetStream key-value bucket mirrored into every node's
 //!   retained store ([`retained`]).
 //!
-//! Not here (yet): cluster-wide session ownership and takeover, node failure leases, shared
-//! subscriptions across nodes (they are node-local), QoS 1/2 acknowledgements that wait for
-//! NATS. This module owns the connection to NATS and the parts' lifetimes.
+//! - shared subscriptions are NATS queue groups: one node per message, then one member
+//!   ([`interest`]).
+//!
+//! Not here (yet): cluster-wide session ownership and takeover, node failure leases, QoS
+//! 1/2 acknowledgements that wait for NATS. This module owns the connection to NATS and the parts' lifetimes.
 
 mod dedup;
 mod envelope;
@@ -107,6 +109,7 @@ impl ClusterLink for Cluster {
             "duplicates_dropped": get(&m.duplicates_dropped),
             "forward_dropped": get(&m.forward_dropped),
             "publish_errors": get(&m.publish_errors),
+            "group_misses": get(&m.group_misses),
             "retained_writes": get(&m.retained_writes),
             "retained_applied": get(&m.retained_applied),
             "interest_filters": get(&m.interest_filters),
@@ -125,7 +128,9 @@ impl ClusterLink for Cluster {
 /// or JetStream is off on the server ([`ClusterError`]).
 pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluster>, ClusterError> {
     let metrics = Arc::new(ClusterMetrics::default());
-    let client = connect(config, metrics.clone()).await?;
+    let client = connect(config, metrics.clone(), "").await?;
+    // The queue subscriptions of shared groups, apart from the no-echo publisher.
+    let queue_client = connect(config, metrics.clone(), "-groups").await?;
     metrics.connected.store(true, Ordering::Relaxed);
     let jetstream = async_nats::jetstream::new(client.clone());
     let bucket = RetainedBucket::open(&jetstream, &config.subject_prefix).await?;
@@ -143,6 +148,7 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
         ),
         interests: Interests::new(
             client.clone(),
+            queue_client,
             broker.clone(),
             config.subject_prefix.clone(),
             metrics.clone(),
@@ -162,6 +168,7 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
 async fn connect(
     config: &ClusterConfig,
     metrics: Arc<ClusterMetrics>,
+    name_suffix: &str,
 ) -> Result<async_nats::Client, ClusterError> {
     let mut options = async_nats::ConnectOptions::new();
     if let Some(path) = &config.credentials_file {
@@ -184,7 +191,7 @@ async fn connect(
     }
     let timeout = Duration::from_millis(config.connect_timeout_ms);
     let options = options
-        .name(format!("tern-{}", config.node_name))
+        .name(format!("tern-{}{name_suffix}", config.node_name))
         // A node never needs its own messages back: it delivered them locally.
         .no_echo()
         .require_tls(config.tls_required)

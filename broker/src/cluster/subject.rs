@@ -81,6 +81,14 @@ pub(crate) fn filter_subjects(prefix: &str, filter: &str) -> Vec<String> {
     }
 }
 
+/// The NATS queue group of MQTT shared subscription group `group`: escaped like a level,
+/// so that any group name is one valid token.
+pub(crate) fn queue_name(group: &str) -> String {
+    let mut name = String::with_capacity(group.len() + 2);
+    push_token(&mut name, group);
+    name
+}
+
 fn push_token(out: &mut String, level: &str) {
     if level.is_empty() {
         out.push_str("~e");
@@ -244,6 +252,17 @@ mod tests {
                 );
                 assert!(nats <= 1, "{filter:?} matches {topic:?} twice");
             }
+        }
+    }
+
+    #[test]
+    fn queue_names_are_single_tokens() {
+        for group in ["g", "a.b", "x y", "~", "*", ">"] {
+            let name = queue_name(group);
+            assert!(
+                valid_token(&name) && name != "*" && name != ">",
+                "{group:?}"
+            );
         }
     }
 }

@@ -101,6 +101,10 @@ impl RouteScratch {
 #[derive(Debug, Default)]
 pub struct Router {
     trie: RwLock<Trie<SubKey, SubValue>>,
+    /// Set in a cluster: shared groups are served by [`Router::route_group`] only (the
+    /// cluster's queue groups pick the node), never by [`Router::route`]. Read only when a
+    /// shared group matches.
+    groups_by_cluster: std::sync::atomic::AtomicBool,
 }
 
 impl Router {
@@ -234,6 +238,12 @@ impl Router {
                         }
                     }
                     SubValue::Group(group) => {
+                        if self
+                            .groups_by_cluster
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                        {
+                            return; // the cluster picked a node for it: route_group
+                        }
                         if let Some(entry) = group.pick() {
                             let group = Some(group.clone());
                             push_target(&mut scratch.targets, &entry, group, publish, ctx);
@@ -252,6 +262,40 @@ impl Router {
         }
         let delivered = deliver_targets(message, scratch, ctx);
         delivered + deliver_to_bridges(message, &mut scratch.bridges, ctx.metrics)
+    }
+
+    /// From now on shared groups get messages only through [`Router::route_group`] (a
+    /// cluster, whose queue groups deliver each message to one node).
+    pub fn serve_groups_by_cluster(&self) {
+        self.groups_by_cluster
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Delivers `message` to one member of the shared group subscribed as `key`
+    /// (`$share/{group}/{filter}`); returns 1 if a member took it, 0 when the group has no
+    /// member here (any more).
+    pub fn route_group(
+        &self,
+        key: &str,
+        message: &Arc<Message>,
+        scratch: &mut RouteScratch,
+        ctx: DeliverCtx<'_>,
+    ) -> usize {
+        let Some(group) = self.shared_group(key) else {
+            return 0;
+        };
+        let Some(entry) = group.pick() else {
+            return 0;
+        };
+        scratch.targets.clear();
+        push_target(
+            &mut scratch.targets,
+            &entry,
+            Some(group),
+            message.publish(),
+            ctx,
+        );
+        deliver_targets(message, scratch, ctx)
     }
 
     /// Adds the trie entry of bridge `sink` for `filter` (valid, not shared); returns

@@ -404,3 +404,41 @@ async fn shared_group_over_three_nodes_gets_each_message_once() {
         "spread over the nodes: {per_member:?}"
     );
 }
+
+/// `/api/stats` shows this node's part and the members it sees; `/metrics` the counters.
+#[tokio::test]
+async fn stats_and_metrics_show_the_cluster() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = nats.nodes(3).await;
+    let mut sub = client(&nodes[1], V5, "sub").await;
+    sub.subscribe("m/#", QoS::AtMostOnce).await;
+    let mut publisher = client(&nodes[0], V5, "pub").await;
+    publisher.publish("m/1", b"x", QoS::AtMostOnce, false).await;
+    sub.expect_publish().await;
+    let http = nodes[1].running.http_addr.expect("http");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, body) = bridge_support::get(http, "/api/stats", &[]).await;
+        assert_eq!(status, 200);
+        let stats: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let cluster = &stats["cluster"];
+        assert_eq!(cluster["node_name"], "n2", "{stats}");
+        assert_eq!(cluster["messages_in"], 1, "{stats}");
+        let alive = cluster["nodes"]
+            .as_array()
+            .map_or(0, |n| n.iter().filter(|n| n["alive"] == true).count());
+        if alive == 3 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "members: {stats}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, _, metrics) = bridge_support::get(http, "/metrics", &[]).await;
+    assert!(
+        metrics.contains("tern_cluster_messages_in_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tern_cluster_connected 1"), "{metrics}");
+}

@@ -48,7 +48,11 @@ pub trait ClusterLink: Send + Sync + fmt::Debug {
     /// This node's name in the cluster.
     fn node_name(&self) -> &str;
 
-    /// This node's cluster counters, for `/api/stats` and the dashboard.
+    /// This node's cluster counters as `(name, help, value)`, for `/metrics`.
+    fn counters(&self) -> Vec<(&'static str, &'static str, u64)>;
+
+    /// This node's cluster counters and the members it sees, for `/api/stats` and the
+    /// dashboard.
     fn stats(&self) -> serde_json::Value;
 }
 

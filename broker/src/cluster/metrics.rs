@@ -41,6 +41,79 @@ impl ClusterMetrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Every counter as `(name, help, value)` for `/metrics` (prefixed `tern_cluster_`;
+    /// `interest_filters`, `nats_rtt_us` and `connected` are gauges).
+    pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let get = ClusterMetrics::get;
+        vec![
+            (
+                "messages_out",
+                "Messages sent to NATS for other nodes.",
+                get(&self.messages_out),
+            ),
+            (
+                "messages_in",
+                "Messages from other nodes routed here.",
+                get(&self.messages_in),
+            ),
+            (
+                "duplicates_dropped",
+                "Second copies of a message dropped (several matching filters).",
+                get(&self.duplicates_dropped),
+            ),
+            (
+                "forward_dropped",
+                "Messages not sent: the queue to NATS was full.",
+                get(&self.forward_dropped),
+            ),
+            (
+                "publish_errors",
+                "Messages NATS refused (too large, connection closed).",
+                get(&self.publish_errors),
+            ),
+            (
+                "group_misses",
+                "Messages for a shared group with no member here any more.",
+                get(&self.group_misses),
+            ),
+            (
+                "envelope_errors",
+                "Received envelopes that did not decode.",
+                get(&self.envelope_errors),
+            ),
+            (
+                "retained_writes",
+                "Retained changes written to the cluster's bucket.",
+                get(&self.retained_writes),
+            ),
+            (
+                "retained_applied",
+                "Retained changes applied from the cluster's bucket.",
+                get(&self.retained_applied),
+            ),
+            (
+                "interest_filters",
+                "Distinct filters this node holds NATS interest in.",
+                get(&self.interest_filters),
+            ),
+            (
+                "nats_rtt_us",
+                "Last measured NATS round trip, microseconds.",
+                get(&self.nats_rtt_us),
+            ),
+            (
+                "disconnects",
+                "Times a connection to NATS was lost.",
+                get(&self.disconnects),
+            ),
+            (
+                "connected",
+                "1 while connected to NATS.",
+                u64::from(self.connected.load(Ordering::Relaxed)),
+            ),
+        ]
+    }
+
     /// Reads `counter`.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)

@@ -8,7 +8,8 @@
 //!   subscribes once per distinct filter, before the SUBACK ([`interest`]), and routes what
 //!   arrives through its own trie, once per client ([`dedup`]);
 //! - retained messages live in a JetStream key-value bucket mirrored into every node's
-//!   retained store ([`retained`]).
+//!   retained store ([`retained`]);
+//! - every node writes a heartbeat that the others watch: the member list ([`nodes`]).
 //!
 //! - shared subscriptions are NATS queue groups: one node per message, then one member
 //!   ([`interest`]).
@@ -22,6 +23,7 @@ mod error;
 mod forward;
 mod interest;
 pub mod metrics;
+mod nodes;
 mod retained;
 mod subject;
 
@@ -54,6 +56,8 @@ pub struct Cluster {
     forwarder: Forwarder,
     interests: Interests,
     metrics: Arc<ClusterMetrics>,
+    /// The members seen through their heartbeats.
+    nodes: Arc<nodes::Nodes>,
 }
 
 impl Cluster {
@@ -98,6 +102,10 @@ impl ClusterLink for Cluster {
         &self.node_name
     }
 
+    fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        self.metrics.snapshot()
+    }
+
     fn stats(&self) -> serde_json::Value {
         let m = &self.metrics;
         let get = ClusterMetrics::get;
@@ -115,6 +123,7 @@ impl ClusterLink for Cluster {
             "interest_filters": get(&m.interest_filters),
             "nats_rtt_us": get(&m.nats_rtt_us),
             "disconnects": get(&m.disconnects),
+            "nodes": self.nodes.list(),
         })
     }
 }
@@ -155,8 +164,18 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
             Duration::from_millis(config.interest_timeout_ms),
         ),
         metrics: metrics.clone(),
+        nodes: Arc::default(),
     });
     broker.attach_cluster(cluster.clone());
+    nodes::start(
+        &jetstream,
+        &config.subject_prefix,
+        &config.node_name,
+        broker.clone(),
+        metrics.clone(),
+        cluster.nodes.clone(),
+    )
+    .await?;
     bucket.watch_into(broker.clone(), metrics.clone()).await?;
     tokio::spawn(measure_rtt(client, metrics));
     tracing::info!(node = config.node_name, urls = ?config.nats_urls, "joined the cluster");

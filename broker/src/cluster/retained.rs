@@ -32,6 +32,38 @@ pub(crate) struct RetainedBucket {
     store: kv::Store,
 }
 
+/// Opens key-value bucket `bucket` (history 1; entries expire after `max_age` if given),
+/// creating it if missing.
+///
+/// # Errors
+/// [`ClusterError::Bucket`] when JetStream cannot create it (not enabled on the server).
+pub(crate) async fn open_bucket(
+    jetstream: &async_nats::jetstream::Context,
+    bucket: &str,
+    max_age: Option<Duration>,
+) -> Result<kv::Store, ClusterError> {
+    if let Ok(store) = jetstream.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    let config = kv::Config {
+        bucket: bucket.to_string(),
+        history: 1,
+        max_age: max_age.unwrap_or_default(),
+        ..Default::default()
+    };
+    match jetstream.create_key_value(config).await {
+        Ok(store) => Ok(store),
+        // Another node created it meanwhile.
+        Err(source) => match jetstream.get_key_value(bucket).await {
+            Ok(store) => Ok(store),
+            Err(_) => Err(ClusterError::Bucket {
+                bucket: bucket.to_string(),
+                source,
+            }),
+        },
+    }
+}
+
 /// The key of `topic`: base64url, which only holds characters a key may have.
 fn key_of(topic: &str) -> String {
     KEY_ENCODING.encode(topic.as_bytes())
@@ -50,23 +82,8 @@ impl RetainedBucket {
         jetstream: &async_nats::jetstream::Context,
         prefix: &str,
     ) -> Result<RetainedBucket, ClusterError> {
-        let bucket = format!("{prefix}_retained");
-        if let Ok(store) = jetstream.get_key_value(&bucket).await {
-            return Ok(RetainedBucket { store });
-        }
-        let config = kv::Config {
-            bucket: bucket.clone(),
-            history: 1,
-            ..Default::default()
-        };
-        match jetstream.create_key_value(config).await {
-            Ok(store) => Ok(RetainedBucket { store }),
-            // Another node created it meanwhile.
-            Err(source) => match jetstream.get_key_value(&bucket).await {
-                Ok(store) => Ok(RetainedBucket { store }),
-                Err(_) => Err(ClusterError::Bucket { bucket, source }),
-            },
-        }
+        let store = open_bucket(jetstream, &format!("{prefix}_retained"), None).await?;
+        Ok(RetainedBucket { store })
     }
 
     /// Stores `value` as `topic`'s retained message (`None`: deletes it); returns whether

@@ -30,7 +30,8 @@ pub fn stats(bridges: &super::Bridges) -> Response<Body> {
             "{{\"uptime_secs\":{},\"clients_connected\":{},\"bridge_clients\":{},",
             "\"bridge_rings\":{},\"sessions\":{},\"subscriptions\":{},",
             "\"retained_messages\":{},\"messages_received\":{},\"messages_sent\":{},",
-            "\"bridge_messages\":{},\"bytes_received\":{},\"bytes_sent\":{}}}"
+            "\"bridge_messages\":{},\"bytes_received\":{},\"bytes_sent\":{},",
+            "\"cluster\":{}}}"
         ),
         broker.started_at().elapsed().as_secs(),
         Metrics::get(&m.clients_connected),
@@ -44,6 +45,10 @@ pub fn stats(bridges: &super::Bridges) -> Response<Body> {
         Metrics::get(&m.bridge_messages),
         Metrics::get(&m.bytes_received),
         Metrics::get(&m.bytes_sent),
+        // The node's part in a cluster and the members it sees; null on a single node.
+        broker
+            .cluster()
+            .map_or(serde_json::Value::Null, |c| c.stats()),
     );
     let mut response = full(StatusCode::OK, "application/json", body);
     response.headers_mut().insert(

@@ -442,3 +442,79 @@ async fn stats_and_metrics_show_the_cluster() {
     );
     assert!(metrics.contains("tern_cluster_connected 1"), "{metrics}");
 }
+
+/// A CONNECT on B for a client connected to A takes the client id over: A's connection gets
+/// DISCONNECT 0x8E, B's session starts afresh (state handover is not done yet).
+#[tokio::test]
+async fn connect_on_another_node_takes_the_client_over() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = nats.nodes(2).await;
+    let mut first = client(&nodes[0], V5, "dev").await;
+    first.subscribe("t/#", QoS::AtLeastOnce).await;
+    let mut second = client(&nodes[1], V5, "dev").await;
+    let disconnect = first.expect_disconnect().await.expect("DISCONNECT");
+    assert_eq!(
+        disconnect.reason_code,
+        tern_codec::ReasonCode::SESSION_TAKEN_OVER
+    );
+    assert!(
+        !nodes[0].broker().has_session("dev"),
+        "the session ended on A"
+    );
+    second.ping().await;
+    // And back: the newest CONNECT always wins.
+    let mut third = client(&nodes[0], V5, "dev").await;
+    let disconnect = second.expect_disconnect().await.expect("DISCONNECT");
+    assert_eq!(
+        disconnect.reason_code,
+        tern_codec::ReasonCode::SESSION_TAKEN_OVER
+    );
+    third.ping().await;
+}
+
+/// 100 CONNECTs with one client id spread over three nodes at once: afterwards the id has one
+/// owner, and one connection of it is left.
+#[tokio::test]
+async fn concurrent_connects_across_nodes_leave_one_owner() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = nats.nodes(3).await;
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let addr = addrs[i % 3];
+        tasks.spawn(async move {
+            let mut c = Client::tcp(addr, V5).await;
+            let connack = c.connect(tern_codec::Connect::new(V5, "same")).await;
+            assert_eq!(connack.code.0, 0);
+            c
+        });
+    }
+    let mut clients = Vec::new();
+    while let Some(c) = tasks.join_next().await {
+        clients.push(c.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut open = 0;
+    for c in &mut clients {
+        // A taken-over connection got DISCONNECT and was closed; the live one answers.
+        if let Some(tern_codec::Packet::PingResp) = {
+            c.send(&tern_codec::Packet::PingReq).await;
+            c.recv_within(Duration::from_millis(200)).await
+        } {
+            open += 1;
+        }
+    }
+    let holders = nodes
+        .iter()
+        .filter(|n| n.broker().has_session("same"))
+        .count();
+    assert_eq!(
+        (open, holders),
+        (1, 1),
+        "live connections, nodes holding the session"
+    );
+}

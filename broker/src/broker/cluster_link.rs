@@ -24,6 +24,9 @@ use super::Broker;
 /// Completes once the cluster has taken a filter's interest (or gave up waiting).
 pub type InterestReady = Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>>;
 
+/// Completes once the cluster made this node the owner of a client id (or gave up).
+pub type ClaimWait = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
 /// What a cluster engine does for the broker. Called on publishers' and subscribers' tasks:
 /// every method must return quickly and never block.
 pub trait ClusterLink: Send + Sync + fmt::Debug {
@@ -44,6 +47,10 @@ pub trait ClusterLink: Send + Sync + fmt::Debug {
     /// Waits until the cluster routes messages matching `filter` to this node; `None` when it
     /// does already.
     fn interest_ready(&self, filter: &str) -> Option<InterestReady>;
+
+    /// Makes this node the owner of `client_id` before its session is opened here (another
+    /// node holding it closes that connection with 0x8E); `None` when nothing is to wait for.
+    fn claim(&self, client_id: &str) -> Option<ClaimWait>;
 
     /// This node's name in the cluster.
     fn node_name(&self) -> &str;
@@ -70,6 +77,11 @@ impl Broker {
                 link.interest_added(filter);
             }
         }
+    }
+
+    /// Waits until this node owns `client_id` cluster-wide (`None`: no cluster).
+    pub fn claim_client(&self, client_id: &str) -> Option<ClaimWait> {
+        self.inner.cluster.get()?.claim(client_id)
     }
 
     /// The cluster this node belongs to, if any.

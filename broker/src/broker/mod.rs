@@ -37,7 +37,7 @@ use crate::router::{BridgeSink, RouteScratch, Router};
 use crate::session::delivery::DeliverCtx;
 use crate::session::Session;
 
-pub use self::cluster_link::{ClusterLink, InterestReady};
+pub use self::cluster_link::{ClaimWait, ClusterLink, InterestReady};
 pub use self::subscriptions::Subscribed;
 
 /// A handle to the broker; cheap to clone.

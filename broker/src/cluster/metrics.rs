@@ -27,6 +27,10 @@ pub struct ClusterMetrics {
     /// Distinct filters this node holds interest in (NATS subscriptions are one per
     /// filter, two for `…/#`).
     pub interest_filters: AtomicU64,
+    /// Client ids this node took ownership of (new ones and ones taken from other nodes).
+    pub ownership_changes: AtomicU64,
+    /// This node's clients taken over by a CONNECT on another node (closed with 0x8E).
+    pub takeovers: AtomicU64,
     /// The last measured NATS round-trip time, microseconds.
     pub nats_rtt_us: AtomicU64,
     /// Times the connection to NATS was lost.

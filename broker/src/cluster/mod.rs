@@ -9,13 +9,17 @@
 //!   arrives through its own trie, once per client ([`dedup`]);
 //! - retained messages live in a JetStream key-value bucket mirrored into every node's
 //!   retained store ([`retained`]);
-//! - every node writes a heartbeat that the others watch: the member list ([`nodes`]).
+//! - every node writes a heartbeat that the others watch: the member list ([`nodes`]);
+//! - a JetStream key-value bucket says which node owns each client id; a CONNECT takes it
+//!   by compare-and-swap and the previous owner closes its connection with 0x8E
+//!   ([`owners`]).
 //!
 //! - shared subscriptions are NATS queue groups: one node per message, then one member
 //!   ([`interest`]).
 //!
-//! Not here (yet): cluster-wide session ownership and takeover, node failure leases, QoS
-//! 1/2 acknowledgements that wait for NATS. This module owns the connection to NATS and the parts' lifetimes.
+//! Not here (yet): handing a taken-over session's state to the new node, acting on node
+//! failure (claiming a dead node's sessions, its wills, disconnecting clients when cut off
+//! from NATS), QoS 1/2 acknowledgements that wait for NATS. This module owns the connection to NATS and the parts' lifetimes.
 
 mod dedup;
 mod envelope;
@@ -24,6 +28,7 @@ mod forward;
 mod interest;
 pub mod metrics;
 mod nodes;
+mod owners;
 mod retained;
 mod subject;
 
@@ -33,7 +38,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::broker::{Broker, ClusterLink, InterestReady};
+use crate::broker::{Broker, ClaimWait, ClusterLink, InterestReady};
 use crate::config::ClusterConfig;
 use crate::message::Message;
 
@@ -58,6 +63,8 @@ pub struct Cluster {
     metrics: Arc<ClusterMetrics>,
     /// The members seen through their heartbeats.
     nodes: Arc<nodes::Nodes>,
+    /// Who owns which client id.
+    owners: Arc<owners::Owners>,
 }
 
 impl Cluster {
@@ -102,6 +109,12 @@ impl ClusterLink for Cluster {
         &self.node_name
     }
 
+    fn claim(&self, client_id: &str) -> Option<ClaimWait> {
+        let owners = self.owners.clone();
+        let client_id = client_id.to_string();
+        Some(Box::pin(async move { owners.claim(&client_id).await }))
+    }
+
     fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
         self.metrics.snapshot()
     }
@@ -144,6 +157,15 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
     let jetstream = async_nats::jetstream::new(client.clone());
     let bucket = RetainedBucket::open(&jetstream, &config.subject_prefix).await?;
     let origin = random_origin();
+    let owners = owners::Owners::start(
+        &jetstream,
+        client.clone(),
+        &config.subject_prefix,
+        &config.node_name,
+        broker.clone(),
+        metrics.clone(),
+    )
+    .await?;
     let cluster = Arc::new(Cluster {
         node_name: config.node_name.clone(),
         origin,
@@ -165,6 +187,7 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
         ),
         metrics: metrics.clone(),
         nodes: Arc::default(),
+        owners: Arc::new(owners),
     });
     broker.attach_cluster(cluster.clone());
     nodes::start(

@@ -103,6 +103,13 @@ pub(crate) async fn connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         expires_at = granted.expires_at;
         None
     };
+    // In a cluster, the client id is made this node's first (another node holding it
+    // closes that connection with 0x8E). An empty id gets a fresh one: nobody holds it.
+    if !connect.client_id.is_empty() {
+        if let Some(claim) = broker.claim_client(&connect.client_id) {
+            claim.await;
+        }
+    }
     let connection = establish(broker, *connect, out, info, authenticated)?;
     if let Some(expires_at) = expires_at {
         super::auth_hooks::close_at_expiry(out, expires_at);

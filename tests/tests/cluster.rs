@@ -518,3 +518,44 @@ async fn concurrent_connects_across_nodes_leave_one_owner() {
         "live connections, nodes holding the session"
     );
 }
+
+/// A node cut off from NATS longer than `partition_lease_ms` moves its clients off
+/// (DISCONNECT 0x9C, new CONNECTs refused) and takes them again once NATS is back.
+#[tokio::test]
+async fn a_node_cut_off_from_nats_moves_its_clients_off() {
+    let Some(mut nats) = NatsServer::start() else {
+        return;
+    };
+    let node = TestBroker::start_with(|c| {
+        nats.join(c, "solo");
+        c.cluster.partition_lease_ms = 500;
+    })
+    .await;
+    let mut c = client(&node, V5, "c").await;
+    nats.stop();
+    let disconnect = tokio::time::timeout(Duration::from_secs(5), c.expect_disconnect())
+        .await
+        .expect("disconnected within the lease")
+        .expect("DISCONNECT");
+    assert_eq!(
+        disconnect.reason_code,
+        tern_codec::ReasonCode::USE_ANOTHER_SERVER
+    );
+    let mut refused = Client::tcp(node.addr, V5).await;
+    let connack = refused.connect(tern_codec::Connect::new(V5, "r")).await;
+    assert_eq!(connack.code, tern_codec::ReasonCode::USE_ANOTHER_SERVER);
+    nats.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut again = Client::tcp(node.addr, V5).await;
+        let connack = again.connect(tern_codec::Connect::new(V5, "again")).await;
+        if connack.code.0 == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still refused after NATS came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -274,6 +274,14 @@ impl Broker {
         kicked
     }
 
+    /// Ends a [`Broker::drain`] that `[mqtt] redirect` does not ask for (a cluster node back
+    /// in touch with NATS): new connections are taken again.
+    pub fn end_drain(&self) {
+        if self.features().redirect == Redirect::None {
+            self.inner.draining.store(false, Ordering::Release);
+        }
+    }
+
     /// The ACL of an MQTT client under `state` (`None`: no ACL file), with the response
     /// topics of `[mqtt] response_information` granted: the client may read its own
     /// prefix and every client may write to any client's prefix, so that request/response

@@ -31,6 +31,8 @@ pub struct ClusterMetrics {
     pub ownership_changes: AtomicU64,
     /// This node's clients taken over by a CONNECT on another node (closed with 0x8E).
     pub takeovers: AtomicU64,
+    /// Clients disconnected because the node was cut off from NATS longer than the lease.
+    pub partition_disconnects: AtomicU64,
     /// The last measured NATS round-trip time, microseconds.
     pub nats_rtt_us: AtomicU64,
     /// Times the connection to NATS was lost.
@@ -116,6 +118,11 @@ impl ClusterMetrics {
                 u64::from(self.connected.load(Ordering::Relaxed)),
             ),
         ]
+    }
+
+    /// Adds `n` to `counter`.
+    pub(crate) fn inc_by(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Reads `counter`.

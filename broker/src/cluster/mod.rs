@@ -12,14 +12,16 @@
 //! - every node writes a heartbeat that the others watch: the member list ([`nodes`]);
 //! - a JetStream key-value bucket says which node owns each client id; a CONNECT takes it
 //!   by compare-and-swap and the previous owner closes its connection with 0x8E
-//!   ([`owners`]).
+//!   ([`owners`]);
+//! - a node cut off from NATS longer than `partition_lease_ms` moves its clients off
+//!   rather than split the brain ([`partition`]).
 //!
 //! - shared subscriptions are NATS queue groups: one node per message, then one member
 //!   ([`interest`]).
 //!
 //! Not here (yet): handing a taken-over session's state to the new node, acting on node
-//! failure (claiming a dead node's sessions, its wills, disconnecting clients when cut off
-//! from NATS), QoS 1/2 acknowledgements that wait for NATS. This module owns the connection to NATS and the parts' lifetimes.
+//! failure (claiming a dead node's sessions and publishing its wills), QoS 1/2
+//! acknowledgements that wait for NATS. This module owns the connection to NATS and the parts' lifetimes.
 
 mod dedup;
 mod envelope;
@@ -29,6 +31,7 @@ mod interest;
 pub mod metrics;
 mod nodes;
 mod owners;
+mod partition;
 mod retained;
 mod subject;
 
@@ -136,6 +139,9 @@ impl ClusterLink for Cluster {
             "interest_filters": get(&m.interest_filters),
             "nats_rtt_us": get(&m.nats_rtt_us),
             "disconnects": get(&m.disconnects),
+            "partition_disconnects": get(&m.partition_disconnects),
+            "ownership_changes": get(&m.ownership_changes),
+            "takeovers": get(&m.takeovers),
             "nodes": self.nodes.list(),
         })
     }
@@ -200,7 +206,11 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
     )
     .await?;
     bucket.watch_into(broker.clone(), metrics.clone()).await?;
-    tokio::spawn(measure_rtt(client, metrics));
+    tokio::spawn(measure_rtt(client, metrics.clone()));
+    if config.partition_lease_ms > 0 {
+        let lease = Duration::from_millis(config.partition_lease_ms);
+        tokio::spawn(partition::watch(broker.clone(), metrics, lease));
+    }
     tracing::info!(node = config.node_name, urls = ?config.nats_urls, "joined the cluster");
     Ok(cluster)
 }

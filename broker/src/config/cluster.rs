@@ -42,6 +42,10 @@ pub struct ClusterConfig {
     /// after it the SUBACK goes anyway (the subscription works on this node at once and
     /// across nodes once NATS has it).
     pub interest_timeout_ms: u64,
+    /// A node cut off from NATS for longer than this moves its clients off (DISCONNECT
+    /// 0x9C, new CONNECTs refused) until NATS is back, rather than split the brain; 0 keeps
+    /// them.
+    pub partition_lease_ms: u64,
     /// Messages waiting to be sent to NATS; past it cross-node copies are dropped and
     /// counted (`tern_cluster_forward_dropped_total`), local delivery goes on.
     pub forward_queue_messages: usize,
@@ -64,6 +68,7 @@ impl Default for ClusterConfig {
             tls_required: false,
             connect_timeout_ms: 5000,
             interest_timeout_ms: 5000,
+            partition_lease_ms: 10000,
             forward_queue_messages: 65536,
         }
     }

@@ -559,3 +559,40 @@ async fn a_node_cut_off_from_nats_moves_its_clients_off() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// SIGKILL one node (a `tern` process): the others carry on routing between themselves, and
+/// a client of the killed node connects to another one.
+#[tokio::test]
+async fn sigkill_of_one_node_leaves_the_others_working() {
+    use tern_tests::crash_checker::broker_process::{BrokerConfig, BrokerProcess, Stop};
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tern-cluster-kill-{}-{run}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = BrokerConfig::new(&dir.join("data"), "sync");
+    config.extra_toml = format!(
+        "\n[cluster]\nenabled = true\nnode_name = \"victim\"\nnats_urls = [\"{}\"]\n",
+        nats.url()
+    );
+    let mut victim = BrokerProcess::start(&config);
+    let nodes = nats.nodes(2).await;
+    let (mut on_victim, _) = victim.persistent("dev").await;
+    on_victim.subscribe("k/#", QoS::AtLeastOnce).await;
+    let mut sub = client(&nodes[1], V5, "sub").await;
+    sub.subscribe("k/#", QoS::AtLeastOnce).await;
+    victim.stop(Stop::Kill);
+    let mut publisher = client(&nodes[0], V5, "pub").await;
+    publisher
+        .publish("k/1", b"after the kill", QoS::AtLeastOnce, false)
+        .await;
+    let got = sub.expect_publish().await;
+    assert_eq!(got.payload(), b"after the kill");
+    sub.ack(&got).await;
+    // The killed node's client moves to a surviving node (a fresh session there).
+    let mut moved = client(&nodes[1], V5, "dev").await;
+    moved.ping().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

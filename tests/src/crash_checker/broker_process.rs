@@ -94,6 +94,8 @@ pub struct BrokerConfig {
     pub checkpoint_interval_secs: u64,
     /// `[persistence] segment_bytes` (at least 1 MiB).
     pub segment_bytes: u64,
+    /// More sections, appended as they are (e.g. `[cluster]`).
+    pub extra_toml: String,
 }
 
 impl BrokerConfig {
@@ -106,6 +108,7 @@ impl BrokerConfig {
             durability: durability.to_owned(),
             checkpoint_interval_secs: 2,
             segment_bytes: 1 << 20,
+            extra_toml: String::new(),
         }
     }
 
@@ -145,7 +148,7 @@ format = "text"
             self.durability,
             self.checkpoint_interval_secs,
             self.segment_bytes,
-        )
+        ) + &self.extra_toml
     }
 }
 

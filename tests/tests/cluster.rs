@@ -596,3 +596,54 @@ async fn sigkill_of_one_node_leaves_the_others_working() {
     moved.ping().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A publisher faster than the way to NATS is held back (no cross-node copy dropped): 3000
+/// pipelined QoS 1 messages through a queue of 64 all reach the other node.
+#[tokio::test]
+async fn a_fast_publisher_is_held_back_not_dropped() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let a = TestBroker::start_with(|c| {
+        nats.join(c, "a");
+        c.cluster.forward_queue_messages = 64;
+    })
+    .await;
+    let b = TestBroker::start_with(|c| nats.join(c, "b")).await;
+    let mut sub = client(&b, V5, "sub").await;
+    sub.subscribe("bp/#", QoS::AtLeastOnce).await;
+    let mut publisher = client(&a, V5, "pub").await;
+    const N: usize = 3000;
+    let mut wire = Vec::new();
+    for i in 0..N {
+        let id = publisher.next_packet_id();
+        let publish = tern_codec::Publish::new("bp/x", format!("{i}").into_bytes())
+            .with_qos(tern_codec::PublishQoS::AtLeastOnce(id));
+        tern_codec::Packet::Publish(publish).encode(V5, &mut wire);
+    }
+    publisher.send_bytes(&wire).await;
+    let mut acked = 0;
+    let mut got = 0;
+    while got < N {
+        let p = sub.expect_publish().await;
+        assert_eq!(
+            p.payload(),
+            format!("{got}").as_bytes(),
+            "in order, none missing"
+        );
+        sub.ack(&p).await;
+        got += 1;
+        while acked < N {
+            match publisher.recv_within(Duration::from_millis(0)).await {
+                Some(tern_codec::Packet::PubAck(_)) => acked += 1,
+                _ => break,
+            }
+        }
+    }
+    let stats = a.broker().cluster().expect("cluster").stats();
+    assert_eq!(stats["forward_dropped"], 0, "{stats}");
+    assert!(
+        stats["publisher_waits"].as_u64() > Some(0),
+        "never held back: {stats}"
+    );
+}

@@ -21,7 +21,9 @@ use crate::router::RouteScratch;
 
 use super::Broker;
 
-/// Completes once the cluster has taken a filter's interest (or gave up waiting).
+/// A wait on the cluster: until it has taken a filter's interest (or gave up waiting), or
+/// until its queue to NATS has drained below the high-water mark. `Sync`: a connection
+/// holds it across its own awaits.
 pub type InterestReady = Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>>;
 
 /// Completes once the cluster made this node the owner of a client id (or gave up).
@@ -51,6 +53,11 @@ pub trait ClusterLink: Send + Sync + fmt::Debug {
     /// Makes this node the owner of `client_id` before its session is opened here (another
     /// node holding it closes that connection with 0x8E); `None` when nothing is to wait for.
     fn claim(&self, client_id: &str) -> Option<ClaimWait>;
+
+    /// When messages wait for NATS past the high-water mark: completes once they have
+    /// drained below it. A publisher waits on it before reading more (back-pressure
+    /// instead of dropping cross-node copies).
+    fn congested(&self) -> Option<InterestReady>;
 
     /// This node's name in the cluster.
     fn node_name(&self) -> &str;
@@ -82,6 +89,12 @@ impl Broker {
     /// Waits until this node owns `client_id` cluster-wide (`None`: no cluster).
     pub fn claim_client(&self, client_id: &str) -> Option<ClaimWait> {
         self.inner.cluster.get()?.claim(client_id)
+    }
+
+    /// Waits while the queue to the other nodes is over its high-water mark (`None`: no
+    /// cluster, or it is not).
+    pub fn cluster_congested(&self) -> Option<InterestReady> {
+        self.inner.cluster.get()?.congested()
     }
 
     /// The cluster this node belongs to, if any.

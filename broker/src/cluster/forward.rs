@@ -3,8 +3,9 @@
 //! the queue into the NATS client, which batches the writes. RETAIN changes go to a second
 //! queue and task that writes the cluster's retained bucket ([`super::retained`]) in order.
 //!
-//! Where the queue is created: past `forward_queue_messages` waiting, cross-node copies
-//! are dropped and counted (`forward_dropped`) rather than holding back local delivery.
+//! Where the queue is created: once half of `forward_queue_messages` wait, publishers are
+//! held back before they read more ([`Forwarder::congested`]); past the whole queue (many
+//! publishers at once) cross-node copies are dropped and counted (`forward_dropped`).
 //! This module owns the queues and the sending tasks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +36,12 @@ pub(crate) struct Forwarder {
     prefix: String,
     sequence: AtomicU64,
     metrics: Arc<ClusterMetrics>,
+    /// The live queue's size: publishers are held back while less than half of it is free.
+    queue: usize,
 }
+
+/// How often a held-back publisher looks at the queue again.
+const CONGESTION_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl std::fmt::Debug for Outgoing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -66,7 +72,23 @@ impl Forwarder {
             prefix,
             sequence: AtomicU64::new(0),
             metrics,
+            queue,
         }
+    }
+
+    /// While less than half of the live queue is free: a wait until three quarters are.
+    pub(crate) fn congested(&self) -> Option<crate::broker::InterestReady> {
+        if self.live.capacity() >= self.queue / 2 {
+            return None;
+        }
+        ClusterMetrics::inc(&self.metrics.publisher_waits);
+        let live = self.live.clone();
+        let resume_at = self.queue * 3 / 4;
+        Some(Box::pin(async move {
+            while live.capacity() < resume_at && !live.is_closed() {
+                tokio::time::sleep(CONGESTION_POLL).await;
+            }
+        }))
     }
 
     /// Queues `message` for the other nodes (and its RETAIN change for the bucket).

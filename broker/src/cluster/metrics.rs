@@ -14,6 +14,8 @@ pub struct ClusterMetrics {
     pub duplicates_dropped: AtomicU64,
     /// Messages not sent because the queue to NATS was full.
     pub forward_dropped: AtomicU64,
+    /// Times a publisher was held back because the queue to NATS was over half full.
+    pub publisher_waits: AtomicU64,
     /// Messages NATS refused (too large for its max_payload, connection closed).
     pub publish_errors: AtomicU64,
     /// Messages NATS gave this node for a shared group that had no member here any more.

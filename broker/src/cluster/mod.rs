@@ -118,6 +118,10 @@ impl ClusterLink for Cluster {
         Some(Box::pin(async move { owners.claim(&client_id).await }))
     }
 
+    fn congested(&self) -> Option<InterestReady> {
+        self.forwarder.congested()
+    }
+
     fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
         self.metrics.snapshot()
     }
@@ -132,6 +136,7 @@ impl ClusterLink for Cluster {
             "messages_in": get(&m.messages_in),
             "duplicates_dropped": get(&m.duplicates_dropped),
             "forward_dropped": get(&m.forward_dropped),
+            "publisher_waits": get(&m.publisher_waits),
             "publish_errors": get(&m.publish_errors),
             "group_misses": get(&m.group_misses),
             "retained_writes": get(&m.retained_writes),

@@ -107,6 +107,10 @@ impl Connection {
                     if self.machine.is_throttled()
                         || self.has_pressure()
                         || self.pending_suback.is_some()
+                        || self
+                            .routing
+                            .as_ref()
+                            .is_some_and(|r| r.cluster_wait.is_some())
                     {
                         break; // the rest waits in the buffer until we may go on
                     }
@@ -125,6 +129,15 @@ impl Connection {
     /// `None`: no pause; `Some(None)`: paused and may go on; `Some(Some(close))`: closed
     /// meanwhile.
     async fn pause_if_asked(&mut self) -> Option<Option<Close>> {
+        if let Some(wait) = self.routing.as_mut().and_then(|r| r.cluster_wait.take()) {
+            // The queue to the other nodes of a cluster is over its high-water mark.
+            self.out
+                .control()
+                .set_keep_alive_deadline_ms(crate::keep_alive::NO_DEADLINE_MS);
+            wait.await;
+            self.alive();
+            return Some(None);
+        }
         if self.has_pressure() {
             // The client is not late while we do not read it.
             self.out
@@ -289,6 +302,11 @@ impl Connection {
             .published(ack, delivered, self.broker.journal())
         {
             self.send(&transmit);
+        }
+        if let Some(wait) = self.broker.cluster_congested() {
+            if let Some(routing) = self.routing.as_mut() {
+                routing.cluster_wait = Some(wait);
+            }
         }
     }
 

@@ -303,12 +303,25 @@ impl std::fmt::Debug for PendingSubAck {
 }
 
 /// The routing state of a client that publishes.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Routing {
     /// Routing scratch space, reused from one PUBLISH to the next.
     scratch: RouteScratch,
     /// PUBLISH packets routed, for sampling the routing latency.
     published: u64,
+    /// In a cluster: the queue to the other nodes is over its high-water mark; reading waits
+    /// for it.
+    cluster_wait: Option<crate::broker::InterestReady>,
+}
+
+impl std::fmt::Debug for Routing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routing")
+            .field("scratch", &self.scratch)
+            .field("published", &self.published)
+            .field("cluster_wait", &self.cluster_wait.is_some())
+            .finish()
+    }
 }
 
 impl Connection {

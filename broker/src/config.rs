@@ -495,12 +495,7 @@ impl Config {
                 allowed,
             },
         )?;
-        cluster::check(&self.cluster).map_err(|(key, value, allowed)| ConfigError::OutOfRange {
-            source_name: source_name.to_string(),
-            key,
-            value,
-            allowed,
-        })?;
+        cluster::validate(&self.cluster, source_name)?;
         self.validate_mqtt(source_name)
     }
 

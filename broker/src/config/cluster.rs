@@ -46,8 +46,9 @@ pub struct ClusterConfig {
     /// 0x9C, new CONNECTs refused) until NATS is back, rather than split the brain; 0 keeps
     /// them.
     pub partition_lease_ms: u64,
-    /// Messages waiting to be sent to NATS; past it cross-node copies are dropped and
-    /// counted (`tern_cluster_forward_dropped_total`), local delivery goes on.
+    /// Messages waiting to be sent to NATS. Once half are taken, publishers wait before
+    /// reading more; past all of it (many publishers at once) cross-node copies are dropped
+    /// and counted (`tern_cluster_forward_dropped_total`), local delivery goes on.
     pub forward_queue_messages: usize,
 }
 
@@ -79,6 +80,19 @@ fn is_name(s: &str) -> bool {
         && s.len() <= 64
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Checks `[cluster]` as read from `source_name`.
+///
+/// # Errors
+/// [`super::ConfigError::OutOfRange`] naming the first bad key.
+pub(crate) fn validate(c: &ClusterConfig, source_name: &str) -> Result<(), super::ConfigError> {
+    check(c).map_err(|(key, value, allowed)| super::ConfigError::OutOfRange {
+        source_name: source_name.to_string(),
+        key,
+        value,
+        allowed,
+    })
 }
 
 /// Checks `[cluster]`: `Err((key, value, allowed))` for the first bad key.

@@ -14,7 +14,7 @@ BENCH=${BENCH_BIN:-target/release/tern-bench}
 WORK=$(mktemp -d /tmp/tern-cluster-bench.XXXXXX)
 ulimit -n 65536 2>/dev/null || true
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; [[ -n "${KEEP:-}" ]] || rm -rf "$WORK"; }
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -123,6 +123,12 @@ async fn retained_messages_are_cluster_wide() {
         assert!(got.retain);
         sub.disconnect().await;
     }
+    // A node that joins later has read the bucket before it takes clients: the first
+    // SUBSCRIBE gets the message.
+    let late = TestBroker::start_with(|c| nats.join(c, "late")).await;
+    let mut first = client(&late, V5, "first").await;
+    first.subscribe("r/#", QoS::AtLeastOnce).await;
+    assert_eq!(first.expect_publish().await.payload(), b"kept");
     publisher.publish("r/1", b"", QoS::AtLeastOnce, true).await;
     let mut gone = false;
     for _ in 0..50 {

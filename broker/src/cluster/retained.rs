@@ -115,36 +115,71 @@ impl RetainedBucket {
         broker: Broker,
         metrics: Arc<ClusterMetrics>,
     ) -> Result<(), ClusterError> {
-        let watch =
-            self.store
-                .watch_with_history(">")
-                .await
-                .map_err(|source| ClusterError::Watch {
-                    bucket: self.store.name.clone(),
-                    source,
-                })?;
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            let mut watch = watch;
-            loop {
-                while let Some(entry) = watch.next().await {
-                    match entry {
-                        Ok(entry) => apply(&broker, entry, &metrics),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cluster: retained watch failed");
-                            break;
-                        }
+        let watch_error = |source| ClusterError::Watch {
+            bucket: self.store.name.clone(),
+            source,
+        };
+        let mut watch = self
+            .store
+            .watch_with_history(">")
+            .await
+            .map_err(watch_error)?;
+        // The current values first, before the listeners open: a SUBSCRIBE right after the
+        // node starts finds the retained messages set elsewhere. (Bounded: a bucket that
+        // changes all the time is caught up with by the task below.)
+        let stored = match self.store.stream.get_info().await {
+            Ok(info) => info.state.messages,
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster: retained bucket size unknown");
+                0
+            }
+        };
+        if stored > 0 {
+            let catch_up = async {
+                while let Some(Ok(entry)) = watch.next().await {
+                    let last = entry.delta == 0;
+                    apply(&broker, entry, &metrics);
+                    if last {
+                        break;
                     }
                 }
-                // Ended (NATS went away for long): start again from the current values.
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                match store.watch_with_history(">").await {
-                    Ok(again) => watch = again,
-                    Err(e) => tracing::debug!(error = %e, "cluster: cannot rewatch retained"),
+            };
+            if tokio::time::timeout(INITIAL_LOAD, catch_up).await.is_err() {
+                tracing::warn!("cluster: retained bucket not read whole at start; going on");
+            }
+        }
+        tokio::spawn(follow(self.store.clone(), watch, broker, metrics));
+        Ok(())
+    }
+}
+
+/// Longest a node waits at start to have read the retained bucket.
+const INITIAL_LOAD: Duration = Duration::from_secs(10);
+
+/// Applies the bucket's changes as they happen; rewatches (from the current values) after
+/// an error.
+async fn follow(
+    store: kv::Store,
+    mut watch: kv::Watch,
+    broker: Broker,
+    metrics: Arc<ClusterMetrics>,
+) {
+    loop {
+        while let Some(entry) = watch.next().await {
+            match entry {
+                Ok(entry) => apply(&broker, entry, &metrics),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster: retained watch failed");
+                    break;
                 }
             }
-        });
-        Ok(())
+        }
+        // Ended (NATS went away for long): start again from the current values.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match store.watch_with_history(">").await {
+            Ok(again) => watch = again,
+            Err(e) => tracing::debug!(error = %e, "cluster: cannot rewatch retained"),
+        }
     }
 }
 

@@ -55,11 +55,12 @@ node_name = "$1"
 nats_urls = ["nats://127.0.0.1:$NATS_PORT"]
 EOF
     "$TERN" --config "$WORK/$1.toml" >"$WORK/$1.log" 2>&1 &
-    PIDS+=("$!")
     echo "$!"
 }
 PORT_A=$(free_port); PORT_B=$(free_port); PORT_S=$(free_port)
+# (node runs in a subshell: its PIDs are recorded here, for cleanup.)
 PID_A=$(node a "$PORT_A" true); PID_B=$(node b "$PORT_B" true); PID_S=$(node single "$PORT_S" false)
+PIDS+=("$PID_A" "$PID_B" "$PID_S")
 sleep 2
 
 run() { # setup args...

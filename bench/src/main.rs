@@ -205,6 +205,10 @@ struct TargetArgs {
     /// Broker TCP port on 127.0.0.1 (only loopback is supported).
     #[arg(long, default_value_t = 1883)]
     port: u16,
+    /// Port of the broker the subscribers connect to (default: `--port`): another node of
+    /// a Tern cluster, to measure cross-node routing against one node.
+    #[arg(long)]
+    sub_port: Option<u16>,
     /// MQTT protocol version: 3.1.1 or 5.
     #[arg(long, default_value = "3.1.1", value_parser = mqtt::parse_protocol)]
     protocol: ProtocolVersion,
@@ -437,6 +441,7 @@ async fn run(cmd: Cmd, t: &TargetArgs) -> Result<Value> {
     mqtt::set_session_expiry_secs(t.session_expiry_secs);
     let target = Target {
         addr: SocketAddr::from((Ipv4Addr::LOCALHOST, t.port)),
+        sub_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, t.sub_port.unwrap_or(t.port))),
         version: t.protocol,
         broker_pid: t.broker_pid,
         connect_concurrency: t.connect_concurrency,
@@ -563,6 +568,9 @@ async fn run(cmd: Cmd, t: &TargetArgs) -> Result<Value> {
     report["label"] = json!(t.label);
     report["protocol"] = json!(if t.protocol.is_v5() { "5" } else { "3.1.1" });
     report["port"] = json!(t.port);
+    if let Some(sub_port) = t.sub_port {
+        report["sub_port"] = json!(sub_port);
+    }
     report["unix_time"] = json!(unix);
     Ok(report)
 }

@@ -34,6 +34,9 @@ use crate::stats::{self, round3, Batch, Collector, SeqWindow};
 pub(crate) struct Target {
     /// Broker address (always loopback).
     pub(crate) addr: SocketAddr,
+    /// Where subscribing connections go: `addr`, or another node of a cluster
+    /// (`--sub-port`, to measure cross-node routing).
+    pub(crate) sub_addr: SocketAddr,
     /// Protocol version of every connection.
     pub(crate) version: ProtocolVersion,
     /// Broker process to watch (CPU, RSS), if known.
@@ -138,10 +141,14 @@ pub(crate) async fn open_many(
     let end = first_index + count;
     while conns.len() < count {
         while next < end && tasks.len() < target.connect_concurrency.max(1) {
-            let addr = target.addr;
+            let filter = filter(next);
+            let addr = if filter.is_some() {
+                target.sub_addr
+            } else {
+                target.addr
+            };
             let version = target.version;
             let id = format!("{}-{role}{next}", target.run_id);
-            let filter = filter(next);
             tasks.spawn(async move {
                 let mut conn = Conn::connect(addr, version, &id).await?;
                 if let Some(f) = filter {

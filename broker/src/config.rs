@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod cluster;
 mod limits;
 pub mod mqtt_bridges;
 pub mod sources;
 
+pub use self::cluster::ClusterConfig;
 pub use self::mqtt_bridges::{MqttBridgeConfig, TopicRule};
 pub use self::sources::{
     AdminConfig, AuthSource, CalloutFailure, ClaimAclMode, HttpAuthConfig, JwtAlgorithm, JwtConfig,
@@ -50,6 +52,9 @@ pub struct Config {
     /// Bridges to other MQTT brokers ([`crate::config::mqtt_bridges`]).
     #[serde(default)]
     pub mqtt_bridges: Vec<MqttBridgeConfig>,
+    /// Clustering over NATS (off by default).
+    #[serde(default)]
+    pub cluster: ClusterConfig,
 }
 
 /// One MQTT listener.
@@ -454,6 +459,7 @@ impl Config {
                 allowed,
             },
         )?;
+        cluster::validate(&self.cluster, source_name)?;
         self.validate_mqtt(source_name)
     }
 

@@ -46,6 +46,8 @@
 //!   JSON, MQTT over WebSocket, dashboard).
 //! - [`mqtt_bridge`]: bridges to other MQTT brokers (`[[mqtt_bridges]]`).
 //! - [`sys`]: the `$SYS/broker/...` statistics.
+//! - [`cluster`]: several nodes as one broker over NATS (`[cluster]`), plugged into the
+//!   broker through [`broker::ClusterLink`].
 //! - [`reload`]: putting a changed configuration in force (SIGHUP).
 //!
 //! Server:
@@ -61,6 +63,7 @@ pub mod auth;
 pub mod backpressure;
 pub mod broker;
 pub mod checkpointer;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod convert;

@@ -31,7 +31,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let broker = bridges.broker().clone();
-    // The MQTT bridges first: their local sessions are subscribed before a client can
+    let cluster = &broker.cluster_config().clone();
+    if cluster.enabled {
+        // Joined before the listeners open: the first SUBSCRIBE already takes interest.
+        if let Err(e) = crate::cluster::start(&broker, cluster).await {
+            tracing::error!(error = %e, "cannot join the cluster; stopping");
+            broker.shutdown();
+            checkpointer::finish(&broker).await;
+            return;
+        }
+    }
+    // Then the MQTT bridges: their local sessions are subscribed before a client can
     // publish (the listeners are bound, but nothing is accepted until their loops run).
     let mqtt_bridges = crate::mqtt_bridge::MqttBridges::start(broker.clone()).await;
     bridges.set_mqtt_bridges(mqtt_bridges.clone());

@@ -31,7 +31,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("connection", &["connection"]),
     (
         "transport and HTTP",
-        &["listener", "http", "sys", "reload", "mqtt_bridge"],
+        &[
+            "listener",
+            "http",
+            "sys",
+            "reload",
+            "mqtt_bridge",
+            "cluster",
+        ],
     ),
     ("server", &["server", "checkpointer", "ctl", "ctl_render"]),
     ("tools", &["convert"]),

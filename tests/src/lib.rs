@@ -2,6 +2,7 @@
 //! over an in-memory duplex stream, for tests on tokio's paused clock), and a raw-packet
 //! MQTT client built on `tern-codec` that sends and expects exact packets.
 
+pub mod cluster_support;
 pub mod crash_checker;
 
 use std::net::SocketAddr;

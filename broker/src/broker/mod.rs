@@ -7,6 +7,7 @@
 //! outside reaches into its fields: connections, the HTTP bridges and `$SYS` call its
 //! methods (open/resume/end a session, subscribe, publish, reload).
 
+pub mod cluster_link;
 mod journaling;
 pub mod persist;
 mod sessions;
@@ -36,6 +37,7 @@ use crate::router::{BridgeSink, RouteScratch, Router};
 use crate::session::delivery::DeliverCtx;
 use crate::session::Session;
 
+pub use self::cluster_link::{ClaimWait, ClusterLink, InterestReady};
 pub use self::subscriptions::Subscribed;
 
 /// A handle to the broker; cheap to clone.
@@ -100,6 +102,9 @@ struct Inner {
     /// State and counters of the MQTT bridges (written by [`crate::config::mqtt_bridges`]'
     /// tasks, read by the exports).
     bridge_links: crate::metrics::bridge_links::BridgeLinks,
+    /// The cluster, when `[cluster]` is on: set once, before listeners open. Empty, every
+    /// cluster hook costs one load.
+    cluster: std::sync::OnceLock<Arc<dyn ClusterLink>>,
 }
 
 impl Broker {
@@ -164,6 +169,7 @@ impl Broker {
                 shutdown_tx,
                 journal: std::sync::OnceLock::new(),
                 bridge_links,
+                cluster: std::sync::OnceLock::new(),
                 config,
             }),
         }
@@ -282,6 +288,14 @@ impl Broker {
         kicked
     }
 
+    /// Ends a [`Broker::drain`] that `[mqtt] redirect` does not ask for (a cluster node back
+    /// in touch with NATS): new connections are taken again.
+    pub fn end_drain(&self) {
+        if self.features().redirect == Redirect::None {
+            self.inner.draining.store(false, Ordering::Release);
+        }
+    }
+
     /// The ACL of an MQTT client under `state` (`None`: no ACL file), with the response
     /// topics of `[mqtt] response_information` granted: the client may read its own
     /// prefix and every client may write to any client's prefix, so that request/response
@@ -321,6 +335,11 @@ impl Broker {
     /// The `[admin]` section as at startup (the token file is re-read on reload).
     pub fn admin_config(&self) -> &crate::config::AdminConfig {
         &self.inner.config.admin
+    }
+
+    /// The `[cluster]` section (fixed at startup).
+    pub fn cluster_config(&self) -> &crate::config::ClusterConfig {
+        &self.inner.config.cluster
     }
 
     /// The `[sys]` section (fixed at startup).
@@ -481,7 +500,11 @@ impl Broker {
                 _ => {}
             }
         }
-        inner.router.route(message, scratch, self.deliver_ctx(now))
+        let delivered = inner.router.route(message, scratch, self.deliver_ctx(now));
+        if let Some(cluster) = inner.cluster.get() {
+            cluster.forward(message, now);
+        }
+        delivered
     }
 
     /// Calls `f` with each retained message matching `filter` and not expired at `now`.
@@ -494,6 +517,9 @@ impl Broker {
     pub fn delete_retained(&self, topic: &str, now: Instant) -> bool {
         let empty = Message::broker_made(topic, bytes::Bytes::new(), true, now);
         let removed = self.inner.retained.update(&empty, self.journal(), now) < 0;
+        if let Some(cluster) = self.inner.cluster.get() {
+            cluster.retain_only(&empty, now);
+        }
         if removed {
             Metrics::sub(&self.inner.metrics.retained_messages, 1);
         }
@@ -509,12 +535,20 @@ impl Broker {
 
     /// Adds bridge `sink`'s trie entry for `filter` (valid, not shared).
     pub fn subscribe_sink(&self, filter: &str, sink: Arc<dyn BridgeSink>) {
-        self.inner.router.subscribe_bridge(filter, sink);
+        if self.inner.router.subscribe_bridge(filter, sink) {
+            if let Some(cluster) = self.inner.cluster.get() {
+                cluster.interest_added(filter);
+            }
+        }
     }
 
     /// Removes bridge sink `sink_id`'s trie entry for `filter`.
     pub fn unsubscribe_sink(&self, filter: &str, sink_id: u64) {
-        self.inner.router.unsubscribe_bridge(filter, sink_id);
+        if self.inner.router.unsubscribe_bridge(filter, sink_id) {
+            if let Some(cluster) = self.inner.cluster.get() {
+                cluster.interest_removed(filter);
+            }
+        }
     }
 
     /// Number of trie entries (session subscriptions, shared groups, bridge sinks).

@@ -172,12 +172,18 @@ impl Broker {
         );
         if added {
             Metrics::add(&self.inner.metrics.subscriptions, 1);
+            if let Some(cluster) = self.inner.cluster.get() {
+                cluster.interest_added(filter);
+            }
         }
     }
 
     fn take_from_trie(&self, session: &Arc<Session>, filter: &str) {
         if self.inner.router.unsubscribe(filter, session.id) {
             Metrics::sub(&self.inner.metrics.subscriptions, 1);
+            if let Some(cluster) = self.inner.cluster.get() {
+                cluster.interest_removed(filter);
+            }
         }
     }
 }

@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use tern_codec::{Packet, PacketId, ReasonCode, Unsubscribe};
+use tern_codec::{Packet, PacketId, ReasonCode, SubscriptionOptions, Unsubscribe};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::io::PacketReader;
 use super::output::Output;
-use super::Connection;
-use crate::broker::{Broker, Subscribed};
+use super::{Connection, PendingSubAck};
+use crate::broker::{Broker, InterestReady, Subscribed};
 use crate::error::Close;
 use crate::journal::batch::{DEFERRED, PENDING};
 use crate::message::Message;
@@ -68,6 +68,11 @@ impl Connection {
             }
             if let Err(close) = self.handle_buffered(reader) {
                 return close;
+            }
+            if self.pending_suback.is_some() {
+                // Boxed: its state costs memory only while a SUBACK waits for the cluster.
+                Box::pin(self.finish_pending_suback()).await;
+                continue; // packets may be waiting in the buffer
             }
             if let Some(close) = self.pause_if_asked().await {
                 if let Some(close) = close {
@@ -121,7 +126,7 @@ impl Connection {
                     // of many publishers woken together, the last to run would otherwise
                     // find the subscriber full again and starve (fan-in latency).
                     let paused = handled >= PACKETS_PER_RESUME && self.has_pressure();
-                    if self.machine.is_throttled() || paused {
+                    if self.machine.is_throttled() || paused || self.waits_for_cluster() {
                         break Ok(()); // the rest waits in the buffer until we may go on
                     }
                 }
@@ -138,10 +143,29 @@ impl Connection {
         result
     }
 
+    /// Whether the cluster holds this client's input: a SUBACK waiting for the cluster to
+    /// confirm the interest, or a publisher waiting for room towards the cluster.
+    fn waits_for_cluster(&self) -> bool {
+        self.pending_suback.is_some()
+            || self
+                .routing
+                .as_ref()
+                .is_some_and(|r| r.cluster_wait.is_some())
+    }
+
     /// Stops reading while publishers' subscribers drain or the publish rate refills.
     /// `None`: no pause; `Some(None)`: paused and may go on; `Some(Some(close))`: closed
     /// meanwhile.
     async fn pause_if_asked(&mut self) -> Option<Option<Close>> {
+        if let Some(wait) = self.routing.as_mut().and_then(|r| r.cluster_wait.take()) {
+            // The queue to the other nodes of a cluster is over its high-water mark.
+            self.out
+                .control()
+                .set_keep_alive_deadline_ms(crate::keep_alive::NO_DEADLINE_MS);
+            wait.await;
+            self.alive();
+            return Some(None);
+        }
         if self.has_pressure() {
             // The client is not late while we do not read it.
             self.out
@@ -326,6 +350,11 @@ impl Connection {
         {
             self.send(&transmit);
         }
+        if let Some(wait) = self.broker.cluster_congested() {
+            if let Some(routing) = self.routing.as_mut() {
+                routing.cluster_wait = Some(wait);
+            }
+        }
     }
 
     /// Subscribes the allowed filters through the broker (the session's record and the trie
@@ -359,9 +388,53 @@ impl Connection {
             };
             outcomes.push((filter.record.options, outcome));
         }
-        let suback = self.machine.subscribed(request.packet_id, &outcomes);
+        // In a cluster, the SUBACK waits until the other nodes route the new filters here:
+        // a client told it is subscribed then misses nothing published anywhere after.
+        let waits: Vec<InterestReady> = request
+            .filters
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, (_, outcome))| matches!(outcome, FilterOutcome::Granted { .. }))
+            .filter_map(|(filter, _)| self.broker.interest_ready(&filter.filter))
+            .collect();
+        if waits.is_empty() {
+            self.answer_subscribe(&request, &outcomes, now);
+        } else {
+            self.pending_suback = Some(Box::new(PendingSubAck {
+                waits,
+                request,
+                outcomes,
+            }));
+        }
+    }
+
+    /// Waits for the cluster to take the interest of a SUBSCRIBE, then answers it.
+    async fn finish_pending_suback(&mut self) {
+        let Some(pending) = self.pending_suback.take() else {
+            return;
+        };
+        let PendingSubAck {
+            waits,
+            request,
+            outcomes,
+        } = *pending;
+        for wait in waits {
+            wait.await;
+        }
+        self.answer_subscribe(&request, &outcomes, Instant::now());
+    }
+
+    /// Answers SUBACK, then sends the retained messages the granted filters match.
+    fn answer_subscribe(
+        &mut self,
+        request: &SubscribeRequest,
+        outcomes: &[(SubscriptionOptions, FilterOutcome)],
+        now: Instant,
+    ) {
+        let session = self.machine.session().clone();
+        let suback = self.machine.subscribed(request.packet_id, outcomes);
         self.send(&suback);
-        for (filter, (options, outcome)) in request.filters.iter().zip(&outcomes) {
+        for (filter, (options, outcome)) in request.filters.iter().zip(outcomes) {
             let FilterOutcome::Granted { new } = *outcome else {
                 continue;
             };

@@ -103,10 +103,9 @@ pub(crate) async fn connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         expires_at = granted.expires_at;
         None
     };
+    claim_in_cluster(broker, &connect.client_id).await;
     let connection = establish(broker, *connect, out, info, authenticated)?;
-    if let Some(expires_at) = expires_at {
-        super::auth_hooks::close_at_expiry(out, expires_at);
-    }
+    expires_at.inspect(|&at| super::auth_hooks::close_at_expiry(out, at));
     Ok(connection)
 }
 
@@ -189,6 +188,17 @@ struct Negotiated {
     connack: ConnAck,
 }
 
+/// In a cluster, makes the client id this node's first (another node holding it closes
+/// that connection with 0x8E). An empty id gets a fresh one here: nobody holds it.
+async fn claim_in_cluster(broker: &Broker, client_id: &str) {
+    if client_id.is_empty() {
+        return;
+    }
+    if let Some(claim) = broker.claim_client(client_id) {
+        claim.await;
+    }
+}
+
 fn establish(
     broker: &Broker,
     connect: Connect,
@@ -263,6 +273,7 @@ fn establish(
         keep_alive_timeout: (keep_alive_secs > 0)
             .then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500)),
         routing: None,
+        pending_suback: None,
     })
 }
 

@@ -279,15 +279,51 @@ pub(crate) struct Connection {
     /// What only a publishing client needs, boxed at its first PUBLISH: most idle
     /// connections are subscribers that never publish.
     routing: Option<Box<Routing>>,
+    /// A SUBACK waiting for the cluster to take its filters' interest (clusters only).
+    pending_suback: Option<Box<PendingSubAck>>,
+}
+
+/// A SUBSCRIBE done locally whose SUBACK waits for the cluster.
+pub(crate) struct PendingSubAck {
+    /// One wait per granted filter the cluster did not route here yet.
+    waits: Vec<crate::broker::InterestReady>,
+    /// The request, for the SUBACK and the retained messages.
+    request: crate::session::machine::SubscribeRequest,
+    /// What became of each filter.
+    outcomes: Vec<(
+        tern_codec::SubscriptionOptions,
+        crate::session::machine::FilterOutcome,
+    )>,
+}
+
+impl std::fmt::Debug for PendingSubAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingSubAck")
+            .field("waits", &self.waits.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The routing state of a client that publishes.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Routing {
     /// Routing scratch space, reused from one PUBLISH to the next.
     scratch: RouteScratch,
     /// PUBLISH packets routed, for sampling the routing latency.
     published: u64,
+    /// In a cluster: the queue to the other nodes is over its high-water mark; reading waits
+    /// for it.
+    cluster_wait: Option<crate::broker::InterestReady>,
+}
+
+impl std::fmt::Debug for Routing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routing")
+            .field("scratch", &self.scratch)
+            .field("published", &self.published)
+            .field("cluster_wait", &self.cluster_wait.is_some())
+            .finish()
+    }
 }
 
 impl Connection {

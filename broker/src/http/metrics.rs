@@ -75,8 +75,33 @@ impl Collector for BrokerCollector {
             let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             ConstGauge::new(i64::try_from(bytes).unwrap_or(i64::MAX)).encode(metric)?;
         }
+        if let Some(cluster) = self.broker.cluster() {
+            encode_cluster(cluster.counters(), &mut encoder)?;
+        }
         Ok(())
     }
+}
+
+/// The cluster's counters as `tern_cluster_*`.
+fn encode_cluster(
+    counters: Vec<(&'static str, &'static str, u64)>,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    for (name, help, value) in counters {
+        let name = format!("cluster_{name}");
+        if matches!(
+            name.as_str(),
+            "cluster_interest_filters" | "cluster_nats_rtt_us" | "cluster_connected"
+        ) {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            let metric = encoder.encode_descriptor(&name, help, None, MetricType::Gauge)?;
+            gauge.encode(metric)?;
+        } else {
+            let metric = encoder.encode_descriptor(&name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric)?;
+        }
+    }
+    Ok(())
 }
 
 fn queue_depths(broker: &Broker) -> (i64, i64) {

@@ -107,6 +107,10 @@ impl RouteScratch {
 #[derive(Debug, Default)]
 pub struct Router {
     trie: RwLock<Trie<SubKey, SubValue>>,
+    /// Set in a cluster: shared groups are served by [`Router::route_group`] only (the
+    /// cluster's queue groups pick the node), never by [`Router::route`]. Read only when a
+    /// shared group matches.
+    groups_by_cluster: std::sync::atomic::AtomicBool,
 }
 
 impl Router {
@@ -240,6 +244,12 @@ impl Router {
                         }
                     }
                     SubValue::Group(group) => {
+                        if self
+                            .groups_by_cluster
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                        {
+                            return; // the cluster picked a node for it: route_group
+                        }
                         if let Some(entry) = group.pick() {
                             let group = Some(group.clone());
                             push_target(&mut scratch.targets, &entry, group, publish, ctx);
@@ -260,15 +270,54 @@ impl Router {
         delivered + deliver_to_bridges(message, &mut scratch.bridges, ctx.metrics)
     }
 
-    /// Adds the trie entry of bridge `sink` for `filter` (valid, not shared).
-    pub fn subscribe_bridge(&self, filter: &str, sink: Arc<dyn BridgeSink>) {
-        self.write()
-            .insert(filter, SubKey::Bridge(sink.id()), SubValue::Bridge(sink));
+    /// From now on shared groups get messages only through [`Router::route_group`] (a
+    /// cluster, whose queue groups deliver each message to one node).
+    pub fn serve_groups_by_cluster(&self) {
+        self.groups_by_cluster
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Removes the trie entry of bridge ring `ring_id` for `filter`.
-    pub fn unsubscribe_bridge(&self, filter: &str, ring_id: u64) {
-        self.write().remove(filter, &SubKey::Bridge(ring_id));
+    /// Delivers `message` to one member of the shared group subscribed as `key`
+    /// (`$share/{group}/{filter}`); returns 1 if a member took it, 0 when the group has no
+    /// member here (any more).
+    pub fn route_group(
+        &self,
+        key: &str,
+        message: &Arc<Message>,
+        scratch: &mut RouteScratch,
+        ctx: DeliverCtx<'_>,
+    ) -> usize {
+        let Some(group) = self.shared_group(key) else {
+            return 0;
+        };
+        let Some(entry) = group.pick() else {
+            return 0;
+        };
+        scratch.targets.clear();
+        push_target(
+            &mut scratch.targets,
+            &entry,
+            Some(group),
+            message.publish(),
+            ctx,
+        );
+        deliver_targets(message, scratch, ctx)
+    }
+
+    /// Adds the trie entry of bridge `sink` for `filter` (valid, not shared); returns
+    /// whether it is new.
+    pub fn subscribe_bridge(&self, filter: &str, sink: Arc<dyn BridgeSink>) -> bool {
+        self.write()
+            .insert(filter, SubKey::Bridge(sink.id()), SubValue::Bridge(sink))
+            .is_none()
+    }
+
+    /// Removes the trie entry of bridge ring `ring_id` for `filter`; returns whether it was
+    /// there.
+    pub fn unsubscribe_bridge(&self, filter: &str, ring_id: u64) -> bool {
+        self.write()
+            .remove(filter, &SubKey::Bridge(ring_id))
+            .is_some()
     }
 }
 

@@ -94,7 +94,8 @@ pub struct BrokerConfig {
     pub checkpoint_interval_secs: u64,
     /// `[persistence] segment_bytes` (at least 1 MiB).
     pub segment_bytes: u64,
-    /// More TOML appended to the file (e.g. `[[mqtt_bridges]]` tables); empty by default.
+    /// More TOML appended to the file (e.g. `[[mqtt_bridges]]` tables, `[cluster]`); empty
+    /// by default.
     pub extra_toml: String,
 }
 

@@ -31,7 +31,7 @@ pub fn stats(bridges: &super::Bridges) -> Response<Body> {
             "\"bridge_rings\":{},\"sessions\":{},\"subscriptions\":{},",
             "\"retained_messages\":{},\"messages_received\":{},\"messages_sent\":{},",
             "\"bridge_messages\":{},\"bytes_received\":{},\"bytes_sent\":{},",
-            "\"mqtt_bridges\":{}}}"
+            "\"mqtt_bridges\":{},\"cluster\":{}}}"
         ),
         broker.started_at().elapsed().as_secs(),
         Metrics::get(&m.clients_connected),
@@ -46,6 +46,10 @@ pub fn stats(bridges: &super::Bridges) -> Response<Body> {
         Metrics::get(&m.bytes_received),
         Metrics::get(&m.bytes_sent),
         mqtt_bridges_json(broker),
+        // The node's part in a cluster and the members it sees; null on a single node.
+        broker
+            .cluster()
+            .map_or(serde_json::Value::Null, |c| c.stats()),
     );
     let mut response = full(StatusCode::OK, "application/json", body);
     response.headers_mut().insert(

@@ -390,6 +390,38 @@ impl Publish {
         })))
     }
 
+    /// Decodes one whole PUBLISH frame held in `frame` (fixed header included), without
+    /// copying: the publish keeps `frame` as its body. For frames that travel between
+    /// brokers as they were encoded (the cluster's envelope), not for reading a stream.
+    ///
+    /// # Errors
+    /// [`DecodeError::InvalidPacketType`] when `frame` is no PUBLISH,
+    /// [`DecodeError::Truncated`] or [`DecodeError::TrailingBytes`] when its remaining
+    /// length does not match, or any error of the PUBLISH decoder.
+    pub fn decode_whole_frame(
+        frame: Bytes,
+        version: ProtocolVersion,
+    ) -> Result<Publish, DecodeError> {
+        let byte0 = *frame.first().ok_or(DecodeError::Truncated)?;
+        if byte0 >> 4 != kind::PUBLISH {
+            return Err(DecodeError::InvalidPacketType(byte0 >> 4));
+        }
+        let (remaining, varint_len) = match crate::varint::peek(&frame[1..])? {
+            crate::varint::Peek::Done(value, len) => (value as usize, len),
+            crate::varint::Peek::Incomplete => return Err(DecodeError::Truncated),
+        };
+        let header_len = 1 + varint_len;
+        match (header_len + remaining).cmp(&frame.len()) {
+            std::cmp::Ordering::Greater => return Err(DecodeError::Truncated),
+            std::cmp::Ordering::Less => return Err(DecodeError::TrailingBytes),
+            std::cmp::Ordering::Equal => {}
+        }
+        match Publish::decode_frame(byte0, frame, header_len, version)? {
+            Some(Packet::Publish(publish)) => Ok(publish),
+            _ => Err(DecodeError::InvalidPacketType(byte0 >> 4)),
+        }
+    }
+
     /// The checked decoder, kept out of line: reached only for frames the fast path does
     /// not accept, which are almost always malformed.
     #[cold]

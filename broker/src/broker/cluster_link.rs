@@ -1,0 +1,157 @@
+//! The broker's side of a cluster: the [`ClusterLink`] trait a cluster engine implements,
+//! and the broker operations such an engine calls back (routing and retaining messages that
+//! come from other nodes).
+//!
+//! The broker knows no more of clustering than this trait: which messages leave the node
+//! ([`ClusterLink::forward`]), which filters its subscribers hold (the interest hooks, kept
+//! in step with the trie by [`super::subscriptions`]) and when a new filter's interest is
+//! in force cluster-wide (so that SUBACK can wait for it). Without a link (`[cluster]` off)
+//! each hook is one load of an empty cell. The engine itself is [`crate::cluster`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::router::RouteScratch;
+
+use super::Broker;
+
+/// A wait on the cluster: until it has taken a filter's interest (or gave up waiting), or
+/// until its queue to NATS has drained below the high-water mark. `Sync`: a connection
+/// holds it across its own awaits.
+pub type InterestReady = Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>>;
+
+/// Completes once the cluster made this node the owner of a client id (or gave up).
+pub type ClaimWait = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// What a cluster engine does for the broker. Called on publishers' and subscribers' tasks:
+/// every method must return quickly and never block.
+pub trait ClusterLink: Send + Sync + fmt::Debug {
+    /// `message` was published on this node (and routed here already): send it to the nodes
+    /// with interest, and store or delete it in the cluster's retained set if RETAIN.
+    fn forward(&self, message: &Arc<Message>, now: Instant);
+
+    /// The retained message of `message`'s topic changed on this node without a live
+    /// delivery (an administrative delete: an empty payload).
+    fn retain_only(&self, message: &Arc<Message>, now: Instant);
+
+    /// A local subscriber now holds `filter` (one more holder; may be `$share/…`).
+    fn interest_added(&self, filter: &str);
+
+    /// A local subscriber let go of `filter` (one holder fewer).
+    fn interest_removed(&self, filter: &str);
+
+    /// Waits until the cluster routes messages matching `filter` to this node; `None` when it
+    /// does already.
+    fn interest_ready(&self, filter: &str) -> Option<InterestReady>;
+
+    /// Makes this node the owner of `client_id` before its session is opened here (another
+    /// node holding it closes that connection with 0x8E); `None` when nothing is to wait for.
+    fn claim(&self, client_id: &str) -> Option<ClaimWait>;
+
+    /// When messages wait for NATS past the high-water mark: completes once they have
+    /// drained below it. A publisher waits on it before reading more (back-pressure
+    /// instead of dropping cross-node copies).
+    fn congested(&self) -> Option<InterestReady>;
+
+    /// This node's name in the cluster.
+    fn node_name(&self) -> &str;
+
+    /// This node's cluster counters as `(name, help, value)`, for `/metrics`.
+    fn counters(&self) -> Vec<(&'static str, &'static str, u64)>;
+
+    /// This node's cluster counters and the members it sees, for `/api/stats` and the
+    /// dashboard.
+    fn stats(&self) -> serde_json::Value;
+}
+
+impl Broker {
+    /// Joins a cluster: from now on local publishes are forwarded through `link` and the
+    /// filters of subscribers are announced to it, those already held first (sessions
+    /// recovered from disk). Once, before the listeners open.
+    pub fn attach_cluster(&self, link: Arc<dyn ClusterLink>) {
+        if self.inner.cluster.set(link.clone()).is_err() {
+            return;
+        }
+        self.inner.router.serve_groups_by_cluster();
+        for session in self.sessions() {
+            for (filter, _) in session.subscriptions().iter() {
+                link.interest_added(filter);
+            }
+        }
+    }
+
+    /// Waits until this node owns `client_id` cluster-wide (`None`: no cluster).
+    pub fn claim_client(&self, client_id: &str) -> Option<ClaimWait> {
+        self.inner.cluster.get()?.claim(client_id)
+    }
+
+    /// Waits while the queue to the other nodes is over its high-water mark (`None`: no
+    /// cluster, or it is not).
+    pub fn cluster_congested(&self) -> Option<InterestReady> {
+        self.inner.cluster.get()?.congested()
+    }
+
+    /// The cluster this node belongs to, if any.
+    pub fn cluster(&self) -> Option<&Arc<dyn ClusterLink>> {
+        self.inner.cluster.get()
+    }
+
+    /// Waits until messages matching `filter` published on other nodes reach this one
+    /// (`None`: no cluster, or they do already).
+    pub fn interest_ready(&self, filter: &str) -> Option<InterestReady> {
+        self.inner.cluster.get()?.interest_ready(filter)
+    }
+
+    /// Routes a message that another node published to the local subscribers (not stored as
+    /// retained: the cluster's retained set does that; not forwarded again). Returns the
+    /// number of deliveries.
+    pub fn route_remote(
+        &self,
+        message: &Arc<Message>,
+        scratch: &mut RouteScratch,
+        now: Instant,
+    ) -> usize {
+        let delivered = self
+            .inner
+            .router
+            .route(message, scratch, self.deliver_ctx(now));
+        // Nobody to hold back: the sender is another node. Slow subscribers are handled by
+        // their own caps.
+        drop(scratch.take_pressure());
+        delivered
+    }
+
+    /// Delivers a message the cluster picked this node for to one member of the shared
+    /// group subscribed as `key` (`$share/{group}/{filter}`); returns 0 when it has no
+    /// member here any more.
+    pub fn route_to_group(
+        &self,
+        key: &str,
+        message: &Arc<Message>,
+        scratch: &mut RouteScratch,
+        now: Instant,
+    ) -> usize {
+        let delivered = self
+            .inner
+            .router
+            .route_group(key, message, scratch, self.deliver_ctx(now));
+        drop(scratch.take_pressure());
+        delivered
+    }
+
+    /// Stores (or, empty, deletes) a retained message as the cluster's retained set has it,
+    /// without routing it.
+    pub fn store_remote_retained(&self, message: &Arc<Message>, now: Instant) {
+        match self.inner.retained.update(message, self.journal(), now) {
+            1 => Metrics::add(&self.inner.metrics.retained_messages, 1),
+            -1 => Metrics::sub(&self.inner.metrics.retained_messages, 1),
+            _ => {}
+        }
+    }
+}

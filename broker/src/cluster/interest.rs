@@ -1,0 +1,271 @@
+//! Interest-based routing: one NATS subscription per distinct filter this node's
+//! subscribers hold (two for a filter ending in `/#`), counted by holder and dropped with
+//! the last one. Each filter's task takes its subscriptions, flushes (the server has them
+//! then), marks the filter ready, and routes what arrives through the local trie, after
+//! dropping second copies ([`super::dedup`]).
+//!
+//! A SUBACK waits for its filter to be ready ([`Interests::ready`]), so a client told it is
+//! subscribed gets every message published anywhere after that. NATS keeps no state for a
+//! lost connection: the client resubscribes by itself when it reconnects.
+//!
+//! A shared subscription `$share/g/f` is a NATS queue subscription of group `g` on `f`'s
+//! subjects, on a second connection ([`Shared::queue_client`]): NATS hands each message to
+//! one node of the group, the publishing node included (the first connection is no-echo),
+//! and that node picks the member ([`Broker::route_to_group`]). Local routing leaves shared
+//! groups to this path, so each message reaches a group once cluster-wide.
+//!
+//! This module owns the subscriptions and the inbound routing tasks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::dedup::Dedup;
+use super::envelope;
+use super::metrics::ClusterMetrics;
+use super::subject;
+use crate::broker::{Broker, InterestReady};
+use crate::router::RouteScratch;
+
+/// The filters this node holds interest in.
+#[derive(Debug)]
+pub(crate) struct Interests {
+    filters: Mutex<HashMap<Arc<str>, Interest>>,
+    shared: Arc<Shared>,
+}
+
+/// What every filter's task needs.
+#[derive(Debug)]
+struct Shared {
+    client: async_nats::Client,
+    /// Carries the queue subscriptions: another connection than `client`, which publishes
+    /// with no echo, so that NATS may pick the publishing node itself for a group.
+    queue_client: async_nats::Client,
+    broker: Broker,
+    prefix: String,
+    dedup: Dedup,
+    metrics: Arc<ClusterMetrics>,
+    /// Longest a SUBACK waits for a filter to be ready.
+    ready_timeout: Duration,
+}
+
+/// One filter's interest.
+#[derive(Debug)]
+struct Interest {
+    /// Local holders (sessions' subscriptions, bridge rings).
+    holders: usize,
+    /// `true` once NATS has the subscriptions.
+    ready: watch::Receiver<bool>,
+    /// Subscribes, then routes what arrives; aborted (unsubscribing) with the last holder.
+    task: JoinHandle<()>,
+}
+
+impl Interests {
+    /// No interest yet.
+    pub(crate) fn new(
+        client: async_nats::Client,
+        queue_client: async_nats::Client,
+        broker: Broker,
+        prefix: String,
+        metrics: Arc<ClusterMetrics>,
+        ready_timeout: Duration,
+    ) -> Interests {
+        Interests {
+            filters: Mutex::new(HashMap::new()),
+            shared: Arc::new(Shared {
+                client,
+                queue_client,
+                broker,
+                prefix,
+                dedup: Dedup::default(),
+                metrics,
+                ready_timeout,
+            }),
+        }
+    }
+
+    /// One more local holder of `filter`.
+    pub(crate) fn add(&self, filter: &str) {
+        let mut filters = self.filters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(interest) = filters.get_mut(filter) {
+            interest.holders += 1;
+            return;
+        }
+        let (ready_tx, ready) = watch::channel(false);
+        let prefix = &self.shared.prefix;
+        let (subjects, queue) = match tern_codec::topic::split_shared(filter) {
+            Some(Ok((group, inner))) => (
+                subject::filter_subjects(prefix, inner),
+                Some(Queue {
+                    name: subject::queue_name(group),
+                    key: Arc::from(filter),
+                }),
+            ),
+            Some(Err(_)) => return, // not a valid shared filter: never subscribed
+            None => (subject::filter_subjects(prefix, filter), None),
+        };
+        let task = tokio::spawn(run(self.shared.clone(), subjects, queue, ready_tx));
+        filters.insert(
+            Arc::from(filter),
+            Interest {
+                holders: 1,
+                ready,
+                task,
+            },
+        );
+        ClusterMetrics::inc(&self.shared.metrics.interest_filters);
+    }
+
+    /// One local holder of `filter` fewer; the last one takes the NATS subscriptions along.
+    pub(crate) fn remove(&self, filter: &str) {
+        let mut filters = self.filters.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(interest) = filters.get_mut(filter) else {
+            return;
+        };
+        interest.holders -= 1;
+        if interest.holders == 0 {
+            if let Some(interest) = filters.remove(filter) {
+                interest.task.abort();
+                self.shared
+                    .metrics
+                    .interest_filters
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Waits until `filter`'s subscriptions are in force in NATS (at most the configured
+    /// time); `None` when they are already, or the filter is node-local.
+    pub(crate) fn ready(&self, filter: &str) -> Option<InterestReady> {
+        let filters = self.filters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ready = filters.get(filter)?.ready.clone();
+        if *ready.borrow() {
+            return None;
+        }
+        let timeout = self.shared.ready_timeout;
+        let filter = filter.to_string();
+        Some(Box::pin(async move {
+            let waited = tokio::time::timeout(timeout, ready.wait_for(|r| *r)).await;
+            if waited.is_err() {
+                tracing::warn!(
+                    filter,
+                    "cluster: NATS did not confirm interest in time; SUBACK sent anyway"
+                );
+            }
+        }))
+    }
+}
+
+/// A shared subscription's queue group.
+#[derive(Debug)]
+struct Queue {
+    /// The NATS queue group name.
+    name: String,
+    /// `$share/{group}/{filter}`: the group in the trie.
+    key: Arc<str>,
+}
+
+/// Subscribes to `subjects` (in `queue`'s group for a shared subscription) until NATS
+/// confirms them (retrying while it is away), marks them ready, then routes every message
+/// that arrives.
+async fn run(
+    shared: Arc<Shared>,
+    subjects: Vec<String>,
+    queue: Option<Queue>,
+    ready: watch::Sender<bool>,
+) {
+    let client = match queue {
+        Some(_) => &shared.queue_client,
+        None => &shared.client,
+    };
+    let mut streams = Vec::with_capacity(subjects.len());
+    for subject in &subjects {
+        loop {
+            let subscribed = match &queue {
+                Some(q) => {
+                    client
+                        .queue_subscribe(subject.clone(), q.name.clone())
+                        .await
+                }
+                None => client.subscribe(subject.clone()).await,
+            };
+            match subscribed {
+                Ok(subscriber) => {
+                    streams.push(subscriber);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(subject, error = %e, "cluster: cannot subscribe; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+    // The subscriptions are queued on the connection; once the server answers a request
+    // sent after them, it has processed them (it reads one connection in order).
+    while let Err(e) = super::round_trip(client).await {
+        tracing::debug!(error = %e, "cluster: interest not confirmed; retrying");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ready.send_replace(true);
+    let mut incoming = futures_util::stream::select_all(streams);
+    let mut scratch = RouteScratch::default();
+    while let Some(message) = incoming.next().await {
+        match &queue {
+            Some(q) => shared.handle_group(&q.key, message.payload, &mut scratch),
+            None => shared.handle(message.payload, &mut scratch),
+        }
+    }
+}
+
+impl Shared {
+    /// Routes one envelope NATS picked this node for to a member of shared group `key`.
+    /// No copy is dropped here: a queue subscription gets each message once.
+    fn handle_group(&self, key: &str, payload: bytes::Bytes, scratch: &mut RouteScratch) {
+        let now = Instant::now();
+        match envelope::decode(payload, now) {
+            Ok(message) => {
+                ClusterMetrics::inc(&self.metrics.messages_in);
+                if self.broker.route_to_group(key, &message, scratch, now) == 0 {
+                    ClusterMetrics::inc(&self.metrics.group_misses);
+                }
+            }
+            Err(e) => {
+                ClusterMetrics::inc(&self.metrics.envelope_errors);
+                tracing::debug!(error = %e, "cluster: bad envelope ignored");
+            }
+        }
+    }
+
+    /// Routes one received envelope locally, unless a copy of it was routed already.
+    fn handle(&self, payload: bytes::Bytes, scratch: &mut RouteScratch) {
+        let header = match envelope::header(&payload) {
+            Ok(header) => header,
+            Err(e) => {
+                ClusterMetrics::inc(&self.metrics.envelope_errors);
+                tracing::debug!(error = %e, "cluster: foreign message ignored");
+                return;
+            }
+        };
+        if !self.dedup.first_sight(header.origin, header.sequence) {
+            ClusterMetrics::inc(&self.metrics.duplicates_dropped);
+            return;
+        }
+        let now = Instant::now();
+        match envelope::decode(payload, now) {
+            Ok(message) => {
+                ClusterMetrics::inc(&self.metrics.messages_in);
+                self.broker.route_remote(&message, scratch, now);
+            }
+            Err(e) => {
+                ClusterMetrics::inc(&self.metrics.envelope_errors);
+                tracing::debug!(error = %e, "cluster: bad envelope ignored");
+            }
+        }
+    }
+}

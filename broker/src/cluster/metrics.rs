@@ -1,0 +1,134 @@
+//! The cluster's counters on one node, read by `/metrics`, `/api/stats` and the dashboard.
+//! This module owns the numbers only.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Counters of this node's part in the cluster.
+#[derive(Debug, Default)]
+pub struct ClusterMetrics {
+    /// Messages sent to NATS for other nodes.
+    pub messages_out: AtomicU64,
+    /// Messages received from other nodes and routed here (first copies).
+    pub messages_in: AtomicU64,
+    /// Second copies dropped (a message matching several of this node's filters).
+    pub duplicates_dropped: AtomicU64,
+    /// Messages not sent because the queue to NATS was full.
+    pub forward_dropped: AtomicU64,
+    /// Times a publisher was held back because the queue to NATS was over half full.
+    pub publisher_waits: AtomicU64,
+    /// Messages NATS refused (too large for its max_payload, connection closed).
+    pub publish_errors: AtomicU64,
+    /// Messages NATS gave this node for a shared group that had no member here any more.
+    pub group_misses: AtomicU64,
+    /// Received envelopes that did not decode.
+    pub envelope_errors: AtomicU64,
+    /// Retained messages written to the cluster's bucket.
+    pub retained_writes: AtomicU64,
+    /// Retained changes applied from the cluster's bucket.
+    pub retained_applied: AtomicU64,
+    /// Distinct filters this node holds interest in (NATS subscriptions are one per
+    /// filter, two for `…/#`).
+    pub interest_filters: AtomicU64,
+    /// Client ids this node took ownership of (new ones and ones taken from other nodes).
+    pub ownership_changes: AtomicU64,
+    /// This node's clients taken over by a CONNECT on another node (closed with 0x8E).
+    pub takeovers: AtomicU64,
+    /// Clients disconnected because the node was cut off from NATS longer than the lease.
+    pub partition_disconnects: AtomicU64,
+    /// The last measured NATS round-trip time, microseconds.
+    pub nats_rtt_us: AtomicU64,
+    /// Times the connection to NATS was lost.
+    pub disconnects: AtomicU64,
+    /// Whether the node is connected to NATS now.
+    pub connected: AtomicBool,
+}
+
+impl ClusterMetrics {
+    /// Adds one to `counter`.
+    pub(crate) fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every counter as `(name, help, value)` for `/metrics` (prefixed `tern_cluster_`;
+    /// `interest_filters`, `nats_rtt_us` and `connected` are gauges).
+    pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let get = ClusterMetrics::get;
+        vec![
+            (
+                "messages_out",
+                "Messages sent to NATS for other nodes.",
+                get(&self.messages_out),
+            ),
+            (
+                "messages_in",
+                "Messages from other nodes routed here.",
+                get(&self.messages_in),
+            ),
+            (
+                "duplicates_dropped",
+                "Second copies of a message dropped (several matching filters).",
+                get(&self.duplicates_dropped),
+            ),
+            (
+                "forward_dropped",
+                "Messages not sent: the queue to NATS was full.",
+                get(&self.forward_dropped),
+            ),
+            (
+                "publish_errors",
+                "Messages NATS refused (too large, connection closed).",
+                get(&self.publish_errors),
+            ),
+            (
+                "group_misses",
+                "Messages for a shared group with no member here any more.",
+                get(&self.group_misses),
+            ),
+            (
+                "envelope_errors",
+                "Received envelopes that did not decode.",
+                get(&self.envelope_errors),
+            ),
+            (
+                "retained_writes",
+                "Retained changes written to the cluster's bucket.",
+                get(&self.retained_writes),
+            ),
+            (
+                "retained_applied",
+                "Retained changes applied from the cluster's bucket.",
+                get(&self.retained_applied),
+            ),
+            (
+                "interest_filters",
+                "Distinct filters this node holds NATS interest in.",
+                get(&self.interest_filters),
+            ),
+            (
+                "nats_rtt_us",
+                "Last measured NATS round trip, microseconds.",
+                get(&self.nats_rtt_us),
+            ),
+            (
+                "disconnects",
+                "Times a connection to NATS was lost.",
+                get(&self.disconnects),
+            ),
+            (
+                "connected",
+                "1 while connected to NATS.",
+                u64::from(self.connected.load(Ordering::Relaxed)),
+            ),
+        ]
+    }
+
+    /// Adds `n` to `counter`.
+    pub(crate) fn inc_by(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Reads `counter`.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

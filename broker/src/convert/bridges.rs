@@ -11,6 +11,7 @@ use super::emit::quote;
 use super::finding::{Finding, FindingKind};
 use super::model::{last, BridgeDef};
 use super::source::Line;
+use crate::config::mqtt_bridges::split_host_port;
 
 /// One block of TOML text per bridge (a `[[mqtt_bridges]]` table, or a comment).
 pub(super) fn map_bridges(bridges: &[BridgeDef], findings: &mut Vec<Finding>) -> Vec<String> {
@@ -109,6 +110,10 @@ impl<'a> Mapper<'a> {
         let remotes = self.remotes();
         if remotes.is_empty() {
             return self.fail(None, "no `address`: not converted");
+        }
+        if let Some(bad) = remotes.iter().find(|r| split_host_port(r).is_none()) {
+            let reason = format!("address {bad:?} is not host[:port]: not converted");
+            return self.fail(None, &reason);
         }
         let rules = self.rules();
         if rules.is_empty() {

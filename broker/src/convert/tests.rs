@@ -338,6 +338,20 @@ fn a_bridge_without_address_or_topic_stays_a_comment() {
     assert!(findings_text(&c).contains("no `address`"));
 }
 
+/// Found by `convert_props` in CI: an address that is not `host[:port]` made a bridge Tern
+/// refuses to load.
+#[test]
+fn a_bridge_with_a_bad_address_stays_a_comment() {
+    let (c, config) =
+        convert("listener 1883\nconnection odd\naddress \u{a6}/:\u{bd}\ntopic x/# out 1\n");
+    assert!(config.mqtt_bridges.is_empty());
+    assert!(
+        findings_text(&c).contains("is not host[:port]"),
+        "{}",
+        c.toml
+    );
+}
+
 #[test]
 fn unknown_and_malformed_lines_name_file_and_line() {
     let (c, _) = convert(

@@ -20,12 +20,13 @@ fn passwd(file: &Path, user: &str, stdin: &str, extra: &[&str]) -> bool {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn tern passwd");
-    child
+    // A refused command line (`--scram --pbkdf2`) exits before reading: the write may then
+    // meet a closed pipe, which is not the test's failure (its exit status is).
+    let _ = child
         .stdin
         .take()
         .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write password");
+        .write_all(stdin.as_bytes());
     child.wait().expect("wait").success()
 }
 

@@ -356,20 +356,31 @@ fn check_rule(rule: &TopicRule) -> Result<(), (&'static str, String)> {
     if rule.qos > 2 {
         return Err(("topics.qos", format!("{} (0, 1 or 2)", rule.qos)));
     }
-    if rule.pattern.is_empty() {
+    check_rule_topics(&rule.pattern, &rule.local_prefix, &rule.remote_prefix)
+}
+
+/// What is wrong with a rule's pattern and prefixes, as (key, what is allowed): each prefix
+/// and the pattern must make a valid, non-shared topic filter (`tern convert` checks
+/// Mosquitto's rules with it too).
+pub fn check_rule_topics(
+    pattern: &str,
+    local_prefix: &str,
+    remote_prefix: &str,
+) -> Result<(), (&'static str, String)> {
+    if pattern.is_empty() {
         return Err(("topics.pattern", "a topic filter".into()));
     }
     for (key, prefix) in [
-        ("topics.local_prefix", &rule.local_prefix),
-        ("topics.remote_prefix", &rule.remote_prefix),
+        ("topics.local_prefix", local_prefix),
+        ("topics.remote_prefix", remote_prefix),
     ] {
         if prefix.contains(['+', '#']) {
             return Err((key, format!("{prefix:?} has a wildcard (prefixes may not)")));
         }
     }
     for filter in [
-        format!("{}{}", rule.local_prefix, rule.pattern),
-        format!("{}{}", rule.remote_prefix, rule.pattern),
+        format!("{local_prefix}{pattern}"),
+        format!("{remote_prefix}{pattern}"),
     ] {
         if tern_codec::topic::validate_filter(&filter).is_err()
             || tern_codec::topic::split_shared(&filter).is_some()

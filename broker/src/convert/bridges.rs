@@ -11,7 +11,7 @@ use super::emit::quote;
 use super::finding::{Finding, FindingKind};
 use super::model::{last, BridgeDef};
 use super::source::Line;
-use crate::config::mqtt_bridges::split_host_port;
+use crate::config::mqtt_bridges::{check_rule_topics, split_host_port};
 
 /// One block of TOML text per bridge (a `[[mqtt_bridges]]` table, or a comment).
 pub(super) fn map_bridges(bridges: &[BridgeDef], findings: &mut Vec<Finding>) -> Vec<String> {
@@ -279,20 +279,20 @@ impl<'a> Mapper<'a> {
                 );
                 continue;
             }
+            let local_prefix = w.get(3).map_or("", String::as_str);
+            let remote_prefix = w.get(4).map_or("", String::as_str);
+            if let Err((key, allowed)) = check_rule_topics(&pattern, local_prefix, remote_prefix) {
+                let reason =
+                    format!("a topic rule Tern cannot take ({key}: {allowed}): not converted");
+                self.fail(Some(line), &reason);
+                continue;
+            }
             let _ = writeln!(out, "[[mqtt_bridges.topics]]");
             let _ = writeln!(out, "pattern = {}", quote(&pattern));
             let _ = writeln!(out, "direction = {}", quote(direction));
             let _ = writeln!(out, "qos = {qos}");
-            let _ = writeln!(
-                out,
-                "local_prefix = {}",
-                quote(w.get(3).map_or("", String::as_str))
-            );
-            let _ = writeln!(
-                out,
-                "remote_prefix = {}",
-                quote(w.get(4).map_or("", String::as_str))
-            );
+            let _ = writeln!(out, "local_prefix = {}", quote(local_prefix));
+            let _ = writeln!(out, "remote_prefix = {}", quote(remote_prefix));
         }
         out
     }

@@ -352,6 +352,22 @@ fn a_bridge_with_a_bad_address_stays_a_comment() {
     );
 }
 
+/// Found by `convert_props` in CI: a rule whose pattern is no valid filter (`#` not last)
+/// was written as it was, and Tern refused the output.
+#[test]
+fn a_topic_rule_tern_cannot_take_is_left_out_with_a_finding() {
+    let (c, config) = convert(
+        "listener 1883\nconnection odd\naddress 127.0.0.1\ntopic a/#/b out 1\ntopic ok/# out 1\n",
+    );
+    assert_eq!(config.mqtt_bridges.len(), 1, "{}", c.toml);
+    assert_eq!(config.mqtt_bridges[0].topics.len(), 1);
+    assert!(
+        findings_text(&c).contains("a topic rule Tern cannot take"),
+        "{}",
+        c.toml
+    );
+}
+
 #[test]
 fn unknown_and_malformed_lines_name_file_and_line() {
     let (c, _) = convert(

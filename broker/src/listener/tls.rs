@@ -44,7 +44,12 @@ fn pem_error(path: &Path, message: impl std::fmt::Display) -> TlsError {
     }
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The certificates of a PEM file (at least one). The MQTT bridges' TLS client loads its
+/// files with these too.
+///
+/// # Errors
+/// [`TlsError::Pem`] naming the file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| pem_error(path, e))?
         .collect::<Result<Vec<_>, _>>()
@@ -53,6 +58,26 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         return Err(pem_error(path, "no CERTIFICATE block found"));
     }
     Ok(certs)
+}
+
+/// The private key of a PEM file.
+///
+/// # Errors
+/// [`TlsError::Pem`] naming the file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(path, e))
+}
+
+/// A trust store of the certificates of a PEM file.
+///
+/// # Errors
+/// [`TlsError::Pem`] naming the file.
+pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots.add(cert).map_err(|e| pem_error(path, e))?;
+    }
+    Ok(roots)
 }
 
 /// Builds the acceptor of one listener.
@@ -66,16 +91,13 @@ pub fn acceptor(listener: &ListenerConfig) -> Result<TlsAcceptor, TlsError> {
         ));
     };
     let certs = load_certs(cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| pem_error(key_file, e))?;
+    let key = load_key(key_file)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let builder = match &listener.client_ca_file {
         Some(ca_file) => {
-            let mut roots = RootCertStore::empty();
-            for cert in load_certs(ca_file)? {
-                roots.add(cert).map_err(|e| pem_error(ca_file, e))?;
-            }
+            let roots = load_roots(ca_file)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| TlsError::Verifier(e.to_string()))?;

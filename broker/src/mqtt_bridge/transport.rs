@@ -2,19 +2,18 @@
 //! a client certificate, SNI and name check; `insecure` skips verification only when the
 //! configuration says so). Owns no MQTT.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::wire::{BoxRead, BoxWrite};
 use crate::config::mqtt_bridges::{split_host_port, BridgeTls};
+use crate::listener::tls::{load_certs, load_key, load_roots, TlsError};
 
 /// Why the byte stream to a remote could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -27,14 +26,9 @@ pub(crate) enum TransportError {
         /// The error.
         source: std::io::Error,
     },
-    /// A PEM file could not be used.
-    #[error("tls: {path}: {message}")]
-    Pem {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
+    /// A PEM file could not be used (it names the file).
+    #[error("tls: {0}")]
+    Pem(#[from] TlsError),
     /// The TLS configuration is unusable.
     #[error("tls: {0}")]
     Config(#[from] rustls::Error),
@@ -66,24 +60,6 @@ impl std::fmt::Debug for Tls {
     }
 }
 
-fn pem_error(path: &Path, message: impl std::fmt::Display) -> TransportError {
-    TransportError::Pem {
-        path: path.display().to_string(),
-        message: message.to_string(),
-    }
-}
-
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| pem_error(path, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(path, e))?;
-    if certs.is_empty() {
-        return Err(pem_error(path, "no CERTIFICATE block found"));
-    }
-    Ok(certs)
-}
-
 impl Tls {
     /// The TLS client of `settings`.
     ///
@@ -98,19 +74,16 @@ impl Tls {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
         } else {
-            let mut roots = rustls::RootCertStore::empty();
-            if let Some(ca_file) = &settings.ca_file {
-                for cert in load_certs(ca_file)? {
-                    roots.add(cert).map_err(|e| pem_error(ca_file, e))?;
-                }
-            }
+            let roots = match &settings.ca_file {
+                Some(ca_file) => load_roots(ca_file)?,
+                None => rustls::RootCertStore::empty(),
+            };
             builder.with_root_certificates(roots)
         };
         let config = match (&settings.cert_file, &settings.key_file) {
             (Some(cert_file), Some(key_file)) => {
                 let certs = load_certs(cert_file)?;
-                let key =
-                    PrivateKeyDer::from_pem_file(key_file).map_err(|e| pem_error(key_file, e))?;
+                let key = load_key(key_file)?;
                 builder.with_client_auth_cert(certs, key)?
             }
             _ => builder.with_no_client_auth(),

@@ -1,5 +1,5 @@
-//! Publisher back-pressure: a publisher whose messages fill a subscriber's output buffer past
-//! its soft cap (or a subscriber's QoS 1/2 queue past a bound) stops reading from its socket
+//! Publisher back-pressure: a publisher whose QoS 0 messages fill a subscriber's output buffer
+//! past its soft cap (or a subscriber's QoS 1/2 queue past a bound) stops reading from its socket
 //! until those subscribers drain, for at most `backpressure_max_wait_ms` when the others drain
 //! (up to ten times that when all of them lag alike). A subscriber that falls behind the rest
 //! is marked slow and no longer holds publishers back: its QoS 0

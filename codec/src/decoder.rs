@@ -6,11 +6,11 @@
 //! (so a hostile peer announcing 256 MiB never makes us allocate it). Reserved header flags
 //! are checked at the same point.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::DecodeError;
-use crate::packet::{kind, Packet, Publish};
-use crate::types::ProtocolVersion;
+use crate::packet::{kind, Packet, PubAck, PubComp, PubRec, PubRel, Publish};
+use crate::types::{PacketId, ProtocolVersion};
 use crate::varint::{self, Peek};
 
 /// The largest remaining length the format allows, plus a 5-byte fixed header.
@@ -131,6 +131,9 @@ impl Decoder {
             return Ok(None);
         }
         self.state = DecodeState::Header;
+        if total_len - header_len == 2 && (kind::PUBACK..=kind::PUBCOMP).contains(&(byte0 >> 4)) {
+            return decode_short_ack(byte0, buf, header_len).map(Some);
+        }
         let frame = buf.split_to(total_len).freeze();
         let version = self.version.unwrap_or(ProtocolVersion::V3_1_1);
         if byte0 >> 4 == kind::PUBLISH {
@@ -191,4 +194,24 @@ impl Decoder {
         }
         Ok(Some((byte0, header_len, total as usize)))
     }
+}
+
+/// A PUBACK, PUBREC, PUBREL or PUBCOMP that is a packet identifier only (3.x, and 5.0's
+/// Success without properties): the hot acknowledgements, read in place and consumed from
+/// `buf` without a frame handle (no reference count to take and drop per packet).
+#[inline]
+fn decode_short_ack(
+    byte0: u8,
+    buf: &mut BytesMut,
+    header_len: usize,
+) -> Result<Packet, DecodeError> {
+    let id = u16::from_be_bytes([buf[header_len], buf[header_len + 1]]);
+    buf.advance(header_len + 2);
+    let packet_id = PacketId::new(id).ok_or(DecodeError::ZeroPacketId)?;
+    Ok(match byte0 >> 4 {
+        kind::PUBACK => Packet::PubAck(PubAck::new(packet_id)),
+        kind::PUBREC => Packet::PubRec(PubRec::new(packet_id)),
+        kind::PUBREL => Packet::PubRel(PubRel::new(packet_id)),
+        _ => Packet::PubComp(PubComp::new(packet_id)),
+    })
 }

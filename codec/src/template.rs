@@ -80,14 +80,24 @@ impl PatchBuf for BytesMut {
     }
 }
 
-/// One encoded layout of a message, shared by every subscriber that uses it.
-#[derive(Debug, Clone)]
-pub struct PublishTemplate {
+/// One encoded layout of a message, shared by every subscriber that uses it: a view of
+/// the received frame or of the layout's cached encoding. Taking it costs no atomic
+/// operation when it is the received frame (the common case: a subscriber of the
+/// publisher's own protocol family).
+#[derive(Debug, Clone, Copy)]
+pub struct PublishTemplate<'a> {
+    bytes: &'a Bytes,
+    packet_id_offset: Option<usize>,
+}
+
+/// A layout's own encoding, built on first need and kept with the message.
+#[derive(Debug)]
+struct Encoded {
     bytes: Bytes,
     packet_id_offset: Option<usize>,
 }
 
-impl PublishTemplate {
+impl<'a> PublishTemplate<'a> {
     /// The encoded size in bytes.
     pub fn len(&self) -> usize {
         self.bytes.len()
@@ -104,8 +114,8 @@ impl PublishTemplate {
     }
 
     /// The shared bytes (byte 0 and the packet identifier are placeholders).
-    pub fn as_bytes(&self) -> &Bytes {
-        &self.bytes
+    pub fn as_bytes(&self) -> &'a Bytes {
+        self.bytes
     }
 
     /// Appends the template to `dst` and patches, in the copy, byte 0 with DUP, QoS and
@@ -123,11 +133,11 @@ impl PublishTemplate {
     ) -> Result<(), TemplateError> {
         match (out.packet_id(), self.packet_id_offset) {
             (None, None) => {
-                let start = dst.append(&self.bytes);
+                let start = dst.append(self.bytes);
                 dst.patch(start, Publish::byte0(QoS::AtMostOnce, retain, false));
             }
             (Some(id), Some(offset)) => {
-                let start = dst.append(&self.bytes);
+                let start = dst.append(self.bytes);
                 dst.patch(start, Publish::byte0(out.qos(), retain, dup));
                 let [hi, lo] = id.get().to_be_bytes();
                 dst.patch(start + offset, hi);
@@ -143,7 +153,8 @@ impl PublishTemplate {
 #[derive(Debug)]
 pub struct PublishTemplates {
     publish: Publish,
-    slots: [OnceLock<PublishTemplate>; 4],
+    /// The cached encodings of the layouts the received frame is not (never the raw one).
+    slots: [OnceLock<Encoded>; 4],
 }
 
 impl PublishTemplates {
@@ -161,23 +172,41 @@ impl PublishTemplates {
     }
 
     /// The template for a layout, built on first use.
-    pub fn get(&self, family: Family, with_packet_id: bool) -> &PublishTemplate {
-        let index = (family == Family::V5) as usize * 2 + with_packet_id as usize;
-        self.slots[index].get_or_init(|| build(&self.publish, family, with_packet_id))
+    pub fn get(&self, family: Family, with_packet_id: bool) -> PublishTemplate<'_> {
+        if let Some(raw) = self.raw(family, with_packet_id) {
+            return raw;
+        }
+        let encoded = self.slots[slot(family, with_packet_id)]
+            .get_or_init(|| encode(&self.publish, family, with_packet_id));
+        PublishTemplate {
+            bytes: &encoded.bytes,
+            packet_id_offset: encoded.packet_id_offset,
+        }
     }
 
     /// The template for a layout if it costs no new encoding: built already, or the
     /// received frame itself. For a one-off delivery (a retained replay) that should not
     /// leave an encoded copy behind in a message that lives on.
-    pub fn peek(&self, family: Family, with_packet_id: bool) -> Option<&PublishTemplate> {
-        let index = (family == Family::V5) as usize * 2 + with_packet_id as usize;
-        match self.slots[index].get() {
-            Some(template) => Some(template),
-            None if raw_usable(&self.publish, family, with_packet_id) => {
-                Some(self.get(family, with_packet_id))
-            }
-            None => None,
+    pub fn peek(&self, family: Family, with_packet_id: bool) -> Option<PublishTemplate<'_>> {
+        if let Some(raw) = self.raw(family, with_packet_id) {
+            return Some(raw);
         }
+        self.slots[slot(family, with_packet_id)]
+            .get()
+            .map(|encoded| PublishTemplate {
+                bytes: &encoded.bytes,
+                packet_id_offset: encoded.packet_id_offset,
+            })
+    }
+
+    /// The received frame as the template of this layout, when it can be used as is.
+    #[inline]
+    fn raw(&self, family: Family, with_packet_id: bool) -> Option<PublishTemplate<'_>> {
+        let raw = self.publish.received()?;
+        raw_usable(&self.publish, family, with_packet_id).then(|| PublishTemplate {
+            bytes: &raw.frame,
+            packet_id_offset: raw.packet_id_offset(),
+        })
     }
 
     /// Whether `get(family, with_packet_id)` reuses the received frame without encoding.
@@ -198,16 +227,12 @@ fn raw_usable(publish: &Publish, family: Family, with_packet_id: bool) -> bool {
     }
 }
 
-fn build(publish: &Publish, family: Family, with_packet_id: bool) -> PublishTemplate {
-    if let Some(raw) = publish
-        .received()
-        .filter(|_| raw_usable(publish, family, with_packet_id))
-    {
-        return PublishTemplate {
-            bytes: raw.frame.clone(),
-            packet_id_offset: raw.packet_id_offset(),
-        };
-    }
+fn slot(family: Family, with_packet_id: bool) -> usize {
+    (family == Family::V5) as usize * 2 + with_packet_id as usize
+}
+
+/// Encodes a layout the received frame is not.
+fn encode(publish: &Publish, family: Family, with_packet_id: bool) -> Encoded {
     let version = match family {
         Family::V3 => ProtocolVersion::V3_1_1,
         Family::V5 => ProtocolVersion::V5,
@@ -222,7 +247,7 @@ fn build(publish: &Publish, family: Family, with_packet_id: bool) -> PublishTemp
     let encoding = Encoding::plan(publish, version, out, &outbound);
     let mut dst = BytesMut::with_capacity(encoding.len());
     let layout = encoding.write(&mut dst, false, false);
-    PublishTemplate {
+    Encoded {
         bytes: dst.freeze(),
         packet_id_offset: layout.packet_id_offset,
     }

@@ -162,3 +162,36 @@ proptest! {
         prop_assert!(buf.is_empty());
     }
 }
+
+/// The short acknowledgements (a packet identifier only) are read in place, without a frame
+/// handle: packets around them in the same buffer still decode whole and in order, and a
+/// 5.0 acknowledgement with a reason code takes the general path.
+#[test]
+fn short_acks_between_other_packets_decode_in_order() {
+    use tern_codec::{Decoder, PacketId, PubAck, PubComp, PubRec, PubRel};
+    let id = |n| PacketId::new(n).expect("non-zero");
+    let packets = [
+        Packet::PubAck(PubAck::new(id(1))),
+        Packet::PingReq,
+        Packet::PubRec(PubRec::new(id(2))),
+        Packet::PubRel(PubRel::new(id(3))),
+        Packet::PubComp(PubComp::new(id(65535))),
+        Packet::PubAck(PubAck {
+            reason_code: tern_codec::ReasonCode(0x10),
+            ..PubAck::new(id(4))
+        }),
+    ];
+    let mut buf = BytesMut::new();
+    for packet in &packets {
+        buf.extend_from_slice(&packet.to_bytes(ProtocolVersion::V5));
+    }
+    let mut decoder = Decoder::with_version(ProtocolVersion::V5, 1024);
+    for packet in &packets {
+        assert_eq!(
+            decoder.decode(&mut buf).expect("valid").as_ref(),
+            Some(packet)
+        );
+    }
+    assert!(buf.is_empty());
+    assert_eq!(decoder.decode(&mut buf).expect("empty"), None);
+}

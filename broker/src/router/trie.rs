@@ -20,9 +20,14 @@
 //! recursion only grows with `+` levels, but callers should still bound the
 //! number of levels per filter (insert/remove/drop are depth-proportional).
 
-use std::collections::HashMap;
+use std::collections::HashMap as StdHashMap;
 use std::hash::Hash;
 use std::str::Split;
+
+/// The trie's maps hash with foldhash, seeded at random per map (topic levels are the
+/// clients' choice, so the seed must not be fixed): one probe per topic level costs a third
+/// of SipHash's time.
+type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
 
 /// Entry sets at or below this size are searched linearly; larger ones get a
 /// key → position index.

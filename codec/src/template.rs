@@ -153,8 +153,11 @@ impl<'a> PublishTemplate<'a> {
 #[derive(Debug)]
 pub struct PublishTemplates {
     publish: Publish,
-    /// The cached encodings of the layouts the received frame is not (never the raw one).
-    slots: [OnceLock<Encoded>; 4],
+    /// The cached encodings of the layouts the received frame is not (never the raw one),
+    /// allocated on the first such need: most messages are only ever written in their
+    /// received layout, and four inline slots (224 bytes, four cache lines touched again
+    /// when the message is dropped) cost more than the rare extra allocation.
+    slots: OnceLock<Box<[OnceLock<Encoded>; 4]>>,
 }
 
 impl PublishTemplates {
@@ -176,7 +179,7 @@ impl PublishTemplates {
         if let Some(raw) = self.raw(family, with_packet_id) {
             return raw;
         }
-        let encoded = self.slots[slot(family, with_packet_id)]
+        let encoded = self.slots.get_or_init(Box::default)[slot(family, with_packet_id)]
             .get_or_init(|| encode(&self.publish, family, with_packet_id));
         PublishTemplate {
             bytes: &encoded.bytes,
@@ -191,7 +194,7 @@ impl PublishTemplates {
         if let Some(raw) = self.raw(family, with_packet_id) {
             return Some(raw);
         }
-        self.slots[slot(family, with_packet_id)]
+        self.slots.get()?[slot(family, with_packet_id)]
             .get()
             .map(|encoded| PublishTemplate {
                 bytes: &encoded.bytes,
@@ -427,5 +430,17 @@ mod tests {
             .map(|t| t.as_bytes().clone());
         assert_eq!(peeked, Some(built));
         assert!(templates.peek(Family::V3, true).is_none());
+    }
+
+    /// The templates add one pointer-sized slot and a state word to the message: a
+    /// message that is only written in its received layout allocates nothing more.
+    #[test]
+    fn templates_add_sixteen_bytes_to_the_publish() {
+        assert!(
+            std::mem::size_of::<PublishTemplates>() <= std::mem::size_of::<Publish>() + 16,
+            "{} bytes for a {}-byte publish",
+            std::mem::size_of::<PublishTemplates>(),
+            std::mem::size_of::<Publish>()
+        );
     }
 }

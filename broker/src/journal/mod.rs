@@ -318,17 +318,25 @@ pub fn stored(message: &Message, now: Instant) -> StoredMessage {
     let age_ms = now
         .saturating_duration_since(message.received_at)
         .as_millis() as u64;
-    // The 5.0 template: built once per message (or the received frame itself) and shared
-    // by every record that stores the message, without a copy.
+    // The received frame when it can be stored as is (3.x frames have no properties to
+    // lose), else the 5.0 template (built once per message, or the received frame itself),
+    // shared by every record that stores the message, without a copy.
     let with_packet_id = message.qos() != tern_codec::QoS::AtMostOnce;
-    let publish = message
-        .templates
-        .get(Family::V5, with_packet_id)
-        .as_bytes()
-        .clone();
+    let templates = &message.templates;
+    let (family, template) = match templates.peek(Family::V5, with_packet_id) {
+        Some(template) => (Family::V5, template),
+        None => match templates.peek(Family::V3, with_packet_id) {
+            Some(template) if templates.is_raw(Family::V3, with_packet_id) => {
+                (Family::V3, template)
+            }
+            _ => (Family::V5, templates.get(Family::V5, with_packet_id)),
+        },
+    };
+    let publish = template.as_bytes().clone();
     StoredMessage {
         received_unix_ms: unix_ms_at(now).saturating_sub(age_ms),
         origin_session: message.origin_session.unwrap_or(0),
         publish,
+        family,
     }
 }

@@ -15,7 +15,7 @@ pub use out::OutParts;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tern_codec::decoder::Decoder;
-use tern_codec::{Packet, ProtocolVersion, Publish};
+use tern_codec::{Family, Packet, ProtocolVersion, Publish};
 
 /// One journal record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,8 +151,10 @@ pub struct OutRecord {
     pub body: u64,
 }
 
-/// A message as stored: when it was received and its PUBLISH encoded as MQTT 5.0 (topic,
-/// payload, QoS, retain, properties; aliases already resolved).
+/// A message as stored: when it was received and its PUBLISH (topic, payload, QoS, retain,
+/// properties; aliases already resolved) as a 5.0 frame, or as the 3.x frame it arrived in
+/// (which has no properties to lose): a 3.x publisher's message is stored without being
+/// encoded again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     /// When the broker received it, in milliseconds since the Unix epoch (Message Expiry
@@ -160,9 +162,15 @@ pub struct StoredMessage {
     pub received_unix_ms: u64,
     /// The session that published it (No Local), 0 for none.
     pub origin_session: u64,
-    /// The encoded 5.0 PUBLISH packet.
+    /// The encoded PUBLISH packet, of `family`'s layout.
     pub publish: Bytes,
+    /// The layout of `publish`.
+    pub family: Family,
 }
+
+/// The top bit of a stored message's length says its frame is 3.x (absent in logs written
+/// before 3.x frames were stored, which held 5.0 frames only).
+const V3_FRAME_FLAG: u32 = 1 << 31;
 
 /// A record that could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -469,7 +477,11 @@ impl StoredMessage {
     pub fn encode(&self, dst: &mut Vec<u8>) {
         dst.put_u64_le(self.received_unix_ms);
         dst.put_u64_le(self.origin_session);
-        dst.put_u32_le(self.publish.len() as u32);
+        let flag = match self.family {
+            Family::V3 => V3_FRAME_FLAG,
+            Family::V5 => 0,
+        };
+        dst.put_u32_le(self.publish.len() as u32 | flag);
         dst.put_slice(&self.publish);
     }
 
@@ -480,23 +492,34 @@ impl StoredMessage {
     pub fn decode(src: &mut &[u8]) -> Result<StoredMessage, RecordError> {
         let received_unix_ms = get_u64(src)?;
         let origin_session = get_u64(src)?;
-        let len = get_u32(src)? as usize;
+        let len_and_flag = get_u32(src)?;
+        let len = (len_and_flag & !V3_FRAME_FLAG) as usize;
         if src.len() < len {
             return Err(RecordError::Truncated);
         }
         let publish = Bytes::copy_from_slice(&src[..len]);
         src.advance(len);
+        let family = if len_and_flag & V3_FRAME_FLAG != 0 {
+            Family::V3
+        } else {
+            Family::V5
+        };
         Ok(StoredMessage {
             received_unix_ms,
             origin_session,
             publish,
+            family,
         })
     }
 
     /// The stored PUBLISH decoded (`None`: it does not decode).
     pub fn decode_publish(&self) -> Option<Publish> {
         let mut buf = BytesMut::from(&self.publish[..]);
-        let mut decoder = Decoder::with_version(ProtocolVersion::V5, u32::MAX);
+        let version = match self.family {
+            Family::V3 => ProtocolVersion::V3_1_1,
+            Family::V5 => ProtocolVersion::V5,
+        };
+        let mut decoder = Decoder::with_version(version, u32::MAX);
         match decoder.decode(&mut buf) {
             Ok(Some(Packet::Publish(publish))) => Some(publish),
             _ => None,
@@ -550,6 +573,7 @@ mod tests {
             received_unix_ms: 1_700_000_000_000,
             origin_session: 7,
             publish: Bytes::from_static(b"\x30\x05\x00\x01tpay"),
+            family: Family::V5,
         }
     }
 
@@ -696,5 +720,32 @@ mod tests {
             Record::decode(&[200, 0, 0, 0, 0, 0, 0, 0, 1]),
             Err(RecordError::UnknownTag(200))
         );
+    }
+
+    /// A 3.x frame is stored as received and flagged as such; it decodes as the publish
+    /// it was, and a 5.0 frame still decodes as 5.0 (logs from before the flag).
+    #[test]
+    fn a_3x_frame_is_stored_as_is_and_decodes() {
+        use tern_codec::{PacketId, PublishQoS};
+        let publish = Publish::new("a/b", &b"payload"[..])
+            .with_qos(PublishQoS::AtLeastOnce(PacketId::new(3).expect("non-zero")));
+        for (version, family) in [
+            (ProtocolVersion::V3_1_1, Family::V3),
+            (ProtocolVersion::V5, Family::V5),
+        ] {
+            let stored = StoredMessage {
+                received_unix_ms: 5,
+                origin_session: 1,
+                publish: Packet::Publish(publish.clone()).to_bytes(version).into(),
+                family,
+            };
+            let mut bytes = Vec::new();
+            stored.encode(&mut bytes);
+            let again = StoredMessage::decode(&mut &bytes[..]).expect("decodes");
+            assert_eq!(again, stored);
+            let decoded = again.decode_publish().expect("a publish");
+            assert_eq!(decoded.topic(), "a/b");
+            assert_eq!(decoded.payload(), &b"payload"[..]);
+        }
     }
 }

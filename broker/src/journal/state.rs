@@ -290,6 +290,7 @@ mod tests {
             received_unix_ms: 1,
             origin_session: 0,
             publish: Bytes::from(vec![n]),
+            family: tern_codec::Family::V5,
         }
     }
 

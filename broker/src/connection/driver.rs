@@ -129,7 +129,7 @@ impl Connection {
             self.broker.relief().relieve();
         }
         if received && result.is_ok() {
-            self.alive();
+            self.alive_at(now);
         }
         result
     }
@@ -249,8 +249,13 @@ impl Connection {
     /// Moves the keep-alive deadline one period on, after traffic or after a pause of our
     /// own making.
     fn alive(&self) {
+        self.alive_at(Instant::now());
+    }
+
+    /// [`Self::alive`] with the clock already read (once per input buffer).
+    fn alive_at(&self, now: Instant) {
         if let Some(timeout) = self.keep_alive_timeout {
-            let now_ms = self.broker.keep_alive().now_ms();
+            let now_ms = self.broker.keep_alive().ms_at(now);
             self.out
                 .control()
                 .set_keep_alive_deadline_ms(now_ms + timeout.as_millis() as u64);

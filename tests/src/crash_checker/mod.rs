@@ -31,7 +31,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tern_codec::{
-    ByteStr, Packet, PacketId, PubAck, PublishQoS, QoS, Subscribe, SubscriptionOptions,
+    ByteStr, Packet, PacketId, ProtocolVersion, PubAck, PublishQoS, QoS, Subscribe,
+    SubscriptionOptions,
 };
 
 pub use broker_process::{tern_binary, BrokerConfig, BrokerProcess, Stop};
@@ -165,16 +166,27 @@ impl Ctx {
         *self.addr.lock().unwrap_or_else(PoisonError::into_inner) = addr;
     }
 
-    /// Connects `client_id` to the running broker, retrying while it is down; `None` once
-    /// the checker stops.
+    /// Connects `client_id` (MQTT 5.0) to the running broker, retrying while it is down;
+    /// `None` once the checker stops.
     pub(crate) async fn connect(&self, client_id: &str, clean_start: bool) -> Option<(Wire, bool)> {
+        self.connect_as(client_id, clean_start, ProtocolVersion::V5)
+            .await
+    }
+
+    /// [`Ctx::connect`] with the protocol `version`.
+    pub(crate) async fn connect_as(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        version: ProtocolVersion,
+    ) -> Option<(Wire, bool)> {
         loop {
             if self.stopped() {
                 return None;
             }
             let addr = *self.addr.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(addr) = addr {
-                if let Ok(connected) = Wire::connect(addr, client_id, clean_start).await {
+                if let Ok(connected) = Wire::connect(addr, client_id, clean_start, version).await {
                     return Some(connected);
                 }
             }
@@ -395,7 +407,7 @@ async fn read_retained(ctx: &Ctx, addr: SocketAddr) -> HashMap<String, MessageId
         return held;
     }
     let read = async {
-        let (mut wire, _) = Wire::connect(addr, "crash-retained-reader", true)
+        let (mut wire, _) = Wire::connect(addr, "crash-retained-reader", true, ProtocolVersion::V5)
             .await
             .ok()?;
         let subscribe = Subscribe {

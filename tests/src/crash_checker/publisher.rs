@@ -9,7 +9,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tern_codec::{Packet, PacketId, PubRel, Publish, PublishQoS, QoS};
+use tern_codec::{Packet, PacketId, ProtocolVersion, PubRel, Publish, PublishQoS, QoS};
 
 use super::ledger::MessageId;
 use super::wire::Wire;
@@ -70,6 +70,13 @@ pub(crate) async fn run(ctx: Arc<Ctx>, spec: PublisherSpec) {
             .insert(spec.index, topic.clone());
     }
     let client_id = format!("crash-pub-{}", spec.index);
+    // Every other publisher speaks 3.1.1: its messages are stored as the 3.x frames they
+    // arrived in, and must come back as intact as the 5.0 ones.
+    let version = if spec.index % 2 == 1 {
+        ProtocolVersion::V3_1_1
+    } else {
+        ProtocolVersion::V5
+    };
     let mut publisher = Publisher {
         ctx: ctx.clone(),
         spec,
@@ -79,7 +86,10 @@ pub(crate) async fn run(ctx: Arc<Ctx>, spec: PublisherSpec) {
         inflight: VecDeque::new(),
     };
     let mut first = true;
-    while let Some((mut wire, present)) = ctx.connect(&client_id, first).await {
+    // A 3.1.1 session with Clean Session 1 ends with its connection: 3.1.1 publishers ask
+    // for a persistent session from the start (the broker's data directory is new).
+    let fresh = |first: bool| first && version == ProtocolVersion::V5;
+    while let Some((mut wire, present)) = ctx.connect_as(&client_id, fresh(first), version).await {
         if !present && !first {
             // [MQTT-4.4.0-1] only applies to a session that is still there.
             ctx.ledger.lock().publisher_sessions_lost += 1;

@@ -1,5 +1,6 @@
-//! One MQTT 5.0 connection of the checker: connect with a persistent session, send a
-//! packet, receive the next one. Every step is fallible (the broker may be killed at any
+//! One connection of the checker (MQTT 5.0, or 3.1.1 for some publishers, so that messages
+//! stored as 3.x frames are checked too): connect with a persistent session, send a packet,
+//! receive the next one. Every step is fallible (the broker may be killed at any
 //! moment) and returns an error instead of panicking; what the packets mean is up to the
 //! publisher and subscriber.
 
@@ -12,7 +13,6 @@ use tern_codec::{Connect, Decoder, Packet, ProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const V5: ProtocolVersion = ProtocolVersion::V5;
 /// Session Expiry Interval of every checker session: far longer than a run.
 pub(crate) const SESSION_EXPIRY_SECS: u32 = 3600;
 /// How long a connect (TCP and CONNACK) may take.
@@ -21,13 +21,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A connection to the broker.
 pub(crate) struct Wire {
     stream: TcpStream,
+    version: ProtocolVersion,
     decoder: Decoder,
     buf: BytesMut,
 }
 
 impl Wire {
-    /// Connects `client_id` with Clean Start 0 (`clean_start` false) or 1 and a Session
-    /// Expiry of [`SESSION_EXPIRY_SECS`]; returns the connection and Session Present.
+    /// Connects `client_id` with `version`, Clean Start 0 (`clean_start` false) or 1 and
+    /// (5.0) a Session Expiry of [`SESSION_EXPIRY_SECS`]; returns the connection and
+    /// Session Present.
     ///
     /// # Errors
     /// The TCP connect failed, the broker closed or timed out, or refused the CONNECT.
@@ -35,16 +37,18 @@ impl Wire {
         addr: SocketAddr,
         client_id: &str,
         clean_start: bool,
+        version: ProtocolVersion,
     ) -> io::Result<(Wire, bool)> {
         let connect = async {
             let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
             let mut wire = Wire {
                 stream,
-                decoder: Decoder::with_version(V5, u32::MAX),
+                version,
+                decoder: Decoder::with_version(version, u32::MAX),
                 buf: BytesMut::new(),
             };
-            let mut connect = Connect::new(V5, client_id);
+            let mut connect = Connect::new(version, client_id);
             connect.clean_start = clean_start;
             connect.properties.session_expiry_interval_secs = Some(SESSION_EXPIRY_SECS);
             wire.send(&Packet::Connect(Box::new(connect))).await?;
@@ -65,7 +69,7 @@ impl Wire {
     /// # Errors
     /// The connection failed.
     pub(crate) async fn send(&mut self, packet: &Packet) -> io::Result<()> {
-        self.stream.write_all(&packet.to_bytes(V5)).await
+        self.stream.write_all(&packet.to_bytes(self.version)).await
     }
 
     /// The next packet.

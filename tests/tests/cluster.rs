@@ -597,7 +597,8 @@ async fn sigkill_of_one_node_leaves_the_others_working() {
     let got = sub.expect_publish().await;
     assert_eq!(got.payload(), b"after the kill");
     sub.ack(&got).await;
-    // The killed node's client moves to a surviving node (a fresh session there).
+    // The killed node's client moves to a surviving node (its session follows it:
+    // cluster_sessions.rs).
     let mut moved = client(&nodes[1], V5, "dev").await;
     moved.ping().await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -13,11 +13,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use tern_codec::LastWill;
 use tokio::time::Instant;
 
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router::RouteScratch;
+use crate::session::Session;
 
 use super::Broker;
 
@@ -51,8 +53,22 @@ pub trait ClusterLink: Send + Sync + fmt::Debug {
     fn interest_ready(&self, filter: &str) -> Option<InterestReady>;
 
     /// Makes this node the owner of `client_id` before its session is opened here (another
-    /// node holding it closes that connection with 0x8E); `None` when nothing is to wait for.
-    fn claim(&self, client_id: &str) -> Option<ClaimWait>;
+    /// node holding it closes that connection with 0x8E and, when the CONNECT `resume`s,
+    /// hands the session over: [`Broker::adopt_session`]); `None` when nothing is to wait
+    /// for.
+    fn claim(&self, client_id: &str, resume: bool) -> Option<ClaimWait>;
+
+    /// The expiry or the subscriptions of `client_id`'s session changed (called under the
+    /// session's locks: only take note; read it later with
+    /// [`Broker::stored_session_form`]).
+    fn session_changed(&self, client_id: &Arc<str>);
+
+    /// The will `client_id`'s session would publish if this node died is now `form` (the
+    /// handover form of [`Broker::will_form`]; `None`: no will).
+    fn will_changed(&self, client_id: &Arc<str>, form: Option<Vec<u8>>);
+
+    /// `client_id`'s session ended on this node (not handed over to another node).
+    fn session_ended(&self, client_id: &Arc<str>);
 
     /// When messages wait for NATS past the high-water mark: completes once they have
     /// drained below it. A publisher waits on it before reading more (back-pressure
@@ -86,9 +102,34 @@ impl Broker {
         }
     }
 
-    /// Waits until this node owns `client_id` cluster-wide (`None`: no cluster).
-    pub fn claim_client(&self, client_id: &str) -> Option<ClaimWait> {
-        self.inner.cluster.get()?.claim(client_id)
+    /// Waits until this node owns `client_id` cluster-wide, with the session handed over
+    /// from the node that held it when the CONNECT `resume`s (`None`: no cluster).
+    pub fn claim_client(&self, client_id: &str, resume: bool) -> Option<ClaimWait> {
+        self.inner.cluster.get()?.claim(client_id, resume)
+    }
+
+    /// Tells the cluster that `session`'s expiry or subscriptions changed.
+    pub(super) fn cluster_session_changed(&self, session: &Session) {
+        if let Some(cluster) = self.inner.cluster.get() {
+            cluster.session_changed(&session.client_id);
+        }
+    }
+
+    /// Tells the cluster the will `session` would publish if this node died.
+    pub(super) fn cluster_will(&self, session: &Session, will: Option<&LastWill>) {
+        if let Some(cluster) = self.inner.cluster.get() {
+            let form = will.map(|will| self.will_form(session, will));
+            cluster.will_changed(&session.client_id, form);
+        }
+    }
+
+    /// Tells the cluster that `session` ended here (unless it went on on another node).
+    pub(super) fn cluster_session_ended(&self, session: &Session) {
+        if let Some(cluster) = self.inner.cluster.get() {
+            if !session.is_handed_over() {
+                cluster.session_ended(&session.client_id);
+            }
+        }
     }
 
     /// Waits while the queue to the other nodes is over its high-water mark (`None`: no

@@ -8,6 +8,7 @@
 //! methods (open/resume/end a session, subscribe, publish, reload).
 
 pub mod cluster_link;
+mod handover;
 mod journaling;
 pub mod persist;
 mod sessions;
@@ -38,6 +39,7 @@ use crate::session::delivery::DeliverCtx;
 use crate::session::Session;
 
 pub use self::cluster_link::{ClaimWait, ClusterLink, InterestReady};
+pub use self::handover::{Adopted, HandoverError};
 pub use self::subscriptions::Subscribed;
 
 /// A handle to the broker; cheap to clone.

@@ -1,12 +1,14 @@
 //! Which node owns each client identifier: the JetStream key-value bucket `{prefix}_owners`
 //! (key: the client id in base64url, value: the owning node's name), changed only by
 //! compare-and-swap. A CONNECT claims its id before the session is opened
-//! ([`Owners::claim`]); taking it from another node tells that node on
-//! `{prefix}.takeover.{node}`, and the node closes its connection with DISCONNECT 0x8E and
-//! ends the session there ([`crate::broker::Broker::end_session`]).
-//!
-//! Not done yet: handing the session's state (subscriptions, queued and inflight messages)
-//! over to the new node: the session starts afresh there (Session Present 0).
+//! ([`Owners::claim`]); taking it from another node asks that node on
+//! `{prefix}.takeover.{node}` (NATS request/reply): it closes its connection with
+//! DISCONNECT 0x8E and, when the CONNECT resumes (Clean Start 0), answers with the
+//! session's state ([`Broker::hand_over`]), which this node puts back
+//! ([`Broker::adopt_session`]) and whose filters' interest it waits for before the CONNACK
+//! (Session Present 1). With Clean Start 1 the old node just ends the session. A node that
+//! does not answer within `handover_timeout_ms` leaves this node with the state the
+//! sessions bucket holds ([`super::sessions`]), or a fresh session.
 //!
 //! This module owns the bucket, the claim and the takeover subject.
 
@@ -26,6 +28,11 @@ const CLAIM_TRIES: usize = 16;
 /// Longest a CONNECT waits for its claim (then it goes on, and says so in the log).
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The takeover request's first byte: the new node resumes the session (hand it over).
+const HAND_OVER: u8 = b'H';
+/// The takeover request's first byte: the new node starts afresh (just end it).
+const END: u8 = b'E';
+
 /// The ownership bucket and this node's name.
 #[derive(Debug)]
 pub(crate) struct Owners {
@@ -34,6 +41,11 @@ pub(crate) struct Owners {
     node_name: String,
     prefix: String,
     metrics: Arc<ClusterMetrics>,
+    broker: Broker,
+    /// Longest a takeover waits for the old node's answer.
+    handover_timeout: Duration,
+    /// The session state stored cluster-wide, for when the old node does not answer.
+    sessions: Arc<super::sessions::SessionBucket>,
 }
 
 fn key_of(client_id: &str) -> String {
@@ -53,15 +65,15 @@ impl Owners {
     pub(crate) async fn start(
         jetstream: &async_nats::jetstream::Context,
         client: async_nats::Client,
-        prefix: &str,
-        node_name: &str,
+        (prefix, node_name): (&str, &str),
         broker: Broker,
         metrics: Arc<ClusterMetrics>,
+        (handover_timeout, sessions): (Duration, Arc<super::sessions::SessionBucket>),
     ) -> Result<Owners, ClusterError> {
         let bucket = format!("{prefix}_owners");
         let store = super::retained::open_bucket(jetstream, &bucket, None).await?;
         let subject = takeover_subject(prefix, node_name);
-        let mut takeovers = loop {
+        let takeovers = loop {
             match client.subscribe(subject.clone()).await {
                 Ok(subscriber) => break subscriber,
                 Err(e) => {
@@ -70,43 +82,119 @@ impl Owners {
                 }
             }
         };
-        let counters = metrics.clone();
-        tokio::spawn(async move {
-            while let Some(message) = takeovers.next().await {
-                let Ok(client_id) = std::str::from_utf8(&message.payload) else {
-                    continue;
-                };
-                if let Some(session) = broker.session(client_id) {
-                    // DISCONNECT 0x8E to its connection, and the session ends here.
-                    broker.end_session(&session);
-                    ClusterMetrics::inc(&counters.takeovers);
-                    tracing::debug!(client_id, "cluster: client taken over by another node");
-                }
-            }
-        });
+        tokio::spawn(answer_takeovers(
+            takeovers,
+            client.clone(),
+            broker.clone(),
+            metrics.clone(),
+        ));
         Ok(Owners {
             store,
             client,
             node_name: node_name.to_string(),
             prefix: prefix.to_string(),
             metrics,
+            broker,
+            handover_timeout,
+            sessions,
         })
     }
 
-    /// Makes this node the owner of `client_id`, telling the previous owner to let go.
-    /// Gives up (logging why) after [`CLAIM_TIMEOUT`] or [`CLAIM_TRIES`] lost swaps: the
-    /// CONNECT goes on either way.
-    pub(crate) async fn claim(&self, client_id: &str) {
-        match tokio::time::timeout(CLAIM_TIMEOUT, self.try_claim(client_id)).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(client_id, "cluster: ownership claim kept losing; going on")
+    /// The owners bucket (the failover's reap keys live there too).
+    pub(crate) fn store(&self) -> kv::Store {
+        self.store.clone()
+    }
+
+    /// Makes this node the owner of `client_id`, asking the previous owner to let go (and,
+    /// when the CONNECT resumes, to hand the session over). Gives up the claim (logging
+    /// why) after [`CLAIM_TIMEOUT`] or [`CLAIM_TRIES`] lost swaps: the CONNECT goes on
+    /// either way.
+    pub(crate) async fn claim(&self, client_id: &str, resume: bool) {
+        let previous = match tokio::time::timeout(CLAIM_TIMEOUT, self.try_claim(client_id)).await {
+            Ok(Some(previous)) => previous,
+            Ok(None) => {
+                tracing::warn!(client_id, "cluster: ownership claim kept losing; going on");
+                return;
             }
-            Err(_) => tracing::warn!(client_id, "cluster: ownership claim timed out; going on"),
+            Err(_) => {
+                tracing::warn!(client_id, "cluster: ownership claim timed out; going on");
+                return;
+            }
+        };
+        let Some(owner) = previous else {
+            // Nobody held it (or this node did).
+            return;
+        };
+        let form = self.ask_to_let_go(&owner, client_id, resume).await;
+        if !resume {
+            return;
+        }
+        let form = match form {
+            Some(form) => form,
+            // No answer: the state stored cluster-wide (subscriptions), if any.
+            None => match self.sessions.stored_form(client_id).await {
+                Some(form) => form,
+                None => return,
+            },
+        };
+        self.adopt(client_id, &form).await;
+    }
+
+    /// Tells `owner` that it lost `client_id`; returns the session it hands over (`None`:
+    /// it had none, it does not answer, or `resume` is false).
+    async fn ask_to_let_go(
+        &self,
+        owner: &str,
+        client_id: &str,
+        resume: bool,
+    ) -> Option<bytes::Bytes> {
+        let subject = takeover_subject(&self.prefix, owner);
+        let mut payload = Vec::with_capacity(1 + client_id.len());
+        payload.push(if resume { HAND_OVER } else { END });
+        payload.extend_from_slice(client_id.as_bytes());
+        let request = self.client.request(subject, payload.into());
+        match tokio::time::timeout(self.handover_timeout, request).await {
+            Ok(Ok(reply)) if !reply.payload.is_empty() => Some(reply.payload),
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => {
+                tracing::warn!(client_id, owner, error = %e, "cluster: the previous owner did not hand the session over");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    client_id,
+                    owner,
+                    "cluster: the previous owner did not answer the takeover in time"
+                );
+                None
+            }
         }
     }
 
-    async fn try_claim(&self, client_id: &str) -> bool {
+    /// Puts a handed-over session back here and waits until its filters' interest is in
+    /// force cluster-wide (each wait bounded by `interest_timeout_ms`).
+    async fn adopt(&self, client_id: &str, form: &[u8]) {
+        match self.broker.adopt_session(&[form]) {
+            Ok(adopted) => {
+                ClusterMetrics::inc(&self.metrics.handovers);
+                tracing::debug!(
+                    client_id,
+                    messages = adopted.messages,
+                    "cluster: session handed over"
+                );
+                for filter in &adopted.filters {
+                    if let Some(ready) = self.broker.interest_ready(filter) {
+                        ready.await;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(client_id, error = %e, "cluster: handed-over session dropped"),
+        }
+    }
+
+    /// The swap: `Some(previous owner)` once this node owns the key (`Some(None)`: nobody
+    /// else held it); `None` after [`CLAIM_TRIES`] lost swaps.
+    async fn try_claim(&self, client_id: &str) -> Option<Option<String>> {
         let key = key_of(client_id);
         let me = bytes::Bytes::from(self.node_name.clone());
         for _ in 0..CLAIM_TRIES {
@@ -119,7 +207,7 @@ impl Owners {
                 }
             };
             let previous = match current {
-                Some(e) if e.operation == kv::Operation::Put && e.value == me => return true,
+                Some(e) if e.operation == kv::Operation::Put && e.value == me => return Some(None),
                 Some(e) => {
                     let owner = (e.operation == kv::Operation::Put).then_some(e.value);
                     match self.store.update(&key, me.clone(), e.revision).await {
@@ -133,15 +221,44 @@ impl Owners {
                 },
             };
             ClusterMetrics::inc(&self.metrics.ownership_changes);
-            if let Some(owner) = previous.and_then(|o| String::from_utf8(o.to_vec()).ok()) {
-                let subject = takeover_subject(&self.prefix, &owner);
-                let payload = bytes::Bytes::from(client_id.to_string());
-                if let Err(e) = self.client.publish(subject, payload).await {
-                    tracing::debug!(error = %e, owner, "cluster: takeover notice not sent");
-                }
-            }
-            return true;
+            return Some(previous.and_then(|o| String::from_utf8(o.to_vec()).ok()));
         }
-        false
+        None
+    }
+}
+
+/// Answers the takeover requests for this node's clients: the connection gets DISCONNECT
+/// 0x8E and the session ends here; a request that resumes gets the session's state in the
+/// handover form (empty: no session here).
+async fn answer_takeovers(
+    mut takeovers: async_nats::Subscriber,
+    client: async_nats::Client,
+    broker: Broker,
+    counters: Arc<ClusterMetrics>,
+) {
+    while let Some(message) = takeovers.next().await {
+        let Some((&kind, id)) = message.payload.split_first() else {
+            continue;
+        };
+        let Ok(client_id) = std::str::from_utf8(id) else {
+            continue;
+        };
+        let form = match kind {
+            HAND_OVER => broker.hand_over(client_id),
+            _ => broker.session(client_id).map(|session| {
+                broker.end_session(&session);
+                Vec::new()
+            }),
+        };
+        if form.is_some() {
+            ClusterMetrics::inc(&counters.takeovers);
+            tracing::debug!(client_id, "cluster: client taken over by another node");
+        }
+        if let Some(reply) = message.reply {
+            let form = bytes::Bytes::from(form.unwrap_or_default());
+            if let Err(e) = client.publish(reply, form).await {
+                tracing::warn!(client_id, error = %e, "cluster: handover answer not sent");
+            }
+        }
     }
 }

@@ -103,7 +103,7 @@ pub(crate) async fn connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         expires_at = granted.expires_at;
         None
     };
-    claim_in_cluster(broker, &connect.client_id).await;
+    claim_in_cluster(broker, &connect.client_id, !connect.clean_start).await;
     let connection = establish(broker, *connect, out, info, authenticated)?;
     expires_at.inspect(|&at| super::auth_hooks::close_at_expiry(out, at));
     Ok(connection)
@@ -189,12 +189,13 @@ struct Negotiated {
 }
 
 /// In a cluster, makes the client id this node's first (another node holding it closes
-/// that connection with 0x8E). An empty id gets a fresh one here: nobody holds it.
-async fn claim_in_cluster(broker: &Broker, client_id: &str) {
+/// that connection with 0x8E and hands the session over when the CONNECT `resume`s). An
+/// empty id gets a fresh one here: nobody holds it.
+async fn claim_in_cluster(broker: &Broker, client_id: &str, resume: bool) {
     if client_id.is_empty() {
         return;
     }
-    if let Some(claim) = broker.claim_client(client_id) {
+    if let Some(claim) = broker.claim_client(client_id, resume) {
         claim.await;
     }
 }

@@ -1,0 +1,293 @@
+//! Sessions across the nodes of a cluster (issue #12): a takeover hands the session over
+//! to the new node, and a dead node's sessions and wills are taken up by a survivor. A real
+//! nats-server with JetStream on 127.0.0.1, in-process nodes and `tern` processes. Skipped
+//! (with the reason printed) when nats-server is not installed; under `CI=true` it must be.
+
+use std::time::Duration;
+
+use tern_codec::{Connect, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
+use tern_tests::cluster_support::NatsServer;
+use tern_tests::{Client, TestBroker};
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+/// A 5.0 client resuming or starting a persistent session (Clean Start 0, expiry 300 s),
+/// with `receive_maximum`; returns it and Session Present.
+async fn persistent(
+    addr: std::net::SocketAddr,
+    client_id: &str,
+    receive_maximum: Option<u16>,
+) -> (Client, bool) {
+    let mut client = Client::tcp(addr, V5).await;
+    let mut connect = Connect::new(V5, client_id);
+    connect.clean_start = false;
+    connect.keep_alive_secs = 0;
+    connect.properties.session_expiry_interval_secs = Some(300);
+    connect.properties.receive_maximum = receive_maximum;
+    let connack = client.connect(connect).await;
+    assert_eq!(connack.code, ReasonCode::SUCCESS, "{connack:?}");
+    (client, connack.session_present)
+}
+
+/// Waits (at most 10 s) until `check` holds.
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A persistent client with three messages in flight (sent, not acknowledged) and two
+/// queued behind its Receive Maximum of 3 on node A connects again on node B: the old
+/// connection gets DISCONNECT 0x8E, the new one Session Present 1, the five messages in
+/// order (the three in flight again with DUP) with the subscription identifier, and the
+/// subscription works for what is published on A afterwards.
+#[tokio::test]
+async fn takeover_hands_the_session_over_to_the_new_node() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = nats.nodes(2).await;
+    let (mut old, _) = persistent(nodes[0].addr, "dev", Some(3)).await;
+    let options = SubscriptionOptions::with_qos(QoS::AtLeastOnce);
+    old.subscribe_with(vec![("q/#", options)], Some(5)).await;
+    let mut publisher = nodes[0].client(V5, "pub").await;
+    for i in 0..5 {
+        let topic = format!("q/{i}");
+        publisher
+            .publish(&topic, b"m", QoS::AtLeastOnce, false)
+            .await;
+    }
+    for i in 0..3 {
+        assert_eq!(old.expect_publish().await.topic(), format!("q/{i}"));
+    }
+    let (mut new, present) = persistent(nodes[1].addr, "dev", None).await;
+    assert!(present, "[MQTT-3.2.2-3] Session Present 1 on the new node");
+    let disconnect = old.expect_disconnect().await.expect("DISCONNECT");
+    // [MQTT-3.1.4-3]: the existing connection is closed with 0x8E.
+    assert_eq!(disconnect.reason_code, ReasonCode::SESSION_TAKEN_OVER);
+    for i in 0..5 {
+        let got = new.expect_publish().await;
+        assert_eq!(got.topic(), format!("q/{i}"));
+        // [MQTT-4.4.0-1]: unacknowledged PUBLISH packets are resent with DUP on resume.
+        assert_eq!(got.dup, i < 3, "DUP of q/{i}");
+        let ids: Vec<u32> = got.properties().subscription_identifiers().collect();
+        assert_eq!(ids, vec![5], "[MQTT-3.3.4-3] the subscription identifier");
+        new.ack(&got).await;
+    }
+    assert!(!nodes[0].broker().has_session("dev"), "ended on A");
+    publisher
+        .publish("q/after", b"a", QoS::AtLeastOnce, false)
+        .await;
+    let got = new.expect_publish().await;
+    assert_eq!(got.topic(), "q/after");
+    new.ack(&got).await;
+    new.expect_nothing(Duration::from_millis(300)).await;
+}
+
+/// An inbound QoS 2 message awaiting PUBREL moves with the session: the PUBREL sent to the
+/// new node completes it, and the message is not delivered twice ([MQTT-4.3.3-9]).
+#[tokio::test]
+async fn inbound_qos2_state_moves_with_the_session() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = nats.nodes(2).await;
+    let mut watcher = nodes[1].client(V5, "watch").await;
+    watcher.subscribe("r/#", QoS::AtMostOnce).await;
+    let (mut old, _) = persistent(nodes[0].addr, "q2", None).await;
+    let mut publish = tern_codec::Publish::new("r/1", b"once".to_vec());
+    let id = old.next_packet_id();
+    publish.set_qos(tern_codec::PublishQoS::with_id(QoS::ExactlyOnce, id));
+    old.send(&tern_codec::Packet::Publish(publish.clone()))
+        .await;
+    match old.recv().await {
+        tern_codec::Packet::PubRec(rec) => assert_eq!(rec.packet_id, id),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    assert_eq!(watcher.expect_publish().await.payload(), b"once");
+    let (mut new, present) = persistent(nodes[1].addr, "q2", None).await;
+    assert!(present);
+    // The client resends the PUBLISH with DUP (it saw no PUBREC... or did): still once.
+    publish.dup = true;
+    new.send(&tern_codec::Packet::Publish(publish)).await;
+    match new.recv().await {
+        tern_codec::Packet::PubRec(rec) => assert_eq!(rec.packet_id, id),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    new.send(&tern_codec::Packet::PubRel(tern_codec::PubRel::new(id)))
+        .await;
+    match new.recv().await {
+        tern_codec::Packet::PubComp(comp) => assert_eq!(comp.packet_id, id),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    watcher.expect_nothing(Duration::from_millis(500)).await;
+}
+
+/// The real client: `mosquitto_sub -c -i msq -q 1` on A, killed; three QoS 1 messages are
+/// queued for it on A; the same command on B gets them (its session came over, Session
+/// Present 1: a fresh session would have none).
+#[tokio::test]
+async fn mosquitto_sub_resumes_on_another_node_with_its_queued_messages() {
+    if !tern_tests::require_tool("mosquitto_sub") {
+        return;
+    }
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = nats.nodes(2).await;
+    let sub = |node: &TestBroker, count: &str| {
+        let mut command = tokio::process::Command::new("mosquitto_sub");
+        command
+            .args(["-h", "127.0.0.1", "-p", &node.addr.port().to_string()])
+            .args(["-c", "-i", "msq", "-q", "1", "-t", "m/#", "-F", "%t|%p"])
+            .args(["-C", count, "-W", "20"])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        command.spawn().expect("mosquitto_sub")
+    };
+    let mut first = sub(&nodes[0], "100");
+    let a = nodes[0].broker().clone();
+    until("mosquitto_sub subscribed on A", || a.trie_entries() == 1).await;
+    first.kill().await.expect("kill mosquitto_sub");
+    until("the session offline on A", || {
+        a.session("msq").is_some_and(|s| !s.delivery().is_online())
+    })
+    .await;
+    let mut publisher = nodes[0].client(V5, "pub").await;
+    for i in 0..3 {
+        let payload = format!("p{i}");
+        let topic = format!("m/{i}");
+        publisher
+            .publish(&topic, payload.as_bytes(), QoS::AtLeastOnce, false)
+            .await;
+    }
+    let second = sub(&nodes[1], "3");
+    let out = tokio::time::timeout(Duration::from_secs(20), second.wait_with_output())
+        .await
+        .expect("mosquitto_sub on B finished")
+        .expect("mosquitto_sub output");
+    let lines = String::from_utf8_lossy(&out.stdout);
+    let got: Vec<&str> = lines.lines().collect();
+    assert_eq!(
+        got,
+        vec!["m/0|p0", "m/1|p1", "m/2|p2"],
+        "queued messages on B"
+    );
+    assert!(!nodes[0].broker().has_session("msq"), "ended on A");
+}
+
+/// A 5.0 client of `addr` with a will on `wills/{client_id}` delayed by `delay_secs` and
+/// Session Expiry `expiry_secs` (Clean Start 0).
+async fn with_will(
+    addr: std::net::SocketAddr,
+    client_id: &str,
+    delay_secs: u32,
+    expiry_secs: u32,
+) -> Client {
+    let mut client = Client::tcp(addr, V5).await;
+    let mut connect = Connect::new(V5, client_id);
+    connect.clean_start = false;
+    connect.keep_alive_secs = 0;
+    connect.properties.session_expiry_interval_secs = Some(expiry_secs);
+    connect.will = Some(tern_codec::LastWill {
+        topic: tern_codec::ByteStr::from(format!("wills/{client_id}")),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: tern_codec::WillProperties {
+            will_delay_interval_secs: Some(delay_secs),
+            ..Default::default()
+        },
+    });
+    let connack = client.connect(connect).await;
+    assert_eq!(connack.code, ReasonCode::SUCCESS, "{connack:?}");
+    client
+}
+
+/// SIGKILL of a `tern` node: after `node_lease_ms` one survivor claims its sessions. The
+/// wills of its clients go out once (a non-persistent client's at once, a persistent
+/// one's after its delay), and a persistent client that reconnects on a survivor gets
+/// Session Present 1 and its subscription back, which works across nodes.
+#[tokio::test]
+async fn sigkill_of_a_node_publishes_its_wills_and_its_sessions_resume_elsewhere() {
+    use tern_tests::crash_checker::broker_process::{BrokerConfig, BrokerProcess, Stop};
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tern-cluster-dead-{}-{run}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = BrokerConfig::new(&dir.join("data"), "sync");
+    config.extra_toml = format!(
+        "\n[cluster]\nenabled = true\nnode_name = \"victim\"\nnats_urls = [\"{}\"]\nnode_lease_ms = 4000\n",
+        nats.url()
+    );
+    let mut victim = BrokerProcess::start(&config);
+    let mut nodes = Vec::new();
+    for name in ["s1", "s2"] {
+        let node = TestBroker::start_with(|c| {
+            nats.join(c, name);
+            c.cluster.node_lease_ms = 4000;
+        })
+        .await;
+        nodes.push(node);
+    }
+    let mut watcher = nodes[1].client(V5, "watch").await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+    let _plain = with_will(victim.addr(), "plain", 0, 0).await;
+    let _delayed = with_will(victim.addr(), "delayed", 2, 300).await;
+    let (mut dev, _) = persistent(victim.addr(), "dev", None).await;
+    dev.subscribe("k/#", QoS::AtLeastOnce).await;
+    // The sessions bucket is written in the background: give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed_at = tokio::time::Instant::now();
+    victim.stop(Stop::Kill);
+    let mut wills = Vec::new();
+    for _ in 0..2 {
+        let got = watcher
+            .recv_within(Duration::from_secs(20))
+            .await
+            .expect("a will within 20 s");
+        let tern_codec::Packet::Publish(will) = got else {
+            panic!("expected PUBLISH, got {got:?}");
+        };
+        wills.push((will.topic().to_string(), killed_at.elapsed()));
+        watcher.ack(&will).await;
+    }
+    let topics: Vec<&str> = wills.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(topics, vec!["wills/plain", "wills/delayed"]);
+    // The lease counts from the last heartbeat (every 2 s), up to 2 s before the kill.
+    assert!(
+        wills[0].1 >= Duration::from_secs(2),
+        "not before the lease: {wills:?}"
+    );
+    assert!(
+        wills[1].1 >= wills[0].1 + Duration::from_millis(1500),
+        "[MQTT-3.1.3-9] the delayed will waits for its delay: {wills:?}"
+    );
+    watcher.expect_nothing(Duration::from_millis(500)).await;
+    let claimed: u64 = nodes
+        .iter()
+        .map(|n| {
+            n.broker().cluster().expect("cluster").stats()["dead_nodes_claimed"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(claimed, 1, "exactly one survivor claimed the dead node");
+    let (mut moved, present) = persistent(nodes[0].addr, "dev", None).await;
+    assert!(
+        present,
+        "[MQTT-3.2.2-3] the session came back on a survivor"
+    );
+    let mut publisher = nodes[1].client(V5, "pub").await;
+    publisher
+        .publish("k/1", b"after", QoS::AtLeastOnce, false)
+        .await;
+    let got = moved.expect_publish().await;
+    assert_eq!(got.payload(), b"after");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -36,7 +36,16 @@ pub type ClaimWait = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 pub trait ClusterLink: Send + Sync + fmt::Debug {
     /// `message` was published on this node (and routed here already): send it to the nodes
     /// with interest, and store or delete it in the cluster's retained set if RETAIN.
-    fn forward(&self, message: &Arc<Message>, now: Instant);
+    /// Returns its position for [`ClusterLink::poll_confirmed`] (0: nothing to wait for).
+    fn forward(&self, message: &Arc<Message>, now: Instant) -> u64;
+
+    /// Every message forwarded up to this position is in NATS.
+    fn confirmed_position(&self) -> u64;
+
+    /// Ready once NATS has every message forwarded up to `position` (registers the waker
+    /// otherwise).
+    fn poll_confirmed(&self, position: u64, cx: &mut std::task::Context<'_>)
+        -> std::task::Poll<()>;
 
     /// The retained message of `message`'s topic changed on this node without a live
     /// delivery (an administrative delete: an empty payload).
@@ -136,6 +145,28 @@ impl Broker {
     /// cluster, or it is not).
     pub fn cluster_congested(&self) -> Option<InterestReady> {
         self.inner.cluster.get()?.congested()
+    }
+
+    /// How far the cluster has confirmed this node's messages (`u64::MAX`: no cluster,
+    /// nothing to wait for). Acknowledgements held for a position wait until this reaches
+    /// it, as they wait for the journal ([`Broker::durable_position`]).
+    pub fn confirmed_position(&self) -> u64 {
+        self.inner
+            .cluster
+            .get()
+            .map_or(u64::MAX, |c| c.confirmed_position())
+    }
+
+    /// Ready once the cluster has confirmed `position` (at once without a cluster).
+    pub fn poll_confirmed(
+        &self,
+        position: u64,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        match self.inner.cluster.get() {
+            Some(cluster) => cluster.poll_confirmed(position, cx),
+            None => std::task::Poll::Ready(()),
+        }
     }
 
     /// The cluster this node belongs to, if any.

@@ -3,7 +3,8 @@
 //! A node connects to NATS once ([`start`]) and plugs a [`Cluster`] into its broker as the
 //! broker's [`ClusterLink`]; the broker knows nothing else of it. Then:
 //! - a message published on this node is routed locally and sent once to NATS, on the
-//!   subject of its topic ([`subject`], [`envelope`], [`forward`]);
+//!   subject of its topic ([`subject`], [`envelope`], [`forward`]); its publisher's
+//!   PUBACK/PUBREC waits until a NATS round trip after it has completed ([`forward`]);
 //! - NATS forwards it only to nodes whose subscribers hold a matching filter: each node
 //!   subscribes once per distinct filter, before the SUBACK ([`interest`]), and routes what
 //!   arrives through its own trie, once per client ([`dedup`]);
@@ -93,8 +94,20 @@ impl Cluster {
 }
 
 impl ClusterLink for Cluster {
-    fn forward(&self, message: &Arc<Message>, now: Instant) {
-        self.forwarder.forward(message, now);
+    fn forward(&self, message: &Arc<Message>, now: Instant) -> u64 {
+        self.forwarder.forward(message, now)
+    }
+
+    fn confirmed_position(&self) -> u64 {
+        self.forwarder.confirmed().position()
+    }
+
+    fn poll_confirmed(
+        &self,
+        position: u64,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        self.forwarder.confirmed().poll(position, cx)
     }
 
     fn retain_only(&self, message: &Arc<Message>, now: Instant) {

@@ -67,6 +67,11 @@ pub trait ClusterLink: Send + Sync + fmt::Debug {
     /// for.
     fn claim(&self, client_id: &str, resume: bool) -> Option<ClaimWait>;
 
+    /// The CONNECT that claimed `client_id` ([`ClusterLink::claim`]) has attached its
+    /// session: false when another node took the id over in between (the session must
+    /// end here).
+    fn attached(&self, client_id: &str) -> bool;
+
     /// The expiry or the subscriptions of `client_id`'s session changed (called under the
     /// session's locks: only take note; read it later with
     /// [`Broker::stored_session_form`]).
@@ -115,6 +120,20 @@ impl Broker {
     /// from the node that held it when the CONNECT `resume`s (`None`: no cluster).
     pub fn claim_client(&self, client_id: &str, resume: bool) -> Option<ClaimWait> {
         self.inner.cluster.get()?.claim(client_id, resume)
+    }
+
+    /// The CONNECT that claimed `client_id` has attached its session; if another node took
+    /// the id over in between, the session ends here (its connection gets 0x8E).
+    pub fn cluster_attached(&self, client_id: &str) {
+        let Some(cluster) = self.inner.cluster.get() else {
+            return;
+        };
+        if !cluster.attached(client_id) {
+            if let Some(session) = self.session(client_id) {
+                tracing::debug!(client_id, "cluster: taken over while connecting");
+                self.end_session(&session);
+            }
+        }
     }
 
     /// Tells the cluster that `session`'s expiry or subscriptions changed.

@@ -138,6 +138,10 @@ impl ClusterLink for Cluster {
         ))
     }
 
+    fn attached(&self, client_id: &str) -> bool {
+        self.owners.attached(client_id)
+    }
+
     fn session_changed(&self, client_id: &Arc<str>) {
         self.sessions.changed(client_id);
     }

@@ -10,7 +10,13 @@
 //! does not answer within `handover_timeout_ms` leaves this node with the state the
 //! sessions bucket holds ([`super::sessions`]), or a fresh session.
 //!
-//! This module owns the bucket, the claim and the takeover subject.
+//! A CONNECT that claimed its id here but has not attached its session yet is remembered
+//! ([`Owners::attached`]): a takeover request for that id in between (another node's
+//! CONNECT won the id after ours) cannot find a session to end, so it marks the claim
+//! lost, and the CONNECT's session is ended (0x8E) as soon as it is attached. Without it
+//! both connections would stay.
+//!
+//! This module owns the bucket, the claim, the pending claims and the takeover subject.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +39,16 @@ const HAND_OVER: u8 = b'H';
 /// The takeover request's first byte: the new node starts afresh (just end it).
 const END: u8 = b'E';
 
+/// How many pending claims are kept before old ones (of CONNECTs that never attached) go.
+const PENDING_CLAIMS: usize = 4096;
+/// A pending claim older than this is dropped when the table is full.
+const PENDING_CLAIM_AGE: Duration = Duration::from_secs(30);
+
+/// Client ids claimed here whose session is not attached yet: whether another node took
+/// them meanwhile, and when they were claimed.
+type PendingClaims =
+    std::sync::Mutex<std::collections::HashMap<String, (bool, std::time::Instant)>>;
+
 /// The ownership bucket and this node's name.
 #[derive(Debug)]
 pub(crate) struct Owners {
@@ -46,6 +62,8 @@ pub(crate) struct Owners {
     handover_timeout: Duration,
     /// The session state stored cluster-wide, for when the old node does not answer.
     sessions: Arc<super::sessions::SessionBucket>,
+    /// Claims made here whose session is not attached yet.
+    pending: Arc<PendingClaims>,
 }
 
 fn key_of(client_id: &str) -> String {
@@ -82,11 +100,12 @@ impl Owners {
                 }
             }
         };
+        let pending = Arc::new(PendingClaims::default());
         tokio::spawn(answer_takeovers(
             takeovers,
             client.clone(),
             broker.clone(),
-            metrics.clone(),
+            (metrics.clone(), pending.clone()),
         ));
         Ok(Owners {
             store,
@@ -97,6 +116,7 @@ impl Owners {
             broker,
             handover_timeout,
             sessions,
+            pending,
         })
     }
 
@@ -110,6 +130,8 @@ impl Owners {
     /// why) after [`CLAIM_TIMEOUT`] or [`CLAIM_TRIES`] lost swaps: the CONNECT goes on
     /// either way.
     pub(crate) async fn claim(&self, client_id: &str, resume: bool) {
+        // Before the swap: a takeover request can only come once it has succeeded.
+        self.note_pending(client_id);
         let previous = match tokio::time::timeout(CLAIM_TIMEOUT, self.try_claim(client_id)).await {
             Ok(Some(previous)) => previous,
             Ok(None) => {
@@ -138,6 +160,21 @@ impl Owners {
             },
         };
         self.adopt(client_id, &form).await;
+    }
+
+    fn note_pending(&self, client_id: &str) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.len() >= PENDING_CLAIMS {
+            pending.retain(|_, (_, at)| at.elapsed() < PENDING_CLAIM_AGE);
+        }
+        pending.insert(client_id.to_string(), (false, std::time::Instant::now()));
+    }
+
+    /// The CONNECT that claimed `client_id` here has attached its session: false when
+    /// another node took the id over in between (the caller ends the session).
+    pub(crate) fn attached(&self, client_id: &str) -> bool {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        !pending.remove(client_id).is_some_and(|(lost, _)| lost)
     }
 
     /// Tells `owner` that it lost `client_id`; returns the session it hands over (`None`:
@@ -234,7 +271,7 @@ async fn answer_takeovers(
     mut takeovers: async_nats::Subscriber,
     client: async_nats::Client,
     broker: Broker,
-    counters: Arc<ClusterMetrics>,
+    (counters, pending): (Arc<ClusterMetrics>, Arc<PendingClaims>),
 ) {
     while let Some(message) = takeovers.next().await {
         let Some((&kind, id)) = message.payload.split_first() else {
@@ -243,6 +280,14 @@ async fn answer_takeovers(
         let Ok(client_id) = std::str::from_utf8(id) else {
             continue;
         };
+        // A CONNECT here that claimed the id but has not attached yet lost it.
+        if let Some((lost, _)) = pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(client_id)
+        {
+            *lost = true;
+        }
         let form = match kind {
             HAND_OVER => broker.hand_over(client_id),
             _ => broker.session(client_id).map(|session| {

@@ -86,6 +86,35 @@ async fn takeover_hands_the_session_over_to_the_new_node() {
     new.expect_nothing(Duration::from_millis(300)).await;
 }
 
+/// A connected 5.0 client with Session Expiry 0 taken over with Clean Start 0 on another
+/// node: its session exists while it is connected, so it continues there (Session
+/// Present 1, as on one node) with its subscription, though its expiry is 0.
+#[tokio::test]
+async fn a_session_with_expiry_0_is_handed_over_while_connected() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = nats.nodes(2).await;
+    let connect = |id: &str| {
+        let mut connect = Connect::new(V5, id);
+        connect.clean_start = false;
+        connect
+    };
+    let mut old = Client::tcp(nodes[0].addr, V5).await;
+    old.connect(connect("zero")).await;
+    old.subscribe("z/#", QoS::AtLeastOnce).await;
+    let mut new = Client::tcp(nodes[1].addr, V5).await;
+    let connack = new.connect(connect("zero")).await;
+    assert!(connack.session_present, "[MQTT-3.2.2-3]");
+    let disconnect = old.expect_disconnect().await.expect("DISCONNECT");
+    assert_eq!(disconnect.reason_code, ReasonCode::SESSION_TAKEN_OVER);
+    let mut publisher = nodes[0].client(V5, "pub").await;
+    publisher
+        .publish("z/1", b"z", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(new.expect_publish().await.topic(), "z/1");
+}
+
 /// An inbound QoS 2 message awaiting PUBREL moves with the session: the PUBREL sent to the
 /// new node completes it, and the message is not delivered twice ([MQTT-4.3.3-9]).
 #[tokio::test]

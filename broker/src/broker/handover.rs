@@ -186,7 +186,14 @@ impl Broker {
     ///
     /// # Errors
     /// [`HandoverError`]: the form does not decode or holds no session.
-    pub fn adopt_session(&self, forms: &[&[u8]]) -> Result<Adopted, HandoverError> {
+    ///
+    /// `linger_secs`: the session stays at least this long even with a shorter expiry (a
+    /// CONNECT that asked for it attaches in a moment; 0 for a dead node's session).
+    pub fn adopt_session(
+        &self,
+        forms: &[&[u8]],
+        linger_secs: u32,
+    ) -> Result<Adopted, HandoverError> {
         let mut state = State::default();
         for form in forms {
             for record in decode_records(form)? {
@@ -247,7 +254,7 @@ impl Broker {
         if let Some((will, _)) = &will {
             self.cluster_will(&session, Some(will));
         }
-        self.went_offline(&session, generation, will, s.expiry_secs);
+        self.went_offline(&session, generation, will, s.expiry_secs.max(linger_secs));
         Ok(adopted)
     }
 
@@ -313,7 +320,7 @@ mod tests {
         let form = a.hand_over("c").expect("a session to hand over");
         assert!(!a.has_session("c"), "the session ended on the old node");
         let b = Broker::new(Config::default_config());
-        let adopted = b.adopt_session(&[&form]).expect("adopted");
+        let adopted = b.adopt_session(&[&form], 0).expect("adopted");
         assert_eq!(adopted.filters, vec!["x/#".to_string()]);
         let resumed = b.session("c").expect("the session");
         assert_eq!(resumed.expiry_secs(), 300);

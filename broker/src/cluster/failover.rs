@@ -123,7 +123,7 @@ impl Failover {
         if forms.is_empty() {
             return false;
         }
-        if let Err(e) = self.broker.adopt_session(&forms) {
+        if let Err(e) = self.broker.adopt_session(&forms, 0) {
             tracing::warn!(client_id, error = %e, "cluster: dead node's session dropped");
             return false;
         }

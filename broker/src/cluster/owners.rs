@@ -39,6 +39,9 @@ const HAND_OVER: u8 = b'H';
 /// The takeover request's first byte: the new node starts afresh (just end it).
 const END: u8 = b'E';
 
+/// A handed-over session stays at least this long (its CONNECT attaches in a moment, even
+/// when its expiry is 0).
+const ADOPT_LINGER_SECS: u32 = 30;
 /// How many pending claims are kept before old ones (of CONNECTs that never attached) go.
 const PENDING_CLAIMS: usize = 4096;
 /// A pending claim older than this is dropped when the table is full.
@@ -211,7 +214,7 @@ impl Owners {
     /// Puts a handed-over session back here and waits until its filters' interest is in
     /// force cluster-wide (each wait bounded by `interest_timeout_ms`).
     async fn adopt(&self, client_id: &str, form: &[u8]) {
-        match self.broker.adopt_session(&[form]) {
+        match self.broker.adopt_session(&[form], ADOPT_LINGER_SECS) {
             Ok(adopted) => {
                 ClusterMetrics::inc(&self.metrics.handovers);
                 tracing::debug!(

@@ -94,7 +94,10 @@ impl Broker {
     /// connection gets DISCONNECT 0x8E; a will waiting for its delay is cancelled, as a
     /// resume cancels it (the session goes on elsewhere); the connection's own will follows
     /// the rules of a local takeover (`connection_closed`).
-    pub fn hand_over(&self, client_id: &str) -> Option<Vec<u8>> {
+    ///
+    /// A form longer than `max_bytes` (what one NATS message may carry) goes without the
+    /// outbound messages (dropped, logged): subscriptions and the rest still move.
+    pub fn hand_over(&self, client_id: &str, max_bytes: usize) -> Option<Vec<u8>> {
         let session = self.session(client_id)?;
         let now = Instant::now();
         let id = HANDOVER_SESSION;
@@ -103,13 +106,14 @@ impl Broker {
             client_id: client_id.to_string(),
             expiry_secs: session.expiry_secs(),
         }];
+        let mut messages = Vec::new();
         let attached = {
             let mut delivery = session.delivery();
             session.mark_handed_over();
             if !session.mark_ended() {
                 return None;
             }
-            delivery.handover_records(id, now, &mut records);
+            delivery.handover_records(id, now, &mut messages);
             // Handed over, not redirected to other shared-group members nor dropped.
             delivery.clear();
             delivery.take_link()
@@ -134,6 +138,24 @@ impl Broker {
         // A will filed for its delay is cancelled: the session resumes on the other node.
         self.session_resumed(&session);
         self.release_session(&session);
+        let state = records.len();
+        records.append(&mut messages);
+        let form = encode_records(&records);
+        if form.len() <= max_bytes {
+            return Some(form);
+        }
+        let dropped = records
+            .iter()
+            .filter(|r| matches!(r, Record::Out(_)))
+            .count();
+        tracing::warn!(
+            client_id,
+            dropped,
+            bytes = form.len(),
+            max_bytes,
+            "handover too large: the session moves without its messages"
+        );
+        records.truncate(state);
         Some(encode_records(&records))
     }
 
@@ -317,7 +339,9 @@ mod tests {
         };
         a.subscribe(&session, "x/#", record, None, 0);
         session.incoming_qos2().insert(5);
-        let form = a.hand_over("c").expect("a session to hand over");
+        let form = a
+            .hand_over("c", usize::MAX)
+            .expect("a session to hand over");
         assert!(!a.has_session("c"), "the session ended on the old node");
         let b = Broker::new(Config::default_config());
         let adopted = b.adopt_session(&[&form], 0).expect("adopted");
@@ -329,5 +353,48 @@ mod tests {
         assert!(resumed.incoming_qos2().contains(&5));
         let (_, present) = b.open_session("c", false);
         assert!(present, "[MQTT-3.2.2-3] Session Present on resume");
+    }
+
+    /// `a` holds an offline session "c" subscribed to `q/#` at QoS 1 with two messages
+    /// queued for it.
+    fn with_queued_messages() -> Broker {
+        let a = Broker::new(Config::default_config());
+        let (session, _) = a.open_session("c", false);
+        session.set_expiry_secs(300);
+        let record = SubscriptionRecord {
+            options: SubscriptionOptions::from_v5_byte(1).expect("QoS 1"),
+            subscription_id: None,
+        };
+        a.subscribe(&session, "q/#", record, None, 0);
+        let now = Instant::now();
+        for i in 1..=2u16 {
+            let id = tern_codec::PacketId::new(i).expect("non-zero");
+            let publish = tern_codec::Publish::new("q/1", vec![7; 100]).with_qos(
+                tern_codec::PublishQoS::with_id(tern_codec::QoS::AtLeastOnce, id),
+            );
+            let message = Message::new(publish, now, None);
+            a.publish(&message, &mut crate::router::RouteScratch::default(), now);
+        }
+        a
+    }
+
+    #[tokio::test]
+    async fn queued_messages_move_with_the_session() {
+        let a = with_queued_messages();
+        let form = a.hand_over("c", usize::MAX).expect("a session");
+        let b = Broker::new(Config::default_config());
+        let adopted = b.adopt_session(&[&form], 0).expect("adopted");
+        assert_eq!(adopted.messages, 2);
+    }
+
+    #[tokio::test]
+    async fn a_form_too_large_for_nats_moves_without_its_messages() {
+        let a = with_queued_messages();
+        let form = a.hand_over("c", 150).expect("a session");
+        assert!(form.len() <= 150, "{} bytes", form.len());
+        let b = Broker::new(Config::default_config());
+        let adopted = b.adopt_session(&[&form], 0).expect("adopted");
+        assert_eq!(adopted.filters, vec!["q/#".to_string()]);
+        assert_eq!(adopted.messages, 0);
     }
 }

@@ -134,7 +134,7 @@ impl Failover {
         let still_mine = matches!(self.owners.entry(key).await,
             Ok(Some(e)) if e.value == self.node_name.as_bytes());
         if !still_mine {
-            drop(self.broker.hand_over(&client_id));
+            drop(self.broker.hand_over(&client_id, usize::MAX));
         }
         true
     }

@@ -267,6 +267,15 @@ impl Owners {
     }
 }
 
+/// The largest payload the NATS server takes, less room for the message's own framing.
+fn max_payload(client: &async_nats::Client) -> usize {
+    client
+        .server_info()
+        .max_payload
+        .saturating_sub(1024)
+        .max(1024)
+}
+
 /// Answers the takeover requests for this node's clients: the connection gets DISCONNECT
 /// 0x8E and the session ends here; a request that resumes gets the session's state in the
 /// handover form (empty: no session here).
@@ -292,7 +301,8 @@ async fn answer_takeovers(
             *lost = true;
         }
         let form = match kind {
-            HAND_OVER => broker.hand_over(client_id),
+            // One NATS message carries the answer (with room for its headers).
+            HAND_OVER => broker.hand_over(client_id, max_payload(&client)),
             _ => broker.session(client_id).map(|session| {
                 broker.end_session(&session);
                 Vec::new()

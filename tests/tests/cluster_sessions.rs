@@ -320,3 +320,61 @@ async fn sigkill_of_a_node_publishes_its_wills_and_its_sessions_resume_elsewhere
     assert_eq!(got.payload(), b"after");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A session handed over to a node with persistence is in that node's journal: its two
+/// messages, sent but not acknowledged there, come back (DUP) with the session after a
+/// SIGKILL and restart of that node ([MQTT-4.4.0-1]).
+#[tokio::test]
+async fn a_handed_over_session_survives_a_crash_of_its_new_node() {
+    use tern_tests::crash_checker::broker_process::{BrokerConfig, BrokerProcess, Stop};
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir =
+        std::env::temp_dir().join(format!("tern-cluster-journal-{}-{run}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = BrokerConfig::new(&dir.join("data"), "sync");
+    config.extra_toml = format!(
+        "\n[cluster]\nenabled = true\nnode_name = \"durable\"\nnats_urls = [\"{}\"]\n",
+        nats.url()
+    );
+    let mut b = BrokerProcess::start(&config);
+    let a = TestBroker::start_with(|c| nats.join(c, "plain")).await;
+    let (mut old, _) = persistent(a.addr, "dur", None).await;
+    old.subscribe("d/#", QoS::AtLeastOnce).await;
+    drop(old);
+    let broker = a.broker().clone();
+    until("the session offline on A", || {
+        broker
+            .session("dur")
+            .is_some_and(|s| !s.delivery().is_online())
+    })
+    .await;
+    let mut publisher = a.client(V5, "pub").await;
+    for topic in ["d/1", "d/2"] {
+        publisher
+            .publish(topic, b"m", QoS::AtLeastOnce, false)
+            .await;
+    }
+    let (mut moved, present) = persistent(b.addr(), "dur", None).await;
+    assert!(present, "[MQTT-3.2.2-3]");
+    for topic in ["d/1", "d/2"] {
+        assert_eq!(moved.expect_publish().await.topic(), topic);
+    }
+    // The journal's committer writes back to back: give it a moment, then crash.
+    moved.ping().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.stop(Stop::Kill);
+    b.restart();
+    let (mut again, present) = persistent(b.addr(), "dur", None).await;
+    assert!(present, "the session came back from the journal");
+    for topic in ["d/1", "d/2"] {
+        let got = again.expect_publish().await;
+        assert_eq!(got.topic(), topic);
+        assert!(got.dup, "[MQTT-4.4.0-1] resent with DUP");
+        again.ack(&got).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -17,10 +17,11 @@ use tokio::time::Instant;
 
 use super::persist::{recovered_will, restored_outbound, Bodies, RestoreReport};
 use super::Broker;
-use crate::journal::record::{Record, RecordError};
+use crate::journal::record::{OutParts, Record, RecordError};
 use crate::journal::state::State;
 use crate::message::Message;
 use crate::metrics::Metrics;
+use crate::session::delivery::{Restored, RestoredStage};
 use crate::session::{Session, SubscriptionRecord};
 
 /// Version byte of the handover form.
@@ -231,9 +232,11 @@ impl Broker {
         let mut bodies = Bodies::new(std::mem::take(&mut state.bodies), now);
         let mut report = RestoreReport::default();
         let mut outbound = restored_outbound(&s, &mut bodies, &mut report);
-        for r in &mut outbound {
-            // Not in this node's journal: unnumbered, as for a session that is not logged.
-            r.seq = 0;
+        // A persistent session goes into this node's journal, numbered afresh; otherwise
+        // its messages are unnumbered, as for a session that is not logged.
+        let journaled = self.journal().is_some() && s.expiry_secs > 0;
+        for (i, r) in outbound.iter_mut().enumerate() {
+            r.seq = if journaled { i as u64 + 1 } else { 0 };
         }
         if let Some(stale) = self.session(&s.client_id) {
             self.end_session(&stale);
@@ -256,6 +259,13 @@ impl Broker {
             filters: s.subscriptions.keys().cloned().collect(),
             messages: outbound.len(),
         };
+        let will = s
+            .will
+            .as_ref()
+            .and_then(|(w, delay)| recovered_will(w, *delay, 0));
+        if journaled {
+            self.journal_adopted(&session, &outbound, &s.qos2_in, will.as_ref());
+        }
         session.delivery().restore_outbound(outbound);
         for &packet_id in &s.qos2_in {
             session.incoming_qos2().insert(packet_id);
@@ -269,15 +279,68 @@ impl Broker {
             Metrics::add(&self.inner.metrics.sessions, 1);
         }
         self.adopt_subscriptions(&session, &s.subscriptions);
-        let will = s
-            .will
-            .as_ref()
-            .and_then(|(w, delay)| recovered_will(w, *delay, 0));
         if let Some((will, _)) = &will {
             self.cluster_will(&session, Some(will));
         }
         self.went_offline(&session, generation, will, s.expiry_secs.max(linger_secs));
         Ok(adopted)
+    }
+
+    /// Writes an adopted persistent session into this node's journal as it stands, before
+    /// its subscriptions are made (which log themselves): opened and offline with its
+    /// will, each outbound message with its body, PUBREL owed, inbound QoS 2 ids.
+    fn journal_adopted(
+        &self,
+        session: &Arc<Session>,
+        outbound: &[Restored],
+        qos2_in: &std::collections::BTreeSet<u16>,
+        will: Option<&(LastWill, std::time::Duration)>,
+    ) {
+        let Some(journal) = self.journal() else {
+            return;
+        };
+        session
+            .delivery()
+            .set_log(Some((session.id, outbound.len() as u64)));
+        session.set_logged(true);
+        self.log_offline(session, will.map(|(w, _)| w));
+        let now = Instant::now();
+        for r in outbound {
+            let (body, inline) = journal.body_for(&r.message, now);
+            let packet_id = match r.stage {
+                RestoredStage::Queued => 0,
+                RestoredStage::Sent(p) | RestoredStage::Released(p) => p.get(),
+            };
+            let position = journal.append_with(|dst| {
+                OutParts {
+                    session: session.id,
+                    seq: r.seq,
+                    qos: r.qos as u8,
+                    retain: r.retain,
+                    packet_id,
+                    subscription_ids: &r.subscription_ids,
+                    group: r.group.as_deref(),
+                    body,
+                    inline: inline.as_ref(),
+                }
+                .encode(dst);
+            });
+            if inline.is_some() {
+                journal.body_stored(&r.message, position);
+            }
+            if matches!(r.stage, RestoredStage::Released(_)) {
+                journal.append(&Record::Released {
+                    session: session.id,
+                    seq: r.seq,
+                });
+            }
+        }
+        for &packet_id in qos2_in {
+            journal.append(&Record::Qos2Received {
+                session: session.id,
+                packet_id,
+            });
+        }
     }
 
     fn adopt_subscriptions(

@@ -378,3 +378,50 @@ async fn a_handed_over_session_survives_a_crash_of_its_new_node() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A node declared dead comes back (SIGKILL, claimed by a survivor, restarted with its
+/// journal): it drops the sessions the survivor took, so their wills go out once (from
+/// the survivor), not once more from the node that recovered them.
+#[tokio::test]
+async fn a_dead_node_that_comes_back_leaves_claimed_wills_to_the_survivor() {
+    use tern_tests::crash_checker::broker_process::{BrokerConfig, BrokerProcess, Stop};
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tern-cluster-back-{}-{run}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = BrokerConfig::new(&dir.join("data"), "sync");
+    config.extra_toml = format!(
+        "\n[cluster]\nenabled = true\nnode_name = \"back\"\nnats_urls = [\"{}\"]\nnode_lease_ms = 4000\n",
+        nats.url()
+    );
+    let mut victim = BrokerProcess::start(&config);
+    let survivor = TestBroker::start_with(|c| {
+        nats.join(c, "survivor");
+        c.cluster.node_lease_ms = 4000;
+    })
+    .await;
+    let mut watcher = survivor.client(V5, "watch").await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+    let _client = with_will(victim.addr(), "w", 6, 300).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    victim.stop(Stop::Kill);
+    let cluster = survivor.broker().cluster().expect("cluster").clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while cluster.stats()["dead_sessions_claimed"].as_u64() != Some(1) {
+        assert!(tokio::time::Instant::now() < deadline, "not claimed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    victim.restart();
+    let got = watcher.recv_within(Duration::from_secs(20)).await;
+    let Some(tern_codec::Packet::Publish(will)) = got else {
+        panic!("expected the will, got {got:?}");
+    };
+    assert_eq!(will.topic(), "wills/w");
+    watcher.ack(&will).await;
+    // The restarted node's copy would go out 6 s after its restart.
+    watcher.expect_nothing(Duration::from_secs(8)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -160,6 +160,17 @@ impl Broker {
         Some(encode_records(&records))
     }
 
+    /// Ends `session` here because the cluster holds a newer copy of it elsewhere (its
+    /// client id is owned by another node): quietly — its connection, if any, gets 0x8E,
+    /// a will waiting for its delay is dropped (the other copy has it), nothing is
+    /// redirected and its entry in the cluster's session store stays.
+    pub fn drop_superseded(&self, session: &Arc<Session>) {
+        session.mark_handed_over();
+        self.session_resumed(session);
+        session.delivery().clear();
+        self.end_session(session);
+    }
+
     /// The state of `session` other nodes need if this node dies, in the handover form: its
     /// expiry and subscriptions (no messages).
     pub fn stored_session_form(&self, session: &Session) -> Vec<u8> {
@@ -239,7 +250,7 @@ impl Broker {
             r.seq = if journaled { i as u64 + 1 } else { 0 };
         }
         if let Some(stale) = self.session(&s.client_id) {
-            self.end_session(&stale);
+            self.drop_superseded(&stale);
         }
         let limits = self.limits();
         let id = self

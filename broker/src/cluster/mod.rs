@@ -223,6 +223,7 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
         ),
     )
     .await?;
+    owners.drop_superseded_sessions().await;
     let cluster = Arc::new(Cluster {
         node_name: config.node_name.clone(),
         origin,

@@ -123,6 +123,29 @@ impl Owners {
         })
     }
 
+    /// Drops the sessions this node recovered from its journal whose client ids another
+    /// node owns now (it claimed them while this node was down, or their clients moved):
+    /// their wills and messages are that node's business. Before the node joins.
+    pub(crate) async fn drop_superseded_sessions(&self) {
+        let me = self.node_name.as_bytes();
+        let mut dropped = 0;
+        for session in self.broker.sessions() {
+            let Ok(Some(entry)) = self.store.entry(&key_of(&session.client_id)).await else {
+                continue;
+            };
+            if entry.operation == kv::Operation::Put && entry.value != me {
+                self.broker.drop_superseded(&session);
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "cluster: recovered sessions now owned by other nodes dropped"
+            );
+        }
+    }
+
     /// The owners bucket (the failover's reap keys live there too).
     pub(crate) fn store(&self) -> kv::Store {
         self.store.clone()

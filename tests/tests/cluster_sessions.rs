@@ -425,3 +425,59 @@ async fn a_dead_node_that_comes_back_leaves_claimed_wills_to_the_survivor() {
     watcher.expect_nothing(Duration::from_secs(8)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The old node is alive but does not answer (a `tern` process stopped with SIGSTOP):
+/// after `handover_timeout_ms` the new node goes on with the state stored in the cluster
+/// (Session Present 1, the subscription works); once the old node runs again it ends its
+/// copy and its connection gets DISCONNECT 0x8E.
+#[tokio::test]
+async fn a_silent_old_node_leaves_the_stored_state_to_the_new_one() {
+    use tern_tests::crash_checker::broker_process::{BrokerConfig, BrokerProcess, Stop};
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir =
+        std::env::temp_dir().join(format!("tern-cluster-silent-{}-{run}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = BrokerConfig::new(&dir.join("data"), "sync");
+    config.extra_toml = format!(
+        "\n[cluster]\nenabled = true\nnode_name = \"silent\"\nnats_urls = [\"{}\"]\n",
+        nats.url()
+    );
+    let mut old_node = BrokerProcess::start(&config);
+    let node = TestBroker::start_with(|c| {
+        nats.join(c, "new");
+        c.cluster.handover_timeout_ms = 1000;
+    })
+    .await;
+    let (mut old, _) = persistent(old_node.addr(), "sil", None).await;
+    old.subscribe("s/#", QoS::AtLeastOnce).await;
+    // The sessions bucket is written in the background: give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = old_node.pid().expect("running").to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let started = tokio::time::Instant::now();
+    let (mut new, present) = persistent(node.addr, "sil", None).await;
+    let waited = started.elapsed();
+    signal("-CONT");
+    assert!(present, "[MQTT-3.2.2-3] the stored session");
+    assert!(waited >= Duration::from_millis(900), "waited {waited:?}");
+    let mut publisher = node.client(V5, "pub").await;
+    publisher
+        .publish("s/1", b"x", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(new.expect_publish().await.topic(), "s/1");
+    let disconnect = old.expect_disconnect().await.expect("DISCONNECT");
+    assert_eq!(disconnect.reason_code, ReasonCode::SESSION_TAKEN_OVER);
+    old_node.stop(Stop::Kill);
+    let _ = std::fs::remove_dir_all(&dir);
+}

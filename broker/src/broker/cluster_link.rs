@@ -143,6 +143,15 @@ impl Broker {
         }
     }
 
+    /// Tells the cluster that `session`'s subscriptions changed, when it keeps them (a
+    /// persistent session: a session with expiry 0 has nothing stored, its CONNECT said
+    /// so already).
+    pub(super) fn cluster_subscriptions_changed(&self, session: &Session) {
+        if session.expiry_secs() > 0 {
+            self.cluster_session_changed(session);
+        }
+    }
+
     /// Tells the cluster the will `session` would publish if this node died.
     pub(super) fn cluster_will(&self, session: &Session, will: Option<&LastWill>) {
         if let Some(cluster) = self.inner.cluster.get() {

@@ -126,7 +126,7 @@ impl Broker {
         filter: &str,
         record: SubscriptionRecord,
     ) {
-        self.cluster_session_changed(session);
+        self.cluster_subscriptions_changed(session);
         self.log_for(session, || Record::Subscribe {
             session: session.id,
             filter: filter.to_owned(),
@@ -137,7 +137,7 @@ impl Broker {
 
     /// Logs a subscription removed (call under the session's subscription lock).
     pub(crate) fn log_unsubscribe(&self, session: &Session, filter: &str) {
-        self.cluster_session_changed(session);
+        self.cluster_subscriptions_changed(session);
         self.log_for(session, || Record::Unsubscribe {
             session: session.id,
             filter: filter.to_owned(),

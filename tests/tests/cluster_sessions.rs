@@ -138,7 +138,8 @@ async fn inbound_qos2_state_moves_with_the_session() {
     assert_eq!(watcher.expect_publish().await.payload(), b"once");
     let (mut new, present) = persistent(nodes[1].addr, "q2", None).await;
     assert!(present);
-    // The client resends the PUBLISH with DUP (it saw no PUBREC... or did): still once.
+    // The client resends the PUBLISH with DUP, as after a lost connection: the new node
+    // knows its id is awaiting PUBREL, answers PUBREC and does not route it again.
     publish.dup = true;
     new.send(&tern_codec::Packet::Publish(publish)).await;
     match new.recv().await {

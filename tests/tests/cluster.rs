@@ -316,8 +316,9 @@ async fn sse_and_websocket_clients_receive_from_other_nodes() {
     assert_eq!(message["payload"], "hello");
 }
 
-/// NATS stops: each node goes on serving its own clients; NATS comes back: cross-node
-/// traffic resumes by itself (the clients resubscribe).
+/// NATS stops: each node goes on serving its own clients (a QoS 1 message is delivered
+/// locally at once, its PUBACK waits for NATS); NATS comes back: cross-node traffic
+/// resumes by itself (the clients resubscribe).
 #[tokio::test]
 async fn nats_restart_local_traffic_goes_on_and_cross_node_resumes() {
     let Some(mut nats) = NatsServer::start() else {
@@ -330,13 +331,19 @@ async fn nats_restart_local_traffic_goes_on_and_cross_node_resumes() {
     remote.subscribe("n/#", QoS::AtLeastOnce).await;
     let mut publisher = client(&nodes[0], V5, "pub").await;
     nats.stop();
-    publisher
-        .publish("n/1", b"while down", QoS::AtLeastOnce, false)
-        .await;
+    // Delivered here at once; its PUBACK waits for NATS (cluster_acks.rs).
+    let id = publisher.next_packet_id();
+    let publish = tern_codec::Publish::new("n/1", b"while down".to_vec())
+        .with_qos(tern_codec::PublishQoS::with_id(QoS::AtLeastOnce, id));
+    publisher.send(&tern_codec::Packet::Publish(publish)).await;
     let got = local.expect_publish().await;
     assert_eq!(got.payload(), b"while down");
     local.ack(&got).await;
     nats.restart();
+    match publisher.recv_within(Duration::from_secs(20)).await {
+        Some(tern_codec::Packet::PubAck(ack)) => assert_eq!(ack.packet_id, id),
+        other => panic!("expected the PUBACK once NATS is back, got {other:?}"),
+    }
     // Publish until the other node gets one (the clients reconnect with backoff).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut resumed = false;
@@ -597,7 +604,8 @@ async fn sigkill_of_one_node_leaves_the_others_working() {
     let got = sub.expect_publish().await;
     assert_eq!(got.payload(), b"after the kill");
     sub.ack(&got).await;
-    // The killed node's client moves to a surviving node (a fresh session there).
+    // The killed node's client moves to a surviving node (its session follows it:
+    // cluster_sessions.rs).
     let mut moved = client(&nodes[1], V5, "dev").await;
     moved.ping().await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -13,11 +13,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use tern_codec::LastWill;
 use tokio::time::Instant;
 
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router::RouteScratch;
+use crate::session::Session;
 
 use super::Broker;
 
@@ -34,7 +36,16 @@ pub type ClaimWait = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 pub trait ClusterLink: Send + Sync + fmt::Debug {
     /// `message` was published on this node (and routed here already): send it to the nodes
     /// with interest, and store or delete it in the cluster's retained set if RETAIN.
-    fn forward(&self, message: &Arc<Message>, now: Instant);
+    /// Returns its position for [`ClusterLink::poll_confirmed`] (0: nothing to wait for).
+    fn forward(&self, message: &Arc<Message>, now: Instant) -> u64;
+
+    /// Every message forwarded up to this position is in NATS.
+    fn confirmed_position(&self) -> u64;
+
+    /// Ready once NATS has every message forwarded up to `position` (registers the waker
+    /// otherwise).
+    fn poll_confirmed(&self, position: u64, cx: &mut std::task::Context<'_>)
+        -> std::task::Poll<()>;
 
     /// The retained message of `message`'s topic changed on this node without a live
     /// delivery (an administrative delete: an empty payload).
@@ -51,8 +62,27 @@ pub trait ClusterLink: Send + Sync + fmt::Debug {
     fn interest_ready(&self, filter: &str) -> Option<InterestReady>;
 
     /// Makes this node the owner of `client_id` before its session is opened here (another
-    /// node holding it closes that connection with 0x8E); `None` when nothing is to wait for.
-    fn claim(&self, client_id: &str) -> Option<ClaimWait>;
+    /// node holding it closes that connection with 0x8E and, when the CONNECT `resume`s,
+    /// hands the session over: [`Broker::adopt_session`]); `None` when nothing is to wait
+    /// for.
+    fn claim(&self, client_id: &str, resume: bool) -> Option<ClaimWait>;
+
+    /// The CONNECT that claimed `client_id` ([`ClusterLink::claim`]) has attached its
+    /// session: false when another node took the id over in between (the session must
+    /// end here).
+    fn attached(&self, client_id: &str) -> bool;
+
+    /// The expiry or the subscriptions of `client_id`'s session changed (called under the
+    /// session's locks: only take note; read it later with
+    /// [`Broker::stored_session_form`]).
+    fn session_changed(&self, client_id: &Arc<str>);
+
+    /// The will `client_id`'s session would publish if this node died is now `form` (the
+    /// handover form of [`Broker::will_form`]; `None`: no will).
+    fn will_changed(&self, client_id: &Arc<str>, form: Option<Vec<u8>>);
+
+    /// `client_id`'s session ended on this node (not handed over to another node).
+    fn session_ended(&self, client_id: &Arc<str>);
 
     /// When messages wait for NATS past the high-water mark: completes once they have
     /// drained below it. A publisher waits on it before reading more (back-pressure
@@ -86,15 +116,85 @@ impl Broker {
         }
     }
 
-    /// Waits until this node owns `client_id` cluster-wide (`None`: no cluster).
-    pub fn claim_client(&self, client_id: &str) -> Option<ClaimWait> {
-        self.inner.cluster.get()?.claim(client_id)
+    /// Waits until this node owns `client_id` cluster-wide, with the session handed over
+    /// from the node that held it when the CONNECT `resume`s (`None`: no cluster).
+    pub fn claim_client(&self, client_id: &str, resume: bool) -> Option<ClaimWait> {
+        self.inner.cluster.get()?.claim(client_id, resume)
+    }
+
+    /// The CONNECT that claimed `client_id` has attached its session; if another node took
+    /// the id over in between, the session ends here (its connection gets 0x8E).
+    pub fn cluster_attached(&self, client_id: &str) {
+        let Some(cluster) = self.inner.cluster.get() else {
+            return;
+        };
+        if !cluster.attached(client_id) {
+            if let Some(session) = self.session(client_id) {
+                tracing::debug!(client_id, "cluster: taken over while connecting");
+                self.end_session(&session);
+            }
+        }
+    }
+
+    /// Tells the cluster that `session`'s expiry or subscriptions changed.
+    pub(super) fn cluster_session_changed(&self, session: &Session) {
+        if let Some(cluster) = self.inner.cluster.get() {
+            cluster.session_changed(&session.client_id);
+        }
+    }
+
+    /// Tells the cluster that `session`'s subscriptions changed, when it keeps them (a
+    /// persistent session: a session with expiry 0 has nothing stored, its CONNECT said
+    /// so already).
+    pub(super) fn cluster_subscriptions_changed(&self, session: &Session) {
+        if session.expiry_secs() > 0 {
+            self.cluster_session_changed(session);
+        }
+    }
+
+    /// Tells the cluster the will `session` would publish if this node died.
+    pub(super) fn cluster_will(&self, session: &Session, will: Option<&LastWill>) {
+        if let Some(cluster) = self.inner.cluster.get() {
+            let form = will.map(|will| self.will_form(session, will));
+            cluster.will_changed(&session.client_id, form);
+        }
+    }
+
+    /// Tells the cluster that `session` ended here (unless it went on on another node).
+    pub(super) fn cluster_session_ended(&self, session: &Session) {
+        if let Some(cluster) = self.inner.cluster.get() {
+            if !session.is_handed_over() {
+                cluster.session_ended(&session.client_id);
+            }
+        }
     }
 
     /// Waits while the queue to the other nodes is over its high-water mark (`None`: no
     /// cluster, or it is not).
     pub fn cluster_congested(&self) -> Option<InterestReady> {
         self.inner.cluster.get()?.congested()
+    }
+
+    /// How far the cluster has confirmed this node's messages (`u64::MAX`: no cluster,
+    /// nothing to wait for). Acknowledgements held for a position wait until this reaches
+    /// it, as they wait for the journal ([`Broker::durable_position`]).
+    pub fn confirmed_position(&self) -> u64 {
+        self.inner
+            .cluster
+            .get()
+            .map_or(u64::MAX, |c| c.confirmed_position())
+    }
+
+    /// Ready once the cluster has confirmed `position` (at once without a cluster).
+    pub fn poll_confirmed(
+        &self,
+        position: u64,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        match self.inner.cluster.get() {
+            Some(cluster) => cluster.poll_confirmed(position, cx),
+            None => std::task::Poll::Ready(()),
+        }
     }
 
     /// The cluster this node belongs to, if any.

@@ -1,6 +1,7 @@
 //! What the broker itself logs about sessions ([`crate::journal`]): a session becoming
 //! persistent (a non-zero expiry) or not, its connection coming and going, its end, and its
-//! subscriptions. Each record is appended under the lock of the state it describes: the
+//! subscriptions. The same transitions are told to the cluster, when there is one, which
+//! stores what other nodes need if this one dies (`cluster_link.rs`). Each record is appended under the lock of the state it describes: the
 //! session's delivery lock for the session's own records, its subscription lock for a
 //! subscription.
 
@@ -39,6 +40,8 @@ impl Broker {
         expiry_secs: u32,
         will: Option<&LastWill>,
     ) {
+        self.cluster_will(session, will);
+        self.cluster_session_changed(session);
         let Some(journal) = self.journal() else {
             return;
         };
@@ -64,6 +67,7 @@ impl Broker {
 
     /// The pending will of a persistent `session` is gone (published, or discarded).
     pub(crate) fn log_will_gone(&self, session: &Session) {
+        self.cluster_will(session, None);
         if let Some(journal) = self.journal() {
             let mut delivery = session.delivery();
             if session.is_logged() {
@@ -76,6 +80,10 @@ impl Broker {
     /// none: discarded at a normal DISCONNECT, or published already): its expiry (as the
     /// client may have changed it at DISCONNECT) counts from now.
     pub(crate) fn log_offline(&self, session: &Arc<Session>, will: Option<&LastWill>) {
+        self.cluster_session_changed(session);
+        if will.is_none() {
+            self.cluster_will(session, None);
+        }
         let Some(journal) = self.journal() else {
             return;
         };
@@ -104,6 +112,7 @@ impl Broker {
 
     /// `session` ended: nothing of it is kept.
     pub(crate) fn log_ended(&self, session: &Session) {
+        self.cluster_session_ended(session);
         if let Some(journal) = self.journal() {
             let mut delivery = session.delivery();
             stop_logging(journal, session, &mut delivery);
@@ -117,6 +126,7 @@ impl Broker {
         filter: &str,
         record: SubscriptionRecord,
     ) {
+        self.cluster_subscriptions_changed(session);
         self.log_for(session, || Record::Subscribe {
             session: session.id,
             filter: filter.to_owned(),
@@ -127,6 +137,7 @@ impl Broker {
 
     /// Logs a subscription removed (call under the session's subscription lock).
     pub(crate) fn log_unsubscribe(&self, session: &Session, filter: &str) {
+        self.cluster_subscriptions_changed(session);
         self.log_for(session, || Record::Unsubscribe {
             session: session.id,
             filter: filter.to_owned(),

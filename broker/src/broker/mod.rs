@@ -8,6 +8,7 @@
 //! methods (open/resume/end a session, subscribe, publish, reload).
 
 pub mod cluster_link;
+mod handover;
 mod journaling;
 pub mod persist;
 mod sessions;
@@ -38,6 +39,7 @@ use crate::session::delivery::DeliverCtx;
 use crate::session::Session;
 
 pub use self::cluster_link::{ClaimWait, ClusterLink, InterestReady};
+pub use self::handover::{Adopted, HandoverError};
 pub use self::subscriptions::Subscribed;
 
 /// A handle to the broker; cheap to clone.
@@ -484,6 +486,15 @@ impl Broker {
         self.journal().map_or(u64::MAX, Journal::durable)
     }
 
+    /// How far the journal ([`Broker::durable_position`]) and the cluster
+    /// ([`Broker::confirmed_position`]) have come, for output held for them.
+    pub fn reached(&self) -> crate::delivery::shared_writer::Reached {
+        crate::delivery::shared_writer::Reached {
+            journal: self.durable_position(),
+            cluster: self.confirmed_position(),
+        }
+    }
+
     /// Stores (if RETAIN) and routes a message; returns the number of sessions and bridge
     /// sinks it went to.
     pub fn publish(
@@ -502,7 +513,8 @@ impl Broker {
         }
         let delivered = inner.router.route(message, scratch, self.deliver_ctx(now));
         if let Some(cluster) = inner.cluster.get() {
-            cluster.forward(message, now);
+            // The publisher's acknowledgement waits for NATS to have it.
+            scratch.cluster_position = cluster.forward(message, now);
         }
         delivered
     }

@@ -299,7 +299,7 @@ impl Broker {
 }
 
 /// A stored will as a live one, with what is left of its delay after `gone_secs`.
-fn recovered_will(
+pub(super) fn recovered_will(
     stored: &StoredMessage,
     delay_secs: u32,
     gone_secs: u64,
@@ -317,7 +317,7 @@ fn recovered_will(
 
 /// The recovered message bodies, each decoded once into the message every session that
 /// queued it shares again.
-struct Bodies {
+pub(super) struct Bodies {
     stored: HashMap<u64, StoredMessage>,
     decoded: HashMap<u64, Arc<Message>>,
     /// The restore's clock.
@@ -326,6 +326,16 @@ struct Bodies {
 }
 
 impl Bodies {
+    /// The bodies of `stored`, to be decoded as received `now`.
+    pub(super) fn new(stored: HashMap<u64, StoredMessage>, now: Instant) -> Bodies {
+        Bodies {
+            stored,
+            decoded: HashMap::new(),
+            now,
+            now_unix_ms: unix_ms_now(),
+        }
+    }
+
     fn message(&mut self, id: u64) -> Option<Arc<Message>> {
         if let Some(message) = self.decoded.get(&id) {
             return Some(message.clone());
@@ -341,7 +351,7 @@ impl Bodies {
 }
 
 /// The outbound messages of a recovered session, decoded, in order.
-fn restored_outbound(
+pub(super) fn restored_outbound(
     s: &SessionState,
     bodies: &mut Bodies,
     done: &mut RestoreReport,

@@ -115,10 +115,12 @@ impl Broker {
         let detached = session.delivery().detach(generation);
         if !detached {
             // Taken over: a new connection owns the session. A will with a delay is
-            // cancelled if that connection resumed the session ([MQTT-3.1.3-9]); one without
-            // (or whose session ended) goes out now.
+            // cancelled if that connection resumed the session ([MQTT-3.1.3-9]), here or on
+            // another cluster node (handed over); one without (or whose session ended)
+            // goes out now.
             if let Some((last_will, delay)) = will {
-                if delay.is_zero() || session.is_ended() {
+                let ended = session.is_ended() && !session.is_handed_over();
+                if delay.is_zero() || ended {
                     will::publish(self, session, last_will);
                 }
             }
@@ -224,7 +226,7 @@ impl Broker {
     }
 
     /// What ending a session releases, once it is marked ended.
-    fn release_session(&self, session: &Arc<Session>) {
+    pub(super) fn release_session(&self, session: &Arc<Session>) {
         self.log_ended(session);
         self.drop_subscriptions(session);
         let redirects = session.delivery().take_shared(true, self.journal());

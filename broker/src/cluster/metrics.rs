@@ -33,6 +33,16 @@ pub struct ClusterMetrics {
     pub ownership_changes: AtomicU64,
     /// This node's clients taken over by a CONNECT on another node (closed with 0x8E).
     pub takeovers: AtomicU64,
+    /// Sessions another node handed over to this one (takeover with Clean Start 0).
+    pub handovers: AtomicU64,
+    /// Session-state writes to the sessions bucket dropped (its queue was full).
+    pub session_writes_dropped: AtomicU64,
+    /// Session-state writes the sessions bucket refused (NATS away).
+    pub session_writes_failed: AtomicU64,
+    /// Dead nodes whose sessions this node claimed.
+    pub dead_nodes_claimed: AtomicU64,
+    /// Sessions of dead nodes this node claimed.
+    pub dead_sessions_claimed: AtomicU64,
     /// Clients disconnected because the node was cut off from NATS longer than the lease.
     pub partition_disconnects: AtomicU64,
     /// The last measured NATS round-trip time, microseconds.
@@ -53,7 +63,7 @@ impl ClusterMetrics {
     /// `interest_filters`, `nats_rtt_us` and `connected` are gauges).
     pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
         let get = ClusterMetrics::get;
-        vec![
+        let mut counters = vec![
             (
                 "messages_out",
                 "Messages sent to NATS for other nodes.",
@@ -118,6 +128,50 @@ impl ClusterMetrics {
                 "connected",
                 "1 while connected to NATS.",
                 u64::from(self.connected.load(Ordering::Relaxed)),
+            ),
+        ];
+        counters.extend(self.session_counters());
+        counters
+    }
+
+    /// The counters of sessions moving between nodes (part of [`ClusterMetrics::snapshot`]).
+    fn session_counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let get = ClusterMetrics::get;
+        vec![
+            (
+                "ownership_changes",
+                "Client ids this node took ownership of.",
+                get(&self.ownership_changes),
+            ),
+            (
+                "takeovers",
+                "This node's clients taken over by a CONNECT on another node.",
+                get(&self.takeovers),
+            ),
+            (
+                "handovers",
+                "Sessions handed over to this node by another node.",
+                get(&self.handovers),
+            ),
+            (
+                "session_writes_dropped",
+                "Session-state writes dropped (queue to the sessions bucket full).",
+                get(&self.session_writes_dropped),
+            ),
+            (
+                "session_writes_failed",
+                "Session-state writes the sessions bucket refused.",
+                get(&self.session_writes_failed),
+            ),
+            (
+                "dead_nodes_claimed",
+                "Dead nodes whose sessions this node claimed.",
+                get(&self.dead_nodes_claimed),
+            ),
+            (
+                "dead_sessions_claimed",
+                "Sessions of dead nodes this node claimed.",
+                get(&self.dead_sessions_claimed),
             ),
         ]
     }

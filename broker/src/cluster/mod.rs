@@ -3,7 +3,8 @@
 //! A node connects to NATS once ([`start`]) and plugs a [`Cluster`] into its broker as the
 //! broker's [`ClusterLink`]; the broker knows nothing else of it. Then:
 //! - a message published on this node is routed locally and sent once to NATS, on the
-//!   subject of its topic ([`subject`], [`envelope`], [`forward`]);
+//!   subject of its topic ([`subject`], [`envelope`], [`forward`]); its publisher's
+//!   PUBACK/PUBREC waits until a NATS round trip after it has completed ([`forward`]);
 //! - NATS forwards it only to nodes whose subscribers hold a matching filter: each node
 //!   subscribes once per distinct filter, before the SUBACK ([`interest`]), and routes what
 //!   arrives through its own trie, once per client ([`dedup`]);
@@ -11,21 +12,23 @@
 //!   retained store ([`retained`]);
 //! - every node writes a heartbeat that the others watch: the member list ([`nodes`]);
 //! - a JetStream key-value bucket says which node owns each client id; a CONNECT takes it
-//!   by compare-and-swap and the previous owner closes its connection with 0x8E
-//!   ([`owners`]);
+//!   by compare-and-swap and the previous owner closes its connection with 0x8E and hands
+//!   the session over ([`owners`]);
+//! - what other nodes need if this one dies (subscriptions, expiry, wills) is kept in a
+//!   sessions bucket ([`sessions`]); one survivor claims a dead node's sessions and
+//!   publishes their wills after their delay ([`failover`]);
 //! - a node cut off from NATS longer than `partition_lease_ms` moves its clients off
 //!   rather than split the brain ([`partition`]).
 //!
 //! - shared subscriptions are NATS queue groups: one node per message, then one member
 //!   ([`interest`]).
 //!
-//! Not here (yet): handing a taken-over session's state to the new node, acting on node
-//! failure (claiming a dead node's sessions and publishing its wills), QoS 1/2
-//! acknowledgements that wait for NATS. This module owns the connection to NATS and the parts' lifetimes.
+//! This module owns the connection to NATS and the parts' lifetimes.
 
 mod dedup;
 mod envelope;
 mod error;
+mod failover;
 mod forward;
 mod interest;
 pub mod metrics;
@@ -33,6 +36,7 @@ mod nodes;
 mod owners;
 mod partition;
 mod retained;
+mod sessions;
 mod subject;
 
 use std::sync::atomic::Ordering;
@@ -68,6 +72,8 @@ pub struct Cluster {
     nodes: Arc<nodes::Nodes>,
     /// Who owns which client id.
     owners: Arc<owners::Owners>,
+    /// What other nodes need of this node's sessions if it dies.
+    sessions: Arc<sessions::SessionBucket>,
 }
 
 impl Cluster {
@@ -88,8 +94,20 @@ impl Cluster {
 }
 
 impl ClusterLink for Cluster {
-    fn forward(&self, message: &Arc<Message>, now: Instant) {
-        self.forwarder.forward(message, now);
+    fn forward(&self, message: &Arc<Message>, now: Instant) -> u64 {
+        self.forwarder.forward(message, now)
+    }
+
+    fn confirmed_position(&self) -> u64 {
+        self.forwarder.confirmed().position()
+    }
+
+    fn poll_confirmed(
+        &self,
+        position: u64,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        self.forwarder.confirmed().poll(position, cx)
     }
 
     fn retain_only(&self, message: &Arc<Message>, now: Instant) {
@@ -112,10 +130,28 @@ impl ClusterLink for Cluster {
         &self.node_name
     }
 
-    fn claim(&self, client_id: &str) -> Option<ClaimWait> {
+    fn claim(&self, client_id: &str, resume: bool) -> Option<ClaimWait> {
         let owners = self.owners.clone();
         let client_id = client_id.to_string();
-        Some(Box::pin(async move { owners.claim(&client_id).await }))
+        Some(Box::pin(
+            async move { owners.claim(&client_id, resume).await },
+        ))
+    }
+
+    fn attached(&self, client_id: &str) -> bool {
+        self.owners.attached(client_id)
+    }
+
+    fn session_changed(&self, client_id: &Arc<str>) {
+        self.sessions.changed(client_id);
+    }
+
+    fn will_changed(&self, client_id: &Arc<str>, form: Option<Vec<u8>>) {
+        self.sessions.will(client_id, form);
+    }
+
+    fn session_ended(&self, client_id: &Arc<str>) {
+        self.sessions.gone(client_id);
     }
 
     fn congested(&self) -> Option<InterestReady> {
@@ -147,6 +183,9 @@ impl ClusterLink for Cluster {
             "partition_disconnects": get(&m.partition_disconnects),
             "ownership_changes": get(&m.ownership_changes),
             "takeovers": get(&m.takeovers),
+            "handovers": get(&m.handovers),
+            "dead_nodes_claimed": get(&m.dead_nodes_claimed),
+            "dead_sessions_claimed": get(&m.dead_sessions_claimed),
             "nodes": self.nodes.list(),
         })
     }
@@ -168,15 +207,23 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
     let jetstream = async_nats::jetstream::new(client.clone());
     let bucket = RetainedBucket::open(&jetstream, &config.subject_prefix).await?;
     let origin = random_origin();
+    let prefix = &config.subject_prefix;
+    let sessions =
+        sessions::SessionBucket::open(&jetstream, prefix, broker.clone(), metrics.clone());
+    let sessions = Arc::new(sessions.await?);
     let owners = owners::Owners::start(
         &jetstream,
         client.clone(),
-        &config.subject_prefix,
-        &config.node_name,
+        (prefix, &config.node_name),
         broker.clone(),
         metrics.clone(),
+        (
+            Duration::from_millis(config.handover_timeout_ms),
+            sessions.clone(),
+        ),
     )
     .await?;
+    owners.drop_superseded_sessions().await;
     let cluster = Arc::new(Cluster {
         node_name: config.node_name.clone(),
         origin,
@@ -197,8 +244,11 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
             Duration::from_millis(config.interest_timeout_ms),
         ),
         metrics: metrics.clone(),
-        nodes: Arc::default(),
+        nodes: Arc::new(nodes::Nodes::new(Duration::from_millis(
+            config.node_lease_ms,
+        ))),
         owners: Arc::new(owners),
+        sessions: sessions.clone(),
     });
     broker.attach_cluster(cluster.clone());
     nodes::start(
@@ -211,6 +261,14 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
     )
     .await?;
     bucket.watch_into(broker.clone(), metrics.clone()).await?;
+    tokio::spawn(failover::watch(failover::Failover {
+        nodes: cluster.nodes.clone(),
+        owners: cluster.owners.store(),
+        sessions,
+        broker: broker.clone(),
+        node_name: config.node_name.clone(),
+        metrics: metrics.clone(),
+    }));
     tokio::spawn(measure_rtt(client, metrics.clone()));
     if config.partition_lease_ms > 0 {
         let lease = Duration::from_millis(config.partition_lease_ms);

@@ -1,8 +1,8 @@
 //! The cluster's members as this node sees them: every node writes a heartbeat into the
 //! JetStream key-value bucket `{prefix}_nodes` (key: its name) every [`HEARTBEAT`], and
-//! watches the bucket. A node whose last heartbeat is older than [`LEASE`] is shown as not
-//! alive. Nothing acts on that yet (claiming a dead node's sessions and publishing its wills
-//! is not done); `/api/stats` and the dashboard show the list.
+//! watches the bucket. A node whose last heartbeat arrived longer than `node_lease_ms` ago
+//! is shown as not alive and declared dead ([`Nodes::dead`]; [`super::failover`] acts on
+//! it); `/api/stats` and the dashboard show the list.
 //!
 //! This module owns the heartbeat, the bucket and the list.
 
@@ -21,13 +21,13 @@ use crate::metrics::Metrics;
 
 /// How often a node writes its heartbeat.
 const HEARTBEAT: Duration = Duration::from_secs(2);
-/// A node not heard from for this long is shown as not alive.
-pub(crate) const LEASE: Duration = Duration::from_secs(10);
 
 /// The members seen, by name.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Nodes {
     seen: Mutex<BTreeMap<String, Seen>>,
+    /// A node not heard from for this long is dead (`node_lease_ms`).
+    lease: Duration,
 }
 
 #[derive(Debug)]
@@ -36,9 +36,30 @@ struct Seen {
     beat: serde_json::Value,
     /// When it arrived here.
     at: Instant,
+    /// Its revision in the bucket: the same on every node, so it names this death.
+    revision: u64,
 }
 
 impl Nodes {
+    /// No member seen yet; `lease` declares one dead.
+    pub(crate) fn new(lease: Duration) -> Nodes {
+        Nodes {
+            seen: Mutex::default(),
+            lease,
+        }
+    }
+
+    /// The members not heard from for longer than the lease, with their last heartbeat's
+    /// revision.
+    pub(crate) fn dead(&self) -> Vec<(String, u64)> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        seen.iter()
+            .filter(|(_, s)| now.saturating_duration_since(s.at) >= self.lease)
+            .map(|(name, s)| (name.clone(), s.revision))
+            .collect()
+    }
+
     /// Every member seen, with `alive` and how long ago it was last heard from.
     pub(crate) fn list(&self) -> serde_json::Value {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -49,7 +70,7 @@ impl Nodes {
                 let age = now.saturating_duration_since(s.at);
                 serde_json::json!({
                     "node_name": name,
-                    "alive": age < LEASE,
+                    "alive": age < self.lease,
                     "last_seen_ms_ago": age.as_millis() as u64,
                     "clients_connected": s.beat["clients_connected"],
                     "messages_in": s.beat["messages_in"],
@@ -70,6 +91,7 @@ impl Nodes {
                     Seen {
                         beat,
                         at: Instant::now(),
+                        revision: entry.revision,
                     },
                 );
             }
@@ -93,7 +115,7 @@ pub(crate) async fn start(
     nodes: Arc<Nodes>,
 ) -> Result<(), ClusterError> {
     let bucket = format!("{prefix}_nodes");
-    let store = super::retained::open_bucket(jetstream, &bucket, Some(LEASE * 6)).await?;
+    let store = super::retained::open_bucket(jetstream, &bucket, Some(nodes.lease * 6)).await?;
     let watch = store
         .watch_with_history(">")
         .await

@@ -46,6 +46,13 @@ pub struct ClusterConfig {
     /// 0x9C, new CONNECTs refused) until NATS is back, rather than split the brain; 0 keeps
     /// them.
     pub partition_lease_ms: u64,
+    /// Longest a CONNECT that takes a client over from another node waits for that node to
+    /// hand the session over; then it goes on with the session state stored in the
+    /// cluster's sessions bucket (subscriptions), or a fresh session.
+    pub handover_timeout_ms: u64,
+    /// A node whose heartbeat is older than this is declared dead: one surviving node
+    /// claims its sessions and publishes their wills.
+    pub node_lease_ms: u64,
     /// Messages waiting to be sent to NATS. Once half are taken, publishers wait before
     /// reading more; past all of it (many publishers at once) cross-node copies are dropped
     /// and counted (`tern_cluster_forward_dropped_total`), local delivery goes on.
@@ -70,6 +77,8 @@ impl Default for ClusterConfig {
             connect_timeout_ms: 5000,
             interest_timeout_ms: 5000,
             partition_lease_ms: 10000,
+            handover_timeout_ms: 2000,
+            node_lease_ms: 10000,
             forward_queue_messages: 65536,
         }
     }
@@ -129,6 +138,13 @@ pub(crate) fn check(c: &ClusterConfig) -> Result<(), (&'static str, String, &'st
             "cluster.username",
             "none".into(),
             "a user name with password",
+        ));
+    }
+    if c.node_lease_ms < 4000 {
+        return Err((
+            "cluster.node_lease_ms",
+            c.node_lease_ms.to_string(),
+            "at least 4000 (two heartbeats)",
         ));
     }
     if c.forward_queue_messages == 0 {

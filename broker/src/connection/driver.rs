@@ -19,6 +19,7 @@ use super::io::PacketReader;
 use super::output::Output;
 use super::{Connection, PendingSubAck};
 use crate::broker::{Broker, InterestReady, Subscribed};
+use crate::delivery::shared_writer::HeldFor;
 use crate::error::Close;
 use crate::journal::batch::{DEFERRED, PENDING};
 use crate::message::Message;
@@ -191,9 +192,9 @@ impl Connection {
         // Whatever this task and others appended since the last batch goes out next, once
         // the journal is durable as far as it needs (acknowledgements of logged records).
         let was_writing = output.is_busy();
-        let (writing, held_until) = match output.refill(&self.out, self.broker.durable_position()) {
-            Ok(writing) => (writing, 0),
-            Err(position) => (false, position),
+        let (writing, held_for) = match output.refill(&self.out, self.broker.reached()) {
+            Ok(writing) => (writing, HeldFor::default()),
+            Err(held_for) => (false, held_for),
         };
         if writing && !was_writing {
             // A batch was just taken, so our buffered length dropped: publishers waiting
@@ -220,11 +221,17 @@ impl Connection {
             // Held output may go once the journal is durable that far. (If the log failed,
             // the broker is stopping and kicks this connection.)
             // (A hold still pending on an open journal batch is released with a wake-up.)
+            let held_until = held_for.journal;
             let known = held_until != 0 && !crate::journal::batch::is_pending(held_until);
             if let (true, Some(journal)) = (known, this.broker.journal()) {
                 if journal.poll_durable(held_until, cx).is_ready() {
                     return Poll::Ready(Wake::Woken);
                 }
+            }
+            // Or once NATS has confirmed the messages it acknowledges (cluster).
+            if held_for.cluster != 0 && this.broker.poll_confirmed(held_for.cluster, cx).is_ready()
+            {
+                return Poll::Ready(Wake::Woken);
             }
             if writing {
                 if let Poll::Ready(written) = output.poll_progress(cx) {
@@ -345,6 +352,14 @@ impl Connection {
             .published(ack, delivered, self.broker.journal())
         {
             self.send(&transmit);
+            // In a cluster the acknowledgement leaves once NATS has the message.
+            let forwarded = self
+                .routing
+                .as_mut()
+                .map_or(0, |r| std::mem::take(&mut r.scratch.cluster_position));
+            if forwarded != 0 {
+                self.out.lock().hold_cluster_until(forwarded);
+            }
         }
         if let Some(wait) = self.broker.cluster_congested() {
             if let Some(routing) = self.routing.as_mut() {

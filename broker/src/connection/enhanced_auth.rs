@@ -160,7 +160,7 @@ async fn flush<W: AsyncWrite + Unpin>(
     out: &SharedWriter,
 ) -> Result<(), Close> {
     // Nothing before CONNACK waits for the journal: durable "everywhere".
-    while let Ok(true) = output.refill(out, u64::MAX) {
+    while let Ok(true) = output.refill(out, crate::delivery::shared_writer::Reached::ALL) {
         let written = output.progress().await?;
         Metrics::add(&broker.metrics().bytes_sent, written as u64);
     }

@@ -103,8 +103,7 @@ pub(crate) async fn connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         expires_at = granted.expires_at;
         None
     };
-    claim_in_cluster(broker, &connect.client_id).await;
-    let connection = establish(broker, *connect, out, info, authenticated)?;
+    let connection = claim_and_establish(broker, *connect, out, info, authenticated).await?;
     expires_at.inspect(|&at| super::auth_hooks::close_at_expiry(out, at));
     Ok(connection)
 }
@@ -189,14 +188,33 @@ struct Negotiated {
 }
 
 /// In a cluster, makes the client id this node's first (another node holding it closes
-/// that connection with 0x8E). An empty id gets a fresh one here: nobody holds it.
-async fn claim_in_cluster(broker: &Broker, client_id: &str) {
+/// that connection with 0x8E and hands the session over when the CONNECT `resume`s), and
+/// returns it for [`Broker::cluster_attached`]. An empty id gets a fresh one here: nobody
+/// holds it.
+async fn claim_in_cluster(broker: &Broker, client_id: &str, resume: bool) -> Option<String> {
     if client_id.is_empty() {
-        return;
+        return None;
     }
-    if let Some(claim) = broker.claim_client(client_id) {
-        claim.await;
+    let claim = broker.claim_client(client_id, resume)?;
+    claim.await;
+    Some(client_id.to_string())
+}
+
+/// [`establish`], in a cluster after claiming the client id ([`claim_in_cluster`]) and
+/// checking, once attached, that no other node took it over meanwhile.
+async fn claim_and_establish(
+    broker: &Broker,
+    connect: Connect,
+    out: &Arc<SharedWriter>,
+    info: &PeerInfo,
+    authenticated: Option<Authenticated>,
+) -> Result<Connection, Close> {
+    let claimed = claim_in_cluster(broker, &connect.client_id, !connect.clean_start).await;
+    let connection = establish(broker, connect, out, info, authenticated)?;
+    if let Some(client_id) = claimed {
+        broker.cluster_attached(&client_id);
     }
+    Ok(connection)
 }
 
 fn establish(

@@ -198,7 +198,7 @@ where
                 &self.out,
                 &mut self.reader,
                 linger,
-                self.broker.durable_position(),
+                self.broker.reached(),
             ),
         ));
         match closing.await {
@@ -227,7 +227,7 @@ async fn close_gracefully<R, W>(
     out: &SharedWriter,
     reader: &mut PacketReader<R>,
     linger: bool,
-    durable: u64,
+    durable: crate::delivery::shared_writer::Reached,
 ) -> std::io::Result<(usize, u64)>
 where
     R: AsyncRead + Unpin,
@@ -345,6 +345,10 @@ impl Connection {
         closes::record(metrics, Some(&session.client_id), peer, &close);
         let (disconnect, will) = self.machine.close(&close);
         let sent_disconnect = disconnect.is_some();
+        // Output held for messages NATS never confirmed (the node is cut off) must not go:
+        // it acknowledges them. It is dropped so that the DISCONNECT still goes.
+        self.out
+            .discard_unconfirmed(self.broker.confirmed_position());
         if let Some(mut disconnect) = disconnect {
             if let (Close::Redirected(_), Transmit::Disconnect(d)) = (&close, &mut disconnect) {
                 // Section 4.11: where the client should go instead.
@@ -423,10 +427,15 @@ mod tests {
                 client.shutdown().await.expect("shutdown");
             }
             let started = std::time::Instant::now();
-            let (written, discarded) =
-                close_gracefully(&mut output, &out, &mut reader, true, u64::MAX)
-                    .await
-                    .expect("close");
+            let (written, discarded) = close_gracefully(
+                &mut output,
+                &out,
+                &mut reader,
+                true,
+                crate::delivery::shared_writer::Reached::ALL,
+            )
+            .await
+            .expect("close");
             let lingered = started.elapsed();
             assert_eq!((written, discarded), (2, 3));
             if peer_closes {

@@ -12,7 +12,7 @@ use std::task::{ready, Context, Poll};
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::delivery::shared_writer::{SharedWriter, KEEP_CAPACITY_BYTES};
+use crate::delivery::shared_writer::{HeldFor, Reached, SharedWriter, KEEP_CAPACITY_BYTES};
 
 /// The socket's write half and the batch being written to it.
 #[derive(Debug)]
@@ -39,13 +39,13 @@ impl<W: AsyncWrite + Unpin> Output<W> {
         self.written < self.batch.len() || self.needs_flush
     }
 
-    /// When idle, takes everything `out` holds as the next batch, if the journal is
-    /// durable (up to `durable`) as far as those bytes need. Returns whether there is
-    /// something to write.
+    /// When idle, takes everything `out` holds as the next batch, if the journal and the
+    /// cluster have come (up to `durable`) as far as those bytes need. Returns whether
+    /// there is something to write.
     ///
     /// # Errors
-    /// The journal position the buffered bytes wait for (nothing was taken).
-    pub(crate) fn refill(&mut self, out: &SharedWriter, durable: u64) -> Result<bool, u64> {
+    /// The journal and cluster positions the buffered bytes wait for (nothing was taken).
+    pub(crate) fn refill(&mut self, out: &SharedWriter, durable: Reached) -> Result<bool, HeldFor> {
         if !self.is_busy() {
             self.batch.clear();
             self.written = 0;
@@ -85,8 +85,12 @@ impl<W: AsyncWrite + Unpin> Output<W> {
 
     /// Writes whatever is left in the batch and in `out` (closed by now), then shuts the
     /// socket down. Returns the number of bytes written. Bytes that wait for the journal
-    /// beyond `durable` are not sent (the client resends what they acknowledge).
-    pub(crate) async fn finish(&mut self, out: &SharedWriter, durable: u64) -> io::Result<usize> {
+    /// or the cluster beyond `durable` are not sent (the client resends what they acknowledge).
+    pub(crate) async fn finish(
+        &mut self,
+        out: &SharedWriter,
+        durable: Reached,
+    ) -> io::Result<usize> {
         let mut total = 0;
         while let Ok(true) = self.refill(out, durable) {
             total += self.progress().await?;
@@ -110,7 +114,7 @@ mod tests {
         writer.append(3, true, now, |b| b.extend_from_slice(b"abc"));
         writer.append(3, true, now, |b| b.extend_from_slice(b"def"));
         writer.close();
-        let written = output.finish(&writer, u64::MAX).await.expect("io");
+        let written = output.finish(&writer, Reached::ALL).await.expect("io");
         assert_eq!(written, 6);
         let mut got = Vec::new();
         tokio::io::AsyncReadExt::read_to_end(&mut server, &mut got)

@@ -62,9 +62,41 @@ struct WriterState {
     /// record, or a QoS 2 PUBLISH whose packet id is logged): none of them leaves before
     /// the journal is durable that far (0: nothing to wait for).
     hold_until: u64,
+    /// The cluster position the buffered bytes depend on (an acknowledgement of a message
+    /// forwarded to other nodes): none of them leaves before NATS has confirmed it (0:
+    /// nothing to wait for).
+    cluster_hold_until: u64,
     /// Holds whose position is not known yet (records in a journal batch still open on
     /// some thread); nothing leaves while any is pending.
     pending_holds: u32,
+}
+
+/// How far what held output waits for has come: the journal's durable position and the
+/// cluster's confirmed one (`u64::MAX`: nothing to wait for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reached {
+    /// The journal is durable up to here.
+    pub journal: u64,
+    /// NATS has every message this node forwarded up to here.
+    pub cluster: u64,
+}
+
+impl Reached {
+    /// Nothing to wait for (no journal, no cluster).
+    pub const ALL: Reached = Reached {
+        journal: u64::MAX,
+        cluster: u64::MAX,
+    };
+}
+
+/// What held output waits for: a journal position ([`PENDING`] while not known yet) and a
+/// cluster position; 0 where it waits for nothing of that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HeldFor {
+    /// The journal position.
+    pub journal: u64,
+    /// The cluster position.
+    pub cluster: u64,
 }
 
 thread_local! {
@@ -151,6 +183,12 @@ impl WriteGuard<'_> {
         }
     }
 
+    /// Holds everything buffered (so far and until it is taken) until NATS has confirmed
+    /// the cluster position `position` (a forwarded message, see `cluster/forward.rs`).
+    pub fn hold_cluster_until(&mut self, position: u64) {
+        self.state.cluster_hold_until = self.state.cluster_hold_until.max(position);
+    }
+
     /// Records that a QoS 0 message did not fit, starting the slow-consumer clock.
     /// Returns since when the buffer has been over its cap (this call's `now` if it was not).
     fn mark_over_cap(&mut self, now: Instant) -> Instant {
@@ -231,6 +269,7 @@ impl SharedWriter {
                 closed: false,
                 over_cap_since: None,
                 hold_until: 0,
+                cluster_hold_until: 0,
                 pending_holds: 0,
             }),
             control: Control::default(),
@@ -342,26 +381,52 @@ impl SharedWriter {
         self.lock().state.over_cap_since
     }
 
+    /// Drops everything buffered when it waits for a cluster position beyond `confirmed`
+    /// (a closing connection: acknowledgements of messages NATS never confirmed must not
+    /// go, what the close writes next must). QoS 1/2 deliveries in it are sent again when
+    /// the session resumes. Returns whether it dropped anything.
+    pub fn discard_unconfirmed(&self, confirmed: u64) -> bool {
+        let mut guard = self.lock();
+        if guard.state.cluster_hold_until <= confirmed {
+            return false;
+        }
+        guard.state.buf.clear();
+        guard.state.cluster_hold_until = 0;
+        guard.state.hold_until = 0;
+        true
+    }
+
     /// Swaps the pending bytes into `out` (which must be empty). Returns `false` when the
     /// writer is closed and nothing is left.
     pub fn take(&self, out: &mut BytesMut) -> bool {
-        self.take_durable(out, u64::MAX).unwrap_or(true)
+        self.take_durable(out, Reached::ALL).unwrap_or(true)
     }
 
-    /// [`SharedWriter::take`] when the journal is durable up to `durable`: `Err(position)`
-    /// (nothing taken) while the buffered bytes wait for the journal to reach `position`.
+    /// [`SharedWriter::take`] when the journal and the cluster have `reached` that far:
+    /// `Err(held)` (nothing taken) while the buffered bytes wait for the journal or the
+    /// cluster to reach the positions in `held`.
     ///
     /// # Errors
-    /// The position to wait for.
-    pub fn take_durable(&self, out: &mut BytesMut, durable: u64) -> Result<bool, u64> {
+    /// The positions to wait for.
+    pub fn take_durable(&self, out: &mut BytesMut, reached: Reached) -> Result<bool, HeldFor> {
         let mut guard = self.lock();
         if guard.state.pending_holds > 0 {
-            return Err(PENDING);
+            return Err(HeldFor {
+                journal: PENDING,
+                cluster: 0,
+            });
         }
-        if guard.state.hold_until > durable {
-            return Err(guard.state.hold_until);
+        let state = &guard.state;
+        let journal = state.hold_until > reached.journal;
+        let cluster = state.cluster_hold_until > reached.cluster;
+        if journal || cluster {
+            return Err(HeldFor {
+                journal: if journal { state.hold_until } else { 0 },
+                cluster: if cluster { state.cluster_hold_until } else { 0 },
+            });
         }
         guard.state.hold_until = 0;
+        guard.state.cluster_hold_until = 0;
         std::mem::swap(&mut guard.state.buf, out);
         if out.len() < self.cap_bytes as usize {
             guard.state.over_cap_since = None;
@@ -453,5 +518,40 @@ mod tests {
             writer.lock().append_packet(None, 100, false, now, fill),
             Appended::Closed
         );
+    }
+
+    #[test]
+    fn output_held_for_the_cluster_waits_for_its_position() {
+        let writer = SharedWriter::new(1024);
+        let now = Instant::now();
+        writer.append(3, true, now, |b| b.extend_from_slice(b"ack"));
+        writer.lock().hold_cluster_until(7);
+        let mut out = BytesMut::new();
+        let reached = |cluster| Reached {
+            journal: u64::MAX,
+            cluster,
+        };
+        let held = writer.take_durable(&mut out, reached(6));
+        assert_eq!(
+            held,
+            Err(HeldFor {
+                journal: 0,
+                cluster: 7
+            })
+        );
+        assert!(out.is_empty(), "nothing leaves before NATS confirmed it");
+        assert!(!writer.discard_unconfirmed(7), "confirmed: nothing dropped");
+        assert_eq!(writer.take_durable(&mut out, reached(7)), Ok(true));
+        assert_eq!(&out[..], b"ack");
+        writer.append(3, true, now, |b| b.extend_from_slice(b"two"));
+        writer.lock().hold_cluster_until(9);
+        assert!(
+            writer.discard_unconfirmed(8),
+            "a close drops what NATS never had"
+        );
+        writer.append(3, true, now, |b| b.extend_from_slice(b"bye"));
+        let mut out = BytesMut::new();
+        assert_eq!(writer.take_durable(&mut out, reached(8)), Ok(true));
+        assert_eq!(&out[..], b"bye");
     }
 }

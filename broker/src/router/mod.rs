@@ -80,6 +80,9 @@ pub struct RouteScratch {
     /// Subscribers this publisher's messages left behind: it waits for them before reading
     /// more ([`crate::backpressure`]).
     pressure: Vec<Pressure>,
+    /// The cluster position of the last message this publisher forwarded to other nodes
+    /// (0: none): its acknowledgement waits for NATS to confirm it.
+    pub cluster_position: u64,
 }
 
 impl RouteScratch {

@@ -1,7 +1,9 @@
 //! A persistent session's outbound messages for a checkpoint (as journal records), and
-//! put back into the window and the queue at recovery.
+//! put back into the window and the queue at recovery. The same records carry a session's
+//! outbound messages to another node of a cluster when it takes the client over
+//! ([`Delivery::handover_records`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tern_codec::{PacketId, QoS};
@@ -107,6 +109,54 @@ impl Delivery {
         for q in self.queue.iter().filter(|q| q.seq != 0) {
             let body = body_record(journal, &q.message, now, bodies, out);
             out.push(logged::out_record(session, q, 0, body));
+        }
+    }
+
+    /// Appends records that rebuild this session's outbound state elsewhere (a cluster
+    /// takeover), persistent or not: each message in the window and the queue, in order,
+    /// numbered from 1, its body (ids from 1) before its first record.
+    pub fn handover_records(&self, session: u64, now: Instant, out: &mut Vec<Record>) {
+        let mut bodies: HashMap<*const Message, u64> = HashMap::new();
+        let mut body_of = |message: &Arc<Message>, out: &mut Vec<Record>| {
+            let next = bodies.len() as u64 + 1;
+            let id = *bodies.entry(Arc::as_ptr(message)).or_insert(next);
+            if id == next {
+                out.push(Record::Body {
+                    id,
+                    message: journal::stored(message, now),
+                });
+            }
+            id
+        };
+        let mut seq = 0;
+        for e in self.window.iter() {
+            seq += 1;
+            let q = Queued {
+                message: e.message.clone(),
+                qos: e.qos,
+                retain: e.retain,
+                subscription_ids: e.subscription_ids.clone(),
+                group: e.group.clone(),
+                seq,
+            };
+            let body = body_of(&q.message, out);
+            out.push(logged::out_record(session, &q, e.packet_id.get(), body));
+            if e.stage == Stage::Released {
+                out.push(Record::Released { session, seq });
+            }
+        }
+        for q in self.queue.iter() {
+            seq += 1;
+            let body = body_of(&q.message, out);
+            let q = Queued {
+                message: q.message.clone(),
+                qos: q.qos,
+                retain: q.retain,
+                subscription_ids: q.subscription_ids.clone(),
+                group: q.group.clone(),
+                seq,
+            };
+            out.push(logged::out_record(session, &q, 0, body));
         }
     }
 

@@ -58,6 +58,10 @@ pub struct Session {
     expiry_secs: AtomicU32,
     /// Set once the session has ended; a late attach must not revive it.
     ended: AtomicBool,
+    /// Set when the session ended because a cluster node took it over with its state: the
+    /// session goes on there, so the close of its connection here cancels a delayed will
+    /// as a resume would.
+    handed_over: AtomicBool,
     /// Whether the session is persistent and logged in the journal (set by the broker
     /// under the delivery lock, with [`delivery::Delivery::set_log`]).
     logged: AtomicBool,
@@ -93,6 +97,7 @@ impl Session {
             generation: AtomicU64::new(0),
             expiry_secs: AtomicU32::new(0),
             ended: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
             logged: AtomicBool::new(false),
             bytes: [AtomicU64::new(0), AtomicU64::new(0)],
         }
@@ -180,5 +185,15 @@ impl Session {
     /// Whether the session has ended.
     pub fn is_ended(&self) -> bool {
         self.ended.load(Ordering::Acquire)
+    }
+
+    /// Marks the session as handed over to another cluster node (before it ends here).
+    pub fn mark_handed_over(&self) {
+        self.handed_over.store(true, Ordering::Release);
+    }
+
+    /// Whether the session went on on another cluster node.
+    pub fn is_handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::Acquire)
     }
 }

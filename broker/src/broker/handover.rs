@@ -1,0 +1,474 @@
+//! A session moving between cluster nodes: the node that loses a client hands its session
+//! over as journal records ([`Broker::hand_over`]: subscriptions with their options and
+//! identifiers, outbound QoS 1/2 messages in the window and the queue with their packet ids
+//! and PUBREL state, inbound QoS 2 ids awaiting PUBREL, the expiry), and the node that
+//! takes it puts them back as an offline session ([`Broker::adopt_session`]) that the
+//! CONNECT then resumes. The records are the persistence layer's ([`Record`]), decoded
+//! into its [`State`] and restored by the code recovery uses (`persist.rs`).
+//!
+//! The wire form: a version byte, then each record as a little-endian `u32` length and
+//! the record's journal encoding. This module owns that form and both ends of a handover;
+//! which node asks which, and when, is the cluster engine's ([`crate::cluster`]).
+
+use std::sync::Arc;
+
+use tern_codec::{LastWill, SubscriptionOptions};
+use tokio::time::Instant;
+
+use super::persist::{recovered_will, restored_outbound, Bodies, RestoreReport};
+use super::Broker;
+use crate::journal::record::{OutParts, Record, RecordError};
+use crate::journal::state::State;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::session::delivery::{Restored, RestoredStage};
+use crate::session::{Session, SubscriptionRecord};
+
+/// Version byte of the handover form.
+const HANDOVER_VERSION: u8 = 1;
+/// The session id records carry in the handover form (ids are per node).
+const HANDOVER_SESSION: u64 = 1;
+
+/// A handed-over session that cannot be put back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HandoverError {
+    /// Not the version this node reads (or empty).
+    #[error("unknown handover version")]
+    Version,
+    /// A record's length runs past the end.
+    #[error("handover truncated")]
+    Truncated,
+    /// A record did not decode.
+    #[error("handover record: {0}")]
+    Record(#[from] RecordError),
+    /// The records hold no session.
+    #[error("handover holds no session")]
+    NoSession,
+}
+
+/// What [`Broker::adopt_session`] put back.
+#[derive(Debug, Default)]
+pub struct Adopted {
+    /// The session's filters (the cluster waits for their interest before CONNACK).
+    pub filters: Vec<String>,
+    /// Outbound messages restored.
+    pub messages: usize,
+}
+
+/// `records` in the handover form.
+pub(super) fn encode_records(records: &[Record]) -> Vec<u8> {
+    let mut out = vec![HANDOVER_VERSION];
+    let mut one = Vec::new();
+    for record in records {
+        one.clear();
+        record.encode(&mut one);
+        out.extend_from_slice(&(one.len() as u32).to_le_bytes());
+        out.extend_from_slice(&one);
+    }
+    out
+}
+
+/// The records of a handover form.
+///
+/// # Errors
+/// [`HandoverError`]: another version, a truncated form, a record that does not decode.
+pub(super) fn decode_records(src: &[u8]) -> Result<Vec<Record>, HandoverError> {
+    let Some((&HANDOVER_VERSION, mut rest)) = src.split_first() else {
+        return Err(HandoverError::Version);
+    };
+    let mut records = Vec::new();
+    while !rest.is_empty() {
+        let (len, tail) = rest
+            .split_first_chunk::<4>()
+            .ok_or(HandoverError::Truncated)?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let record = tail.get(..len).ok_or(HandoverError::Truncated)?;
+        records.push(Record::decode(record)?);
+        rest = &tail[len..];
+    }
+    Ok(records)
+}
+
+impl Broker {
+    /// Ends the session of `client_id` here because another node takes the client over,
+    /// and returns its state in the handover form (`None`: no session here). Its
+    /// connection gets DISCONNECT 0x8E; a will waiting for its delay is cancelled, as a
+    /// resume cancels it (the session goes on elsewhere); the connection's own will follows
+    /// the rules of a local takeover (`connection_closed`).
+    ///
+    /// A form longer than `max_bytes` (what one NATS message may carry) goes without the
+    /// outbound messages (dropped, logged): subscriptions and the rest still move.
+    pub fn hand_over(&self, client_id: &str, max_bytes: usize) -> Option<Vec<u8>> {
+        let session = self.session(client_id)?;
+        let now = Instant::now();
+        let id = HANDOVER_SESSION;
+        let mut records = vec![Record::SessionOpen {
+            session: id,
+            client_id: client_id.to_string(),
+            expiry_secs: session.expiry_secs(),
+        }];
+        let mut messages = Vec::new();
+        let attached = {
+            let mut delivery = session.delivery();
+            session.mark_handed_over();
+            if !session.mark_ended() {
+                return None;
+            }
+            delivery.handover_records(id, now, &mut messages);
+            // Handed over, not redirected to other shared-group members nor dropped.
+            delivery.clear();
+            delivery.take_link()
+        };
+        if let Some(link) = attached {
+            Metrics::add(&self.inner.metrics.session_takeovers, 1);
+            link.writer.control().kick(crate::error::Kick::TakenOver);
+        }
+        for (filter, record) in session.subscription_snapshot() {
+            records.push(Record::Subscribe {
+                session: id,
+                filter: filter.to_string(),
+                options: record.options.to_v5_byte(),
+                subscription_id: record.subscription_id.unwrap_or(0),
+            });
+        }
+        let qos2: Vec<u16> = session.incoming_qos2().iter().collect();
+        records.extend(qos2.into_iter().map(|packet_id| Record::Qos2Received {
+            session: id,
+            packet_id,
+        }));
+        // A will filed for its delay is cancelled: the session resumes on the other node.
+        self.session_resumed(&session);
+        self.release_session(&session);
+        let state = records.len();
+        records.append(&mut messages);
+        let form = encode_records(&records);
+        if form.len() <= max_bytes {
+            return Some(form);
+        }
+        let dropped = records
+            .iter()
+            .filter(|r| matches!(r, Record::Out(_)))
+            .count();
+        tracing::warn!(
+            client_id,
+            dropped,
+            bytes = form.len(),
+            max_bytes,
+            "handover too large: the session moves without its messages"
+        );
+        records.truncate(state);
+        Some(encode_records(&records))
+    }
+
+    /// Ends `session` here because the cluster holds a newer copy of it elsewhere (its
+    /// client id is owned by another node): quietly — its connection, if any, gets 0x8E,
+    /// a will waiting for its delay is dropped (the other copy has it), nothing is
+    /// redirected and its entry in the cluster's session store stays.
+    pub fn drop_superseded(&self, session: &Arc<Session>) {
+        session.mark_handed_over();
+        self.session_resumed(session);
+        session.delivery().clear();
+        self.end_session(session);
+    }
+
+    /// The state of `session` other nodes need if this node dies, in the handover form: its
+    /// expiry and subscriptions (no messages).
+    pub fn stored_session_form(&self, session: &Session) -> Vec<u8> {
+        let id = HANDOVER_SESSION;
+        let mut records = vec![Record::SessionOpen {
+            session: id,
+            client_id: session.client_id.to_string(),
+            expiry_secs: session.expiry_secs(),
+        }];
+        for (filter, record) in session.subscription_snapshot() {
+            records.push(Record::Subscribe {
+                session: id,
+                filter: filter.to_string(),
+                options: record.options.to_v5_byte(),
+                subscription_id: record.subscription_id.unwrap_or(0),
+            });
+        }
+        encode_records(&records)
+    }
+
+    /// `session`'s will in the handover form (with the session's expiry), as the journal
+    /// stores it: the PUBLISH it becomes and its Will Delay Interval.
+    pub fn will_form(&self, session: &Session, will: &LastWill) -> Vec<u8> {
+        let delay_secs = will.properties.will_delay_interval_secs.unwrap_or(0);
+        let now = Instant::now();
+        let message = Message::new(super::will::to_publish(will.clone()), now, None);
+        let id = HANDOVER_SESSION;
+        encode_records(&[
+            Record::SessionOpen {
+                session: id,
+                client_id: session.client_id.to_string(),
+                expiry_secs: session.expiry_secs(),
+            },
+            Record::Will {
+                session: id,
+                will: Some((crate::journal::stored(&message, now), delay_secs)),
+            },
+        ])
+    }
+
+    /// Puts a session another node handed over (handover forms, applied in order) back
+    /// here as an offline session of its client id, replacing any this node still held for
+    /// it, so that the CONNECT that asked for it resumes it (Session Present 1). Its
+    /// subscriptions are in the trie and announced to the cluster when this returns. A will
+    /// in the forms (a dead node's client) waits for its delay as after a close, unless the
+    /// session resumes first; a session with expiry 0 ends at once (its will goes out).
+    ///
+    /// # Errors
+    /// [`HandoverError`]: the form does not decode or holds no session.
+    ///
+    /// `linger_secs`: the session stays at least this long even with a shorter expiry (a
+    /// CONNECT that asked for it attaches in a moment; 0 for a dead node's session).
+    pub fn adopt_session(
+        &self,
+        forms: &[&[u8]],
+        linger_secs: u32,
+    ) -> Result<Adopted, HandoverError> {
+        let mut state = State::default();
+        for form in forms {
+            for record in decode_records(form)? {
+                state.apply(record);
+            }
+        }
+        let (_, s) = state
+            .sessions
+            .drain()
+            .next()
+            .ok_or(HandoverError::NoSession)?;
+        let now = Instant::now();
+        let mut bodies = Bodies::new(std::mem::take(&mut state.bodies), now);
+        let mut report = RestoreReport::default();
+        let mut outbound = restored_outbound(&s, &mut bodies, &mut report);
+        // A persistent session goes into this node's journal, numbered afresh; otherwise
+        // its messages are unnumbered, as for a session that is not logged.
+        let journaled = self.journal().is_some() && s.expiry_secs > 0;
+        for (i, r) in outbound.iter_mut().enumerate() {
+            r.seq = if journaled { i as u64 + 1 } else { 0 };
+        }
+        if let Some(stale) = self.session(&s.client_id) {
+            self.drop_superseded(&stale);
+        }
+        let limits = self.limits();
+        let id = self
+            .inner
+            .next_session_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let session = Arc::new(Session::new(
+            id,
+            Arc::from(s.client_id.as_str()),
+            limits.max_queued_messages,
+            limits.max_queued_bytes,
+            self.budget().clone(),
+        ));
+        session.set_expiry_secs(s.expiry_secs);
+        let generation = session.next_generation();
+        let adopted = Adopted {
+            filters: s.subscriptions.keys().cloned().collect(),
+            messages: outbound.len(),
+        };
+        let will = s
+            .will
+            .as_ref()
+            .and_then(|(w, delay)| recovered_will(w, *delay, 0));
+        if journaled {
+            self.journal_adopted(&session, &outbound, &s.qos2_in, will.as_ref());
+        }
+        session.delivery().restore_outbound(outbound);
+        for &packet_id in &s.qos2_in {
+            session.incoming_qos2().insert(packet_id);
+        }
+        if self
+            .inner
+            .sessions
+            .insert(session.client_id.clone(), session.clone())
+            .is_none()
+        {
+            Metrics::add(&self.inner.metrics.sessions, 1);
+        }
+        self.adopt_subscriptions(&session, &s.subscriptions);
+        if let Some((will, _)) = &will {
+            self.cluster_will(&session, Some(will));
+        }
+        self.went_offline(&session, generation, will, s.expiry_secs.max(linger_secs));
+        Ok(adopted)
+    }
+
+    /// Writes an adopted persistent session into this node's journal as it stands, before
+    /// its subscriptions are made (which log themselves): opened and offline with its
+    /// will, each outbound message with its body, PUBREL owed, inbound QoS 2 ids.
+    fn journal_adopted(
+        &self,
+        session: &Arc<Session>,
+        outbound: &[Restored],
+        qos2_in: &std::collections::BTreeSet<u16>,
+        will: Option<&(LastWill, std::time::Duration)>,
+    ) {
+        let Some(journal) = self.journal() else {
+            return;
+        };
+        session
+            .delivery()
+            .set_log(Some((session.id, outbound.len() as u64)));
+        session.set_logged(true);
+        self.log_offline(session, will.map(|(w, _)| w));
+        let now = Instant::now();
+        for r in outbound {
+            let (body, inline) = journal.body_for(&r.message, now);
+            let packet_id = match r.stage {
+                RestoredStage::Queued => 0,
+                RestoredStage::Sent(p) | RestoredStage::Released(p) => p.get(),
+            };
+            let position = journal.append_with(|dst| {
+                OutParts {
+                    session: session.id,
+                    seq: r.seq,
+                    qos: r.qos as u8,
+                    retain: r.retain,
+                    packet_id,
+                    subscription_ids: &r.subscription_ids,
+                    group: r.group.as_deref(),
+                    body,
+                    inline: inline.as_ref(),
+                }
+                .encode(dst);
+            });
+            if inline.is_some() {
+                journal.body_stored(&r.message, position);
+            }
+            if matches!(r.stage, RestoredStage::Released(_)) {
+                journal.append(&Record::Released {
+                    session: session.id,
+                    seq: r.seq,
+                });
+            }
+        }
+        for &packet_id in qos2_in {
+            journal.append(&Record::Qos2Received {
+                session: session.id,
+                packet_id,
+            });
+        }
+    }
+
+    fn adopt_subscriptions(
+        &self,
+        session: &Arc<Session>,
+        subscriptions: &std::collections::BTreeMap<String, (u8, u32)>,
+    ) {
+        for (filter, (options, subscription_id)) in subscriptions {
+            let Ok(options) = SubscriptionOptions::from_v5_byte(*options) else {
+                continue;
+            };
+            let record = SubscriptionRecord {
+                options,
+                subscription_id: (*subscription_id != 0).then_some(*subscription_id),
+            };
+            // The ACL is re-derived when the client's CONNECT resumes the session.
+            self.subscribe(session, filter, record, None, 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn handover_form_round_trips_and_rejects_damage() {
+        let records = vec![
+            Record::SessionOpen {
+                session: 1,
+                client_id: "c".into(),
+                expiry_secs: 60,
+            },
+            Record::Subscribe {
+                session: 1,
+                filter: "a/+".into(),
+                options: 1,
+                subscription_id: 7,
+            },
+        ];
+        let form = encode_records(&records);
+        assert_eq!(decode_records(&form).expect("decodes"), records);
+        assert_eq!(
+            decode_records(&form[..form.len() - 1]),
+            Err(HandoverError::Truncated)
+        );
+        assert_eq!(decode_records(&[]), Err(HandoverError::Version));
+    }
+
+    #[tokio::test]
+    async fn a_handed_over_session_comes_back_with_its_subscriptions() {
+        let a = Broker::new(Config::default_config());
+        let (session, _) = a.open_session("c", false);
+        session.set_expiry_secs(300);
+        let record = SubscriptionRecord {
+            options: SubscriptionOptions::from_v5_byte(1).expect("QoS 1"),
+            subscription_id: Some(9),
+        };
+        a.subscribe(&session, "x/#", record, None, 0);
+        session.incoming_qos2().insert(5);
+        let form = a
+            .hand_over("c", usize::MAX)
+            .expect("a session to hand over");
+        assert!(!a.has_session("c"), "the session ended on the old node");
+        let b = Broker::new(Config::default_config());
+        let adopted = b.adopt_session(&[&form], 0).expect("adopted");
+        assert_eq!(adopted.filters, vec!["x/#".to_string()]);
+        let resumed = b.session("c").expect("the session");
+        assert_eq!(resumed.expiry_secs(), 300);
+        let subs = resumed.subscription_snapshot();
+        assert_eq!(subs[0].1.subscription_id, Some(9));
+        assert!(resumed.incoming_qos2().contains(&5));
+        let (_, present) = b.open_session("c", false);
+        assert!(present, "[MQTT-3.2.2-3] Session Present on resume");
+    }
+
+    /// `a` holds an offline session "c" subscribed to `q/#` at QoS 1 with two messages
+    /// queued for it.
+    fn with_queued_messages() -> Broker {
+        let a = Broker::new(Config::default_config());
+        let (session, _) = a.open_session("c", false);
+        session.set_expiry_secs(300);
+        let record = SubscriptionRecord {
+            options: SubscriptionOptions::from_v5_byte(1).expect("QoS 1"),
+            subscription_id: None,
+        };
+        a.subscribe(&session, "q/#", record, None, 0);
+        let now = Instant::now();
+        for i in 1..=2u16 {
+            let id = tern_codec::PacketId::new(i).expect("non-zero");
+            let publish = tern_codec::Publish::new("q/1", vec![7; 100]).with_qos(
+                tern_codec::PublishQoS::with_id(tern_codec::QoS::AtLeastOnce, id),
+            );
+            let message = Message::new(publish, now, None);
+            a.publish(&message, &mut crate::router::RouteScratch::default(), now);
+        }
+        a
+    }
+
+    #[tokio::test]
+    async fn queued_messages_move_with_the_session() {
+        let a = with_queued_messages();
+        let form = a.hand_over("c", usize::MAX).expect("a session");
+        let b = Broker::new(Config::default_config());
+        let adopted = b.adopt_session(&[&form], 0).expect("adopted");
+        assert_eq!(adopted.messages, 2);
+    }
+
+    #[tokio::test]
+    async fn a_form_too_large_for_nats_moves_without_its_messages() {
+        let a = with_queued_messages();
+        let form = a.hand_over("c", 150).expect("a session");
+        assert!(form.len() <= 150, "{} bytes", form.len());
+        let b = Broker::new(Config::default_config());
+        let adopted = b.adopt_session(&[&form], 0).expect("adopted");
+        assert_eq!(adopted.filters, vec!["q/#".to_string()]);
+        assert_eq!(adopted.messages, 0);
+    }
+}

@@ -1,0 +1,484 @@
+//! Sessions across the nodes of a cluster (issue #12): a takeover hands the session over
+//! to the new node, and a dead node's sessions and wills are taken up by a survivor. A real
+//! nats-server with JetStream on 127.0.0.1, in-process nodes and `tern` processes. Skipped
+//! (with the reason printed) when nats-server is not installed; under `CI=true` it must be.
+
+use std::time::Duration;
+
+use tern_codec::{Connect, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
+use tern_tests::cluster_support::NatsServer;
+use tern_tests::{Client, TestBroker};
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+/// A 5.0 client resuming or starting a persistent session (Clean Start 0, expiry 300 s),
+/// with `receive_maximum`; returns it and Session Present.
+async fn persistent(
+    addr: std::net::SocketAddr,
+    client_id: &str,
+    receive_maximum: Option<u16>,
+) -> (Client, bool) {
+    let mut client = Client::tcp(addr, V5).await;
+    let mut connect = Connect::new(V5, client_id);
+    connect.clean_start = false;
+    connect.keep_alive_secs = 0;
+    connect.properties.session_expiry_interval_secs = Some(300);
+    connect.properties.receive_maximum = receive_maximum;
+    let connack = client.connect(connect).await;
+    assert_eq!(connack.code, ReasonCode::SUCCESS, "{connack:?}");
+    (client, connack.session_present)
+}
+
+/// Waits (at most 10 s) until `check` holds.
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A persistent client with three messages in flight (sent, not acknowledged) and two
+/// queued behind its Receive Maximum of 3 on node A connects again on node B: the old
+/// connection gets DISCONNECT 0x8E, the new one Session Present 1, the five messages in
+/// order (the three in flight again with DUP) with the subscription identifier, and the
+/// subscription works for what is published on A afterwards.
+#[tokio::test]
+async fn takeover_hands_the_session_over_to_the_new_node() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = nats.nodes(2).await;
+    let (mut old, _) = persistent(nodes[0].addr, "dev", Some(3)).await;
+    let options = SubscriptionOptions::with_qos(QoS::AtLeastOnce);
+    old.subscribe_with(vec![("q/#", options)], Some(5)).await;
+    let mut publisher = nodes[0].client(V5, "pub").await;
+    for i in 0..5 {
+        let topic = format!("q/{i}");
+        publisher
+            .publish(&topic, b"m", QoS::AtLeastOnce, false)
+            .await;
+    }
+    for i in 0..3 {
+        assert_eq!(old.expect_publish().await.topic(), format!("q/{i}"));
+    }
+    let (mut new, present) = persistent(nodes[1].addr, "dev", None).await;
+    assert!(present, "[MQTT-3.2.2-3] Session Present 1 on the new node");
+    let disconnect = old.expect_disconnect().await.expect("DISCONNECT");
+    // [MQTT-3.1.4-3]: the existing connection is closed with 0x8E.
+    assert_eq!(disconnect.reason_code, ReasonCode::SESSION_TAKEN_OVER);
+    for i in 0..5 {
+        let got = new.expect_publish().await;
+        assert_eq!(got.topic(), format!("q/{i}"));
+        // [MQTT-4.4.0-1]: unacknowledged PUBLISH packets are resent with DUP on resume.
+        assert_eq!(got.dup, i < 3, "DUP of q/{i}");
+        let ids: Vec<u32> = got.properties().subscription_identifiers().collect();
+        assert_eq!(ids, vec![5], "[MQTT-3.3.4-3] the subscription identifier");
+        new.ack(&got).await;
+    }
+    assert!(!nodes[0].broker().has_session("dev"), "ended on A");
+    publisher
+        .publish("q/after", b"a", QoS::AtLeastOnce, false)
+        .await;
+    let got = new.expect_publish().await;
+    assert_eq!(got.topic(), "q/after");
+    new.ack(&got).await;
+    new.expect_nothing(Duration::from_millis(300)).await;
+}
+
+/// A connected 5.0 client with Session Expiry 0 taken over with Clean Start 0 on another
+/// node: its session exists while it is connected, so it continues there (Session
+/// Present 1, as on one node) with its subscription, though its expiry is 0.
+#[tokio::test]
+async fn a_session_with_expiry_0_is_handed_over_while_connected() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = nats.nodes(2).await;
+    let connect = |id: &str| {
+        let mut connect = Connect::new(V5, id);
+        connect.clean_start = false;
+        connect
+    };
+    let mut old = Client::tcp(nodes[0].addr, V5).await;
+    old.connect(connect("zero")).await;
+    old.subscribe("z/#", QoS::AtLeastOnce).await;
+    let mut new = Client::tcp(nodes[1].addr, V5).await;
+    let connack = new.connect(connect("zero")).await;
+    assert!(connack.session_present, "[MQTT-3.2.2-3]");
+    let disconnect = old.expect_disconnect().await.expect("DISCONNECT");
+    assert_eq!(disconnect.reason_code, ReasonCode::SESSION_TAKEN_OVER);
+    let mut publisher = nodes[0].client(V5, "pub").await;
+    publisher
+        .publish("z/1", b"z", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(new.expect_publish().await.topic(), "z/1");
+}
+
+/// An inbound QoS 2 message awaiting PUBREL moves with the session: the PUBREL sent to the
+/// new node completes it, and the message is not delivered twice ([MQTT-4.3.3-9]).
+#[tokio::test]
+async fn inbound_qos2_state_moves_with_the_session() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = nats.nodes(2).await;
+    let mut watcher = nodes[1].client(V5, "watch").await;
+    watcher.subscribe("r/#", QoS::AtMostOnce).await;
+    let (mut old, _) = persistent(nodes[0].addr, "q2", None).await;
+    let mut publish = tern_codec::Publish::new("r/1", b"once".to_vec());
+    let id = old.next_packet_id();
+    publish.set_qos(tern_codec::PublishQoS::with_id(QoS::ExactlyOnce, id));
+    old.send(&tern_codec::Packet::Publish(publish.clone()))
+        .await;
+    match old.recv().await {
+        tern_codec::Packet::PubRec(rec) => assert_eq!(rec.packet_id, id),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    assert_eq!(watcher.expect_publish().await.payload(), b"once");
+    let (mut new, present) = persistent(nodes[1].addr, "q2", None).await;
+    assert!(present);
+    // The client resends the PUBLISH with DUP, as after a lost connection: the new node
+    // knows its id is awaiting PUBREL, answers PUBREC and does not route it again.
+    publish.dup = true;
+    new.send(&tern_codec::Packet::Publish(publish)).await;
+    match new.recv().await {
+        tern_codec::Packet::PubRec(rec) => assert_eq!(rec.packet_id, id),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    new.send(&tern_codec::Packet::PubRel(tern_codec::PubRel::new(id)))
+        .await;
+    match new.recv().await {
+        tern_codec::Packet::PubComp(comp) => assert_eq!(comp.packet_id, id),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    watcher.expect_nothing(Duration::from_millis(500)).await;
+}
+
+/// The real client: `mosquitto_sub -c -i msq -q 1` on A, killed; three QoS 1 messages are
+/// queued for it on A; the same command on B gets them (its session came over, Session
+/// Present 1: a fresh session would have none).
+#[tokio::test]
+async fn mosquitto_sub_resumes_on_another_node_with_its_queued_messages() {
+    if !tern_tests::require_tool("mosquitto_sub") {
+        return;
+    }
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = nats.nodes(2).await;
+    let sub = |node: &TestBroker, count: &str| {
+        let mut command = tokio::process::Command::new("mosquitto_sub");
+        command
+            .args(["-h", "127.0.0.1", "-p", &node.addr.port().to_string()])
+            .args(["-c", "-i", "msq", "-q", "1", "-t", "m/#", "-F", "%t|%p"])
+            .args(["-C", count, "-W", "20"])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        command.spawn().expect("mosquitto_sub")
+    };
+    let mut first = sub(&nodes[0], "100");
+    let a = nodes[0].broker().clone();
+    until("mosquitto_sub subscribed on A", || a.trie_entries() == 1).await;
+    first.kill().await.expect("kill mosquitto_sub");
+    until("the session offline on A", || {
+        a.session("msq").is_some_and(|s| !s.delivery().is_online())
+    })
+    .await;
+    let mut publisher = nodes[0].client(V5, "pub").await;
+    for i in 0..3 {
+        let payload = format!("p{i}");
+        let topic = format!("m/{i}");
+        publisher
+            .publish(&topic, payload.as_bytes(), QoS::AtLeastOnce, false)
+            .await;
+    }
+    let second = sub(&nodes[1], "3");
+    let out = tokio::time::timeout(Duration::from_secs(20), second.wait_with_output())
+        .await
+        .expect("mosquitto_sub on B finished")
+        .expect("mosquitto_sub output");
+    let lines = String::from_utf8_lossy(&out.stdout);
+    let got: Vec<&str> = lines.lines().collect();
+    assert_eq!(
+        got,
+        vec!["m/0|p0", "m/1|p1", "m/2|p2"],
+        "queued messages on B"
+    );
+    assert!(!nodes[0].broker().has_session("msq"), "ended on A");
+}
+
+/// A 5.0 client of `addr` with a will on `wills/{client_id}` delayed by `delay_secs` and
+/// Session Expiry `expiry_secs` (Clean Start 0).
+async fn with_will(
+    addr: std::net::SocketAddr,
+    client_id: &str,
+    delay_secs: u32,
+    expiry_secs: u32,
+) -> Client {
+    let mut client = Client::tcp(addr, V5).await;
+    let mut connect = Connect::new(V5, client_id);
+    connect.clean_start = false;
+    connect.keep_alive_secs = 0;
+    connect.properties.session_expiry_interval_secs = Some(expiry_secs);
+    connect.will = Some(tern_codec::LastWill {
+        topic: tern_codec::ByteStr::from(format!("wills/{client_id}")),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: tern_codec::WillProperties {
+            will_delay_interval_secs: Some(delay_secs),
+            ..Default::default()
+        },
+    });
+    let connack = client.connect(connect).await;
+    assert_eq!(connack.code, ReasonCode::SUCCESS, "{connack:?}");
+    client
+}
+
+/// SIGKILL of a `tern` node: after `node_lease_ms` one survivor claims its sessions. The
+/// wills of its clients go out once (a non-persistent client's at once, a persistent
+/// one's after its delay), and a persistent client that reconnects on a survivor gets
+/// Session Present 1 and its subscription back, which works across nodes.
+#[tokio::test]
+async fn sigkill_of_a_node_publishes_its_wills_and_its_sessions_resume_elsewhere() {
+    use tern_tests::crash_checker::broker_process::{BrokerConfig, BrokerProcess, Stop};
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tern-cluster-dead-{}-{run}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = BrokerConfig::new(&dir.join("data"), "sync");
+    config.extra_toml = format!(
+        "\n[cluster]\nenabled = true\nnode_name = \"victim\"\nnats_urls = [\"{}\"]\nnode_lease_ms = 4000\n",
+        nats.url()
+    );
+    let mut victim = BrokerProcess::start(&config);
+    let mut nodes = Vec::new();
+    for name in ["s1", "s2"] {
+        let node = TestBroker::start_with(|c| {
+            nats.join(c, name);
+            c.cluster.node_lease_ms = 4000;
+        })
+        .await;
+        nodes.push(node);
+    }
+    let mut watcher = nodes[1].client(V5, "watch").await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+    let _plain = with_will(victim.addr(), "plain", 0, 0).await;
+    let _delayed = with_will(victim.addr(), "delayed", 2, 300).await;
+    let (mut dev, _) = persistent(victim.addr(), "dev", None).await;
+    dev.subscribe("k/#", QoS::AtLeastOnce).await;
+    // The sessions bucket is written in the background: give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed_at = tokio::time::Instant::now();
+    victim.stop(Stop::Kill);
+    let mut wills = Vec::new();
+    for _ in 0..2 {
+        let got = watcher
+            .recv_within(Duration::from_secs(20))
+            .await
+            .expect("a will within 20 s");
+        let tern_codec::Packet::Publish(will) = got else {
+            panic!("expected PUBLISH, got {got:?}");
+        };
+        wills.push((will.topic().to_string(), killed_at.elapsed()));
+        watcher.ack(&will).await;
+    }
+    let topics: Vec<&str> = wills.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(topics, vec!["wills/plain", "wills/delayed"]);
+    // The lease counts from the last heartbeat (every 2 s), up to 2 s before the kill.
+    assert!(
+        wills[0].1 >= Duration::from_secs(2),
+        "not before the lease: {wills:?}"
+    );
+    assert!(
+        wills[1].1 >= wills[0].1 + Duration::from_millis(1500),
+        "[MQTT-3.1.3-9] the delayed will waits for its delay: {wills:?}"
+    );
+    watcher.expect_nothing(Duration::from_millis(500)).await;
+    let claimed: u64 = nodes
+        .iter()
+        .map(|n| {
+            n.broker().cluster().expect("cluster").stats()["dead_nodes_claimed"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(claimed, 1, "exactly one survivor claimed the dead node");
+    let (mut moved, present) = persistent(nodes[0].addr, "dev", None).await;
+    assert!(
+        present,
+        "[MQTT-3.2.2-3] the session came back on a survivor"
+    );
+    let mut publisher = nodes[1].client(V5, "pub").await;
+    publisher
+        .publish("k/1", b"after", QoS::AtLeastOnce, false)
+        .await;
+    let got = moved.expect_publish().await;
+    assert_eq!(got.payload(), b"after");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A session handed over to a node with persistence is in that node's journal: its two
+/// messages, sent but not acknowledged there, come back (DUP) with the session after a
+/// SIGKILL and restart of that node ([MQTT-4.4.0-1]).
+#[tokio::test]
+async fn a_handed_over_session_survives_a_crash_of_its_new_node() {
+    use tern_tests::crash_checker::broker_process::{BrokerConfig, BrokerProcess, Stop};
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir =
+        std::env::temp_dir().join(format!("tern-cluster-journal-{}-{run}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = BrokerConfig::new(&dir.join("data"), "sync");
+    config.extra_toml = format!(
+        "\n[cluster]\nenabled = true\nnode_name = \"durable\"\nnats_urls = [\"{}\"]\n",
+        nats.url()
+    );
+    let mut b = BrokerProcess::start(&config);
+    let a = TestBroker::start_with(|c| nats.join(c, "plain")).await;
+    let (mut old, _) = persistent(a.addr, "dur", None).await;
+    old.subscribe("d/#", QoS::AtLeastOnce).await;
+    drop(old);
+    let broker = a.broker().clone();
+    until("the session offline on A", || {
+        broker
+            .session("dur")
+            .is_some_and(|s| !s.delivery().is_online())
+    })
+    .await;
+    let mut publisher = a.client(V5, "pub").await;
+    for topic in ["d/1", "d/2"] {
+        publisher
+            .publish(topic, b"m", QoS::AtLeastOnce, false)
+            .await;
+    }
+    let (mut moved, present) = persistent(b.addr(), "dur", None).await;
+    assert!(present, "[MQTT-3.2.2-3]");
+    for topic in ["d/1", "d/2"] {
+        assert_eq!(moved.expect_publish().await.topic(), topic);
+    }
+    // The journal's committer writes back to back: give it a moment, then crash.
+    moved.ping().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.stop(Stop::Kill);
+    b.restart();
+    let (mut again, present) = persistent(b.addr(), "dur", None).await;
+    assert!(present, "the session came back from the journal");
+    for topic in ["d/1", "d/2"] {
+        let got = again.expect_publish().await;
+        assert_eq!(got.topic(), topic);
+        assert!(got.dup, "[MQTT-4.4.0-1] resent with DUP");
+        again.ack(&got).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A node declared dead comes back (SIGKILL, claimed by a survivor, restarted with its
+/// journal): it drops the sessions the survivor took, so their wills go out once (from
+/// the survivor), not once more from the node that recovered them.
+#[tokio::test]
+async fn a_dead_node_that_comes_back_leaves_claimed_wills_to_the_survivor() {
+    use tern_tests::crash_checker::broker_process::{BrokerConfig, BrokerProcess, Stop};
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tern-cluster-back-{}-{run}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = BrokerConfig::new(&dir.join("data"), "sync");
+    config.extra_toml = format!(
+        "\n[cluster]\nenabled = true\nnode_name = \"back\"\nnats_urls = [\"{}\"]\nnode_lease_ms = 4000\n",
+        nats.url()
+    );
+    let mut victim = BrokerProcess::start(&config);
+    let survivor = TestBroker::start_with(|c| {
+        nats.join(c, "survivor");
+        c.cluster.node_lease_ms = 4000;
+    })
+    .await;
+    let mut watcher = survivor.client(V5, "watch").await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+    let _client = with_will(victim.addr(), "w", 6, 300).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    victim.stop(Stop::Kill);
+    let cluster = survivor.broker().cluster().expect("cluster").clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while cluster.stats()["dead_sessions_claimed"].as_u64() != Some(1) {
+        assert!(tokio::time::Instant::now() < deadline, "not claimed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    victim.restart();
+    let got = watcher.recv_within(Duration::from_secs(20)).await;
+    let Some(tern_codec::Packet::Publish(will)) = got else {
+        panic!("expected the will, got {got:?}");
+    };
+    assert_eq!(will.topic(), "wills/w");
+    watcher.ack(&will).await;
+    // The restarted node's copy would go out 6 s after its restart.
+    watcher.expect_nothing(Duration::from_secs(8)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The old node is alive but does not answer (a `tern` process stopped with SIGSTOP):
+/// after `handover_timeout_ms` the new node goes on with the state stored in the cluster
+/// (Session Present 1, the subscription works); once the old node runs again it ends its
+/// copy and its connection gets DISCONNECT 0x8E.
+#[tokio::test]
+async fn a_silent_old_node_leaves_the_stored_state_to_the_new_one() {
+    use tern_tests::crash_checker::broker_process::{BrokerConfig, BrokerProcess, Stop};
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir =
+        std::env::temp_dir().join(format!("tern-cluster-silent-{}-{run}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = BrokerConfig::new(&dir.join("data"), "sync");
+    config.extra_toml = format!(
+        "\n[cluster]\nenabled = true\nnode_name = \"silent\"\nnats_urls = [\"{}\"]\n",
+        nats.url()
+    );
+    let mut old_node = BrokerProcess::start(&config);
+    let node = TestBroker::start_with(|c| {
+        nats.join(c, "new");
+        c.cluster.handover_timeout_ms = 1000;
+    })
+    .await;
+    let (mut old, _) = persistent(old_node.addr(), "sil", None).await;
+    old.subscribe("s/#", QoS::AtLeastOnce).await;
+    // The sessions bucket is written in the background: give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = old_node.pid().expect("running").to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let started = tokio::time::Instant::now();
+    let (mut new, present) = persistent(node.addr, "sil", None).await;
+    let waited = started.elapsed();
+    signal("-CONT");
+    assert!(present, "[MQTT-3.2.2-3] the stored session");
+    assert!(waited >= Duration::from_millis(900), "waited {waited:?}");
+    let mut publisher = node.client(V5, "pub").await;
+    publisher
+        .publish("s/1", b"x", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(new.expect_publish().await.topic(), "s/1");
+    let disconnect = old.expect_disconnect().await.expect("DISCONNECT");
+    assert_eq!(disconnect.reason_code, ReasonCode::SESSION_TAKEN_OVER);
+    old_node.stop(Stop::Kill);
+    let _ = std::fs::remove_dir_all(&dir);
+}

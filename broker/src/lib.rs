@@ -22,6 +22,8 @@
 //!   broker-wide budget of bytes held for clients.
 //! - [`retained`]: the retained store, ordered by topic so that a replay is a cursor.
 //! - [`keep_alive`]: one broker-wide sweeper enforcing every connection's keep alive.
+//! - [`idle_sweep`]: one broker-wide sweeper finding the connections idle long enough to
+//!   park (`connection`'s `park.rs` parks them).
 //!
 //! Session:
 //! - [`session`]: per-client state that outlives connections (delivery window and queue,
@@ -74,6 +76,7 @@ pub mod error;
 pub mod features;
 pub mod http;
 pub mod http_client;
+pub mod idle_sweep;
 pub mod ip_limits;
 pub mod journal;
 pub mod keep_alive;

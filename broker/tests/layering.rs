@@ -24,7 +24,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "retained",
         ],
     ),
-    ("output buffer", &["delivery", "keep_alive"]),
+    ("output buffer", &["delivery", "keep_alive", "idle_sweep"]),
     ("session", &["session"]),
     ("routing", &["backpressure", "router"]),
     ("broker", &["broker"]),

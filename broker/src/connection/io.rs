@@ -99,6 +99,11 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
         }
     }
 
+    /// Whether bytes are buffered (a partial packet, or packets not handled yet).
+    pub fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
     /// The decoder (to learn the version, or change the limit).
     pub fn decoder(&self) -> &Decoder {
         &self.decoder

@@ -283,6 +283,11 @@ impl SharedWriter {
             && self.drain_wanted.swap(false, Ordering::Relaxed)
     }
 
+    /// Whether a pump was asked for (and not yet taken): output is still to come.
+    pub fn is_drain_wanted(&self) -> bool {
+        self.drain_wanted.load(Ordering::Relaxed)
+    }
+
     /// Whether the consumer is marked slow (publishers do not wait for it).
     pub fn is_slow(&self) -> bool {
         self.slow.load(Ordering::Relaxed)

@@ -11,13 +11,15 @@
 //! is woken, taken off the list, and parks if it can (`connection::park`); one that cannot
 //! (output still being written) watches itself again, as does one that wakes from parking.
 //!
-//! This module owns the list and the sweeper, not the parking itself.
+//! This module owns the list and the sweeper, and the broker's epoll of parked sockets
+//! ([`crate::park_poll`], started at the first parking); not the parking itself.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use crate::delivery::shared_writer::SharedWriter;
+use crate::park_poll::ParkPoll;
 
 pub use crate::delivery::control::IDLE_PARK_REQUESTED;
 
@@ -34,6 +36,8 @@ pub struct IdleSweep {
     watched: Mutex<Vec<Weak<SharedWriter>>>,
     /// A sweeper task runs (it ends when the list is empty, and is started again).
     sweeping: AtomicBool,
+    /// The epoll parked sockets wait in, from the first parking on.
+    park_poll: OnceLock<Arc<ParkPoll>>,
 }
 
 impl IdleSweep {
@@ -53,6 +57,22 @@ impl IdleSweep {
         self.watched().push(Arc::downgrade(writer));
         if !self.sweeping.swap(true, Ordering::AcqRel) {
             tokio::spawn(sweep(Arc::downgrade(self)));
+        }
+    }
+
+    /// The epoll of parked sockets, started on the current runtime at the first call;
+    /// `None` (logged) when it cannot be: connections then do not park.
+    pub fn park_poll(&self) -> Option<&Arc<ParkPoll>> {
+        if let Some(poll) = self.park_poll.get() {
+            return Some(poll);
+        }
+        match ParkPoll::start() {
+            // A racing first parking may have set it meanwhile: its epoll stays, ours goes.
+            Ok(poll) => Some(self.park_poll.get_or_init(|| poll)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create the epoll of parked sockets: connections are not parked");
+                None
+            }
         }
     }
 

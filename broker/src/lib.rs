@@ -24,6 +24,7 @@
 //! - [`keep_alive`]: one broker-wide sweeper enforcing every connection's keep alive.
 //! - [`idle_sweep`]: one broker-wide sweeper finding the connections idle long enough to
 //!   park (`connection`'s `park.rs` parks them).
+//! - [`park_poll`]: the epoll parked connections' sockets wait in, out of tokio's.
 //!
 //! Session:
 //! - [`session`]: per-client state that outlives connections (delivery window and queue,
@@ -84,6 +85,7 @@ pub mod listener;
 pub mod message;
 pub mod metrics;
 pub mod mqtt_bridge;
+pub mod park_poll;
 pub mod reload;
 pub mod retained;
 pub mod router;

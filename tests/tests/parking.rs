@@ -354,3 +354,31 @@ async fn a_parked_mosquitto_sub_gets_a_mosquitto_pub_message() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "parked-hello");
     broker.running.stop().await;
 }
+
+/// A parked client whose socket closes without DISCONNECT is noticed at once (end of
+/// stream wakes it): [MQTT-3.1.2-8] its will is published, and it is no longer counted.
+#[tokio::test]
+async fn a_parked_client_that_goes_away_is_noticed_at_once() {
+    let broker = start().await;
+    let mut watcher = client(&broker, V3, "gone-watcher", 0).await;
+    watcher.subscribe("will/#", QoS::AtMostOnce).await;
+    let mut leaving = broker.raw(V3).await;
+    let mut connect = Connect::new(V3, "leaving");
+    connect.keep_alive_secs = 0;
+    connect.will = Some(LastWill {
+        topic: ByteStr::from("will/leaving"),
+        payload: Bytes::from_static(b"bye"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: WillProperties::default(),
+    });
+    assert_eq!(leaving.connect(connect).await.code.0, 0);
+    until_parked(broker.broker(), 2).await;
+    let closed = Instant::now();
+    drop(leaving);
+    let will = watcher.expect_publish().await;
+    assert!(closed.elapsed() < AT_ONCE, "took {:?}", closed.elapsed());
+    assert_eq!(will.topic(), "will/leaving");
+    assert_eq!(connected(broker.broker()), 1);
+    broker.running.stop().await;
+}

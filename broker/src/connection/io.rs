@@ -16,7 +16,8 @@ const MIN_READ_BYTES: usize = 128;
 /// Largest read reservation per read call.
 const MAX_READ_BYTES: usize = 64 * 1024;
 
-/// A connection's reader: transport, buffer and decoder.
+/// A connection's reader: transport, buffer and decoder. A parked connection keeps it
+/// without its transport (`PacketReader<()>`, see [`PacketReader::replace_reader`]).
 #[derive(Debug)]
 pub struct PacketReader<R> {
     reader: R,
@@ -24,6 +25,26 @@ pub struct PacketReader<R> {
     decoder: Decoder,
     /// How much spare room to ensure before the next read; doubles when reads fill it.
     read_size: usize,
+}
+
+impl<R> PacketReader<R> {
+    /// The same reader over `reader` instead (buffer and decoder state kept); returns the
+    /// old transport too.
+    pub(crate) fn replace_reader<T>(self, reader: T) -> (R, PacketReader<T>) {
+        let PacketReader {
+            reader: old,
+            buf,
+            decoder,
+            read_size,
+        } = self;
+        let replaced = PacketReader {
+            reader,
+            buf,
+            decoder,
+            read_size,
+        };
+        (old, replaced)
+    }
 }
 
 impl<R: AsyncRead + Unpin> PacketReader<R> {

@@ -25,6 +25,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::broker::Broker;
 use crate::delivery::shared_writer::SharedWriter;
@@ -103,19 +104,19 @@ where
 /// them in place: an `async fn` would keep its arguments and the locals moved out of
 /// them side by side for the life of the connection, and this future is most of what an
 /// idle connection costs.
-pub fn serve_guarded<R, W, G>(
+pub fn serve_guarded<G: Send + 'static>(
     broker: Broker,
-    reader: R,
-    writer: W,
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
     info: PeerInfo,
     guard: G,
-) -> impl Future<Output = ()> + Send + 'static
-where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
-    G: Send + 'static,
-{
-    ConnIo::new(broker, reader, writer, info, guard, true).spawnable()
+) -> impl Future<Output = ()> + Send + 'static {
+    let mut io = ConnIo::new(broker, reader, writer, info, guard, true);
+    async move {
+        if let Some(connection) = io.serve().await {
+            park::park(io, connection);
+        }
+    }
 }
 
 /// How a connection's packet loop ended.
@@ -163,17 +164,15 @@ where
         io
     }
 
-    /// The connection's task from accept: it parks the connection (and ends) when the
-    /// packet loop asks for it.
+    /// The task of a connection that does not park, from accept.
     ///
     /// Not an `async fn`: that would keep `self` twice in the future (the argument, and the
-    /// local it is moved into), 688 bytes instead of 512.
+    /// local it is moved into).
     fn spawnable(self) -> impl Future<Output = ()> + Send + 'static {
         let mut io = self;
         async move {
-            if let Some(connection) = io.serve().await {
-                park::park(io, connection);
-            }
+            let parked = io.serve().await;
+            debug_assert!(parked.is_none(), "only plain TCP connections park");
         }
     }
 
@@ -458,7 +457,8 @@ mod tests {
             cert_username: None,
             redirect: None,
         };
-        let future = serve_with(broker, reader, writer, info);
+        // The plain TCP connection's task (it parks when idle).
+        let future = serve_guarded(broker, reader, writer, info, ());
         let size = std::mem::size_of_val(&future);
         // 512: tokio's task cell (header, this future, trailer) is 128-byte aligned on
         // x86_64, so up to about 528 bytes of future the task takes 640. The split of the

@@ -24,6 +24,25 @@ pub(crate) struct Output<W> {
     needs_flush: bool,
 }
 
+impl<W> Output<W> {
+    /// The same output over `socket` instead (batch state kept); returns the old socket.
+    pub(crate) fn replace_socket<T>(self, socket: T) -> (W, Output<T>) {
+        let Output {
+            socket: old,
+            batch,
+            written,
+            needs_flush,
+        } = self;
+        let replaced = Output {
+            socket,
+            batch,
+            written,
+            needs_flush,
+        };
+        (old, replaced)
+    }
+}
+
 impl<W: AsyncWrite + Unpin> Output<W> {
     pub(crate) fn new(socket: W) -> Output<W> {
         Output {

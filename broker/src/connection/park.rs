@@ -3,77 +3,85 @@
 //! A plain TCP connection that the idle sweeper ([`crate::idle_sweep`]) finds quiet for
 //! `park_idle_after_ms`, and that has nothing in hand (no input buffered, no output
 //! waiting or being written, no pause), leaves its packet loop with [`super::Ended::Park`]:
-//! its task ends, and what it owns — socket halves, SharedWriter handle, session state
-//! machine, connection permit — goes into a [`Slot`] on the heap. The slot is a [`Wake`]:
-//! its waker replaces the task's in the two places that can ever wake an idle connection,
+//! its task ends, and what it owns (SharedWriter handle, session state machine, decoder
+//! state, connection permit) goes into a [`Slot`] on the heap, without its transport: the
+//! socket halves are joined and taken out of tokio (which frees tokio's readiness state for
+//! it, 256 B, and the `Arc` the halves shared) into the broker's epoll of parked sockets
+//! ([`crate::park_poll`]). The slot is a [`Wake`]; its waker stands where the task's stood
+//! in the two places that can ever wake an idle connection:
 //!
-//! - the socket's read readiness (tokio's I/O registration: a packet, end of stream, an
-//!   error), and
+//! - the epoll of parked sockets (read readiness: a packet, end of stream, an error), and
 //! - the connection's control block ([`crate::delivery::control::Control`]): output
 //!   routed to the session, a kick (takeover 0x8E, shutdown, drain, an administrator,
 //!   keep-alive timeout from [`crate::keep_alive`], slow consumer, token expiry) or a
 //!   close.
 //!
-//! The first wake-up takes the connection out of the slot and spawns a task that goes on
-//! with the packet loop where it left off ([`resume`]), so everything a connection does
-//! (PINGRESP, delivery, DISCONNECT, the will at close, closing at shutdown) is done by the
-//! same code as ever. Nothing else holds a parked connection: it is owned by its wakers
-//! until one fires (the socket and the control block always fire in the end: the peer
-//! leaves, or the keep-alive sweeper, a takeover or shutdown kicks it). Keep alive needs
-//! nothing here: the broker-wide sweeper enforces it with or without a task. A parked
-//! connection stays counted in `clients_connected` and its session stays attached (the
-//! `$SYS` and admin views see it as before); `clients_parked` counts those parked.
+//! The first wake-up takes the connection out of the slot and spawns a task ([`resume`])
+//! that gives the socket back to tokio and goes on with the packet loop where it left off,
+//! so everything a connection does (PINGRESP, delivery, DISCONNECT, the will at close,
+//! closing at shutdown) is done by the same code as ever. Nothing else holds a parked
+//! connection: it is owned by its wakers until one fires (one always does in the end: the
+//! peer leaves, or the keep-alive sweeper, a takeover or shutdown kicks it). Keep alive
+//! needs nothing here: the broker-wide sweeper enforces it with or without a task. A
+//! parked connection stays counted in `clients_connected` and its session stays attached
+//! (the `$SYS` and admin views see it as before); `clients_parked` counts those parked.
 //!
-//! Unlike the SSE bridge's parked list ([`crate::http`], `sse_park.rs`), no task serves
+//! Unlike the SSE bridge's parked list (`http/bridge/sse_park.rs`), no task writes for
 //! parked connections: an MQTT connection's output is its own, not a shared ring's, so
-//! there is nothing to batch across connections, and handing a woken connection back to
-//! a task of its own costs one spawn.
+//! there is nothing to batch across connections, and handing a woken connection back to a
+//! task of its own costs one spawn (and two `epoll_ctl`).
 //!
 //! This module owns the slot and the hand-over between tasks; when to park belongs to
-//! [`crate::idle_sweep`] and the driver's `can_park`.
+//! [`crate::idle_sweep`] and the driver's `can_park`, the epoll to [`crate::park_poll`].
 
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Wake, Waker};
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 
 use super::{ConnIo, Connection};
+use crate::error::Close;
 use crate::metrics::Metrics;
+use crate::park_poll::ParkPoll;
 
-/// What a parked connection owns.
-struct Parked<R, W, G> {
-    io: ConnIo<R, W, G>,
+/// A plain TCP connection with its task.
+pub(super) type TcpIo<G> = ConnIo<OwnedReadHalf, OwnedWriteHalf, G>;
+
+/// What a parked connection owns: its parts without their transport, the socket out of
+/// tokio, and where it waits in the epoll of parked sockets.
+struct Parked<G> {
+    io: ConnIo<(), (), G>,
+    stream: std::net::TcpStream,
+    /// Its token in [`ParkPoll`].
+    token: u32,
     connection: Connection,
 }
 
 /// A parked connection and the waker that un-parks it.
-struct Slot<R, W, G> {
-    state: Mutex<SlotState<R, W, G>>,
+struct Slot<G> {
+    state: Mutex<SlotState<G>>,
     /// Where to spawn the woken connection's task: a wake-up may come from any thread.
     runtime: Handle,
 }
 
-struct SlotState<R, W, G> {
+struct SlotState<G> {
     /// The connection, while parked.
-    parked: Option<Box<Parked<R, W, G>>>,
+    parked: Option<Box<Parked<G>>>,
     /// A wake-up came: one that comes while the connection is being parked un-parks it
     /// at once.
     fired: bool,
 }
 
-impl<R, W, G> Slot<R, W, G> {
-    fn state(&self) -> MutexGuard<'_, SlotState<R, W, G>> {
+impl<G> Slot<G> {
+    fn state(&self) -> MutexGuard<'_, SlotState<G>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-impl<R, W, G> Wake for Slot<R, W, G>
-where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
-    G: Send + 'static,
-{
+impl<G: Send + 'static> Wake for Slot<G> {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
@@ -92,15 +100,14 @@ where
 }
 
 /// Parks `connection` (its task is ending): registers the slot's waker with the control
-/// block and the socket, then leaves the connection in the slot. Output, a kick or input
-/// that came meanwhile spawns its task again at once.
-pub(super) fn park<R, W, G>(io: ConnIo<R, W, G>, connection: Connection)
-where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
-    G: Send + 'static,
-{
-    let mut parked = Box::new(Parked { io, connection });
+/// block, moves the socket from tokio into the epoll of parked sockets, and leaves the
+/// connection in the slot. Output, a kick or input that came meanwhile spawns its task
+/// again at once.
+pub(super) fn park<G: Send + 'static>(io: TcpIo<G>, connection: Connection) {
+    let Some(poll) = io.broker.idle_sweep().park_poll().cloned() else {
+        tokio::spawn(run_again(io, connection));
+        return;
+    };
     let slot = Arc::new(Slot {
         state: Mutex::new(SlotState {
             parked: None,
@@ -109,46 +116,160 @@ where
         runtime: Handle::current(),
     });
     let waker = Waker::from(slot.clone());
-    let mut cx = Context::from_waker(&waker);
     // A wake-up taken here (`Ready`) is not lost: the resumed loop makes a whole pass.
-    let notified = parked.io.out.control().poll_notified(&mut cx).is_ready();
-    let ready = notified || {
-        // Registers for readiness; what a read gets stays buffered for the resumed loop.
-        match parked.io.reader.poll_read_more(&mut cx) {
-            Poll::Pending => false,
-            Poll::Ready(Ok(n)) => {
-                Metrics::add(&parked.io.broker.metrics().bytes_received, n as u64);
-                let session = parked.connection.machine.session();
-                session.count_bytes(false, n as u64);
-                true
-            }
-            // The resumed loop reads again and sees the end of stream (or the error).
-            Poll::Ready(Err(_)) => true,
-        }
-    };
-    if !ready {
-        let mut state = slot.state();
-        if !state.fired {
-            Metrics::add(&parked.io.broker.metrics().clients_parked, 1);
-            state.parked = Some(parked);
-            return;
-        }
+    if io
+        .out
+        .control()
+        .poll_notified(&mut Context::from_waker(&waker))
+        .is_ready()
+    {
+        tokio::spawn(run_again(io, connection));
+        return;
     }
-    tokio::spawn(resume(parked));
+    let Some(parked) = into_parked(io, connection, &poll, waker) else {
+        return;
+    };
+    let mut state = slot.state();
+    if state.fired {
+        drop(state);
+        tokio::spawn(resume(parked));
+    } else {
+        Metrics::add(&parked.io.broker.metrics().clients_parked, 1);
+        state.parked = Some(parked);
+    }
 }
 
-/// The task of a connection woken from parking: the packet loop where it left off, then
-/// the close as usual, or parking again.
-async fn resume<R, W, G>(parked: Box<Parked<R, W, G>>)
-where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
-    G: Send + 'static,
-{
-    let Parked { mut io, connection } = *parked;
+/// The connection's parts without their transport, its socket out of tokio and watched
+/// by `poll` for `waker`; `None` when that failed (the socket is lost then, and the
+/// connection is ended as if it had failed).
+fn into_parked<G>(
+    io: TcpIo<G>,
+    connection: Connection,
+    poll: &ParkPoll,
+    waker: Waker,
+) -> Option<Box<Parked<G>>> {
+    let ConnIo {
+        broker,
+        out,
+        output,
+        reader,
+        info,
+        parks,
+        _guard,
+    } = io;
+    let (read_half, reader) = reader.replace_reader(());
+    let (write_half, output) = output.replace_socket(());
+    let (stream, token) = match detach(read_half, write_half, poll, waker) {
+        Ok(detached) => detached,
+        Err(e) => {
+            tracing::debug!(peer = %info.addr, error = %e, "parking failed: connection closed");
+            connection.finish(Close::Io(e), info.addr);
+            return None;
+        }
+    };
+    let io = ConnIo {
+        broker,
+        out,
+        output,
+        reader,
+        info,
+        parks,
+        _guard,
+    };
+    Some(Box::new(Parked {
+        io,
+        stream,
+        token,
+        connection,
+    }))
+}
+
+/// Joins the halves, takes the socket out of tokio (freeing its readiness state and the
+/// halves' `Arc`) and registers it with `poll` for `waker`; returns it and its token.
+fn detach(
+    read_half: OwnedReadHalf,
+    write_half: OwnedWriteHalf,
+    poll: &ParkPoll,
+    waker: Waker,
+) -> std::io::Result<(std::net::TcpStream, u32)> {
+    let stream = read_half
+        .reunite(write_half)
+        .map_err(|_| std::io::Error::other("socket halves of two connections"))?
+        .into_std()?;
+    let token = poll.register(stream.as_raw_fd(), waker)?;
+    Ok((stream, token))
+}
+
+/// The task of a connection woken from parking: its socket back to tokio, then the packet
+/// loop where it left off.
+async fn resume<G: Send + 'static>(parked: Box<Parked<G>>) {
+    let Parked {
+        io,
+        stream,
+        token,
+        connection,
+    } = *parked;
+    if let Some(poll) = io.broker.idle_sweep().park_poll() {
+        poll.deregister(stream.as_raw_fd(), token);
+    }
+    let addr = io.info.addr;
+    match TcpStream::from_std(stream) {
+        Ok(stream) => {
+            let (read_half, write_half) = stream.into_split();
+            let ConnIo {
+                broker,
+                out,
+                output,
+                reader,
+                info,
+                parks,
+                _guard,
+            } = io;
+            let io = ConnIo {
+                broker,
+                out,
+                output: output.replace_socket(write_half).1,
+                reader: reader.replace_reader(read_half).1,
+                info,
+                parks,
+                _guard,
+            };
+            run_again(io, connection).await;
+        }
+        Err(e) => {
+            tracing::debug!(peer = %addr, error = %e, "un-parking failed: connection closed");
+            connection.finish(Close::Io(e), addr);
+        }
+    }
+}
+
+/// The packet loop of a connection that had parked (or was about to), where it left off;
+/// then the close as usual, or parking again.
+async fn run_again<G: Send + 'static>(mut io: TcpIo<G>, connection: Connection) {
     let mut connection = Some(connection);
     io.drive(&mut connection, false, true).await;
     if let Some(connection) = connection {
         park(io, connection);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TcpParked = Parked<(
+        tokio::sync::OwnedSemaphorePermit,
+        crate::ip_limits::Admission,
+    )>;
+
+    /// What a parked plain TCP connection holds besides what it shares with the broker
+    /// (session, SharedWriter, trie entry, socket): this record and its slot.
+    #[test]
+    fn a_parked_connection_is_small() {
+        let parked = std::mem::size_of::<TcpParked>();
+        let slot = std::mem::size_of::<Slot<()>>();
+        eprintln!("parked {parked} B, slot {slot} B");
+        assert!(parked <= 384, "the parked record grew to {parked} bytes");
+        assert!(slot <= 48, "the slot grew to {slot} bytes");
     }
 }

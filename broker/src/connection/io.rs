@@ -28,22 +28,20 @@ pub struct PacketReader<R> {
 }
 
 impl<R> PacketReader<R> {
-    /// The same reader over `reader` instead (buffer and decoder state kept); returns the
-    /// old transport too.
-    pub(crate) fn replace_reader<T>(self, reader: T) -> (R, PacketReader<T>) {
-        let PacketReader {
-            reader: old,
-            buf,
-            decoder,
-            read_size,
-        } = self;
-        let replaced = PacketReader {
+    /// The transport and the decoder's state, for a connection that parks with nothing
+    /// buffered (the buffer is let go; [`PacketReader::with_decoder`] makes it again).
+    pub(crate) fn into_parts(self) -> (R, Decoder) {
+        (self.reader, self.decoder)
+    }
+
+    /// A reader over `reader` going on with `decoder` (see [`PacketReader::into_parts`]).
+    pub(crate) fn with_decoder(reader: R, decoder: Decoder) -> PacketReader<R> {
+        PacketReader {
             reader,
-            buf,
+            buf: BytesMut::new(),
             decoder,
-            read_size,
-        };
-        (old, replaced)
+            read_size: MIN_READ_BYTES,
+        }
     }
 }
 

@@ -25,21 +25,10 @@ pub(crate) struct Output<W> {
 }
 
 impl<W> Output<W> {
-    /// The same output over `socket` instead (batch state kept); returns the old socket.
-    pub(crate) fn replace_socket<T>(self, socket: T) -> (W, Output<T>) {
-        let Output {
-            socket: old,
-            batch,
-            written,
-            needs_flush,
-        } = self;
-        let replaced = Output {
-            socket,
-            batch,
-            written,
-            needs_flush,
-        };
-        (old, replaced)
+    /// The socket, for a connection that parks with nothing to write (the batch buffer is
+    /// let go).
+    pub(crate) fn into_socket(self) -> W {
+        self.socket
     }
 }
 

@@ -328,6 +328,15 @@ impl SharedWriter {
             .append_packet(Some(len), usize::MAX, capped, now, encode)
     }
 
+    /// Lets go of the buffer's allocation if nothing is buffered (a connection that parks:
+    /// the next append allocates again).
+    pub fn release_idle_buffer(&self) {
+        let mut guard = self.lock();
+        if guard.state.buf.is_empty() {
+            guard.state.buf = BytesMut::new();
+        }
+    }
+
     /// Marks the writer closed: later appends are dropped, the connection task flushes what is
     /// buffered and ends.
     pub fn close(&self) {

@@ -45,6 +45,9 @@ struct Table {
 pub struct ParkPoll {
     registry: Registry,
     table: Mutex<Table>,
+    /// The runtime the epoll's task runs on, where woken connections are spawned (a
+    /// wake-up may come from any thread; kept here once rather than in every parked one).
+    runtime: tokio::runtime::Handle,
 }
 
 impl ParkPoll {
@@ -64,6 +67,7 @@ impl ParkPoll {
         let park_poll = Arc::new(ParkPoll {
             registry,
             table: Mutex::new(Table::default()),
+            runtime: tokio::runtime::Handle::current(),
         });
         tokio::spawn(serve(fd, Arc::downgrade(&park_poll)));
         Ok(park_poll)
@@ -126,6 +130,11 @@ impl ParkPoll {
             // Everyone woke: the table of a burst of parking is not kept.
             *table = Table::default();
         }
+    }
+
+    /// The runtime this epoll's task runs on.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 
     /// Sockets registered now.

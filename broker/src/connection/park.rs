@@ -40,9 +40,8 @@ use std::task::{Context, Wake, Waker};
 
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::runtime::Handle;
 
-use tern_codec::Decoder;
+use tern_codec::{Decoder, ProtocolVersion};
 
 use super::io::PacketReader;
 use super::output::Output;
@@ -59,8 +58,10 @@ pub(super) type TcpIo<G> = ConnIo<OwnedReadHalf, OwnedWriteHalf, G>;
 /// buffers are empty (let go), and the socket is out of tokio.
 struct Parked<G> {
     connection: Connection,
-    /// The decoder's state (the protocol version, the packet size limit).
-    decoder: Decoder,
+    /// The decoder's state between frames: the protocol version (known after CONNECT)
+    /// and the packet size limit (a `Decoder` would take 32 bytes).
+    version: ProtocolVersion,
+    max_packet_size_bytes: u32,
     info: Box<PeerInfo>,
     guard: G,
     stream: std::net::TcpStream,
@@ -71,8 +72,6 @@ struct Parked<G> {
 /// A parked connection and the waker that un-parks it.
 struct Slot<G> {
     state: Mutex<SlotState<G>>,
-    /// Where to spawn the woken connection's task: a wake-up may come from any thread.
-    runtime: Handle,
 }
 
 struct SlotState<G> {
@@ -101,8 +100,17 @@ impl<G: Send + 'static> Wake for Slot<G> {
             state.parked.take()
         };
         if let Some(parked) = parked {
-            Metrics::sub(&parked.connection.broker.metrics().clients_parked, 1);
-            self.runtime.spawn(resume(parked));
+            let broker = &parked.connection.broker;
+            Metrics::sub(&broker.metrics().clients_parked, 1);
+            // A wake-up may come from any thread: spawn where the epoll's task runs.
+            match broker
+                .idle_sweep()
+                .park_poll()
+                .map(|poll| poll.runtime().clone())
+            {
+                Some(runtime) => drop(runtime.spawn(resume(parked))),
+                None => drop(tokio::spawn(resume(parked))),
+            }
         }
     }
 }
@@ -121,7 +129,6 @@ pub(super) fn park<G: Send + 'static>(io: TcpIo<G>, connection: Connection) {
             parked: None,
             fired: false,
         }),
-        runtime: Handle::current(),
     });
     let waker = Waker::from(slot.clone());
     // A wake-up taken here (`Ready`) is not lost: the resumed loop makes a whole pass.
@@ -169,6 +176,18 @@ fn into_parked<G>(
     out.release_idle_buffer();
     let write_half = output.into_socket();
     let (read_half, decoder) = reader.into_parts();
+    // After CONNECT and with nothing buffered (`can_park`), both always hold.
+    let version = match decoder.version() {
+        Some(version) if decoder.is_between_frames() => version,
+        _ => {
+            tracing::error!(peer = %info.addr, "parking mid-frame or before CONNECT: connection closed");
+            connection.finish(
+                Close::Io(std::io::Error::other("parked mid-frame")),
+                info.addr,
+            );
+            return None;
+        }
+    };
     let (stream, token) = match detach(read_half, write_half, poll, waker) {
         Ok(detached) => detached,
         Err(e) => {
@@ -179,7 +198,8 @@ fn into_parked<G>(
     };
     Some(Box::new(Parked {
         connection,
-        decoder,
+        version,
+        max_packet_size_bytes: decoder.max_packet_size_bytes(),
         info,
         guard,
         stream,
@@ -208,7 +228,8 @@ fn detach(
 async fn resume<G: Send + 'static>(parked: Box<Parked<G>>) {
     let Parked {
         connection,
-        decoder,
+        version,
+        max_packet_size_bytes,
         info,
         guard,
         stream,
@@ -224,7 +245,10 @@ async fn resume<G: Send + 'static>(parked: Box<Parked<G>>) {
             let io = ConnIo {
                 out: connection.out.clone(),
                 output: Output::new(write_half),
-                reader: PacketReader::with_decoder(read_half, decoder),
+                reader: PacketReader::with_decoder(
+                    read_half,
+                    Decoder::with_version(version, max_packet_size_bytes),
+                ),
                 info,
                 parks: true,
                 broker,
@@ -264,9 +288,16 @@ mod tests {
     fn a_parked_connection_is_small() {
         let parked = std::mem::size_of::<TcpParked>();
         let slot = std::mem::size_of::<Slot<()>>();
-        eprintln!("parked {parked} B, slot {slot} B");
-        // 256: jemalloc's size class for it; one byte more costs 64 per parked connection.
-        assert!(parked <= 256, "the parked record grew to {parked} bytes");
-        assert!(slot <= 48, "the slot grew to {slot} bytes");
+        eprintln!(
+            "parked {parked} B, slot {slot} B, connection {} B, decoder {} B, guard {} B, machine {} B",
+            std::mem::size_of::<Connection>(),
+            std::mem::size_of::<Decoder>(),
+            std::mem::size_of::<(tokio::sync::OwnedSemaphorePermit, crate::ip_limits::Admission)>(),
+            std::mem::size_of::<crate::session::machine::Machine>(),
+        );
+        // 224: jemalloc's size class for it; one byte more costs 32 per parked connection.
+        assert!(parked <= 224, "the parked record grew to {parked} bytes");
+        // 32 + the Arc's 16: the 48-byte class.
+        assert!(slot <= 32, "the slot grew to {slot} bytes");
     }
 }

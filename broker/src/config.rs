@@ -153,6 +153,10 @@ pub struct Limits {
     pub backpressure_max_wait_ms: u64,
     pub backpressure_queued_messages: usize,
     pub slow_consumer_timeout_ms: u64,
+    /// A plain TCP connection with nothing to do for this long parks: its task ends until
+    /// input or output wakes it ([`crate::connection`], `park.rs`); 0: never.
+    #[serde(default = "limits::default_park_idle_after_ms")]
+    pub park_idle_after_ms: u64,
     /// Broker-wide bound on bytes held for clients (queued and inflight QoS 1/2); unset:
     /// an eighth of the machine's memory; 0: none.
     #[serde(default)]

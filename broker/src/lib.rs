@@ -22,6 +22,9 @@
 //!   broker-wide budget of bytes held for clients.
 //! - [`retained`]: the retained store, ordered by topic so that a replay is a cursor.
 //! - [`keep_alive`]: one broker-wide sweeper enforcing every connection's keep alive.
+//! - [`idle_sweep`]: one broker-wide sweeper finding the connections idle long enough to
+//!   park (`connection`'s `park.rs` parks them).
+//! - [`park_poll`]: the epoll parked connections' sockets wait in, out of tokio's.
 //!
 //! Session:
 //! - [`session`]: per-client state that outlives connections (delivery window and queue,
@@ -74,6 +77,7 @@ pub mod error;
 pub mod features;
 pub mod http;
 pub mod http_client;
+pub mod idle_sweep;
 pub mod ip_limits;
 pub mod journal;
 pub mod keep_alive;
@@ -81,6 +85,7 @@ pub mod listener;
 pub mod message;
 pub mod metrics;
 pub mod mqtt_bridge;
+pub mod park_poll;
 pub mod reload;
 pub mod retained;
 pub mod router;

@@ -25,6 +25,8 @@ macro_rules! counters {
 counters! {
     /// Connections currently open (after CONNACK).
     clients_connected,
+    /// Connections currently parked: open, idle, without a task of their own (a part of `clients_connected`).
+    clients_parked,
     /// Connections accepted since start.
     connections_accepted,
     /// Connections refused: over `max_connections_per_ip`.

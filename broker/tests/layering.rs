@@ -24,7 +24,10 @@ const LAYERS: &[(&str, &[&str])] = &[
             "retained",
         ],
     ),
-    ("output buffer", &["delivery", "keep_alive"]),
+    (
+        "output buffer",
+        &["delivery", "keep_alive", "idle_sweep", "park_poll"],
+    ),
     ("session", &["session"]),
     ("routing", &["backpressure", "router"]),
     ("broker", &["broker"]),

@@ -91,6 +91,17 @@ impl Decoder {
         self.version = Some(version);
     }
 
+    /// The maximum accepted packet size.
+    pub fn max_packet_size_bytes(&self) -> u32 {
+        self.max_packet_size_bytes
+    }
+
+    /// Whether the decoder is between frames (nothing of a frame consumed): then it is
+    /// the same as a fresh one of its version and size limit.
+    pub fn is_between_frames(&self) -> bool {
+        matches!(self.state, DecodeState::Header)
+    }
+
     /// Changes the maximum accepted packet size.
     pub fn set_max_packet_size(&mut self, max_packet_size_bytes: u32) {
         self.max_packet_size_bytes = max_packet_size_bytes;

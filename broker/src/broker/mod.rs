@@ -87,6 +87,8 @@ struct Inner {
     budget: Arc<ByteBudget>,
     /// Enforces the connections' keep alive ([`crate::keep_alive`]).
     keep_alive: Arc<KeepAlive>,
+    /// Finds the connections idle long enough to park ([`crate::idle_sweep`]).
+    idle_sweep: Arc<crate::idle_sweep::IdleSweep>,
     /// Will delay and session expiry of offline sessions ([`timers`]).
     timers: Arc<timers::Timers>,
     /// Time to store and route one received PUBLISH (seconds).
@@ -157,6 +159,7 @@ impl Broker {
                 ),
                 relief: Relief::default(),
                 keep_alive: Arc::default(),
+                idle_sweep: Arc::default(),
                 timers: Arc::default(),
                 route_latency: prometheus_client::metrics::histogram::Histogram::new(
                     prometheus_client::metrics::histogram::exponential_buckets(1e-6, 4.0, 10),
@@ -418,6 +421,11 @@ impl Broker {
     /// The keep-alive sweeper of the connections.
     pub fn keep_alive(&self) -> &Arc<KeepAlive> {
         &self.inner.keep_alive
+    }
+
+    /// The sweeper that asks idle connections to park.
+    pub fn idle_sweep(&self) -> &Arc<crate::idle_sweep::IdleSweep> {
+        &self.inner.idle_sweep
     }
 
     /// The routing latency histogram (seconds per received PUBLISH).

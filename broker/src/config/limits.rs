@@ -4,6 +4,11 @@
 
 use super::{ConfigError, Limits};
 
+/// `park_idle_after_ms` when a configuration file leaves it out.
+pub(super) fn default_park_idle_after_ms() -> u64 {
+    1000
+}
+
 /// Checks `l`; `out_of_range` makes the error naming the key, the value and what is allowed.
 pub(super) fn check(
     l: &Limits,

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::io::PacketReader;
 use super::output::Output;
-use super::{Connection, PendingSubAck};
+use super::{Connection, Ended, PendingSubAck};
 use crate::broker::{Broker, InterestReady, Subscribed};
 use crate::delivery::shared_writer::HeldFor;
 use crate::error::Close;
@@ -43,28 +43,40 @@ enum Wake {
 }
 
 impl Connection {
-    /// Reads and handles packets until the connection ends; returns why.
+    /// Before the first run of the packet loop: `Err` when the broker is shutting down;
+    /// otherwise the keep alive is enforced from now on.
+    pub(crate) fn start(&self) -> Result<(), Close> {
+        // The session's link is attached by now, so a shutdown either kicks this
+        // connection through it or was signalled before and is seen here.
+        if self.broker.is_shutting_down() {
+            return Err(Close::Shutdown);
+        }
+        if let Some(timeout) = self.keep_alive_timeout {
+            self.broker.keep_alive().watch(&self.out, timeout);
+        }
+        Ok(())
+    }
+
+    /// Reads and handles packets until the connection ends ([`Ended::Closed`], with why)
+    /// or, with `parks`, until it has been idle long enough to park ([`Ended::Park`]).
+    /// Called after [`Connection::start`], and again after each parking.
     pub(crate) async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &mut self,
         reader: &mut PacketReader<R>,
         output: &mut Output<W>,
-    ) -> Close {
-        // The session's link is attached by now, so a shutdown either kicks this
-        // connection through it or was signalled before and is seen here.
-        if self.broker.is_shutting_down() {
-            return Close::Shutdown;
+        parks: bool,
+    ) -> Ended {
+        if parks {
+            self.watch_idle();
         }
         // Few locals live across the awaits below: an idle connection waits in this
         // future, so each one is paid by every connection.
-        if let Some(timeout) = self.keep_alive_timeout {
-            self.broker.keep_alive().watch(&self.out, timeout);
-        }
         loop {
             if let Some(kick) = self.out.control().kicked() {
-                return kick.into();
+                return Ended::Closed(kick.into());
             }
             if let Err(close) = self.handle_buffered(reader) {
-                return close;
+                return Ended::Closed(close);
             }
             if self.pending_suback.is_some() {
                 // Boxed: its state costs memory only while a SUBACK waits for the cluster.
@@ -73,9 +85,16 @@ impl Connection {
             }
             if let Some(close) = self.pause_if_asked().await {
                 if let Some(close) = close {
-                    return close;
+                    return Ended::Closed(close);
                 }
                 continue; // packets may be waiting in the buffer: handle them first
+            }
+            // Going round the loop is activity; the idle sweeper may have asked us to park.
+            if parks && self.out.control().take_idle() == crate::idle_sweep::IDLE_PARK_REQUESTED {
+                if self.can_park(reader, output) {
+                    return Ended::Park;
+                }
+                self.watch_idle(); // busy after all: asked again once idle
             }
             let wake = self.wait(reader, output).await;
             match wake {
@@ -84,14 +103,38 @@ impl Connection {
                     Metrics::add(&self.broker.metrics().bytes_sent, n as u64);
                     self.machine.session().count_bytes(true, n as u64);
                 }
-                Wake::Read(Ok(0)) => return Close::PeerGone,
+                Wake::Read(Ok(0)) => return Ended::Closed(Close::PeerGone),
                 Wake::Read(Ok(n)) => {
                     Metrics::add(&self.broker.metrics().bytes_received, n as u64);
                     self.machine.session().count_bytes(false, n as u64);
                 }
-                Wake::Written(Err(e)) | Wake::Read(Err(e)) => return Close::Io(e),
+                Wake::Written(Err(e)) | Wake::Read(Err(e)) => return Ended::Closed(Close::Io(e)),
             }
         }
+    }
+
+    /// Has the idle sweeper watch this connection (`park_idle_after_ms`).
+    fn watch_idle(&self) {
+        let after_ms = self.machine.limits().park_idle_after_ms;
+        self.broker.idle_sweep().watch(&self.out, after_ms);
+    }
+
+    /// Whether the connection has nothing in hand: no input buffered, no output being
+    /// written or waiting, nothing it waits for but input or a wake-up of its
+    /// SharedWriter. Only then may it park (`park.rs`).
+    fn can_park<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &self,
+        reader: &PacketReader<R>,
+        output: &Output<W>,
+    ) -> bool {
+        !reader.has_buffered()
+            && !output.is_busy()
+            && self.out.is_below(1)
+            && !self.out.is_drain_wanted()
+            && self.out.control().kicked().is_none()
+            && !self.waits_for_cluster()
+            && !self.has_pressure()
+            && !self.machine.is_throttled()
     }
 
     /// Handles the packets waiting in the read buffer, until it is empty or the client must

@@ -16,7 +16,8 @@ const MIN_READ_BYTES: usize = 128;
 /// Largest read reservation per read call.
 const MAX_READ_BYTES: usize = 64 * 1024;
 
-/// A connection's reader: transport, buffer and decoder.
+/// A connection's reader: transport, buffer and decoder. A parked connection keeps it
+/// without its transport (`PacketReader<()>`, see [`PacketReader::replace_reader`]).
 #[derive(Debug)]
 pub struct PacketReader<R> {
     reader: R,
@@ -24,6 +25,24 @@ pub struct PacketReader<R> {
     decoder: Decoder,
     /// How much spare room to ensure before the next read; doubles when reads fill it.
     read_size: usize,
+}
+
+impl<R> PacketReader<R> {
+    /// The transport and the decoder's state, for a connection that parks with nothing
+    /// buffered (the buffer is let go; [`PacketReader::with_decoder`] makes it again).
+    pub(crate) fn into_parts(self) -> (R, Decoder) {
+        (self.reader, self.decoder)
+    }
+
+    /// A reader over `reader` going on with `decoder` (see [`PacketReader::into_parts`]).
+    pub(crate) fn with_decoder(reader: R, decoder: Decoder) -> PacketReader<R> {
+        PacketReader {
+            reader,
+            buf: BytesMut::new(),
+            decoder,
+            read_size: MIN_READ_BYTES,
+        }
+    }
 }
 
 impl<R: AsyncRead + Unpin> PacketReader<R> {
@@ -97,6 +116,11 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
                 n => read += n,
             }
         }
+    }
+
+    /// Whether bytes are buffered (a partial packet, or packets not handled yet).
+    pub fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
     }
 
     /// The decoder (to learn the version, or change the limit).

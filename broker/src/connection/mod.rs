@@ -1,10 +1,13 @@
 //! One client connection: the CONNECT handshake ([`handshake`]), the packet loop
-//! ([`driver`]) and the end of the connection (DISCONNECT, will, session expiry).
+//! ([`driver`]), parking while idle ([`park`]) and the end of the connection (DISCONNECT,
+//! will, session expiry).
 //!
 //! A connection is one task: it reads, decodes and handles packets (routing the PUBLISH
 //! packets it receives, in this task) and, in the same `select!`, writes what it and the
-//! publishers appended to the connection's [`SharedWriter`] (`output.rs`). The transport is any `AsyncRead`/`AsyncWrite` pair, so TCP, TLS and
-//! WebSocket all use the same driver.
+//! publishers appended to the connection's [`SharedWriter`] (`output.rs`). The transport
+//! is any `AsyncRead`/`AsyncWrite` pair, so TCP, TLS and WebSocket all use the same driver.
+//! A plain TCP connection idle for `park_idle_after_ms` parks: its task ends, and input
+//! or output for it starts a new one where it left off.
 
 pub(crate) mod auth_hooks;
 pub mod closes;
@@ -13,6 +16,7 @@ mod enhanced_auth;
 mod handshake;
 pub mod io;
 mod output;
+mod park;
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -21,6 +25,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::broker::Broker;
 use crate::delivery::shared_writer::SharedWriter;
@@ -87,42 +92,39 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    serve_guarded(broker, reader, writer, info, ())
+    ConnIo::new(broker, reader, writer, info, (), false).spawnable()
 }
 
 /// Like [`serve_with`], holding `guard` (a connection permit, a per-IP count) until the
-/// connection ends, so that the future can be spawned as it is.
+/// connection ends, so that the future can be spawned as it is; and the connection parks
+/// when idle (`park_idle_after_ms`): the task this future is may end early, the
+/// connection going on in another.
 ///
 /// The connection's parts are built here, outside `async`, and the returned future uses
 /// them in place: an `async fn` would keep its arguments and the locals moved out of
 /// them side by side for the life of the connection, and this future is most of what an
 /// idle connection costs.
-pub fn serve_guarded<R, W, G>(
+pub fn serve_guarded<G: Send + 'static>(
     broker: Broker,
-    reader: R,
-    writer: W,
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
     info: PeerInfo,
     guard: G,
-) -> impl Future<Output = ()> + Send + 'static
-where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
-    G: Send + 'static,
-{
-    let limits = broker.limits();
-    let mut io = ConnIo {
-        out: Arc::new(SharedWriter::with_soft_cap(
-            limits.writer_cap_bytes,
-            limits.writer_soft_cap_bytes,
-        )),
-        output: Output::new(writer),
-        reader: PacketReader::new(reader, limits.max_packet_size_bytes),
-        info: Box::new(info),
-        broker,
-        _guard: guard,
-    };
-    drop(limits);
-    async move { io.serve().await }
+) -> impl Future<Output = ()> + Send + 'static {
+    let mut io = ConnIo::new(broker, reader, writer, info, guard, true);
+    async move {
+        if let Some(connection) = io.serve().await {
+            park::park(io, connection);
+        }
+    }
+}
+
+/// How a connection's packet loop ended.
+pub(crate) enum Ended {
+    /// The connection ends, for this reason.
+    Closed(Close),
+    /// Idle long enough: it parks (`park.rs`).
+    Park,
 }
 
 /// What a connection owns from accept to close.
@@ -133,6 +135,8 @@ struct ConnIo<R, W, G> {
     reader: PacketReader<R>,
     /// The peer (boxed: the connection's future holds it for its whole life).
     info: Box<PeerInfo>,
+    /// Whether the connection parks when idle (plain TCP).
+    parks: bool,
     _guard: G,
 }
 
@@ -140,10 +144,43 @@ impl<R, W, G> ConnIo<R, W, G>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
+    G: Send + 'static,
 {
-    async fn serve(&mut self) {
-        // In a block: the connection's room in this future is not kept for the flush.
-        let (slow_consumer, linger) = {
+    fn new(broker: Broker, reader: R, writer: W, info: PeerInfo, guard: G, parks: bool) -> Self {
+        let limits = broker.limits();
+        let io = ConnIo {
+            out: Arc::new(SharedWriter::with_soft_cap(
+                limits.writer_cap_bytes,
+                limits.writer_soft_cap_bytes,
+            )),
+            output: Output::new(writer),
+            reader: PacketReader::new(reader, limits.max_packet_size_bytes),
+            info: Box::new(info),
+            parks,
+            broker,
+            _guard: guard,
+        };
+        drop(limits);
+        io
+    }
+
+    /// The task of a connection that does not park, from accept.
+    ///
+    /// Not an `async fn`: that would keep `self` twice in the future (the argument, and the
+    /// local it is moved into).
+    fn spawnable(self) -> impl Future<Output = ()> + Send + 'static {
+        let mut io = self;
+        async move {
+            let parked = io.serve().await;
+            debug_assert!(parked.is_none(), "only plain TCP connections park");
+        }
+    }
+
+    /// Handshake, packet loop, close; returns the connection when it is to park instead.
+    async fn serve(&mut self) -> Option<Connection> {
+        // Whether we sent an error CONNACK or a DISCONNECT: then the close lingers.
+        let mut linger = false;
+        let mut connection = {
             // The handshake's result lives only in this statement, and the connection is
             // used in place afterwards: a `match` on the awaited call (whose temporary
             // lives to the end of the `match`) or a binding moved out of by parts would
@@ -156,9 +193,7 @@ where
                 &self.out,
                 &self.info,
             ));
-            // Whether we sent an error CONNACK or a DISCONNECT: then the close lingers.
-            let mut linger = false;
-            let mut connection = match handshake.await {
+            match handshake.await {
                 Ok(connection) => Some(connection),
                 Err(close) => {
                     linger = matches!(close, Close::Refused(_) | Close::RefusedMalformed(_));
@@ -173,10 +208,36 @@ where
                     closes::record(self.broker.metrics(), None, self.info.addr, &close);
                     None
                 }
-            };
+            }
+        };
+        self.drive(&mut connection, linger, false).await;
+        connection
+    }
+
+    /// Runs the packet loop of `connection` (if the handshake made one) and closes the
+    /// connection, or leaves `connection` in place when it is to park. `linger`: the
+    /// handshake sent an error CONNACK. `resumed`: the loop goes on after parking.
+    async fn drive(&mut self, connection: &mut Option<Connection>, linger: bool, resumed: bool) {
+        // In a block: the connection's room in this future is not kept for the flush.
+        let (slow_consumer, linger) = {
             let mut slow_consumer = false;
+            let mut linger = linger;
             if let Some(established) = connection.as_mut() {
-                let close = established.run(&mut self.reader, &mut self.output).await;
+                let close = 'run: {
+                    if !resumed {
+                        if let Err(close) = established.start() {
+                            break 'run close;
+                        }
+                    }
+                    let parks = self.parks;
+                    match established
+                        .run(&mut self.reader, &mut self.output, parks)
+                        .await
+                    {
+                        Ended::Park => return,
+                        Ended::Closed(close) => close,
+                    }
+                };
                 slow_consumer = close.is_slow_consumer();
                 if let Some(established) = connection.take() {
                     linger = established.finish(close, self.info.addr);
@@ -184,6 +245,11 @@ where
             }
             (slow_consumer, linger)
         };
+        self.close(slow_consumer, linger).await;
+    }
+
+    /// Flushes what is left and closes the socket, within the flush timeout.
+    async fn close(&mut self, slow_consumer: bool, linger: bool) {
         self.out.close();
         let flush_timeout = if slow_consumer {
             SLOW_CONSUMER_FLUSH_TIMEOUT
@@ -395,9 +461,15 @@ mod tests {
             cert_username: None,
             redirect: None,
         };
-        let future = serve_with(broker, reader, writer, info);
+        // The plain TCP connection's task (it parks when idle).
+        let future = serve_guarded(broker, reader, writer, info, ());
         let size = std::mem::size_of_val(&future);
-        assert!(size <= 480, "the connection future grew to {size} bytes");
+        // 512: tokio's task cell (header, this future, trailer) is 128-byte aligned on
+        // x86_64, so up to about 528 bytes of future the task takes 640. The split of the
+        // packet loop from the handshake (so that a connection woken from parking goes on
+        // where it left off) took it from 480 to 512. An idle connection parks and gives its
+        // task back; a busy one pays this.
+        assert!(size <= 512, "the connection future grew to {size} bytes");
         assert!(std::mem::size_of::<Connection>() <= 160);
         // One per connection: a few more bytes here move its Arc into the next size class
         // of the allocator (jemalloc: 160 bytes holds the Arc's 16 and up to 144) for every

@@ -24,6 +24,14 @@ pub(crate) struct Output<W> {
     needs_flush: bool,
 }
 
+impl<W> Output<W> {
+    /// The socket, for a connection that parks with nothing to write (the batch buffer is
+    /// let go).
+    pub(crate) fn into_socket(self) -> W {
+        self.socket
+    }
+}
+
 impl<W: AsyncWrite + Unpin> Output<W> {
     pub(crate) fn new(socket: W) -> Output<W> {
         Output {

@@ -1,7 +1,8 @@
 //! The control block of one connection, next to its output buffer
 //! ([`super::shared_writer::SharedWriter`]) but apart from it: the wake-up of the
 //! connection's task (output to write, a close or a kick), why it must close ([`Kick`]),
-//! and its keep-alive state for the broker-wide sweeper ([`crate::keep_alive`]).
+//! its keep-alive state for the broker-wide sweeper ([`crate::keep_alive`]) and its idle
+//! level for the parking sweeper ([`crate::idle_sweep`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::task::{Context, Poll};
@@ -14,6 +15,9 @@ use crate::error::Kick;
 /// broker): see [`crate::keep_alive`].
 pub const NO_DEADLINE_MS: u64 = u64::MAX;
 
+/// Idle level at which the sweeper asks the connection to park (and wakes it).
+pub const IDLE_PARK_REQUESTED: u8 = 3;
+
 /// Wake-ups, kick and keep-alive state of one connection.
 #[derive(Debug)]
 pub struct Control {
@@ -24,6 +28,10 @@ pub struct Control {
     woken: AtomicBool,
     /// Why the connection must close: a [`Kick`] as its byte, 0 while it may go on.
     kick: AtomicU8,
+    /// Sweeps of [`crate::idle_sweep`] since the connection's task last went round its
+    /// loop (0 to [`IDLE_PARK_REQUESTED`], which asks it to park). One byte in what was
+    /// padding: the control block stays the size it was.
+    idle: AtomicU8,
     /// The connection's keep-alive timeout in ms (0: none), for [`crate::keep_alive`].
     keep_alive_ms: AtomicU32,
     /// The keep-alive wheel's tick this connection is filed under, so that it can be
@@ -40,6 +48,7 @@ impl Default for Control {
             waker: AtomicWaker::new(),
             woken: AtomicBool::new(false),
             kick: AtomicU8::new(0),
+            idle: AtomicU8::new(0),
             keep_alive_ms: AtomicU32::new(0),
             keep_alive_tick: AtomicU32::new(0),
             keep_alive_deadline_ms: AtomicU64::new(NO_DEADLINE_MS),
@@ -88,6 +97,38 @@ impl Control {
     /// The keep-alive deadline, see [`Control::set_keep_alive_deadline_ms`].
     pub fn keep_alive_deadline_ms(&self) -> u64 {
         self.keep_alive_deadline_ms.load(Ordering::Relaxed)
+    }
+
+    /// One sweep of the idle sweeper: raises the idle level, and at
+    /// [`IDLE_PARK_REQUESTED`] wakes the connection to park. Returns the new level (the old
+    /// one when the connection reset it meanwhile).
+    pub fn idle_step(&self) -> u8 {
+        let level = self.idle.load(Ordering::Relaxed);
+        if level >= IDLE_PARK_REQUESTED {
+            return level;
+        }
+        match self
+            .idle
+            .compare_exchange(level, level + 1, Ordering::AcqRel, Ordering::Relaxed)
+        {
+            Ok(_) if level + 1 == IDLE_PARK_REQUESTED => {
+                self.wake();
+                IDLE_PARK_REQUESTED
+            }
+            Ok(_) => level + 1,
+            Err(now) => now,
+        }
+    }
+
+    /// The connection went round its loop: resets the idle level and returns the one it
+    /// had ([`IDLE_PARK_REQUESTED`]: the sweeper asks it to park). One relaxed load when
+    /// nothing was swept since the last call.
+    #[inline]
+    pub fn take_idle(&self) -> u8 {
+        if self.idle.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.idle.swap(0, Ordering::AcqRel)
     }
 
     /// The reason the connection was asked to close with, if it was.

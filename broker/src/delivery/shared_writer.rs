@@ -322,6 +322,11 @@ impl SharedWriter {
             && self.drain_wanted.swap(false, Ordering::Relaxed)
     }
 
+    /// Whether a pump was asked for (and not yet taken): output is still to come.
+    pub fn is_drain_wanted(&self) -> bool {
+        self.drain_wanted.load(Ordering::Relaxed)
+    }
+
     /// Whether the consumer is marked slow (publishers do not wait for it).
     pub fn is_slow(&self) -> bool {
         self.slow.load(Ordering::Relaxed)
@@ -360,6 +365,15 @@ impl SharedWriter {
     ) -> Appended {
         self.lock()
             .append_packet(Some(len), usize::MAX, capped, now, encode)
+    }
+
+    /// Lets go of the buffer's allocation if nothing is buffered (a connection that parks:
+    /// the next append allocates again).
+    pub fn release_idle_buffer(&self) {
+        let mut guard = self.lock();
+        if guard.state.buf.is_empty() {
+            guard.state.buf = BytesMut::new();
+        }
     }
 
     /// Marks the writer closed: later appends are dropped, the connection task flushes what is

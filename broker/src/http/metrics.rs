@@ -16,6 +16,7 @@ use crate::broker::Broker;
 /// The counters that are gauges (they go up and down).
 const GAUGES: &[&str] = &[
     "clients_connected",
+    "clients_parked",
     "subscriptions",
     "retained_messages",
     "journal_checkpoint_last_ms",

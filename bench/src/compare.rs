@@ -972,19 +972,31 @@ fn markdown(
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    writeln!(s, "# tern-bench compare: {} suite\n", args.suite)?;
+    if args.only.is_empty() {
+        writeln!(s, "# tern-bench compare: {} suite\n", args.suite)?;
+    } else {
+        writeln!(s, "# tern-bench compare: {}\n", args.only.join(", "))?;
+    }
     writeln!(
         s,
         "- date: {date}; Tern at git {git}; took {} s",
         took.as_secs()
     )?;
     writeln!(s, "- machine: {}", machine())?;
-    writeln!(
-        s,
-        "- brokers: Tern (release build), {}, {}",
-        tool_version(&env.mosquitto, "-h").replace("mosquitto version", "Mosquitto"),
-        tool_version(&env.rumqttd, "--version")
-    )?;
+    let names: Vec<String> = args
+        .brokers
+        .iter()
+        .map(|broker| match broker.as_str() {
+            "mosquitto" => {
+                tool_version(&env.mosquitto, "-h").replace("mosquitto version", "Mosquitto")
+            }
+            "rumqttd" => tool_version(&env.rumqttd, "--version"),
+            "flashmq" => "FlashMQ (`--flashmq-bin`)".to_owned(),
+            "tern-before" => "Tern before (`--tern-before-bin`)".to_owned(),
+            tern => format!("{tern} (release build)"),
+        })
+        .collect();
+    writeln!(s, "- brokers: {}", names.join(", "))?;
     writeln!(s, "- repeats: {} (cells are medians); load generator on the same machine; MQTT 3.1.1 unless noted; ratios are Tern / other, **bold** where Tern is worse by more than 2 %; – means no data (e.g. no message sent inside the measured window arrived)\n", args.repeat.max(1))?;
     let brokers: Vec<&str> = args.brokers.iter().map(String::as_str).collect();
     // Ratios are to `tern`, or to the first Tern variant listed when there is no `tern`

@@ -15,10 +15,11 @@ use tern_codec::{Packet, PacketId, ReasonCode, SubscriptionOptions, Unsubscribe}
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use super::held_records::HeldRecords;
 use super::io::PacketReader;
 use super::output::Output;
 use super::{Connection, Ended, PendingSubAck};
-use crate::broker::{Broker, InterestReady, Subscribed};
+use crate::broker::{InterestReady, Subscribed};
 use crate::delivery::shared_writer::HeldFor;
 use crate::error::Close;
 use crate::journal::batch::{DEFERRED, PENDING};
@@ -572,34 +573,5 @@ async fn pause_until(
             _ = out.control().notified() => {}
             _ = &mut sleep => return None,
         }
-    }
-}
-
-/// Journal records this thread holds back ([`crate::journal::batch`]): an atomic batch
-/// ([`PENDING`], one QoS 2 routing) or the deferred steps of one input buffer
-/// ([`DEFERRED`]). Closed when dropped (also on unwinding, so that this thread's later
-/// records never land in a forgotten buffer): the records are appended as one frame and
-/// the output they held is given its position.
-struct HeldRecords {
-    broker: Broker,
-    kind: u64,
-}
-
-impl HeldRecords {
-    fn begin(broker: &Broker, kind: u64) -> Option<HeldRecords> {
-        broker
-            .journal()
-            .is_some_and(|journal| journal.begin_held(kind))
-            .then(|| HeldRecords {
-                broker: broker.clone(),
-                kind,
-            })
-    }
-}
-
-impl Drop for HeldRecords {
-    fn drop(&mut self) {
-        let position = self.broker.journal().map_or(0, |j| j.end_held(self.kind));
-        crate::delivery::shared_writer::release_pending_holds(self.kind, position);
     }
 }

@@ -14,6 +14,7 @@ pub mod closes;
 mod driver;
 mod enhanced_auth;
 mod handshake;
+mod held_records;
 pub mod io;
 mod output;
 mod park;

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use tern_codec::{LastWill, SubscriptionOptions};
 use tokio::time::Instant;
 
-use super::persist::{recovered_will, restored_outbound, Bodies, RestoreReport};
+use super::persist::{
+    recovered_will, restored_outbound, subscription_records, Bodies, RestoreReport,
+};
 use super::Broker;
 use crate::journal::record::{OutParts, Record, RecordError};
 use crate::journal::state::State;
@@ -123,14 +125,7 @@ impl Broker {
             Metrics::add(&self.inner.metrics.session_takeovers, 1);
             link.writer.control().kick(crate::error::Kick::TakenOver);
         }
-        for (filter, record) in session.subscription_snapshot() {
-            records.push(Record::Subscribe {
-                session: id,
-                filter: filter.to_string(),
-                options: record.options.to_v5_byte(),
-                subscription_id: record.subscription_id.unwrap_or(0),
-            });
-        }
+        records.extend(subscription_records(&session, id));
         let qos2: Vec<u16> = session.incoming_qos2().iter().collect();
         records.extend(qos2.into_iter().map(|packet_id| Record::Qos2Received {
             session: id,
@@ -180,14 +175,7 @@ impl Broker {
             client_id: session.client_id.to_string(),
             expiry_secs: session.expiry_secs(),
         }];
-        for (filter, record) in session.subscription_snapshot() {
-            records.push(Record::Subscribe {
-                session: id,
-                filter: filter.to_string(),
-                options: record.options.to_v5_byte(),
-                subscription_id: record.subscription_id.unwrap_or(0),
-            });
-        }
+        records.extend(subscription_records(session, id));
         encode_records(&records)
     }
 

@@ -143,14 +143,7 @@ impl Broker {
                 delivery.log_records(journal, now, bodies, out);
             }
         }
-        for (filter, record) in session.subscription_snapshot() {
-            out.push(Record::Subscribe {
-                session: id,
-                filter: filter.to_string(),
-                options: record.options.to_v5_byte(),
-                subscription_id: record.subscription_id.unwrap_or(0),
-            });
-        }
+        out.extend(subscription_records(session, id));
         let qos2: Vec<u16> = session.incoming_qos2().iter().collect();
         for packet_id in qos2 {
             out.push(Record::Qos2Received {
@@ -395,4 +388,18 @@ fn decode(stored: &StoredMessage, now: Instant, now_unix_ms: u64) -> Option<Arc<
     let received_at = now.checked_sub(age).unwrap_or(now);
     let origin = (stored.origin_session != 0).then_some(stored.origin_session);
     Some(Message::new(publish, received_at, origin))
+}
+
+/// The journal records of `session`'s subscriptions (`id`: its journal id): what a
+/// checkpoint and a cluster handover write for them.
+pub(super) fn subscription_records(session: &Session, id: u64) -> impl Iterator<Item = Record> {
+    session
+        .subscription_snapshot()
+        .into_iter()
+        .map(move |(filter, record)| Record::Subscribe {
+            session: id,
+            filter: filter.to_string(),
+            options: record.options.to_v5_byte(),
+            subscription_id: record.subscription_id.unwrap_or(0),
+        })
 }

@@ -146,6 +146,19 @@ impl Client {
         }
     }
 
+    /// [`Client::connect`] waiting up to `timeout` for the CONNACK: for a broker that must
+    /// first wait for something else (a silent cluster node's handover timeout) on a
+    /// machine that may be loaded.
+    pub async fn connect_within(&mut self, connect: Connect, timeout: Duration) -> ConnAck {
+        self.version = connect.protocol;
+        self.decoder.set_version(connect.protocol);
+        self.send(&Packet::Connect(Box::new(connect))).await;
+        match tokio::time::timeout(timeout, self.read_packet()).await {
+            Ok(Some(Packet::ConnAck(connack))) => *connack,
+            other => panic!("expected CONNACK within {timeout:?}, got {other:?}"),
+        }
+    }
+
     /// Sends one packet.
     pub async fn send(&mut self, packet: &Packet) {
         let bytes = packet.to_bytes(self.version);

@@ -467,8 +467,18 @@ async fn a_silent_old_node_leaves_the_stored_state_to_the_new_one() {
     };
     signal("-STOP");
     let started = tokio::time::Instant::now();
-    let (mut new, present) = persistent(node.addr, "sil", None).await;
+    // The new node waits out handover_timeout_ms first: more than RECV_TIMEOUT's share on
+    // a loaded machine (a CI run once took over 5 s here), so the CONNACK gets 20 s.
+    let mut new = Client::tcp(node.addr, V5).await;
+    let mut connect = Connect::new(V5, "sil");
+    connect.clean_start = false;
+    connect.keep_alive_secs = 0;
+    connect.properties.session_expiry_interval_secs = Some(300);
+    let connack = new.connect_within(connect, Duration::from_secs(20)).await;
+    assert_eq!(connack.code, ReasonCode::SUCCESS, "{connack:?}");
+    let present = connack.session_present;
     let waited = started.elapsed();
+    eprintln!("CONNACK after {waited:?} (handover_timeout_ms 1000)");
     signal("-CONT");
     assert!(present, "[MQTT-3.2.2-3] the stored session");
     assert!(waited >= Duration::from_millis(900), "waited {waited:?}");

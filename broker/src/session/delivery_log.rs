@@ -89,16 +89,14 @@ impl Delivery {
             });
         }
         for e in self.window.iter().filter(|e| e.seq != 0) {
-            let q = Queued {
-                message: e.message.clone(),
-                qos: e.qos,
-                retain: e.retain,
-                subscription_ids: e.subscription_ids.clone(),
-                group: e.group.clone(),
-                seq: e.seq,
-            };
-            let body = body_record(journal, &q.message, now, bodies, out);
-            out.push(logged::out_record(session, &q, e.packet_id.get(), body));
+            let body = body_record(journal, &e.message, now, bodies, out);
+            out.push(logged::out_record(
+                session,
+                e.seq,
+                e.packet_id.get(),
+                body,
+                e.into(),
+            ));
             if e.stage == Stage::Released {
                 out.push(Record::Released {
                     session,
@@ -108,7 +106,7 @@ impl Delivery {
         }
         for q in self.queue.iter().filter(|q| q.seq != 0) {
             let body = body_record(journal, &q.message, now, bodies, out);
-            out.push(logged::out_record(session, q, 0, body));
+            out.push(logged::out_record(session, q.seq, 0, body, q.into()));
         }
     }
 
@@ -131,16 +129,14 @@ impl Delivery {
         let mut seq = 0;
         for e in self.window.iter() {
             seq += 1;
-            let q = Queued {
-                message: e.message.clone(),
-                qos: e.qos,
-                retain: e.retain,
-                subscription_ids: e.subscription_ids.clone(),
-                group: e.group.clone(),
+            let body = body_of(&e.message, out);
+            out.push(logged::out_record(
+                session,
                 seq,
-            };
-            let body = body_of(&q.message, out);
-            out.push(logged::out_record(session, &q, e.packet_id.get(), body));
+                e.packet_id.get(),
+                body,
+                e.into(),
+            ));
             if e.stage == Stage::Released {
                 out.push(Record::Released { session, seq });
             }
@@ -148,15 +144,7 @@ impl Delivery {
         for q in self.queue.iter() {
             seq += 1;
             let body = body_of(&q.message, out);
-            let q = Queued {
-                message: q.message.clone(),
-                qos: q.qos,
-                retain: q.retain,
-                subscription_ids: q.subscription_ids.clone(),
-                group: q.group.clone(),
-                seq,
-            };
-            out.push(logged::out_record(session, &q, 0, body));
+            out.push(logged::out_record(session, seq, 0, body, q.into()));
         }
     }
 

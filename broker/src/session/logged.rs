@@ -5,7 +5,10 @@
 
 use tokio::time::Instant;
 
+use tern_codec::QoS;
+
 use super::delivery::Queued;
+use super::inflight::Inflight;
 use crate::journal::record::{OutParts, OutRecord, Record, StoredMessage};
 use crate::journal::Journal;
 
@@ -76,16 +79,54 @@ pub(super) fn out(
     position
 }
 
-/// The record of `q` handed to `session` (`packet_id` 0: queued), its body being `body`.
-pub(super) fn out_record(session: u64, q: &Queued, packet_id: u16, body: u64) -> Record {
+/// What an Out record says of a message in a session's queue or window, borrowed from the
+/// entry (no copy of it is made to write the record).
+pub(super) struct OutOf<'a> {
+    pub(super) qos: QoS,
+    pub(super) retain: bool,
+    pub(super) subscription_ids: &'a [u32],
+    pub(super) group: Option<&'a str>,
+}
+
+impl<'a> From<&'a Queued> for OutOf<'a> {
+    fn from(q: &'a Queued) -> Self {
+        OutOf {
+            qos: q.qos,
+            retain: q.retain,
+            subscription_ids: &q.subscription_ids,
+            group: q.group.as_deref(),
+        }
+    }
+}
+
+impl<'a> From<&'a Inflight> for OutOf<'a> {
+    fn from(e: &'a Inflight) -> Self {
+        OutOf {
+            qos: e.qos,
+            retain: e.retain,
+            subscription_ids: &e.subscription_ids,
+            group: e.group.as_deref(),
+        }
+    }
+}
+
+/// The record of message `seq` handed to `session` (`packet_id` 0: queued), its body
+/// being `body`.
+pub(super) fn out_record(
+    session: u64,
+    seq: u64,
+    packet_id: u16,
+    body: u64,
+    of: OutOf<'_>,
+) -> Record {
     Record::Out(Box::new(OutRecord {
         session,
-        seq: q.seq,
-        qos: q.qos as u8,
-        retain: q.retain,
+        seq,
+        qos: of.qos as u8,
+        retain: of.retain,
         packet_id,
-        subscription_ids: q.subscription_ids.clone(),
-        group: q.group.as_deref().map(str::to_owned),
+        subscription_ids: of.subscription_ids.to_vec(),
+        group: of.group.map(str::to_owned),
         body,
     }))
 }

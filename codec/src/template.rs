@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::packet::{Publish, PublishPropertiesRef, Strings};
+use crate::packet::{Publish, PublishPropertiesRef, Received, Strings};
 use crate::property::{id, Counter, Sink, Writer};
 use crate::types::{PacketId, ProtocolVersion, PublishQoS, QoS};
 use crate::varint;
@@ -206,7 +206,7 @@ impl PublishTemplates {
     #[inline]
     fn raw(&self, family: Family, with_packet_id: bool) -> Option<PublishTemplate<'_>> {
         let raw = self.publish.received()?;
-        raw_usable(&self.publish, family, with_packet_id).then(|| PublishTemplate {
+        raw_usable(raw, family, with_packet_id).then(|| PublishTemplate {
             bytes: &raw.frame,
             packet_id_offset: raw.packet_id_offset(),
         })
@@ -214,20 +214,17 @@ impl PublishTemplates {
 
     /// Whether `get(family, with_packet_id)` reuses the received frame without encoding.
     pub fn is_raw(&self, family: Family, with_packet_id: bool) -> bool {
-        raw_usable(&self.publish, family, with_packet_id)
+        self.publish
+            .received()
+            .is_some_and(|raw| raw_usable(raw, family, with_packet_id))
     }
 }
 
-fn raw_usable(publish: &Publish, family: Family, with_packet_id: bool) -> bool {
-    match publish.received() {
-        Some(raw) => {
-            raw.family == family
-                && raw.has_packet_id == with_packet_id
-                && raw.eager.topic_alias.is_none()
-                && !raw.eager.has_subscription_identifiers
-        }
-        None => false,
-    }
+fn raw_usable(raw: &Received, family: Family, with_packet_id: bool) -> bool {
+    raw.family == family
+        && raw.has_packet_id == with_packet_id
+        && raw.eager.topic_alias.is_none()
+        && !raw.eager.has_subscription_identifiers
 }
 
 fn slot(family: Family, with_packet_id: bool) -> usize {

@@ -8,15 +8,15 @@
 //! of losing messages or queueing seconds of them, and one stuck consumer costs a publisher
 //! at most one wait.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::delivery::shared_writer::SharedWriter;
 use crate::session::Session;
+
+mod line;
 
 /// Whether a subscriber's queue of `queued` messages lets publishers stopped by it
 /// (`queue_bound`) go on again. (Resuming at half the bound was measured: the same
@@ -47,33 +47,33 @@ impl Pressure {
 }
 
 /// Broker-wide wake-ups for waiting publishers: consumers call [`Relief::relieve`] when they
-/// take a batch or their queue shrinks; it costs one atomic load when nobody waits.
+/// take a batch or their queue shrinks; it costs one atomic load when nobody waits. Waiting
+/// publishers stand in a [`line::Line`], so the room a consumer frees goes to them in the
+/// order they stopped.
 #[derive(Debug, Default)]
 pub struct Relief {
-    notify: Notify,
-    waiters: AtomicUsize,
+    line: line::Line,
 }
 
 impl Relief {
     /// Whether any publisher waits.
     #[inline]
     pub fn has_waiters(&self) -> bool {
-        self.waiters.load(Ordering::Relaxed) > 0
+        !self.line.is_empty()
     }
 
-    /// Wakes every waiting publisher to re-check its subscribers.
+    /// Lets the waiting publishers re-check their subscribers, oldest first.
     #[inline]
     pub fn relieve(&self) {
-        if self.waiters.load(Ordering::Relaxed) > 0 {
-            self.notify.notify_waiters();
-        }
+        self.line.relieve();
     }
 
     /// Waits until every subscriber in `pressure` has drained to its soft cap (after a QoS
-    /// 0 delivery) and its queue below `queue_bound` ([`queue_relieved`]). Past `max_wait`, the ones still behind are marked slow, but only
-    /// if most of the others drained (they are slow *relative* to the rest); when all are
-    /// behind alike, the consumers as a whole are the bottleneck and the publisher keeps
-    /// waiting, up to ten times `max_wait`. Returns how many were marked slow.
+    /// 0 delivery) and its queue below `queue_bound` ([`queue_relieved`]), looking again
+    /// each time its turn comes. Past `max_wait`, the ones still behind are marked slow,
+    /// but only if most of the others drained (they are slow *relative* to the rest); when
+    /// all are behind alike, the consumers as a whole are the bottleneck and the publisher
+    /// keeps waiting, up to ten times `max_wait`. Returns how many were marked slow.
     pub async fn wait(
         &self,
         pressure: &[Pressure],
@@ -83,34 +83,36 @@ impl Relief {
         let started = Instant::now();
         let hard_deadline = started + max_wait * 10;
         let mut deadline = started + max_wait;
-        self.waiters.fetch_add(1, Ordering::Relaxed);
+        // Leaving the line (dropping the ticket) hands the turn to the one behind.
+        let ticket = self.line.join();
         let behind = |p: &Pressure| p.is_behind(queue_bound);
-        let slow = loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let lagging = pressure.iter().filter(|p| behind(p)).count();
-            if lagging == 0 {
-                break 0;
+        let mut had_turn = false;
+        loop {
+            if !pressure.iter().any(behind) {
+                return 0;
+            }
+            if std::mem::take(&mut had_turn) {
+                ticket.pass_on();
             }
             tokio::select! {
-                _ = &mut notified => continue,
-                _ = tokio::time::sleep_until(deadline) => {}
+                () = ticket.turn() => {
+                    had_turn = true;
+                    continue;
+                }
+                () = tokio::time::sleep_until(deadline) => {}
             }
             let lagging: Vec<&Pressure> = pressure.iter().filter(|p| behind(p)).collect();
             let most_drained = lagging.len() * 2 <= pressure.len();
             if lagging.is_empty() {
-                break 0;
+                return 0;
             }
             if most_drained || Instant::now() >= hard_deadline {
                 for p in &lagging {
                     let _ = p.writer.mark_slow();
                 }
-                break lagging.len();
+                return lagging.len();
             }
             deadline += max_wait;
-        };
-        self.waiters.fetch_sub(1, Ordering::Relaxed);
-        slow
+        }
     }
 }

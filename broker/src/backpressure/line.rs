@@ -16,10 +16,10 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-/// The line. Share it by reference (the broker owns one).
+/// The line. The broker owns one; every [`Ticket`] holds it too.
 #[derive(Debug, Default)]
 pub(super) struct Line {
     /// How many places are taken (read without the lock by [`Line::is_empty`]).
@@ -67,12 +67,18 @@ impl Line {
         self.len.load(Ordering::Relaxed) == 0
     }
 
+    /// How many places are taken.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Places> {
         self.places.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Takes the last place.
-    pub(super) fn join(&self) -> Ticket<'_> {
+    pub(super) fn join(self: &Arc<Self>) -> Ticket {
         let mut places = self.lock();
         let id = places.next_id;
         places.next_id += 1;
@@ -82,7 +88,10 @@ impl Line {
             turn: false,
         });
         self.len.fetch_add(1, Ordering::Relaxed);
-        Ticket { line: self, id }
+        Ticket {
+            line: Arc::clone(self),
+            id,
+        }
     }
 
     /// Gives the turn to the first in line.
@@ -94,16 +103,17 @@ impl Line {
 }
 
 /// A place in the [`Line`]; dropping it leaves the line and hands the turn to the one
-/// behind (a turn given to a waiter that leaves is never lost).
+/// behind (a turn given to a waiter that leaves is never lost). A publisher keeps it while
+/// it handles the input it had when its turn came (see [`super::Relief::wait`]).
 #[derive(Debug)]
-pub(super) struct Ticket<'a> {
-    line: &'a Line,
+pub struct Ticket {
+    line: Arc<Line>,
     id: u64,
 }
 
-impl Ticket<'_> {
+impl Ticket {
     /// Waits for the turn (ready at once if it was given meanwhile). Cancel safe.
-    pub(super) fn turn(&self) -> Turn<'_, '_> {
+    pub(super) fn turn(&self) -> Turn<'_> {
         Turn { ticket: self }
     }
 
@@ -116,7 +126,7 @@ impl Ticket<'_> {
     }
 }
 
-impl Drop for Ticket<'_> {
+impl Drop for Ticket {
     fn drop(&mut self) {
         let mut places = self.line.lock();
         if let Some(index) = places.index(self.id) {
@@ -130,11 +140,11 @@ impl Drop for Ticket<'_> {
 
 /// Future of [`Ticket::turn`].
 #[derive(Debug)]
-pub(super) struct Turn<'t, 'a> {
-    ticket: &'t Ticket<'a>,
+pub(super) struct Turn<'t> {
+    ticket: &'t Ticket,
 }
 
-impl Future for Turn<'_, '_> {
+impl Future for Turn<'_> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -157,7 +167,6 @@ impl Future for Turn<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::task::Wake;
 
     #[derive(Default)]
@@ -168,7 +177,7 @@ mod tests {
         }
     }
 
-    fn poll_turn(ticket: &Ticket<'_>, count: &Arc<Count>) -> bool {
+    fn poll_turn(ticket: &Ticket, count: &Arc<Count>) -> bool {
         let waker = Waker::from(Arc::clone(count));
         let mut cx = Context::from_waker(&waker);
         let mut turn = ticket.turn();
@@ -177,7 +186,7 @@ mod tests {
 
     #[test]
     fn a_relief_goes_to_the_oldest_and_the_turn_moves_down_the_line() {
-        let line = Line::default();
+        let line = Arc::new(Line::default());
         let (a, b, c) = (line.join(), line.join(), line.join());
         let counts: Vec<Arc<Count>> = (0..3).map(|_| Arc::default()).collect();
         for (t, n) in [&a, &b, &c].into_iter().zip(&counts) {
@@ -209,7 +218,7 @@ mod tests {
 
     #[test]
     fn a_turn_given_meanwhile_is_not_lost_and_reliefs_merge() {
-        let line = Line::default();
+        let line = Arc::new(Line::default());
         let (a, b) = (line.join(), line.join());
         line.relieve();
         line.relieve();

@@ -18,6 +18,8 @@ use crate::session::Session;
 
 mod line;
 
+pub use line::Ticket;
+
 /// Whether a subscriber's queue of `queued` messages lets publishers stopped by it
 /// (`queue_bound`) go on again. (Resuming at half the bound was measured: the same
 /// fan-in throughput, a worse p99 and 5 % more CPU, so publishers go on below the bound.)
@@ -52,7 +54,7 @@ impl Pressure {
 /// order they stopped.
 #[derive(Debug, Default)]
 pub struct Relief {
-    line: line::Line,
+    line: Arc<line::Line>,
 }
 
 impl Relief {
@@ -73,23 +75,29 @@ impl Relief {
     /// each time its turn comes. Past `max_wait`, the ones still behind are marked slow,
     /// but only if most of the others drained (they are slow *relative* to the rest); when
     /// all are behind alike, the consumers as a whole are the bottleneck and the publisher
-    /// keeps waiting, up to ten times `max_wait`. Returns how many were marked slow.
+    /// keeps waiting, up to ten times `max_wait`. Returns how many were marked slow, and
+    /// the publisher's place in the line once it may go on.
+    ///
+    /// `held`: the place the publisher kept from its last wait. It keeps it (and so comes
+    /// first again) while it handles the input it already had when its turn came, then
+    /// drops it: the room goes to the oldest messages, not to each publisher's first few.
     pub async fn wait(
         &self,
         pressure: &[Pressure],
         queue_bound: usize,
         max_wait: Duration,
-    ) -> usize {
+        held: Option<Ticket>,
+    ) -> (usize, Option<Ticket>) {
         let started = Instant::now();
         let hard_deadline = started + max_wait * 10;
         let mut deadline = started + max_wait;
         // Leaving the line (dropping the ticket) hands the turn to the one behind.
-        let ticket = self.line.join();
+        let ticket = held.unwrap_or_else(|| self.line.join());
         let behind = |p: &Pressure| p.is_behind(queue_bound);
         let mut had_turn = false;
         loop {
             if !pressure.iter().any(behind) {
-                return 0;
+                break;
             }
             if std::mem::take(&mut had_turn) {
                 ticket.pass_on();
@@ -104,15 +112,87 @@ impl Relief {
             let lagging: Vec<&Pressure> = pressure.iter().filter(|p| behind(p)).collect();
             let most_drained = lagging.len() * 2 <= pressure.len();
             if lagging.is_empty() {
-                return 0;
+                break;
             }
             if most_drained || Instant::now() >= hard_deadline {
                 for p in &lagging {
                     let _ = p.writer.mark_slow();
                 }
-                return lagging.len();
+                return (lagging.len(), None);
             }
             deadline += max_wait;
         }
+        // Going on: the ones behind may look too (there may be room for more than us).
+        ticket.pass_on();
+        (0, Some(ticket))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use std::sync::Mutex;
+
+    fn fill(writer: &SharedWriter) {
+        writer.lock().buf().extend_from_slice(&[0; 100]);
+    }
+
+    fn drain(writer: &SharedWriter) {
+        let _ = writer.take(&mut BytesMut::new());
+    }
+
+    async fn until(what: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !what() {
+            assert!(Instant::now() < deadline, "timed out");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// The room a consumer frees goes to the publisher that stopped first. (With a
+    /// broadcast, the one woken last ran first on a tokio worker: the newest waiter.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_room_goes_to_publishers_in_the_order_they_stopped() {
+        let relief = Arc::new(Relief::default());
+        let writer = Arc::new(SharedWriter::with_soft_cap(1 << 20, 10));
+        fill(&writer);
+        let pressure = vec![Pressure {
+            session: crate::test_support::session(1, 100),
+            writer: Arc::clone(&writer),
+            qos0: true,
+        }];
+        let order = Arc::new(Mutex::new(Vec::new()));
+        for name in 0..3 {
+            let (r, w, p, o) = (
+                Arc::clone(&relief),
+                Arc::clone(&writer),
+                pressure.clone(),
+                Arc::clone(&order),
+            );
+            tokio::spawn(async move {
+                let max_wait = Duration::from_secs(30);
+                let (slow, kept) = r.wait(&p, 1000, max_wait, None).await;
+                assert_eq!(slow, 0);
+                // Going on, it takes the room before the next one looks.
+                fill(&w);
+                o.lock().unwrap().push(name);
+                drop(kept);
+            });
+            until(|| relief.line.len() == name + 1).await;
+        }
+        for served in 1..=3 {
+            // The consumer drains and relieves from its own task, on the worker.
+            let (r, w) = (Arc::clone(&relief), Arc::clone(&writer));
+            tokio::spawn(async move {
+                drain(&w);
+                r.relieve();
+            })
+            .await
+            .unwrap();
+            until(|| order.lock().unwrap().len() == served).await;
+        }
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
+        until(|| !relief.has_waiters()).await;
     }
 }

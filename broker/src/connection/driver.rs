@@ -173,6 +173,13 @@ impl Connection {
         if relieved && self.queue_relieved(now) {
             self.broker.relief().relieve();
         }
+        // A place in the back-pressure line is kept only to go on with this input.
+        if let Some(routing) = self.routing.as_mut() {
+            if routing.turn.is_some() && !(reader.has_buffered() && routing.scratch.has_pressure())
+            {
+                routing.turn = None;
+            }
+        }
         if received && result.is_ok() {
             self.alive_at(now);
         }
@@ -544,7 +551,10 @@ impl Connection {
             .broker
             .deliver_ctx(Instant::now())
             .backpressure_queued_messages;
-        let slow = self.broker.relief().wait(&pressure, bound, max_wait).await;
+        let held = routing.turn.take();
+        let relief = self.broker.relief();
+        let (slow, kept) = relief.wait(&pressure, bound, max_wait, held).await;
+        routing.turn = kept;
         if slow > 0 {
             Metrics::add(
                 &self.broker.metrics().backpressure_slow_consumers,

@@ -381,6 +381,9 @@ pub(crate) struct Routing {
     /// In a cluster: the queue to the other nodes is over its high-water mark; reading waits
     /// for it.
     cluster_wait: Option<crate::broker::InterestReady>,
+    /// Our place in the back-pressure line, kept while we handle the input we had when
+    /// our turn came ([`crate::backpressure::Relief::wait`]).
+    turn: Option<crate::backpressure::Ticket>,
 }
 
 impl std::fmt::Debug for Routing {

@@ -176,7 +176,7 @@ mod tests {
                 assert_eq!(slow, 0);
                 // Going on, it takes the room before the next one looks.
                 fill(&w);
-                o.lock().unwrap().push(name);
+                o.lock().expect("order").push(name);
                 drop(kept);
             });
             until(|| relief.line.len() == name + 1).await;
@@ -189,10 +189,10 @@ mod tests {
                 r.relieve();
             })
             .await
-            .unwrap();
-            until(|| order.lock().unwrap().len() == served).await;
+            .expect("consumer");
+            until(|| order.lock().expect("order").len() == served).await;
         }
-        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
+        assert_eq!(*order.lock().expect("order"), vec![0, 1, 2]);
         until(|| !relief.has_waiters()).await;
     }
 }

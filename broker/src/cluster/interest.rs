@@ -14,6 +14,10 @@
 //! and that node picks the member ([`Broker::route_to_group`]). Local routing leaves shared
 //! groups to this path, so each message reaches a group once cluster-wide.
 //!
+//! A NATS message may carry a batch of envelopes of one topic ([`envelope::split`]): each
+//! is handled in order as if it had come alone (duplicate check, routing; for a queue group
+//! the member is picked per message).
+//!
 //! This module owns the subscriptions and the inbound routing tasks.
 
 use std::collections::HashMap;
@@ -216,9 +220,20 @@ async fn run(
     let mut incoming = futures_util::stream::select_all(streams);
     let mut scratch = RouteScratch::default();
     while let Some(message) = incoming.next().await {
-        match &queue {
-            Some(q) => shared.handle_group(&q.key, message.payload, &mut scratch),
-            None => shared.handle(message.payload, &mut scratch),
+        // One NATS message carries one envelope or a batch of them, in publishing order.
+        for entry in envelope::split(message.payload) {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    ClusterMetrics::inc(&shared.metrics.envelope_errors);
+                    tracing::debug!(error = %e, "cluster: bad batch ignored");
+                    break;
+                }
+            };
+            match &queue {
+                Some(q) => shared.handle_group(&q.key, entry, &mut scratch),
+                None => shared.handle(entry, &mut scratch),
+            }
         }
     }
 }

@@ -98,6 +98,10 @@ impl ClusterLink for Cluster {
         self.forwarder.forward(message, now)
     }
 
+    fn refuses(&self, message: &Message) -> bool {
+        self.forwarder.refuses(message)
+    }
+
     fn confirmed_position(&self) -> u64 {
         self.forwarder.confirmed().position()
     }
@@ -169,6 +173,7 @@ impl ClusterLink for Cluster {
             "node_name": self.node_name,
             "connected": m.connected.load(Ordering::Relaxed),
             "messages_out": get(&m.messages_out),
+            "nats_messages_out": get(&m.nats_messages_out),
             "messages_in": get(&m.messages_in),
             "duplicates_dropped": get(&m.duplicates_dropped),
             "forward_dropped": get(&m.forward_dropped),
@@ -204,15 +209,14 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
     // The queue subscriptions of shared groups, apart from the no-echo publisher.
     let queue_client = connect(config, metrics.clone(), "-groups").await?;
     metrics.connected.store(true, Ordering::Relaxed);
-    let jetstream = async_nats::jetstream::new(client.clone());
-    let bucket = RetainedBucket::open(&jetstream, &config.subject_prefix).await?;
+    let kv = retained::Kv::new(&client, config.kv_replicas);
+    let bucket = RetainedBucket::open(&kv, &config.subject_prefix).await?;
     let origin = random_origin();
     let prefix = &config.subject_prefix;
-    let sessions =
-        sessions::SessionBucket::open(&jetstream, prefix, broker.clone(), metrics.clone());
+    let sessions = sessions::SessionBucket::open(&kv, prefix, broker.clone(), metrics.clone());
     let sessions = Arc::new(sessions.await?);
     let owners = owners::Owners::start(
-        &jetstream,
+        &kv,
         client.clone(),
         (prefix, &config.node_name),
         broker.clone(),
@@ -252,7 +256,7 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
     });
     broker.attach_cluster(cluster.clone());
     nodes::start(
-        &jetstream,
+        &kv,
         &config.subject_prefix,
         &config.node_name,
         broker.clone(),
@@ -312,6 +316,9 @@ async fn connect(
         .require_tls(config.tls_required)
         .connection_timeout(timeout)
         .max_reconnects(None)
+        // `nats_urls` in the configured order (each node may list its nearest server
+        // first), not shuffled; servers the cluster announces are tried after them.
+        .retain_servers_order()
         .event_callback(move |event| {
             let metrics = metrics.clone();
             async move { on_event(&metrics, event) }

@@ -19,13 +19,29 @@ const V5: ProtocolVersion = ProtocolVersion::V5;
 async fn node(servers: &[NatsServer], i: usize) -> TestBroker {
     let mut urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
     urls.rotate_left(i);
-    TestBroker::start_with(|c| {
+    let node = TestBroker::start_with(|c| {
         servers[i].join(c, &format!("n{}", i + 1));
         c.cluster.nats_urls = urls;
         c.cluster.kv_replicas = 3;
         c.cluster.connect_timeout_ms = 10_000;
+        // A NATS server's loss stalls the buckets (three replicas) while their streams
+        // elect new leaders (NATS's Raft election timeout is 4 to 9 s): heartbeats must
+        // not be declared dead meanwhile.
+        c.cluster.node_lease_ms = 30_000;
     })
-    .await
+    .await;
+    // It has joined once its cluster engine is attached (the buckets with three replicas
+    // can take seconds to create while the NATS cluster places them).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while node.broker().cluster().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "n{} never joined",
+            i + 1
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node
 }
 
 /// A 5.0 persistent session (Clean Start 0, expiry 300 s); returns it and Session Present.
@@ -195,16 +211,39 @@ async fn three_nodes_over_three_clustered_nats_servers() {
             break;
         }
     }
-    // The buckets survive the loss of one server: a retained message set on n1 now reaches
-    // n3, and a client id moves from n2 to n1 (a compare-and-swap in the owners bucket).
-    first[0]
-        .publish("r/2", b"after", QoS::AtLeastOnce, true)
-        .await;
-    until_retained(&nodes[2], "reader2", "r/2", b"after").await;
-    let mut on_n2 = nodes[1].client(V5, "late").await;
-    let _on_n1 = nodes[0].client(V5, "late").await;
-    let disconnect = on_n2.expect_disconnect().await.expect("DISCONNECT");
-    assert_eq!(disconnect.reason_code, ReasonCode::SESSION_TAKEN_OVER);
+    // The buckets survive the loss of one server (once their streams have new leaders:
+    // a write in between fails and is logged): a retained message set on n1 reaches n3,
+    // and a client id moves from n2 to n1 (a compare-and-swap in the owners bucket).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut reader = nodes[2].client(V5, "reader2").await;
+    loop {
+        first[0]
+            .publish("r/2", b"after", QoS::AtLeastOnce, true)
+            .await;
+        reader.subscribe("r/2", QoS::AtLeastOnce).await;
+        if let Some(Packet::Publish(p)) = reader.recv_within(Duration::from_millis(500)).await {
+            assert!(p.retain, "[MQTT-3.3.1-8] RETAIN 1 on a retained message");
+            assert_eq!(p.payload(), b"after");
+            break;
+        }
+        reader.unsubscribe(&["r/2"]).await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retained r/2 never on n3"
+        );
+    }
+    loop {
+        let mut on_n2 = nodes[1].client(V5, "late").await;
+        let _on_n1 = nodes[0].client(V5, "late").await;
+        if let Some(Packet::Disconnect(d)) = on_n2.recv_within(Duration::from_secs(3)).await {
+            assert_eq!(d.reason_code, ReasonCode::SESSION_TAKEN_OVER);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no takeover n2 -> n1"
+        );
+    }
 }
 
 /// A persistent session on n1 with a subscription moves to n3: the old connection gets

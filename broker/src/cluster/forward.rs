@@ -144,7 +144,7 @@ impl Forwarder {
     pub(crate) fn spawn(
         client: async_nats::Client,
         bucket: RetainedBucket,
-        origin: u64,
+        (origin, probe): (u64, async_nats::Subject),
         prefix: String,
         queue: usize,
         metrics: Arc<ClusterMetrics>,
@@ -154,6 +154,7 @@ impl Forwarder {
         let confirmed = Arc::new(Confirmed::default());
         let sender = LiveSender {
             client: client.clone(),
+            probe,
             origin,
             prefix,
             metrics: metrics.clone(),
@@ -268,6 +269,8 @@ impl Forwarder {
 /// The task that drains the live queue into NATS and confirms what it sent.
 struct LiveSender {
     client: async_nats::Client,
+    /// Where its round trips go ([`super::round_trip`]).
+    probe: async_nats::Subject,
     /// This node's id, in every envelope.
     origin: u64,
     /// The subject prefix.
@@ -389,9 +392,10 @@ impl LiveSender {
                 self.publish(out).await;
             }
         }
-        let client = self.client.clone();
+        let (client, probe) = (self.client.clone(), self.probe.clone());
         let round_trip: RoundTrip = Box::pin(async move {
-            let answer = tokio::time::timeout(ROUND_TRIP_TIMEOUT, super::round_trip(&client));
+            let answer = super::round_trip(&client, &probe);
+            let answer = tokio::time::timeout(ROUND_TRIP_TIMEOUT, answer);
             matches!(answer.await, Ok(Ok(())))
         });
         (round_trip, self.sent, disconnects)

@@ -50,6 +50,10 @@ struct Shared {
     /// Carries the queue subscriptions: another connection than `client`, which publishes
     /// with no echo, so that NATS may pick the publishing node itself for a group.
     queue_client: async_nats::Client,
+    /// Where `client`'s round trips go ([`super::round_trip`]).
+    probe: async_nats::Subject,
+    /// Where `queue_client`'s round trips go.
+    queue_probe: async_nats::Subject,
     broker: Broker,
     prefix: String,
     dedup: Dedup,
@@ -72,8 +76,7 @@ struct Interest {
 impl Interests {
     /// No interest yet.
     pub(crate) fn new(
-        client: async_nats::Client,
-        queue_client: async_nats::Client,
+        connections: super::Connections,
         broker: Broker,
         prefix: String,
         metrics: Arc<ClusterMetrics>,
@@ -82,8 +85,10 @@ impl Interests {
         Interests {
             filters: Mutex::new(HashMap::new()),
             shared: Arc::new(Shared {
-                client,
-                queue_client,
+                client: connections.client,
+                queue_client: connections.queue_client,
+                probe: connections.probe,
+                queue_probe: connections.queue_probe,
                 broker,
                 prefix,
                 dedup: Dedup::default(),
@@ -183,9 +188,9 @@ async fn run(
     queue: Option<Queue>,
     ready: watch::Sender<bool>,
 ) {
-    let client = match queue {
-        Some(_) => &shared.queue_client,
-        None => &shared.client,
+    let (client, probe) = match queue {
+        Some(_) => (&shared.queue_client, &shared.queue_probe),
+        None => (&shared.client, &shared.probe),
     };
     let mut streams = Vec::with_capacity(subjects.len());
     for subject in &subjects {
@@ -212,7 +217,7 @@ async fn run(
     }
     // The subscriptions are queued on the connection; once the server answers a request
     // sent after them, it has processed them (it reads one connection in order).
-    while let Err(e) = super::round_trip(client).await {
+    while let Err(e) = super::round_trip(client, probe).await {
         tracing::debug!(error = %e, "cluster: interest not confirmed; retrying");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -205,12 +205,17 @@ pub(crate) fn header(envelope: &[u8]) -> Result<Header, EnvelopeError> {
     })
 }
 
-/// The message in `envelope`, as received at `now` (its age since publication is kept, for
-/// Message Expiry). No Local does not apply: it comes from no session of this node.
+/// The message in `envelope`, as received at `now` (Unix time `unix_now_ms`, read once for
+/// a whole batch; its age since publication is kept, for Message Expiry). No Local does
+/// not apply: it comes from no session of this node.
 ///
 /// # Errors
 /// A foreign envelope, bad QoS bits or a frame that does not decode.
-pub(crate) fn decode(envelope: Bytes, now: Instant) -> Result<Arc<Message>, EnvelopeError> {
+pub(crate) fn decode(
+    envelope: Bytes,
+    now: Instant,
+    unix_now_ms: u64,
+) -> Result<Arc<Message>, EnvelopeError> {
     let header = header(&envelope)?;
     let flags = envelope[2];
     let qos = match (flags >> 1) & 0b11 {
@@ -229,7 +234,7 @@ pub(crate) fn decode(envelope: Bytes, now: Instant) -> Result<Arc<Message>, Enve
     }
     publish.retain = flags & 1 != 0;
     publish.dup = false;
-    let age = Duration::from_millis(unix_ms_now().saturating_sub(header.published_unix_ms));
+    let age = Duration::from_millis(unix_now_ms.saturating_sub(header.published_unix_ms));
     let received_at = now.checked_sub(age).unwrap_or(now);
     Ok(Message::new(publish, received_at, None))
 }
@@ -259,7 +264,7 @@ mod tests {
                 let wire = encode(&sent, 42, 9, Instant::now());
                 let h = header(&wire).expect("header");
                 assert_eq!((h.origin, h.sequence), (42, 9));
-                let got = decode(wire, Instant::now()).expect("decode");
+                let got = decode(wire, Instant::now(), unix_ms_now()).expect("decode");
                 assert_eq!(got.publish().topic(), "a/b.c");
                 assert_eq!(got.publish().payload(), b"payload");
                 assert_eq!(got.qos(), qos);
@@ -301,7 +306,7 @@ mod tests {
         for (i, entry) in entries.into_iter().enumerate() {
             let entry = entry.expect("entry");
             assert_eq!(header(&entry).expect("header").sequence, 10 + i as u64);
-            let got = decode(entry, now).expect("decode");
+            let got = decode(entry, now, unix).expect("decode");
             assert_eq!(got.qos(), messages[i].qos());
             assert_eq!(got.publish().retain, messages[i].publish().retain);
             assert_eq!(got.publish().payload(), b"payload");
@@ -324,7 +329,7 @@ mod tests {
             BytesMut::from(&encode(&message(QoS::AtMostOnce, false), 1, 1, Instant::now())[..]);
         wire[2] = 0b110;
         assert_eq!(
-            decode(wire.freeze(), Instant::now()).err(),
+            decode(wire.freeze(), Instant::now(), unix_ms_now()).err(),
             Some(EnvelopeError::InvalidQoS)
         );
     }

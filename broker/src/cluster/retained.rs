@@ -206,7 +206,7 @@ async fn follow(
 fn apply(broker: &Broker, entry: kv::Entry, metrics: &ClusterMetrics) {
     let now = Instant::now();
     let message = match entry.operation {
-        Operation::Put => match envelope::decode(entry.value, now) {
+        Operation::Put => match envelope::decode(entry.value, now, envelope::unix_ms_now()) {
             Ok(message) => message,
             Err(e) => {
                 ClusterMetrics::inc(&metrics.envelope_errors);

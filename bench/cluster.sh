@@ -6,6 +6,8 @@
 #
 #   cargo build --release -p tern-broker -p tern-bench
 #   bench/cluster.sh [DURATION_SECS]        # needs nats-server on the PATH
+#   TERN_BIN=other/tern BASE_PORT=21830 bench/cluster.sh 6   # another build; fixed ports
+#                                           # BASE_PORT .. BASE_PORT+3 (else free ports)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-8}
@@ -20,9 +22,16 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu_ms() { awk '{ print ($14 + $15) * 1000 / '"$(getconf CLK_TCK)"' }' "/proc/$1/stat"; }
 
-NATS_PORT=$(free_port)
+port() { # n: BASE_PORT+n when BASE_PORT is set, else a free port
+    if [[ -n "${BASE_PORT:-}" ]]; then echo $((BASE_PORT + $1)); else free_port; fi
+}
+NATS_PORT=$(port 0)
 nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 &
 NATS_PID=$!; PIDS+=("$NATS_PID")
+for _ in $(seq 100); do # until nats-server listens (at most 10 s)
+    (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && break
+    sleep 0.1
+done
 
 node() { # name mqtt_port cluster(true|false)
     cat >"$WORK/$1.toml" <<EOF
@@ -57,7 +66,7 @@ EOF
     "$TERN" --config "$WORK/$1.toml" >"$WORK/$1.log" 2>&1 &
     echo "$!"
 }
-PORT_A=$(free_port); PORT_B=$(free_port); PORT_S=$(free_port)
+PORT_A=$(port 1); PORT_B=$(port 2); PORT_S=$(port 3)
 # (node runs in a subshell: its PIDs are recorded here, for cleanup.)
 PID_A=$(node a "$PORT_A" true); PID_B=$(node b "$PORT_B" true); PID_S=$(node single "$PORT_S" false)
 PIDS+=("$PID_A" "$PID_B" "$PID_S")

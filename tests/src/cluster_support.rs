@@ -1,8 +1,10 @@
 //! Cluster tests' support: a `nats-server` child process with JetStream on 127.0.0.1 (a
-//! free port, its own store directory), and Tern nodes joined to it.
+//! free port, its own store directory), or three of them forming a NATS cluster
+//! ([`NatsServer::start_cluster`]), and Tern nodes joined to them.
 //!
-//! A test calls [`NatsServer::start`] first: it returns `None` (after printing why) when
-//! nats-server is not installed, and fails under `CI=true`, where it must be.
+//! A test calls [`NatsServer::start`] (or `start_cluster`) first: it returns `None` (after
+//! printing why) when nats-server is not installed, and fails under `CI=true`, where it
+//! must be.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +24,8 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: PathBuf,
+    /// `--server_name`, `--cluster_name`, `--cluster` and `--routes` of a clustered server.
+    cluster: Vec<String>,
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
@@ -43,9 +47,89 @@ impl NatsServer {
             child: None,
             port: free_port(),
             store,
+            cluster: Vec::new(),
         };
         server.restart();
         Some(server)
+    }
+
+    /// Starts `count` nats-servers with JetStream forming one NATS cluster (routes on
+    /// 127.0.0.1, each its own `server_name` and store) and returns once every one of them
+    /// answers JetStream requests (a meta leader is elected); `None` when nats-server is
+    /// not installed (skipped).
+    ///
+    /// # Panics
+    /// If JetStream is not ready on all of them within 30 s.
+    pub fn start_cluster(count: usize) -> Option<Vec<NatsServer>> {
+        if !crate::require_tool("nats-server") {
+            return None;
+        }
+        let route_ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
+        let routes = route_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let cluster_name = format!("tern-test-{}", SERVERS.load(Ordering::Relaxed));
+        let mut servers = Vec::with_capacity(count);
+        for (i, route_port) in route_ports.iter().enumerate() {
+            let n = SERVERS.fetch_add(1, Ordering::Relaxed);
+            let store = std::env::temp_dir().join(format!("tern-nats-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&store);
+            let mut server = NatsServer {
+                child: None,
+                port: free_port(),
+                store,
+                cluster: vec![
+                    "--server_name".into(),
+                    format!("s{}", i + 1),
+                    "--cluster_name".into(),
+                    cluster_name.clone(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{route_port}"),
+                    "--routes".into(),
+                    routes.clone(),
+                ],
+            };
+            server.restart();
+            servers.push(server);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for server in &servers {
+            while !server.jetstream_ready() {
+                assert!(Instant::now() < deadline, "JetStream cluster not ready");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Some(servers)
+    }
+
+    /// Whether the server answers a JetStream request (`$JS.API.INFO`) without an error,
+    /// asked over a plain NATS connection within 2 s.
+    pub fn jetstream_ready(&self) -> bool {
+        use std::io::{BufRead, BufReader, Write};
+        let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut writer = match stream.try_clone() {
+            Ok(writer) => writer,
+            Err(_) => return false,
+        };
+        let request = "CONNECT {\"verbose\":false}\r\nSUB _INBOX.ready 1\r\n\
+                       PUB $JS.API.INFO _INBOX.ready 0\r\n\r\n";
+        if writer.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let mut lines = BufReader::new(stream).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if line.starts_with("PING") {
+                let _ = writer.write_all(b"PONG\r\n");
+            } else if line.starts_with("MSG _INBOX.ready") {
+                return matches!(lines.next(), Some(Ok(body)) if !body.contains("\"error\""));
+            }
+        }
+        false
     }
 
     /// The URL nodes connect to.
@@ -78,6 +162,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(&self.store)
+            .args(&self.cluster)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

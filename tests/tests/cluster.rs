@@ -661,3 +661,68 @@ async fn a_fast_publisher_is_held_back_not_dropped() {
         "never held back: {stats}"
     );
 }
+
+/// A pipelined burst of one publisher over two topics crosses in batches (consecutive
+/// messages of one topic in one NATS message): a subscriber of `bt/#` on the other node
+/// gets all of them in publishing order; a client whose two filters both match gets each
+/// once ([MQTT-3.3.4-2]: overlapping subscriptions, one delivery); fewer NATS messages
+/// than MQTT messages went out.
+#[tokio::test]
+async fn a_burst_crosses_in_batches_in_order_once() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = nats.nodes(2).await;
+    let mut ordered = client(&nodes[1], V5, "ordered").await;
+    ordered.subscribe("bt/#", QoS::AtLeastOnce).await;
+    let mut overlapping = client(&nodes[1], V5, "overlapping").await;
+    let opts = SubscriptionOptions::with_qos(QoS::AtMostOnce);
+    overlapping
+        .subscribe_with(vec![("bt/#", opts), ("bt/+", opts)], None)
+        .await;
+    let mut publisher = client(&nodes[0], V5, "pub").await;
+    const N: usize = 2000;
+    let topic = |i: usize| if i.is_multiple_of(7) { "bt/b" } else { "bt/a" };
+    let mut wire = Vec::new();
+    for i in 0..N {
+        let id = publisher.next_packet_id();
+        let publish = tern_codec::Publish::new(topic(i), format!("{i}").into_bytes())
+            .with_qos(tern_codec::PublishQoS::AtLeastOnce(id));
+        tern_codec::Packet::Publish(publish).encode(V5, &mut wire);
+    }
+    publisher.send_bytes(&wire).await;
+    for _ in 0..N {
+        match publisher.recv().await {
+            tern_codec::Packet::PubAck(_) => {}
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    for i in 0..N {
+        let p = ordered.expect_publish().await;
+        assert_eq!(p.topic(), topic(i));
+        assert_eq!(
+            p.payload(),
+            format!("{i}").as_bytes(),
+            "in order, none missing"
+        );
+        ordered.ack(&p).await;
+    }
+    let mut seen = vec![false; N];
+    for _ in 0..N {
+        let p = overlapping.expect_publish().await;
+        let i: usize = std::str::from_utf8(p.payload())
+            .expect("utf8")
+            .parse()
+            .expect("number");
+        assert!(!seen[i], "message {i} twice");
+        seen[i] = true;
+    }
+    overlapping.expect_nothing(Duration::from_millis(200)).await;
+    let stats = nodes[0].broker().cluster().expect("cluster").stats();
+    let (messages, nats_messages) = (&stats["messages_out"], &stats["nats_messages_out"]);
+    assert_eq!(messages.as_u64(), Some(N as u64), "{stats}");
+    assert!(
+        nats_messages.as_u64() < messages.as_u64(),
+        "no batch: {stats}"
+    );
+}

@@ -101,3 +101,56 @@ async fn a_client_moved_off_was_never_told_its_message_was_taken() {
         other => panic!("expected DISCONNECT 0x9C and no PUBACK, got {other:?}"),
     }
 }
+
+/// A message larger than the NATS server's `max_payload` (1 MiB) cannot reach the other
+/// nodes: it is refused as a whole rather than delivered on its node only and
+/// acknowledged. 5.0: PUBACK 0x97 Quota exceeded, PUBREC 0x97 (the QoS 2 exchange ends
+/// there, [MQTT-4.3.3-9]); 3.1.1 gets its plain acknowledgement ([MQTT-3.3.5-2]: no
+/// refusing code); neither a subscriber on the node nor one elsewhere gets it; the next
+/// small message goes through.
+#[tokio::test]
+async fn a_message_larger_than_nats_takes_is_refused() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        let node = TestBroker::start_with(|c| {
+            nats.join(c, name);
+            c.limits.max_packet_size_bytes = 4 << 20;
+        })
+        .await;
+        nodes.push(node);
+    }
+    let mut local = nodes[0].client(V5, "local").await;
+    local.subscribe("big/#", QoS::AtLeastOnce).await;
+    let mut remote = nodes[1].client(V5, "remote").await;
+    remote.subscribe("big/#", QoS::AtLeastOnce).await;
+    let big = vec![b'x'; (1 << 20) + 1];
+    let mut v5 = nodes[0].client(V5, "pub5").await;
+    assert_eq!(
+        v5.publish("big/1", &big, QoS::AtLeastOnce, false).await,
+        Some(ReasonCode::QUOTA_EXCEEDED)
+    );
+    let id = v5.next_packet_id();
+    let publish =
+        Publish::new("big/2", big.clone()).with_qos(PublishQoS::with_id(QoS::ExactlyOnce, id));
+    v5.send(&Packet::Publish(publish)).await;
+    match v5.recv().await {
+        Packet::PubRec(rec) => assert_eq!(rec.reason_code, ReasonCode::QUOTA_EXCEEDED),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    let mut v3 = nodes[0].client(ProtocolVersion::V3_1_1, "pub3").await;
+    v3.publish("big/3", &big, QoS::AtLeastOnce, false).await;
+    local.expect_nothing(Duration::from_millis(300)).await;
+    remote.expect_nothing(Duration::from_millis(10)).await;
+    v5.publish("big/ok", b"small", QoS::AtLeastOnce, false)
+        .await;
+    for sub in [&mut local, &mut remote] {
+        let got = sub.expect_publish().await;
+        assert_eq!(got.topic(), "big/ok");
+        sub.ack(&got).await;
+    }
+    let stats = nodes[0].broker().cluster().expect("cluster").stats();
+    assert_eq!(stats["publish_errors"], 3, "{stats}");
+}

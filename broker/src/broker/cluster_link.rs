@@ -39,6 +39,10 @@ pub trait ClusterLink: Send + Sync + fmt::Debug {
     /// Returns its position for [`ClusterLink::poll_confirmed`] (0: nothing to wait for).
     fn forward(&self, message: &Arc<Message>, now: Instant) -> u64;
 
+    /// Whether `message` cannot reach the other nodes at all (larger than NATS takes): the
+    /// publisher's connection refuses it instead of routing it.
+    fn refuses(&self, message: &Message) -> bool;
+
     /// Every message forwarded up to this position is in NATS.
     fn confirmed_position(&self) -> u64;
 
@@ -173,6 +177,15 @@ impl Broker {
     /// cluster, or it is not).
     pub fn cluster_congested(&self) -> Option<InterestReady> {
         self.inner.cluster.get()?.congested()
+    }
+
+    /// Whether the cluster cannot carry `message` to the other nodes (larger than the NATS
+    /// server's `max_payload`); `false` without a cluster.
+    pub fn cluster_refuses(&self, message: &Message) -> bool {
+        self.inner
+            .cluster
+            .get()
+            .is_some_and(|cluster| cluster.refuses(message))
     }
 
     /// How far the cluster has confirmed this node's messages (`u64::MAX`: no cluster,

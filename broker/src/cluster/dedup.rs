@@ -32,14 +32,24 @@ struct Window {
 }
 
 impl Dedup {
-    /// Whether this is the first copy of `origin`'s message `sequence` (numbers start at 1).
-    pub(crate) fn first_sight(&self, origin: u64, sequence: u64) -> bool {
+    /// Keeps in `items` only first copies (`key` gives an item's origin and sequence, in
+    /// order), under one lock for all of them (a batch); returns how many were dropped.
+    pub(crate) fn retain_first<T>(
+        &self,
+        items: &mut Vec<T>,
+        key: impl Fn(&T) -> (u64, u64),
+    ) -> usize {
+        let before = items.len();
         let mut origins = self.origins.lock().unwrap_or_else(|p| p.into_inner());
-        let window = origins.entry(origin).or_insert_with(|| Window {
-            top: 0,
-            bits: Box::new([0; WORDS]),
+        items.retain(|item| {
+            let (origin, sequence) = key(item);
+            let window = origins.entry(origin).or_insert_with(|| Window {
+                top: 0,
+                bits: Box::new([0; WORDS]),
+            });
+            window.first_sight(sequence)
         });
-        window.first_sight(sequence)
+        before - items.len()
     }
 }
 
@@ -89,17 +99,25 @@ impl Window {
 mod tests {
     use super::*;
 
+    fn first_sight(d: &Dedup, origin: u64, sequence: u64) -> bool {
+        d.retain_first(&mut vec![(origin, sequence)], |k| *k) == 0
+    }
+
     #[test]
     fn second_copies_are_dropped_in_any_order() {
         let d = Dedup::default();
-        assert!(d.first_sight(1, 1));
-        assert!(d.first_sight(1, 3));
-        assert!(d.first_sight(1, 2), "late first copy");
-        assert!(!d.first_sight(1, 2));
-        assert!(!d.first_sight(1, 3));
-        assert!(d.first_sight(2, 3), "origins are apart");
-        assert!(d.first_sight(1, 3 + WINDOW));
-        assert!(!d.first_sight(1, 3), "older than the window");
-        assert!(d.first_sight(1, 4 + WINDOW));
+        assert!(first_sight(&d, 1, 1));
+        assert!(first_sight(&d, 1, 3));
+        assert!(first_sight(&d, 1, 2), "late first copy");
+        assert!(!first_sight(&d, 1, 2));
+        assert!(!first_sight(&d, 1, 3));
+        assert!(first_sight(&d, 2, 3), "origins are apart");
+        assert!(first_sight(&d, 1, 3 + WINDOW));
+        assert!(!first_sight(&d, 1, 3), "older than the window");
+        assert!(first_sight(&d, 1, 4 + WINDOW));
+        // A batch under one lock: a copy inside it and copies seen before are dropped.
+        let mut batch = vec![(7, 1), (7, 2), (7, 1), (1, 4 + WINDOW), (7, 3)];
+        assert_eq!(d.retain_first(&mut batch, |k| *k), 2);
+        assert_eq!(batch, vec![(7, 1), (7, 2), (7, 3)]);
     }
 }

@@ -7,6 +7,13 @@
 //!
 //! Layout (big-endian): `b'T'`, version `1`, flags (bit 0 RETAIN, bits 1-2 QoS), origin node
 //! id (8 bytes), sequence (8), publish time in Unix milliseconds (8), then the frame.
+//!
+//! A batch carries several envelopes of one topic (one NATS subject) in one NATS message,
+//! so that NATS and both nodes pay their per-message cost once for all of them: `b'T'`,
+//! version `2`, then for each envelope its length (u32) and the envelope, in the order
+//! they were published. [`split`] yields the envelopes of either form as slices of the
+//! received `Bytes`.
+//!
 //! This module owns the format only.
 
 use std::sync::Arc;
@@ -20,8 +27,14 @@ use crate::message::Message;
 
 const MAGIC: u8 = b'T';
 const VERSION: u8 = 1;
+/// The version byte of a batch.
+const BATCH_VERSION: u8 = 2;
 /// Bytes before the frame.
 pub(crate) const HEADER_BYTES: usize = 27;
+/// Bytes before a batch's first entry.
+pub(crate) const BATCH_HEADER_BYTES: usize = 2;
+/// Bytes before each envelope in a batch (its length).
+pub(crate) const BATCH_ENTRY_BYTES: usize = 4;
 
 /// What the header says of a received message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +59,9 @@ pub(crate) enum EnvelopeError {
     /// The frame inside does not decode.
     #[error("bad PUBLISH frame in the envelope: {0}")]
     Frame(#[from] tern_codec::DecodeError),
+    /// A batch entry's length runs past the end of the batch.
+    #[error("truncated batch of envelopes")]
+    TruncatedBatch,
 }
 
 /// Now as Unix milliseconds.
@@ -57,21 +73,114 @@ pub(crate) fn unix_ms_now() -> u64 {
 
 /// Wraps `message` (published on node `origin` as its `sequence`th message).
 pub(crate) fn encode(message: &Arc<Message>, origin: u64, sequence: u64, now: Instant) -> Bytes {
+    let mut out = BytesMut::with_capacity(encoded_len(message));
+    let published = published_unix_ms(message, now, unix_ms_now());
+    encode_into(&mut out, message, origin, sequence, published);
+    out.freeze()
+}
+
+/// The size of `message`'s envelope.
+pub(crate) fn encoded_len(message: &Message) -> usize {
+    let with_id = message.publish().qos() != QoS::AtMostOnce;
+    HEADER_BYTES + message.templates.get(Family::V5, with_id).len()
+}
+
+/// When `message` was published, in Unix milliseconds, given `now` and `unix_now_ms`
+/// (read once for many messages).
+pub(crate) fn published_unix_ms(message: &Message, now: Instant, unix_now_ms: u64) -> u64 {
+    let age_ms = now
+        .saturating_duration_since(message.received_at)
+        .as_millis() as u64;
+    unix_now_ms.saturating_sub(age_ms)
+}
+
+/// Appends `message`'s envelope to `out`.
+pub(crate) fn encode_into(
+    out: &mut BytesMut,
+    message: &Message,
+    origin: u64,
+    sequence: u64,
+    published_unix_ms: u64,
+) {
     let publish = message.publish();
     let qos = publish.qos();
     let frame = message.templates.get(Family::V5, qos != QoS::AtMostOnce);
-    let mut out = BytesMut::with_capacity(HEADER_BYTES + frame.len());
+    out.reserve(HEADER_BYTES + frame.len());
     out.put_u8(MAGIC);
     out.put_u8(VERSION);
     out.put_u8(publish.retain as u8 | (qos as u8) << 1);
     out.put_u64(origin);
     out.put_u64(sequence);
-    let age_ms = now
-        .saturating_duration_since(message.received_at)
-        .as_millis() as u64;
-    out.put_u64(unix_ms_now().saturating_sub(age_ms));
+    out.put_u64(published_unix_ms);
     out.extend_from_slice(frame.as_bytes());
-    out.freeze()
+}
+
+/// Starts a batch in `out` (entries follow with [`push_batch_entry`]).
+pub(crate) fn begin_batch(out: &mut BytesMut) {
+    out.put_u8(MAGIC);
+    out.put_u8(BATCH_VERSION);
+}
+
+/// Appends `message`'s envelope to the batch in `out`.
+pub(crate) fn push_batch_entry(
+    out: &mut BytesMut,
+    message: &Message,
+    origin: u64,
+    sequence: u64,
+    published_unix_ms: u64,
+) {
+    let length_at = out.len();
+    out.put_u32(0);
+    encode_into(out, message, origin, sequence, published_unix_ms);
+    let length = (out.len() - length_at - BATCH_ENTRY_BYTES) as u32;
+    out[length_at..length_at + BATCH_ENTRY_BYTES].copy_from_slice(&length.to_be_bytes());
+}
+
+/// The envelopes in a received NATS message (one, or a batch's entries in order), each a
+/// slice of `payload`.
+pub(crate) fn split(payload: Bytes) -> Split {
+    if payload.len() >= BATCH_HEADER_BYTES && payload[0] == MAGIC && payload[1] == BATCH_VERSION {
+        Split::Batch(payload.slice(BATCH_HEADER_BYTES..))
+    } else {
+        Split::One(Some(payload))
+    }
+}
+
+/// The iterator of [`split`]. A batch whose entry runs past its end yields
+/// [`EnvelopeError::TruncatedBatch`] and ends there.
+#[derive(Debug)]
+pub(crate) enum Split {
+    /// A single envelope (not yet taken).
+    One(Option<Bytes>),
+    /// A batch's entries not yet taken.
+    Batch(Bytes),
+}
+
+impl Iterator for Split {
+    type Item = Result<Bytes, EnvelopeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Split::One(one) => one.take().map(Ok),
+            Split::Batch(rest) if rest.is_empty() => None,
+            Split::Batch(rest) => {
+                let length = rest
+                    .get(..BATCH_ENTRY_BYTES)
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+                match length {
+                    Some(n) if rest.len() - BATCH_ENTRY_BYTES >= n => {
+                        let entry = rest.slice(BATCH_ENTRY_BYTES..BATCH_ENTRY_BYTES + n);
+                        *rest = rest.slice(BATCH_ENTRY_BYTES + n..);
+                        Some(Ok(entry))
+                    }
+                    _ => {
+                        *rest = Bytes::new();
+                        Some(Err(EnvelopeError::TruncatedBatch))
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The header of `envelope`, without decoding the frame (to drop duplicates cheaply).
@@ -96,12 +205,17 @@ pub(crate) fn header(envelope: &[u8]) -> Result<Header, EnvelopeError> {
     })
 }
 
-/// The message in `envelope`, as received at `now` (its age since publication is kept, for
-/// Message Expiry). No Local does not apply: it comes from no session of this node.
+/// The message in `envelope`, as received at `now` (Unix time `unix_now_ms`, read once for
+/// a whole batch; its age since publication is kept, for Message Expiry). No Local does
+/// not apply: it comes from no session of this node.
 ///
 /// # Errors
 /// A foreign envelope, bad QoS bits or a frame that does not decode.
-pub(crate) fn decode(envelope: Bytes, now: Instant) -> Result<Arc<Message>, EnvelopeError> {
+pub(crate) fn decode(
+    envelope: Bytes,
+    now: Instant,
+    unix_now_ms: u64,
+) -> Result<Arc<Message>, EnvelopeError> {
     let header = header(&envelope)?;
     let flags = envelope[2];
     let qos = match (flags >> 1) & 0b11 {
@@ -120,7 +234,7 @@ pub(crate) fn decode(envelope: Bytes, now: Instant) -> Result<Arc<Message>, Enve
     }
     publish.retain = flags & 1 != 0;
     publish.dup = false;
-    let age = Duration::from_millis(unix_ms_now().saturating_sub(header.published_unix_ms));
+    let age = Duration::from_millis(unix_now_ms.saturating_sub(header.published_unix_ms));
     let received_at = now.checked_sub(age).unwrap_or(now);
     Ok(Message::new(publish, received_at, None))
 }
@@ -150,7 +264,7 @@ mod tests {
                 let wire = encode(&sent, 42, 9, Instant::now());
                 let h = header(&wire).expect("header");
                 assert_eq!((h.origin, h.sequence), (42, 9));
-                let got = decode(wire, Instant::now()).expect("decode");
+                let got = decode(wire, Instant::now(), unix_ms_now()).expect("decode");
                 assert_eq!(got.publish().topic(), "a/b.c");
                 assert_eq!(got.publish().payload(), b"payload");
                 assert_eq!(got.qos(), qos);
@@ -165,13 +279,57 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_splits_into_its_envelopes_in_order() {
+        let now = Instant::now();
+        let unix = unix_ms_now();
+        let mut out = BytesMut::new();
+        begin_batch(&mut out);
+        let messages = [
+            message(QoS::AtMostOnce, false),
+            message(QoS::AtLeastOnce, true),
+            message(QoS::ExactlyOnce, false),
+        ];
+        let mut expected_len = BATCH_HEADER_BYTES;
+        for (i, m) in messages.iter().enumerate() {
+            push_batch_entry(
+                &mut out,
+                m,
+                3,
+                10 + i as u64,
+                published_unix_ms(m, now, unix),
+            );
+            expected_len += BATCH_ENTRY_BYTES + encoded_len(m);
+        }
+        assert_eq!(out.len(), expected_len);
+        let entries: Vec<_> = split(out.freeze()).collect();
+        assert_eq!(entries.len(), 3);
+        for (i, entry) in entries.into_iter().enumerate() {
+            let entry = entry.expect("entry");
+            assert_eq!(header(&entry).expect("header").sequence, 10 + i as u64);
+            let got = decode(entry, now, unix).expect("decode");
+            assert_eq!(got.qos(), messages[i].qos());
+            assert_eq!(got.publish().retain, messages[i].publish().retain);
+            assert_eq!(got.publish().payload(), b"payload");
+        }
+        // A single envelope is one entry; a cut batch ends with an error.
+        let single = encode(&messages[0], 1, 1, now);
+        assert_eq!(split(single.clone()).collect::<Vec<_>>(), vec![Ok(single)]);
+        let mut cut = BytesMut::new();
+        begin_batch(&mut cut);
+        push_batch_entry(&mut cut, &messages[0], 1, 1, unix);
+        cut.truncate(cut.len() - 1);
+        let entries: Vec<_> = split(cut.freeze()).collect();
+        assert_eq!(entries, vec![Err(EnvelopeError::TruncatedBatch)]);
+    }
+
+    #[test]
     fn foreign_bytes_are_refused() {
         assert!(header(b"nope").is_err());
         let mut wire =
             BytesMut::from(&encode(&message(QoS::AtMostOnce, false), 1, 1, Instant::now())[..]);
         wire[2] = 0b110;
         assert_eq!(
-            decode(wire.freeze(), Instant::now()).err(),
+            decode(wire.freeze(), Instant::now(), unix_ms_now()).err(),
             Some(EnvelopeError::InvalidQoS)
         );
     }

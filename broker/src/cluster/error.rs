@@ -34,4 +34,7 @@ pub enum ClusterError {
         /// What JetStream said.
         source: async_nats::jetstream::kv::WatchError,
     },
+    /// The node could not subscribe to answer its own round trips.
+    #[error("cannot subscribe to NATS: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
 }

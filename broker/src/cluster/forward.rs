@@ -1,7 +1,17 @@
-//! Sending this node's messages to NATS. A publisher's task wraps the message
-//! ([`super::envelope`]) and hands it to a bounded queue without waiting; one task drains
-//! the queue into the NATS client, which batches the writes. RETAIN changes go to a second
-//! queue and task that writes the cluster's retained bucket ([`super::retained`]) in order.
+//! Sending this node's messages to NATS. A publisher's task numbers the message and hands
+//! it to a bounded queue without waiting; one task drains the queue, wraps the messages
+//! ([`super::envelope`]) and hands them to the NATS client, which batches the writes.
+//! RETAIN changes go to a second queue and task that writes the cluster's retained bucket
+//! ([`super::retained`]) in order.
+//!
+//! Batching: consecutive queued messages of one topic (one publisher's burst, typically)
+//! travel as one NATS message carrying their envelopes in order, never larger than the
+//! server's `max_payload` nor [`BATCH_MAX_BYTES`]; a lone message, or one too large to share,
+//! travels alone in the single-envelope form. Nothing waits to fill a batch: it holds what
+//! was queued when the task looked, so batches grow only when NATS is the bottleneck. The
+//! subject is the topic's, so interest routing is exactly as for single messages; a batch
+//! for a queue group (shared subscription) goes to one node of the group, which still picks
+//! a member per message: groups are spread across nodes per batch, not per message.
 //!
 //! Where the queue is created: once half of `forward_queue_messages` wait, publishers are
 //! held back before they read more ([`Forwarder::congested`]); past the whole queue (many
@@ -24,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -34,11 +44,27 @@ use super::retained::RetainedBucket;
 use super::subject;
 use crate::message::Message;
 
-/// One message for NATS.
+/// One message for NATS: an envelope or a batch of them.
 struct Outgoing {
     subject: async_nats::Subject,
     envelope: Bytes,
+    /// The MQTT messages it carries.
+    messages: u64,
 }
+
+/// One MQTT message waiting for the sending task.
+struct Queued {
+    message: Arc<Message>,
+    /// Its number among this node's messages (for the receivers' duplicate check).
+    sequence: u64,
+}
+
+/// The largest batch of envelopes in one NATS message (the server's `max_payload` caps it
+/// further): large enough that the per-message costs vanish, small enough that one batch
+/// does not hold a receiving node's filter task for long.
+const BATCH_MAX_BYTES: usize = 256 * 1024;
+/// Most messages the sending task takes from the queue at once.
+const TAKE_MAX: usize = 512;
 
 /// Longest one confirming round trip may take before it counts as failed.
 const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -89,10 +115,11 @@ impl Confirmed {
 /// The sending side of the node.
 #[derive(Debug)]
 pub(crate) struct Forwarder {
-    live: mpsc::Sender<Outgoing>,
+    live: mpsc::Sender<Queued>,
+    /// The NATS connection (for the server's `max_payload`).
+    client: async_nats::Client,
     retained: mpsc::Sender<(String, Option<Bytes>)>,
     origin: u64,
-    prefix: String,
     sequence: AtomicU64,
     metrics: Arc<ClusterMetrics>,
     /// The live queue's size: publishers are held back while less than half of it is free.
@@ -117,7 +144,7 @@ impl Forwarder {
     pub(crate) fn spawn(
         client: async_nats::Client,
         bucket: RetainedBucket,
-        origin: u64,
+        (origin, probe): (u64, async_nats::Subject),
         prefix: String,
         queue: usize,
         metrics: Arc<ClusterMetrics>,
@@ -126,7 +153,10 @@ impl Forwarder {
         let (retained, retained_rx) = mpsc::channel(queue);
         let confirmed = Arc::new(Confirmed::default());
         let sender = LiveSender {
-            client,
+            client: client.clone(),
+            probe,
+            origin,
+            prefix,
             metrics: metrics.clone(),
             confirmed: confirmed.clone(),
             unconfirmed: VecDeque::new(),
@@ -137,9 +167,9 @@ impl Forwarder {
         tokio::spawn(write_retained(bucket, retained_rx, metrics.clone()));
         Forwarder {
             live,
+            client,
             retained,
             origin,
-            prefix,
             sequence: AtomicU64::new(0),
             metrics,
             queue,
@@ -176,13 +206,13 @@ impl Forwarder {
             return 0;
         }
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
-        let wire = envelope::encode(message, self.origin, sequence, now);
         if message.publish().retain {
+            let wire = envelope::encode(message, self.origin, sequence, now);
             self.retain(topic, &wire, message.publish().payload().is_empty());
         }
-        let out = Outgoing {
-            subject: subject::topic_subject(&self.prefix, topic).into(),
-            envelope: wire,
+        let out = Queued {
+            message: message.clone(),
+            sequence,
         };
         let mut queued = self
             .confirmed
@@ -200,6 +230,17 @@ impl Forwarder {
         }
         *queued += 1;
         *queued
+    }
+
+    /// Whether `message`'s envelope is larger than the NATS server takes (its `max_payload`):
+    /// NATS would refuse it, so other nodes could never get it. `$SYS` topics stay local.
+    pub(crate) fn refuses(&self, message: &Message) -> bool {
+        let refused = envelope::encoded_len(message) > self.client.max_payload()
+            && !crate::config::is_sys_topic(message.topic());
+        if refused {
+            ClusterMetrics::inc(&self.metrics.publish_errors);
+        }
+        refused
     }
 
     /// Queues a RETAIN change only (no live delivery).
@@ -228,6 +269,12 @@ impl Forwarder {
 /// The task that drains the live queue into NATS and confirms what it sent.
 struct LiveSender {
     client: async_nats::Client,
+    /// Where its round trips go ([`super::round_trip`]).
+    probe: async_nats::Subject,
+    /// This node's id, in every envelope.
+    origin: u64,
+    /// The subject prefix.
+    prefix: String,
     metrics: Arc<ClusterMetrics>,
     confirmed: Arc<Confirmed>,
     /// Sent and not yet confirmed, with their positions: sent again after a lost
@@ -242,19 +289,18 @@ struct LiveSender {
 type RoundTrip = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
 
 impl LiveSender {
-    async fn run(mut self, mut queue: mpsc::Receiver<Outgoing>) {
-        let mut batch = Vec::with_capacity(64);
+    async fn run(mut self, mut queue: mpsc::Receiver<Queued>) {
+        let mut batch = Vec::with_capacity(TAKE_MAX);
         // The round trip in flight and the position and disconnect count it started at.
         let mut in_flight: Option<(RoundTrip, u64, u64)> = None;
         loop {
             tokio::select! {
-                n = queue.recv_many(&mut batch, 64) => {
+                n = queue.recv_many(&mut batch, TAKE_MAX) => {
                     if n == 0 {
                         return;
                     }
-                    for out in batch.drain(..) {
-                        self.send(out).await;
-                    }
+                    self.send_all(&batch).await;
+                    batch.clear();
                 }
                 ok = async { (&mut in_flight.as_mut()?.0).await.then_some(()) }, if in_flight.is_some() => {
                     let Some((_, target, disconnects)) = in_flight.take() else { continue };
@@ -276,10 +322,47 @@ impl LiveSender {
         ClusterMetrics::get(&self.metrics.disconnects)
     }
 
-    async fn send(&mut self, out: Outgoing) {
-        self.sent += 1;
-        self.publish(&out).await;
-        self.unconfirmed.push_back((self.sent, out));
+    /// Sends `queued` in order, consecutive messages of one topic batched together.
+    async fn send_all(&mut self, queued: &[Queued]) {
+        let limit = self.client.max_payload().min(BATCH_MAX_BYTES);
+        let (now, unix_now_ms) = (Instant::now(), envelope::unix_ms_now());
+        let mut rest = queued;
+        while let Some(first) = rest.first() {
+            let topic = first.message.topic();
+            let (run, size) = batch_run(rest, limit);
+            let (batch, after) = rest.split_at(run);
+            rest = after;
+            let mut wire = BytesMut::with_capacity(size);
+            let published = |q: &Queued| envelope::published_unix_ms(&q.message, now, unix_now_ms);
+            if let [one] = batch {
+                envelope::encode_into(
+                    &mut wire,
+                    &one.message,
+                    self.origin,
+                    one.sequence,
+                    published(one),
+                );
+            } else {
+                envelope::begin_batch(&mut wire);
+                for q in batch {
+                    envelope::push_batch_entry(
+                        &mut wire,
+                        &q.message,
+                        self.origin,
+                        q.sequence,
+                        published(q),
+                    );
+                }
+            }
+            let out = Outgoing {
+                subject: subject::topic_subject(&self.prefix, topic).into(),
+                envelope: wire.freeze(),
+                messages: batch.len() as u64,
+            };
+            self.sent += out.messages;
+            self.publish(&out).await;
+            self.unconfirmed.push_back((self.sent, out));
+        }
     }
 
     async fn publish(&self, out: &Outgoing) {
@@ -288,9 +371,12 @@ impl LiveSender {
             .publish(out.subject.clone(), out.envelope.clone())
             .await
         {
-            Ok(()) => ClusterMetrics::inc(&self.metrics.messages_out),
+            Ok(()) => {
+                ClusterMetrics::inc_by(&self.metrics.messages_out, out.messages);
+                ClusterMetrics::inc(&self.metrics.nats_messages_out);
+            }
             Err(e) => {
-                ClusterMetrics::inc(&self.metrics.publish_errors);
+                ClusterMetrics::inc_by(&self.metrics.publish_errors, out.messages);
                 tracing::debug!(error = %e, "cluster: NATS refused a message");
             }
         }
@@ -306,13 +392,36 @@ impl LiveSender {
                 self.publish(out).await;
             }
         }
-        let client = self.client.clone();
+        let (client, probe) = (self.client.clone(), self.probe.clone());
         let round_trip: RoundTrip = Box::pin(async move {
-            let answer = tokio::time::timeout(ROUND_TRIP_TIMEOUT, super::round_trip(&client));
+            let answer = super::round_trip(&client, &probe);
+            let answer = tokio::time::timeout(ROUND_TRIP_TIMEOUT, answer);
             matches!(answer.await, Ok(Ok(())))
         });
         (round_trip, self.sent, disconnects)
     }
+}
+
+/// How many of `queued` (at least one) go into the next NATS message, and its size: the
+/// consecutive messages of the first one's topic while the batch stays within `limit`
+/// bytes. A single message over `limit` goes alone (NATS refuses it if it is over the
+/// server's `max_payload`: counted in `publish_errors`).
+fn batch_run(queued: &[Queued], limit: usize) -> (usize, usize) {
+    let Some(first) = queued.first() else {
+        return (0, 0);
+    };
+    let topic = first.message.topic();
+    let mut size = envelope::BATCH_HEADER_BYTES;
+    let mut run = 0;
+    for q in queued.iter().take_while(|q| q.message.topic() == topic) {
+        let entry = envelope::BATCH_ENTRY_BYTES + envelope::encoded_len(&q.message);
+        if run > 0 && size + entry > limit {
+            break;
+        }
+        size += entry;
+        run += 1;
+    }
+    (run, size)
 }
 
 /// Writes RETAIN changes into the bucket, in order.
@@ -325,5 +434,40 @@ async fn write_retained(
         if bucket.write(&topic, value).await {
             ClusterMetrics::inc(&metrics.retained_writes);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_codec::{ByteStr, Publish};
+
+    fn queued(topic: &str, payload_bytes: usize) -> Queued {
+        let publish = Publish::new(ByteStr::from(topic), Bytes::from(vec![0u8; payload_bytes]));
+        Queued {
+            message: Message::new(publish, Instant::now(), None),
+            sequence: 1,
+        }
+    }
+
+    #[test]
+    fn batches_take_consecutive_messages_of_one_topic_within_the_limit() {
+        let q = [
+            queued("a", 10),
+            queued("a", 10),
+            queued("b", 10),
+            queued("a", 10),
+        ];
+        let entry = envelope::BATCH_ENTRY_BYTES + envelope::encoded_len(&q[0].message);
+        let header = envelope::BATCH_HEADER_BYTES;
+        // Two of "a", then "b" alone (another subject), then "a" again.
+        assert_eq!(batch_run(&q, 1 << 20), (2, header + 2 * entry));
+        assert_eq!(batch_run(&q[2..], 1 << 20).0, 1);
+        assert_eq!(batch_run(&q[3..], 1 << 20).0, 1);
+        // The limit splits a run; a message over it still goes alone.
+        assert_eq!(batch_run(&q, header + entry).0, 1);
+        assert_eq!(batch_run(&q, header + 2 * entry).0, 2);
+        assert_eq!(batch_run(&q, 1).0, 1);
+        assert_eq!(batch_run(&[], 1), (0, 0));
     }
 }

@@ -14,12 +14,17 @@
 //! and that node picks the member ([`Broker::route_to_group`]). Local routing leaves shared
 //! groups to this path, so each message reaches a group once cluster-wide.
 //!
+//! A NATS message may carry a batch of envelopes of one topic ([`envelope::split`]): each
+//! is handled in order as if it had come alone (duplicate check, routing; for a queue group
+//! the member is picked per message).
+//!
 //! This module owns the subscriptions and the inbound routing tasks.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt as _;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -46,6 +51,10 @@ struct Shared {
     /// Carries the queue subscriptions: another connection than `client`, which publishes
     /// with no echo, so that NATS may pick the publishing node itself for a group.
     queue_client: async_nats::Client,
+    /// Where `client`'s round trips go ([`super::round_trip`]).
+    probe: async_nats::Subject,
+    /// Where `queue_client`'s round trips go.
+    queue_probe: async_nats::Subject,
     broker: Broker,
     prefix: String,
     dedup: Dedup,
@@ -68,8 +77,7 @@ struct Interest {
 impl Interests {
     /// No interest yet.
     pub(crate) fn new(
-        client: async_nats::Client,
-        queue_client: async_nats::Client,
+        connections: super::Connections,
         broker: Broker,
         prefix: String,
         metrics: Arc<ClusterMetrics>,
@@ -78,8 +86,10 @@ impl Interests {
         Interests {
             filters: Mutex::new(HashMap::new()),
             shared: Arc::new(Shared {
-                client,
-                queue_client,
+                client: connections.client,
+                queue_client: connections.queue_client,
+                probe: connections.probe,
+                queue_probe: connections.queue_probe,
                 broker,
                 prefix,
                 dedup: Dedup::default(),
@@ -179,9 +189,9 @@ async fn run(
     queue: Option<Queue>,
     ready: watch::Sender<bool>,
 ) {
-    let client = match queue {
-        Some(_) => &shared.queue_client,
-        None => &shared.client,
+    let (client, probe) = match queue {
+        Some(_) => (&shared.queue_client, &shared.queue_probe),
+        None => (&shared.client, &shared.probe),
     };
     let mut streams = Vec::with_capacity(subjects.len());
     for subject in &subjects {
@@ -208,27 +218,50 @@ async fn run(
     }
     // The subscriptions are queued on the connection; once the server answers a request
     // sent after them, it has processed them (it reads one connection in order).
-    while let Err(e) = super::round_trip(client).await {
+    while let Err(e) = super::round_trip(client, probe).await {
         tracing::debug!(error = %e, "cluster: interest not confirmed; retrying");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     ready.send_replace(true);
     let mut incoming = futures_util::stream::select_all(streams);
     let mut scratch = RouteScratch::default();
+    let mut entries = Vec::new();
     while let Some(message) = incoming.next().await {
+        // One NATS message carries one envelope or a batch of them, in publishing order;
+        // the clocks are read once for all of them.
+        let clock = (Instant::now(), envelope::unix_ms_now());
         match &queue {
-            Some(q) => shared.handle_group(&q.key, message.payload, &mut scratch),
-            None => shared.handle(message.payload, &mut scratch),
+            Some(q) => {
+                for entry in shared.envelopes(message.payload) {
+                    shared.handle_group(&q.key, entry, clock, &mut scratch);
+                }
+            }
+            None => shared.handle(message.payload, clock, &mut entries, &mut scratch),
         }
     }
 }
 
+/// When a NATS message was received: monotonic and Unix milliseconds.
+type Clock = (Instant, u64);
+
 impl Shared {
+    /// The envelopes in `payload` (a cut batch ends there, counted).
+    fn envelopes(&self, payload: Bytes) -> impl Iterator<Item = Bytes> + '_ {
+        envelope::split(payload).map_while(|entry| match entry {
+            Ok(entry) => Some(entry),
+            Err(e) => {
+                ClusterMetrics::inc(&self.metrics.envelope_errors);
+                tracing::debug!(error = %e, "cluster: bad batch ignored");
+                None
+            }
+        })
+    }
+
     /// Routes one envelope NATS picked this node for to a member of shared group `key`.
     /// No copy is dropped here: a queue subscription gets each message once.
-    fn handle_group(&self, key: &str, payload: bytes::Bytes, scratch: &mut RouteScratch) {
-        let now = Instant::now();
-        match envelope::decode(payload, now) {
+    fn handle_group(&self, key: &str, payload: Bytes, clock: Clock, scratch: &mut RouteScratch) {
+        let (now, unix_now_ms) = clock;
+        match envelope::decode(payload, now, unix_now_ms) {
             Ok(message) => {
                 ClusterMetrics::inc(&self.metrics.messages_in);
                 if self.broker.route_to_group(key, &message, scratch, now) == 0 {
@@ -242,29 +275,39 @@ impl Shared {
         }
     }
 
-    /// Routes one received envelope locally, unless a copy of it was routed already.
-    fn handle(&self, payload: bytes::Bytes, scratch: &mut RouteScratch) {
-        let header = match envelope::header(&payload) {
-            Ok(header) => header,
-            Err(e) => {
-                ClusterMetrics::inc(&self.metrics.envelope_errors);
-                tracing::debug!(error = %e, "cluster: foreign message ignored");
-                return;
+    /// Routes the envelopes of one received NATS message locally, in order, except copies
+    /// of messages routed already (one duplicate check for the whole batch). `entries` is
+    /// scratch space, left empty.
+    fn handle(
+        &self,
+        payload: Bytes,
+        (now, unix_now_ms): Clock,
+        entries: &mut Vec<(envelope::Header, Bytes)>,
+        scratch: &mut RouteScratch,
+    ) {
+        for entry in self.envelopes(payload) {
+            match envelope::header(&entry) {
+                Ok(header) => entries.push((header, entry)),
+                Err(e) => {
+                    ClusterMetrics::inc(&self.metrics.envelope_errors);
+                    tracing::debug!(error = %e, "cluster: foreign message ignored");
+                }
             }
-        };
-        if !self.dedup.first_sight(header.origin, header.sequence) {
-            ClusterMetrics::inc(&self.metrics.duplicates_dropped);
-            return;
         }
-        let now = Instant::now();
-        match envelope::decode(payload, now) {
-            Ok(message) => {
-                ClusterMetrics::inc(&self.metrics.messages_in);
-                self.broker.route_remote(&message, scratch, now);
-            }
-            Err(e) => {
-                ClusterMetrics::inc(&self.metrics.envelope_errors);
-                tracing::debug!(error = %e, "cluster: bad envelope ignored");
+        let dropped = self
+            .dedup
+            .retain_first(entries, |(h, _)| (h.origin, h.sequence));
+        ClusterMetrics::inc_by(&self.metrics.duplicates_dropped, dropped as u64);
+        for (_, entry) in entries.drain(..) {
+            match envelope::decode(entry, now, unix_now_ms) {
+                Ok(message) => {
+                    ClusterMetrics::inc(&self.metrics.messages_in);
+                    self.broker.route_remote(&message, scratch, now);
+                }
+                Err(e) => {
+                    ClusterMetrics::inc(&self.metrics.envelope_errors);
+                    tracing::debug!(error = %e, "cluster: bad envelope ignored");
+                }
             }
         }
     }

@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub struct ClusterMetrics {
     /// Messages sent to NATS for other nodes.
     pub messages_out: AtomicU64,
+    /// NATS messages those travelled in (fewer when consecutive messages of one topic
+    /// went as one batch).
+    pub nats_messages_out: AtomicU64,
     /// Messages received from other nodes and routed here (first copies).
     pub messages_in: AtomicU64,
     /// Second copies dropped (a message matching several of this node's filters).
@@ -68,6 +71,11 @@ impl ClusterMetrics {
                 "messages_out",
                 "Messages sent to NATS for other nodes.",
                 get(&self.messages_out),
+            ),
+            (
+                "nats_messages_out",
+                "NATS messages carrying them (batches of one topic count once).",
+                get(&self.nats_messages_out),
             ),
             (
                 "messages_in",

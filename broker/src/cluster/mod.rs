@@ -98,6 +98,10 @@ impl ClusterLink for Cluster {
         self.forwarder.forward(message, now)
     }
 
+    fn refuses(&self, message: &Message) -> bool {
+        self.forwarder.refuses(message)
+    }
+
     fn confirmed_position(&self) -> u64 {
         self.forwarder.confirmed().position()
     }
@@ -169,6 +173,7 @@ impl ClusterLink for Cluster {
             "node_name": self.node_name,
             "connected": m.connected.load(Ordering::Relaxed),
             "messages_out": get(&m.messages_out),
+            "nats_messages_out": get(&m.nats_messages_out),
             "messages_in": get(&m.messages_in),
             "duplicates_dropped": get(&m.duplicates_dropped),
             "forward_dropped": get(&m.forward_dropped),
@@ -200,19 +205,20 @@ impl ClusterLink for Cluster {
 /// or JetStream is off on the server ([`ClusterError`]).
 pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluster>, ClusterError> {
     let metrics = Arc::new(ClusterMetrics::default());
-    let client = connect(config, metrics.clone(), "").await?;
-    // The queue subscriptions of shared groups, apart from the no-echo publisher.
-    let queue_client = connect(config, metrics.clone(), "-groups").await?;
-    metrics.connected.store(true, Ordering::Relaxed);
-    let jetstream = async_nats::jetstream::new(client.clone());
-    let bucket = RetainedBucket::open(&jetstream, &config.subject_prefix).await?;
-    let origin = random_origin();
+    let connections = Connections::open(config, &metrics).await?;
+    let Connections {
+        client,
+        origin,
+        probe,
+        ..
+    } = connections.clone();
+    let kv = retained::Kv::new(&client, config.kv_replicas);
+    let bucket = RetainedBucket::open(&kv, &config.subject_prefix).await?;
     let prefix = &config.subject_prefix;
-    let sessions =
-        sessions::SessionBucket::open(&jetstream, prefix, broker.clone(), metrics.clone());
+    let sessions = sessions::SessionBucket::open(&kv, prefix, broker.clone(), metrics.clone());
     let sessions = Arc::new(sessions.await?);
     let owners = owners::Owners::start(
-        &jetstream,
+        &kv,
         client.clone(),
         (prefix, &config.node_name),
         broker.clone(),
@@ -230,14 +236,13 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
         forwarder: Forwarder::spawn(
             client.clone(),
             bucket.clone(),
-            origin,
+            (origin, probe.clone()),
             config.subject_prefix.clone(),
             config.forward_queue_messages,
             metrics.clone(),
         ),
         interests: Interests::new(
-            client.clone(),
-            queue_client,
+            connections,
             broker.clone(),
             config.subject_prefix.clone(),
             metrics.clone(),
@@ -252,7 +257,7 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
     });
     broker.attach_cluster(cluster.clone());
     nodes::start(
-        &jetstream,
+        &kv,
         &config.subject_prefix,
         &config.node_name,
         broker.clone(),
@@ -269,13 +274,53 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
         node_name: config.node_name.clone(),
         metrics: metrics.clone(),
     }));
-    tokio::spawn(measure_rtt(client, metrics.clone()));
+    tokio::spawn(measure_rtt(client, probe, metrics.clone()));
     if config.partition_lease_ms > 0 {
         let lease = Duration::from_millis(config.partition_lease_ms);
         tokio::spawn(partition::watch(broker.clone(), metrics, lease));
     }
     tracing::info!(node = config.node_name, urls = ?config.nats_urls, "joined the cluster");
     Ok(cluster)
+}
+
+/// The node's two NATS connections and what identifies it on them.
+#[derive(Debug, Clone)]
+pub(crate) struct Connections {
+    /// Publishes (no echo) and holds the interest subscriptions.
+    pub(crate) client: async_nats::Client,
+    /// The queue subscriptions of shared groups, apart from the no-echo publisher; it
+    /// answers the node's round trips.
+    pub(crate) queue_client: async_nats::Client,
+    /// Random per start: marks this node's messages.
+    pub(crate) origin: u64,
+    /// Where `client`'s round trips go ([`round_trip`]); `queue_client` answers them.
+    pub(crate) probe: async_nats::Subject,
+    /// Where `queue_client`'s round trips go; `client` answers them (both connections are
+    /// no-echo: a connection never gets its own requests).
+    pub(crate) queue_probe: async_nats::Subject,
+}
+
+impl Connections {
+    async fn open(
+        config: &ClusterConfig,
+        metrics: &Arc<ClusterMetrics>,
+    ) -> Result<Connections, ClusterError> {
+        let client = connect(config, metrics.clone(), "").await?;
+        let queue_client = connect(config, metrics.clone(), "-groups").await?;
+        metrics.connected.store(true, Ordering::Relaxed);
+        let origin = random_origin();
+        let probe = probe_subject(&config.subject_prefix, origin, "p");
+        answer_probes(queue_client.clone(), probe.clone()).await?;
+        let queue_probe = probe_subject(&config.subject_prefix, origin, "q");
+        answer_probes(client.clone(), queue_probe.clone()).await?;
+        Ok(Connections {
+            client,
+            queue_client,
+            origin,
+            probe,
+            queue_probe,
+        })
+    }
 }
 
 /// The first connection to NATS, with the configured credentials and TLS; reconnects
@@ -312,6 +357,9 @@ async fn connect(
         .require_tls(config.tls_required)
         .connection_timeout(timeout)
         .max_reconnects(None)
+        // `nats_urls` in the configured order (each node may list its nearest server
+        // first), not shuffled; servers the cluster announces are tried after them.
+        .retain_servers_order()
         .event_callback(move |event| {
             let metrics = metrics.clone();
             async move { on_event(&metrics, event) }
@@ -350,30 +398,67 @@ fn on_event(metrics: &ClusterMetrics, event: async_nats::Event) {
     }
 }
 
-/// One request to the NATS server and its answer (JetStream's account info: the server
-/// itself replies). The server reads a connection's commands in order, so everything this
-/// client sent before is in force on the server when this returns. (A client's `flush`
-/// only empties the socket buffer.)
+/// One request through the NATS server and its answer: the node's other connection
+/// answers requests on `probe` ([`probe_subject`], [`answer_probes`]). The server reads a
+/// connection's commands in order and routes the request only after everything this client
+/// sent before it, so all of that is in force on the server when this returns. (A client's
+/// `flush` only empties the socket buffer.) Neither JetStream nor its meta leader is
+/// involved: a NATS cluster electing a leader does not hold acknowledgements up.
 ///
 /// # Errors
-/// The request failed or timed out (NATS away, JetStream off).
+/// The request failed or timed out (NATS away, or the answering connection not subscribed
+/// yet).
 pub(crate) async fn round_trip(
     client: &async_nats::Client,
+    probe: &async_nats::Subject,
 ) -> Result<(), async_nats::RequestError> {
     client
-        .request("$JS.API.INFO", bytes::Bytes::new())
+        .request(probe.clone(), bytes::Bytes::new())
         .await
         .map(drop)
 }
 
+/// A subject on which node `origin` answers its own round trips (`connection`: which of
+/// its connections asks).
+fn probe_subject(prefix: &str, origin: u64, connection: &str) -> async_nats::Subject {
+    format!("{prefix}.probe.{origin:016x}.{connection}").into()
+}
+
+/// Answers every round-trip request on `probe` with an empty message, on `client` (the
+/// node's other connection than the one asking).
+///
+/// # Errors
+/// NATS refused the subscription.
+async fn answer_probes(
+    client: async_nats::Client,
+    probe: async_nats::Subject,
+) -> Result<(), async_nats::SubscribeError> {
+    use futures_util::StreamExt as _;
+    let mut requests = client.subscribe(probe).await?;
+    tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            if let Some(reply) = request.reply {
+                if let Err(e) = client.publish(reply, bytes::Bytes::new()).await {
+                    tracing::debug!(error = %e, "cluster: round trip not answered");
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
 /// Measures the NATS round trip ([`round_trip`]) every [`RTT_EVERY`].
-async fn measure_rtt(client: async_nats::Client, metrics: Arc<ClusterMetrics>) {
+async fn measure_rtt(
+    client: async_nats::Client,
+    probe: async_nats::Subject,
+    metrics: Arc<ClusterMetrics>,
+) {
     let mut every = tokio::time::interval(RTT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         every.tick().await;
         let started = std::time::Instant::now();
-        if round_trip(&client).await.is_ok() {
+        if round_trip(&client, &probe).await.is_ok() {
             let us = started.elapsed().as_micros() as u64;
             metrics.nats_rtt_us.store(us, Ordering::Relaxed);
         }

@@ -107,7 +107,7 @@ impl Nodes {
 /// # Errors
 /// The bucket cannot be opened or watched (JetStream off).
 pub(crate) async fn start(
-    jetstream: &async_nats::jetstream::Context,
+    kv: &super::retained::Kv,
     prefix: &str,
     node_name: &str,
     broker: Broker,
@@ -115,7 +115,7 @@ pub(crate) async fn start(
     nodes: Arc<Nodes>,
 ) -> Result<(), ClusterError> {
     let bucket = format!("{prefix}_nodes");
-    let store = super::retained::open_bucket(jetstream, &bucket, Some(nodes.lease * 6)).await?;
+    let store = super::retained::open_bucket(kv, &bucket, Some(nodes.lease * 6)).await?;
     let watch = store
         .watch_with_history(">")
         .await

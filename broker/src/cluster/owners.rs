@@ -84,7 +84,7 @@ impl Owners {
     /// # Errors
     /// The bucket cannot be opened (JetStream off).
     pub(crate) async fn start(
-        jetstream: &async_nats::jetstream::Context,
+        kv: &super::retained::Kv,
         client: async_nats::Client,
         (prefix, node_name): (&str, &str),
         broker: Broker,
@@ -92,7 +92,7 @@ impl Owners {
         (handover_timeout, sessions): (Duration, Arc<super::sessions::SessionBucket>),
     ) -> Result<Owners, ClusterError> {
         let bucket = format!("{prefix}_owners");
-        let store = super::retained::open_bucket(jetstream, &bucket, None).await?;
+        let store = super::retained::open_bucket(kv, &bucket, None).await?;
         let subject = takeover_subject(prefix, node_name);
         let takeovers = loop {
             match client.subscribe(subject.clone()).await {

@@ -32,16 +32,37 @@ pub(crate) struct RetainedBucket {
     store: kv::Store,
 }
 
+/// Where the node's KV buckets live: JetStream, and how many copies a new bucket gets.
+#[derive(Debug, Clone)]
+pub(crate) struct Kv {
+    /// JetStream on the node's NATS connection.
+    pub(crate) jetstream: async_nats::jetstream::Context,
+    /// `cluster.kv_replicas`: copies of a bucket this node creates.
+    pub(crate) replicas: usize,
+}
+
+impl Kv {
+    /// JetStream on `client`; buckets created with `replicas` copies.
+    pub(crate) fn new(client: &async_nats::Client, replicas: usize) -> Kv {
+        Kv {
+            jetstream: async_nats::jetstream::new(client.clone()),
+            replicas,
+        }
+    }
+}
+
 /// Opens key-value bucket `bucket` (history 1; entries expire after `max_age` if given),
-/// creating it if missing.
+/// creating it if missing with `kv.replicas` copies.
 ///
 /// # Errors
-/// [`ClusterError::Bucket`] when JetStream cannot create it (not enabled on the server).
+/// [`ClusterError::Bucket`] when JetStream cannot create it (not enabled on the server, or
+/// fewer JetStream servers than replicas).
 pub(crate) async fn open_bucket(
-    jetstream: &async_nats::jetstream::Context,
+    kv: &Kv,
     bucket: &str,
     max_age: Option<Duration>,
 ) -> Result<kv::Store, ClusterError> {
+    let jetstream = &kv.jetstream;
     if let Ok(store) = jetstream.get_key_value(bucket).await {
         return Ok(store);
     }
@@ -49,6 +70,7 @@ pub(crate) async fn open_bucket(
         bucket: bucket.to_string(),
         history: 1,
         max_age: max_age.unwrap_or_default(),
+        num_replicas: kv.replicas,
         ..Default::default()
     };
     match jetstream.create_key_value(config).await {
@@ -78,11 +100,8 @@ impl RetainedBucket {
     ///
     /// # Errors
     /// [`ClusterError::Bucket`] when JetStream cannot create it (not enabled on the server).
-    pub(crate) async fn open(
-        jetstream: &async_nats::jetstream::Context,
-        prefix: &str,
-    ) -> Result<RetainedBucket, ClusterError> {
-        let store = open_bucket(jetstream, &format!("{prefix}_retained"), None).await?;
+    pub(crate) async fn open(kv: &Kv, prefix: &str) -> Result<RetainedBucket, ClusterError> {
+        let store = open_bucket(kv, &format!("{prefix}_retained"), None).await?;
         Ok(RetainedBucket { store })
     }
 
@@ -187,7 +206,7 @@ async fn follow(
 fn apply(broker: &Broker, entry: kv::Entry, metrics: &ClusterMetrics) {
     let now = Instant::now();
     let message = match entry.operation {
-        Operation::Put => match envelope::decode(entry.value, now) {
+        Operation::Put => match envelope::decode(entry.value, now, envelope::unix_ms_now()) {
             Ok(message) => message,
             Err(e) => {
                 ClusterMetrics::inc(&metrics.envelope_errors);

@@ -58,13 +58,13 @@ impl SessionBucket {
     /// # Errors
     /// The bucket cannot be opened (JetStream off).
     pub(crate) async fn open(
-        jetstream: &async_nats::jetstream::Context,
+        kv: &super::retained::Kv,
         prefix: &str,
         broker: Broker,
         metrics: Arc<ClusterMetrics>,
     ) -> Result<SessionBucket, ClusterError> {
         let bucket = format!("{prefix}_sessions");
-        let store = super::retained::open_bucket(jetstream, &bucket, None).await?;
+        let store = super::retained::open_bucket(kv, &bucket, None).await?;
         let (queue, ops) = mpsc::channel(QUEUE);
         tokio::spawn(write(store.clone(), ops, broker, metrics.clone()));
         Ok(SessionBucket {

@@ -57,6 +57,11 @@ pub struct ClusterConfig {
     /// reading more; past all of it (many publishers at once) cross-node copies are dropped
     /// and counted (`tern_cluster_forward_dropped_total`), local delivery goes on.
     pub forward_queue_messages: usize,
+    /// Copies JetStream keeps of each KV bucket this node creates (retained messages,
+    /// owners, sessions, nodes): 1 for a single nats-server; 3 (or 5) for a NATS cluster
+    /// that should keep the buckets through the loss of a server. A bucket that exists
+    /// already keeps its own setting.
+    pub kv_replicas: usize,
 }
 
 impl Default for ClusterConfig {
@@ -80,6 +85,7 @@ impl Default for ClusterConfig {
             handover_timeout_ms: 2000,
             node_lease_ms: 10000,
             forward_queue_messages: 65536,
+            kv_replicas: 1,
         }
     }
 }
@@ -150,6 +156,13 @@ pub(crate) fn check(c: &ClusterConfig) -> Result<(), (&'static str, String, &'st
     if c.forward_queue_messages == 0 {
         return Err(("cluster.forward_queue_messages", "0".into(), "at least 1"));
     }
+    if !(1..=5).contains(&c.kv_replicas) {
+        return Err((
+            "cluster.kv_replicas",
+            c.kv_replicas.to_string(),
+            "1 to 5 (JetStream's limit)",
+        ));
+    }
     Ok(())
 }
 
@@ -167,6 +180,10 @@ mod tests {
         c.node_name = "a.b".into();
         assert_eq!(check(&c).map_err(|e| e.0), Err("cluster.node_name"));
         c.node_name = "node-1".into();
+        assert!(check(&c).is_ok());
+        c.kv_replicas = 6;
+        assert_eq!(check(&c).map_err(|e| e.0), Err("cluster.kv_replicas"));
+        c.kv_replicas = 3;
         assert!(check(&c).is_ok());
     }
 }

@@ -380,6 +380,19 @@ impl Connection {
     /// The routing latency histogram samples one PUBLISH in [`LATENCY_SAMPLE_EVERY`]: the
     /// clock reads would otherwise cost more than the routing of a small fan-out.
     fn publish(&mut self, message: &Arc<Message>, ack: PendingAck, now: Instant) {
+        // Too large for the cluster's NATS: refused as a whole (0x97 to 5.0; 3.1.1 has no
+        // refusing acknowledgement, [MQTT-3.3.5-2]) rather than delivered on this node only.
+        if self.broker.cluster_refuses(message) {
+            tracing::debug!(
+                topic = message.topic(),
+                "larger than NATS takes: publish refused"
+            );
+            let refused = self.machine.refused(ack, self.broker.journal());
+            if let Some(transmit) = refused {
+                self.send(&transmit);
+            }
+            return;
+        }
         // A QoS 2 message from a persistent session: its copies for subscribers and its
         // received id go into the journal as one frame, so that after a crash the
         // publisher's resend is routed exactly once (see journal/batch.rs).

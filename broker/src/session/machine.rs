@@ -400,6 +400,15 @@ impl Machine {
         }
     }
 
+    /// The acknowledgement of a PUBLISH refused after it was decoded and checked (the
+    /// cluster cannot carry it): 0x97 Quota exceeded to 5.0 clients.
+    pub fn refused(&self, ack: PendingAck, journal: Option<&Journal>) -> Option<Transmit> {
+        match self.acknowledge(ack, ReasonCode::QUOTA_EXCEEDED, journal) {
+            Output::Transmit(transmit) => Some(transmit),
+            _ => None,
+        }
+    }
+
     /// Answers a QoS 1 or 2 PUBLISH with `code` (5.0 numbering; nothing for QoS 0), the one
     /// place where a PUBLISH is acknowledged, refused or not:
     /// - 3.1.1 has no reason codes ([MQTT-3.3.5-2]: a refused message is acknowledged as

@@ -91,12 +91,16 @@ impl Relief {
         let started = Instant::now();
         let hard_deadline = started + max_wait * 10;
         let mut deadline = started + max_wait;
+        // A newcomer to a line others stand in waits for its turn even where there is
+        // room: the room is theirs first.
+        let mut needs_turn = held.is_none() && self.has_waiters();
         // Leaving the line (dropping the ticket) hands the turn to the one behind.
         let ticket = held.unwrap_or_else(|| self.line.join());
+        let _counted = Counted::new(pressure);
         let behind = |p: &Pressure| p.is_behind(queue_bound);
         let mut had_turn = false;
         loop {
-            if !pressure.iter().any(behind) {
+            if !needs_turn && !pressure.iter().any(behind) {
                 break;
             }
             if std::mem::take(&mut had_turn) {
@@ -105,6 +109,7 @@ impl Relief {
             tokio::select! {
                 () = ticket.turn() => {
                     had_turn = true;
+                    needs_turn = false;
                     continue;
                 }
                 () = tokio::time::sleep_until(deadline) => {}
@@ -125,6 +130,23 @@ impl Relief {
         // Going on: the ones behind may look too (there may be room for more than us).
         ticket.pass_on();
         (0, Some(ticket))
+    }
+}
+
+/// Counts a waiting publisher in each of its consumers ([`SharedWriter::has_waiting`])
+/// for as long as it waits.
+struct Counted<'a>(&'a [Pressure]);
+
+impl<'a> Counted<'a> {
+    fn new(pressure: &'a [Pressure]) -> Counted<'a> {
+        pressure.iter().for_each(|p| p.writer.count_waiting(true));
+        Counted(pressure)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.iter().for_each(|p| p.writer.count_waiting(false));
     }
 }
 
@@ -194,5 +216,54 @@ mod tests {
         }
         assert_eq!(*order.lock().expect("order"), vec![0, 1, 2]);
         until(|| !relief.has_waiters()).await;
+    }
+
+    /// A publisher that comes to a line others stand in waits for its turn, even when its
+    /// subscriber has room at that moment: the room is theirs first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_newcomer_waits_behind_those_already_waiting() {
+        let relief = Arc::new(Relief::default());
+        let writer = Arc::new(SharedWriter::with_soft_cap(1 << 20, 10));
+        fill(&writer);
+        let pressure = vec![Pressure {
+            session: crate::test_support::session(1, 100),
+            writer: Arc::clone(&writer),
+            qos0: true,
+        }];
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let spawn_waiter = |name: u32| {
+            let (r, w, p, o) = (
+                Arc::clone(&relief),
+                Arc::clone(&writer),
+                pressure.clone(),
+                Arc::clone(&order),
+            );
+            tokio::spawn(async move {
+                let (slow, kept) = r.wait(&p, 1000, Duration::from_secs(30), None).await;
+                assert_eq!(slow, 0);
+                fill(&w);
+                o.lock().expect("order").push(name);
+                drop(kept);
+            })
+        };
+        let first = spawn_waiter(0);
+        until(|| relief.line.len() == 1 && writer.has_waiting()).await;
+        // Room, but nobody told the line yet: the newcomer must not take it.
+        drain(&writer);
+        let newcomer = spawn_waiter(1);
+        until(|| relief.line.len() == 2).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            order.lock().expect("order").is_empty(),
+            "the newcomer went first"
+        );
+        relief.relieve();
+        until(|| order.lock().expect("order").len() == 1).await;
+        drain(&writer);
+        relief.relieve();
+        first.await.expect("first");
+        newcomer.await.expect("newcomer");
+        assert_eq!(*order.lock().expect("order"), vec![0, 1]);
+        assert!(!writer.has_waiting() && !relief.has_waiters());
     }
 }

@@ -178,6 +178,7 @@ impl Connection {
             if routing.turn.is_some() && !(reader.has_buffered() && routing.scratch.has_pressure())
             {
                 routing.turn = None;
+                routing.scratch.in_line = false;
             }
         }
         if received && result.is_ok() {
@@ -567,6 +568,7 @@ impl Connection {
         let held = routing.turn.take();
         let relief = self.broker.relief();
         let (slow, kept) = relief.wait(&pressure, bound, max_wait, held).await;
+        routing.scratch.in_line = kept.is_some();
         routing.turn = kept;
         if slow > 0 {
             Metrics::add(

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::time::Instant;
 
 use bytes::BytesMut;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 
 pub use super::control::NO_DEADLINE_MS;
 
@@ -46,6 +46,11 @@ pub struct SharedWriter {
     /// The consumer did not drain within a publisher's wait: publishers stop waiting for
     /// it (its QoS 0 messages beyond the cap are dropped instead) until it catches up.
     slow: AtomicBool,
+    /// How many publishers stand in the back-pressure line for this consumer: while any
+    /// does, others wait behind them rather than take the room first
+    /// ([`crate::backpressure`]). Wraps only past 65,535 waiting publishers (then only
+    /// fairness suffers).
+    waiting: AtomicU16,
     /// A session has more to send once the buffer drains (a retained replay, QoS 1/2
     /// messages kept back by the cap): the connection pumps it after taking a batch.
     drain_wanted: AtomicBool,
@@ -278,6 +283,7 @@ impl SharedWriter {
             soft_cap_bytes: u32::try_from(soft_cap_bytes).unwrap_or(u32::MAX),
             len: AtomicU32::new(0),
             slow: AtomicBool::new(false),
+            waiting: AtomicU16::new(0),
             drain_wanted: AtomicBool::new(false),
         }
     }
@@ -286,6 +292,20 @@ impl SharedWriter {
     /// and not marked slow.
     pub fn is_pressing(&self) -> bool {
         self.len.load(Ordering::Relaxed) > self.soft_cap_bytes && !self.slow.load(Ordering::Relaxed)
+    }
+
+    /// Whether publishers stand in the back-pressure line for this consumer.
+    pub fn has_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) != 0
+    }
+
+    /// One more (`true`) or one less publisher in the line for this consumer.
+    pub fn count_waiting(&self, more: bool) {
+        if more {
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Whether the buffer holds no more than the soft cap.

@@ -83,6 +83,8 @@ pub struct RouteScratch {
     /// The cluster position of the last message this publisher forwarded to other nodes
     /// (0: none): its acknowledgement waits for NATS to confirm it.
     pub cluster_position: u64,
+    /// The publisher holds a place in the back-pressure line and is being let through.
+    pub in_line: bool,
 }
 
 impl RouteScratch {
@@ -365,7 +367,7 @@ fn deliver_targets(
             ctx,
         );
         let qos0 = qos == QoS::AtMostOnce || message.qos() == QoS::AtMostOnce;
-        if let Some(writer) = delivery.pressure(ctx, qos0) {
+        if let Some(writer) = delivery.pressure(ctx, qos0, scratch.in_line) {
             scratch.pressure.push(Pressure {
                 session: first.session.clone(),
                 writer: writer.clone(),

@@ -62,7 +62,11 @@ struct Parked<G> {
     /// and the packet size limit (a `Decoder` would take 32 bytes).
     version: ProtocolVersion,
     max_packet_size_bytes: u32,
-    info: Box<PeerInfo>,
+    /// The peer's address, inline (the connection's boxed [`PeerInfo`] costs 64 bytes).
+    addr: std::net::SocketAddr,
+    /// The boxed [`PeerInfo`], kept only when it holds more than the address (a listener
+    /// redirect); made again at resume otherwise.
+    info: Option<Box<PeerInfo>>,
     guard: G,
     stream: std::net::TcpStream,
     /// Its token in [`ParkPoll`].
@@ -172,8 +176,10 @@ fn into_parked<G>(
         parks: _,
         _guard: guard,
     } = io;
-    // Idle: nothing buffered either side (`can_park`), so the buffers can go.
+    // Idle: nothing buffered either side (`can_park`), so the buffers can go, and the
+    // session's flow state too if it holds nothing.
     out.release_idle_buffer();
+    connection.machine.session().delivery().release_idle();
     let write_half = output.into_socket();
     let (read_half, decoder) = reader.into_parts();
     // After CONNECT and with nothing buffered (`can_park`), both always hold.
@@ -196,11 +202,14 @@ fn into_parked<G>(
             return None;
         }
     };
+    let addr = info.addr;
+    let only_addr = info.cert_username.is_none() && info.redirect.is_none();
     Some(Box::new(Parked {
         connection,
         version,
         max_packet_size_bytes: decoder.max_packet_size_bytes(),
-        info,
+        addr,
+        info: (!only_addr).then_some(info),
         guard,
         stream,
         token,
@@ -230,11 +239,19 @@ async fn resume<G: Send + 'static>(parked: Box<Parked<G>>) {
         connection,
         version,
         max_packet_size_bytes,
+        addr,
         info,
         guard,
         stream,
         token,
     } = *parked;
+    let info = info.unwrap_or_else(|| {
+        Box::new(PeerInfo {
+            addr,
+            cert_username: None,
+            redirect: None,
+        })
+    });
     let broker = connection.broker.clone();
     if let Some(poll) = broker.idle_sweep().park_poll() {
         poll.deregister(stream.as_raw_fd(), token);

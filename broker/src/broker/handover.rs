@@ -269,12 +269,7 @@ impl Broker {
         for &packet_id in &s.qos2_in {
             session.incoming_qos2().insert(packet_id);
         }
-        if self
-            .inner
-            .sessions
-            .insert(session.client_id.clone(), session.clone())
-            .is_none()
-        {
+        if self.register(session.clone()).is_none() {
             Metrics::add(&self.inner.metrics.sessions, 1);
         }
         self.adopt_subscriptions(&session, &s.subscriptions);

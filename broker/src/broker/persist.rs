@@ -260,7 +260,8 @@ impl Broker {
         for &packet_id in &s.qos2_in {
             session.incoming_qos2().insert(packet_id);
         }
-        if let Some(old) = self.inner.sessions.insert(client_id, session.clone()) {
+        debug_assert_eq!(*client_id, *session.client_id);
+        if let Some(old) = self.register(session.clone()) {
             tracing::warn!(client_id = %old.client_id, "two recovered sessions for one client id: the newer kept");
         } else {
             Metrics::add(&self.inner.metrics.sessions, 1);

@@ -19,6 +19,33 @@ use crate::metrics::Metrics;
 use crate::session::delivery::Redirect;
 use crate::session::Session;
 
+/// A session in the registry, hashed and compared as its client identifier (and found by
+/// it, as a `&str`): the registry is a set of sessions, one pointer a bucket, instead of a
+/// map from the id (an `Arc<str>` and the session, 24 bytes a bucket).
+#[derive(Debug, Clone)]
+pub(super) struct Registered(pub(super) Arc<Session>);
+
+impl std::hash::Hash for Registered {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As the `str` it borrows as, so that a lookup by `&str` finds it.
+        (*self.0.client_id).hash(state);
+    }
+}
+
+impl PartialEq for Registered {
+    fn eq(&self, other: &Registered) -> bool {
+        self.0.client_id == other.0.client_id
+    }
+}
+
+impl Eq for Registered {}
+
+impl std::borrow::Borrow<str> for Registered {
+    fn borrow(&self) -> &str {
+        &self.0.client_id
+    }
+}
+
 impl Broker {
     /// Number of sessions in the registry.
     pub fn session_count(&self) -> usize {
@@ -27,7 +54,21 @@ impl Broker {
 
     /// The session of `client_id`, if one is registered.
     pub fn session(&self, client_id: &str) -> Option<Arc<Session>> {
-        self.inner.sessions.get(client_id).map(|s| s.clone())
+        self.inner
+            .sessions
+            .get(client_id)
+            .map(|s| s.key().0.clone())
+    }
+
+    /// Registers `session` (recovery), replacing and returning one of the same client id.
+    pub(super) fn register(&self, session: Arc<Session>) -> Option<Arc<Session>> {
+        match self.inner.sessions.entry(Registered(session)) {
+            Entry::Occupied(occupied) => Some(occupied.replace_entry(()).0 .0),
+            Entry::Vacant(vacant) => {
+                vacant.insert(());
+                None
+            }
+        }
     }
 
     /// Whether a session of `client_id` is registered.
@@ -41,7 +82,7 @@ impl Broker {
         self.inner
             .sessions
             .iter()
-            .map(|entry| entry.value().clone())
+            .map(|entry| entry.key().0.clone())
             .collect()
     }
 
@@ -73,20 +114,32 @@ impl Broker {
         let mut replaced = None;
         // The DashMap guard lives only inside this block; ending the old session touches
         // the map again, so it happens after.
-        let (session, present) = match self.inner.sessions.entry(client_id.clone()) {
-            Entry::Occupied(mut occupied) => {
-                if clean_start || occupied.get().is_ended() {
-                    let fresh = make();
-                    replaced = Some(occupied.insert(fresh.clone()));
-                    (fresh, false)
-                } else {
-                    (occupied.get().clone(), true)
-                }
-            }
-            Entry::Vacant(vacant) => {
+        // The registry is keyed by the session itself, so the entry needs one: a resume
+        // (most often) is found without making one first.
+        let resumed = (!clean_start)
+            .then(|| self.session(&client_id))
+            .flatten()
+            .filter(|existing| !existing.is_ended());
+        let (session, present) = match resumed {
+            Some(existing) => (existing, true),
+            None => {
                 let fresh = make();
-                vacant.insert(fresh.clone());
-                (fresh, false)
+                match self.inner.sessions.entry(Registered(fresh.clone())) {
+                    Entry::Occupied(occupied) => {
+                        let existing = occupied.key().0.clone();
+                        if clean_start || existing.is_ended() {
+                            replaced = Some(occupied.replace_entry(()).0 .0);
+                            (fresh, false)
+                        } else {
+                            // Registered meanwhile by a racing CONNECT: resumed after all.
+                            (existing, true)
+                        }
+                    }
+                    Entry::Vacant(vacant) => {
+                        vacant.insert(());
+                        (fresh, false)
+                    }
+                }
             }
         };
         if !present {
@@ -237,8 +290,8 @@ impl Broker {
         }
         self.inner
             .sessions
-            .remove_if(&session.client_id, |_, registered| {
-                Arc::ptr_eq(registered, session)
+            .remove_if(&*session.client_id, |registered, _| {
+                Arc::ptr_eq(&registered.0, session)
             });
         Metrics::sub(&self.inner.metrics.sessions, 1);
         // A will still waiting for its delay goes out now: the session ended first
@@ -246,5 +299,43 @@ impl Broker {
         if let Some(last_will) = self.inner.timers.take(session.id) {
             will::publish(self, session, *last_will);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// The registry is a set of sessions found by their client id: a resume finds the
+    /// session (Session Present), a clean start replaces and ends it ([MQTT-3.1.2-4]), an
+    /// ended session is replaced even without clean start, and ending removes only the
+    /// session registered (not a newer one of the same id).
+    #[test]
+    fn registry_finds_replaces_and_removes_by_client_id() {
+        let broker = Broker::new(Config::default_config());
+        let (first, present) = broker.open_session("c", false);
+        assert!(!present);
+        assert_eq!(broker.session_count(), 1);
+        let (again, present) = broker.open_session("c", false);
+        assert!(present && Arc::ptr_eq(&first, &again), "resumed");
+        let (fresh, present) = broker.open_session("c", true);
+        assert!(!present && !Arc::ptr_eq(&first, &fresh), "clean start");
+        assert!(first.is_ended(), "the replaced session ended");
+        assert_eq!(broker.session_count(), 1);
+        assert!(Arc::ptr_eq(
+            &broker.session("c").expect("registered"),
+            &fresh
+        ));
+        broker.end_session(&first); // already ended and replaced: nothing happens
+        assert!(broker.has_session("c"));
+        broker.end_session(&fresh);
+        assert!(!broker.has_session("c") && broker.session_count() == 0);
+        let (other, _) = broker.open_session("d", false);
+        assert!(
+            broker.register(other.clone()).is_some(),
+            "same id: replaced"
+        );
+        assert_eq!(broker.sessions().len(), 1);
     }
 }

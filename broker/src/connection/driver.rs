@@ -52,7 +52,8 @@ impl Connection {
         if self.broker.is_shutting_down() {
             return Err(Close::Shutdown);
         }
-        if let Some(timeout) = self.keep_alive_timeout {
+        if let Some(timeout_ms) = self.keep_alive_timeout_ms {
+            let timeout = Duration::from_millis(u64::from(timeout_ms.get()));
             self.broker.keep_alive().watch(&self.out, timeout);
         }
         Ok(())
@@ -313,11 +314,11 @@ impl Connection {
 
     /// [`Self::alive`] with the clock already read (once per input buffer).
     fn alive_at(&self, now: Instant) {
-        if let Some(timeout) = self.keep_alive_timeout {
+        if let Some(timeout_ms) = self.keep_alive_timeout_ms {
             let now_ms = self.broker.keep_alive().ms_at(now);
             self.out
                 .control()
-                .set_keep_alive_deadline_ms(now_ms + timeout.as_millis() as u64);
+                .set_keep_alive_deadline_ms(now_ms + u64::from(timeout_ms.get()));
         }
     }
 

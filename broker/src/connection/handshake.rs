@@ -1,6 +1,7 @@
 //! The CONNECT handshake: read CONNECT within the connect timeout, validate it, open or
 //! resume the session (taking it over from an older connection), answer CONNACK and attach.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -288,8 +289,8 @@ fn establish(
         broker: broker.clone(),
         out: out.clone(),
         machine,
-        keep_alive_timeout: (keep_alive_secs > 0)
-            .then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500)),
+        // At most 65,535 s x 1,500: fits.
+        keep_alive_timeout_ms: NonZeroU32::new(u32::from(keep_alive_secs) * 1500),
         routing: None,
         pending_suback: None,
     })
@@ -415,7 +416,7 @@ fn attach(
                     .min(limits.topic_alias_maximum),
             ),
             generation,
-            username: connect.username.clone(),
+            username: connect.username.as_deref().map(Arc::from),
             peer: info.addr,
             keep_alive_secs: negotiated.keep_alive_secs,
             connected_at_unix_ms: std::time::SystemTime::now()

@@ -62,21 +62,26 @@ struct Parked<G> {
     /// and the packet size limit (a `Decoder` would take 32 bytes).
     version: ProtocolVersion,
     max_packet_size_bytes: u32,
-    info: Box<PeerInfo>,
+    /// The peer's address, inline (the connection's boxed [`PeerInfo`] costs 64 bytes).
+    addr: std::net::SocketAddr,
+    /// The boxed [`PeerInfo`], kept only when it holds more than the address (a listener
+    /// redirect); made again at resume otherwise.
+    info: Option<Box<PeerInfo>>,
     guard: G,
     stream: std::net::TcpStream,
     /// Its token in [`ParkPoll`].
     token: u32,
 }
 
-/// A parked connection and the waker that un-parks it.
+/// A parked connection and the waker that un-parks it: one allocation (256 B with the
+/// `Arc`'s counts, where a slot pointing at a boxed record took 48 + 224).
 struct Slot<G> {
     state: Mutex<SlotState<G>>,
 }
 
 struct SlotState<G> {
     /// The connection, while parked.
-    parked: Option<Box<Parked<G>>>,
+    parked: Option<Parked<G>>,
     /// A wake-up came: one that comes while the connection is being parked un-parks it
     /// at once.
     fired: bool,
@@ -100,6 +105,8 @@ impl<G: Send + 'static> Wake for Slot<G> {
             state.parked.take()
         };
         if let Some(parked) = parked {
+            // Boxed for the move into the task, whose future then stays small.
+            let parked = Box::new(parked);
             let broker = &parked.connection.broker;
             Metrics::sub(&broker.metrics().clients_parked, 1);
             // A wake-up may come from any thread: spawn where the epoll's task runs.
@@ -147,7 +154,7 @@ pub(super) fn park<G: Send + 'static>(io: TcpIo<G>, connection: Connection) {
     let mut state = slot.state();
     if state.fired {
         drop(state);
-        tokio::spawn(resume(parked));
+        tokio::spawn(resume(Box::new(parked)));
     } else {
         Metrics::add(&parked.connection.broker.metrics().clients_parked, 1);
         state.parked = Some(parked);
@@ -162,7 +169,7 @@ fn into_parked<G>(
     connection: Connection,
     poll: &ParkPoll,
     waker: Waker,
-) -> Option<Box<Parked<G>>> {
+) -> Option<Parked<G>> {
     let ConnIo {
         broker: _,
         out,
@@ -172,8 +179,10 @@ fn into_parked<G>(
         parks: _,
         _guard: guard,
     } = io;
-    // Idle: nothing buffered either side (`can_park`), so the buffers can go.
+    // Idle: nothing buffered either side (`can_park`), so the buffers can go, and the
+    // session's flow state too if it holds nothing.
     out.release_idle_buffer();
+    connection.machine.session().delivery().release_idle();
     let write_half = output.into_socket();
     let (read_half, decoder) = reader.into_parts();
     // After CONNECT and with nothing buffered (`can_park`), both always hold.
@@ -196,15 +205,18 @@ fn into_parked<G>(
             return None;
         }
     };
-    Some(Box::new(Parked {
+    let addr = info.addr;
+    let only_addr = info.cert_username.is_none() && info.redirect.is_none();
+    Some(Parked {
         connection,
         version,
         max_packet_size_bytes: decoder.max_packet_size_bytes(),
-        info,
+        addr,
+        info: (!only_addr).then_some(info),
         guard,
         stream,
         token,
-    }))
+    })
 }
 
 /// Joins the halves, takes the socket out of tokio (freeing its readiness state and the
@@ -230,11 +242,19 @@ async fn resume<G: Send + 'static>(parked: Box<Parked<G>>) {
         connection,
         version,
         max_packet_size_bytes,
+        addr,
         info,
         guard,
         stream,
         token,
     } = *parked;
+    let info = info.unwrap_or_else(|| {
+        Box::new(PeerInfo {
+            addr,
+            cert_username: None,
+            redirect: None,
+        })
+    });
     let broker = connection.broker.clone();
     if let Some(poll) = broker.idle_sweep().park_poll() {
         poll.deregister(stream.as_raw_fd(), token);
@@ -277,17 +297,18 @@ async fn run_again<G: Send + 'static>(mut io: TcpIo<G>, connection: Connection) 
 mod tests {
     use super::*;
 
-    type TcpParked = Parked<(
+    type TcpGuard = (
         tokio::sync::OwnedSemaphorePermit,
         crate::ip_limits::Admission,
-    )>;
+    );
+    type TcpParked = Parked<TcpGuard>;
 
     /// What a parked plain TCP connection holds besides what it shares with the broker
     /// (session, SharedWriter, trie entry, socket): this record and its slot.
     #[test]
     fn a_parked_connection_is_small() {
         let parked = std::mem::size_of::<TcpParked>();
-        let slot = std::mem::size_of::<Slot<()>>();
+        let slot = std::mem::size_of::<Slot<TcpGuard>>();
         eprintln!(
             "parked {parked} B, slot {slot} B, connection {} B, decoder {} B, guard {} B, machine {} B",
             std::mem::size_of::<Connection>(),
@@ -297,7 +318,7 @@ mod tests {
         );
         // 224: jemalloc's size class for it; one byte more costs 32 per parked connection.
         assert!(parked <= 224, "the parked record grew to {parked} bytes");
-        // 32 + the Arc's 16: the 48-byte class.
-        assert!(slot <= 32, "the slot grew to {slot} bytes");
+        // The slot holds the record: 240 + the Arc's 16, the 256-byte class.
+        assert!(slot <= 240, "the slot grew to {slot} bytes");
     }
 }

@@ -23,13 +23,16 @@ use crate::session::Session;
 use self::shared::SharedGroup;
 use self::trie::Trie;
 
-/// Who a trie entry belongs to: a session's own subscription, or a shared group.
+/// Who a trie entry belongs to: a session's own subscription, or a shared group. 16 bytes
+/// (a thin pointer for the group's name): an entry of one session's filter, key and
+/// value, then fits jemalloc's 48-byte class instead of 64.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SubKey {
     /// A session, by its id.
     Session(u64),
     /// A shared subscription group, by its name (the filter is the trie path).
-    Group(Arc<str>),
+    #[allow(clippy::box_collection)]
+    Group(Box<String>),
     /// A bridge ring ([`crate::http::bridge`]), by its id.
     Bridge(u64),
 }
@@ -159,7 +162,7 @@ impl Router {
         match split_shared(filter) {
             Some(Ok((group, inner))) => {
                 let mut trie = self.write();
-                let key = SubKey::Group(Arc::from(group));
+                let key = SubKey::Group(Box::new(group.to_owned()));
                 if let Some(SubValue::Group(existing)) = trie.get(inner, &key) {
                     existing.upsert(entry)
                 } else {
@@ -181,7 +184,10 @@ impl Router {
         let Some(Ok((group, inner))) = split_shared(key) else {
             return None;
         };
-        match self.read().get(inner, &SubKey::Group(Arc::from(group))) {
+        match self
+            .read()
+            .get(inner, &SubKey::Group(Box::new(group.to_owned())))
+        {
             Some(SubValue::Group(group)) => Some(group.clone()),
             _ => None,
         }
@@ -192,7 +198,7 @@ impl Router {
         match split_shared(filter) {
             Some(Ok((group, inner))) => {
                 let mut trie = self.write();
-                let key = SubKey::Group(Arc::from(group));
+                let key = SubKey::Group(Box::new(group.to_owned()));
                 let Some(SubValue::Group(existing)) = trie.get(inner, &key) else {
                     return false;
                 };

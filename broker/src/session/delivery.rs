@@ -30,7 +30,7 @@ use crate::journal::Journal;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::retained::RetainedStore;
-use crate::session::inflight::{Inflight, Stage, Window};
+use crate::session::inflight::{Inflight, Stage};
 use crate::session::SharedKey;
 
 /// A QoS 1/2 message waiting for the window (or for the client to come back).
@@ -83,28 +83,17 @@ pub struct DeliverCtx<'a> {
 #[derive(Debug)]
 pub struct Delivery {
     link: Option<Link>,
-    window: Window,
+    /// The window, the queue and the bytes they hold (`delivery_held.rs`): boxed, and
+    /// absent until the first QoS 1/2 message or retained replay (`None` holds nothing).
+    /// Most idle sessions never need it, and it is 120 bytes.
+    flow: Option<Box<Flow>>,
     /// Outbound window: min(client Receive Maximum, `max_inflight_messages`).
     window_max: u16,
-    queue: VecDeque<Queued>,
-    /// Payload and topic bytes of the queued messages.
-    queued_bytes: usize,
-    /// Payload and topic bytes of the messages in the window.
-    inflight_bytes: usize,
     max_queued_messages: u32,
-    /// Bound on `queued_bytes + inflight_bytes`.
+    /// Bound on the queued and inflight bytes together.
     max_queued_bytes: usize,
     /// The broker-wide budget the held bytes are also taken from.
     budget: Arc<ByteBudget>,
-    /// Bytes taken from `budget` ahead and not held yet (`delivery_held.rs`).
-    credit_bytes: usize,
-    /// Retained replays in progress, oldest first (boxed: most sessions have none, and an
-    /// empty `VecDeque` is 32 bytes).
-    #[allow(clippy::box_collection)]
-    replays: Option<Box<VecDeque<replay::Replay>>>,
-    /// Since when messages have waited for a window that has not moved (no
-    /// acknowledgement since), for the slow-consumer timeout.
-    stalled_since: Option<Instant>,
     /// The session's place in the journal, when it is persistent (boxed: most are not).
     log: Option<Box<SessionLog>>,
 }
@@ -118,17 +107,11 @@ impl Delivery {
     ) -> Delivery {
         Delivery {
             link: None,
-            window: Window::default(),
+            flow: None,
             window_max: 1,
-            queue: VecDeque::new(),
-            queued_bytes: 0,
-            inflight_bytes: 0,
             max_queued_messages: u32::try_from(max_queued_messages).unwrap_or(u32::MAX),
             max_queued_bytes,
             budget,
-            credit_bytes: 0,
-            replays: None,
-            stalled_since: None,
             log: None,
         }
     }
@@ -170,7 +153,7 @@ impl Delivery {
 
     /// The user name of the attached connection: `None` when offline, `Some(None)` for an
     /// anonymous client.
-    pub fn link_username(&self) -> Option<Option<tern_codec::ByteStr>> {
+    pub fn link_username(&self) -> Option<Option<Arc<str>>> {
         self.link.as_ref().map(|link| link.username.clone())
     }
 
@@ -202,7 +185,7 @@ impl Delivery {
         in_line: bool,
     ) -> Option<&Arc<SharedWriter>> {
         let link = self.link.as_ref()?;
-        let queue_long = self.queue.len() >= ctx.backpressure_queued_messages;
+        let queue_long = self.flow().queue.len() >= ctx.backpressure_queued_messages;
         // Publishers already wait for it: queue up behind them instead of taking the room.
         let others_wait = !in_line && link.writer.has_waiting();
         ((qos0 && link.writer.is_pressing())
@@ -217,12 +200,12 @@ impl Delivery {
 
     /// Number of queued messages.
     pub fn queued(&self) -> usize {
-        self.queue.len()
+        self.flow().queue.len()
     }
 
     /// Number of unacknowledged outbound messages.
     pub fn inflight(&self) -> usize {
-        self.window.len()
+        self.flow().window.len()
     }
 
     /// Hands a message to this session at `qos` (already min(publish, granted)).
@@ -247,7 +230,7 @@ impl Delivery {
         group: Option<&SharedKey>,
         ctx: DeliverCtx<'_>,
     ) {
-        if self.replays.is_some() {
+        if self.flow().replays.is_some() {
             // A retained message this live one must not overtake goes first.
             self.pull_forward(message.topic(), ctx);
         }
@@ -272,7 +255,7 @@ impl Delivery {
             _ => 0,
         };
         let size = held_size(message);
-        if self.queue.is_empty() && self.has_window_room() && self.has_writer_room(size) {
+        if self.flow().queue.is_empty() && self.has_window_room() && self.has_writer_room(size) {
             if !self.reserve(size, message, ctx) {
                 return;
             }
@@ -303,7 +286,7 @@ impl Delivery {
     ) {
         self.note_waiting(ctx);
         let size = held_size(message);
-        if self.queue.len() >= self.max_queued_messages as usize {
+        if self.flow().queue.len() >= self.max_queued_messages as usize {
             Metrics::add(&ctx.metrics.dropped_queue_full, 1);
             tracing::debug!(
                 topic = message.topic(),
@@ -314,7 +297,6 @@ impl Delivery {
         if !self.reserve(size, message, ctx) {
             return;
         }
-        self.queued_bytes += size;
         let queued = Queued {
             message: message.clone(),
             qos,
@@ -326,7 +308,9 @@ impl Delivery {
         if let (Some(log), Some(journal)) = (&self.log, ctx.journal) {
             logged::out(journal, log.session, &queued, 0, ctx.now);
         }
-        self.queue.push_back(queued);
+        let flow = flow_mut(&mut self.flow);
+        flow.queued_bytes += size;
+        flow.queue.push_back(queued);
     }
 
     /// Sends a message into the window with a new packet id: `fresh` from a publisher, or
@@ -337,7 +321,7 @@ impl Delivery {
         let Some(link) = self.link.as_mut() else {
             return;
         };
-        let packet_id = self.window.allocate_id();
+        let packet_id = flow_mut(&mut self.flow).window.allocate_id();
         let out = out_qos(q.qos, packet_id);
         let log = self.log.as_ref().zip(ctx.journal).filter(|_| q.seq != 0);
         let position = log.map_or(0, |(log, journal)| {
@@ -386,17 +370,20 @@ impl Delivery {
     /// progress, once the queue is empty.
     pub fn pump(&mut self, ctx: DeliverCtx<'_>) {
         while self.has_window_room() {
-            let Some(next) = self.queue.front() else {
+            let Some(next) = self.flow().queue.front() else {
                 break;
             };
             let size = held_size(&next.message);
             if !self.has_writer_room(size) {
                 return;
             }
-            let Some(next) = self.queue.pop_front() else {
+            let Some(flow) = self.flow.as_deref_mut() else {
                 break;
             };
-            self.queued_bytes -= size;
+            let Some(next) = flow.queue.pop_front() else {
+                break;
+            };
+            flow.queued_bytes -= size;
             if next.message.is_expired(ctx.now) {
                 Metrics::add(&ctx.metrics.dropped_expired, 1);
                 self.log_done(next.seq, ctx.journal);
@@ -405,7 +392,7 @@ impl Delivery {
             }
             self.send_inflight(next, false, ctx);
         }
-        if self.queue.is_empty() && self.replays.is_some() {
+        if self.flow().queue.is_empty() && self.flow().replays.is_some() {
             self.pump_replays(ctx);
         }
     }
@@ -414,10 +401,10 @@ impl Delivery {
     /// DUP=1 ([MQTT-4.4.0-1]) or PUBREL; then fills the window from the queue.
     pub fn attach(&mut self, link: Link, window_max: usize, ctx: DeliverCtx<'_>) {
         self.window_max = u16::try_from(window_max.max(1)).unwrap_or(u16::MAX);
-        self.stalled_since = None;
+        self.unstall();
         let link = self.link.insert(link);
         let mut expired = Vec::new();
-        for entry in self.window.iter() {
+        for entry in flow_ref(&self.flow).window.iter() {
             match entry.stage {
                 Stage::Published => {
                     let out = out_qos(entry.qos, entry.packet_id);
@@ -454,8 +441,9 @@ impl Delivery {
             .is_some_and(|l| l.generation == generation)
         {
             self.link = None;
-            self.stalled_since = None;
+            self.unstall();
             self.give_back(0); // offline: no idle credit
+            self.release_idle();
             true
         } else {
             false
@@ -470,14 +458,15 @@ impl Delivery {
     /// PUBACK from the client. Unknown ids are ignored.
     pub fn handle_puback(&mut self, packet_id: PacketId, ctx: DeliverCtx<'_>) {
         if self
+            .flow()
             .window
-            .get_mut(packet_id)
+            .get(packet_id)
             .is_some_and(|e| e.qos == QoS::AtLeastOnce)
         {
             if let Some(entry) = self.window_remove(packet_id) {
                 self.log_done(entry.seq, ctx.journal);
             }
-            self.stalled_since = None;
+            self.unstall();
             self.pump(ctx);
         }
     }
@@ -488,16 +477,23 @@ impl Delivery {
         let Some(link) = self.link.as_mut() else {
             return;
         };
-        match self.window.get_mut(packet_id) {
+        match self
+            .flow
+            .as_deref_mut()
+            .and_then(|flow| flow.window.get_mut(packet_id))
+        {
             Some(entry) if entry.qos == QoS::ExactlyOnce => {
                 let seq = entry.seq;
-                self.stalled_since = None;
                 if reason.is_error() {
                     self.window_remove(packet_id);
+                    self.unstall();
                     self.log_done(seq, ctx.journal);
                     self.pump(ctx);
                 } else {
                     entry.stage = Stage::Released;
+                    if let Some(flow) = self.flow.as_deref_mut() {
+                        flow.stalled_since = None;
+                    }
                     // PUBREL leaves once the journal knows the client has the message:
                     // after a crash, PUBREL is resent rather than the PUBLISH.
                     let log = self.log.as_ref().zip(ctx.journal).filter(|_| seq != 0);
@@ -518,14 +514,15 @@ impl Delivery {
     /// PUBCOMP from the client.
     pub fn handle_pubcomp(&mut self, packet_id: PacketId, ctx: DeliverCtx<'_>) {
         if self
+            .flow()
             .window
-            .get_mut(packet_id)
+            .get(packet_id)
             .is_some_and(|e| e.stage == Stage::Released)
         {
             if let Some(entry) = self.window_remove(packet_id) {
                 self.log_done(entry.seq, ctx.journal);
             }
-            self.stalled_since = None;
+            self.unstall();
             self.pump(ctx);
         }
     }
@@ -535,30 +532,31 @@ impl Delivery {
     /// (PUBLISH stage only: a QoS 2 message past PUBREC has been received).
     pub fn take_shared(&mut self, include_sent: bool, journal: Option<&Journal>) -> Vec<Redirect> {
         let mut taken = Vec::new();
-        let mut kept = VecDeque::with_capacity(self.queue.len());
         let mut freed = 0;
-        for queued in self.queue.drain(..) {
-            match queued.group {
-                Some(group) => {
-                    let size = held_size(&queued.message);
-                    self.queued_bytes -= size;
-                    freed += size;
-                    if let (Some(log), Some(journal), true) = (&self.log, journal, queued.seq != 0)
-                    {
-                        logged::done(journal, log.session, queued.seq);
-                    }
-                    taken.push(Redirect {
-                        message: queued.message,
-                        group,
-                    });
+        if let Some(flow) = self.flow.as_deref_mut() {
+            let mut kept = VecDeque::with_capacity(flow.queue.len());
+            for queued in flow.queue.drain(..) {
+                let Some(group) = queued.group else {
+                    kept.push_back(queued);
+                    continue;
+                };
+                let size = held_size(&queued.message);
+                flow.queued_bytes -= size;
+                freed += size;
+                if let (Some(log), Some(journal), true) = (&self.log, journal, queued.seq != 0) {
+                    logged::done(journal, log.session, queued.seq);
                 }
-                None => kept.push_back(queued),
+                taken.push(Redirect {
+                    message: queued.message,
+                    group,
+                });
             }
+            flow.queue = kept;
         }
-        self.queue = kept;
         self.give_back(freed);
         if include_sent {
             let ids: Vec<_> = self
+                .flow()
                 .window
                 .iter()
                 .filter(|e| e.group.is_some() && e.stage == Stage::Published)
@@ -582,10 +580,9 @@ impl Delivery {
 
     /// Drops everything held (session end); returns how many messages were discarded.
     pub fn clear(&mut self) -> usize {
-        let n = self.window.drain().count() + self.queue.len();
-        self.queue.clear();
-        self.replays = None;
+        let n = self.flow().window.len() + self.flow().queue.len();
         self.release_all();
+        self.flow = None;
         n
     }
 }
@@ -598,6 +595,7 @@ pub(super) fn held_size(message: &Message) -> usize {
 
 #[path = "delivery_held.rs"]
 mod held;
+use self::held::{flow_mut, flow_ref, Flow};
 #[path = "replay.rs"]
 mod replay;
 pub use self::replay::ReplayRequest;

@@ -12,6 +12,8 @@
 //! (so that a client acknowledging every message before the next does not touch the
 //! shared counter twice per message); none offline.
 
+use std::collections::VecDeque;
+
 use tokio::time::Instant;
 
 /// Budget a session takes ahead of need, so that the shared counter (one cache line for
@@ -21,17 +23,105 @@ pub(super) const CREDIT_CHUNK_BYTES: usize = 16 * 1024;
 /// Budget an online session that holds nothing keeps taken ahead.
 pub(super) const CREDIT_IDLE_BYTES: usize = 4 * 1024;
 
-use super::{held_size, DeliverCtx, Delivery};
+use super::replay::Replay;
+use super::{held_size, DeliverCtx, Delivery, Queued};
 use crate::error::Kick;
 use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::session::inflight::Inflight;
+use crate::session::inflight::{Inflight, Window};
 use tern_codec::PacketId;
 
+/// What a session holds for its client while QoS 1/2 messages or a retained replay flow:
+/// the window, the queue behind it, their bytes and the budget taken ahead. Boxed in
+/// [`Delivery`] at first need and let go when it holds nothing again
+/// ([`Delivery::release_idle`]): an idle session carries 8 bytes for it instead of 120.
+#[derive(Debug)]
+pub(super) struct Flow {
+    /// The QoS 1/2 messages sent and not yet acknowledged.
+    pub(super) window: Window,
+    /// QoS 1/2 messages waiting for the window (or for the client to come back).
+    pub(super) queue: VecDeque<Queued>,
+    /// Payload and topic bytes of the queued messages.
+    pub(super) queued_bytes: usize,
+    /// Payload and topic bytes of the messages in the window.
+    pub(super) inflight_bytes: usize,
+    /// Bytes taken from the budget ahead and not held yet.
+    pub(super) credit_bytes: usize,
+    /// Retained replays in progress, oldest first (boxed: most flows have none).
+    #[allow(clippy::box_collection)]
+    pub(super) replays: Option<Box<VecDeque<Replay>>>,
+    /// Since when messages have waited for a window that has not moved (no
+    /// acknowledgement since), for the slow-consumer timeout.
+    pub(super) stalled_since: Option<Instant>,
+}
+
+impl Flow {
+    const EMPTY: Flow = Flow {
+        window: Window::new(),
+        queue: VecDeque::new(),
+        queued_bytes: 0,
+        inflight_bytes: 0,
+        credit_bytes: 0,
+        replays: None,
+        stalled_since: None,
+    };
+
+    /// Whether it holds no message, no replay and no byte but its credit.
+    fn holds_nothing(&self) -> bool {
+        self.window.is_empty()
+            && self.queue.is_empty()
+            && self.replays.is_none()
+            && self.queued_bytes + self.inflight_bytes == 0
+    }
+}
+
+/// What a session without flow state reads.
+static EMPTY_FLOW: Flow = Flow::EMPTY;
+
+/// The flow state in `flow`, or the empty one (field-level, so that it can be borrowed
+/// next to the link).
+pub(super) fn flow_ref(flow: &Option<Box<Flow>>) -> &Flow {
+    flow.as_deref().unwrap_or(&EMPTY_FLOW)
+}
+
+/// The flow state in `flow`, allocated if there is none.
+pub(super) fn flow_mut(flow: &mut Option<Box<Flow>>) -> &mut Flow {
+    flow.get_or_insert_with(|| Box::new(Flow::EMPTY))
+}
+
 impl Delivery {
+    /// The flow state (the empty one while there is none).
+    pub(super) fn flow(&self) -> &Flow {
+        flow_ref(&self.flow)
+    }
+
     /// Payload and topic bytes held for the client: queued and inflight.
     pub fn held_bytes(&self) -> usize {
-        self.queued_bytes + self.inflight_bytes
+        let flow = self.flow();
+        flow.queued_bytes + flow.inflight_bytes
+    }
+
+    /// Lets the flow state go if it holds nothing (an idle connection parks, or the session
+    /// goes offline), giving its credit back to the budget; the next QoS 1/2 message
+    /// allocates it again. Returns whether there is none now.
+    pub fn release_idle(&mut self) -> bool {
+        let Some(flow) = self.flow.as_deref() else {
+            return true;
+        };
+        if !flow.holds_nothing() {
+            return false;
+        }
+        // A slow-consumer clock still running goes too: it only matters while messages wait.
+        self.budget.release(flow.credit_bytes);
+        self.flow = None;
+        true
+    }
+
+    /// The window moved (or the client left): the slow-consumer clock stops.
+    pub(super) fn unstall(&mut self) {
+        if let Some(flow) = self.flow.as_deref_mut() {
+            flow.stalled_since = None;
+        }
     }
 
     /// Takes `size` bytes for `message` within `max_queued_bytes` and the broker-wide
@@ -67,17 +157,18 @@ impl Delivery {
 
     /// Takes `size` bytes of the broker-wide budget: from the credit, or a chunk more.
     fn take_budget(&mut self, size: usize) -> bool {
-        if self.credit_bytes >= size {
-            self.credit_bytes -= size;
+        let flow = flow_mut(&mut self.flow);
+        if flow.credit_bytes >= size {
+            flow.credit_bytes -= size;
             return true;
         }
-        let need = size - self.credit_bytes;
+        let need = size - flow.credit_bytes;
         if self.budget.try_reserve(need + CREDIT_CHUNK_BYTES) {
-            self.credit_bytes = CREDIT_CHUNK_BYTES;
+            flow.credit_bytes = CREDIT_CHUNK_BYTES;
             return true;
         }
         if self.budget.try_reserve(need) {
-            self.credit_bytes = 0;
+            flow.credit_bytes = 0;
             return true;
         }
         false
@@ -86,29 +177,35 @@ impl Delivery {
     /// Gives back `size` bytes no longer held (already taken off the queued or inflight
     /// count): into the credit, which keeps one chunk while anything is held.
     pub(super) fn give_back(&mut self, size: usize) {
-        self.credit_bytes += size;
-        let keep = match (self.held_bytes(), self.link.is_some()) {
+        let online = self.link.is_some();
+        let Some(flow) = self.flow.as_deref_mut() else {
+            return; // nothing was taken
+        };
+        flow.credit_bytes += size;
+        let keep = match (flow.queued_bytes + flow.inflight_bytes, online) {
             (0, false) => 0,
             (0, true) => CREDIT_IDLE_BYTES,
             _ => CREDIT_CHUNK_BYTES,
         };
-        if self.credit_bytes > keep * 2 {
-            self.budget.release(self.credit_bytes - keep);
-            self.credit_bytes = keep;
+        if flow.credit_bytes > keep * 2 {
+            self.budget.release(flow.credit_bytes - keep);
+            flow.credit_bytes = keep;
         }
     }
 
     /// Puts an entry whose bytes are taken into the window.
     pub(super) fn window_push(&mut self, entry: Inflight) {
-        self.inflight_bytes += held_size(&entry.message);
-        self.window.push(entry);
+        let flow = flow_mut(&mut self.flow);
+        flow.inflight_bytes += held_size(&entry.message);
+        flow.window.push(entry);
     }
 
     /// Takes an entry out of the window and gives its bytes back.
     pub(super) fn window_remove(&mut self, packet_id: PacketId) -> Option<Inflight> {
-        let entry = self.window.remove(packet_id)?;
+        let flow = self.flow.as_deref_mut()?;
+        let entry = flow.window.remove(packet_id)?;
         let size = held_size(&entry.message);
-        self.inflight_bytes -= size;
+        flow.inflight_bytes -= size;
         self.give_back(size);
         Some(entry)
     }
@@ -116,25 +213,29 @@ impl Delivery {
     /// Counts restored messages (recovery) as held, whatever the bounds: they were
     /// accepted before the restart.
     pub(super) fn hold_restored(&mut self, size: usize, inflight: bool) {
+        let flow = flow_mut(&mut self.flow);
         if inflight {
-            self.inflight_bytes += size;
+            flow.inflight_bytes += size;
         } else {
-            self.queued_bytes += size;
+            flow.queued_bytes += size;
         }
         self.budget.force_reserve(size);
     }
 
     /// Gives back every byte held (the queue and window were emptied).
     pub(super) fn release_all(&mut self) {
-        self.budget.release(self.held_bytes() + self.credit_bytes);
-        self.queued_bytes = 0;
-        self.inflight_bytes = 0;
-        self.credit_bytes = 0;
+        if let Some(flow) = self.flow.as_deref_mut() {
+            let held = flow.queued_bytes + flow.inflight_bytes + flow.credit_bytes;
+            self.budget.release(held);
+            flow.queued_bytes = 0;
+            flow.inflight_bytes = 0;
+            flow.credit_bytes = 0;
+        }
     }
 
     /// Whether a connection is attached with room in its window.
     pub(super) fn has_window_room(&self) -> bool {
-        self.link.is_some() && self.window.len() < usize::from(self.window_max)
+        self.link.is_some() && self.flow().window.len() < usize::from(self.window_max)
     }
 
     /// Whether the connection's output buffer takes `size` more bytes now; if not, the
@@ -160,8 +261,9 @@ impl Delivery {
         let Some(link) = &self.link else {
             return;
         };
-        let since = *self.stalled_since.get_or_insert(ctx.now);
-        if stalled_too_long(since, ctx) && !self.window.is_empty() {
+        let flow = flow_mut(&mut self.flow);
+        let since = *flow.stalled_since.get_or_insert(ctx.now);
+        if stalled_too_long(since, ctx) && !flow.window.is_empty() {
             link.writer.control().kick(Kick::SlowConsumer);
         }
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tern_codec::{PacketId, QoS};
 use tokio::time::Instant;
 
-use super::{Delivery, Queued};
+use super::{flow_mut, Delivery, Queued};
 use crate::journal::record::Record;
 use crate::journal::{self, Journal};
 use crate::message::Message;
@@ -88,7 +88,7 @@ impl Delivery {
                 seq: log.last_seq(),
             });
         }
-        for e in self.window.iter().filter(|e| e.seq != 0) {
+        for e in self.flow().window.iter().filter(|e| e.seq != 0) {
             let body = body_record(journal, &e.message, now, bodies, out);
             out.push(logged::out_record(
                 session,
@@ -104,7 +104,7 @@ impl Delivery {
                 });
             }
         }
-        for q in self.queue.iter().filter(|q| q.seq != 0) {
+        for q in self.flow().queue.iter().filter(|q| q.seq != 0) {
             let body = body_record(journal, &q.message, now, bodies, out);
             out.push(logged::out_record(session, q.seq, 0, body, q.into()));
         }
@@ -127,7 +127,7 @@ impl Delivery {
             id
         };
         let mut seq = 0;
-        for e in self.window.iter() {
+        for e in self.flow().window.iter() {
             seq += 1;
             let body = body_of(&e.message, out);
             out.push(logged::out_record(
@@ -141,7 +141,7 @@ impl Delivery {
                 out.push(Record::Released { session, seq });
             }
         }
-        for q in self.queue.iter() {
+        for q in self.flow().queue.iter() {
             seq += 1;
             let body = body_of(&q.message, out);
             out.push(logged::out_record(session, seq, 0, body, q.into()));
@@ -156,7 +156,7 @@ impl Delivery {
             let stage = match r.stage {
                 RestoredStage::Queued => {
                     self.hold_restored(super::held_size(&r.message), false);
-                    self.queue.push_back(Queued {
+                    flow_mut(&mut self.flow).queue.push_back(Queued {
                         message: r.message,
                         qos: r.qos,
                         retain: r.retain,
@@ -170,7 +170,7 @@ impl Delivery {
                 RestoredStage::Released(id) => (id, Stage::Released),
             };
             self.hold_restored(super::held_size(&r.message), true);
-            self.window.restore(Inflight {
+            flow_mut(&mut self.flow).window.restore(Inflight {
                 packet_id: stage.0,
                 message: r.message,
                 qos: r.qos,

@@ -214,3 +214,39 @@ fn expired_in_the_queue_is_not_sent() {
     assert!(packets(&out, V5).is_empty());
     assert_eq!(Metrics::get(&metrics.dropped_expired), 1);
 }
+
+/// The flow state (window, queue, budget credit) is let go when it holds nothing, giving
+/// its credit back to the budget, and comes back at the next QoS 1 message with the same
+/// behaviour; while a message is unacknowledged it stays.
+#[test]
+fn idle_flow_state_is_let_go_and_comes_back() {
+    let metrics = Metrics::default();
+    let now = Instant::now();
+    let budget = std::sync::Arc::new(crate::delivery::budget::ByteBudget::new(0));
+    let s = std::sync::Arc::new(crate::session::Session::new(
+        1,
+        std::sync::Arc::from("c1"),
+        100,
+        1 << 20,
+        budget.clone(),
+    ));
+    let out = attach(&s, window(2), 1, ctx(&metrics, now));
+    assert!(
+        s.delivery().release_idle(),
+        "nothing held yet: no flow state"
+    );
+    for round in 0..2 {
+        let m = message("t", QoS::AtLeastOnce, false, None);
+        s.delivery()
+            .deliver(&m, QoS::AtLeastOnce, false, &[], ctx(&metrics, now));
+        assert!(budget.used_bytes() > 0, "round {round}: bytes taken");
+        assert!(!s.delivery().release_idle(), "a message in flight keeps it");
+        let sent = publishes(packets(&out, V5));
+        assert_eq!(sent.len(), 1);
+        let id = sent[0].packet_id().expect("id");
+        s.delivery().handle_puback(id, ctx(&metrics, now));
+        assert_eq!(s.delivery().inflight(), 0);
+        assert!(s.delivery().release_idle(), "round {round}: let go");
+        assert_eq!(budget.used_bytes(), 0, "round {round}: credit given back");
+    }
+}

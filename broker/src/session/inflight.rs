@@ -51,6 +51,15 @@ pub struct Window {
 }
 
 impl Window {
+    /// An empty window (`const`: the empty flow state is a `static`).
+    pub const fn new() -> Window {
+        Window {
+            entries: VecDeque::new(),
+            next_id: 0,
+            wrapped: false,
+        }
+    }
+
     /// Number of unacknowledged messages.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -97,6 +106,11 @@ impl Window {
     /// Records a sent message.
     pub fn push(&mut self, entry: Inflight) {
         self.entries.push_back(entry);
+    }
+
+    /// The entry with `packet_id`, searching from the oldest (acks mostly come in order).
+    pub fn get(&self, packet_id: PacketId) -> Option<&Inflight> {
+        self.entries.iter().find(|e| e.packet_id == packet_id)
     }
 
     /// The entry with `packet_id`, searching from the oldest (acks mostly come in order).

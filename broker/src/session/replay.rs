@@ -25,7 +25,7 @@ use std::sync::Arc;
 use tern_codec::topic;
 use tern_codec::{ByteStr, PublishQoS, QoS};
 
-use super::{held_size, DeliverCtx, Delivery};
+use super::{flow_mut, held_size, DeliverCtx, Delivery};
 use crate::auth::ClientAcl;
 use crate::message::Message;
 use crate::retained::RetainedStore;
@@ -147,7 +147,7 @@ impl Delivery {
     /// same filter still in progress: the SUBSCRIBE sends them again) and sends what the
     /// client has room for now.
     pub fn start_replay(&mut self, request: ReplayRequest, ctx: DeliverCtx<'_>) {
-        let replays = self.replays.get_or_insert_default();
+        let replays = flow_mut(&mut self.flow).replays.get_or_insert_default();
         replays.retain(|r| r.request.filter != request.filter);
         replays.push_back(Replay::new(request));
         self.pump(ctx);
@@ -155,26 +155,31 @@ impl Delivery {
 
     /// Stops the replay for `filter`, if one is in progress (UNSUBSCRIBE).
     pub fn cancel_replay(&mut self, filter: &str) {
-        if let Some(replays) = &mut self.replays {
-            replays.retain(|r| &*r.request.filter != filter);
-            if replays.is_empty() {
-                self.replays = None;
+        if let Some(flow) = self.flow.as_deref_mut() {
+            if let Some(replays) = &mut flow.replays {
+                replays.retain(|r| &*r.request.filter != filter);
+                if replays.is_empty() {
+                    flow.replays = None;
+                }
             }
         }
     }
 
     /// Whether a retained replay is in progress.
     pub fn is_replaying(&self) -> bool {
-        self.replays.is_some()
+        self.flow().replays.is_some()
     }
 
     /// Sends replayed messages while the client has room, oldest replay first.
     pub(super) fn pump_replays(&mut self, ctx: DeliverCtx<'_>) {
-        let Some(store) = ctx.retained else {
-            self.replays = None;
+        let Some(flow) = self.flow.as_deref_mut() else {
             return;
         };
-        let Some(mut replays) = self.replays.take() else {
+        let Some(store) = ctx.retained else {
+            flow.replays = None;
+            return;
+        };
+        let Some(mut replays) = flow.replays.take() else {
             return;
         };
         while let Some(replay) = replays.front_mut() {
@@ -184,7 +189,7 @@ impl Delivery {
             replays.pop_front();
         }
         if !replays.is_empty() {
-            self.replays = Some(replays);
+            flow_mut(&mut self.flow).replays = Some(replays);
         }
     }
 
@@ -233,7 +238,8 @@ impl Delivery {
             link.writer.want_drain();
             return fits(link.writer.lock().buf().len());
         }
-        let bytes_fit = self.window.is_empty() || self.held_bytes() + size <= self.max_queued_bytes;
+        let bytes_fit =
+            self.flow().window.is_empty() || self.held_bytes() + size <= self.max_queued_bytes;
         self.has_window_room() && bytes_fit && self.has_writer_room(size)
     }
 
@@ -265,7 +271,7 @@ impl Delivery {
         let Some(store) = ctx.retained else {
             return;
         };
-        let Some(mut replays) = self.replays.take() else {
+        let Some(mut replays) = self.flow.as_deref_mut().and_then(|f| f.replays.take()) else {
             return;
         };
         let online = self.link.is_some();
@@ -275,6 +281,6 @@ impl Delivery {
                 self.send_retained(&message, qos, &replay.subscription_ids, ctx);
             }
         }
-        self.replays = Some(replays);
+        flow_mut(&mut self.flow).replays = Some(replays);
     }
 }

@@ -174,13 +174,8 @@ impl Connection {
         if relieved && self.queue_relieved(now) {
             self.broker.relief().relieve();
         }
-        // A place in the back-pressure line is kept only to go on with this input.
         if let Some(routing) = self.routing.as_mut() {
-            if routing.turn.is_some() && !(reader.has_buffered() && routing.scratch.has_pressure())
-            {
-                routing.turn = None;
-                routing.scratch.in_line = false;
-            }
+            routing.keep_turn_for_input(reader.has_buffered());
         }
         if received && result.is_ok() {
             self.alive_at(now);
@@ -567,10 +562,12 @@ impl Connection {
             .deliver_ctx(Instant::now())
             .backpressure_queued_messages;
         let held = routing.turn.take();
-        let relief = self.broker.relief();
-        let (slow, kept) = relief.wait(&pressure, bound, max_wait, held).await;
-        routing.scratch.in_line = kept.is_some();
-        routing.turn = kept;
+        let (slow, kept) = self
+            .broker
+            .relief()
+            .wait(&pressure, bound, max_wait, held)
+            .await;
+        routing.set_turn(kept);
         if slow > 0 {
             Metrics::add(
                 &self.broker.metrics().backpressure_slow_consumers,

@@ -388,6 +388,22 @@ pub(crate) struct Routing {
     turn: Option<crate::backpressure::Ticket>,
 }
 
+impl Routing {
+    /// Takes (or gives up) a place in the back-pressure line.
+    fn set_turn(&mut self, turn: Option<crate::backpressure::Ticket>) {
+        self.scratch.in_line = turn.is_some();
+        self.turn = turn;
+    }
+
+    /// After a buffer: a place in the line is kept only to go on with the input left in
+    /// it (`has_buffered`) once the subscribers it stopped for drain.
+    fn keep_turn_for_input(&mut self, has_buffered: bool) {
+        if self.turn.is_some() && !(has_buffered && self.scratch.has_pressure()) {
+            self.set_turn(None);
+        }
+    }
+}
+
 impl std::fmt::Debug for Routing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Routing")

@@ -172,32 +172,6 @@ impl Delivery {
         self.link.is_some()
     }
 
-    /// The writer publishers should wait for, if this session is falling behind: its queue
-    /// at the back-pressure bound (and not marked slow), or, after a QoS 0 delivery
-    /// (`qos0`), its buffer over the soft cap. QoS 1/2 messages past the buffer's cap wait
-    /// in the queue, whose bound is their brake: a buffer full of them holds nobody back.
-    /// `in_line`: the publisher is being let through the back-pressure line, so others
-    /// waiting there for this consumer do not stop it.
-    pub fn pressure(
-        &self,
-        ctx: DeliverCtx<'_>,
-        qos0: bool,
-        in_line: bool,
-    ) -> Option<&Arc<SharedWriter>> {
-        let link = self.link.as_ref()?;
-        let queue_long = self.flow().queue.len() >= ctx.backpressure_queued_messages;
-        // Publishers already wait for it: queue up behind them instead of taking the room.
-        let others_wait = !in_line && link.writer.has_waiting();
-        ((qos0 && link.writer.is_pressing())
-            || ((queue_long || others_wait) && !link.writer.is_slow()))
-        .then_some(&link.writer)
-    }
-
-    /// Whether this session's consumer is marked slow (behind, but not waited for).
-    pub fn is_slow(&self) -> bool {
-        self.link.as_ref().is_some_and(|link| link.writer.is_slow())
-    }
-
     /// Number of queued messages.
     pub fn queued(&self) -> usize {
         self.flow().queue.len()

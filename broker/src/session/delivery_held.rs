@@ -2,7 +2,7 @@
 //! `max_queued_bytes` (queued and inflight together) and the broker-wide
 //! [`crate::delivery::budget::ByteBudget`], the room checks that keep QoS 1/2 bytes in the
 //! connection's output buffer under its cap, and the slow-consumer clock of a window that
-//! does not move (issue #17).
+//! does not move (issue #17), and whether publishers must wait for it (back-pressure).
 //!
 //! Every byte taken here is given back exactly once: when its message leaves the window,
 //! is dropped from the queue, or when the delivery state is cleared or dropped. The shared
@@ -13,6 +13,7 @@
 //! shared counter twice per message); none offline.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
@@ -25,6 +26,7 @@ pub(super) const CREDIT_IDLE_BYTES: usize = 4 * 1024;
 
 use super::replay::Replay;
 use super::{held_size, DeliverCtx, Delivery, Queued};
+use crate::delivery::shared_writer::SharedWriter;
 use crate::error::Kick;
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -90,6 +92,32 @@ pub(super) fn flow_mut(flow: &mut Option<Box<Flow>>) -> &mut Flow {
 }
 
 impl Delivery {
+    /// The writer publishers should wait for, if this session is falling behind: its queue
+    /// at the back-pressure bound (and not marked slow), or, after a QoS 0 delivery
+    /// (`qos0`), its buffer over the soft cap. QoS 1/2 messages past the buffer's cap wait
+    /// in the queue, whose bound is their brake: a buffer full of them holds nobody back.
+    /// `in_line`: the publisher is being let through the back-pressure line, so others
+    /// waiting there for this consumer do not stop it.
+    pub fn pressure(
+        &self,
+        ctx: DeliverCtx<'_>,
+        qos0: bool,
+        in_line: bool,
+    ) -> Option<&Arc<SharedWriter>> {
+        let link = self.link.as_ref()?;
+        let queue_long = self.flow().queue.len() >= ctx.backpressure_queued_messages;
+        // Publishers already wait for it: queue up behind them instead of taking the room.
+        let others_wait = !in_line && link.writer.has_waiting();
+        ((qos0 && link.writer.is_pressing())
+            || ((queue_long || others_wait) && !link.writer.is_slow()))
+        .then_some(&link.writer)
+    }
+
+    /// Whether this session's consumer is marked slow (behind, but not waited for).
+    pub fn is_slow(&self) -> bool {
+        self.link.as_ref().is_some_and(|link| link.writer.is_slow())
+    }
+
     /// The flow state (the empty one while there is none).
     pub(super) fn flow(&self) -> &Flow {
         flow_ref(&self.flow)

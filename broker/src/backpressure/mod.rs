@@ -172,98 +172,97 @@ mod tests {
         }
     }
 
-    /// The room a consumer frees goes to the publisher that stopped first. (With a
-    /// broadcast, the one woken last ran first on a tokio worker: the newest waiter.)
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn the_room_goes_to_publishers_in_the_order_they_stopped() {
-        let relief = Arc::new(Relief::default());
-        let writer = Arc::new(SharedWriter::with_soft_cap(1 << 20, 10));
-        fill(&writer);
-        let pressure = vec![Pressure {
-            session: crate::test_support::session(1, 100),
-            writer: Arc::clone(&writer),
-            qos0: true,
-        }];
-        let order = Arc::new(Mutex::new(Vec::new()));
-        for name in 0..3 {
+    /// One consumer whose buffer is over its soft cap, and publishers waiting for it that
+    /// note the order in which they go on (each fills the buffer again as it goes).
+    struct Scene {
+        relief: Arc<Relief>,
+        writer: Arc<SharedWriter>,
+        pressure: Vec<Pressure>,
+        order: Arc<Mutex<Vec<u32>>>,
+    }
+
+    impl Scene {
+        fn new() -> Scene {
+            let writer = Arc::new(SharedWriter::with_soft_cap(1 << 20, 10));
+            fill(&writer);
+            Scene {
+                relief: Arc::new(Relief::default()),
+                pressure: vec![Pressure {
+                    session: crate::test_support::session(1, 100),
+                    writer: Arc::clone(&writer),
+                    qos0: true,
+                }],
+                writer,
+                order: Arc::new(Mutex::new(Vec::new())),
+            }
+        }
+
+        fn spawn_waiter(&self, name: u32) -> tokio::task::JoinHandle<()> {
             let (r, w, p, o) = (
-                Arc::clone(&relief),
-                Arc::clone(&writer),
-                pressure.clone(),
-                Arc::clone(&order),
+                Arc::clone(&self.relief),
+                Arc::clone(&self.writer),
+                self.pressure.clone(),
+                Arc::clone(&self.order),
             );
             tokio::spawn(async move {
-                let max_wait = Duration::from_secs(30);
-                let (slow, kept) = r.wait(&p, 1000, max_wait, None).await;
+                let (slow, kept) = r.wait(&p, 1000, Duration::from_secs(30), None).await;
                 assert_eq!(slow, 0);
                 // Going on, it takes the room before the next one looks.
                 fill(&w);
                 o.lock().expect("order").push(name);
                 drop(kept);
-            });
-            until(|| relief.line.len() == name + 1).await;
+            })
+        }
+
+        fn served(&self) -> Vec<u32> {
+            self.order.lock().expect("order").clone()
+        }
+    }
+
+    /// The room a consumer frees goes to the publisher that stopped first. (With a
+    /// broadcast, the one woken last ran first on a tokio worker: the newest waiter.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_room_goes_to_publishers_in_the_order_they_stopped() {
+        let scene = Scene::new();
+        for name in 0..3 {
+            scene.spawn_waiter(name);
+            until(|| scene.relief.line.len() == name as usize + 1).await;
         }
         for served in 1..=3 {
             // The consumer drains and relieves from its own task, on the worker.
-            let (r, w) = (Arc::clone(&relief), Arc::clone(&writer));
+            let (r, w) = (Arc::clone(&scene.relief), Arc::clone(&scene.writer));
             tokio::spawn(async move {
                 drain(&w);
                 r.relieve();
             })
             .await
             .expect("consumer");
-            until(|| order.lock().expect("order").len() == served).await;
+            until(|| scene.served().len() == served).await;
         }
-        assert_eq!(*order.lock().expect("order"), vec![0, 1, 2]);
-        until(|| !relief.has_waiters()).await;
+        assert_eq!(scene.served(), vec![0, 1, 2]);
+        until(|| !scene.relief.has_waiters()).await;
     }
 
     /// A publisher that comes to a line others stand in waits for its turn, even when its
     /// subscriber has room at that moment: the room is theirs first.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_newcomer_waits_behind_those_already_waiting() {
-        let relief = Arc::new(Relief::default());
-        let writer = Arc::new(SharedWriter::with_soft_cap(1 << 20, 10));
-        fill(&writer);
-        let pressure = vec![Pressure {
-            session: crate::test_support::session(1, 100),
-            writer: Arc::clone(&writer),
-            qos0: true,
-        }];
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let spawn_waiter = |name: u32| {
-            let (r, w, p, o) = (
-                Arc::clone(&relief),
-                Arc::clone(&writer),
-                pressure.clone(),
-                Arc::clone(&order),
-            );
-            tokio::spawn(async move {
-                let (slow, kept) = r.wait(&p, 1000, Duration::from_secs(30), None).await;
-                assert_eq!(slow, 0);
-                fill(&w);
-                o.lock().expect("order").push(name);
-                drop(kept);
-            })
-        };
-        let first = spawn_waiter(0);
-        until(|| relief.line.len() == 1 && writer.has_waiting()).await;
+        let scene = Scene::new();
+        let first = scene.spawn_waiter(0);
+        until(|| scene.relief.line.len() == 1 && scene.writer.has_waiting()).await;
         // Room, but nobody told the line yet: the newcomer must not take it.
-        drain(&writer);
-        let newcomer = spawn_waiter(1);
-        until(|| relief.line.len() == 2).await;
+        drain(&scene.writer);
+        let newcomer = scene.spawn_waiter(1);
+        until(|| scene.relief.line.len() == 2).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(
-            order.lock().expect("order").is_empty(),
-            "the newcomer went first"
-        );
-        relief.relieve();
-        until(|| order.lock().expect("order").len() == 1).await;
-        drain(&writer);
-        relief.relieve();
+        assert!(scene.served().is_empty(), "the newcomer went first");
+        scene.relief.relieve();
+        until(|| scene.served().len() == 1).await;
+        drain(&scene.writer);
+        scene.relief.relieve();
         first.await.expect("first");
         newcomer.await.expect("newcomer");
-        assert_eq!(*order.lock().expect("order"), vec![0, 1]);
-        assert!(!writer.has_waiting() && !relief.has_waiters());
+        assert_eq!(scene.served(), vec![0, 1]);
+        assert!(!scene.writer.has_waiting() && !scene.relief.has_waiters());
     }
 }

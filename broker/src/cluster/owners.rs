@@ -292,11 +292,8 @@ impl Owners {
 
 /// The largest payload the NATS server takes, less room for the message's own framing.
 fn max_payload(client: &async_nats::Client) -> usize {
-    client
-        .server_info()
-        .max_payload
-        .saturating_sub(1024)
-        .max(1024)
+    // The client's negotiated limit (an atomic), not a copy of the whole server INFO.
+    client.max_payload().saturating_sub(1024).max(1024)
 }
 
 /// Answers the takeover requests for this node's clients: the connection gets DISCONNECT

@@ -175,7 +175,7 @@ impl Connection {
             self.broker.relief().relieve();
         }
         if let Some(routing) = self.routing.as_mut() {
-            routing.keep_turn_for_input(reader.has_buffered());
+            routing.scratch.keep_turn_for_input(reader.has_buffered());
         }
         if received && result.is_ok() {
             self.alive_at(now);
@@ -561,13 +561,13 @@ impl Connection {
             .broker
             .deliver_ctx(Instant::now())
             .backpressure_queued_messages;
-        let held = routing.turn.take();
+        let held = routing.scratch.take_turn();
         let (slow, kept) = self
             .broker
             .relief()
             .wait(&pressure, bound, max_wait, held)
             .await;
-        routing.set_turn(kept);
+        routing.scratch.set_turn(kept);
         if slow > 0 {
             Metrics::add(
                 &self.broker.metrics().backpressure_slow_consumers,

@@ -383,25 +383,6 @@ pub(crate) struct Routing {
     /// In a cluster: the queue to the other nodes is over its high-water mark; reading waits
     /// for it.
     cluster_wait: Option<crate::broker::InterestReady>,
-    /// Our place in the back-pressure line, kept while we handle the input we had when
-    /// our turn came ([`crate::backpressure::Relief::wait`]).
-    turn: Option<crate::backpressure::Ticket>,
-}
-
-impl Routing {
-    /// Takes (or gives up) a place in the back-pressure line.
-    fn set_turn(&mut self, turn: Option<crate::backpressure::Ticket>) {
-        self.scratch.in_line = turn.is_some();
-        self.turn = turn;
-    }
-
-    /// After a buffer: a place in the line is kept only to go on with the input left in
-    /// it (`has_buffered`) once the subscribers it stopped for drain.
-    fn keep_turn_for_input(&mut self, has_buffered: bool) {
-        if self.turn.is_some() && !(has_buffered && self.scratch.has_pressure()) {
-            self.set_turn(None);
-        }
-    }
 }
 
 impl std::fmt::Debug for Routing {

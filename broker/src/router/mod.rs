@@ -14,7 +14,7 @@ use tern_codec::topic::split_shared;
 use tern_codec::{QoS, SubscriptionOptions};
 
 use crate::auth::ClientAcl;
-use crate::backpressure::Pressure;
+use crate::backpressure::{Pressure, Ticket};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::session::delivery::DeliverCtx;
@@ -86,11 +86,31 @@ pub struct RouteScratch {
     /// The cluster position of the last message this publisher forwarded to other nodes
     /// (0: none): its acknowledgement waits for NATS to confirm it.
     pub cluster_position: u64,
-    /// The publisher holds a place in the back-pressure line and is being let through.
-    pub in_line: bool,
+    /// This publisher's place in the back-pressure line, kept while it handles the input
+    /// it had when its turn came ([`crate::backpressure::Relief::wait`]): while it holds
+    /// one, others waiting for a subscriber do not stop it.
+    turn: Option<Ticket>,
 }
 
 impl RouteScratch {
+    /// Takes the place in the back-pressure line, to wait with it.
+    pub fn take_turn(&mut self) -> Option<Ticket> {
+        self.turn.take()
+    }
+
+    /// Keeps (or gives up) a place in the back-pressure line.
+    pub fn set_turn(&mut self, turn: Option<Ticket>) {
+        self.turn = turn;
+    }
+
+    /// After a buffer: the place is kept only to go on with the input left in it
+    /// (`has_buffered`) once the subscribers it stopped for drain.
+    pub fn keep_turn_for_input(&mut self, has_buffered: bool) {
+        if !(has_buffered && self.has_pressure()) {
+            self.turn = None;
+        }
+    }
+
     /// Whether some subscriber fell behind since the last [`RouteScratch::take_pressure`].
     pub fn has_pressure(&self) -> bool {
         !self.pressure.is_empty()
@@ -373,7 +393,7 @@ fn deliver_targets(
             ctx,
         );
         let qos0 = qos == QoS::AtMostOnce || message.qos() == QoS::AtMostOnce;
-        if let Some(writer) = delivery.pressure(ctx, qos0, scratch.in_line) {
+        if let Some(writer) = delivery.pressure(ctx, qos0, scratch.turn.is_some()) {
             scratch.pressure.push(Pressure {
                 session: first.session.clone(),
                 writer: writer.clone(),

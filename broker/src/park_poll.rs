@@ -201,30 +201,17 @@ async fn serve(mut fd: AsyncFd<Poll>, park_poll: Weak<ParkPoll>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::WakeCount;
     use std::os::fd::AsRawFd;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::Wake;
 
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    async fn until(count: &Count, n: usize) {
+    async fn until(count: &WakeCount, n: usize) {
         for _ in 0..500 {
-            if count.0.load(Ordering::SeqCst) >= n {
+            if count.get() >= n {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!(
-            "woken {} times, expected {n}",
-            count.0.load(Ordering::SeqCst)
-        );
+        panic!("woken {} times, expected {n}", count.get());
     }
 
     #[tokio::test]
@@ -236,22 +223,22 @@ mod tests {
             std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (server, _) = listener.accept().expect("accept");
         server.set_nonblocking(true).expect("nonblocking");
-        let count = Arc::new(Count::default());
+        let count = Arc::new(WakeCount::default());
         let token = poll
             .register(server.as_raw_fd(), Waker::from(count.clone()))
             .expect("register");
         assert_eq!(poll.len(), 1);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(count.0.load(Ordering::SeqCst), 0, "not readable yet");
+        assert_eq!(count.get(), 0, "not readable yet");
         client.write_all(b"x").expect("write");
         until(&count, 1).await;
         client.write_all(b"y").expect("write");
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken once");
+        assert_eq!(count.get(), 1, "woken once");
         poll.deregister(server.as_raw_fd(), token);
         assert!(poll.is_empty());
         // Readable already when registered: woken at once; the token is reused.
-        let again = Arc::new(Count::default());
+        let again = Arc::new(WakeCount::default());
         let token2 = poll
             .register(server.as_raw_fd(), Waker::from(again.clone()))
             .expect("register");

@@ -132,3 +132,20 @@ pub(crate) fn publish_qos(qos: QoS, id: tern_codec::PacketId) -> tern_codec::Pub
         QoS::ExactlyOnce => tern_codec::PublishQoS::ExactlyOnce(id),
     }
 }
+
+/// A waker that counts its wake-ups.
+#[derive(Debug, Default)]
+pub(crate) struct WakeCount(std::sync::atomic::AtomicUsize);
+
+impl WakeCount {
+    /// Wake-ups so far.
+    pub(crate) fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl std::task::Wake for WakeCount {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}

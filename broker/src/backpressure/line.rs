@@ -167,17 +167,9 @@ impl Future for Turn<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::task::Wake;
+    use crate::test_support::WakeCount;
 
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn poll_turn(ticket: &Ticket, count: &Arc<Count>) -> bool {
+    fn poll_turn(ticket: &Ticket, count: &Arc<WakeCount>) -> bool {
         let waker = Waker::from(Arc::clone(count));
         let mut cx = Context::from_waker(&waker);
         let mut turn = ticket.turn();
@@ -188,30 +180,26 @@ mod tests {
     fn a_relief_goes_to_the_oldest_and_the_turn_moves_down_the_line() {
         let line = Arc::new(Line::default());
         let (a, b, c) = (line.join(), line.join(), line.join());
-        let counts: Vec<Arc<Count>> = (0..3).map(|_| Arc::default()).collect();
+        let counts: Vec<Arc<WakeCount>> = (0..3).map(|_| Arc::default()).collect();
         for (t, n) in [&a, &b, &c].into_iter().zip(&counts) {
             assert!(!poll_turn(t, n));
         }
         line.relieve();
-        assert_eq!(
-            counts[0].0.load(Ordering::Relaxed),
-            1,
-            "the oldest is woken"
-        );
-        assert_eq!(counts[1].0.load(Ordering::Relaxed), 0, "and only it");
+        assert_eq!(counts[0].get(), 1, "the oldest is woken");
+        assert_eq!(counts[1].get(), 0, "and only it");
         assert!(poll_turn(&a, &counts[0]));
         // `a` must wait again: it keeps its place and hands the turn on.
         a.pass_on();
-        assert_eq!(counts[1].0.load(Ordering::Relaxed), 1);
+        assert_eq!(counts[1].get(), 1);
         assert!(poll_turn(&b, &counts[1]));
         // `b` goes on: leaving hands the turn to `c`.
         drop(b);
-        assert_eq!(counts[2].0.load(Ordering::Relaxed), 1);
+        assert_eq!(counts[2].get(), 1);
         assert!(poll_turn(&c, &counts[2]));
         // The next relief starts again with `a`, still first.
         assert!(!poll_turn(&a, &counts[0]));
         line.relieve();
-        assert_eq!(counts[0].0.load(Ordering::Relaxed), 2);
+        assert_eq!(counts[0].get(), 2);
         drop((a, c));
         assert!(line.is_empty());
     }

@@ -24,8 +24,11 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: PathBuf,
-    /// `--server_name`, `--cluster_name`, `--cluster` and `--routes` of a clustered server.
-    cluster: Vec<String>,
+    /// More arguments: `--server_name`, `--cluster_name`, `--cluster` and `--routes` of a
+    /// clustered server, `-c` with the configuration file of one started with settings.
+    args: Vec<String>,
+    /// The configuration file written for it, if any (removed when dropped).
+    config_file: Option<PathBuf>,
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
@@ -37,6 +40,13 @@ fn free_port() -> u16 {
 impl NatsServer {
     /// Starts a nats-server with JetStream; `None` when it is not installed (skipped).
     pub fn start() -> Option<NatsServer> {
+        NatsServer::start_with_config("")
+    }
+
+    /// Starts a nats-server with JetStream and `settings` (nats-server configuration
+    /// syntax, e.g. `max_payload: 65536`) in a configuration file; `None` when it is not
+    /// installed (skipped).
+    pub fn start_with_config(settings: &str) -> Option<NatsServer> {
         if !crate::require_tool("nats-server") {
             return None;
         }
@@ -46,9 +56,16 @@ impl NatsServer {
         let mut server = NatsServer {
             child: None,
             port: free_port(),
-            store,
-            cluster: Vec::new(),
+            store: store.clone(),
+            args: Vec::new(),
+            config_file: None,
         };
+        if !settings.is_empty() {
+            let file = store.with_extension("conf");
+            std::fs::write(&file, settings).expect("write the nats-server configuration");
+            server.args = vec!["-c".into(), file.display().to_string()];
+            server.config_file = Some(file);
+        }
         server.restart();
         Some(server)
     }
@@ -80,7 +97,8 @@ impl NatsServer {
                 child: None,
                 port: free_port(),
                 store,
-                cluster: vec![
+                config_file: None,
+                args: vec![
                     "--server_name".into(),
                     format!("s{}", i + 1),
                     "--cluster_name".into(),
@@ -162,7 +180,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(&self.store)
-            .args(&self.cluster)
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -199,5 +217,8 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.store);
+        if let Some(file) = &self.config_file {
+            let _ = std::fs::remove_file(file);
+        }
     }
 }

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
+
 use tern_codec::{Connect, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 use tern_tests::cluster_support::NatsServer;
 use tern_tests::{Client, TestBroker};
@@ -84,6 +86,162 @@ async fn takeover_hands_the_session_over_to_the_new_node() {
     assert_eq!(got.topic(), "q/after");
     new.ack(&got).await;
     new.expect_nothing(Duration::from_millis(300)).await;
+}
+
+/// A session far larger than one NATS message moves whole: on a nats-server with a
+/// `max_payload` of 64 KiB, a persistent QoS 1 subscriber on A with Receive Maximum 10 has
+/// 10 messages in flight (received, not acknowledged) and 1,490 queued (1 KiB each, some
+/// 1.6 MB: 25 and more handover chunks, so A also waits for B to take a window of them);
+/// it connects again on B with Clean Start 0: Session Present 1, and all 1,500 messages
+/// arrive exactly once, in order, the 10 in flight again with DUP.
+#[tokio::test]
+async fn a_session_larger_than_one_nats_message_moves_whole() {
+    const MESSAGES: u32 = 1500;
+    const IN_FLIGHT: u32 = 10;
+    let Some(nats) = NatsServer::start_with_config("max_payload: 65536\n") else {
+        return;
+    };
+    let nodes = nats.nodes(2).await;
+    let (mut old, _) = persistent(nodes[0].addr, "big", Some(IN_FLIGHT as u16)).await;
+    old.subscribe("b/#", QoS::AtLeastOnce).await;
+    let mut publisher = nodes[0].client(V5, "pub").await;
+    for i in 0..MESSAGES {
+        let mut payload = vec![b'.'; 1024];
+        payload[..4].copy_from_slice(&i.to_be_bytes());
+        publisher
+            .publish("b/big", &payload, QoS::AtLeastOnce, false)
+            .await;
+    }
+    for i in 0..IN_FLIGHT {
+        assert_eq!(old.expect_publish().await.payload()[..4], i.to_be_bytes());
+    }
+    let a = nodes[0].broker().clone();
+    let queued = a.session("big").expect("on A").delivery().queued();
+    assert_eq!(queued as u32, MESSAGES - IN_FLIGHT, "queued on A");
+    let (mut new, present) = persistent(nodes[1].addr, "big", None).await;
+    assert!(present, "[MQTT-3.2.2-3] Session Present 1 on the new node");
+    let disconnect = old.expect_disconnect().await.expect("DISCONNECT");
+    assert_eq!(disconnect.reason_code, ReasonCode::SESSION_TAKEN_OVER);
+    for i in 0..MESSAGES {
+        let got = new.expect_publish().await;
+        // [MQTT-4.6.0-6]: in order; [MQTT-4.4.0-1]: the unacknowledged ones with DUP.
+        assert_eq!(got.payload()[..4], i.to_be_bytes(), "message {i}");
+        assert_eq!(got.payload().len(), 1024);
+        assert_eq!(got.dup, i < IN_FLIGHT, "DUP of message {i}");
+        new.ack(&got).await;
+    }
+    new.expect_nothing(Duration::from_millis(500)).await;
+    let stats = nodes[1].broker().cluster().expect("cluster").stats();
+    assert_eq!(stats["handovers"].as_u64(), Some(1), "{stats}");
+    assert_eq!(stats["handovers_incomplete"].as_u64(), Some(0), "{stats}");
+    let stats = a.cluster().expect("cluster").stats();
+    assert_eq!(
+        stats["handover_messages_dropped"].as_u64(),
+        Some(0),
+        "{stats}"
+    );
+}
+
+/// A plain NATS client of `nats` that says in the owners bucket that node `fake` owns
+/// `client_id`, and listens on that node's takeover subject: a stand-in for another node.
+/// (A node has created the bucket.)
+async fn fake_owner(
+    nats: &NatsServer,
+    client_id: &str,
+) -> (async_nats::Client, async_nats::Subscriber) {
+    use base64::Engine as _;
+    let client = async_nats::connect(nats.url())
+        .await
+        .expect("connect to NATS");
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let owners = jetstream
+        .get_key_value("tern_owners")
+        .await
+        .expect("owners bucket");
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(client_id);
+    owners.put(key, "fake".into()).await.expect("owner written");
+    let takeovers = client
+        .subscribe("tern.takeover.fake")
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+    (client, takeovers)
+}
+
+/// The old owner's chunks arrive with a gap (chunk 0 of 3, then chunk 2): the new node
+/// does not put a half session together; it counts the handover as incomplete and goes on
+/// as when the old node does not answer (no state stored: a fresh session, Session
+/// Present 0), without waiting out `handover_timeout_ms`.
+#[tokio::test]
+async fn an_incomplete_chunk_set_falls_back_and_is_counted() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let node = TestBroker::start_with(|c| {
+        nats.join(c, "n1");
+        c.cluster.handover_timeout_ms = 10_000;
+    })
+    .await;
+    let b = node.broker().clone();
+    until("the node joined", || b.cluster().is_some()).await;
+    let (fake, mut takeovers) = fake_owner(&nats, "gap").await;
+    let answer = tokio::spawn(async move {
+        let request = takeovers.next().await.expect("a takeover request");
+        assert_eq!(&request.payload[..], b"Mgap", "kind M, then the client id");
+        let reply = request.reply.expect("a reply inbox");
+        for index in [0u32, 2] {
+            let mut chunk = 7u64.to_le_bytes().to_vec();
+            chunk.extend_from_slice(&index.to_le_bytes());
+            chunk.extend_from_slice(&3u32.to_le_bytes());
+            chunk.extend_from_slice(b"\x01");
+            fake.publish(reply.clone(), chunk.into())
+                .await
+                .expect("publish");
+        }
+        fake.flush().await.expect("flush");
+    });
+    let started = tokio::time::Instant::now();
+    let (_client, present) = persistent(node.addr, "gap", None).await;
+    assert!(!present, "nothing stored: a fresh session");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    answer.await.expect("the fake owner answered");
+    let stats = node.broker().cluster().expect("cluster").stats();
+    assert_eq!(stats["handovers_incomplete"].as_u64(), Some(1), "{stats}");
+    assert_eq!(stats["handovers"].as_u64(), Some(0), "{stats}");
+}
+
+/// A node of an earlier version asks for the session in one message (`H`): it gets it so,
+/// in one handover form, subscriptions and the queued messages that fit.
+#[tokio::test]
+async fn a_node_asking_in_one_message_gets_the_session_in_one() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = nats.nodes(1).await;
+    let (mut old, _) = persistent(nodes[0].addr, "one", None).await;
+    old.subscribe("o/#", QoS::AtLeastOnce).await;
+    let client = async_nats::connect(nats.url())
+        .await
+        .expect("connect to NATS");
+    let reply = client
+        .request("tern.takeover.n1", bytes::Bytes::from_static(b"Hone"))
+        .await
+        .expect("an answer");
+    assert_eq!(reply.payload[0], 1, "a handover form (version 1)");
+    assert!(
+        reply.payload.windows(3).any(|w| w == b"o/#"),
+        "with the subscription"
+    );
+    let disconnect = old.expect_disconnect().await.expect("DISCONNECT");
+    assert_eq!(disconnect.reason_code, ReasonCode::SESSION_TAKEN_OVER);
+    assert!(
+        !nodes[0].broker().has_session("one"),
+        "ended on the old node"
+    );
 }
 
 /// A connected 5.0 client with Session Expiry 0 taken over with Clean Start 0 on another

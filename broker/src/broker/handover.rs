@@ -6,47 +6,31 @@
 //! CONNECT then resumes. The records are the persistence layer's ([`Record`]), decoded
 //! into its [`State`] and restored by the code recovery uses (`persist.rs`).
 //!
-//! The wire form: a version byte, then each record as a little-endian `u32` length and
-//! the record's journal encoding. This module owns that form and both ends of a handover;
-//! which node asks which, and when, is the cluster engine's ([`crate::cluster`]).
+//! A session too large for one NATS message goes in several handover forms
+//! ([`Broker::hand_over_in_forms`]), which `adopt_session` applies in order. The form
+//! itself (encoding, decoding, the split) is `handover_form.rs`'s. This module owns both
+//! ends of a handover; which node asks which, when, and how the forms travel is the
+//! cluster engine's ([`crate::cluster`]).
 
 use std::sync::Arc;
 
 use tern_codec::{LastWill, SubscriptionOptions};
 use tokio::time::Instant;
 
+use super::handover_form::{decode_records, encode_records, split_records, HandoverError};
 use super::persist::{
     recovered_will, restored_outbound, subscription_records, Bodies, RestoreReport,
 };
 use super::Broker;
-use crate::journal::record::{OutParts, Record, RecordError};
+use crate::journal::record::{OutParts, Record};
 use crate::journal::state::State;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::session::delivery::{Restored, RestoredStage};
 use crate::session::{Session, SubscriptionRecord};
 
-/// Version byte of the handover form.
-const HANDOVER_VERSION: u8 = 1;
 /// The session id records carry in the handover form (ids are per node).
 const HANDOVER_SESSION: u64 = 1;
-
-/// A handed-over session that cannot be put back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum HandoverError {
-    /// Not the version this node reads (or empty).
-    #[error("unknown handover version")]
-    Version,
-    /// A record's length runs past the end.
-    #[error("handover truncated")]
-    Truncated,
-    /// A record did not decode.
-    #[error("handover record: {0}")]
-    Record(#[from] RecordError),
-    /// The records hold no session.
-    #[error("handover holds no session")]
-    NoSession,
-}
 
 /// What [`Broker::adopt_session`] put back.
 #[derive(Debug, Default)]
@@ -57,38 +41,13 @@ pub struct Adopted {
     pub messages: usize,
 }
 
-/// `records` in the handover form.
-pub(super) fn encode_records(records: &[Record]) -> Vec<u8> {
-    let mut out = vec![HANDOVER_VERSION];
-    let mut one = Vec::new();
-    for record in records {
-        one.clear();
-        record.encode(&mut one);
-        out.extend_from_slice(&(one.len() as u32).to_le_bytes());
-        out.extend_from_slice(&one);
-    }
-    out
-}
-
-/// The records of a handover form.
-///
-/// # Errors
-/// [`HandoverError`]: another version, a truncated form, a record that does not decode.
-pub(super) fn decode_records(src: &[u8]) -> Result<Vec<Record>, HandoverError> {
-    let Some((&HANDOVER_VERSION, mut rest)) = src.split_first() else {
-        return Err(HandoverError::Version);
-    };
-    let mut records = Vec::new();
-    while !rest.is_empty() {
-        let (len, tail) = rest
-            .split_first_chunk::<4>()
-            .ok_or(HandoverError::Truncated)?;
-        let len = u32::from_le_bytes(*len) as usize;
-        let record = tail.get(..len).ok_or(HandoverError::Truncated)?;
-        records.push(Record::decode(record)?);
-        rest = &tail[len..];
-    }
-    Ok(records)
+/// A session handed over in several forms ([`Broker::hand_over_in_forms`]).
+#[derive(Debug, Default)]
+pub struct HandedOver {
+    /// The handover forms, to be applied in order (at least one).
+    pub forms: Vec<Vec<u8>>,
+    /// Outbound messages that could not go (a record of theirs larger than a form).
+    pub dropped_messages: usize,
 }
 
 impl Broker {
@@ -99,8 +58,56 @@ impl Broker {
     /// the rules of a local takeover (`connection_closed`).
     ///
     /// A form longer than `max_bytes` (what one NATS message may carry) goes without the
-    /// outbound messages (dropped, logged): subscriptions and the rest still move.
+    /// outbound messages (dropped, logged): subscriptions and the rest still move. The
+    /// answer to a node that asks in one message (an older version);
+    /// [`Broker::hand_over_in_forms`] moves the messages too.
     pub fn hand_over(&self, client_id: &str, max_bytes: usize) -> Option<Vec<u8>> {
+        let (mut records, state) = self.take_for_handover(client_id)?;
+        let form = encode_records(&records);
+        if form.len() <= max_bytes {
+            return Some(form);
+        }
+        let dropped = records
+            .iter()
+            .filter(|r| matches!(r, Record::Out(_)))
+            .count();
+        tracing::warn!(
+            client_id,
+            dropped,
+            bytes = form.len(),
+            max_bytes,
+            "handover too large: the session moves without its messages"
+        );
+        records.truncate(state);
+        Some(encode_records(&records))
+    }
+
+    /// Ends the session of `client_id` here as [`Broker::hand_over`] does and returns its
+    /// state, messages included, in as many handover forms of at most `max_form_bytes` as
+    /// it takes (`None`: no session here). Only a message with a record larger than a form
+    /// alone (its body) stays behind: dropped, logged and counted in the result.
+    pub fn hand_over_in_forms(&self, client_id: &str, max_form_bytes: usize) -> Option<HandedOver> {
+        let (records, _) = self.take_for_handover(client_id)?;
+        let split = split_records(&records, max_form_bytes);
+        if split.dropped_messages + split.dropped_records > 0 {
+            tracing::warn!(
+                client_id,
+                dropped_messages = split.dropped_messages,
+                dropped_records = split.dropped_records,
+                max_form_bytes,
+                "handover: records larger than one NATS message stay behind"
+            );
+        }
+        Some(HandedOver {
+            forms: split.forms,
+            dropped_messages: split.dropped_messages,
+        })
+    }
+
+    /// Ends the session of `client_id` here for a handover (see [`Broker::hand_over`]) and
+    /// returns its records: the session's state (opening, subscriptions, inbound QoS 2
+    /// ids), then its outbound messages; and where the messages begin.
+    fn take_for_handover(&self, client_id: &str) -> Option<(Vec<Record>, usize)> {
         let session = self.session(client_id)?;
         let now = Instant::now();
         let id = HANDOVER_SESSION;
@@ -136,23 +143,7 @@ impl Broker {
         self.release_session(&session);
         let state = records.len();
         records.append(&mut messages);
-        let form = encode_records(&records);
-        if form.len() <= max_bytes {
-            return Some(form);
-        }
-        let dropped = records
-            .iter()
-            .filter(|r| matches!(r, Record::Out(_)))
-            .count();
-        tracing::warn!(
-            client_id,
-            dropped,
-            bytes = form.len(),
-            max_bytes,
-            "handover too large: the session moves without its messages"
-        );
-        records.truncate(state);
-        Some(encode_records(&records))
+        Some((records, state))
     }
 
     /// Ends `session` here because the cluster holds a newer copy of it elsewhere (its
@@ -361,30 +352,6 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    #[test]
-    fn handover_form_round_trips_and_rejects_damage() {
-        let records = vec![
-            Record::SessionOpen {
-                session: 1,
-                client_id: "c".into(),
-                expiry_secs: 60,
-            },
-            Record::Subscribe {
-                session: 1,
-                filter: "a/+".into(),
-                options: 1,
-                subscription_id: 7,
-            },
-        ];
-        let form = encode_records(&records);
-        assert_eq!(decode_records(&form).expect("decodes"), records);
-        assert_eq!(
-            decode_records(&form[..form.len() - 1]),
-            Err(HandoverError::Truncated)
-        );
-        assert_eq!(decode_records(&[]), Err(HandoverError::Version));
-    }
-
     #[tokio::test]
     async fn a_handed_over_session_comes_back_with_its_subscriptions() {
         let a = Broker::new(Config::default_config());
@@ -412,9 +379,9 @@ mod tests {
         assert!(present, "[MQTT-3.2.2-3] Session Present on resume");
     }
 
-    /// `a` holds an offline session "c" subscribed to `q/#` at QoS 1 with two messages
-    /// queued for it.
-    fn with_queued_messages() -> Broker {
+    /// `a` holds an offline session "c" subscribed to `q/#` at QoS 1 with `count` messages
+    /// of 100 bytes queued for it (each payload starts with its number, big-endian).
+    fn with_queued_messages(count: u16) -> Broker {
         let a = Broker::new(Config::default_config());
         let (session, _) = a.open_session("c", false);
         session.set_expiry_secs(300);
@@ -424,9 +391,11 @@ mod tests {
         };
         a.subscribe(&session, "q/#", record, None, 0);
         let now = Instant::now();
-        for i in 1..=2u16 {
+        for i in 1..=count {
             let id = tern_codec::PacketId::new(i).expect("non-zero");
-            let publish = tern_codec::Publish::new("q/1", vec![7; 100]).with_qos(
+            let mut payload = vec![7; 100];
+            payload[..2].copy_from_slice(&i.to_be_bytes());
+            let publish = tern_codec::Publish::new("q/1", payload).with_qos(
                 tern_codec::PublishQoS::with_id(tern_codec::QoS::AtLeastOnce, id),
             );
             let message = Message::new(publish, now, None);
@@ -435,9 +404,29 @@ mod tests {
         a
     }
 
+    /// The numbers of the messages `broker` holds for "c", in order (read by handing the
+    /// session over once more).
+    fn message_numbers(broker: &Broker) -> Vec<u16> {
+        let form = broker.hand_over("c", usize::MAX).expect("a session");
+        let mut state = State::default();
+        for record in decode_records(&form).expect("decodes") {
+            state.apply(record);
+        }
+        let session = state.sessions.values().next().expect("the session");
+        session
+            .outbound
+            .values()
+            .map(|e| {
+                let stored = &state.bodies[&e.record.body];
+                let publish = stored.decode_publish().expect("a PUBLISH");
+                u16::from_be_bytes([publish.payload()[0], publish.payload()[1]])
+            })
+            .collect()
+    }
+
     #[tokio::test]
     async fn queued_messages_move_with_the_session() {
-        let a = with_queued_messages();
+        let a = with_queued_messages(2);
         let form = a.hand_over("c", usize::MAX).expect("a session");
         let b = Broker::new(Config::default_config());
         let adopted = b.adopt_session(&[&form], 0).expect("adopted");
@@ -446,12 +435,44 @@ mod tests {
 
     #[tokio::test]
     async fn a_form_too_large_for_nats_moves_without_its_messages() {
-        let a = with_queued_messages();
+        let a = with_queued_messages(2);
         let form = a.hand_over("c", 150).expect("a session");
         assert!(form.len() <= 150, "{} bytes", form.len());
         let b = Broker::new(Config::default_config());
         let adopted = b.adopt_session(&[&form], 0).expect("adopted");
         assert_eq!(adopted.filters, vec!["q/#".to_string()]);
         assert_eq!(adopted.messages, 0);
+    }
+
+    /// 50 messages of 100 bytes in forms of at most 1 KiB: many forms, each within the
+    /// limit; adopted together they give the session back with every message, in order.
+    #[tokio::test]
+    async fn a_large_session_moves_whole_in_several_forms() {
+        let a = with_queued_messages(50);
+        let handed = a.hand_over_in_forms("c", 1024).expect("a session");
+        assert!(handed.forms.len() > 5, "{} forms", handed.forms.len());
+        assert!(handed.forms.iter().all(|f| f.len() <= 1024));
+        assert_eq!(handed.dropped_messages, 0);
+        assert!(!a.has_session("c"), "the session ended on the old node");
+        let b = Broker::new(Config::default_config());
+        let forms: Vec<&[u8]> = handed.forms.iter().map(Vec::as_slice).collect();
+        let adopted = b.adopt_session(&forms, 0).expect("adopted");
+        assert_eq!(adopted.messages, 50);
+        assert_eq!(adopted.filters, vec!["q/#".to_string()]);
+        assert_eq!(message_numbers(&b), (1..=50).collect::<Vec<u16>>());
+    }
+
+    /// Forms too small for one message body: the messages stay behind (counted), the
+    /// session and its subscription still move.
+    #[tokio::test]
+    async fn messages_larger_than_a_form_stay_behind_and_are_counted() {
+        let a = with_queued_messages(3);
+        let handed = a.hand_over_in_forms("c", 120).expect("a session");
+        assert_eq!(handed.dropped_messages, 3);
+        let b = Broker::new(Config::default_config());
+        let forms: Vec<&[u8]> = handed.forms.iter().map(Vec::as_slice).collect();
+        let adopted = b.adopt_session(&forms, 0).expect("adopted");
+        assert_eq!(adopted.messages, 0);
+        assert_eq!(adopted.filters, vec!["q/#".to_string()]);
     }
 }

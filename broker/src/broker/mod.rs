@@ -9,6 +9,7 @@
 
 pub mod cluster_link;
 mod handover;
+mod handover_form;
 mod journaling;
 pub mod persist;
 mod sessions;
@@ -39,7 +40,8 @@ use crate::session::delivery::DeliverCtx;
 use crate::session::Session;
 
 pub use self::cluster_link::{ClaimWait, ClusterLink, InterestReady};
-pub use self::handover::{Adopted, HandoverError};
+pub use self::handover::{Adopted, HandedOver};
+pub use self::handover_form::HandoverError;
 pub use self::subscriptions::Subscribed;
 
 /// A handle to the broker; cheap to clone.

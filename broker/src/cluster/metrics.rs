@@ -38,6 +38,12 @@ pub struct ClusterMetrics {
     pub takeovers: AtomicU64,
     /// Sessions another node handed over to this one (takeover with Clean Start 0).
     pub handovers: AtomicU64,
+    /// Handovers whose chunks did not all arrive in order within `handover_timeout_ms`
+    /// (this node took the stored state instead).
+    pub handovers_incomplete: AtomicU64,
+    /// Messages this node could not hand over (a record of theirs larger than one NATS
+    /// message): left behind, dropped.
+    pub handover_messages_dropped: AtomicU64,
     /// Session-state writes to the sessions bucket dropped (its queue was full).
     pub session_writes_dropped: AtomicU64,
     /// Session-state writes the sessions bucket refused (NATS away).
@@ -160,6 +166,16 @@ impl ClusterMetrics {
                 "handovers",
                 "Sessions handed over to this node by another node.",
                 get(&self.handovers),
+            ),
+            (
+                "handovers_incomplete",
+                "Handovers that did not arrive whole in time (the stored state was used).",
+                get(&self.handovers_incomplete),
+            ),
+            (
+                "handover_messages_dropped",
+                "Messages this node could not hand over (larger than one NATS message).",
+                get(&self.handover_messages_dropped),
             ),
             (
                 "session_writes_dropped",

@@ -30,6 +30,7 @@ mod envelope;
 mod error;
 mod failover;
 mod forward;
+mod handover_chunks;
 mod interest;
 pub mod metrics;
 mod nodes;
@@ -189,6 +190,8 @@ impl ClusterLink for Cluster {
             "ownership_changes": get(&m.ownership_changes),
             "takeovers": get(&m.takeovers),
             "handovers": get(&m.handovers),
+            "handovers_incomplete": get(&m.handovers_incomplete),
+            "handover_messages_dropped": get(&m.handover_messages_dropped),
             "dead_nodes_claimed": get(&m.dead_nodes_claimed),
             "dead_sessions_claimed": get(&m.dead_sessions_claimed),
             "nodes": self.nodes.list(),

@@ -4,11 +4,16 @@
 //! ([`Owners::claim`]); taking it from another node asks that node on
 //! `{prefix}.takeover.{node}` (NATS request/reply): it closes its connection with
 //! DISCONNECT 0x8E and, when the CONNECT resumes (Clean Start 0), answers with the
-//! session's state ([`Broker::hand_over`]), which this node puts back
-//! ([`Broker::adopt_session`]) and whose filters' interest it waits for before the CONNACK
-//! (Session Present 1). With Clean Start 1 the old node just ends the session. A node that
-//! does not answer within `handover_timeout_ms` leaves this node with the state the
-//! sessions bucket holds ([`super::sessions`]), or a fresh session.
+//! session's state, messages included, in as many NATS messages as it takes
+//! ([`Broker::hand_over_in_forms`], sent as [`super::handover_chunks`]), which this node
+//! puts back ([`Broker::adopt_session`]) and whose filters' interest it waits for before
+//! the CONNACK (Session Present 1). With Clean Start 1 the old node just ends the session.
+//! A node that does not answer within `handover_timeout_ms`, or whose answer does not
+//! arrive whole within it, leaves this node with the state the sessions bucket holds
+//! ([`super::sessions`]), or a fresh session. A node of an earlier version asks for the
+//! session in one message (`H`) and gets it so ([`Broker::hand_over`]: the messages only if
+//! they fit); it answers this node's `M` as an end (the session ends there, this node takes
+//! the stored state).
 //!
 //! A CONNECT that claimed its id here but has not attached its session yet is remembered
 //! ([`Owners::attached`]): a takeover request for that id in between (another node's
@@ -26,6 +31,7 @@ use base64::Engine as _;
 use futures_util::StreamExt as _;
 
 use super::error::ClusterError;
+use super::handover_chunks::{max_form_bytes, send_chunks, ChunkError};
 use super::metrics::ClusterMetrics;
 use crate::broker::Broker;
 
@@ -34,8 +40,12 @@ const CLAIM_TRIES: usize = 16;
 /// Longest a CONNECT waits for its claim (then it goes on, and says so in the log).
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The takeover request's first byte: the new node resumes the session (hand it over).
+/// The takeover request's first byte: the new node resumes the session (hand it over in
+/// one message: what a node of an earlier version asks; the messages go only if they fit).
 const HAND_OVER: u8 = b'H';
+/// The takeover request's first byte: the new node resumes the session (hand it over in
+/// as many chunks as it takes, [`super::handover_chunks`]).
+const HAND_OVER_CHUNKED: u8 = b'M';
 /// The takeover request's first byte: the new node starts afresh (just end it).
 const END: u8 = b'E';
 
@@ -109,6 +119,7 @@ impl Owners {
             client.clone(),
             broker.clone(),
             (metrics.clone(), pending.clone()),
+            handover_timeout,
         ));
         Ok(Owners {
             store,
@@ -173,19 +184,19 @@ impl Owners {
             // Nobody held it (or this node did).
             return;
         };
-        let form = self.ask_to_let_go(&owner, client_id, resume).await;
         if !resume {
+            self.ask_to_end(&owner, client_id).await;
             return;
         }
-        let form = match form {
-            Some(form) => form,
+        let forms = match self.ask_to_hand_over(&owner, client_id).await {
+            Some(forms) => forms,
             // No answer: the state stored cluster-wide (subscriptions), if any.
             None => match self.sessions.stored_form(client_id).await {
-                Some(form) => form,
+                Some(form) => vec![form],
                 None => return,
             },
         };
-        self.adopt(client_id, &form).await;
+        self.adopt(client_id, &forms).await;
     }
 
     fn note_pending(&self, client_id: &str) {
@@ -203,31 +214,56 @@ impl Owners {
         !pending.remove(client_id).is_some_and(|(lost, _)| lost)
     }
 
-    /// Tells `owner` that it lost `client_id`; returns the session it hands over (`None`:
-    /// it had none, it does not answer, or `resume` is false).
-    async fn ask_to_let_go(
-        &self,
-        owner: &str,
-        client_id: &str,
-        resume: bool,
-    ) -> Option<bytes::Bytes> {
+    /// Tells `owner` that it lost `client_id` to a CONNECT that starts afresh (Clean
+    /// Start 1): it ends the session; waits at most `handover_timeout_ms` for that.
+    async fn ask_to_end(&self, owner: &str, client_id: &str) {
         let subject = takeover_subject(&self.prefix, owner);
-        let mut payload = Vec::with_capacity(1 + client_id.len());
-        payload.push(if resume { HAND_OVER } else { END });
-        payload.extend_from_slice(client_id.as_bytes());
-        let request = self.client.request(subject, payload.into());
+        let request = self.client.request(subject, request(END, client_id));
         match tokio::time::timeout(self.handover_timeout, request).await {
-            Ok(Ok(reply)) if !reply.payload.is_empty() => Some(reply.payload),
-            Ok(Ok(_)) => None,
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                tracing::warn!(client_id, owner, error = %e, "cluster: the previous owner did not hand the session over");
-                None
+                tracing::warn!(client_id, owner, error = %e, "cluster: the previous owner did not end the session");
             }
             Err(_) => {
                 tracing::warn!(
                     client_id,
                     owner,
                     "cluster: the previous owner did not answer the takeover in time"
+                );
+            }
+        }
+    }
+
+    /// Tells `owner` that it lost `client_id` to a CONNECT that resumes (Clean Start 0);
+    /// returns the session it hands over, in handover forms (`None`: it had none, it did
+    /// not answer in time, or not in whole).
+    async fn ask_to_hand_over(&self, owner: &str, client_id: &str) -> Option<Vec<bytes::Bytes>> {
+        let subject = takeover_subject(&self.prefix, owner);
+        let request = request(HAND_OVER_CHUNKED, client_id);
+        let answer = super::handover_chunks::ask_in_chunks(
+            &self.client,
+            subject,
+            request,
+            self.handover_timeout,
+        )
+        .await;
+        match answer {
+            Ok(forms) => forms,
+            Err(e @ ChunkError::TimedOut { total: 0, .. }) => {
+                tracing::warn!(client_id, owner, error = %e, "cluster: the previous owner did not answer the takeover in time");
+                None
+            }
+            Err(e @ (ChunkError::Nats | ChunkError::NoResponders)) => {
+                tracing::warn!(client_id, owner, error = %e, "cluster: the previous owner did not hand the session over");
+                None
+            }
+            Err(e) => {
+                ClusterMetrics::inc(&self.metrics.handovers_incomplete);
+                tracing::warn!(
+                    client_id,
+                    owner,
+                    error = %e,
+                    "cluster: the handed-over session did not arrive whole; taking the stored state"
                 );
                 None
             }
@@ -236,13 +272,15 @@ impl Owners {
 
     /// Puts a handed-over session back here and waits until its filters' interest is in
     /// force cluster-wide (each wait bounded by `interest_timeout_ms`).
-    async fn adopt(&self, client_id: &str, form: &[u8]) {
-        match self.broker.adopt_session(&[form], ADOPT_LINGER_SECS) {
+    async fn adopt(&self, client_id: &str, forms: &[bytes::Bytes]) {
+        let forms: Vec<&[u8]> = forms.iter().map(|f| &f[..]).collect();
+        match self.broker.adopt_session(&forms, ADOPT_LINGER_SECS) {
             Ok(adopted) => {
                 ClusterMetrics::inc(&self.metrics.handovers);
                 tracing::debug!(
                     client_id,
                     messages = adopted.messages,
+                    forms = forms.len(),
                     "cluster: session handed over"
                 );
                 for filter in &adopted.filters {
@@ -296,14 +334,33 @@ fn max_payload(client: &async_nats::Client) -> usize {
     client.max_payload().saturating_sub(1024).max(1024)
 }
 
+/// A takeover request: its kind byte, then the client id.
+fn request(kind: u8, client_id: &str) -> bytes::Bytes {
+    let mut payload = Vec::with_capacity(1 + client_id.len());
+    payload.push(kind);
+    payload.extend_from_slice(client_id.as_bytes());
+    payload.into()
+}
+
+/// What this node answers a takeover request with.
+enum Answer {
+    /// One message: the session in one handover form, or empty (no session here, or the
+    /// request only ends it).
+    One(Vec<u8>),
+    /// The session's handover forms, one chunk each.
+    Chunks(Vec<Vec<u8>>),
+}
+
 /// Answers the takeover requests for this node's clients: the connection gets DISCONNECT
-/// 0x8E and the session ends here; a request that resumes gets the session's state in the
-/// handover form (empty: no session here).
+/// 0x8E and the session ends here; a request that resumes gets the session's state in
+/// handover forms (empty: no session here). Chunks go out from a task of their own, so
+/// that the next request is not held up.
 async fn answer_takeovers(
     mut takeovers: async_nats::Subscriber,
     client: async_nats::Client,
     broker: Broker,
     (counters, pending): (Arc<ClusterMetrics>, Arc<PendingClaims>),
+    handover_timeout: Duration,
 ) {
     while let Some(message) = takeovers.next().await {
         let Some((&kind, id)) = message.payload.split_first() else {
@@ -320,23 +377,60 @@ async fn answer_takeovers(
         {
             *lost = true;
         }
-        let form = match kind {
-            // One NATS message carries the answer (with room for its headers).
-            HAND_OVER => broker.hand_over(client_id, max_payload(&client)),
-            _ => broker.session(client_id).map(|session| {
-                broker.end_session(&session);
-                Vec::new()
-            }),
+        let answer = answer(&broker, &client, kind, client_id, &counters);
+        let Some(reply) = message.reply else {
+            continue;
         };
-        if form.is_some() {
-            ClusterMetrics::inc(&counters.takeovers);
-            tracing::debug!(client_id, "cluster: client taken over by another node");
-        }
-        if let Some(reply) = message.reply {
-            let form = bytes::Bytes::from(form.unwrap_or_default());
-            if let Err(e) = client.publish(reply, form).await {
-                tracing::warn!(client_id, error = %e, "cluster: handover answer not sent");
+        match answer {
+            Answer::One(form) => {
+                if let Err(e) = client.publish(reply, form.into()).await {
+                    tracing::warn!(client_id, error = %e, "cluster: handover answer not sent");
+                }
+            }
+            Answer::Chunks(forms) => {
+                let (client, client_id) = (client.clone(), client_id.to_string());
+                tokio::spawn(async move {
+                    let chunks = forms.len();
+                    let sent = send_chunks(&client, reply, forms, handover_timeout).await;
+                    if let Err(e) = sent {
+                        tracing::warn!(client_id, chunks, error = %e, "cluster: the handover did not go out whole");
+                    }
+                });
             }
         }
     }
+}
+
+/// Ends the session of `client_id` here for a takeover request of `kind` and says what to
+/// answer.
+fn answer(
+    broker: &Broker,
+    client: &async_nats::Client,
+    kind: u8,
+    client_id: &str,
+    counters: &ClusterMetrics,
+) -> Answer {
+    let answer = match kind {
+        HAND_OVER_CHUNKED => broker
+            .hand_over_in_forms(client_id, max_form_bytes(client))
+            .map(|handed| {
+                let dropped = handed.dropped_messages as u64;
+                ClusterMetrics::inc_by(&counters.handover_messages_dropped, dropped);
+                Answer::Chunks(handed.forms)
+            }),
+        // One NATS message carries the answer (with room for its headers).
+        HAND_OVER => broker
+            .hand_over(client_id, max_payload(client))
+            .map(Answer::One),
+        // END, or a kind of a later version: the session just ends.
+        _ => broker.session(client_id).map(|session| {
+            broker.end_session(&session);
+            Answer::One(Vec::new())
+        }),
+    };
+    if answer.is_some() {
+        ClusterMetrics::inc(&counters.takeovers);
+        tracing::debug!(client_id, "cluster: client taken over by another node");
+    }
+    answer.unwrap_or(Answer::One(Vec::new()))
 }

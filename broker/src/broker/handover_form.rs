@@ -1,0 +1,332 @@
+//! The handover form: how a session's journal records travel between cluster nodes. A form
+//! is a version byte, then each record as a little-endian `u32` length and the record's
+//! journal encoding. A session too large for one transport message is split into several
+//! forms ([`split_records`]), each a complete form on its own; the receiver applies them
+//! in order into one journal [`State`](crate::journal::state::State), so a record may
+//! refer to what an earlier form carried (the session opened in the first, a message body
+//! before the `Out` records that use it).
+//!
+//! This module owns the encoding, the decoding and the split; what the records say and how
+//! a session becomes them (and back) is `handover.rs`'s, how forms travel is the cluster's.
+
+use std::collections::HashSet;
+
+use crate::journal::record::{Record, RecordError};
+
+/// Version byte of the handover form.
+pub(super) const HANDOVER_VERSION: u8 = 1;
+/// Bytes a record adds to a form besides its own encoding (its length).
+const RECORD_FRAMING_BYTES: usize = 4;
+
+/// A handed-over session that cannot be put back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HandoverError {
+    /// Not the version this node reads (or empty).
+    #[error("unknown handover version")]
+    Version,
+    /// A record's length runs past the end.
+    #[error("handover truncated")]
+    Truncated,
+    /// A record did not decode.
+    #[error("handover record: {0}")]
+    Record(#[from] RecordError),
+    /// The records hold no session.
+    #[error("handover holds no session")]
+    NoSession,
+}
+
+/// `records` in the handover form (one form, however long).
+pub(super) fn encode_records(records: &[Record]) -> Vec<u8> {
+    let mut out = vec![HANDOVER_VERSION];
+    let mut one = Vec::new();
+    for record in records {
+        one.clear();
+        record.encode(&mut one);
+        push_framed(&mut out, &one);
+    }
+    out
+}
+
+fn push_framed(form: &mut Vec<u8>, record: &[u8]) {
+    form.extend_from_slice(&(record.len() as u32).to_le_bytes());
+    form.extend_from_slice(record);
+}
+
+/// The records of a handover form.
+///
+/// # Errors
+/// [`HandoverError`]: another version, a truncated form, a record that does not decode.
+pub(super) fn decode_records(src: &[u8]) -> Result<Vec<Record>, HandoverError> {
+    let Some((&HANDOVER_VERSION, mut rest)) = src.split_first() else {
+        return Err(HandoverError::Version);
+    };
+    let mut records = Vec::new();
+    while !rest.is_empty() {
+        let (len, tail) = rest
+            .split_first_chunk::<4>()
+            .ok_or(HandoverError::Truncated)?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let record = tail.get(..len).ok_or(HandoverError::Truncated)?;
+        records.push(Record::decode(record)?);
+        rest = &tail[len..];
+    }
+    Ok(records)
+}
+
+/// Records split into handover forms by [`split_records`].
+#[derive(Debug, Default)]
+pub(super) struct Split {
+    /// The forms, in order (at least one).
+    pub(super) forms: Vec<Vec<u8>>,
+    /// Outbound messages left out because a record of theirs (their body) does not fit
+    /// in a form of `max_form_bytes` even alone.
+    pub(super) dropped_messages: usize,
+    /// Other records left out for that reason (the body itself, a subscription).
+    pub(super) dropped_records: usize,
+}
+
+/// What [`split_records`] has left out so far: whatever refers to it goes too.
+#[derive(Default)]
+struct LeftOut {
+    bodies: HashSet<u64>,
+    seqs: HashSet<u64>,
+}
+
+impl LeftOut {
+    /// Whether `record` refers to something left out (and so goes too), noting it.
+    fn follows(&mut self, record: &Record, split: &mut Split) -> bool {
+        match record {
+            Record::Out(out) if self.bodies.contains(&out.body) => {
+                self.seqs.insert(out.seq);
+                split.dropped_messages += 1;
+                true
+            }
+            Record::Released { seq, .. } => self.seqs.contains(seq),
+            _ => false,
+        }
+    }
+
+    /// Notes `record`, which is too large for any form.
+    fn leave_out(&mut self, record: &Record, split: &mut Split) {
+        match record {
+            Record::Body { id, .. } => {
+                self.bodies.insert(*id);
+                split.dropped_records += 1;
+            }
+            Record::Out(out) => {
+                self.seqs.insert(out.seq);
+                split.dropped_messages += 1;
+            }
+            _ => split.dropped_records += 1,
+        }
+    }
+}
+
+/// `records` in handover forms of at most `max_form_bytes` each, in order: a form is
+/// closed when the next record would not fit. Applied in order they rebuild what `records`
+/// do, since a record only ever refers to earlier ones (its session's opening, its body)
+/// and those are in the same or an earlier form.
+///
+/// A record that does not fit in a form even alone is left out (counted in the result),
+/// and with it what refers to it: a body's `Out` records (its messages), and their
+/// `Released` records. With message bodies bounded by `max_packet_size_bytes` below the
+/// transport's limit this does not happen.
+pub(super) fn split_records(records: &[Record], max_form_bytes: usize) -> Split {
+    let mut split = Split::default();
+    let mut left_out = LeftOut::default();
+    let mut form = vec![HANDOVER_VERSION];
+    let mut one = Vec::new();
+    for record in records {
+        if left_out.follows(record, &mut split) {
+            continue;
+        }
+        one.clear();
+        record.encode(&mut one);
+        let framed = RECORD_FRAMING_BYTES + one.len();
+        if 1 + framed > max_form_bytes {
+            left_out.leave_out(record, &mut split);
+            continue;
+        }
+        if form.len() + framed > max_form_bytes {
+            split
+                .forms
+                .push(std::mem::replace(&mut form, vec![HANDOVER_VERSION]));
+        }
+        push_framed(&mut form, &one);
+    }
+    if form.len() > 1 || split.forms.is_empty() {
+        split.forms.push(form);
+    }
+    split
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::record::{OutRecord, StoredMessage};
+    use crate::journal::state::State;
+
+    const SESSION: u64 = 1;
+
+    fn open() -> Record {
+        Record::SessionOpen {
+            session: SESSION,
+            client_id: "c".into(),
+            expiry_secs: 60,
+        }
+    }
+
+    fn body(id: u64, payload_bytes: usize) -> Record {
+        let publish = tern_codec::Publish::new("t/1", vec![b'x'; payload_bytes]);
+        let message = crate::message::Message::new(publish, tokio::time::Instant::now(), None);
+        Record::Body {
+            id,
+            message: crate::journal::stored(&message, tokio::time::Instant::now()),
+        }
+    }
+
+    fn out(seq: u64, body: u64, packet_id: u16) -> Record {
+        Record::Out(Box::new(OutRecord {
+            session: SESSION,
+            seq,
+            qos: 1,
+            retain: false,
+            packet_id,
+            subscription_ids: vec![],
+            group: None,
+            body,
+        }))
+    }
+
+    fn encoded_len(record: &Record) -> usize {
+        let mut one = Vec::new();
+        record.encode(&mut one);
+        one.len()
+    }
+
+    /// The state `forms` rebuild, applied in order.
+    fn apply(forms: &[Vec<u8>]) -> State {
+        let mut state = State::default();
+        for form in forms {
+            for record in decode_records(form).expect("decodes") {
+                state.apply(record);
+            }
+        }
+        state
+    }
+
+    fn payload_of(state: &State, id: u64) -> Option<Vec<u8>> {
+        let stored: &StoredMessage = state.bodies.get(&id)?;
+        Some(stored.decode_publish()?.payload().to_vec())
+    }
+
+    #[test]
+    fn handover_form_round_trips_and_rejects_damage() {
+        let records = vec![
+            open(),
+            Record::Subscribe {
+                session: SESSION,
+                filter: "a/+".into(),
+                options: 1,
+                subscription_id: 7,
+            },
+        ];
+        let form = encode_records(&records);
+        assert_eq!(decode_records(&form).expect("decodes"), records);
+        assert_eq!(
+            decode_records(&form[..form.len() - 1]),
+            Err(HandoverError::Truncated)
+        );
+        assert_eq!(decode_records(&[]), Err(HandoverError::Version));
+    }
+
+    #[test]
+    fn records_that_fit_stay_in_one_form_equal_to_the_unsplit_one() {
+        let records = vec![open(), body(1, 10), out(1, 1, 0)];
+        let whole = encode_records(&records);
+        let split = split_records(&records, whole.len());
+        assert_eq!(
+            split.forms,
+            vec![whole.clone()],
+            "exactly at the limit: one form"
+        );
+        let split = split_records(&records, whole.len() - 1);
+        assert_eq!(split.forms.len(), 2, "one byte less: two forms");
+        assert!(split.forms.iter().all(|f| f.len() < whole.len()));
+        assert_eq!(split.dropped_messages + split.dropped_records, 0);
+    }
+
+    #[test]
+    fn no_records_still_make_one_form() {
+        let split = split_records(&[], 100);
+        assert_eq!(split.forms, vec![vec![HANDOVER_VERSION]]);
+    }
+
+    /// Every form is within the limit and decodes on its own; applied in order they give
+    /// the same state as the unsplit records, a body in one form and the `Out` records
+    /// that use it in later ones included.
+    #[test]
+    fn split_forms_rebuild_the_same_state_with_bodies_and_outs_apart() {
+        let mut records = vec![open()];
+        for i in 1..=20u64 {
+            records.push(body(i, 100));
+            records.push(out(2 * i - 1, i, 0));
+            // A second message sharing the body (another subscription of the session).
+            records.push(out(2 * i, i, 0));
+        }
+        records.push(Record::Released {
+            session: SESSION,
+            seq: 40,
+        });
+        let whole = apply(&[encode_records(&records)]);
+        let body_len = RECORD_FRAMING_BYTES + encoded_len(&records[1]);
+        let out_len = RECORD_FRAMING_BYTES + encoded_len(&records[2]);
+        // Room for a body and one Out: the second Out of each body goes to the next form.
+        let max = 1 + body_len + out_len;
+        let split = split_records(&records, max);
+        assert!(split.forms.len() >= 20, "{} forms", split.forms.len());
+        for form in &split.forms {
+            assert!(form.len() <= max, "{} > {max}", form.len());
+            decode_records(form).expect("each form decodes alone");
+        }
+        let first = decode_records(&split.forms[1]).expect("decodes");
+        assert!(
+            matches!(first[0], Record::Out(_)),
+            "a form starting with an Out whose body came earlier: {first:?}"
+        );
+        let rebuilt = apply(&split.forms);
+        assert_eq!(rebuilt.sessions, whole.sessions);
+        assert_eq!(rebuilt.bodies, whole.bodies);
+        assert_eq!(split.dropped_messages + split.dropped_records, 0);
+    }
+
+    /// A body too large for any form is left out with its messages (and their PUBREL
+    /// state); the messages around it keep their order.
+    #[test]
+    fn a_record_larger_than_a_form_goes_with_its_messages_and_says_so() {
+        let records = vec![
+            open(),
+            body(1, 10),
+            out(1, 1, 1),
+            body(2, 5000),
+            out(2, 2, 2),
+            Record::Released {
+                session: SESSION,
+                seq: 2,
+            },
+            out(3, 2, 0),
+            body(3, 10),
+            out(4, 3, 0),
+        ];
+        let split = split_records(&records, 1000);
+        assert_eq!(split.dropped_messages, 2);
+        assert_eq!(split.dropped_records, 1, "the body");
+        assert!(split.forms.iter().all(|f| f.len() <= 1000));
+        let state = apply(&split.forms);
+        let session = &state.sessions[&SESSION];
+        assert_eq!(session.outbound.keys().copied().collect::<Vec<_>>(), [1, 4]);
+        assert_eq!(payload_of(&state, 1), Some(vec![b'x'; 10]));
+        assert_eq!(payload_of(&state, 2), None);
+        assert_eq!(payload_of(&state, 3), Some(vec![b'x'; 10]));
+    }
+}

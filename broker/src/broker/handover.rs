@@ -7,7 +7,7 @@
 //! into its [`State`] and restored by the code recovery uses (`persist.rs`).
 //!
 //! A session too large for one NATS message goes in several handover forms
-//! ([`Broker::hand_over_in_forms`]), which `adopt_session` applies in order. The form
+//! ([`Handover::into_forms`]), which `adopt_session` applies in order. The form
 //! itself (encoding, decoding, the split) is `handover_form.rs`'s. This module owns both
 //! ends of a handover; which node asks which, when, and how the forms travel is the
 //! cluster engine's ([`crate::cluster`]).
@@ -41,7 +41,20 @@ pub struct Adopted {
     pub messages: usize,
 }
 
-/// A session handed over in several forms ([`Broker::hand_over_in_forms`]).
+/// A session ended here for a handover, as its records, not yet in the handover form
+/// ([`Broker::end_for_handover`]): the encoding can happen elsewhere, off the task that
+/// answers takeovers.
+#[derive(Debug)]
+pub struct Handover {
+    client_id: String,
+    /// The session's state (opening, subscriptions, inbound QoS 2 ids), then its outbound
+    /// messages (bodies, `Out`, `Released`).
+    records: Vec<Record>,
+    /// Where the messages begin.
+    messages_from: usize,
+}
+
+/// A session in several handover forms ([`Handover::into_forms`]).
 #[derive(Debug, Default)]
 pub struct HandedOver {
     /// The handover forms, to be applied in order (at least one).
@@ -50,64 +63,73 @@ pub struct HandedOver {
     pub dropped_messages: usize,
 }
 
-impl Broker {
-    /// Ends the session of `client_id` here because another node takes the client over,
-    /// and returns its state in the handover form (`None`: no session here). Its
-    /// connection gets DISCONNECT 0x8E; a will waiting for its delay is cancelled, as a
-    /// resume cancels it (the session goes on elsewhere); the connection's own will follows
-    /// the rules of a local takeover (`connection_closed`).
-    ///
-    /// A form longer than `max_bytes` (what one NATS message may carry) goes without the
-    /// outbound messages (dropped, logged): subscriptions and the rest still move. The
-    /// answer to a node that asks in one message (an older version);
-    /// [`Broker::hand_over_in_forms`] moves the messages too.
-    pub fn hand_over(&self, client_id: &str, max_bytes: usize) -> Option<Vec<u8>> {
-        let (mut records, state) = self.take_for_handover(client_id)?;
-        let form = encode_records(&records);
+impl Handover {
+    /// The client id of the session.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The session in one handover form. A form longer than `max_bytes` (what one NATS
+    /// message may carry) goes without the outbound messages (dropped, logged):
+    /// subscriptions and the rest still move. The answer to a node that asks in one
+    /// message (an older version); [`Handover::into_forms`] moves the messages too.
+    pub fn into_one_form(mut self, max_bytes: usize) -> Vec<u8> {
+        let form = encode_records(&self.records);
         if form.len() <= max_bytes {
-            return Some(form);
+            return form;
         }
-        let dropped = records
+        let dropped = self.records[self.messages_from..]
             .iter()
             .filter(|r| matches!(r, Record::Out(_)))
             .count();
         tracing::warn!(
-            client_id,
+            client_id = self.client_id,
             dropped,
             bytes = form.len(),
             max_bytes,
             "handover too large: the session moves without its messages"
         );
-        records.truncate(state);
-        Some(encode_records(&records))
+        self.records.truncate(self.messages_from);
+        encode_records(&self.records)
     }
 
-    /// Ends the session of `client_id` here as [`Broker::hand_over`] does and returns its
-    /// state, messages included, in as many handover forms of at most `max_form_bytes` as
-    /// it takes (`None`: no session here). Only a message with a record larger than a form
-    /// alone (its body) stays behind: dropped, logged and counted in the result.
-    pub fn hand_over_in_forms(&self, client_id: &str, max_form_bytes: usize) -> Option<HandedOver> {
-        let (records, _) = self.take_for_handover(client_id)?;
-        let split = split_records(&records, max_form_bytes);
+    /// The session, messages included, in as many handover forms of at most
+    /// `max_form_bytes` as it takes. Only a message with a record larger than a form alone
+    /// (its body) stays behind: dropped, logged and counted in the result.
+    pub fn into_forms(self, max_form_bytes: usize) -> HandedOver {
+        let split = split_records(&self.records, max_form_bytes);
         if split.dropped_messages + split.dropped_records > 0 {
             tracing::warn!(
-                client_id,
+                client_id = self.client_id,
                 dropped_messages = split.dropped_messages,
                 dropped_records = split.dropped_records,
                 max_form_bytes,
                 "handover: records larger than one NATS message stay behind"
             );
         }
-        Some(HandedOver {
+        HandedOver {
             forms: split.forms,
             dropped_messages: split.dropped_messages,
-        })
+        }
+    }
+}
+
+impl Broker {
+    /// Ends the session of `client_id` here because another node takes the client over,
+    /// and returns its state in one handover form (`None`: no session here), as
+    /// [`Broker::end_for_handover`] and [`Handover::into_one_form`] do.
+    pub fn hand_over(&self, client_id: &str, max_bytes: usize) -> Option<Vec<u8>> {
+        Some(self.end_for_handover(client_id)?.into_one_form(max_bytes))
     }
 
-    /// Ends the session of `client_id` here for a handover (see [`Broker::hand_over`]) and
-    /// returns its records: the session's state (opening, subscriptions, inbound QoS 2
-    /// ids), then its outbound messages; and where the messages begin.
-    fn take_for_handover(&self, client_id: &str) -> Option<(Vec<Record>, usize)> {
+    /// Ends the session of `client_id` here because another node takes the client over,
+    /// and returns its state as records (`None`: no session here): subscriptions with their
+    /// options and identifiers, inbound QoS 2 ids, the expiry, and the outbound messages
+    /// in the window and the queue, in order. Its connection gets DISCONNECT 0x8E; a will
+    /// waiting for its delay is cancelled, as a resume cancels it (the session goes on
+    /// elsewhere); the connection's own will follows the rules of a local takeover
+    /// (`connection_closed`).
+    pub fn end_for_handover(&self, client_id: &str) -> Option<Handover> {
         let session = self.session(client_id)?;
         let now = Instant::now();
         let id = HANDOVER_SESSION;
@@ -141,9 +163,13 @@ impl Broker {
         // A will filed for its delay is cancelled: the session resumes on the other node.
         self.session_resumed(&session);
         self.release_session(&session);
-        let state = records.len();
+        let messages_from = records.len();
         records.append(&mut messages);
-        Some((records, state))
+        Some(Handover {
+            client_id: client_id.to_string(),
+            records,
+            messages_from,
+        })
     }
 
     /// Ends `session` here because the cluster holds a newer copy of it elsewhere (its
@@ -449,7 +475,7 @@ mod tests {
     #[tokio::test]
     async fn a_large_session_moves_whole_in_several_forms() {
         let a = with_queued_messages(50);
-        let handed = a.hand_over_in_forms("c", 1024).expect("a session");
+        let handed = a.end_for_handover("c").expect("a session").into_forms(1024);
         assert!(handed.forms.len() > 5, "{} forms", handed.forms.len());
         assert!(handed.forms.iter().all(|f| f.len() <= 1024));
         assert_eq!(handed.dropped_messages, 0);
@@ -467,7 +493,7 @@ mod tests {
     #[tokio::test]
     async fn messages_larger_than_a_form_stay_behind_and_are_counted() {
         let a = with_queued_messages(3);
-        let handed = a.hand_over_in_forms("c", 120).expect("a session");
+        let handed = a.end_for_handover("c").expect("a session").into_forms(120);
         assert_eq!(handed.dropped_messages, 3);
         let b = Broker::new(Config::default_config());
         let forms: Vec<&[u8]> = handed.forms.iter().map(Vec::as_slice).collect();

@@ -40,7 +40,7 @@ use crate::session::delivery::DeliverCtx;
 use crate::session::Session;
 
 pub use self::cluster_link::{ClaimWait, ClusterLink, InterestReady};
-pub use self::handover::{Adopted, HandedOver};
+pub use self::handover::{Adopted, HandedOver, Handover};
 pub use self::handover_form::HandoverError;
 pub use self::subscriptions::Subscribed;
 

@@ -15,17 +15,25 @@
 //! [`WINDOW_CHUNKS`]) as a request, and sends on once B has answered it, which it does
 //! after taking that chunk: at most one window is ever pending towards B.
 //!
-//! Both ends are bounded by `handover_timeout_ms` as a whole. This module owns the chunk
+//! A node sends at most [`SENDING_HANDOVERS`] chunked handovers at once, so that many
+//! sessions moving together (a node's clients moving to another) do not add up to more
+//! than a few windows pending either. Both ends are bounded by `handover_timeout_ms` as a
+//! whole. This module owns the chunk
 //! prefix and both ends of the transfer; what the forms hold is the broker's
 //! (`broker/handover.rs`), when a node asks is `owners.rs`'s.
 
 use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
+
+use super::metrics::ClusterMetrics;
+use crate::broker::Handover;
 
 /// Bytes of the prefix before each chunk's form.
 pub(super) const CHUNK_PREFIX_BYTES: usize = 16;
@@ -37,6 +45,10 @@ const WINDOW_BYTES: usize = 8 << 20;
 const WINDOW_CHUNKS: usize = 16;
 /// Most chunks one handover may have: a total above it is not believed.
 const MAX_CHUNKS: u32 = 1 << 20;
+/// Most chunked handovers this node sends at once (the others wait their turn, within
+/// their `handover_timeout_ms`): what NATS holds for the nodes taking them stays within
+/// this many windows.
+const SENDING_HANDOVERS: usize = 4;
 
 /// Numbers this node's handovers (mixed into their ids).
 static HANDOVERS: AtomicU64 = AtomicU64::new(0);
@@ -186,6 +198,51 @@ pub(super) async fn ask_in_chunks(
     }
 }
 
+/// The turns to send chunked handovers from this node ([`SENDING_HANDOVERS`] at once).
+#[derive(Debug, Clone)]
+pub(super) struct Senders(Arc<Semaphore>);
+
+impl Senders {
+    pub(super) fn new() -> Senders {
+        Senders(Arc::new(Semaphore::new(SENDING_HANDOVERS)))
+    }
+}
+
+/// Where and how a handover goes.
+#[derive(Debug)]
+pub(super) struct Handing {
+    /// The node's NATS connection.
+    pub(super) client: async_nats::Client,
+    /// The inbox of the node taking the session.
+    pub(super) reply: async_nats::Subject,
+    /// `handover_timeout_ms`: the whole sending, the wait for a turn included.
+    pub(super) timeout: Duration,
+    /// For the messages that could not go.
+    pub(super) metrics: Arc<ClusterMetrics>,
+}
+
+/// Encodes `handover` in forms that fit one NATS message each and sends them as chunks to
+/// `to.reply`, in its turn among [`Senders`]; logs what does not go.
+pub(super) async fn send_handover(handover: Handover, to: Handing, senders: Senders) {
+    let deadline = Instant::now() + to.timeout;
+    let client_id = handover.client_id().to_string();
+    let Ok(Ok(_turn)) = tokio::time::timeout_at(deadline, senders.0.acquire()).await else {
+        tracing::warn!(
+            client_id,
+            "cluster: no turn to send the handover in time; it is dropped"
+        );
+        return;
+    };
+    let handed = handover.into_forms(max_form_bytes(&to.client));
+    let dropped = handed.dropped_messages as u64;
+    ClusterMetrics::inc_by(&to.metrics.handover_messages_dropped, dropped);
+    let chunks = handed.forms.len();
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    if let Err(e) = send_chunks(&to.client, to.reply, handed.forms, timeout).await {
+        tracing::warn!(client_id, chunks, error = %e, "cluster: the handover did not go out whole");
+    }
+}
+
 /// A fresh id for a handover of this node (random per process, then counted).
 fn next_id() -> u64 {
     let n = HANDOVERS.fetch_add(1, Ordering::Relaxed);
@@ -197,7 +254,7 @@ fn next_id() -> u64 {
 ///
 /// # Errors
 /// [`ChunkError`]: a publish failed, or B did not take a window in time (it gave up).
-pub(super) async fn send_chunks(
+async fn send_chunks(
     client: &async_nats::Client,
     reply: async_nats::Subject,
     forms: Vec<Vec<u8>>,
@@ -239,7 +296,7 @@ pub(super) async fn send_chunks(
 
 /// The largest form a chunk may carry: the NATS server's `max_payload` (the client's
 /// negotiated limit, checked by the client on every publish) less the chunk prefix.
-pub(super) fn max_form_bytes(client: &async_nats::Client) -> usize {
+fn max_form_bytes(client: &async_nats::Client) -> usize {
     client
         .max_payload()
         .saturating_sub(CHUNK_PREFIX_BYTES)

@@ -5,7 +5,7 @@
 //! `{prefix}.takeover.{node}` (NATS request/reply): it closes its connection with
 //! DISCONNECT 0x8E and, when the CONNECT resumes (Clean Start 0), answers with the
 //! session's state, messages included, in as many NATS messages as it takes
-//! ([`Broker::hand_over_in_forms`], sent as [`super::handover_chunks`]), which this node
+//! ([`Handover::into_forms`], sent as [`super::handover_chunks`]), which this node
 //! puts back ([`Broker::adopt_session`]) and whose filters' interest it waits for before
 //! the CONNACK (Session Present 1). With Clean Start 1 the old node just ends the session.
 //! A node that does not answer within `handover_timeout_ms`, or whose answer does not
@@ -31,9 +31,9 @@ use base64::Engine as _;
 use futures_util::StreamExt as _;
 
 use super::error::ClusterError;
-use super::handover_chunks::{max_form_bytes, send_chunks, ChunkError};
+use super::handover_chunks::{send_handover, ChunkError, Handing, Senders};
 use super::metrics::ClusterMetrics;
-use crate::broker::Broker;
+use crate::broker::{Broker, Handover};
 
 /// How many times a claim retries a lost compare-and-swap before giving up.
 const CLAIM_TRIES: usize = 16;
@@ -347,8 +347,8 @@ enum Answer {
     /// One message: the session in one handover form, or empty (no session here, or the
     /// request only ends it).
     One(Vec<u8>),
-    /// The session's handover forms, one chunk each.
-    Chunks(Vec<Vec<u8>>),
+    /// The session, to go in chunks (encoded and sent by a task of its own).
+    Chunks(Handover),
 }
 
 /// Answers the takeover requests for this node's clients: the connection gets DISCONNECT
@@ -362,6 +362,7 @@ async fn answer_takeovers(
     (counters, pending): (Arc<ClusterMetrics>, Arc<PendingClaims>),
     handover_timeout: Duration,
 ) {
+    let senders = Senders::new();
     while let Some(message) = takeovers.next().await {
         let Some((&kind, id)) = message.payload.split_first() else {
             continue;
@@ -387,15 +388,14 @@ async fn answer_takeovers(
                     tracing::warn!(client_id, error = %e, "cluster: handover answer not sent");
                 }
             }
-            Answer::Chunks(forms) => {
-                let (client, client_id) = (client.clone(), client_id.to_string());
-                tokio::spawn(async move {
-                    let chunks = forms.len();
-                    let sent = send_chunks(&client, reply, forms, handover_timeout).await;
-                    if let Err(e) = sent {
-                        tracing::warn!(client_id, chunks, error = %e, "cluster: the handover did not go out whole");
-                    }
-                });
+            Answer::Chunks(handover) => {
+                let to = Handing {
+                    client: client.clone(),
+                    reply,
+                    timeout: handover_timeout,
+                    metrics: counters.clone(),
+                };
+                tokio::spawn(send_handover(handover, to, senders.clone()));
             }
         }
     }
@@ -411,13 +411,7 @@ fn answer(
     counters: &ClusterMetrics,
 ) -> Answer {
     let answer = match kind {
-        HAND_OVER_CHUNKED => broker
-            .hand_over_in_forms(client_id, max_form_bytes(client))
-            .map(|handed| {
-                let dropped = handed.dropped_messages as u64;
-                ClusterMetrics::inc_by(&counters.handover_messages_dropped, dropped);
-                Answer::Chunks(handed.forms)
-            }),
+        HAND_OVER_CHUNKED => broker.end_for_handover(client_id).map(Answer::Chunks),
         // One NATS message carries the answer (with room for its headers).
         HAND_OVER => broker
             .hand_over(client_id, max_payload(client))

@@ -47,8 +47,9 @@ pub struct ClusterConfig {
     /// them.
     pub partition_lease_ms: u64,
     /// Longest a CONNECT that takes a client over from another node waits for that node to
-    /// hand the session over; then it goes on with the session state stored in the
-    /// cluster's sessions bucket (subscriptions), or a fresh session.
+    /// hand the session over (all of it, in however many NATS messages); then it goes on
+    /// with the session state stored in the cluster's sessions bucket (subscriptions), or a
+    /// fresh session.
     pub handover_timeout_ms: u64,
     /// A node whose heartbeat is older than this is declared dead: one surviving node
     /// claims its sessions and publishes their wills.

@@ -78,7 +78,7 @@ pub(super) enum ChunkError {
     /// `handover_timeout_ms` passed with chunks still missing.
     #[error("timed out after {received} of {total} chunks")]
     TimedOut {
-        /// Chunks taken.
+        /// Chunks taken (by the sender: sent before the window the taker did not take).
         received: u32,
         /// Chunks announced (0: none came).
         total: u32,
@@ -203,6 +203,7 @@ pub(super) async fn ask_in_chunks(
 pub(super) struct Senders(Arc<Semaphore>);
 
 impl Senders {
+    /// The turns of one node.
     pub(super) fn new() -> Senders {
         Senders(Arc::new(Semaphore::new(SENDING_HANDOVERS)))
     }
@@ -274,15 +275,20 @@ async fn send_chunks(
         let last = index + 1 == total;
         if !last && (window_bytes >= WINDOW_BYTES || window_chunks >= WINDOW_CHUNKS) {
             let request = client.request(reply.clone(), chunk.into());
+            let timed_out = ChunkError::TimedOut {
+                received: index,
+                total,
+            };
             match tokio::time::timeout_at(deadline, request).await {
                 Ok(Ok(_)) => (window_bytes, window_chunks) = (0, 0),
-                Ok(Err(_)) => return Err(ChunkError::NoResponders),
-                Err(_) => {
-                    return Err(ChunkError::TimedOut {
-                        received: index,
-                        total,
+                Ok(Err(e)) => {
+                    return Err(match e.kind() {
+                        async_nats::RequestErrorKind::NoResponders => ChunkError::NoResponders,
+                        async_nats::RequestErrorKind::TimedOut => timed_out,
+                        _ => ChunkError::Nats,
                     })
                 }
+                Err(_) => return Err(timed_out),
             }
         } else {
             client

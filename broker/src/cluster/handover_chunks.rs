@@ -75,6 +75,14 @@ pub(super) enum ChunkError {
         /// The index due.
         expected: u32,
     },
+    /// The reply subscription ended (the NATS connection closed) with chunks missing.
+    #[error("the subscription ended after {received} of {total} chunks")]
+    Ended {
+        /// Chunks taken.
+        received: u32,
+        /// Chunks announced (0: none came).
+        total: u32,
+    },
     /// `handover_timeout_ms` passed with chunks still missing.
     #[error("timed out after {received} of {total} chunks")]
     TimedOut {
@@ -173,7 +181,8 @@ pub(super) async fn ask_in_chunks(
             return Err(ChunkError::TimedOut { received, total });
         };
         let Some(message) = next else {
-            return Err(ChunkError::Nats);
+            let (received, total) = set.progress();
+            return Err(ChunkError::Ended { received, total });
         };
         if message
             .status

@@ -253,7 +253,11 @@ impl Owners {
                 tracing::warn!(client_id, owner, error = %e, "cluster: the previous owner did not answer the takeover in time");
                 None
             }
-            Err(e @ (ChunkError::Nats | ChunkError::NoResponders)) => {
+            Err(
+                e @ (ChunkError::Nats
+                | ChunkError::NoResponders
+                | ChunkError::Ended { total: 0, .. }),
+            ) => {
                 tracing::warn!(client_id, owner, error = %e, "cluster: the previous owner did not hand the session over");
                 None
             }

@@ -17,7 +17,7 @@ use super::held_records::HeldRecords;
 use super::Connection;
 use crate::journal::batch::PENDING;
 use crate::message::Message;
-use crate::router::is_run_member;
+use crate::router::{can_run, is_run_member};
 use crate::session::machine::PendingAck;
 
 /// One PUBLISH in this many is timed for the routing latency histogram (the first of each
@@ -32,10 +32,7 @@ impl Connection {
     /// Routes `message` now, or lets it join the run of QoS 0 messages waiting to be routed
     /// (the run goes first when the message cannot join it).
     pub(super) fn publish_or_join(&mut self, message: Arc<Message>, ack: PendingAck, now: Instant) {
-        let publish = message.publish();
-        let joins = publish.qos() == tern_codec::QoS::AtMostOnce
-            && !publish.retain
-            && !self.broker.cluster_refuses(&message);
+        let joins = can_run(&message) && !self.broker.cluster_refuses(&message);
         if !joins {
             self.flush_run(now);
             self.publish(&message, ack, now);

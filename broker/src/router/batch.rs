@@ -51,14 +51,18 @@ impl Router {
     }
 }
 
-/// Whether `message` may join a run that `first` started: QoS 0, not retained, the same
-/// topic and publisher.
-pub(crate) fn is_run_member(message: &Message, first: &Message) -> bool {
+/// Whether `message` may be part of a run: QoS 0 and not retained.
+pub(crate) fn can_run(message: &Message) -> bool {
     let publish = message.publish();
-    publish.qos() == tern_codec::QoS::AtMostOnce
-        && !publish.retain
+    publish.qos() == tern_codec::QoS::AtMostOnce && !publish.retain
+}
+
+/// Whether `message` may join a run that `first` started: [`can_run`], the same topic and
+/// publisher.
+pub(crate) fn is_run_member(message: &Message, first: &Message) -> bool {
+    can_run(message)
         && message.origin_session == first.origin_session
-        && publish.topic() == first.publish().topic()
+        && message.publish().topic() == first.publish().topic()
 }
 
 #[cfg(test)]

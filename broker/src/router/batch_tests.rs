@@ -146,7 +146,10 @@ fn a_run_meeting_a_shared_group_goes_message_by_message() {
     group.sort_unstable();
     assert_eq!(group, numbers(6), "each message once to the group");
     for member in [&g1, &g2] {
-        let n: Vec<usize> = member.iter().map(|p| p.parse().expect("a number")).collect();
+        let n: Vec<usize> = member
+            .iter()
+            .map(|p| p.parse().expect("a number"))
+            .collect();
         assert!(n.windows(2).all(|w| w[0] < w[1]), "in order: {n:?}");
     }
     let got = payloads(&publishes(packets(&outs[2], ProtocolVersion::V5)));

@@ -6,7 +6,7 @@
 //! ring (SSE, WebSocket JSON: [`SubValue::Bridge`], fed once per message per ring).
 
 mod batch;
-pub(crate) use self::batch::is_run_member;
+pub(crate) use self::batch::{can_run, is_run_member};
 pub mod shared;
 pub mod trie;
 

@@ -669,6 +669,17 @@ async fn a_fast_publisher_is_held_back_not_dropped() {
 /// than MQTT messages went out.
 #[tokio::test]
 async fn a_burst_crosses_in_batches_in_order_once() {
+    burst_crosses_in_batches(QoS::AtLeastOnce).await;
+}
+
+/// The same with QoS 0: the receiving node routes each batch's messages as runs
+/// (`router/batch.rs`), and every subscriber still gets each message once, in order.
+#[tokio::test]
+async fn a_qos0_burst_crosses_in_batches_in_order_once() {
+    burst_crosses_in_batches(QoS::AtMostOnce).await;
+}
+
+async fn burst_crosses_in_batches(qos: QoS) {
     let Some(nats) = NatsServer::start() else {
         return;
     };
@@ -687,11 +698,11 @@ async fn a_burst_crosses_in_batches_in_order_once() {
     for i in 0..N {
         let id = publisher.next_packet_id();
         let publish = tern_codec::Publish::new(topic(i), format!("{i}").into_bytes())
-            .with_qos(tern_codec::PublishQoS::AtLeastOnce(id));
+            .with_qos(tern_codec::PublishQoS::with_id(qos, id));
         tern_codec::Packet::Publish(publish).encode(V5, &mut wire);
     }
     publisher.send_bytes(&wire).await;
-    for _ in 0..N {
+    for _ in 0..N * usize::from(qos != QoS::AtMostOnce) {
         match publisher.recv().await {
             tern_codec::Packet::PubAck(_) => {}
             other => panic!("expected PUBACK, got {other:?}"),

@@ -240,6 +240,22 @@ impl Broker {
         delivered
     }
 
+    /// [`Broker::route_remote`] for a run of QoS 0 messages of one topic, not retained
+    /// ([`crate::router::Router::route_run`]).
+    pub fn route_remote_run(
+        &self,
+        messages: &[Arc<Message>],
+        scratch: &mut RouteScratch,
+        now: Instant,
+    ) -> usize {
+        let delivered = self
+            .inner
+            .router
+            .route_run(messages, scratch, self.deliver_ctx(now));
+        drop(scratch.take_pressure());
+        delivered
+    }
+
     /// Delivers a message the cluster picked this node for to one member of the shared
     /// group subscribed as `key` (`$share/{group}/{filter}`); returns 0 when it has no
     /// member here any more.

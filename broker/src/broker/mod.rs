@@ -12,6 +12,7 @@ mod handover;
 mod handover_form;
 mod journaling;
 pub mod persist;
+mod publish;
 mod sessions;
 mod subscriptions;
 pub mod timers;
@@ -35,7 +36,7 @@ use crate::keep_alive::KeepAlive;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::retained::RetainedStore;
-use crate::router::{BridgeSink, RouteScratch, Router};
+use crate::router::{BridgeSink, Router};
 use crate::session::delivery::DeliverCtx;
 use crate::session::Session;
 
@@ -504,30 +505,6 @@ impl Broker {
             journal: self.durable_position(),
             cluster: self.confirmed_position(),
         }
-    }
-
-    /// Stores (if RETAIN) and routes a message; returns the number of sessions and bridge
-    /// sinks it went to.
-    pub fn publish(
-        &self,
-        message: &Arc<Message>,
-        scratch: &mut RouteScratch,
-        now: Instant,
-    ) -> usize {
-        let inner = &self.inner;
-        if message.publish().retain {
-            match inner.retained.update(message, self.journal(), now) {
-                1 => Metrics::add(&inner.metrics.retained_messages, 1),
-                -1 => Metrics::sub(&inner.metrics.retained_messages, 1),
-                _ => {}
-            }
-        }
-        let delivered = inner.router.route(message, scratch, self.deliver_ctx(now));
-        if let Some(cluster) = inner.cluster.get() {
-            // The publisher's acknowledgement waits for NATS to have it.
-            scratch.cluster_position = cluster.forward(message, now);
-        }
-        delivered
     }
 
     /// Calls `f` with each retained message matching `filter` and not expired at `now`.

@@ -35,7 +35,8 @@ use super::envelope;
 use super::metrics::ClusterMetrics;
 use super::subject;
 use crate::broker::{Broker, InterestReady};
-use crate::router::RouteScratch;
+use crate::message::Message;
+use crate::router::{can_run, is_run_member, RouteScratch};
 
 /// The filters this node holds interest in.
 #[derive(Debug)]
@@ -298,11 +299,24 @@ impl Shared {
             .dedup
             .retain_first(entries, |(h, _)| (h.origin, h.sequence));
         ClusterMetrics::inc_by(&self.metrics.duplicates_dropped, dropped as u64);
+        // A batch is one publisher's burst on one topic: its QoS 0 messages are routed as
+        // runs, as on the node they were published on (`router/batch.rs`).
+        let mut run: Vec<Arc<Message>> = Vec::new();
         for (_, entry) in entries.drain(..) {
             match envelope::decode(entry, now, unix_now_ms) {
                 Ok(message) => {
                     ClusterMetrics::inc(&self.metrics.messages_in);
-                    self.broker.route_remote(&message, scratch, now);
+                    if run
+                        .first()
+                        .is_some_and(|first| !is_run_member(&message, first))
+                    {
+                        self.route_run(&mut run, scratch, now);
+                    }
+                    if can_run(&message) {
+                        run.push(message);
+                    } else {
+                        self.broker.route_remote(&message, scratch, now);
+                    }
                 }
                 Err(e) => {
                     ClusterMetrics::inc(&self.metrics.envelope_errors);
@@ -310,5 +324,20 @@ impl Shared {
                 }
             }
         }
+        self.route_run(&mut run, scratch, now);
+    }
+
+    /// Routes the QoS 0 messages gathered in `run` (left empty).
+    fn route_run(&self, run: &mut Vec<Arc<Message>>, scratch: &mut RouteScratch, now: Instant) {
+        match run.len() {
+            0 => {}
+            1 => {
+                self.broker.route_remote(&run[0], scratch, now);
+            }
+            _ => {
+                self.broker.route_remote_run(run, scratch, now);
+            }
+        }
+        run.clear();
     }
 }

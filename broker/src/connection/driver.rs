@@ -7,7 +7,6 @@
 //! Nothing here awaits while handling a packet: a PUBLISH is checked, stored if retained,
 //! and routed to every subscriber's SharedWriter before the next packet is read.
 
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -22,16 +21,11 @@ use super::{Connection, Ended, PendingSubAck};
 use crate::broker::{InterestReady, Subscribed};
 use crate::delivery::shared_writer::HeldFor;
 use crate::error::Close;
-use crate::journal::batch::{DEFERRED, PENDING};
-use crate::message::Message;
+use crate::journal::batch::DEFERRED;
 use crate::metrics::Metrics;
 use crate::session::machine::{
-    self, Event, FilterOutcome, Output as Step, PendingAck, SubscribeRequest, Transmit,
+    self, Event, FilterOutcome, Output as Step, SubscribeRequest, Transmit,
 };
-
-/// One PUBLISH in this many is timed for the routing latency histogram (the first of each
-/// connection always is).
-const LATENCY_SAMPLE_EVERY: u64 = 16;
 
 /// What ended one wait of the packet loop.
 enum Wake {
@@ -171,6 +165,8 @@ impl Connection {
                 Err(e) => break Err(Close::Protocol(e)),
             }
         };
+        // What joined a run in this buffer is routed now, whatever ended the loop.
+        self.flush_run(now);
         if relieved && self.queue_relieved(now) {
             self.broker.relief().relieve();
         }
@@ -327,6 +323,10 @@ impl Connection {
     /// Feeds one packet to the machine and carries out what it asks for. `Ok(true)`: our
     /// queue may have moved on, so publishers waiting for it should look again.
     fn handle(&mut self, packet: Packet, now: Instant) -> Result<bool, Close> {
+        if !matches!(packet, Packet::Publish(_)) {
+            // A run of QoS 0 messages is routed before anything the client sent after it.
+            self.flush_run(now);
+        }
         let packet = match packet {
             Packet::Auth(auth) => return self.handle_auth(*auth).map(|()| false),
             other => other,
@@ -342,7 +342,7 @@ impl Connection {
         match step {
             Step::None => {}
             Step::Transmit(transmit) => self.send(&transmit),
-            Step::Event(Event::Publish(message, ack)) => self.publish(&message, ack, now),
+            Step::Event(Event::Publish(message, ack)) => self.publish_or_join(message, ack, now),
             Step::Event(Event::Subscribe(request)) => self.subscribe(*request, now),
             Step::Event(Event::Unsubscribe(request)) => self.unsubscribe(&request),
             Step::Event(Event::Relieved) => relieved = true,
@@ -370,63 +370,6 @@ impl Connection {
             .broker
             .client_acl(&state, &session.client_id, self.machine.username());
         self.machine.set_acl(acl, generation);
-    }
-
-    /// Stores and routes a client's message and acknowledges it.
-    ///
-    /// The routing latency histogram samples one PUBLISH in [`LATENCY_SAMPLE_EVERY`]: the
-    /// clock reads would otherwise cost more than the routing of a small fan-out.
-    fn publish(&mut self, message: &Arc<Message>, ack: PendingAck, now: Instant) {
-        // Too large for the cluster's NATS: refused as a whole (0x97 to 5.0; 3.1.1 has no
-        // refusing acknowledgement, [MQTT-3.3.5-2]) rather than delivered on this node only.
-        if self.broker.cluster_refuses(message) {
-            tracing::debug!(
-                topic = message.topic(),
-                "larger than NATS takes: publish refused"
-            );
-            let refused = self.machine.refused(ack, self.broker.journal());
-            if let Some(transmit) = refused {
-                self.send(&transmit);
-            }
-            return;
-        }
-        // A QoS 2 message from a persistent session: its copies for subscribers and its
-        // received id go into the journal as one frame, so that after a crash the
-        // publisher's resend is routed exactly once (see journal/batch.rs).
-        let _batch = (ack.is_exactly_once() && self.machine.session().is_logged())
-            .then(|| HeldRecords::begin(&self.broker, PENDING))
-            .flatten();
-        let routing = self.routing.get_or_insert_default();
-        routing.published = routing.published.wrapping_add(1);
-        let delivered = if routing.published % LATENCY_SAMPLE_EVERY != 1 {
-            self.broker.publish(message, &mut routing.scratch, now)
-        } else {
-            let started = std::time::Instant::now();
-            let delivered = self.broker.publish(message, &mut routing.scratch, now);
-            self.broker
-                .route_latency()
-                .observe(started.elapsed().as_secs_f64());
-            delivered
-        };
-        if let Some(transmit) = self
-            .machine
-            .published(ack, delivered, self.broker.journal())
-        {
-            self.send(&transmit);
-            // In a cluster the acknowledgement leaves once NATS has the message.
-            let forwarded = self
-                .routing
-                .as_mut()
-                .map_or(0, |r| std::mem::take(&mut r.scratch.cluster_position));
-            if forwarded != 0 {
-                self.out.lock().hold_cluster_until(forwarded);
-            }
-        }
-        if let Some(wait) = self.broker.cluster_congested() {
-            if let Some(routing) = self.routing.as_mut() {
-                routing.cluster_wait = Some(wait);
-            }
-        }
     }
 
     /// Subscribes the allowed filters through the broker (the session's record and the trie

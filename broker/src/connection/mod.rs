@@ -18,6 +18,7 @@ mod held_records;
 pub mod io;
 mod output;
 mod park;
+mod publish;
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -380,6 +381,9 @@ pub(crate) struct Routing {
     scratch: RouteScratch,
     /// PUBLISH packets routed, for sampling the routing latency.
     published: u64,
+    /// QoS 0 messages of one topic waiting to be routed together (`publish.rs`); empty
+    /// between read buffers.
+    run: Vec<Arc<crate::message::Message>>,
     /// In a cluster: the queue to the other nodes is over its high-water mark; reading waits
     /// for it.
     cluster_wait: Option<crate::broker::InterestReady>,
@@ -390,6 +394,7 @@ impl std::fmt::Debug for Routing {
         f.debug_struct("Routing")
             .field("scratch", &self.scratch)
             .field("published", &self.published)
+            .field("run", &self.run.len())
             .field("cluster_wait", &self.cluster_wait.is_some())
             .finish()
     }

@@ -5,6 +5,8 @@
 //! changes one path. A subscriber in the trie is a [`Session`], a shared group, or a bridge
 //! ring (SSE, WebSocket JSON: [`SubValue::Bridge`], fed once per message per ring).
 
+mod batch;
+pub(crate) use self::batch::{can_run, is_run_member};
 pub mod shared;
 pub mod trie;
 
@@ -60,6 +62,14 @@ pub struct SubEntry {
     /// The subscriber's ACL, when the filter matches topics it may not read: each message
     /// is checked with it before delivery. `None`: no ACL, or the filter is wholly readable.
     pub read_check: Option<Arc<ClientAcl>>,
+}
+
+/// What [`deliver_targets`] hands each matched session: one message, or a run of QoS 0
+/// messages of one topic ([`Router::route_run`]).
+#[derive(Clone, Copy)]
+enum Deliveries<'m> {
+    One(&'m Arc<Message>),
+    Qos0Run(&'m [Arc<Message>]),
 }
 
 /// One delivery decided by matching, before overlapping subscriptions are merged.
@@ -259,10 +269,27 @@ impl Router {
         scratch: &mut RouteScratch,
         ctx: DeliverCtx<'_>,
     ) -> usize {
+        self.collect(message, scratch, ctx, false);
+        let delivered = deliver_targets(Deliveries::One(message), scratch, ctx);
+        delivered + deliver_to_bridges(message, &mut scratch.bridges, ctx.metrics)
+    }
+
+    /// Matches `message` into `scratch`: the deliveries it makes (sorted so that one
+    /// session's sit side by side) and the bridge sinks it reaches. With `run`, a shared
+    /// group that matches is not served (it picks a member per message): then nothing is
+    /// collected and the result is false.
+    fn collect(
+        &self,
+        message: &Message,
+        scratch: &mut RouteScratch,
+        ctx: DeliverCtx<'_>,
+        run: bool,
+    ) -> bool {
         let publish = message.publish();
         let origin = message.origin_session;
         scratch.targets.clear();
         let mut filters = 0usize;
+        let mut grouped = false;
         {
             let trie = self.read();
             trie.for_each_match_grouped(
@@ -281,6 +308,10 @@ impl Router {
                         {
                             return; // the cluster picked a node for it: route_group
                         }
+                        if run {
+                            grouped = true;
+                            return;
+                        }
                         if let Some(entry) = group.pick() {
                             let group = Some(group.clone());
                             push_target(&mut scratch.targets, &entry, group, publish, ctx);
@@ -290,6 +321,11 @@ impl Router {
                 },
             );
         }
+        if grouped {
+            scratch.targets.clear();
+            scratch.bridges.clear();
+            return false;
+        }
         // Only matches from several filters can name one session twice: then sort, so that
         // overlapping subscriptions sit side by side and merge into one delivery.
         if filters > 1 && scratch.targets.len() > 1 {
@@ -297,8 +333,7 @@ impl Router {
                 .targets
                 .sort_unstable_by_key(|t| (t.session.id, t.group.is_some()));
         }
-        let delivered = deliver_targets(message, scratch, ctx);
-        delivered + deliver_to_bridges(message, &mut scratch.bridges, ctx.metrics)
+        true
     }
 
     /// From now on shared groups get messages only through [`Router::route_group`] (a
@@ -332,7 +367,7 @@ impl Router {
             message.publish(),
             ctx,
         );
-        deliver_targets(message, scratch, ctx)
+        deliver_targets(Deliveries::One(message), scratch, ctx)
     }
 
     /// Adds the trie entry of bridge `sink` for `filter` (valid, not shared); returns
@@ -357,7 +392,7 @@ impl Router {
 /// deliveries were made. Records the subscribers left over their soft cap for the publisher
 /// to wait for, unless only a minority fell behind: those are marked slow instead.
 fn deliver_targets(
-    message: &Arc<Message>,
+    deliveries: Deliveries<'_>,
     scratch: &mut RouteScratch,
     ctx: DeliverCtx<'_>,
 ) -> usize {
@@ -384,15 +419,18 @@ fn deliver_targets(
             }
         }
         let mut delivery = first.session.delivery();
-        delivery.deliver_via(
-            message,
-            qos,
-            retain,
-            &scratch.subscription_ids,
-            first.group.as_ref().map(|g| g.key()),
-            ctx,
-        );
-        let qos0 = qos == QoS::AtMostOnce || message.qos() == QoS::AtMostOnce;
+        let ids = &scratch.subscription_ids;
+        let qos0 = match deliveries {
+            Deliveries::One(message) => {
+                let group = first.group.as_ref().map(|g| g.key());
+                delivery.deliver_via(message, qos, retain, ids, group, ctx);
+                qos == QoS::AtMostOnce || message.qos() == QoS::AtMostOnce
+            }
+            Deliveries::Qos0Run(messages) => {
+                delivery.deliver_qos0_run(messages, ids, ctx);
+                true
+            }
+        };
         if let Some(writer) = delivery.pressure(ctx, qos0, scratch.turn.is_some()) {
             scratch.pressure.push(Pressure {
                 session: first.session.clone(),
@@ -447,6 +485,13 @@ pub(crate) fn deliver_to_bridges(
         sinks.sort_unstable_by_key(|s| s.id());
         sinks.dedup_by_key(|s| s.id());
     }
+    let count = push_to_bridges(message, sinks, metrics);
+    sinks.clear();
+    count
+}
+
+/// Hands `message` to each of `sinks` (each once in the list); returns how many took it.
+fn push_to_bridges(message: &Message, sinks: &[Arc<dyn BridgeSink>], metrics: &Metrics) -> usize {
     let mut encoded = None;
     let mut evicted = 0;
     let mut count = 0;
@@ -463,7 +508,6 @@ pub(crate) fn deliver_to_bridges(
     if evicted > 0 {
         Metrics::add(&metrics.bridge_ring_evictions, evicted as u64);
     }
-    sinks.clear();
     count
 }
 

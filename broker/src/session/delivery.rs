@@ -576,6 +576,8 @@ pub use self::replay::ReplayRequest;
 
 #[path = "delivery_log.rs"]
 mod log;
+#[path = "delivery_run.rs"]
+mod run;
 pub use self::log::{Restored, RestoredStage};
 
 #[cfg(test)]

@@ -2,11 +2,11 @@
 //! (the shared template patched in place, or a one-shot encoding), or a PUBREL; and what
 //! became of it (written, dropped for this subscriber, connection closing).
 
-use tern_codec::template::encode_publish;
+use tern_codec::template::{encode_publish, PublishTemplate};
 use tern_codec::{Family, Outbound, PacketId, PubRel, PublishQoS, QoS};
 
 use super::delivery::{DeliverCtx, Link};
-use crate::delivery::shared_writer::{note_pending_hold, Appended};
+use crate::delivery::shared_writer::{note_pending_hold, Appended, SharedWriter, WriteGuard};
 use crate::journal::batch::is_pending;
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -58,11 +58,126 @@ pub(super) fn write_publish(
     hold: u64,
     ctx: DeliverCtx<'_>,
 ) -> Written {
+    let alias = choose_alias(link, message);
+    let Some(prepared) = prepare(link, message, out, subscription_ids, alias, ctx) else {
+        return Written::Dropped;
+    };
+    let mut guard = link.writer.lock();
+    let appended = append(
+        &mut guard,
+        link,
+        &prepared,
+        message,
+        (out, retain, dup),
+        ctx,
+    );
+    // Most deliveries hold nothing (0): not persistent, or QoS 0/1.
+    let held = hold != 0 && appended == Appended::Yes;
+    if held {
+        guard.hold_until(hold);
+    }
+    drop(guard);
+    if held && is_pending(hold) {
+        note_pending_hold(&link.writer, hold);
+    }
+    let written = account(&link.writer, message, appended, prepared.max_len, ctx);
+    if written == Written::Yes {
+        Metrics::add(&ctx.metrics.messages_sent, 1);
+        remember_alias(link, message, alias);
+    }
+    written
+}
+
+/// Writes a run of QoS 0 messages of one topic (not retained) into the link's writer under
+/// one lock, in order: what [`write_publish`] does for each, with one lock, one wake of the
+/// connection and one count for the run. A topic alias the first written message makes
+/// known is used by the ones after it (topic omitted, [MQTT-3.3.2-12]).
+pub(super) fn write_qos0_run(
+    link: &mut Link,
+    messages: &[std::sync::Arc<Message>],
+    subscription_ids: &[u32],
+    ctx: DeliverCtx<'_>,
+) {
+    let Some(first) = messages.first() else {
+        return;
+    };
+    let chosen = choose_alias(link, first);
+    let mut alias = chosen;
+    let out = PublishQoS::AtMostOnce;
+    let mut sent = 0u64;
+    let mut guard = link.writer.lock();
+    for message in messages {
+        let Some(prepared) = prepare(link, message, out, subscription_ids, alias, ctx) else {
+            continue;
+        };
+        let appended = append(
+            &mut guard,
+            link,
+            &prepared,
+            message,
+            (out, false, false),
+            ctx,
+        );
+        match account(&link.writer, message, appended, prepared.max_len, ctx) {
+            Written::Yes => {
+                sent += 1;
+                // The client knows the alias once one PUBLISH carried it with the topic.
+                alias = alias.map(|(a, _)| (a, true));
+            }
+            Written::Dropped => {}
+            Written::Closed => break,
+        }
+    }
+    drop(guard);
+    if sent > 0 {
+        remember_alias(link, first, chosen);
+    }
+    Metrics::add(&ctx.metrics.messages_sent, sent);
+}
+
+/// The outbound topic alias for `message` on `link`, and whether the client knows it.
+fn choose_alias(link: &Link, message: &Message) -> Option<(u16, bool)> {
+    if link.version.is_v5() {
+        link.aliases.choose(message.publish().topic())
+    } else {
+        None
+    }
+}
+
+/// Records an alias the client learnt from a PUBLISH just written.
+fn remember_alias(link: &mut Link, message: &Message, alias: Option<(u16, bool)>) {
+    if let Some((alias, false)) = alias {
+        link.aliases
+            .map
+            .get_or_insert_default()
+            .insert(message.publish().shared_topic(), alias);
+    }
+}
+
+/// What encoding one PUBLISH for one subscriber takes, decided before the writer's lock.
+struct Prepared<'m> {
+    /// The shared template, or `None`: a one-shot encoding with these properties.
+    template: Option<PublishTemplate<'m>>,
+    subscription_ids: &'m [u32],
+    alias: Option<(u16, bool)>,
+    reduced_expiry: Option<u32>,
+    max_len: usize,
+}
+
+/// Decides the encoding of `message` for `link`; `None` when it expired (counted).
+fn prepare<'m>(
+    link: &Link,
+    message: &'m Message,
+    out: PublishQoS,
+    subscription_ids: &'m [u32],
+    alias: Option<(u16, bool)>,
+    ctx: DeliverCtx<'_>,
+) -> Option<Prepared<'m>> {
     let publish = message.publish();
     let remaining_expiry = match message.remaining_expiry_secs(ctx.now) {
         Some(Err(())) => {
             Metrics::add(&ctx.metrics.dropped_expired, 1);
-            return Written::Dropped;
+            return None;
         }
         Some(Ok(secs)) => Some(secs),
         None => None,
@@ -70,11 +185,6 @@ pub(super) fn write_publish(
     let v5 = link.version.is_v5();
     let reduced_expiry = remaining_expiry
         .filter(|&r| Some(r) != publish.properties().message_expiry_interval_secs());
-    let alias = if v5 {
-        link.aliases.choose(publish.topic())
-    } else {
-        None
-    };
     let own_properties =
         v5 && (!subscription_ids.is_empty() || alias.is_some() || reduced_expiry.is_some());
     let family = Family::of(link.version);
@@ -85,63 +195,62 @@ pub(super) fn write_publish(
         // A replay: the shared template only if it costs no new encoding.
         (false, false) => message.templates.peek(family, with_id),
     };
-    let capped = out == PublishQoS::AtMostOnce;
-    let max_len = link.max_packet_size_bytes as usize;
+    Some(Prepared {
+        template,
+        subscription_ids,
+        alias,
+        reduced_expiry,
+        max_len: link.max_packet_size_bytes as usize,
+    })
+}
 
-    // The size and cap checks are the SharedWriter's (`WriteGuard::append_packet`).
-    let mut guard = link.writer.lock();
-    let appended = if let Some(template) = template {
-        guard.append_packet(Some(template.len()), max_len, capped, ctx.now, |buf| {
-            // The layout matches `out` by construction (same `packet_id().is_some()`).
-            let _ = template.write_to(buf, out, retain, dup);
-        })
+/// Appends one prepared PUBLISH under the writer's lock (`flags`: the QoS layout, RETAIN,
+/// DUP). The size and cap checks are the SharedWriter's (`WriteGuard::append_packet`).
+fn append(
+    guard: &mut WriteGuard<'_>,
+    link: &Link,
+    prepared: &Prepared<'_>,
+    message: &Message,
+    (out, retain, dup): (PublishQoS, bool, bool),
+    ctx: DeliverCtx<'_>,
+) -> Appended {
+    let capped = out == PublishQoS::AtMostOnce;
+    if let Some(template) = prepared.template {
+        guard.append_packet(
+            Some(template.len()),
+            prepared.max_len,
+            capped,
+            ctx.now,
+            |buf| {
+                // The layout matches `out` by construction (same `packet_id().is_some()`).
+                let _ = template.write_to(buf, out, retain, dup);
+            },
+        )
     } else {
         let outbound = Outbound {
-            subscription_identifiers: subscription_ids,
-            topic_alias: alias.map(|(a, _)| a),
-            omit_topic: alias.is_some_and(|(_, known)| known),
-            message_expiry_interval_secs: reduced_expiry,
+            subscription_identifiers: prepared.subscription_ids,
+            topic_alias: prepared.alias.map(|(a, _)| a),
+            omit_topic: prepared.alias.is_some_and(|(_, known)| known),
+            message_expiry_interval_secs: prepared.reduced_expiry,
         };
-        guard.append_packet(None, max_len, capped, ctx.now, |buf| {
+        let publish = message.publish();
+        guard.append_packet(None, prepared.max_len, capped, ctx.now, |buf| {
             encode_publish(buf, publish, link.version, out, retain, dup, &outbound);
         })
-    };
-    // Most deliveries hold nothing (0): not persistent, or QoS 0/1.
-    let held = hold != 0 && appended == Appended::Yes;
-    if held {
-        guard.hold_until(hold);
     }
-    drop(guard);
-    if held && is_pending(hold) {
-        note_pending_hold(&link.writer, hold);
-    }
-    let written = account(link, message, appended, max_len, ctx);
-    if written != Written::Yes {
-        return written;
-    }
-    if let Some((alias, false)) = alias {
-        link.aliases
-            .map
-            .get_or_insert_default()
-            .insert(publish.shared_topic(), alias);
-    }
-    Written::Yes
 }
 
 /// Counts what became of one append: sent, too large for the client, or over the writer's
 /// cap (a slow consumer, kicked once it has been stuck past `slow_consumer_timeout`).
 fn account(
-    link: &Link,
+    writer: &SharedWriter,
     message: &Message,
     appended: Appended,
     max_len: usize,
     ctx: DeliverCtx<'_>,
 ) -> Written {
     match appended {
-        Appended::Yes => {
-            Metrics::add(&ctx.metrics.messages_sent, 1);
-            Written::Yes
-        }
+        Appended::Yes => Written::Yes,
         Appended::Closed => Written::Closed,
         Appended::TooLarge(len) => {
             Metrics::add(&ctx.metrics.dropped_too_large_for_client, 1);
@@ -156,7 +265,7 @@ fn account(
         Appended::OverCap(stuck_since) => {
             Metrics::add(&ctx.metrics.dropped_qos0_slow_consumer, 1);
             if ctx.now.duration_since(stuck_since) >= ctx.slow_consumer_timeout {
-                link.writer.control().kick(crate::error::Kick::SlowConsumer);
+                writer.control().kick(crate::error::Kick::SlowConsumer);
             }
             Written::Dropped
         }

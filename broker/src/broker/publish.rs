@@ -1,0 +1,60 @@
+//! Taking a client's message in: the retained store (RETAIN), routing to this node's
+//! subscribers, and the copy for other cluster nodes. One message at a time, or a run of
+//! QoS 0 messages of one topic at once ([`crate::router::Router::route_run`]).
+
+use std::sync::Arc;
+use tokio::time::Instant;
+
+use super::Broker;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::router::RouteScratch;
+
+impl Broker {
+    /// Stores (if RETAIN) and routes a message; returns the number of sessions and bridge
+    /// sinks it went to.
+    pub fn publish(
+        &self,
+        message: &Arc<Message>,
+        scratch: &mut RouteScratch,
+        now: Instant,
+    ) -> usize {
+        let inner = &self.inner;
+        if message.publish().retain {
+            match inner.retained.update(message, self.journal(), now) {
+                1 => Metrics::add(&inner.metrics.retained_messages, 1),
+                -1 => Metrics::sub(&inner.metrics.retained_messages, 1),
+                _ => {}
+            }
+        }
+        let delivered = inner.router.route(message, scratch, self.deliver_ctx(now));
+        if let Some(cluster) = inner.cluster.get() {
+            // The publisher's acknowledgement waits for NATS to have it.
+            scratch.cluster_position = cluster.forward(message, now);
+        }
+        delivered
+    }
+
+    /// Routes a run of QoS 0 messages of one topic and publisher, not retained (see
+    /// [`crate::router::Router::route_run`]), and sends each to other cluster nodes;
+    /// returns the number of deliveries made, counted per message.
+    pub fn publish_run(
+        &self,
+        messages: &[Arc<Message>],
+        scratch: &mut RouteScratch,
+        now: Instant,
+    ) -> usize {
+        let inner = &self.inner;
+        let delivered = inner
+            .router
+            .route_run(messages, scratch, self.deliver_ctx(now));
+        if let Some(cluster) = inner.cluster.get() {
+            for message in messages {
+                // QoS 0: no acknowledgement waits for NATS, but the position is kept as
+                // for any message (a later acknowledgement covers it).
+                scratch.cluster_position = cluster.forward(message, now);
+            }
+        }
+        delivered
+    }
+}

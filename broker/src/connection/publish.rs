@@ -1,0 +1,159 @@
+//! Taking in a client's PUBLISH: refused when the cluster cannot carry it, otherwise stored
+//! (RETAIN), routed and acknowledged once what the acknowledgement depends on holds.
+//!
+//! Consecutive QoS 0 messages of one topic, not retained, wait in a run
+//! ([`Routing::run`], at most [`RUN_MAX`]) and are routed together
+//! ([`crate::broker::Broker::publish_run`]): a publisher's burst, read from one buffer,
+//! costs one trie walk and one lock of each subscriber's writer instead of one per
+//! message. The run is routed before any other packet of the client is handled and at the
+//! end of each read buffer, so nothing waits for more input and the order of everything
+//! the client sent is kept.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::held_records::HeldRecords;
+use super::Connection;
+use crate::journal::batch::PENDING;
+use crate::message::Message;
+use crate::router::{can_run, is_run_member};
+use crate::session::machine::PendingAck;
+
+/// One PUBLISH in this many is timed for the routing latency histogram (the first of each
+/// connection always is).
+const LATENCY_SAMPLE_EVERY: u64 = 16;
+
+/// The longest run of QoS 0 messages routed at once: long enough to share the locks, short
+/// enough that back-pressure is seen within a few dozen messages.
+pub(super) const RUN_MAX: usize = 64;
+
+impl Connection {
+    /// Routes `message` now, or lets it join the run of QoS 0 messages waiting to be routed
+    /// (the run goes first when the message cannot join it).
+    pub(super) fn publish_or_join(&mut self, message: Arc<Message>, ack: PendingAck, now: Instant) {
+        let joins = can_run(&message) && !self.broker.cluster_refuses(&message);
+        if !joins {
+            self.flush_run(now);
+            self.publish(&message, ack, now);
+            return;
+        }
+        let routing = self.routing.get_or_insert_default();
+        if routing
+            .run
+            .first()
+            .is_some_and(|first| !is_run_member(&message, first))
+        {
+            self.flush_run(now);
+        }
+        let routing = self.routing.get_or_insert_default();
+        routing.run.push(message);
+        if routing.run.len() >= RUN_MAX {
+            self.flush_run(now);
+        }
+    }
+
+    /// Routes the run of QoS 0 messages waiting, if any (QoS 0: nothing to acknowledge).
+    /// A run of one is routed as a single message.
+    pub(super) fn flush_run(&mut self, now: Instant) {
+        let Some(routing) = self.routing.as_mut() else {
+            return;
+        };
+        let mut run = std::mem::take(&mut routing.run);
+        match run.len() {
+            0 => return,
+            1 => {
+                routing.run = run;
+                let Some(message) = routing.run.pop() else {
+                    return;
+                };
+                let ack = PendingAck::at_most_once();
+                self.publish(&message, ack, now);
+                return;
+            }
+            n => {
+                let before = routing.published;
+                routing.published = before.wrapping_add(n as u64);
+                // Timed when a sampled message is in it: the whole run's routing, the
+                // longest any of its messages waited.
+                let sampled =
+                    (before + 1..=routing.published).any(|p| p % LATENCY_SAMPLE_EVERY == 1);
+                let started = sampled.then(std::time::Instant::now);
+                self.broker.publish_run(&run, &mut routing.scratch, now);
+                if let Some(started) = started {
+                    self.broker
+                        .route_latency()
+                        .observe(started.elapsed().as_secs_f64());
+                }
+            }
+        }
+        run.clear();
+        if let Some(routing) = self.routing.as_mut() {
+            routing.run = run; // its allocation serves the next run
+        }
+        self.note_cluster_congestion();
+    }
+
+    /// Stores and routes a client's message and acknowledges it.
+    ///
+    /// The routing latency histogram samples one PUBLISH in [`LATENCY_SAMPLE_EVERY`]: the
+    /// clock reads would otherwise cost more than the routing of a small fan-out.
+    pub(super) fn publish(&mut self, message: &Arc<Message>, ack: PendingAck, now: Instant) {
+        // Too large for the cluster's NATS: refused as a whole (0x97 to 5.0; 3.1.1 has no
+        // refusing acknowledgement, [MQTT-3.3.5-2]) rather than delivered on this node only.
+        if self.broker.cluster_refuses(message) {
+            tracing::debug!(
+                topic = message.topic(),
+                "larger than NATS takes: publish refused"
+            );
+            let refused = self.machine.refused(ack, self.broker.journal());
+            if let Some(transmit) = refused {
+                self.send(&transmit);
+            }
+            return;
+        }
+        // A QoS 2 message from a persistent session: its copies for subscribers and its
+        // received id go into the journal as one frame, so that after a crash the
+        // publisher's resend is routed exactly once (see journal/batch.rs).
+        let _batch = (ack.is_exactly_once() && self.machine.session().is_logged())
+            .then(|| HeldRecords::begin(&self.broker, PENDING))
+            .flatten();
+        let routing = self.routing.get_or_insert_default();
+        routing.published = routing.published.wrapping_add(1);
+        let delivered = if routing.published % LATENCY_SAMPLE_EVERY != 1 {
+            self.broker.publish(message, &mut routing.scratch, now)
+        } else {
+            let started = std::time::Instant::now();
+            let delivered = self.broker.publish(message, &mut routing.scratch, now);
+            self.broker
+                .route_latency()
+                .observe(started.elapsed().as_secs_f64());
+            delivered
+        };
+        if let Some(transmit) = self
+            .machine
+            .published(ack, delivered, self.broker.journal())
+        {
+            self.send(&transmit);
+            // In a cluster the acknowledgement leaves once NATS has the message.
+            let forwarded = self
+                .routing
+                .as_mut()
+                .map_or(0, |r| std::mem::take(&mut r.scratch.cluster_position));
+            if forwarded != 0 {
+                self.out.lock().hold_cluster_until(forwarded);
+            }
+        }
+        self.note_cluster_congestion();
+    }
+
+    /// In a cluster: when the queue to the other nodes is over its high-water mark, reading
+    /// waits for it.
+    fn note_cluster_congestion(&mut self) {
+        if let Some(wait) = self.broker.cluster_congested() {
+            if let Some(routing) = self.routing.as_mut() {
+                routing.cluster_wait = Some(wait);
+            }
+        }
+    }
+}

@@ -20,6 +20,11 @@ pub struct Message {
     /// Where the journal stored its body (persistence): set the first time a persistent
     /// session is handed it, read by every later one.
     pub journal_body: BodyRef,
+    /// Its identity in the cluster (origin node, sequence number there), when it is one:
+    /// given before a message published here is routed, or read from the envelope of one
+    /// that came from another node; it travels with the message when a session is handed
+    /// over, so that the node taking it drops copies it received itself.
+    pub cluster_identity: std::sync::OnceLock<(u64, u64)>,
 }
 
 /// The journal's reference to a message's stored body: its id and the log position of the
@@ -44,6 +49,7 @@ impl Message {
             received_at,
             origin_session,
             journal_body: BodyRef::default(),
+            cluster_identity: std::sync::OnceLock::new(),
         })
     }
 
@@ -57,6 +63,11 @@ impl Message {
         let mut publish = Publish::new(ByteStr::from(topic), payload.into());
         publish.retain = retain;
         Message::new(publish, now, None)
+    }
+
+    /// Its cluster identity (origin node, sequence), if it has one.
+    pub fn identity(&self) -> Option<(u64, u64)> {
+        self.cluster_identity.get().copied()
     }
 
     /// The publish.

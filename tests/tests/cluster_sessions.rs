@@ -650,3 +650,194 @@ async fn a_silent_old_node_leaves_the_stored_state_to_the_new_one() {
     old_node.stop(Stop::Kill);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What the moving subscriber of [`messages_published_during_handovers`] got: per
+/// publisher, each message number in arrival order with its DUP flag.
+#[derive(Default)]
+struct Received {
+    by_publisher: [Vec<(u32, bool)>; 2],
+    /// QoS 2 packet ids whose PUBREC was sent and PUBREL not yet received (the
+    /// session's state on the client side, kept across connections).
+    awaiting_pubrel: std::collections::HashSet<u16>,
+}
+
+impl Received {
+    /// Takes `packet` (acknowledging it on `client`); false at the end of the connection.
+    async fn take(&mut self, client: &mut tern_tests::Client, packet: tern_codec::Packet) -> bool {
+        use tern_codec::{Packet, PubAck, PubComp, PubRec, PublishQoS};
+        match packet {
+            Packet::Publish(p) => {
+                let publisher = usize::from(p.payload()[0]);
+                let number = u32::from_be_bytes(p.payload()[1..5].try_into().expect("4 bytes"));
+                match p.publish_qos() {
+                    PublishQoS::AtLeastOnce(id) => {
+                        self.by_publisher[publisher].push((number, p.dup));
+                        client.send(&Packet::PubAck(PubAck::new(id))).await;
+                    }
+                    PublishQoS::ExactlyOnce(id) => {
+                        // [MQTT-4.3.3-10]: until PUBREL, a PUBLISH with this id is the same one.
+                        if self.awaiting_pubrel.insert(id.get()) {
+                            self.by_publisher[publisher].push((number, p.dup));
+                        }
+                        client.send(&Packet::PubRec(PubRec::new(id))).await;
+                    }
+                    PublishQoS::AtMostOnce => panic!("QoS 0 delivery of {number}"),
+                }
+                true
+            }
+            Packet::PubRel(rel) => {
+                self.awaiting_pubrel.remove(&rel.packet_id.get());
+                client
+                    .send(&Packet::PubComp(PubComp::new(rel.packet_id)))
+                    .await;
+                true
+            }
+            Packet::Disconnect(_) => false,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// How many distinct messages arrived.
+    fn distinct(&self) -> usize {
+        self.by_publisher
+            .iter()
+            .map(|got| {
+                got.iter()
+                    .map(|(n, _)| *n)
+                    .collect::<std::collections::HashSet<_>>()
+                    .len()
+            })
+            .sum()
+    }
+
+    /// Reads and acknowledges what `client` gets for `period` (or until it is closed).
+    async fn read_for(&mut self, client: &mut tern_tests::Client, period: Duration) {
+        let until = tokio::time::Instant::now() + period;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match client.recv_within(left).await {
+                Some(packet) => {
+                    if !self.take(client, packet).await {
+                        return;
+                    }
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Asserts every number `0..count` of each publisher arrived, at QoS 1 repeated only
+    /// as a DUP resend and at QoS 2 not at all, and the first deliveries in order.
+    fn check(&self, count: u32, qos: QoS) {
+        for (publisher, got) in self.by_publisher.iter().enumerate() {
+            let distinct: std::collections::BTreeSet<u32> = got.iter().map(|(n, _)| *n).collect();
+            let missing: Vec<u32> = (0..count).filter(|n| !distinct.contains(n)).collect();
+            assert!(
+                missing.is_empty(),
+                "publisher {publisher}: {} of {count} lost, first {:?}",
+                missing.len(),
+                &missing[..missing.len().min(10)]
+            );
+            let mut seen = std::collections::HashSet::new();
+            let mut last_fresh: Option<u32> = None;
+            for &(n, dup) in got {
+                let first = seen.insert(n);
+                match qos {
+                    // [MQTT-4.3.3-10]/[MQTT-4.3.3-11]: exactly once.
+                    QoS::ExactlyOnce => assert!(first, "publisher {publisher}: {n} twice"),
+                    // [MQTT-4.4.0-1]: a repeat only as a resend, with DUP.
+                    _ => assert!(first || dup, "publisher {publisher}: {n} again without DUP"),
+                }
+                if !dup {
+                    // [MQTT-4.6.0-6]: in order, resends aside.
+                    assert!(
+                        last_fresh.is_none_or(|last| n > last),
+                        "publisher {publisher}: {n} after {last_fresh:?}"
+                    );
+                    last_fresh = Some(n);
+                }
+            }
+        }
+    }
+}
+
+/// Publishes `count` numbered messages (`[publisher, n as u32 big-endian]`) on `h/{publisher}`
+/// at `qos` through `client`, one every millisecond or so.
+async fn publish_numbered(mut client: tern_tests::Client, publisher: u8, count: u32, qos: QoS) {
+    let topic = format!("h/{publisher}");
+    for n in 0..count {
+        let mut payload = vec![publisher];
+        payload.extend_from_slice(&n.to_be_bytes());
+        client.publish(&topic, &payload, qos, false).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A persistent subscriber moves between nodes A and B six times while one publisher on a
+/// third node C and one on A publish numbered messages at `qos` without pause: every
+/// message arrives, at QoS 1 repeated only as a resend with DUP, at QoS 2 exactly once,
+/// and each publisher's messages in order (resends aside).
+async fn messages_published_during_handovers(qos: QoS) {
+    const COUNT: u32 = 2000;
+    const HANDOVERS: usize = 6;
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = nats.nodes(3).await;
+    let (mut subscriber, _) = persistent(nodes[0].addr, "mover", None).await;
+    subscriber.subscribe("h/#", qos).await;
+    let publishers = vec![
+        tokio::spawn(publish_numbered(
+            nodes[2].client(V5, "pc").await,
+            0,
+            COUNT,
+            qos,
+        )),
+        tokio::spawn(publish_numbered(
+            nodes[0].client(V5, "pa").await,
+            1,
+            COUNT,
+            qos,
+        )),
+    ];
+    let mut received = Received::default();
+    for handover in 0..HANDOVERS {
+        received
+            .read_for(&mut subscriber, Duration::from_millis(300))
+            .await;
+        let node = &nodes[(handover + 1) % 2];
+        let (next, present) = persistent(node.addr, "mover", None).await;
+        assert!(
+            present,
+            "[MQTT-3.2.2-3] Session Present 1 (handover {handover})"
+        );
+        // What the old connection still had unread was not acknowledged: resent.
+        subscriber = next;
+    }
+    for publisher in publishers {
+        publisher.await.expect("publisher");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while received.distinct() < 2 * COUNT as usize && tokio::time::Instant::now() < deadline {
+        received
+            .read_for(&mut subscriber, Duration::from_millis(200))
+            .await;
+    }
+    received
+        .read_for(&mut subscriber, Duration::from_millis(500))
+        .await;
+    received.check(COUNT, qos);
+}
+
+#[tokio::test]
+async fn no_qos1_message_is_lost_while_a_session_moves_back_and_forth() {
+    messages_published_during_handovers(QoS::AtLeastOnce).await;
+}
+
+#[tokio::test]
+async fn qos2_messages_arrive_exactly_once_while_a_session_moves_back_and_forth() {
+    messages_published_during_handovers(QoS::ExactlyOnce).await;
+}

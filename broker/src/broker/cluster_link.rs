@@ -39,6 +39,11 @@ pub trait ClusterLink: Send + Sync + fmt::Debug {
     /// Returns its position for [`ClusterLink::poll_confirmed`] (0: nothing to wait for).
     fn forward(&self, message: &Arc<Message>, now: Instant) -> u64;
 
+    /// Gives `message`, published here, its cluster identity (this node, its sequence
+    /// number) before it is routed, so that a session queueing it can hand it over with it;
+    /// [`ClusterLink::forward`] then sends it under that identity.
+    fn identify(&self, message: &Message);
+
     /// Whether `message` cannot reach the other nodes at all (larger than NATS takes): the
     /// publisher's connection refuses it instead of routing it.
     fn refuses(&self, message: &Message) -> bool;

@@ -17,13 +17,16 @@ use std::sync::Arc;
 use tern_codec::{LastWill, SubscriptionOptions};
 use tokio::time::Instant;
 
-use super::handover_form::{decode_records, encode_records, split_records, HandoverError};
+use super::handover_form::{
+    decode_form, encode_records, split_records, Entry, HandoverError, Identity,
+};
 use super::persist::{
     recovered_will, restored_outbound, subscription_records, Bodies, RestoreReport,
 };
 use super::Broker;
+use crate::journal::record::StoredMessage;
 use crate::journal::record::{OutParts, Record};
-use crate::journal::state::State;
+use crate::journal::state::{SessionState, State};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::session::delivery::{Restored, RestoredStage};
@@ -52,6 +55,12 @@ pub struct Handover {
     records: Vec<Record>,
     /// Where the messages begin.
     messages_from: usize,
+    /// The cluster identities of the messages, by their `Out` records' numbers (sent
+    /// only to a node that asks for them).
+    identities: Vec<Identity>,
+    /// The identities of the messages handed to the session since the other node
+    /// prepared the handover (in the forms with number 0): some were delivered here.
+    seen: Vec<(u64, u64)>,
 }
 
 /// A session in several handover forms ([`Handover::into_forms`]).
@@ -67,6 +76,14 @@ impl Handover {
     /// The client id of the session.
     pub fn client_id(&self) -> &str {
         &self.client_id
+    }
+
+    /// The session without its messages' cluster identities, for a node of an earlier
+    /// version (which could not read them).
+    pub fn without_identities(mut self) -> Handover {
+        self.identities.clear();
+        self.seen.clear();
+        self
     }
 
     /// The session in one handover form. A form longer than `max_bytes` (what one NATS
@@ -97,7 +114,11 @@ impl Handover {
     /// `max_form_bytes` as it takes. Only a message with a record larger than a form alone
     /// (its body) stays behind: dropped, logged and counted in the result.
     pub fn into_forms(self, max_form_bytes: usize) -> HandedOver {
-        let split = split_records(&self.records, max_form_bytes);
+        let split = if self.identities.is_empty() && self.seen.is_empty() {
+            split_records(&self.records, max_form_bytes)
+        } else {
+            split_records(&self.entries(), max_form_bytes)
+        };
         if split.dropped_messages + split.dropped_records > 0 {
             tracing::warn!(
                 client_id = self.client_id,
@@ -111,6 +132,84 @@ impl Handover {
             forms: split.forms,
             dropped_messages: split.dropped_messages,
         }
+    }
+}
+
+impl Handover {
+    /// The records with each message's identity right after its `Out` record.
+    fn entries(&self) -> Vec<Entry> {
+        let identities: std::collections::HashMap<u64, (u64, u64)> =
+            self.identities.iter().copied().collect();
+        let mut entries = Vec::with_capacity(self.records.len() + identities.len());
+        for record in &self.records {
+            let seq = match record {
+                Record::Out(out) => Some(out.seq),
+                _ => None,
+            };
+            entries.push(Entry::Record(record.clone()));
+            if let Some(id) = seq.and_then(|seq| identities.get(&seq)) {
+                entries.push(Entry::Identity((seq.unwrap_or(0), *id)));
+            }
+        }
+        entries.extend(self.seen.iter().map(|id| Entry::Identity((0, *id))));
+        entries
+    }
+}
+
+/// A session decoded from handover forms: its state, the bodies of its messages and the
+/// messages' cluster identities.
+pub(super) struct Decoded {
+    pub(super) session: SessionState,
+    bodies: std::collections::HashMap<u64, StoredMessage>,
+    identities: Vec<Identity>,
+    /// Every identity the forms carry: the handed-over messages' and those the old node
+    /// was handed since the handover was prepared.
+    pub(super) known: std::collections::HashSet<(u64, u64)>,
+}
+
+/// Decodes handover forms, applied in order.
+///
+/// # Errors
+/// [`HandoverError`]: a form does not decode or they hold no session.
+pub(super) fn decode_forms(forms: &[&[u8]]) -> Result<Decoded, HandoverError> {
+    let mut state = State::default();
+    let mut identities = Vec::new();
+    for form in forms {
+        for record in decode_form(form, &mut identities)? {
+            state.apply(record);
+        }
+    }
+    let (_, session) = state
+        .sessions
+        .drain()
+        .next()
+        .ok_or(HandoverError::NoSession)?;
+    Ok(Decoded {
+        session,
+        bodies: std::mem::take(&mut state.bodies),
+        known: identities.iter().map(|(_, id)| *id).collect(),
+        identities,
+    })
+}
+
+impl Decoded {
+    /// The session's outbound messages, in order, each with its cluster identity when the
+    /// forms carried it (`seq` as in the forms: the caller numbers them afresh).
+    pub(super) fn take_outbound(&mut self, now: Instant) -> Vec<Restored> {
+        let mut bodies = Bodies::new(std::mem::take(&mut self.bodies), now);
+        let mut report = RestoreReport::default();
+        let outbound = restored_outbound(&self.session, &mut bodies, &mut report);
+        let identities: std::collections::HashMap<u64, (u64, u64)> = self
+            .identities
+            .drain(..)
+            .filter(|(seq, _)| *seq != 0)
+            .collect();
+        for r in &outbound {
+            if let Some(id) = identities.get(&r.seq) {
+                let _ = r.message.cluster_identity.set(*id);
+            }
+        }
+        outbound
     }
 }
 
@@ -139,13 +238,16 @@ impl Broker {
             expiry_secs: session.expiry_secs(),
         }];
         let mut messages = Vec::new();
+        let mut identities = Vec::new();
+        let seen;
         let attached = {
             let mut delivery = session.delivery();
             session.mark_handed_over();
             if !session.mark_ended() {
                 return None;
             }
-            delivery.handover_records(id, now, &mut messages);
+            delivery.handover_records(id, now, &mut messages, &mut identities);
+            seen = delivery.take_seen();
             // Handed over, not redirected to other shared-group members nor dropped.
             delivery.clear();
             delivery.take_link()
@@ -169,6 +271,8 @@ impl Broker {
             client_id: client_id.to_string(),
             records,
             messages_from,
+            identities,
+            seen,
         })
     }
 
@@ -233,27 +337,25 @@ impl Broker {
         forms: &[&[u8]],
         linger_secs: u32,
     ) -> Result<Adopted, HandoverError> {
-        let mut state = State::default();
-        for form in forms {
-            for record in decode_records(form)? {
-                state.apply(record);
-            }
-        }
-        let (_, s) = state
-            .sessions
-            .drain()
-            .next()
-            .ok_or(HandoverError::NoSession)?;
-        let now = Instant::now();
-        let mut bodies = Bodies::new(std::mem::take(&mut state.bodies), now);
-        let mut report = RestoreReport::default();
-        let mut outbound = restored_outbound(&s, &mut bodies, &mut report);
-        // A persistent session goes into this node's journal, numbered afresh; otherwise
-        // its messages are unnumbered, as for a session that is not logged.
-        let journaled = self.journal().is_some() && s.expiry_secs > 0;
-        for (i, r) in outbound.iter_mut().enumerate() {
-            r.seq = if journaled { i as u64 + 1 } else { 0 };
-        }
+        let mut decoded = decode_forms(forms)?;
+        let outbound = decoded.take_outbound(Instant::now());
+        Ok(self
+            .adopt_decoded(&decoded.session, outbound, linger_secs, true)
+            .0)
+    }
+
+    /// [`Broker::adopt_session`] for forms already decoded, with their outbound messages;
+    /// returns the session too. A persistent session goes into this node's journal only
+    /// if `may_journal` (not a session made ahead of a handover: `handover_merge.rs`).
+    pub(super) fn adopt_decoded(
+        &self,
+        s: &SessionState,
+        mut outbound: Vec<Restored>,
+        linger_secs: u32,
+        may_journal: bool,
+    ) -> (Adopted, Arc<Session>) {
+        let journaled = may_journal && self.journal().is_some() && s.expiry_secs > 0;
+        number_outbound(&mut outbound, journaled);
         if let Some(stale) = self.session(&s.client_id) {
             self.drop_superseded(&stale);
         }
@@ -294,7 +396,7 @@ impl Broker {
             self.cluster_will(&session, Some(will));
         }
         self.went_offline(&session, generation, will, s.expiry_secs.max(linger_secs));
-        Ok(adopted)
+        (adopted, session)
     }
 
     /// Writes an adopted persistent session into this node's journal as it stands, before
@@ -315,46 +417,10 @@ impl Broker {
             .set_log(Some((session.id, outbound.len() as u64)));
         session.set_logged(true);
         self.log_offline(session, will.map(|(w, _)| w));
-        let now = Instant::now();
-        for r in outbound {
-            let (body, inline) = journal.body_for(&r.message, now);
-            let packet_id = match r.stage {
-                RestoredStage::Queued => 0,
-                RestoredStage::Sent(p) | RestoredStage::Released(p) => p.get(),
-            };
-            let position = journal.append_with(|dst| {
-                OutParts {
-                    session: session.id,
-                    seq: r.seq,
-                    qos: r.qos as u8,
-                    retain: r.retain,
-                    packet_id,
-                    subscription_ids: &r.subscription_ids,
-                    group: r.group.as_deref(),
-                    body,
-                    inline: inline.as_ref(),
-                }
-                .encode(dst);
-            });
-            if inline.is_some() {
-                journal.body_stored(&r.message, position);
-            }
-            if matches!(r.stage, RestoredStage::Released(_)) {
-                journal.append(&Record::Released {
-                    session: session.id,
-                    seq: r.seq,
-                });
-            }
-        }
-        for &packet_id in qos2_in {
-            journal.append(&Record::Qos2Received {
-                session: session.id,
-                packet_id,
-            });
-        }
+        journal_outbound(journal, session.id, outbound, qos2_in);
     }
 
-    fn adopt_subscriptions(
+    pub(super) fn adopt_subscriptions(
         &self,
         session: &Arc<Session>,
         subscriptions: &std::collections::BTreeMap<String, (u8, u32)>,
@@ -373,9 +439,62 @@ impl Broker {
     }
 }
 
+/// Numbers outbound messages for the session taking them: from 1 when it goes into this
+/// node's journal (`journaled`), else 0, as for a session that is not logged.
+pub(super) fn number_outbound(outbound: &mut [Restored], journaled: bool) {
+    for (i, r) in outbound.iter_mut().enumerate() {
+        r.seq = if journaled { i as u64 + 1 } else { 0 };
+    }
+}
+
+/// Writes outbound messages of persistent session `session` into `journal` (each with
+/// its body, PUBREL owed), then its inbound QoS 2 ids.
+pub(super) fn journal_outbound(
+    journal: &crate::journal::Journal,
+    session: u64,
+    outbound: &[Restored],
+    qos2_in: &std::collections::BTreeSet<u16>,
+) {
+    let now = Instant::now();
+    for r in outbound {
+        let (body, inline) = journal.body_for(&r.message, now);
+        let packet_id = match r.stage {
+            RestoredStage::Queued => 0,
+            RestoredStage::Sent(p) | RestoredStage::Released(p) => p.get(),
+        };
+        let position = journal.append_with(|dst| {
+            OutParts {
+                session,
+                seq: r.seq,
+                qos: r.qos as u8,
+                retain: r.retain,
+                packet_id,
+                subscription_ids: &r.subscription_ids,
+                group: r.group.as_deref(),
+                body,
+                inline: inline.as_ref(),
+            }
+            .encode(dst);
+        });
+        if inline.is_some() {
+            journal.body_stored(&r.message, position);
+        }
+        if matches!(r.stage, RestoredStage::Released(_)) {
+            journal.append(&Record::Released {
+                session,
+                seq: r.seq,
+            });
+        }
+    }
+    for &packet_id in qos2_in {
+        journal.append(&Record::Qos2Received { session, packet_id });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::handover_form::decode_records;
     use crate::config::Config;
 
     #[tokio::test]
@@ -448,6 +567,49 @@ mod tests {
                 u16::from_be_bytes([publish.payload()[0], publish.payload()[1]])
             })
             .collect()
+    }
+
+    /// The messages' cluster identities travel in the forms (split or not) to a node
+    /// that asks for them, and not to one that does not.
+    #[tokio::test]
+    async fn message_identities_move_with_the_session_when_asked() {
+        // Identities as if the messages had come from node 7 (every third has none).
+        let queued: Vec<Option<(u64, u64)>> = (0..20)
+            .map(|i| (i % 3 != 0).then_some((7, 100 + i)))
+            .collect();
+        let a = with_queued_messages(20);
+        let handover = a.end_for_handover("c").expect("a session");
+        assert!(handover.identities.is_empty(), "a node without a cluster");
+        let mut handover = handover;
+        handover.identities = queued
+            .iter()
+            .enumerate()
+            .filter_map(|(i, id)| Some((i as u64 + 1, (*id)?)))
+            .collect();
+        handover.seen = vec![(8, 1), (8, 2)];
+        let plain = Handover {
+            client_id: handover.client_id.clone(),
+            records: handover.records.clone(),
+            messages_from: handover.messages_from,
+            identities: handover.identities.clone(),
+            seen: handover.seen.clone(),
+        }
+        .without_identities();
+        let forms = handover.into_forms(1024).forms;
+        assert!(forms.len() > 1, "split: {} forms", forms.len());
+        let forms: Vec<&[u8]> = forms.iter().map(Vec::as_slice).collect();
+        let mut decoded = decode_forms(&forms).expect("decodes");
+        let outbound = decoded.take_outbound(Instant::now());
+        let got: Vec<Option<(u64, u64)>> = outbound.iter().map(|r| r.message.identity()).collect();
+        assert_eq!(got, queued);
+        assert!(decoded.known.contains(&(8, 2)) && decoded.known.contains(&(7, 101)));
+        let forms = plain.into_forms(usize::MAX).forms;
+        let forms: Vec<&[u8]> = forms.iter().map(Vec::as_slice).collect();
+        let mut decoded = decode_forms(&forms).expect("decodes");
+        let outbound = decoded.take_outbound(Instant::now());
+        assert_eq!(outbound.len(), 20);
+        assert!(outbound.iter().all(|r| r.message.identity().is_none()));
+        assert!(decoded.known.is_empty());
     }
 
     #[tokio::test]

@@ -6,6 +6,11 @@
 //! refer to what an earlier form carried (the session opened in the first, a message body
 //! before the `Out` records that use it).
 //!
+//! Besides journal records a form may carry the cluster identity (origin node, sequence)
+//! of a handed-over message ([`Entry::Identity`], a tag no journal record uses), right
+//! after the message's `Out` record; only a node that asked for identities gets them (an
+//! earlier version could not read them). The journal never holds them.
+//!
 //! This module owns the encoding, the decoding and the split; what the records say and how
 //! a session becomes them (and back) is `handover.rs`'s, how forms travel is the cluster's.
 
@@ -17,6 +22,62 @@ use crate::journal::record::{Record, RecordError};
 pub(super) const HANDOVER_VERSION: u8 = 1;
 /// Bytes a record adds to a form besides its own encoding (its length).
 const RECORD_FRAMING_BYTES: usize = 4;
+
+/// The first byte of an [`Entry::Identity`] in a form (no journal record's tag).
+const IDENTITY_TAG: u8 = 0xC1;
+/// An [`Entry::Identity`]'s length: its tag and three `u64`.
+const IDENTITY_BYTES: usize = 25;
+
+/// A handed-over message's cluster identity, by the number of its `Out` record in the
+/// forms: `(seq, (origin, sequence))`.
+pub(super) type Identity = (u64, (u64, u64));
+
+/// One entry of a handover form: a journal record, or the cluster identity of the
+/// message whose `Out` record has number `seq` in the forms.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Entry {
+    /// A journal record.
+    Record(Record),
+    /// A message's cluster identity.
+    Identity(Identity),
+}
+
+/// What a form's entries are made of ([`Record`]s alone, or [`Entry`]s).
+pub(super) trait FormItem {
+    /// Appends the entry's encoding (without its length).
+    fn encode_item(&self, dst: &mut Vec<u8>);
+    /// The record it is, if it is one.
+    fn record(&self) -> Option<&Record>;
+}
+
+impl FormItem for Record {
+    fn encode_item(&self, dst: &mut Vec<u8>) {
+        self.encode(dst);
+    }
+    fn record(&self) -> Option<&Record> {
+        Some(self)
+    }
+}
+
+impl FormItem for Entry {
+    fn encode_item(&self, dst: &mut Vec<u8>) {
+        match self {
+            Entry::Record(record) => record.encode(dst),
+            Entry::Identity((seq, (origin, sequence))) => {
+                dst.push(IDENTITY_TAG);
+                for n in [seq, origin, sequence] {
+                    dst.extend_from_slice(&n.to_le_bytes());
+                }
+            }
+        }
+    }
+    fn record(&self) -> Option<&Record> {
+        match self {
+            Entry::Record(record) => Some(record),
+            Entry::Identity(_) => None,
+        }
+    }
+}
 
 /// A handed-over session that cannot be put back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -56,7 +117,20 @@ fn push_framed(form: &mut Vec<u8>, record: &[u8]) {
 ///
 /// # Errors
 /// [`HandoverError`]: another version, a truncated form, a record that does not decode.
+#[cfg(test)]
 pub(super) fn decode_records(src: &[u8]) -> Result<Vec<Record>, HandoverError> {
+    let mut identities = Vec::new();
+    decode_form(src, &mut identities)
+}
+
+/// The records of a handover form; the message identities it carries go to `identities`.
+///
+/// # Errors
+/// [`HandoverError`]: another version, a truncated form, an entry that does not decode.
+pub(super) fn decode_form(
+    src: &[u8],
+    identities: &mut Vec<Identity>,
+) -> Result<Vec<Record>, HandoverError> {
     let Some((&HANDOVER_VERSION, mut rest)) = src.split_first() else {
         return Err(HandoverError::Version);
     };
@@ -66,8 +140,18 @@ pub(super) fn decode_records(src: &[u8]) -> Result<Vec<Record>, HandoverError> {
             .split_first_chunk::<4>()
             .ok_or(HandoverError::Truncated)?;
         let len = u32::from_le_bytes(*len) as usize;
-        let record = tail.get(..len).ok_or(HandoverError::Truncated)?;
-        records.push(Record::decode(record)?);
+        let entry = tail.get(..len).ok_or(HandoverError::Truncated)?;
+        match entry.split_first() {
+            Some((&IDENTITY_TAG, fields)) if entry.len() == IDENTITY_BYTES => {
+                let n = |i: usize| {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&fields[8 * i..8 * i + 8]);
+                    u64::from_le_bytes(b)
+                };
+                identities.push((n(0), (n(1), n(2))));
+            }
+            _ => records.push(Record::decode(entry)?),
+        }
         rest = &tail[len..];
     }
     Ok(records)
@@ -94,7 +178,10 @@ struct LeftOut {
 
 impl LeftOut {
     /// Whether `record` refers to something left out (and so goes too), noting it.
-    fn follows(&mut self, record: &Record, split: &mut Split) -> bool {
+    fn follows(&mut self, record: Option<&Record>, split: &mut Split) -> bool {
+        let Some(record) = record else {
+            return false;
+        };
         match record {
             Record::Out(out) if self.bodies.contains(&out.body) => {
                 self.seqs.insert(out.seq);
@@ -107,17 +194,18 @@ impl LeftOut {
     }
 
     /// Notes `record`, which is too large for any form.
-    fn leave_out(&mut self, record: &Record, split: &mut Split) {
+    fn leave_out(&mut self, record: Option<&Record>, split: &mut Split) {
         match record {
-            Record::Body { id, .. } => {
+            None => {}
+            Some(Record::Body { id, .. }) => {
                 self.bodies.insert(*id);
                 split.dropped_records += 1;
             }
-            Record::Out(out) => {
+            Some(Record::Out(out)) => {
                 self.seqs.insert(out.seq);
                 split.dropped_messages += 1;
             }
-            _ => split.dropped_records += 1,
+            Some(_) => split.dropped_records += 1,
         }
     }
 }
@@ -131,20 +219,20 @@ impl LeftOut {
 /// and with it what refers to it: a body's `Out` records (its messages), and their
 /// `Released` records. With message bodies bounded by `max_packet_size_bytes` below the
 /// transport's limit this does not happen.
-pub(super) fn split_records(records: &[Record], max_form_bytes: usize) -> Split {
+pub(super) fn split_records<R: FormItem>(records: &[R], max_form_bytes: usize) -> Split {
     let mut split = Split::default();
     let mut left_out = LeftOut::default();
     let mut form = vec![HANDOVER_VERSION];
     let mut one = Vec::new();
     for record in records {
-        if left_out.follows(record, &mut split) {
+        if left_out.follows(record.record(), &mut split) {
             continue;
         }
         one.clear();
-        record.encode(&mut one);
+        record.encode_item(&mut one);
         let framed = RECORD_FRAMING_BYTES + one.len();
         if 1 + framed > max_form_bytes {
-            left_out.leave_out(record, &mut split);
+            left_out.leave_out(record.record(), &mut split);
             continue;
         }
         if form.len() + framed > max_form_bytes {
@@ -258,7 +346,7 @@ mod tests {
 
     #[test]
     fn no_records_still_make_one_form() {
-        let split = split_records(&[], 100);
+        let split = split_records::<Record>(&[], 100);
         assert_eq!(split.forms, vec![vec![HANDOVER_VERSION]]);
     }
 

@@ -10,6 +10,7 @@
 pub mod cluster_link;
 mod handover;
 mod handover_form;
+mod handover_merge;
 mod journaling;
 pub mod persist;
 mod publish;
@@ -43,6 +44,7 @@ use crate::session::Session;
 pub use self::cluster_link::{ClaimWait, ClusterLink, InterestReady};
 pub use self::handover::{Adopted, HandedOver, Handover};
 pub use self::handover_form::HandoverError;
+pub use self::handover_merge::Prepared;
 pub use self::subscriptions::Subscribed;
 
 /// A handle to the broker; cheap to clone.

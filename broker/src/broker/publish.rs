@@ -27,8 +27,13 @@ impl Broker {
                 _ => {}
             }
         }
+        let cluster = inner.cluster.get();
+        if let Some(cluster) = cluster {
+            // Before routing: a session that queues it may be handed over at once.
+            cluster.identify(message);
+        }
         let delivered = inner.router.route(message, scratch, self.deliver_ctx(now));
-        if let Some(cluster) = inner.cluster.get() {
+        if let Some(cluster) = cluster {
             // The publisher's acknowledgement waits for NATS to have it.
             scratch.cluster_position = cluster.forward(message, now);
         }

@@ -236,7 +236,11 @@ pub(crate) fn decode(
     publish.dup = false;
     let age = Duration::from_millis(unix_now_ms.saturating_sub(header.published_unix_ms));
     let received_at = now.checked_sub(age).unwrap_or(now);
-    Ok(Message::new(publish, received_at, None))
+    let message = Message::new(publish, received_at, None);
+    let _ = message
+        .cluster_identity
+        .set((header.origin, header.sequence));
+    Ok(message)
 }
 
 #[cfg(test)]

@@ -205,7 +205,7 @@ impl Forwarder {
         if crate::config::is_sys_topic(topic) {
             return 0;
         }
-        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        let sequence = self.identify(message);
         if message.publish().retain {
             let wire = envelope::encode(message, self.origin, sequence, now);
             self.retain(topic, &wire, message.publish().payload().is_empty());
@@ -230,6 +230,22 @@ impl Forwarder {
         }
         *queued += 1;
         *queued
+    }
+
+    /// `message`'s sequence number among this node's messages: the one it was given
+    /// before it was routed here (its cluster identity), or a new one now, kept as its
+    /// identity. `$SYS` messages get none (they stay here).
+    pub(crate) fn identify(&self, message: &Message) -> u64 {
+        if crate::config::is_sys_topic(message.topic()) {
+            return 0;
+        }
+        let (_, sequence) = *message.cluster_identity.get_or_init(|| {
+            (
+                self.origin,
+                self.sequence.fetch_add(1, Ordering::Relaxed) + 1,
+            )
+        });
+        sequence
     }
 
     /// Whether `message`'s envelope is larger than the NATS server takes (its `max_payload`):

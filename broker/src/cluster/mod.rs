@@ -36,6 +36,7 @@ pub mod metrics;
 mod nodes;
 mod owners;
 mod partition;
+mod prepare;
 mod retained;
 mod sessions;
 mod subject;
@@ -97,6 +98,10 @@ impl Cluster {
 impl ClusterLink for Cluster {
     fn forward(&self, message: &Arc<Message>, now: Instant) -> u64 {
         self.forwarder.forward(message, now)
+    }
+
+    fn identify(&self, message: &Message) {
+        self.forwarder.identify(message);
     }
 
     fn refuses(&self, message: &Message) -> bool {

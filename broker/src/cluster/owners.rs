@@ -33,7 +33,8 @@ use futures_util::StreamExt as _;
 use super::error::ClusterError;
 use super::handover_chunks::{send_handover, ChunkError, Handing, Senders};
 use super::metrics::ClusterMetrics;
-use crate::broker::{Broker, Handover};
+use super::prepare::PrepareAnswer;
+use crate::broker::{Broker, Handover, Prepared};
 
 /// How many times a claim retries a lost compare-and-swap before giving up.
 const CLAIM_TRIES: usize = 16;
@@ -46,6 +47,10 @@ const HAND_OVER: u8 = b'H';
 /// The takeover request's first byte: the new node resumes the session (hand it over in
 /// as many chunks as it takes, [`super::handover_chunks`]).
 const HAND_OVER_CHUNKED: u8 = b'M';
+/// The takeover request's first byte: as [`HAND_OVER_CHUNKED`], with each message's
+/// cluster identity in the forms (asked only of a node that answered a prepare request,
+/// [`super::prepare`]: an earlier version would take an unknown kind as [`END`]).
+const HAND_OVER_IDENTIFIED: u8 = b'N';
 /// The takeover request's first byte: the new node starts afresh (just end it).
 const END: u8 = b'E';
 
@@ -113,6 +118,7 @@ impl Owners {
                 }
             }
         };
+        super::prepare::start_answering(&client, (prefix, node_name), broker.clone()).await;
         let pending = Arc::new(PendingClaims::default());
         tokio::spawn(answer_takeovers(
             takeovers,
@@ -188,15 +194,54 @@ impl Owners {
             self.ask_to_end(&owner, client_id).await;
             return;
         }
-        let forms = match self.ask_to_hand_over(&owner, client_id).await {
+        let (knows, prepared) = self.prepare(&owner, client_id).await;
+        let kind = if knows {
+            HAND_OVER_IDENTIFIED
+        } else {
+            HAND_OVER_CHUNKED
+        };
+        let forms = match self.ask_to_hand_over(&owner, client_id, kind).await {
             Some(forms) => forms,
             // No answer: the state stored cluster-wide (subscriptions), if any.
             None => match self.sessions.stored_form(client_id).await {
                 Some(form) => vec![form],
-                None => return,
+                None => {
+                    if let Some(prepared) = &prepared {
+                        self.broker.drop_prepared(prepared);
+                    }
+                    return;
+                }
             },
         };
-        self.adopt(client_id, &forms).await;
+        self.adopt(client_id, &forms, prepared.as_ref()).await;
+    }
+
+    /// Makes `client_id`'s session here ahead of the handover, from its subscriptions as
+    /// `owner` holds them ([`super::prepare`]), and waits until the cluster routes their
+    /// messages here (each wait bounded by `interest_timeout_ms`). Returns whether `owner`
+    /// knows prepare requests (and so message identities), and the session made.
+    async fn prepare(&self, owner: &str, client_id: &str) -> (bool, Option<Prepared>) {
+        let to = (self.prefix.as_str(), owner);
+        let form =
+            match super::prepare::ask(&self.client, to, client_id, self.handover_timeout).await {
+                PrepareAnswer::Unknown => return (false, None),
+                PrepareAnswer::NoSession => return (true, None),
+                PrepareAnswer::Form(form) => form,
+            };
+        match self.broker.prepare_session(&form, ADOPT_LINGER_SECS) {
+            Ok(prepared) => {
+                for filter in &prepared.filters {
+                    if let Some(ready) = self.broker.interest_ready(filter) {
+                        ready.await;
+                    }
+                }
+                (true, Some(prepared))
+            }
+            Err(e) => {
+                tracing::warn!(client_id, owner, error = %e, "cluster: prepared session dropped");
+                (true, None)
+            }
+        }
     }
 
     fn note_pending(&self, client_id: &str) {
@@ -237,9 +282,14 @@ impl Owners {
     /// Tells `owner` that it lost `client_id` to a CONNECT that resumes (Clean Start 0);
     /// returns the session it hands over, in handover forms (`None`: it had none, it did
     /// not answer in time, or not in whole).
-    async fn ask_to_hand_over(&self, owner: &str, client_id: &str) -> Option<Vec<bytes::Bytes>> {
+    async fn ask_to_hand_over(
+        &self,
+        owner: &str,
+        client_id: &str,
+        kind: u8,
+    ) -> Option<Vec<bytes::Bytes>> {
         let subject = takeover_subject(&self.prefix, owner);
-        let request = request(HAND_OVER_CHUNKED, client_id);
+        let request = request(kind, client_id);
         let answer = super::handover_chunks::ask_in_chunks(
             &self.client,
             subject,
@@ -274,11 +324,19 @@ impl Owners {
         }
     }
 
-    /// Puts a handed-over session back here and waits until its filters' interest is in
-    /// force cluster-wide (each wait bounded by `interest_timeout_ms`).
-    async fn adopt(&self, client_id: &str, forms: &[bytes::Bytes]) {
+    /// Puts a handed-over session back here (merged into the `prepared` one, if any) and
+    /// waits until its filters' interest is in force cluster-wide (each wait bounded by
+    /// `interest_timeout_ms`).
+    async fn adopt(&self, client_id: &str, forms: &[bytes::Bytes], prepared: Option<&Prepared>) {
         let forms: Vec<&[u8]> = forms.iter().map(|f| &f[..]).collect();
-        match self.broker.adopt_session(&forms, ADOPT_LINGER_SECS) {
+        let adopted = match prepared {
+            Some(prepared) => self
+                .broker
+                .adopt_prepared(prepared, &forms, ADOPT_LINGER_SECS)
+                .inspect_err(|_| self.broker.drop_prepared(prepared)),
+            None => self.broker.adopt_session(&forms, ADOPT_LINGER_SECS),
+        };
+        match adopted {
             Ok(adopted) => {
                 ClusterMetrics::inc(&self.metrics.handovers);
                 tracing::debug!(
@@ -415,7 +473,11 @@ fn answer(
     counters: &ClusterMetrics,
 ) -> Answer {
     let answer = match kind {
-        HAND_OVER_CHUNKED => broker.end_for_handover(client_id).map(Answer::Chunks),
+        HAND_OVER_IDENTIFIED => broker.end_for_handover(client_id).map(Answer::Chunks),
+        // An earlier version asks: it could not read message identities.
+        HAND_OVER_CHUNKED => broker
+            .end_for_handover(client_id)
+            .map(|handover| Answer::Chunks(handover.without_identities())),
         // One NATS message carries the answer (with room for its headers).
         HAND_OVER => broker
             .hand_over(client_id, max_payload(client))

@@ -224,6 +224,7 @@ impl Delivery {
             }
             return;
         }
+        self.note_seen(message);
         let seq = match (&mut self.log, ctx.journal) {
             (Some(log), Some(_)) => log.next_seq(),
             _ => 0,

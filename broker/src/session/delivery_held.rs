@@ -55,6 +55,9 @@ pub(super) struct Flow {
     /// Since when messages have waited for a window that has not moved (no
     /// acknowledgement since), for the slow-consumer timeout.
     pub(super) stalled_since: Option<Instant>,
+    /// The cluster identities of the QoS 1/2 messages handed to the session since another
+    /// node prepared to take it over (`delivery_log.rs`); boxed: almost always `None`.
+    pub(super) seen: Option<Box<super::log::Seen>>,
 }
 
 impl Flow {
@@ -66,6 +69,7 @@ impl Flow {
         credit_bytes: 0,
         replays: None,
         stalled_since: None,
+        seen: None,
     };
 
     /// Whether it holds no message, no replay and no byte but its credit.
@@ -73,6 +77,7 @@ impl Flow {
         self.window.is_empty()
             && self.queue.is_empty()
             && self.replays.is_none()
+            && self.seen.is_none()
             && self.queued_bytes + self.inflight_bytes == 0
     }
 }

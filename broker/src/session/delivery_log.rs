@@ -17,6 +17,18 @@ use crate::session::inflight::{Inflight, Stage};
 use crate::session::logged;
 use crate::session::SharedKey;
 
+/// Most identities a session notes between a prepare and its handover ([`Seen`]): one
+/// MiB; a handover comes milliseconds after its prepare.
+const SEEN_MAX: usize = 1 << 16;
+
+/// The cluster identities of the QoS 1/2 messages handed to a session since another node
+/// prepared to take it over: that node drops its own copies of them when it merges, also
+/// of those delivered and acknowledged here meanwhile.
+#[derive(Debug, Default)]
+pub(super) struct Seen {
+    ids: Vec<(u64, u64)>,
+}
+
 /// Where a recovered outbound message stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestoredStage {
@@ -112,8 +124,15 @@ impl Delivery {
 
     /// Appends records that rebuild this session's outbound state elsewhere (a cluster
     /// takeover), persistent or not: each message in the window and the queue, in order,
-    /// numbered from 1, its body (ids from 1) before its first record.
-    pub fn handover_records(&self, session: u64, now: Instant, out: &mut Vec<Record>) {
+    /// numbered from 1, its body (ids from 1) before its first record. The cluster
+    /// identity of each message that has one goes to `identities`, by its number there.
+    pub fn handover_records(
+        &self,
+        session: u64,
+        now: Instant,
+        out: &mut Vec<Record>,
+        identities: &mut Vec<(u64, (u64, u64))>,
+    ) {
         let mut bodies: HashMap<*const Message, u64> = HashMap::new();
         let mut body_of = |message: &Arc<Message>, out: &mut Vec<Record>| {
             let next = bodies.len() as u64 + 1;
@@ -129,6 +148,7 @@ impl Delivery {
         let mut seq = 0;
         for e in self.flow().window.iter() {
             seq += 1;
+            identities.extend(e.message.identity().map(|id| (seq, id)));
             let body = body_of(&e.message, out);
             out.push(logged::out_record(
                 session,
@@ -143,9 +163,57 @@ impl Delivery {
         }
         for q in self.flow().queue.iter() {
             seq += 1;
+            identities.extend(q.message.identity().map(|id| (seq, id)));
             let body = body_of(&q.message, out);
             out.push(logged::out_record(session, seq, 0, body, q.into()));
         }
+    }
+
+    /// Starts noting the identities of the messages handed to the session (another node
+    /// prepares to take it over), forgetting any noted before.
+    pub fn start_noting_seen(&mut self) {
+        flow_mut(&mut self.flow).seen = Some(Box::default());
+    }
+
+    pub(super) fn note_seen(&mut self, message: &Message) {
+        let seen = self.flow.as_deref_mut().and_then(|f| f.seen.as_deref_mut());
+        if let (Some(seen), Some(id)) = (seen, message.identity()) {
+            if seen.ids.len() < SEEN_MAX {
+                seen.ids.push(id);
+            }
+        }
+    }
+
+    /// The identities noted since [`Delivery::start_noting_seen`] (empty if it was not
+    /// called), and stops noting.
+    pub fn take_seen(&mut self) -> Vec<(u64, u64)> {
+        let seen = self.flow.as_deref_mut().and_then(|f| f.seen.take());
+        seen.map(|seen| seen.ids).unwrap_or_default()
+    }
+
+    /// Takes the queued messages out, in order, giving their bytes back (an offline
+    /// session whose queue is merged with a handed-over session's: they are put back with
+    /// [`Delivery::restore_outbound`]). The window stays as it is.
+    pub fn take_queued(&mut self) -> Vec<Restored> {
+        let Some(flow) = self.flow.as_deref_mut() else {
+            return Vec::new();
+        };
+        let taken: Vec<Restored> = flow
+            .queue
+            .drain(..)
+            .map(|q| Restored {
+                message: q.message,
+                qos: q.qos,
+                retain: q.retain,
+                subscription_ids: q.subscription_ids,
+                group: q.group,
+                seq: q.seq,
+                stage: RestoredStage::Queued,
+            })
+            .collect();
+        let freed = std::mem::take(&mut flow.queued_bytes);
+        self.give_back(freed);
+        taken
     }
 
     /// Puts recovered outbound messages back, in order (recovery: nothing is logged). Sent

@@ -776,13 +776,13 @@ async fn publish_numbered(mut client: tern_tests::Client, publisher: u8, count: 
     }
 }
 
-/// A persistent subscriber moves between nodes A and B six times while one publisher on a
+/// A persistent subscriber moves between nodes A and B ten times while one publisher on a
 /// third node C and one on A publish numbered messages at `qos` without pause: every
 /// message arrives, at QoS 1 repeated only as a resend with DUP, at QoS 2 exactly once,
 /// and each publisher's messages in order (resends aside).
 async fn messages_published_during_handovers(qos: QoS) {
-    const COUNT: u32 = 2000;
-    const HANDOVERS: usize = 6;
+    const COUNT: u32 = 3000;
+    const HANDOVERS: usize = 10;
     let Some(nats) = NatsServer::start() else {
         return;
     };
@@ -840,4 +840,52 @@ async fn no_qos1_message_is_lost_while_a_session_moves_back_and_forth() {
 #[tokio::test]
 async fn qos2_messages_arrive_exactly_once_while_a_session_moves_back_and_forth() {
     messages_published_during_handovers(QoS::ExactlyOnce).await;
+}
+
+/// The old owner answers the preparation (the session's subscriptions) and then has no
+/// session to hand over, and nothing is stored: the new node drops the session it made
+/// ahead, and the CONNECT gets a fresh one (Session Present 0, no subscriptions). The
+/// handover is asked for with message identities (`N`), since the old node knows the
+/// preparation.
+#[tokio::test]
+async fn a_prepared_session_without_a_handover_is_dropped() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = nats.nodes(2).await;
+    // A session with a subscription on n2, only to have its form (expiry 0: not stored).
+    let mut elsewhere = nodes[1].client(V5, "prep").await;
+    elsewhere.subscribe("p/#", QoS::AtLeastOnce).await;
+    let session = nodes[1].broker().session("prep").expect("on n2");
+    let form = nodes[1].broker().stored_session_form(&session);
+    let (fake, mut takeovers) = fake_owner(&nats, "prep").await;
+    let mut prepares = fake
+        .subscribe("tern.prepare.fake")
+        .await
+        .expect("subscribe");
+    fake.flush().await.expect("flush");
+    let answer = tokio::spawn(async move {
+        let request = prepares.next().await.expect("a prepare request");
+        assert_eq!(&request.payload[..], b"prep");
+        let reply = request.reply.expect("a reply inbox");
+        fake.publish(reply, form.into()).await.expect("publish");
+        let request = takeovers.next().await.expect("a takeover request");
+        assert_eq!(&request.payload[..], b"Nprep", "kind N, then the client id");
+        let reply = request.reply.expect("a reply inbox");
+        fake.publish(reply, bytes::Bytes::new())
+            .await
+            .expect("publish");
+        fake.flush().await.expect("flush");
+    });
+    let (_client, present) = persistent(nodes[0].addr, "prep", None).await;
+    answer.await.expect("the fake owner answered");
+    assert!(
+        !present,
+        "nothing handed over, nothing stored: a fresh session"
+    );
+    let session = nodes[0].broker().session("prep").expect("on n1");
+    assert!(
+        session.subscription_snapshot().is_empty(),
+        "the prepared session's subscription did not stay"
+    );
 }

@@ -15,6 +15,12 @@
 //! they fit); it answers this node's `M` as an end (the session ends there, this node takes
 //! the stored state).
 //!
+//! Before the handover the new node prepares the session ([`super::prepare`]): it makes
+//! it from the old node's subscriptions and waits for their interest, so that nothing
+//! published meanwhile is missed; then it asks with `N` (the forms carry each message's
+//! cluster identity) and merges ([`Broker::adopt_prepared`]). A node that does not answer
+//! the preparation (an earlier version) is asked with `M`, as before.
+//!
 //! A CONNECT that claimed its id here but has not attached its session yet is remembered
 //! ([`Owners::attached`]): a takeover request for that id in between (another node's
 //! CONNECT won the id after ours) cannot find a session to end, so it marks the claim
@@ -219,15 +225,19 @@ impl Owners {
     /// Makes `client_id`'s session here ahead of the handover, from its subscriptions as
     /// `owner` holds them ([`super::prepare`]), and waits until the cluster routes their
     /// messages here (each wait bounded by `interest_timeout_ms`). Returns whether `owner`
-    /// knows prepare requests (and so message identities), and the session made.
+    /// knows prepare requests (and so message identities), and the session made (`None`:
+    /// `owner` has no session of the client id, or did not answer within half of
+    /// `handover_timeout_ms`).
     async fn prepare(&self, owner: &str, client_id: &str) -> (bool, Option<Prepared>) {
         let to = (self.prefix.as_str(), owner);
-        let form =
-            match super::prepare::ask(&self.client, to, client_id, self.handover_timeout).await {
-                PrepareAnswer::Unknown => return (false, None),
-                PrepareAnswer::NoSession => return (true, None),
-                PrepareAnswer::Form(form) => form,
-            };
+        // Half the handover's time: a node that answers neither leaves the CONNECT to the
+        // stored state after 1.5 times `handover_timeout_ms`.
+        let timeout = self.handover_timeout / 2;
+        let form = match super::prepare::ask(&self.client, to, client_id, timeout).await {
+            PrepareAnswer::Unknown => return (false, None),
+            PrepareAnswer::NoSession => return (true, None),
+            PrepareAnswer::Form(form) => form,
+        };
         match self.broker.prepare_session(&form, ADOPT_LINGER_SECS) {
             Ok(prepared) => {
                 for filter in &prepared.filters {

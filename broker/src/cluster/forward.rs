@@ -1,5 +1,6 @@
-//! Sending this node's messages to NATS. A publisher's task numbers the message and hands
-//! it to a bounded queue without waiting; one task drains the queue, wraps the messages
+//! Sending this node's messages to NATS. A publisher's task numbers the message (before
+//! routing it here: [`Forwarder::identify`], so that a session queueing it can hand it over
+//! with its identity) and hands it to a bounded queue without waiting; one task drains the queue, wraps the messages
 //! ([`super::envelope`]) and hands them to the NATS client, which batches the writes.
 //! RETAIN changes go to a second queue and task that writes the cluster's retained bucket
 //! ([`super::retained`]) in order.

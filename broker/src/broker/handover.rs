@@ -612,6 +612,37 @@ mod tests {
         assert!(decoded.known.is_empty());
     }
 
+    /// Publishes a QoS 1 message on `q/1` with cluster identity `(9, sequence)`.
+    fn publish_identified(broker: &Broker, sequence: u64) {
+        let id = tern_codec::PacketId::new(1).expect("non-zero");
+        let publish = tern_codec::Publish::new("q/1", vec![1]).with_qos(
+            tern_codec::PublishQoS::with_id(tern_codec::QoS::AtLeastOnce, id),
+        );
+        let now = Instant::now();
+        let message = Message::new(publish, now, None);
+        let _ = message.cluster_identity.set((9, sequence));
+        broker.publish(&message, &mut crate::router::RouteScratch::default(), now);
+    }
+
+    /// After a prepare the session notes the identities of the messages it is handed and
+    /// hands them over with it; not before the prepare, and not long after it.
+    #[tokio::test(start_paused = true)]
+    async fn a_prepared_session_hands_over_what_it_was_handed_since() {
+        let a = with_queued_messages(0);
+        publish_identified(&a, 1);
+        assert!(a.prepare_form("c").is_some());
+        publish_identified(&a, 2);
+        publish_identified(&a, 3);
+        let handover = a.end_for_handover("c").expect("a session");
+        assert_eq!(handover.seen, vec![(9, 2), (9, 3)]);
+        let a = with_queued_messages(0);
+        assert!(a.prepare_form("c").is_some());
+        tokio::time::advance(std::time::Duration::from_secs(61)).await;
+        publish_identified(&a, 4);
+        let handover = a.end_for_handover("c").expect("a session");
+        assert!(handover.seen.is_empty(), "no handover came: noting stopped");
+    }
+
     #[tokio::test]
     async fn queued_messages_move_with_the_session() {
         let a = with_queued_messages(2);

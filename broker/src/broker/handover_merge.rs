@@ -61,7 +61,7 @@ impl Broker {
     /// ([`crate::session::delivery::Delivery::start_noting_seen`]); nothing else changes.
     pub fn prepare_form(&self, client_id: &str) -> Option<Vec<u8>> {
         let session = self.session(client_id)?;
-        session.delivery().start_noting_seen();
+        session.delivery().start_noting_seen(Instant::now());
         Some(self.stored_session_form(&session))
     }
 

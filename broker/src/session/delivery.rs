@@ -224,7 +224,7 @@ impl Delivery {
             }
             return;
         }
-        self.note_seen(message);
+        self.note_seen(message, ctx.now);
         let seq = match (&mut self.log, ctx.journal) {
             (Some(log), Some(_)) => log.next_seq(),
             _ => 0,

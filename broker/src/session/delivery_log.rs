@@ -20,13 +20,18 @@ use crate::session::SharedKey;
 /// Most identities a session notes between a prepare and its handover ([`Seen`]): one
 /// MiB; a handover comes milliseconds after its prepare.
 const SEEN_MAX: usize = 1 << 16;
+/// A session stops noting this long after a prepare that no handover followed (the other
+/// node gave up): far past any `handover_timeout_ms` and interest wait.
+const SEEN_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The cluster identities of the QoS 1/2 messages handed to a session since another node
 /// prepared to take it over: that node drops its own copies of them when it merges, also
 /// of those delivered and acknowledged here meanwhile.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Seen {
     ids: Vec<(u64, u64)>,
+    /// When the prepare came.
+    since: Instant,
 }
 
 /// Where a recovered outbound message stands.
@@ -171,16 +176,28 @@ impl Delivery {
 
     /// Starts noting the identities of the messages handed to the session (another node
     /// prepares to take it over), forgetting any noted before.
-    pub fn start_noting_seen(&mut self) {
-        flow_mut(&mut self.flow).seen = Some(Box::default());
+    pub fn start_noting_seen(&mut self, now: Instant) {
+        flow_mut(&mut self.flow).seen = Some(Box::new(Seen {
+            ids: Vec::new(),
+            since: now,
+        }));
     }
 
-    pub(super) fn note_seen(&mut self, message: &Message) {
-        let seen = self.flow.as_deref_mut().and_then(|f| f.seen.as_deref_mut());
-        if let (Some(seen), Some(id)) = (seen, message.identity()) {
-            if seen.ids.len() < SEEN_MAX {
-                seen.ids.push(id);
-            }
+    /// Notes `message`'s identity if the session is noting (until [`SEEN_MAX`] of them, for
+    /// at most [`SEEN_MAX_AGE`]).
+    pub(super) fn note_seen(&mut self, message: &Message, now: Instant) {
+        let Some(flow) = self.flow.as_deref_mut() else {
+            return;
+        };
+        let Some(seen) = flow.seen.as_deref_mut() else {
+            return;
+        };
+        if now.saturating_duration_since(seen.since) > SEEN_MAX_AGE {
+            flow.seen = None;
+            return;
+        }
+        if let Some(id) = message.identity().filter(|_| seen.ids.len() < SEEN_MAX) {
+            seen.ids.push(id);
         }
     }
 

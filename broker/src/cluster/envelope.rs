@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tern_codec::template::encode_publish;
+use tern_codec::template::{encode_publish, encoded_publish_len};
 use tern_codec::{Family, Outbound, PacketId, ProtocolVersion, Publish, PublishQoS, QoS};
 use tokio::time::Instant;
 
@@ -82,8 +82,29 @@ pub(crate) fn encode(message: &Arc<Message>, origin: u64, sequence: u64, now: In
 
 /// The size of `message`'s envelope.
 pub(crate) fn encoded_len(message: &Message) -> usize {
-    let with_id = message.publish().qos() != QoS::AtMostOnce;
-    HEADER_BYTES + message.templates.get(Family::V5, with_id).len()
+    let publish = message.publish();
+    let with_id = publish.qos() != QoS::AtMostOnce;
+    let frame_len = match message.templates.peek(Family::V5, with_id) {
+        Some(frame) => frame.len(),
+        // Measured, not built: this runs for every PUBLISH in a cluster.
+        None => encoded_publish_len(
+            publish,
+            ProtocolVersion::V5,
+            template_layout(with_id),
+            &Outbound::default(),
+        ),
+    };
+    HEADER_BYTES + frame_len
+}
+
+/// The QoS layout of the 5.0 frame in an envelope, as `templates.get` builds it: placeholder
+/// packet id 1 when the message has one.
+fn template_layout(with_id: bool) -> PublishQoS {
+    if with_id {
+        PublishQoS::AtLeastOnce(PacketId::MIN)
+    } else {
+        PublishQoS::AtMostOnce
+    }
 }
 
 /// When `message` was published, in Unix milliseconds, given `now` and `unix_now_ms`
@@ -112,9 +133,7 @@ pub(crate) fn encode_into(
     // 5.0 subscriber, and the copy, its allocation and its one-time initialisation were a
     // tenth of a forwarding node's CPU).
     let frame = message.templates.peek(Family::V5, with_id);
-    let frame_len = frame.map_or(publish.payload().len() + publish.topic().len() + 16, |f| {
-        f.len()
-    });
+    let frame_len = frame.map_or_else(|| encoded_len(message) - HEADER_BYTES, |f| f.len());
     out.reserve(HEADER_BYTES + frame_len);
     out.put_u8(MAGIC);
     out.put_u8(VERSION);
@@ -126,11 +145,7 @@ pub(crate) fn encode_into(
         Some(frame) => out.extend_from_slice(frame.as_bytes()),
         None => {
             // As `templates.get` encodes a layout: placeholder id 1, RETAIN and DUP clear.
-            let layout = if with_id {
-                PublishQoS::AtLeastOnce(PacketId::MIN)
-            } else {
-                PublishQoS::AtMostOnce
-            };
+            let layout = template_layout(with_id);
             let outbound = Outbound::default();
             encode_publish(
                 out,
@@ -327,6 +342,7 @@ mod tests {
                 let mut second = BytesMut::new();
                 encode_into(&mut second, &built, 1, 2, 3);
                 assert_eq!(first, second, "{qos:?} retain {retain}");
+                assert_eq!(encoded_len(&direct), first.len(), "measured as encoded");
                 let got = decode(first.freeze(), now, unix_ms_now()).expect("decode");
                 assert_eq!((got.qos(), got.publish().retain), (qos, retain));
             }

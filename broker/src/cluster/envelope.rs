@@ -97,6 +97,16 @@ pub(crate) fn encoded_len(message: &Message) -> usize {
     HEADER_BYTES + frame_len
 }
 
+/// An upper bound of [`encoded_len`] that costs no walk of the properties for a message
+/// received from a client (see [`tern_codec::Publish::v5_len_bound`]): what the size
+/// checks of every PUBLISH use, falling back to the exact length only near a limit.
+pub(crate) fn len_bound(message: &Message) -> usize {
+    match message.publish().v5_len_bound() {
+        Some(bound) => HEADER_BYTES + bound,
+        None => encoded_len(message),
+    }
+}
+
 /// The QoS layout of the 5.0 frame in an envelope, as `templates.get` builds it: placeholder
 /// packet id 1 when the message has one.
 fn template_layout(with_id: bool) -> PublishQoS {
@@ -133,7 +143,7 @@ pub(crate) fn encode_into(
     // 5.0 subscriber, and the copy, its allocation and its one-time initialisation were a
     // tenth of a forwarding node's CPU).
     let frame = message.templates.peek(Family::V5, with_id);
-    let frame_len = frame.map_or_else(|| encoded_len(message) - HEADER_BYTES, |f| f.len());
+    let frame_len = frame.map_or_else(|| len_bound(message) - HEADER_BYTES, |f| f.len());
     out.reserve(HEADER_BYTES + frame_len);
     out.put_u8(MAGIC);
     out.put_u8(VERSION);
@@ -343,6 +353,7 @@ mod tests {
                 encode_into(&mut second, &built, 1, 2, 3);
                 assert_eq!(first, second, "{qos:?} retain {retain}");
                 assert_eq!(encoded_len(&direct), first.len(), "measured as encoded");
+                assert!(len_bound(&direct) >= first.len());
                 let got = decode(first.freeze(), now, unix_ms_now()).expect("decode");
                 assert_eq!((got.qos(), got.publish().retain), (qos, retain));
             }

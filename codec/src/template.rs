@@ -326,6 +326,17 @@ pub fn encode_publish(
     Encoding::plan(publish, version, out, outbound).write(dst, retain, dup)
 }
 
+/// The number of bytes [`encode_publish`] appends for these arguments, found without
+/// encoding (nor allocating).
+pub fn encoded_publish_len(
+    publish: &Publish,
+    version: ProtocolVersion,
+    out: PublishQoS,
+    outbound: &Outbound<'_>,
+) -> usize {
+    Encoding::plan(publish, version, out, outbound).len()
+}
+
 /// An encoding whose sizes are known before any byte is written, so that a template gets a
 /// buffer of exactly its size (one allocation, and no copy when it is frozen).
 struct Encoding<'a> {

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tern_codec::{Family, PacketId, ProtocolVersion, Publish, PublishQoS, QoS};
+use tern_codec::template::{encode_publish, encoded_publish_len};
+use tern_codec::{Family, Outbound, PacketId, ProtocolVersion, Publish, PublishQoS, QoS};
 use tokio::time::Instant;
 
 use crate::message::Message;
@@ -81,8 +82,39 @@ pub(crate) fn encode(message: &Arc<Message>, origin: u64, sequence: u64, now: In
 
 /// The size of `message`'s envelope.
 pub(crate) fn encoded_len(message: &Message) -> usize {
-    let with_id = message.publish().qos() != QoS::AtMostOnce;
-    HEADER_BYTES + message.templates.get(Family::V5, with_id).len()
+    let publish = message.publish();
+    let with_id = publish.qos() != QoS::AtMostOnce;
+    let frame_len = match message.templates.peek(Family::V5, with_id) {
+        Some(frame) => frame.len(),
+        // Measured, not built: this runs for every PUBLISH in a cluster.
+        None => encoded_publish_len(
+            publish,
+            ProtocolVersion::V5,
+            template_layout(with_id),
+            &Outbound::default(),
+        ),
+    };
+    HEADER_BYTES + frame_len
+}
+
+/// An upper bound of [`encoded_len`] that costs no walk of the properties for a message
+/// received from a client (see [`tern_codec::Publish::v5_len_bound`]): what the size
+/// checks of every PUBLISH use, falling back to the exact length only near a limit.
+pub(crate) fn len_bound(message: &Message) -> usize {
+    match message.publish().v5_len_bound() {
+        Some(bound) => HEADER_BYTES + bound,
+        None => encoded_len(message),
+    }
+}
+
+/// The QoS layout of the 5.0 frame in an envelope, as `templates.get` builds it: placeholder
+/// packet id 1 when the message has one.
+fn template_layout(with_id: bool) -> PublishQoS {
+    if with_id {
+        PublishQoS::AtLeastOnce(PacketId::MIN)
+    } else {
+        PublishQoS::AtMostOnce
+    }
 }
 
 /// When `message` was published, in Unix milliseconds, given `now` and `unix_now_ms`
@@ -104,15 +136,38 @@ pub(crate) fn encode_into(
 ) {
     let publish = message.publish();
     let qos = publish.qos();
-    let frame = message.templates.get(Family::V5, qos != QoS::AtMostOnce);
-    out.reserve(HEADER_BYTES + frame.len());
+    let with_id = qos != QoS::AtMostOnce;
+    // The 5.0 frame made for local subscribers (or received), when there is one; else
+    // encoded straight into the envelope, the same bytes `templates.get` would build but
+    // without keeping a copy in the message (most messages crossing nodes have no local
+    // 5.0 subscriber, and the copy, its allocation and its one-time initialisation were a
+    // tenth of a forwarding node's CPU).
+    let frame = message.templates.peek(Family::V5, with_id);
+    let frame_len = frame.map_or_else(|| len_bound(message) - HEADER_BYTES, |f| f.len());
+    out.reserve(HEADER_BYTES + frame_len);
     out.put_u8(MAGIC);
     out.put_u8(VERSION);
     out.put_u8(publish.retain as u8 | (qos as u8) << 1);
     out.put_u64(origin);
     out.put_u64(sequence);
     out.put_u64(published_unix_ms);
-    out.extend_from_slice(frame.as_bytes());
+    match frame {
+        Some(frame) => out.extend_from_slice(frame.as_bytes()),
+        None => {
+            // As `templates.get` encodes a layout: placeholder id 1, RETAIN and DUP clear.
+            let layout = template_layout(with_id);
+            let outbound = Outbound::default();
+            encode_publish(
+                out,
+                publish,
+                ProtocolVersion::V5,
+                layout,
+                false,
+                false,
+                &outbound,
+            );
+        }
+    }
 }
 
 /// Starts a batch in `out` (entries follow with [`push_batch_entry`]).
@@ -278,6 +333,33 @@ mod tests {
                     Some("text/plain")
                 );
                 assert_eq!(got.origin_session, None);
+            }
+        }
+    }
+
+    /// A message with no 5.0 template yet is encoded straight into the envelope, byte for
+    /// byte as the template `templates.get` builds would be, and keeps no copy.
+    #[test]
+    fn an_envelope_without_a_template_is_the_same_bytes() {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            for retain in [false, true] {
+                let direct = message(qos, retain);
+                let now = Instant::now();
+                let mut first = BytesMut::new();
+                encode_into(&mut first, &direct, 1, 2, 3);
+                assert!(direct
+                    .templates
+                    .peek(Family::V5, qos != QoS::AtMostOnce)
+                    .is_none());
+                let built = message(qos, retain);
+                built.templates.get(Family::V5, qos != QoS::AtMostOnce);
+                let mut second = BytesMut::new();
+                encode_into(&mut second, &built, 1, 2, 3);
+                assert_eq!(first, second, "{qos:?} retain {retain}");
+                assert_eq!(encoded_len(&direct), first.len(), "measured as encoded");
+                assert!(len_bound(&direct) >= first.len());
+                let got = decode(first.freeze(), now, unix_ms_now()).expect("decode");
+                assert_eq!((got.qos(), got.publish().retain), (qos, retain));
             }
         }
     }

@@ -252,7 +252,9 @@ impl Forwarder {
     /// Whether `message`'s envelope is larger than the NATS server takes (its `max_payload`):
     /// NATS would refuse it, so other nodes could never get it. `$SYS` topics stay local.
     pub(crate) fn refuses(&self, message: &Message) -> bool {
-        let refused = envelope::encoded_len(message) > self.client.max_payload()
+        let max = self.client.max_payload();
+        let refused = envelope::len_bound(message) > max
+            && envelope::encoded_len(message) > max
             && !crate::config::is_sys_topic(message.topic());
         if refused {
             ClusterMetrics::inc(&self.metrics.publish_errors);
@@ -421,7 +423,8 @@ impl LiveSender {
 
 /// How many of `queued` (at least one) go into the next NATS message, and its size: the
 /// consecutive messages of the first one's topic while the batch stays within `limit`
-/// bytes. A single message over `limit` goes alone (NATS refuses it if it is over the
+/// bytes (each envelope counted at its upper bound, `envelope::len_bound`, which walks no
+/// properties). A single message over `limit` goes alone (NATS refuses it if it is over the
 /// server's `max_payload`: counted in `publish_errors`).
 fn batch_run(queued: &[Queued], limit: usize) -> (usize, usize) {
     let Some(first) = queued.first() else {
@@ -431,7 +434,7 @@ fn batch_run(queued: &[Queued], limit: usize) -> (usize, usize) {
     let mut size = envelope::BATCH_HEADER_BYTES;
     let mut run = 0;
     for q in queued.iter().take_while(|q| q.message.topic() == topic) {
-        let entry = envelope::BATCH_ENTRY_BYTES + envelope::encoded_len(&q.message);
+        let entry = envelope::BATCH_ENTRY_BYTES + envelope::len_bound(&q.message);
         if run > 0 && size + entry > limit {
             break;
         }
@@ -475,7 +478,7 @@ mod tests {
             queued("b", 10),
             queued("a", 10),
         ];
-        let entry = envelope::BATCH_ENTRY_BYTES + envelope::encoded_len(&q[0].message);
+        let entry = envelope::BATCH_ENTRY_BYTES + envelope::len_bound(&q[0].message);
         let header = envelope::BATCH_HEADER_BYTES;
         // Two of "a", then "b" alone (another subject), then "a" again.
         assert_eq!(batch_run(&q, 1 << 20), (2, header + 2 * entry));

@@ -10,7 +10,8 @@ use bytes::Bytes;
 use tern_codec::{ProtocolVersion, Publish, QoS, SubscriptionOptions};
 use tokio::time::Instant;
 
-use super::super::{BridgeSink, RouteScratch, Router};
+use super::super::tests::CountingSink;
+use super::super::{RouteScratch, Router};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::test_support::{attach, ctx, packets, publishes, session, Attach};
@@ -156,23 +157,6 @@ fn a_run_meeting_a_shared_group_goes_message_by_message() {
     assert_eq!(got, numbers(6));
 }
 
-#[derive(Debug)]
-struct CountingSink {
-    taken: AtomicUsize,
-}
-
-impl BridgeSink for CountingSink {
-    fn id(&self) -> u64 {
-        5
-    }
-
-    fn push(&self, _message: &Message, encoded: &mut Option<bytes::Bytes>) -> Option<usize> {
-        encoded.get_or_insert_with(|| bytes::Bytes::from_static(b"x"));
-        self.taken.fetch_add(1, Ordering::Relaxed);
-        Some(0)
-    }
-}
-
 /// A bridge sink (SSE, WebSocket JSON) gets each message of a run once, however many of
 /// its filters match.
 #[test]
@@ -181,6 +165,7 @@ fn a_bridge_sink_gets_each_message_of_a_run_once() {
     let now = Instant::now();
     let router = Router::default();
     let sink = Arc::new(CountingSink {
+        id: 5,
         taken: AtomicUsize::new(0),
     });
     router.subscribe_bridge("a/#", sink.clone());

@@ -186,9 +186,9 @@ fn qos_downgrade_and_protocol_per_subscriber() {
 
 /// A sink counting what it takes.
 #[derive(Debug)]
-struct CountingSink {
-    id: u64,
-    taken: AtomicUsize,
+pub(super) struct CountingSink {
+    pub(super) id: u64,
+    pub(super) taken: AtomicUsize,
 }
 
 impl BridgeSink for CountingSink {

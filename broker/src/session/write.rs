@@ -136,6 +136,7 @@ pub(super) fn write_qos0_run(
 }
 
 /// The outbound topic alias for `message` on `link`, and whether the client knows it.
+#[inline(always)]
 fn choose_alias(link: &Link, message: &Message) -> Option<(u16, bool)> {
     if link.version.is_v5() {
         link.aliases.choose(message.publish().topic())
@@ -145,6 +146,7 @@ fn choose_alias(link: &Link, message: &Message) -> Option<(u16, bool)> {
 }
 
 /// Records an alias the client learnt from a PUBLISH just written.
+#[inline(always)]
 fn remember_alias(link: &mut Link, message: &Message, alias: Option<(u16, bool)>) {
     if let Some((alias, false)) = alias {
         link.aliases
@@ -165,6 +167,7 @@ struct Prepared<'m> {
 }
 
 /// Decides the encoding of `message` for `link`; `None` when it expired (counted).
+#[inline(always)]
 fn prepare<'m>(
     link: &Link,
     message: &'m Message,
@@ -206,6 +209,7 @@ fn prepare<'m>(
 
 /// Appends one prepared PUBLISH under the writer's lock (`flags`: the QoS layout, RETAIN,
 /// DUP). The size and cap checks are the SharedWriter's (`WriteGuard::append_packet`).
+#[inline(always)]
 fn append(
     guard: &mut WriteGuard<'_>,
     link: &Link,
@@ -242,6 +246,7 @@ fn append(
 
 /// Counts what became of one append: sent, too large for the client, or over the writer's
 /// cap (a slow consumer, kicked once it has been stuck past `slow_consumer_timeout`).
+#[inline(always)]
 fn account(
     writer: &SharedWriter,
     message: &Message,

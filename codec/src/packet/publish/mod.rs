@@ -454,6 +454,17 @@ impl Publish {
         len
     }
 
+    /// An upper bound of the size of this message's 5.0 encoding (any QoS layout, no
+    /// per-subscriber properties), found without walking its properties: the received
+    /// frame's length plus what the 5.0 form can add to it (a property length of up to 4
+    /// bytes, a packet identifier). `None` for a publish that is not the received frame any
+    /// more (made here, or changed: an inbound topic alias resolved), whose size
+    /// [`Publish::encoded_len`] gives.
+    pub fn v5_len_bound(&self) -> Option<usize> {
+        let received = self.received()?;
+        Some(received.frame.len() + 4 + 2)
+    }
+
     /// The whole encoded size for `version`, fixed header included.
     pub fn encoded_len(&self, version: ProtocolVersion) -> usize {
         let body = self.body_len(version);
@@ -490,6 +501,36 @@ mod tests {
             Ok(Some(Packet::Publish(p))) => p,
             other => panic!("{other:?}"),
         }
+    }
+
+    /// `v5_len_bound` is never below the 5.0 encoding's size, whatever the frame came as: a
+    /// 3.1.1 frame (no property block) or a 5.0 frame with properties. A frame whose topic
+    /// alias was resolved is no longer the received frame: no bound.
+    #[test]
+    fn the_v5_length_bound_holds() {
+        let mut rich = Publish::new("a/b", &b"payload"[..])
+            .with_qos(PublishQoS::AtLeastOnce(PacketId::new(9).expect("non-zero")));
+        rich.properties_mut().content_type = Some("json".into());
+        rich.properties_mut().user_properties = vec![("k".into(), "v".into())];
+        let v3 = decoded(&Publish::new("t/1", &b"x"[..]), ProtocolVersion::V3_1_1);
+        let v5 = decoded(&rich, ProtocolVersion::V5);
+        let mut aliased = Publish::new("", &b"x"[..]);
+        aliased.properties_mut().topic_alias = Some(3);
+        let mut aliased = decoded(&aliased, ProtocolVersion::V5);
+        aliased.resolve_alias(ByteStr::from("a/much/longer/topic/than/the/frame/had"));
+        assert_eq!(aliased.v5_len_bound(), None);
+        for p in [v3, v5] {
+            let bound = p.v5_len_bound().expect("received");
+            for out in [
+                PublishQoS::AtMostOnce,
+                PublishQoS::ExactlyOnce(PacketId::MIN),
+            ] {
+                let mut q = p.clone();
+                q.set_qos(out);
+                assert!(bound >= q.encoded_len(ProtocolVersion::V5), "{p:?} {out:?}");
+            }
+        }
+        assert_eq!(Publish::new("t", &b"x"[..]).v5_len_bound(), None);
     }
 
     /// A received publish reads like the one it was encoded from, and turns into the owned

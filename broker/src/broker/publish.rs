@@ -50,10 +50,15 @@ impl Broker {
         now: Instant,
     ) -> usize {
         let inner = &self.inner;
+        let cluster = inner.cluster.get();
+        if let Some(cluster) = cluster {
+            // As in `publish` (QoS 0 is never queued nor handed over, but one rule for all).
+            messages.iter().for_each(|m| cluster.identify(m));
+        }
         let delivered = inner
             .router
             .route_run(messages, scratch, self.deliver_ctx(now));
-        if let Some(cluster) = inner.cluster.get() {
+        if let Some(cluster) = cluster {
             for message in messages {
                 // QoS 0: no acknowledgement waits for NATS, but the position is kept as
                 // for any message (a later acknowledgement covers it).

@@ -206,7 +206,7 @@ impl Decoded {
             .collect();
         for r in &outbound {
             if let Some(id) = identities.get(&r.seq) {
-                let _ = r.message.cluster_identity.set(*id);
+                let _ = r.message.set_identity(*id);
             }
         }
         outbound
@@ -620,7 +620,7 @@ mod tests {
         );
         let now = Instant::now();
         let message = Message::new(publish, now, None);
-        let _ = message.cluster_identity.set((9, sequence));
+        let _ = message.set_identity((9, sequence));
         broker.publish(&message, &mut crate::router::RouteScratch::default(), now);
     }
 

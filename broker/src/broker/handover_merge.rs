@@ -195,7 +195,7 @@ mod tests {
     fn restored(n: u8, identity: Option<(u64, u64)>, stage: RestoredStage) -> Restored {
         let message = Message::new(Publish::new("t", vec![n]), Instant::now(), None);
         if let Some(id) = identity {
-            let _ = message.cluster_identity.set(id);
+            let _ = message.set_identity(id);
         }
         Restored {
             message,

@@ -292,9 +292,7 @@ pub(crate) fn decode(
     let age = Duration::from_millis(unix_now_ms.saturating_sub(header.published_unix_ms));
     let received_at = now.checked_sub(age).unwrap_or(now);
     let message = Message::new(publish, received_at, None);
-    let _ = message
-        .cluster_identity
-        .set((header.origin, header.sequence));
+    let _ = message.set_identity((header.origin, header.sequence));
     Ok(message)
 }
 

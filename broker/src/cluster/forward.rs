@@ -240,7 +240,7 @@ impl Forwarder {
         if crate::config::is_sys_topic(message.topic()) {
             return 0;
         }
-        let (_, sequence) = *message.cluster_identity.get_or_init(|| {
+        let (_, sequence) = message.identity_or_init(|| {
             (
                 self.origin,
                 self.sequence.fetch_add(1, Ordering::Relaxed) + 1,

@@ -335,7 +335,7 @@ pub fn stored(message: &Message, now: Instant) -> StoredMessage {
     let publish = template.as_bytes().clone();
     StoredMessage {
         received_unix_ms: unix_ms_at(now).saturating_sub(age_ms),
-        origin_session: message.origin_session.unwrap_or(0),
+        origin_session: message.origin_session.map_or(0, std::num::NonZeroU64::get),
         publish,
         family,
     }

@@ -286,7 +286,7 @@ impl Router {
         run: bool,
     ) -> bool {
         let publish = message.publish();
-        let origin = message.origin_session;
+        let origin = message.origin_session.map(std::num::NonZeroU64::get);
         scratch.targets.clear();
         let mut filters = 0usize;
         let mut grouped = false;

@@ -329,15 +329,9 @@ impl Shared {
 
     /// Routes the QoS 0 messages gathered in `run` (left empty).
     fn route_run(&self, run: &mut Vec<Arc<Message>>, scratch: &mut RouteScratch, now: Instant) {
-        match run.len() {
-            0 => {}
-            1 => {
-                self.broker.route_remote(&run[0], scratch, now);
-            }
-            _ => {
-                self.broker.route_remote_run(run, scratch, now);
-            }
+        if !run.is_empty() {
+            self.broker.route_remote_run(run, scratch, now);
+            run.clear();
         }
-        run.clear();
     }
 }

@@ -32,8 +32,20 @@ impl Connection {
     /// Routes `message` now, or lets it join the run of QoS 0 messages waiting to be routed
     /// (the run goes first when the message cannot join it).
     pub(super) fn publish_or_join(&mut self, message: Arc<Message>, ack: PendingAck, now: Instant) {
-        let joins = can_run(&message) && !self.broker.cluster_refuses(&message);
-        if !joins {
+        // Too large for the cluster's NATS: refused as a whole (0x97 to 5.0; 3.1.1 has no
+        // refusing acknowledgement, [MQTT-3.3.5-2]) rather than delivered on this node only.
+        if self.broker.cluster_refuses(&message) {
+            tracing::debug!(
+                topic = message.topic(),
+                "larger than NATS takes: publish refused"
+            );
+            self.flush_run(now);
+            if let Some(transmit) = self.machine.refused(ack, self.broker.journal()) {
+                self.send(&transmit);
+            }
+            return;
+        }
+        if !can_run(&message) {
             self.flush_run(now);
             self.publish(&message, ack, now);
             return;
@@ -54,64 +66,32 @@ impl Connection {
     }
 
     /// Routes the run of QoS 0 messages waiting, if any (QoS 0: nothing to acknowledge).
-    /// A run of one is routed as a single message.
     pub(super) fn flush_run(&mut self, now: Instant) {
-        let Some(routing) = self.routing.as_mut() else {
+        let Some(routing) = self.routing.as_mut().filter(|r| !r.run.is_empty()) else {
             return;
         };
-        let mut run = std::mem::take(&mut routing.run);
-        match run.len() {
-            0 => return,
-            1 => {
-                routing.run = run;
-                let Some(message) = routing.run.pop() else {
-                    return;
-                };
-                let ack = PendingAck::at_most_once();
-                self.publish(&message, ack, now);
-                return;
-            }
-            n => {
-                let before = routing.published;
-                routing.published = before.wrapping_add(n as u64);
-                // Timed when a sampled message is in it: the whole run's routing, the
-                // longest any of its messages waited.
-                let sampled =
-                    (before + 1..=routing.published).any(|p| p % LATENCY_SAMPLE_EVERY == 1);
-                let started = sampled.then(std::time::Instant::now);
-                self.broker.publish_run(&run, &mut routing.scratch, now);
-                if let Some(started) = started {
-                    self.broker
-                        .route_latency()
-                        .observe(started.elapsed().as_secs_f64());
-                }
-            }
+        let before = routing.published;
+        routing.published = before.wrapping_add(routing.run.len() as u64);
+        // Timed when a sampled message is in it: the whole run's routing, the longest any
+        // of its messages waited.
+        let sampled = (before + 1..=routing.published).any(|p| p % LATENCY_SAMPLE_EVERY == 1);
+        let started = sampled.then(std::time::Instant::now);
+        self.broker
+            .publish_run(&routing.run, &mut routing.scratch, now);
+        if let Some(started) = started {
+            self.broker
+                .route_latency()
+                .observe(started.elapsed().as_secs_f64());
         }
-        run.clear();
-        if let Some(routing) = self.routing.as_mut() {
-            routing.run = run; // its allocation serves the next run
-        }
+        routing.run.clear(); // its allocation serves the next run
         self.note_cluster_congestion();
     }
 
-    /// Stores and routes a client's message and acknowledges it.
+    /// Stores, routes and acknowledges a client's message the cluster can carry.
     ///
     /// The routing latency histogram samples one PUBLISH in [`LATENCY_SAMPLE_EVERY`]: the
     /// clock reads would otherwise cost more than the routing of a small fan-out.
-    pub(super) fn publish(&mut self, message: &Arc<Message>, ack: PendingAck, now: Instant) {
-        // Too large for the cluster's NATS: refused as a whole (0x97 to 5.0; 3.1.1 has no
-        // refusing acknowledgement, [MQTT-3.3.5-2]) rather than delivered on this node only.
-        if self.broker.cluster_refuses(message) {
-            tracing::debug!(
-                topic = message.topic(),
-                "larger than NATS takes: publish refused"
-            );
-            let refused = self.machine.refused(ack, self.broker.journal());
-            if let Some(transmit) = refused {
-                self.send(&transmit);
-            }
-            return;
-        }
+    fn publish(&mut self, message: &Arc<Message>, ack: PendingAck, now: Instant) {
         // A QoS 2 message from a persistent session: its copies for subscribers and its
         // received id go into the journal as one frame, so that after a crash the
         // publisher's resend is routed exactly once (see journal/batch.rs).

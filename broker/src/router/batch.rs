@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use super::{deliver_targets, push_to_bridges, Deliveries, RouteScratch, Router};
+use super::{deliver_targets, deliver_to_bridges, Deliveries, RouteScratch, Router};
 use crate::message::Message;
 use crate::session::delivery::DeliverCtx;
 
@@ -25,8 +25,11 @@ impl Router {
         scratch: &mut RouteScratch,
         ctx: DeliverCtx<'_>,
     ) -> usize {
-        let Some(first) = messages.first() else {
-            return 0;
+        let first = match messages {
+            [] => return 0,
+            // One message is routed as such (a shared group then costs no second walk).
+            [one] => return self.route(one, scratch, ctx),
+            [first, ..] => first,
         };
         debug_assert!(messages.iter().all(|m| is_run_member(m, first)));
         if !self.collect(first, scratch, ctx, true) {
@@ -36,18 +39,8 @@ impl Router {
                 .sum();
         }
         let sessions = deliver_targets(Deliveries::Qos0Run(messages), scratch, ctx);
-        let mut delivered = sessions * messages.len();
-        if !scratch.bridges.is_empty() {
-            let mut sinks = std::mem::take(&mut scratch.bridges);
-            sinks.sort_unstable_by_key(|s| s.id());
-            sinks.dedup_by_key(|s| s.id());
-            for message in messages {
-                delivered += push_to_bridges(message, &sinks, ctx.metrics);
-            }
-            sinks.clear();
-            scratch.bridges = sinks;
-        }
-        delivered
+        let delivered = sessions * messages.len();
+        delivered + deliver_to_bridges(messages, &mut scratch.bridges, ctx.metrics)
     }
 }
 

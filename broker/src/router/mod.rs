@@ -271,7 +271,12 @@ impl Router {
     ) -> usize {
         self.collect(message, scratch, ctx, false);
         let delivered = deliver_targets(Deliveries::One(message), scratch, ctx);
-        delivered + deliver_to_bridges(message, &mut scratch.bridges, ctx.metrics)
+        delivered
+            + deliver_to_bridges(
+                std::slice::from_ref(message),
+                &mut scratch.bridges,
+                ctx.metrics,
+            )
     }
 
     /// Matches `message` into `scratch`: the deliveries it makes (sorted so that one
@@ -471,10 +476,10 @@ pub trait BridgeSink: Send + Sync + std::fmt::Debug {
     fn push(&self, message: &Message, encoded: &mut Option<bytes::Bytes>) -> Option<usize>;
 }
 
-/// Hands `message` to each sink in `sinks` once (the list is emptied); returns how many took
-/// it.
-pub(crate) fn deliver_to_bridges(
-    message: &Message,
+/// Hands each of `messages`, in order, to each sink in `sinks` once (the list is emptied);
+/// returns how many took them, counted per message.
+pub(crate) fn deliver_to_bridges<M: std::ops::Deref<Target = Message>>(
+    messages: &[M],
     sinks: &mut Vec<Arc<dyn BridgeSink>>,
     metrics: &Metrics,
 ) -> usize {
@@ -485,7 +490,10 @@ pub(crate) fn deliver_to_bridges(
         sinks.sort_unstable_by_key(|s| s.id());
         sinks.dedup_by_key(|s| s.id());
     }
-    let count = push_to_bridges(message, sinks, metrics);
+    let count = messages
+        .iter()
+        .map(|message| push_to_bridges(message, sinks, metrics))
+        .sum();
     sinks.clear();
     count
 }

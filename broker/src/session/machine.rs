@@ -106,11 +106,6 @@ impl PendingAck {
     pub fn is_exactly_once(&self) -> bool {
         matches!(self.0, PublishQoS::ExactlyOnce(_))
     }
-
-    /// What a QoS 0 PUBLISH is owed: nothing.
-    pub fn at_most_once() -> PendingAck {
-        PendingAck(PublishQoS::AtMostOnce)
-    }
 }
 
 /// Token bucket for `max_publish_rate_per_client`.

@@ -459,7 +459,7 @@ mod tests {
     fn deliver(message: &Message, rings: &mut Vec<Arc<Ring>>, metrics: &Metrics) -> usize {
         let mut sinks: Vec<Arc<dyn BridgeSink>> =
             rings.drain(..).map(|r| r as Arc<dyn BridgeSink>).collect();
-        crate::router::deliver_to_bridges(message, &mut sinks, metrics)
+        crate::router::deliver_to_bridges(std::slice::from_ref(&message), &mut sinks, metrics)
     }
     use tern_codec::{PacketId, PublishQoS};
 

@@ -34,10 +34,11 @@ pub type ClaimWait = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 /// What a cluster engine does for the broker. Called on publishers' and subscribers' tasks:
 /// every method must return quickly and never block.
 pub trait ClusterLink: Send + Sync + fmt::Debug {
-    /// `message` was published on this node (and routed here already): send it to the nodes
-    /// with interest, and store or delete it in the cluster's retained set if RETAIN.
-    /// Returns its position for [`ClusterLink::poll_confirmed`] (0: nothing to wait for).
-    fn forward(&self, message: &Arc<Message>, now: Instant) -> u64;
+    /// `messages` were published on this node (and routed here already), in this order:
+    /// send them to the nodes with interest, and store or delete them in the cluster's
+    /// retained set if RETAIN. Returns the last one's position for
+    /// [`ClusterLink::poll_confirmed`] (0: nothing to wait for).
+    fn forward(&self, messages: &[Arc<Message>], now: Instant) -> u64;
 
     /// Gives `message`, published here, its cluster identity (this node, its sequence
     /// number) before it is routed, so that a session queueing it can hand it over with it;

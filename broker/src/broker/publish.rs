@@ -35,7 +35,7 @@ impl Broker {
         let delivered = inner.router.route(message, scratch, self.deliver_ctx(now));
         if let Some(cluster) = cluster {
             // The publisher's acknowledgement waits for NATS to have it.
-            scratch.cluster_position = cluster.forward(message, now);
+            scratch.cluster_position = cluster.forward(std::slice::from_ref(message), now);
         }
         delivered
     }
@@ -51,18 +51,16 @@ impl Broker {
     ) -> usize {
         let inner = &self.inner;
         let cluster = inner.cluster.get();
-        if let Some(cluster) = cluster {
-            // As in `publish` (QoS 0 is never queued nor handed over, but one rule for all).
-            messages.iter().for_each(|m| cluster.identify(m));
-        }
         let delivered = inner
             .router
             .route_run(messages, scratch, self.deliver_ctx(now));
         if let Some(cluster) = cluster {
-            for message in messages {
-                // QoS 0: no acknowledgement waits for NATS, but the position is kept as
-                // for any message (a later acknowledgement covers it).
-                scratch.cluster_position = cluster.forward(message, now);
+            // QoS 0 needs no identity before routing (it is never queued for a session nor
+            // handed over). No acknowledgement waits for NATS, but the position is kept as
+            // for any message (a later acknowledgement covers it).
+            let position = cluster.forward(messages, now);
+            if position != 0 {
+                scratch.cluster_position = position;
             }
         }
         delivered

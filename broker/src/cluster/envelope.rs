@@ -1,12 +1,19 @@
 //! The envelope one message travels in between nodes: a fixed header (who sent it, its
-//! sequence number, QoS and RETAIN, when it was published) followed by the MQTT 5.0 PUBLISH
-//! frame as the sending node encoded it for its own 5.0 subscribers. The receiving node
-//! decodes that frame in place ([`tern_codec::Publish::decode_whole_frame`]): its topic,
-//! properties and payload stay slices of the received `Bytes`, and its 5.0 subscribers get
-//! those very bytes as their template (zero copy on the receiving side).
+//! sequence number, QoS and RETAIN, when it was published) followed by a PUBLISH frame:
+//! - a 3.x publisher's message: the frame as the client sent it (3.x frames carry no
+//!   properties, so nothing is lost), and the receiving node's 3.x subscribers get those
+//!   bytes; neither node encodes it again;
+//! - any other message: the MQTT 5.0 frame as the sending node encoded it for its own 5.0
+//!   subscribers (or would have), which the receiving node's 5.0 subscribers get.
 //!
-//! Layout (big-endian): `b'T'`, version `1`, flags (bit 0 RETAIN, bits 1-2 QoS), origin node
-//! id (8 bytes), sequence (8), publish time in Unix milliseconds (8), then the frame.
+//! The receiving node decodes the frame in place
+//! ([`tern_codec::Publish::decode_whole_frame`]): its topic, properties and payload stay
+//! slices of the received `Bytes` (zero copy on the receiving side).
+//!
+//! Layout (big-endian): `b'T'`, version (`1`: a 5.0 frame follows, `3`: a 3.x frame),
+//! flags (bit 0 RETAIN, bits 1-2 QoS), origin node id (8 bytes), sequence (8), publish time
+//! in Unix milliseconds (8), then the frame. (A node of a version before 3.x frames
+//! refuses version `3` as foreign: counted, not misread.)
 //!
 //! A batch carries several envelopes of one topic (one NATS subject) in one NATS message,
 //! so that NATS and both nodes pay their per-message cost once for all of them: `b'T'`,
@@ -20,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tern_codec::template::{encode_publish, encoded_publish_len};
+use tern_codec::template::{encode_publish, encoded_publish_len, PublishTemplate};
 use tern_codec::{Family, Outbound, PacketId, ProtocolVersion, Publish, PublishQoS, QoS};
 use tokio::time::Instant;
 
@@ -28,6 +35,8 @@ use crate::message::Message;
 
 const MAGIC: u8 = b'T';
 const VERSION: u8 = 1;
+/// The version byte of an envelope whose frame is a 3.x one.
+const V3_VERSION: u8 = 3;
 /// The version byte of a batch.
 const BATCH_VERSION: u8 = 2;
 /// Bytes before the frame.
@@ -84,8 +93,8 @@ pub(crate) fn encode(message: &Arc<Message>, origin: u64, sequence: u64, now: In
 pub(crate) fn encoded_len(message: &Message) -> usize {
     let publish = message.publish();
     let with_id = publish.qos() != QoS::AtMostOnce;
-    let frame_len = match message.templates.peek(Family::V5, with_id) {
-        Some(frame) => frame.len(),
+    let frame_len = match sent_frame(message, with_id) {
+        Some((_, frame)) => frame.len(),
         // Measured, not built: this runs for every PUBLISH in a cluster.
         None => encoded_publish_len(
             publish,
@@ -95,6 +104,21 @@ pub(crate) fn encoded_len(message: &Message) -> usize {
         ),
     };
     HEADER_BYTES + frame_len
+}
+
+/// The frame an envelope of `message` carries when it needs no encoding: a 3.x
+/// publisher's frame as received, else the 5.0 template if one is built (or received).
+/// The version byte of the envelope comes with it.
+fn sent_frame(message: &Message, with_id: bool) -> Option<(u8, PublishTemplate<'_>)> {
+    let templates = &message.templates;
+    if templates.is_raw(Family::V3, with_id) {
+        return templates
+            .peek(Family::V3, with_id)
+            .map(|frame| (V3_VERSION, frame));
+    }
+    templates
+        .peek(Family::V5, with_id)
+        .map(|frame| (VERSION, frame))
 }
 
 /// An upper bound of [`encoded_len`] that costs no walk of the properties for a message
@@ -137,22 +161,22 @@ pub(crate) fn encode_into(
     let publish = message.publish();
     let qos = publish.qos();
     let with_id = qos != QoS::AtMostOnce;
-    // The 5.0 frame made for local subscribers (or received), when there is one; else
-    // encoded straight into the envelope, the same bytes `templates.get` would build but
-    // without keeping a copy in the message (most messages crossing nodes have no local
-    // 5.0 subscriber, and the copy, its allocation and its one-time initialisation were a
-    // tenth of a forwarding node's CPU).
-    let frame = message.templates.peek(Family::V5, with_id);
-    let frame_len = frame.map_or_else(|| len_bound(message) - HEADER_BYTES, |f| f.len());
+    // A 3.x publisher's frame, or the 5.0 frame made for local subscribers (or received),
+    // when there is one; else a 5.0 frame encoded straight into the envelope, the same
+    // bytes `templates.get` would build but without keeping a copy in the message (most
+    // messages crossing nodes have no local 5.0 subscriber, and the copy, its allocation
+    // and its one-time initialisation were a tenth of a forwarding node's CPU).
+    let frame = sent_frame(message, with_id);
+    let frame_len = frame.map_or_else(|| len_bound(message) - HEADER_BYTES, |(_, f)| f.len());
     out.reserve(HEADER_BYTES + frame_len);
     out.put_u8(MAGIC);
-    out.put_u8(VERSION);
+    out.put_u8(frame.map_or(VERSION, |(version, _)| version));
     out.put_u8(publish.retain as u8 | (qos as u8) << 1);
     out.put_u64(origin);
     out.put_u64(sequence);
     out.put_u64(published_unix_ms);
     match frame {
-        Some(frame) => out.extend_from_slice(frame.as_bytes()),
+        Some((_, frame)) => out.extend_from_slice(frame.as_bytes()),
         None => {
             // As `templates.get` encodes a layout: placeholder id 1, RETAIN and DUP clear.
             let layout = template_layout(with_id);
@@ -243,7 +267,10 @@ impl Iterator for Split {
 /// # Errors
 /// [`EnvelopeError::Foreign`] when it is no envelope of this version.
 pub(crate) fn header(envelope: &[u8]) -> Result<Header, EnvelopeError> {
-    if envelope.len() < HEADER_BYTES || envelope[0] != MAGIC || envelope[1] != VERSION {
+    if envelope.len() < HEADER_BYTES
+        || envelope[0] != MAGIC
+        || !matches!(envelope[1], VERSION | V3_VERSION)
+    {
         return Err(EnvelopeError::Foreign(
             envelope.get(1).copied().unwrap_or(0),
         ));
@@ -279,8 +306,12 @@ pub(crate) fn decode(
         2 => QoS::ExactlyOnce,
         _ => return Err(EnvelopeError::InvalidQoS),
     };
+    let version = match envelope[1] {
+        V3_VERSION => ProtocolVersion::V3_1_1,
+        _ => ProtocolVersion::V5,
+    };
     let frame = envelope.slice(HEADER_BYTES..);
-    let mut publish = Publish::decode_whole_frame(frame, ProtocolVersion::V5)?;
+    let mut publish = Publish::decode_whole_frame(frame, version)?;
     let packet_id = publish
         .packet_id()
         .or((qos != QoS::AtMostOnce).then_some(PacketId::MIN));
@@ -292,7 +323,10 @@ pub(crate) fn decode(
     let age = Duration::from_millis(unix_now_ms.saturating_sub(header.published_unix_ms));
     let received_at = now.checked_sub(age).unwrap_or(now);
     let message = Message::new(publish, received_at, None);
-    let _ = message.set_identity((header.origin, header.sequence));
+    if qos != QoS::AtMostOnce {
+        // Kept for a handover (QoS 0 is never queued for a session nor handed over).
+        let _ = message.set_identity((header.origin, header.sequence));
+    }
     Ok(message)
 }
 
@@ -359,6 +393,42 @@ mod tests {
                 let got = decode(first.freeze(), now, unix_ms_now()).expect("decode");
                 assert_eq!((got.qos(), got.publish().retain), (qos, retain));
             }
+        }
+    }
+
+    /// A 3.x publisher's message crosses as the frame the client sent (neither node
+    /// encodes it again) and arrives as a message whose 3.x template is those bytes, while
+    /// 5.0 subscribers still get a 5.0 encoding of it.
+    #[test]
+    fn a_3x_frame_crosses_as_received() {
+        use tern_codec::Packet;
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let id = (qos != QoS::AtMostOnce).then(|| PacketId::new(7).expect("non-zero"));
+            let mut sent = Publish::new("a/b.c", &b"payload"[..]);
+            sent.set_qos(PublishQoS::new(qos, id).expect("qos"));
+            sent.retain = true;
+            let frame: Bytes = Packet::Publish(sent)
+                .to_bytes(ProtocolVersion::V3_1_1)
+                .into();
+            let publish = Publish::decode_whole_frame(frame.clone(), ProtocolVersion::V3_1_1)
+                .expect("a 3.1.1 frame");
+            let message = Message::new(publish, Instant::now(), Some(7));
+            let wire = encode(&message, 4, 5, Instant::now());
+            assert_eq!(wire.len(), encoded_len(&message));
+            assert!(len_bound(&message) >= wire.len());
+            assert_eq!(&wire[HEADER_BYTES..], &frame[..], "the frame as received");
+            assert!(message.templates.peek(Family::V5, id.is_some()).is_none());
+            let h = header(&wire).expect("header");
+            assert_eq!((h.origin, h.sequence), (4, 5));
+            let got = decode(wire, Instant::now(), unix_ms_now()).expect("decode");
+            assert_eq!((got.qos(), got.publish().retain), (qos, true));
+            assert_eq!(got.publish().topic(), "a/b.c");
+            assert_eq!(got.publish().payload(), b"payload");
+            assert!(got.templates.is_raw(Family::V3, id.is_some()));
+            let v5 = got.templates.get(Family::V5, id.is_some());
+            let again = Publish::decode_whole_frame(v5.as_bytes().clone(), ProtocolVersion::V5)
+                .expect("a 5.0 frame");
+            assert_eq!(again.payload(), b"payload");
         }
     }
 

@@ -41,6 +41,7 @@ use tokio::time::Instant;
 
 use super::envelope;
 use super::metrics::ClusterMetrics;
+use super::outbox::Outbox;
 use super::retained::RetainedBucket;
 use super::subject;
 use crate::message::Message;
@@ -54,6 +55,7 @@ struct Outgoing {
 }
 
 /// One MQTT message waiting for the sending task.
+#[derive(Debug)]
 struct Queued {
     message: Arc<Message>,
     /// Its number among this node's messages (for the receivers' duplicate check).
@@ -72,12 +74,10 @@ const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed round trip before the next.
 const ROUND_TRIP_RETRY: Duration = Duration::from_millis(100);
 
-/// How far NATS has confirmed this node's messages, and who waits for it.
+/// How far NATS has confirmed this node's messages (positions are given out by the
+/// [`Outbox`]), and who waits for it.
 #[derive(Debug, Default)]
 pub(crate) struct Confirmed {
-    /// Messages queued so far (the last position given out); under its lock a message
-    /// enters the queue, so positions follow the queue's order.
-    queued: Mutex<u64>,
     /// Every message up to this position is in NATS.
     position: AtomicU64,
     /// Connections waiting for a position (woken at each confirmation).
@@ -116,7 +116,7 @@ impl Confirmed {
 /// The sending side of the node.
 #[derive(Debug)]
 pub(crate) struct Forwarder {
-    live: mpsc::Sender<Queued>,
+    live: Arc<Outbox<Queued>>,
     /// The NATS connection (for the server's `max_payload`).
     client: async_nats::Client,
     retained: mpsc::Sender<(String, Option<Bytes>)>,
@@ -127,6 +127,13 @@ pub(crate) struct Forwarder {
     queue: usize,
     /// The queued and confirmed positions.
     confirmed: Arc<Confirmed>,
+}
+
+impl Drop for Forwarder {
+    /// The sending task ends once it has sent what is queued.
+    fn drop(&mut self) {
+        self.live.close();
+    }
 }
 
 /// How often a held-back publisher looks at the queue again.
@@ -150,7 +157,7 @@ impl Forwarder {
         queue: usize,
         metrics: Arc<ClusterMetrics>,
     ) -> Forwarder {
-        let (live, live_rx) = mpsc::channel(queue);
+        let live = Arc::new(Outbox::new(queue));
         let (retained, retained_rx) = mpsc::channel(queue);
         let confirmed = Arc::new(Confirmed::default());
         let sender = LiveSender {
@@ -164,7 +171,7 @@ impl Forwarder {
             sent: 0,
             disconnects_seen: 0,
         };
-        tokio::spawn(sender.run(live_rx));
+        tokio::spawn(sender.run(live.clone()));
         tokio::spawn(write_retained(bucket, retained_rx, metrics.clone()));
         Forwarder {
             live,
@@ -185,52 +192,50 @@ impl Forwarder {
 
     /// While less than half of the live queue is free: a wait until three quarters are.
     pub(crate) fn congested(&self) -> Option<crate::broker::InterestReady> {
-        if self.live.capacity() >= self.queue / 2 {
+        if self.live.free() >= self.queue / 2 {
             return None;
         }
         ClusterMetrics::inc(&self.metrics.publisher_waits);
         let live = self.live.clone();
         let resume_at = self.queue * 3 / 4;
         Some(Box::pin(async move {
-            while live.capacity() < resume_at && !live.is_closed() {
+            while live.free() < resume_at && !live.is_closed() {
                 tokio::time::sleep(CONGESTION_POLL).await;
             }
         }))
     }
 
-    /// Queues `message` for the other nodes (and its RETAIN change for the bucket).
-    /// `$SYS` topics stay on their node: each node publishes its own. Returns its position
-    /// (0: not queued, nothing to wait for).
-    pub(crate) fn forward(&self, message: &Arc<Message>, now: Instant) -> u64 {
-        let topic = message.topic();
-        if crate::config::is_sys_topic(topic) {
-            return 0;
-        }
-        let sequence = self.identify(message);
-        if message.publish().retain {
-            let wire = envelope::encode(message, self.origin, sequence, now);
-            self.retain(topic, &wire, message.publish().payload().is_empty());
-        }
-        let out = Queued {
-            message: message.clone(),
-            sequence,
-        };
-        let mut queued = self
-            .confirmed
-            .queued
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if self.live.try_send(out).is_err() {
-            drop(queued);
-            ClusterMetrics::inc(&self.metrics.forward_dropped);
+    /// Queues `messages` (in order, under one lock) for the other nodes, and their RETAIN
+    /// changes for the bucket. `$SYS` topics stay on their node: each node publishes its
+    /// own. Returns the position of the last one queued (0: none, nothing to wait for).
+    pub(crate) fn forward(&self, messages: &[Arc<Message>], now: Instant) -> u64 {
+        let queued = messages.iter().filter_map(|message| {
+            let topic = message.topic();
+            if crate::config::is_sys_topic(topic) {
+                return None;
+            }
+            let sequence = self.sequence_of(message);
+            if message.publish().retain {
+                let wire = envelope::encode(message, self.origin, sequence, now);
+                self.retain(topic, &wire, message.publish().payload().is_empty());
+            }
+            Some(Queued {
+                message: message.clone(),
+                sequence,
+            })
+        });
+        let pushed = self.live.push(queued);
+        if pushed.dropped > 0 {
+            ClusterMetrics::inc_by(&self.metrics.forward_dropped, pushed.dropped as u64);
             tracing::debug!(
-                topic,
-                "cluster: queue to NATS full, cross-node copy dropped"
+                dropped = pushed.dropped,
+                "cluster: queue to NATS full, cross-node copies dropped"
             );
+        }
+        if pushed.queued == 0 {
             return 0;
         }
-        *queued += 1;
-        *queued
+        pushed.position
     }
 
     /// `message`'s sequence number among this node's messages: the one it was given
@@ -240,13 +245,23 @@ impl Forwarder {
         if crate::config::is_sys_topic(message.topic()) {
             return 0;
         }
-        let (_, sequence) = message.identity_or_init(|| {
-            (
-                self.origin,
-                self.sequence.fetch_add(1, Ordering::Relaxed) + 1,
-            )
-        });
+        let (_, sequence) = message.identity_or_init(|| (self.origin, self.next_sequence()));
         sequence
+    }
+
+    /// The sequence number `message` travels under: a QoS 0 message is never queued for a
+    /// session nor handed over, so it needs no identity kept in it (an allocation per
+    /// message), only a number for the receivers' duplicate check.
+    fn sequence_of(&self, message: &Message) -> u64 {
+        match message.identity() {
+            Some((_, sequence)) => sequence,
+            None if message.qos() == tern_codec::QoS::AtMostOnce => self.next_sequence(),
+            None => self.identify(message),
+        }
+    }
+
+    fn next_sequence(&self) -> u64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Whether `message`'s envelope is larger than the NATS server takes (its `max_payload`):
@@ -308,13 +323,13 @@ struct LiveSender {
 type RoundTrip = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
 
 impl LiveSender {
-    async fn run(mut self, mut queue: mpsc::Receiver<Queued>) {
+    async fn run(mut self, queue: Arc<Outbox<Queued>>) {
         let mut batch = Vec::with_capacity(TAKE_MAX);
         // The round trip in flight and the position and disconnect count it started at.
         let mut in_flight: Option<(RoundTrip, u64, u64)> = None;
         loop {
             tokio::select! {
-                n = queue.recv_many(&mut batch, TAKE_MAX) => {
+                n = queue.take(&mut batch, TAKE_MAX) => {
                     if n == 0 {
                         return;
                     }

@@ -34,6 +34,7 @@ mod handover_chunks;
 mod interest;
 pub mod metrics;
 mod nodes;
+mod outbox;
 mod owners;
 mod partition;
 mod prepare;
@@ -96,8 +97,8 @@ impl Cluster {
 }
 
 impl ClusterLink for Cluster {
-    fn forward(&self, message: &Arc<Message>, now: Instant) -> u64 {
-        self.forwarder.forward(message, now)
+    fn forward(&self, messages: &[Arc<Message>], now: Instant) -> u64 {
+        self.forwarder.forward(messages, now)
     }
 
     fn identify(&self, message: &Message) {

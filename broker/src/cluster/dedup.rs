@@ -40,20 +40,34 @@ impl Dedup {
         key: impl Fn(&T) -> (u64, u64),
     ) -> usize {
         let before = items.len();
+        let Some((origin, _)) = items.first().map(&key) else {
+            return 0;
+        };
         let mut origins = self.origins.lock().unwrap_or_else(|p| p.into_inner());
+        // A batch comes from one node: its window is looked up once, not per item.
+        let mut window = origins.remove(&origin).unwrap_or_else(Window::new);
         items.retain(|item| {
-            let (origin, sequence) = key(item);
-            let window = origins.entry(origin).or_insert_with(|| Window {
-                top: 0,
-                bits: Box::new([0; WORDS]),
-            });
-            window.first_sight(sequence)
+            let (from, sequence) = key(item);
+            if from == origin {
+                window.first_sight(sequence)
+            } else {
+                let other = origins.entry(from).or_insert_with(Window::new);
+                other.first_sight(sequence)
+            }
         });
+        origins.insert(origin, window);
         before - items.len()
     }
 }
 
 impl Window {
+    fn new() -> Window {
+        Window {
+            top: 0,
+            bits: Box::new([0; WORDS]),
+        }
+    }
+
     fn first_sight(&mut self, seq: u64) -> bool {
         if seq > self.top {
             if seq - self.top >= WINDOW {
@@ -101,6 +115,20 @@ mod tests {
 
     fn first_sight(d: &Dedup, origin: u64, sequence: u64) -> bool {
         d.retain_first(&mut vec![(origin, sequence)], |k| *k) == 0
+    }
+
+    /// One call may mix origins (the batch's own window is taken out of the map while
+    /// the others are looked up): each keeps its own window.
+    #[test]
+    fn a_batch_mixing_origins_keeps_each_window() {
+        let d = Dedup::default();
+        let mut items = vec![(1, 1), (2, 1), (1, 1), (2, 1), (1, 2), (3, 1)];
+        assert_eq!(d.retain_first(&mut items, |k| *k), 2);
+        assert_eq!(items, [(1, 1), (2, 1), (1, 2), (3, 1)]);
+        assert!(!first_sight(&d, 2, 1));
+        assert!(!first_sight(&d, 1, 2));
+        assert!(first_sight(&d, 2, 2));
+        assert_eq!(d.retain_first(&mut Vec::<(u64, u64)>::new(), |k| *k), 0);
     }
 
     #[test]

@@ -26,7 +26,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tern_codec::template::{encode_publish, encoded_publish_len, PublishTemplate};
 use tern_codec::{Family, Outbound, PacketId, ProtocolVersion, Publish, PublishQoS, QoS};
 use tokio::time::Instant;
@@ -217,9 +217,13 @@ pub(crate) fn push_batch_entry(
 
 /// The envelopes in a received NATS message (one, or a batch's entries in order), each a
 /// slice of `payload`.
-pub(crate) fn split(payload: Bytes) -> Split {
+pub(crate) fn split(mut payload: Bytes) -> Split {
+    // The slices are cut with `advance` and `split_to`, not `slice`: every clone and drop of
+    // a slice is an atomic operation on the received buffer's count, which the subscribers'
+    // tasks (other threads) touch too when they drop the messages.
     if payload.len() >= BATCH_HEADER_BYTES && payload[0] == MAGIC && payload[1] == BATCH_VERSION {
-        Split::Batch(payload.slice(BATCH_HEADER_BYTES..))
+        payload.advance(BATCH_HEADER_BYTES);
+        Split::Batch(payload)
     } else {
         Split::One(Some(payload))
     }
@@ -248,9 +252,8 @@ impl Iterator for Split {
                     .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
                 match length {
                     Some(n) if rest.len() - BATCH_ENTRY_BYTES >= n => {
-                        let entry = rest.slice(BATCH_ENTRY_BYTES..BATCH_ENTRY_BYTES + n);
-                        *rest = rest.slice(BATCH_ENTRY_BYTES + n..);
-                        Some(Ok(entry))
+                        rest.advance(BATCH_ENTRY_BYTES);
+                        Some(Ok(rest.split_to(n)))
                     }
                     _ => {
                         *rest = Bytes::new();
@@ -310,7 +313,8 @@ pub(crate) fn decode(
         V3_VERSION => ProtocolVersion::V3_1_1,
         _ => ProtocolVersion::V5,
     };
-    let frame = envelope.slice(HEADER_BYTES..);
+    let mut frame = envelope;
+    frame.advance(HEADER_BYTES);
     let mut publish = Publish::decode_whole_frame(frame, version)?;
     let packet_id = publish
         .packet_id()

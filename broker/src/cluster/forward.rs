@@ -136,6 +136,14 @@ impl Drop for Forwarder {
     }
 }
 
+/// Whether `message` travels under a number taken when it is queued rather than its
+/// identity: a QoS 0 message is never queued for a session nor handed over, so it needs no
+/// identity kept in it (an allocation per message), only a number for the receivers'
+/// duplicate check. (`$SYS` messages take one too, unused: they stay here.)
+fn needs_number(message: &Message) -> bool {
+    message.qos() == tern_codec::QoS::AtMostOnce && message.identity().is_none()
+}
+
 /// How often a held-back publisher looks at the queue again.
 const CONGESTION_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 
@@ -209,12 +217,23 @@ impl Forwarder {
     /// changes for the bucket. `$SYS` topics stay on their node: each node publishes its
     /// own. Returns the position of the last one queued (0: none, nothing to wait for).
     pub(crate) fn forward(&self, messages: &[Arc<Message>], now: Instant) -> u64 {
+        // The numbers of the QoS 0 messages (which have no identity) are taken at once.
+        let fresh = messages.iter().filter(|m| needs_number(m)).count() as u64;
+        let mut next = match fresh {
+            0 => 0,
+            n => self.sequence.fetch_add(n, Ordering::Relaxed) + 1,
+        };
         let queued = messages.iter().filter_map(|message| {
             let topic = message.topic();
+            let sequence = if needs_number(message) {
+                next += 1;
+                next - 1
+            } else {
+                self.identify(message)
+            };
             if crate::config::is_sys_topic(topic) {
                 return None;
             }
-            let sequence = self.sequence_of(message);
             if message.publish().retain {
                 let wire = envelope::encode(message, self.origin, sequence, now);
                 self.retain(topic, &wire, message.publish().payload().is_empty());
@@ -247,17 +266,6 @@ impl Forwarder {
         }
         let (_, sequence) = message.identity_or_init(|| (self.origin, self.next_sequence()));
         sequence
-    }
-
-    /// The sequence number `message` travels under: a QoS 0 message is never queued for a
-    /// session nor handed over, so it needs no identity kept in it (an allocation per
-    /// message), only a number for the receivers' duplicate check.
-    fn sequence_of(&self, message: &Message) -> u64 {
-        match message.identity() {
-            Some((_, sequence)) => sequence,
-            None if message.qos() == tern_codec::QoS::AtMostOnce => self.next_sequence(),
-            None => self.identify(message),
-        }
     }
 
     fn next_sequence(&self) -> u64 {

@@ -53,7 +53,6 @@ async fn acknowledgements_wait_for_nats() {
         ready.await;
     }
     let mut publisher = nodes[0].client(V5, "pub").await;
-    // (0x10 No matching subscribers: the node knows only its own subscribers.)
     publisher
         .publish("a/0", b"m", QoS::AtLeastOnce, false)
         .await;
@@ -76,6 +75,43 @@ async fn acknowledgements_wait_for_nats() {
     );
     // (Whether node B gets a/1 and a/2 depends on whether it had subscribed again on the
     // restarted server before they arrived: core NATS keeps no copy. Not checked here.)
+}
+
+/// 0x10 (No matching subscribers) is for when the server knows there are none: a node
+/// that sent the message to NATS does not know of other nodes' subscribers, so it answers
+/// 0x00 whether a subscriber on another node gets the message or nobody does (the Reason
+/// Code table of PUBACK, 3.4.2.1: "If the Server knows that there are no matching
+/// subscribers, it MAY use this Reason Code instead of 0x00"). The same for PUBREC.
+#[tokio::test]
+async fn subscribers_on_another_node_are_not_reported_missing() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        nodes.push(TestBroker::start_with(|c| nats.join(c, name)).await);
+    }
+    let mut sub = nodes[1].client(V5, "sub").await;
+    sub.subscribe("far/#", QoS::AtLeastOnce).await;
+    if let Some(ready) = nodes[1].broker().interest_ready("far/#") {
+        ready.await;
+    }
+    let mut publisher = nodes[0].client(V5, "pub").await;
+    for (topic, qos) in [
+        ("far/1", QoS::AtLeastOnce),
+        ("far/2", QoS::ExactlyOnce),
+        ("nobody/1", QoS::AtLeastOnce),
+    ] {
+        let id = send_publish(&mut publisher, topic, qos).await;
+        let code = match publisher.recv_within(Duration::from_secs(10)).await {
+            Some(Packet::PubAck(a)) if a.packet_id == id => a.reason_code,
+            Some(Packet::PubRec(r)) if r.packet_id == id => r.reason_code,
+            other => panic!("acknowledgement of {topic}: {other:?}"),
+        };
+        assert_eq!(code, ReasonCode::SUCCESS, "{topic}");
+    }
+    let got = sub.expect_publish_acked().await;
+    assert_eq!(got.topic(), "far/1");
 }
 
 /// A node cut off from NATS past its lease moves its clients off: a publisher whose QoS 1

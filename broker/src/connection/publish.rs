@@ -110,16 +110,19 @@ impl Connection {
                 .observe(started.elapsed().as_secs_f64());
             delivered
         };
+        // In a cluster the acknowledgement leaves once NATS has the message.
+        let forwarded = self
+            .routing
+            .as_mut()
+            .map_or(0, |r| std::mem::take(&mut r.scratch.cluster_position));
+        // A message sent to other nodes may have subscribers there, which this node does
+        // not know of: 0x10 (No matching subscribers) is for when the server knows.
+        let delivered = delivered.max(usize::from(forwarded != 0));
         if let Some(transmit) = self
             .machine
             .published(ack, delivered, self.broker.journal())
         {
             self.send(&transmit);
-            // In a cluster the acknowledgement leaves once NATS has the message.
-            let forwarded = self
-                .routing
-                .as_mut()
-                .map_or(0, |r| std::mem::take(&mut r.scratch.cluster_position));
             if forwarded != 0 {
                 self.out.lock().hold_cluster_until(forwarded);
             }

@@ -34,6 +34,7 @@ mod handover_chunks;
 mod interest;
 pub mod metrics;
 mod nodes;
+mod ordered;
 mod owners;
 mod partition;
 mod prepare;

@@ -13,6 +13,10 @@
 //! messages in order). Messages of other topics (or other origins) take other stripes,
 //! mostly, and are routed in parallel.
 //!
+//! Not covered: a filter subscribed while messages of an overlapping one wait unread in
+//! that one's stream; the new filter's task can take a later message first (and route it,
+//! a first sight) before the older task reaches the earlier ones.
+//!
 //! This module owns the stripes; the windows of seen messages are [`Dedup`]'s.
 
 use std::hash::BuildHasher as _;

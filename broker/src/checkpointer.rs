@@ -45,6 +45,7 @@ pub struct Opened {
 /// [`crate::journal::open`]).
 pub fn open_broker(config: Config) -> Result<Opened, StartError> {
     let persistence = config.persistence.clone();
+    let clustered = config.cluster.enabled;
     let broker = Broker::try_new(config)?;
     let failed = Arc::new(Notify::new());
     if persistence.enabled {
@@ -54,9 +55,20 @@ pub fn open_broker(config: Config) -> Result<Opened, StartError> {
             notify.notify_one();
         });
         let (journal, state, recovery) = open::open(&persistence, on_fatal)?;
+        if clustered {
+            // Recovered wills go out once the node has rejoined, and only for the client ids
+            // it still owns then (`cluster/owners.rs`, `finish_recovery`); so do the wills
+            // and session ends its timers bring.
+            broker.hold_timers();
+        }
         let mut restored = broker.restore(state);
         broker.attach_journal(Arc::new(journal));
-        broker.publish_recovered_wills(std::mem::take(&mut restored.due_wills));
+        let expired = std::mem::take(&mut restored.expired);
+        if clustered {
+            broker.defer_recovered_wills(expired);
+        } else {
+            broker.publish_recovered_wills(expired);
+        }
         tracing::info!(
             dir = %persistence.dir.display(),
             durability = ?persistence.durability,

@@ -115,6 +115,9 @@ struct Inner {
     /// The cluster, when `[cluster]` is on: set once, before listeners open. Empty, every
     /// cluster hook costs one load.
     cluster: std::sync::OnceLock<Arc<dyn ClusterLink>>,
+    /// Sessions recovered expired, whose wills wait for the cluster join
+    /// ([`Broker::defer_recovered_wills`]).
+    recovered_expired: std::sync::Mutex<Vec<persist::Expired>>,
 }
 
 impl Broker {
@@ -181,6 +184,7 @@ impl Broker {
                 journal: std::sync::OnceLock::new(),
                 bridge_links,
                 cluster: std::sync::OnceLock::new(),
+                recovered_expired: std::sync::Mutex::new(Vec::new()),
                 config,
             }),
         }

@@ -55,8 +55,18 @@ pub struct RestoreReport {
     pub bad_messages: usize,
     /// Wills recovered: pending again, or due (their session had expired).
     pub wills: usize,
-    /// The wills due now, for [`Broker::publish_recovered_wills`].
-    pub due_wills: Vec<LastWill>,
+    /// The sessions that expired while the broker was down, with their wills (due now),
+    /// for [`Broker::publish_recovered_wills`].
+    pub expired: Vec<Expired>,
+}
+
+/// A recovered session that had expired while the broker was down.
+#[derive(Debug)]
+pub struct Expired {
+    /// Its client id.
+    pub client_id: Arc<str>,
+    /// Its will, due now ([MQTT-3.1.3-9]: at the session's end at the latest).
+    pub will: Option<LastWill>,
 }
 
 impl Broker {
@@ -182,8 +192,9 @@ impl Broker {
         let mut sessions: Vec<_> = state.sessions.into_iter().collect();
         sessions.sort_by_key(|(id, _)| *id);
         // Wills of sessions that expired while the broker was down go out once every
-        // session (and so every subscriber) is back ([MQTT-3.1.3-9]: at the session's end).
-        let mut due_wills = Vec::new();
+        // session (and so every subscriber) is back ([MQTT-3.1.3-9]: at the session's end);
+        // in a cluster, once the node has rejoined.
+        let mut expired = Vec::new();
         let mut bodies = Bodies {
             stored: std::mem::take(&mut state.bodies),
             decoded: HashMap::new(),
@@ -195,11 +206,11 @@ impl Broker {
             let gone_secs = now_unix_ms.saturating_sub(offline_ms) / 1000;
             if s.expiry_secs != u32::MAX && gone_secs >= u64::from(s.expiry_secs) {
                 done.expired_sessions += 1;
-                due_wills.extend(
-                    s.will
-                        .as_ref()
-                        .and_then(|(w, delay)| recovered_will(w, *delay, 0)),
-                );
+                let will = s.will.as_ref().and_then(|(w, d)| recovered_will(w, *d, 0));
+                expired.push(Expired {
+                    client_id: Arc::from(s.client_id.as_str()),
+                    will: will.map(|(will, _)| will),
+                });
                 continue;
             }
             let remaining = if s.expiry_secs == u32::MAX {
@@ -209,21 +220,35 @@ impl Broker {
             };
             self.restore_session(id, s, remaining, gone_secs, &mut bodies, &mut done);
         }
-        done.wills += due_wills.len();
-        done.due_wills = due_wills.into_iter().map(|(will, _)| will).collect();
+        done.wills += expired.iter().filter(|e| e.will.is_some()).count();
+        done.expired = expired;
         done
     }
 
-    /// Publishes the wills [`Broker::restore`] found due (their sessions expired while the
-    /// broker was down). Call once the journal is attached, so that what they queue for
-    /// persistent subscribers is logged.
-    pub fn publish_recovered_wills(&self, wills: Vec<LastWill>) {
+    /// Publishes the wills of the sessions [`Broker::restore`] found expired (due since
+    /// the broker was down). Call once the journal is attached, so that what they queue for
+    /// persistent subscribers is logged, and in a cluster once the node has rejoined (with
+    /// only the sessions no other node owns: [`crate::cluster`]).
+    pub fn publish_recovered_wills(&self, expired: Vec<Expired>) {
         let now = Instant::now();
-        for will in wills {
+        for will in expired.into_iter().filter_map(|e| e.will) {
             let message = Message::new(super::will::to_publish(will), now, None);
             Metrics::add(&self.inner.metrics.wills_published, 1);
             self.publish(&message, &mut crate::router::RouteScratch::default(), now);
         }
+    }
+
+    /// Keeps the sessions [`Broker::restore`] found expired until the node has rejoined
+    /// its cluster ([`Broker::take_recovered_wills`]), instead of publishing their wills.
+    pub fn defer_recovered_wills(&self, expired: Vec<Expired>) {
+        let kept = self.inner.recovered_expired.lock();
+        kept.unwrap_or_else(|p| p.into_inner()).extend(expired);
+    }
+
+    /// The sessions kept by [`Broker::defer_recovered_wills`], taken out.
+    pub fn take_recovered_wills(&self) -> Vec<Expired> {
+        let kept = self.inner.recovered_expired.lock();
+        std::mem::take(&mut *kept.unwrap_or_else(|p| p.into_inner()))
     }
 
     fn restore_session(

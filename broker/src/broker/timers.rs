@@ -6,7 +6,10 @@
 //! here ([`Timers::went_offline`]). Its will is published when the delay passes or the
 //! session ends, whichever is first, and not at all if the session resumes before
 //! ([MQTT-3.1.3-9]); the session ends when its expiry passes while still offline. A resume
-//! ([`Broker::session_resumed`]) or an end takes the session's entry out at once.
+//! ([`Broker::session_resumed`]) or an end takes the session's entry out at once. A
+//! clustered node recovering its journal holds the timers ([`Broker::hold_timers`]) until it
+//! has rejoined and dropped the sessions other nodes own now, so that no recovered will
+//! goes out before that, nor only to this node's subscribers.
 //!
 //! The structure is plain data with the time passed in ([`Timers::file`], [`Timers::due`]),
 //! so it is tested with a made-up clock; the task only sleeps until the next deadline and
@@ -132,6 +135,9 @@ pub struct Timers {
     filed: Notify,
     /// The task runs (it ends when nothing is filed, and is started again).
     running: AtomicBool,
+    /// No task is started ([`Broker::hold_timers`]): what is filed waits, whatever its
+    /// deadline, until [`Broker::release_timers`].
+    held: AtomicBool,
 }
 
 impl Timers {
@@ -216,9 +222,34 @@ impl Broker {
             return;
         }
         timers.filed.notify_one();
+        if !timers.held.load(Ordering::Acquire) {
+            self.start_timers();
+        }
+    }
+
+    /// Starts the timer task unless it runs.
+    fn start_timers(&self) {
+        let timers = &self.inner.timers;
         if !timers.running.swap(true, Ordering::AcqRel) {
             tokio::spawn(run(Arc::downgrade(&self.inner), timers.clone()));
         }
+    }
+
+    /// Holds the offline timers: nothing filed falls due (no will goes out, no session
+    /// ends) until [`Broker::release_timers`]. A clustered node recovering its journal holds
+    /// them until it has rejoined, so that the wills go through the cluster and only for
+    /// the sessions it still owns.
+    pub fn hold_timers(&self) {
+        self.inner.timers.held.store(true, Ordering::Release);
+    }
+
+    /// Lets held timers run: what fell due meanwhile goes at once. Must be called within
+    /// the runtime.
+    pub fn release_timers(&self) {
+        // Cleared before the task starts: a session filed meanwhile either sees the flag
+        // cleared and starts the task itself, or is taken by the task started here.
+        self.inner.timers.held.store(false, Ordering::Release);
+        self.start_timers();
     }
 
     /// A connection resumed `session`: its pending will is cancelled ([MQTT-3.1.3-9]) and

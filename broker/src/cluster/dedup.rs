@@ -1,7 +1,8 @@
 //! Dropping the second copy of a message. A node subscribes once per distinct filter, so a
 //! message that matches two of its filters arrives twice; the first copy is routed through
 //! the whole trie (one delivery per client, as on one node) and later copies are dropped
-//! here, by origin node and sequence number.
+//! here, by origin node and sequence number. The check and the routing of first copies run
+//! under a lock per (origin, topic) ([`super::ordered`]), which keeps each topic's order.
 //!
 //! Each origin has a window of the last [`WINDOW`] sequence numbers; a number older than the
 //! window counts as seen (its first copy was routed long ago, or would be seconds late).

@@ -2,7 +2,11 @@
 //! subscribers hold (two for a filter ending in `/#`), counted by holder and dropped with
 //! the last one. Each filter's task takes its subscriptions, flushes (the server has them
 //! then), marks the filter ready, and routes what arrives through the local trie, after
-//! dropping second copies ([`super::dedup`]).
+//! dropping second copies ([`super::dedup`]). A message matching several filters arrives in
+//! each of their streams; the duplicate check and the routing of the first copy happen under
+//! a lock per (origin, topic) ([`super::ordered`]), so the task that finds a copy moves on
+//! to the topic's next message only once the first copy is delivered: messages of one topic
+//! are delivered in publishing order ([MQTT-4.6.0-6]) whichever task routes them.
 //!
 //! A SUBACK waits for its filter to be ready ([`Interests::ready`]), so a client told it is
 //! subscribed gets every message published anywhere after that. NATS keeps no state for a
@@ -12,11 +16,15 @@
 //! subjects, on a second connection ([`Shared::queue_client`]): NATS hands each message to
 //! one node of the group, the publishing node included (the first connection is no-echo),
 //! and that node picks the member ([`Broker::route_to_group`]). Local routing leaves shared
-//! groups to this path, so each message reaches a group once cluster-wide.
+//! groups to this path, so each message reaches a group once cluster-wide. This path needs
+//! neither the duplicate check nor its lock: a queue subscription gets each message once,
+//! routing it reaches only the group's member (never a plain subscription, which the plain
+//! filters' path serves), and one group's messages of a topic come in one stream, in order
+//! (across nodes NATS spreads them anyway: ordering is not required of shared subscriptions).
 //!
 //! A NATS message may carry a batch of envelopes of one topic ([`envelope::split`]): each
 //! is handled in order as if it had come alone (duplicate check, routing; for a queue group
-//! the member is picked per message).
+//! the member is picked per message), the whole batch under one lock.
 //!
 //! This module owns the subscriptions and the inbound routing tasks.
 
@@ -30,9 +38,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::dedup::Dedup;
 use super::envelope;
 use super::metrics::ClusterMetrics;
+use super::ordered::FirstCopies;
 use super::subject;
 use crate::broker::{Broker, InterestReady};
 use crate::message::Message;
@@ -58,7 +66,8 @@ struct Shared {
     queue_probe: async_nats::Subject,
     broker: Broker,
     prefix: String,
-    dedup: Dedup,
+    /// Duplicate check and routing, in order per topic across the filters' tasks.
+    first_copies: FirstCopies,
     metrics: Arc<ClusterMetrics>,
     /// Longest a SUBACK waits for a filter to be ready.
     ready_timeout: Duration,
@@ -93,7 +102,7 @@ impl Interests {
                 queue_probe: connections.queue_probe,
                 broker,
                 prefix,
-                dedup: Dedup::default(),
+                first_copies: FirstCopies::default(),
                 metrics,
                 ready_timeout,
             }),
@@ -237,7 +246,13 @@ async fn run(
                     shared.handle_group(&q.key, entry, clock, &mut scratch);
                 }
             }
-            None => shared.handle(message.payload, clock, &mut entries, &mut scratch),
+            None => shared.handle(
+                &message.subject,
+                message.payload,
+                clock,
+                &mut entries,
+                &mut scratch,
+            ),
         }
     }
 }
@@ -276,13 +291,15 @@ impl Shared {
         }
     }
 
-    /// Routes the envelopes of one received NATS message locally, in order, except copies
-    /// of messages routed already (one duplicate check for the whole batch). `entries` is
+    /// Routes the envelopes of one received NATS message (of `subject`) locally, in order,
+    /// except copies of messages routed already: the duplicate check and the routing of the
+    /// first copies under one lock per (origin, subject) ([`FirstCopies`]). `entries` is
     /// scratch space, left empty.
     fn handle(
         &self,
+        subject: &async_nats::Subject,
         payload: Bytes,
-        (now, unix_now_ms): Clock,
+        clock: Clock,
         entries: &mut Vec<(envelope::Header, Bytes)>,
         scratch: &mut RouteScratch,
     ) {
@@ -295,10 +312,26 @@ impl Shared {
                 }
             }
         }
-        let dropped = self
-            .dedup
-            .retain_first(entries, |(h, _)| (h.origin, h.sequence));
+        let Some(origin) = entries.first().map(|(h, _)| h.origin) else {
+            return;
+        };
+        let dropped = self.first_copies.route_first(
+            (origin, subject.as_bytes()),
+            entries,
+            |(h, _)| (h.origin, h.sequence),
+            |first| self.route_entries(first, clock, scratch),
+        );
+        entries.clear();
         ClusterMetrics::inc_by(&self.metrics.duplicates_dropped, dropped as u64);
+    }
+
+    /// Decodes and routes `entries` (first copies, in order; left empty).
+    fn route_entries(
+        &self,
+        entries: &mut Vec<(envelope::Header, Bytes)>,
+        (now, unix_now_ms): Clock,
+        scratch: &mut RouteScratch,
+    ) {
         // A batch is one publisher's burst on one topic: its QoS 0 messages are routed as
         // runs, as on the node they were published on (`router/batch.rs`).
         let mut run: Vec<Arc<Message>> = Vec::new();

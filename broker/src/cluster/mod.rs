@@ -34,6 +34,7 @@ mod handover_chunks;
 mod interest;
 pub mod metrics;
 mod nodes;
+mod ordered;
 mod outbox;
 mod owners;
 mod partition;
@@ -275,6 +276,7 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
     )
     .await?;
     bucket.watch_into(broker.clone(), metrics.clone()).await?;
+    cluster.owners.finish_recovery().await; // rejoined: recovered wills go out now
     tokio::spawn(failover::watch(failover::Failover {
         nodes: cluster.nodes.clone(),
         owners: cluster.owners.store(),

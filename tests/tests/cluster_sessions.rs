@@ -587,7 +587,7 @@ async fn a_dead_node_that_comes_back_leaves_claimed_wills_to_the_survivor() {
 
 /// The old node is alive but does not answer (a `tern` process stopped with SIGSTOP):
 /// after `handover_timeout_ms` the new node goes on with the state stored in the cluster
-/// (Session Present 1, the subscription works); once the old node runs again it ends its
+/// (Session Present 1, the subscriptions work, the last of a burst of 200 included); once the old node runs again it ends its
 /// copy and its connection gets DISCONNECT 0x8E.
 #[tokio::test]
 async fn a_silent_old_node_leaves_the_stored_state_to_the_new_one() {
@@ -612,9 +612,29 @@ async fn a_silent_old_node_leaves_the_stored_state_to_the_new_one() {
     })
     .await;
     let (mut old, _) = persistent(old_node.addr(), "sil", None).await;
-    old.subscribe("s/#", QoS::AtLeastOnce).await;
+    // 200 SUBSCRIBEs sent back to back: the stored state's writes coalesce (the writer
+    // takes what queued during its last write), and the state stored last must hold all.
+    let filters: Vec<String> = std::iter::once("s/#".to_owned())
+        .chain((1..200).map(|i| format!("f/{i}")))
+        .collect();
+    for filter in &filters {
+        let subscribe = tern_codec::Subscribe {
+            packet_id: old.next_packet_id(),
+            properties: Default::default(),
+            filters: vec![(
+                filter.as_str().into(),
+                SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+            )],
+        };
+        old.send(&tern_codec::Packet::Subscribe(Box::new(subscribe)))
+            .await;
+    }
+    for _ in &filters {
+        let acked = old.recv().await;
+        assert!(matches!(acked, tern_codec::Packet::SubAck(_)), "{acked:?}");
+    }
     // The sessions bucket is written in the background: give it a moment.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let pid = old_node.pid().expect("running").to_string();
     let signal = |sig: &str| {
         let status = std::process::Command::new("kill")
@@ -645,6 +665,14 @@ async fn a_silent_old_node_leaves_the_stored_state_to_the_new_one() {
         .publish("s/1", b"x", QoS::AtLeastOnce, false)
         .await;
     assert_eq!(new.expect_publish().await.topic(), "s/1");
+    publisher
+        .publish("f/199", b"x", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(
+        new.expect_publish().await.topic(),
+        "f/199",
+        "the last SUBSCRIBE stored"
+    );
     let disconnect = old.expect_disconnect().await.expect("DISCONNECT");
     assert_eq!(disconnect.reason_code, ReasonCode::SESSION_TAKEN_OVER);
     old_node.stop(Stop::Kill);

@@ -48,6 +48,8 @@ pub struct ClusterMetrics {
     pub session_writes_dropped: AtomicU64,
     /// Session-state writes the sessions bucket refused (NATS away).
     pub session_writes_failed: AtomicU64,
+    /// Session-state writes skipped because a later change of the same session was queued.
+    pub session_writes_coalesced: AtomicU64,
     /// Dead nodes whose sessions this node claimed.
     pub dead_nodes_claimed: AtomicU64,
     /// Sessions of dead nodes this node claimed.
@@ -186,6 +188,11 @@ impl ClusterMetrics {
                 "session_writes_failed",
                 "Session-state writes the sessions bucket refused.",
                 get(&self.session_writes_failed),
+            ),
+            (
+                "session_writes_coalesced",
+                "Session-state writes skipped: a later change of the session was queued.",
+                get(&self.session_writes_coalesced),
             ),
             (
                 "dead_nodes_claimed",

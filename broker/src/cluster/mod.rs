@@ -201,6 +201,7 @@ impl ClusterLink for Cluster {
             "handover_messages_dropped": get(&m.handover_messages_dropped),
             "dead_nodes_claimed": get(&m.dead_nodes_claimed),
             "dead_sessions_claimed": get(&m.dead_sessions_claimed),
+            "session_writes_coalesced": get(&m.session_writes_coalesced),
             "nodes": self.nodes.list(),
         })
     }

@@ -116,15 +116,62 @@ impl SessionBucket {
     }
 }
 
+/// Most changes taken from the queue at once (and coalesced).
+const TAKE_MAX: usize = 1024;
+
 /// Writes the changes in order (a failed write is logged and counted, not retried: the
-/// next change of the same session writes its whole state again).
+/// next change of the same session writes its whole state again). The changes that queued
+/// while a write was in flight are taken together and coalesced ([`coalesce`]): a client
+/// subscribing to many filters one by one has its state written a few times, not once per
+/// SUBSCRIBE.
 async fn write(
     store: kv::Store,
     mut ops: mpsc::Receiver<Op>,
     broker: Broker,
     metrics: Arc<ClusterMetrics>,
 ) {
-    while let Some(op) = ops.recv().await {
+    let mut batch = Vec::with_capacity(TAKE_MAX);
+    while ops.recv_many(&mut batch, TAKE_MAX).await > 0 {
+        let taken = batch.len();
+        coalesce(&mut batch);
+        ClusterMetrics::inc_by(
+            &metrics.session_writes_coalesced,
+            (taken - batch.len()) as u64,
+        );
+        for op in batch.drain(..) {
+            write_one(&store, op, &broker, &metrics).await;
+        }
+    }
+}
+
+/// Drops from `ops` (in order) each change a later one makes pointless, since the last
+/// one decides what the bucket holds: a state write followed by another state write or the
+/// session's end (the later write reads the session as it is then), a will followed by
+/// another will or the end, an end followed by another end.
+fn coalesce(ops: &mut Vec<Op>) {
+    use std::collections::HashSet;
+    let (mut state_later, mut will_later, mut gone_later) =
+        (HashSet::new(), HashSet::new(), HashSet::new());
+    let mut keep = vec![true; ops.len()];
+    for (i, op) in ops.iter().enumerate().rev() {
+        keep[i] = match op {
+            Op::State(id) => !state_later.contains(id) && !gone_later.contains(id),
+            Op::Will(id, _) => !will_later.contains(id) && !gone_later.contains(id),
+            Op::Gone(id) => !gone_later.contains(id),
+        };
+        match op {
+            Op::State(id) => state_later.insert(id.clone()),
+            Op::Will(id, _) => will_later.insert(id.clone()),
+            Op::Gone(id) => gone_later.insert(id.clone()),
+        };
+    }
+    let mut keep = keep.into_iter();
+    ops.retain(|_| keep.next().unwrap_or(true));
+}
+
+/// Writes one change.
+async fn write_one(store: &kv::Store, op: Op, broker: &Broker, metrics: &ClusterMetrics) {
+    {
         let done = match op {
             Op::State(client_id) => {
                 let key = key('s', &client_id);
@@ -149,5 +196,44 @@ async fn write(
         if !done {
             ClusterMetrics::inc(&metrics.session_writes_failed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(ops: &[Op]) -> Vec<String> {
+        ops.iter()
+            .map(|op| match op {
+                Op::State(id) => format!("s{id}"),
+                Op::Will(id, form) => format!("w{id}{}", form.as_ref().map_or(0, Vec::len)),
+                Op::Gone(id) => format!("g{id}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn later_changes_of_a_session_make_earlier_ones_pointless() {
+        let id = |s: &str| Arc::<str>::from(s);
+        let mut ops = vec![
+            Op::State(id("a")),
+            Op::Will(id("a"), Some(vec![1])),
+            Op::State(id("b")),
+            Op::State(id("a")),
+            Op::Will(id("a"), Some(vec![1, 2])),
+            Op::Gone(id("b")),
+            Op::State(id("b")),
+            Op::State(id("c")),
+        ];
+        coalesce(&mut ops);
+        assert_eq!(names(&ops), ["sa", "wa2", "gb", "sb", "sc"]);
+        let mut ended = vec![
+            Op::State(id("a")),
+            Op::Will(id("a"), None),
+            Op::Gone(id("a")),
+        ];
+        coalesce(&mut ended);
+        assert_eq!(names(&ended), ["ga"]);
     }
 }

@@ -222,3 +222,31 @@ impl Drop for NatsServer {
         }
     }
 }
+
+/// A 5.0 client of `addr` with a will on `wills/{client_id}` delayed by `delay_secs` and
+/// Session Expiry `expiry_secs` (Clean Start 0).
+pub async fn with_will(
+    addr: std::net::SocketAddr,
+    client_id: &str,
+    delay_secs: u32,
+    expiry_secs: u32,
+) -> crate::Client {
+    let mut client = crate::Client::tcp(addr, tern_codec::ProtocolVersion::V5).await;
+    let mut connect = tern_codec::Connect::new(tern_codec::ProtocolVersion::V5, client_id);
+    connect.clean_start = false;
+    connect.keep_alive_secs = 0;
+    connect.properties.session_expiry_interval_secs = Some(expiry_secs);
+    connect.will = Some(tern_codec::LastWill {
+        topic: tern_codec::ByteStr::from(format!("wills/{client_id}")),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: tern_codec::QoS::AtLeastOnce,
+        retain: false,
+        properties: tern_codec::WillProperties {
+            will_delay_interval_secs: Some(delay_secs),
+            ..Default::default()
+        },
+    });
+    let connack = client.connect(connect).await;
+    assert_eq!(connack.code, tern_codec::ReasonCode::SUCCESS, "{connack:?}");
+    client
+}

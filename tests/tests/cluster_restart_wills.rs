@@ -7,40 +7,12 @@
 
 use std::time::Duration;
 
-use tern_codec::{Connect, Packet, ProtocolVersion, QoS, ReasonCode};
-use tern_tests::cluster_support::NatsServer;
+use tern_codec::{Packet, ProtocolVersion, QoS};
+use tern_tests::cluster_support::{with_will, NatsServer};
 use tern_tests::crash_checker::broker_process::{BrokerConfig, BrokerProcess, Stop};
 use tern_tests::{Client, TestBroker};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
-
-/// A 5.0 client of `addr` with a will on `wills/{client_id}` delayed by `delay_secs` and
-/// Session Expiry `expiry_secs` (Clean Start 0).
-async fn with_will(
-    addr: std::net::SocketAddr,
-    client_id: &str,
-    delay_secs: u32,
-    expiry_secs: u32,
-) -> Client {
-    let mut client = Client::tcp(addr, V5).await;
-    let mut connect = Connect::new(V5, client_id);
-    connect.clean_start = false;
-    connect.keep_alive_secs = 0;
-    connect.properties.session_expiry_interval_secs = Some(expiry_secs);
-    connect.will = Some(tern_codec::LastWill {
-        topic: tern_codec::ByteStr::from(format!("wills/{client_id}")),
-        payload: bytes::Bytes::from_static(b"gone"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: tern_codec::WillProperties {
-            will_delay_interval_secs: Some(delay_secs),
-            ..Default::default()
-        },
-    });
-    let connack = client.connect(connect).await;
-    assert_eq!(connack.code, ReasonCode::SUCCESS, "{connack:?}");
-    client
-}
 
 /// A `tern` node named `name` with persistence in a fresh directory, joined to `nats` with
 /// `node_lease_ms`.

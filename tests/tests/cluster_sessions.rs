@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 
 use tern_codec::{Connect, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
-use tern_tests::cluster_support::NatsServer;
+use tern_tests::cluster_support::{with_will, NatsServer};
 use tern_tests::{Client, TestBroker};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -364,34 +364,6 @@ async fn mosquitto_sub_resumes_on_another_node_with_its_queued_messages() {
         "queued messages on B"
     );
     assert!(!nodes[0].broker().has_session("msq"), "ended on A");
-}
-
-/// A 5.0 client of `addr` with a will on `wills/{client_id}` delayed by `delay_secs` and
-/// Session Expiry `expiry_secs` (Clean Start 0).
-async fn with_will(
-    addr: std::net::SocketAddr,
-    client_id: &str,
-    delay_secs: u32,
-    expiry_secs: u32,
-) -> Client {
-    let mut client = Client::tcp(addr, V5).await;
-    let mut connect = Connect::new(V5, client_id);
-    connect.clean_start = false;
-    connect.keep_alive_secs = 0;
-    connect.properties.session_expiry_interval_secs = Some(expiry_secs);
-    connect.will = Some(tern_codec::LastWill {
-        topic: tern_codec::ByteStr::from(format!("wills/{client_id}")),
-        payload: bytes::Bytes::from_static(b"gone"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: tern_codec::WillProperties {
-            will_delay_interval_secs: Some(delay_secs),
-            ..Default::default()
-        },
-    });
-    let connack = client.connect(connect).await;
-    assert_eq!(connack.code, ReasonCode::SUCCESS, "{connack:?}");
-    client
 }
 
 /// SIGKILL of a `tern` node: after `node_lease_ms` one survivor claims its sessions. The

@@ -364,3 +364,63 @@ async fn a_retained_message_larger_than_nats_takes_is_refused() {
     assert_eq!(stats["publish_errors"], 3, "{stats}");
     assert_eq!(stats["large_messages_out"], 0, "{stats}");
 }
+
+/// A reference to a large message that cannot be fetched (its object is not in the store:
+/// expired, or never stored; or the reference names no object) is skipped and counted in
+/// `large_fetch_errors`, and the subscription goes on with the next message. The
+/// references are forged from a real envelope seen on NATS.
+#[tokio::test]
+async fn a_reference_that_cannot_be_fetched_is_skipped_and_counted() {
+    use futures_util::StreamExt as _;
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = two_nodes_with_large_packets(&nats).await;
+    let mut remote = nodes[1].client(V5, "remote").await;
+    remote.subscribe("big/#", QoS::AtLeastOnce).await;
+    interest_ready(&nodes[1], "big/#").await;
+    let spy = async_nats::connect(nats.url()).await.expect("NATS");
+    let mut seen = spy.subscribe("tern.m.>").await.expect("subscribe");
+    spy.flush().await.expect("flush");
+    let mut publisher = nodes[0].client(V5, "pub").await;
+    publisher
+        .publish("big/x", b"first", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(next_publish(&mut remote).await.payload(), b"first");
+    let real = tokio::time::timeout(Duration::from_secs(5), seen.next())
+        .await
+        .expect("the envelope on NATS")
+        .expect("a message");
+    // Header: magic, version, flags, origin (3..11), sequence (11..19), time (19..27).
+    let forge = |sequence: u64, name: &[u8]| {
+        let mut reference = real.payload[..27].to_vec();
+        reference[1] = 4;
+        reference[11..19].copy_from_slice(&sequence.to_be_bytes());
+        reference.extend_from_slice(name);
+        bytes::Bytes::from(reference)
+    };
+    for reference in [forge(u64::MAX, b"nowhere.1"), forge(u64::MAX - 1, b"")] {
+        spy.publish(real.subject.clone(), reference)
+            .await
+            .expect("publish");
+    }
+    spy.flush().await.expect("flush");
+    publisher
+        .publish("big/x", b"second", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(next_publish(&mut remote).await.payload(), b"second");
+    // The spy's references and node A's message come over different connections: no order
+    // between them, so the count is awaited.
+    let cluster_b = nodes[1].broker().cluster().expect("cluster").clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cluster_b.stats()["large_fetch_errors"].as_u64() < Some(2) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            cluster_b.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cluster_b.stats()["large_messages_in"], 0);
+    remote.expect_nothing(Duration::from_millis(200)).await;
+}

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use tern_codec::{Packet, ProtocolVersion, Publish, PublishQoS, QoS, ReasonCode};
+use tern_codec::{
+    Packet, ProtocolVersion, PubAck, PubComp, PubRec, Publish, PublishQoS, QoS, ReasonCode,
+};
 use tern_tests::cluster_support::NatsServer;
 use tern_tests::{Client, TestBroker};
 
@@ -138,55 +140,287 @@ async fn a_client_moved_off_was_never_told_its_message_was_taken() {
     }
 }
 
-/// A message larger than the NATS server's `max_payload` (1 MiB) cannot reach the other
-/// nodes: it is refused as a whole rather than delivered on its node only and
-/// acknowledged. 5.0: PUBACK 0x97 Quota exceeded, PUBREC 0x97 (the QoS 2 exchange ends
-/// there, [MQTT-4.3.3-9]); 3.1.1 gets its plain acknowledgement ([MQTT-3.3.5-2]: no
-/// refusing code); neither a subscriber on the node nor one elsewhere gets it; the next
-/// small message goes through.
-#[tokio::test]
-async fn a_message_larger_than_nats_takes_is_refused() {
-    let Some(nats) = NatsServer::start() else {
-        return;
-    };
+/// Two clustered nodes taking packets of up to 4 MiB (and buffering up to 8 MiB for a
+/// subscriber), NATS at its default `max_payload` (1 MiB).
+async fn two_nodes_with_large_packets(nats: &NatsServer) -> Vec<TestBroker> {
     let mut nodes = Vec::new();
     for name in ["a", "b"] {
         let node = TestBroker::start_with(|c| {
             nats.join(c, name);
             c.limits.max_packet_size_bytes = 4 << 20;
+            // As a valid configuration must (at least `max_packet_size_bytes`).
+            c.limits.writer_cap_bytes = 8 << 20;
         })
         .await;
         nodes.push(node);
     }
+    nodes
+}
+
+/// Waits until `filter`'s interest is in force in NATS on `node`.
+async fn interest_ready(node: &TestBroker, filter: &str) {
+    if let Some(ready) = node.broker().interest_ready(filter) {
+        ready.await;
+    }
+}
+
+/// 2 MiB of varied bytes (a cut or a shifted chunk shows).
+fn large_payload() -> Vec<u8> {
+    (0..2usize << 20).map(|i| (i % 251) as u8).collect()
+}
+
+/// The next PUBLISH within 20 s (a large message takes an object-store round trip on both
+/// nodes, in a debug build), acknowledged: PUBACK, or PUBREC, answering the PUBRELs of
+/// earlier ones that come in between with PUBCOMP (the broker sends several at once).
+async fn next_publish(client: &mut Client) -> Publish {
+    loop {
+        match client.recv_within(Duration::from_secs(20)).await {
+            Some(Packet::Publish(publish)) => {
+                match publish.publish_qos() {
+                    PublishQoS::AtLeastOnce(id) => {
+                        client.send(&Packet::PubAck(PubAck::new(id))).await
+                    }
+                    PublishQoS::ExactlyOnce(id) => {
+                        client.send(&Packet::PubRec(PubRec::new(id))).await
+                    }
+                    PublishQoS::AtMostOnce => {}
+                }
+                return publish;
+            }
+            Some(Packet::PubRel(rel)) => {
+                client
+                    .send(&Packet::PubComp(PubComp::new(rel.packet_id)))
+                    .await
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+}
+
+/// A message larger than the NATS server's `max_payload` (1 MiB) crosses nodes through the
+/// object store: 2 MiB messages published on node A at QoS 0, 1 and 2 by a 5.0 and a 3.1.1
+/// client reach a subscriber on node A and one on node B intact, are acknowledged with
+/// 0x00, and keep their place between the small messages the same client published right
+/// before and after them on the same topic ([MQTT-4.6.0-6]).
+#[tokio::test]
+async fn a_message_larger_than_nats_takes_crosses_nodes_in_order() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = two_nodes_with_large_packets(&nats).await;
     let mut local = nodes[0].client(V5, "local").await;
-    local.subscribe("big/#", QoS::AtLeastOnce).await;
+    local.subscribe("big/#", QoS::ExactlyOnce).await;
+    let mut remote = nodes[1].client(V5, "remote").await;
+    remote.subscribe("big/#", QoS::ExactlyOnce).await;
+    interest_ready(&nodes[1], "big/#").await;
+    let big = large_payload();
+    let mut expected = Vec::new();
+    for (version, name) in [(V5, "pub5"), (ProtocolVersion::V3_1_1, "pub3")] {
+        let mut publisher = nodes[0].client(version, name).await;
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let topic = format!("big/{name}/{qos:?}");
+            for payload in [b"before".to_vec(), big.clone(), b"after".to_vec()] {
+                let code = publisher.publish(&topic, &payload, qos, false).await;
+                let success = (qos != QoS::AtMostOnce).then_some(ReasonCode::SUCCESS);
+                assert_eq!(code, success, "{topic}, {} bytes", payload.len());
+                expected.push((topic.clone(), payload));
+            }
+        }
+    }
+    for (sub, node) in [(&mut local, "a"), (&mut remote, "b")] {
+        let mut got: Vec<(String, Vec<u8>)> = Vec::new();
+        for _ in 0..expected.len() {
+            let publish = next_publish(sub).await;
+            got.push((publish.topic().to_string(), publish.payload().to_vec()));
+        }
+        // Each topic's messages in publishing order (across topics no order is promised).
+        for (topic, _) in &expected {
+            let want: Vec<_> = expected.iter().filter(|(t, _)| t == topic).collect();
+            let have: Vec<_> = got.iter().filter(|(t, _)| t == topic).collect();
+            let sizes = |v: &[&(String, Vec<u8>)]| v.iter().map(|m| m.1.len()).collect::<Vec<_>>();
+            assert_eq!(sizes(&have), sizes(&want), "node {node}, {topic}");
+            assert!(have == want, "node {node}, {topic}: payload bytes differ");
+        }
+        // Only the PUBRELs of the last QoS 2 messages may follow.
+        while let Some(packet) = sub.recv_within(Duration::from_millis(300)).await {
+            match packet {
+                Packet::PubRel(rel) => {
+                    sub.send(&Packet::PubComp(PubComp::new(rel.packet_id)))
+                        .await
+                }
+                other => panic!("node {node}: nothing more expected, got {other:?}"),
+            }
+        }
+    }
+    let stats = nodes[0].broker().cluster().expect("cluster").stats();
+    assert_eq!(stats["large_messages_out"], 6, "{stats}");
+    assert_eq!(stats["publish_errors"], 0, "{stats}");
+    let stats = nodes[1].broker().cluster().expect("cluster").stats();
+    assert_eq!(stats["large_messages_in"], 6, "{stats}");
+    assert_eq!(stats["large_fetch_errors"], 0, "{stats}");
+}
+
+/// A shared group with a member on each of two nodes gets each large message exactly once
+/// (section 4.8.2: a message goes to one session of the group): NATS gives the reference
+/// to one node, which fetches the message and hands it to its member.
+#[tokio::test]
+async fn a_shared_group_over_two_nodes_gets_a_large_message_once() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = two_nodes_with_large_packets(&nats).await;
+    let mut members = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut member = node.client(V5, &format!("member{i}")).await;
+        member.subscribe("$share/g/big/#", QoS::AtLeastOnce).await;
+        interest_ready(node, "$share/g/big/#").await;
+        members.push(member);
+    }
+    let big = large_payload();
+    let mut publisher = nodes[0].client(V5, "pub").await;
+    const N: usize = 6;
+    for i in 0..N {
+        let code = publisher
+            .publish(&format!("big/{i}"), &big, QoS::AtLeastOnce, false)
+            .await;
+        assert_eq!(code, Some(ReasonCode::SUCCESS));
+    }
+    let mut seen = std::collections::HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.values().sum::<usize>() < N && tokio::time::Instant::now() < deadline {
+        for member in &mut members {
+            if let Some(Packet::Publish(p)) = member.recv_within(Duration::from_millis(100)).await {
+                member.ack(&p).await;
+                assert!(p.payload() == &big[..], "payload bytes differ");
+                *seen.entry(p.topic().to_string()).or_insert(0usize) += 1;
+            }
+        }
+    }
+    for member in &mut members {
+        member.expect_nothing(Duration::from_millis(500)).await;
+    }
+    assert_eq!(seen.len(), N, "every message reached the group: {seen:?}");
+    assert!(seen.values().all(|&n| n == 1), "exactly once: {seen:?}");
+}
+
+/// A retained message larger than the NATS server's `max_payload` cannot be kept
+/// cluster-wide (the retained bucket holds values of one NATS message, and the object store
+/// keeps large messages only minutes): it is refused as a whole rather than retained on its
+/// node only. 5.0: PUBACK 0x97 Quota exceeded, PUBREC 0x97 (the QoS 2 exchange ends there,
+/// [MQTT-4.3.3-9]); 3.1.1 gets its plain acknowledgement ([MQTT-3.3.5-2]: no refusing
+/// code); no subscriber gets it, live or retained, and the topic's earlier retained message
+/// stays.
+#[tokio::test]
+async fn a_retained_message_larger_than_nats_takes_is_refused() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = two_nodes_with_large_packets(&nats).await;
     let mut remote = nodes[1].client(V5, "remote").await;
     remote.subscribe("big/#", QoS::AtLeastOnce).await;
-    let big = vec![b'x'; (1 << 20) + 1];
+    interest_ready(&nodes[1], "big/#").await;
     let mut v5 = nodes[0].client(V5, "pub5").await;
     assert_eq!(
-        v5.publish("big/1", &big, QoS::AtLeastOnce, false).await,
+        v5.publish("big/r", b"small", QoS::AtLeastOnce, true).await,
+        Some(ReasonCode::SUCCESS)
+    );
+    let got = next_publish(&mut remote).await;
+    assert_eq!((got.topic(), got.payload()), ("big/r", &b"small"[..]));
+    // Node B has the small one in its retained store once it applied the bucket's change.
+    let cluster_b = nodes[1].broker().cluster().expect("cluster").clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cluster_b.stats()["retained_applied"].as_u64() < Some(1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retained change not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let big = large_payload();
+    assert_eq!(
+        v5.publish("big/r", &big, QoS::AtLeastOnce, true).await,
         Some(ReasonCode::QUOTA_EXCEEDED)
     );
     let id = v5.next_packet_id();
-    let publish =
-        Publish::new("big/2", big.clone()).with_qos(PublishQoS::with_id(QoS::ExactlyOnce, id));
+    let mut publish =
+        Publish::new("big/r", big.clone()).with_qos(PublishQoS::with_id(QoS::ExactlyOnce, id));
+    publish.retain = true;
     v5.send(&Packet::Publish(publish)).await;
     match v5.recv().await {
         Packet::PubRec(rec) => assert_eq!(rec.reason_code, ReasonCode::QUOTA_EXCEEDED),
         other => panic!("expected PUBREC, got {other:?}"),
     }
     let mut v3 = nodes[0].client(ProtocolVersion::V3_1_1, "pub3").await;
-    v3.publish("big/3", &big, QoS::AtLeastOnce, false).await;
-    local.expect_nothing(Duration::from_millis(300)).await;
-    remote.expect_nothing(Duration::from_millis(10)).await;
-    v5.publish("big/ok", b"small", QoS::AtLeastOnce, false)
-        .await;
-    for sub in [&mut local, &mut remote] {
-        let got = sub.expect_publish().await;
-        assert_eq!(got.topic(), "big/ok");
-        sub.ack(&got).await;
+    v3.publish("big/r", &big, QoS::AtLeastOnce, true).await;
+    remote.expect_nothing(Duration::from_millis(500)).await;
+    // Not retained anywhere: a new subscriber on either node gets the small one.
+    for (i, node) in nodes.iter().enumerate() {
+        let mut late = node.client(V5, &format!("late{i}")).await;
+        late.subscribe("big/r", QoS::AtLeastOnce).await;
+        let got = next_publish(&mut late).await;
+        assert_eq!(got.payload(), b"small", "node {i}");
     }
     let stats = nodes[0].broker().cluster().expect("cluster").stats();
     assert_eq!(stats["publish_errors"], 3, "{stats}");
+    assert_eq!(stats["large_messages_out"], 0, "{stats}");
+}
+
+/// A reference to a large message that cannot be fetched (its object is not in the store:
+/// expired, or never stored; or the reference names no object) is skipped and counted in
+/// `large_fetch_errors`, and the subscription goes on with the next message. The
+/// references are forged from a real envelope seen on NATS.
+#[tokio::test]
+async fn a_reference_that_cannot_be_fetched_is_skipped_and_counted() {
+    use futures_util::StreamExt as _;
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = two_nodes_with_large_packets(&nats).await;
+    let mut remote = nodes[1].client(V5, "remote").await;
+    remote.subscribe("big/#", QoS::AtLeastOnce).await;
+    interest_ready(&nodes[1], "big/#").await;
+    let spy = async_nats::connect(nats.url()).await.expect("NATS");
+    let mut seen = spy.subscribe("tern.m.>").await.expect("subscribe");
+    spy.flush().await.expect("flush");
+    let mut publisher = nodes[0].client(V5, "pub").await;
+    publisher
+        .publish("big/x", b"first", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(next_publish(&mut remote).await.payload(), b"first");
+    let real = tokio::time::timeout(Duration::from_secs(5), seen.next())
+        .await
+        .expect("the envelope on NATS")
+        .expect("a message");
+    // Header: magic, version, flags, origin (3..11), sequence (11..19), time (19..27).
+    let forge = |sequence: u64, name: &[u8]| {
+        let mut reference = real.payload[..27].to_vec();
+        reference[1] = 4;
+        reference[11..19].copy_from_slice(&sequence.to_be_bytes());
+        reference.extend_from_slice(name);
+        bytes::Bytes::from(reference)
+    };
+    for reference in [forge(u64::MAX, b"nowhere.1"), forge(u64::MAX - 1, b"")] {
+        spy.publish(real.subject.clone(), reference)
+            .await
+            .expect("publish");
+    }
+    spy.flush().await.expect("flush");
+    publisher
+        .publish("big/x", b"second", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(next_publish(&mut remote).await.payload(), b"second");
+    // The spy's references and node A's message come over different connections: no order
+    // between them, so the count is awaited.
+    let cluster_b = nodes[1].broker().cluster().expect("cluster").clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cluster_b.stats()["large_fetch_errors"].as_u64() < Some(2) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            cluster_b.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cluster_b.stats()["large_messages_in"], 0);
+    remote.expect_nothing(Duration::from_millis(200)).await;
 }

@@ -45,8 +45,8 @@ pub trait ClusterLink: Send + Sync + fmt::Debug {
     /// [`ClusterLink::forward`] then sends it under that identity.
     fn identify(&self, message: &Message);
 
-    /// Whether `message` cannot reach the other nodes at all (larger than NATS takes): the
-    /// publisher's connection refuses it instead of routing it.
+    /// Whether `message` cannot reach the other nodes at all (a retained message larger
+    /// than NATS takes): the publisher's connection refuses it instead of routing it.
     fn refuses(&self, message: &Message) -> bool;
 
     /// Every message forwarded up to this position is in NATS.
@@ -185,8 +185,8 @@ impl Broker {
         self.inner.cluster.get()?.congested()
     }
 
-    /// Whether the cluster cannot carry `message` to the other nodes (larger than the NATS
-    /// server's `max_payload`); `false` without a cluster.
+    /// Whether the cluster cannot carry `message` to the other nodes (a retained message
+    /// larger than the NATS server's `max_payload`); `false` without a cluster.
     pub fn cluster_refuses(&self, message: &Message) -> bool {
         self.inner
             .cluster

@@ -21,6 +21,12 @@
 //! they were published. [`split`] yields the envelopes of either form as slices of the
 //! received `Bytes`.
 //!
+//! A reference stands for an envelope too large for one NATS message (larger than the
+//! server's `max_payload`), which is kept in the object store ([`super::large`]): `b'T'`,
+//! version `4`, the flags, origin, sequence and publish time of the envelope it stands for,
+//! then the object's name (UTF-8, to the end). It always travels alone, never in a batch.
+//! ([`header`] refuses it as foreign: it is resolved before anything else looks at it.)
+//!
 //! This module owns the format only.
 
 use std::sync::Arc;
@@ -39,6 +45,8 @@ const VERSION: u8 = 1;
 const V3_VERSION: u8 = 3;
 /// The version byte of a batch.
 const BATCH_VERSION: u8 = 2;
+/// The version byte of a reference to an envelope kept in the object store.
+const REFERENCE_VERSION: u8 = 4;
 /// Bytes before the frame.
 pub(crate) const HEADER_BYTES: usize = 27;
 /// Bytes before a batch's first entry.
@@ -72,6 +80,9 @@ pub(crate) enum EnvelopeError {
     /// A batch entry's length runs past the end of the batch.
     #[error("truncated batch of envelopes")]
     TruncatedBatch,
+    /// A reference whose object name is missing or not UTF-8.
+    #[error("bad reference to a large envelope")]
+    BadReference,
 }
 
 /// Now as Unix milliseconds.
@@ -290,6 +301,57 @@ pub(crate) fn header(envelope: &[u8]) -> Result<Header, EnvelopeError> {
     })
 }
 
+/// Whether `payload` (a received NATS message) is a reference to an envelope kept in the
+/// object store.
+pub(crate) fn is_reference(payload: &[u8]) -> bool {
+    payload.len() >= 2 && payload[0] == MAGIC && payload[1] == REFERENCE_VERSION
+}
+
+/// The reference standing for `envelope` (a whole envelope of version `1` or `3`) kept in
+/// the object store under `name`: its header with version `4`, then `name`.
+///
+/// # Errors
+/// [`EnvelopeError::Foreign`] when `envelope` is no whole envelope;
+/// [`EnvelopeError::BadReference`] for an empty name.
+pub(crate) fn encode_reference(envelope: &[u8], name: &str) -> Result<Bytes, EnvelopeError> {
+    header(envelope)?;
+    if name.is_empty() {
+        return Err(EnvelopeError::BadReference);
+    }
+    let mut out = BytesMut::with_capacity(HEADER_BYTES + name.len());
+    out.put_u8(MAGIC);
+    out.put_u8(REFERENCE_VERSION);
+    out.extend_from_slice(&envelope[2..HEADER_BYTES]);
+    out.extend_from_slice(name.as_bytes());
+    Ok(out.freeze())
+}
+
+/// The object name in `reference`.
+///
+/// # Errors
+/// [`EnvelopeError::Foreign`] when it is no reference, [`EnvelopeError::BadReference`] when
+/// its name is missing or not UTF-8.
+pub(crate) fn reference_name(reference: &[u8]) -> Result<&str, EnvelopeError> {
+    if reference.len() < HEADER_BYTES || !is_reference(reference) {
+        return Err(EnvelopeError::Foreign(
+            reference.get(1).copied().unwrap_or(0),
+        ));
+    }
+    match std::str::from_utf8(&reference[HEADER_BYTES..]) {
+        Ok(name) if !name.is_empty() => Ok(name),
+        _ => Err(EnvelopeError::BadReference),
+    }
+}
+
+/// Whether `envelope` (fetched from the object store) is a whole envelope with the flags,
+/// origin, sequence and publish time `reference` names: not another message's, nor
+/// garbled.
+pub(crate) fn stands_for(reference: &[u8], envelope: &[u8]) -> bool {
+    header(envelope).is_ok()
+        && reference_name(reference).is_ok()
+        && envelope[2..HEADER_BYTES] == reference[2..HEADER_BYTES]
+}
+
 /// The message in `envelope`, as received at `now` (Unix time `unix_now_ms`, read once for
 /// a whole batch; its age since publication is kept, for Message Expiry). No Local does
 /// not apply: it comes from no session of this node.
@@ -478,6 +540,58 @@ mod tests {
         cut.truncate(cut.len() - 1);
         let entries: Vec<_> = split(cut.freeze()).collect();
         assert_eq!(entries, vec![Err(EnvelopeError::TruncatedBatch)]);
+    }
+
+    /// A reference carries the header of the envelope it stands for and the object's name;
+    /// only that envelope matches it; it is no envelope itself.
+    #[test]
+    fn a_reference_names_its_object_and_matches_only_its_envelope() {
+        let now = Instant::now();
+        let wire = encode(&message(QoS::ExactlyOnce, false), 42, 9, now);
+        let reference = encode_reference(&wire, "000000000000002a.9").expect("reference");
+        assert!(is_reference(&reference));
+        assert!(!is_reference(&wire));
+        assert_eq!(reference.len(), HEADER_BYTES + "000000000000002a.9".len());
+        assert_eq!(reference_name(&reference), Ok("000000000000002a.9"));
+        assert!(stands_for(&reference, &wire));
+        // Another message (another sequence), or the same one garbled, is not it.
+        let other = encode(&message(QoS::ExactlyOnce, false), 42, 10, now);
+        assert!(!stands_for(&reference, &other));
+        assert!(!stands_for(&reference, &wire[..HEADER_BYTES - 1]));
+        assert!(!stands_for(&reference, b"garbage"));
+        // A reference is not an envelope: what reads headers refuses it as foreign.
+        assert_eq!(header(&reference), Err(EnvelopeError::Foreign(4)));
+        assert_eq!(
+            split(reference.clone()).collect::<Vec<_>>(),
+            vec![Ok(reference.clone())]
+        );
+    }
+
+    /// A reference from an unknown source: too short, without a name, a name that is not
+    /// UTF-8, or no reference at all, is refused, never misread.
+    #[test]
+    fn a_garbled_reference_is_refused() {
+        let wire = encode(&message(QoS::AtLeastOnce, false), 1, 1, Instant::now());
+        assert_eq!(
+            encode_reference(&wire, ""),
+            Err(EnvelopeError::BadReference)
+        );
+        assert_eq!(
+            encode_reference(b"nope", "x"),
+            Err(EnvelopeError::Foreign(b'o'))
+        );
+        let reference = encode_reference(&wire, "n").expect("reference");
+        let nameless = &reference[..HEADER_BYTES];
+        assert_eq!(reference_name(nameless), Err(EnvelopeError::BadReference));
+        assert!(!stands_for(nameless, &wire));
+        let mut bad_utf8 = BytesMut::from(&reference[..]);
+        bad_utf8[HEADER_BYTES] = 0xff;
+        assert_eq!(reference_name(&bad_utf8), Err(EnvelopeError::BadReference));
+        assert_eq!(
+            reference_name(&reference[..HEADER_BYTES - 3]),
+            Err(EnvelopeError::Foreign(4))
+        );
+        assert_eq!(reference_name(&wire), Err(EnvelopeError::Foreign(VERSION)));
     }
 
     #[test]

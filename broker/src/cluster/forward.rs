@@ -14,6 +14,12 @@
 //! for a queue group (shared subscription) goes to one node of the group, which still picks
 //! a member per message: groups are spread across nodes per batch, not per message.
 //!
+//! A message whose envelope is larger than the server's `max_payload` goes through the
+//! object store ([`super::large`]): the sending task puts the envelope there and sends a
+//! reference in its place, awaiting the put before it sends anything after it, so the
+//! node's messages keep their order. The round trip confirming it follows the put, so it
+//! is acknowledged once NATS has it, as any other.
+//!
 //! Where the queue is created: once half of `forward_queue_messages` wait, publishers are
 //! held back before they read more ([`Forwarder::congested`]); past the whole queue (many
 //! publishers at once) cross-node copies are dropped and counted (`forward_dropped`).
@@ -40,6 +46,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::envelope;
+use super::large::LargeStore;
 use super::metrics::ClusterMetrics;
 use super::outbox::Outbox;
 use super::retained::RetainedBucket;
@@ -164,6 +171,7 @@ impl Forwarder {
         prefix: String,
         queue: usize,
         metrics: Arc<ClusterMetrics>,
+        large: LargeStore,
     ) -> Forwarder {
         let live = Arc::new(Outbox::new(queue));
         let (retained, retained_rx) = mpsc::channel(queue);
@@ -178,6 +186,7 @@ impl Forwarder {
             unconfirmed: VecDeque::new(),
             sent: 0,
             disconnects_seen: 0,
+            large,
         };
         tokio::spawn(sender.run(live.clone()));
         tokio::spawn(write_retained(bucket, retained_rx, metrics.clone()));
@@ -272,9 +281,15 @@ impl Forwarder {
         self.sequence.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Whether `message`'s envelope is larger than the NATS server takes (its `max_payload`):
-    /// NATS would refuse it, so other nodes could never get it. `$SYS` topics stay local.
+    /// Whether `message` cannot reach the other nodes: a retained message whose envelope is
+    /// larger than the NATS server takes (its `max_payload`). A live message that large
+    /// travels through the object store ([`super::large`]), but the retained bucket holds
+    /// values of one NATS message, and a retained message must stay as long as it is
+    /// retained, which the object store's expiry does not allow. `$SYS` topics stay local.
     pub(crate) fn refuses(&self, message: &Message) -> bool {
+        if !message.publish().retain {
+            return false;
+        }
         let max = self.client.max_payload();
         let refused = envelope::len_bound(message) > max
             && envelope::encoded_len(message) > max
@@ -326,6 +341,8 @@ struct LiveSender {
     sent: u64,
     /// The NATS disconnects counted when `unconfirmed` was last (re)sent.
     disconnects_seen: u64,
+    /// Where envelopes larger than `max_payload` go.
+    large: LargeStore,
 }
 
 type RoundTrip = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
@@ -396,9 +413,21 @@ impl LiveSender {
                     );
                 }
             }
+            let mut envelope = wire.freeze();
+            // Only a lone message can be this large (`batch_run`).
+            if self.large.too_large(envelope.len()) {
+                match self.large.put(&envelope).await {
+                    Some(reference) => envelope = reference,
+                    None => {
+                        // Not stored (counted): nothing to send; its position still passes.
+                        self.sent += batch.len() as u64;
+                        continue;
+                    }
+                }
+            }
             let out = Outgoing {
                 subject: subject::topic_subject(&self.prefix, topic).into(),
-                envelope: wire.freeze(),
+                envelope,
                 messages: batch.len() as u64,
             };
             self.sent += out.messages;
@@ -447,8 +476,8 @@ impl LiveSender {
 /// How many of `queued` (at least one) go into the next NATS message, and its size: the
 /// consecutive messages of the first one's topic while the batch stays within `limit`
 /// bytes (each envelope counted at its upper bound, `envelope::len_bound`, which walks no
-/// properties). A single message over `limit` goes alone (NATS refuses it if it is over the
-/// server's `max_payload`: counted in `publish_errors`).
+/// properties). A single message over `limit` goes alone (through the object store if it
+/// is over the server's `max_payload`).
 fn batch_run(queued: &[Queued], limit: usize) -> (usize, usize) {
     let Some(first) = queued.first() else {
         return (0, 0);

@@ -26,6 +26,10 @@
 //! is handled in order as if it had come alone (duplicate check, routing; for a queue group
 //! the member is picked per message), the whole batch under one lock.
 //!
+//! A NATS message may instead be a reference to a large message kept in the object store
+//! ([`super::large`]): the task fetches it (an await, before any lock) and handles it as
+//! the envelope it stands for; one that cannot be fetched is skipped (counted).
+//!
 //! This module owns the subscriptions and the inbound routing tasks.
 
 use std::collections::HashMap;
@@ -39,6 +43,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::envelope;
+use super::large::LargeStore;
 use super::metrics::ClusterMetrics;
 use super::ordered::FirstCopies;
 use super::subject;
@@ -68,6 +73,8 @@ struct Shared {
     prefix: String,
     /// Duplicate check and routing, in order per topic across the filters' tasks.
     first_copies: FirstCopies,
+    /// Where the envelopes of large messages are fetched from.
+    large: LargeStore,
     metrics: Arc<ClusterMetrics>,
     /// Longest a SUBACK waits for a filter to be ready.
     ready_timeout: Duration,
@@ -88,6 +95,7 @@ impl Interests {
     /// No interest yet.
     pub(crate) fn new(
         connections: super::Connections,
+        large: LargeStore,
         broker: Broker,
         prefix: String,
         metrics: Arc<ClusterMetrics>,
@@ -103,6 +111,7 @@ impl Interests {
                 broker,
                 prefix,
                 first_copies: FirstCopies::default(),
+                large,
                 metrics,
                 ready_timeout,
             }),
@@ -237,22 +246,22 @@ async fn run(
     let mut scratch = RouteScratch::default();
     let mut entries = Vec::new();
     while let Some(message) = incoming.next().await {
+        // A large message's reference is resolved first: fetched here, before the per-topic
+        // lock is taken, so that no lock is held across the wait; the next NATS message of
+        // this stream waits for it (order kept).
+        let Some(payload) = shared.large.resolve(message.payload).await else {
+            continue;
+        };
         // One NATS message carries one envelope or a batch of them, in publishing order;
         // the clocks are read once for all of them.
         let clock = (Instant::now(), envelope::unix_ms_now());
         match &queue {
             Some(q) => {
-                for entry in shared.envelopes(message.payload) {
+                for entry in shared.envelopes(payload) {
                     shared.handle_group(&q.key, entry, clock, &mut scratch);
                 }
             }
-            None => shared.handle(
-                &message.subject,
-                message.payload,
-                clock,
-                &mut entries,
-                &mut scratch,
-            ),
+            None => shared.handle(&message.subject, payload, clock, &mut entries, &mut scratch),
         }
     }
 }

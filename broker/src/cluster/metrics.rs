@@ -19,12 +19,22 @@ pub struct ClusterMetrics {
     pub forward_dropped: AtomicU64,
     /// Times a publisher was held back because the queue to NATS was over half full.
     pub publisher_waits: AtomicU64,
-    /// Messages NATS refused (too large for its max_payload, connection closed).
+    /// Messages NATS refused (connection closed), and retained messages refused on this
+    /// node for being larger than NATS's max_payload.
     pub publish_errors: AtomicU64,
     /// Messages NATS gave this node for a shared group that had no member here any more.
     pub group_misses: AtomicU64,
     /// Received envelopes that did not decode.
     pub envelope_errors: AtomicU64,
+    /// Messages larger than NATS's `max_payload` sent through the object store.
+    pub large_messages_out: AtomicU64,
+    /// Such messages fetched from the object store (once per NATS message that referred to
+    /// one: a message matching several of this node's filters is fetched once per filter).
+    pub large_messages_in: AtomicU64,
+    /// Large messages the object store did not take (other nodes did not get them).
+    pub large_put_errors: AtomicU64,
+    /// References to large messages that could not be fetched (skipped).
+    pub large_fetch_errors: AtomicU64,
     /// Retained messages written to the cluster's bucket.
     pub retained_writes: AtomicU64,
     /// Retained changes applied from the cluster's bucket.
@@ -102,7 +112,7 @@ impl ClusterMetrics {
             ),
             (
                 "publish_errors",
-                "Messages NATS refused (too large, connection closed).",
+                "Messages NATS refused, or retained ones too large for NATS refused.",
                 get(&self.publish_errors),
             ),
             (
@@ -146,8 +156,37 @@ impl ClusterMetrics {
                 u64::from(self.connected.load(Ordering::Relaxed)),
             ),
         ];
+        counters.extend(self.large_counters());
         counters.extend(self.session_counters());
         counters
+    }
+
+    /// The counters of messages larger than NATS's `max_payload` (part of
+    /// [`ClusterMetrics::snapshot`]).
+    fn large_counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let get = ClusterMetrics::get;
+        vec![
+            (
+                "large_messages_out",
+                "Messages larger than NATS's max_payload sent through the object store.",
+                get(&self.large_messages_out),
+            ),
+            (
+                "large_messages_in",
+                "Large messages fetched from the object store.",
+                get(&self.large_messages_in),
+            ),
+            (
+                "large_put_errors",
+                "Large messages the object store did not take (not sent).",
+                get(&self.large_put_errors),
+            ),
+            (
+                "large_fetch_errors",
+                "References to large messages that could not be fetched (skipped).",
+                get(&self.large_fetch_errors),
+            ),
+        ]
     }
 
     /// The counters of sessions moving between nodes (part of [`ClusterMetrics::snapshot`]).

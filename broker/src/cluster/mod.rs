@@ -5,6 +5,8 @@
 //! - a message published on this node is routed locally and sent once to NATS, on the
 //!   subject of its topic ([`subject`], [`envelope`], [`forward`]); its publisher's
 //!   PUBACK/PUBREC waits until a NATS round trip after it has completed ([`forward`]);
+//!   one larger than a NATS message travels through the JetStream object store, its
+//!   reference on the topic's subject ([`large`]);
 //! - NATS forwards it only to nodes whose subscribers hold a matching filter: each node
 //!   subscribes once per distinct filter, before the SUBACK ([`interest`]), and routes what
 //!   arrives through its own trie, once per client ([`dedup`]);
@@ -32,6 +34,7 @@ mod failover;
 mod forward;
 mod handover_chunks;
 mod interest;
+mod large;
 pub mod metrics;
 mod nodes;
 mod ordered;
@@ -187,6 +190,10 @@ impl ClusterLink for Cluster {
             "forward_dropped": get(&m.forward_dropped),
             "publisher_waits": get(&m.publisher_waits),
             "publish_errors": get(&m.publish_errors),
+            "large_messages_out": get(&m.large_messages_out),
+            "large_messages_in": get(&m.large_messages_in),
+            "large_put_errors": get(&m.large_put_errors),
+            "large_fetch_errors": get(&m.large_fetch_errors),
             "group_misses": get(&m.group_misses),
             "retained_writes": get(&m.retained_writes),
             "retained_applied": get(&m.retained_applied),
@@ -217,15 +224,12 @@ impl ClusterLink for Cluster {
 pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluster>, ClusterError> {
     let metrics = Arc::new(ClusterMetrics::default());
     let connections = Connections::open(config, &metrics).await?;
-    let Connections {
-        client,
-        origin,
-        probe,
-        ..
-    } = connections.clone();
+    let (client, origin) = (connections.client.clone(), connections.origin);
+    let probe = connections.probe.clone();
     let kv = retained::Kv::new(&client, config.kv_replicas);
     let bucket = RetainedBucket::open(&kv, &config.subject_prefix).await?;
     let prefix = &config.subject_prefix;
+    let large = large::LargeStore::open(&kv, prefix, client.clone(), metrics.clone()).await?;
     let sessions = sessions::SessionBucket::open(&kv, prefix, broker.clone(), metrics.clone());
     let sessions = Arc::new(sessions.await?);
     let owners = owners::Owners::start(
@@ -251,9 +255,11 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
             config.subject_prefix.clone(),
             config.forward_queue_messages,
             metrics.clone(),
+            large.clone(),
         ),
         interests: Interests::new(
             connections,
+            large,
             broker.clone(),
             config.subject_prefix.clone(),
             metrics.clone(),

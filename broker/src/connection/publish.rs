@@ -32,12 +32,13 @@ impl Connection {
     /// Routes `message` now, or lets it join the run of QoS 0 messages waiting to be routed
     /// (the run goes first when the message cannot join it).
     pub(super) fn publish_or_join(&mut self, message: Arc<Message>, ack: PendingAck, now: Instant) {
-        // Too large for the cluster's NATS: refused as a whole (0x97 to 5.0; 3.1.1 has no
-        // refusing acknowledgement, [MQTT-3.3.5-2]) rather than delivered on this node only.
+        // A retained message too large for the cluster's retained bucket: refused as a whole
+        // (0x97 to 5.0; 3.1.1 has no refusing acknowledgement, [MQTT-3.3.5-2]) rather than
+        // retained on this node only.
         if self.broker.cluster_refuses(&message) {
             tracing::debug!(
                 topic = message.topic(),
-                "larger than NATS takes: publish refused"
+                "retained message larger than NATS takes: publish refused"
             );
             self.flush_run(now);
             if let Some(transmit) = self.machine.refused(ack, self.broker.journal()) {

@@ -416,7 +416,8 @@ impl LiveSender {
             let mut envelope = wire.freeze();
             // Only a lone message can be this large (`batch_run`).
             if self.large.too_large(envelope.len()) {
-                match self.large.put(&envelope).await {
+                let acknowledged = batch[0].message.qos() != tern_codec::QoS::AtMostOnce;
+                match self.large.put(&envelope, acknowledged).await {
                     Some(reference) => envelope = reference,
                     None => {
                         // Not stored (counted): nothing to send; its position still passes.

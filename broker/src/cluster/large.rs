@@ -39,11 +39,14 @@ use super::retained::Kv;
 const MAX_AGE: Duration = Duration::from_secs(5 * 60);
 /// Longest one put or fetch may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the sending task keeps trying to put an object (NATS away, a JetStream leader
-/// election) before it gives the message up for other nodes.
+/// How long the sending task keeps trying to put a QoS 0 message's object (NATS away, a
+/// JetStream leader election) before it gives the message up for other nodes. A QoS 1/2
+/// message's is tried until it is stored: its publisher's acknowledgement waits for it.
 const PUT_TRY_FOR: Duration = Duration::from_secs(15);
-/// Pause between two attempts to put.
+/// First pause between two attempts to put (doubled each time up to [`PUT_RETRY_MAX`]).
 const PUT_RETRY: Duration = Duration::from_millis(200);
+/// Longest pause between two attempts to put.
+const PUT_RETRY_MAX: Duration = Duration::from_secs(2);
 /// The largest object fetched: an MQTT packet is at most 256 MiB.
 const FETCH_MAX_BYTES: usize = 256 << 20;
 /// What a chunk leaves of the server's `max_payload` (the JetStream publish's overhead).
@@ -153,20 +156,25 @@ impl LargeStore {
         envelope_bytes > self.client.max_payload()
     }
 
-    /// Puts `envelope` (a whole envelope) into the store, retrying for [`PUT_TRY_FOR`];
-    /// returns the reference to send instead. `None`: JetStream never took it (logged and
-    /// counted in `large_put_errors`; other nodes do not get the message).
-    pub(crate) async fn put(&self, envelope: &Bytes) -> Option<Bytes> {
+    /// Puts `envelope` (a whole envelope) into the store, retrying until it is stored when
+    /// `acknowledged` (a QoS 1/2 message: its publisher's acknowledgement waits for it, and
+    /// the queue behind it waits too), else for [`PUT_TRY_FOR`]; returns the reference to
+    /// send instead. `None`: JetStream never took a QoS 0 message (logged and counted in
+    /// `large_put_errors`; other nodes do not get it).
+    pub(crate) async fn put(&self, envelope: &Bytes, acknowledged: bool) -> Option<Bytes> {
         let started = Instant::now();
+        let mut pause = PUT_RETRY;
         loop {
             match self.put_once(envelope).await {
                 Ok(reference) => {
                     ClusterMetrics::inc(&self.metrics.large_messages_out);
                     return Some(reference);
                 }
-                Err(e) if started.elapsed() < PUT_TRY_FOR => {
+                Err(e) if acknowledged || started.elapsed() < PUT_TRY_FOR => {
+                    ClusterMetrics::inc(&self.metrics.large_put_errors);
                     tracing::debug!(error = %e, "cluster: large message not stored yet; retrying");
-                    tokio::time::sleep(PUT_RETRY).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(PUT_RETRY_MAX);
                 }
                 Err(e) => {
                     ClusterMetrics::inc(&self.metrics.large_put_errors);

@@ -31,7 +31,8 @@ pub struct ClusterMetrics {
     /// Such messages fetched from the object store (once per NATS message that referred to
     /// one: a message matching several of this node's filters is fetched once per filter).
     pub large_messages_in: AtomicU64,
-    /// Large messages the object store did not take (other nodes did not get them).
+    /// Failed attempts to put a large message into the object store (each retried; a QoS 0
+    /// message is given up after some 15 s).
     pub large_put_errors: AtomicU64,
     /// References to large messages that could not be fetched (skipped).
     pub large_fetch_errors: AtomicU64,
@@ -178,7 +179,7 @@ impl ClusterMetrics {
             ),
             (
                 "large_put_errors",
-                "Large messages the object store did not take (not sent).",
+                "Failed attempts to store a large message in the object store.",
                 get(&self.large_put_errors),
             ),
             (

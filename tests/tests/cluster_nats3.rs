@@ -263,3 +263,171 @@ async fn take_over(nodes: &[TestBroker], pubs: &mut [Client]) {
     assert_eq!(got.payload(), b"moved");
     new.ack(&got).await;
 }
+
+/// Node `name` on server `i` alone: only that server in `nats_urls`, so that two such nodes
+/// really sit on different servers of the NATS cluster.
+async fn node_on(servers: &[NatsServer], i: usize, name: &str) -> TestBroker {
+    let node = TestBroker::start_with(|c| {
+        servers[i].join(c, name);
+        c.cluster.kv_replicas = 3;
+        c.cluster.connect_timeout_ms = 10_000;
+        c.cluster.node_lease_ms = 30_000;
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while node.broker().cluster().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never joined"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node
+}
+
+/// Waits until `node` lists `other` as a live member (its heartbeat arrived).
+async fn until_alive(node: &TestBroker, other: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = node.broker().cluster().expect("cluster").stats();
+        let alive = stats["nodes"].as_array().is_some_and(|nodes| {
+            nodes
+                .iter()
+                .any(|n| n["node_name"] == other && n["alive"] == true)
+        });
+        if alive {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{other} never seen alive"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A cluster counter of `node` (`tern_cluster_{name}` in `/metrics`).
+fn counter(node: &TestBroker, name: &str) -> u64 {
+    let counters = node.broker().cluster().expect("cluster").counters();
+    counters
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, _, v)| *v)
+        .unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+/// A SUBACK means subscribed on every NATS server: n1 on server 1, n2 on server 2 (each
+/// knowing only its own server). 200 times a client on n2 subscribes to a fresh topic and,
+/// the moment its SUBACK arrives, a client on n1 publishes one QoS 1 message to it: every
+/// one arrives ([MQTT-3.8.4-1] the SUBACK answers the SUBSCRIBE; Tern sends it only once
+/// the subscription is in force cluster-wide).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suback_means_subscribed_on_every_nats_server() {
+    let Some(servers) = NatsServer::start_cluster(3) else {
+        return;
+    };
+    let a = node_on(&servers, 0, "n1").await;
+    let b = node_on(&servers, 1, "n2").await;
+    until_alive(&b, "n1").await;
+    until_alive(&a, "n2").await;
+    let mut publisher = a.client(V5, "pub").await;
+    let mut sub = b.client(V5, "sub").await;
+    // Bulk traffic from server 2 to server 1 (the route that carries n2's interest to
+    // server 1) makes the race tight: interest queued behind it reaches server 1 late.
+    let flood = Flood::start(&servers[1], &servers[0]);
+    let mut missed = Vec::new();
+    for i in 0..200 {
+        let topic = format!("race/{i}");
+        sub.subscribe(&topic, QoS::AtLeastOnce).await;
+        publisher
+            .publish(&topic, b"x", QoS::AtLeastOnce, false)
+            .await;
+        match sub.recv_within(Duration::from_secs(2)).await {
+            Some(Packet::Publish(got)) => {
+                assert_eq!(got.topic(), topic, "round {i}");
+                sub.ack(&got).await;
+            }
+            None => missed.push(i),
+            Some(other) => panic!("round {i}: expected PUBLISH, got {other:?}"),
+        }
+        sub.unsubscribe(&[&topic]).await;
+    }
+    let flooded_bytes = flood.stop();
+    assert!(
+        missed.is_empty(),
+        "missed {} of 200: {missed:?}",
+        missed.len()
+    );
+    assert!(flooded_bytes > 0, "the flood carried nothing");
+    assert_eq!(counter(&b, "interest_unconfirmed"), 0);
+}
+
+/// Bulk NATS traffic through the route between two servers: a raw publisher on `from`
+/// sends 32 KiB messages as fast as it can to a raw subscriber on `to` that discards them.
+struct Flood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl Flood {
+    fn start(from: &NatsServer, to: &NatsServer) -> Flood {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connect = |server: &NatsServer| {
+            let addr = server.url().trim_start_matches("nats://").to_string();
+            std::net::TcpStream::connect(addr).expect("connect to nats-server")
+        };
+        let mut reader = connect(to);
+        reader
+            .write_all(b"CONNECT {\"verbose\":false}\r\nSUB flood 1\r\n")
+            .expect("subscribe");
+        reader
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        // Server 1's interest reaches server 2 before the flood starts.
+        std::thread::sleep(Duration::from_millis(500));
+        let mut writer = connect(from);
+        writer
+            .write_all(b"CONNECT {\"verbose\":false}\r\n")
+            .expect("connect");
+        let reading = stop.clone();
+        let read = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut total = 0u64;
+            while !reading.load(Ordering::Relaxed) {
+                match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => total += n as u64,
+                    Err(_) => {}
+                }
+            }
+            total
+        });
+        let writing = stop.clone();
+        let write = std::thread::spawn(move || {
+            let mut message = b"PUB flood 32768\r\n".to_vec();
+            message.extend(std::iter::repeat_n(b'x', 32768));
+            message.extend(b"\r\n");
+            while !writing.load(Ordering::Relaxed) {
+                if writer.write_all(&message).is_err() {
+                    break;
+                }
+            }
+            0
+        });
+        Flood {
+            stop,
+            threads: vec![read, write],
+        }
+    }
+
+    /// Stops the flood; returns how many bytes the subscriber received.
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or(0))
+            .sum()
+    }
+}

@@ -431,3 +431,30 @@ impl Flood {
             .sum()
     }
 }
+
+/// SUBACKs on a NATS cluster come quickly, for a node alone (no other live node to ask)
+/// and for one with a peer on another server: one filter, and a SUBSCRIBE of 100 filters
+/// (their confirmations share rounds). Nothing is left unconfirmed. Prints the latencies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suback_latency_on_a_nats_cluster() {
+    let Some(servers) = NatsServer::start_cluster(3) else {
+        return;
+    };
+    let a = node_on(&servers, 0, "n1").await;
+    let mut sub = a.client(V5, "sub").await;
+    let alone = tern_tests::cluster_support::suback_latencies_ms(&mut sub, "alone").await;
+    let b = node_on(&servers, 1, "n2").await;
+    until_alive(&a, "n2").await;
+    let peer = tern_tests::cluster_support::suback_latencies_ms(&mut sub, "peer").await;
+    println!(
+        "three NATS servers: SUBACK alone {:.2} ms (100 filters {:.2} ms), \
+         with a peer on another server {:.2} ms (100 filters {:.2} ms)",
+        alone.0, alone.1, peer.0, peer.1
+    );
+    for (one, hundred) in [alone, peer] {
+        assert!(one < 500.0, "one filter took {one} ms");
+        assert!(hundred < 2000.0, "100 filters took {hundred} ms");
+    }
+    assert_eq!(counter(&a, "interest_unconfirmed"), 0);
+    drop(b);
+}

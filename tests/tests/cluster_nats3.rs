@@ -458,3 +458,69 @@ async fn suback_latency_on_a_nats_cluster() {
     assert_eq!(counter(&a, "interest_unconfirmed"), 0);
     drop(b);
 }
+
+/// Writes a heartbeat of member `name` into the nodes bucket (retried while the bucket's
+/// stream, just created with three replicas, has no leader yet).
+async fn heartbeat(bucket: &async_nats::jetstream::kv::Store, name: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Err(e) = bucket.put(name, "{}".into()).await {
+        assert!(tokio::time::Instant::now() < deadline, "heartbeat: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Live members that do not confirm (stand-ins: heartbeats written into the nodes bucket by
+/// a raw NATS client): one with no subscriber on its confirm subject (gone, or an earlier
+/// version) is passed over at once; one whose subscriber never answers holds the SUBACK
+/// for half of `interest_timeout_ms`, then is passed over and counted
+/// (`tern_cluster_interest_unconfirmed_total`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_that_do_not_confirm_are_passed_over() {
+    let Some(servers) = NatsServer::start_cluster(3) else {
+        return;
+    };
+    let node = TestBroker::start_with(|c| {
+        servers[0].join(c, "n1");
+        c.cluster.kv_replicas = 3;
+        c.cluster.connect_timeout_ms = 10_000;
+        c.cluster.node_lease_ms = 30_000;
+        c.cluster.interest_timeout_ms = 1000;
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while node.broker().cluster().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "n1 never joined");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A raw member on server 2: its heartbeats, and later its confirm subscription.
+    let raw = async_nats::connect(servers[1].url())
+        .await
+        .expect("connect");
+    let bucket = async_nats::jetstream::new(raw.clone())
+        .get_key_value("tern_nodes")
+        .await
+        .expect("nodes bucket");
+    heartbeat(&bucket, "gone").await;
+    until_alive(&node, "gone").await;
+    let mut sub = node.client(V5, "sub").await;
+    let started = tokio::time::Instant::now();
+    sub.subscribe("p/1", QoS::AtLeastOnce).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(450),
+        "gone held the SUBACK {took:?}"
+    );
+    assert_eq!(counter(&node, "interest_unconfirmed"), 0);
+    let _never_answers = raw.subscribe("tern.confirm.mute").await.expect("subscribe");
+    raw.flush().await.expect("flush");
+    heartbeat(&bucket, "mute").await;
+    until_alive(&node, "mute").await;
+    let started = tokio::time::Instant::now();
+    sub.subscribe("p/2", QoS::AtLeastOnce).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "mute held the SUBACK {took:?}"
+    );
+    assert_eq!(counter(&node, "interest_unconfirmed"), 1);
+}

@@ -2,8 +2,11 @@
 //! (three servers, routes on 127.0.0.1, KV buckets with three replicas) and three in-process
 //! Tern nodes, each connected to a different server with all three in `nats_urls`.
 //! Cross-node publish/subscribe, retained messages, a takeover, and the SIGKILL of one
-//! nats-server: its node moves to another server and cross-node traffic resumes. Skipped
-//! (with the reason printed) when nats-server is not installed; under `CI=true` it must be.
+//! nats-server: its node moves to another server and cross-node traffic resumes. Then
+//! SUBACKs with nodes on different servers: a message published on one right after a SUBACK
+//! on the other always arrives (under bulk traffic on the route between the servers), what
+//! a SUBACK costs, and members that do not confirm. Skipped (with the reason printed) when
+//! nats-server is not installed; under `CI=true` it must be.
 
 use std::time::Duration;
 

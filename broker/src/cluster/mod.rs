@@ -6,8 +6,9 @@
 //!   subject of its topic ([`subject`], [`envelope`], [`forward`]); its publisher's
 //!   PUBACK/PUBREC waits until a NATS round trip after it has completed ([`forward`]);
 //! - NATS forwards it only to nodes whose subscribers hold a matching filter: each node
-//!   subscribes once per distinct filter, before the SUBACK ([`interest`]), and routes what
-//!   arrives through its own trie, once per client ([`dedup`]);
+//!   subscribes once per distinct filter, before the SUBACK ([`interest`]; on a NATS
+//!   cluster the other nodes confirm that their servers have it: [`confirm`]), and routes
+//!   what arrives through its own trie, once per client ([`dedup`]);
 //! - retained messages live in a JetStream key-value bucket mirrored into every node's
 //!   retained store ([`retained`]);
 //! - every node writes a heartbeat that the others watch: the member list ([`nodes`]);

@@ -250,3 +250,37 @@ pub async fn with_will(
     assert_eq!(connack.code, tern_codec::ReasonCode::SUCCESS, "{connack:?}");
     client
 }
+
+/// SUBACK latencies of `client` in milliseconds, on fresh filters under `tag/`: the median
+/// of 20 SUBSCRIBEs of one filter, and the median of 3 SUBSCRIBEs of 100 filters each
+/// (every filter unsubscribed again afterwards).
+pub async fn suback_latencies_ms(client: &mut crate::Client, tag: &str) -> (f64, f64) {
+    use tern_codec::{QoS, SubscriptionOptions};
+    let opts = SubscriptionOptions::with_qos(QoS::AtLeastOnce);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut ones = Vec::new();
+    for i in 0..20 {
+        let filter = format!("{tag}/one/{i}");
+        let started = Instant::now();
+        client.subscribe_with(vec![(&filter, opts)], None).await;
+        ones.push(started.elapsed().as_secs_f64() * 1000.0);
+        client.unsubscribe(&[&filter]).await;
+    }
+    let mut hundreds = Vec::new();
+    for round in 0..3 {
+        let filters: Vec<String> = (0..100)
+            .map(|i| format!("{tag}/many/{round}/{i}"))
+            .collect();
+        let started = Instant::now();
+        client
+            .subscribe_with(filters.iter().map(|f| (f.as_str(), opts)).collect(), None)
+            .await;
+        hundreds.push(started.elapsed().as_secs_f64() * 1000.0);
+        let names: Vec<&str> = filters.iter().map(String::as_str).collect();
+        client.unsubscribe(&names).await;
+    }
+    (median(ones), median(hundreds))
+}

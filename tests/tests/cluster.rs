@@ -93,6 +93,22 @@ async fn subscribe_then_publish_elsewhere_never_misses() {
     }
 }
 
+/// On a single NATS server the SUBACK costs one local round trip, nothing more: quick for
+/// one filter and for a SUBSCRIBE of 100 (their round trips are shared). Prints the
+/// latencies.
+#[tokio::test]
+async fn suback_latency_on_one_nats_server() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes = nats.nodes(2).await;
+    let mut sub = client(&nodes[0], V5, "sub").await;
+    let (one, hundred) = tern_tests::cluster_support::suback_latencies_ms(&mut sub, "lat").await;
+    println!("one NATS server: SUBACK {one:.2} ms (100 filters {hundred:.2} ms)");
+    assert!(one < 500.0, "one filter took {one} ms");
+    assert!(hundred < 2000.0, "100 filters took {hundred} ms");
+}
+
 /// Retained on A is seen by subscribers on B and C (through the bucket's watch), and an
 /// empty retained message deletes it everywhere.
 #[tokio::test]

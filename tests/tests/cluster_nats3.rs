@@ -2,8 +2,11 @@
 //! (three servers, routes on 127.0.0.1, KV buckets with three replicas) and three in-process
 //! Tern nodes, each connected to a different server with all three in `nats_urls`.
 //! Cross-node publish/subscribe, retained messages, a takeover, and the SIGKILL of one
-//! nats-server: its node moves to another server and cross-node traffic resumes. Skipped
-//! (with the reason printed) when nats-server is not installed; under `CI=true` it must be.
+//! nats-server: its node moves to another server and cross-node traffic resumes. Then
+//! SUBACKs with nodes on different servers: a message published on one right after a SUBACK
+//! on the other always arrives (under bulk traffic on the route between the servers), what
+//! a SUBACK costs, and members that do not confirm. Skipped (with the reason printed) when
+//! nats-server is not installed; under `CI=true` it must be.
 
 use std::time::Duration;
 
@@ -262,4 +265,265 @@ async fn take_over(nodes: &[TestBroker], pubs: &mut [Client]) {
     let got = new.expect_publish().await;
     assert_eq!(got.payload(), b"moved");
     new.ack(&got).await;
+}
+
+/// Node `name` on server `i` alone: only that server in `nats_urls`, so that two such nodes
+/// really sit on different servers of the NATS cluster.
+async fn node_on(servers: &[NatsServer], i: usize, name: &str) -> TestBroker {
+    let node = TestBroker::start_with(|c| {
+        servers[i].join(c, name);
+        c.cluster.kv_replicas = 3;
+        c.cluster.connect_timeout_ms = 10_000;
+        c.cluster.node_lease_ms = 30_000;
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while node.broker().cluster().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never joined"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node
+}
+
+/// Waits until `node` lists `other` as a live member (its heartbeat arrived).
+async fn until_alive(node: &TestBroker, other: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = node.broker().cluster().expect("cluster").stats();
+        let alive = stats["nodes"].as_array().is_some_and(|nodes| {
+            nodes
+                .iter()
+                .any(|n| n["node_name"] == other && n["alive"] == true)
+        });
+        if alive {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{other} never seen alive"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A cluster counter of `node` (`tern_cluster_{name}` in `/metrics`).
+fn counter(node: &TestBroker, name: &str) -> u64 {
+    let counters = node.broker().cluster().expect("cluster").counters();
+    counters
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, _, v)| *v)
+        .unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+/// A SUBACK means subscribed on every NATS server: n1 on server 1, n2 on server 2 (each
+/// knowing only its own server). 200 times a client on n2 subscribes to a fresh topic and,
+/// the moment its SUBACK arrives, a client on n1 publishes one QoS 1 message to it: every
+/// one arrives ([MQTT-3.8.4-1] the SUBACK answers the SUBSCRIBE; Tern sends it only once
+/// the subscription is in force cluster-wide).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suback_means_subscribed_on_every_nats_server() {
+    let Some(servers) = NatsServer::start_cluster(3) else {
+        return;
+    };
+    let a = node_on(&servers, 0, "n1").await;
+    let b = node_on(&servers, 1, "n2").await;
+    until_alive(&b, "n1").await;
+    until_alive(&a, "n2").await;
+    let mut publisher = a.client(V5, "pub").await;
+    let mut sub = b.client(V5, "sub").await;
+    // Bulk traffic from server 2 to server 1 (the route that carries n2's interest to
+    // server 1) makes the race tight: interest queued behind it reaches server 1 late.
+    let flood = Flood::start(&servers[1], &servers[0]);
+    let mut missed = Vec::new();
+    for i in 0..200 {
+        let topic = format!("race/{i}");
+        sub.subscribe(&topic, QoS::AtLeastOnce).await;
+        publisher
+            .publish(&topic, b"x", QoS::AtLeastOnce, false)
+            .await;
+        match sub.recv_within(Duration::from_secs(2)).await {
+            Some(Packet::Publish(got)) => {
+                assert_eq!(got.topic(), topic, "round {i}");
+                sub.ack(&got).await;
+            }
+            None => missed.push(i),
+            Some(other) => panic!("round {i}: expected PUBLISH, got {other:?}"),
+        }
+        sub.unsubscribe(&[&topic]).await;
+    }
+    let flooded_bytes = flood.stop();
+    assert!(
+        missed.is_empty(),
+        "missed {} of 200: {missed:?}",
+        missed.len()
+    );
+    assert!(flooded_bytes > 0, "the flood carried nothing");
+    assert_eq!(counter(&b, "interest_unconfirmed"), 0);
+}
+
+/// Bulk NATS traffic through the route between two servers: a raw publisher on `from`
+/// sends 32 KiB messages as fast as it can to a raw subscriber on `to` that discards them.
+struct Flood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl Flood {
+    fn start(from: &NatsServer, to: &NatsServer) -> Flood {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connect = |server: &NatsServer| {
+            let addr = server.url().trim_start_matches("nats://").to_string();
+            std::net::TcpStream::connect(addr).expect("connect to nats-server")
+        };
+        let mut reader = connect(to);
+        reader
+            .write_all(b"CONNECT {\"verbose\":false}\r\nSUB flood 1\r\n")
+            .expect("subscribe");
+        reader
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        // Server 1's interest reaches server 2 before the flood starts.
+        std::thread::sleep(Duration::from_millis(500));
+        let mut writer = connect(from);
+        writer
+            .write_all(b"CONNECT {\"verbose\":false}\r\n")
+            .expect("connect");
+        let reading = stop.clone();
+        let read = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut total = 0u64;
+            while !reading.load(Ordering::Relaxed) {
+                match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => total += n as u64,
+                    Err(_) => {}
+                }
+            }
+            total
+        });
+        let writing = stop.clone();
+        let write = std::thread::spawn(move || {
+            let mut message = b"PUB flood 32768\r\n".to_vec();
+            message.extend(std::iter::repeat_n(b'x', 32768));
+            message.extend(b"\r\n");
+            while !writing.load(Ordering::Relaxed) {
+                if writer.write_all(&message).is_err() {
+                    break;
+                }
+            }
+            0
+        });
+        Flood {
+            stop,
+            threads: vec![read, write],
+        }
+    }
+
+    /// Stops the flood; returns how many bytes the subscriber received.
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or(0))
+            .sum()
+    }
+}
+
+/// SUBACKs on a NATS cluster come quickly, for a node alone (no other live node to ask)
+/// and for one with a peer on another server: one filter, and a SUBSCRIBE of 100 filters
+/// (their confirmations share rounds). Nothing is left unconfirmed. Prints the latencies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suback_latency_on_a_nats_cluster() {
+    let Some(servers) = NatsServer::start_cluster(3) else {
+        return;
+    };
+    let a = node_on(&servers, 0, "n1").await;
+    let mut sub = a.client(V5, "sub").await;
+    let alone = tern_tests::cluster_support::suback_latencies_ms(&mut sub, "alone").await;
+    let b = node_on(&servers, 1, "n2").await;
+    until_alive(&a, "n2").await;
+    let peer = tern_tests::cluster_support::suback_latencies_ms(&mut sub, "peer").await;
+    println!(
+        "three NATS servers: SUBACK alone {:.2} ms (100 filters {:.2} ms), \
+         with a peer on another server {:.2} ms (100 filters {:.2} ms)",
+        alone.0, alone.1, peer.0, peer.1
+    );
+    for (one, hundred) in [alone, peer] {
+        assert!(one < 500.0, "one filter took {one} ms");
+        assert!(hundred < 2000.0, "100 filters took {hundred} ms");
+    }
+    assert_eq!(counter(&a, "interest_unconfirmed"), 0);
+    drop(b);
+}
+
+/// Writes a heartbeat of member `name` into the nodes bucket (retried while the bucket's
+/// stream, just created with three replicas, has no leader yet).
+async fn heartbeat(bucket: &async_nats::jetstream::kv::Store, name: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Err(e) = bucket.put(name, "{}".into()).await {
+        assert!(tokio::time::Instant::now() < deadline, "heartbeat: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Live members that do not confirm (stand-ins: heartbeats written into the nodes bucket by
+/// a raw NATS client): one with no subscriber on its confirm subject (gone, or an earlier
+/// version) is passed over at once; one whose subscriber never answers holds the SUBACK
+/// for half of `interest_timeout_ms`, then is passed over and counted
+/// (`tern_cluster_interest_unconfirmed_total`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_that_do_not_confirm_are_passed_over() {
+    let Some(servers) = NatsServer::start_cluster(3) else {
+        return;
+    };
+    let node = TestBroker::start_with(|c| {
+        servers[0].join(c, "n1");
+        c.cluster.kv_replicas = 3;
+        c.cluster.connect_timeout_ms = 10_000;
+        c.cluster.node_lease_ms = 30_000;
+        c.cluster.interest_timeout_ms = 1000;
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while node.broker().cluster().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "n1 never joined");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A raw member on server 2: its heartbeats, and later its confirm subscription.
+    let raw = async_nats::connect(servers[1].url())
+        .await
+        .expect("connect");
+    let bucket = async_nats::jetstream::new(raw.clone())
+        .get_key_value("tern_nodes")
+        .await
+        .expect("nodes bucket");
+    heartbeat(&bucket, "gone").await;
+    until_alive(&node, "gone").await;
+    let mut sub = node.client(V5, "sub").await;
+    let started = tokio::time::Instant::now();
+    sub.subscribe("p/1", QoS::AtLeastOnce).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(450),
+        "gone held the SUBACK {took:?}"
+    );
+    assert_eq!(counter(&node, "interest_unconfirmed"), 0);
+    let _never_answers = raw.subscribe("tern.confirm.mute").await.expect("subscribe");
+    raw.flush().await.expect("flush");
+    heartbeat(&bucket, "mute").await;
+    until_alive(&node, "mute").await;
+    let started = tokio::time::Instant::now();
+    sub.subscribe("p/2", QoS::AtLeastOnce).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "mute held the SUBACK {took:?}"
+    );
+    assert_eq!(counter(&node, "interest_unconfirmed"), 1);
 }

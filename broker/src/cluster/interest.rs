@@ -1,7 +1,8 @@
 //! Interest-based routing: one NATS subscription per distinct filter this node's
 //! subscribers hold (two for a filter ending in `/#`), counted by holder and dropped with
-//! the last one. Each filter's task takes its subscriptions, flushes (the server has them
-//! then), marks the filter ready, and routes what arrives through the local trie, after
+//! the last one. Each filter's task takes its subscriptions, waits until the NATS servers
+//! the other nodes publish through have them ([`super::confirm`]), marks the filter ready,
+//! and routes what arrives through the local trie, after
 //! dropping second copies ([`super::dedup`]). A message matching several filters arrives in
 //! each of their streams; the duplicate check and the routing of the first copy happen under
 //! a lock per (origin, topic) ([`super::ordered`]), so the task that finds a copy moves on
@@ -42,6 +43,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::confirm::Confirmer;
 use super::envelope;
 use super::large::LargeStore;
 use super::metrics::ClusterMetrics;
@@ -65,10 +67,10 @@ struct Shared {
     /// Carries the queue subscriptions: another connection than `client`, which publishes
     /// with no echo, so that NATS may pick the publishing node itself for a group.
     queue_client: async_nats::Client,
-    /// Where `client`'s round trips go ([`super::round_trip`]).
-    probe: async_nats::Subject,
-    /// Where `queue_client`'s round trips go.
-    queue_probe: async_nats::Subject,
+    /// Confirms `client`'s subscriptions on every NATS server ([`Confirmer`]).
+    confirm: Confirmer,
+    /// Confirms `queue_client`'s.
+    queue_confirm: Confirmer,
     broker: Broker,
     prefix: String,
     /// Duplicate check and routing, in order per topic across the filters' tasks.
@@ -92,10 +94,12 @@ struct Interest {
 }
 
 impl Interests {
-    /// No interest yet.
+    /// No interest yet; `confirmers` confirm the subscriptions of `connections`' client
+    /// and queue client.
     pub(crate) fn new(
         connections: super::Connections,
         large: LargeStore,
+        confirmers: (Confirmer, Confirmer),
         broker: Broker,
         prefix: String,
         metrics: Arc<ClusterMetrics>,
@@ -106,8 +110,8 @@ impl Interests {
             shared: Arc::new(Shared {
                 client: connections.client,
                 queue_client: connections.queue_client,
-                probe: connections.probe,
-                queue_probe: connections.queue_probe,
+                confirm: confirmers.0,
+                queue_confirm: confirmers.1,
                 broker,
                 prefix,
                 first_copies: FirstCopies::default(),
@@ -208,9 +212,9 @@ async fn run(
     queue: Option<Queue>,
     ready: watch::Sender<bool>,
 ) {
-    let (client, probe) = match queue {
-        Some(_) => (&shared.queue_client, &shared.queue_probe),
-        None => (&shared.client, &shared.probe),
+    let (client, confirm) = match queue {
+        Some(_) => (&shared.queue_client, &shared.queue_confirm),
+        None => (&shared.client, &shared.confirm),
     };
     let mut streams = Vec::with_capacity(subjects.len());
     for subject in &subjects {
@@ -235,12 +239,9 @@ async fn run(
             }
         }
     }
-    // The subscriptions are queued on the connection; once the server answers a request
-    // sent after them, it has processed them (it reads one connection in order).
-    while let Err(e) = super::round_trip(client, probe).await {
-        tracing::debug!(error = %e, "cluster: interest not confirmed; retrying");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // The subscriptions are queued on the connection; once requests sent after them have
+    // come back, the NATS servers have them ([`super::confirm`]).
+    confirm.confirm().await;
     ready.send_replace(true);
     let mut incoming = futures_util::stream::select_all(streams);
     let mut scratch = RouteScratch::default();

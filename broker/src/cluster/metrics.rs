@@ -43,6 +43,9 @@ pub struct ClusterMetrics {
     /// Distinct filters this node holds interest in (NATS subscriptions are one per
     /// filter, two for `…/#`).
     pub interest_filters: AtomicU64,
+    /// Filters whose SUBACK (or a handed-over session's CONNACK) went out although a live
+    /// node had not confirmed, within its time, that its NATS server had their interest.
+    pub interest_unconfirmed: AtomicU64,
     /// Client ids this node took ownership of (new ones and ones taken from other nodes).
     pub ownership_changes: AtomicU64,
     /// This node's clients taken over by a CONNECT on another node (closed with 0x8E).
@@ -137,11 +140,6 @@ impl ClusterMetrics {
                 get(&self.retained_applied),
             ),
             (
-                "interest_filters",
-                "Distinct filters this node holds NATS interest in.",
-                get(&self.interest_filters),
-            ),
-            (
                 "nats_rtt_us",
                 "Last measured NATS round trip, microseconds.",
                 get(&self.nats_rtt_us),
@@ -158,6 +156,7 @@ impl ClusterMetrics {
             ),
         ];
         counters.extend(self.large_counters());
+        counters.extend(self.interest_counters());
         counters.extend(self.session_counters());
         counters
     }
@@ -186,6 +185,23 @@ impl ClusterMetrics {
                 "large_fetch_errors",
                 "References to large messages that could not be fetched (skipped).",
                 get(&self.large_fetch_errors),
+            ),
+        ]
+    }
+
+    /// The counters of interest routing (part of [`ClusterMetrics::snapshot`]).
+    fn interest_counters(&self) -> [(&'static str, &'static str, u64); 2] {
+        let get = ClusterMetrics::get;
+        [
+            (
+                "interest_filters",
+                "Distinct filters this node holds NATS interest in.",
+                get(&self.interest_filters),
+            ),
+            (
+                "interest_unconfirmed",
+                "Filters acknowledged although a live node did not confirm their interest in time.",
+                get(&self.interest_unconfirmed),
             ),
         ]
     }

@@ -8,8 +8,9 @@
 //!   one larger than a NATS message travels through the JetStream object store, its
 //!   reference on the topic's subject ([`large`]);
 //! - NATS forwards it only to nodes whose subscribers hold a matching filter: each node
-//!   subscribes once per distinct filter, before the SUBACK ([`interest`]), and routes what
-//!   arrives through its own trie, once per client ([`dedup`]);
+//!   subscribes once per distinct filter, before the SUBACK ([`interest`]; on a NATS
+//!   cluster the other nodes confirm that their servers have it: [`confirm`]), and routes
+//!   what arrives through its own trie, once per client ([`dedup`]);
 //! - retained messages live in a JetStream key-value bucket mirrored into every node's
 //!   retained store ([`retained`]);
 //! - every node writes a heartbeat that the others watch: the member list ([`nodes`]);
@@ -27,6 +28,7 @@
 //!
 //! This module owns the connection to NATS and the parts' lifetimes.
 
+mod confirm;
 mod dedup;
 mod envelope;
 mod error;
@@ -198,6 +200,7 @@ impl ClusterLink for Cluster {
             "retained_writes": get(&m.retained_writes),
             "retained_applied": get(&m.retained_applied),
             "interest_filters": get(&m.interest_filters),
+            "interest_unconfirmed": get(&m.interest_unconfirmed),
             "nats_rtt_us": get(&m.nats_rtt_us),
             "disconnects": get(&m.disconnects),
             "partition_disconnects": get(&m.partition_disconnects),
@@ -245,6 +248,9 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
     )
     .await?;
     owners.drop_superseded_sessions().await;
+    let nodes = Arc::new(nodes::Nodes::new(Duration::from_millis(
+        config.node_lease_ms,
+    )));
     let cluster = Arc::new(Cluster {
         node_name: config.node_name.clone(),
         origin,
@@ -257,18 +263,9 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
             metrics.clone(),
             large.clone(),
         ),
-        interests: Interests::new(
-            connections,
-            large,
-            broker.clone(),
-            config.subject_prefix.clone(),
-            metrics.clone(),
-            Duration::from_millis(config.interest_timeout_ms),
-        ),
+        interests: interests(config, connections, large, broker, (&nodes, &metrics)),
         metrics: metrics.clone(),
-        nodes: Arc::new(nodes::Nodes::new(Duration::from_millis(
-            config.node_lease_ms,
-        ))),
+        nodes,
         owners: Arc::new(owners),
         sessions: sessions.clone(),
     });
@@ -301,6 +298,59 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
     Ok(cluster)
 }
 
+/// The interest routing, with the confirmation rounds of both connections.
+fn interests(
+    config: &ClusterConfig,
+    connections: Connections,
+    large: large::LargeStore,
+    broker: &Broker,
+    (nodes, metrics): (&Arc<nodes::Nodes>, &Arc<ClusterMetrics>),
+) -> Interests {
+    let confirmers = (
+        confirmer(
+            config,
+            (&connections.client, &connections.probe),
+            nodes,
+            metrics,
+        ),
+        confirmer(
+            config,
+            (&connections.queue_client, &connections.queue_probe),
+            nodes,
+            metrics,
+        ),
+    );
+    Interests::new(
+        connections,
+        large,
+        confirmers,
+        broker.clone(),
+        config.subject_prefix.clone(),
+        metrics.clone(),
+        Duration::from_millis(config.interest_timeout_ms),
+    )
+}
+
+/// Starts the confirmation rounds of one connection (with its round trips' probe subject).
+fn confirmer(
+    config: &ClusterConfig,
+    (client, probe): (&async_nats::Client, &async_nats::Subject),
+    nodes: &Arc<nodes::Nodes>,
+    metrics: &Arc<ClusterMetrics>,
+) -> confirm::Confirmer {
+    confirm::Confirmer::spawn(confirm::Round {
+        client: client.clone(),
+        probe: probe.clone(),
+        prefix: config.subject_prefix.clone(),
+        node_name: config.node_name.clone(),
+        nodes: nodes.clone(),
+        metrics: metrics.clone(),
+        // Half the SUBACK's bound: a node that does not answer is counted before the
+        // SUBACK would go anyway.
+        answer_timeout: Duration::from_millis(config.interest_timeout_ms / 2),
+    })
+}
+
 /// The node's two NATS connections and what identifies it on them.
 #[derive(Debug, Clone)]
 pub(crate) struct Connections {
@@ -331,6 +381,7 @@ impl Connections {
         answer_probes(queue_client.clone(), probe.clone()).await?;
         let queue_probe = probe_subject(&config.subject_prefix, origin, "q");
         answer_probes(client.clone(), queue_probe.clone()).await?;
+        confirm::answer(client.clone(), &config.subject_prefix, &config.node_name).await?;
         Ok(Connections {
             client,
             queue_client,

@@ -60,6 +60,16 @@ impl Nodes {
             .collect()
     }
 
+    /// The members other than `me` heard from within the lease.
+    pub(crate) fn alive_except(&self, me: &str) -> Vec<String> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        seen.iter()
+            .filter(|(name, s)| *name != me && now.saturating_duration_since(s.at) < self.lease)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Every member seen, with `alive` and how long ago it was last heard from.
     pub(crate) fn list(&self) -> serde_json::Value {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());

@@ -40,7 +40,8 @@ pub struct ClusterConfig {
     pub connect_timeout_ms: u64,
     /// Longest a SUBACK waits for NATS to confirm the node's interest in a new filter;
     /// after it the SUBACK goes anyway (the subscription works on this node at once and
-    /// across nodes once NATS has it).
+    /// across nodes once NATS has it). On a NATS cluster, another live node that has not
+    /// confirmed it through its server within half of this is counted and passed over.
     pub interest_timeout_ms: u64,
     /// A node cut off from NATS for longer than this moves its clients off (DISCONNECT
     /// 0x9C, new CONNECTs refused) until NATS is back, rather than split the brain; 0 keeps

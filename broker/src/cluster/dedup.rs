@@ -61,7 +61,19 @@ impl Dedup {
     }
 }
 
+impl Dedup {
+    /// Whether (`origin`, `sequence`) was seen already (nothing is marked).
+    pub(crate) fn seen(&self, origin: u64, sequence: u64) -> bool {
+        let origins = self.origins.lock().unwrap_or_else(|p| p.into_inner());
+        origins.get(&origin).is_some_and(|w| w.has_seen(sequence))
+    }
+}
+
 impl Window {
+    fn has_seen(&self, seq: u64) -> bool {
+        seq <= self.top && (self.top - seq >= WINDOW || self.is_set(seq))
+    }
+
     fn new() -> Window {
         Window {
             top: 0,
@@ -130,6 +142,16 @@ mod tests {
         assert!(!first_sight(&d, 1, 2));
         assert!(first_sight(&d, 2, 2));
         assert_eq!(d.retain_first(&mut Vec::<(u64, u64)>::new(), |k| *k), 0);
+    }
+
+    #[test]
+    fn seen_marks_nothing() {
+        let d = Dedup::default();
+        assert!(!d.seen(1, 5));
+        assert!(first_sight(&d, 1, 5));
+        assert!(d.seen(1, 5));
+        assert!(!d.seen(1, 4) && !d.seen(1, 6) && !d.seen(2, 5));
+        assert!(first_sight(&d, 1, 4), "seen() did not mark 4");
     }
 
     #[test]

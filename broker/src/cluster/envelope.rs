@@ -307,6 +307,20 @@ pub(crate) fn is_reference(payload: &[u8]) -> bool {
     payload.len() >= 2 && payload[0] == MAGIC && payload[1] == REFERENCE_VERSION
 }
 
+/// The origin node and sequence of the message a reference stands for (read without
+/// fetching it, to skip a copy already routed); `None` for anything else.
+pub(crate) fn reference_identity(payload: &[u8]) -> Option<(u64, u64)> {
+    if !is_reference(payload) || payload.len() < HEADER_BYTES {
+        return None;
+    }
+    let u64_at = |at: usize| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&payload[at..at + 8]);
+        u64::from_be_bytes(bytes)
+    };
+    Some((u64_at(3), u64_at(11)))
+}
+
 /// The reference standing for `envelope` (a whole envelope of version `1` or `3`) kept in
 /// the object store under `name`: its header with version `4`, then `name`.
 ///
@@ -553,6 +567,9 @@ mod tests {
         assert!(!is_reference(&wire));
         assert_eq!(reference.len(), HEADER_BYTES + "000000000000002a.9".len());
         assert_eq!(reference_name(&reference), Ok("000000000000002a.9"));
+        assert_eq!(reference_identity(&reference), Some((42, 9)));
+        assert_eq!(reference_identity(&wire), None);
+        assert_eq!(reference_identity(&reference[..HEADER_BYTES - 1]), None);
         assert!(stands_for(&reference, &wire));
         // Another message (another sequence), or the same one garbled, is not it.
         let other = encode(&message(QoS::ExactlyOnce, false), 42, 10, now);

@@ -250,6 +250,15 @@ async fn run(
         // A large message's reference is resolved first: fetched here, before the per-topic
         // lock is taken, so that no lock is held across the wait; the next NATS message of
         // this stream waits for it (order kept).
+        // A copy of a message routed already (it matched another filter of this node too)
+        // is dropped before its fetch, not after.
+        if queue.is_none()
+            && envelope::reference_identity(&message.payload)
+                .is_some_and(|id| shared.first_copies.seen(id))
+        {
+            ClusterMetrics::inc(&shared.metrics.duplicates_dropped);
+            continue;
+        }
         let Some(payload) = shared.large.resolve(message.payload).await else {
             continue;
         };

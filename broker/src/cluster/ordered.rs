@@ -47,6 +47,12 @@ impl Default for FirstCopies {
 }
 
 impl FirstCopies {
+    /// Whether the message (`origin`, `sequence`) was routed already (a later copy, to be
+    /// dropped): lets a large message's copy skip its fetch. Nothing is marked.
+    pub(crate) fn seen(&self, (origin, sequence): (u64, u64)) -> bool {
+        self.dedup.seen(origin, sequence)
+    }
+
     /// Keeps in `items` (one NATS message's envelopes: one origin, one subject) only first
     /// copies (`identity` gives an item's origin and sequence) and hands them to `route`, all
     /// under the stripe lock of (`origin`, `subject`); returns how many were dropped. `route`

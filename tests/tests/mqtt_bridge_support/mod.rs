@@ -192,9 +192,11 @@ pub async fn client(addr: SocketAddr, version: ProtocolVersion, client_id: &str)
     client
 }
 
-/// Waits until `check` holds (polling), or fails with `what`.
+/// Waits until `check` holds (polling, at most 10 s: a bridge's first connect waits for
+/// Mosquitto and the broker to start, which the parallel tests of a loaded CI machine slow
+/// down), or fails with `what`.
 pub async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
+    for _ in 0..400 {
         if check() {
             return;
         }

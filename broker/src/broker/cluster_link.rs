@@ -42,7 +42,8 @@ pub trait ClusterLink: Send + Sync + fmt::Debug {
 
     /// Gives `message`, published here, its cluster identity (this node, its sequence
     /// number) before it is routed, so that a session queueing it can hand it over with it;
-    /// [`ClusterLink::forward`] then sends it under that identity.
+    /// [`ClusterLink::forward`] then sends it under that identity. A QoS 0 message that is
+    /// not retained gets none (it is never queued for a session): `forward` numbers it.
     fn identify(&self, message: &Message);
 
     /// Whether `message` cannot reach the other nodes at all (a retained message larger

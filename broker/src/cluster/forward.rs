@@ -146,9 +146,12 @@ impl Drop for Forwarder {
 /// Whether `message` travels under a number taken when it is queued rather than its
 /// identity: a QoS 0 message is never queued for a session nor handed over, so it needs no
 /// identity kept in it (an allocation per message), only a number for the receivers'
-/// duplicate check. (`$SYS` messages take one too, unused: they stay here.)
+/// duplicate check. A retained one gets an identity before routing all the same: its
+/// RETAIN change, encoded after it is queued, carries the same number.
 fn needs_number(message: &Message) -> bool {
-    message.qos() == tern_codec::QoS::AtMostOnce && message.identity().is_none()
+    message.qos() == tern_codec::QoS::AtMostOnce
+        && !message.publish().retain
+        && message.identity().is_none()
 }
 
 /// How often a held-back publisher looks at the queue again.
@@ -226,33 +229,44 @@ impl Forwarder {
     /// changes for the bucket. `$SYS` topics stay on their node: each node publishes its
     /// own. Returns the position of the last one queued (0: none, nothing to wait for).
     pub(crate) fn forward(&self, messages: &[Arc<Message>], now: Instant) -> u64 {
-        // The numbers of the QoS 0 messages (which have no identity) are taken at once.
-        let fresh = messages.iter().filter(|m| needs_number(m)).count() as u64;
+        let travels = |m: &&Arc<Message>| !crate::config::is_sys_topic(m.topic());
+        // The numbers of the messages without an identity (QoS 0) are taken at once; under
+        // the queue's lock each message costs a counter or a load and a reference count.
+        let fresh = messages
+            .iter()
+            .filter(travels)
+            .filter(|m| needs_number(m))
+            .count() as u64;
         let mut next = match fresh {
             0 => 0,
             n => self.sequence.fetch_add(n, Ordering::Relaxed) + 1,
         };
-        let queued = messages.iter().filter_map(|message| {
-            let topic = message.topic();
-            let sequence = if needs_number(message) {
-                next += 1;
-                next - 1
-            } else {
-                self.identify(message)
-            };
-            if crate::config::is_sys_topic(topic) {
-                return None;
-            }
+        let pushed = self
+            .live
+            .push(messages.iter().filter(travels).map(|message| {
+                let sequence = if needs_number(message) {
+                    next += 1;
+                    next - 1
+                } else {
+                    self.identify(message)
+                };
+                Queued {
+                    message: message.clone(),
+                    sequence,
+                }
+            }));
+        // RETAIN changes are encoded outside the queue's lock (a retained message has its
+        // identity from before routing).
+        for message in messages.iter().filter(travels) {
             if message.publish().retain {
-                let wire = envelope::encode(message, self.origin, sequence, now);
-                self.retain(topic, &wire, message.publish().payload().is_empty());
+                let wire = envelope::encode(message, self.origin, self.identify(message), now);
+                self.retain(
+                    message.topic(),
+                    &wire,
+                    message.publish().payload().is_empty(),
+                );
             }
-            Some(Queued {
-                message: message.clone(),
-                sequence,
-            })
-        });
-        let pushed = self.live.push(queued);
+        }
         if pushed.dropped > 0 {
             ClusterMetrics::inc_by(&self.metrics.forward_dropped, pushed.dropped as u64);
             tracing::debug!(
@@ -268,9 +282,11 @@ impl Forwarder {
 
     /// `message`'s sequence number among this node's messages: the one it was given
     /// before it was routed here (its cluster identity), or a new one now, kept as its
-    /// identity. `$SYS` messages get none (they stay here).
+    /// identity. `$SYS` messages get none (they stay here), nor do the messages numbered
+    /// only when queued ([`needs_number`]: not retained QoS 0, never queued for a session
+    /// nor handed over).
     pub(crate) fn identify(&self, message: &Message) -> u64 {
-        if crate::config::is_sys_topic(message.topic()) {
+        if crate::config::is_sys_topic(message.topic()) || needs_number(message) {
             return 0;
         }
         let (_, sequence) = message.identity_or_init(|| (self.origin, self.next_sequence()));
@@ -306,8 +322,7 @@ impl Forwarder {
         if crate::config::is_sys_topic(topic) {
             return;
         }
-        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
-        let wire = envelope::encode(message, self.origin, sequence, now);
+        let wire = envelope::encode(message, self.origin, self.next_sequence(), now);
         self.retain(topic, &wire, message.publish().payload().is_empty());
     }
 

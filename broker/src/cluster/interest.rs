@@ -245,7 +245,7 @@ async fn run(
     ready.send_replace(true);
     let mut incoming = futures_util::stream::select_all(streams);
     let mut scratch = RouteScratch::default();
-    let mut entries = Vec::new();
+    let mut buffers = Buffers::default();
     while let Some(message) = incoming.next().await {
         // A large message's reference is resolved first: fetched here, before the per-topic
         // lock is taken, so that no lock is held across the wait; the next NATS message of
@@ -271,13 +271,22 @@ async fn run(
                     shared.handle_group(&q.key, entry, clock, &mut scratch);
                 }
             }
-            None => shared.handle(&message.subject, payload, clock, &mut entries, &mut scratch),
+            None => shared.handle(&message.subject, payload, clock, &mut buffers, &mut scratch),
         }
     }
 }
 
 /// When a NATS message was received: monotonic and Unix milliseconds.
 type Clock = (Instant, u64);
+
+/// A filter task's buffers, kept across its NATS messages (no allocation per batch).
+#[derive(Default)]
+struct Buffers {
+    /// One NATS message's envelopes with their headers.
+    entries: Vec<(envelope::Header, Bytes)>,
+    /// The QoS 0 messages of a run being gathered.
+    run: Vec<Arc<Message>>,
+}
 
 impl Shared {
     /// The envelopes in `payload` (a cut batch ends there, counted).
@@ -312,16 +321,17 @@ impl Shared {
 
     /// Routes the envelopes of one received NATS message (of `subject`) locally, in order,
     /// except copies of messages routed already: the duplicate check and the routing of the
-    /// first copies under one lock per (origin, subject) ([`FirstCopies`]). `entries` is
+    /// first copies under one lock per (origin, subject) ([`FirstCopies`]). `buffers` is
     /// scratch space, left empty.
     fn handle(
         &self,
         subject: &async_nats::Subject,
         payload: Bytes,
         clock: Clock,
-        entries: &mut Vec<(envelope::Header, Bytes)>,
+        buffers: &mut Buffers,
         scratch: &mut RouteScratch,
     ) {
+        let Buffers { entries, run } = buffers;
         for entry in self.envelopes(payload) {
             match envelope::header(&entry) {
                 Ok(header) => entries.push((header, entry)),
@@ -338,22 +348,23 @@ impl Shared {
             (origin, subject.as_bytes()),
             entries,
             |(h, _)| (h.origin, h.sequence),
-            |first| self.route_entries(first, clock, scratch),
+            |first| self.route_entries(first, run, clock, scratch),
         );
         entries.clear();
         ClusterMetrics::inc_by(&self.metrics.duplicates_dropped, dropped as u64);
     }
 
-    /// Decodes and routes `entries` (first copies, in order; left empty).
+    /// Decodes and routes `entries` (first copies, in order; left empty), gathering QoS 0
+    /// runs in `run` (left empty).
     fn route_entries(
         &self,
         entries: &mut Vec<(envelope::Header, Bytes)>,
+        run: &mut Vec<Arc<Message>>,
         (now, unix_now_ms): Clock,
         scratch: &mut RouteScratch,
     ) {
         // A batch is one publisher's burst on one topic: its QoS 0 messages are routed as
         // runs, as on the node they were published on (`router/batch.rs`).
-        let mut run: Vec<Arc<Message>> = Vec::new();
         for (_, entry) in entries.drain(..) {
             match envelope::decode(entry, now, unix_now_ms) {
                 Ok(message) => {
@@ -362,7 +373,7 @@ impl Shared {
                         .first()
                         .is_some_and(|first| !is_run_member(&message, first))
                     {
-                        self.route_run(&mut run, scratch, now);
+                        self.route_run(run, scratch, now);
                     }
                     if can_run(&message) {
                         run.push(message);
@@ -376,7 +387,7 @@ impl Shared {
                 }
             }
         }
-        self.route_run(&mut run, scratch, now);
+        self.route_run(run, scratch, now);
     }
 
     /// Routes the QoS 0 messages gathered in `run` (left empty).

@@ -24,8 +24,8 @@ use super::persist::{
     recovered_will, restored_outbound, subscription_records, Bodies, RestoreReport,
 };
 use super::Broker;
+use crate::journal::record::Record;
 use crate::journal::record::StoredMessage;
-use crate::journal::record::{OutParts, Record};
 use crate::journal::state::{SessionState, State};
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -457,28 +457,11 @@ pub(super) fn journal_outbound(
 ) {
     let now = Instant::now();
     for r in outbound {
-        let (body, inline) = journal.body_for(&r.message, now);
         let packet_id = match r.stage {
             RestoredStage::Queued => 0,
             RestoredStage::Sent(p) | RestoredStage::Released(p) => p.get(),
         };
-        let position = journal.append_with(|dst| {
-            OutParts {
-                session,
-                seq: r.seq,
-                qos: r.qos as u8,
-                retain: r.retain,
-                packet_id,
-                subscription_ids: &r.subscription_ids,
-                group: r.group.as_deref(),
-                body,
-                inline: inline.as_ref(),
-            }
-            .encode(dst);
-        });
-        if inline.is_some() {
-            journal.body_stored(&r.message, position);
-        }
+        r.log_out(journal, session, packet_id, now);
         if matches!(r.stage, RestoredStage::Released(_)) {
             journal.append(&Record::Released {
                 session,

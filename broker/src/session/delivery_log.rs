@@ -64,6 +64,28 @@ pub struct Restored {
     pub stage: RestoredStage,
 }
 
+impl Restored {
+    /// Logs this message handed to persistent session `session` with `packet_id` (0:
+    /// queued): its Out record, with its body unless the journal holds it since the last
+    /// checkpoint.
+    pub fn log_out(&self, journal: &Journal, session: u64, packet_id: u16, now: Instant) -> u64 {
+        let of = logged::OutOf {
+            qos: self.qos,
+            retain: self.retain,
+            subscription_ids: &self.subscription_ids,
+            group: self.group.as_deref(),
+        };
+        logged::out_of(
+            journal,
+            session,
+            (self.seq, &self.message),
+            of,
+            packet_id,
+            now,
+        )
+    }
+}
+
 /// The body id of `message`, pushing its body record first if this checkpoint has not yet.
 fn body_record(
     journal: &Journal,

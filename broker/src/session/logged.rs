@@ -11,6 +11,7 @@ use super::delivery::Queued;
 use super::inflight::Inflight;
 use crate::journal::record::{OutParts, OutRecord, Record, StoredMessage};
 use crate::journal::Journal;
+use crate::message::Message;
 
 /// A persistent session's place in the journal.
 #[derive(Debug)]
@@ -58,23 +59,43 @@ pub(super) fn out(
     packet_id: u16,
     now: Instant,
 ) -> u64 {
-    let (body, inline) = journal.body_for(&q.message, now);
+    out_of(
+        journal,
+        session,
+        (q.seq, &q.message),
+        q.into(),
+        packet_id,
+        now,
+    )
+}
+
+/// Logs message `seq` handed to `session`, described by `of`: what [`out`] does for any
+/// entry (a queued one, or one a session taken over from another node brings).
+pub(super) fn out_of(
+    journal: &Journal,
+    session: u64,
+    (seq, message): (u64, &Message),
+    of: OutOf<'_>,
+    packet_id: u16,
+    now: Instant,
+) -> u64 {
+    let (body, inline) = journal.body_for(message, now);
     let position = journal.append_with(|dst| {
         OutParts {
             session,
-            seq: q.seq,
-            qos: q.qos as u8,
-            retain: q.retain,
+            seq,
+            qos: of.qos as u8,
+            retain: of.retain,
             packet_id,
-            subscription_ids: &q.subscription_ids,
-            group: q.group.as_deref(),
+            subscription_ids: of.subscription_ids,
+            group: of.group,
             body,
             inline: inline.as_ref(),
         }
         .encode(dst);
     });
     if inline.is_some() {
-        journal.body_stored(&q.message, position);
+        journal.body_stored(message, position);
     }
     position
 }

@@ -1,7 +1,9 @@
-//! Sending this node's messages to NATS. A publisher's task numbers the message (before
-//! routing it here: [`Forwarder::identify`], so that a session queueing it can hand it over
-//! with its identity) and hands it to a bounded queue without waiting; one task drains the queue, wraps the messages
-//! ([`super::envelope`]) and hands them to the NATS client, which batches the writes.
+//! Sending this node's messages to NATS. A publisher's task numbers the message (a QoS 1/2
+//! or retained one before routing it here, [`Forwarder::identify`], so that a session
+//! queueing it can hand it over with its identity; a QoS 0 one when it is queued) and hands
+//! it to a bounded queue without waiting ([`Outbox`]); one task drains the queue, wraps the
+//! messages ([`super::envelope`]) and hands them to the NATS client, which batches the
+//! writes.
 //! RETAIN changes go to a second queue and task that writes the cluster's retained bucket
 //! ([`super::retained`]) in order.
 //!

@@ -7,7 +7,9 @@
 //! and puts the session back from the sessions bucket ([`super::sessions`]): its
 //! subscriptions, expiry and will, which waits for its delay and then goes out unless the
 //! client comes back first (here, or on another node, which asks this one to hand it over).
-//! Messages that were queued on the dead node are lost with it.
+//! Messages that were queued on the dead node are lost with it. A node restarted with
+//! `[persistence]` races for the same key for its previous incarnation before its first
+//! heartbeat ([`super::rejoin`]): when it wins, no survivor claims what it kept.
 //!
 //! This module owns the watch for dead nodes and the claim; the buckets are
 //! [`super::owners`]' and [`super::sessions`]'.
@@ -27,6 +29,13 @@ use crate::broker::Broker;
 
 /// How often the member list is checked for dead nodes.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The key whose creation claims the sessions of `node`'s incarnation whose last heartbeat
+/// had `revision` (in the owners bucket). A restarted node creates it too
+/// ([`super::rejoin`]).
+pub(crate) fn reap_key(node: &str, revision: u64) -> String {
+    format!("reap.{node}.{revision}")
+}
 
 /// What the watch needs.
 #[derive(Debug)]
@@ -57,7 +66,7 @@ pub(crate) async fn watch(failover: Failover) {
             if node == failover.node_name || !handled.insert((node.clone(), revision)) {
                 continue;
             }
-            let key = format!("reap.{node}.{revision}");
+            let key = reap_key(&node, revision);
             let me = bytes::Bytes::from(failover.node_name.clone());
             if failover.owners.create(&key, me).await.is_err() {
                 // Another survivor won (or NATS is away: then nobody can claim anything).

@@ -245,12 +245,6 @@ impl Broker {
         kept.unwrap_or_else(|p| p.into_inner()).extend(expired);
     }
 
-    /// Whether [`Broker::defer_recovered_wills`] keeps any session.
-    pub fn has_recovered_wills(&self) -> bool {
-        let kept = self.inner.recovered_expired.lock();
-        !kept.unwrap_or_else(|p| p.into_inner()).is_empty()
-    }
-
     /// The sessions kept by [`Broker::defer_recovered_wills`], taken out.
     pub fn take_recovered_wills(&self) -> Vec<Expired> {
         let kept = self.inner.recovered_expired.lock();

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use base64::Engine as _;
 use futures_util::StreamExt as _;
 
 use super::metrics::ClusterMetrics;
@@ -115,36 +114,49 @@ impl Failover {
         if self.owners.update(key, me, entry.revision).await.is_err() {
             return false; // the client connected elsewhere meanwhile
         }
-        let Some(client_id) = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(key)
-            .ok()
-            .and_then(|id| String::from_utf8(id).ok())
-        else {
+        let Some(client_id) = super::owners::client_id_of(key) else {
             return false;
         };
-        let will = self.sessions.stored_will(&client_id).await;
-        let state = self.sessions.stored_form(&client_id).await;
-        // The will's form first: the state's expiry (written later) wins.
-        let forms: Vec<&[u8]> = [will.as_deref(), state.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect();
-        if forms.is_empty() {
-            return false;
-        }
-        if let Err(e) = self.broker.adopt_session(&forms, 0) {
-            tracing::warn!(client_id, error = %e, "cluster: dead node's session dropped");
+        let here = (&self.broker, &*self.sessions, &self.owners);
+        if !put_back(here, &self.node_name, key, &client_id).await {
             return false;
         }
         ClusterMetrics::inc(&self.metrics.dead_sessions_claimed);
-        // The client may have claimed it on another node between the swap and here: that
-        // node found nothing to hand over and used the stored state; let this copy go
-        // without its will.
-        let still_mine = matches!(self.owners.entry(key).await,
-            Ok(Some(e)) if e.value == self.node_name.as_bytes());
-        if !still_mine {
-            drop(self.broker.hand_over(&client_id, usize::MAX));
-        }
         true
     }
+}
+
+/// Puts `client_id`'s session back here from the sessions bucket (its will's form and its
+/// state's), once this node owns its owners entry (`key`); false when nothing is stored
+/// for it, or it could not be put back. Also for a restarted node's own sessions that its
+/// journal did not have ([`super::rejoin`]).
+pub(crate) async fn put_back(
+    (broker, sessions, owners): (&Broker, &SessionBucket, &kv::Store),
+    node_name: &str,
+    key: &str,
+    client_id: &str,
+) -> bool {
+    let will = sessions.stored_will(client_id).await;
+    let state = sessions.stored_form(client_id).await;
+    // The will's form first: the state's expiry (written later) wins.
+    let forms: Vec<&[u8]> = [will.as_deref(), state.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    if forms.is_empty() {
+        return false;
+    }
+    if let Err(e) = broker.adopt_session(&forms, 0) {
+        tracing::warn!(client_id, error = %e, "cluster: stored session dropped");
+        return false;
+    }
+    // The client may have claimed it on another node between the swap and here: that
+    // node found nothing to hand over and used the stored state; let this copy go
+    // without its will.
+    let still_mine = matches!(owners.entry(key).await,
+        Ok(Some(e)) if e.value == node_name.as_bytes());
+    if !still_mine {
+        drop(broker.hand_over(client_id, usize::MAX));
+    }
+    true
 }

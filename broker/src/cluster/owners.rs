@@ -98,6 +98,14 @@ pub(crate) fn key_of(client_id: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(client_id.as_bytes())
 }
 
+/// The client id whose key in the bucket is `key` (`None`: not a client id's key).
+pub(crate) fn client_id_of(key: &str) -> Option<String> {
+    let id = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(key)
+        .ok()?;
+    String::from_utf8(id).ok()
+}
+
 /// The subject on which `node` hears that it lost a client.
 fn takeover_subject(prefix: &str, node: &str) -> String {
     format!("{prefix}.takeover.{node}")

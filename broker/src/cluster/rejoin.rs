@@ -8,13 +8,16 @@
 //! restart. So, before it decides anything, the node enters that race itself
 //! ([`Rejoin::reap_own`]): it reads its last heartbeat's revision in the nodes bucket and
 //! creates the same key.
-//! - It wins ([`Previous::Here`]): no survivor can claim that incarnation any more (they
+//! - It wins ([`Previous::Won`]): no survivor can claim that incarnation any more (they
 //!   race for the same key), so the node keeps its recovered sessions, but those whose ids
 //!   another node owns now (their clients moved, or a survivor claimed them at an earlier
-//!   death). So it does when it has no heartbeat in the bucket (first start, deleted or
-//!   expired entry: nobody can reap it), when it recovered nothing (then survivors may claim
-//!   as for any dead node: nothing of theirs can be doubled here), and when the bucket cannot
-//!   be read or written for [`REAP_TIMEOUT`] (logged; as before this race was closed).
+//!   death); once joined it puts back, as a survivor would, the sessions of the ids it
+//!   still owns that its journal did not have (Session Expiry 0, no `[persistence]`), from
+//!   the sessions bucket, so that their wills go out.
+//! - It has no heartbeat in the bucket (first start; entry deleted, or expired after six
+//!   leases): nobody can reap it ([`Previous::Here`]); it keeps what it recovered but the
+//!   sessions whose ids another node owns, as when the bucket cannot be read or written for
+//!   [`REAP_TIMEOUT`] (logged; then a survivor may still claim what it keeps).
 //! - A survivor won ([`Previous::Claimed`]): every recovered session of the old incarnation
 //!   is the survivor's. The node waits until no owners entry names it any more (the
 //!   survivor's claim takes each by compare-and-swap; at most `node_lease_ms`, then it goes
@@ -53,8 +56,13 @@ const RETRY_EVERY: Duration = Duration::from_millis(100);
 /// Who has the sessions of the node's previous incarnation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Previous {
-    /// This node: no survivor claimed them, and none can any more.
+    /// This node, and no survivor can claim them: it had no heartbeat in the bucket, or
+    /// the bucket did not answer (then one still may).
     Here,
+    /// This node: it won the reap of its previous incarnation, so no survivor can claim
+    /// it; the sessions its journal did not have are put back here from the sessions
+    /// bucket, as a survivor would.
+    Won,
     /// The survivor named won the reap of the previous incarnation.
     Claimed {
         /// The winner's node name.
@@ -121,9 +129,6 @@ impl Rejoin {
     /// incarnation's sessions; when a survivor does, returns once its claim has gone
     /// through (at most `claim_wait`).
     pub(crate) async fn reap_own(&self) -> Previous {
-        if self.broker.sessions().is_empty() && !self.broker.has_recovered_wills() {
-            return Previous::Here; // nothing recovered: nothing a survivor could double
-        }
         let deadline = Instant::now() + REAP_TIMEOUT;
         let previous = loop {
             match self.try_reap_own().await {
@@ -159,14 +164,14 @@ impl Rejoin {
         match self.owners.create(&key, me.clone()).await {
             Ok(_) => {
                 tracing::info!(key, "cluster: own reap key taken; recovered sessions kept");
-                Ok(Previous::Here)
+                Ok(Previous::Won)
             }
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
                 let winner = self.owners.entry(&key).await.map_err(ReapError::Winner)?;
                 let by = winner.map(|w| w.value).unwrap_or_default();
                 // This node's own name: an earlier try succeeded but its answer was lost.
                 if by == me {
-                    return Ok(Previous::Here);
+                    return Ok(Previous::Won);
                 }
                 let by = String::from_utf8_lossy(&by).into_owned();
                 Ok(Previous::Claimed { by })
@@ -275,14 +280,50 @@ impl Rejoin {
         }
     }
 
+    /// Once the node has rejoined, after winning its own reap ([`Previous::Won`]): puts back
+    /// from the sessions bucket, as a survivor would have, the sessions of client ids this
+    /// node owns that it has not recovered (its journal never had them: Session Expiry 0,
+    /// no `[persistence]`, or not written yet before the crash; nor `expired`), so that
+    /// their wills go out after their delay unless their clients come back first.
+    async fn put_back_unrecovered(&self, expired: &std::collections::HashSet<&str>) {
+        let Some(keys) = self.client_keys().await else {
+            tracing::warn!("cluster: owners not listed; sessions the journal did not have left");
+            return;
+        };
+        let mut put_back = 0;
+        for key in self.naming_me(keys).await {
+            let Some(client_id) = super::owners::client_id_of(&key) else {
+                continue;
+            };
+            if expired.contains(client_id.as_str()) || self.broker.session(&client_id).is_some() {
+                continue;
+            }
+            let here = (&self.broker, &*self.sessions, &self.owners);
+            if super::failover::put_back(here, &self.node_name, &key, &client_id).await {
+                put_back += 1;
+            }
+        }
+        if put_back > 0 {
+            tracing::info!(
+                put_back,
+                "cluster: sessions the journal did not have put back from the stored state"
+            );
+        }
+    }
+
     /// Once the node has rejoined: publishes, through the cluster, the wills of the
     /// sessions its journal had that expired while it was down, unless they are another
     /// node's ([`Rejoin::superseded`]: that node claimed the session and publishes the
     /// will), and removes their stored state from the sessions bucket (they ended); then
     /// lets the offline timers of the recovered sessions run (held since the recovery).
     pub(crate) async fn finish_recovery(&self, previous: &Previous) {
+        let recovered_expired = self.broker.take_recovered_wills();
+        if *previous == Previous::Won {
+            let ids = recovered_expired.iter().map(|e| &*e.client_id).collect();
+            self.put_back_unrecovered(&ids).await;
+        }
         let mut left = 0;
-        for expired in self.broker.take_recovered_wills() {
+        for expired in recovered_expired {
             if self.superseded(&expired.client_id, previous).await {
                 left += usize::from(expired.will.is_some());
                 continue;

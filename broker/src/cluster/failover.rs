@@ -7,7 +7,9 @@
 //! and puts the session back from the sessions bucket ([`super::sessions`]): its
 //! subscriptions, expiry and will, which waits for its delay and then goes out unless the
 //! client comes back first (here, or on another node, which asks this one to hand it over).
-//! Messages that were queued on the dead node are lost with it.
+//! Messages that were queued on the dead node are lost with it. A node restarted with
+//! `[persistence]` races for the same key for its previous incarnation before its first
+//! heartbeat ([`super::rejoin`]): when it wins, no survivor claims what it kept.
 //!
 //! This module owns the watch for dead nodes and the claim; the buckets are
 //! [`super::owners`]' and [`super::sessions`]'.
@@ -17,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use base64::Engine as _;
 use futures_util::StreamExt as _;
 
 use super::metrics::ClusterMetrics;
@@ -27,6 +28,13 @@ use crate::broker::Broker;
 
 /// How often the member list is checked for dead nodes.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The key whose creation claims the sessions of `node`'s incarnation whose last heartbeat
+/// had `revision` (in the owners bucket). A restarted node creates it too
+/// ([`super::rejoin`]).
+pub(crate) fn reap_key(node: &str, revision: u64) -> String {
+    format!("reap.{node}.{revision}")
+}
 
 /// What the watch needs.
 #[derive(Debug)]
@@ -57,7 +65,7 @@ pub(crate) async fn watch(failover: Failover) {
             if node == failover.node_name || !handled.insert((node.clone(), revision)) {
                 continue;
             }
-            let key = format!("reap.{node}.{revision}");
+            let key = reap_key(&node, revision);
             let me = bytes::Bytes::from(failover.node_name.clone());
             if failover.owners.create(&key, me).await.is_err() {
                 // Another survivor won (or NATS is away: then nobody can claim anything).
@@ -106,36 +114,49 @@ impl Failover {
         if self.owners.update(key, me, entry.revision).await.is_err() {
             return false; // the client connected elsewhere meanwhile
         }
-        let Some(client_id) = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(key)
-            .ok()
-            .and_then(|id| String::from_utf8(id).ok())
-        else {
+        let Some(client_id) = super::owners::client_id_of(key) else {
             return false;
         };
-        let will = self.sessions.stored_will(&client_id).await;
-        let state = self.sessions.stored_form(&client_id).await;
-        // The will's form first: the state's expiry (written later) wins.
-        let forms: Vec<&[u8]> = [will.as_deref(), state.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect();
-        if forms.is_empty() {
-            return false;
-        }
-        if let Err(e) = self.broker.adopt_session(&forms, 0) {
-            tracing::warn!(client_id, error = %e, "cluster: dead node's session dropped");
+        let here = (&self.broker, &*self.sessions, &self.owners);
+        if !put_back(here, &self.node_name, key, &client_id).await {
             return false;
         }
         ClusterMetrics::inc(&self.metrics.dead_sessions_claimed);
-        // The client may have claimed it on another node between the swap and here: that
-        // node found nothing to hand over and used the stored state; let this copy go
-        // without its will.
-        let still_mine = matches!(self.owners.entry(key).await,
-            Ok(Some(e)) if e.value == self.node_name.as_bytes());
-        if !still_mine {
-            drop(self.broker.hand_over(&client_id, usize::MAX));
-        }
         true
     }
+}
+
+/// Puts `client_id`'s session back here from the sessions bucket (its will's form and its
+/// state's), once this node owns its owners entry (`key`); false when nothing is stored
+/// for it, or it could not be put back. Also for a restarted node's own sessions that its
+/// journal did not have ([`super::rejoin`]).
+pub(crate) async fn put_back(
+    (broker, sessions, owners): (&Broker, &SessionBucket, &kv::Store),
+    node_name: &str,
+    key: &str,
+    client_id: &str,
+) -> bool {
+    let will = sessions.stored_will(client_id).await;
+    let state = sessions.stored_form(client_id).await;
+    // The will's form first: the state's expiry (written later) wins.
+    let forms: Vec<&[u8]> = [will.as_deref(), state.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    if forms.is_empty() {
+        return false;
+    }
+    if let Err(e) = broker.adopt_session(&forms, 0) {
+        tracing::warn!(client_id, error = %e, "cluster: stored session dropped");
+        return false;
+    }
+    // The client may have claimed it on another node between the swap and here: that
+    // node found nothing to hand over and used the stored state; let this copy go
+    // without its will.
+    let still_mine = matches!(owners.entry(key).await,
+        Ok(Some(e)) if e.value == node_name.as_bytes());
+    if !still_mine {
+        drop(broker.hand_over(client_id, usize::MAX));
+    }
+    true
 }

@@ -19,7 +19,9 @@
 //!   the session over ([`owners`]);
 //! - what other nodes need if this one dies (subscriptions, expiry, wills) is kept in a
 //!   sessions bucket ([`sessions`]); one survivor claims a dead node's sessions and
-//!   publishes their wills after their delay ([`failover`]);
+//!   publishes their wills after their delay ([`failover`]); a node restarted with
+//!   `[persistence]` takes part in that race for its own previous incarnation before it
+//!   decides which recovered sessions to keep ([`rejoin`]);
 //! - a node cut off from NATS longer than `partition_lease_ms` moves its clients off
 //!   rather than split the brain ([`partition`]).
 //!
@@ -44,6 +46,7 @@ mod outbox;
 mod owners;
 mod partition;
 mod prepare;
+mod rejoin;
 mod retained;
 mod sessions;
 mod subject;
@@ -247,10 +250,12 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
         ),
     )
     .await?;
-    owners.drop_superseded_sessions().await;
-    let nodes = Arc::new(nodes::Nodes::new(Duration::from_millis(
-        config.node_lease_ms,
-    )));
+    let lease = Duration::from_millis(config.node_lease_ms);
+    let rejoin = rejoin::Rejoin::open(&kv, &owners, broker, &sessions, config).await?;
+    // Before the first heartbeat: no survivor can claim what this node keeps.
+    let previous = rejoin.reap_own().await;
+    rejoin.drop_superseded_sessions(&previous).await;
+    let nodes = Arc::new(nodes::Nodes::new(lease));
     let cluster = Arc::new(Cluster {
         node_name: config.node_name.clone(),
         origin,
@@ -271,8 +276,7 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
     });
     broker.attach_cluster(cluster.clone());
     nodes::start(
-        &kv,
-        &config.subject_prefix,
+        rejoin.nodes.clone(),
         &config.node_name,
         broker.clone(),
         metrics.clone(),
@@ -280,7 +284,7 @@ pub async fn start(broker: &Broker, config: &ClusterConfig) -> Result<Arc<Cluste
     )
     .await?;
     bucket.watch_into(broker.clone(), metrics.clone()).await?;
-    cluster.owners.finish_recovery().await; // rejoined: recovered wills go out now
+    rejoin.finish_recovery(&previous).await; // rejoined: recovered wills go out now
     tokio::spawn(failover::watch(failover::Failover {
         nodes: cluster.nodes.clone(),
         owners: cluster.owners.store(),

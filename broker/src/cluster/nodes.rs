@@ -112,25 +112,50 @@ impl Nodes {
     }
 }
 
-/// Opens the bucket, then starts the heartbeat and the watch feeding `nodes`.
+/// Opens the bucket (`lease` sets how long an entry outlives its last heartbeat).
 ///
 /// # Errors
-/// The bucket cannot be opened or watched (JetStream off).
-pub(crate) async fn start(
+/// The bucket cannot be opened (JetStream off).
+pub(crate) async fn open(
     kv: &super::retained::Kv,
     prefix: &str,
+    lease: Duration,
+) -> Result<kv::Store, ClusterError> {
+    super::retained::open_bucket(kv, &format!("{prefix}_nodes"), Some(lease * 6)).await
+}
+
+/// The revision of `node_name`'s last heartbeat in the bucket (`None`: none there, as
+/// before a node's first start, or deleted, or expired).
+///
+/// # Errors
+/// The bucket cannot be read.
+pub(crate) async fn last_beat(
+    store: &kv::Store,
+    node_name: &str,
+) -> Result<Option<u64>, kv::EntryError> {
+    Ok(store
+        .entry(node_name)
+        .await?
+        .filter(|entry| entry.operation == Operation::Put)
+        .map(|entry| entry.revision))
+}
+
+/// Starts the heartbeat into `store` (opened by [`open`]) and the watch feeding `nodes`.
+///
+/// # Errors
+/// The bucket cannot be watched.
+pub(crate) async fn start(
+    store: kv::Store,
     node_name: &str,
     broker: Broker,
     metrics: Arc<ClusterMetrics>,
     nodes: Arc<Nodes>,
 ) -> Result<(), ClusterError> {
-    let bucket = format!("{prefix}_nodes");
-    let store = super::retained::open_bucket(kv, &bucket, Some(nodes.lease * 6)).await?;
     let watch = store
         .watch_with_history(">")
         .await
         .map_err(|source| ClusterError::Watch {
-            bucket: bucket.clone(),
+            bucket: store.name.clone(),
             source,
         })?;
     tokio::spawn(follow(store.clone(), watch, nodes));

@@ -27,10 +27,8 @@
 //! lost, and the CONNECT's session is ended (0x8E) as soon as it is attached. Without it
 //! both connections would stay.
 //!
-//! A node restarted with `[persistence]` drops, before it joins, the recovered sessions
-//! whose ids another node owns now ([`Owners::drop_superseded_sessions`]), and once joined
-//! publishes the wills of the recovered sessions that expired meanwhile, unless another
-//! node owns their ids, then lets its timers run ([`Owners::finish_recovery`]).
+//! Which recovered sessions a node restarted with `[persistence]` keeps is
+//! [`super::rejoin`]'s business.
 //!
 //! This module owns the bucket, the claim, the pending claims and the takeover subject.
 
@@ -95,8 +93,17 @@ pub(crate) struct Owners {
     pending: Arc<PendingClaims>,
 }
 
-fn key_of(client_id: &str) -> String {
+/// The key of `client_id` in the bucket.
+pub(crate) fn key_of(client_id: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(client_id.as_bytes())
+}
+
+/// The client id whose key in the bucket is `key` (`None`: not a client id's key).
+pub(crate) fn client_id_of(key: &str) -> Option<String> {
+    let id = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(key)
+        .ok()?;
+    String::from_utf8(id).ok()
 }
 
 /// The subject on which `node` hears that it lost a client.
@@ -149,60 +156,6 @@ impl Owners {
             sessions,
             pending,
         })
-    }
-
-    /// Whether a node other than this one owns `client_id` now (an id nobody ever claimed,
-    /// or one the bucket cannot say about, is not another node's).
-    async fn owned_elsewhere(&self, client_id: &str) -> bool {
-        match self.store.entry(&key_of(client_id)).await {
-            Ok(Some(entry)) => {
-                entry.operation == kv::Operation::Put && entry.value != self.node_name.as_bytes()
-            }
-            _ => false,
-        }
-    }
-
-    /// Drops the sessions this node recovered from its journal whose client ids another
-    /// node owns now (it claimed them while this node was down, or their clients moved):
-    /// their wills and messages are that node's business. Before the node joins.
-    pub(crate) async fn drop_superseded_sessions(&self) {
-        let mut dropped = 0;
-        for session in self.broker.sessions() {
-            if self.owned_elsewhere(&session.client_id).await {
-                self.broker.drop_superseded(&session);
-                dropped += 1;
-            }
-        }
-        if dropped > 0 {
-            tracing::info!(
-                dropped,
-                "cluster: recovered sessions now owned by other nodes dropped"
-            );
-        }
-    }
-
-    /// Once the node has rejoined: publishes, through the cluster, the wills of the
-    /// sessions its journal had that expired while it was down, unless another node owns
-    /// the client id now (that node claimed the session and published the will), and
-    /// removes their stored state from the sessions bucket (they ended); then lets the
-    /// offline timers of the recovered sessions run (held since the recovery).
-    pub(crate) async fn finish_recovery(&self) {
-        let mut left = 0;
-        for expired in self.broker.take_recovered_wills() {
-            if self.owned_elsewhere(&expired.client_id).await {
-                left += usize::from(expired.will.is_some());
-                continue;
-            }
-            self.sessions.gone(&expired.client_id);
-            self.broker.publish_recovered_wills(vec![expired]);
-        }
-        if left > 0 {
-            tracing::info!(
-                left,
-                "cluster: wills of expired sessions now owned by other nodes left to them"
-            );
-        }
-        self.broker.release_timers();
     }
 
     /// The owners bucket (the failover's reap keys live there too).

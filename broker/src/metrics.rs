@@ -221,12 +221,14 @@ impl Counter for AtomicU64 {
     }
 }
 
-/// Shards of a [`Sharded`] counter: threads beyond this many share them.
+/// Shards of a [`Sharded`] counter: one per thread for the first this many threads that
+/// bump one (the workers); later threads share the last.
 const SHARDS: usize = 16;
 
 /// A counter bumped by every worker thread for every message (messages and bytes in and
-/// out): one cache line per thread, so that the threads do not pass one line back and
-/// forth on each bump; read by summing the shards.
+/// out): each of the first threads has a cache line of its own, which only it writes, so
+/// a bump is a plain load and store (no locked instruction, no line passed between
+/// cores); threads past those share the last shard with atomic adds. Read by summing.
 #[derive(Debug, Default)]
 pub struct Sharded {
     shards: [Padded; SHARDS],
@@ -237,13 +239,17 @@ pub struct Sharded {
 #[repr(align(128))]
 struct Padded(AtomicU64);
 
+/// The shard shared by the threads that came too late for one of their own.
+const SHARED_SHARD: usize = SHARDS - 1;
+
 impl Sharded {
-    /// This thread's shard index, handed out round-robin at a thread's first bump.
+    /// This thread's shard, handed out in order at a thread's first bump of any sharded
+    /// counter: `SHARED_SHARD` once the others are taken.
     fn shard() -> usize {
         use std::sync::atomic::AtomicUsize;
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         thread_local! {
-            static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed).min(SHARED_SHARD);
         }
         SHARD.with(|s| *s)
     }
@@ -252,7 +258,17 @@ impl Sharded {
 impl Counter for Sharded {
     #[inline]
     fn add(&self, n: u64) {
-        self.shards[Self::shard()].0.fetch_add(n, Ordering::Relaxed);
+        let shard = Self::shard();
+        let cell = &self.shards[shard].0;
+        if shard == SHARED_SHARD {
+            cell.fetch_add(n, Ordering::Relaxed);
+        } else {
+            // Only this thread writes this shard: no read-modify-write needed.
+            cell.store(
+                cell.load(Ordering::Relaxed).wrapping_add(n),
+                Ordering::Relaxed,
+            );
+        }
     }
 
     fn get(&self) -> u64 {
@@ -269,7 +285,7 @@ mod tests {
     #[test]
     fn a_sharded_counter_sums_what_every_thread_added() {
         let counter = std::sync::Arc::new(Sharded::default());
-        let threads: Vec<_> = (0..(SHARDS + 3))
+        let threads: Vec<_> = (0..(SHARDS + 8))
             .map(|i| {
                 let counter = counter.clone();
                 std::thread::spawn(move || {
@@ -282,7 +298,7 @@ mod tests {
         for t in threads {
             t.join().expect("adder");
         }
-        let expected: u64 = (0..(SHARDS as u64 + 3)).map(|i| i * 1000).sum();
+        let expected: u64 = (0..(SHARDS as u64 + 8)).map(|i| i * 1000).sum();
         assert_eq!(Metrics::get(&*counter), expected);
     }
 

@@ -34,6 +34,7 @@
 //! This module owns the subscriptions and the inbound routing tasks.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -365,10 +366,12 @@ impl Shared {
     ) {
         // A batch is one publisher's burst on one topic: its QoS 0 messages are routed as
         // runs, as on the node they were published on (`router/batch.rs`).
+        // Counted once per batch, before any is delivered (every filter task bumps this
+        // one counter); a bad envelope is taken off again.
+        ClusterMetrics::inc_by(&self.metrics.messages_in, entries.len() as u64);
         for (_, entry) in entries.drain(..) {
             match envelope::decode(entry, now, unix_now_ms) {
                 Ok(message) => {
-                    ClusterMetrics::inc(&self.metrics.messages_in);
                     if run
                         .first()
                         .is_some_and(|first| !is_run_member(&message, first))
@@ -382,6 +385,7 @@ impl Shared {
                     }
                 }
                 Err(e) => {
+                    self.metrics.messages_in.fetch_sub(1, Ordering::Relaxed);
                     ClusterMetrics::inc(&self.metrics.envelope_errors);
                     tracing::debug!(error = %e, "cluster: bad envelope ignored");
                 }

@@ -7,7 +7,9 @@
 //! into its [`State`] and restored by the code recovery uses (`persist.rs`).
 //!
 //! A session too large for one NATS message goes in several handover forms
-//! ([`Handover::into_forms`]), which `adopt_session` applies in order. The form
+//! ([`Handover::into_forms`]), which `adopt_session` applies in order; a message body too
+//! large for one form goes in parts across forms to a node that reads them
+//! ([`Handover::in_parts`]). The form
 //! itself (encoding, decoding, the split) is `handover_form.rs`'s. This module owns both
 //! ends of a handover; which node asks which, when, and how the forms travel is the
 //! cluster engine's ([`crate::cluster`]).
@@ -18,7 +20,7 @@ use tern_codec::{LastWill, SubscriptionOptions};
 use tokio::time::Instant;
 
 use super::handover_form::{
-    decode_form, encode_records, split_records, Entry, HandoverError, Identity,
+    encode_records, split_records, Entry, FormReader, HandoverError, Identity,
 };
 use super::persist::{
     recovered_will, restored_outbound, subscription_records, Bodies, RestoreReport,
@@ -61,6 +63,9 @@ pub struct Handover {
     /// The identities of the messages handed to the session since the other node
     /// prepared the handover (in the forms with number 0): some were delivered here.
     seen: Vec<(u64, u64)>,
+    /// Whether a record too large for one form goes in parts (the node taking the
+    /// session reads them) rather than staying behind.
+    parts: bool,
 }
 
 /// A session in several handover forms ([`Handover::into_forms`]).
@@ -83,6 +88,15 @@ impl Handover {
     pub fn without_identities(mut self) -> Handover {
         self.identities.clear();
         self.seen.clear();
+        self.parts = false;
+        self
+    }
+
+    /// The session with a record too large for one form (the body of a message larger
+    /// than NATS's `max_payload`) in parts across forms, for a node that reads them:
+    /// then every message moves.
+    pub fn in_parts(mut self) -> Handover {
+        self.parts = true;
         self
     }
 
@@ -111,13 +125,14 @@ impl Handover {
     }
 
     /// The session, messages included, in as many handover forms of at most
-    /// `max_form_bytes` as it takes. Only a message with a record larger than a form alone
-    /// (its body) stays behind: dropped, logged and counted in the result.
+    /// `max_form_bytes` as it takes. A record larger than a form alone (a message's body)
+    /// goes in parts if [`Handover::in_parts`]; otherwise its messages stay behind:
+    /// dropped, logged and counted in the result.
     pub fn into_forms(self, max_form_bytes: usize) -> HandedOver {
         let split = if self.identities.is_empty() && self.seen.is_empty() {
-            split_records(&self.records, max_form_bytes)
+            split_records(&self.records, max_form_bytes, self.parts)
         } else {
-            split_records(&self.entries(), max_form_bytes)
+            split_records(&self.entries(), max_form_bytes, self.parts)
         };
         if split.dropped_messages + split.dropped_records > 0 {
             tracing::warn!(
@@ -173,12 +188,13 @@ pub(super) struct Decoded {
 /// [`HandoverError`]: a form does not decode or they hold no session.
 pub(super) fn decode_forms(forms: &[&[u8]]) -> Result<Decoded, HandoverError> {
     let mut state = State::default();
-    let mut identities = Vec::new();
+    let mut reader = FormReader::default();
     for form in forms {
-        for record in decode_form(form, &mut identities)? {
+        for record in reader.read(form)? {
             state.apply(record);
         }
     }
+    let identities = reader.finish()?;
     let (_, session) = state
         .sessions
         .drain()
@@ -273,6 +289,7 @@ impl Broker {
             messages_from,
             identities,
             seen,
+            parts: false,
         })
     }
 
@@ -576,6 +593,7 @@ mod tests {
             messages_from: handover.messages_from,
             identities: handover.identities.clone(),
             seen: handover.seen.clone(),
+            parts: false,
         }
         .without_identities();
         let forms = handover.into_forms(1024).forms;
@@ -676,5 +694,31 @@ mod tests {
         let adopted = b.adopt_session(&forms, 0).expect("adopted");
         assert_eq!(adopted.messages, 0);
         assert_eq!(adopted.filters, vec!["q/#".to_string()]);
+    }
+
+    /// Forms too small for one message body, for a node that reads parts: the bodies go
+    /// in parts and every message moves, in order.
+    #[tokio::test]
+    async fn messages_larger_than_a_form_move_in_parts_when_asked() {
+        let a = with_queued_messages(3);
+        let handover = a.end_for_handover("c").expect("a session").in_parts();
+        let handed = handover.without_identities().into_forms(120);
+        assert_eq!(
+            handed.dropped_messages, 3,
+            "no parts for an earlier version"
+        );
+        let a = with_queued_messages(3);
+        let handed = a
+            .end_for_handover("c")
+            .expect("a session")
+            .in_parts()
+            .into_forms(120);
+        assert_eq!(handed.dropped_messages, 0);
+        assert!(handed.forms.iter().all(|f| f.len() <= 120));
+        let b = Broker::new(Config::default_config());
+        let forms: Vec<&[u8]> = handed.forms.iter().map(Vec::as_slice).collect();
+        let adopted = b.adopt_session(&forms, 0).expect("adopted");
+        assert_eq!(adopted.messages, 3);
+        assert_eq!(message_numbers(&b), vec![1, 2, 3]);
     }
 }

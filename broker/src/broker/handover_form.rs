@@ -11,6 +11,14 @@
 //! after the message's `Out` record; only a node that asked for identities gets them (an
 //! earlier version could not read them). The journal never holds them.
 //!
+//! A record too large for a form even alone (the body of a message larger than the
+//! transport's limit) goes, for a node that asked for them, as *parts*: consecutive
+//! entries with another such tag, each a slice of the record's encoding with its offset
+//! and the whole length, filling the rest of the current form and as many more as it
+//! takes. The receiver ([`FormReader`]) puts them back together, checking that each
+//! part continues the one before, and applies the record where it stood. For any other
+//! node such a record is left out ([`split_records`]), with what refers to it.
+//!
 //! This module owns the encoding, the decoding and the split; what the records say and how
 //! a session becomes them (and back) is `handover.rs`'s, how forms travel is the cluster's.
 
@@ -27,6 +35,14 @@ const RECORD_FRAMING_BYTES: usize = 4;
 const IDENTITY_TAG: u8 = 0xC1;
 /// An [`Entry::Identity`]'s length: its tag and three `u64`.
 const IDENTITY_BYTES: usize = 25;
+
+/// The first byte of a part of a record too large for one form (no journal record's tag).
+const PART_TAG: u8 = 0xC2;
+/// A part's bytes before its slice: its tag, the record's length and the slice's offset
+/// (`u32`s, little-endian).
+const PART_HEADER_BYTES: usize = 9;
+/// Fewest bytes of the record a part carries: with less room left, the form is closed.
+const MIN_PART_BYTES: usize = 64;
 
 /// A handed-over message's cluster identity, by the number of its `Out` record in the
 /// forms: `(seq, (origin, sequence))`.
@@ -94,6 +110,9 @@ pub enum HandoverError {
     /// The records hold no session.
     #[error("handover holds no session")]
     NoSession,
+    /// Parts of a record that do not continue each other, or that end unfinished.
+    #[error("handover record parts do not fit together")]
+    Parts,
 }
 
 /// `records` in the handover form (one form, however long).
@@ -119,42 +138,96 @@ fn push_framed(form: &mut Vec<u8>, record: &[u8]) {
 /// [`HandoverError`]: another version, a truncated form, a record that does not decode.
 #[cfg(test)]
 pub(super) fn decode_records(src: &[u8]) -> Result<Vec<Record>, HandoverError> {
-    let mut identities = Vec::new();
-    decode_form(src, &mut identities)
+    let mut reader = FormReader::default();
+    let records = reader.read(src)?;
+    reader.finish()?;
+    Ok(records)
 }
 
-/// The records of a handover form; the message identities it carries go to `identities`.
-///
-/// # Errors
-/// [`HandoverError`]: another version, a truncated form, an entry that does not decode.
-pub(super) fn decode_form(
-    src: &[u8],
-    identities: &mut Vec<Identity>,
-) -> Result<Vec<Record>, HandoverError> {
-    let Some((&HANDOVER_VERSION, mut rest)) = src.split_first() else {
-        return Err(HandoverError::Version);
-    };
-    let mut records = Vec::new();
-    while !rest.is_empty() {
-        let (len, tail) = rest
-            .split_first_chunk::<4>()
-            .ok_or(HandoverError::Truncated)?;
-        let len = u32::from_le_bytes(*len) as usize;
-        let entry = tail.get(..len).ok_or(HandoverError::Truncated)?;
-        match entry.split_first() {
-            Some((&IDENTITY_TAG, fields)) if entry.len() == IDENTITY_BYTES => {
-                let n = |i: usize| {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&fields[8 * i..8 * i + 8]);
-                    u64::from_le_bytes(b)
-                };
-                identities.push((n(0), (n(1), n(2))));
+/// Reads a handover's forms in order: their records, the message identities they carry,
+/// and records that come in parts (which may span forms).
+#[derive(Debug, Default)]
+pub(super) struct FormReader {
+    /// The message identities read so far.
+    identities: Vec<Identity>,
+    /// A record coming in parts: its whole length, and its bytes so far.
+    part: Option<(usize, Vec<u8>)>,
+}
+
+impl FormReader {
+    /// The records of the next form (a record in parts once its last part is read).
+    ///
+    /// # Errors
+    /// [`HandoverError`]: another version, a truncated form, an entry that does not
+    /// decode, parts that do not continue each other.
+    pub(super) fn read(&mut self, src: &[u8]) -> Result<Vec<Record>, HandoverError> {
+        let Some((&HANDOVER_VERSION, mut rest)) = src.split_first() else {
+            return Err(HandoverError::Version);
+        };
+        let mut records = Vec::new();
+        while !rest.is_empty() {
+            let (len, tail) = rest
+                .split_first_chunk::<4>()
+                .ok_or(HandoverError::Truncated)?;
+            let len = u32::from_le_bytes(*len) as usize;
+            let entry = tail.get(..len).ok_or(HandoverError::Truncated)?;
+            match entry.split_first() {
+                Some((&PART_TAG, fields)) => {
+                    if let Some(record) = self.part(fields)? {
+                        records.push(record);
+                    }
+                }
+                _ if self.part.is_some() => return Err(HandoverError::Parts),
+                Some((&IDENTITY_TAG, fields)) if entry.len() == IDENTITY_BYTES => {
+                    let n = |i: usize| {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&fields[8 * i..8 * i + 8]);
+                        u64::from_le_bytes(b)
+                    };
+                    self.identities.push((n(0), (n(1), n(2))));
+                }
+                _ => records.push(Record::decode(entry)?),
             }
-            _ => records.push(Record::decode(entry)?),
+            rest = &tail[len..];
         }
-        rest = &tail[len..];
+        Ok(records)
     }
-    Ok(records)
+
+    /// Takes a part (after its tag): the record, once this was its last part.
+    fn part(&mut self, fields: &[u8]) -> Result<Option<Record>, HandoverError> {
+        let word = |at: usize| -> Option<usize> {
+            let b = fields.get(at..at + 4)?;
+            Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        };
+        let (Some(total), Some(offset)) = (word(0), word(4)) else {
+            return Err(HandoverError::Parts);
+        };
+        let slice = &fields[PART_HEADER_BYTES - 1..];
+        let (whole, bytes) = self.part.get_or_insert_with(|| (total, Vec::new()));
+        if slice.is_empty() || *whole != total || bytes.len() != offset {
+            return Err(HandoverError::Parts);
+        }
+        if slice.len() > total - offset {
+            return Err(HandoverError::Parts);
+        }
+        bytes.extend_from_slice(slice);
+        if bytes.len() < total {
+            return Ok(None);
+        }
+        let (_, bytes) = self.part.take().ok_or(HandoverError::Parts)?;
+        Ok(Some(Record::decode(&bytes)?))
+    }
+
+    /// The message identities read, once every form is.
+    ///
+    /// # Errors
+    /// [`HandoverError::Parts`]: a record's last part never came.
+    pub(super) fn finish(self) -> Result<Vec<Identity>, HandoverError> {
+        match self.part {
+            Some(_) => Err(HandoverError::Parts),
+            None => Ok(self.identities),
+        }
+    }
 }
 
 /// Records split into handover forms by [`split_records`].
@@ -215,11 +288,17 @@ impl LeftOut {
 /// do, since a record only ever refers to earlier ones (its session's opening, its body)
 /// and those are in the same or an earlier form.
 ///
-/// A record that does not fit in a form even alone is left out (counted in the result),
-/// and with it what refers to it: a body's `Out` records (its messages), and their
-/// `Released` records. With message bodies bounded by `max_packet_size_bytes` below the
-/// transport's limit this does not happen.
-pub(super) fn split_records<R: FormItem>(records: &[R], max_form_bytes: usize) -> Split {
+/// A record that does not fit in a form even alone goes in parts when `parts` (the
+/// receiver reads them) and `max_form_bytes` leaves room for a part. Otherwise it is left
+/// out (counted in the result), and with it what refers to it: a body's `Out` records
+/// (its messages), and their `Released` records.
+pub(super) fn split_records<R: FormItem>(
+    records: &[R],
+    max_form_bytes: usize,
+    parts: bool,
+) -> Split {
+    let parts =
+        parts && max_form_bytes >= 1 + RECORD_FRAMING_BYTES + PART_HEADER_BYTES + MIN_PART_BYTES;
     let mut split = Split::default();
     let mut left_out = LeftOut::default();
     let mut form = vec![HANDOVER_VERSION];
@@ -232,7 +311,11 @@ pub(super) fn split_records<R: FormItem>(records: &[R], max_form_bytes: usize) -
         record.encode_item(&mut one);
         let framed = RECORD_FRAMING_BYTES + one.len();
         if 1 + framed > max_form_bytes {
-            left_out.leave_out(record.record(), &mut split);
+            if parts && u32::try_from(one.len()).is_ok() {
+                push_parts(&mut split.forms, &mut form, &one, max_form_bytes);
+            } else {
+                left_out.leave_out(record.record(), &mut split);
+            }
             continue;
         }
         if form.len() + framed > max_form_bytes {
@@ -246,6 +329,30 @@ pub(super) fn split_records<R: FormItem>(records: &[R], max_form_bytes: usize) -
         split.forms.push(form);
     }
     split
+}
+
+/// Appends `record` (an encoding of at most `u32::MAX` bytes) as parts: the first fills
+/// what is left of `form`, and each form closed on the way goes to `forms`. The caller
+/// made sure that an empty form has room for a part of [`MIN_PART_BYTES`].
+fn push_parts(forms: &mut Vec<Vec<u8>>, form: &mut Vec<u8>, record: &[u8], max_form_bytes: usize) {
+    let total = record.len() as u32;
+    let mut offset = 0;
+    while offset < record.len() {
+        let used = form.len() + RECORD_FRAMING_BYTES + PART_HEADER_BYTES;
+        let room = max_form_bytes.saturating_sub(used);
+        if room < MIN_PART_BYTES {
+            forms.push(std::mem::replace(form, vec![HANDOVER_VERSION]));
+            continue;
+        }
+        let end = (offset + room).min(record.len());
+        let entry_bytes = PART_HEADER_BYTES + (end - offset);
+        form.extend_from_slice(&(entry_bytes as u32).to_le_bytes());
+        form.push(PART_TAG);
+        form.extend_from_slice(&total.to_le_bytes());
+        form.extend_from_slice(&(offset as u32).to_le_bytes());
+        form.extend_from_slice(&record[offset..end]);
+        offset = end;
+    }
 }
 
 #[cfg(test)]
@@ -295,11 +402,13 @@ mod tests {
     /// The state `forms` rebuild, applied in order.
     fn apply(forms: &[Vec<u8>]) -> State {
         let mut state = State::default();
+        let mut reader = FormReader::default();
         for form in forms {
-            for record in decode_records(form).expect("decodes") {
+            for record in reader.read(form).expect("decodes") {
                 state.apply(record);
             }
         }
+        reader.finish().expect("no part left over");
         state
     }
 
@@ -332,13 +441,13 @@ mod tests {
     fn records_that_fit_stay_in_one_form_equal_to_the_unsplit_one() {
         let records = vec![open(), body(1, 10), out(1, 1, 0)];
         let whole = encode_records(&records);
-        let split = split_records(&records, whole.len());
+        let split = split_records(&records, whole.len(), false);
         assert_eq!(
             split.forms,
             vec![whole.clone()],
             "exactly at the limit: one form"
         );
-        let split = split_records(&records, whole.len() - 1);
+        let split = split_records(&records, whole.len() - 1, false);
         assert_eq!(split.forms.len(), 2, "one byte less: two forms");
         assert!(split.forms.iter().all(|f| f.len() < whole.len()));
         assert_eq!(split.dropped_messages + split.dropped_records, 0);
@@ -346,7 +455,7 @@ mod tests {
 
     #[test]
     fn no_records_still_make_one_form() {
-        let split = split_records::<Record>(&[], 100);
+        let split = split_records::<Record>(&[], 100, true);
         assert_eq!(split.forms, vec![vec![HANDOVER_VERSION]]);
     }
 
@@ -371,7 +480,7 @@ mod tests {
         let out_len = RECORD_FRAMING_BYTES + encoded_len(&records[2]);
         // Room for a body and one Out: the second Out of each body goes to the next form.
         let max = 1 + body_len + out_len;
-        let split = split_records(&records, max);
+        let split = split_records(&records, max, false);
         assert!(split.forms.len() >= 20, "{} forms", split.forms.len());
         for form in &split.forms {
             assert!(form.len() <= max, "{} > {max}", form.len());
@@ -406,7 +515,7 @@ mod tests {
             body(3, 10),
             out(4, 3, 0),
         ];
-        let split = split_records(&records, 1000);
+        let split = split_records(&records, 1000, false);
         assert_eq!(split.dropped_messages, 2);
         assert_eq!(split.dropped_records, 1, "the body");
         assert!(split.forms.iter().all(|f| f.len() <= 1000));
@@ -416,5 +525,131 @@ mod tests {
         assert_eq!(payload_of(&state, 1), Some(vec![b'x'; 10]));
         assert_eq!(payload_of(&state, 2), None);
         assert_eq!(payload_of(&state, 3), Some(vec![b'x'; 10]));
+    }
+
+    /// The records of `a_record_larger_than_a_form_goes_with_its_messages_and_says_so`,
+    /// with message 2's body (5,000 bytes) and its PUBREL state.
+    fn with_a_large_body() -> Vec<Record> {
+        vec![
+            open(),
+            body(1, 10),
+            out(1, 1, 1),
+            body(2, 5000),
+            out(2, 2, 2),
+            Record::Released {
+                session: SESSION,
+                seq: 2,
+            },
+            out(3, 2, 0),
+            body(3, 10),
+            out(4, 3, 0),
+        ]
+    }
+
+    /// Decodes `forms` in order with one reader, as `handover.rs` does.
+    fn read_all(forms: &[Vec<u8>]) -> Result<(Vec<Record>, Vec<Identity>), HandoverError> {
+        let mut reader = FormReader::default();
+        let mut records = Vec::new();
+        for form in forms {
+            records.extend(reader.read(form)?);
+        }
+        Ok((records, reader.finish()?))
+    }
+
+    /// A body too large for any form goes in parts (with `parts`): every form within the
+    /// limit, the first part filling the form before it; read back in order they give the
+    /// records unchanged, identities included, and the same state, PUBREL state included.
+    #[test]
+    fn a_record_larger_than_a_form_goes_in_parts_and_comes_back_whole() {
+        let records = with_a_large_body();
+        let mut entries: Vec<Entry> = records.iter().cloned().map(Entry::Record).collect();
+        entries.insert(5, Entry::Identity((2, (7, 99))));
+        let split = split_records(&entries, 1000, true);
+        assert_eq!(split.dropped_messages + split.dropped_records, 0);
+        assert!(split.forms.len() >= 6, "{} forms", split.forms.len());
+        assert!(split.forms.iter().all(|f| f.len() <= 1000));
+        assert!(
+            split.forms[0].len() > 1000 - RECORD_FRAMING_BYTES - PART_HEADER_BYTES - MIN_PART_BYTES
+        );
+        let (read, identities) = read_all(&split.forms).expect("reads");
+        assert_eq!(read, records);
+        assert_eq!(identities, vec![(2, (7, 99))]);
+        let state = apply(&split.forms);
+        let whole = apply(&[encode_records(&records)]);
+        assert_eq!(state.sessions, whole.sessions);
+        assert_eq!(state.bodies, whole.bodies);
+        assert_eq!(payload_of(&state, 2), Some(vec![b'x'; 5000]));
+        // Forms too small for a part: left out, as without parts.
+        let split = split_records(&records, 70, true);
+        assert_eq!(
+            split.dropped_messages, 2,
+            "the two messages of the large body"
+        );
+    }
+
+    /// One part's encoding (tag, total, offset, slice) with its length, in a form.
+    fn part_form(total: u32, offset: u32, slice: &[u8]) -> Vec<u8> {
+        let mut entry = vec![PART_TAG];
+        entry.extend_from_slice(&total.to_le_bytes());
+        entry.extend_from_slice(&offset.to_le_bytes());
+        entry.extend_from_slice(slice);
+        let mut form = vec![HANDOVER_VERSION];
+        push_framed(&mut form, &entry);
+        form
+    }
+
+    /// Parts that do not continue each other, end unfinished, are cut short or damaged are
+    /// refused with an error (never a panic, never a half record).
+    #[test]
+    fn damaged_or_missing_parts_are_refused() {
+        let records = with_a_large_body();
+        let forms = split_records(&records, 1000, true).forms;
+        let parts = |e: Result<_, HandoverError>| assert_eq!(e.err(), Some(HandoverError::Parts));
+        parts(read_all(&forms[..3]));
+        let mut gap = forms.clone();
+        gap.remove(2);
+        parts(read_all(&gap));
+        let mut swapped = forms.clone();
+        swapped.swap(2, 3);
+        parts(read_all(&swapped));
+        parts(read_all(&[
+            part_form(10, 0, b"abc"),
+            part_form(11, 3, b"def"),
+        ]));
+        parts(read_all(&[
+            part_form(10, 0, b"abc"),
+            part_form(10, 4, b"def"),
+        ]));
+        parts(read_all(&[part_form(10, 3, b"abc")]));
+        parts(read_all(&[part_form(2, 0, b"abc")]));
+        parts(read_all(&[part_form(0, 0, b"")]));
+        parts(read_all(&[part_form(10, 0, b"")]));
+        parts(read_all(&[vec![
+            HANDOVER_VERSION,
+            5,
+            0,
+            0,
+            0,
+            PART_TAG,
+            1,
+            0,
+            0,
+            0,
+        ]]));
+        let mut interrupted = part_form(10, 0, b"abc");
+        interrupted.extend_from_slice(&encode_records(&[open()])[1..]);
+        parts(read_all(&[interrupted]));
+        // A whole set of parts that is not a record.
+        assert!(read_all(&[part_form(3, 0, b"\xff\xff\xff")]).is_err());
+        // Every cut and every flipped byte of a form with parts: an error or records, no panic.
+        let form = &forms[1];
+        for len in 0..form.len() {
+            let _ = read_all(&[forms[0].clone(), form[..len].to_vec()]);
+        }
+        for at in 0..form.len().min(64) {
+            let mut bad = form.clone();
+            bad[at] ^= 0xA5;
+            let _ = read_all(&[forms[0].clone(), bad]);
+        }
     }
 }

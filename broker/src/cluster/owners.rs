@@ -19,7 +19,11 @@
 //! it from the old node's subscriptions and waits for their interest, so that nothing
 //! published meanwhile is missed; then it asks with `N` (the forms carry each message's
 //! cluster identity) and merges ([`Broker::adopt_prepared`]). A node that does not answer
-//! the preparation (an earlier version) is asked with `M`, as before.
+//! the preparation (an earlier version) is asked with `M`, as before. A node whose prepare
+//! answer says it sends bodies in parts is asked with `P` instead of `N`: as `N`, with
+//! the body of a message too large for one form in parts across forms
+//! ([`Handover::in_parts`]), so that every message moves. Any other node gets no parts
+//! (its version could not read them): such messages stay behind there, counted.
 //!
 //! A CONNECT that claimed its id here but has not attached its session yet is remembered
 //! ([`Owners::attached`]): a takeover request for that id in between (another node's
@@ -60,6 +64,10 @@ const HAND_OVER_CHUNKED: u8 = b'M';
 /// cluster identity in the forms (asked only of a node that answered a prepare request,
 /// [`super::prepare`]: an earlier version would take an unknown kind as [`END`]).
 const HAND_OVER_IDENTIFIED: u8 = b'N';
+/// The takeover request's first byte: as [`HAND_OVER_IDENTIFIED`], with a body too large
+/// for one form in parts (asked only of a node whose prepare answer said it sends them,
+/// [`super::prepare`]).
+const HAND_OVER_IN_PARTS: u8 = b'P';
 /// The takeover request's first byte: the new node starts afresh (just end it).
 const END: u8 = b'E';
 
@@ -189,12 +197,7 @@ impl Owners {
             self.ask_to_end(&owner, client_id).await;
             return;
         }
-        let (knows, prepared) = self.prepare(&owner, client_id).await;
-        let kind = if knows {
-            HAND_OVER_IDENTIFIED
-        } else {
-            HAND_OVER_CHUNKED
-        };
+        let (kind, prepared) = self.prepare(&owner, client_id).await;
         let forms = match self.ask_to_hand_over(&owner, client_id, kind).await {
             Some(forms) => forms,
             // No answer: the state stored cluster-wide (subscriptions), if any.
@@ -213,19 +216,27 @@ impl Owners {
 
     /// Makes `client_id`'s session here ahead of the handover, from its subscriptions as
     /// `owner` holds them ([`super::prepare`]), and waits until the cluster routes their
-    /// messages here (each wait bounded by `interest_timeout_ms`). Returns whether `owner`
-    /// knows prepare requests (and so message identities), and the session made (`None`:
+    /// messages here (each wait bounded by `interest_timeout_ms`). Returns the takeover
+    /// kind to ask `owner` with (what its version answers: identities if it knows prepare
+    /// requests, bodies in parts if its answer says so), and the session made (`None`:
     /// `owner` has no session of the client id, or did not answer within half of
     /// `handover_timeout_ms`).
-    async fn prepare(&self, owner: &str, client_id: &str) -> (bool, Option<Prepared>) {
+    async fn prepare(&self, owner: &str, client_id: &str) -> (u8, Option<Prepared>) {
         let to = (self.prefix.as_str(), owner);
         // Half the handover's time: a node that answers neither leaves the CONNECT to the
         // stored state after 1.5 times `handover_timeout_ms`.
         let timeout = self.handover_timeout / 2;
-        let form = match super::prepare::ask(&self.client, to, client_id, timeout).await {
-            PrepareAnswer::Unknown => return (false, None),
-            PrepareAnswer::NoSession => return (true, None),
-            PrepareAnswer::Form(form) => form,
+        let kind = |parts: bool| {
+            if parts {
+                HAND_OVER_IN_PARTS
+            } else {
+                HAND_OVER_IDENTIFIED
+            }
+        };
+        let (form, kind) = match super::prepare::ask(&self.client, to, client_id, timeout).await {
+            PrepareAnswer::Unknown => return (HAND_OVER_CHUNKED, None),
+            PrepareAnswer::NoSession { parts } => return (kind(parts), None),
+            PrepareAnswer::Form { form, parts } => (form, kind(parts)),
         };
         match self.broker.prepare_session(&form, ADOPT_LINGER_SECS) {
             Ok(prepared) => {
@@ -234,11 +245,11 @@ impl Owners {
                         ready.await;
                     }
                 }
-                (true, Some(prepared))
+                (kind, Some(prepared))
             }
             Err(e) => {
                 tracing::warn!(client_id, owner, error = %e, "cluster: prepared session dropped");
-                (true, None)
+                (kind, None)
             }
         }
     }
@@ -472,6 +483,10 @@ fn answer(
     counters: &ClusterMetrics,
 ) -> Answer {
     let answer = match kind {
+        HAND_OVER_IN_PARTS => broker
+            .end_for_handover(client_id)
+            .map(|handover| Answer::Chunks(handover.in_parts())),
+        // A node of the version before: it could not read parts.
         HAND_OVER_IDENTIFIED => broker.end_for_handover(client_id).map(Answer::Chunks),
         // An earlier version asks: it could not read message identities.
         HAND_OVER_CHUNKED => broker

@@ -8,6 +8,9 @@
 //!
 //! A node of an earlier version has no subscriber on that subject: NATS answers "no
 //! responders" at once, and the takeover goes on as that version's (no early session).
+//! A node that sends a message body too large for one form in parts (`owners.rs`'s
+//! takeover kind `P`) says so in a header of its answer ([`PARTS_HEADER`]); a node of the
+//! version before answers without it (and an unknown kind would end the session there).
 //!
 //! This module owns the prepare subject: the answering task and the request.
 
@@ -18,16 +21,31 @@ use futures_util::StreamExt as _;
 
 use crate::broker::Broker;
 
+/// The header with which a node says, in its prepare answer, that it hands a session
+/// over with bodies too large for one form in parts (value [`PARTS`]).
+const PARTS_HEADER: &str = "Tern-Handover";
+/// [`PARTS_HEADER`]'s value.
+const PARTS: &str = "parts";
+
 /// What the node holding a session answered a prepare request with.
 #[derive(Debug)]
 pub(super) enum PrepareAnswer {
     /// No answer (an earlier version, no responders, timed out): the takeover goes on as
     /// before, without message identities.
     Unknown,
-    /// It knows the request but holds no session of the client id.
-    NoSession,
+    /// It knows the request but holds no session of the client id; whether it sends
+    /// bodies in parts.
+    NoSession {
+        /// It sends bodies too large for one form in parts when asked.
+        parts: bool,
+    },
     /// The session's expiry and subscriptions, in the handover form.
-    Form(Bytes),
+    Form {
+        /// The form.
+        form: Bytes,
+        /// It sends bodies too large for one form in parts when asked.
+        parts: bool,
+    },
 }
 
 /// The subject on which `node` answers prepare requests.
@@ -61,7 +79,12 @@ pub(super) async fn start_answering(
                 continue;
             };
             let form = broker.prepare_form(client_id).unwrap_or_default();
-            if let Err(e) = client.publish(reply, form.into()).await {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(PARTS_HEADER, PARTS);
+            if let Err(e) = client
+                .publish_with_headers(reply, headers, form.into())
+                .await
+            {
                 tracing::debug!(client_id, error = %e, "cluster: prepare answer not sent");
             }
         }
@@ -79,8 +102,21 @@ pub(super) async fn ask(
     let subject = prepare_subject(prefix, owner);
     let payload = Bytes::copy_from_slice(client_id.as_bytes());
     match tokio::time::timeout(timeout, client.request(subject, payload)).await {
-        Ok(Ok(answer)) if answer.payload.is_empty() => PrepareAnswer::NoSession,
-        Ok(Ok(answer)) => PrepareAnswer::Form(answer.payload),
+        Ok(Ok(answer)) => {
+            let parts = answer
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(PARTS_HEADER))
+                .is_some_and(|v| v.as_str() == PARTS);
+            if answer.payload.is_empty() {
+                PrepareAnswer::NoSession { parts }
+            } else {
+                PrepareAnswer::Form {
+                    form: answer.payload,
+                    parts,
+                }
+            }
+        }
         Ok(Err(e)) => {
             tracing::debug!(client_id, owner, error = %e, "cluster: no prepare answer");
             PrepareAnswer::Unknown

@@ -15,6 +15,8 @@
 //! only checkpoints ([`snapshot`]) keep state.
 
 pub mod batch;
+#[cfg(test)]
+mod compat_tests;
 pub mod open;
 pub mod record;
 pub mod snapshot;
@@ -230,18 +232,22 @@ impl Journal {
         position
     }
 
-    /// Appends a step of an outbound message that an acknowledgement caused (sent from the
-    /// queue, PUBREC received, finished): into this thread's deferred records when they
-    /// are open ([`batch::DEFERRED`] is returned, and [`take_appended`] does not see it),
-    /// else as [`Journal::append`] does.
-    pub fn append_deferred(&self, record: &Record) -> u64 {
+    /// Appends a step of outbound message `seq` of `session` that an acknowledgement
+    /// caused (sent from the queue, PUBREC received, finished): into this thread's deferred
+    /// records when they are open ([`batch::DEFERRED`] is returned, and [`take_appended`]
+    /// does not see it), else as [`Journal::append`] does. Consecutive steps of one kind of
+    /// one session held back together are one record ([`batch::append_step`]).
+    pub fn append_step(&self, session: u64, seq: u64, step: record::Step) -> u64 {
         if self.wal.is_none() {
             return 0;
         }
-        match batch::append(batch::DEFERRED, |buf| record.encode(buf)) {
-            Ok(deferred) => deferred,
-            Err(_) => self.append(record),
+        if let Some(held) = batch::append_step(batch::DEFERRED, session, seq, step) {
+            return held;
         }
+        if let Some(held) = batch::append_step(batch::PENDING, session, seq, step) {
+            return held;
+        }
+        self.append_with(|buf| step.encode_run(session, seq, buf))
     }
 
     /// Opens a buffer of held-back records of `kind` on this thread ([`batch`]): an atomic

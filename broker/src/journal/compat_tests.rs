@@ -132,7 +132,7 @@ fn new_frame(op: &Op) -> Vec<u8> {
             subscription_ids: &out.subscription_ids,
             group: out.group.as_deref(),
             body: out.body,
-            inline: Some(message),
+            inline: Some(message.as_stored_ref()),
         }
         .encode(&mut buf),
         Op::Deferred(steps) => {

@@ -176,6 +176,32 @@ pub struct StoredMessage {
     pub family: Family,
 }
 
+/// A [`StoredMessage`] borrowed from the live message it describes: what the hot path
+/// encodes into an out record's inline body without taking a reference to the frame.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredRef<'a> {
+    /// When the broker received it, in milliseconds since the Unix epoch.
+    pub received_unix_ms: u64,
+    /// The session that published it, 0 for none.
+    pub origin_session: u64,
+    /// The encoded PUBLISH packet, of `family`'s layout.
+    pub publish: &'a [u8],
+    /// The layout of `publish`.
+    pub family: Family,
+}
+
+impl StoredMessage {
+    /// This message, borrowed.
+    pub fn as_stored_ref(&self) -> StoredRef<'_> {
+        StoredRef {
+            received_unix_ms: self.received_unix_ms,
+            origin_session: self.origin_session,
+            publish: &self.publish,
+            family: self.family,
+        }
+    }
+}
+
 /// The top bit of a stored message's length says its frame is 3.x (absent in logs written
 /// before 3.x frames were stored, which held 5.0 frames only).
 const V3_FRAME_FLAG: u32 = 1 << 31;
@@ -219,7 +245,7 @@ const OUT_WITH_BODY: u8 = 17;
 fn encode_body(id: u64, message: &StoredMessage, dst: &mut Vec<u8>) {
     dst.put_u8(compact::BODY_C);
     compact::put_var(dst, id);
-    compact::encode_message(message, dst);
+    compact::encode_message(message.as_stored_ref(), dst);
 }
 
 /// A batch: the count, then each record as `len: u32 LE | record`.
@@ -729,7 +755,7 @@ mod tests {
             subscription_ids: &out.subscription_ids,
             group: None,
             body: out.body,
-            inline: Some(&body),
+            inline: Some(body.as_stored_ref()),
         }
         .encode(&mut buf);
         assert!(Record::may_hold_body(&buf));

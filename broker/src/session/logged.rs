@@ -90,7 +90,7 @@ pub(super) fn out_of(
             subscription_ids: of.subscription_ids,
             group: of.group,
             body,
-            inline: inline.as_ref(),
+            inline,
         }
         .encode(dst);
     });

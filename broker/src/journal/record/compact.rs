@@ -19,7 +19,7 @@
 use bytes::{Buf, BufMut, Bytes};
 use tern_codec::Family;
 
-use super::{get_u8, OutRecord, Record, RecordError, StoredMessage};
+use super::{get_u8, OutRecord, Record, RecordError, StoredMessage, StoredRef};
 
 /// An [`OutRecord`] in the compact form.
 pub(super) const OUT_C: u8 = 18;
@@ -129,17 +129,55 @@ pub(super) struct OutFields<'a> {
 
 impl OutFields<'_> {
     pub(super) fn encode(&self, dst: &mut Vec<u8>) {
-        put_var(dst, self.session);
-        put_var(dst, self.seq);
-        dst.put_u8(self.flags);
-        put_var(dst, u64::from(self.packet_id));
-        put_var(dst, self.subscription_ids.len() as u64);
+        let mut head = Varints::default();
+        head.put(self.session);
+        head.put(self.seq);
+        head.put_byte(self.flags);
+        head.put(u64::from(self.packet_id));
+        head.put(self.subscription_ids.len() as u64);
+        dst.extend_from_slice(head.bytes());
         for id in self.subscription_ids {
             put_var(dst, u64::from(*id));
         }
         put_var(dst, self.group.len() as u64);
         dst.put_slice(self.group.as_bytes());
         put_var(dst, self.body);
+    }
+}
+
+/// Up to five varints (or bytes) encoded on the stack, then copied out at once: the hot
+/// path's fixed fields cost one copy into the log's buffer, not a push per byte.
+struct Varints {
+    buf: [u8; 50],
+    len: usize,
+}
+
+impl Default for Varints {
+    fn default() -> Self {
+        Varints {
+            buf: [0; 50],
+            len: 0,
+        }
+    }
+}
+
+impl Varints {
+    fn put(&mut self, mut value: u64) {
+        while value >= 0x80 {
+            self.buf[self.len] = value as u8 | 0x80;
+            self.len += 1;
+            value >>= 7;
+        }
+        self.put_byte(value as u8);
+    }
+
+    fn put_byte(&mut self, byte: u8) {
+        self.buf[self.len] = byte;
+        self.len += 1;
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
@@ -168,12 +206,15 @@ pub(super) fn decode_out(src: &mut &[u8]) -> Result<OutRecord, RecordError> {
 }
 
 /// Appends a stored message, compact.
-pub(super) fn encode_message(message: &StoredMessage, dst: &mut Vec<u8>) {
-    put_var(dst, message.received_unix_ms);
-    put_var(dst, message.origin_session);
+pub(super) fn encode_message(message: StoredRef<'_>, dst: &mut Vec<u8>) {
+    let mut head = Varints::default();
+    head.put(message.received_unix_ms);
+    head.put(message.origin_session);
     let is_3x = matches!(message.family, Family::V3) as u64;
-    put_var(dst, (message.publish.len() as u64) << 1 | is_3x);
-    dst.put_slice(&message.publish);
+    head.put((message.publish.len() as u64) << 1 | is_3x);
+    dst.reserve(head.len + message.publish.len());
+    dst.extend_from_slice(head.bytes());
+    dst.extend_from_slice(message.publish);
 }
 
 /// A stored message from the front of `src`, compact.

@@ -7,7 +7,7 @@ use bytes::BufMut;
 
 use super::compact::{encode_message, OutFields, OUT_C, OUT_WITH_BODY_C};
 use super::{get_str, get_u16, get_u32, get_u64, get_u8};
-use super::{OutRecord, RecordError, StoredMessage};
+use super::{OutRecord, RecordError, StoredRef};
 
 /// The parts of an [`OutRecord`], borrowed: the hot path encodes them straight into the
 /// log's buffer ([`OutParts::encode`]) without building a record.
@@ -31,7 +31,7 @@ pub struct OutParts<'a> {
     pub body: u64,
     /// The body itself, when this record stores it (the first record about the message
     /// since the last checkpoint): one frame instead of a body record and an out record.
-    pub inline: Option<&'a StoredMessage>,
+    pub inline: Option<StoredRef<'a>>,
 }
 
 impl OutParts<'_> {

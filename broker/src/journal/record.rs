@@ -1,6 +1,7 @@
 //! The records of the journal: one durable fact each about a session, its subscriptions,
 //! its outbound messages, its inbound QoS 2 state, or a retained message, and their binary
-//! encoding (little-endian, length-prefixed, a tag byte first).
+//! encoding (a tag byte first; little-endian fixed-width fields, or varints in the compact
+//! forms).
 //!
 //! Every record is a "register write": it sets or clears one key (a session, a
 //! subscription `(session, filter)`, an outbound message `(session, seq)`, an inbound packet
@@ -14,16 +15,16 @@
 //! decoded, so a data directory written by an older broker recovers.
 
 mod compact;
-#[cfg(test)]
 pub(super) mod legacy;
 mod out;
+mod stored;
 
 pub use compact::Step;
 pub use out::OutParts;
+pub use stored::StoredRef;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tern_codec::decoder::Decoder;
-use tern_codec::{Family, Packet, ProtocolVersion, Publish};
+use bytes::{Buf, BufMut, Bytes};
+use tern_codec::Family;
 
 /// One journal record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,32 +175,6 @@ pub struct StoredMessage {
     pub publish: Bytes,
     /// The layout of `publish`.
     pub family: Family,
-}
-
-/// A [`StoredMessage`] borrowed from the live message it describes: what the hot path
-/// encodes into an out record's inline body without taking a reference to the frame.
-#[derive(Debug, Clone, Copy)]
-pub struct StoredRef<'a> {
-    /// When the broker received it, in milliseconds since the Unix epoch.
-    pub received_unix_ms: u64,
-    /// The session that published it, 0 for none.
-    pub origin_session: u64,
-    /// The encoded PUBLISH packet, of `family`'s layout.
-    pub publish: &'a [u8],
-    /// The layout of `publish`.
-    pub family: Family,
-}
-
-impl StoredMessage {
-    /// This message, borrowed.
-    pub fn as_stored_ref(&self) -> StoredRef<'_> {
-        StoredRef {
-            received_unix_ms: self.received_unix_ms,
-            origin_session: self.origin_session,
-            publish: &self.publish,
-            family: self.family,
-        }
-    }
 }
 
 /// The top bit of a stored message's length says its frame is 3.x (absent in logs written
@@ -370,6 +345,13 @@ impl Record {
         }
     }
 
+    /// Appends the encoding older brokers wrote (fixed-width fields, no runs): what
+    /// cluster handover forms are written in, so that a node of an older version reads
+    /// the forms of a newer one. [`Record::decode`] reads both.
+    pub fn encode_fixed(&self, dst: &mut Vec<u8>) {
+        legacy::encode(self, dst);
+    }
+
     /// Whether the encoded record `src` is, or may hold, a [`Record::Body`].
     pub fn may_hold_body(src: &[u8]) -> bool {
         matches!(
@@ -537,61 +519,6 @@ impl Record {
     }
 }
 
-impl StoredMessage {
-    /// Appends the encoding to `dst`.
-    pub fn encode(&self, dst: &mut Vec<u8>) {
-        dst.put_u64_le(self.received_unix_ms);
-        dst.put_u64_le(self.origin_session);
-        let flag = match self.family {
-            Family::V3 => V3_FRAME_FLAG,
-            Family::V5 => 0,
-        };
-        dst.put_u32_le(self.publish.len() as u32 | flag);
-        dst.put_slice(&self.publish);
-    }
-
-    /// Decodes one message from the front of `src`.
-    ///
-    /// # Errors
-    /// [`RecordError::Truncated`].
-    pub fn decode(src: &mut &[u8]) -> Result<StoredMessage, RecordError> {
-        let received_unix_ms = get_u64(src)?;
-        let origin_session = get_u64(src)?;
-        let len_and_flag = get_u32(src)?;
-        let len = (len_and_flag & !V3_FRAME_FLAG) as usize;
-        if src.len() < len {
-            return Err(RecordError::Truncated);
-        }
-        let publish = Bytes::copy_from_slice(&src[..len]);
-        src.advance(len);
-        let family = if len_and_flag & V3_FRAME_FLAG != 0 {
-            Family::V3
-        } else {
-            Family::V5
-        };
-        Ok(StoredMessage {
-            received_unix_ms,
-            origin_session,
-            publish,
-            family,
-        })
-    }
-
-    /// The stored PUBLISH decoded (`None`: it does not decode).
-    pub fn decode_publish(&self) -> Option<Publish> {
-        let mut buf = BytesMut::from(&self.publish[..]);
-        let version = match self.family {
-            Family::V3 => ProtocolVersion::V3_1_1,
-            Family::V5 => ProtocolVersion::V5,
-        };
-        let mut decoder = Decoder::with_version(version, u32::MAX);
-        match decoder.decode(&mut buf) {
-            Ok(Some(Packet::Publish(publish))) => Some(publish),
-            _ => None,
-        }
-    }
-}
-
 fn head(dst: &mut Vec<u8>, tag: u8, session: u64) {
     dst.put_u8(tag);
     dst.put_u64_le(session);
@@ -632,6 +559,7 @@ fn get_str(src: &mut &[u8]) -> Result<String, RecordError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tern_codec::{Packet, ProtocolVersion, Publish};
 
     fn message() -> StoredMessage {
         StoredMessage {

@@ -1,6 +1,7 @@
 //! The fixed-width encoding the records of a delivered message had before `compact.rs`
-//! (tags 8 to 11, 15 and 17), kept for tests only: it builds the bytes an older broker
-//! wrote, so that tests can check they still decode to the same records and state.
+//! (tags 8 to 11, 15 and 17). Cluster handover forms are still written in it
+//! ([`Record::encode_fixed`]), so that a node of an older version reads them during a
+//! rolling upgrade; tests build the bytes of an older broker's log with it.
 
 use bytes::BufMut;
 
@@ -10,7 +11,7 @@ use super::{BATCH, BODY, DONE, OUT, OUT_WITH_BODY, RELEASED, SENT};
 /// Appends `record` as an older broker encoded it.
 pub(crate) fn encode(record: &Record, dst: &mut Vec<u8>) {
     match record {
-        Record::Out(out) => encode_out(out, None, dst),
+        Record::Out(out) => encode_out_fixed(out, None, dst),
         Record::Sent {
             session,
             seq,
@@ -50,8 +51,13 @@ pub(crate) fn encode(record: &Record, dst: &mut Vec<u8>) {
 }
 
 /// Appends an out record as an older broker encoded it, with its body inline (tag 17)
-/// when `inline` is given.
+/// when `inline` is given (tests: a handover form never inlines a body).
+#[cfg(test)]
 pub(crate) fn encode_out(out: &OutRecord, inline: Option<&StoredMessage>, dst: &mut Vec<u8>) {
+    encode_out_fixed(out, inline, dst);
+}
+
+fn encode_out_fixed(out: &OutRecord, inline: Option<&StoredMessage>, dst: &mut Vec<u8>) {
     head(
         dst,
         if inline.is_some() { OUT_WITH_BODY } else { OUT },

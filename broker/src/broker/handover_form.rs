@@ -1,6 +1,7 @@
 //! The handover form: how a session's journal records travel between cluster nodes. A form
 //! is a version byte, then each record as a little-endian `u32` length and the record's
-//! journal encoding. A session too large for one transport message is split into several
+//! fixed-width journal encoding ([`Record::encode_fixed`], which nodes of older versions
+//! read; the compact forms the log uses are decoded too). A session too large for one transport message is split into several
 //! forms ([`split_records`]), each a complete form on its own; the receiver applies them
 //! in order into one journal [`State`](crate::journal::state::State), so a record may
 //! refer to what an earlier form carried (the session opened in the first, a message body
@@ -68,7 +69,7 @@ pub(super) trait FormItem {
 
 impl FormItem for Record {
     fn encode_item(&self, dst: &mut Vec<u8>) {
-        self.encode(dst);
+        self.encode_fixed(dst);
     }
     fn record(&self) -> Option<&Record> {
         Some(self)
@@ -78,7 +79,7 @@ impl FormItem for Record {
 impl FormItem for Entry {
     fn encode_item(&self, dst: &mut Vec<u8>) {
         match self {
-            Entry::Record(record) => record.encode(dst),
+            Entry::Record(record) => record.encode_fixed(dst),
             Entry::Identity((seq, (origin, sequence))) => {
                 dst.push(IDENTITY_TAG);
                 for n in [seq, origin, sequence] {
@@ -121,7 +122,7 @@ pub(super) fn encode_records(records: &[Record]) -> Vec<u8> {
     let mut one = Vec::new();
     for record in records {
         one.clear();
-        record.encode(&mut one);
+        record.encode_fixed(&mut one);
         push_framed(&mut out, &one);
     }
     out
@@ -395,7 +396,7 @@ mod tests {
 
     fn encoded_len(record: &Record) -> usize {
         let mut one = Vec::new();
-        record.encode(&mut one);
+        record.encode_fixed(&mut one);
         one.len()
     }
 
@@ -651,5 +652,40 @@ mod tests {
             bad[at] ^= 0xA5;
             let _ = read_all(&[forms[0].clone(), bad]);
         }
+    }
+
+    /// Forms carry the fixed-width encoding older nodes read (tags up to 17), not the
+    /// log's compact forms, and read back the same; a form holding compact records (a
+    /// newer writer) decodes too.
+    #[test]
+    fn forms_are_written_in_the_encoding_older_nodes_read() {
+        let records = vec![
+            open(),
+            body(3, 10),
+            out(1, 3, 7),
+            Record::Released {
+                session: SESSION,
+                seq: 1,
+            },
+            Record::Done {
+                session: SESSION,
+                seq: 2,
+            },
+        ];
+        let form = encode_records(&records);
+        let mut rest = &form[1..];
+        while !rest.is_empty() {
+            let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            assert!(rest[4] <= 17, "tag {}", rest[4]);
+            rest = &rest[4 + len..];
+        }
+        assert_eq!(decode_records(&form).expect("decodes"), records);
+        let mut compact = vec![HANDOVER_VERSION];
+        for record in &records {
+            let mut one = Vec::new();
+            record.encode(&mut one);
+            push_framed(&mut compact, &one);
+        }
+        assert_eq!(decode_records(&compact).expect("decodes"), records);
     }
 }

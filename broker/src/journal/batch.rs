@@ -14,13 +14,17 @@
 //!   was handed over, never deferred), and nothing waits for them except output they hold
 //!   explicitly (a PUBREL, a QoS 2 PUBLISH).
 //!
-//! Both are encoded as a [`super::record::Record::Batch`]. A record appended into either
+//! Both are encoded as a [`super::record::Record::Batch`]. Consecutive steps of one kind
+//! of one session ([`append_step`]) share one record, a run (`record/compact.rs`): a
+//! subscriber's hundred PUBACKs cost a few bytes each, not a record each. A record appended into either
 //! has no log position yet: its caller gets [`PENDING`] or [`DEFERRED`], and output that
 //! must wait for it is held until the frame is appended and its position known (see
 //! `delivery::shared_writer`).
 
 use std::cell::RefCell;
 use std::thread::LocalKey;
+
+use super::record::Step;
 
 /// The position of a record appended into an open atomic batch: not known until it
 /// closes.
@@ -37,13 +41,53 @@ pub fn is_pending(position: u64) -> bool {
 /// Tag of a batch record (see `record.rs`).
 pub(super) const BATCH_TAG: u8 = 16;
 
-type Open = RefCell<Option<Vec<u8>>>;
+/// An open buffer: its encoding and the run of steps its last record is, if it is one.
+struct Buffer {
+    /// The tag, the number of records (`u32 LE`, patched as records are added), then each
+    /// record as `len: u32 LE | record`.
+    bytes: Vec<u8>,
+    /// The last record, when it is a run of steps that a next step may extend.
+    run: Option<Run>,
+}
+
+/// A run of steps of one session at the end of a buffer (`record::Step`).
+struct Run {
+    /// Where its length prefix is.
+    start: usize,
+    /// The run's tag (which kind of step it holds).
+    tag: u8,
+    /// Its session.
+    session: u64,
+    /// The number of its last step's message.
+    last_seq: u64,
+}
+
+impl Buffer {
+    /// Adds one record, the bytes `encode` appends.
+    fn push(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> usize {
+        let buf = &mut self.bytes;
+        let start = buf.len();
+        buf.extend_from_slice(&[0; 4]);
+        encode(buf);
+        let count = u32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]) + 1;
+        buf[1..5].copy_from_slice(&count.to_le_bytes());
+        self.patch_len(start);
+        start
+    }
+
+    /// Fills in the length of the record whose prefix is at `start` (the last record).
+    fn patch_len(&mut self, start: usize) {
+        let len = (self.bytes.len() - start - 4) as u32;
+        self.bytes[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    }
+}
+
+type Open = RefCell<Option<Buffer>>;
 
 thread_local! {
-    /// The open batch's encoding: the tag, the number of records (`u32 LE`, patched when
-    /// it closes), then each record as `len: u32 LE | record`.
+    /// The open batch.
     static ATOMIC: Open = const { RefCell::new(None) };
-    /// The deferred records, in the same encoding.
+    /// The deferred records.
     static DEFERRED_RECORDS: Open = const { RefCell::new(None) };
 }
 
@@ -63,7 +107,10 @@ pub(super) fn begin(kind: u64) -> bool {
         if open.is_some() {
             return false;
         }
-        *open = Some(vec![BATCH_TAG, 0, 0, 0, 0]);
+        *open = Some(Buffer {
+            bytes: vec![BATCH_TAG, 0, 0, 0, 0],
+            run: None,
+        });
         true
     })
 }
@@ -73,16 +120,39 @@ pub(super) fn begin(kind: u64) -> bool {
 pub(super) fn append<F: FnOnce(&mut Vec<u8>)>(kind: u64, encode: F) -> Result<u64, F> {
     buffer(kind).with_borrow_mut(|open| match open {
         Some(buf) => {
-            let start = buf.len();
-            buf.extend_from_slice(&[0; 4]);
-            encode(buf);
-            let len = (buf.len() - start - 4) as u32;
-            buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
-            let count = u32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]) + 1;
-            buf[1..5].copy_from_slice(&count.to_le_bytes());
+            buf.push(encode);
+            buf.run = None;
             Ok(kind)
         }
         None => Err(encode),
+    })
+}
+
+/// Appends `step` of message `seq` of `session` to the open buffer of `kind` and returns
+/// `kind`: onto the run the buffer ends with when it is of the same kind and session (a
+/// byte or two), else as a new run; `None` when no buffer of `kind` is open.
+pub(super) fn append_step(kind: u64, session: u64, seq: u64, step: Step) -> Option<u64> {
+    buffer(kind).with_borrow_mut(|open| {
+        let buf = open.as_mut()?;
+        let tag = step.run_tag();
+        match &mut buf.run {
+            Some(run) if run.tag == tag && run.session == session => {
+                step.encode_next(run.last_seq, seq, &mut buf.bytes);
+                run.last_seq = seq;
+                let start = run.start;
+                buf.patch_len(start);
+            }
+            _ => {
+                let start = buf.push(|dst| step.encode_run(session, seq, dst));
+                buf.run = Some(Run {
+                    start,
+                    tag,
+                    session,
+                    last_seq: seq,
+                });
+            }
+        }
+        Some(kind)
     })
 }
 
@@ -91,7 +161,8 @@ pub(super) fn append<F: FnOnce(&mut Vec<u8>)>(kind: u64, encode: F) -> Result<u6
 pub(super) fn take(kind: u64) -> Option<Vec<u8>> {
     buffer(kind)
         .with_borrow_mut(Option::take)
-        .filter(|buf| buf.len() > 5)
+        .map(|buf| buf.bytes)
+        .filter(|bytes| bytes.len() > 5)
 }
 
 #[cfg(test)]
@@ -146,5 +217,59 @@ mod deferred_tests {
         let deferred = take(DEFERRED).expect("one record");
         assert_eq!(Record::decode(&deferred), Ok(Record::Batch(vec![done])));
         assert!(is_pending(PENDING) && is_pending(DEFERRED) && !is_pending(DEFERRED - 1));
+    }
+}
+
+#[cfg(test)]
+mod run_tests {
+    use super::*;
+    use crate::journal::record::Record;
+
+    /// Steps of one kind of one session extend the run the buffer ends with; another
+    /// kind, another session or another record starts a new one, so the order of the
+    /// records is kept.
+    #[test]
+    fn consecutive_steps_of_one_session_share_a_run() {
+        assert_eq!(append_step(DEFERRED, 1, 1, Step::Done), None, "none open");
+        assert!(begin(DEFERRED));
+        for seq in 1..=100 {
+            assert_eq!(append_step(DEFERRED, 7, seq, Step::Done), Some(DEFERRED));
+        }
+        let hundred = take(DEFERRED).expect("a run");
+        assert!(hundred.len() < 5 + 4 + 3 + 100, "{} bytes", hundred.len());
+        let dones = (1..=100)
+            .map(|seq| Record::Done { session: 7, seq })
+            .collect();
+        assert_eq!(Record::decode(&hundred), Ok(Record::Batch(dones)));
+
+        assert!(begin(DEFERRED));
+        let q2 = Record::Qos2Received {
+            session: 7,
+            packet_id: 1,
+        };
+        append_step(DEFERRED, 7, 1, Step::Done);
+        append_step(DEFERRED, 8, 2, Step::Done);
+        append_step(DEFERRED, 8, 3, Step::Sent(4));
+        assert!(append(DEFERRED, |b| q2.encode(b)).is_ok());
+        append_step(DEFERRED, 8, 4, Step::Sent(5));
+        append_step(DEFERRED, 8, 3, Step::Done);
+        let expected = vec![
+            Record::Done { session: 7, seq: 1 },
+            Record::Done { session: 8, seq: 2 },
+            Record::Sent {
+                session: 8,
+                seq: 3,
+                packet_id: 4,
+            },
+            q2,
+            Record::Sent {
+                session: 8,
+                seq: 4,
+                packet_id: 5,
+            },
+            Record::Done { session: 8, seq: 3 },
+        ];
+        let bytes = take(DEFERRED).expect("records");
+        assert_eq!(Record::decode(&bytes), Ok(Record::Batch(expected)));
     }
 }

@@ -15,6 +15,8 @@
 //! only checkpoints ([`snapshot`]) keep state.
 
 pub mod batch;
+#[cfg(test)]
+mod compat_tests;
 pub mod open;
 pub mod record;
 pub mod snapshot;
@@ -30,7 +32,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tern_codec::template::Family;
 use tokio::time::Instant;
 
-use self::record::{Record, StoredMessage};
+use self::record::{Record, StoredMessage, StoredRef};
 use crate::message::Message;
 use crate::wal::{DirLock, Position, Wal};
 
@@ -108,7 +110,7 @@ impl Journal {
     /// [`Journal::body_stored`] with the record's position): a body in the log after the
     /// last checkpoint's cut already is not stored again, so that a message handed to many
     /// persistent sessions is stored once (per checkpoint).
-    pub fn body_for(&self, message: &Message, now: Instant) -> (u64, Option<StoredMessage>) {
+    pub fn body_for<'m>(&self, message: &'m Message, now: Instant) -> (u64, Option<StoredRef<'m>>) {
         let body = &message.journal_body;
         let id = body.id.load(Ordering::Acquire);
         if id != 0 && body.position.load(Ordering::Acquire) > self.last_cut.load(Ordering::Acquire)
@@ -116,7 +118,7 @@ impl Journal {
             return (id, None);
         }
         let id = self.checkpoint_body_id(message);
-        let inline = self.wal.is_some().then(|| stored(message, now));
+        let inline = self.wal.is_some().then(|| stored_ref(message, now));
         (id, inline)
     }
 
@@ -230,18 +232,22 @@ impl Journal {
         position
     }
 
-    /// Appends a step of an outbound message that an acknowledgement caused (sent from the
-    /// queue, PUBREC received, finished): into this thread's deferred records when they
-    /// are open ([`batch::DEFERRED`] is returned, and [`take_appended`] does not see it),
-    /// else as [`Journal::append`] does.
-    pub fn append_deferred(&self, record: &Record) -> u64 {
+    /// Appends a step of outbound message `seq` of `session` that an acknowledgement
+    /// caused (sent from the queue, PUBREC received, finished): into this thread's deferred
+    /// records when they are open ([`batch::DEFERRED`] is returned, and [`take_appended`]
+    /// does not see it), else as [`Journal::append`] does. Consecutive steps of one kind of
+    /// one session held back together are one record ([`batch::append_step`]).
+    pub fn append_step(&self, session: u64, seq: u64, step: record::Step) -> u64 {
         if self.wal.is_none() {
             return 0;
         }
-        match batch::append(batch::DEFERRED, |buf| record.encode(buf)) {
-            Ok(deferred) => deferred,
-            Err(_) => self.append(record),
+        if let Some(held) = batch::append_step(batch::DEFERRED, session, seq, step) {
+            return held;
         }
+        if let Some(held) = batch::append_step(batch::PENDING, session, seq, step) {
+            return held;
+        }
+        self.append_with(|buf| step.encode_run(session, seq, buf))
     }
 
     /// Opens a buffer of held-back records of `kind` on this thread ([`batch`]): an atomic
@@ -315,12 +321,34 @@ fn unix_ms_at(now: Instant) -> u64 {
 
 /// `message` as stored: its PUBLISH encoded as 5.0 and its wall-clock receive time.
 pub fn stored(message: &Message, now: Instant) -> StoredMessage {
+    let stored = stored_ref(message, now);
+    StoredMessage {
+        received_unix_ms: stored.received_unix_ms,
+        origin_session: stored.origin_session,
+        // The template's frame, shared (not copied) with the message.
+        publish: publish_template(message).1.clone(),
+        family: stored.family,
+    }
+}
+
+/// [`stored`], borrowed from `message` (no reference to its frame taken).
+pub fn stored_ref(message: &Message, now: Instant) -> StoredRef<'_> {
     let age_ms = now
         .saturating_duration_since(message.received_at)
         .as_millis() as u64;
-    // The received frame when it can be stored as is (3.x frames have no properties to
-    // lose), else the 5.0 template (built once per message, or the received frame itself),
-    // shared by every record that stores the message, without a copy.
+    let (family, publish) = publish_template(message);
+    StoredRef {
+        received_unix_ms: unix_ms_at(now).saturating_sub(age_ms),
+        origin_session: message.origin_session.map_or(0, std::num::NonZeroU64::get),
+        publish,
+        family,
+    }
+}
+
+/// The frame `message` is stored as: the received frame when it can be stored as is (3.x
+/// frames have no properties to lose), else the 5.0 template (built once per message, or
+/// the received frame itself), shared by every record that stores the message.
+fn publish_template(message: &Message) -> (Family, &bytes::Bytes) {
     let with_packet_id = message.qos() != tern_codec::QoS::AtMostOnce;
     let templates = &message.templates;
     let (family, template) = match templates.peek(Family::V5, with_packet_id) {
@@ -332,11 +360,5 @@ pub fn stored(message: &Message, now: Instant) -> StoredMessage {
             _ => (Family::V5, templates.get(Family::V5, with_packet_id)),
         },
     };
-    let publish = template.as_bytes().clone();
-    StoredMessage {
-        received_unix_ms: unix_ms_at(now).saturating_sub(age_ms),
-        origin_session: message.origin_session.map_or(0, std::num::NonZeroU64::get),
-        publish,
-        family,
-    }
+    (family, template.as_bytes())
 }

@@ -1,6 +1,7 @@
 //! The records of the journal: one durable fact each about a session, its subscriptions,
 //! its outbound messages, its inbound QoS 2 state, or a retained message, and their binary
-//! encoding (little-endian, length-prefixed, a tag byte first).
+//! encoding (a tag byte first; little-endian fixed-width fields, or varints in the compact
+//! forms).
 //!
 //! Every record is a "register write": it sets or clears one key (a session, a
 //! subscription `(session, filter)`, an outbound message `(session, seq)`, an inbound packet
@@ -8,14 +9,22 @@
 //! that guards that key's state, so the log holds them in the order they happened, and
 //! replaying any suffix of the log that holds every record since a snapshot onto that
 //! snapshot gives the state at the end of the log (see [`super::state`]).
+//!
+//! The records a delivered message costs (out, body, sent, released, done) are written in
+//! the compact form of [`compact`]; the fixed-width forms they had before are still
+//! decoded, so a data directory written by an older broker recovers.
 
+mod compact;
+pub(super) mod legacy;
 mod out;
+mod stored;
 
+pub use compact::Step;
 pub use out::OutParts;
+pub use stored::StoredRef;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tern_codec::decoder::Decoder;
-use tern_codec::{Family, Packet, ProtocolVersion, Publish};
+use bytes::{Buf, BufMut, Bytes};
+use tern_codec::Family;
 
 /// One journal record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,6 +193,9 @@ pub enum RecordError {
     /// A string that is not UTF-8.
     #[error("record string is not UTF-8")]
     BadString,
+    /// A varint longer than 10 bytes, or too large for its field.
+    #[error("record varint out of range")]
+    BadVarint,
 }
 
 const SESSION_OPEN: u8 = 1;
@@ -206,9 +218,9 @@ const BATCH: u8 = super::batch::BATCH_TAG;
 const OUT_WITH_BODY: u8 = 17;
 
 fn encode_body(id: u64, message: &StoredMessage, dst: &mut Vec<u8>) {
-    dst.put_u8(BODY);
-    dst.put_u64_le(id);
-    message.encode(dst);
+    dst.put_u8(compact::BODY_C);
+    compact::put_var(dst, id);
+    compact::encode_message(message.as_stored_ref(), dst);
 }
 
 /// A batch: the count, then each record as `len: u32 LE | record`.
@@ -312,19 +324,9 @@ impl Record {
                 session,
                 seq,
                 packet_id,
-            } => {
-                head(dst, SENT, *session);
-                dst.put_u64_le(*seq);
-                dst.put_u16_le(*packet_id);
-            }
-            Record::Released { session, seq } => {
-                head(dst, RELEASED, *session);
-                dst.put_u64_le(*seq);
-            }
-            Record::Done { session, seq } => {
-                head(dst, DONE, *session);
-                dst.put_u64_le(*seq);
-            }
+            } => Step::Sent(*packet_id).encode_run(*session, *seq, dst),
+            Record::Released { session, seq } => Step::Released.encode_run(*session, *seq, dst),
+            Record::Done { session, seq } => Step::Done.encode_run(*session, *seq, dst),
             Record::Qos2Received { session, packet_id } => {
                 head(dst, QOS2_RECEIVED, *session);
                 dst.put_u16_le(*packet_id);
@@ -343,11 +345,22 @@ impl Record {
         }
     }
 
+    /// Appends the encoding older brokers wrote (fixed-width fields, no runs): what
+    /// cluster handover forms are written in, so that a node of an older version reads
+    /// the forms of a newer one. [`Record::decode`] reads both.
+    pub fn encode_fixed(&self, dst: &mut Vec<u8>) {
+        legacy::encode(self, dst);
+    }
+
     /// Whether the encoded record `src` is, or may hold, a [`Record::Body`].
     pub fn may_hold_body(src: &[u8]) -> bool {
         matches!(
             src.first(),
-            Some(&BODY) | Some(&BATCH) | Some(&OUT_WITH_BODY)
+            Some(&BODY)
+                | Some(&BATCH)
+                | Some(&OUT_WITH_BODY)
+                | Some(&compact::BODY_C)
+                | Some(&compact::OUT_WITH_BODY_C)
         )
     }
 
@@ -374,9 +387,43 @@ impl Record {
             let message = StoredMessage::decode(&mut src)?;
             return Ok(Record::Body { id, message });
         }
+        if tag >= compact::OUT_C {
+            return decode_compact(tag, src);
+        }
         let session = get_u64(&mut src)?;
         decode_session_record(tag, session, src)
     }
+}
+
+/// A record in the compact form (tags 18 and up), after its tag.
+fn decode_compact(tag: u8, mut src: &[u8]) -> Result<Record, RecordError> {
+    let record = match tag {
+        compact::BODY_C => {
+            let id = compact::get_var(&mut src)?;
+            let message = compact::decode_message(&mut src)?;
+            Record::Body { id, message }
+        }
+        compact::OUT_C => Record::Out(Box::new(compact::decode_out(&mut src)?)),
+        compact::OUT_WITH_BODY_C => {
+            let out = compact::decode_out(&mut src)?;
+            let message = compact::decode_message(&mut src)?;
+            Record::Batch(vec![
+                Record::Body {
+                    id: out.body,
+                    message,
+                },
+                Record::Out(Box::new(out)),
+            ])
+        }
+        compact::SENT_RUN | compact::RELEASED_RUN | compact::DONE_RUN => {
+            return compact::decode_run(tag, src);
+        }
+        other => return Err(RecordError::UnknownTag(other)),
+    };
+    if !src.is_empty() {
+        return Err(RecordError::Truncated);
+    }
+    Ok(record)
 }
 
 /// A record about one session, after its tag and session id.
@@ -472,61 +519,6 @@ impl Record {
     }
 }
 
-impl StoredMessage {
-    /// Appends the encoding to `dst`.
-    pub fn encode(&self, dst: &mut Vec<u8>) {
-        dst.put_u64_le(self.received_unix_ms);
-        dst.put_u64_le(self.origin_session);
-        let flag = match self.family {
-            Family::V3 => V3_FRAME_FLAG,
-            Family::V5 => 0,
-        };
-        dst.put_u32_le(self.publish.len() as u32 | flag);
-        dst.put_slice(&self.publish);
-    }
-
-    /// Decodes one message from the front of `src`.
-    ///
-    /// # Errors
-    /// [`RecordError::Truncated`].
-    pub fn decode(src: &mut &[u8]) -> Result<StoredMessage, RecordError> {
-        let received_unix_ms = get_u64(src)?;
-        let origin_session = get_u64(src)?;
-        let len_and_flag = get_u32(src)?;
-        let len = (len_and_flag & !V3_FRAME_FLAG) as usize;
-        if src.len() < len {
-            return Err(RecordError::Truncated);
-        }
-        let publish = Bytes::copy_from_slice(&src[..len]);
-        src.advance(len);
-        let family = if len_and_flag & V3_FRAME_FLAG != 0 {
-            Family::V3
-        } else {
-            Family::V5
-        };
-        Ok(StoredMessage {
-            received_unix_ms,
-            origin_session,
-            publish,
-            family,
-        })
-    }
-
-    /// The stored PUBLISH decoded (`None`: it does not decode).
-    pub fn decode_publish(&self) -> Option<Publish> {
-        let mut buf = BytesMut::from(&self.publish[..]);
-        let version = match self.family {
-            Family::V3 => ProtocolVersion::V3_1_1,
-            Family::V5 => ProtocolVersion::V5,
-        };
-        let mut decoder = Decoder::with_version(version, u32::MAX);
-        match decoder.decode(&mut buf) {
-            Ok(Some(Packet::Publish(publish))) => Some(publish),
-            _ => None,
-        }
-    }
-}
-
 fn head(dst: &mut Vec<u8>, tag: u8, session: u64) {
     dst.put_u8(tag);
     dst.put_u64_le(session);
@@ -567,6 +559,7 @@ fn get_str(src: &mut &[u8]) -> Result<String, RecordError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tern_codec::{Packet, ProtocolVersion, Publish};
 
     fn message() -> StoredMessage {
         StoredMessage {
@@ -690,7 +683,7 @@ mod tests {
             subscription_ids: &out.subscription_ids,
             group: None,
             body: out.body,
-            inline: Some(&body),
+            inline: Some(body.as_stored_ref()),
         }
         .encode(&mut buf);
         assert!(Record::may_hold_body(&buf));
@@ -746,6 +739,181 @@ mod tests {
             let decoded = again.decode_publish().expect("a publish");
             assert_eq!(decoded.topic(), "a/b");
             assert_eq!(decoded.payload(), &b"payload"[..]);
+        }
+    }
+
+    /// Records an older broker wrote (the fixed-width forms) decode to the same records.
+    #[test]
+    fn the_fixed_width_forms_of_older_logs_still_decode() {
+        for record in all() {
+            let mut old = Vec::new();
+            legacy::encode(&record, &mut old);
+            assert_eq!(Record::decode(&old), Ok(record.clone()), "{record:?}");
+        }
+        // Bytes as an older broker wrote them, spelled out: done (tag 11), sent (9), and
+        // an out record with its body (17, decoded as [Body, Out]).
+        let done = [11, 6, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(
+            Record::decode(&done),
+            Ok(Record::Done { session: 6, seq: 3 })
+        );
+        let sent = [9, 6, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 9, 0];
+        let expected = Record::Sent {
+            session: 6,
+            seq: 3,
+            packet_id: 9,
+        };
+        assert_eq!(Record::decode(&sent), Ok(expected));
+        #[rustfmt::skip]
+        let out_with_body = [
+            17, 6, 0, 0, 0, 0, 0, 0, 0, // tag, session
+            9, 0, 0, 0, 0, 0, 0, 0, 1, 4, 0, // seq, flags (QoS 1), packet id
+            1, 0, 3, 0, 0, 0, 0, 0, 0, 0, // one subscription id: 3; no group
+            12, 0, 0, 0, 0, 0, 0, 0, // body id
+            5, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, // received, origin
+            2, 0, 0, 0x80, 0x30, 0, // a 3.x frame of 2 bytes
+        ];
+        let expected = Record::Batch(vec![
+            Record::Body {
+                id: 12,
+                message: StoredMessage {
+                    received_unix_ms: 5,
+                    origin_session: 7,
+                    publish: Bytes::from_static(&[0x30, 0]),
+                    family: Family::V3,
+                },
+            },
+            Record::Out(Box::new(OutRecord {
+                session: 6,
+                seq: 9,
+                qos: 1,
+                retain: false,
+                packet_id: 4,
+                subscription_ids: vec![3],
+                group: None,
+                body: 12,
+            })),
+        ]);
+        assert_eq!(Record::decode(&out_with_body), Ok(expected));
+        assert!(Record::may_hold_body(&out_with_body));
+    }
+
+    /// The compact forms: a done record is a few bytes, a run of steps of one session a
+    /// byte or two per step, and a run decodes back to its steps in order (numbers going
+    /// backwards too).
+    #[test]
+    fn steps_of_one_session_are_a_compact_run() {
+        let mut one = Vec::new();
+        Record::Done { session: 6, seq: 3 }.encode(&mut one);
+        assert_eq!(one, [compact::DONE_RUN, 6, 3]);
+        let seqs = [1_000_000u64, 1_000_001, 1_000_003, 999_990, 1 << 50, 0];
+        for step in [Step::Done, Step::Released, Step::Sent(65535)] {
+            let mut run = Vec::new();
+            step.encode_run(300, seqs[0], &mut run);
+            for pair in seqs.windows(2) {
+                step.encode_next(pair[0], pair[1], &mut run);
+            }
+            let expected = seqs.iter().map(|&seq| step.record(300, seq)).collect();
+            assert_eq!(Record::decode(&run), Ok(Record::Batch(expected)));
+            let mut hundred = Vec::new();
+            step.encode_run(300, 5000, &mut hundred);
+            for seq in 5001..5100 {
+                step.encode_next(seq - 1, seq, &mut hundred);
+            }
+            let per_step = if step == Step::Done { 1 } else { 4 };
+            assert!(
+                hundred.len() <= 8 + 99 * per_step,
+                "{step:?}: {}",
+                hundred.len()
+            );
+        }
+        assert_eq!(
+            Record::decode(&[
+                compact::DONE_RUN,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0x7f,
+                1
+            ]),
+            Err(RecordError::BadVarint)
+        );
+        assert_eq!(
+            Record::decode(&[compact::SENT_RUN, 1, 1, 0x80, 0x80, 0x04]),
+            Err(RecordError::BadVarint),
+            "a packet id above 65535"
+        );
+        assert_eq!(
+            Record::decode(&[compact::DONE_RUN + 1]),
+            Err(RecordError::UnknownTag(24))
+        );
+    }
+
+    proptest::proptest! {
+        /// No bytes make the decoder panic, whatever tag they start with.
+        #[test]
+        fn garbage_never_panics(tag in 0u8..32, rest in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let mut bytes = vec![tag];
+            bytes.extend_from_slice(&rest);
+            let _ = Record::decode(&bytes);
+            let _ = Record::may_hold_body(&bytes);
+        }
+
+        /// Out records, bodies and runs of any field values round-trip in the compact form,
+        /// and every prefix of one is an error, never a panic.
+        #[test]
+        fn compact_forms_round_trip(
+            session in proptest::num::u64::ANY,
+            seqs in proptest::collection::vec(proptest::num::u64::ANY, 1..8),
+            packet_id in proptest::num::u16::ANY,
+            subscription_ids in proptest::collection::vec(proptest::num::u32::ANY, 0..4),
+            body in proptest::num::u64::ANY,
+            received in proptest::num::u64::ANY,
+            publish in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+        ) {
+            let out = OutRecord {
+                session,
+                seq: seqs[0],
+                qos: 2,
+                retain: true,
+                packet_id,
+                subscription_ids,
+                group: Some("$share/g/#".into()),
+                body,
+            };
+            let message = StoredMessage {
+                received_unix_ms: received,
+                origin_session: session,
+                publish: Bytes::from(publish),
+                family: Family::V3,
+            };
+            let records = [
+                Record::Out(Box::new(out)),
+                Record::Body { id: body, message },
+                Record::Sent { session, seq: seqs[0], packet_id },
+            ];
+            for record in records {
+                let mut buf = Vec::new();
+                record.encode(&mut buf);
+                proptest::prop_assert_eq!(Record::decode(&buf), Ok(record));
+                for cut in 0..buf.len() {
+                    proptest::prop_assert!(Record::decode(&buf[..cut]).is_err());
+                }
+            }
+            let mut run = Vec::new();
+            Step::Sent(packet_id).encode_run(session, seqs[0], &mut run);
+            for pair in seqs.windows(2) {
+                Step::Sent(packet_id).encode_next(pair[0], pair[1], &mut run);
+            }
+            let steps: Vec<Record> = seqs.iter().map(|&seq| Step::Sent(packet_id).record(session, seq)).collect();
+            let expected = if steps.len() == 1 { steps[0].clone() } else { Record::Batch(steps) };
+            proptest::prop_assert_eq!(Record::decode(&run), Ok(expected));
         }
     }
 }

@@ -9,7 +9,7 @@ use tern_codec::QoS;
 
 use super::delivery::Queued;
 use super::inflight::Inflight;
-use crate::journal::record::{OutParts, OutRecord, Record, StoredMessage};
+use crate::journal::record::{OutParts, OutRecord, Record, Step, StoredMessage};
 use crate::journal::Journal;
 use crate::message::Message;
 
@@ -90,7 +90,7 @@ pub(super) fn out_of(
             subscription_ids: of.subscription_ids,
             group: of.group,
             body,
-            inline: inline.as_ref(),
+            inline,
         }
         .encode(dst);
     });
@@ -157,19 +157,15 @@ pub(super) fn out_record(
 
 /// Logs that queued message `seq` went out with `packet_id`.
 pub(super) fn sent(journal: &Journal, session: u64, seq: u64, packet_id: u16) -> u64 {
-    journal.append_deferred(&Record::Sent {
-        session,
-        seq,
-        packet_id,
-    })
+    journal.append_step(session, seq, Step::Sent(packet_id))
 }
 
 /// Logs that the client answered PUBREC for `seq`.
 pub(super) fn released(journal: &Journal, session: u64, seq: u64) -> u64 {
-    journal.append_deferred(&Record::Released { session, seq })
+    journal.append_step(session, seq, Step::Released)
 }
 
 /// Logs that `seq` is finished.
 pub(super) fn done(journal: &Journal, session: u64, seq: u64) -> u64 {
-    journal.append_deferred(&Record::Done { session, seq })
+    journal.append_step(session, seq, Step::Done)
 }

@@ -315,4 +315,4 @@ impl Future for WaitDurable<'_> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

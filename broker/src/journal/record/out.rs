@@ -1,12 +1,13 @@
 //! The outbound-message record: [`OutParts`], the borrowed form the hot path encodes
-//! straight into the log's buffer (with the message's body inline the first time), and
-//! the decoding of [`OutRecord`].
+//! straight into the log's buffer (with the message's body inline the first time, in the
+//! compact form of `compact.rs`), and the decoding of the fixed-width [`OutRecord`] of
+//! older logs.
 
 use bytes::BufMut;
 
-use super::{get_str, get_u16, get_u32, get_u64, get_u8, head, put_str};
-use super::{OutRecord, RecordError, StoredMessage};
-use super::{OUT, OUT_WITH_BODY};
+use super::compact::{encode_message, OutFields, OUT_C, OUT_WITH_BODY_C};
+use super::{get_str, get_u16, get_u32, get_u64, get_u8};
+use super::{OutRecord, RecordError, StoredRef};
 
 /// The parts of an [`OutRecord`], borrowed: the hot path encodes them straight into the
 /// log's buffer ([`OutParts::encode`]) without building a record.
@@ -30,7 +31,7 @@ pub struct OutParts<'a> {
     pub body: u64,
     /// The body itself, when this record stores it (the first record about the message
     /// since the last checkpoint): one frame instead of a body record and an out record.
-    pub inline: Option<&'a StoredMessage>,
+    pub inline: Option<StoredRef<'a>>,
 }
 
 impl OutParts<'_> {
@@ -38,22 +39,23 @@ impl OutParts<'_> {
     /// [`Record::Batch`] of its body and it).
     pub fn encode(&self, dst: &mut Vec<u8>) {
         let tag = if self.inline.is_some() {
-            OUT_WITH_BODY
+            OUT_WITH_BODY_C
         } else {
-            OUT
+            OUT_C
         };
-        head(dst, tag, self.session);
-        dst.put_u64_le(self.seq);
-        dst.put_u8(self.qos | (self.retain as u8) << 2);
-        dst.put_u16_le(self.packet_id);
-        dst.put_u16_le(self.subscription_ids.len() as u16);
-        for id in self.subscription_ids {
-            dst.put_u32_le(*id);
+        dst.put_u8(tag);
+        OutFields {
+            session: self.session,
+            seq: self.seq,
+            flags: self.qos | (self.retain as u8) << 2,
+            packet_id: self.packet_id,
+            subscription_ids: self.subscription_ids,
+            group: self.group.unwrap_or(""),
+            body: self.body,
         }
-        put_str(dst, self.group.unwrap_or(""));
-        dst.put_u64_le(self.body);
+        .encode(dst);
         if let Some(message) = self.inline {
-            message.encode(dst);
+            encode_message(message, dst);
         }
     }
 }

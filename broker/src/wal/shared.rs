@@ -15,6 +15,9 @@ use super::stats::WalStats;
 use super::waiters::Waiters;
 use super::{Replay, WalError, WalFailed, WalOptions, MAX_BUFFERED_BYTES};
 
+/// A thread's frame buffer grown past this by a large record is dropped after it.
+const KEPT_FRAME_BYTES: usize = 64 * 1024;
+
 /// At most this many released segments are kept for reuse; more are removed.
 const MAX_FREE_SEGMENTS: usize = 2;
 
@@ -196,8 +199,36 @@ impl Shared {
         }
     }
 
-    /// See [`super::Wal::append_with`].
+    /// See [`super::Wal::append_with`]. The record is encoded into this thread's frame
+    /// buffer before the appenders' lock is taken: under it the frame is only numbered and
+    /// copied (every delivery to a persistent session appends, from every worker).
     pub(crate) fn append_with(&self, encode: impl FnOnce(&mut Vec<u8>)) -> u64 {
+        thread_local! {
+            static FRAME: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        FRAME.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut frame) => {
+                frame.clear();
+                frame.resize(FRAME_HEADER_BYTES, 0);
+                encode(&mut frame);
+                let appended = self.append_frame(&mut frame);
+                if frame.capacity() > KEPT_FRAME_BYTES {
+                    *frame = Vec::new(); // a rare large record's buffer is not kept
+                }
+                appended
+            }
+            // Appending from inside an `encode` (never done): a buffer of its own.
+            Err(_) => {
+                let mut frame = vec![0; FRAME_HEADER_BYTES];
+                encode(&mut frame);
+                self.append_frame(&mut frame)
+            }
+        })
+    }
+
+    /// Numbers the encoded `frame` (header space first, then the payload) and copies it
+    /// into the buffer for the committer; returns the log's end position after it.
+    fn append_frame(&self, frame: &mut [u8]) -> u64 {
         let mut buffer = lock(&self.buffer);
         while buffer.bytes.len() >= MAX_BUFFERED_BYTES
             && !buffer.closing
@@ -210,27 +241,15 @@ impl Shared {
                 .unwrap_or_else(PoisonError::into_inner);
             buffer.appenders_waiting -= 1;
         }
-        let start = buffer.bytes.len();
-        let seq = buffer.next_seq;
-        buffer.bytes.resize(start + FRAME_HEADER_BYTES, 0);
-        let frame_bytes = {
-            // Leaves the buffer as it was if `encode` or `seal` panics.
-            let mut guard = TruncateOnUnwind {
-                bytes: &mut buffer.bytes,
-                len: start,
-            };
-            encode(guard.bytes);
-            let frame_bytes = frame::seal_without_crc(guard.bytes, start, seq);
-            guard.len = usize::MAX;
-            frame_bytes
-        };
+        let frame_bytes = frame::seal_without_crc(frame, 0, buffer.next_seq);
         buffer.next_seq += 1;
         buffer.appended += frame_bytes as u64;
         let appended = buffer.appended;
         self.appended.store(appended, Ordering::Release);
-        if buffer.closing || self.status() != Status::Running {
-            buffer.bytes.truncate(start);
-        } else {
+        // Closing or failed: the frame is dropped, but its position was taken, so that
+        // nothing waiting for it is ever released as durable.
+        if !buffer.closing && self.status() == Status::Running {
+            buffer.bytes.extend_from_slice(frame);
             buffer.records += 1;
             buffer.buffered_end = appended;
             if buffer.committer_waiting {
@@ -278,19 +297,5 @@ impl Shared {
                 .map_err(|e| WalError::io("fsync directory", &self.dir, e))?;
         }
         Ok(())
-    }
-}
-
-/// Cuts a buffer back to `len` when dropped during a panic.
-struct TruncateOnUnwind<'a> {
-    bytes: &'a mut Vec<u8>,
-    len: usize,
-}
-
-impl Drop for TruncateOnUnwind<'_> {
-    fn drop(&mut self) {
-        if self.len != usize::MAX {
-            self.bytes.truncate(self.len);
-        }
     }
 }

@@ -60,6 +60,13 @@ pub(crate) struct CompareArgs {
     /// `../shared/peers/build-flashmq.sh` puts it).
     #[arg(long)]
     flashmq_bin: Option<PathBuf>,
+    /// Run FlashMQ with its default Nagle's algorithm on (`tcp_nodelay false`) instead of
+    /// TCP_NODELAY, which Tern always sets and Mosquitto is given here. With Nagle a small
+    /// write only queues while earlier data is unacknowledged, and the sending happens when
+    /// the client's ACK arrives, in the kernel work the client's process is charged for:
+    /// the broker's CPU per delivery drops and the load generator's rises.
+    #[arg(long)]
+    flashmq_nagle: bool,
     /// The Tern build that `tern-before` runs (e.g. one built from the commit before a
     /// change, with `CARGO_TARGET_DIR` elsewhere).
     #[arg(long)]
@@ -267,6 +274,7 @@ struct Env {
     mosquitto: PathBuf,
     rumqttd: PathBuf,
     flashmq: PathBuf,
+    flashmq_nagle: bool,
     scratch: PathBuf,
     base_port: u16,
 }
@@ -294,7 +302,7 @@ impl Env {
             }
             "flashmq" => {
                 let conf = self.scratch.join("flashmq.conf");
-                fs::write(&conf, flashmq_config(port))?;
+                fs::write(&conf, flashmq_config(port, !self.flashmq_nagle))?;
                 let mut cmd = Command::new(&self.flashmq);
                 cmd.arg("--config-file").arg(&conf);
                 (cmd, port)
@@ -391,12 +399,13 @@ fn mosquitto_config(port: u16) -> String {
 }
 
 /// FlashMQ (a benchmark peer only): `../shared/peers/flashmq.conf.example` on `port`, both
-/// protocol versions on one listener, large queues and write buffers.
-fn flashmq_config(port: u16) -> String {
+/// protocol versions on one listener, large queues and write buffers; TCP_NODELAY like
+/// Tern and Mosquitto here unless `nodelay` is false (FlashMQ's default is Nagle).
+fn flashmq_config(port: u16, nodelay: bool) -> String {
     format!(
         "thread_count 2\nallow_anonymous true\nlog_level warning\n\
          max_qos_msg_pending_per_client 65535\nclient_max_write_buffer_size 4194304\n\
-         listen {{\n  protocol mqtt\n  inet_protocol ip4\n  inet4_bind_address 127.0.0.1\n  port {port}\n}}\n"
+         listen {{\n  protocol mqtt\n  inet_protocol ip4\n  inet4_bind_address 127.0.0.1\n  port {port}\n  tcp_nodelay {nodelay}\n}}\n"
     )
 }
 
@@ -437,6 +446,7 @@ pub(crate) fn run(args: CompareArgs) -> Result<()> {
             .flashmq_bin
             .clone()
             .unwrap_or_else(|| PathBuf::from(&home).join(".cache/flashmq-1.26.2/build/flashmq")),
+        flashmq_nagle: args.flashmq_nagle,
         tern_before: args.tern_before_bin.clone(),
         scratch: std::env::temp_dir().join(format!("tern-bench-{}", std::process::id())),
         base_port: args.base_port,
@@ -991,7 +1001,10 @@ fn markdown(
                 tool_version(&env.mosquitto, "-h").replace("mosquitto version", "Mosquitto")
             }
             "rumqttd" => tool_version(&env.rumqttd, "--version"),
-            "flashmq" => "FlashMQ (`--flashmq-bin`)".to_owned(),
+            "flashmq" if env.flashmq_nagle => {
+                "FlashMQ (`--flashmq-bin`, Nagle on: its default)".to_owned()
+            }
+            "flashmq" => "FlashMQ (`--flashmq-bin`, `tcp_nodelay true`)".to_owned(),
             "tern-before" => "Tern before (`--tern-before-bin`)".to_owned(),
             tern => format!("{tern} (release build)"),
         })

@@ -321,14 +321,8 @@ fn unix_ms_at(now: Instant) -> u64 {
 
 /// `message` as stored: its PUBLISH encoded as 5.0 and its wall-clock receive time.
 pub fn stored(message: &Message, now: Instant) -> StoredMessage {
-    let stored = stored_ref(message, now);
-    StoredMessage {
-        received_unix_ms: stored.received_unix_ms,
-        origin_session: stored.origin_session,
-        // The template's frame, shared (not copied) with the message.
-        publish: publish_template(message).1.clone(),
-        family: stored.family,
-    }
+    // The template's frame, shared (not copied) with the message.
+    stored_ref(message, now).to_stored()
 }
 
 /// [`stored`], borrowed from `message` (no reference to its frame taken).

@@ -547,13 +547,32 @@ fn get_u64(src: &mut &[u8]) -> Result<u64, RecordError> {
 
 fn get_str(src: &mut &[u8]) -> Result<String, RecordError> {
     let len = get_u32(src)? as usize;
+    take_str(src, len)
+}
+
+/// The next `len` bytes of `src` (taken off it); both encodings' length-prefixed fields
+/// end here.
+fn take_bytes<'a>(src: &mut &'a [u8], len: usize) -> Result<&'a [u8], RecordError> {
     if src.len() < len {
         return Err(RecordError::Truncated);
     }
-    let s = std::str::from_utf8(&src[..len]).map_err(|_| RecordError::BadString)?;
-    let s = s.to_owned();
-    src.advance(len);
-    Ok(s)
+    let (bytes, rest) = src.split_at(len);
+    *src = rest;
+    Ok(bytes)
+}
+
+/// The next `len` bytes of `src` as a UTF-8 string.
+fn take_str(src: &mut &[u8], len: usize) -> Result<String, RecordError> {
+    let bytes = take_bytes(src, len)?;
+    let s = std::str::from_utf8(bytes).map_err(|_| RecordError::BadString)?;
+    Ok(s.to_owned())
+}
+
+/// The stored PUBLISH frame of `len` bytes at the front of `src`, of the 3.x layout when
+/// `is_3x`.
+fn take_frame(src: &mut &[u8], len: usize, is_3x: bool) -> Result<(Bytes, Family), RecordError> {
+    let publish = Bytes::copy_from_slice(take_bytes(src, len)?);
+    Ok((publish, if is_3x { Family::V3 } else { Family::V5 }))
 }
 
 #[cfg(test)]

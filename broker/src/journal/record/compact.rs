@@ -16,10 +16,12 @@
 //! record, a longer one as a [`Record::Batch`] of them. The fixed-width forms (tags 1 to
 //! 17) are still decoded: logs and checkpoints written before this encoding recover.
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::BufMut;
 use tern_codec::Family;
 
-use super::{get_u8, OutRecord, Record, RecordError, StoredMessage, StoredRef};
+use super::{
+    get_u8, take_frame, take_str, OutRecord, Record, RecordError, StoredMessage, StoredRef,
+};
 
 /// An [`OutRecord`] in the compact form.
 pub(super) const OUT_C: u8 = 18;
@@ -223,16 +225,7 @@ pub(super) fn decode_message(src: &mut &[u8]) -> Result<StoredMessage, RecordErr
     let origin_session = get_var(src)?;
     let len_and_flag = get_var(src)?;
     let len = usize::try_from(len_and_flag >> 1).map_err(|_| RecordError::Truncated)?;
-    if src.len() < len {
-        return Err(RecordError::Truncated);
-    }
-    let publish = Bytes::copy_from_slice(&src[..len]);
-    src.advance(len);
-    let family = if len_and_flag & 1 != 0 {
-        Family::V3
-    } else {
-        Family::V5
-    };
+    let (publish, family) = take_frame(src, len, len_and_flag & 1 != 0)?;
     Ok(StoredMessage {
         received_unix_ms,
         origin_session,
@@ -281,11 +274,5 @@ fn get_var_u32(src: &mut &[u8]) -> Result<u32, RecordError> {
 
 fn get_var_str(src: &mut &[u8]) -> Result<String, RecordError> {
     let len = usize::try_from(get_var(src)?).map_err(|_| RecordError::Truncated)?;
-    if src.len() < len {
-        return Err(RecordError::Truncated);
-    }
-    let s = std::str::from_utf8(&src[..len]).map_err(|_| RecordError::BadString)?;
-    let s = s.to_owned();
-    src.advance(len);
-    Ok(s)
+    take_str(src, len)
 }

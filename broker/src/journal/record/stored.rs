@@ -2,11 +2,11 @@
 //! logs use; the compact one is in `compact.rs`), its borrowed form [`StoredRef`], and the
 //! decoding of its PUBLISH.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tern_codec::decoder::Decoder;
 use tern_codec::{Family, Packet, ProtocolVersion, Publish};
 
-use super::{get_u32, get_u64, RecordError, StoredMessage, V3_FRAME_FLAG};
+use super::{get_u32, get_u64, take_frame, RecordError, StoredMessage, V3_FRAME_FLAG};
 
 /// A [`StoredMessage`] borrowed from the live message it describes: what the hot path
 /// encodes into an out record's inline body without taking a reference to the frame.
@@ -17,9 +17,21 @@ pub struct StoredRef<'a> {
     /// The session that published it, 0 for none.
     pub origin_session: u64,
     /// The encoded PUBLISH packet, of `family`'s layout.
-    pub publish: &'a [u8],
+    pub publish: &'a Bytes,
     /// The layout of `publish`.
     pub family: Family,
+}
+
+impl StoredRef<'_> {
+    /// The message owned: its frame shared, not copied.
+    pub fn to_stored(self) -> StoredMessage {
+        StoredMessage {
+            received_unix_ms: self.received_unix_ms,
+            origin_session: self.origin_session,
+            publish: self.publish.clone(),
+            family: self.family,
+        }
+    }
 }
 
 impl StoredMessage {
@@ -56,16 +68,7 @@ impl StoredMessage {
         let origin_session = get_u64(src)?;
         let len_and_flag = get_u32(src)?;
         let len = (len_and_flag & !V3_FRAME_FLAG) as usize;
-        if src.len() < len {
-            return Err(RecordError::Truncated);
-        }
-        let publish = Bytes::copy_from_slice(&src[..len]);
-        src.advance(len);
-        let family = if len_and_flag & V3_FRAME_FLAG != 0 {
-            Family::V3
-        } else {
-            Family::V5
-        };
+        let (publish, family) = take_frame(src, len, len_and_flag & V3_FRAME_FLAG != 0)?;
         Ok(StoredMessage {
             received_unix_ms,
             origin_session,

@@ -349,9 +349,13 @@ impl Connection {
         }
         // What this packet logged (a message for persistent sessions, a subscription,
         // inbound QoS 2 state): its acknowledgement, and all output after it, waits until
-        // that is durable ("nothing acknowledged is lost").
+        // that is durable ("nothing acknowledged is lost"); records held back until the
+        // end of the buffer (`journal::batch`) hold it until their frame is appended and
+        // durable.
         let logged = crate::journal::take_appended();
-        if logged != 0 {
+        if crate::journal::batch::is_pending(logged) {
+            crate::delivery::pending_holds::hold(&self.out, logged, true);
+        } else if logged != 0 {
             self.out.lock().hold_until(logged);
         }
         Ok(relieved)

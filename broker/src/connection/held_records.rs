@@ -29,6 +29,6 @@ impl HeldRecords {
 impl Drop for HeldRecords {
     fn drop(&mut self) {
         let position = self.broker.journal().map_or(0, |j| j.end_held(self.kind));
-        crate::delivery::shared_writer::release_pending_holds(self.kind, position);
+        crate::delivery::pending_holds::release(self.kind, position);
     }
 }

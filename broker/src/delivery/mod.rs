@@ -5,4 +5,5 @@
 
 pub mod budget;
 pub mod control;
+pub mod pending_holds;
 pub mod shared_writer;

@@ -104,43 +104,6 @@ pub struct HeldFor {
     pub cluster: u64,
 }
 
-thread_local! {
-    /// Writers holding output for records this thread holds back (an open journal batch,
-    /// deferred records), with the kind of hold ([`PENDING`] or `DEFERRED`).
-    static PENDING_HOLDERS: std::cell::RefCell<Vec<(u64, Arc<SharedWriter>)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Registers `writer`, which was just given the not-yet-known hold `kind` ([`PENDING`] or
-/// `DEFERRED`, see `journal::batch`) by this thread.
-pub fn note_pending_hold(writer: &Arc<SharedWriter>, kind: u64) {
-    PENDING_HOLDERS.with_borrow_mut(|holders| holders.push((kind, writer.clone())));
-}
-
-/// The records of `kind` this thread held back were appended at `position` (0: there
-/// were none): every hold of that kind becomes a hold until that position, and the
-/// writers' connections are woken to look again.
-pub fn release_pending_holds(kind: u64, position: u64) {
-    let holders = PENDING_HOLDERS.with_borrow_mut(|holders| {
-        if holders.iter().all(|(k, _)| *k == kind) {
-            return std::mem::take(holders);
-        }
-        let (released, kept) = std::mem::take(holders)
-            .into_iter()
-            .partition(|(k, _)| *k == kind);
-        *holders = kept;
-        released
-    });
-    for (_, writer) in holders {
-        {
-            let mut guard = writer.lock();
-            guard.state.pending_holds = guard.state.pending_holds.saturating_sub(1);
-            guard.hold_until(position);
-        }
-        writer.control.wake();
-    }
-}
-
 /// Whether an append happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
@@ -175,17 +138,31 @@ impl WriteGuard<'_> {
     }
 
     /// Holds everything buffered (so far and until it is taken) until the journal is
-    /// durable up to `position` (see [`crate::journal`]); 0 holds nothing.
-    ///
-    /// A position not known yet ([`PENDING`]: a record in an open journal batch, or
-    /// `DEFERRED`) holds everything until [`release_pending_holds`] gives it its position;
-    /// the caller registers the writer with [`note_pending_hold`].
+    /// durable up to `position` (see [`crate::journal`]); 0 holds nothing. A position not
+    /// known yet ([`PENDING`], `DEFERRED`: records this thread holds back) is not one: use
+    /// [`WriteGuard::hold_for_held_records`] (or `pending_holds::hold`) for it.
     pub fn hold_until(&mut self, position: u64) {
-        if crate::journal::batch::is_pending(position) {
-            self.state.pending_holds += 1;
-        } else {
+        debug_assert!(!crate::journal::batch::is_pending(position));
+        if !crate::journal::batch::is_pending(position) {
             self.state.hold_until = self.state.hold_until.max(position);
         }
+    }
+
+    /// Holds everything buffered (so far and until it is taken) until this thread's held
+    /// records of `kind` are appended, and with `durable` until the journal is durable that
+    /// far (`super::pending_holds`); `writer` is the one this guard locks.
+    pub fn hold_for_held_records(&mut self, writer: &Arc<SharedWriter>, kind: u64, durable: bool) {
+        debug_assert!(std::ptr::eq(self.writer, &**writer));
+        if super::pending_holds::register(writer, kind, durable) {
+            self.state.pending_holds += 1;
+        }
+    }
+
+    /// One hold for held records ended: the records were appended and, for a durable
+    /// hold, the output waits until the journal is durable up to `position` (0: not).
+    pub(super) fn end_pending_hold(&mut self, position: u64) {
+        self.state.pending_holds = self.state.pending_holds.saturating_sub(1);
+        self.state.hold_until = self.state.hold_until.max(position);
     }
 
     /// Holds everything buffered (so far and until it is taken) until NATS has confirmed

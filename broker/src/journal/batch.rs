@@ -5,26 +5,46 @@
 //!   of an inbound QoS 2 message from a persistent session uses it: the copies queued for
 //!   subscribers and the publisher's received packet id are then either all recovered or
 //!   none, so the publisher's resend after a crash is routed exactly once.
-//! - **Deferred records** ([`DEFERRED`]): the steps of outbound messages a connection's
-//!   acknowledgements cause (sent from the queue, PUBREC received, finished), collected
-//!   while the connection handles one buffer of packets and appended once at its end
-//!   (`connection/driver.rs`), so that a subscriber acknowledging a hundred messages takes
-//!   the log's lock once rather than a hundred times. Safe to defer because each is about
-//!   a message whose [`super::record::Record::Out`] is in the log already (appended when it
-//!   was handed over, never deferred), and nothing waits for them except output they hold
-//!   explicitly (a PUBREL, a QoS 2 PUBLISH).
+//! - **Deferred records** ([`DEFERRED`]): the records one connection's input buffer causes,
+//!   collected while the connection handles it and appended once at its end
+//!   (`connection/driver.rs`): the Out records of the messages its publishes hand to
+//!   persistent sessions (`session/logged.rs`, only for sessions with a connection) and the
+//!   steps its acknowledgements cause (sent from the queue, PUBREC received, finished). A
+//!   publisher's buffer of a hundred publishes, or a subscriber's of a hundred PUBACKs,
+//!   takes the log's lock once rather than a hundred times. Nothing that depends on them
+//!   leaves before the frame is appended (`delivery::pending_holds`): the publisher's
+//!   PUBACK/PUBREC and a QoS 2 PUBLISH wait until it is durable; a QoS 1 PUBLISH whose
+//!   Out record is held back (sent at once, or queued and sent later by the subscriber's
+//!   own thread: the subscriber's writer is held when the message is queued) waits until
+//!   it is appended, so that the Done its PUBACK causes is logged after it.
+//!
+//!   So another thread may log a step of a message before its Out record lands: a
+//!   `Sent` (the subscriber's thread sent it from the queue), or a `Done` that needs no
+//!   answer from the client (handed to another member of a shared group, expired in the
+//!   queue). Replay accepts these orders (`state.rs`). A `Released` or a `Done` from the
+//!   client's PUBREC/PUBACK/PUBCOMP cannot come first: the client answers a PUBLISH that
+//!   left after the Out record was appended.
+//!
+//!   A record carrying a message's body is held back like any other; another buffer or
+//!   the log itself refers to that body only once its frame is appended (until then the
+//!   message's body position is the buffer's mark, see [`out_buffer`], and a record
+//!   going elsewhere carries the body again), so no record lands before the body it
+//!   refers to.
 //!
 //! Both are encoded as a [`super::record::Record::Batch`]. Consecutive steps of one kind
 //! of one session ([`append_step`]) share one record, a run (`record/compact.rs`): a
 //! subscriber's hundred PUBACKs cost a few bytes each, not a record each. A record appended into either
 //! has no log position yet: its caller gets [`PENDING`] or [`DEFERRED`], and output that
 //! must wait for it is held until the frame is appended and its position known (see
-//! `delivery::shared_writer`).
+//! `delivery::pending_holds`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::LocalKey;
 
 use super::record::Step;
+use crate::message::Message;
 
 /// The position of a record appended into an open atomic batch: not known until it
 /// closes.
@@ -41,6 +61,15 @@ pub fn is_pending(position: u64) -> bool {
 /// Tag of a batch record (see `record.rs`).
 pub(super) const BATCH_TAG: u8 = 16;
 
+/// The bit that sets the mark of a buffer apart from a log position (a body stored in a
+/// buffer not appended yet: [`mark`]).
+pub const MARK_BIT: u64 = 1 << 63;
+
+/// Whether `position` is a buffer's mark rather than a log position.
+pub fn is_mark(position: u64) -> bool {
+    position & MARK_BIT != 0 && !is_pending(position)
+}
+
 /// An open buffer: its encoding and the run of steps its last record is, if it is one.
 struct Buffer {
     /// The tag, the number of records (`u32 LE`, patched as records are added), then each
@@ -48,6 +77,19 @@ struct Buffer {
     bytes: Vec<u8>,
     /// The last record, when it is a run of steps that a next step may extend.
     run: Option<Run>,
+    /// This buffer's mark, unique among all buffers of all threads of the process.
+    mark: u64,
+    /// The messages whose bodies records in it carry: told the frame's position once it
+    /// is appended.
+    bodies: Vec<Arc<Message>>,
+}
+
+/// What [`take`] gives back: the frame's encoding and the messages whose bodies it holds.
+pub(super) struct Taken {
+    /// The encoding of the batch record.
+    pub(super) bytes: Vec<u8>,
+    /// Messages whose bodies it carries.
+    pub(super) bodies: Vec<Arc<Message>>,
 }
 
 /// A run of steps of one session at the end of a buffer (`record::Step`).
@@ -84,6 +126,27 @@ impl Buffer {
 
 type Open = RefCell<Option<Buffer>>;
 
+/// Threads numbered for marks.
+static NEXT_THREAD: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's number in marks (0: none yet) and the count of buffers it opened.
+    static MARKS: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+/// A new mark: this thread's number (30 bits) and its buffer count (32 bits) under
+/// [`MARK_BIT`]; never one of [`PENDING`] and [`DEFERRED`].
+fn next_mark() -> u64 {
+    MARKS.with(|marks| {
+        let (mut thread, count) = marks.get();
+        if thread == 0 {
+            thread = NEXT_THREAD.fetch_add(1, Ordering::Relaxed) & ((1 << 30) - 1);
+        }
+        marks.set((thread, count.wrapping_add(1)));
+        MARK_BIT | (thread << 32) | (count & 0xFFFF_FFFF)
+    })
+}
+
 thread_local! {
     /// The open batch.
     static ATOMIC: Open = const { RefCell::new(None) };
@@ -110,9 +173,32 @@ pub(super) fn begin(kind: u64) -> bool {
         *open = Some(Buffer {
             bytes: vec![BATCH_TAG, 0, 0, 0, 0],
             run: None,
+            mark: next_mark(),
+            bodies: Vec::new(),
         });
         true
     })
+}
+
+/// The buffer an Out record goes into, as its kind and mark: an open atomic batch, else
+/// (when `defer`) the open deferred records; `None`: straight into the log.
+pub(super) fn out_buffer(defer: bool) -> Option<(u64, u64)> {
+    let mark_of = |kind: u64| buffer(kind).with_borrow(|open| open.as_ref().map(|b| b.mark));
+    match mark_of(PENDING) {
+        Some(mark) => Some((PENDING, mark)),
+        None if defer => mark_of(DEFERRED).map(|mark| (DEFERRED, mark)),
+        None => None,
+    }
+}
+
+/// Notes that the open buffer of `kind` holds `message`'s body: the message learns the
+/// frame's position when it is appended.
+pub(super) fn note_body(kind: u64, message: &Arc<Message>) {
+    buffer(kind).with_borrow_mut(|open| {
+        if let Some(buf) = open {
+            buf.bodies.push(message.clone());
+        }
+    });
 }
 
 /// Appends the record `encode` writes to the open buffer of `kind` and returns `kind`;
@@ -156,13 +242,16 @@ pub(super) fn append_step(kind: u64, session: u64, seq: u64, step: Step) -> Opti
     })
 }
 
-/// Closes the open buffer of `kind`: its encoding, or `None` when it holds no record (or
-/// none is open).
-pub(super) fn take(kind: u64) -> Option<Vec<u8>> {
+/// Closes the open buffer of `kind`: its encoding and the messages whose bodies it holds,
+/// or `None` when it holds no record (or none is open).
+pub(super) fn take(kind: u64) -> Option<Taken> {
     buffer(kind)
         .with_borrow_mut(Option::take)
-        .map(|buf| buf.bytes)
-        .filter(|bytes| bytes.len() > 5)
+        .filter(|buf| buf.bytes.len() > 5)
+        .map(|buf| Taken {
+            bytes: buf.bytes,
+            bodies: buf.bodies,
+        })
 }
 
 #[cfg(test)]
@@ -185,11 +274,14 @@ mod tests {
         for r in &records {
             assert_eq!(append(PENDING, |buf| r.encode(buf)).ok(), Some(PENDING));
         }
-        let bytes = take(PENDING).expect("two records");
+        let bytes = take(PENDING).expect("two records").bytes;
         assert_eq!(Record::decode(&bytes), Ok(Record::Batch(records.to_vec())));
         assert!(append(PENDING, |_| {}).is_err(), "closed");
         assert!(begin(PENDING));
-        assert_eq!(take(PENDING), None, "an empty batch is nothing to append");
+        assert!(
+            take(PENDING).is_none(),
+            "an empty batch is nothing to append"
+        );
     }
 }
 
@@ -212,9 +304,9 @@ mod deferred_tests {
         };
         assert_eq!(append(DEFERRED, |b| done.encode(b)).ok(), Some(DEFERRED));
         assert_eq!(append(PENDING, |b| received.encode(b)).ok(), Some(PENDING));
-        let atomic = take(PENDING).expect("one record");
+        let atomic = take(PENDING).expect("one record").bytes;
         assert_eq!(Record::decode(&atomic), Ok(Record::Batch(vec![received])));
-        let deferred = take(DEFERRED).expect("one record");
+        let deferred = take(DEFERRED).expect("one record").bytes;
         assert_eq!(Record::decode(&deferred), Ok(Record::Batch(vec![done])));
         assert!(is_pending(PENDING) && is_pending(DEFERRED) && !is_pending(DEFERRED - 1));
     }
@@ -235,7 +327,7 @@ mod run_tests {
         for seq in 1..=100 {
             assert_eq!(append_step(DEFERRED, 7, seq, Step::Done), Some(DEFERRED));
         }
-        let hundred = take(DEFERRED).expect("a run");
+        let hundred = take(DEFERRED).expect("a run").bytes;
         assert!(hundred.len() < 5 + 4 + 3 + 100, "{} bytes", hundred.len());
         let dones = (1..=100)
             .map(|seq| Record::Done { session: 7, seq })
@@ -269,7 +361,7 @@ mod run_tests {
             },
             Record::Done { session: 8, seq: 3 },
         ];
-        let bytes = take(DEFERRED).expect("records");
+        let bytes = take(DEFERRED).expect("records").bytes;
         assert_eq!(Record::decode(&bytes), Ok(Record::Batch(expected)));
     }
 }

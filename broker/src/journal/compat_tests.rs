@@ -140,7 +140,7 @@ fn new_frame(op: &Op) -> Vec<u8> {
             for &(session, seq, step) in steps {
                 assert!(batch::append_step(batch::DEFERRED, session, seq, step).is_some());
             }
-            buf = batch::take(batch::DEFERRED).expect("steps");
+            buf = batch::take(batch::DEFERRED).expect("steps").bytes;
         }
     }
     buf

@@ -8,15 +8,20 @@
 //! position this thread appended; the connection driver takes it after handling a packet
 //! ([`take_appended`]) and holds its output (the acknowledgement and all after it) until
 //! the log is durable that far (`SharedWriter` holds). Deliveries to other clients do not
-//! wait, except QoS 2 to persistent sessions (exactly once across a crash needs the
-//! packet id on disk before the PUBLISH leaves).
+//! wait for the disk, except QoS 2 to persistent sessions (exactly once across a crash
+//! needs the packet id on disk before the PUBLISH leaves). Records held back until the end
+//! of a connection's input buffer ([`batch`]) have no position yet: what depends on them
+//! waits until their frame is appended (`delivery::pending_holds`).
 //!
 //! With `durability = "none"` there is no log: records are not written, nothing waits, and
 //! only checkpoints ([`snapshot`]) keep state.
 
 pub mod batch;
+mod body_ids;
 #[cfg(test)]
 mod compat_tests;
+#[cfg(test)]
+mod held_out_tests;
 pub mod open;
 pub mod record;
 pub mod snapshot;
@@ -63,8 +68,8 @@ pub struct Journal {
     /// The cut of the checkpoint being or last written: a body stored before it is stored
     /// again before a new record refers to it.
     last_cut: AtomicU64,
-    /// The next body id.
-    next_body_id: AtomicU64,
+    /// Where new body ids come from.
+    body_ids: body_ids::BodyIds,
 }
 
 impl Journal {
@@ -84,7 +89,7 @@ impl Journal {
             max_disk_bytes,
             checkpoint_bytes: std::sync::atomic::AtomicU64::new(checkpoint_bytes),
             last_cut: AtomicU64::new(0),
-            next_body_id: AtomicU64::new(1),
+            body_ids: body_ids::BodyIds::new(),
         }
     }
 
@@ -93,9 +98,10 @@ impl Journal {
         self.last_cut.store(cut, Ordering::Release);
     }
 
-    /// Body ids recovered go up to `max`: new ones are numbered above.
+    /// Body ids recovered go up to `max`: new ones are numbered above (call before any
+    /// id is handed out).
     pub fn set_max_body_id(&self, max: u64) {
-        self.next_body_id.fetch_max(max + 1, Ordering::Relaxed);
+        self.body_ids.above(max);
     }
 
     /// A checkpoint with this cut is being written (call before it reads any state);
@@ -105,37 +111,71 @@ impl Journal {
         self.last_cut.swap(cut, Ordering::AcqRel)
     }
 
-    /// The id of `message`'s stored body, for a record that refers to it, and the body
-    /// itself when the record must carry it ([`record::OutParts::inline`]; then call
-    /// [`Journal::body_stored`] with the record's position): a body in the log after the
-    /// last checkpoint's cut already is not stored again, so that a message handed to many
-    /// persistent sessions is stored once (per checkpoint).
-    pub fn body_for<'m>(&self, message: &'m Message, now: Instant) -> (u64, Option<StoredRef<'m>>) {
-        let body = &message.journal_body;
-        let id = body.id.load(Ordering::Acquire);
-        if id != 0 && body.position.load(Ordering::Acquire) > self.last_cut.load(Ordering::Acquire)
-        {
-            return (id, None);
+    /// Appends the Out record `encode` writes from the body id of `message` and, when the
+    /// record must carry the body, the body itself (a body stored after the last
+    /// checkpoint's cut, or in the same held buffer, is not stored again: a message handed
+    /// to many persistent sessions is stored once per checkpoint). Goes into an open atomic
+    /// batch, else with `defer` into this thread's open deferred records (returning
+    /// [`batch::PENDING`] or [`batch::DEFERRED`]; [`take_appended`] then reports
+    /// [`batch::DEFERRED`] until its frame is appended), else straight into the log. 0
+    /// without a log.
+    pub fn append_out<F>(&self, message: &Arc<Message>, now: Instant, defer: bool, encode: F) -> u64
+    where
+        F: FnOnce(&mut Vec<u8>, u64, Option<StoredRef<'_>>),
+    {
+        let Some(wal) = &self.wal else {
+            return 0;
+        };
+        let held = batch::out_buffer(defer);
+        let (id, inline) = self.body_for(message, now, held.map_or(0, |(_, mark)| mark));
+        let carries = inline.is_some();
+        let position = match held {
+            Some((kind, mark)) => {
+                let _ = batch::append(kind, |buf| encode(buf, id, inline));
+                if carries {
+                    batch::note_body(kind, message);
+                    message.journal_body.position.store(mark, Ordering::Release);
+                }
+                if kind == batch::DEFERRED {
+                    APPENDED.with(|a| a.set(a.get().max(batch::DEFERRED)));
+                }
+                return kind;
+            }
+            None => wal.append_with(|buf| encode(buf, id, inline)).0,
+        };
+        APPENDED.with(|a| a.set(a.get().max(position)));
+        if carries {
+            message
+                .journal_body
+                .position
+                .store(position, Ordering::Release);
         }
-        let id = self.checkpoint_body_id(message);
-        let inline = self.wal.is_some().then(|| stored_ref(message, now));
-        (id, inline)
+        position
     }
 
-    /// The record carrying `message`'s body was appended at `position`. A position not
-    /// known yet (a batch, deferred records) is noted as the log's end now plus one, which
-    /// is below where the frame will land: the body is then re-stored after a checkpoint
-    /// that might not cover it, never wrongly assumed stored.
-    pub fn body_stored(&self, message: &Message, position: u64) {
-        let position = if batch::is_pending(position) {
-            self.appended() + 1
-        } else {
-            position
-        };
-        message
-            .journal_body
-            .position
-            .store(position, Ordering::Release);
+    /// The id of `message`'s body and the body itself when the record going into the
+    /// buffer marked `dest` (0: straight into the log) must carry it: when the body was
+    /// stored before the last checkpoint's cut, or in a buffer not appended yet other than
+    /// `dest` (a frame that may land after this record's, or never).
+    fn body_for<'m>(
+        &self,
+        message: &'m Message,
+        now: Instant,
+        dest: u64,
+    ) -> (u64, Option<StoredRef<'m>>) {
+        let body = &message.journal_body;
+        let id = body.id.load(Ordering::Acquire);
+        if id != 0 {
+            let position = body.position.load(Ordering::Acquire);
+            let in_dest = dest != 0 && position == dest;
+            let logged =
+                !batch::is_mark(position) && position > self.last_cut.load(Ordering::Acquire);
+            if in_dest || logged {
+                return (id, None);
+            }
+        }
+        let id = self.checkpoint_body_id(message);
+        (id, Some(stored_ref(message, now)))
     }
 
     /// The id of `message`'s body for a checkpoint (which writes the body itself): the one
@@ -144,7 +184,7 @@ impl Journal {
         let body = &message.journal_body;
         match body.id.load(Ordering::Acquire) {
             0 => {
-                let id = self.next_body_id.fetch_add(1, Ordering::Relaxed);
+                let id = self.body_ids.next();
                 // Two racing callers may both assign: either id is stored with its body.
                 body.id.store(id, Ordering::Release);
                 id
@@ -263,10 +303,15 @@ impl Journal {
     /// now on (the acknowledgement of the packet that made it waits for it); nothing waits
     /// for deferred records but the output they held.
     pub fn end_held(&self, kind: u64) -> u64 {
-        let (Some(wal), Some(bytes)) = (&self.wal, batch::take(kind)) else {
+        let (Some(wal), Some(taken)) = (&self.wal, batch::take(kind)) else {
             return 0;
         };
-        let position = wal.append_with(|buf| buf.extend_from_slice(&bytes)).0;
+        let position = wal.append_with(|buf| buf.extend_from_slice(&taken.bytes)).0;
+        for message in taken.bodies {
+            // Later records may refer to the body where it now is.
+            let body = &message.journal_body;
+            body.position.store(position, Ordering::Release);
+        }
         if kind == batch::PENDING {
             APPENDED.with(|a| a.set(a.get().max(position)));
         }

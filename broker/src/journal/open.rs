@@ -62,6 +62,7 @@ pub fn open(
     let mut state = State::default();
     let mut recovery = Recovery::default();
     let cut = read_checkpoint(dir, &mut state, &mut recovery)?;
+    state.log_begins();
     let wal = match config.durability {
         Durability::None => None,
         Durability::Sync | Durability::Write => {
@@ -95,6 +96,12 @@ pub fn open(
             Some(wal)
         }
     };
+    let dropped = state.finish();
+    if dropped > 0 {
+        // Steps another thread logged for messages whose Out record, held back by the
+        // publisher's thread, never became durable (`journal::state`).
+        tracing::info!(dropped, "steps of messages never handed over dropped");
+    }
     recovery.elapsed = started.elapsed();
     let journal = Journal::new(wal, dir.clone(), lock, config.max_disk_bytes);
     journal.recovered_cut(cut);

@@ -24,7 +24,9 @@ pub use super::link::{Link, OutboundAliases};
 use super::logged::{self, SessionLog};
 use super::write::{out_qos, write_publish, write_pubrel, Written};
 use crate::delivery::budget::ByteBudget;
+use crate::delivery::pending_holds;
 use crate::delivery::shared_writer::SharedWriter;
+use crate::journal::batch::is_pending;
 use crate::journal::record::StoredMessage;
 use crate::journal::Journal;
 use crate::message::Message;
@@ -281,7 +283,15 @@ impl Delivery {
             seq,
         };
         if let (Some(log), Some(journal)) = (&self.log, ctx.journal) {
-            logged::out(journal, log.session, &queued, 0, ctx.now);
+            // Held back only while a connection's output can wait for it: a message
+            // queued here may be sent from the queue on the client's own thread, before
+            // this thread appends the record; its PUBLISH (and so what the client
+            // answers) waits for it.
+            let link = self.link.as_ref();
+            let position = logged::out(journal, log.session, &queued, 0, link.is_some(), ctx.now);
+            if let (true, Some(link)) = (is_pending(position), link) {
+                pending_holds::hold(&link.writer, position, qos == QoS::ExactlyOnce);
+            }
         }
         let flow = flow_mut(&mut self.flow);
         flow.queued_bytes += size;
@@ -301,7 +311,7 @@ impl Delivery {
         let log = self.log.as_ref().zip(ctx.journal).filter(|_| q.seq != 0);
         let position = log.map_or(0, |(log, journal)| {
             if fresh {
-                logged::out(journal, log.session, &q, packet_id.get(), ctx.now)
+                logged::out(journal, log.session, &q, packet_id.get(), true, ctx.now)
             } else {
                 logged::sent(journal, log.session, q.seq, packet_id.get())
             }
@@ -309,6 +319,11 @@ impl Delivery {
         let hold = if q.qos == QoS::ExactlyOnce {
             position
         } else {
+            if fresh && is_pending(position) {
+                // The Out record is held back: the PUBLISH leaves once it is appended, so
+                // that the client's PUBACK is logged after it.
+                pending_holds::hold(&link.writer, position, false);
+            }
             0
         };
         let ids = &q.subscription_ids;

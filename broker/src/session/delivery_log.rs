@@ -80,7 +80,7 @@ impl Restored {
             session,
             (self.seq, &self.message),
             of,
-            packet_id,
+            (packet_id, false),
             now,
         )
     }

@@ -1,7 +1,11 @@
 //! A persistent session's outbound messages as the journal sees them: the numbering of
 //! its messages and the records of their steps (handed over, sent with a packet id, PUBREC
-//! received, finished). Called by [`super::delivery::Delivery`] under its lock, so that the
-//! log holds each message's records in the order its steps happened.
+//! received, finished). Called by [`super::delivery::Delivery`] under its lock. The records
+//! of one message land in the order its steps happened, except that its Out record, held
+//! back by the publisher's thread until the end of its input buffer, may land after a step
+//! another thread logged (`journal::batch`, `journal::state`).
+
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
@@ -51,12 +55,16 @@ impl SessionLog {
 }
 
 /// Logs a message handed to `session`: queued (`packet_id` 0) or sent with `packet_id`.
-/// The first record about a message since the last checkpoint carries its body.
+/// The first record about a message since the last checkpoint carries its body. With
+/// `defer` (the session has a connection whose output can be held) the record may go into
+/// this thread's deferred records: the caller then holds what depends on it (see
+/// [`crate::journal::batch`]).
 pub(super) fn out(
     journal: &Journal,
     session: u64,
     q: &Queued,
     packet_id: u16,
+    defer: bool,
     now: Instant,
 ) -> u64 {
     out_of(
@@ -64,7 +72,7 @@ pub(super) fn out(
         session,
         (q.seq, &q.message),
         q.into(),
-        packet_id,
+        (packet_id, defer),
         now,
     )
 }
@@ -74,13 +82,12 @@ pub(super) fn out(
 pub(super) fn out_of(
     journal: &Journal,
     session: u64,
-    (seq, message): (u64, &Message),
+    (seq, message): (u64, &Arc<Message>),
     of: OutOf<'_>,
-    packet_id: u16,
+    (packet_id, defer): (u16, bool),
     now: Instant,
 ) -> u64 {
-    let (body, inline) = journal.body_for(message, now);
-    let position = journal.append_with(|dst| {
+    journal.append_out(message, now, defer, |dst, body, inline| {
         OutParts {
             session,
             seq,
@@ -93,11 +100,7 @@ pub(super) fn out_of(
             inline,
         }
         .encode(dst);
-    });
-    if inline.is_some() {
-        journal.body_stored(message, position);
-    }
-    position
+    })
 }
 
 /// What an Out record says of a message in a session's queue or window, borrowed from the
@@ -152,8 +155,9 @@ pub(super) fn out_record(
     }))
 }
 
-// The steps below follow an `out` record already in the log (never deferred), so they may
-// be deferred to the end of the connection's input batch (`journal::batch`).
+// The steps below are held back until the end of the connection's input buffer like Out
+// records (`journal::batch`); one may land before its message's Out record, which replay
+// accepts (`journal::state`).
 
 /// Logs that queued message `seq` went out with `packet_id`.
 pub(super) fn sent(journal: &Journal, session: u64, seq: u64, packet_id: u16) -> u64 {

@@ -6,7 +6,7 @@ use tern_codec::template::{encode_publish, PublishTemplate};
 use tern_codec::{Family, Outbound, PacketId, PubRel, PublishQoS, QoS};
 
 use super::delivery::{DeliverCtx, Link};
-use crate::delivery::shared_writer::{note_pending_hold, Appended, SharedWriter, WriteGuard};
+use crate::delivery::shared_writer::{Appended, SharedWriter, WriteGuard};
 use crate::journal::batch::is_pending;
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -35,11 +35,17 @@ pub(super) fn write_pubrel(link: &Link, pubrel: PubRel, hold: u64) {
     let mut guard = link.writer.lock();
     if !guard.is_closed() {
         pubrel.encode(version, guard.buf());
+        hold_durable(&mut guard, &link.writer, hold);
+    }
+}
+
+/// Holds what `guard` (the lock of `writer`) buffered until the journal is durable up to
+/// `hold` (0: nothing), also when that is a position not known yet (held records).
+fn hold_durable(guard: &mut WriteGuard<'_>, writer: &std::sync::Arc<SharedWriter>, hold: u64) {
+    if is_pending(hold) {
+        guard.hold_for_held_records(writer, hold, true);
+    } else {
         guard.hold_until(hold);
-        drop(guard);
-        if is_pending(hold) {
-            note_pending_hold(&link.writer, hold);
-        }
     }
 }
 
@@ -72,14 +78,10 @@ pub(super) fn write_publish(
         ctx,
     );
     // Most deliveries hold nothing (0): not persistent, or QoS 0/1.
-    let held = hold != 0 && appended == Appended::Yes;
-    if held {
-        guard.hold_until(hold);
+    if hold != 0 && appended == Appended::Yes {
+        hold_durable(&mut guard, &link.writer, hold);
     }
     drop(guard);
-    if held && is_pending(hold) {
-        note_pending_hold(&link.writer, hold);
-    }
     let written = account(&link.writer, message, appended, prepared.max_len, ctx);
     if written == Written::Yes {
         Metrics::add(&ctx.metrics.messages_sent, 1);

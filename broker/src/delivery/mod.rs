@@ -5,5 +5,6 @@
 
 pub mod budget;
 pub mod control;
+mod journal_hold;
 pub mod pending_holds;
 pub mod shared_writer;

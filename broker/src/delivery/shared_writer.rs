@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 pub use super::control::NO_DEADLINE_MS;
 
 use super::control::Control;
+use super::journal_hold::{JournalHold, Ready};
 use crate::journal::batch::PENDING;
 
 /// Buffers above this capacity are dropped instead of kept after a flush, so an idle
@@ -63,10 +64,10 @@ struct WriterState {
     closed: bool,
     /// When the buffer first stayed over the cap, for the slow-consumer timeout.
     over_cap_since: Option<Instant>,
-    /// The journal position the buffered bytes depend on (an acknowledgement of a logged
+    /// The journal positions the buffered bytes depend on (an acknowledgement of a logged
     /// record, or a QoS 2 PUBLISH whose packet id is logged): none of them leaves before
-    /// the journal is durable that far (0: nothing to wait for).
-    hold_until: u64,
+    /// the journal is durable that far, though an earlier part of them may go first.
+    journal: JournalHold,
     /// The cluster position the buffered bytes depend on (an acknowledgement of a message
     /// forwarded to other nodes): none of them leaves before NATS has confirmed it (0:
     /// nothing to wait for).
@@ -144,7 +145,9 @@ impl WriteGuard<'_> {
     pub fn hold_until(&mut self, position: u64) {
         debug_assert!(!crate::journal::batch::is_pending(position));
         if !crate::journal::batch::is_pending(position) {
-            self.state.hold_until = self.state.hold_until.max(position);
+            let settled = self.state.pending_holds == 0;
+            let len = self.state.buf.len();
+            self.state.journal.raise(position, len, settled);
         }
     }
 
@@ -162,7 +165,9 @@ impl WriteGuard<'_> {
     /// hold, the output waits until the journal is durable up to `position` (0: not).
     pub(super) fn end_pending_hold(&mut self, position: u64) {
         self.state.pending_holds = self.state.pending_holds.saturating_sub(1);
-        self.state.hold_until = self.state.hold_until.max(position);
+        let settled = self.state.pending_holds == 0;
+        let len = self.state.buf.len();
+        self.state.journal.raise(position, len, settled);
     }
 
     /// Holds everything buffered (so far and until it is taken) until NATS has confirmed
@@ -250,7 +255,7 @@ impl SharedWriter {
                 buf: BytesMut::new(),
                 closed: false,
                 over_cap_since: None,
-                hold_until: 0,
+                journal: JournalHold::default(),
                 cluster_hold_until: 0,
                 pending_holds: 0,
             }),
@@ -370,6 +375,7 @@ impl SharedWriter {
         let mut guard = self.lock();
         if guard.state.buf.is_empty() {
             guard.state.buf = BytesMut::new();
+            guard.state.journal.release();
         }
     }
 
@@ -403,7 +409,7 @@ impl SharedWriter {
         }
         guard.state.buf.clear();
         guard.state.cluster_hold_until = 0;
-        guard.state.hold_until = 0;
+        guard.state.journal.clear();
         true
     }
 
@@ -421,23 +427,38 @@ impl SharedWriter {
     /// The positions to wait for.
     pub fn take_durable(&self, out: &mut BytesMut, reached: Reached) -> Result<bool, HeldFor> {
         let mut guard = self.lock();
-        if guard.state.pending_holds > 0 {
-            return Err(HeldFor {
-                journal: PENDING,
-                cluster: 0,
-            });
+        let state = &mut guard.state;
+        let cluster_held = state.cluster_hold_until > reached.cluster;
+        let pending = state.pending_holds > 0;
+        match state
+            .journal
+            .ready(reached.journal, !pending && !cluster_held)
+        {
+            Ready::All => {}
+            Ready::Prefix(len) if !cluster_held => {
+                // What earlier holds kept back goes; the rest waits for later records.
+                *out = state.buf.split_to(len);
+                state.journal.took_prefix();
+                return Ok(true);
+            }
+            ready => {
+                let wait = match ready {
+                    Ready::Wait(position) if position > reached.journal => position,
+                    _ if pending => PENDING,
+                    _ => 0,
+                };
+                return Err(HeldFor {
+                    journal: wait,
+                    cluster: if cluster_held {
+                        state.cluster_hold_until
+                    } else {
+                        0
+                    },
+                });
+            }
         }
-        let state = &guard.state;
-        let journal = state.hold_until > reached.journal;
-        let cluster = state.cluster_hold_until > reached.cluster;
-        if journal || cluster {
-            return Err(HeldFor {
-                journal: if journal { state.hold_until } else { 0 },
-                cluster: if cluster { state.cluster_hold_until } else { 0 },
-            });
-        }
-        guard.state.hold_until = 0;
-        guard.state.cluster_hold_until = 0;
+        state.journal.clear();
+        state.cluster_hold_until = 0;
         std::mem::swap(&mut guard.state.buf, out);
         if out.len() < self.cap_bytes as usize {
             guard.state.over_cap_since = None;
@@ -529,6 +550,30 @@ mod tests {
             writer.lock().append_packet(None, 100, false, now, fill),
             Appended::Closed
         );
+    }
+
+    #[test]
+    fn acknowledgements_of_an_earlier_hold_go_before_later_ones_are_durable() {
+        let writer = SharedWriter::new(1024);
+        let now = Instant::now();
+        let journal = |journal| Reached {
+            journal,
+            cluster: u64::MAX,
+        };
+        writer.append(2, true, now, |b| b.extend_from_slice(b"a1"));
+        writer.lock().hold_until(100);
+        writer.append(2, true, now, |b| b.extend_from_slice(b"b2"));
+        writer.lock().hold_until(200);
+        let mut out = BytesMut::new();
+        let held = writer.take_durable(&mut out, journal(99));
+        assert_eq!(held.map_err(|h| h.journal), Err(100), "waits for the first");
+        assert_eq!(writer.take_durable(&mut out, journal(150)), Ok(true));
+        assert_eq!(&out[..], b"a1", "the first hold's bytes only");
+        let mut out = BytesMut::new();
+        let held = writer.take_durable(&mut out, journal(150));
+        assert_eq!(held.map_err(|h| h.journal), Err(200));
+        assert_eq!(writer.take_durable(&mut out, journal(200)), Ok(true));
+        assert_eq!(&out[..], b"b2");
     }
 
     #[test]

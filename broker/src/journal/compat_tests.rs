@@ -140,7 +140,10 @@ fn new_frame(op: &Op) -> Vec<u8> {
             for &(session, seq, step) in steps {
                 assert!(batch::append_step(batch::DEFERRED, session, seq, step).is_some());
             }
-            buf = batch::take(batch::DEFERRED).expect("steps").bytes;
+            buf = batch::take(batch::DEFERRED)
+                .expect("steps")
+                .record()
+                .to_vec();
         }
     }
     buf

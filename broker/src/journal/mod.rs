@@ -303,10 +303,11 @@ impl Journal {
     /// now on (the acknowledgement of the packet that made it waits for it); nothing waits
     /// for deferred records but the output they held.
     pub fn end_held(&self, kind: u64) -> u64 {
-        let (Some(wal), Some(taken)) = (&self.wal, batch::take(kind)) else {
+        let (Some(wal), Some(mut taken)) = (&self.wal, batch::take(kind)) else {
             return 0;
         };
-        let position = wal.append_with(|buf| buf.extend_from_slice(&taken.bytes)).0;
+        let position = wal.append_framed(&mut taken.frame).0;
+        batch::give_back(taken.frame);
         for message in taken.bodies {
             // Later records may refer to the body where it now is.
             let body = &message.journal_body;

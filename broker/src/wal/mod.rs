@@ -51,6 +51,7 @@ use bytes::Bytes;
 
 use crate::config::Durability;
 
+pub(crate) use frame::FRAME_HEADER_BYTES;
 pub use frame::MAX_RECORD_BYTES;
 pub use lock::DirLock;
 pub use stats::{Histogram, WalStats, COMMIT_BATCH_BOUNDS_RECORDS, COMMIT_LATENCY_BOUNDS_US};
@@ -200,6 +201,16 @@ impl Wal {
     /// buffer is then left as it was).
     pub fn append_with(&self, encode: impl FnOnce(&mut Vec<u8>)) -> Position {
         Position(self.shared.append_with(encode))
+    }
+
+    /// [`Wal::append_with`] for a frame its caller encoded: [`FRAME_HEADER_BYTES`] of room
+    /// for the header (written here), then the payload. Copied once, into the buffer.
+    ///
+    /// # Panics
+    /// If `frame` is shorter than the header or the payload larger than
+    /// [`MAX_RECORD_BYTES`].
+    pub(crate) fn append_framed(&self, frame: &mut [u8]) -> Position {
+        Position(self.shared.append_frame(frame))
     }
 
     /// Everything up to here is durable (`sync`: fdatasynced; `write`: written).

@@ -228,7 +228,7 @@ impl Shared {
 
     /// Numbers the encoded `frame` (header space first, then the payload) and copies it
     /// into the buffer for the committer; returns the log's end position after it.
-    fn append_frame(&self, frame: &mut [u8]) -> u64 {
+    pub(crate) fn append_frame(&self, frame: &mut [u8]) -> u64 {
         let mut buffer = lock(&self.buffer);
         while buffer.bytes.len() >= MAX_BUFFERED_BYTES
             && !buffer.closing

@@ -250,3 +250,52 @@ fn idle_flow_state_is_let_go_and_comes_back() {
         assert_eq!(budget.used_bytes(), 0, "round {round}: credit given back");
     }
 }
+
+/// A persistent session's resend on resume waits until the journal is durable as far as
+/// it was appended when the connection attached: the QoS 2 message's record may not be
+/// durable yet, and a crash before it is would let the message come twice ([MQTT-4.3.3-1]:
+/// exactly once; the publisher resends what it was not acknowledged).
+#[test]
+fn a_persistent_resume_waits_for_the_journal_before_resending() {
+    use crate::config::{Durability, PersistenceConfig};
+    use crate::delivery::shared_writer::Reached;
+    let dir = crate::wal::tests::temp_dir("resume-hold");
+    let config = PersistenceConfig {
+        enabled: true,
+        dir: dir.to_path_buf(),
+        durability: Durability::Sync,
+        fsync_interval_ms: 1000,
+        checkpoint_interval_secs: 3600,
+        segment_bytes: 1 << 20,
+        max_disk_bytes: 0,
+    };
+    let (journal, _, _) =
+        crate::journal::open::open(&config, Box::new(|_| {})).expect("journal opens");
+    let metrics = Metrics::default();
+    let now = Instant::now();
+    let logged = |now| crate::session::delivery::DeliverCtx {
+        journal: Some(&journal),
+        ..ctx(&metrics, now)
+    };
+    let s = session(1, 100);
+    s.delivery().set_log(Some((1, 0)));
+    let out = attach(&s, window(10), 1, logged(now));
+    let m = message("t", QoS::ExactlyOnce, false, None);
+    s.delivery()
+        .deliver(&m, QoS::ExactlyOnce, false, &[], logged(now));
+    assert_eq!(publishes(packets(&out, V5)).len(), 1);
+    assert!(s.delivery().detach(1));
+    let out = attach(&s, window(10), 2, logged(now));
+    let mut buf = bytes::BytesMut::new();
+    let before = Reached {
+        journal: 0,
+        cluster: u64::MAX,
+    };
+    let held = out.take_durable(&mut buf, before);
+    assert!(
+        held.is_err(),
+        "the resend left before the journal was durable"
+    );
+    let resent = publishes(packets(&out, V5));
+    assert!(resent.len() == 1 && resent[0].dup);
+}

@@ -388,23 +388,13 @@ impl Delivery {
     }
 
     /// Attaches a connection. With `resume`, resends what is unacknowledged: PUBLISH with
-    /// DUP=1 ([MQTT-4.4.0-1]) or PUBREL; then fills the window from the queue.
-    ///
-    /// A persistent session's output waits until the journal is durable as far as it was
-    /// appended now: what is resent or sent from the queue may have been logged by the
-    /// connection before, or handed over, just before, and must not reach the client
-    /// before its record is durable (a QoS 2 message would otherwise come twice after a
-    /// crash: once now, once when its publisher resends it).
+    /// DUP=1 ([MQTT-4.4.0-1]) or PUBREL; then fills the window from the queue. A persistent
+    /// session's output first waits for the journal ([`Delivery::hold_for_journal`]).
     pub fn attach(&mut self, link: Link, window_max: usize, ctx: DeliverCtx<'_>) {
         self.window_max = u16::try_from(window_max.max(1)).unwrap_or(u16::MAX);
         self.unstall();
+        self.hold_for_journal(&link, ctx.journal);
         let link = self.link.insert(link);
-        if let (Some(_), Some(journal)) = (&self.log, ctx.journal) {
-            let appended = journal.appended();
-            if appended > 0 {
-                link.writer.lock().hold_until(appended);
-            }
-        }
         let mut expired = Vec::new();
         for entry in flow_ref(&self.flow).window.iter() {
             match entry.stage {

@@ -105,6 +105,17 @@ fn body_record(
 }
 
 impl Delivery {
+    /// Holds what a connection being attached to this persistent session will be sent
+    /// until the journal is durable as far as it was appended now: a message resent or
+    /// sent from the queue may have been logged, or handed over, just before, and must not
+    /// reach the client before its record is durable (a QoS 2 message would otherwise come
+    /// twice after a crash: now, and when its publisher resends it).
+    pub(super) fn hold_for_journal(&self, link: &super::Link, journal: Option<&Journal>) {
+        if let (Some(_), Some(journal)) = (&self.log, journal) {
+            link.writer.lock().hold_until(journal.appended());
+        }
+    }
+
     /// Appends the records that rebuild this session's outbound state to `out` (a
     /// checkpoint): the last number used, then each message in the window and the queue.
     /// Nothing when the session is not persistent.

@@ -9,13 +9,17 @@
 //! stopped sending, so it sent its window and waited for it whole (`durability = "write"`
 //! ran window-bound, with idle CPU).
 
+use std::sync::Arc;
+
+use super::shared_writer::SharedWriter;
+
 /// See the module doc. One pointer in every connection's writer (whose size is kept
 /// within an allocator size class): the positions are boxed at the first hold and kept
 /// while the connection is active, since a connection that logs keeps logging.
 #[derive(Debug, Default)]
 pub(super) struct JournalHold(Option<Box<Holds>>);
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default)]
 struct Holds {
     /// Every buffered byte waits until the journal is durable this far (0: nothing).
     until: u64,
@@ -27,6 +31,10 @@ struct Holds {
     /// waited for records whose position was not known yet ([`UNSETTLED`]: unknown).
     /// Those bytes wait for `until` at most: the prefix the next higher hold leaves.
     settled_len: u32,
+    /// The writer of the connection that took this one's session over while this one
+    /// waited for records not appended yet: each such wait that ends here ends there too
+    /// (`SharedWriter::hand_pending_holds_to`).
+    successor: Option<Arc<SharedWriter>>,
 }
 
 /// `settled_len` when some buffered bytes wait for records not appended yet.
@@ -70,14 +78,35 @@ impl JournalHold {
     /// The whole buffer was taken (or dropped).
     pub(super) fn clear(&mut self) {
         if let Some(holds) = &mut self.0 {
-            **holds = Holds::default();
+            let successor = holds.successor.take();
+            **holds = Holds {
+                successor,
+                ..Holds::default()
+            };
         }
     }
 
     /// Lets go of the boxed positions (an idle connection with nothing buffered: no byte
-    /// waits for them).
+    /// waits for them), unless a successor waits with this writer.
     pub(super) fn release(&mut self) {
-        self.0 = None;
+        if self.0.as_ref().is_none_or(|h| h.successor.is_none()) {
+            self.0 = None;
+        }
+    }
+
+    /// Each wait for held records that ends from now on ends for `next` too.
+    pub(super) fn set_successor(&mut self, next: Arc<SharedWriter>) {
+        self.0.get_or_insert_with(Box::default).successor = Some(next);
+    }
+
+    /// The successor, if any; with `last`, forgotten (no wait is left to pass on).
+    pub(super) fn successor(&mut self, last: bool) -> Option<Arc<SharedWriter>> {
+        let holds = self.0.as_mut()?;
+        if last {
+            holds.successor.take()
+        } else {
+            holds.successor.clone()
+        }
     }
 
     /// The prefix was taken: the rest waits as before.

@@ -104,9 +104,72 @@ pub fn release(kind: u64, position: u64) {
         std::mem::take(&mut holders.list)
     });
     for Holder { writer, durable } in holders {
-        writer
-            .lock()
-            .end_pending_hold(if durable { position } else { 0 });
-        writer.control().wake();
+        let position = if durable { position } else { 0 };
+        // And the writers of connections that took its session over meanwhile.
+        let mut next = Some(writer);
+        while let Some(writer) = next.take() {
+            next = writer.lock().end_pending_hold(position);
+            writer.control().wake();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::BytesMut;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::delivery::shared_writer::{Reached, SharedWriter};
+    use crate::journal::batch::DEFERRED;
+
+    fn journal(journal: u64) -> Reached {
+        Reached {
+            journal,
+            cluster: u64::MAX,
+        }
+    }
+
+    /// A session taken over while its old connection's output waits for a publisher's
+    /// held-back records: the new connection's output waits for them too, until they are
+    /// appended and durable (else a QoS 2 message could reach the client before its record
+    /// is durable, and come twice after a crash).
+    #[test]
+    fn a_takeover_passes_waits_for_held_records_to_the_new_writer() {
+        let old = Arc::new(SharedWriter::new(1024));
+        let new = Arc::new(SharedWriter::new(1024));
+        old.append(3, true, Instant::now(), |b| b.extend_from_slice(b"pub"));
+        hold(&old, DEFERRED, true);
+        assert!(old.has_pending_holds());
+        old.hand_pending_holds_to(&new);
+        new.append(3, true, Instant::now(), |b| b.extend_from_slice(b"dup"));
+        let mut out = BytesMut::new();
+        assert_eq!(
+            new.take_durable(&mut out, Reached::ALL)
+                .map_err(|h| h.journal),
+            Err(crate::journal::batch::PENDING),
+            "the records are not appended yet"
+        );
+        release(DEFERRED, 500);
+        assert!(!old.has_pending_holds());
+        let held = new.take_durable(&mut out, journal(499));
+        assert_eq!(
+            held.map_err(|h| h.journal),
+            Err(500),
+            "appended, not durable"
+        );
+        assert_eq!(new.take_durable(&mut out, journal(500)), Ok(true));
+        assert_eq!(&out[..], b"dup");
+        new.append(3, true, Instant::now(), |b| b.extend_from_slice(b"new"));
+        hold(&old, DEFERRED, true);
+        release(DEFERRED, 600);
+        let mut out = BytesMut::new();
+        assert_eq!(
+            new.take_durable(&mut out, journal(500)),
+            Ok(true),
+            "nothing passed on once the takeover's waits ended"
+        );
     }
 }

@@ -163,11 +163,14 @@ impl WriteGuard<'_> {
 
     /// One hold for held records ended: the records were appended and, for a durable
     /// hold, the output waits until the journal is durable up to `position` (0: not).
-    pub(super) fn end_pending_hold(&mut self, position: u64) {
+    /// Returns the writer this one's waits are passed on to, which must end one too
+    /// ([`SharedWriter::hand_pending_holds_to`]).
+    pub(super) fn end_pending_hold(&mut self, position: u64) -> Option<Arc<SharedWriter>> {
         self.state.pending_holds = self.state.pending_holds.saturating_sub(1);
         let settled = self.state.pending_holds == 0;
         let len = self.state.buf.len();
         self.state.journal.raise(position, len, settled);
+        self.state.journal.successor(settled)
     }
 
     /// Holds everything buffered (so far and until it is taken) until NATS has confirmed
@@ -367,6 +370,30 @@ impl SharedWriter {
     ) -> Appended {
         self.lock()
             .append_packet(Some(len), usize::MAX, capped, now, encode)
+    }
+
+    /// Whether some of the output waits for records held back on some thread.
+    pub fn has_pending_holds(&self) -> bool {
+        self.lock().state.pending_holds > 0
+    }
+
+    /// Another connection took this one's session over while this one's output waited for
+    /// records held back on other threads (a publisher's input buffer, not appended yet):
+    /// `next`, the new connection's writer, waits for each of them too, so that nothing it
+    /// sends for the session (a resend, a message from the queue) leaves before the records
+    /// it depends on are appended, and durable as far as they must be.
+    pub fn hand_pending_holds_to(&self, next: &Arc<SharedWriter>) {
+        let mut guard = self.lock();
+        let count = guard.state.pending_holds;
+        if count == 0 || std::ptr::eq(self, &**next) {
+            return;
+        }
+        guard.state.journal.set_successor(next.clone());
+        // Locked in this order only (the old writer, then the new one).
+        let mut next_guard = next.lock();
+        next_guard.state.pending_holds += count;
+        let len = next_guard.state.buf.len();
+        next_guard.state.journal.raise(0, len, false);
     }
 
     /// Lets go of the buffer's allocation if nothing is buffered (a connection that parks:

@@ -387,9 +387,8 @@ impl Delivery {
         }
     }
 
-    /// Attaches a connection. With `resume`, resends what is unacknowledged: PUBLISH with
-    /// DUP=1 ([MQTT-4.4.0-1]) or PUBREL; then fills the window from the queue. A persistent
-    /// session's output first waits for the journal ([`Delivery::hold_for_journal`]).
+    /// Attaches a connection (its output held for the journal first: `hold_for_journal`),
+    /// resends what is unacknowledged (PUBLISH with DUP=1 [MQTT-4.4.0-1], PUBREL), pumps.
     pub fn attach(&mut self, link: Link, window_max: usize, ctx: DeliverCtx<'_>) {
         self.window_max = u16::try_from(window_max.max(1)).unwrap_or(u16::MAX);
         self.unstall();
@@ -432,7 +431,7 @@ impl Delivery {
             .as_ref()
             .is_some_and(|l| l.generation == generation)
         {
-            self.link = None;
+            self.take_link();
             self.unstall();
             self.give_back(0); // offline: no idle credit
             self.release_idle();
@@ -444,7 +443,8 @@ impl Delivery {
 
     /// Takes the current link away (a new connection takes the session over).
     pub fn take_link(&mut self) -> Option<Link> {
-        self.link.take()
+        let link = self.link.take();
+        self.note_predecessor(link)
     }
 
     /// PUBACK from the client. Unknown ids are ignored.

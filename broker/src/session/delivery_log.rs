@@ -110,10 +110,29 @@ impl Delivery {
     /// sent from the queue may have been logged, or handed over, just before, and must not
     /// reach the client before its record is durable (a QoS 2 message would otherwise come
     /// twice after a crash: now, and when its publisher resends it).
-    pub(super) fn hold_for_journal(&self, link: &super::Link, journal: Option<&Journal>) {
-        if let (Some(_), Some(journal)) = (&self.log, journal) {
+    /// Records held back on other threads (a publisher's input buffer) that the previous
+    /// connection's output waited for are waited for too.
+    pub(super) fn hold_for_journal(&mut self, link: &super::Link, journal: Option<&Journal>) {
+        let Some(log) = self.log.as_mut() else {
+            return;
+        };
+        if let Some(previous) = log.predecessor.take() {
+            previous.hand_pending_holds_to(&link.writer);
+        }
+        if let Some(journal) = journal {
             link.writer.lock().hold_until(journal.appended());
         }
+    }
+
+    /// The connection of `link` goes away (given back): if its output waits for records
+    /// held back on other threads, the session's next connection will wait for them too.
+    pub(super) fn note_predecessor(&mut self, link: Option<super::Link>) -> Option<super::Link> {
+        if let (Some(log), Some(link)) = (self.log.as_mut(), &link) {
+            if link.writer.has_pending_holds() {
+                log.predecessor = Some(link.writer.clone());
+            }
+        }
+        link
     }
 
     /// Appends the records that rebuild this session's outbound state to `out` (a

@@ -29,6 +29,9 @@ pub(crate) struct SessionLog {
     /// The pending will as last logged (for checkpoints): the stored message and its
     /// delay in seconds.
     pub will: Option<(StoredMessage, u32)>,
+    /// The writer of the connection that went away while its output waited for records
+    /// held back on other threads: the next connection's writer waits for them too.
+    pub predecessor: Option<std::sync::Arc<crate::delivery::shared_writer::SharedWriter>>,
 }
 
 impl SessionLog {
@@ -39,6 +42,7 @@ impl SessionLog {
             last_seq,
             offline_since_unix_ms: None,
             will: None,
+            predecessor: None,
         }
     }
 

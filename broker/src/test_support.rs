@@ -149,3 +149,17 @@ impl std::task::Wake for WakeCount {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// A persistence configuration for a journal in `dir` (`durability = "sync"`, no
+/// checkpoint within a test, 1 MiB segments).
+pub(crate) fn persistence_config(dir: &std::path::Path) -> crate::config::PersistenceConfig {
+    crate::config::PersistenceConfig {
+        enabled: true,
+        dir: dir.to_path_buf(),
+        durability: crate::config::Durability::Sync,
+        fsync_interval_ms: 1000,
+        checkpoint_interval_secs: 3600,
+        segment_bytes: 1 << 20,
+        max_disk_bytes: 0,
+    }
+}

@@ -9,7 +9,6 @@ use tern_codec::Family;
 use super::batch;
 use super::record::{legacy, OutParts, OutRecord, Record, Step, StoredMessage};
 use super::state::{OutStage, State};
-use crate::config::{Durability, PersistenceConfig};
 use crate::wal::tests::temp_dir;
 
 /// One thing the broker writes into the log.
@@ -191,18 +190,6 @@ fn old_and_new_encodings_recover_the_same_state() {
     );
 }
 
-fn config(dir: &std::path::Path) -> PersistenceConfig {
-    PersistenceConfig {
-        enabled: true,
-        dir: dir.to_path_buf(),
-        durability: Durability::Sync,
-        fsync_interval_ms: 1000,
-        checkpoint_interval_secs: 3600,
-        segment_bytes: 1 << 20,
-        max_disk_bytes: 0,
-    }
-}
-
 /// A data directory whose log an older broker wrote, then this one after an upgrade,
 /// recovers through `open` what the history describes.
 #[test]
@@ -212,7 +199,9 @@ fn an_older_brokers_log_recovers_through_open() {
     let dir = temp_dir("journal-compat");
     let on_fatal = || -> crate::wal::OnFatal { Box::new(|_| {}) };
     for (i, op) in history.iter().enumerate() {
-        let (journal, _, _) = super::open::open(&config(&dir), on_fatal()).expect("opens");
+        let (journal, _, _) =
+            super::open::open(&crate::test_support::persistence_config(&dir), on_fatal())
+                .expect("opens");
         let frame = if i < history.len() / 2 {
             old_frame(op)
         } else {
@@ -222,7 +211,8 @@ fn an_older_brokers_log_recovers_through_open() {
         journal.close().expect("closes");
     }
     let (journal, mut state, recovery) =
-        super::open::open(&config(&dir), on_fatal()).expect("opens");
+        super::open::open(&crate::test_support::persistence_config(&dir), on_fatal())
+            .expect("opens");
     assert_eq!(recovery.bad_records, 0);
     state.records = expected.records;
     assert_eq!(state, expected);

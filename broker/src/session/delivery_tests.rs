@@ -257,18 +257,9 @@ fn idle_flow_state_is_let_go_and_comes_back() {
 /// exactly once; the publisher resends what it was not acknowledged).
 #[test]
 fn a_persistent_resume_waits_for_the_journal_before_resending() {
-    use crate::config::{Durability, PersistenceConfig};
     use crate::delivery::shared_writer::Reached;
     let dir = crate::wal::tests::temp_dir("resume-hold");
-    let config = PersistenceConfig {
-        enabled: true,
-        dir: dir.to_path_buf(),
-        durability: Durability::Sync,
-        fsync_interval_ms: 1000,
-        checkpoint_interval_secs: 3600,
-        segment_bytes: 1 << 20,
-        max_disk_bytes: 0,
-    };
+    let config = crate::test_support::persistence_config(&dir);
     let (journal, _, _) =
         crate::journal::open::open(&config, Box::new(|_| {})).expect("journal opens");
     let metrics = Metrics::default();

@@ -97,13 +97,18 @@ pub fn hold(writer: &Arc<SharedWriter>, kind: u64, durable: bool) {
 /// The records of `kind` this thread held back were appended at `position` (0: there
 /// were none): every durable hold of that kind becomes a hold until that position, every
 /// ordered one ends, and the writers' connections are woken to look again.
+///
+/// The list is taken out while the writers are released (no borrow of this thread's
+/// holders across their locks and wake-ups) and its allocation put back after.
 pub fn release(kind: u64, position: u64) {
-    let holders = HOLDERS.with_borrow_mut(|holders| {
+    let Some(mut holders) = HOLDERS.with_borrow_mut(|holders| {
         let holders = &mut holders[slot(kind)];
         holders.index.clear();
-        std::mem::take(&mut holders.list)
-    });
-    for Holder { writer, durable } in holders {
+        (!holders.list.is_empty()).then(|| std::mem::take(&mut holders.list))
+    }) else {
+        return;
+    };
+    for Holder { writer, durable } in holders.drain(..) {
         let position = if durable { position } else { 0 };
         // And the writers of connections that took its session over meanwhile.
         let mut next = Some(writer);
@@ -112,6 +117,12 @@ pub fn release(kind: u64, position: u64) {
             writer.control().wake();
         }
     }
+    HOLDERS.with_borrow_mut(|kept| {
+        let list = &mut kept[slot(kind)].list;
+        if list.is_empty() {
+            *list = holders;
+        }
+    });
 }
 
 #[cfg(test)]

@@ -274,14 +274,18 @@ pub(super) fn append_step(kind: u64, session: u64, seq: u64, step: Step) -> Opti
 
 /// Closes the open buffer of `kind`: its encoding and the messages whose bodies it holds,
 /// or `None` when it holds no record (or none is open).
+/// An empty buffer's allocation is kept for the next one (with persistence on, every
+/// connection opens one per input buffer, most of them logging nothing).
 pub(super) fn take(kind: u64) -> Option<Taken> {
-    buffer(kind)
-        .with_borrow_mut(Option::take)
-        .filter(|buf| buf.bytes.len() > EMPTY_BYTES)
-        .map(|buf| Taken {
-            frame: buf.bytes,
-            bodies: buf.bodies,
-        })
+    let buf = buffer(kind).with_borrow_mut(Option::take)?;
+    if buf.bytes.len() == EMPTY_BYTES {
+        give_back(buf.bytes);
+        return None;
+    }
+    Some(Taken {
+        frame: buf.bytes,
+        bodies: buf.bodies,
+    })
 }
 
 /// Keeps the allocation of a taken buffer's frame for this thread's next buffer.
@@ -295,6 +299,20 @@ pub(super) fn give_back(frame: Vec<u8>) {
 mod tests {
     use super::*;
     use crate::journal::record::Record;
+
+    /// A buffer that held nothing leaves its allocation for the next one: with
+    /// persistence on, every input buffer of every connection opens one.
+    #[test]
+    fn an_empty_buffer_keeps_its_allocation_for_the_next() {
+        assert!(begin(DEFERRED));
+        assert!(take(DEFERRED).is_none(), "nothing to append");
+        let kept = SPARE.with_borrow(Vec::as_ptr);
+        assert!(SPARE.with_borrow(Vec::capacity) >= EMPTY_BYTES);
+        assert!(begin(DEFERRED));
+        let open = DEFERRED_RECORDS.with_borrow(|open| open.as_ref().map(|b| b.bytes.as_ptr()));
+        assert_eq!(open, Some(kept), "the same allocation");
+        assert!(take(DEFERRED).is_none());
+    }
 
     #[test]
     fn records_appended_in_a_batch_come_back_as_one_record() {

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use tern_codec::Family;
 
 use super::batch;
-use super::record::{legacy, OutParts, OutRecord, Record, Step, StoredMessage};
+use super::record::{legacy, OutRecord, Record, Step, StoredMessage};
 use super::state::{OutStage, State};
 use crate::wal::tests::temp_dir;
 
@@ -122,18 +122,7 @@ fn new_frame(op: &Op) -> Vec<u8> {
     let mut buf = Vec::new();
     match op {
         Op::Rec(record) => record.encode(&mut buf),
-        Op::OutWithBody(out, message) => OutParts {
-            session: out.session,
-            seq: out.seq,
-            qos: out.qos,
-            retain: out.retain,
-            packet_id: out.packet_id,
-            subscription_ids: &out.subscription_ids,
-            group: out.group.as_deref(),
-            body: out.body,
-            inline: Some(message.as_stored_ref()),
-        }
-        .encode(&mut buf),
+        Op::OutWithBody(out, message) => out.parts(Some(message.as_stored_ref())).encode(&mut buf),
         Op::Deferred(steps) => {
             assert!(batch::begin(batch::DEFERRED));
             for &(session, seq, step) in steps {

@@ -679,9 +679,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_out_record_with_its_body_decodes_as_body_then_out() {
-        let out = OutRecord {
+    /// Out record 9 of session 6 (QoS 1, packet id 4, subscription id 3, body 12).
+    fn out_6_9() -> OutRecord {
+        OutRecord {
             session: 6,
             seq: 9,
             qos: 1,
@@ -690,21 +690,15 @@ mod tests {
             subscription_ids: vec![3],
             group: None,
             body: 12,
-        };
+        }
+    }
+
+    #[test]
+    fn an_out_record_with_its_body_decodes_as_body_then_out() {
+        let out = out_6_9();
         let body = message();
         let mut buf = Vec::new();
-        OutParts {
-            session: out.session,
-            seq: out.seq,
-            qos: out.qos,
-            retain: out.retain,
-            packet_id: out.packet_id,
-            subscription_ids: &out.subscription_ids,
-            group: None,
-            body: out.body,
-            inline: Some(body.as_stored_ref()),
-        }
-        .encode(&mut buf);
+        out.parts(Some(body.as_stored_ref())).encode(&mut buf);
         assert!(Record::may_hold_body(&buf));
         let expected = Record::Batch(vec![
             Record::Body {
@@ -802,16 +796,7 @@ mod tests {
                     family: Family::V3,
                 },
             },
-            Record::Out(Box::new(OutRecord {
-                session: 6,
-                seq: 9,
-                qos: 1,
-                retain: false,
-                packet_id: 4,
-                subscription_ids: vec![3],
-                group: None,
-                body: 12,
-            })),
+            Record::Out(Box::new(out_6_9())),
         ]);
         assert_eq!(Record::decode(&out_with_body), Ok(expected));
         assert!(Record::may_hold_body(&out_with_body));

@@ -61,7 +61,8 @@ impl OutParts<'_> {
 }
 
 impl OutRecord {
-    pub(super) fn encode(&self, dst: &mut Vec<u8>) {
+    /// This record as parts to encode, carrying `inline` as its body when given.
+    pub fn parts<'a>(&'a self, inline: Option<StoredRef<'a>>) -> OutParts<'a> {
         OutParts {
             session: self.session,
             seq: self.seq,
@@ -71,9 +72,12 @@ impl OutRecord {
             subscription_ids: &self.subscription_ids,
             group: self.group.as_deref(),
             body: self.body,
-            inline: None,
+            inline,
         }
-        .encode(dst);
+    }
+
+    pub(super) fn encode(&self, dst: &mut Vec<u8>) {
+        self.parts(None).encode(dst);
     }
 
     pub(super) fn decode_after_head(

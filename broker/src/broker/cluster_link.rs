@@ -247,8 +247,8 @@ impl Broker {
         delivered
     }
 
-    /// [`Broker::route_remote`] for a run of QoS 0 messages of one topic, not retained
-    /// ([`crate::router::Router::route_run`]).
+    /// [`Broker::route_remote`] for a run of messages of one topic and QoS (0 or 1), not
+    /// retained ([`crate::router::Router::route_run`]).
     pub fn route_remote_run(
         &self,
         messages: &[Arc<Message>],

@@ -1,6 +1,6 @@
 //! Taking a client's message in: the retained store (RETAIN), routing to this node's
 //! subscribers, and the copy for other cluster nodes. One message at a time, or a run of
-//! QoS 0 messages of one topic at once ([`crate::router::Router::route_run`]).
+//! messages of one topic and QoS (0 or 1) at once ([`crate::router::Router::route_run`]).
 
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -9,6 +9,7 @@ use super::Broker;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router::RouteScratch;
+use tern_codec::QoS;
 
 impl Broker {
     /// Stores (if RETAIN) and routes a message; returns the number of sessions and bridge
@@ -40,7 +41,7 @@ impl Broker {
         delivered
     }
 
-    /// Routes a run of QoS 0 messages of one topic and publisher, not retained (see
+    /// Routes a run of messages of one topic, publisher and QoS (0 or 1), not retained (see
     /// [`crate::router::Router::route_run`]), and sends each to other cluster nodes;
     /// returns the number of deliveries made, counted per message.
     pub fn publish_run(
@@ -51,13 +52,16 @@ impl Broker {
     ) -> usize {
         let inner = &self.inner;
         let cluster = inner.cluster.get();
+        // QoS 0 needs no identity before routing (it is never queued for a session nor
+        // handed over); a connection runs QoS 1 only without a cluster
+        // (`connection/publish.rs`).
+        debug_assert!(cluster.is_none() || messages.iter().all(|m| m.qos() == QoS::AtMostOnce));
         let delivered = inner
             .router
             .route_run(messages, scratch, self.deliver_ctx(now));
         if let Some(cluster) = cluster {
-            // QoS 0 needs no identity before routing (it is never queued for a session nor
-            // handed over). No acknowledgement waits for NATS, but the position is kept as
-            // for any message (a later acknowledgement covers it).
+            // No acknowledgement waits for NATS, but the position is kept as for any
+            // message (a later acknowledgement covers it).
             let position = cluster.forward(messages, now);
             if position != 0 {
                 scratch.cluster_position = position;

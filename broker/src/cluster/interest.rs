@@ -285,7 +285,7 @@ type Clock = (Instant, u64);
 struct Buffers {
     /// One NATS message's envelopes with their headers.
     entries: Vec<(envelope::Header, Bytes)>,
-    /// The QoS 0 messages of a run being gathered.
+    /// The messages of a run being gathered (one topic and QoS, 0 or 1).
     run: Vec<Arc<Message>>,
 }
 
@@ -355,8 +355,8 @@ impl Shared {
         ClusterMetrics::inc_by(&self.metrics.duplicates_dropped, dropped as u64);
     }
 
-    /// Decodes and routes `entries` (first copies, in order; left empty), gathering QoS 0
-    /// runs in `run` (left empty).
+    /// Decodes and routes `entries` (first copies, in order; left empty), gathering runs
+    /// in `run` (left empty).
     fn route_entries(
         &self,
         entries: &mut Vec<(envelope::Header, Bytes)>,
@@ -364,8 +364,8 @@ impl Shared {
         (now, unix_now_ms): Clock,
         scratch: &mut RouteScratch,
     ) {
-        // A batch is one publisher's burst on one topic: its QoS 0 messages are routed as
-        // runs, as on the node they were published on (`router/batch.rs`).
+        // A batch is one publisher's burst on one topic: its QoS 0 and 1 messages are routed
+        // as runs, as on the node they were published on (`router/batch.rs`).
         // Counted once per batch, before any is delivered (every filter task bumps this
         // one counter); a bad envelope is taken off again.
         ClusterMetrics::inc_by(&self.metrics.messages_in, entries.len() as u64);
@@ -394,7 +394,7 @@ impl Shared {
         self.route_run(run, scratch, now);
     }
 
-    /// Routes the QoS 0 messages gathered in `run` (left empty).
+    /// Routes the messages gathered in `run` (left empty).
     fn route_run(&self, run: &mut Vec<Arc<Message>>, scratch: &mut RouteScratch, now: Instant) {
         if !run.is_empty() {
             self.broker.route_remote_run(run, scratch, now);

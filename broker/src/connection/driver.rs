@@ -324,7 +324,7 @@ impl Connection {
     /// queue may have moved on, so publishers waiting for it should look again.
     fn handle(&mut self, packet: Packet, now: Instant) -> Result<bool, Close> {
         if !matches!(packet, Packet::Publish(_)) {
-            // A run of QoS 0 messages is routed before anything the client sent after it.
+            // A run of messages is routed before anything the client sent after it.
             self.flush_run(now);
         }
         let packet = match packet {
@@ -347,18 +347,23 @@ impl Connection {
             Step::Event(Event::Unsubscribe(request)) => self.unsubscribe(&request),
             Step::Event(Event::Relieved) => relieved = true,
         }
-        // What this packet logged (a message for persistent sessions, a subscription,
-        // inbound QoS 2 state): its acknowledgement, and all output after it, waits until
-        // that is durable ("nothing acknowledged is lost"); records held back until the
-        // end of the buffer (`journal::batch`) hold it until their frame is appended and
-        // durable.
+        self.hold_for_logged();
+        Ok(relieved)
+    }
+
+    /// What this thread logged since it last asked (a message for persistent sessions, a
+    /// subscription, inbound QoS 2 state): the acknowledgement sent for it, and all output
+    /// after it, waits until that is durable ("nothing acknowledged is lost"); records
+    /// held back until the end of the buffer (`journal::batch`) hold it until their frame
+    /// is appended and durable. Called after each packet, and after each run is routed and
+    /// acknowledged (`publish.rs`), which may happen outside a packet's handling.
+    pub(super) fn hold_for_logged(&self) {
         let logged = crate::journal::take_appended();
         if crate::journal::batch::is_pending(logged) {
             crate::delivery::pending_holds::hold(&self.out, logged, true);
         } else if logged != 0 {
             self.out.lock().hold_until(logged);
         }
-        Ok(relieved)
     }
 
     /// Re-derives this client's ACL when the auth files were reloaded since it was derived

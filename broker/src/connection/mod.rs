@@ -381,9 +381,11 @@ pub(crate) struct Routing {
     scratch: RouteScratch,
     /// PUBLISH packets routed, for sampling the routing latency.
     published: u64,
-    /// QoS 0 messages of one topic waiting to be routed together (`publish.rs`); empty
-    /// between read buffers.
+    /// Messages of one topic and QoS (0 or 1) waiting to be routed together
+    /// (`publish.rs`); empty between read buffers.
     run: Vec<Arc<crate::message::Message>>,
+    /// What each message of `run` is owed, in the same order.
+    run_acks: Vec<crate::session::machine::PendingAck>,
     /// In a cluster: the queue to the other nodes is over its high-water mark; reading waits
     /// for it.
     cluster_wait: Option<crate::broker::InterestReady>,

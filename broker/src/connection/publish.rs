@@ -1,13 +1,17 @@
 //! Taking in a client's PUBLISH: refused when the cluster cannot carry it, otherwise stored
 //! (RETAIN), routed and acknowledged once what the acknowledgement depends on holds.
 //!
-//! Consecutive QoS 0 messages of one topic, not retained, wait in a run
+//! Consecutive messages of one topic and QoS, 0 or 1, not retained, wait in a run
 //! ([`Routing::run`], at most [`RUN_MAX`]) and are routed together
 //! ([`crate::broker::Broker::publish_run`]): a publisher's burst, read from one buffer,
-//! costs one trie walk and one lock of each subscriber's writer instead of one per
-//! message. The run is routed before any other packet of the client is handled and at the
-//! end of each read buffer, so nothing waits for more input and the order of everything
-//! the client sent is kept.
+//! costs one trie walk and one lock of each subscriber's delivery state (QoS 0: and of its
+//! writer) instead of one per message. The run is routed before any other packet of the
+//! client is handled and at the end of each read buffer, so nothing waits for more input
+//! and the order of everything the client sent is kept. A QoS 1 run's PUBACKs follow its
+//! routing, in order, and wait for what it logged, as each message's would. QoS 2 messages
+//! are routed alone (each one's copies and received id make one journal frame), and so
+//! are QoS 1 messages in a cluster (the queue to NATS drops what does not fit; reading
+//! stops in time only when its room is looked at after each message).
 
 use std::sync::Arc;
 
@@ -19,18 +23,19 @@ use crate::journal::batch::PENDING;
 use crate::message::Message;
 use crate::router::{can_run, is_run_member};
 use crate::session::machine::PendingAck;
+use tern_codec::QoS;
 
 /// One PUBLISH in this many is timed for the routing latency histogram (the first of each
 /// connection always is).
 const LATENCY_SAMPLE_EVERY: u64 = 16;
 
-/// The longest run of QoS 0 messages routed at once: long enough to share the locks, short
+/// The longest run of messages routed at once: long enough to share the locks, short
 /// enough that back-pressure is seen within a few dozen messages.
 pub(super) const RUN_MAX: usize = 64;
 
 impl Connection {
-    /// Routes `message` now, or lets it join the run of QoS 0 messages waiting to be routed
-    /// (the run goes first when the message cannot join it).
+    /// Routes `message` now, or lets it join the run of messages waiting to be routed (the
+    /// run goes first when the message cannot join it).
     pub(super) fn publish_or_join(&mut self, message: Arc<Message>, ack: PendingAck, now: Instant) {
         // A retained message too large for the cluster's retained bucket: refused as a whole
         // (0x97 to 5.0; 3.1.1 has no refusing acknowledgement, [MQTT-3.3.5-2]) rather than
@@ -46,7 +51,11 @@ impl Connection {
             }
             return;
         }
-        if !can_run(&message) {
+        // In a cluster a QoS 1 message goes alone: its copy for the other nodes must never
+        // meet a full queue to NATS, whose room is looked at after each routing.
+        let joins = can_run(&message)
+            && (message.qos() == QoS::AtMostOnce || self.broker.cluster().is_none());
+        if !joins {
             self.flush_run(now);
             self.publish(&message, ack, now);
             return;
@@ -61,23 +70,26 @@ impl Connection {
         }
         let routing = self.routing.get_or_insert_default();
         routing.run.push(message);
+        routing.run_acks.push(ack);
         if routing.run.len() >= RUN_MAX {
             self.flush_run(now);
         }
     }
 
-    /// Routes the run of QoS 0 messages waiting, if any (QoS 0: nothing to acknowledge).
+    /// Routes the run of messages waiting, if any, and acknowledges them (QoS 1) in order.
     pub(super) fn flush_run(&mut self, now: Instant) {
         let Some(routing) = self.routing.as_mut().filter(|r| !r.run.is_empty()) else {
             return;
         };
         let before = routing.published;
-        routing.published = before.wrapping_add(routing.run.len() as u64);
+        let count = routing.run.len();
+        routing.published = before.wrapping_add(count as u64);
         // Timed when a sampled message is in it: the whole run's routing, the longest any
         // of its messages waited.
         let sampled = (before + 1..=routing.published).any(|p| p % LATENCY_SAMPLE_EVERY == 1);
         let started = sampled.then(std::time::Instant::now);
-        self.broker
+        let delivered = self
+            .broker
             .publish_run(&routing.run, &mut routing.scratch, now);
         if let Some(started) = started {
             self.broker
@@ -85,7 +97,31 @@ impl Connection {
                 .observe(started.elapsed().as_secs_f64());
         }
         routing.run.clear(); // its allocation serves the next run
+        let mut acks = std::mem::take(&mut routing.run_acks);
+        if acks.first().is_some_and(|ack| ack.is_owed()) {
+            // Every message of a run went to the same subscriptions (shared groups aside,
+            // which take one each): so each one's share, for its reason code.
+            let each = delivered.div_ceil(count);
+            self.acknowledge_run(&acks, each);
+            // The PUBACKs wait for the records the routing logged (persistent subscribers).
+            self.hold_for_logged();
+        }
+        acks.clear();
+        if let Some(routing) = self.routing.as_mut() {
+            routing.run_acks = acks; // its allocation too
+        }
         self.note_cluster_congestion();
+    }
+
+    /// Sends the acknowledgements of a routed QoS 1 run, each message having gone to
+    /// `delivered` subscribers (no cluster: nothing else to wait for).
+    fn acknowledge_run(&mut self, acks: &[PendingAck], delivered: usize) {
+        let journal = self.broker.journal();
+        for &ack in acks {
+            if let Some(transmit) = self.machine.published(ack, delivered, journal) {
+                self.send(&transmit);
+            }
+        }
     }
 
     /// Stores, routes and acknowledges a client's message the cluster can carry.

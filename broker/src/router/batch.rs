@@ -1,13 +1,17 @@
-//! Routing a run of QoS 0 messages at once: consecutive QoS 0 PUBLISH packets of one
-//! publisher to one topic, not retained (a burst, read from one buffer). The trie is
+//! Routing a run of messages at once: consecutive PUBLISH packets of one publisher to one
+//! topic with one QoS, 0 or 1, not retained (a burst, read from one buffer). The trie is
 //! walked once for the run, and each matching session takes the whole run under one lock
-//! of its delivery state and one of its writer, which is where fan-out spends its time
-//! (the release of each subscriber's writer lock, per message, dominated the profile).
+//! of its delivery state (QoS 0: and one of its writer), which is where fan-out spends its
+//! time (the release of each subscriber's writer lock, per message, dominated the
+//! profile), and where fan-in contends (every publisher's thread locks the one
+//! subscriber's delivery state).
 //!
 //! Every message still reaches every subscriber as if routed alone, in the publisher's
 //! order: the deliveries of a run depend only on the topic, the publisher's session (No
-//! Local) and QoS 0, which the messages share. A shared group picks a member per message,
-//! so a run that meets one goes message by message.
+//! Local) and the QoS, which the messages share; a QoS 1 delivery is still made message
+//! by message (window, queue, journal), only under one lock. A shared group picks a
+//! member per message, so a run that meets one goes message by message. QoS 2 is never
+//! run: its PUBREC goes with the journal frame of its own message (`connection/publish.rs`).
 
 use std::sync::Arc;
 
@@ -16,7 +20,8 @@ use crate::message::Message;
 use crate::session::delivery::DeliverCtx;
 
 impl Router {
-    /// Delivers `messages` (QoS 0, not retained, one topic and one publisher, in order) to
+    /// Delivers `messages` (one QoS, 0 or 1, not retained, one topic and one publisher, in
+    /// order) to
     /// every matching subscriber, as [`Router::route`] would each; returns how many
     /// deliveries (sessions and bridge sinks, counted per message) were made.
     pub fn route_run(
@@ -38,22 +43,23 @@ impl Router {
                 .map(|message| self.route(message, scratch, ctx))
                 .sum();
         }
-        let sessions = deliver_targets(Deliveries::Qos0Run(messages), scratch, ctx);
+        let sessions = deliver_targets(Deliveries::Run(messages), scratch, ctx);
         let delivered = sessions * messages.len();
         delivered + deliver_to_bridges(messages, &mut scratch.bridges, ctx.metrics)
     }
 }
 
-/// Whether `message` may be part of a run: QoS 0 and not retained.
+/// Whether `message` may be part of a run: QoS 0 or 1, not retained.
 pub(crate) fn can_run(message: &Message) -> bool {
     let publish = message.publish();
-    publish.qos() == tern_codec::QoS::AtMostOnce && !publish.retain
+    publish.qos() != tern_codec::QoS::ExactlyOnce && !publish.retain
 }
 
-/// Whether `message` may join a run that `first` started: [`can_run`], the same topic and
-/// publisher.
+/// Whether `message` may join a run that `first` started: [`can_run`], the same QoS, topic
+/// and publisher.
 pub(crate) fn is_run_member(message: &Message, first: &Message) -> bool {
     can_run(message)
+        && message.qos() == first.qos()
         && message.origin_session == first.origin_session
         && message.publish().topic() == first.publish().topic()
 }

@@ -179,3 +179,115 @@ fn a_bridge_sink_gets_each_message_of_a_run_once() {
     assert_eq!(sink.taken.load(Ordering::Relaxed), 4);
     assert_eq!(Metrics::get(&metrics.bridge_messages), 4);
 }
+
+/// `n` QoS 1 messages on `topic` from session `origin`, payloads "0", "1", ...
+fn qos1_run(topic: &str, n: usize, origin: Option<u64>, now: Instant) -> Vec<Arc<Message>> {
+    let id = std::num::NonZeroU16::MIN;
+    (0..n)
+        .map(|i| {
+            let publish = Publish::new(topic, Bytes::from(i.to_string()))
+                .with_qos(crate::test_support::publish_qos(QoS::AtLeastOnce, id));
+            Message::new(publish, now, origin)
+        })
+        .collect()
+}
+
+/// What each of `sessions`' writers holds, as bytes.
+fn taken(writers: &[Arc<crate::delivery::shared_writer::SharedWriter>]) -> Vec<bytes::BytesMut> {
+    writers
+        .iter()
+        .map(|w| {
+            let mut buf = bytes::BytesMut::new();
+            w.take(&mut buf);
+            buf
+        })
+        .collect()
+}
+
+/// A QoS 1 run gives every subscriber the very bytes routing each message alone gives: the
+/// same packet ids in order, QoS min(publish, granted) ([MQTT-3.8.4-8]), one copy with both
+/// subscription identifiers for overlapping subscriptions ([MQTT-3.3.4-3]), No Local
+/// ([MQTT-3.8.3-3]), and the window (Receive Maximum, [MQTT-3.3.4-9]): messages past it
+/// wait in the queue and follow, in order, as acknowledgements come.
+#[test]
+fn a_qos1_run_gives_each_subscriber_what_routing_alone_gives() {
+    let metrics = Metrics::default();
+    let now = Instant::now();
+    let setup = || {
+        let router = Router::default();
+        let (v5, v3, me) = (session(1, 10), session(2, 10), session(3, 10));
+        let small_window = Attach {
+            window: 3,
+            ..Attach::default()
+        };
+        let v3_how = Attach {
+            version: ProtocolVersion::V3_1_1,
+            ..Attach::default()
+        };
+        let writers = vec![
+            attach(&v5, small_window, 1, ctx(&metrics, now)),
+            attach(&v3, v3_how, 1, ctx(&metrics, now)),
+            attach(&me, Attach::default(), 1, ctx(&metrics, now)),
+        ];
+        router.subscribe("a/#", &v5, options(QoS::AtLeastOnce), Some(5));
+        router.subscribe("a/b", &v5, options(QoS::ExactlyOnce), Some(6));
+        router.subscribe("a/+", &v3, options(QoS::AtMostOnce), None);
+        let mut no_local = options(QoS::AtLeastOnce);
+        no_local.no_local = true;
+        router.subscribe("a/b", &me, no_local, None);
+        (router, [v5, v3, me], writers)
+    };
+    let (run_router, run_sessions, run_writers) = setup();
+    let (one_router, one_sessions, one_writers) = setup();
+    let origin = Some(run_sessions[2].id);
+    assert_eq!(origin, Some(one_sessions[2].id));
+    let messages = qos1_run("a/b", 7, origin, now);
+
+    let mut scratch = RouteScratch::default();
+    let delivered = run_router.route_run(&messages, &mut scratch, ctx(&metrics, now));
+    let mut alone = 0;
+    for message in &messages {
+        alone += one_router.route(message, &mut scratch, ctx(&metrics, now));
+    }
+    assert_eq!(
+        (delivered, alone),
+        (14, 14),
+        "two sessions, seven messages each"
+    );
+    let (by_run, by_one) = (taken(&run_writers), taken(&one_writers));
+    assert_eq!(by_run, by_one);
+    let got = publishes(packets_of(&by_run[0], ProtocolVersion::V5));
+    assert_eq!(payloads(&got), numbers(3), "the window holds three");
+    for p in &got {
+        assert_eq!(p.qos(), QoS::AtLeastOnce);
+        let mut ids: Vec<u32> = p.properties().subscription_identifiers().collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![5, 6]);
+    }
+    let v3_got = publishes(packets_of(&by_run[1], ProtocolVersion::V3_1_1));
+    assert_eq!(payloads(&v3_got), numbers(7));
+    assert!(v3_got.iter().all(|p| p.qos() == QoS::AtMostOnce));
+    assert!(by_run[2].is_empty(), "No Local");
+    assert_eq!(run_sessions[0].delivery().queued(), 4);
+
+    // The queued four follow as the client acknowledges, in order, both ways alike.
+    for (sessions, writers) in [(&run_sessions, &run_writers), (&one_sessions, &one_writers)] {
+        for p in &got {
+            let id = p.packet_id().expect("QoS 1 has an id");
+            sessions[0].delivery().handle_puback(id, ctx(&metrics, now));
+        }
+        let rest = publishes(packets(&writers[0], ProtocolVersion::V5));
+        assert_eq!(payloads(&rest), ["3", "4", "5"].map(String::from));
+    }
+}
+
+/// Decodes `buf` as `version` packets.
+fn packets_of(buf: &bytes::BytesMut, version: ProtocolVersion) -> Vec<tern_codec::Packet> {
+    let mut buf = buf.clone();
+    let mut decoder = tern_codec::Decoder::with_version(version, u32::MAX);
+    let mut out = Vec::new();
+    while let Some(packet) = decoder.decode(&mut buf).expect("valid packets") {
+        out.push(packet);
+    }
+    out
+}

@@ -64,12 +64,12 @@ pub struct SubEntry {
     pub read_check: Option<Arc<ClientAcl>>,
 }
 
-/// What [`deliver_targets`] hands each matched session: one message, or a run of QoS 0
-/// messages of one topic ([`Router::route_run`]).
+/// What [`deliver_targets`] hands each matched session: one message, or a run of messages
+/// of one topic and QoS, 0 or 1 ([`Router::route_run`]).
 #[derive(Clone, Copy)]
 enum Deliveries<'m> {
     One(&'m Arc<Message>),
-    Qos0Run(&'m [Arc<Message>]),
+    Run(&'m [Arc<Message>]),
 }
 
 /// One delivery decided by matching, before overlapping subscriptions are merged.
@@ -431,9 +431,9 @@ fn deliver_targets(
                 delivery.deliver_via(message, qos, retain, ids, group, ctx);
                 qos == QoS::AtMostOnce || message.qos() == QoS::AtMostOnce
             }
-            Deliveries::Qos0Run(messages) => {
-                delivery.deliver_qos0_run(messages, ids, ctx);
-                true
+            Deliveries::Run(messages) => {
+                delivery.deliver_run(messages, qos, ids, ctx);
+                qos == QoS::AtMostOnce
             }
         };
         if let Some(writer) = delivery.pressure(ctx, qos0, scratch.turn.is_some()) {

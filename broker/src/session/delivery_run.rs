@@ -1,7 +1,8 @@
-//! Delivering a run of QoS 0 messages of one topic to one session at once: the publisher's
-//! burst, matched once by the router ([`crate::router::Router::route_run`]) and written
-//! under one lock of the session's writer. Owns no state: it is [`Delivery::deliver`]
-//! applied to each message of the run, in order, with the work shared.
+//! Delivering a run of messages of one topic and QoS to one session at once: the
+//! publisher's burst, matched once by the router ([`crate::router::Router::route_run`]),
+//! delivered under one lock of the session's delivery state and, at QoS 0, written under
+//! one lock of its writer. Owns no state: it is [`Delivery::deliver`] applied to each
+//! message of the run, in order, with the work shared.
 
 use std::sync::Arc;
 
@@ -12,9 +13,28 @@ use crate::message::Message;
 use crate::session::write::write_qos0_run;
 
 impl Delivery {
-    /// Delivers `messages` (QoS 0, not retained, one topic, in the publisher's order) at
-    /// QoS 0 with `subscription_ids`: as [`Delivery::deliver`] would one by one.
-    pub fn deliver_qos0_run(
+    /// Delivers `messages` (one topic, not retained, in the publisher's order) at `qos` (the
+    /// subscription's, at most the messages'; never 2: QoS 2 is not run) with
+    /// `subscription_ids`: as [`Delivery::deliver`] would one by one. At QoS 1 each message
+    /// still takes its own way (window, queue, journal): the run saves the matching and the
+    /// locking, not that.
+    pub fn deliver_run(
+        &mut self,
+        messages: &[Arc<Message>],
+        qos: QoS,
+        subscription_ids: &[u32],
+        ctx: DeliverCtx<'_>,
+    ) {
+        if qos == QoS::AtMostOnce {
+            return self.deliver_qos0_run(messages, subscription_ids, ctx);
+        }
+        for message in messages {
+            self.deliver_via(message, qos, false, subscription_ids, None, ctx);
+        }
+    }
+
+    /// Delivers `messages` (not retained, one topic, in the publisher's order) at QoS 0 with `subscription_ids`: as [`Delivery::deliver`] would one by one.
+    fn deliver_qos0_run(
         &mut self,
         messages: &[Arc<Message>],
         subscription_ids: &[u32],

@@ -1,6 +1,6 @@
-//! A publisher's burst of QoS 0 messages, read from one buffer, is routed as runs (one
-//! trie walk and one writer lock per subscriber for consecutive messages of one topic,
-//! `broker/src/router/batch.rs`). These tests send whole bursts in one TCP write, mixing
+//! A publisher's burst of QoS 0 and QoS 1 messages, read from one buffer, is routed as runs
+//! (one trie walk and one lock per subscriber for consecutive messages of one topic and
+//! QoS, `broker/src/router/batch.rs`). These tests send whole bursts in one TCP write, mixing
 //! topics, QoS, RETAIN and other packets, and check that every subscriber gets exactly
 //! what routing one message at a time gives, in the publisher's order ([MQTT-4.6.0-6]:
 //! every topic is an Ordered Topic on non-shared subscriptions; Tern keeps the
@@ -152,6 +152,59 @@ async fn a_subscribe_inside_a_burst_sees_only_what_follows_it() {
         .map(|i| ("s/x".to_string(), i.to_string()))
         .collect();
     assert_eq!(got, expected, "only the 50 sent after the SUBSCRIBE");
+    publisher
+        .expect_nothing(std::time::Duration::from_millis(200))
+        .await;
+}
+
+/// The publisher's acknowledgements of `sent` (QoS 1: PUBACK, QoS 2: PUBREC), as (packet
+/// id, reason code), in the order they come.
+async fn acknowledgements(publisher: &mut Client, owed: usize) -> Vec<(u16, u8)> {
+    let mut got = Vec::with_capacity(owed);
+    while got.len() < owed {
+        match publisher.recv().await {
+            Packet::PubAck(ack) => got.push((ack.packet_id.get(), ack.reason_code.0)),
+            Packet::PubRec(rec) => got.push((rec.packet_id.get(), rec.reason_code.0)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    got
+}
+
+/// A burst of QoS 1 runs (longer than one run holds, on two topics, one without
+/// subscribers), broken by QoS 0 and QoS 2 messages: the subscriber gets every message in
+/// the publisher's order, and the publisher its PUBACKs and PUBRECs in the order of its
+/// PUBLISH packets ([MQTT-4.6.0-2], [MQTT-4.6.0-3]), each with its packet id, 0x10 (No
+/// matching subscribers) where nobody subscribed.
+#[tokio::test]
+async fn a_qos1_burst_is_delivered_and_acknowledged_in_order() {
+    let broker = TestBroker::start().await;
+    let mut sub = broker.client(V5, "sub").await;
+    sub.subscribe("q/#", QoS::AtLeastOnce).await;
+    let mut publisher = broker.client(V5, "publisher").await;
+    let (buf, sent) = burst(&[
+        (150, Item::Publish("q/a", QoS::AtLeastOnce, false)),
+        (5, Item::Publish("q/a", QoS::AtMostOnce, false)),
+        (70, Item::Publish("q/b", QoS::AtLeastOnce, false)),
+        (3, Item::Publish("none/x", QoS::AtLeastOnce, false)),
+        (2, Item::Publish("q/a", QoS::ExactlyOnce, false)),
+        (40, Item::Publish("q/a", QoS::AtLeastOnce, false)),
+    ]);
+    publisher.send_bytes(&buf).await;
+
+    let expected: Vec<(String, String)> = sent
+        .iter()
+        .filter(|(t, _, _)| t.starts_with("q/"))
+        .map(|(t, p, _)| (t.clone(), p.clone()))
+        .collect();
+    assert_eq!(receive(&mut sub, expected.len()).await, expected);
+    let owed: Vec<(u16, u8)> = sent
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, _, qos))| *qos != QoS::AtMostOnce)
+        .map(|(i, (t, _, _))| ((i + 1) as u16, if t == "none/x" { 0x10 } else { 0 }))
+        .collect();
+    assert_eq!(acknowledgements(&mut publisher, owed.len()).await, owed);
     publisher
         .expect_nothing(std::time::Duration::from_millis(200))
         .await;

@@ -93,8 +93,18 @@ pub(crate) fn attach(
 
 /// Takes what `writer` holds and decodes it as `version` packets.
 pub(crate) fn packets(writer: &SharedWriter, version: ProtocolVersion) -> Vec<Packet> {
+    decode_packets(taken(writer), version)
+}
+
+/// Takes what `writer` holds, as bytes.
+pub(crate) fn taken(writer: &SharedWriter) -> BytesMut {
     let mut buf = BytesMut::new();
     writer.take(&mut buf);
+    buf
+}
+
+/// Decodes `buf` as whole `version` packets.
+pub(crate) fn decode_packets(mut buf: BytesMut, version: ProtocolVersion) -> Vec<Packet> {
     let mut decoder = Decoder::with_version(version, u32::MAX);
     let mut out = Vec::new();
     while let Some(packet) = decoder.decode(&mut buf).expect("valid packets") {

@@ -384,7 +384,7 @@ pub(crate) struct Routing {
     /// Messages of one topic and QoS (0 or 1) waiting to be routed together
     /// (`publish.rs`); empty between read buffers.
     run: Vec<Arc<crate::message::Message>>,
-    /// What each message of `run` is owed, in the same order.
+    /// The acknowledgements a QoS 1 `run` is owed, in its order (empty for QoS 0).
     run_acks: Vec<crate::session::machine::PendingAck>,
     /// In a cluster: the queue to the other nodes is over its high-water mark; reading waits
     /// for it.

@@ -69,8 +69,11 @@ impl Connection {
             self.flush_run(now);
         }
         let routing = self.routing.get_or_insert_default();
+        // QoS 0 is owed nothing: only a QoS 1 run keeps its acknowledgements.
+        if message.qos() != QoS::AtMostOnce {
+            routing.run_acks.push(ack);
+        }
         routing.run.push(message);
-        routing.run_acks.push(ack);
         if routing.run.len() >= RUN_MAX {
             self.flush_run(now);
         }
@@ -97,19 +100,19 @@ impl Connection {
                 .observe(started.elapsed().as_secs_f64());
         }
         routing.run.clear(); // its allocation serves the next run
-        let mut acks = std::mem::take(&mut routing.run_acks);
-        if acks.first().is_some_and(|ack| ack.is_owed()) {
+        if !routing.run_acks.is_empty() {
             // Every message of a run went to the same subscriptions (shared groups aside,
             // which take one each): so each one's share, for its reason code.
-            let each = delivered.div_ceil(count);
-            self.acknowledge_run(&acks, each);
-            // The PUBACKs wait for the records the routing logged (persistent subscribers).
-            self.hold_for_logged();
+            let mut acks = std::mem::take(&mut routing.run_acks);
+            self.acknowledge_run(&acks, delivered.div_ceil(count));
+            acks.clear();
+            if let Some(routing) = self.routing.as_mut() {
+                routing.run_acks = acks; // its allocation serves the next run too
+            }
         }
-        acks.clear();
-        if let Some(routing) = self.routing.as_mut() {
-            routing.run_acks = acks; // its allocation too
-        }
+        // What the routing logged (persistent subscribers) holds the PUBACKs, as after any
+        // packet (a run may be routed outside one).
+        self.hold_for_logged();
         self.note_cluster_congestion();
     }
 

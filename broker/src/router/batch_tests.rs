@@ -14,7 +14,9 @@ use super::super::tests::CountingSink;
 use super::super::{RouteScratch, Router};
 use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::test_support::{attach, ctx, packets, publishes, session, Attach};
+use crate::test_support::{
+    attach, ctx, decode_packets, packets, publishes, session, taken, Attach,
+};
 
 fn options(qos: QoS) -> SubscriptionOptions {
     SubscriptionOptions::with_qos(qos)
@@ -192,18 +194,6 @@ fn qos1_run(topic: &str, n: usize, origin: Option<u64>, now: Instant) -> Vec<Arc
         .collect()
 }
 
-/// What each of `sessions`' writers holds, as bytes.
-fn taken(writers: &[Arc<crate::delivery::shared_writer::SharedWriter>]) -> Vec<bytes::BytesMut> {
-    writers
-        .iter()
-        .map(|w| {
-            let mut buf = bytes::BytesMut::new();
-            w.take(&mut buf);
-            buf
-        })
-        .collect()
-}
-
 /// A QoS 1 run gives every subscriber the very bytes routing each message alone gives: the
 /// same packet ids in order, QoS min(publish, granted) ([MQTT-3.8.4-8]), one copy with both
 /// subscription identifiers for overlapping subscriptions ([MQTT-3.3.4-3]), No Local
@@ -254,9 +244,10 @@ fn a_qos1_run_gives_each_subscriber_what_routing_alone_gives() {
         (14, 14),
         "two sessions, seven messages each"
     );
-    let (by_run, by_one) = (taken(&run_writers), taken(&one_writers));
+    let bytes = |writers: &[Arc<_>]| writers.iter().map(|w| taken(w)).collect::<Vec<_>>();
+    let (by_run, by_one) = (bytes(&run_writers), bytes(&one_writers));
     assert_eq!(by_run, by_one);
-    let got = publishes(packets_of(&by_run[0], ProtocolVersion::V5));
+    let got = publishes(decode_packets(by_run[0].clone(), ProtocolVersion::V5));
     assert_eq!(payloads(&got), numbers(3), "the window holds three");
     for p in &got {
         assert_eq!(p.qos(), QoS::AtLeastOnce);
@@ -264,7 +255,7 @@ fn a_qos1_run_gives_each_subscriber_what_routing_alone_gives() {
         ids.sort_unstable();
         assert_eq!(ids, vec![5, 6]);
     }
-    let v3_got = publishes(packets_of(&by_run[1], ProtocolVersion::V3_1_1));
+    let v3_got = publishes(decode_packets(by_run[1].clone(), ProtocolVersion::V3_1_1));
     assert_eq!(payloads(&v3_got), numbers(7));
     assert!(v3_got.iter().all(|p| p.qos() == QoS::AtMostOnce));
     assert!(by_run[2].is_empty(), "No Local");
@@ -279,15 +270,4 @@ fn a_qos1_run_gives_each_subscriber_what_routing_alone_gives() {
         let rest = publishes(packets(&writers[0], ProtocolVersion::V5));
         assert_eq!(payloads(&rest), ["3", "4", "5"].map(String::from));
     }
-}
-
-/// Decodes `buf` as `version` packets.
-fn packets_of(buf: &bytes::BytesMut, version: ProtocolVersion) -> Vec<tern_codec::Packet> {
-    let mut buf = buf.clone();
-    let mut decoder = tern_codec::Decoder::with_version(version, u32::MAX);
-    let mut out = Vec::new();
-    while let Some(packet) = decoder.decode(&mut buf).expect("valid packets") {
-        out.push(packet);
-    }
-    out
 }

@@ -33,7 +33,8 @@ impl Delivery {
         }
     }
 
-    /// Delivers `messages` (not retained, one topic, in the publisher's order) at QoS 0 with `subscription_ids`: as [`Delivery::deliver`] would one by one.
+    /// Delivers `messages` (not retained, one topic, in the publisher's order) at QoS 0
+    /// with `subscription_ids`: as [`Delivery::deliver`] would one by one.
     fn deliver_qos0_run(
         &mut self,
         messages: &[Arc<Message>],

@@ -102,11 +102,6 @@ pub enum Event {
 pub struct PendingAck(PublishQoS);
 
 impl PendingAck {
-    /// Whether an acknowledgement is owed at all (QoS 1 or 2).
-    pub fn is_owed(&self) -> bool {
-        !matches!(self.0, PublishQoS::AtMostOnce)
-    }
-
     /// Whether the PUBLISH was QoS 2 (its packet id is remembered until PUBREL).
     pub fn is_exactly_once(&self) -> bool {
         matches!(self.0, PublishQoS::ExactlyOnce(_))
